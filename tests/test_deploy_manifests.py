@@ -1,0 +1,353 @@
+"""Static checks of deploy/ (compose, kustomize base, Dockerfile).
+
+Parse-only: no Docker engine or cluster is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+
+# service -> (env prefix, gRPC port)
+SERVICES = {
+    "billing": ("BILLING_", 50051),
+    "clearing": ("CLEARING_", 50052),
+    "settlement": ("SETTLEMENT_", 50053),
+}
+PAYOUT_SIM = ("payout-simulator", "PAYOUT_SIM_", 50054)
+
+
+def load_docs(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as fh:
+        return [d for d in yaml.safe_load_all(fh) if d is not None]
+
+
+def load_one(path: Path) -> dict:
+    docs = load_docs(path)
+    assert len(docs) == 1, f"{path}: expected one YAML document, got {len(docs)}"
+    assert isinstance(docs[0], dict), f"{path}: top level is not a mapping"
+    return docs[0]
+
+
+def seconds(value: object) -> float:
+    """Compose durations ('15s', '1m30s') or plain numbers -> seconds."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", str(value))
+    assert parts, f"unparseable duration {value!r}"
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+# ---------------------------------------------------------------- all YAML ---
+
+
+def test_every_yaml_file_under_deploy_parses() -> None:
+    files = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
+    # compose + kustomization + namespace + secret example + 3 x 3 per service
+    assert len(files) >= 13, [str(f) for f in files]
+    for f in files:
+        docs = load_docs(f)
+        assert docs, f"{f} has no YAML documents"
+        assert all(isinstance(d, dict) for d in docs), f"{f}: non-mapping document"
+
+
+# ----------------------------------------------------------------- compose ---
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_one(DEPLOY / "compose.yaml")
+
+
+def depends(svc: dict) -> dict[str, str]:
+    """depends_on in either list or mapping form -> {name: condition}."""
+    dep = svc.get("depends_on") or {}
+    if isinstance(dep, list):
+        return {name: "service_started" for name in dep}
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in dep.items()}
+
+
+def environment(svc: dict) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def published(svc: dict) -> set[int]:
+    """Container ports of the `ports:` short syntax ('[ip:]host:container')."""
+    out = set()
+    for p in svc.get("ports") or []:
+        out.add(int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[-1]))
+    return out
+
+
+def test_compose_postgres_has_healthcheck(compose: dict) -> None:
+    pg = compose["services"]["postgres"]
+    assert str(pg["image"]).startswith("postgres:16")
+    test = pg["healthcheck"]["test"]
+    assert "pg_isready" in (" ".join(test) if isinstance(test, list) else test)
+    # the init script it mounts must exist
+    for vol in pg.get("volumes", []):
+        src = str(vol).split(":", 1)[0]
+        if src.startswith("."):
+            assert (DEPLOY / src).exists(), f"compose mounts missing file {src}"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_compose_migration_service(compose: dict, name: str) -> None:
+    prefix, _ = SERVICES[name]
+    mig = compose["services"][f"{name}-migrate"]
+    assert mig["command"] == [name, "migrate"]
+    assert depends(mig).get("postgres") == "service_healthy"
+    assert str(mig.get("restart", "no")) == "no", "a one-shot job must not restart"
+    assert environment(mig)[f"{prefix}DATABASE_URL"].startswith("postgresql")
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_compose_service_waits_for_its_migration(compose: dict, name: str) -> None:
+    prefix, port = SERVICES[name]
+    svc = compose["services"][name]
+    assert svc["command"] == [name, "serve"]
+    assert depends(svc).get(f"{name}-migrate") == "service_completed_successfully"
+    env = environment(svc)
+    assert env[f"{prefix}HOST"] == "0.0.0.0"
+    assert int(env[f"{prefix}PORT"]) == port
+    assert port in published(svc)
+    # same database URL as the migration that prepared it
+    mig_env = environment(compose["services"][f"{name}-migrate"])
+    assert env[f"{prefix}DATABASE_URL"] == mig_env[f"{prefix}DATABASE_URL"]
+    assert env[f"{prefix}MIGRATE_ON_START"].lower() == "false"
+    # docker must wait longer than the service's own drain before SIGKILL
+    assert seconds(svc["stop_grace_period"]) > float(env[f"{prefix}GRACE_PERIOD_S"])
+
+
+def test_compose_peer_addresses_point_at_compose_services(compose: dict) -> None:
+    services = compose["services"]
+    clearing = environment(services["clearing"])
+    settlement = environment(services["settlement"])
+    assert clearing["CLEARING_BILLING_ADDRESS"] == "billing:50051"
+    assert settlement["SETTLEMENT_CLEARING_ADDRESS"] == "clearing:50052"
+    assert settlement["SETTLEMENT_BILLING_ADDRESS"] == "billing:50051"
+    assert settlement["SETTLEMENT_PAYOUT_GATEWAY_ADDRESS"] == f"{PAYOUT_SIM[0]}:{PAYOUT_SIM[2]}"
+    assert depends(services["settlement"]).get(PAYOUT_SIM[0]) == "service_healthy"
+
+
+def test_compose_payout_simulator(compose: dict) -> None:
+    name, prefix, port = PAYOUT_SIM
+    sim = compose["services"][name]
+    assert sim["command"][0] == name
+    assert int(environment(sim)[f"{prefix}PORT"]) == port
+    assert port in published(sim)
+
+
+def test_compose_healthcheck_dependencies_have_healthchecks(compose: dict) -> None:
+    services = compose["services"]
+    for name, svc in services.items():
+        for dep, cond in depends(svc).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            if cond == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits on {dep} without healthcheck"
+
+
+# -------------------------------------------------------------- kubernetes ---
+
+
+@pytest.fixture(scope="module")
+def kustomization() -> dict:
+    return load_one(K8S / "kustomization.yaml")
+
+
+@pytest.fixture(scope="module")
+def resources(kustomization: dict) -> dict[tuple[str, str], dict]:
+    """(kind, name) -> manifest for every resource kustomization.yaml lists."""
+    out: dict[tuple[str, str], dict] = {}
+    for rel in kustomization["resources"]:
+        path = K8S / rel
+        assert path.is_file(), f"kustomization lists missing file {rel}"
+        for doc in load_docs(path):
+            assert doc.get("apiVersion") and doc.get("kind"), f"{rel}: not a k8s object"
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in out, f"duplicate resource {key}"
+            out[key] = doc
+    return out
+
+
+@pytest.fixture(scope="module")
+def configmaps(kustomization: dict) -> dict[str, dict[str, str]]:
+    out = {}
+    for gen in kustomization.get("configMapGenerator", []):
+        out[gen["name"]] = dict(lit.split("=", 1) for lit in gen.get("literals", []))
+    return out
+
+
+def test_kustomization_basics(kustomization: dict, resources: dict) -> None:
+    assert kustomization["namespace"] == "clearhouse"
+    assert ("Namespace", "clearhouse") in resources
+    # secrets are never part of the base; the example is kept out of it
+    assert "secret.example.yaml" not in kustomization["resources"]
+    assert not kustomization.get("secretGenerator")
+    assert not [k for k in resources if k[0] == "Secret"]
+    # payout simulator is dev-only
+    assert not [k for k in resources if "payout" in k[1]]
+
+
+def test_secret_example_has_the_expected_keys() -> None:
+    secret = load_one(K8S / "secret.example.yaml")
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "clearhouse-db"
+    data = secret.get("stringData") or {}
+    assert set(data) == {f"{s}-url" for s in SERVICES}
+    assert all("CHANGE_ME" in v for v in data.values()), "example must hold placeholders only"
+
+
+def pod_spec(obj: dict) -> dict:
+    return obj["spec"]["template"]["spec"]
+
+
+def assert_non_root(spec: dict, what: str) -> None:
+    pod_sc = spec.get("securityContext") or {}
+    for c in spec["containers"]:
+        sc = {**pod_sc, **(c.get("securityContext") or {})}
+        assert sc.get("runAsNonRoot") is True, f"{what}/{c['name']}: runAsNonRoot"
+        assert int(sc.get("runAsUser", 0)) != 0, f"{what}/{c['name']}: runAsUser must be non-zero"
+        assert sc.get("allowPrivilegeEscalation") is False, f"{what}/{c['name']}"
+
+
+def assert_db_env(container: dict, name: str, configmaps: dict) -> None:
+    prefix, _ = SERVICES[name]
+    env = {e["name"]: e for e in container.get("env", [])}
+    ref = env[f"{prefix}DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "clearhouse-db", "key": f"{name}-url"}
+    cm_refs = [e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e]
+    assert cm_refs and all(r in configmaps for r in cm_refs), cm_refs
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_deployment(name: str, resources: dict, configmaps: dict) -> None:
+    prefix, port = SERVICES[name]
+    dep = resources[("Deployment", name)]
+    assert dep["spec"]["replicas"] == 2
+    spec = pod_spec(dep)
+    (container,) = spec["containers"]
+    assert container["args"] == [name, "serve"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": port}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == port, f"{name} {probe}"
+    assert_non_root(spec, name)
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert_db_env(container, name, configmaps)
+    # settings the container gets must agree with the manifest
+    cfg = {k: v for r in container["envFrom"] for k, v in configmaps[r["configMapRef"]["name"]].items()}
+    assert int(cfg[f"{prefix}PORT"]) == port
+    assert cfg[f"{prefix}HOST"] == "0.0.0.0"
+    assert cfg[f"{prefix}MIGRATE_ON_START"].lower() == "false"
+    assert spec["terminationGracePeriodSeconds"] > float(cfg[f"{prefix}GRACE_PERIOD_S"])
+    # selector must match the pod template
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service(name: str, resources: dict) -> None:
+    _, port = SERVICES[name]
+    svc = resources[("Service", name)]
+    assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
+    (p,) = svc["spec"]["ports"]
+    assert p["name"] == "grpc" and p["port"] == port
+    assert p.get("targetPort") in (port, "grpc")
+    pod_labels = resources[("Deployment", name)]["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items(), "Service selects no pods"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_migration_job(name: str, resources: dict, configmaps: dict) -> None:
+    job = resources[("Job", f"{name}-migrate")]
+    assert isinstance(job["spec"]["backoffLimit"], int)
+    assert isinstance(job["spec"]["ttlSecondsAfterFinished"], int)
+    spec = pod_spec(job)
+    assert spec["restartPolicy"] in ("Never", "OnFailure")
+    (container,) = spec["containers"]
+    assert container["args"] == [name, "migrate"]
+    assert container["image"] == resources[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert_non_root(spec, f"{name}-migrate")
+    assert_db_env(container, name, configmaps)
+
+
+def test_settlement_peer_addresses_use_k8s_services(configmaps: dict) -> None:
+    cfg = configmaps["settlement-config"]
+    assert cfg["SETTLEMENT_CLEARING_ADDRESS"] == "clearing:50052"
+    assert cfg["SETTLEMENT_BILLING_ADDRESS"] == "billing:50051"
+    assert cfg["SETTLEMENT_PAYOUT_GATEWAY_ADDRESS"]
+    assert configmaps["clearing-config"]["CLEARING_BILLING_ADDRESS"] == "billing:50051"
+
+
+# -------------------------------------------------------------- Dockerfile ---
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, args) with comments dropped and continuations joined."""
+    text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    out = []
+    for ln in joined.splitlines():
+        if ln.strip():
+            instr, _, args = ln.strip().partition(" ")
+            out.append((instr.upper(), args.strip()))
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instrs = dockerfile_instructions()
+    last_from = max(i for i, (ins, _) in enumerate(instrs) if ins == "FROM")
+    return instrs[last_from:]
+
+
+def test_dockerfile_runs_as_fixed_non_root_user(resources: dict) -> None:
+    users = [args for ins, args in final_stage() if ins == "USER"]
+    assert users, "final stage has no USER"
+    user = users[-1].split(":")[0]
+    assert user.isdigit() and int(user) != 0, f"USER {users[-1]} must be a fixed non-zero uid"
+    # k8s runAsUser must be the same uid the image was built for
+    for kind, name in resources:
+        if kind in ("Deployment", "Job"):
+            sc = pod_spec(resources[(kind, name)])["securityContext"]
+            assert sc["runAsUser"] == int(user), f"{kind}/{name}"
+
+
+def test_dockerfile_base_entrypoint_and_copied_files() -> None:
+    instrs = dockerfile_instructions()
+    bases = [args.split()[0] for ins, args in instrs if ins == "FROM"]
+    assert bases and all(b.startswith("python:3.11-slim") for b in bases), bases
+    stage = final_stage()
+    assert [a for ins, a in stage if ins == "ENTRYPOINT"], "no ENTRYPOINT"
+    assert any(ins == "RUN" and "pip install" in a for ins, a in instrs)
+    # files copied from deploy/ must exist and be allowed by the dockerignore
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8")
+    for ins, args in instrs:
+        if ins == "COPY" and "--from" not in args:
+            for src in shlex.split(args)[:-1]:
+                if src.startswith("deploy/"):
+                    assert (REPO / src).is_file(), src
+                    assert f"!{src}" in ignore.split(), f"{src} excluded from build context"
+
+
+def test_entrypoint_script() -> None:
+    script = DEPLOY / "entrypoint.sh"
+    assert os.access(script, os.X_OK), "entrypoint.sh must be executable"
+    text = script.read_text(encoding="utf-8")
+    assert text.startswith("#!")
+    assert "exec python -m" in text, "python must replace the shell to receive SIGTERM"
+    for name in [*SERVICES, PAYOUT_SIM[0]]:
+        assert name in text, name
