@@ -1,0 +1,13 @@
+"""Database access of the billing service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+@dataclass
+class Database:
+    engine: AsyncEngine
+    schema: str

@@ -1,0 +1,92 @@
+"""`python -m services.<name> [serve|migrate]`: the same entry point for every service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import embedded_pg, logging as json_logging, migrations, server
+from shared.db import create_engine
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+BuildApp = Callable[[Any, AsyncEngine], Awaitable[server.App]]
+
+
+def _database_url(settings: ServiceSettings) -> str:
+    url = settings.resolved_database_url()
+    if url:
+        return url
+    # No DATABASE_URL: the embedded default, shared with the rest of the local stack.
+    _, url = embedded_pg.start(settings.embedded_pg_dir, stop_at_exit=False)
+    return url
+
+
+async def _serve(settings: ServiceSettings, build: BuildApp, scripts: Path, name: str) -> int:
+    engine = create_engine(_database_url(settings), settings.db_schema, settings.db_pool_size)
+    try:
+        if settings.migrate_on_start:
+            await migrations.upgrade(engine, settings.db_schema, scripts)
+        elif not await migrations.is_current(engine, settings.db_schema, scripts):
+            current = None
+            try:
+                current = await migrations.current_revision(engine, settings.db_schema)
+            except Exception:
+                current = None
+            print(
+                f"{name}: schema {settings.db_schema!r} is at revision {current or 'none'}, "
+                f"not at {migrations.head_revision(scripts)}. Run `python -m services.{name} "
+                f"migrate` first, or set {name.upper()}_MIGRATE_ON_START=true.",
+                file=sys.stderr,
+            )
+            return 2
+        app = await build(settings, engine)
+        await server.serve_forever(app, settings.host, settings.port, settings.grace_period_s)
+        return 0
+    finally:
+        await engine.dispose()
+
+
+async def _migrate(settings: ServiceSettings, scripts: Path, down: str | None) -> int:
+    engine = create_engine(_database_url(settings), settings.db_schema, 2)
+    try:
+        if down:
+            await migrations.downgrade(engine, settings.db_schema, scripts, down)
+        else:
+            await migrations.upgrade(engine, settings.db_schema, scripts)
+        rev = await migrations.current_revision(engine, settings.db_schema)
+        print(f"{settings.db_schema}: at revision {rev or 'base'}")
+        return 0
+    finally:
+        await engine.dispose()
+
+
+def main(
+    name: str,
+    settings_factory: Callable[[], ServiceSettings],
+    build: BuildApp | None,
+    scripts: Path | None,
+    argv: list[str] | None = None,
+) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="serve gRPC (default)")
+    if scripts is not None:
+        mig = sub.add_parser("migrate", help="upgrade the schema to the latest migration")
+        mig.add_argument("--down", metavar="REVISION", help="downgrade to REVISION (e.g. base)")
+    args = parser.parse_args(argv)
+    settings = settings_factory()
+    json_logging.configure(settings.log_level)
+    if args.command == "migrate" and scripts is not None:
+        return asyncio.run(_migrate(settings, scripts, args.down))
+    if build is None or scripts is None:
+        raise SystemExit("nothing to serve")
+    return asyncio.run(_serve(settings, build, scripts, name))

@@ -1,0 +1,39 @@
+"""Conversions between protobuf well-known types and Python values."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from google.protobuf import timestamp_pb2
+from google.type import date_pb2
+
+UTC = dt.UTC
+
+
+def ts_to_datetime(ts: timestamp_pb2.Timestamp) -> dt.datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def datetime_to_ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(UTC))
+    return ts
+
+
+def date_to_proto(value: dt.date | None) -> date_pb2.Date | None:
+    if value is None:
+        return None
+    return date_pb2.Date(year=value.year, month=value.month, day=value.day)
+
+
+def proto_to_date(value: date_pb2.Date) -> dt.date:
+    """Raises ValueError for an impossible date; callers turn that into a field violation."""
+    return dt.date(value.year, value.month, value.day)
+
+
+def business_date(moment: dt.datetime, zone: ZoneInfo) -> dt.date:
+    """The local date of a UTC moment in the business time zone."""
+    return moment.astimezone(zone).date()

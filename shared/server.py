@@ -1,0 +1,134 @@
+"""The one gRPC server runtime of every Clearhouse service.
+
+`start()` serves an App on a port (0 in tests) with health, reflection and the
+shared interceptor; `serve_forever()` adds graceful stop on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shared.interceptors import ServerInterceptor
+
+log = logging.getLogger(__name__)
+
+HEALTH_POLL_S = 2.0
+
+
+@dataclass
+class App:
+    """What a service's bootstrap builds: servicers plus their lifecycle."""
+
+    name: str
+    error_domain: str
+    # (generated add_XxxServicer_to_server, servicer instance)
+    servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]]
+    # Fully qualified service names, for reflection and per-service health.
+    service_names: list[str]
+    # True when the service can do its work (database answers, schema at head).
+    readiness: Callable[[], Awaitable[bool]]
+    # Long-running coroutines (workers, schedulers) started with the server.
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass
+class Running:
+    app: App
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    tasks: list[asyncio.Task[None]]
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.server.stop(grace)
+        for close in self.app.on_close:
+            await close()
+
+
+async def _watch_health(app: App, servicer: health.aio.HealthServicer) -> None:
+    while True:
+        try:
+            ok = await app.readiness()
+        except Exception:
+            ok = False
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *app.service_names]:
+            await servicer.set(name, status)
+        await asyncio.sleep(HEALTH_POLL_S)
+
+
+async def _guard(name: str, work: Callable[[], Awaitable[None]]) -> None:
+    # A background worker that dies would silently stop (say) pending-fee completion:
+    # log it and restart after a pause instead.
+    while True:
+        try:
+            await work()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task failed; restarting", extra={"task": name})
+            await asyncio.sleep(1.0)
+
+
+async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(app.error_domain)],
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for add, servicer in app.servicers:
+        add(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    await server.start()
+    tasks = [asyncio.create_task(_watch_health(app, health_servicer), name=f"{app.name}-health")]
+    tasks += [
+        asyncio.create_task(_guard(getattr(w, "__name__", "task"), w), name=f"{app.name}-bg")
+        for w in app.background
+    ]
+    log.info("serving", extra={"service": app.name, "address": f"{host}:{bound}"})
+    return Running(app, server, bound, health_servicer, tasks)
+
+
+async def serve_forever(app: App, host: str, port: int, grace: float) -> None:
+    running = await start(app, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping", extra={"service": app.name, "grace_s": grace})
+    await running.stop(grace)

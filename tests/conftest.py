@@ -1,0 +1,45 @@
+"""Test fixtures: one PostgreSQL for the session (TEST_DATABASE_URL, or the embedded
+server), and each test's services in schemas of their own, so tests never see each
+other's data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+import shared  # noqa: F401  (generated protobuf package on the path)
+from shared import embedded_pg
+from tests.support.harness import ServiceHandle, drop, launch
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT.parent / "shared" / "spec" / "cases"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    url = os.environ.get("TEST_DATABASE_URL", "")
+    if url:
+        yield url
+        return
+    server, url = embedded_pg.start(ROOT / ".clearhouse" / "test-pgdata", stop_at_exit=True)
+    # Test data is throwaway: trading durability for speed is fine here, never in a service.
+    server.psql("ALTER SYSTEM SET synchronous_commit = off;")
+    server.psql("SELECT pg_reload_conf();")
+    yield url
+
+
+@pytest.fixture(scope="session")
+def cases_dir() -> Path:
+    if not CASES.exists():
+        pytest.fail(f"worked cases not found at {CASES}")
+    return CASES
+
+
+@pytest.fixture
+async def billing(pg_url: str) -> AsyncIterator[ServiceHandle]:
+    handle = await launch("billing", pg_url)
+    yield handle
+    await drop(handle)
