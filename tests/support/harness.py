@@ -42,9 +42,13 @@ class ServiceHandle:
         await self.running.stop(grace)
 
     async def restart(self, **overrides: Any) -> None:
-        """Stop the server and start a new one on the same schema (a crash/restart)."""
+        """Stop the server and start a new one on the same schema and the same port,
+        as after a crash or a redeploy; callers holding the address reach it again."""
+        port = self.running.port
         await self.stop(None)
-        new = await launch(self.name, "", schema=self.schema, engine=self.engine, **overrides)
+        new = await launch(
+            self.name, "", schema=self.schema, engine=self.engine, port=port, **overrides
+        )
         self.running, self.channel, self.stub, self.settings = (
             new.running, new.channel, new.stub, new.settings
         )
@@ -60,6 +64,7 @@ async def launch(
     *,
     schema: str | None = None,
     engine: AsyncEngine | None = None,
+    port: int = 0,
     **overrides: Any,
 ) -> ServiceHandle:
     bootstrap = importlib.import_module(f"services.{name}.bootstrap")
@@ -73,7 +78,7 @@ async def launch(
         engine = create_engine(pg_url, schema, pool_size=settings.db_pool_size)
         await migrations.upgrade(engine, schema, bootstrap.MIGRATIONS)
     app = await bootstrap.build_app(settings, engine)
-    running = await server.start(app, "127.0.0.1", 0)
+    running = await server.start(app, "127.0.0.1", port)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     module, stub_name = STUBS.get(name, (None, None))
     stub = getattr(importlib.import_module(module), stub_name)(channel) if module else None
