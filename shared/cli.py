@@ -12,7 +12,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import embedded_pg, logging as json_logging, migrations, server
+from shared import embedded_pg, migrations, server
+from shared import logging as json_logging
 from shared.db import create_engine
 from shared.settings import ServiceSettings
 

@@ -24,5 +24,5 @@ def start(data_dir: str | Path, *, stop_at_exit: bool = True) -> tuple[Any, str]
 
 
 def asyncpg_url(libpq_uri: str) -> str:
-    """pgserver gives a libpq URI (postgresql://user:@/db?host=/socket); SQLAlchemy needs the driver."""
+    """pgserver gives a libpq URI (postgresql://user:@/db?host=/socket); SQLAlchemy wants a driver."""
     return libpq_uri.replace("postgresql://", "postgresql+asyncpg://", 1)

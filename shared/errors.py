@@ -94,13 +94,13 @@ def to_status(exc: BaseException, domain: str) -> status_pb2.Status:
     """The google.rpc.Status for a domain error or a bad request; anything else is INTERNAL."""
     if isinstance(exc, DomainError):
         info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=domain, metadata=exc.metadata)
-        return status_pb2.Status(
-            code=exc.code.value[0], message=exc.message, details=[_pack(info)]
-        )
+        return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=[_pack(info)])
     if isinstance(exc, InvalidArgument):
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in exc.violations
             ]
         )

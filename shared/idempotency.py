@@ -39,7 +39,9 @@ async def begin(
         return True, None
     row = (
         await conn.execute(
-            text("SELECT request_hash, response FROM idempotency_keys WHERE scope = :s AND key = :k"),
+            text(
+                "SELECT request_hash, response FROM idempotency_keys WHERE scope = :s AND key = :k"
+            ),
             {"s": scope, "k": key},
         )
     ).one()

@@ -47,7 +47,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 return await inner(request, context)
             except (DomainError, InvalidArgument) as exc:
                 status = to_status(exc, domain)
-                code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, InvalidArgument) else exc.code
+                code = (
+                    grpc.StatusCode.INVALID_ARGUMENT
+                    if isinstance(exc, InvalidArgument)
+                    else exc.code
+                )
                 await context.abort_with_status(rpc_status.to_status(status))
             except (grpc.aio.AbortError, grpc.RpcError):
                 # Already a status (an abort, or a downstream failure re-raised as is).
@@ -57,7 +61,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.INTERNAL
                 # The trace stays in the log; the caller gets a generic message only.
                 log.exception("unhandled error", extra={"method": method, "request_id": request_id})
-                await context.abort_with_status(rpc_status.to_status(to_status(Exception(), domain)))
+                await context.abort_with_status(
+                    rpc_status.to_status(to_status(Exception(), domain))
+                )
             finally:
                 log.info(
                     "rpc",

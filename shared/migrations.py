@@ -48,7 +48,9 @@ async def is_current(engine: AsyncEngine, schema: str, script_location: Path) ->
         return False
 
 
-async def upgrade(engine: AsyncEngine, schema: str, script_location: Path, to: str = "head") -> None:
+async def upgrade(
+    engine: AsyncEngine, schema: str, script_location: Path, to: str = "head"
+) -> None:
     await ensure_schema(engine, schema)
     await _run(engine, schema, script_location, lambda cfg: command.upgrade(cfg, to))
 

@@ -228,7 +228,9 @@ def assert_db_env(container: dict, name: str, configmaps: dict) -> None:
     env = {e["name"]: e for e in container.get("env", [])}
     ref = env[f"{prefix}DATABASE_URL"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "clearhouse-db", "key": f"{name}-url"}
-    cm_refs = [e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e]
+    cm_refs = [
+        e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e
+    ]
     assert cm_refs and all(r in configmaps for r in cm_refs), cm_refs
 
 
@@ -248,7 +250,9 @@ def test_deployment(name: str, resources: dict, configmaps: dict) -> None:
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert_db_env(container, name, configmaps)
     # settings the container gets must agree with the manifest
-    cfg = {k: v for r in container["envFrom"] for k, v in configmaps[r["configMapRef"]["name"]].items()}
+    cfg = {
+        k: v for r in container["envFrom"] for k, v in configmaps[r["configMapRef"]["name"]].items()
+    }
     assert int(cfg[f"{prefix}PORT"]) == port
     assert cfg[f"{prefix}HOST"] == "0.0.0.0"
     assert cfg[f"{prefix}MIGRATE_ON_START"].lower() == "false"
@@ -279,7 +283,10 @@ def test_migration_job(name: str, resources: dict, configmaps: dict) -> None:
     assert spec["restartPolicy"] in ("Never", "OnFailure")
     (container,) = spec["containers"]
     assert container["args"] == [name, "migrate"]
-    assert container["image"] == resources[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert (
+        container["image"]
+        == resources[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
     assert_non_root(spec, f"{name}-migrate")
     assert_db_env(container, name, configmaps)
 

@@ -7,6 +7,8 @@ import asyncio
 
 import grpc
 import pytest
+from clearhouse.payout.v1 import payout_pb2, payout_pb2_grpc
+from clearhouse.type.v1 import money_pb2
 from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,8 +16,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from sqlalchemy import text
 
-from clearhouse.payout.v1 import payout_pb2, payout_pb2_grpc
-from clearhouse.type.v1 import money_pb2
 from shared import migrations, server
 from shared.db import create_engine
 from shared.errors import Violations
@@ -91,15 +91,27 @@ async def test_migrations_go_up_from_empty_and_back_down(pg_url, name):
         await migrations.upgrade(engine, schema, bootstrap.MIGRATIONS)
         assert await migrations.is_current(engine, schema, bootstrap.MIGRATIONS)
         async with engine.connect() as conn:
-            tables = (await conn.execute(text(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = :s"
-            ), {"s": schema})).scalar_one()
+            tables = (
+                await conn.execute(
+                    text("SELECT count(*) FROM information_schema.tables WHERE table_schema = :s"),
+                    {"s": schema},
+                )
+            ).scalar_one()
         assert tables >= 2  # the version table and at least one of the service's own
         await migrations.downgrade(engine, schema, bootstrap.MIGRATIONS, "base")
         async with engine.connect() as conn:
-            left = (await conn.execute(text(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = :s"
-            ), {"s": schema})).scalars().all()
+            left = (
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT table_name FROM information_schema.tables WHERE table_schema = :s"
+                        ),
+                        {"s": schema},
+                    )
+                )
+                .scalars()
+                .all()
+            )
         assert set(left) <= {"alembic_version"}
         assert not await migrations.is_current(engine, schema, bootstrap.MIGRATIONS)
     finally:
@@ -118,12 +130,18 @@ class _ProbeGateway(payout_pb2_grpc.PayoutGatewayServiceServicer):
     async def SubmitPayout(self, request, context):
         v = Violations()
         v.check(bool(request.instruction_id), "instruction_id", "required")
-        v.check(is_known_currency(request.amount.currency_code), "amount.currency_code", "unknown currency")
+        v.check(
+            is_known_currency(request.amount.currency_code),
+            "amount.currency_code",
+            "unknown currency",
+        )
         v.check(request.amount.minor_units > 0, "amount.minor_units", "must be positive")
         v.raise_if_any()
         async with self.engine.begin() as conn:
             await conn.execute(
-                text("INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ('probe', :k, '')"),
+                text(
+                    "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ('probe', :k, '')"
+                ),
                 {"k": request.instruction_id},
             )
         return payout_pb2.SubmitPayoutResponse()
@@ -143,9 +161,13 @@ async def probe(pg_url):
         return True
 
     app = server.App(
-        name="probe", error_domain="probe.clearhouse",
-        servicers=[(payout_pb2_grpc.add_PayoutGatewayServiceServicer_to_server, _ProbeGateway(engine))],
-        service_names=["clearhouse.payout.v1.PayoutGatewayService"], readiness=ready,
+        name="probe",
+        error_domain="probe.clearhouse",
+        servicers=[
+            (payout_pb2_grpc.add_PayoutGatewayServiceServicer_to_server, _ProbeGateway(engine))
+        ],
+        service_names=["clearhouse.payout.v1.PayoutGatewayService"],
+        readiness=ready,
     )
     running = await server.start(app)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
@@ -160,23 +182,32 @@ async def probe(pg_url):
 async def test_an_invalid_request_is_refused_with_field_violations_and_writes_nothing(probe):
     stub, engine = probe
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.SubmitPayout(payout_pb2.SubmitPayoutRequest(
-            instruction_id="", amount=money_pb2.Money(currency_code="XXX", minor_units=-1)))
+        await stub.SubmitPayout(
+            payout_pb2.SubmitPayoutRequest(
+                instruction_id="", amount=money_pb2.Money(currency_code="XXX", minor_units=-1)
+            )
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     status = rpc_status.from_call(err.value)
     bad = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad)
     assert {v.field for v in bad.field_violations} == {
-        "instruction_id", "amount.currency_code", "amount.minor_units"}
+        "instruction_id",
+        "amount.currency_code",
+        "amount.minor_units",
+    }
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM idempotency_keys"))).scalar_one() == 0
 
 
 async def test_a_valid_request_goes_through_and_carries_a_request_id(probe):
     stub, engine = probe
-    call = stub.SubmitPayout(payout_pb2.SubmitPayoutRequest(
-        instruction_id="P1", amount=money_pb2.Money(currency_code="CNY", minor_units=100)),
-        metadata=(("x-request-id", "req-123"),))
+    call = stub.SubmitPayout(
+        payout_pb2.SubmitPayoutRequest(
+            instruction_id="P1", amount=money_pb2.Money(currency_code="CNY", minor_units=100)
+        ),
+        metadata=(("x-request-id", "req-123"),),
+    )
     await call
     assert ("x-request-id", "req-123") in tuple(await call.initial_metadata())
     async with engine.connect() as conn:
@@ -197,6 +228,7 @@ def test_proto_descriptors_document_every_rpc():
     # Every RPC and message of the contracts carries a comment (checked on the sources).
     import pathlib
     import re
+
     for proto in pathlib.Path("protos").rglob("*.proto"):
         lines = proto.read_text().splitlines()
         for i, line in enumerate(lines):

@@ -50,7 +50,10 @@ class ServiceHandle:
             self.name, "", schema=self.schema, engine=self.engine, port=port, **overrides
         )
         self.running, self.channel, self.stub, self.settings = (
-            new.running, new.channel, new.stub, new.settings
+            new.running,
+            new.channel,
+            new.stub,
+            new.settings,
         )
 
 
@@ -70,7 +73,9 @@ async def launch(
     bootstrap = importlib.import_module(f"services.{name}.bootstrap")
     settings_mod = importlib.import_module(f"services.{name}.settings")
     settings_cls = next(
-        getattr(settings_mod, n) for n in dir(settings_mod) if n.endswith("Settings") and n != "ServiceSettings"
+        getattr(settings_mod, n)
+        for n in dir(settings_mod)
+        if n.endswith("Settings") and n != "ServiceSettings"
     )
     schema = schema or new_schema(name)
     settings = settings_cls(db_schema=schema, port=0, database_url=pg_url or "unused", **overrides)

@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make up` runs the system, `make test` tests it.
+# Both create the virtual environment and install on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install up demo test lint typecheck protos check-protos pytest bench buf-lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# constraints.txt pins what the generated code and the checks were made with,
+	# so a clean clone regenerates protobuf code byte for byte.
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/python -m shared.stack
+
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+check-protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py --check
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy shared services
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: lint typecheck check-protos pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+buf-lint:
+	npx --yes @bufbuild/buf@1.47.2 lint
+
+clean:
+	rm -rf $(VENV) .clearhouse .pytest_cache .mypy_cache .ruff_cache
