@@ -116,6 +116,9 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
+    # Known from the first instant, so a probe never gets NOT_FOUND for our own service.
+    for name in ["", *app.service_names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     tasks = [asyncio.create_task(_watch_health(app, health_servicer), name=f"{app.name}-health")]
     tasks += [

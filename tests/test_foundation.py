@@ -27,12 +27,13 @@ SERVICES = ["billing", "clearing", "settlement"]
 
 async def _health(channel: grpc.aio.Channel, service: str = "") -> int:
     stub = health_pb2_grpc.HealthStub(channel)
-    for _ in range(50):
-        resp = await stub.Check(health_pb2.HealthCheckRequest(service=service))
-        if resp.status == health_pb2.HealthCheckResponse.SERVING:
-            return resp.status
+    status = None
+    for _ in range(200):  # the first readiness check lands within moments of the start
+        status = (await stub.Check(health_pb2.HealthCheckRequest(service=service))).status
+        if status == health_pb2.HealthCheckResponse.SERVING:
+            break
         await asyncio.sleep(0.05)
-    return resp.status
+    return status
 
 
 @pytest.mark.parametrize("name", SERVICES)
