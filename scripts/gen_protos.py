@@ -22,16 +22,9 @@ PROTOS = ROOT / "protos"
 OUT = ROOT / "shared" / "proto_gen"
 
 
-def _googleapis_include() -> Path:
-    # googleapis-common-protos ships google/rpc/*.proto and google/type/*.proto beside its modules.
-    import google.rpc.status_pb2 as status_pb2
-
-    return Path(status_pb2.__file__).resolve().parent.parent.parent
-
-
 def generate(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "clearhouse").rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     bin_dir = Path(sys.executable).parent  # the mypy-protobuf plugins live beside the interpreter
     args = [
@@ -40,7 +33,7 @@ def generate(out: Path) -> None:
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTOS}",
         f"-I{well_known}",
-        f"-I{_googleapis_include()}",
+        f"-I{PROTOS / 'third_party'}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
