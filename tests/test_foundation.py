@@ -236,3 +236,56 @@ def test_proto_descriptors_document_every_rpc():
             if re.match(r"\s*(rpc|message|enum|service)\s+\w+", line):
                 assert lines[i - 1].strip().startswith("//"), f"{proto}:{i + 1} lacks a comment"
     assert descriptor_pb2  # imported for type completeness
+
+
+class _Recorder(payout_pb2_grpc.PayoutGatewayServiceServicer):
+    def __init__(self):
+        self.seen: list[str] = []
+
+    async def GetPayout(self, request, context):
+        self.seen.append(dict(context.invocation_metadata()).get("x-request-id", ""))
+        return payout_pb2.GetPayoutResponse()
+
+
+class _Forwarder(payout_pb2_grpc.PayoutGatewayServiceServicer):
+    def __init__(self, downstream: str):
+        self.downstream = downstream
+
+    async def GetPayout(self, request, context):
+        from shared.interceptors import client_channel
+
+        async with client_channel(self.downstream) as channel:
+            await payout_pb2_grpc.PayoutGatewayServiceStub(channel).GetPayout(request)
+        return payout_pb2.GetPayoutResponse()
+
+
+async def _ready():
+    return True
+
+
+def _app(servicer):
+    return server.App(
+        name="probe",
+        error_domain="probe.clearhouse",
+        servicers=[(payout_pb2_grpc.add_PayoutGatewayServiceServicer_to_server, servicer)],
+        service_names=["clearhouse.payout.v1.PayoutGatewayService"],
+        readiness=_ready,
+    )
+
+
+async def test_the_request_id_is_passed_on_to_downstream_calls_and_generated_when_absent():
+    recorder = _Recorder()
+    downstream = await server.start(_app(recorder))
+    upstream = await server.start(_app(_Forwarder(f"127.0.0.1:{downstream.port}")))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{upstream.port}") as channel:
+            stub = payout_pb2_grpc.PayoutGatewayServiceStub(channel)
+            await stub.GetPayout(payout_pb2.GetPayoutRequest(), metadata=(("x-request-id", "abc"),))
+            call = stub.GetPayout(payout_pb2.GetPayoutRequest())
+            await call
+            generated = dict(await call.initial_metadata())["x-request-id"]
+        assert recorder.seen[0] == "abc"
+        assert generated and recorder.seen[1] == generated
+    finally:
+        await upstream.stop(None)
+        await downstream.stop(None)
