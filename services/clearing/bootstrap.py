@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from zoneinfo import ZoneInfo
 
 from clearhouse.clearing.v1 import clearing_pb2, clearing_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.clearing.adapters.billing_client import BillingClient
 from services.clearing.entrypoints.grpc_servicer import ClearingServicer
+from services.clearing.service_layer.batches import Batches
+from services.clearing.service_layer.fee_completion import FeeCompletion
+from services.clearing.service_layer.pricing import Pricer
+from services.clearing.service_layer.queries import Queries
+from services.clearing.service_layer.recording import Recorder
 from services.clearing.service_layer.unit_of_work import Database
 from services.clearing.settings import ClearingSettings
 from shared import migrations
@@ -19,14 +26,37 @@ SERVICE_NAME = clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"].full_
 
 async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
     db = Database(engine, settings.db_schema)
+    zone = ZoneInfo(settings.business_timezone)
+    billing = BillingClient(
+        settings.billing_address, settings.billing_deadline_s, settings.billing_batch_deadline_s
+    )
+    pricer = Pricer(db, billing)
+    # A new detail is first priced by the call that records it; the worker leaves it
+    # alone until that call has had its deadline.
+    first_retry_s = max(settings.pending_fee_backoff_initial_s, settings.billing_deadline_s)
+    recorder = Recorder(db, pricer, zone, first_retry_s)
+    fees = FeeCompletion(
+        db,
+        pricer,
+        interval_s=settings.pending_fee_interval_s,
+        backoff_initial_s=settings.pending_fee_backoff_initial_s,
+        backoff_max_s=settings.pending_fee_backoff_max_s,
+        batch_size=settings.pending_fee_batch_size,
+    )
+    servicer = ClearingServicer(recorder, Queries(db), Batches(db), fees)
 
     async def ready() -> bool:
         return await migrations.is_current(engine, settings.db_schema, MIGRATIONS)
 
+    async def pending_fee_worker() -> None:
+        await fees.run_forever()
+
     return App(
         name="clearing",
         error_domain="clearing.clearhouse",
-        servicers=[(clearing_pb2_grpc.add_ClearingServiceServicer_to_server, ClearingServicer(db))],
+        servicers=[(clearing_pb2_grpc.add_ClearingServiceServicer_to_server, servicer)],
         service_names=[SERVICE_NAME],
         readiness=ready,
+        background=[pending_fee_worker] if settings.pending_fee_worker_enabled else [],
+        on_close=[billing.close],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -12,3 +13,32 @@ class ClearingSettings(ServiceSettings):
 
     port: int = 50052
     db_schema: str = "clearing"
+
+    billing_address: str = Field(
+        default="127.0.0.1:50051", description="host:port of the billing service"
+    )
+    billing_deadline_s: float = Field(
+        default=1.0, gt=0,
+        description="deadline of a unary ChargeFee/RefundFee; past it the fee is left pending",
+    )
+    billing_batch_deadline_s: float = Field(
+        default=10.0, gt=0, description="deadline of BatchChargeFees/BatchRefundFees"
+    )
+    business_timezone: str = Field(
+        default="Asia/Shanghai", description="IANA zone whose local date is the business date"
+    )
+    pending_fee_interval_s: float = Field(
+        default=5.0, gt=0, description="pause of the pending-fee worker when it has no work"
+    )
+    pending_fee_backoff_initial_s: float = Field(
+        default=2.0, gt=0, description="first wait before a pending fee is retried; doubles"
+    )
+    pending_fee_backoff_max_s: float = Field(
+        default=300.0, gt=0, description="longest wait between two retries of one pending fee"
+    )
+    pending_fee_batch_size: int = Field(
+        default=500, gt=0, le=1000, description="pending details priced per worker pass"
+    )
+    pending_fee_worker_enabled: bool = Field(
+        default=True, description="run the pending-fee worker in this process"
+    )

@@ -2,11 +2,203 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from clearhouse.clearing.v1 import clearing_pb2 as pb
 from clearhouse.clearing.v1 import clearing_pb2_grpc
 
-from services.clearing.service_layer.unit_of_work import Database
+from services.clearing.domain.model import MAX_BATCH, Detail, TransactionIn, check_id
+from services.clearing.entrypoints import convert
+from services.clearing.service_layer.batches import Batches
+from services.clearing.service_layer.fee_completion import FeeCompletion
+from services.clearing.service_layer.queries import Queries
+from services.clearing.service_layer.recording import Recorder
+from shared.errors import DomainError, InvalidArgument, Violations, to_status
+from shared.money import is_known_currency
+
+ERROR_DOMAIN = "clearing.clearhouse"
+
+
+def _recorded(d: Detail) -> pb.RecordTransactionResponse:
+    return pb.RecordTransactionResponse(detail=convert.detail(d), fee_pending=d.fee_pending)
 
 
 class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(
+        self, recorder: Recorder, queries: Queries, batches: Batches, fees: FeeCompletion
+    ) -> None:
+        self.recorder = recorder
+        self.queries = queries
+        self.batches = batches
+        self.fees = fees
+
+    # ------------------------------------------------------------ recording
+
+    async def RecordTransaction(self, request: pb.RecordTransactionRequest, context: Any) -> Any:
+        v = Violations()
+        if not request.HasField("transaction"):
+            v.add("transaction", "required")
+            v.raise_if_any()
+        tx = convert.transaction_in(v, request.transaction, "transaction.")
+        v.raise_if_any()
+        (outcome,) = await self.recorder.record([tx])
+        if isinstance(outcome, DomainError):
+            raise outcome
+        return _recorded(outcome)
+
+    async def BatchRecordTransactions(
+        self, request: pb.BatchRecordTransactionsRequest, context: Any
+    ) -> Any:
+        items = request.transactions
+        v = Violations()
+        v.check(0 < len(items) <= MAX_BATCH, "transactions", f"1 to {MAX_BATCH} transactions")
+        seen: set[str] = set()
+        for i, t in enumerate(items):
+            if t.transaction_id in seen:
+                v.add(f"transactions[{i}].transaction_id", "repeated within the batch")
+            seen.add(t.transaction_id)
+        v.raise_if_any()
+        # A malformed item is refused on its own; the others are recorded.
+        outcomes: list[Any] = [None] * len(items)
+        valid: list[tuple[int, TransactionIn]] = []
+        for i, t in enumerate(items):
+            iv = Violations()
+            tx = convert.transaction_in(iv, t, f"transactions[{i}].")
+            if iv:
+                outcomes[i] = pb.RecordOutcome(
+                    error=to_status(InvalidArgument(list(iv.items)), ERROR_DOMAIN)
+                )
+            else:
+                valid.append((i, tx))
+        results = await self.recorder.record([tx for _, tx in valid])
+        for (i, _), result in zip(valid, results, strict=True):
+            if isinstance(result, DomainError):
+                outcomes[i] = pb.RecordOutcome(error=to_status(result, ERROR_DOMAIN))
+            else:
+                outcomes[i] = pb.RecordOutcome(result=_recorded(result))
+        return pb.BatchRecordTransactionsResponse(outcomes=outcomes)
+
+    async def RecordAdjustment(self, request: pb.RecordAdjustmentRequest, context: Any) -> Any:
+        v = Violations()
+        adjustment = convert.adjustment_in(v, request)
+        v.raise_if_any()
+        d = await self.recorder.record_adjustment(adjustment)
+        return pb.RecordAdjustmentResponse(detail=convert.detail(d))
+
+    # ------------------------------------------------------------ queries
+
+    async def GetDetail(self, request: pb.GetDetailRequest, context: Any) -> Any:
+        v = Violations()
+        check_id(v, request.detail_id, "detail_id")
+        v.raise_if_any()
+        return pb.GetDetailResponse(detail=convert.detail(await self.queries.get(request.detail_id)))
+
+    async def ListDetails(self, request: pb.ListDetailsRequest, context: Any) -> Any:
+        v = Violations()
+        check_id(v, request.merchant_id, "merchant_id")
+        date_from = convert.optional_date(
+            v, request.business_date_from, request.HasField("business_date_from"),
+            "business_date_from",
+        )
+        date_to = convert.optional_date(
+            v, request.business_date_to, request.HasField("business_date_to"), "business_date_to"
+        )
+        v.check(request.detail_type in (0, *convert.DETAIL_TYPE_NAMES), "detail_type",
+                "unknown detail type")
+        v.check(request.state in (0, *convert.STATE_NAMES), "state", "unknown state")
+        v.raise_if_any()
+        details, token = await self.queries.list_details(
+            request.merchant_id, date_from, date_to,
+            convert.DETAIL_TYPE_NAMES.get(request.detail_type, ""),
+            convert.STATE_NAMES.get(request.state, ""),
+            request.page_size, request.page_token,
+        )
+        return pb.ListDetailsResponse(
+            details=[convert.detail(d) for d in details], next_page_token=token
+        )
+
+    async def SummarizeDetails(self, request: pb.SummarizeDetailsRequest, context: Any) -> Any:
+        v = Violations()
+        check_id(v, request.merchant_id, "merchant_id")
+        date_from = convert.optional_date(
+            v, request.business_date_from, request.HasField("business_date_from"),
+            "business_date_from",
+        )
+        date_to = convert.optional_date(
+            v, request.business_date_to, request.HasField("business_date_to"), "business_date_to"
+        )
+        v.raise_if_any()
+        rows = await self.queries.summarize(request.merchant_id, date_from, date_to)
+        return pb.SummarizeDetailsResponse(summaries=[convert.summary(s) for s in rows])
+
+    async def ListExceptions(self, request: pb.ListExceptionsRequest, context: Any) -> Any:
+        details, token = await self.queries.list_exceptions(
+            request.merchant_id, request.page_size, request.page_token
+        )
+        return pb.ListExceptionsResponse(
+            details=[convert.detail(d) for d in details], next_page_token=token
+        )
+
+    async def ListPendingFees(self, request: pb.ListPendingFeesRequest, context: Any) -> Any:
+        details, token = await self.queries.list_pending(
+            request.merchant_id, request.page_size, request.page_token
+        )
+        return pb.ListPendingFeesResponse(
+            details=[convert.detail(d) for d in details], next_page_token=token
+        )
+
+    async def RetryExceptions(self, request: pb.RetryExceptionsRequest, context: Any) -> Any:
+        v = Violations()
+        v.check(bool(request.detail_ids) or bool(request.merchant_id), "detail_ids",
+                "name the details, or set merchant_id")
+        v.check(len(request.detail_ids) <= MAX_BATCH, "detail_ids",
+                f"at most {MAX_BATCH} details")
+        for i, detail_id in enumerate(request.detail_ids):
+            check_id(v, detail_id, f"detail_ids[{i}]")
+        v.raise_if_any()
+        details = await self.fees.retry_exceptions(list(request.detail_ids), request.merchant_id)
+        return pb.RetryExceptionsResponse(details=[convert.detail(d) for d in details])
+
+    # ------------------------------------------------------------ hand-off to settlement
+
+    async def ClaimDetails(self, request: pb.ClaimDetailsRequest, context: Any) -> Any:
+        v = Violations()
+        check_id(v, request.batch_id, "batch_id")
+        check_id(v, request.merchant_id, "merchant_id")
+        v.check(is_known_currency(request.currency_code), "currency_code",
+                "unknown or missing ISO 4217 currency")
+        v.check(request.HasField("business_date_to"), "business_date_to", "required")
+        date_to = convert.optional_date(v, request.business_date_to, True, "business_date_to")
+        if request.HasField("business_date_to") and date_to is None and not v:
+            v.add("business_date_to", "required")
+        v.raise_if_any()
+        assert date_to is not None
+        b = await self.batches.claim(
+            request.batch_id, request.merchant_id, request.currency_code, date_to
+        )
+        return pb.ClaimDetailsResponse(batch=convert.batch(b))
+
+    async def ListBatchDetails(self, request: pb.ListBatchDetailsRequest, context: Any) -> Any:
+        v = Violations()
+        check_id(v, request.batch_id, "batch_id")
+        v.raise_if_any()
+        details, token = await self.queries.list_batch(
+            request.batch_id, request.page_size, request.page_token
+        )
+        return pb.ListBatchDetailsResponse(
+            details=[convert.detail(d) for d in details], next_page_token=token
+        )
+
+    async def ConfirmBatch(self, request: pb.ConfirmBatchRequest, context: Any) -> Any:
+        v = Violations()
+        check_id(v, request.batch_id, "batch_id")
+        v.raise_if_any()
+        return pb.ConfirmBatchResponse(batch=convert.batch(await self.batches.confirm(
+            request.batch_id)))
+
+    async def ReleaseBatch(self, request: pb.ReleaseBatchRequest, context: Any) -> Any:
+        v = Violations()
+        check_id(v, request.batch_id, "batch_id")
+        v.raise_if_any()
+        return pb.ReleaseBatchResponse(batch=convert.batch(await self.batches.release(
+            request.batch_id)))

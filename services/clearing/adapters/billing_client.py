@@ -1,0 +1,190 @@
+"""The billing service as clearing sees it: ChargeFee / RefundFee and their batch forms,
+with a deadline, every answer turned into a FeeOutcome (priced, refused, or unknown)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
+from clearhouse.type.v1 import money_pb2, transaction_pb2
+from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from services.clearing.domain.model import Detail, Fee
+from services.clearing.domain.pricing import FeeOutcome, Priced, Refused, Unknown
+from shared.errors import reason_of
+from shared.interceptors import client_channel
+
+log = logging.getLogger(__name__)
+
+_MODES: dict[int, str] = {
+    transaction_pb2.COLLECTION_MODE_NET: "NET",
+    transaction_pb2.COLLECTION_MODE_DEFERRED: "DEFERRED",
+    transaction_pb2.COLLECTION_MODE_PREPAID: "PREPAID",
+}
+
+# Answers that mean "billing looked at it and said no": retrying the same request will
+# get the same answer until someone changes billing's configuration. Everything else
+# (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, …) leaves the outcome unknown.
+_REFUSALS = {
+    c.value[0]: c.name
+    for c in (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.OUT_OF_RANGE,
+    )
+}
+
+
+def _ts(moment: dt.datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(moment.astimezone(dt.UTC))
+    return ts
+
+
+def _fee_transaction(d: Detail) -> billing_pb2.FeeTransaction:
+    return billing_pb2.FeeTransaction(
+        transaction_id=d.detail_id,
+        merchant_id=d.merchant_id,
+        transaction_type=transaction_pb2.TRANSACTION_TYPE_PAYMENT,
+        amount=money_pb2.Money(currency_code=d.currency, minor_units=d.amount),
+        transaction_time=_ts(d.transaction_time),
+        product=d.product,
+        business_line=d.business_line,
+        acquirer_bank=d.acquirer_bank,
+        issuer_bank=d.issuer_bank,
+        card_type=d.card_type,
+    )
+
+
+def _refund_request(d: Detail) -> billing_pb2.RefundFeeRequest:
+    return billing_pb2.RefundFeeRequest(
+        refund_transaction_id=d.detail_id,
+        original_transaction_id=d.original_transaction_id,
+        merchant_id=d.merchant_id,
+        amount=money_pb2.Money(currency_code=d.currency, minor_units=d.amount),
+        refund_time=_ts(d.transaction_time),
+    )
+
+
+def _priced(d: Detail, money: money_pb2.Money, mode: int, rule_id: str, version: int) -> FeeOutcome:
+    if money.currency_code != d.currency or mode not in _MODES:
+        # Never store a fee we cannot net correctly; ops see it as an exception.
+        return Refused("UNEXPECTED_BILLING_ANSWER",
+                       f"fee in {money.currency_code!r}, collection mode {mode}")
+    return Priced(Fee(money.minor_units, _MODES[mode], rule_id, version))
+
+
+def _refused(status: status_pb2.Status) -> FeeOutcome:
+    if status.code in _REFUSALS:
+        return Refused(reason_of(status) or _REFUSALS[status.code], status.message)
+    return Unknown(f"code {status.code}: {status.message}")
+
+
+def _from_rpc_error(err: grpc.aio.AioRpcError) -> FeeOutcome:
+    if err.code().value[0] in _REFUSALS:
+        status = rpc_status.from_call(err)
+        reason = reason_of(status) if status is not None else ""
+        return Refused(reason or err.code().name, err.details() or "")
+    return Unknown(f"{err.code().name}: {err.details()}")
+
+
+class BillingClient:
+    """One channel to billing for the life of the service."""
+
+    def __init__(self, address: str, deadline_s: float, batch_deadline_s: float) -> None:
+        self.address = address
+        self.deadline_s = deadline_s
+        self.batch_deadline_s = batch_deadline_s
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+
+    def _billing(self) -> Any:
+        # Built lazily: the channel must belong to the running event loop.
+        if self._stub is None:
+            self._channel = client_channel(self.address)
+            self._stub = billing_pb2_grpc.BillingServiceStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel, self._stub = None, None
+
+    async def charge(self, d: Detail) -> FeeOutcome:
+        try:
+            resp = await self._billing().ChargeFee(
+                billing_pb2.ChargeFeeRequest(transaction=_fee_transaction(d)),
+                timeout=self.deadline_s,
+            )
+        except grpc.aio.AioRpcError as err:
+            return _from_rpc_error(err)
+        r = resp.result
+        return _priced(d, r.fee, r.collection_mode, r.rule_id, r.rule_version)
+
+    async def refund(self, d: Detail) -> FeeOutcome:
+        try:
+            resp = await self._billing().RefundFee(_refund_request(d), timeout=self.deadline_s)
+        except grpc.aio.AioRpcError as err:
+            return _from_rpc_error(err)
+        r = resp.result
+        return _priced(d, r.fee_returned, r.collection_mode, r.rule_id, r.rule_version)
+
+    async def charge_many(self, details: Sequence[Detail]) -> list[FeeOutcome]:
+        if not details:
+            return []
+        if len(details) == 1:
+            return [await self.charge(details[0])]
+        try:
+            resp = await self._billing().BatchChargeFees(
+                billing_pb2.BatchChargeFeesRequest(
+                    requests=[billing_pb2.ChargeFeeRequest(transaction=_fee_transaction(d))
+                              for d in details]
+                ),
+                timeout=self.batch_deadline_s,
+            )
+        except grpc.aio.AioRpcError as err:
+            # A refusal of the whole call (say a malformed batch) is not a refusal of
+            # each item: leave them pending and log it for ops.
+            log.warning("billing batch charge failed", extra={"code": err.code().name,
+                                                              "details": err.details()})
+            return [Unknown(err.code().name)] * len(details)
+        out: list[FeeOutcome] = []
+        for d, o in zip(details, resp.outcomes, strict=True):
+            if o.HasField("result"):
+                r = o.result
+                out.append(_priced(d, r.fee, r.collection_mode, r.rule_id, r.rule_version))
+            else:
+                out.append(_refused(o.error))
+        return out
+
+    async def refund_many(self, details: Sequence[Detail]) -> list[FeeOutcome]:
+        if not details:
+            return []
+        if len(details) == 1:
+            return [await self.refund(details[0])]
+        try:
+            resp = await self._billing().BatchRefundFees(
+                billing_pb2.BatchRefundFeesRequest(requests=[_refund_request(d) for d in details]),
+                timeout=self.batch_deadline_s,
+            )
+        except grpc.aio.AioRpcError as err:
+            log.warning("billing batch refund failed", extra={"code": err.code().name,
+                                                              "details": err.details()})
+            return [Unknown(err.code().name)] * len(details)
+        out: list[FeeOutcome] = []
+        for d, o in zip(details, resp.outcomes, strict=True):
+            if o.HasField("result"):
+                r = o.result
+                out.append(_priced(d, r.fee_returned, r.collection_mode, r.rule_id,
+                                   r.rule_version))
+            else:
+                out.append(_refused(o.error))
+        return out

@@ -1,0 +1,409 @@
+"""SQL of the clearing schema, on the asyncpg driver connection (set-based statements,
+arrays through unnest, prepared and cached by asyncpg)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from services.clearing.domain.model import (
+    AdjustmentIn,
+    Batch,
+    BatchState,
+    BatchTotals,
+    Detail,
+    DetailState,
+    DetailType,
+    FeeStatus,
+    TransactionIn,
+    business_date,
+)
+from services.clearing.domain.pricing import FeeOutcome, Priced, Refused
+
+Conn = Any  # asyncpg.Connection (untyped package)
+
+DETAIL_COLUMNS = (
+    "detail_id, detail_type, merchant_id, currency, amount, transaction_time, business_date, "
+    "original_transaction_id, product, business_line, acquirer_bank, issuer_bank, card_type, "
+    "fee_status, fee, collection_mode, rule_id, rule_version, state, batch_id, "
+    "exception_reason, adjustment_reason, create_time, content_hash"
+)
+
+
+def _d(prefix: str) -> str:
+    return ", ".join(f"{prefix}.{c.strip()}" for c in DETAIL_COLUMNS.split(","))
+
+
+def to_detail(r: Any) -> Detail:
+    return Detail(
+        detail_id=r["detail_id"],
+        detail_type=DetailType(r["detail_type"]),
+        merchant_id=r["merchant_id"],
+        currency=r["currency"],
+        amount=r["amount"],
+        transaction_time=r["transaction_time"],
+        business_date=r["business_date"],
+        original_transaction_id=r["original_transaction_id"],
+        product=r["product"],
+        business_line=r["business_line"],
+        acquirer_bank=r["acquirer_bank"],
+        issuer_bank=r["issuer_bank"],
+        card_type=r["card_type"],
+        fee_status=FeeStatus(r["fee_status"]),
+        fee=r["fee"],
+        collection_mode=r["collection_mode"],
+        rule_id=r["rule_id"],
+        rule_version=r["rule_version"],
+        state=DetailState(r["state"]),
+        batch_id=r["batch_id"] or "",
+        exception_reason=r["exception_reason"],
+        adjustment_reason=r["adjustment_reason"],
+        create_time=r["create_time"],
+    )
+
+
+_INSERT_TRANSACTIONS = f"""
+INSERT INTO clearing_details (
+    detail_id, detail_type, merchant_id, currency, amount, transaction_time, business_date,
+    original_transaction_id, product, business_line, acquirer_bank, issuer_bank, card_type,
+    content_hash, fee_status, state, next_fee_attempt_at)
+SELECT t.*, 'PENDING', 'UNSETTLED', now() + make_interval(secs => $14)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[],
+            $7::date[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+            $13::text[], $15::text[]) AS t
+ON CONFLICT (detail_id) DO NOTHING
+RETURNING {DETAIL_COLUMNS}
+"""
+
+
+async def insert_transactions(
+    conn: Conn, txs: Sequence[TransactionIn], zone: ZoneInfo, first_retry_s: float
+) -> dict[str, Any]:
+    """Inserts the new ones (pending fee); returns the inserted rows by id. Ids already
+    present are left alone (ON CONFLICT DO NOTHING: a concurrent duplicate waits for the
+    first and then inserts nothing)."""
+    if not txs:
+        return {}
+    rows = await conn.fetch(
+        _INSERT_TRANSACTIONS,
+        [t.transaction_id for t in txs],
+        [t.detail_type.value for t in txs],
+        [t.merchant_id for t in txs],
+        [t.currency for t in txs],
+        [t.amount for t in txs],
+        [t.transaction_time for t in txs],
+        [business_date(t.transaction_time, zone) for t in txs],
+        [t.original_transaction_id for t in txs],
+        [t.product for t in txs],
+        [t.business_line for t in txs],
+        [t.acquirer_bank for t in txs],
+        [t.issuer_bank for t in txs],
+        [t.card_type for t in txs],
+        first_retry_s,
+        [t.content_hash() for t in txs],
+    )
+    return {r["detail_id"]: r for r in rows}
+
+
+async def fetch_rows(conn: Conn, ids: Iterable[str]) -> dict[str, Any]:
+    ids = list(ids)
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT {DETAIL_COLUMNS} FROM clearing_details WHERE detail_id = ANY($1::text[])", ids
+    )
+    return {r["detail_id"]: r for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentForRefund:
+    detail_type: str
+    merchant_id: str
+    currency: str
+    amount: int
+    refunded_total: int
+
+
+async def lock_originals(conn: Conn, ids: Iterable[str]) -> dict[str, PaymentForRefund]:
+    """Row-locks the payments being refunded, in id order (a fixed order: no deadlocks
+    between concurrent batches), so their refunded totals cannot race."""
+    rows = await conn.fetch(
+        "SELECT detail_id, detail_type, merchant_id, currency, amount, refunded_total "
+        "FROM clearing_details WHERE detail_id = ANY($1::text[]) ORDER BY detail_id FOR UPDATE",
+        sorted(set(ids)),
+    )
+    return {
+        r["detail_id"]: PaymentForRefund(
+            r["detail_type"], r["merchant_id"], r["currency"], r["amount"], r["refunded_total"]
+        )
+        for r in rows
+    }
+
+
+async def existing_hashes(conn: Conn, ids: Iterable[str]) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT detail_id, content_hash FROM clearing_details WHERE detail_id = ANY($1::text[])",
+        list(ids),
+    )
+    return {r["detail_id"]: r["content_hash"] for r in rows}
+
+
+async def add_refunded(conn: Conn, increments: dict[str, int]) -> None:
+    if not increments:
+        return
+    # The CHECK (refunded_total <= amount) is the last line of defence; the caller has
+    # already checked under the row lock.
+    await conn.execute(
+        "UPDATE clearing_details d SET refunded_total = d.refunded_total + u.inc "
+        "FROM unnest($1::text[], $2::bigint[]) AS u(id, inc) WHERE d.detail_id = u.id",
+        list(increments),
+        list(increments.values()),
+    )
+
+
+async def insert_adjustment(conn: Conn, a: AdjustmentIn, zone: ZoneInfo) -> Any | None:
+    return await conn.fetchrow(
+        f"""
+        INSERT INTO clearing_details (
+            detail_id, detail_type, merchant_id, currency, amount, transaction_time,
+            business_date, original_transaction_id, adjustment_reason, content_hash,
+            fee_status, state)
+        VALUES ($1, 'ADJUSTMENT', $2, $3, $4, $5, $6, $7, $8, $9, 'NOT_APPLICABLE', 'UNSETTLED')
+        ON CONFLICT (detail_id) DO NOTHING
+        RETURNING {DETAIL_COLUMNS}
+        """,
+        a.adjustment_id,
+        a.merchant_id,
+        a.currency,
+        a.amount,
+        a.adjustment_time,
+        business_date(a.adjustment_time, zone),
+        a.reference_transaction_id,
+        a.reason,
+        a.content_hash(),
+    )
+
+
+async def apply_outcomes(
+    conn: Conn, outcomes: Sequence[tuple[str, FeeOutcome]]
+) -> dict[str, Any]:
+    """Stores priced fees and refusals of pending details, in one statement. Only pending
+    details change, so a fee is stored once even if the worker and a caller race."""
+    decided = [(i, o) for i, o in outcomes if isinstance(o, Priced | Refused)]
+    if not decided:
+        return {}
+    ids, statuses, states, fees, modes, rules, versions, reasons = [], [], [], [], [], [], [], []
+    for detail_id, o in decided:
+        ids.append(detail_id)
+        if isinstance(o, Priced):
+            statuses.append(FeeStatus.KNOWN.value)
+            states.append(DetailState.UNSETTLED.value)
+            fees.append(o.fee.amount)
+            modes.append(o.fee.collection_mode)
+            rules.append(o.fee.rule_id)
+            versions.append(o.fee.rule_version)
+            reasons.append("")
+        else:
+            assert isinstance(o, Refused)
+            statuses.append(FeeStatus.REFUSED.value)
+            states.append(DetailState.EXCEPTION.value)
+            fees.append(0)
+            modes.append("")
+            rules.append("")
+            versions.append(0)
+            reasons.append(o.reason)
+    rows = await conn.fetch(
+        f"""
+        UPDATE clearing_details d
+        SET fee_status = u.status, state = u.state, fee = u.fee, collection_mode = u.mode,
+            rule_id = u.rule, rule_version = u.version, exception_reason = u.reason
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                    $7::int[], $8::text[]) AS u(id, status, state, fee, mode, rule, version, reason)
+        WHERE d.detail_id = u.id AND d.fee_status = 'PENDING'
+        RETURNING {_d("d")}
+        """,
+        ids, statuses, states, fees, modes, rules, versions, reasons,
+    )
+    return {r["detail_id"]: r for r in rows}
+
+
+async def original_fee_statuses(conn: Conn, ids: Iterable[str]) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT detail_id, fee_status FROM clearing_details WHERE detail_id = ANY($1::text[])",
+        list(set(ids)),
+    )
+    return {r["detail_id"]: r["fee_status"] for r in rows}
+
+
+async def take_due_pending(
+    conn: Conn, limit: int, initial_s: float, max_s: float
+) -> list[Any]:
+    """Takes up to `limit` pending details whose next attempt is due and pushes their next
+    attempt out by the backoff first: taking them IS the backoff, and SKIP LOCKED lets
+    several replicas share the work. A refund waits until its payment's fee is known."""
+    return list(
+        await conn.fetch(
+            f"""
+            WITH due AS (
+                SELECT d.detail_id FROM clearing_details d
+                WHERE d.fee_status = 'PENDING' AND d.next_fee_attempt_at <= now()
+                  AND (d.detail_type = 'PAYMENT' OR EXISTS (
+                        SELECT 1 FROM clearing_details o
+                        WHERE o.detail_id = d.original_transaction_id AND o.fee_status = 'KNOWN'))
+                ORDER BY d.next_fee_attempt_at
+                LIMIT $1
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE clearing_details d
+            SET fee_attempts = d.fee_attempts + 1,
+                next_fee_attempt_at = now() + make_interval(
+                    secs => least($3::float8, $2::float8 * power(2, least(d.fee_attempts, 30))))
+            FROM due WHERE d.detail_id = due.detail_id
+            RETURNING {_d("d")}
+            """,
+            limit,
+            initial_s,
+            max_s,
+        )
+    )
+
+
+async def reopen_exceptions(
+    conn: Conn, ids: Sequence[str] | None, merchant_id: str, limit: int, first_retry_s: float
+) -> list[Any]:
+    """Turns exceptions back into pending details so they can be priced again."""
+    where = "d.detail_id = ANY($1::text[])" if ids is not None else "d.merchant_id = $1"
+    return list(
+        await conn.fetch(
+            f"""
+            WITH chosen AS (
+                SELECT detail_id FROM clearing_details d
+                WHERE {where} AND d.state = 'EXCEPTION'
+                ORDER BY d.detail_id LIMIT $2 FOR UPDATE
+            )
+            UPDATE clearing_details d
+            SET fee_status = 'PENDING', state = 'UNSETTLED', exception_reason = '',
+                fee_attempts = 0, next_fee_attempt_at = now() + make_interval(secs => $3)
+            FROM chosen WHERE d.detail_id = chosen.detail_id
+            RETURNING {_d("d")}
+            """,
+            list(ids) if ids is not None else merchant_id,
+            limit,
+            first_retry_s,
+        )
+    )
+
+
+# ---------------------------------------------------------------- batches
+
+_BATCH_COLUMNS = (
+    "batch_id, merchant_id, currency, business_date_to, state, payments, refunds, net_fees, "
+    "net_fee_returns, adjustments, payment_count, refund_count, adjustment_count, detail_count"
+)
+
+
+def to_batch(r: Any) -> Batch:
+    return Batch(
+        batch_id=r["batch_id"],
+        merchant_id=r["merchant_id"],
+        currency=r["currency"],
+        business_date_to=r["business_date_to"],
+        state=BatchState(r["state"]),
+        totals=BatchTotals(
+            currency=r["currency"],
+            payments=r["payments"],
+            refunds=r["refunds"],
+            net_fees=r["net_fees"],
+            net_fee_returns=r["net_fee_returns"],
+            adjustments=r["adjustments"],
+            payment_count=r["payment_count"],
+            refund_count=r["refund_count"],
+            adjustment_count=r["adjustment_count"],
+            detail_count=r["detail_count"],
+        ),
+    )
+
+
+async def insert_batch(
+    conn: Conn, batch_id: str, merchant_id: str, currency: str, date_to: dt.date
+) -> bool:
+    row = await conn.fetchrow(
+        "INSERT INTO claim_batches (batch_id, merchant_id, currency, business_date_to, state) "
+        "VALUES ($1, $2, $3, $4, 'OPEN') ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
+        batch_id, merchant_id, currency, date_to,
+    )
+    return row is not None
+
+
+_CLAIM = f"""
+WITH claimed AS (
+    UPDATE clearing_details
+    SET state = 'CLAIMED', batch_id = $1
+    WHERE merchant_id = $2 AND currency = $3 AND state = 'UNSETTLED'
+      AND business_date <= $4 AND fee_status IN ('KNOWN', 'NOT_APPLICABLE')
+    RETURNING detail_type, amount, fee, collection_mode
+), totals AS (
+    SELECT
+        coalesce(sum(amount) FILTER (WHERE detail_type = 'PAYMENT'), 0) AS payments,
+        coalesce(sum(amount) FILTER (WHERE detail_type = 'REFUND'), 0) AS refunds,
+        coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT' AND collection_mode = 'NET'), 0)
+            AS net_fees,
+        coalesce(sum(fee) FILTER (WHERE detail_type = 'REFUND' AND collection_mode = 'NET'), 0)
+            AS net_fee_returns,
+        coalesce(sum(amount) FILTER (WHERE detail_type = 'ADJUSTMENT'), 0) AS adjustments,
+        count(*) FILTER (WHERE detail_type = 'PAYMENT') AS payment_count,
+        count(*) FILTER (WHERE detail_type = 'REFUND') AS refund_count,
+        count(*) FILTER (WHERE detail_type = 'ADJUSTMENT') AS adjustment_count,
+        count(*) AS detail_count
+    FROM claimed
+)
+UPDATE claim_batches b
+SET payments = t.payments, refunds = t.refunds, net_fees = t.net_fees,
+    net_fee_returns = t.net_fee_returns, adjustments = t.adjustments,
+    payment_count = t.payment_count, refund_count = t.refund_count,
+    adjustment_count = t.adjustment_count, detail_count = t.detail_count
+FROM totals t
+WHERE b.batch_id = $1
+RETURNING {", ".join("b." + c.strip() for c in _BATCH_COLUMNS.split(","))}
+"""
+
+
+async def claim_into(
+    conn: Conn, batch_id: str, merchant_id: str, currency: str, date_to: dt.date
+) -> Any:
+    """One statement: claim every due, priced, unsettled detail and total them in SQL.
+    Concurrent claimers of one merchant serialize on the rows' locks, and the loser
+    re-checks `state = 'UNSETTLED'` on the new row version, so no detail is claimed twice."""
+    return await conn.fetchrow(_CLAIM, batch_id, merchant_id, currency, date_to)
+
+
+async def get_batch(conn: Conn, batch_id: str, *, lock: bool = False) -> Any | None:
+    return await conn.fetchrow(
+        f"SELECT {_BATCH_COLUMNS} FROM claim_batches WHERE batch_id = $1"
+        + (" FOR UPDATE" if lock else ""),
+        batch_id,
+    )
+
+
+async def close_batch(conn: Conn, batch_id: str, confirm: bool) -> Any:
+    if confirm:
+        await conn.execute(
+            "UPDATE clearing_details SET state = 'SETTLED' "
+            "WHERE batch_id = $1 AND state = 'CLAIMED'",
+            batch_id,
+        )
+    else:
+        await conn.execute(
+            "UPDATE clearing_details SET state = 'UNSETTLED', batch_id = NULL "
+            "WHERE batch_id = $1 AND state = 'CLAIMED'",
+            batch_id,
+        )
+    return await conn.fetchrow(
+        f"UPDATE claim_batches SET state = $2, update_time = now() WHERE batch_id = $1 "
+        f"RETURNING {_BATCH_COLUMNS}",
+        batch_id,
+        (BatchState.CONFIRMED if confirm else BatchState.RELEASED).value,
+    )

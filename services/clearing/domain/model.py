@@ -1,0 +1,222 @@
+"""The clearing detail and what is recorded into it: plain values, no I/O, no protobuf."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from shared.errors import Violations
+from shared.money import INT64_MAX, is_known_currency
+
+MAX_ID_LENGTH = 64
+MAX_BATCH = 1000
+
+
+class DetailType(StrEnum):
+    PAYMENT = "PAYMENT"
+    REFUND = "REFUND"
+    ADJUSTMENT = "ADJUSTMENT"
+
+
+class DetailState(StrEnum):
+    UNSETTLED = "UNSETTLED"
+    CLAIMED = "CLAIMED"
+    SETTLED = "SETTLED"
+    EXCEPTION = "EXCEPTION"
+
+
+class FeeStatus(StrEnum):
+    PENDING = "PENDING"
+    KNOWN = "KNOWN"
+    REFUSED = "REFUSED"
+    NOT_APPLICABLE = "NOT_APPLICABLE"
+
+
+class BatchState(StrEnum):
+    OPEN = "OPEN"
+    CONFIRMED = "CONFIRMED"
+    RELEASED = "RELEASED"
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionIn:
+    """A payment or refund as the transaction core reports it."""
+
+    transaction_id: str
+    detail_type: DetailType
+    merchant_id: str
+    currency: str
+    amount: int
+    transaction_time: dt.datetime
+    original_transaction_id: str = ""
+    product: str = ""
+    business_line: str = ""
+    acquirer_bank: str = ""
+    issuer_bank: str = ""
+    card_type: str = ""
+
+    def content_hash(self) -> str:
+        """What must match for a repeat of this transaction id to be the same request."""
+        parts = (
+            self.detail_type,
+            self.merchant_id,
+            self.currency,
+            str(self.amount),
+            self.transaction_time.astimezone(dt.UTC).isoformat(),
+            self.original_transaction_id,
+            self.product,
+            self.business_line,
+            self.acquirer_bank,
+            self.issuer_bank,
+            self.card_type,
+        )
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustmentIn:
+    """A reconciliation difference (对账差异): signed, fee-free."""
+
+    adjustment_id: str
+    merchant_id: str
+    currency: str
+    amount: int
+    reason: str
+    reference_transaction_id: str
+    adjustment_time: dt.datetime
+
+    def content_hash(self) -> str:
+        parts = (
+            DetailType.ADJUSTMENT,
+            self.merchant_id,
+            self.currency,
+            str(self.amount),
+            self.reason,
+            self.reference_transaction_id,
+            self.adjustment_time.astimezone(dt.UTC).isoformat(),
+        )
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Fee:
+    """A fee as billing priced it: for a refund, the fee returned."""
+
+    amount: int
+    collection_mode: str  # NET / DEFERRED / PREPAID
+    rule_id: str
+    rule_version: int
+
+
+@dataclass(slots=True)
+class Detail:
+    """A clearing detail as stored."""
+
+    detail_id: str
+    detail_type: DetailType
+    merchant_id: str
+    currency: str
+    amount: int
+    transaction_time: dt.datetime
+    business_date: dt.date
+    original_transaction_id: str
+    product: str
+    business_line: str
+    acquirer_bank: str
+    issuer_bank: str
+    card_type: str
+    fee_status: FeeStatus
+    fee: int
+    collection_mode: str
+    rule_id: str
+    rule_version: int
+    state: DetailState
+    batch_id: str
+    exception_reason: str
+    adjustment_reason: str
+    create_time: dt.datetime
+
+    @property
+    def fee_pending(self) -> bool:
+        return self.fee_status is FeeStatus.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTotals:
+    currency: str
+    payments: int = 0
+    refunds: int = 0
+    net_fees: int = 0
+    net_fee_returns: int = 0
+    adjustments: int = 0
+    payment_count: int = 0
+    refund_count: int = 0
+    adjustment_count: int = 0
+    detail_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    batch_id: str
+    merchant_id: str
+    currency: str
+    business_date_to: dt.date
+    state: BatchState
+    totals: BatchTotals
+
+
+def business_date(moment: dt.datetime, zone: ZoneInfo) -> dt.date:
+    """The local date of a UTC moment in the business time zone (domain §1)."""
+    return moment.astimezone(zone).date()
+
+
+def check_id(v: Violations, value: str, path: str, required: bool = True) -> None:
+    if not value:
+        if required:
+            v.add(path, "required")
+        return
+    v.check(len(value) <= MAX_ID_LENGTH, path, f"at most {MAX_ID_LENGTH} characters")
+
+
+def validate_transaction(v: Violations, t: TransactionIn | None, prefix: str, *,
+                         has_time: bool, type_ok: bool) -> None:
+    """Field violations of one transaction; `prefix` is the path of the transaction."""
+    if t is None:
+        v.add(prefix.rstrip("."), "required")
+        return
+    check_id(v, t.transaction_id, prefix + "transaction_id")
+    v.check(type_ok, prefix + "transaction_type", "must be PAYMENT or REFUND")
+    check_id(v, t.merchant_id, prefix + "merchant_id")
+    v.check(is_known_currency(t.currency), prefix + "amount.currency_code",
+            "unknown or missing ISO 4217 currency")
+    v.check(0 < t.amount <= INT64_MAX, prefix + "amount.minor_units", "must be positive")
+    v.check(has_time, prefix + "transaction_time", "required")
+    if type_ok and t.detail_type is DetailType.REFUND:
+        check_id(v, t.original_transaction_id, prefix + "original_transaction_id")
+        v.check(t.original_transaction_id != t.transaction_id,
+                prefix + "original_transaction_id", "a refund cannot refund itself")
+    elif type_ok:
+        v.check(not t.original_transaction_id, prefix + "original_transaction_id",
+                "only a refund names an original transaction")
+    for name in ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
+        v.check(len(getattr(t, name)) <= MAX_ID_LENGTH, prefix + name,
+                f"at most {MAX_ID_LENGTH} characters")
+
+
+def validate_adjustment(v: Violations, a: AdjustmentIn, *, has_time: bool) -> None:
+    check_id(v, a.adjustment_id, "adjustment_id")
+    check_id(v, a.merchant_id, "merchant_id")
+    v.check(is_known_currency(a.currency), "amount.currency_code",
+            "unknown or missing ISO 4217 currency")
+    v.check(a.amount != 0, "amount.minor_units", "must not be zero")
+    v.check(bool(a.reason) and len(a.reason) <= 256, "reason", "required, at most 256 characters")
+    check_id(v, a.reference_transaction_id, "reference_transaction_id", required=False)
+    v.check(has_time, "adjustment_time", "required")
+
+
+def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
+    """Exponential backoff after `attempts` failed tries: initial, 2x, 4x, … capped."""
+    return float(min(maximum, initial * (2 ** min(attempts, 30))))

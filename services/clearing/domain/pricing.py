@@ -1,0 +1,43 @@
+"""What billing can answer about one detail's fee, and what clearing does with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.clearing.domain.model import DetailState, Fee, FeeStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """Billing priced (or returned) the fee."""
+
+    fee: Fee
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Billing refused for a business reason (no rule, prepaid balance short, …):
+    retrying will not help until ops fix the configuration."""
+
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """Billing did not answer (down, too slow, overloaded). The charge may or may not
+    have happened; billing is idempotent by transaction id, so asking again is safe."""
+
+    cause: str = ""
+
+
+FeeOutcome = Priced | Refused | Unknown
+
+
+def resulting_state(outcome: FeeOutcome) -> tuple[FeeStatus, DetailState] | None:
+    """The detail's fee status and state after an outcome; None leaves it pending."""
+    if isinstance(outcome, Priced):
+        return FeeStatus.KNOWN, DetailState.UNSETTLED
+    if isinstance(outcome, Refused):
+        return FeeStatus.REFUSED, DetailState.EXCEPTION
+    return None

@@ -1,0 +1,195 @@
+"""Protobuf ⇄ domain values of the clearing contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from clearhouse.clearing.v1 import clearing_pb2 as pb
+from clearhouse.type.v1 import money_pb2, transaction_pb2
+from google.protobuf import timestamp_pb2
+from google.type import date_pb2
+
+from services.clearing.domain.model import (
+    AdjustmentIn,
+    Batch,
+    Detail,
+    DetailType,
+    TransactionIn,
+    validate_adjustment,
+    validate_transaction,
+)
+from services.clearing.service_layer.queries import DailySummary
+from shared.errors import Violations
+
+UTC = dt.UTC
+
+DETAIL_TYPES = {
+    "PAYMENT": pb.DETAIL_TYPE_PAYMENT,
+    "REFUND": pb.DETAIL_TYPE_REFUND,
+    "ADJUSTMENT": pb.DETAIL_TYPE_ADJUSTMENT,
+}
+DETAIL_TYPE_NAMES = {v: k for k, v in DETAIL_TYPES.items()}
+STATES = {
+    "UNSETTLED": pb.DETAIL_STATE_UNSETTLED,
+    "CLAIMED": pb.DETAIL_STATE_CLAIMED,
+    "SETTLED": pb.DETAIL_STATE_SETTLED,
+    "EXCEPTION": pb.DETAIL_STATE_EXCEPTION,
+}
+STATE_NAMES = {v: k for k, v in STATES.items()}
+FEE_STATUSES = {
+    "PENDING": pb.FEE_STATUS_PENDING,
+    "KNOWN": pb.FEE_STATUS_KNOWN,
+    "REFUSED": pb.FEE_STATUS_REFUSED,
+    "NOT_APPLICABLE": pb.FEE_STATUS_NOT_APPLICABLE,
+}
+MODES = {
+    "": transaction_pb2.COLLECTION_MODE_UNSPECIFIED,
+    "NET": transaction_pb2.COLLECTION_MODE_NET,
+    "DEFERRED": transaction_pb2.COLLECTION_MODE_DEFERRED,
+    "PREPAID": transaction_pb2.COLLECTION_MODE_PREPAID,
+}
+BATCH_STATES = {
+    "OPEN": pb.BATCH_STATE_OPEN,
+    "CONFIRMED": pb.BATCH_STATE_CONFIRMED,
+    "RELEASED": pb.BATCH_STATE_RELEASED,
+}
+_TX_TYPES = {
+    transaction_pb2.TRANSACTION_TYPE_PAYMENT: DetailType.PAYMENT,
+    transaction_pb2.TRANSACTION_TYPE_REFUND: DetailType.REFUND,
+}
+
+
+def ts(moment: dt.datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(moment.astimezone(UTC))
+    return out
+
+
+def date(value: dt.date) -> date_pb2.Date:
+    return date_pb2.Date(year=value.year, month=value.month, day=value.day)
+
+
+def _moment(v: Violations, value: timestamp_pb2.Timestamp, path: str) -> dt.datetime | None:
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        v.add(path, "not a valid timestamp")
+        return None
+
+
+def optional_date(v: Violations, value: date_pb2.Date, present: bool, path: str) -> dt.date | None:
+    """An absent (or all-zero) Date means no bound."""
+    if not present or (value.year, value.month, value.day) == (0, 0, 0):
+        return None
+    try:
+        return dt.date(value.year, value.month, value.day)
+    except ValueError:
+        v.add(path, "not a valid date")
+        return None
+
+
+def transaction_in(v: Violations, t: pb.Transaction, prefix: str) -> TransactionIn:
+    """The domain transaction; problems go to `v` under `prefix` (e.g. 'transaction.')."""
+    has_time = t.HasField("transaction_time")
+    moment = _moment(v, t.transaction_time, prefix + "transaction_time") if has_time else None
+    kind = _TX_TYPES.get(t.transaction_type)
+    tx = TransactionIn(
+        transaction_id=t.transaction_id,
+        detail_type=kind or DetailType.PAYMENT,
+        merchant_id=t.merchant_id,
+        currency=t.amount.currency_code,
+        amount=t.amount.minor_units,
+        transaction_time=moment or dt.datetime(1970, 1, 1, tzinfo=UTC),
+        original_transaction_id=t.original_transaction_id,
+        product=t.product,
+        business_line=t.business_line,
+        acquirer_bank=t.acquirer_bank,
+        issuer_bank=t.issuer_bank,
+        card_type=t.card_type,
+    )
+    validate_transaction(v, tx, prefix, has_time=has_time, type_ok=kind is not None)
+    return tx
+
+
+def adjustment_in(v: Violations, r: pb.RecordAdjustmentRequest) -> AdjustmentIn:
+    has_time = r.HasField("adjustment_time")
+    moment = _moment(v, r.adjustment_time, "adjustment_time") if has_time else None
+    a = AdjustmentIn(
+        adjustment_id=r.adjustment_id,
+        merchant_id=r.merchant_id,
+        currency=r.amount.currency_code,
+        amount=r.amount.minor_units,
+        reason=r.reason,
+        reference_transaction_id=r.reference_transaction_id,
+        adjustment_time=moment or dt.datetime(1970, 1, 1, tzinfo=UTC),
+    )
+    validate_adjustment(v, a, has_time=has_time)
+    return a
+
+
+def detail(d: Detail) -> pb.ClearingDetail:
+    return pb.ClearingDetail(
+        detail_id=d.detail_id,
+        detail_type=DETAIL_TYPES[d.detail_type.value],
+        merchant_id=d.merchant_id,
+        amount=money_pb2.Money(currency_code=d.currency, minor_units=d.amount),
+        transaction_time=ts(d.transaction_time),
+        business_date=date(d.business_date),
+        original_transaction_id=d.original_transaction_id,
+        product=d.product,
+        business_line=d.business_line,
+        acquirer_bank=d.acquirer_bank,
+        issuer_bank=d.issuer_bank,
+        card_type=d.card_type,
+        fee_status=FEE_STATUSES[d.fee_status.value],
+        fee=money_pb2.Money(currency_code=d.currency, minor_units=d.fee),
+        collection_mode=MODES[d.collection_mode],
+        rule_id=d.rule_id,
+        rule_version=d.rule_version,
+        state=STATES[d.state.value],
+        batch_id=d.batch_id,
+        exception_reason=d.exception_reason,
+        adjustment_reason=d.adjustment_reason,
+        create_time=ts(d.create_time),
+    )
+
+
+def batch(b: Batch) -> pb.Batch:
+    t = b.totals
+    return pb.Batch(
+        batch_id=b.batch_id,
+        merchant_id=b.merchant_id,
+        business_date_to=date(b.business_date_to),
+        state=BATCH_STATES[b.state.value],
+        totals=pb.BatchTotals(
+            currency_code=t.currency,
+            payments=t.payments,
+            refunds=t.refunds,
+            net_fees=t.net_fees,
+            net_fee_returns=t.net_fee_returns,
+            adjustments=t.adjustments,
+            payment_count=t.payment_count,
+            refund_count=t.refund_count,
+            adjustment_count=t.adjustment_count,
+            detail_count=t.detail_count,
+        ),
+    )
+
+
+def summary(s: DailySummary) -> pb.DailySummary:
+    return pb.DailySummary(
+        business_date=date(s.business_date),
+        currency_code=s.currency,
+        payment_count=s.payment_count,
+        payment_amount=s.payment_amount,
+        refund_count=s.refund_count,
+        refund_amount=s.refund_amount,
+        adjustment_count=s.adjustment_count,
+        adjustment_amount=s.adjustment_amount,
+        net_fees=s.net_fees,
+        net_fee_returns=s.net_fee_returns,
+        deferred_fees=s.deferred_fees,
+        prepaid_fees=s.prepaid_fees,
+        pending_fee_count=s.pending_fee_count,
+        exception_count=s.exception_count,
+    )

@@ -1,0 +1,168 @@
+"""Read side: get, list (keyset pages), daily summaries, exceptions and pending fees."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from services.clearing.adapters import repository as repo
+from services.clearing.domain.model import Detail
+from services.clearing.service_layer.unit_of_work import Database
+from shared.errors import NotFound
+from shared.pagination import Page
+
+
+@dataclass(frozen=True, slots=True)
+class DailySummary:
+    business_date: dt.date
+    currency: str
+    payment_count: int
+    payment_amount: int
+    refund_count: int
+    refund_amount: int
+    adjustment_count: int
+    adjustment_amount: int
+    net_fees: int
+    net_fee_returns: int
+    deferred_fees: int
+    prepaid_fees: int
+    pending_fee_count: int
+    exception_count: int
+
+
+def _page(rows: list[Any], page: Page, key: Any, filters: Any) -> tuple[list[Detail], str]:
+    token = page.next_token(rows, key, filters)
+    return [repo.to_detail(r) for r in rows[: page.size]], token
+
+
+class Queries:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, detail_id: str) -> Detail:
+        async with self.db.connect() as conn:
+            rows = await repo.fetch_rows(conn, [detail_id])
+        if detail_id not in rows:
+            raise NotFound("DETAIL_NOT_FOUND", f"no detail {detail_id!r}", {"detail_id": detail_id})
+        return repo.to_detail(rows[detail_id])
+
+    async def list_details(
+        self,
+        merchant_id: str,
+        date_from: dt.date | None,
+        date_to: dt.date | None,
+        detail_type: str,
+        state: str,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[Detail], str]:
+        filters = [merchant_id, str(date_from), str(date_to), detail_type, state]
+        page = Page.of(page_size, page_token, filters)
+        after_date = dt.date.fromisoformat(page.after[0]) if page.after else None
+        after_id = page.after[1] if page.after else None
+        async with self.db.connect() as conn:
+            rows = await conn.fetch(
+                f"""
+                SELECT {repo.DETAIL_COLUMNS} FROM clearing_details
+                WHERE merchant_id = $1
+                  AND ($2::date IS NULL OR business_date >= $2)
+                  AND ($3::date IS NULL OR business_date <= $3)
+                  AND ($4 = '' OR detail_type = $4)
+                  AND ($5 = '' OR state = $5)
+                  AND ($6::date IS NULL OR (business_date, detail_id) > ($6, $7::text))
+                ORDER BY business_date, detail_id
+                LIMIT $8
+                """,
+                merchant_id, date_from, date_to, detail_type, state, after_date, after_id,
+                page.size + 1,
+            )
+        return _page(list(rows), page,
+                     lambda r: [r["business_date"].isoformat(), r["detail_id"]], filters)
+
+    async def _by_id_page(
+        self, where: str, merchant_id: str, page_size: int, page_token: str, kind: str
+    ) -> tuple[list[Detail], str]:
+        filters = [kind, merchant_id]
+        page = Page.of(page_size, page_token, filters)
+        after = page.after[0] if page.after else ""
+        async with self.db.connect() as conn:
+            rows = await conn.fetch(
+                f"""
+                SELECT {repo.DETAIL_COLUMNS} FROM clearing_details
+                WHERE {where} AND ($1 = '' OR merchant_id = $1) AND detail_id > $2
+                ORDER BY detail_id LIMIT $3
+                """,
+                merchant_id, after, page.size + 1,
+            )
+        return _page(list(rows), page, lambda r: [r["detail_id"]], filters)
+
+    async def list_exceptions(
+        self, merchant_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Detail], str]:
+        return await self._by_id_page(
+            "state = 'EXCEPTION'", merchant_id, page_size, page_token, "exceptions"
+        )
+
+    async def list_pending(
+        self, merchant_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Detail], str]:
+        return await self._by_id_page(
+            "fee_status = 'PENDING'", merchant_id, page_size, page_token, "pending"
+        )
+
+    async def list_batch(
+        self, batch_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Detail], str]:
+        filters = ["batch", batch_id]
+        page = Page.of(page_size, page_token, filters)
+        after = page.after[0] if page.after else ""
+        async with self.db.connect() as conn:
+            if await repo.get_batch(conn, batch_id) is None:
+                raise NotFound("BATCH_NOT_FOUND", f"no batch {batch_id!r}", {"batch_id": batch_id})
+            rows = await conn.fetch(
+                f"""
+                SELECT {repo.DETAIL_COLUMNS} FROM clearing_details
+                WHERE batch_id = $1 AND detail_id > $2 ORDER BY detail_id LIMIT $3
+                """,
+                batch_id, after, page.size + 1,
+            )
+        return _page(list(rows), page, lambda r: [r["detail_id"]], filters)
+
+    async def summarize(
+        self, merchant_id: str, date_from: dt.date | None, date_to: dt.date | None
+    ) -> list[DailySummary]:
+        async with self.db.connect() as conn:
+            rows = await conn.fetch(
+                """
+                SELECT business_date, currency,
+                  count(*) FILTER (WHERE detail_type = 'PAYMENT') AS payment_count,
+                  coalesce(sum(amount) FILTER (WHERE detail_type = 'PAYMENT'), 0)
+                      AS payment_amount,
+                  count(*) FILTER (WHERE detail_type = 'REFUND') AS refund_count,
+                  coalesce(sum(amount) FILTER (WHERE detail_type = 'REFUND'), 0) AS refund_amount,
+                  count(*) FILTER (WHERE detail_type = 'ADJUSTMENT') AS adjustment_count,
+                  coalesce(sum(amount) FILTER (WHERE detail_type = 'ADJUSTMENT'), 0)
+                      AS adjustment_amount,
+                  coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT'
+                      AND fee_status = 'KNOWN' AND collection_mode = 'NET'), 0) AS net_fees,
+                  coalesce(sum(fee) FILTER (WHERE detail_type = 'REFUND'
+                      AND fee_status = 'KNOWN' AND collection_mode = 'NET'), 0) AS net_fee_returns,
+                  coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT'
+                      AND fee_status = 'KNOWN' AND collection_mode = 'DEFERRED'), 0)
+                      AS deferred_fees,
+                  coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT'
+                      AND fee_status = 'KNOWN' AND collection_mode = 'PREPAID'), 0)
+                      AS prepaid_fees,
+                  count(*) FILTER (WHERE fee_status = 'PENDING') AS pending_fee_count,
+                  count(*) FILTER (WHERE state = 'EXCEPTION') AS exception_count
+                FROM clearing_details
+                WHERE merchant_id = $1
+                  AND ($2::date IS NULL OR business_date >= $2)
+                  AND ($3::date IS NULL OR business_date <= $3)
+                GROUP BY business_date, currency
+                ORDER BY business_date, currency
+                """,
+                merchant_id, date_from, date_to,
+            )
+        return [DailySummary(**dict(r)) for r in rows]

@@ -1,0 +1,121 @@
+"""Recording payments, refunds and adjustments: durable first, priced second.
+
+A transaction is committed with its fee pending BEFORE billing is asked, so a detail is
+never lost because billing is slow or down (the money has already moved); billing's
+answer is then stored on it, or the pending-fee worker completes it later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from zoneinfo import ZoneInfo
+
+from services.clearing.adapters import repository as repo
+from services.clearing.domain.model import AdjustmentIn, Detail, DetailType, TransactionIn
+from services.clearing.service_layer.pricing import Pricer
+from services.clearing.service_layer.unit_of_work import Database
+from shared.errors import DomainError, FailedPrecondition, IdempotencyConflict
+
+Outcome = Detail | DomainError
+
+
+def _original_not_found(t: TransactionIn) -> FailedPrecondition:
+    return FailedPrecondition(
+        "ORIGINAL_NOT_FOUND",
+        f"refund {t.transaction_id!r} names no recorded payment {t.original_transaction_id!r} "
+        f"of merchant {t.merchant_id!r} in {t.currency}",
+        {"original_transaction_id": t.original_transaction_id},
+    )
+
+
+def _exceeds(t: TransactionIn, payment: repo.PaymentForRefund, refunded: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        "REFUND_EXCEEDS_ORIGINAL",
+        f"refund {t.transaction_id!r} of {t.amount} would bring the refunds of "
+        f"{t.original_transaction_id!r} to {refunded + t.amount}, above its {payment.amount}",
+        {
+            "original_amount": str(payment.amount),
+            "refunded_total": str(refunded),
+            "requested": str(t.amount),
+        },
+    )
+
+
+class Recorder:
+    def __init__(self, db: Database, pricer: Pricer, zone: ZoneInfo, first_retry_s: float) -> None:
+        self.db = db
+        self.pricer = pricer
+        self.zone = zone
+        self.first_retry_s = first_retry_s
+
+    async def record(self, txs: Sequence[TransactionIn]) -> list[Outcome]:
+        """Records valid transactions (ids distinct); one outcome each, in order."""
+        errors: dict[str, DomainError] = {}
+        async with self.db.transaction() as conn:
+            # Payments in id order: concurrent batches take index locks in the same order.
+            payments = sorted(
+                (t for t in txs if t.detail_type is DetailType.PAYMENT),
+                key=lambda t: t.transaction_id,
+            )
+            rows = await repo.insert_transactions(conn, payments, self.zone, self.first_retry_s)
+            refunds = [t for t in txs if t.detail_type is DetailType.REFUND]
+            if refunds:
+                rows.update(await self._record_refunds(conn, refunds, errors))
+            missing = [t.transaction_id for t in txs
+                       if t.transaction_id not in rows and t.transaction_id not in errors]
+            rows.update(await repo.fetch_rows(conn, missing))
+
+        details: dict[str, Detail] = {}
+        for t in txs:
+            if t.transaction_id in errors:
+                continue
+            row = rows[t.transaction_id]
+            if row["content_hash"] != t.content_hash():
+                errors[t.transaction_id] = IdempotencyConflict(t.transaction_id, "transaction")
+            else:
+                details[t.transaction_id] = repo.to_detail(row)
+        # New details and repeats still pending alike: billing is idempotent by id.
+        details.update(await self.pricer.price(list(details.values())))
+        return [errors.get(t.transaction_id) or details[t.transaction_id] for t in txs]
+
+    async def _record_refunds(
+        self, conn: repo.Conn, refunds: list[TransactionIn], errors: dict[str, DomainError]
+    ) -> dict[str, object]:
+        # Lock the payments first, then look for repeats: every writer of a refund of a
+        # payment holds that payment's lock, so what we see below cannot change under us.
+        payments = await repo.lock_originals(conn, (t.original_transaction_id for t in refunds))
+        seen = await repo.existing_hashes(conn, (t.transaction_id for t in refunds))
+        refunded = {pid: p.refunded_total for pid, p in payments.items()}
+        accepted: list[TransactionIn] = []
+        for t in refunds:
+            if t.transaction_id in seen:
+                continue  # a repeat: answered from the stored detail
+            p = payments.get(t.original_transaction_id)
+            if (p is None or p.detail_type != DetailType.PAYMENT.value
+                    or p.merchant_id != t.merchant_id or p.currency != t.currency):
+                errors[t.transaction_id] = _original_not_found(t)
+            elif refunded[t.original_transaction_id] + t.amount > p.amount:
+                errors[t.transaction_id] = _exceeds(t, p, refunded[t.original_transaction_id])
+            else:
+                refunded[t.original_transaction_id] += t.amount
+                accepted.append(t)
+        inserted = await repo.insert_transactions(conn, accepted, self.zone, self.first_retry_s)
+        increments: dict[str, int] = {}
+        for t in accepted:
+            # Not inserted = the id was taken meanwhile by a different request (it named
+            # another payment); it is answered as a conflict and must not count here.
+            if t.transaction_id in inserted:
+                increments[t.original_transaction_id] = (
+                    increments.get(t.original_transaction_id, 0) + t.amount
+                )
+        await repo.add_refunded(conn, increments)
+        return dict(inserted)
+
+    async def record_adjustment(self, a: AdjustmentIn) -> Detail:
+        async with self.db.connect() as conn:
+            row = await repo.insert_adjustment(conn, a, self.zone)
+            if row is None:
+                row = (await repo.fetch_rows(conn, [a.adjustment_id]))[a.adjustment_id]
+        if row["content_hash"] != a.content_hash():
+            raise IdempotencyConflict(a.adjustment_id, "adjustment")
+        return repo.to_detail(row)
