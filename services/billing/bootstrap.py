@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from zoneinfo import ZoneInfo
 
 from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from services.billing.entrypoints.grpc_servicer import BillingServicer
+from services.billing.service_layer.accounts import Accounts
+from services.billing.service_layer.bills import Bills
+from services.billing.service_layer.charging import Pricing, utc_now
+from services.billing.service_layer.metrics import Metrics
+from services.billing.service_layer.rules import RuleAdmin, RuleBook
 from services.billing.service_layer.unit_of_work import Database
 from services.billing.settings import BillingSettings
 from shared import migrations
@@ -19,6 +25,16 @@ SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_na
 
 async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
     db = Database(engine, settings.db_schema)
+    zone = ZoneInfo(settings.business_timezone)
+    metrics = Metrics()
+    book = RuleBook(db, settings.rules_refresh_s)
+    servicer = BillingServicer(
+        rules=RuleAdmin(db, book, utc_now),
+        pricing=Pricing(db, book, zone, metrics),
+        accounts=Accounts(db),
+        bills=Bills(db),
+        metrics=metrics,
+    )
 
     async def ready() -> bool:
         return await migrations.is_current(engine, settings.db_schema, MIGRATIONS)
@@ -26,7 +42,7 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
     return App(
         name="billing",
         error_domain="billing.clearhouse",
-        servicers=[(billing_pb2_grpc.add_BillingServiceServicer_to_server, BillingServicer(db))],
+        servicers=[(billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer)],
         service_names=[SERVICE_NAME],
         readiness=ready,
     )

@@ -2,11 +2,337 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
+from clearhouse.billing.v1 import billing_pb2 as pb
 from clearhouse.billing.v1 import billing_pb2_grpc
 
-from services.billing.service_layer.unit_of_work import Database
+from services.billing.domain import lifecycle
+from services.billing.domain.model import FeeTxn
+from services.billing.domain.periods import is_month
+from services.billing.domain.validation import build_spec, check_rule_id, check_window
+from services.billing.entrypoints import convert as c
+from services.billing.service_layer.accounts import Accounts
+from services.billing.service_layer.bills import Bills
+from services.billing.service_layer.charging import Pricing
+from services.billing.service_layer.metrics import Metrics
+from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
+from services.billing.service_layer.rules import RuleAdmin
+from shared.errors import DomainError, FieldViolation, InvalidArgument, Violations, to_status
+from shared.money import INT64_MAX, is_known_currency
+from shared.pagination import Page
+
+ERROR_DOMAIN = "billing.clearhouse"
+MAX_BATCH = 1000
+_STATES = {1: "SCHEDULED", 2: "ACTIVE", 3: "ENDED"}
+_BILL_STATES = {1: "ISSUED", 2: "COLLECTED"}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _batch_size(n: int) -> None:
+    if n == 0 or n > MAX_BATCH:
+        raise InvalidArgument([FieldViolation("requests", f"1 to {MAX_BATCH} items")])
+
+
+def _raise(result: Any) -> Any:
+    if isinstance(result, DomainError):
+        raise result
+    return result
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(
+        self, rules: RuleAdmin, pricing: Pricing, accounts: Accounts, bills: Bills, metrics: Metrics
+    ) -> None:
+        self.rules = rules
+        self.pricing = pricing
+        self.accounts = accounts
+        self.bills = bills
+        self.metrics = metrics
+
+    # -- rules ----------------------------------------------------------------------------
+
+    def _rule(self, versions: Any) -> pb.FeeRule:
+        return c.rule_to_proto(versions, lifecycle.state(versions, _now()))
+
+    async def CreateFeeRule(self, request: pb.CreateFeeRuleRequest, context: Any) -> pb.CreateFeeRuleResponse:
+        v = Violations()
+        check_rule_id(request.rule_id, v)
+        spec = build_spec(c.spec_input(request.spec), v)
+        start = c.from_ts(request.effective_from) if request.HasField("effective_from") else None
+        end = c.from_ts(request.effective_to) if request.HasField("effective_to") else None
+        check_window(start, end, v)
+        v.raise_if_any()
+        assert spec is not None and start is not None
+        versions = await self.rules.create(request.rule_id, spec, start, end)
+        return pb.CreateFeeRuleResponse(rule=self._rule(versions))
+
+    async def GetFeeRule(self, request: pb.GetFeeRuleRequest, context: Any) -> pb.GetFeeRuleResponse:
+        v = Violations()
+        check_rule_id(request.rule_id, v)
+        v.raise_if_any()
+        return pb.GetFeeRuleResponse(rule=self._rule(await self.rules.get(request.rule_id)))
+
+    async def ListFeeRules(self, request: pb.ListFeeRulesRequest, context: Any) -> pb.ListFeeRulesResponse:
+        v = Violations()
+        if request.state not in (0, *_STATES):
+            v.add("state", "unknown state")
+        selectors = c.selectors_from_proto(request.selectors)
+        if selectors.transaction_type.startswith("#"):
+            v.add("selectors.transaction_type", "unknown transaction type")
+        v.raise_if_any()
+        state = _STATES.get(request.state, "")
+        filters = [selectors.values(), state, request.currency_code]
+        page = Page.of(request.page_size, request.page_token, filters)
+        after = str(page.after[0]) if page.after else None
+        rules = await self.rules.list(selectors, state, request.currency_code, after, page.size + 1)
+        token = page.next_token(rules, lambda r: [r[0].rule_id], filters)
+        return pb.ListFeeRulesResponse(
+            rules=[self._rule(r) for r in rules[: page.size]], next_page_token=token
+        )
+
+    async def CreateFeeRuleVersion(
+        self, request: pb.CreateFeeRuleVersionRequest, context: Any
+    ) -> pb.CreateFeeRuleVersionResponse:
+        v = Violations()
+        check_rule_id(request.rule_id, v)
+        spec = build_spec(c.spec_input(request.spec), v)
+        start = c.from_ts(request.effective_from) if request.HasField("effective_from") else None
+        end = c.from_ts(request.effective_to) if request.HasField("effective_to") else None
+        check_window(start, end, v)
+        v.raise_if_any()
+        assert spec is not None and start is not None
+        versions = await self.rules.new_version(request.rule_id, spec, start, end)
+        return pb.CreateFeeRuleVersionResponse(rule=self._rule(versions))
+
+    async def EndFeeRule(self, request: pb.EndFeeRuleRequest, context: Any) -> pb.EndFeeRuleResponse:
+        v = Violations()
+        check_rule_id(request.rule_id, v)
+        v.check(request.HasField("effective_to"), "effective_to", "required")
+        v.raise_if_any()
+        versions = await self.rules.end(request.rule_id, c.from_ts(request.effective_to))
+        return pb.EndFeeRuleResponse(rule=self._rule(versions))
+
+    async def ExplainFee(self, request: pb.ExplainFeeRequest, context: Any) -> pb.ExplainFeeResponse:
+        v = Violations()
+        if not request.transaction.transaction_id:
+            # The id is not used by an explanation; don't make finance invent one.
+            request.transaction.transaction_id = "explain"
+        txn = c.txn_from_proto(request.transaction, v)
+        v.raise_if_any()
+        assert txn is not None
+        verdicts, result = await self.pricing.explain(txn)
+        response = pb.ExplainFeeResponse(candidates=[c.candidate_to_proto(e) for e in verdicts])
+        if result is not None:
+            response.result.CopyFrom(c.outcome_to_proto(result))
+        return response
+
+    # -- pricing --------------------------------------------------------------------------
+
+    def _txn(self, t: pb.FeeTransaction) -> FeeTxn:
+        v = Violations()
+        txn = c.txn_from_proto(t, v)
+        v.raise_if_any()
+        assert txn is not None
+        return txn
+
+    async def QuoteFee(self, request: pb.QuoteFeeRequest, context: Any) -> pb.QuoteFeeResponse:
+        outcome = _raise((await self.pricing.quote([self._txn(request.transaction)]))[0])
+        return pb.QuoteFeeResponse(result=c.outcome_to_proto(outcome))
+
+    async def ChargeFee(self, request: pb.ChargeFeeRequest, context: Any) -> pb.ChargeFeeResponse:
+        outcome = _raise((await self.pricing.charge([self._txn(request.transaction)]))[0])
+        return pb.ChargeFeeResponse(result=c.outcome_to_proto(outcome))
+
+    async def RefundFee(self, request: pb.RefundFeeRequest, context: Any) -> pb.RefundFeeResponse:
+        v = Violations()
+        r = c.refund_from_proto(request, v)
+        v.raise_if_any()
+        assert r is not None
+        outcome = _raise((await self.pricing.refund([r]))[0])
+        return pb.RefundFeeResponse(result=c.refund_outcome_to_proto(outcome))
+
+    def _batch_txns(self, items: Any) -> tuple[list[Any], list[int], list[FeeTxn]]:
+        """Per item: an error status, or a slot for the valid transactions priced together."""
+        _batch_size(len(items))
+        errors: list[Any] = [None] * len(items)
+        valid_at: list[int] = []
+        txns: list[FeeTxn] = []
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            v = Violations()
+            txn = c.txn_from_proto(item.transaction, v)
+            if txn is not None and txn.transaction_id in seen:
+                v.add("transaction.transaction_id", "duplicate within the batch")
+            if v:
+                errors[i] = to_status(InvalidArgument(v.items), ERROR_DOMAIN)
+                continue
+            assert txn is not None
+            seen.add(txn.transaction_id)
+            valid_at.append(i)
+            txns.append(txn)
+        return errors, valid_at, txns
+
+    @staticmethod
+    def _fee_outcomes(
+        errors: list[Any], valid_at: list[int], results: list[FeeOutcome | DomainError]
+    ) -> list[pb.BatchFeeOutcome]:
+        for i, r in zip(valid_at, results, strict=True):
+            errors[i] = r
+        out = []
+        for r in errors:
+            if isinstance(r, FeeOutcome):
+                out.append(pb.BatchFeeOutcome(result=c.outcome_to_proto(r)))
+            elif isinstance(r, DomainError):
+                out.append(pb.BatchFeeOutcome(error=to_status(r, ERROR_DOMAIN)))
+            else:
+                out.append(pb.BatchFeeOutcome(error=r))
+        return out
+
+    async def BatchQuoteFees(self, request: pb.BatchQuoteFeesRequest, context: Any) -> pb.BatchQuoteFeesResponse:
+        errors, valid_at, txns = self._batch_txns(request.requests)
+        results = await self.pricing.quote(txns) if txns else []
+        return pb.BatchQuoteFeesResponse(outcomes=self._fee_outcomes(errors, valid_at, results))
+
+    async def BatchChargeFees(self, request: pb.BatchChargeFeesRequest, context: Any) -> pb.BatchChargeFeesResponse:
+        errors, valid_at, txns = self._batch_txns(request.requests)
+        results = await self.pricing.charge(txns) if txns else []
+        return pb.BatchChargeFeesResponse(outcomes=self._fee_outcomes(errors, valid_at, results))
+
+    async def BatchRefundFees(self, request: pb.BatchRefundFeesRequest, context: Any) -> pb.BatchRefundFeesResponse:
+        _batch_size(len(request.requests))
+        slots: list[Any] = [None] * len(request.requests)
+        valid_at: list[int] = []
+        reqs: list[RefundRequest] = []
+        seen: set[str] = set()
+        for i, item in enumerate(request.requests):
+            v = Violations()
+            r = c.refund_from_proto(item, v)
+            if r is not None and r.refund_transaction_id in seen:
+                v.add("refund_transaction_id", "duplicate within the batch")
+            if v:
+                slots[i] = to_status(InvalidArgument(v.items), ERROR_DOMAIN)
+                continue
+            assert r is not None
+            seen.add(r.refund_transaction_id)
+            valid_at.append(i)
+            reqs.append(r)
+        results = await self.pricing.refund(reqs) if reqs else []
+        for i, res in zip(valid_at, results, strict=True):
+            slots[i] = res
+        outcomes = []
+        for s in slots:
+            if isinstance(s, RefundOutcome):
+                outcomes.append(pb.BatchRefundOutcome(result=c.refund_outcome_to_proto(s)))
+            elif isinstance(s, DomainError):
+                outcomes.append(pb.BatchRefundOutcome(error=to_status(s, ERROR_DOMAIN)))
+            else:
+                outcomes.append(pb.BatchRefundOutcome(error=s))
+        return pb.BatchRefundFeesResponse(outcomes=outcomes)
+
+    # -- prepaid fee accounts -------------------------------------------------------------
+
+    @staticmethod
+    def _account_key(merchant_id: str, currency: str, v: Violations) -> None:
+        c.check_id(merchant_id, "merchant_id", v)
+        v.check(is_known_currency(currency), "currency_code", "unknown currency")
+
+    async def TopUpFeeAccount(self, request: pb.TopUpFeeAccountRequest, context: Any) -> pb.TopUpFeeAccountResponse:
+        v = Violations()
+        c.check_id(request.request_id, "request_id", v)
+        c.check_id(request.merchant_id, "merchant_id", v)
+        c.check_money(request.amount, request.HasField("amount"), "amount", v)
+        v.raise_if_any()
+        account = await self.accounts.top_up(
+            request.request_id, request.merchant_id, request.amount.currency_code,
+            request.amount.minor_units,
+        )
+        return pb.TopUpFeeAccountResponse(account=c.account_to_proto(account))
+
+    async def GetFeeAccount(self, request: pb.GetFeeAccountRequest, context: Any) -> pb.GetFeeAccountResponse:
+        v = Violations()
+        self._account_key(request.merchant_id, request.currency_code, v)
+        v.raise_if_any()
+        account = await self.accounts.get(request.merchant_id, request.currency_code)
+        return pb.GetFeeAccountResponse(account=c.account_to_proto(account))
+
+    async def UpdateFeeAccount(self, request: pb.UpdateFeeAccountRequest, context: Any) -> pb.UpdateFeeAccountResponse:
+        v = Violations()
+        self._account_key(request.merchant_id, request.currency_code, v)
+        v.check(0 <= request.low_balance_threshold <= INT64_MAX, "low_balance_threshold",
+                "must not be negative")
+        v.raise_if_any()
+        account = await self.accounts.set_threshold(
+            request.merchant_id, request.currency_code, request.low_balance_threshold
+        )
+        return pb.UpdateFeeAccountResponse(account=c.account_to_proto(account))
+
+    async def ListFeeAccountMovements(
+        self, request: pb.ListFeeAccountMovementsRequest, context: Any
+    ) -> pb.ListFeeAccountMovementsResponse:
+        v = Violations()
+        self._account_key(request.merchant_id, request.currency_code, v)
+        v.raise_if_any()
+        filters = [request.merchant_id, request.currency_code]
+        page = Page.of(request.page_size, request.page_token, filters)
+        before = int(page.after[0]) if page.after else None
+        rows = await self.accounts.movements(
+            request.merchant_id, request.currency_code, before, page.size + 1
+        )
+        token = page.next_token(rows, lambda m: [m.movement_id], filters)
+        return pb.ListFeeAccountMovementsResponse(
+            movements=[c.movement_to_proto(m, request.currency_code) for m in rows[: page.size]],
+            next_page_token=token,
+        )
+
+    # -- fee bills ------------------------------------------------------------------------
+
+    async def GenerateFeeBills(self, request: pb.GenerateFeeBillsRequest, context: Any) -> pb.GenerateFeeBillsResponse:
+        if not is_month(request.month):
+            raise InvalidArgument([FieldViolation("month", "YYYY-MM")])
+        bills = await self.bills.generate(request.month)
+        return pb.GenerateFeeBillsResponse(bills=[c.bill_to_proto(b, False) for b in bills])
+
+    async def ListFeeBills(self, request: pb.ListFeeBillsRequest, context: Any) -> pb.ListFeeBillsResponse:
+        v = Violations()
+        if request.month and not is_month(request.month):
+            v.add("month", "YYYY-MM")
+        if request.state not in (0, *_BILL_STATES):
+            v.add("state", "unknown state")
+        if request.currency_code and not is_known_currency(request.currency_code):
+            v.add("currency_code", "unknown currency")
+        v.raise_if_any()
+        state = _BILL_STATES.get(request.state, "")
+        filters = [request.merchant_id, request.month, state, request.currency_code]
+        page = Page.of(request.page_size, request.page_token, filters)
+        after = str(page.after[0]) if page.after else None
+        bills = await self.bills.list(
+            request.merchant_id, request.month, state, request.currency_code, after, page.size + 1
+        )
+        token = page.next_token(bills, lambda b: [b.bill_id], filters)
+        return pb.ListFeeBillsResponse(
+            bills=[c.bill_to_proto(b, False) for b in bills[: page.size]], next_page_token=token
+        )
+
+    async def GetFeeBill(self, request: pb.GetFeeBillRequest, context: Any) -> pb.GetFeeBillResponse:
+        if not request.bill_id:
+            raise InvalidArgument([FieldViolation("bill_id", "required")])
+        return pb.GetFeeBillResponse(bill=c.bill_to_proto(await self.bills.get(request.bill_id), True))
+
+    async def MarkFeeBillCollected(
+        self, request: pb.MarkFeeBillCollectedRequest, context: Any
+    ) -> pb.MarkFeeBillCollectedResponse:
+        v = Violations()
+        c.check_id(request.request_id, "request_id", v)
+        v.check(bool(request.bill_id), "bill_id", "required")
+        v.check(0 < len(request.collection_reference) <= 128, "collection_reference",
+                "1-128 characters")
+        v.raise_if_any()
+        bill = await self.bills.mark_collected(
+            request.request_id, request.bill_id, request.collection_reference
+        )
+        return pb.MarkFeeBillCollectedResponse(bill=c.bill_to_proto(bill, True))

@@ -1,0 +1,131 @@
+"""Prepaid fee accounts (手续费账户): top-ups, balances, thresholds, movements."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import text
+
+from services.billing.service_layer.unit_of_work import Database
+from shared import idempotency
+from shared.errors import NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    merchant_id: str
+    currency: str
+    balance: int
+    low_balance_threshold: int
+    update_time: dt.datetime
+
+    @property
+    def low(self) -> bool:
+        return self.balance < self.low_balance_threshold
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    movement_id: int
+    type: str
+    amount: int
+    balance_after: int
+    reference: str
+    create_time: dt.datetime
+
+
+def account_not_found(merchant_id: str, currency: str) -> NotFound:
+    return NotFound(
+        "FEE_ACCOUNT_NOT_FOUND",
+        f"merchant {merchant_id!r} has no {currency} fee account",
+        {"merchant_id": merchant_id, "currency": currency},
+    )
+
+
+def _encode(a: Account) -> bytes:
+    return json.dumps(
+        [a.merchant_id, a.currency, a.balance, a.low_balance_threshold, a.update_time.isoformat()]
+    ).encode()
+
+
+def _decode(raw: bytes) -> Account:
+    m, c, b, t, u = json.loads(raw)
+    return Account(m, c, b, t, dt.datetime.fromisoformat(u))
+
+
+class Accounts:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def top_up(self, request_id: str, merchant_id: str, currency: str, amount: int) -> Account:
+        async with self.db.sa_transaction() as conn:
+            owned, stored = await idempotency.begin(
+                conn, "top_up", request_id, idempotency.fingerprint(merchant_id, currency, amount)
+            )
+            if not owned:
+                assert stored is not None
+                return _decode(stored)
+            row = (await conn.execute(
+                text(
+                    "INSERT INTO fee_accounts (merchant_id, currency, balance) VALUES (:m, :c, :a) "
+                    "ON CONFLICT (merchant_id, currency) DO UPDATE "
+                    "SET balance = fee_accounts.balance + EXCLUDED.balance, update_time = now() "
+                    "RETURNING balance, low_balance_threshold, update_time"
+                ),
+                {"m": merchant_id, "c": currency, "a": amount},
+            )).one()
+            await conn.execute(
+                text(
+                    "INSERT INTO fee_account_movements (merchant_id, currency, type, amount, "
+                    "balance_after, reference) VALUES (:m, :c, 'TOP_UP', :a, :b, :r)"
+                ),
+                {"m": merchant_id, "c": currency, "a": amount, "b": row.balance, "r": request_id},
+            )
+            account = Account(merchant_id, currency, row.balance, row.low_balance_threshold,
+                              row.update_time)
+            await idempotency.finish(conn, "top_up", request_id, _encode(account))
+            return account
+
+    async def get(self, merchant_id: str, currency: str) -> Account:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT balance, low_balance_threshold, update_time FROM fee_accounts "
+                "WHERE merchant_id = $1 AND currency = $2",
+                merchant_id, currency,
+            )
+        if row is None:
+            raise account_not_found(merchant_id, currency)
+        return Account(merchant_id, currency, row[0], row[1], row[2])
+
+    async def set_threshold(self, merchant_id: str, currency: str, threshold: int) -> Account:
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                "UPDATE fee_accounts SET low_balance_threshold = $3, update_time = now() "
+                "WHERE merchant_id = $1 AND currency = $2 "
+                "RETURNING balance, low_balance_threshold, update_time",
+                merchant_id, currency, threshold,
+            )
+        if row is None:
+            raise account_not_found(merchant_id, currency)
+        return Account(merchant_id, currency, row[0], row[1], row[2])
+
+    async def movements(
+        self, merchant_id: str, currency: str, before_id: int | None, limit: int
+    ) -> list[Movement]:
+        async with self.db.connection() as conn:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM fee_accounts WHERE merchant_id = $1 AND currency = $2",
+                merchant_id, currency,
+            )
+            if exists is None:
+                raise account_not_found(merchant_id, currency)
+            rows = await conn.fetch(
+                "SELECT movement_id, type, amount, balance_after, reference, create_time "
+                "FROM fee_account_movements WHERE merchant_id = $1 AND currency = $2 "
+                "AND ($3::bigint IS NULL OR movement_id < $3) "
+                "ORDER BY movement_id DESC LIMIT $4",
+                merchant_id, currency, before_id, limit,
+            )
+        return [Movement(*r) for r in rows]

@@ -1,0 +1,480 @@
+"""Quotes, charges and refunds, one call or a batch of up to 1,000 in one transaction.
+
+A batch is priced in request order with set-based SQL around it:
+1. one query finds earlier charges of the same ids (replays) and the rule generation;
+2. one INSERT ... ON CONFLICT DO UPDATE ... RETURNING adds the batch's volume to every
+   cumulative counter it touches and returns the totals: the row locks it takes make the
+   counters race-free, and total - batch volume is the "before" of the batch's first item;
+3. prepaid fee accounts are locked in one SELECT ... FOR UPDATE;
+4. Python prices each item with the running counters and balances (a refused item adds
+   nothing, so the next item sees exactly what it would have seen alone);
+5. counters of refused items are given back, balances and movements written, charges
+   inserted, each in one statement over arrays.
+Lock order is always counters, then accounts (sorted keys), then charge rows, so
+concurrent batches and unary calls wait for each other instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from services.billing.domain.model import CollectionMode, FeeTxn, RefundPolicy, Rounding
+from services.billing.domain.periods import business_month, period_key
+from services.billing.domain.pricing import price
+from services.billing.domain.refunds import OriginalCharge, RefundExceedsOriginal, refund
+from services.billing.domain.selection import Explained, RuleIndex, explain
+from services.billing.service_layer.metrics import Metrics
+from services.billing.service_layer.outcomes import (
+    FeeOutcome,
+    RefundOutcome,
+    RefundRequest,
+    decode_fee,
+    decode_refund,
+    encode_fee,
+    encode_refund,
+    refund_hash,
+    txn_hash,
+)
+from services.billing.service_layer.rules import RuleBook
+from services.billing.service_layer.unit_of_work import Database
+from shared.errors import DomainError, FailedPrecondition, IdempotencyConflict
+
+CounterKey = tuple[str, str, str]  # merchant, rule, period
+AccountKey = tuple[str, str]  # merchant, currency
+MAX_ATTEMPTS = 5
+
+
+class _Retry(Exception):
+    """A concurrent call inserted one of our ids first: redo the batch, which will now
+    see it as a replay."""
+
+
+def no_rule(t: FeeTxn) -> FailedPrecondition:
+    return FailedPrecondition(
+        "NO_MATCHING_FEE_RULE",
+        f"no fee rule matches transaction {t.transaction_id!r} at {t.time.isoformat()}",
+        {"transaction_id": t.transaction_id, "merchant_id": t.merchant_id, "currency": t.currency},
+    )
+
+
+def insufficient(merchant_id: str, currency: str, balance: int, required: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        "INSUFFICIENT_FEE_BALANCE",
+        f"fee account of {merchant_id!r} holds {balance} {currency}, the fee is {required}",
+        {"balance": str(balance), "required": str(required), "currency": currency,
+         "merchant_id": merchant_id},
+    )
+
+
+def original_not_found(r: RefundRequest) -> FailedPrecondition:
+    return FailedPrecondition(
+        "ORIGINAL_NOT_FOUND",
+        f"no charge {r.original_transaction_id!r} of merchant {r.merchant_id!r} to refund",
+        {"original_transaction_id": r.original_transaction_id},
+    )
+
+
+_CHECK_CHARGES = """
+SELECT c.request_hash, c.result, (SELECT generation FROM rule_generation) AS gen
+FROM unnest($1::text[]) WITH ORDINALITY AS t(id, ord)
+LEFT JOIN fee_charges c ON c.transaction_id = t.id
+ORDER BY t.ord
+"""
+
+_ADD_COUNTERS = """
+INSERT INTO fee_counters (merchant_id, rule_id, period, amount, count)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+ON CONFLICT (merchant_id, rule_id, period) DO UPDATE
+SET amount = fee_counters.amount + EXCLUDED.amount, count = fee_counters.count + EXCLUDED.count
+RETURNING merchant_id, rule_id, period, amount, count
+"""
+
+_GIVE_BACK_COUNTERS = """
+UPDATE fee_counters f SET amount = f.amount - d.a, count = f.count - d.n
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS d(m, r, p, a, n)
+WHERE f.merchant_id = d.m AND f.rule_id = d.r AND f.period = d.p
+"""
+
+_READ_COUNTERS = """
+SELECT f.merchant_id, f.rule_id, f.period, f.amount, f.count
+FROM fee_counters f
+JOIN unnest($1::text[], $2::text[], $3::text[]) AS d(m, r, p)
+  ON f.merchant_id = d.m AND f.rule_id = d.r AND f.period = d.p
+"""
+
+_LOCK_ACCOUNTS = """
+SELECT a.merchant_id, a.currency, a.balance, a.low_balance_threshold
+FROM fee_accounts a
+JOIN unnest($1::text[], $2::text[]) AS d(m, c) ON a.merchant_id = d.m AND a.currency = d.c
+ORDER BY a.merchant_id, a.currency
+FOR UPDATE OF a
+"""
+
+_WRITE_ACCOUNTS = """
+WITH u AS (
+  UPDATE fee_accounts a SET balance = d.balance, update_time = now()
+  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d(m, c, balance)
+  WHERE a.merchant_id = d.m AND a.currency = d.c
+)
+INSERT INTO fee_account_movements (merchant_id, currency, type, amount, balance_after, reference)
+SELECT * FROM unnest($4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[])
+"""
+
+_INSERT_CHARGES = """
+INSERT INTO fee_charges (transaction_id, merchant_id, request_hash, currency, amount,
+  transaction_type, transaction_time, product, rule_id, rule_version, collection_mode, fee,
+  refund_fee_policy, rounding, bill_month, result)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::text[],
+  $7::timestamptz[], $8::text[], $9::text[], $10::int[], $11::text[], $12::bigint[], $13::text[],
+  $14::text[], $15::text[], $16::text[])
+ON CONFLICT (transaction_id) DO NOTHING
+RETURNING transaction_id
+"""
+
+_CHECK_REFUNDS = """
+SELECT r.request_hash, r.result
+FROM unnest($1::text[]) WITH ORDINALITY AS t(id, ord)
+LEFT JOIN fee_refunds r ON r.refund_transaction_id = t.id
+ORDER BY t.ord
+"""
+
+_LOCK_ORIGINALS = """
+SELECT transaction_id, merchant_id, currency, amount, fee, refund_fee_policy, rounding,
+  refunded_amount, fee_returned, collection_mode, rule_id, rule_version, product
+FROM fee_charges WHERE transaction_id = ANY($1::text[])
+ORDER BY transaction_id
+FOR UPDATE
+"""
+
+_UPDATE_ORIGINALS = """
+UPDATE fee_charges c SET refunded_amount = d.r, fee_returned = d.f
+FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(id, r, f)
+WHERE c.transaction_id = d.id
+"""
+
+_INSERT_REFUNDS = """
+INSERT INTO fee_refunds (refund_transaction_id, original_transaction_id, merchant_id,
+  request_hash, currency, amount, fee_returned, collection_mode, rule_id, product, bill_month,
+  result)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::bigint[],
+  $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+ON CONFLICT (refund_transaction_id) DO NOTHING
+RETURNING refund_transaction_id
+"""
+
+
+class _Accounts:
+    """Locked fee account balances of one batch, moved in Python, written at the end."""
+
+    def __init__(self, rows: list[Any], metrics: Metrics) -> None:
+        self.balances: dict[AccountKey, list[int]] = {
+            (r["merchant_id"], r["currency"]): [r["balance"], r["low_balance_threshold"]]
+            for r in rows
+        }
+        self.metrics = metrics
+        self.moves: list[tuple[str, str, str, int, int, str]] = []
+        self.touched: set[AccountKey] = set()
+
+    def balance(self, key: AccountKey) -> int:
+        acct = self.balances.get(key)
+        return acct[0] if acct else 0
+
+    def move(self, key: AccountKey, kind: str, delta: int, reference: str) -> int:
+        acct = self.balances[key]
+        before, after = acct[0], acct[0] + delta
+        acct[0] = after
+        self.touched.add(key)
+        self.moves.append((key[0], key[1], kind, delta, after, reference))
+        if before >= acct[1] > after:
+            self.metrics.low_balance(key[0], key[1], after, acct[1])
+        return after
+
+    async def write(self, conn: Any) -> None:
+        if not self.moves:
+            return
+        keys = sorted(self.touched)
+        await conn.execute(
+            _WRITE_ACCOUNTS,
+            [k[0] for k in keys], [k[1] for k in keys], [self.balances[k][0] for k in keys],
+            *[list(col) for col in zip(*self.moves, strict=True)],
+        )
+
+
+async def _lock_accounts(conn: Any, keys: set[AccountKey], metrics: Metrics) -> _Accounts:
+    if not keys:
+        return _Accounts([], metrics)
+    ordered = sorted(keys)
+    rows = await conn.fetch(_LOCK_ACCOUNTS, [k[0] for k in ordered], [k[1] for k in ordered])
+    return _Accounts(rows, metrics)
+
+
+class Pricing:
+    def __init__(self, db: Database, book: RuleBook, zone: ZoneInfo, metrics: Metrics) -> None:
+        self.db = db
+        self.book = book
+        self.zone = zone
+        self.metrics = metrics
+
+    # -- quotes ---------------------------------------------------------------------------
+
+    async def quote(self, txns: list[FeeTxn]) -> list[FeeOutcome | DomainError]:
+        index = await self.book.current()
+        return await self._quote_with(index, txns)
+
+    async def explain(self, txn: FeeTxn) -> tuple[list[Explained], FeeOutcome | None]:
+        index = await self.book.current()
+        verdicts = explain(index.matching(txn), txn.time)
+        quoted = (await self._quote_with(index, [txn]))[0]
+        return verdicts, quoted if isinstance(quoted, FeeOutcome) else None
+
+    async def _quote_with(self, index: RuleIndex, txns: list[FeeTxn]) -> list[FeeOutcome | DomainError]:
+        winners = [index.winner(t) for t in txns]
+        keys: dict[int, CounterKey] = {}
+        for i, (t, v) in enumerate(zip(txns, winners, strict=True)):
+            if v is not None and v.spec.method.is_cumulative:
+                keys[i] = (t.merchant_id, v.rule_id, period_key(t.time, self.zone, v.spec.accumulation_period))
+        counters: dict[CounterKey, tuple[int, int]] = {}
+        if keys:
+            distinct = sorted(set(keys.values()))
+            async with self.db.connection() as conn:
+                rows = await conn.fetch(_READ_COUNTERS, *[list(c) for c in zip(*distinct, strict=True)])
+            counters = {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
+        out: list[FeeOutcome | DomainError] = []
+        for i, (t, v) in enumerate(zip(txns, winners, strict=True)):
+            if v is None:
+                out.append(no_rule(t))
+                continue
+            key = keys.get(i)
+            a, n = counters.get(key, (0, 0)) if key else (0, 0)
+            priced = price(v.spec, t.amount, a, n)
+            mode = v.spec.collection_mode
+            out.append(FeeOutcome(
+                t.transaction_id, priced.fee, v.spec.currency, v.rule_id, v.version, mode.value,
+                priced.exact, priced.portions, key is not None, a, n, None,
+                business_month(t.time, self.zone) if mode is CollectionMode.DEFERRED else "",
+                priced.clipped,
+            ))
+        return out
+
+    # -- charges --------------------------------------------------------------------------
+
+    async def charge(self, txns: list[FeeTxn]) -> list[FeeOutcome | DomainError]:
+        hashes = [txn_hash(t) for t in txns]
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                async with self.db.transaction() as conn:
+                    return await self._charge(conn, txns, hashes)
+            except _Retry:
+                continue
+        raise RuntimeError("charge kept racing with concurrent duplicates")
+
+    async def _charge(
+        self, conn: Any, txns: list[FeeTxn], hashes: list[bytes]
+    ) -> list[FeeOutcome | DomainError]:
+        out: list[FeeOutcome | DomainError | None] = [None] * len(txns)
+        rows = await conn.fetch(_CHECK_CHARGES, [t.transaction_id for t in txns])
+        pending: list[int] = []
+        for i, row in enumerate(rows):
+            if row["request_hash"] is None:
+                pending.append(i)
+            elif bytes(row["request_hash"]) != hashes[i]:
+                out[i] = IdempotencyConflict(txns[i].transaction_id, "transaction")
+            else:
+                out[i] = decode_fee(txns[i].transaction_id, row["result"])
+        if not pending:
+            return out  # type: ignore[return-value]
+        index = await self.book.at_generation(conn, rows[0]["gen"])
+
+        plans = []
+        volume: dict[CounterKey, list[int]] = {}
+        prepaid: set[AccountKey] = set()
+        for i in pending:
+            t = txns[i]
+            v = index.winner(t)
+            if v is None:
+                out[i] = no_rule(t)
+                continue
+            key: CounterKey | None = None
+            if v.spec.method.is_cumulative:
+                key = (t.merchant_id, v.rule_id, period_key(t.time, self.zone, v.spec.accumulation_period))
+                vol = volume.setdefault(key, [0, 0])
+                vol[0] += t.amount
+                vol[1] += 1
+            if v.spec.collection_mode is CollectionMode.PREPAID:
+                prepaid.add((t.merchant_id, v.spec.currency))
+            plans.append((i, t, v, key))
+
+        running: dict[CounterKey, list[int]] = {}
+        if volume:
+            ordered = sorted(volume)
+            cols = [list(c) for c in zip(*ordered, strict=True)]
+            totals = await conn.fetch(
+                _ADD_COUNTERS, *cols, [volume[k][0] for k in ordered], [volume[k][1] for k in ordered]
+            )
+            for r in totals:
+                k = (r[0], r[1], r[2])
+                running[k] = [r[3] - volume[k][0], r[4] - volume[k][1]]
+        accounts = await _lock_accounts(conn, prepaid, self.metrics)
+
+        given_back: dict[CounterKey, list[int]] = {}
+        charge_rows: list[tuple[Any, ...]] = []
+        for i, t, v, key in plans:
+            spec = v.spec
+            a, n = running[key] if key is not None else (0, 0)
+            priced = price(spec, t.amount, a, n)
+            mode = spec.collection_mode
+            balance_after: int | None = None
+            bill_month = ""
+            if mode is CollectionMode.PREPAID and priced.fee > 0:
+                acct = (t.merchant_id, spec.currency)
+                have = accounts.balance(acct)
+                if have < priced.fee:
+                    out[i] = insufficient(t.merchant_id, spec.currency, have, priced.fee)
+                    self.metrics.refused()
+                    if key is not None:
+                        back = given_back.setdefault(key, [0, 0])
+                        back[0] += t.amount
+                        back[1] += 1
+                    continue
+                balance_after = accounts.move(acct, "DEBIT", -priced.fee, t.transaction_id)
+            elif mode is CollectionMode.DEFERRED:
+                bill_month = business_month(t.time, self.zone)
+            if key is not None:
+                running[key][0] += t.amount
+                running[key][1] += 1
+            outcome = FeeOutcome(
+                t.transaction_id, priced.fee, spec.currency, v.rule_id, v.version, mode.value,
+                priced.exact, priced.portions, key is not None, a, n, balance_after, bill_month,
+                priced.clipped,
+            )
+            out[i] = outcome
+            charge_rows.append((
+                t.transaction_id, t.merchant_id, hashes[i], t.currency, t.amount,
+                t.transaction_type, t.time, t.product, v.rule_id, v.version, mode.value,
+                priced.fee, spec.refund_fee_policy.value, spec.rounding.value,
+                bill_month or None, encode_fee(outcome),
+            ))
+
+        if given_back:
+            ordered = sorted(given_back)
+            await conn.execute(
+                _GIVE_BACK_COUNTERS, *[list(c) for c in zip(*ordered, strict=True)],
+                [given_back[k][0] for k in ordered], [given_back[k][1] for k in ordered],
+            )
+        await accounts.write(conn)
+        if charge_rows:
+            inserted = await conn.fetch(
+                _INSERT_CHARGES, *[list(c) for c in zip(*charge_rows, strict=True)]
+            )
+            if len(inserted) != len(charge_rows):
+                raise _Retry
+        return out  # type: ignore[return-value]
+
+    # -- refunds --------------------------------------------------------------------------
+
+    async def refund(self, reqs: list[RefundRequest]) -> list[RefundOutcome | DomainError]:
+        hashes = [refund_hash(r) for r in reqs]
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                async with self.db.transaction() as conn:
+                    return await self._refund(conn, reqs, hashes)
+            except _Retry:
+                continue
+        raise RuntimeError("refund kept racing with concurrent duplicates")
+
+    async def _refund(
+        self, conn: Any, reqs: list[RefundRequest], hashes: list[bytes]
+    ) -> list[RefundOutcome | DomainError]:
+        out: list[RefundOutcome | DomainError | None] = [None] * len(reqs)
+        rows = await conn.fetch(_CHECK_REFUNDS, [r.refund_transaction_id for r in reqs])
+        pending: list[int] = []
+        for i, row in enumerate(rows):
+            r = reqs[i]
+            if row["request_hash"] is None:
+                pending.append(i)
+            elif bytes(row["request_hash"]) != hashes[i]:
+                out[i] = IdempotencyConflict(r.refund_transaction_id, "refund transaction")
+            else:
+                out[i] = decode_refund(r.refund_transaction_id, r.original_transaction_id, row["result"])
+        if not pending:
+            return out  # type: ignore[return-value]
+        originals = {
+            o["transaction_id"]: dict(o)
+            for o in await conn.fetch(
+                _LOCK_ORIGINALS, sorted({reqs[i].original_transaction_id for i in pending})
+            )
+        }
+        prepaid = {
+            (o["merchant_id"], o["currency"])
+            for o in originals.values()
+            if o["collection_mode"] == CollectionMode.PREPAID.value and o["fee"] > o["fee_returned"]
+        }
+        accounts = await _lock_accounts(conn, prepaid, self.metrics)
+        changed: set[str] = set()
+        refund_rows: list[tuple[Any, ...]] = []
+        for i in pending:
+            r = reqs[i]
+            o = originals.get(r.original_transaction_id)
+            if o is None or o["merchant_id"] != r.merchant_id:
+                out[i] = original_not_found(r)
+                continue
+            if o["currency"] != r.currency:
+                out[i] = FailedPrecondition(
+                    "CURRENCY_MISMATCH",
+                    f"the original is in {o['currency']}, the refund in {r.currency}",
+                    {"original_currency": o["currency"], "currency": r.currency},
+                )
+                continue
+            charge = OriginalCharge(
+                o["amount"], o["fee"], RefundPolicy(o["refund_fee_policy"]), Rounding(o["rounding"]),
+                o["refunded_amount"], o["fee_returned"],
+            )
+            try:
+                fr = refund(charge, r.amount)
+            except RefundExceedsOriginal as exc:
+                out[i] = FailedPrecondition(
+                    "REFUND_EXCEEDS_ORIGINAL", str(exc),
+                    {"original_amount": str(exc.original_amount), "refunded": str(exc.refunded),
+                     "requested": str(exc.requested)},
+                )
+                continue
+            o["refunded_amount"], o["fee_returned"] = fr.refunded_total, fr.fee_returned_total
+            changed.add(r.original_transaction_id)
+            mode = o["collection_mode"]
+            bill_month = ""
+            if mode == CollectionMode.PREPAID.value and fr.returned > 0:
+                accounts.move((o["merchant_id"], o["currency"]), "REFUND_CREDIT", fr.returned,
+                              r.refund_transaction_id)
+            elif mode == CollectionMode.DEFERRED.value:
+                # A returned deferred fee reduces the bill of the month the refund happened in.
+                bill_month = business_month(r.time, self.zone)
+            outcome = RefundOutcome(
+                r.refund_transaction_id, r.original_transaction_id, fr.returned, o["currency"],
+                o["rule_id"], o["rule_version"], mode, fr.exact, fr.refunded_total,
+            )
+            out[i] = outcome
+            refund_rows.append((
+                r.refund_transaction_id, r.original_transaction_id, r.merchant_id, hashes[i],
+                r.currency, r.amount, fr.returned, mode, o["rule_id"], o["product"],
+                bill_month or None, encode_refund(outcome),
+            ))
+        if changed:
+            ids = sorted(changed)
+            await conn.execute(
+                _UPDATE_ORIGINALS, ids, [originals[x]["refunded_amount"] for x in ids],
+                [originals[x]["fee_returned"] for x in ids],
+            )
+        await accounts.write(conn)
+        if refund_rows:
+            inserted = await conn.fetch(
+                _INSERT_REFUNDS, *[list(c) for c in zip(*refund_rows, strict=True)]
+            )
+            if len(inserted) != len(refund_rows):
+                raise _Retry
+        return out  # type: ignore[return-value]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

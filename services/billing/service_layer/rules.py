@@ -1,0 +1,182 @@
+"""Fee rule administration and the in-memory rule index.
+
+The index is rebuilt from the database whenever the rule generation (a counter bumped
+in the same transaction as every rule change) differs from the one it was built at.
+Charges read the generation inside their own transaction, so a charge never prices
+with rules older than those committed when it started; quotes re-check at most every
+`refresh_s` seconds, since they record nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+from services.billing.adapters import rules_store
+from services.billing.domain import lifecycle
+from services.billing.domain.model import FeeRuleSpec, RuleVersion, Selectors
+from services.billing.domain.selection import RuleIndex, find_conflict
+from services.billing.service_layer.unit_of_work import Database
+from shared.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    IdempotencyConflict,
+    InvalidArgument,
+    NotFound,
+)
+
+
+def rule_not_found(rule_id: str) -> NotFound:
+    return NotFound("RULE_NOT_FOUND", f"fee rule {rule_id!r} does not exist", {"rule_id": rule_id})
+
+
+def rule_ended(rule_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        "RULE_ENDED", f"fee rule {rule_id!r} has ended", {"rule_id": rule_id}
+    )
+
+
+class RuleBook:
+    """The index of every rule version, kept in step with the database."""
+
+    def __init__(self, db: Database, refresh_s: float) -> None:
+        self.db = db
+        self.refresh_s = refresh_s
+        self.index = RuleIndex()
+        self.generation = -1
+        self._checked_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def at_generation(self, conn: Any, generation: int) -> RuleIndex:
+        """The index as of `generation` (read by the caller in its transaction)."""
+        if generation != self.generation:
+            async with self._lock:
+                if generation != self.generation:
+                    await self._reload(conn)
+        return self.index
+
+    async def current(self) -> RuleIndex:
+        """For quotes: the index, re-checked against the database at most every refresh_s."""
+        if time.monotonic() - self._checked_at >= self.refresh_s:
+            async with self.db.connection() as conn:
+                gen = await rules_store.generation(conn)
+                await self.at_generation(conn, gen)
+            self._checked_at = time.monotonic()
+        return self.index
+
+    async def reload(self) -> None:
+        async with self.db.connection() as conn, self._lock:
+            await self._reload(conn)
+
+    async def _reload(self, conn: Any) -> None:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            gen, versions = await rules_store.load_all(conn)
+        self.index = RuleIndex(versions)
+        self.generation = gen
+        self._checked_at = time.monotonic()
+
+
+class RuleAdmin:
+    def __init__(self, db: Database, book: RuleBook, clock: Callable[[], dt.datetime]) -> None:
+        self.db = db
+        self.book = book
+        self.clock = clock
+
+    async def create(
+        self, rule_id: str, spec: FeeRuleSpec, start: dt.datetime, end: dt.datetime | None
+    ) -> list[RuleVersion]:
+        now = self.clock()
+        version = RuleVersion(rule_id, 1, spec, start, end, now)
+        async with self.db.transaction() as conn:
+            await rules_store.lock_and_bump(conn)
+            if not await rules_store.insert_rule(conn, rule_id):
+                existing = (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+                if len(existing) == 1 and _same(existing[0], version):
+                    return existing  # a retry of the same creation
+                # The rule id is the caller's idempotency key for creation.
+                raise IdempotencyConflict(rule_id, "fee rule id")
+            await self._refuse_tie(conn, version)
+            await rules_store.insert_version(conn, version)
+        await self.book.reload()
+        return [version]
+
+    async def new_version(
+        self, rule_id: str, spec: FeeRuleSpec, start: dt.datetime, end: dt.datetime | None
+    ) -> list[RuleVersion]:
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            await rules_store.lock_and_bump(conn)
+            if await rules_store.lock_rule(conn, rule_id) is None:
+                raise rule_not_found(rule_id)
+            versions = (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+            try:
+                plan = lifecycle.plan_new_version(versions, spec, start, end, now)
+            except lifecycle.RuleEnded as exc:
+                raise rule_ended(rule_id) from exc
+            if isinstance(plan, str):
+                raise InvalidArgument([FieldViolation("effective_from", plan)])
+            await self._refuse_tie(conn, plan.new)
+            if plan.closes is not None:
+                await rules_store.close_version(conn, rule_id, *plan.closes)
+            await rules_store.insert_version(conn, plan.new)
+            versions = (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+        await self.book.reload()
+        return versions
+
+    async def end(self, rule_id: str, end: dt.datetime) -> list[RuleVersion]:
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            await rules_store.lock_and_bump(conn)
+            if await rules_store.lock_rule(conn, rule_id) is None:
+                raise rule_not_found(rule_id)
+            versions = (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+            try:
+                closes = lifecycle.plan_end(versions, end, now)
+            except lifecycle.RuleEnded as exc:
+                raise rule_ended(rule_id) from exc
+            if isinstance(closes, str):
+                raise InvalidArgument([FieldViolation("effective_to", closes)])
+            await rules_store.close_version(conn, rule_id, closes, end)
+            versions = (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+        await self.book.reload()
+        return versions
+
+    async def get(self, rule_id: str) -> list[RuleVersion]:
+        async with self.db.connection() as conn:
+            versions = (await rules_store.versions_of(conn, [rule_id])).get(rule_id)
+        if not versions:
+            raise rule_not_found(rule_id)
+        return versions
+
+    async def list(
+        self, selectors: Selectors, state: str, currency: str, after: str | None, limit: int
+    ) -> list[list[RuleVersion]]:
+        async with self.db.connection() as conn:
+            ids = await rules_store.list_rule_ids(
+                conn, selectors, state, currency, self.clock(), after, limit
+            )
+            by_id = await rules_store.versions_of(conn, ids)
+        return [by_id[i] for i in ids]
+
+    async def _refuse_tie(self, conn: Any, version: RuleVersion) -> None:
+        spec = version.spec
+        other = find_conflict(
+            version.rule_id, spec.priority, spec.selectors.values(), spec.currency,
+            version.effective_from, version.effective_to,
+            await rules_store.tie_candidates(conn, spec),
+        )
+        if other is not None:
+            raise AlreadyExists(
+                "RULE_CONFLICT",
+                f"rule {version.rule_id!r} would tie with {other.rule_id!r} v{other.version}: "
+                "same currency, selectors and priority in overlapping windows",
+                {"conflicting_rule_id": other.rule_id, "conflicting_version": str(other.version)},
+            )
+
+
+def _same(a: RuleVersion, b: RuleVersion) -> bool:
+    return (a.spec, a.effective_from, a.effective_to) == (b.spec, b.effective_from, b.effective_to)
