@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from zoneinfo import ZoneInfo
 
 from clearhouse.settlement.v1 import settlement_pb2, settlement_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.settlement.adapters.calendar_seed import chinese_default
+from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
+from services.settlement.service_layer.books import BookService
+from services.settlement.service_layer.calendars import CalendarService
+from services.settlement.service_layer.payouts import DispatchPolicy, PayoutService
+from services.settlement.service_layer.profiles import ProfileService
+from services.settlement.service_layer.runs import RunService
+from services.settlement.service_layer.scheduler import Scheduler, parse_run_time
+from services.settlement.service_layer.statements import StatementService
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
 from shared import migrations
@@ -19,14 +30,59 @@ SERVICE_NAME = settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].f
 
 async def build_app(settings: SettlementSettings, engine: AsyncEngine) -> App:
     db = Database(engine, settings.db_schema)
+    clearing = ClearingClient(settings.clearing_address, settings.call_deadline_s)
+    billing = BillingClient(settings.billing_address, settings.call_deadline_s)
+    gateway = GatewayClient(settings.payout_gateway_address, settings.gateway_deadline_s)
+    calendars = CalendarService(db, chinese_default())
+    runs = RunService(
+        db, calendars, clearing, billing,
+        concurrency=settings.run_concurrency,
+        chunk_size=settings.run_chunk_size,
+        call_concurrency=settings.call_concurrency,
+    )
+    payouts = PayoutService(
+        db,
+        gateway,
+        DispatchPolicy(
+            backoff_base_s=settings.dispatcher_backoff_base_s,
+            backoff_max_s=settings.dispatcher_backoff_max_s,
+            processing_poll_s=settings.processing_poll_s,
+            return_poll_s=settings.return_poll_s,
+            return_watch_days=settings.return_watch_days,
+            batch_size=settings.dispatcher_batch_size,
+            concurrency=settings.dispatcher_concurrency,
+        ),
+    )
+    servicer = SettlementServicer(
+        ProfileService(db), calendars, runs, StatementService(db), BookService(db), payouts
+    )
 
     async def ready() -> bool:
         return await migrations.is_current(engine, settings.db_schema, MIGRATIONS)
 
+    async def dispatcher() -> None:
+        await payouts.run_dispatcher(settings.dispatcher_interval_s)
+
+    async def scheduler() -> None:
+        zone = ZoneInfo(settings.business_timezone)
+        await Scheduler(runs, zone, parse_run_time(settings.run_time)).loop()
+
+    background: list[Callable[[], Awaitable[None]]] = []
+    if settings.dispatcher_enabled:
+        background.append(dispatcher)
+    if settings.scheduler_enabled:
+        background.append(scheduler)
+
+    async def close() -> None:
+        for client in (clearing, billing, gateway):
+            await client.close()
+
     return App(
         name="settlement",
         error_domain="settlement.clearhouse",
-        servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, SettlementServicer(db))],
+        servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, servicer)],
         service_names=[SERVICE_NAME],
         readiness=ready,
+        background=background,
+        on_close=[close],
     )

@@ -12,3 +12,35 @@ class SettlementSettings(ServiceSettings):
 
     port: int = 50053
     db_schema: str = "settlement"
+
+    # The services settlement calls.
+    clearing_address: str = "127.0.0.1:50052"
+    billing_address: str = "127.0.0.1:50051"
+    payout_gateway_address: str = "127.0.0.1:50054"
+    # Deadline of each call to clearing and billing, seconds.
+    call_deadline_s: float = 30.0
+
+    # The daily run: local time HH:MM in the business time zone.
+    business_timezone: str = "Asia/Shanghai"
+    run_time: str = "02:00"
+    scheduler_enabled: bool = True
+    # Concurrent workers of a run in this instance, merchants per work chunk, and
+    # concurrent calls to clearing/billing within a chunk.
+    run_concurrency: int = 2
+    run_chunk_size: int = 100
+    call_concurrency: int = 16
+
+    # The payout dispatcher.
+    dispatcher_enabled: bool = True
+    gateway_deadline_s: float = 5.0
+    dispatcher_interval_s: float = 1.0
+    dispatcher_batch_size: int = 50
+    dispatcher_concurrency: int = 8
+    # Retry backoff after an unknown outcome: base * 2^(attempts-1), capped.
+    dispatcher_backoff_base_s: float = 1.0
+    dispatcher_backoff_max_s: float = 300.0
+    # How often a PROCESSING payout is asked again.
+    processing_poll_s: float = 30.0
+    # Paid bank payouts are watched for a return (退票) this long, this often.
+    return_watch_days: int = 30
+    return_poll_s: float = 3600.0

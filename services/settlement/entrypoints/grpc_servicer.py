@@ -2,11 +2,247 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from clearhouse.settlement.v1 import settlement_pb2 as pb
 from clearhouse.settlement.v1 import settlement_pb2_grpc
 
-from services.settlement.service_layer.unit_of_work import Database
+from services.settlement.entrypoints import convert as c
+from services.settlement.service_layer.books import BookService
+from services.settlement.service_layer.calendars import CalendarService
+from services.settlement.service_layer.payouts import PayoutService
+from services.settlement.service_layer.profiles import ProfileService
+from services.settlement.service_layer.runs import RunService
+from services.settlement.service_layer.statements import StatementService
+from shared.errors import Violations
+from shared.pagination import page_size
+
+Ctx = Any  # grpc.aio.ServicerContext: the stubs type it loosely
 
 
 class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(
+        self,
+        profiles: ProfileService,
+        calendars: CalendarService,
+        runs: RunService,
+        statements: StatementService,
+        books: BookService,
+        payouts: PayoutService,
+    ) -> None:
+        self.profiles = profiles
+        self.calendars = calendars
+        self.runs = runs
+        self.statements = statements
+        self.books = books
+        self.payouts = payouts
+
+    # ---- profiles ----
+
+    async def CreateSettlementProfile(
+        self, request: pb.CreateSettlementProfileRequest, context: Ctx
+    ) -> pb.CreateSettlementProfileResponse:
+        created = await self.profiles.create(c.profile_from_proto(request.profile))
+        return pb.CreateSettlementProfileResponse(profile=c.profile_to_proto(created))
+
+    async def GetSettlementProfile(
+        self, request: pb.GetSettlementProfileRequest, context: Ctx
+    ) -> pb.GetSettlementProfileResponse:
+        _required(request.merchant_id, "merchant_id")
+        found = await self.profiles.get(request.merchant_id)
+        return pb.GetSettlementProfileResponse(profile=c.profile_to_proto(found))
+
+    async def UpdateSettlementProfile(
+        self, request: pb.UpdateSettlementProfileRequest, context: Ctx
+    ) -> pb.UpdateSettlementProfileResponse:
+        updated = await self.profiles.update(c.profile_from_proto(request.profile))
+        return pb.UpdateSettlementProfileResponse(profile=c.profile_to_proto(updated))
+
+    async def ListSettlementProfiles(
+        self, request: pb.ListSettlementProfilesRequest, context: Ctx
+    ) -> pb.ListSettlementProfilesResponse:
+        found, token = await self.profiles.list(request.page_size, request.page_token)
+        return pb.ListSettlementProfilesResponse(
+            profiles=[c.profile_to_proto(p) for p in found], next_page_token=token
+        )
+
+    # ---- calendar ----
+
+    async def GetSettlementDate(
+        self, request: pb.GetSettlementDateRequest, context: Ctx
+    ) -> pb.GetSettlementDateResponse:
+        v = Violations()
+        day = c.date_from_proto(request.business_date, "business_date", v)
+        cycle = c.cycle_from_proto(request.cycle, "cycle", v)
+        v.raise_if_any()
+        assert day is not None and cycle is not None
+        settles = await self.calendars.settlement_date(day, cycle)
+        return pb.GetSettlementDateResponse(settlement_date=c.date_to_proto(settles))
+
+    async def SetCalendarDay(
+        self, request: pb.SetCalendarDayRequest, context: Ctx
+    ) -> pb.SetCalendarDayResponse:
+        v = Violations()
+        day = c.date_from_proto(request.date, "date", v)
+        v.check(bool(request.reason.strip()), "reason", "required, for the audit trail")
+        v.check(len(request.reason) <= 500, "reason", "at most 500 characters")
+        v.raise_if_any()
+        assert day is not None
+        result = await self.calendars.set_day(day, request.working, request.reason.strip())
+        return pb.SetCalendarDayResponse(day=c.day_to_proto(result))
+
+    async def ListCalendarDays(
+        self, request: pb.ListCalendarDaysRequest, context: Ctx
+    ) -> pb.ListCalendarDaysResponse:
+        v = Violations()
+        first = c.date_from_proto(request.from_date, "from_date", v)
+        last = c.date_from_proto(request.to_date, "to_date", v)
+        v.raise_if_any()
+        assert first is not None and last is not None
+        days = await self.calendars.list_days(first, last)
+        return pb.ListCalendarDaysResponse(days=[c.day_to_proto(d) for d in days])
+
+    # ---- runs and statements ----
+
+    async def RunSettlement(
+        self, request: pb.RunSettlementRequest, context: Ctx
+    ) -> pb.RunSettlementResponse:
+        v = Violations()
+        v.check(0 < len(request.request_id) <= 128, "request_id", "required, 1-128 characters")
+        day = c.date_from_proto(request.settle_date, "settle_date", v)
+        v.raise_if_any()
+        assert day is not None
+        run = await self.runs.run(day, request.request_id)
+        return pb.RunSettlementResponse(run=c.run_to_proto(run))
+
+    async def GetSettlementRun(
+        self, request: pb.GetSettlementRunRequest, context: Ctx
+    ) -> pb.GetSettlementRunResponse:
+        _required(request.run_id, "run_id")
+        return pb.GetSettlementRunResponse(run=c.run_to_proto(await self.runs.get(request.run_id)))
+
+    async def GetSettlement(
+        self, request: pb.GetSettlementRequest, context: Ctx
+    ) -> pb.GetSettlementResponse:
+        _required(request.settlement_id, "settlement_id")
+        view = await self.statements.get(request.settlement_id)
+        return pb.GetSettlementResponse(settlement=c.settlement_to_proto(view.row, view.lines))
+
+    async def ListSettlements(
+        self, request: pb.ListSettlementsRequest, context: Ctx
+    ) -> pb.ListSettlementsResponse:
+        v = Violations()
+        first = c.date_from_proto(request.settle_date_from, "settle_date_from", v, required=False)
+        last = c.date_from_proto(request.settle_date_to, "settle_date_to", v, required=False)
+        if first and last:
+            v.check(first <= last, "settle_date_to", "on or after settle_date_from")
+        v.check(request.page_size >= 0, "page_size", "must not be negative")
+        v.raise_if_any()
+        views, token = await self.statements.list(
+            request.merchant_id, first, last, request.page_size, request.page_token
+        )
+        return pb.ListSettlementsResponse(
+            settlements=[c.settlement_to_proto(s.row, []) for s in views], next_page_token=token
+        )
+
+    async def ExportStatement(
+        self, request: pb.ExportStatementRequest, context: Ctx
+    ) -> pb.ExportStatementResponse:
+        _required(request.settlement_id, "settlement_id")
+        name, content = await self.statements.export_csv(request.settlement_id)
+        return pb.ExportStatementResponse(file_name=name, content=content)
+
+    # ---- books ----
+
+    async def GetAccountBalance(
+        self, request: pb.GetAccountBalanceRequest, context: Ctx
+    ) -> pb.GetAccountBalanceResponse:
+        _required(request.account_code, "account_code")
+        found = await self.books.balance(request.account_code)
+        return pb.GetAccountBalanceResponse(account=c.account_to_proto(found.account, found.balance))
+
+    async def ListAccountEntries(
+        self, request: pb.ListAccountEntriesRequest, context: Ctx
+    ) -> pb.ListAccountEntriesResponse:
+        _required(request.account_code, "account_code")
+        page_size(request.page_size)
+        entries, token = await self.books.entries(
+            request.account_code, request.page_size, request.page_token
+        )
+        return pb.ListAccountEntriesResponse(
+            entries=[
+                pb.JournalEntry(
+                    entry_id=e.entry_id,
+                    entry_type=e.entry_type,
+                    reference=e.reference,
+                    postings=[
+                        pb.Posting(account_code=code, amount=c.money(cur, amount))
+                        for code, cur, amount in e.postings
+                    ],
+                    create_time=c.datetime_to_ts(e.create_time),
+                )
+                for e in entries
+            ],
+            next_page_token=token,
+        )
+
+    async def GetTrialBalance(
+        self, request: pb.GetTrialBalanceRequest, context: Ctx
+    ) -> pb.GetTrialBalanceResponse:
+        balances, totals = await self.books.trial_balance(request.currency_code)
+        return pb.GetTrialBalanceResponse(
+            accounts=[c.account_to_proto(b.account, b.balance) for b in balances],
+            totals=[pb.CurrencyTotal(currency_code=k, total=t) for k, t in sorted(totals.items())],
+        )
+
+    async def CheckInvariants(
+        self, request: pb.CheckInvariantsRequest, context: Ctx
+    ) -> pb.CheckInvariantsResponse:
+        found = await self.books.check_invariants()
+        return pb.CheckInvariantsResponse(
+            violations=[
+                pb.InvariantViolation(
+                    invariant=x.invariant, description=x.description, reference=x.reference
+                )
+                for x in found
+            ]
+        )
+
+    # ---- payouts ----
+
+    async def ListPayouts(
+        self, request: pb.ListPayoutsRequest, context: Ctx
+    ) -> pb.ListPayoutsResponse:
+        v = Violations()
+        v.check(request.state == pb.PAYOUT_STATE_UNSPECIFIED or request.state in
+                c.PAYOUT_STATE_NAMES, "state", "unknown state")
+        v.raise_if_any()
+        found, token = await self.payouts.list(
+            request.merchant_id, c.PAYOUT_STATE_NAMES.get(request.state, ""),
+            request.page_size, request.page_token,
+        )
+        return pb.ListPayoutsResponse(
+            payouts=[c.payout_to_proto(p) for p in found], next_page_token=token
+        )
+
+    async def GetPayout(self, request: pb.GetPayoutRequest, context: Ctx) -> pb.GetPayoutResponse:
+        _required(request.payout_id, "payout_id")
+        return pb.GetPayoutResponse(
+            payout=c.payout_to_proto(await self.payouts.get(request.payout_id))
+        )
+
+    async def RetryPayout(
+        self, request: pb.RetryPayoutRequest, context: Ctx
+    ) -> pb.RetryPayoutResponse:
+        v = Violations()
+        v.check(0 < len(request.request_id) <= 128, "request_id", "required, 1-128 characters")
+        v.check(bool(request.payout_id), "payout_id", "required")
+        v.raise_if_any()
+        new = await self.payouts.retry(request.payout_id, request.request_id)
+        return pb.RetryPayoutResponse(payout=c.payout_to_proto(new))
+
+
+def _required(value: str, field: str) -> None:
+    v = Violations()
+    v.check(bool(value), field, "required")
+    v.raise_if_any()

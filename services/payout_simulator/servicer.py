@@ -1,0 +1,144 @@
+"""gRPC servicers of the simulator: the gateway contract and its control plane."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from clearhouse.payout.v1 import payout_pb2, payout_pb2_grpc
+from clearhouse.payoutsim.v1 import payoutsim_pb2, payoutsim_pb2_grpc
+from clearhouse.type.v1 import money_pb2
+
+from services.payout_simulator.gateway import (
+    Behaviour,
+    Conflict,
+    Gateway,
+    NotPaid,
+    SimPayout,
+    State,
+    Unknown,
+)
+from shared.convert import datetime_to_ts
+from shared.errors import FailedPrecondition, IdempotencyConflict, NotFound, Violations
+from shared.money import is_known_currency
+
+_STATES = {
+    State.PROCESSING: payout_pb2.PAYOUT_STATE_PROCESSING,
+    State.PAID: payout_pb2.PAYOUT_STATE_PAID,
+    State.FAILED: payout_pb2.PAYOUT_STATE_FAILED,
+    State.RETURNED: payout_pb2.PAYOUT_STATE_RETURNED,
+}
+
+_BEHAVIOURS = {
+    payoutsim_pb2.BEHAVIOUR_UNSPECIFIED: Behaviour.SUCCEED,
+    payoutsim_pb2.BEHAVIOUR_SUCCEED: Behaviour.SUCCEED,
+    payoutsim_pb2.BEHAVIOUR_FAIL: Behaviour.FAIL,
+    payoutsim_pb2.BEHAVIOUR_LOSE_ANSWER: Behaviour.LOSE_ANSWER,
+    payoutsim_pb2.BEHAVIOUR_TIME_OUT: Behaviour.TIME_OUT,
+    payoutsim_pb2.BEHAVIOUR_UNAVAILABLE: Behaviour.UNAVAILABLE,
+    payoutsim_pb2.BEHAVIOUR_PROCESSING: Behaviour.PROCESSING,
+}
+
+
+def to_proto(p: SimPayout) -> payout_pb2.Payout:
+    name, number, bank, branch = p.bank
+    return payout_pb2.Payout(
+        instruction_id=p.instruction_id,
+        merchant_id=p.merchant_id,
+        amount=money_pb2.Money(currency_code=p.currency, minor_units=p.amount),
+        bank_account=payout_pb2.BankAccount(
+            account_name=name, account_number=number, bank_name=bank, branch_code=branch
+        ),
+        state=_STATES[p.state],
+        failure_reason=p.failure_reason,
+        gateway_reference=p.reference,
+        update_time=datetime_to_ts(p.update_time),
+    )
+
+
+class GatewayServicer(payout_pb2_grpc.PayoutGatewayServiceServicer):
+    def __init__(self, gateway: Gateway, hold_s: float) -> None:
+        self.gateway = gateway
+        self.hold_s = hold_s
+
+    async def SubmitPayout(
+        self, request: payout_pb2.SubmitPayoutRequest, context: grpc.aio.ServicerContext
+    ) -> payout_pb2.SubmitPayoutResponse:
+        v = Violations()
+        v.check(bool(request.instruction_id), "instruction_id", "required")
+        v.check(bool(request.merchant_id), "merchant_id", "required")
+        v.check(is_known_currency(request.amount.currency_code), "amount.currency_code",
+                "unknown currency")
+        v.check(request.amount.minor_units > 0, "amount.minor_units", "must be positive")
+        v.check(bool(request.bank_account.account_number), "bank_account.account_number",
+                "required")
+        v.raise_if_any()
+        b = request.bank_account
+        behaviour = self.gateway.next_behaviour(request.merchant_id)
+        try:
+            payout = self.gateway.submit(
+                request.instruction_id,
+                request.merchant_id,
+                request.amount.currency_code,
+                request.amount.minor_units,
+                (b.account_name, b.account_number, b.bank_name, b.branch_code),
+                behaviour,
+            )
+        except Conflict as exc:
+            raise IdempotencyConflict(request.instruction_id, "instruction") from exc
+        if payout is None or behaviour is Behaviour.LOSE_ANSWER:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway unavailable (simulated)")
+        if behaviour is Behaviour.TIME_OUT:
+            await asyncio.sleep(self.hold_s)
+        assert payout is not None
+        return payout_pb2.SubmitPayoutResponse(payout=to_proto(payout))
+
+    async def GetPayout(
+        self, request: payout_pb2.GetPayoutRequest, context: grpc.aio.ServicerContext
+    ) -> payout_pb2.GetPayoutResponse:
+        try:
+            payout = self.gateway.get(request.instruction_id)
+        except Unknown as exc:
+            raise NotFound("PAYOUT_NOT_FOUND", f"no payout {request.instruction_id!r}") from exc
+        return payout_pb2.GetPayoutResponse(payout=to_proto(payout))
+
+
+class SimulatorServicer(payoutsim_pb2_grpc.PayoutSimulatorServiceServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def SetBehaviour(
+        self, request: payoutsim_pb2.SetBehaviourRequest, context: grpc.aio.ServicerContext
+    ) -> payoutsim_pb2.SetBehaviourResponse:
+        v = Violations()
+        v.check(request.behaviour in _BEHAVIOURS, "behaviour", "unknown behaviour")
+        v.check(request.times >= 0, "times", "must not be negative")
+        v.raise_if_any()
+        self.gateway.set_behaviour(_BEHAVIOURS[request.behaviour], request.times,
+                                   request.merchant_id)
+        return payoutsim_pb2.SetBehaviourResponse()
+
+    async def ReturnPayout(
+        self, request: payoutsim_pb2.ReturnPayoutRequest, context: grpc.aio.ServicerContext
+    ) -> payoutsim_pb2.ReturnPayoutResponse:
+        try:
+            payout = self.gateway.return_payout(request.instruction_id, request.reason)
+        except Unknown as exc:
+            raise NotFound("PAYOUT_NOT_FOUND", f"no payout {request.instruction_id!r}") from exc
+        except NotPaid as exc:
+            raise FailedPrecondition("PAYOUT_NOT_PAID", "only a paid payout can be returned") from exc
+        return payoutsim_pb2.ReturnPayoutResponse(payout=to_proto(payout))
+
+    async def ListSimulatedPayouts(
+        self,
+        request: payoutsim_pb2.ListSimulatedPayoutsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> payoutsim_pb2.ListSimulatedPayoutsResponse:
+        return payoutsim_pb2.ListSimulatedPayoutsResponse(
+            payouts=[
+                payoutsim_pb2.SimulatedPayout(
+                    payout=to_proto(p), submit_count=p.submit_count, paid_count=p.paid_count
+                )
+                for p in self.gateway.payouts.values()
+            ]
+        )

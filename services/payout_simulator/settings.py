@@ -1,0 +1,16 @@
+"""Settings of the payout gateway simulator: environment variables prefixed PAYOUT_SIM_."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PayoutSimulatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAYOUT_SIM_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 50054
+    # How long BEHAVIOUR_TIME_OUT holds an answer: past any sensible client deadline.
+    time_out_hold_s: float = 60.0
+    grace_period_s: float = 1.0
+    log_level: str = "INFO"

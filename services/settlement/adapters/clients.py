@@ -1,0 +1,173 @@
+"""gRPC clients of the services settlement calls: clearing, billing and the payout
+gateway. Each turns protobuf into the domain's plain values at the border."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import grpc
+from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
+from clearhouse.clearing.v1 import clearing_pb2, clearing_pb2_grpc
+from clearhouse.payout.v1 import payout_pb2, payout_pb2_grpc
+from clearhouse.type.v1 import money_pb2
+
+from services.settlement.domain.netting import BatchTotals, FeeBill
+from services.settlement.domain.profiles import BankAccount
+from shared.convert import date_to_proto
+from shared.interceptors import client_channel
+
+
+class ClearingClient:
+    def __init__(self, address: str, deadline_s: float) -> None:
+        self.channel = client_channel(address)
+        self.stub = clearing_pb2_grpc.ClearingServiceStub(self.channel)
+        self.deadline_s = deadline_s
+
+    async def claim(
+        self, batch_id: str, merchant_id: str, currency: str, business_date_to: dt.date
+    ) -> BatchTotals:
+        resp = await self.stub.ClaimDetails(
+            clearing_pb2.ClaimDetailsRequest(
+                batch_id=batch_id,
+                merchant_id=merchant_id,
+                currency_code=currency,
+                business_date_to=date_to_proto(business_date_to),
+            ),
+            timeout=self.deadline_s,
+        )
+        t = resp.batch.totals
+        return BatchTotals(
+            payments=t.payments,
+            refunds=t.refunds,
+            net_fees=t.net_fees,
+            net_fee_returns=t.net_fee_returns,
+            adjustments=t.adjustments,
+            payment_count=t.payment_count,
+            refund_count=t.refund_count,
+            adjustment_count=t.adjustment_count,
+            detail_count=t.detail_count,
+        )
+
+    async def confirm(self, batch_id: str) -> None:
+        await self.stub.ConfirmBatch(
+            clearing_pb2.ConfirmBatchRequest(batch_id=batch_id), timeout=self.deadline_s
+        )
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class BillingClient:
+    def __init__(self, address: str, deadline_s: float) -> None:
+        self.channel = client_channel(address)
+        self.stub = billing_pb2_grpc.BillingServiceStub(self.channel)
+        self.deadline_s = deadline_s
+
+    async def issued_bills(self, merchant_id: str, currency: str) -> list[FeeBill]:
+        bills: list[FeeBill] = []
+        token = ""
+        while True:
+            resp = await self.stub.ListFeeBills(
+                billing_pb2.ListFeeBillsRequest(
+                    merchant_id=merchant_id,
+                    currency_code=currency,
+                    state=billing_pb2.FEE_BILL_STATE_ISSUED,
+                    page_size=100,
+                    page_token=token,
+                ),
+                timeout=self.deadline_s,
+            )
+            bills += [
+                FeeBill(b.bill_id, b.amount.minor_units)
+                for b in resp.bills
+                if b.amount.currency_code == currency
+            ]
+            token = resp.next_page_token
+            if not token:
+                return bills
+
+    async def mark_collected(self, bill_id: str, settlement_id: str) -> None:
+        await self.stub.MarkFeeBillCollected(
+            billing_pb2.MarkFeeBillCollectedRequest(
+                request_id=f"collect:{bill_id}",
+                bill_id=bill_id,
+                collection_reference=settlement_id,
+            ),
+            timeout=self.deadline_s,
+        )
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayPayout:
+    state: str  # PROCESSING | PAID | FAILED | RETURNED
+    failure_reason: str
+    gateway_reference: str
+
+
+_GATEWAY_STATES = {
+    payout_pb2.PAYOUT_STATE_PROCESSING: "PROCESSING",
+    payout_pb2.PAYOUT_STATE_PAID: "PAID",
+    payout_pb2.PAYOUT_STATE_FAILED: "FAILED",
+    payout_pb2.PAYOUT_STATE_RETURNED: "RETURNED",
+}
+
+
+def _gateway_payout(p: payout_pb2.Payout) -> GatewayPayout:
+    return GatewayPayout(
+        _GATEWAY_STATES.get(p.state, "PROCESSING"), p.failure_reason, p.gateway_reference
+    )
+
+
+class GatewayClient:
+    """The payout gateway (clearhouse.payout.v1); the instruction id is the idempotency key."""
+
+    def __init__(self, address: str, deadline_s: float) -> None:
+        self.channel = client_channel(address)
+        self.stub = payout_pb2_grpc.PayoutGatewayServiceStub(self.channel)
+        self.deadline_s = deadline_s
+
+    async def submit(
+        self,
+        instruction_id: str,
+        merchant_id: str,
+        currency: str,
+        amount: int,
+        bank: BankAccount,
+        remark: str,
+    ) -> GatewayPayout:
+        resp = await self.stub.SubmitPayout(
+            payout_pb2.SubmitPayoutRequest(
+                instruction_id=instruction_id,
+                merchant_id=merchant_id,
+                amount=money_pb2.Money(currency_code=currency, minor_units=amount),
+                bank_account=payout_pb2.BankAccount(
+                    account_name=bank.account_name,
+                    account_number=bank.account_number,
+                    bank_name=bank.bank_name,
+                    branch_code=bank.branch_code,
+                ),
+                remark=remark,
+            ),
+            timeout=self.deadline_s,
+        )
+        return _gateway_payout(resp.payout)
+
+    async def get(self, instruction_id: str) -> GatewayPayout | None:
+        """The gateway's view, or None when it never received the instruction."""
+        try:
+            resp = await self.stub.GetPayout(
+                payout_pb2.GetPayoutRequest(instruction_id=instruction_id),
+                timeout=self.deadline_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return _gateway_payout(resp.payout)
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -1,0 +1,205 @@
+"""Protobuf <-> domain values of the settlement contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from clearhouse.payout.v1 import payout_pb2
+from clearhouse.settlement.v1 import settlement_pb2 as pb
+from clearhouse.type.v1 import money_pb2
+from google.type import date_pb2
+
+from services.settlement.domain.calendar import Cycle, CycleKind, Day
+from services.settlement.domain.ledger import Account, AccountType
+from services.settlement.domain.profiles import BankAccount, Destination, Profile
+from services.settlement.service_layer.payouts import PayoutView
+from services.settlement.service_layer.runs import RunView
+from services.settlement.service_layer.statements import Line
+from shared.convert import date_to_proto, datetime_to_ts, proto_to_date
+from shared.errors import Violations
+
+KINDS = {
+    pb.CYCLE_KIND_T: CycleKind.T,
+    pb.CYCLE_KIND_D: CycleKind.D,
+    pb.CYCLE_KIND_W: CycleKind.W,
+    pb.CYCLE_KIND_M: CycleKind.M,
+}
+KINDS_PB = {v: k for k, v in KINDS.items()}
+DESTINATIONS = {
+    pb.DESTINATION_TYPE_PAYMENT_ACCOUNT: Destination.PAYMENT_ACCOUNT,
+    pb.DESTINATION_TYPE_BANK_ACCOUNT: Destination.BANK_ACCOUNT,
+}
+DESTINATIONS_PB = {v: k for k, v in DESTINATIONS.items()}
+DESTINATIONS_BY_NAME = {d.value: p for d, p in DESTINATIONS_PB.items()}
+PAYOUT_STATES = {
+    "CREATED": pb.PAYOUT_STATE_CREATED,
+    "SUBMITTED": pb.PAYOUT_STATE_SUBMITTED,
+    "PAID": pb.PAYOUT_STATE_PAID,
+    "FAILED": pb.PAYOUT_STATE_FAILED,
+    "RETURNED": pb.PAYOUT_STATE_RETURNED,
+}
+PAYOUT_STATE_NAMES = {v: k for k, v in PAYOUT_STATES.items()}
+OUTCOMES = {
+    "PAID_OUT": pb.SETTLEMENT_OUTCOME_PAID_OUT,
+    "CARRIED": pb.SETTLEMENT_OUTCOME_CARRIED,
+    "HELD": pb.SETTLEMENT_OUTCOME_HELD,
+}
+LINE_TYPES = {
+    "PAYMENTS": pb.SETTLEMENT_LINE_TYPE_PAYMENTS,
+    "REFUNDS": pb.SETTLEMENT_LINE_TYPE_REFUNDS,
+    "NET_FEES": pb.SETTLEMENT_LINE_TYPE_NET_FEES,
+    "NET_FEE_RETURNS": pb.SETTLEMENT_LINE_TYPE_NET_FEE_RETURNS,
+    "ADJUSTMENTS": pb.SETTLEMENT_LINE_TYPE_ADJUSTMENTS,
+    "FEE_BILL": pb.SETTLEMENT_LINE_TYPE_FEE_BILL,
+    "CARRIED_IN": pb.SETTLEMENT_LINE_TYPE_CARRIED_IN,
+}
+ACCOUNT_TYPES = {t: getattr(pb, f"ACCOUNT_TYPE_{t.value}") for t in AccountType}
+
+
+def cycle_from_proto(c: pb.Cycle, field: str, v: Violations) -> Cycle | None:
+    kind = KINDS.get(c.kind)
+    if kind is None:
+        v.add(f"{field}.kind", "required: T, D, W or M")
+        return None
+    cycle = Cycle(kind, c.days)
+    problem = cycle.problem()
+    if problem:
+        v.add(f"{field}.days", problem)
+        return None
+    return cycle
+
+
+def cycle_to_proto(c: Cycle) -> pb.Cycle:
+    return pb.Cycle(kind=KINDS_PB[c.kind], days=c.days)
+
+
+def date_from_proto(d: date_pb2.Date, field: str, v: Violations, required: bool = True) -> dt.date | None:
+    if not required and d.year == 0 and d.month == 0 and d.day == 0:
+        return None
+    try:
+        return proto_to_date(d)
+    except ValueError:
+        v.add(field, "a valid date is required")
+        return None
+
+
+def profile_from_proto(p: pb.SettlementProfile) -> Profile:
+    b = p.bank_account
+    bank = BankAccount(b.account_name, b.account_number, b.bank_name, b.branch_code)
+    cycle = Cycle(KINDS[p.cycle.kind], p.cycle.days) if p.cycle.kind in KINDS else None
+    return Profile(
+        merchant_id=p.merchant_id,
+        currency=p.currency_code,
+        cycle=cycle,
+        destination=DESTINATIONS.get(p.destination_type),
+        bank_account=bank if bank != BankAccount() else None,
+        min_payout=p.min_payout,
+        deduct_fee_bills=p.deduct_fee_bills,
+        hold=p.hold,
+        hold_reason=p.hold_reason,
+    )
+
+
+def bank_to_proto(b: BankAccount | None) -> payout_pb2.BankAccount | None:
+    if b is None:
+        return None
+    return payout_pb2.BankAccount(
+        account_name=b.account_name, account_number=b.account_number, bank_name=b.bank_name,
+        branch_code=b.branch_code,
+    )
+
+
+def profile_to_proto(p: Profile) -> pb.SettlementProfile:
+    assert p.cycle is not None and p.destination is not None
+    return pb.SettlementProfile(
+        merchant_id=p.merchant_id,
+        currency_code=p.currency,
+        cycle=cycle_to_proto(p.cycle),
+        destination_type=DESTINATIONS_PB[p.destination],
+        bank_account=bank_to_proto(p.bank_account),
+        min_payout=p.min_payout,
+        deduct_fee_bills=p.deduct_fee_bills,
+        hold=p.hold,
+        hold_reason=p.hold_reason,
+        update_time=datetime_to_ts(p.update_time),
+    )
+
+
+def day_to_proto(d: Day) -> pb.CalendarDay:
+    return pb.CalendarDay(
+        date=date_to_proto(d.day), working=d.working, reason=d.reason, overridden=d.overridden
+    )
+
+
+def run_to_proto(r: RunView) -> pb.SettlementRun:
+    return pb.SettlementRun(
+        run_id=r.run_id,
+        settle_date=date_to_proto(r.settle_date),
+        state=pb.RUN_STATE_COMPLETED if r.state == "COMPLETED" else pb.RUN_STATE_RUNNING,
+        merchant_count=r.merchant_count,
+        settlement_count=r.settlement_count,
+        pending_item_count=r.pending_item_count,
+        failed_item_count=r.failed_item_count,
+        start_time=datetime_to_ts(r.start_time),
+        end_time=datetime_to_ts(r.end_time),
+    )
+
+
+def money(currency: str, amount: int) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=currency, minor_units=amount)
+
+
+def settlement_to_proto(r: Any, lines: list[Line]) -> pb.Settlement:
+    return pb.Settlement(
+        settlement_id=r.settlement_id,
+        merchant_id=r.merchant_id,
+        settle_date=date_to_proto(r.settle_date),
+        run_id=r.run_id,
+        payments=r.payments,
+        refunds=r.refunds,
+        net_fees=r.net_fees,
+        net_fee_returns=r.net_fee_returns,
+        adjustments=r.adjustments,
+        fee_bills=r.fee_bills,
+        carried_in=r.carried_in,
+        net=r.net,
+        paid_out=r.paid_out,
+        carried_out=r.carried_out,
+        currency_code=r.currency,
+        outcome=OUTCOMES[r.outcome],
+        detail_count=r.detail_count,
+        clearing_batch_id=r.clearing_batch_id or "",
+        payout_id=r.payout_id or "",
+        lines=[
+            pb.SettlementLine(
+                type=LINE_TYPES[line.type], amount=money(r.currency, line.amount),
+                count=line.count, reference=line.reference,
+            )
+            for line in lines
+        ],
+        create_time=datetime_to_ts(r.create_time),
+    )
+
+
+def account_to_proto(a: Account, balance: int) -> pb.Account:
+    return pb.Account(
+        account_code=a.code, type=ACCOUNT_TYPES[a.type], merchant_id=a.merchant_id,
+        balance=money(a.currency, balance),
+    )
+
+
+def payout_to_proto(p: PayoutView) -> pb.Payout:
+    return pb.Payout(
+        payout_id=p.payout_id,
+        merchant_id=p.merchant_id,
+        settlement_id=p.settlement_id,
+        amount=money(p.currency, p.amount),
+        destination_type=DESTINATIONS_BY_NAME.get(p.destination, pb.DESTINATION_TYPE_UNSPECIFIED),
+        bank_account=bank_to_proto(p.bank_account),
+        state=PAYOUT_STATES[p.state],
+        attempts=p.attempts,
+        last_error=p.last_error,
+        create_time=datetime_to_ts(p.create_time),
+        update_time=datetime_to_ts(p.update_time),
+    )

@@ -1,0 +1,44 @@
+"""What the run and the dispatcher need from the outside, as small protocols, so the
+wiring (bootstrap) decides between the real gRPC clients and anything else."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from services.settlement.adapters.clients import GatewayPayout
+from services.settlement.domain.netting import BatchTotals, FeeBill
+from services.settlement.domain.profiles import BankAccount
+
+# A test-only seam: called at each step of a run with the step's name; raising from it
+# is a crash at that point. None in production.
+FaultHook = Callable[[str], Awaitable[None]]
+
+
+class Clearing(Protocol):
+    async def claim(
+        self, batch_id: str, merchant_id: str, currency: str, business_date_to: dt.date
+    ) -> BatchTotals: ...
+
+    async def confirm(self, batch_id: str) -> None: ...
+
+
+class Billing(Protocol):
+    async def issued_bills(self, merchant_id: str, currency: str) -> list[FeeBill]: ...
+
+    async def mark_collected(self, bill_id: str, settlement_id: str) -> None: ...
+
+
+class Gateway(Protocol):
+    async def submit(
+        self,
+        instruction_id: str,
+        merchant_id: str,
+        currency: str,
+        amount: int,
+        bank: BankAccount,
+        remark: str,
+    ) -> GatewayPayout: ...
+
+    async def get(self, instruction_id: str) -> GatewayPayout | None: ...

@@ -1,0 +1,586 @@
+"""Settlement runs (domain §4.2-4.4): claim from clearing, net, book and create the
+payout in one transaction, then confirm in clearing and billing.
+
+A run is split into per-merchant work items. A worker takes a chunk of items with
+FOR UPDATE SKIP LOCKED and keeps the row locks for the chunk's transaction, so several
+instances share a run and a crashed worker's items come free with its connection.
+Items move PENDING/FAILED -> BOOKED (settlement committed) -> DONE (batch confirmed,
+bills marked collected), or SKIPPED when the run changes nothing for the merchant.
+Every step is idempotent (the claim by a batch id derived from the run date and the
+merchant, the booking by the item's state, confirm and collect by their ids), so
+whatever a crash interrupts, the next run completes it and never settles twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.settlement.adapters import ledger_repo
+from services.settlement.domain import ids, ledger
+from services.settlement.domain.calendar import BusinessCalendar, Cycle, DateOutsideCalendar
+from services.settlement.domain.ledger import AccountType, account
+from services.settlement.domain.netting import (
+    BatchTotals,
+    FeeBill,
+    Netting,
+    Policy,
+    changes_anything,
+    net,
+)
+from services.settlement.domain.profiles import Destination, Profile
+from services.settlement.service_layer.calendars import CalendarService, outside
+from services.settlement.service_layer.ports import Billing, Clearing, FaultHook
+from services.settlement.service_layer.profiles import profile_from_row
+from services.settlement.service_layer.unit_of_work import Database
+from shared import idempotency
+from shared.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+OPEN_STATES = ("PENDING", "FAILED", "BOOKED")
+
+
+@dataclass
+class RunView:
+    run_id: str
+    settle_date: dt.date
+    state: str
+    merchant_count: int
+    settlement_count: int
+    pending_item_count: int
+    failed_item_count: int
+    start_time: dt.datetime
+    end_time: dt.datetime | None
+
+
+@dataclass
+class _Item:
+    run_id: str
+    merchant_id: str
+    settle_date: dt.date
+    profile: Profile
+    batch_id: str = ""
+    totals: BatchTotals = field(default_factory=BatchTotals)
+    bills: list[FeeBill] = field(default_factory=list)
+    error: str = ""
+
+
+class RunService:
+    def __init__(
+        self,
+        db: Database,
+        calendars: CalendarService,
+        clearing: Clearing,
+        billing: Billing,
+        *,
+        concurrency: int = 2,
+        chunk_size: int = 100,
+        call_concurrency: int = 16,
+    ) -> None:
+        self.db = db
+        self.calendars = calendars
+        self.clearing = clearing
+        self.billing = billing
+        self.concurrency = max(1, concurrency)
+        self.chunk_size = max(1, chunk_size)
+        self.calls = asyncio.Semaphore(max(1, call_concurrency))
+        self.fault_hook: FaultHook | None = None
+
+    async def _step(self, name: str) -> None:
+        if self.fault_hook is not None:
+            await self.fault_hook(name)
+
+    # ---- the run -------------------------------------------------------------------
+
+    async def run(self, settle_date: dt.date, request_id: str) -> RunView:
+        calendar = await self.calendars.current()
+        try:
+            calendar.check(settle_date)
+        except DateOutsideCalendar as exc:
+            raise outside(exc) from exc
+        run_id = ids.run_id(settle_date)
+        async with self.db.engine.begin() as conn:
+            owned, _ = await idempotency.begin(
+                conn, "run", request_id, idempotency.fingerprint(settle_date.isoformat())
+            )
+            if owned:
+                await idempotency.finish(conn, "run", request_id, run_id.encode())
+            created = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO runs (run_id, settle_date, state) VALUES (:r, :d, 'RUNNING') "
+                        "ON CONFLICT (settle_date) DO NOTHING RETURNING run_id"
+                    ),
+                    {"r": run_id, "d": settle_date},
+                )
+            ).first()
+            if created is not None:
+                count = (
+                    await conn.execute(
+                        text(
+                            "INSERT INTO run_items (run_id, merchant_id, settle_date, state, "
+                            "batch_id) SELECT :r, merchant_id, :d, 'PENDING', '' FROM profiles"
+                        ),
+                        {"r": run_id, "d": settle_date},
+                    )
+                ).rowcount
+                await conn.execute(
+                    text("UPDATE runs SET merchant_count = :n WHERE run_id = :r"),
+                    {"n": count, "r": run_id},
+                )
+        await self._process(settle_date, calendar)
+        return await self.get(run_id)
+
+    async def _process(self, settle_date: dt.date, calendar: BusinessCalendar) -> None:
+        """Works every open item of this run and of earlier runs (left by a crash or an
+        outage), each at most once in this pass."""
+        pass_id = uuid.uuid4().hex
+        bdt_cache: dict[tuple[dt.date, Cycle], dt.date | None] = {}
+
+        async def worker() -> None:
+            while await self._complete_chunk(settle_date, pass_id, None):
+                pass
+            while await self._work_chunk(settle_date, pass_id, calendar, bdt_cache):
+                pass
+
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE runs SET state = 'COMPLETED', end_time = now() "
+                    "WHERE state = 'RUNNING' AND settle_date <= :d AND NOT EXISTS ("
+                    "SELECT 1 FROM run_items i WHERE i.run_id = runs.run_id "
+                    "AND i.state IN ('PENDING', 'FAILED', 'BOOKED'))"
+                ),
+                {"d": settle_date},
+            )
+
+    def _business_date_to(
+        self,
+        calendar: BusinessCalendar,
+        cache: dict[tuple[dt.date, Cycle], dt.date | None],
+        settle_date: dt.date,
+        cycle: Cycle,
+    ) -> dt.date | None:
+        key = (settle_date, cycle)
+        if key not in cache:
+            try:
+                cache[key] = calendar.last_business_date_due(settle_date, cycle)
+            except DateOutsideCalendar:
+                cache[key] = None
+        return cache[key]
+
+    async def _work_chunk(
+        self,
+        settle_date: dt.date,
+        pass_id: str,
+        calendar: BusinessCalendar,
+        bdt_cache: dict[tuple[dt.date, Cycle], dt.date | None],
+    ) -> bool:
+        booked: list[tuple[str, str]] = []
+        async with self.db.engine.connect() as conn:
+            async with conn.begin():
+                rows = (
+                    await conn.execute(
+                        text(
+                            "SELECT run_id, merchant_id, settle_date FROM run_items "
+                            "WHERE settle_date <= :d AND state IN ('PENDING', 'FAILED') "
+                            "AND last_pass <> :p ORDER BY settle_date, merchant_id "
+                            "LIMIT :n FOR UPDATE SKIP LOCKED"
+                        ),
+                        {"d": settle_date, "p": pass_id, "n": self.chunk_size},
+                    )
+                ).all()
+                if not rows:
+                    return False
+                # One item per merchant per chunk: two runs' items of one merchant must
+                # see each other's carried balance, so they go one after the other.
+                chosen: dict[str, Any] = {}
+                for r in rows:
+                    chosen.setdefault(r.merchant_id, r)
+                merchants = sorted(chosen)
+                # Locking the profiles serialises every booking of a merchant (runs in
+                # other instances, RetryPayout) around its carried balance.
+                profiles = {
+                    r.merchant_id: profile_from_row(r)
+                    for r in await conn.execute(
+                        text(
+                            "SELECT merchant_id, currency, cycle_kind, cycle_days, "
+                            "destination_type, bank_account, min_payout, deduct_fee_bills, hold, "
+                            "hold_reason, update_time FROM profiles "
+                            "WHERE merchant_id = ANY(CAST(:m AS text[])) ORDER BY merchant_id "
+                            "FOR UPDATE"
+                        ),
+                        {"m": merchants},
+                    )
+                }
+                items = [
+                    _Item(chosen[m].run_id, m, chosen[m].settle_date, profiles[m])
+                    for m in merchants
+                ]
+                await self._step("before_claim")
+                await asyncio.gather(
+                    *(self._gather(item, calendar, bdt_cache) for item in items)
+                )
+                await self._step("after_claim")
+                booked = await self._book(conn, [i for i in items if not i.error])
+                failed = [i for i in items if i.error]
+                if failed:
+                    await conn.execute(
+                        text(
+                            "UPDATE run_items SET state = 'FAILED', attempts = attempts + 1, "
+                            "last_error = e.err, last_pass = :p, update_time = now() "
+                            "FROM unnest(CAST(:r AS text[]), CAST(:m AS text[]), "
+                            "CAST(:e AS text[])) AS e(run_id, merchant_id, err) "
+                            "WHERE run_items.run_id = e.run_id "
+                            "AND run_items.merchant_id = e.merchant_id"
+                        ),
+                        {
+                            "p": pass_id,
+                            "r": [i.run_id for i in failed],
+                            "m": [i.merchant_id for i in failed],
+                            "e": [i.error[:500] for i in failed],
+                        },
+                    )
+        if booked:
+            await self._step("after_booking")
+            await self._complete_chunk(settle_date, pass_id, booked)
+        return True
+
+    async def _gather(
+        self,
+        item: _Item,
+        calendar: BusinessCalendar,
+        bdt_cache: dict[tuple[dt.date, Cycle], dt.date | None],
+    ) -> None:
+        """Claims the item's details and lists its bills; records an error on the item."""
+        p = item.profile
+        assert p.cycle is not None
+        bdt = self._business_date_to(calendar, bdt_cache, item.settle_date, p.cycle)
+        if bdt is None:
+            item.error = "DATE_OUTSIDE_CALENDAR"
+            return
+        item.batch_id = ids.batch_id(item.settle_date, item.merchant_id)
+        try:
+            async with self.calls:
+                item.totals = await self.clearing.claim(
+                    item.batch_id, item.merchant_id, p.currency, bdt
+                )
+                if p.deduct_fee_bills:
+                    item.bills = await self.billing.issued_bills(item.merchant_id, p.currency)
+        except grpc.aio.AioRpcError as exc:
+            item.error = f"{exc.code().name}: {exc.details()}"
+
+    async def _book(self, conn: AsyncConnection, items: list[_Item]) -> list[tuple[str, str]]:
+        """Nets and books the items in set-based statements; returns the booked keys."""
+        if not items:
+            return []
+        payable = {
+            i.merchant_id: account(AccountType.MERCHANT_PAYABLE, i.profile.currency, i.merchant_id)
+            for i in items
+        }
+        balances = await ledger_repo.balances(conn, [a.code for a in payable.values()])
+        deducted = {
+            r.bill_id
+            for r in await conn.execute(
+                text("SELECT bill_id FROM deducted_fee_bills WHERE bill_id = ANY(CAST(:b AS text[]))"),
+                {"b": [b.bill_id for i in items for b in i.bills]},
+            )
+        }
+        settlements: list[dict[str, Any]] = []
+        payouts: list[dict[str, Any]] = []
+        bills: list[tuple[str, str, str, int]] = []
+        entries: list[ledger.Entry] = []
+        done: list[tuple[str, str, str, str]] = []  # run, merchant, state, settlement id
+        for item in items:
+            p = item.profile
+            # The payable account is a credit balance: what we owe is its negation.
+            carried_in = -balances[payable[item.merchant_id].code]
+            item.bills = [b for b in item.bills if b.bill_id not in deducted and b.amount != 0]
+            policy = Policy(p.min_payout, p.hold)
+            if not changes_anything(item.totals, item.bills, carried_in, policy):
+                done.append((item.run_id, item.merchant_id, "SKIPPED", ""))
+                continue
+            result = net(item.totals, item.bills, carried_in, policy)
+            sid = ids.settlement_id(item.settle_date, item.merchant_id)
+            pid = ids.payout_id(sid) if result.paid_out > 0 else None
+            settlements.append(_settlement_row(item, sid, pid, result))
+            bills += [(b.bill_id, item.merchant_id, sid, b.amount) for b in item.bills]
+            entry = ledger.settlement_entry(f"{sid}:settle", sid, item.merchant_id, p.currency, result)
+            if entry is not None:
+                entries.append(entry)
+            if pid is not None:
+                to_bank = p.destination is Destination.BANK_ACCOUNT
+                payouts.append(_payout_row(pid, sid, p, result.paid_out))
+                out = ledger.payout_entry(
+                    f"{pid}:payout", pid, item.merchant_id, p.currency, result.paid_out, to_bank
+                )
+                if out is not None:
+                    entries.append(out)
+            done.append((item.run_id, item.merchant_id, "BOOKED", sid))
+        if settlements:
+            await conn.execute(_INSERT_SETTLEMENTS, _columns(settlements))
+        if bills:
+            await conn.execute(
+                text(
+                    "INSERT INTO deducted_fee_bills (bill_id, merchant_id, settlement_id, amount) "
+                    "SELECT * FROM unnest(CAST(:b AS text[]), CAST(:m AS text[]), "
+                    "CAST(:s AS text[]), CAST(:a AS bigint[]))"
+                ),
+                {
+                    "b": [x[0] for x in bills],
+                    "m": [x[1] for x in bills],
+                    "s": [x[2] for x in bills],
+                    "a": [x[3] for x in bills],
+                },
+            )
+        if payouts:
+            await conn.execute(_INSERT_PAYOUTS, _columns(payouts))
+        await ledger_repo.book(conn, entries)
+        await conn.execute(
+            text(
+                "UPDATE run_items SET state = u.state, settlement_id = NULLIF(u.sid, ''), "
+                "batch_id = u.batch, attempts = attempts + 1, last_error = '', "
+                "update_time = now() "
+                "FROM unnest(CAST(:r AS text[]), CAST(:m AS text[]), CAST(:s AS text[]), "
+                "CAST(:sid AS text[]), CAST(:b AS text[])) AS u(run_id, merchant_id, state, sid, "
+                "batch) WHERE run_items.run_id = u.run_id AND run_items.merchant_id = u.merchant_id"
+            ),
+            {
+                "r": [d[0] for d in done],
+                "m": [d[1] for d in done],
+                "s": [d[2] for d in done],
+                "sid": [d[3] for d in done],
+                "b": [ids.batch_id(i.settle_date, i.merchant_id) for i in items],
+            },
+        )
+        return [(d[0], d[1]) for d in done if d[2] == "BOOKED"]
+
+    async def _complete_chunk(
+        self, settle_date: dt.date, pass_id: str, keys: list[tuple[str, str]] | None
+    ) -> bool:
+        """Confirms booked items' batches in clearing and their bills in billing, then
+        marks them DONE. With keys None, takes any booked item up to the date."""
+        async with self.db.engine.connect() as conn:
+            async with conn.begin():
+                if keys is None:
+                    rows = (
+                        await conn.execute(
+                            text(
+                                "SELECT i.run_id, i.merchant_id, i.settlement_id, "
+                                "s.clearing_batch_id, s.detail_count FROM run_items i "
+                                "JOIN settlements s ON s.settlement_id = i.settlement_id "
+                                "WHERE i.settle_date <= :d AND i.state = 'BOOKED' "
+                                "AND i.last_pass <> :p ORDER BY i.settle_date, i.merchant_id "
+                                "LIMIT :n FOR UPDATE OF i SKIP LOCKED"
+                            ),
+                            {"d": settle_date, "p": pass_id, "n": self.chunk_size},
+                        )
+                    ).all()
+                else:
+                    rows = (
+                        await conn.execute(
+                            text(
+                                "SELECT i.run_id, i.merchant_id, i.settlement_id, "
+                                "s.clearing_batch_id, s.detail_count FROM run_items i "
+                                "JOIN settlements s ON s.settlement_id = i.settlement_id "
+                                "JOIN unnest(CAST(:r AS text[]), CAST(:m AS text[])) "
+                                "AS k(run_id, merchant_id) "
+                                "ON k.run_id = i.run_id AND k.merchant_id = i.merchant_id "
+                                "WHERE i.state = 'BOOKED' FOR UPDATE OF i SKIP LOCKED"
+                            ),
+                            {"r": [k[0] for k in keys], "m": [k[1] for k in keys]},
+                        )
+                    ).all()
+                if not rows:
+                    return False
+                sids = [r.settlement_id for r in rows]
+                open_bills = (
+                    await conn.execute(
+                        text(
+                            "SELECT bill_id, settlement_id FROM deducted_fee_bills "
+                            "WHERE settlement_id = ANY(CAST(:s AS text[])) AND NOT collected"
+                        ),
+                        {"s": sids},
+                    )
+                ).all()
+                bills_of: dict[str, list[str]] = {}
+                for b in open_bills:
+                    bills_of.setdefault(b.settlement_id, []).append(b.bill_id)
+                outcomes = await asyncio.gather(
+                    *(
+                        self._confirm(
+                            r.clearing_batch_id if r.detail_count > 0 else None,
+                            r.settlement_id,
+                            bills_of.get(r.settlement_id, []),
+                        )
+                        for r in rows
+                    )
+                )
+                ok = [r for r, err in zip(rows, outcomes, strict=True) if not err]
+                collected = [b for r in ok for b in bills_of.get(r.settlement_id, [])]
+                if collected:
+                    await conn.execute(
+                        text(
+                            "UPDATE deducted_fee_bills SET collected = true "
+                            "WHERE bill_id = ANY(CAST(:b AS text[]))"
+                        ),
+                        {"b": collected},
+                    )
+                await conn.execute(
+                    text(
+                        "UPDATE run_items SET state = CASE WHEN u.err = '' THEN 'DONE' "
+                        "ELSE 'BOOKED' END, last_error = u.err, last_pass = :p, "
+                        "update_time = now() FROM unnest(CAST(:r AS text[]), "
+                        "CAST(:m AS text[]), CAST(:e AS text[])) AS u(run_id, merchant_id, err) "
+                        "WHERE run_items.run_id = u.run_id AND run_items.merchant_id = u.merchant_id"
+                    ),
+                    {
+                        "p": pass_id,
+                        "r": [r.run_id for r in rows],
+                        "m": [r.merchant_id for r in rows],
+                        "e": outcomes,
+                    },
+                )
+        return True
+
+    async def _confirm(self, batch_id: str | None, settlement_id: str, bills: list[str]) -> str:
+        """'' when the batch is confirmed and the bills marked collected, else the error."""
+        try:
+            async with self.calls:
+                if batch_id:
+                    await self.clearing.confirm(batch_id)
+                await self._step("after_confirm")
+                for bill in bills:
+                    await self.billing.mark_collected(bill, settlement_id)
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"[:500]
+        return ""
+
+    # ---- reads ------------------------------------------------------------------------
+
+    async def get(self, run_id: str) -> RunView:
+        async with self.db.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT r.*, "
+                        "(SELECT count(*) FROM settlements s WHERE s.run_id = r.run_id) AS sc, "
+                        "(SELECT count(*) FROM run_items i WHERE i.run_id = r.run_id "
+                        " AND i.state IN ('PENDING', 'BOOKED')) AS pc, "
+                        "(SELECT count(*) FROM run_items i WHERE i.run_id = r.run_id "
+                        " AND i.state = 'FAILED') AS fc FROM runs r WHERE r.run_id = :r"
+                    ),
+                    {"r": run_id},
+                )
+            ).first()
+        if row is None:
+            raise NotFound("RUN_NOT_FOUND", f"no run {run_id!r}", {"run_id": run_id})
+        return RunView(
+            row.run_id, row.settle_date, row.state, row.merchant_count, row.sc, row.pc, row.fc,
+            row.start_time, row.end_time,
+        )
+
+
+def _settlement_row(item: _Item, sid: str, pid: str | None, n: Netting) -> dict[str, Any]:
+    t = n.totals
+    return {
+        "settlement_id": sid,
+        "merchant_id": item.merchant_id,
+        "settle_date": item.settle_date,
+        "run_id": item.run_id,
+        "currency": item.profile.currency,
+        "payments": t.payments,
+        "refunds": t.refunds,
+        "net_fees": t.net_fees,
+        "net_fee_returns": t.net_fee_returns,
+        "adjustments": t.adjustments,
+        "fee_bills": n.fee_bills,
+        "carried_in": n.carried_in,
+        "net": n.net,
+        "paid_out": n.paid_out,
+        "carried_out": n.carried_out,
+        "outcome": n.outcome.value,
+        "detail_count": t.detail_count,
+        "payment_count": t.payment_count,
+        "refund_count": t.refund_count,
+        "adjustment_count": t.adjustment_count,
+        "clearing_batch_id": item.batch_id if t.detail_count > 0 else None,
+        "payout_id": pid,
+        "bills": json.dumps([{"bill_id": b.bill_id, "amount": b.amount} for b in n.bills]),
+    }
+
+
+_SETTLEMENT_TYPES = {
+    "settlement_id": "text", "merchant_id": "text", "settle_date": "date", "run_id": "text",
+    "currency": "text", "payments": "bigint", "refunds": "bigint", "net_fees": "bigint",
+    "net_fee_returns": "bigint", "adjustments": "bigint", "fee_bills": "bigint",
+    "carried_in": "bigint", "net": "bigint", "paid_out": "bigint", "carried_out": "bigint",
+    "outcome": "text", "detail_count": "bigint", "payment_count": "bigint",
+    "refund_count": "bigint", "adjustment_count": "bigint", "clearing_batch_id": "text",
+    "payout_id": "text", "bills": "jsonb",
+}
+_INSERT_SETTLEMENTS = text(
+    f"INSERT INTO settlements ({', '.join(_SETTLEMENT_TYPES)}) SELECT "
+    + ", ".join(f"CAST(u.{c} AS jsonb)" if t == "jsonb" else f"u.{c}"
+                for c, t in _SETTLEMENT_TYPES.items())
+    + " FROM unnest("
+    + ", ".join(
+        f"CAST(:{c} AS {'text' if t == 'jsonb' else t}[])" for c, t in _SETTLEMENT_TYPES.items()
+    )
+    + f") AS u({', '.join(_SETTLEMENT_TYPES)})"
+)
+
+_PAYOUT_TYPES = {
+    "payout_id": "text", "merchant_id": "text", "settlement_id": "text", "currency": "text",
+    "amount": "bigint", "destination_type": "text", "bank_account": "text", "state": "text",
+}
+_INSERT_PAYOUTS = text(
+    "INSERT INTO payouts (payout_id, merchant_id, settlement_id, currency, amount, "
+    "destination_type, bank_account, state, paid_time) "
+    "SELECT u.payout_id, u.merchant_id, u.settlement_id, u.currency, u.amount, "
+    "u.destination_type, CAST(u.bank_account AS jsonb), u.state, "
+    "CASE WHEN u.state = 'PAID' THEN now() END FROM unnest("
+    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in _PAYOUT_TYPES.items())
+    + f") AS u({', '.join(_PAYOUT_TYPES)})"
+)
+
+
+def _payout_row(pid: str, sid: str, p: Profile, amount: int) -> dict[str, Any]:
+    to_bank = p.destination is Destination.BANK_ACCOUNT
+    bank = None
+    if to_bank and p.bank_account is not None:
+        b = p.bank_account
+        bank = json.dumps(
+            {
+                "account_name": b.account_name,
+                "account_number": b.account_number,
+                "bank_name": b.bank_name,
+                "branch_code": b.branch_code,
+            }
+        )
+    return {
+        "payout_id": pid,
+        "merchant_id": p.merchant_id,
+        "settlement_id": sid,
+        "currency": p.currency,
+        "amount": amount,
+        "destination_type": p.destination.value if p.destination else "",
+        "bank_account": bank,
+        # An internal transfer to the payment account is done with the booking.
+        "state": "CREATED" if to_bank else "PAID",
+    }
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {k: [r[k] for r in rows] for k in rows[0]}
