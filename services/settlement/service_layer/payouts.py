@@ -111,8 +111,8 @@ class PayoutService:
                 if not rows:
                     return 0
                 answers = await asyncio.gather(*(self._ask(r) for r in rows))
-                for row, answer in zip(rows, answers, strict=True):
-                    await self._apply(conn, row, answer)
+                for row, (answer, sent) in zip(rows, answers, strict=True):
+                    await self._apply(conn, row, answer, sent)
         return len(rows)
 
     async def watch_returns_once(self) -> int:
@@ -157,18 +157,21 @@ class PayoutService:
         except grpc.aio.AioRpcError as exc:
             return exc
 
-    async def _ask(self, row: Any) -> GatewayPayout | grpc.aio.AioRpcError | None:
-        """The gateway's answer for a due payout, or the error of the attempt."""
+    async def _ask(self, row: Any) -> tuple[GatewayPayout | grpc.aio.AioRpcError | None, bool]:
+        """The gateway's answer for a due payout (or the error of the attempt), and
+        whether it was submitted this time."""
+        sent = False
         try:
             async with self.calls:
                 if row.state == "SUBMITTED":
                     known = await self.gateway.get(row.payout_id)
                     if known is not None:
-                        return known
+                        return known, False
                 # Never sent, or sent and never received: the same instruction id again.
                 bank = row.bank_account
                 if isinstance(bank, str):
                     bank = json.loads(bank)
+                sent = True
                 return await self.gateway.submit(
                     row.payout_id,
                     row.merchant_id,
@@ -176,12 +179,16 @@ class PayoutService:
                     row.amount,
                     BankAccount(**(bank or {})),
                     f"settlement {row.settlement_id or row.payout_id}",
-                )
+                ), True
         except grpc.aio.AioRpcError as exc:
-            return exc
+            return exc, sent
 
     async def _apply(
-        self, conn: AsyncConnection, row: Any, answer: GatewayPayout | grpc.aio.AioRpcError | None
+        self,
+        conn: AsyncConnection,
+        row: Any,
+        answer: GatewayPayout | grpc.aio.AioRpcError | None,
+        sent: bool = False,
     ) -> None:
         p = self.policy
         if answer is None:  # asked about a paid payout the gateway does not know: keep asking
@@ -194,7 +201,7 @@ class PayoutService:
                 # The gateway refused the instruction itself: no money moved.
                 await self._transition(conn, row, "FAILED", error)
                 return
-            attempts = row.attempts + (1 if row.state != "PAID" else 0)
+            attempts = row.attempts + (1 if sent else 0)
             state = "SUBMITTED" if row.state in ("CREATED", "SUBMITTED") else row.state
             delay = p.backoff(attempts) if code in UNKNOWN_OUTCOME else p.backoff_max_s
             await conn.execute(
@@ -206,7 +213,7 @@ class PayoutService:
                 {"s": state, "a": attempts, "e": error, "d": delay, "p": row.payout_id},
             )
             return
-        submitted = 1 if row.state == "CREATED" else 0
+        submitted = 1 if sent else 0
         if answer.state == "PROCESSING":
             await conn.execute(
                 text(
