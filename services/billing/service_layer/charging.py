@@ -285,7 +285,7 @@ class Pricing:
                 out[i] = decode_fee(txns[i].transaction_id, row["result"])
         if not pending:
             return out  # type: ignore[return-value]
-        index = await self.book.at_generation(conn, rows[0]["gen"])
+        index = await self.book.at_generation(rows[0]["gen"])
 
         plans = []
         volume: dict[CounterKey, list[int]] = {}

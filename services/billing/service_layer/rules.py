@@ -51,12 +51,12 @@ class RuleBook:
         self._checked_at = float("-inf")
         self._lock = asyncio.Lock()
 
-    async def at_generation(self, conn: Any, generation: int) -> RuleIndex:
-        """The index as of `generation` (read by the caller in its transaction)."""
-        if generation != self.generation:
+    async def at_generation(self, generation: int) -> RuleIndex:
+        """The index as of `generation` (read by the caller in its transaction) or later."""
+        if generation > self.generation:
             async with self._lock:
-                if generation != self.generation:
-                    await self._reload(conn)
+                if generation > self.generation:
+                    await self._reload()
         return self.index
 
     async def current(self) -> RuleIndex:
@@ -64,16 +64,19 @@ class RuleBook:
         if time.monotonic() - self._checked_at >= self.refresh_s:
             async with self.db.connection() as conn:
                 gen = await rules_store.generation(conn)
-                await self.at_generation(conn, gen)
+            await self.at_generation(gen)
             self._checked_at = time.monotonic()
         return self.index
 
     async def reload(self) -> None:
-        async with self.db.connection() as conn, self._lock:
-            await self._reload(conn)
+        async with self._lock:
+            await self._reload()
 
-    async def _reload(self, conn: Any) -> None:
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
+    async def _reload(self) -> None:
+        # Its own connection and snapshot: the generation and the versions read together.
+        async with self.db.connection() as conn, conn.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
             gen, versions = await rules_store.load_all(conn)
         self.index = RuleIndex(versions)
         self.generation = gen
