@@ -1,0 +1,338 @@
+"""Billing benchmark: `.venv/bin/python -m bench.bench_billing`.
+
+1. In-process fee engine: quotes per second with 1,000 active rules (index lookup and
+   pricing), next to a full scan of the rules as the baseline.
+2. BatchChargeFees (1,000 items per call) through gRPC into PostgreSQL: charges per second.
+3. Unary ChargeFee with 32 concurrent callers: throughput, p50 and p99 latency, next to a
+   trivial grpc.aio echo servicer measured in the same run with the same payloads.
+
+The servers run in their own processes (as deployed), the clients here. PostgreSQL is
+BENCH_DATABASE_URL, or the embedded one in .clearhouse/bench-pgdata. Writes
+bench/results/billing.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+
+from services.billing.domain.model import (
+    FeeRuleSpec,
+    FeeTxn,
+    Method,
+    RuleVersion,
+    Selectors,
+    Tier,
+)
+from services.billing.domain.pricing import price
+from services.billing.domain.selection import RuleIndex
+from shared import embedded_pg
+
+# Importing `shared` (above) puts the generated `clearhouse` package on the path.
+PROTOS_READY = True
+
+from clearhouse.billing.v1 import billing_pb2 as pb  # noqa: E402
+from clearhouse.billing.v1 import billing_pb2_grpc  # noqa: E402
+from clearhouse.type.v1 import money_pb2, transaction_pb2  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "billing.json"
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+PRODUCTS = ["QUICKPAY", "WECHAT", "ALIPAY", "UNIONPAY"]
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+# -- 1. in-process engine --------------------------------------------------------------------
+
+
+def _engine_rules(n: int, rng: random.Random) -> list[RuleVersion]:
+    rules = []
+    for i in range(n):
+        sel = Selectors(
+            merchant_id=f"M{i}" if i % 2 == 0 else "",
+            product=rng.choice(PRODUCTS) if i % 3 else "",
+            business_line="ONLINE" if i % 11 == 0 else "",
+            issuer_bank=f"B{i % 20}" if i % 7 == 0 else "",
+            card_type=rng.choice(["DEBIT", "CREDIT"]) if i % 5 == 0 else "",
+        )
+        method = [Method.PERCENT, Method.AMOUNT_TIERED_PERCENT, Method.FIXED][i % 3]
+        kwargs: dict = {}
+        if method is Method.PERCENT:
+            kwargs = {"rate": Decimal("0.0038"), "min_fee": 10, "max_fee": 2000}
+        elif method is Method.FIXED:
+            kwargs = {"fixed_fee": 100}
+        else:
+            kwargs = {"tiers": (Tier(0, Decimal("0.006")), Tier(100000, Decimal("0.004")))}
+        spec = FeeRuleSpec(sel, "CNY", method, priority=i % 3, **kwargs)
+        rules.append(RuleVersion(f"R{i}", 1, spec, T0, None, T0))
+    return rules
+
+
+def _engine_txns(n: int, rng: random.Random) -> list[FeeTxn]:
+    return [
+        FeeTxn(f"T{i}", f"M{rng.randrange(2000)}", "PAYMENT", rng.randrange(1, 10**6), "CNY",
+               T0 + dt.timedelta(days=30), rng.choice(PRODUCTS), "ONLINE", "ACQ1",
+               f"B{rng.randrange(20)}", rng.choice(["DEBIT", "CREDIT"]))
+        for i in range(n)
+    ]
+
+
+def _scan_winner(rules: list[RuleVersion], t: FeeTxn) -> RuleVersion | None:
+    values = t.selector_values()
+    best = None
+    for r in rules:
+        if r.spec.currency == t.currency and r.contains(t.time) and all(
+            s == "" or s == v for s, v in zip(r.spec.selectors.values(), values, strict=True)
+        ) and (best is None or r.rank > best.rank):
+            best = r
+    return best
+
+
+def bench_engine() -> dict:
+    rng = random.Random(7)
+    rules = _engine_rules(1000, rng)
+    index = RuleIndex(rules)
+    txns = _engine_txns(50_000, rng)
+    for t in txns[:2000]:  # same answers as the scan
+        assert index.winner(t) is _scan_winner(rules, t)
+    best = 0.0
+    for _ in range(3):
+        started = time.perf_counter()
+        for t in txns:
+            v = index.winner(t)
+            assert v is not None
+            price(v.spec, t.amount)
+        best = max(best, len(txns) / (time.perf_counter() - started))
+    scan_txns = txns[:2000]
+    started = time.perf_counter()
+    for t in scan_txns:
+        v = _scan_winner(rules, t)
+        assert v is not None
+        price(v.spec, t.amount)
+    scan = len(scan_txns) / (time.perf_counter() - started)
+    return {"active_rules": len(rules), "quotes_per_s": round(best),
+            "full_scan_baseline_quotes_per_s": round(scan), "ratio_to_scan": round(best / scan, 1)}
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_ready(channel: grpc.aio.Channel) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(channel)
+    for _ in range(200):
+        try:
+            r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if r.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("server did not become ready")
+
+
+async def _echo_server(port: int) -> None:
+    server = grpc.aio.server()
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+# -- 2 and 3. through gRPC -------------------------------------------------------------------
+
+
+def _txn(tid: str, merchant: str, amount: int, rng: random.Random) -> pb.FeeTransaction:
+    t = pb.FeeTransaction(
+        transaction_id=tid, merchant_id=merchant,
+        transaction_type=transaction_pb2.TRANSACTION_TYPE_PAYMENT,
+        amount=money_pb2.Money(currency_code="CNY", minor_units=amount),
+        product=rng.choice(PRODUCTS), business_line="ONLINE", acquirer_bank="ACQ1",
+        issuer_bank="ICBC", card_type=rng.choice(["DEBIT", "CREDIT"]),
+    )
+    t.transaction_time.FromDatetime(T0 + dt.timedelta(days=40, seconds=rng.randrange(86400)))
+    return t
+
+
+async def _create_rules(stub: billing_pb2_grpc.BillingServiceStub) -> None:
+    def spec(**kw) -> pb.FeeRuleSpec:
+        return pb.FeeRuleSpec(currency_code="CNY", **kw)
+
+    start = pb.CreateFeeRuleRequest().effective_from
+    start.FromDatetime(T0)
+    rules = [
+        ("BASE", spec(method=pb.FEE_METHOD_PERCENT, rate="0.006")),
+        ("QUICK", spec(method=pb.FEE_METHOD_PERCENT, rate="0.0038", min_fee=10, max_fee=2000,
+                       selectors=pb.Selectors(product="QUICKPAY"))),
+        # Every fourth merchant has a cumulative graduated rule: the counter path.
+        *[(f"CUM{m}", spec(
+            method=pb.FEE_METHOD_CUMULATIVE_AMOUNT_TIERED_PERCENT,
+            tiers=[pb.Tier(lower_bound=0, rate="0.006"), pb.Tier(lower_bound=10**7, rate="0.004")],
+            selectors=pb.Selectors(merchant_id=f"M{m}"))) for m in range(0, 1000, 4)],
+        # Every tenth merchant is billed monthly.
+        *[(f"DEF{m}", spec(
+            method=pb.FEE_METHOD_PERCENT, rate="0.005", collection_mode=2,
+            selectors=pb.Selectors(merchant_id=f"M{m}", card_type="CREDIT"))) for m in range(1, 1000, 10)],
+    ]
+    for rule_id, s in rules:
+        await stub.CreateFeeRule(pb.CreateFeeRuleRequest(rule_id=rule_id, spec=s, effective_from=start))
+
+
+async def bench_batches(stub: billing_pb2_grpc.BillingServiceStub, total: int, in_flight: int) -> dict:
+    rng = random.Random(11)
+    batches = []
+    for b in range(total // 1000):
+        batches.append(pb.BatchChargeFeesRequest(requests=[
+            pb.ChargeFeeRequest(transaction=_txn(f"B{b}-{i}", f"M{rng.randrange(1000)}",
+                                                  rng.randrange(100, 10**6), rng))
+            for i in range(1000)]))
+    # Warm-up (index load, prepared statements) with one batch not counted.
+    warm = pb.BatchChargeFeesRequest(requests=[
+        pb.ChargeFeeRequest(transaction=_txn(f"W{i}", f"M{i}", 1000, rng)) for i in range(1000)])
+    await stub.BatchChargeFees(warm)
+    queue = list(batches)
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        while queue:
+            resp = await stub.BatchChargeFees(queue.pop())
+            errors += sum(1 for o in resp.outcomes if o.WhichOneof("outcome") == "error")
+
+    started = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(in_flight)])
+    elapsed = time.perf_counter() - started
+    return {"charges": total, "batch_size": 1000, "batches_in_flight": in_flight,
+            "seconds": round(elapsed, 2), "charges_per_s": round(total / elapsed),
+            "item_errors": errors}
+
+
+async def _callers(call, payloads: list, callers: int) -> dict:
+    latencies: list[float] = []
+    queue = list(payloads)
+
+    async def caller() -> None:
+        while queue:
+            p = queue.pop()
+            t = time.perf_counter()
+            await call(p)
+            latencies.append(time.perf_counter() - t)
+
+    started = time.perf_counter()
+    await asyncio.gather(*[caller() for _ in range(callers)])
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"calls": len(payloads), "calls_per_s": round(len(payloads) / elapsed),
+            "p50_ms": round(statistics.median(latencies) * 1000, 2),
+            "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2)}
+
+
+async def bench_unary(stub, echo_channel: grpc.aio.Channel, calls: int, callers: int) -> dict:
+    rng = random.Random(13)
+    requests = [pb.ChargeFeeRequest(transaction=_txn(f"U{i}", f"M{rng.randrange(1000)}",
+                                                      rng.randrange(100, 10**6), rng))
+                for i in range(calls)]
+    echo = echo_channel.unary_unary(ECHO_METHOD)
+    payloads = [r.SerializeToString() for r in requests]
+    await _callers(echo, payloads[:500], callers)  # warm-up
+    echo_result = await _callers(echo, payloads, callers)
+    charge_result = await _callers(stub.ChargeFee, requests, callers)
+    return {"callers": callers, "charge_fee": charge_result, "echo_baseline": echo_result,
+            "throughput_ratio_to_echo": round(charge_result["calls_per_s"] / echo_result["calls_per_s"], 3)}
+
+
+async def run(url: str, schema: str, billing_port: int, echo_port: int) -> dict:
+    results: dict = {"machine_cpus": os.cpu_count()}
+    print("engine ...", flush=True)
+    results["engine"] = bench_engine()
+    print(json.dumps(results["engine"]), flush=True)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{billing_port}")
+    echo_channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
+    try:
+        await _wait_ready(channel)
+        stub = billing_pb2_grpc.BillingServiceStub(channel)
+        await _create_rules(stub)
+        print("batched charges ...", flush=True)
+        results["batched_charge"] = await bench_batches(
+            stub, int(os.environ.get("BENCH_BATCH_CHARGES", "200000")), 2)
+        print(json.dumps(results["batched_charge"]), flush=True)
+        print("unary charges vs echo ...", flush=True)
+        results["unary_charge"] = await bench_unary(
+            stub, echo_channel, int(os.environ.get("BENCH_UNARY_CALLS", "20000")), 32)
+        print(json.dumps(results["unary_charge"]), flush=True)
+    finally:
+        await channel.close()
+        await echo_channel.close()
+        await _drop_schema(url, schema)
+    return results
+
+
+async def _drop_schema(url: str, schema: str) -> None:
+    from sqlalchemy import text
+
+    from shared.db import create_engine
+
+    engine = create_engine(url, "public", 1)
+    async with engine.begin() as conn:
+        await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    await engine.dispose()
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--echo":
+        asyncio.run(_echo_server(int(sys.argv[2])))
+        return
+    url = os.environ.get("BENCH_DATABASE_URL", "")
+    if not url:
+        _, url = embedded_pg.start(ROOT / ".clearhouse" / "bench-pgdata", stop_at_exit=True)
+    schema = f"bench_billing_{uuid.uuid4().hex[:8]}"
+    billing_port, echo_port = _free_port(), _free_port()
+    log_level = os.environ.get("BILLING_LOG_LEVEL", "WARNING")
+    env = {**os.environ, "BILLING_DATABASE_URL": url, "BILLING_DB_SCHEMA": schema,
+           "BILLING_PORT": str(billing_port), "BILLING_MIGRATE_ON_START": "true",
+           "BILLING_LOG_LEVEL": log_level}
+    quiet = {"cwd": ROOT, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    billing = subprocess.Popen([sys.executable, "-m", "services.billing", "serve"], env=env, **quiet)
+    echo = subprocess.Popen([sys.executable, "-m", "bench.bench_billing", "--echo", str(echo_port)],
+                            **quiet)
+    try:
+        results = asyncio.run(run(url, schema, billing_port, echo_port))
+    finally:
+        for proc in (billing, echo):
+            proc.terminate()
+            proc.wait(timeout=30)
+    results["billing_log_level"] = log_level
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
