@@ -299,19 +299,22 @@ async def reopen_exceptions(
 
 # ---------------------------------------------------------------- batches
 
-_BATCH_COLUMNS = (
-    "batch_id, merchant_id, currency, business_date_to, state, payments, refunds, net_fees, "
-    "net_fee_returns, adjustments, payment_count, refund_count, adjustment_count, detail_count"
-)
+_BATCH_SELECT = """
+SELECT b.batch_id, b.merchant_id, b.currency, b.business_date_to, b.state,
+       t.payments, t.refunds, t.net_fees, t.net_fee_returns, t.adjustments,
+       t.payment_count, t.refund_count, t.adjustment_count, t.detail_count
+FROM claim_batches b JOIN claim_batch_totals t USING (batch_id)
+WHERE b.batch_id = $1
+"""
 
 
-def to_batch(r: Any) -> Batch:
+def to_batch(r: Any, state: str | None = None) -> Batch:
     return Batch(
         batch_id=r["batch_id"],
         merchant_id=r["merchant_id"],
         currency=r["currency"],
         business_date_to=r["business_date_to"],
-        state=BatchState(r["state"]),
+        state=BatchState(state or r["state"]),
         totals=BatchTotals(
             currency=r["currency"],
             payments=r["payments"],
@@ -327,68 +330,58 @@ def to_batch(r: Any) -> Batch:
     )
 
 
-async def insert_batch(
-    conn: Conn, batch_id: str, merchant_id: str, currency: str, date_to: dt.date
-) -> bool:
-    row = await conn.fetchrow(
-        "INSERT INTO claim_batches (batch_id, merchant_id, currency, business_date_to, state) "
-        "VALUES ($1, $2, $3, $4, 'OPEN') ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id",
-        batch_id, merchant_id, currency, date_to,
-    )
-    return row is not None
-
-
-_CLAIM = f"""
-WITH claimed AS (
+_CLAIM = """
+WITH batch AS (
+    INSERT INTO claim_batches (batch_id, merchant_id, currency, business_date_to, state)
+    VALUES ($1, $2, $3, $4, 'OPEN')
+    ON CONFLICT (batch_id) DO NOTHING
+    RETURNING batch_id, merchant_id, currency, business_date_to, state
+), claimed AS (
     UPDATE clearing_details
     SET state = 'CLAIMED', batch_id = $1
     WHERE merchant_id = $2 AND currency = $3 AND state = 'UNSETTLED'
       AND business_date <= $4 AND fee_status IN ('KNOWN', 'NOT_APPLICABLE')
+      AND EXISTS (SELECT 1 FROM batch)
     RETURNING detail_type, amount, fee, collection_mode
 ), totals AS (
-    SELECT
-        coalesce(sum(amount) FILTER (WHERE detail_type = 'PAYMENT'), 0) AS payments,
-        coalesce(sum(amount) FILTER (WHERE detail_type = 'REFUND'), 0) AS refunds,
-        coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT' AND collection_mode = 'NET'), 0)
-            AS net_fees,
-        coalesce(sum(fee) FILTER (WHERE detail_type = 'REFUND' AND collection_mode = 'NET'), 0)
-            AS net_fee_returns,
-        coalesce(sum(amount) FILTER (WHERE detail_type = 'ADJUSTMENT'), 0) AS adjustments,
-        count(*) FILTER (WHERE detail_type = 'PAYMENT') AS payment_count,
-        count(*) FILTER (WHERE detail_type = 'REFUND') AS refund_count,
-        count(*) FILTER (WHERE detail_type = 'ADJUSTMENT') AS adjustment_count,
-        count(*) AS detail_count
+    INSERT INTO claim_batch_totals
+    SELECT $1,
+        coalesce(sum(amount) FILTER (WHERE detail_type = 'PAYMENT'), 0),
+        coalesce(sum(amount) FILTER (WHERE detail_type = 'REFUND'), 0),
+        coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT' AND collection_mode = 'NET'), 0),
+        coalesce(sum(fee) FILTER (WHERE detail_type = 'REFUND' AND collection_mode = 'NET'), 0),
+        coalesce(sum(amount) FILTER (WHERE detail_type = 'ADJUSTMENT'), 0),
+        count(*) FILTER (WHERE detail_type = 'PAYMENT'),
+        count(*) FILTER (WHERE detail_type = 'REFUND'),
+        count(*) FILTER (WHERE detail_type = 'ADJUSTMENT'),
+        count(*)
     FROM claimed
+    HAVING EXISTS (SELECT 1 FROM batch)
+    RETURNING *
 )
-UPDATE claim_batches b
-SET payments = t.payments, refunds = t.refunds, net_fees = t.net_fees,
-    net_fee_returns = t.net_fee_returns, adjustments = t.adjustments,
-    payment_count = t.payment_count, refund_count = t.refund_count,
-    adjustment_count = t.adjustment_count, detail_count = t.detail_count
-FROM totals t
-WHERE b.batch_id = $1
-RETURNING {", ".join("b." + c.strip() for c in _BATCH_COLUMNS.split(","))}
+SELECT * FROM batch JOIN totals USING (batch_id)
 """
 
 
-async def claim_into(
+async def claim(
     conn: Conn, batch_id: str, merchant_id: str, currency: str, date_to: dt.date
-) -> Any:
-    """One statement: claim every due, priced, unsettled detail and total them in SQL.
-    Concurrent claimers of one merchant serialize on the rows' locks, and the loser
-    re-checks `state = 'UNSETTLED'` on the new row version, so no detail is claimed twice."""
+) -> Any | None:
+    """One statement: open the batch, claim every due, priced, unsettled detail into it
+    and total them in SQL. None when the batch id exists already (then nothing is
+    claimed).
+
+    A concurrent repeat of the batch id waits on the first one's batch row and then
+    inserts, and so claims, nothing. Concurrent claimers of one merchant serialize on the
+    details' row locks, and the later one re-checks `state = 'UNSETTLED'` on the new row
+    version, so no detail is ever claimed twice."""
     return await conn.fetchrow(_CLAIM, batch_id, merchant_id, currency, date_to)
 
 
 async def get_batch(conn: Conn, batch_id: str, *, lock: bool = False) -> Any | None:
-    return await conn.fetchrow(
-        f"SELECT {_BATCH_COLUMNS} FROM claim_batches WHERE batch_id = $1"
-        + (" FOR UPDATE" if lock else ""),
-        batch_id,
-    )
+    return await conn.fetchrow(_BATCH_SELECT + (" FOR UPDATE OF b" if lock else ""), batch_id)
 
 
-async def close_batch(conn: Conn, batch_id: str, confirm: bool) -> Any:
+async def close_batch(conn: Conn, batch_id: str, confirm: bool) -> str:
     if confirm:
         await conn.execute(
             "UPDATE clearing_details SET state = 'SETTLED' "
@@ -401,9 +394,9 @@ async def close_batch(conn: Conn, batch_id: str, confirm: bool) -> Any:
             "WHERE batch_id = $1 AND state = 'CLAIMED'",
             batch_id,
         )
-    return await conn.fetchrow(
-        f"UPDATE claim_batches SET state = $2, update_time = now() WHERE batch_id = $1 "
-        f"RETURNING {_BATCH_COLUMNS}",
-        batch_id,
-        (BatchState.CONFIRMED if confirm else BatchState.RELEASED).value,
+    state = (BatchState.CONFIRMED if confirm else BatchState.RELEASED).value
+    await conn.execute(
+        "UPDATE claim_batches SET state = $2, update_time = now() WHERE batch_id = $1",
+        batch_id, state,
     )
+    return state

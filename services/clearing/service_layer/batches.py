@@ -21,13 +21,10 @@ class Batches:
     async def claim(
         self, batch_id: str, merchant_id: str, currency: str, date_to: dt.date
     ) -> Batch:
-        async with self.db.transaction() as conn:
-            # The batch row first: a concurrent repeat of this batch id waits on it and
-            # then finds it, instead of claiming anything itself.
-            if await repo.insert_batch(conn, batch_id, merchant_id, currency, date_to):
-                return repo.to_batch(
-                    await repo.claim_into(conn, batch_id, merchant_id, currency, date_to)
-                )
+        async with self.db.connect() as conn:
+            row = await repo.claim(conn, batch_id, merchant_id, currency, date_to)
+            if row is not None:
+                return repo.to_batch(row)
             row = await repo.get_batch(conn, batch_id)
         batch = repo.to_batch(row)
         if (batch.merchant_id, batch.currency, batch.business_date_to) != (
@@ -51,7 +48,7 @@ class Batches:
                     f"batch {batch_id!r} is {batch.state.value.lower()}",
                     {"batch_id": batch_id, "state": batch.state.value},
                 )
-            return repo.to_batch(await repo.close_batch(conn, batch_id, confirm))
+            return repo.to_batch(row, await repo.close_batch(conn, batch_id, confirm))
 
     async def confirm(self, batch_id: str) -> Batch:
         return await self._close(batch_id, confirm=True)

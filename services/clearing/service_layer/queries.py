@@ -137,22 +137,25 @@ class Queries:
                 """
                 SELECT business_date, currency,
                   count(*) FILTER (WHERE detail_type = 'PAYMENT') AS payment_count,
-                  coalesce(sum(amount) FILTER (WHERE detail_type = 'PAYMENT'), 0)
+                  coalesce(sum(amount) FILTER (WHERE detail_type = 'PAYMENT'), 0)::bigint
                       AS payment_amount,
                   count(*) FILTER (WHERE detail_type = 'REFUND') AS refund_count,
-                  coalesce(sum(amount) FILTER (WHERE detail_type = 'REFUND'), 0) AS refund_amount,
+                  coalesce(sum(amount) FILTER (WHERE detail_type = 'REFUND'), 0)::bigint
+                      AS refund_amount,
                   count(*) FILTER (WHERE detail_type = 'ADJUSTMENT') AS adjustment_count,
-                  coalesce(sum(amount) FILTER (WHERE detail_type = 'ADJUSTMENT'), 0)
+                  coalesce(sum(amount) FILTER (WHERE detail_type = 'ADJUSTMENT'), 0)::bigint
                       AS adjustment_amount,
                   coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT'
-                      AND fee_status = 'KNOWN' AND collection_mode = 'NET'), 0) AS net_fees,
+                      AND fee_status = 'KNOWN' AND collection_mode = 'NET'), 0)::bigint
+                      AS net_fees,
                   coalesce(sum(fee) FILTER (WHERE detail_type = 'REFUND'
-                      AND fee_status = 'KNOWN' AND collection_mode = 'NET'), 0) AS net_fee_returns,
+                      AND fee_status = 'KNOWN' AND collection_mode = 'NET'), 0)::bigint
+                      AS net_fee_returns,
                   coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT'
-                      AND fee_status = 'KNOWN' AND collection_mode = 'DEFERRED'), 0)
+                      AND fee_status = 'KNOWN' AND collection_mode = 'DEFERRED'), 0)::bigint
                       AS deferred_fees,
                   coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT'
-                      AND fee_status = 'KNOWN' AND collection_mode = 'PREPAID'), 0)
+                      AND fee_status = 'KNOWN' AND collection_mode = 'PREPAID'), 0)::bigint
                       AS prepaid_fees,
                   count(*) FILTER (WHERE fee_status = 'PENDING') AS pending_fee_count,
                   count(*) FILTER (WHERE state = 'EXCEPTION') AS exception_count

@@ -1,0 +1,349 @@
+"""Clearing benchmarks: `python -m bench.bench_clearing [--seconds S] [--claim-merchants N]`.
+
+1. Unary RecordTransaction, 32 concurrent callers, billing running, against a trivial
+   grpc.aio echo servicer measured in the same run (throughput ratio, p50/p99).
+2. Batched recording (BatchRecordTransactions of 1,000), details per second, billing
+   pricing every detail.
+3. Claiming 1,000,000 details of 10,000 merchants (seeded with SQL), one ClaimDetails per
+   merchant as settlement calls it, through gRPC.
+
+Billing, clearing and the echo server run as separate processes (as deployed) on the
+embedded PostgreSQL (or BENCH_DATABASE_URL); figures go to bench/results/clearing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.type import date_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared import embedded_pg
+from shared.convert import datetime_to_ts
+
+# Importing `shared` (above) puts the generated `clearhouse` package on the path.
+PROTOS_READY = True
+
+from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc  # noqa: E402
+from clearhouse.clearing.v1 import clearing_pb2 as pb  # noqa: E402
+from clearhouse.clearing.v1 import clearing_pb2_grpc  # noqa: E402
+from clearhouse.type.v1 import money_pb2, transaction_pb2  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "clearing.json"
+ECHO_METHOD = "/bench.Echo/Echo"
+T0 = dt.datetime(2026, 3, 2, 4, 0, tzinfo=dt.UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------ echo server (child)
+
+
+async def serve_echo(port: int) -> None:
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+# ------------------------------------------------------------------ processes
+
+
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, env={**os.environ, **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_serving(address: str, seconds: float = 60.0) -> None:
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{address} never became SERVING")
+
+
+def service_env(prefix: str, url: str, schema: str, port: int, **extra: str) -> dict[str, str]:
+    env = {
+        f"{prefix}_DATABASE_URL": url,
+        f"{prefix}_DB_SCHEMA": schema,
+        f"{prefix}_PORT": str(port),
+        f"{prefix}_MIGRATE_ON_START": "true",
+        # Access logs off: the benchmark measures the service, not writing JSON to a pipe.
+        f"{prefix}_LOG_LEVEL": "WARNING",
+        f"{prefix}_DB_POOL_SIZE": "20",
+    }
+    env.update({f"{prefix}_{k.upper()}": v for k, v in extra.items()})
+    return env
+
+
+# ------------------------------------------------------------------ load
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+async def closed_loop(call: Any, make: Any, workers: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+    counter = 0
+
+    async def worker() -> None:
+        nonlocal errors, counter
+        while time.perf_counter() < stop_at:
+            counter += 1
+            req = make(counter)
+            t = time.perf_counter()
+            try:
+                await call(req)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t)
+
+    started = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(workers)])
+    elapsed = time.perf_counter() - started
+    return {
+        "calls": len(latencies),
+        "errors": errors,
+        "per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+    }
+
+
+def txn(tx_id: str, merchant: str, amount: int) -> pb.Transaction:
+    return pb.Transaction(
+        transaction_id=tx_id, transaction_type=transaction_pb2.TRANSACTION_TYPE_PAYMENT,
+        merchant_id=merchant, amount=money_pb2.Money(currency_code="CNY", minor_units=amount),
+        transaction_time=datetime_to_ts(T0), product="QUICKPAY", business_line="ONLINE",
+        card_type="DEBIT",
+    )
+
+
+async def create_rule(billing_address: str) -> None:
+    async with grpc.aio.insecure_channel(billing_address) as ch:
+        stub = billing_pb2_grpc.BillingServiceStub(ch)
+        await stub.CreateFeeRule(billing_pb2.CreateFeeRuleRequest(
+            rule_id="BENCH-ALL", spec=billing_pb2.FeeRuleSpec(
+                currency_code="CNY", method=billing_pb2.FEE_METHOD_PERCENT, rate="0.006",
+                collection_mode=transaction_pb2.COLLECTION_MODE_NET),
+            effective_from=datetime_to_ts(dt.datetime(2026, 1, 1, tzinfo=dt.UTC))))
+
+
+async def bench_unary(clearing: str, echo: str, seconds: float, run: str) -> dict[str, Any]:
+    sample = pb.RecordTransactionRequest(transaction=txn(f"{run}-x", "M0", 100))
+    payload = sample.SerializeToString()
+    async with grpc.aio.insecure_channel(echo) as ch:
+        call = ch.unary_unary(ECHO_METHOD)
+        await call(payload, wait_for_ready=True, timeout=30)
+        await closed_loop(call, lambda i: payload, 32, 1.0)  # warm-up
+        echo_fig = await closed_loop(call, lambda i: payload, 32, seconds)
+    async with grpc.aio.insecure_channel(clearing) as ch:
+        stub = clearing_pb2_grpc.ClearingServiceStub(ch)
+
+        def make(i: int) -> pb.RecordTransactionRequest:
+            return pb.RecordTransactionRequest(
+                transaction=txn(f"{run}-u{i}", f"M{i % 100}", 1000 + i % 5000))
+
+        await closed_loop(stub.RecordTransaction, lambda i: make(-i), 32, 1.0)
+        rec = await closed_loop(stub.RecordTransaction, make, 32, seconds)
+        probe = await stub.RecordTransaction(make(10**9))
+    return {"echo": echo_fig, "record_transaction": rec,
+            "ratio_to_echo": round(rec["per_s"] / max(echo_fig["per_s"], 1e-9), 3),
+            "priced_by_billing": not probe.fee_pending}
+
+
+async def bench_batched(clearing: str, batches: int, run: str) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(clearing) as ch:
+        stub = clearing_pb2_grpc.ClearingServiceStub(ch)
+        pending = 0
+
+        async def one(b: int) -> None:
+            nonlocal pending
+            req = pb.BatchRecordTransactionsRequest(transactions=[
+                txn(f"{run}-b{b}-{i}", f"M{i % 500}", 1000 + i) for i in range(1000)])
+            resp = await stub.BatchRecordTransactions(req, timeout=120)
+            pending += sum(1 for o in resp.outcomes
+                           if o.WhichOneof("outcome") != "result" or o.result.fee_pending)
+
+        await one(-1)  # warm-up
+        queue = list(range(batches))
+        started = time.perf_counter()
+
+        async def worker() -> None:
+            while queue:
+                await one(queue.pop())
+
+        await asyncio.gather(*[worker() for _ in range(4)])
+        elapsed = time.perf_counter() - started
+    return {"details": batches * 1000, "seconds": round(elapsed, 2),
+            "details_per_s": round(batches * 1000 / elapsed), "not_priced": pending}
+
+
+async def seed_claims(url: str, schema: str, merchants: int, per_merchant: int) -> float:
+    import asyncpg  # the bench seeds the table directly: the point is the claim
+
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        started = time.perf_counter()
+        await conn.execute(
+            """
+            INSERT INTO clearing_details (detail_id, detail_type, merchant_id, currency, amount,
+                transaction_time, business_date, fee_status, fee, collection_mode, rule_id,
+                rule_version, state, content_hash)
+            SELECT 'S' || g, CASE WHEN g % 10 = 0 THEN 'REFUND' ELSE 'PAYMENT' END,
+                   'M' || (g % $1), 'CNY', 1000 + g % 997,
+                   timestamptz '2026-03-01 04:00Z' + (g % 5) * interval '1 day',
+                   date '2026-03-01' + (g % 5)::int, 'KNOWN', 6, 'NET', 'R', 1, 'UNSETTLED', 'h'
+            FROM generate_series(1, $2::bigint) AS g
+            """,
+            merchants, merchants * per_merchant,
+        )
+        await conn.execute("VACUUM ANALYZE clearing_details")
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def bench_claim(clearing: str, merchants: int, workers: int) -> dict[str, Any]:
+    to = date_pb2.Date(year=2026, month=3, day=31)
+    async with grpc.aio.insecure_channel(clearing) as ch:
+        stub = clearing_pb2_grpc.ClearingServiceStub(ch)
+        queue = list(range(merchants))
+        claimed = 0
+        started = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal claimed
+            while queue:
+                m = queue.pop()
+                r = await stub.ClaimDetails(pb.ClaimDetailsRequest(
+                    batch_id=f"RUN1-M{m}", merchant_id=f"M{m}", currency_code="CNY",
+                    business_date_to=to), timeout=120)
+                claimed += r.batch.totals.detail_count
+
+        await asyncio.gather(*[worker() for _ in range(workers)])
+        elapsed = time.perf_counter() - started
+    return {"merchants": merchants, "details_claimed": claimed, "seconds": round(elapsed, 2),
+            "claim_calls_per_s": round(merchants / elapsed, 1), "concurrency": workers}
+
+
+async def run_record(url: str, run: str, args: argparse.Namespace,
+                     results: dict[str, Any]) -> None:
+    billing_port, clearing_port, echo_port = (free_port() for _ in range(3))
+    billing_addr, clearing_addr = f"127.0.0.1:{billing_port}", f"127.0.0.1:{clearing_port}"
+    procs = [
+        spawn(["-m", "bench.bench_clearing", "--echo-server", str(echo_port)], {}),
+        spawn(["-m", "services.billing", "serve"],
+              service_env("BILLING", url, f"bench_billing_{run}", billing_port)),
+        spawn(["-m", "services.clearing", "serve"],
+              service_env("CLEARING", url, f"bench_clearing_{run}", clearing_port,
+                          billing_address=billing_addr)),
+    ]
+    try:
+        for address in (billing_addr, clearing_addr):
+            await wait_serving(address)
+        await create_rule(billing_addr)
+        results["unary"] = await bench_unary(
+            clearing_addr, f"127.0.0.1:{echo_port}", args.seconds, run)
+        print(json.dumps(results["unary"], indent=2), flush=True)
+        results["batched"] = await bench_batched(clearing_addr, args.batches, run)
+        print(json.dumps(results["batched"], indent=2), flush=True)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+
+
+async def run_claim(url: str, run: str, args: argparse.Namespace,
+                    results: dict[str, Any]) -> None:
+    # The claim runs on a schema of its own, with nothing else running.
+    port = free_port()
+    proc = spawn(["-m", "services.clearing", "serve"],
+                 service_env("CLEARING", url, f"bench_claim_{run}", port,
+                             pending_fee_worker_enabled="false"))
+    try:
+        await wait_serving(f"127.0.0.1:{port}")
+        seed_s = await seed_claims(url, f"bench_claim_{run}", args.claim_merchants, 100)
+        results["claim"] = await bench_claim(
+            f"127.0.0.1:{port}", args.claim_merchants, args.claim_workers)
+        results["claim"]["seed_seconds"] = round(seed_s, 1)
+        print(json.dumps(results["claim"], indent=2), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    import asyncpg
+
+    url = os.environ.get("BENCH_DATABASE_URL", "")
+    if not url:
+        _, url = embedded_pg.start(ROOT / ".clearhouse" / "bench-pgdata")
+    run = f"r{int(time.time())}"
+    results: dict[str, Any] = {"run": run, "cpus": os.cpu_count()}
+    try:
+        if args.only != "claim":
+            await run_record(url, run, args, results)
+        if args.only != "record":
+            await run_claim(url, run, args, results)
+    finally:
+        # The data is throwaway.
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        for kind in ("billing", "clearing", "claim"):
+            await conn.execute(f'DROP SCHEMA IF EXISTS "bench_{kind}_{run}" CASCADE')
+        await conn.close()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--claim-merchants", type=int, default=10_000)
+    parser.add_argument("--claim-workers", type=int, default=8)
+    parser.add_argument("--only", choices=["record", "claim"], help="run one part only")
+    ns = parser.parse_args()
+    if ns.echo_server:
+        asyncio.run(serve_echo(ns.echo_server))
+    else:
+        print(json.dumps(asyncio.run(main(ns)), indent=2))
