@@ -24,7 +24,7 @@ SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_na
 
 
 async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
-    db = Database(engine, settings.db_schema)
+    db = Database(engine, settings.db_schema, settings.db_pool_size)
     zone = ZoneInfo(settings.business_timezone)
     metrics = Metrics()
     book = RuleBook(db, settings.rules_refresh_s)
@@ -45,4 +45,5 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
         servicers=[(billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer)],
         service_names=[SERVICE_NAME],
         readiness=ready,
+        on_close=[db.close],
     )

@@ -1,17 +1,21 @@
 """Database access of the billing service.
 
-The hot paths talk to asyncpg directly (bulk arrays, prepared statements) on a
-connection borrowed from the SQLAlchemy pool, so the schema's search_path and the pool
-settings stay those of shared.db.
+The hot paths talk to asyncpg directly (bulk arrays, prepared statements) through an
+asyncpg pool of their own, opened lazily on the same URL and schema as the SQLAlchemy
+engine: checking a connection out of SQLAlchemy's async pool costs greenlet switches
+and a reset round trip per call, a quarter of a unary charge's CPU when measured.
+SQLAlchemy stays for the shared helpers (idempotency keys) and migrations.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
@@ -19,24 +23,42 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 class Database:
     engine: AsyncEngine
     schema: str
+    pool_size: int = 10
+    _pool: Any = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def _acquire_pool(self) -> Any:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    url = self.engine.url.set(drivername="postgresql")
+                    self._pool = await asyncpg.create_pool(
+                        url.render_as_string(hide_password=False),
+                        min_size=1,
+                        max_size=self.pool_size,
+                        server_settings={"search_path": self.schema, "timezone": "UTC"},
+                    )
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
         """An asyncpg connection inside a transaction: committed on normal exit, rolled
         back on any exception."""
-        async with self.engine.connect() as sa_conn:
-            raw = await sa_conn.get_raw_connection()
-            conn = raw.driver_connection
-            assert conn is not None
-            async with conn.transaction():
-                yield conn
+        pool = await self._acquire_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
         """An asyncpg connection for reads (each statement its own snapshot)."""
-        async with self.engine.connect() as sa_conn:
-            raw = await sa_conn.get_raw_connection()
-            yield raw.driver_connection
+        pool = await self._acquire_pool()
+        async with pool.acquire() as conn:
+            yield conn
 
     @asynccontextmanager
     async def sa_transaction(self) -> AsyncIterator[AsyncConnection]:
