@@ -154,6 +154,11 @@ class RunService:
                 pass
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        # One more try for confirmations that failed in this pass (a transient error in
+        # clearing or billing), so a blip does not leave batches claimed until tomorrow.
+        sweep = uuid.uuid4().hex
+        while await self._complete_chunk(settle_date, sweep, None):
+            pass
         async with self.db.engine.begin() as conn:
             await conn.execute(
                 text(

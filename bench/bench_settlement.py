@@ -1,0 +1,249 @@
+"""Settlement benchmark: `python -m bench.bench_settlement [--details 100000,1000000]
+[--merchants 10000]`.
+
+For each volume: a REAL clearing service and a REAL settlement service, each its own
+process (the settlement process's peak memory is read from /proc), clearing details
+seeded with SQL into clearing's schema (setup only), 10,000 merchant profiles paid to a
+bank account. Then ONE RunSettlement end to end: claim per merchant through gRPC, net,
+book (journal + postings), settlement rows and payout instructions (outbox), confirm
+each batch. The dispatcher is off: sending the instructions is the gateway's time.
+Figures go to stdout and bench/results/settlement.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from clearhouse.settlement.v1 import settlement_pb2 as pb
+from clearhouse.settlement.v1 import settlement_pb2_grpc
+
+import shared  # noqa: F401  (generated protobuf package on the path)
+from shared import embedded_pg
+from shared.convert import date_to_proto
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "settlement.json"
+SETTLE_DATE = dt.date(2026, 3, 3)
+BUSINESS_DATE = dt.date(2026, 3, 2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def plain_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def start(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", f"services.{service}", "serve"],
+        cwd=ROOT, env={**os.environ, **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+async def wait_ready(address: str) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(600):
+            try:
+                resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{address} never became ready")
+
+
+async def seed(dsn: str, clearing: str, settlement: str, details: int, merchants: int) -> float:
+    """Details spread evenly over the merchants, NET fees known; profiles T+1 to a bank."""
+    started = time.perf_counter()
+    conn = await asyncpg.connect(dsn)
+    try:
+        per = details // merchants
+        await conn.execute(f'SET search_path TO "{clearing}"')
+        await conn.execute(
+            "INSERT INTO clearing_details (detail_id, detail_type, merchant_id, currency, "
+            "amount, transaction_time, business_date, fee_status, fee, collection_mode, "
+            "rule_id, rule_version, state, content_hash) "
+            "SELECT 'D' || g, CASE WHEN g % 20 = 0 THEN 'REFUND' ELSE 'PAYMENT' END, "
+            "'M' || lpad((g % $2)::text, 6, '0'), 'CNY', 1000 + g % 9000, "
+            "$3::timestamptz, $4::date, 'KNOWN', (1000 + g % 9000) * 6 / 1000, 'NET', "
+            "'BASE', 1, 'UNSETTLED', 'bench' FROM generate_series(1, $1) g",
+            per * merchants, merchants,
+            dt.datetime(2026, 3, 2, 4, tzinfo=dt.UTC), BUSINESS_DATE,
+        )
+        await conn.execute("ANALYZE clearing_details")
+        await conn.execute(f'SET search_path TO "{settlement}"')
+        await conn.execute(
+            "INSERT INTO profiles (merchant_id, currency, cycle_kind, cycle_days, "
+            "destination_type, bank_account, min_payout) "
+            "SELECT 'M' || lpad(g::text, 6, '0'), 'CNY', 'T', 1, 'BANK_ACCOUNT', "
+            "'{\"account_name\": \"Shop\", \"account_number\": \"6222020200112233\", "
+            "\"bank_name\": \"ICBC\", \"branch_code\": \"\"}'::jsonb, 0 "
+            "FROM generate_series(0, $1 - 1) g",
+            merchants,
+        )
+    finally:
+        await conn.close()
+    return time.perf_counter() - started
+
+
+async def reset(dsn: str, *schemas: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for s in schemas:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{s}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def one(url: str, details: int, merchants: int, concurrency: int) -> dict[str, Any]:
+    dsn = plain_dsn(url)
+    cschema, sschema = "bench_clearing", "bench_settlement"
+    await reset(dsn, cschema, sschema)
+    cport, sport = free_port(), free_port()
+    clearing = start("clearing", {
+        "CLEARING_DATABASE_URL": url, "CLEARING_DB_SCHEMA": cschema,
+        "CLEARING_PORT": str(cport), "CLEARING_MIGRATE_ON_START": "true",
+        "CLEARING_PENDING_FEE_WORKER_ENABLED": "false", "CLEARING_LOG_LEVEL": "WARNING",
+    })
+    settlement = start("settlement", {
+        "SETTLEMENT_DATABASE_URL": url, "SETTLEMENT_DB_SCHEMA": sschema,
+        "SETTLEMENT_PORT": str(sport), "SETTLEMENT_MIGRATE_ON_START": "true",
+        "SETTLEMENT_SCHEDULER_ENABLED": "false", "SETTLEMENT_DISPATCHER_ENABLED": "false",
+        "SETTLEMENT_CLEARING_ADDRESS": f"127.0.0.1:{cport}",
+        "SETTLEMENT_BILLING_ADDRESS": "127.0.0.1:1",
+        "SETTLEMENT_RUN_CONCURRENCY": str(concurrency), "SETTLEMENT_LOG_LEVEL": "WARNING",
+        "SETTLEMENT_CALL_DEADLINE_S": "120",
+    })
+    try:
+        await wait_ready(f"127.0.0.1:{cport}")
+        await wait_ready(f"127.0.0.1:{sport}")
+        seed_s = await seed(dsn, cschema, sschema, details, merchants)
+        before = memory_kb(settlement.pid)
+        cpu_before = cpu_s(settlement.pid), cpu_s(clearing.pid)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sport}") as channel:
+            stub = settlement_pb2_grpc.SettlementServiceStub(channel)
+            started = time.perf_counter()
+            resp = await stub.RunSettlement(
+                pb.RunSettlementRequest(request_id=f"bench-{details}",
+                                        settle_date=date_to_proto(SETTLE_DATE)),
+                timeout=900,
+            )
+            elapsed = time.perf_counter() - started
+            after = memory_kb(settlement.pid)
+            cpu_after = cpu_s(settlement.pid), cpu_s(clearing.pid)
+            check_started = time.perf_counter()
+            violations = (await stub.CheckInvariants(pb.CheckInvariantsRequest(),
+                                                     timeout=600)).violations
+            check_s = time.perf_counter() - check_started
+        conn = await asyncpg.connect(dsn)
+        try:
+            settled = await conn.fetchval(
+                f'SELECT count(*) FROM "{cschema}".clearing_details WHERE state = \'SETTLED\'')
+            outbox = await conn.fetchval(
+                f'SELECT count(*) FROM "{sschema}".payouts WHERE state = \'CREATED\'')
+        finally:
+            await conn.close()
+        run = resp.run
+        return {
+            "details": details,
+            "merchants": merchants,
+            "run_state": pb.RunState.Name(run.state),
+            "settlements": run.settlement_count,
+            "failed_items": run.failed_item_count,
+            "details_settled": settled,
+            "payout_instructions": outbox,
+            "invariant_violations": len(violations),
+            "seed_s": round(seed_s, 1),
+            "run_s": round(elapsed, 2),
+            "details_per_s": round(settled / elapsed),
+            "merchants_per_s": round(run.settlement_count / elapsed),
+            "check_invariants_s": round(check_s, 2),
+            "settlement_cpu_s": round(cpu_after[0] - cpu_before[0], 2),
+            "clearing_cpu_s": round(cpu_after[1] - cpu_before[1], 2),
+            "settlement_rss_before_kb": before["VmRSS"],
+            "settlement_peak_rss_kb": after["VmHWM"],
+        }
+    finally:
+        for proc in (settlement, clearing):
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if not os.environ.get("BENCH_KEEP"):
+            await reset(dsn, cschema, sschema)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    url = os.environ.get("BENCH_DATABASE_URL", "")
+    server = None
+    if not url:
+        server, url = embedded_pg.start(ROOT / ".clearhouse" / "bench-pgdata")
+    volumes = [int(v) for v in args.details.split(",")]
+    results = []
+    for details in volumes:
+        r = await one(url, details, args.merchants, args.concurrency)
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    summary: dict[str, Any] = {"runs": results}
+    if len(results) >= 2:
+        small, big = results[0], results[-1]
+        summary["peak_rss_ratio_big_vs_small"] = round(
+            big["settlement_peak_rss_kb"] / small["settlement_peak_rss_kb"], 3)
+        summary["details_ratio_big_vs_small"] = big["details"] / small["details"]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
+    print(f"written to {RESULTS}")
+    del server
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_settlement")
+    parser.add_argument("--details", default="100000,1000000",
+                        help="comma-separated detail volumes, one run each")
+    parser.add_argument("--merchants", type=int, default=10000)
+    parser.add_argument("--concurrency", type=int, default=2,
+                        help="SETTLEMENT_RUN_CONCURRENCY of the settlement process")
+    args, _ = parser.parse_known_args()
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
