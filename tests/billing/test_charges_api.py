@@ -9,8 +9,13 @@ from decimal import Decimal
 import grpc
 import pytest
 from clearhouse.billing.v1 import billing_pb2 as pb
+from clearhouse.billing.v1 import billing_pb2_grpc
 from google.rpc import code_pb2
 
+from services.billing.bootstrap import build_app
+from services.billing.settings import BillingSettings
+from shared import server
+from shared.db import create_engine
 from shared.errors import reason_of
 from tests.billing.support import create_rule, error_info, money, ts, txn, violations
 
@@ -259,3 +264,33 @@ async def test_batched_refunds_of_one_payment_return_exactly_its_fee(billing):
     returned = [o.result.fee_returned.minor_units for o in resp.outcomes[:-1]]
     assert sum(returned) == 61
     assert reason_of(resp.outcomes[-1].error) == "REFUND_EXCEEDS_ORIGINAL"
+
+
+async def test_an_unreachable_database_answers_unavailable_not_a_business_refusal():
+    # A real server whose database does not answer (nothing listens on port 1).
+
+    engine = create_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none", "billing", 1)
+    running = await server.start(await build_app(BillingSettings(db_schema="billing"), engine))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        stub = billing_pb2_grpc.BillingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("T1", 100)))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_info(err.value).reason == "DATABASE_UNAVAILABLE"
+    finally:
+        await channel.close()
+        await running.stop(None)
+        await engine.dispose()
+
+
+async def test_batch_quotes_price_each_item_and_record_nothing(billing):
+    await billing.stub.CreateFeeRule(create_rule(GRADUATED))
+    resp = await billing.stub.BatchQuoteFees(pb.BatchQuoteFeesRequest(requests=[
+        pb.QuoteFeeRequest(transaction=txn("Q1", 6000)),
+        pb.QuoteFeeRequest(transaction=txn("Q2", 6000)),
+        pb.QuoteFeeRequest(transaction=txn("Q3", 6000, currency="USD")),
+    ]))
+    assert [o.result.fee.minor_units for o in resp.outcomes[:2]] == [55, 55]
+    assert reason_of(resp.outcomes[2].error) == "NO_MATCHING_FEE_RULE"
+    assert await _counters(billing.stub, "M1") == (0, 0)

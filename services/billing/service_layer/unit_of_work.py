@@ -16,7 +16,45 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import grpc
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shared.errors import DomainError
+
+# Failures that say nothing about the request: the database is unreachable, restarting,
+# or chose this transaction as a deadlock victim. The transaction rolled back, so a
+# retry of the same call is safe.
+TRANSIENT = (
+    OSError,  # includes refused connections and timeouts
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+)
+
+
+class Unavailable(DomainError):
+    """UNAVAILABLE with reason DATABASE_UNAVAILABLE: callers such as clearing tell it
+    apart from business refusals (FAILED_PRECONDITION) and retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(
+            "DATABASE_UNAVAILABLE", f"billing database unavailable ({type(cause).__name__}); retry"
+        )
+
+
+@asynccontextmanager
+async def _transient_as_unavailable() -> AsyncIterator[None]:
+    try:
+        yield
+    except TRANSIENT as exc:
+        raise Unavailable(exc) from exc
 
 
 @dataclass
@@ -49,19 +87,21 @@ class Database:
     async def transaction(self) -> AsyncIterator[Any]:
         """An asyncpg connection inside a transaction: committed on normal exit, rolled
         back on any exception."""
-        pool = await self._acquire_pool()
-        async with pool.acquire() as conn, conn.transaction():
-            yield conn
+        async with _transient_as_unavailable():
+            pool = await self._acquire_pool()
+            async with pool.acquire() as conn, conn.transaction():
+                yield conn
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
         """An asyncpg connection for reads (each statement its own snapshot)."""
-        pool = await self._acquire_pool()
-        async with pool.acquire() as conn:
-            yield conn
+        async with _transient_as_unavailable():
+            pool = await self._acquire_pool()
+            async with pool.acquire() as conn:
+                yield conn
 
     @asynccontextmanager
     async def sa_transaction(self) -> AsyncIterator[AsyncConnection]:
         """A SQLAlchemy transaction, for shared helpers such as shared.idempotency."""
-        async with self.engine.begin() as conn:
+        async with _transient_as_unavailable(), self.engine.begin() as conn:
             yield conn

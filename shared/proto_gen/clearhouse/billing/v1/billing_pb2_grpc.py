@@ -45,6 +45,8 @@ class BillingServiceStub:
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
+    a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -176,6 +178,8 @@ class BillingServiceServicer:
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
+    a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -459,6 +463,8 @@ class BillingService:
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
+    a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 

@@ -46,6 +46,8 @@ class BillingServiceStub:
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
+      a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -132,6 +134,8 @@ class BillingServiceAsyncStub(BillingServiceStub):
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
+      a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -214,6 +218,8 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
+      a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
