@@ -69,7 +69,33 @@ def _dec(d: Decimal | None) -> str | None:
     return None if d is None else str(d)
 
 
+def _num(v: int | None) -> str:
+    return "null" if v is None else str(v)
+
+
+def _str(d: Decimal | None) -> str:
+    return "null" if d is None else f'"{d}"'
+
+
 def encode_fee(o: FeeOutcome) -> str:
+    """The same JSON as json.dumps would write, formatted directly: this runs once per
+    charge on the batch path. Safe without escaping: rule ids, currencies, modes and
+    months are validated to [A-Za-z0-9_.-] (see test_outcomes_round_trip)."""
+    portions = ",".join(
+        f"[{p.lower_bound},{_num(p.upper_bound)},{p.base_amount},{_str(p.rate)},{p.fixed_fee},"
+        f'"{p.exact}"]'
+        for p in o.portions
+    )
+    return (
+        f'[{o.fee},"{o.currency}","{o.rule_id}",{o.rule_version},"{o.collection_mode}",'
+        f'"{o.exact}",[{portions}],{"true" if o.cumulative else "false"},{o.amount_before},'
+        f'{o.count_before},{_num(o.balance_after)},"{o.bill_month}",'
+        f'{"true" if o.clipped else "false"}]'
+    )
+
+
+def encode_fee_json(o: FeeOutcome) -> str:
+    """Reference encoding, kept for the round-trip test."""
     return json.dumps(
         [o.fee, o.currency, o.rule_id, o.rule_version, o.collection_mode, str(o.exact),
          [[p.lower_bound, p.upper_bound, p.base_amount, _dec(p.rate), p.fixed_fee, str(p.exact)]
