@@ -43,10 +43,16 @@ _REFUSALS = {
 }
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _ts(moment: dt.datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(moment.astimezone(dt.UTC))
-    return ts
+    # Timestamp.FromDatetime goes through timetuple and timegm: a hot spot when a batch
+    # answers 1,000 details. Whole seconds from the (exact, integer) offset to the epoch.
+    delta = moment - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def _fee_transaction(d: Detail) -> billing_pb2.FeeTransaction:

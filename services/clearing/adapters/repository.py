@@ -69,24 +69,42 @@ _INSERT_TRANSACTIONS = f"""
 INSERT INTO clearing_details (
     detail_id, detail_type, merchant_id, currency, amount, transaction_time, business_date,
     original_transaction_id, product, business_line, acquirer_bank, issuer_bank, card_type,
-    content_hash, fee_status, state, next_fee_attempt_at)
-SELECT t.*, 'PENDING', 'UNSETTLED', now() + make_interval(secs => $14)
+    content_hash, fee_status, state, fee, collection_mode, rule_id, rule_version,
+    exception_reason, next_fee_attempt_at)
+SELECT t.*, now() + make_interval(secs => $22)
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[],
             $7::date[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-            $13::text[], $15::text[]) AS t
+            $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::text[],
+            $19::text[], $20::int[], $21::text[]) AS t
 ON CONFLICT (detail_id) DO NOTHING
 RETURNING {DETAIL_COLUMNS}
 """
 
 
+def _decision(o: FeeOutcome | None) -> tuple[str, str, int, str, str, int, str]:
+    """(fee_status, state, fee, mode, rule, version, reason) of a detail after `o`."""
+    if isinstance(o, Priced):
+        f = o.fee
+        return ("KNOWN", "UNSETTLED", f.amount, f.collection_mode, f.rule_id, f.rule_version, "")
+    if isinstance(o, Refused):
+        return ("REFUSED", "EXCEPTION", 0, "", "", 0, o.reason)
+    return ("PENDING", "UNSETTLED", 0, "", "", 0, "")
+
+
 async def insert_transactions(
-    conn: Conn, txs: Sequence[TransactionIn], zone: ZoneInfo, first_retry_s: float
+    conn: Conn,
+    txs: Sequence[TransactionIn],
+    hashes: Sequence[str],
+    outcomes: Sequence[FeeOutcome | None],
+    zone: ZoneInfo,
+    first_retry_s: float,
 ) -> dict[str, Any]:
-    """Inserts the new ones (pending fee); returns the inserted rows by id. Ids already
-    present are left alone (ON CONFLICT DO NOTHING: a concurrent duplicate waits for the
-    first and then inserts nothing)."""
+    """Inserts the new ones, with billing's answer when there is one (else pending);
+    returns the inserted rows by id. Ids already present are left alone (ON CONFLICT DO
+    NOTHING: a concurrent duplicate waits for the first and then inserts nothing)."""
     if not txs:
         return {}
+    decisions = [_decision(o) for o in outcomes]
     rows = await conn.fetch(
         _INSERT_TRANSACTIONS,
         [t.transaction_id for t in txs],
@@ -102,8 +120,9 @@ async def insert_transactions(
         [t.acquirer_bank for t in txs],
         [t.issuer_bank for t in txs],
         [t.card_type for t in txs],
+        list(hashes),
+        *[list(column) for column in zip(*decisions, strict=True)],
         first_retry_s,
-        [t.content_hash() for t in txs],
     )
     return {r["detail_id"]: r for r in rows}
 

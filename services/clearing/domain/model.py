@@ -220,3 +220,33 @@ def validate_adjustment(v: Violations, a: AdjustmentIn, *, has_time: bool) -> No
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
     """Exponential backoff after `attempts` failed tries: initial, 2x, 4x, … capped."""
     return float(min(maximum, initial * (2 ** min(attempts, 30))))
+
+
+def unrecorded_detail(t: TransactionIn, zone: ZoneInfo) -> Detail:
+    """The detail a transaction will become, fee still pending: what billing is asked
+    about before the detail is stored."""
+    return Detail(
+        detail_id=t.transaction_id,
+        detail_type=t.detail_type,
+        merchant_id=t.merchant_id,
+        currency=t.currency,
+        amount=t.amount,
+        transaction_time=t.transaction_time,
+        business_date=business_date(t.transaction_time, zone),
+        original_transaction_id=t.original_transaction_id,
+        product=t.product,
+        business_line=t.business_line,
+        acquirer_bank=t.acquirer_bank,
+        issuer_bank=t.issuer_bank,
+        card_type=t.card_type,
+        fee_status=FeeStatus.PENDING,
+        fee=0,
+        collection_mode="",
+        rule_id="",
+        rule_version=0,
+        state=DetailState.UNSETTLED,
+        batch_id="",
+        exception_reason="",
+        adjustment_reason="",
+        create_time=t.transaction_time,
+    )

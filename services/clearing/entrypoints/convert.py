@@ -59,10 +59,16 @@ _TX_TYPES = {
 }
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def ts(moment: dt.datetime) -> timestamp_pb2.Timestamp:
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(moment.astimezone(UTC))
-    return out
+    # Timestamp.FromDatetime goes through timetuple and timegm: a hot spot when a batch
+    # answers 1,000 details. Whole seconds from the (exact, integer) offset to the epoch.
+    delta = moment - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def date(value: dt.date) -> date_pb2.Date:

@@ -51,6 +51,13 @@ class Pricer:
                 changed.update(await self._store(chunk, await self.billing.refund_many(chunk)))
         return changed
 
+    async def charge_unrecorded(self, details: Sequence[Detail]) -> list[FeeOutcome]:
+        """Billing's answers for payments not stored yet (stored with them by the caller)."""
+        out: list[FeeOutcome] = []
+        for start in range(0, len(details), BILLING_BATCH):
+            out += await self.billing.charge_many(details[start : start + BILLING_BATCH])
+        return out
+
     async def _store(
         self, details: Sequence[Detail], outcomes: Sequence[FeeOutcome]
     ) -> dict[str, Detail]:

@@ -1,17 +1,30 @@
-"""Recording payments, refunds and adjustments: durable first, priced second.
+"""Recording payments, refunds and adjustments, priced by billing.
 
-A transaction is committed with its fee pending BEFORE billing is asked, so a detail is
-never lost because billing is slow or down (the money has already moved); billing's
-answer is then stored on it, or the pending-fee worker completes it later.
+A payment is priced first and then stored with its fee in one statement: one commit per
+payment. A success is only answered once the detail is committed, so a payment is never
+lost; if clearing stops between billing's charge and the insert, the caller's retry gets
+the same charge back from billing (idempotent by transaction id). When billing does not
+answer in time the detail is stored with its fee pending and the worker completes it.
+
+A refund is validated and stored first, under the lock of its payment, and priced after
+the commit (its fee can only be asked for once its payment's is known).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from services.clearing.adapters import repository as repo
-from services.clearing.domain.model import AdjustmentIn, Detail, DetailType, TransactionIn
+from services.clearing.domain.model import (
+    AdjustmentIn,
+    Detail,
+    DetailType,
+    TransactionIn,
+    unrecorded_detail,
+)
+from services.clearing.domain.pricing import FeeOutcome
 from services.clearing.service_layer.pricing import Pricer
 from services.clearing.service_layer.unit_of_work import Database
 from shared.errors import DomainError, FailedPrecondition, IdempotencyConflict
@@ -50,17 +63,27 @@ class Recorder:
 
     async def record(self, txs: Sequence[TransactionIn]) -> list[Outcome]:
         """Records valid transactions (ids distinct); one outcome each, in order."""
+        hashes = {t.transaction_id: t.content_hash() for t in txs}
+        async with self.db.connect() as conn:
+            seen = await repo.existing_hashes(conn, hashes)
+        # Payments in id order: concurrent batches take index locks in the same order.
+        fresh = sorted(
+            (t for t in txs
+             if t.detail_type is DetailType.PAYMENT and t.transaction_id not in seen),
+            key=lambda t: t.transaction_id,
+        )
+        outcomes = await self.pricer.charge_unrecorded(
+            [unrecorded_detail(t, self.zone) for t in fresh]
+        )
+        refunds = [t for t in txs if t.detail_type is DetailType.REFUND]
         errors: dict[str, DomainError] = {}
-        async with self.db.transaction() as conn:
-            # Payments in id order: concurrent batches take index locks in the same order.
-            payments = sorted(
-                (t for t in txs if t.detail_type is DetailType.PAYMENT),
-                key=lambda t: t.transaction_id,
-            )
-            rows = await repo.insert_transactions(conn, payments, self.zone, self.first_retry_s)
-            refunds = [t for t in txs if t.detail_type is DetailType.REFUND]
+        async with self.db.connect() as conn:
             if refunds:
-                rows.update(await self._record_refunds(conn, refunds, errors))
+                async with conn.transaction():
+                    rows = await self._insert(conn, fresh, hashes, outcomes)
+                    rows.update(await self._record_refunds(conn, refunds, hashes, errors))
+            else:
+                rows = await self._insert(conn, fresh, hashes, outcomes)
             missing = [t.transaction_id for t in txs
                        if t.transaction_id not in rows and t.transaction_id not in errors]
             rows.update(await repo.fetch_rows(conn, missing))
@@ -70,17 +93,31 @@ class Recorder:
             if t.transaction_id in errors:
                 continue
             row = rows[t.transaction_id]
-            if row["content_hash"] != t.content_hash():
+            if row["content_hash"] != hashes[t.transaction_id]:
                 errors[t.transaction_id] = IdempotencyConflict(t.transaction_id, "transaction")
             else:
                 details[t.transaction_id] = repo.to_detail(row)
-        # New details and repeats still pending alike: billing is idempotent by id.
-        details.update(await self.pricer.price(list(details.values())))
+        # New refunds, and repeats still pending (billing is idempotent by id); not the
+        # payments billing has just failed to answer for.
+        asked = {t.transaction_id for t in fresh}
+        details.update(await self.pricer.price(
+            [d for i, d in details.items() if d.fee_pending and i not in asked]
+        ))
         return [errors.get(t.transaction_id) or details[t.transaction_id] for t in txs]
 
+    async def _insert(
+        self, conn: repo.Conn, txs: Sequence[TransactionIn], hashes: dict[str, str],
+        outcomes: Sequence[FeeOutcome | None],
+    ) -> dict[str, Any]:
+        return await repo.insert_transactions(
+            conn, txs, [hashes[t.transaction_id] for t in txs], outcomes, self.zone,
+            self.first_retry_s,
+        )
+
     async def _record_refunds(
-        self, conn: repo.Conn, refunds: list[TransactionIn], errors: dict[str, DomainError]
-    ) -> dict[str, object]:
+        self, conn: repo.Conn, refunds: list[TransactionIn], hashes: dict[str, str],
+        errors: dict[str, DomainError],
+    ) -> dict[str, Any]:
         # Lock the payments first, then look for repeats: every writer of a refund of a
         # payment holds that payment's lock, so what we see below cannot change under us.
         payments = await repo.lock_originals(conn, (t.original_transaction_id for t in refunds))
@@ -99,7 +136,7 @@ class Recorder:
             else:
                 refunded[t.original_transaction_id] += t.amount
                 accepted.append(t)
-        inserted = await repo.insert_transactions(conn, accepted, self.zone, self.first_retry_s)
+        inserted = await self._insert(conn, accepted, hashes, [None] * len(accepted))
         increments: dict[str, int] = {}
         for t in accepted:
             # Not inserted = the id was taken meanwhile by a different request (it named
