@@ -25,7 +25,7 @@ SERVICE_NAME = clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"].full_
 
 
 async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
-    db = Database(engine, settings.db_schema)
+    db = Database(engine, settings.db_schema, settings.db_pool_size)
     zone = ZoneInfo(settings.business_timezone)
     billing = BillingClient(
         settings.billing_address, settings.billing_deadline_s, settings.billing_batch_deadline_s
@@ -58,5 +58,5 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         service_names=[SERVICE_NAME],
         readiness=ready,
         background=[pending_fee_worker] if settings.pending_fee_worker_enabled else [],
-        on_close=[billing.close],
+        on_close=[billing.close, db.close],
     )

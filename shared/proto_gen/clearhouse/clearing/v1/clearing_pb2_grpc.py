@@ -41,6 +41,8 @@ class ClearingServiceStub:
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
+    call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -133,6 +135,8 @@ class ClearingServiceServicer:
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
+    call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -321,6 +325,8 @@ class ClearingService:
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
+    call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 

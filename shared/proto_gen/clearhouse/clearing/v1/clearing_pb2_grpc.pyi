@@ -42,6 +42,8 @@ class ClearingServiceStub:
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
       a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
+      call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -97,6 +99,8 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
       a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
+      call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -148,6 +152,8 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
       a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
+      call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
