@@ -201,3 +201,21 @@ async def test_details_are_listed_by_date_with_filters_page_by_page(clearing):
         await clearing.stub.ListDetails(pb.ListDetailsRequest(merchant_id="M2", page_token=token
                                                               or "bogus"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_exceptions_are_listed_page_by_page_and_per_merchant(clearing):
+    # No fee rule at all: every payment is refused by billing.
+    await clearing.stub.BatchRecordTransactions(pb.BatchRecordTransactionsRequest(
+        transactions=[payment(f"P{i:02d}", 100, "M1" if i % 2 else "M2") for i in range(9)]))
+    seen, token = [], ""
+    while True:
+        page = await clearing.stub.ListExceptions(pb.ListExceptionsRequest(
+            merchant_id="M1", page_size=2, page_token=token))
+        seen += [d.detail_id for d in page.details]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ["P01", "P03", "P05", "P07"]
+    everyone = await clearing.stub.ListExceptions(pb.ListExceptionsRequest())
+    assert len(everyone.details) == 9
+    assert {d.exception_reason for d in everyone.details} == {"NO_MATCHING_FEE_RULE"}

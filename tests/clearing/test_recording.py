@@ -201,3 +201,10 @@ async def test_every_recorded_transaction_is_in_exactly_one_detail(clearing):
         stored = (await conn.execute(text("SELECT detail_id FROM clearing_details"))
                   ).scalars().all()
     assert sorted(stored) == sorted(ids)
+
+
+async def test_an_unknown_detail_is_not_found(clearing):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await clearing.stub.GetDetail(pb.GetDetailRequest(detail_id="NOPE"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert reason(err.value) == "DETAIL_NOT_FOUND"

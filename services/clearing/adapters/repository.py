@@ -211,7 +211,10 @@ async def apply_outcomes(
 ) -> dict[str, Any]:
     """Stores priced fees and refusals of pending details, in one statement. Only pending
     details change, so a fee is stored once even if the worker and a caller race."""
-    decided = [(i, o) for i, o in outcomes if isinstance(o, Priced | Refused)]
+    # In id order, like every other multi-row writer, so two writers never deadlock.
+    decided = sorted(
+        ((i, o) for i, o in outcomes if isinstance(o, Priced | Refused)), key=lambda p: p[0]
+    )
     if not decided:
         return {}
     ids, statuses, states, fees, modes, rules, versions, reasons = [], [], [], [], [], [], [], []
@@ -355,13 +358,18 @@ WITH batch AS (
     VALUES ($1, $2, $3, $4, 'OPEN')
     ON CONFLICT (batch_id) DO NOTHING
     RETURNING batch_id, merchant_id, currency, business_date_to, state
-), claimed AS (
-    UPDATE clearing_details
-    SET state = 'CLAIMED', batch_id = $1
+), due AS (
+    SELECT detail_id FROM clearing_details
     WHERE merchant_id = $2 AND currency = $3 AND state = 'UNSETTLED'
       AND business_date <= $4 AND fee_status IN ('KNOWN', 'NOT_APPLICABLE')
       AND EXISTS (SELECT 1 FROM batch)
-    RETURNING detail_type, amount, fee, collection_mode
+    ORDER BY detail_id
+    FOR UPDATE
+), claimed AS (
+    UPDATE clearing_details d
+    SET state = 'CLAIMED', batch_id = $1
+    FROM due WHERE d.detail_id = due.detail_id
+    RETURNING d.detail_type, d.amount, d.fee, d.collection_mode
 ), totals AS (
     INSERT INTO claim_batch_totals
     SELECT $1,
@@ -390,9 +398,10 @@ async def claim(
     claimed).
 
     A concurrent repeat of the batch id waits on the first one's batch row and then
-    inserts, and so claims, nothing. Concurrent claimers of one merchant serialize on the
-    details' row locks, and the later one re-checks `state = 'UNSETTLED'` on the new row
-    version, so no detail is ever claimed twice."""
+    inserts, and so claims, nothing. Concurrent claimers of one merchant lock the details
+    in detail id order (whatever plan each one gets: different orders deadlock), and the
+    later one re-checks `state = 'UNSETTLED'` on the new row version, so no detail is
+    ever claimed twice."""
     return await conn.fetchrow(_CLAIM, batch_id, merchant_id, currency, date_to)
 
 
