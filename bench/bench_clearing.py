@@ -230,6 +230,41 @@ async def bench_batched(clearing: str, batches: int, run: str) -> dict[str, Any]
             "concurrency": 4}
 
 
+async def bench_billing_alone(billing: str, seconds: float, batches: int,
+                              run: str) -> dict[str, Any]:
+    """Billing's own ChargeFee / BatchChargeFees in the same conditions: the ceiling that
+    recording through billing cannot exceed."""
+
+    def fee_tx(i: str) -> billing_pb2.FeeTransaction:
+        t = txn(i, "M1", 1000)
+        return billing_pb2.FeeTransaction(
+            transaction_id=t.transaction_id, merchant_id=t.merchant_id,
+            transaction_type=transaction_pb2.TRANSACTION_TYPE_PAYMENT, amount=t.amount,
+            transaction_time=t.transaction_time, product=t.product,
+            business_line=t.business_line, card_type=t.card_type)
+
+    budget = int(seconds * 4000) + 10_000
+    unary = [billing_pb2.ChargeFeeRequest(transaction=fee_tx(f"{run}-bu{i}")).SerializeToString()
+             for i in range(budget + 1)]
+    batch = [billing_pb2.BatchChargeFeesRequest(requests=[
+        billing_pb2.ChargeFeeRequest(transaction=fee_tx(f"{run}-bb{b}-{i}"))
+        for i in range(1000)]).SerializeToString() for b in range(batches)]
+    async with grpc.aio.insecure_channel(billing) as ch:
+        charge = ch.unary_unary("/clearhouse.billing.v1.BillingService/ChargeFee")
+        many = ch.unary_unary("/clearhouse.billing.v1.BillingService/BatchChargeFees")
+        fig = await closed_loop(charge, lambda i: unary[min(i, budget)], 32, seconds)
+        queue = list(range(batches))
+        started = time.perf_counter()
+
+        async def worker() -> None:
+            while queue:
+                await many(batch[queue.pop()], timeout=120)
+
+        await asyncio.gather(*[worker() for _ in range(4)])
+        elapsed = time.perf_counter() - started
+    return {"charge_fee": fig, "batch_charge_details_per_s": round(batches * 1000 / elapsed)}
+
+
 async def seed_claims(url: str, schema: str, merchants: int, per_merchant: int) -> float:
     import asyncpg  # the bench seeds the table directly: the point is the claim
 
@@ -300,6 +335,12 @@ async def run_record(url: str, run: str, args: argparse.Namespace,
         print(json.dumps(results["unary"], indent=2), flush=True)
         results["batched"] = await bench_batched(clearing_addr, args.batches, run)
         print(json.dumps(results["batched"], indent=2), flush=True)
+        results["billing_alone"] = await bench_billing_alone(
+            billing_addr, args.seconds, args.batches, run)
+        echo_per_s = results["unary"]["echo"]["per_s"]
+        results["billing_alone"]["charge_fee_ratio_to_echo"] = round(
+            results["billing_alone"]["charge_fee"]["per_s"] / max(echo_per_s, 1e-9), 3)
+        print(json.dumps(results["billing_alone"], indent=2), flush=True)
     finally:
         for p in procs:
             p.terminate()

@@ -44,6 +44,12 @@ class DatabaseUnavailable(DomainError):
         )
 
 
+async def _keep_session(conn: Any) -> None:
+    """Replaces asyncpg's reset on release (`RESET ALL; UNLISTEN *; …`, a round trip per
+    checkout): this service never changes session state, listens or takes advisory locks,
+    and an open transaction is still rolled back by the pool."""
+
+
 @dataclass
 class Database:
     engine: AsyncEngine
@@ -62,6 +68,7 @@ class Database:
                         min_size=1,
                         max_size=self.pool_size,
                         server_settings={"search_path": self.schema, "timezone": "UTC"},
+                        reset=_keep_session,
                     )
         return self._pool
 
