@@ -197,7 +197,7 @@ async def bench_unary(clearing: str, echo: str, seconds: float, run: str) -> dic
             "priced_by_billing": not probe.fee_pending}
 
 
-async def bench_batched(clearing: str, batches: int, run: str) -> dict[str, Any]:
+async def bench_batched(clearing: str, batches: int, run: str, workers: int) -> dict[str, Any]:
     requests = [
         pb.BatchRecordTransactionsRequest(transactions=[
             txn(f"{run}-b{b}-{i}", f"M{i % 500}", 1000 + i) for i in range(1000)
@@ -223,11 +223,11 @@ async def bench_batched(clearing: str, batches: int, run: str) -> dict[str, Any]
             while queue:
                 await one(queue.pop())
 
-        await asyncio.gather(*[worker() for _ in range(4)])
+        await asyncio.gather(*[worker() for _ in range(workers)])
         elapsed = time.perf_counter() - started
     return {"details": batches * 1000, "seconds": round(elapsed, 2),
             "details_per_s": round(batches * 1000 / elapsed), "not_priced": pending,
-            "concurrency": 4}
+            "concurrency": workers}
 
 
 async def bench_billing_alone(billing: str, seconds: float, batches: int,
@@ -333,7 +333,8 @@ async def run_record(url: str, run: str, args: argparse.Namespace,
         results["unary"] = await bench_unary(
             clearing_addr, f"127.0.0.1:{echo_port}", args.seconds, run)
         print(json.dumps(results["unary"], indent=2), flush=True)
-        results["batched"] = await bench_batched(clearing_addr, args.batches, run)
+        results["batched"] = await bench_batched(
+            clearing_addr, args.batches, run, args.batch_workers)
         print(json.dumps(results["batched"], indent=2), flush=True)
         results["billing_alone"] = await bench_billing_alone(
             billing_addr, args.seconds, args.batches, run)
@@ -396,6 +397,7 @@ if __name__ == "__main__":
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--batch-workers", type=int, default=4)
     parser.add_argument("--claim-merchants", type=int, default=10_000)
     parser.add_argument("--claim-workers", type=int, default=8)
     parser.add_argument("--only", choices=["record", "claim"], help="run one part only")
