@@ -1179,7 +1179,7 @@ Global___ExportStatementRequest: _TypeAlias = ExportStatementRequest  # noqa: Y0
 
 @_typing.final
 class ExportStatementResponse(_message.Message):
-    """ExportStatementResponse carries the CSV (UTF-8, header row; columns in docs/statements.md)."""
+    """ExportStatementResponse carries the CSV (UTF-8, header row; columns in docs/settlement.md)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
