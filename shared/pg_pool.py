@@ -1,0 +1,114 @@
+"""An asyncpg pool beside a service's SQLAlchemy engine, for hot paths.
+
+Services talk to asyncpg directly on their hot paths (set-based statements over arrays,
+prepared and cached per connection): checking a connection out of SQLAlchemy's async
+pool costs greenlet switches and a reset round trip per call. The pool is opened lazily
+(it must belong to the running event loop) on the engine's URL, with the service's schema
+as search_path; the engine stays for migrations, readiness and SQLAlchemy helpers.
+
+Failures that say nothing about the request (database unreachable or restarting, a
+deadlock or serialization victim) become UNAVAILABLE with reason DATABASE_UNAVAILABLE:
+the transaction rolled back, nothing was recorded, and the caller retries the same call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.errors import DomainError
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,  # refused connections, timeouts
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+
+
+class DatabaseUnavailable(DomainError):
+    """UNAVAILABLE with reason DATABASE_UNAVAILABLE: callers tell it apart from business
+    refusals (FAILED_PRECONDITION) and retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, service: str, cause: BaseException) -> None:
+        super().__init__(
+            "DATABASE_UNAVAILABLE",
+            f"{service} database unavailable ({type(cause).__name__}); retry",
+        )
+
+
+async def keep_session(conn: Any) -> None:
+    """A pool `reset` that does nothing, replacing asyncpg's `RESET ALL; UNLISTEN *; …`
+    (a round trip per checkout). Only for services that never change session state,
+    listen or take session-level advisory locks; an open transaction is still rolled back
+    by the pool."""
+
+
+@dataclass
+class PgPool:
+    engine: AsyncEngine
+    schema: str
+    pool_size: int = 10
+    # Named in DATABASE_UNAVAILABLE messages.
+    service: str = "service"
+    # None = asyncpg's default reset on release; see keep_session.
+    reset: Any = None
+    # Further exception types that mean "the database, not the request" (a service using
+    # SQLAlchemy too adds its OperationalError, say).
+    transient: tuple[type[BaseException], ...] = TRANSIENT
+    _pool: Any = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def _acquire_pool(self) -> Any:
+        if self._pool is None:
+            async with self._lock:
+                if self._pool is None:
+                    url = self.engine.url.set(drivername="postgresql")
+                    extra = {"reset": self.reset} if self.reset is not None else {}
+                    self._pool = await asyncpg.create_pool(
+                        url.render_as_string(hide_password=False),
+                        min_size=1,
+                        max_size=self.pool_size,
+                        server_settings={"search_path": self.schema, "timezone": "UTC"},
+                        **extra,
+                    )
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @asynccontextmanager
+    async def unavailable_on_transient(self) -> AsyncIterator[None]:
+        """Turns transient database failures inside the block into DatabaseUnavailable."""
+        try:
+            yield
+        except self.transient as exc:
+            raise DatabaseUnavailable(self.service, exc) from exc
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Any]:
+        """A pooled asyncpg connection; each statement commits on its own."""
+        async with self.unavailable_on_transient():
+            pool = await self._acquire_pool()
+            async with pool.acquire() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        """A pooled asyncpg connection inside one transaction: committed when the block
+        ends normally, rolled back on any exception."""
+        async with self.connect() as conn, conn.transaction():
+            yield conn
