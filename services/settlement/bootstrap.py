@@ -67,7 +67,12 @@ async def build_app(settings: SettlementSettings, engine: AsyncEngine) -> App:
         zone = ZoneInfo(settings.business_timezone)
         await Scheduler(runs, zone, parse_run_time(settings.run_time)).loop()
 
+    async def completer() -> None:
+        await runs.completer(settings.completion_interval_s)
+
     background: list[Callable[[], Awaitable[None]]] = []
+    if settings.completion_interval_s > 0:
+        background.append(completer)
     if settings.dispatcher_enabled:
         background.append(dispatcher)
     if settings.scheduler_enabled:

@@ -29,6 +29,9 @@ class SettlementSettings(ServiceSettings):
     run_concurrency: int = 2
     run_chunk_size: int = 100
     call_concurrency: int = 16
+    # How often the background completer retries confirmations of booked items that
+    # failed (clearing or billing down); 0 turns it off in this process.
+    completion_interval_s: float = 60.0
 
     # The payout dispatcher.
     dispatcher_enabled: bool = True

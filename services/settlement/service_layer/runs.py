@@ -153,11 +153,22 @@ class RunService:
             while await self._work_chunk(settle_date, pass_id, calendar, bdt_cache):
                 pass
 
-        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        # A TaskGroup, not gather: when one worker fails the others are cancelled (their
+        # transactions roll back) instead of working on unsupervised after the call ended.
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(self.concurrency):
+                workers.create_task(worker())
         # One more try for confirmations that failed in this pass (a transient error in
-        # clearing or billing), so a blip does not leave batches claimed until tomorrow.
+        # clearing or billing), so a blip does not leave batches claimed; what still
+        # fails is retried by the background completer and the next run.
+        await self.complete_open(settle_date)
+
+    async def complete_open(self, up_to: dt.date = dt.date.max) -> None:
+        """Confirms every booked item up to a date whose confirmation is not done (the
+        end-of-pass sweep, and the background completer), then marks runs whose items
+        are all finished COMPLETED."""
         sweep = uuid.uuid4().hex
-        while await self._complete_chunk(settle_date, sweep, None):
+        while await self._complete_chunk(up_to, sweep, None):
             pass
         async with self.db.engine.begin() as conn:
             await conn.execute(
@@ -167,8 +178,18 @@ class RunService:
                     "SELECT 1 FROM run_items i WHERE i.run_id = runs.run_id "
                     "AND i.state IN ('PENDING', 'FAILED', 'BOOKED'))"
                 ),
-                {"d": settle_date},
+                {"d": up_to},
             )
+
+    async def completer(self, interval_s: float) -> None:
+        """Background: retries failed confirmations, so a run that could not confirm
+        (clearing or billing down) completes without waiting for the next run."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.complete_open()
+            except Exception:
+                log.exception("completing booked items failed; retrying later")
 
     def _business_date_to(
         self,
@@ -238,7 +259,7 @@ class RunService:
                     *(self._gather(item, calendar, bdt_cache) for item in items)
                 )
                 await self._step("after_claim")
-                booked = await self._book(conn, [i for i in items if not i.error])
+                booked = await self._book(conn, [i for i in items if not i.error], pass_id)
                 failed = [i for i in items if i.error]
                 if failed:
                     await conn.execute(
@@ -286,7 +307,9 @@ class RunService:
         except grpc.aio.AioRpcError as exc:
             item.error = f"{exc.code().name}: {exc.details()}"
 
-    async def _book(self, conn: AsyncConnection, items: list[_Item]) -> list[tuple[str, str]]:
+    async def _book(
+        self, conn: AsyncConnection, items: list[_Item], pass_id: str
+    ) -> list[tuple[str, str]]:
         """Nets and books the items in set-based statements; returns the booked keys."""
         if not items:
             return []
@@ -356,12 +379,13 @@ class RunService:
             text(
                 "UPDATE run_items SET state = u.state, settlement_id = NULLIF(u.sid, ''), "
                 "batch_id = u.batch, attempts = attempts + 1, last_error = '', "
-                "update_time = now() "
+                "last_pass = :p, update_time = now() "
                 "FROM unnest(CAST(:r AS text[]), CAST(:m AS text[]), CAST(:s AS text[]), "
                 "CAST(:sid AS text[]), CAST(:b AS text[])) AS u(run_id, merchant_id, state, sid, "
                 "batch) WHERE run_items.run_id = u.run_id AND run_items.merchant_id = u.merchant_id"
             ),
             {
+                "p": pass_id,
                 "r": [d[0] for d in done],
                 "m": [d[1] for d in done],
                 "s": [d[2] for d in done],
@@ -393,6 +417,14 @@ class RunService:
                         )
                     ).all()
                 else:
+                    # The worker that just booked these WAITS for their locks, never skips
+                    # them: another worker's `FOR UPDATE SKIP LOCKED` chunk query whose
+                    # snapshot still saw them PENDING locks the new (BOOKED) row version,
+                    # drops it on the re-check and keeps the lock until its own chunk
+                    # commits. Skipping left the whole chunk booked and its batches
+                    # claimed in clearing with nobody to confirm them. Whoever else holds
+                    # the lock either confirms them itself (then the re-check of
+                    # state = 'BOOKED' drops them here) or lets go when its chunk ends.
                     rows = (
                         await conn.execute(
                             text(
@@ -402,7 +434,8 @@ class RunService:
                                 "JOIN unnest(CAST(:r AS text[]), CAST(:m AS text[])) "
                                 "AS k(run_id, merchant_id) "
                                 "ON k.run_id = i.run_id AND k.merchant_id = i.merchant_id "
-                                "WHERE i.state = 'BOOKED' FOR UPDATE OF i SKIP LOCKED"
+                                "WHERE i.state = 'BOOKED' ORDER BY i.run_id, i.merchant_id "
+                                "FOR UPDATE OF i"
                             ),
                             {"r": [k[0] for k in keys], "m": [k[1] for k in keys]},
                         )
@@ -460,16 +493,24 @@ class RunService:
         return True
 
     async def _confirm(self, batch_id: str | None, settlement_id: str, bills: list[str]) -> str:
-        """'' when the batch is confirmed and the bills marked collected, else the error."""
+        """'' when the batch is confirmed and the bills marked collected, else the error.
+
+        Any exception of a call becomes the item's error: one escaping would roll back
+        the completion of the whole chunk and abort the run, leaving the other items'
+        confirmed batches unrecorded."""
         try:
             async with self.calls:
                 if batch_id:
                     await self.clearing.confirm(batch_id)
-                await self._step("after_confirm")
+        except Exception as exc:
+            return _describe(exc)
+        await self._step("after_confirm")
+        try:
+            async with self.calls:
                 for bill in bills:
                     await self.billing.mark_collected(bill, settlement_id)
-        except grpc.aio.AioRpcError as exc:
-            return f"{exc.code().name}: {exc.details()}"[:500]
+        except Exception as exc:
+            return _describe(exc)
         return ""
 
     # ---- reads ------------------------------------------------------------------------
@@ -481,10 +522,14 @@ class RunService:
                     text(
                         "SELECT r.*, "
                         "(SELECT count(*) FROM settlements s WHERE s.run_id = r.run_id) AS sc, "
+                        # A booked item whose confirmation failed (last_error set)
+                        # counts as failed: the run says it could not confirm.
                         "(SELECT count(*) FROM run_items i WHERE i.run_id = r.run_id "
-                        " AND i.state IN ('PENDING', 'BOOKED')) AS pc, "
+                        " AND (i.state = 'PENDING' OR (i.state = 'BOOKED' "
+                        " AND i.last_error = ''))) AS pc, "
                         "(SELECT count(*) FROM run_items i WHERE i.run_id = r.run_id "
-                        " AND i.state = 'FAILED') AS fc FROM runs r WHERE r.run_id = :r"
+                        " AND (i.state = 'FAILED' OR (i.state = 'BOOKED' "
+                        " AND i.last_error <> ''))) AS fc FROM runs r WHERE r.run_id = :r"
                     ),
                     {"r": run_id},
                 )
@@ -495,6 +540,12 @@ class RunService:
             row.run_id, row.settle_date, row.state, row.merchant_count, row.sc, row.pc, row.fc,
             row.start_time, row.end_time,
         )
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"[:500]
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _settlement_row(item: _Item, sid: str, pid: str | None, n: Netting) -> dict[str, Any]:
