@@ -26,12 +26,16 @@ from typing import Any
 
 import asyncpg
 import grpc
-from clearhouse.settlement.v1 import settlement_pb2 as pb
-from clearhouse.settlement.v1 import settlement_pb2_grpc
 
-import shared  # noqa: F401  (generated protobuf package on the path)
 from shared import embedded_pg
 from shared.convert import date_to_proto
+
+# Importing `shared` (above) puts the generated `clearhouse` package on the path; an
+# import sorter must not move the protobuf imports above it.
+PROTOS_READY = True
+
+from clearhouse.settlement.v1 import settlement_pb2 as pb  # noqa: E402
+from clearhouse.settlement.v1 import settlement_pb2_grpc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "settlement.json"
