@@ -13,6 +13,8 @@ from clearhouse.clearing.v1 import clearing_pb2 as cpb
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 from sqlalchemy import text
 
+from services.settlement.domain import ids
+from shared.convert import date_to_proto
 from tests.e2e import stack as st
 
 BASE = {"rule_id": "BASE", "currency": "CNY", "method": "PERCENT", "rate": "0.006",
@@ -137,4 +139,28 @@ async def test_a_run_whose_confirmations_fail_says_so_and_the_background_complet
         assert await st.count_details(stack, m, cpb.DETAIL_STATE_SETTLED) == 1
     # Nothing was booked twice.
     assert len(await st.settlements(stack)) == 2
+    assert await st.violations(stack) == []
+
+
+async def batch_state(stack, merchant: str) -> int:
+    """The state of the run's claim batch of a merchant, read through clearing's API: a
+    repeated ClaimDetails of an existing batch id claims nothing and returns the batch."""
+    resp = await stack.clearing.stub.ClaimDetails(cpb.ClaimDetailsRequest(
+        batch_id=ids.batch_id(DAY, merchant), merchant_id=merchant, currency_code="CNY",
+        business_date_to=date_to_proto(DAY)))
+    return resp.batch.state
+
+
+async def test_a_merchant_with_nothing_to_settle_leaves_no_open_batch_in_clearing(stack):
+    await seed(stack, ["M1"])
+    await st.put_profile(stack, {"merchant_id": "M0", "cycle": "D+0",
+                                 "destination": "PAYMENT_ACCOUNT"})
+    run = await st.run(stack, DAY)
+    assert run.state == pb.RUN_STATE_COMPLETED and run.settlement_count == 1
+    assert await batch_state(stack, "M1") == cpb.BATCH_STATE_CONFIRMED
+    assert await batch_state(stack, "M0") == cpb.BATCH_STATE_RELEASED
+    # Re-running the date finds the released batch again and changes nothing.
+    again = await st.run(stack, DAY, "again")
+    assert again.state == pb.RUN_STATE_COMPLETED and again.settlement_count == 1
+    assert await batch_state(stack, "M0") == cpb.BATCH_STATE_RELEASED
     assert await st.violations(stack) == []

@@ -54,6 +54,11 @@ class ClearingClient:
             clearing_pb2.ConfirmBatchRequest(batch_id=batch_id), timeout=self.deadline_s
         )
 
+    async def release(self, batch_id: str) -> None:
+        await self.stub.ReleaseBatch(
+            clearing_pb2.ReleaseBatchRequest(batch_id=batch_id), timeout=self.deadline_s
+        )
+
     async def close(self) -> None:
         await self.channel.close()
 

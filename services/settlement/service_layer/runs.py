@@ -302,10 +302,24 @@ class RunService:
                 item.totals = await self.clearing.claim(
                     item.batch_id, item.merchant_id, p.currency, bdt
                 )
+                if item.totals.detail_count == 0:
+                    # Clearing opens a batch even when it finds nothing; an empty one
+                    # is never confirmed, so it is released at once rather than left
+                    # OPEN (idempotent; a retried claim of the id returns it, still
+                    # empty, and the settlement records no batch for it).
+                    await self._release_empty(item.batch_id)
                 if p.deduct_fee_bills:
                     item.bills = await self.billing.issued_bills(item.merchant_id, p.currency)
         except grpc.aio.AioRpcError as exc:
             item.error = f"{exc.code().name}: {exc.details()}"
+
+    async def _release_empty(self, batch_id: str) -> None:
+        try:
+            await self.clearing.release(batch_id)
+        except grpc.aio.AioRpcError as exc:
+            # FAILED_PRECONDITION: the batch is not open any more; nothing is left to do.
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
 
     async def _book(
         self, conn: AsyncConnection, items: list[_Item], pass_id: str
