@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,7 +18,7 @@ from services.settlement.service_layer.calendars import CalendarService
 from services.settlement.service_layer.payouts import DispatchPolicy, PayoutService
 from services.settlement.service_layer.profiles import ProfileService
 from services.settlement.service_layer.runs import RunService
-from services.settlement.service_layer.scheduler import Scheduler, parse_run_time
+from services.settlement.service_layer.scheduler import Scheduler, parse_run_time, system_now
 from services.settlement.service_layer.statements import StatementService
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
@@ -28,7 +29,13 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SERVICE_NAME = settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name
 
 
-async def build_app(settings: SettlementSettings, engine: AsyncEngine) -> App:
+async def build_app(
+    settings: SettlementSettings,
+    engine: AsyncEngine,
+    *,
+    now: Callable[[], dt.datetime] = system_now,
+) -> App:
+    """`now` is the scheduler's clock (UTC-aware); tests inject theirs."""
     db = Database(engine, settings.db_schema)
     clearing = ClearingClient(settings.clearing_address, settings.call_deadline_s)
     billing = BillingClient(settings.billing_address, settings.call_deadline_s)
@@ -65,7 +72,10 @@ async def build_app(settings: SettlementSettings, engine: AsyncEngine) -> App:
 
     async def scheduler() -> None:
         zone = ZoneInfo(settings.business_timezone)
-        await Scheduler(runs, zone, parse_run_time(settings.run_time)).loop()
+        await Scheduler(
+            runs, zone, parse_run_time(settings.run_time),
+            now=now, tick_s=settings.scheduler_tick_s,
+        ).loop()
 
     async def completer() -> None:
         await runs.completer(settings.completion_interval_s)

@@ -24,6 +24,8 @@ class SettlementSettings(ServiceSettings):
     business_timezone: str = "Asia/Shanghai"
     run_time: str = "02:00"
     scheduler_enabled: bool = True
+    # How often the scheduler looks at the clock, seconds.
+    scheduler_tick_s: float = 60.0
     # Concurrent workers of a run in this instance, merchants per work chunk, and
     # concurrent calls to clearing/billing within a chunk.
     run_concurrency: int = 2

@@ -1,8 +1,13 @@
 """The daily scheduler: starts the run for today's local date at the configured time.
 
 Every day, working or not, since D+n merchants are due on non-working days too. It
-checks once a minute, so a service started after the run time still runs today; an
-instance that finds today's run already there joins it (work items are shared).
+checks every tick (a minute by default), so a service started after the run time still
+runs today; an instance that finds today's run already there joins it (work items are
+shared), and once the day's run is COMPLETED nothing more happens that day, whatever
+the number of ticks, restarts or instances (the run is idempotent by date anyway). A
+run that failed (crash, outage) is tried again at the next tick.
+
+The clock is injected (`now`, a UTC-aware datetime), so tests drive the day and time.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
@@ -29,17 +35,29 @@ def due_date(now_local: dt.datetime, run_time: dt.time) -> dt.date | None:
     return now_local.date() if now_local.time() >= run_time else None
 
 
+def system_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 class Scheduler:
-    def __init__(self, runs: RunService, zone: ZoneInfo, run_time: dt.time,
-                 tick_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        runs: RunService,
+        zone: ZoneInfo,
+        run_time: dt.time,
+        *,
+        now: Callable[[], dt.datetime] = system_now,
+        tick_s: float = 60.0,
+    ) -> None:
         self.runs = runs
         self.zone = zone
         self.run_time = run_time
+        self.now = now
         self.tick_s = tick_s
 
-    async def tick(self, now: dt.datetime | None = None) -> dt.date | None:
+    async def tick(self) -> dt.date | None:
         """Runs today's settlement if due and not finished; returns the date run."""
-        local = (now or dt.datetime.now(dt.UTC)).astimezone(self.zone)
+        local = self.now().astimezone(self.zone)
         day = due_date(local, self.run_time)
         if day is None:
             return None
