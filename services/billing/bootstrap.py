@@ -8,15 +8,18 @@ from zoneinfo import ZoneInfo
 from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.billing.domain.model import FeeTxn
 from services.billing.entrypoints.grpc_servicer import BillingServicer
 from services.billing.service_layer.accounts import Accounts
 from services.billing.service_layer.bills import Bills
 from services.billing.service_layer.charging import Pricing, utc_now
 from services.billing.service_layer.metrics import Metrics
+from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
 from services.billing.service_layer.rules import RuleAdmin, RuleBook
 from services.billing.service_layer.unit_of_work import Database
 from services.billing.settings import BillingSettings
 from shared import migrations
+from shared.coalescer import Coalescer
 from shared.server import App
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -28,12 +31,23 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
     zone = ZoneInfo(settings.business_timezone)
     metrics = Metrics()
     book = RuleBook(db, settings.rules_refresh_s)
+    pricing = Pricing(db, book, zone, metrics)
+    group = (settings.unary_batch_window_s, settings.unary_batch_max,
+             settings.unary_batch_in_flight)
+    charges: Coalescer[FeeTxn, FeeOutcome] = Coalescer(
+        pricing.charge, lambda t: t.transaction_id, *group
+    )
+    refunds: Coalescer[RefundRequest, RefundOutcome] = Coalescer(
+        pricing.refund, lambda r: r.refund_transaction_id, *group
+    )
     servicer = BillingServicer(
         rules=RuleAdmin(db, book, utc_now),
-        pricing=Pricing(db, book, zone, metrics),
+        pricing=pricing,
         accounts=Accounts(db),
         bills=Bills(db),
         metrics=metrics,
+        charges=charges,
+        refunds=refunds,
     )
 
     async def ready() -> bool:
@@ -45,5 +59,6 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
         servicers=[(billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer)],
         service_names=[SERVICE_NAME],
         readiness=ready,
-        on_close=[db.close],
+        # Batches still running after the server stopped finish before the pool closes.
+        on_close=[charges.drain, refunds.drain, db.close],
     )

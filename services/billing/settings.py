@@ -18,3 +18,10 @@ class BillingSettings(ServiceSettings):
     # How stale (seconds) the rule index may be for quotes when rules change through
     # another instance; charges always check the rule generation in their transaction.
     rules_refresh_s: float = 1.0
+    # Group commit of unary ChargeFee/RefundFee: concurrent calls wait up to this long
+    # (seconds) to run together as one batch in one transaction; 0 = every call alone.
+    unary_batch_window_s: float = 0.001
+    # A group runs at once when it reaches this many calls.
+    unary_batch_max: int = 200
+    # Groups running at a time; further calls wait for one to finish (and group up).
+    unary_batch_in_flight: int = 2

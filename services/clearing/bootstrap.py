@@ -9,6 +9,7 @@ from clearhouse.clearing.v1 import clearing_pb2, clearing_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.clearing.adapters.billing_client import BillingClient
+from services.clearing.domain.model import Detail, TransactionIn
 from services.clearing.entrypoints.grpc_servicer import ClearingServicer
 from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
@@ -18,6 +19,7 @@ from services.clearing.service_layer.recording import Recorder
 from services.clearing.service_layer.unit_of_work import Database
 from services.clearing.settings import ClearingSettings
 from shared import migrations
+from shared.coalescer import Coalescer
 from shared.server import App
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -43,7 +45,11 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         backoff_max_s=settings.pending_fee_backoff_max_s,
         batch_size=settings.pending_fee_batch_size,
     )
-    servicer = ClearingServicer(recorder, Queries(db), Batches(db), fees)
+    records: Coalescer[TransactionIn, Detail] = Coalescer(
+        lambda txs: recorder.record(txs, quick=True), lambda t: t.transaction_id,
+        settings.unary_batch_window_s, settings.unary_batch_max, settings.unary_batch_in_flight,
+    )
+    servicer = ClearingServicer(recorder, Queries(db), Batches(db), fees, records)
 
     async def ready() -> bool:
         return await migrations.is_current(engine, settings.db_schema, MIGRATIONS)
@@ -58,5 +64,6 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         service_names=[SERVICE_NAME],
         readiness=ready,
         background=[pending_fee_worker] if settings.pending_fee_worker_enabled else [],
-        on_close=[billing.close, db.close],
+        # Batches still running after the server stopped finish before anything closes.
+        on_close=[records.drain, billing.close, db.close],
     )

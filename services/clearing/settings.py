@@ -42,3 +42,15 @@ class ClearingSettings(ServiceSettings):
     pending_fee_worker_enabled: bool = Field(
         default=True, description="run the pending-fee worker in this process"
     )
+    unary_batch_window_s: float = Field(
+        default=0.001, ge=0,
+        description="group commit: concurrent RecordTransaction calls wait up to this long "
+        "to be recorded together (one transaction, one billing batch); 0 = each alone",
+    )
+    unary_batch_max: int = Field(
+        default=200, gt=0, le=1000, description="a group is recorded at once at this size"
+    )
+    unary_batch_in_flight: int = Field(
+        default=2, gt=0,
+        description="groups recorded at a time; further calls wait for one to finish",
+    )

@@ -19,6 +19,7 @@ from services.billing.service_layer.charging import Pricing
 from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
 from services.billing.service_layer.rules import RuleAdmin
+from shared.coalescer import Coalescer
 from shared.errors import DomainError, FieldViolation, InvalidArgument, Violations, to_status
 from shared.money import INT64_MAX, is_known_currency
 from shared.pagination import Page
@@ -46,10 +47,15 @@ def _raise(result: Any) -> Any:
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     def __init__(
-        self, rules: RuleAdmin, pricing: Pricing, accounts: Accounts, bills: Bills, metrics: Metrics
+        self, rules: RuleAdmin, pricing: Pricing, accounts: Accounts, bills: Bills, metrics: Metrics,
+        charges: Coalescer[FeeTxn, FeeOutcome], refunds: Coalescer[RefundRequest, RefundOutcome],
     ) -> None:
         self.rules = rules
         self.pricing = pricing
+        # Unary charges and refunds of concurrent callers run together through the batch
+        # path (group commit); see shared.coalescer and BILLING_UNARY_BATCH_WINDOW_S.
+        self.charges = charges
+        self.refunds = refunds
         self.accounts = accounts
         self.bills = bills
         self.metrics = metrics
@@ -145,7 +151,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return pb.QuoteFeeResponse(result=c.outcome_to_proto(outcome))
 
     async def ChargeFee(self, request: pb.ChargeFeeRequest, context: Any) -> pb.ChargeFeeResponse:
-        outcome = _raise((await self.pricing.charge([self._txn(request.transaction)]))[0])
+        outcome = _raise(await self.charges.submit(self._txn(request.transaction)))
         return pb.ChargeFeeResponse(result=c.outcome_to_proto(outcome))
 
     async def RefundFee(self, request: pb.RefundFeeRequest, context: Any) -> pb.RefundFeeResponse:
@@ -153,7 +159,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         r = c.refund_from_proto(request, v)
         v.raise_if_any()
         assert r is not None
-        outcome = _raise((await self.pricing.refund([r]))[0])
+        outcome = _raise(await self.refunds.submit(r))
         return pb.RefundFeeResponse(result=c.refund_outcome_to_proto(outcome))
 
     def _batch_txns(self, items: Any) -> tuple[list[Any], list[int], list[FeeTxn]]:

@@ -143,7 +143,9 @@ class BillingClient:
         r = resp.result
         return _priced(d, r.fee_returned, r.collection_mode, r.rule_id, r.rule_version)
 
-    async def charge_many(self, details: Sequence[Detail]) -> list[FeeOutcome]:
+    async def charge_many(self, details: Sequence[Detail], quick: bool = False) -> list[FeeOutcome]:
+        """`quick`: the batch stands for unary calls (group commit), so it gets the unary
+        deadline: past it the fees are left pending, as a unary call's would be."""
         if not details:
             return []
         if len(details) == 1:
@@ -154,7 +156,7 @@ class BillingClient:
                     requests=[billing_pb2.ChargeFeeRequest(transaction=_fee_transaction(d))
                               for d in details]
                 ),
-                timeout=self.batch_deadline_s,
+                timeout=self.deadline_s if quick else self.batch_deadline_s,
             )
         except grpc.aio.AioRpcError as err:
             # A refusal of the whole call (say a malformed batch) is not a refusal of
@@ -171,7 +173,7 @@ class BillingClient:
                 out.append(_refused(o.error))
         return out
 
-    async def refund_many(self, details: Sequence[Detail]) -> list[FeeOutcome]:
+    async def refund_many(self, details: Sequence[Detail], quick: bool = False) -> list[FeeOutcome]:
         if not details:
             return []
         if len(details) == 1:
@@ -179,7 +181,7 @@ class BillingClient:
         try:
             resp = await self._billing().BatchRefundFees(
                 billing_pb2.BatchRefundFeesRequest(requests=[_refund_request(d) for d in details]),
-                timeout=self.batch_deadline_s,
+                timeout=self.deadline_s if quick else self.batch_deadline_s,
             )
         except grpc.aio.AioRpcError as err:
             log.warning("billing batch refund failed", extra={"code": err.code().name,

@@ -13,6 +13,7 @@ from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
 from services.clearing.service_layer.queries import Queries
 from services.clearing.service_layer.recording import Recorder
+from shared.coalescer import Coalescer
 from shared.errors import DomainError, InvalidArgument, Violations, to_status
 from shared.money import is_known_currency
 
@@ -25,9 +26,14 @@ def _recorded(d: Detail) -> pb.RecordTransactionResponse:
 
 class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
     def __init__(
-        self, recorder: Recorder, queries: Queries, batches: Batches, fees: FeeCompletion
+        self, recorder: Recorder, queries: Queries, batches: Batches, fees: FeeCompletion,
+        records: Coalescer[TransactionIn, Detail],
     ) -> None:
         self.recorder = recorder
+        # Unary records of concurrent callers run together through the batch path (one
+        # transaction, one BatchChargeFees); see shared.coalescer and
+        # CLEARING_UNARY_BATCH_WINDOW_S.
+        self.records = records
         self.queries = queries
         self.batches = batches
         self.fees = fees
@@ -41,7 +47,7 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
             v.raise_if_any()
         tx = convert.transaction_in(v, request.transaction, "transaction.")
         v.raise_if_any()
-        (outcome,) = await self.recorder.record([tx])
+        outcome = await self.records.submit(tx)
         if isinstance(outcome, DomainError):
             raise outcome
         return _recorded(outcome)

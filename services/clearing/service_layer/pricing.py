@@ -17,9 +17,13 @@ BILLING_BATCH = 1000
 class FeePricing(Protocol):
     """What clearing needs of billing (adapters.billing_client.BillingClient)."""
 
-    async def charge_many(self, details: Sequence[Detail]) -> list[FeeOutcome]: ...
+    async def charge_many(
+        self, details: Sequence[Detail], quick: bool = False
+    ) -> list[FeeOutcome]: ...
 
-    async def refund_many(self, details: Sequence[Detail]) -> list[FeeOutcome]: ...
+    async def refund_many(
+        self, details: Sequence[Detail], quick: bool = False
+    ) -> list[FeeOutcome]: ...
 
 
 class Pricer:
@@ -27,7 +31,7 @@ class Pricer:
         self.db = db
         self.billing = billing
 
-    async def price(self, details: Sequence[Detail]) -> dict[str, Detail]:
+    async def price(self, details: Sequence[Detail], quick: bool = False) -> dict[str, Detail]:
         """Asks billing for the fees of the pending ones and stores what it decided.
         Returns the details that changed, by id; the others stay pending for the worker.
 
@@ -38,7 +42,7 @@ class Pricer:
         payments = [d for d in pending if d.detail_type is DetailType.PAYMENT]
         for start in range(0, len(payments), BILLING_BATCH):
             chunk = payments[start : start + BILLING_BATCH]
-            changed.update(await self._store(chunk, await self.billing.charge_many(chunk)))
+            changed.update(await self._store(chunk, await self.billing.charge_many(chunk, quick)))
         refunds = [d for d in pending if d.detail_type is DetailType.REFUND]
         if refunds:
             async with self.db.connect() as conn:
@@ -48,14 +52,17 @@ class Pricer:
             ready = [r for r in refunds if statuses.get(r.original_transaction_id) == "KNOWN"]
             for start in range(0, len(ready), BILLING_BATCH):
                 chunk = ready[start : start + BILLING_BATCH]
-                changed.update(await self._store(chunk, await self.billing.refund_many(chunk)))
+                changed.update(await self._store(chunk, await self.billing.refund_many(chunk, quick)))
         return changed
 
-    async def charge_unrecorded(self, details: Sequence[Detail]) -> list[FeeOutcome]:
-        """Billing's answers for payments not stored yet (stored with them by the caller)."""
+    async def charge_unrecorded(
+        self, details: Sequence[Detail], quick: bool = False
+    ) -> list[FeeOutcome]:
+        """Billing's answers for payments not stored yet (stored with them by the caller).
+        `quick`: unary calls are waiting (billing gets the unary deadline)."""
         out: list[FeeOutcome] = []
         for start in range(0, len(details), BILLING_BATCH):
-            out += await self.billing.charge_many(details[start : start + BILLING_BATCH])
+            out += await self.billing.charge_many(details[start : start + BILLING_BATCH], quick)
         return out
 
     async def _store(

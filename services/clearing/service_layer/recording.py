@@ -61,8 +61,9 @@ class Recorder:
         self.zone = zone
         self.first_retry_s = first_retry_s
 
-    async def record(self, txs: Sequence[TransactionIn]) -> list[Outcome]:
-        """Records valid transactions (ids distinct); one outcome each, in order."""
+    async def record(self, txs: Sequence[TransactionIn], quick: bool = False) -> list[Outcome]:
+        """Records valid transactions (ids distinct); one outcome each, in order.
+        `quick`: they are unary calls run together (billing gets the unary deadline)."""
         hashes = {t.transaction_id: t.content_hash() for t in txs}
         async with self.db.connect() as conn:
             seen = await repo.existing_hashes(conn, hashes)
@@ -73,7 +74,7 @@ class Recorder:
             key=lambda t: t.transaction_id,
         )
         outcomes = await self.pricer.charge_unrecorded(
-            [unrecorded_detail(t, self.zone) for t in fresh]
+            [unrecorded_detail(t, self.zone) for t in fresh], quick
         )
         refunds = [t for t in txs if t.detail_type is DetailType.REFUND]
         errors: dict[str, DomainError] = {}
@@ -101,7 +102,7 @@ class Recorder:
         # payments billing has just failed to answer for.
         asked = {t.transaction_id for t in fresh}
         details.update(await self.pricer.price(
-            [d for i, d in details.items() if d.fee_pending and i not in asked]
+            [d for i, d in details.items() if d.fee_pending and i not in asked], quick
         ))
         return [errors.get(t.transaction_id) or details[t.transaction_id] for t in txs]
 
