@@ -174,6 +174,12 @@ async def one(url: str, details: int, merchants: int, concurrency: int) -> dict[
             violations = (await stub.CheckInvariants(pb.CheckInvariantsRequest(),
                                                      timeout=600)).violations
             check_s = time.perf_counter() - check_started
+            # The same, plus every batch of the run checked in clearing (one call each).
+            audit_started = time.perf_counter()
+            audited = (await stub.CheckInvariants(
+                pb.CheckInvariantsRequest(clearing_check_date=date_to_proto(SETTLE_DATE)),
+                timeout=600)).violations
+            audit_s = time.perf_counter() - audit_started
         conn = await asyncpg.connect(dsn)
         try:
             settled = await conn.fetchval(
@@ -197,6 +203,8 @@ async def one(url: str, details: int, merchants: int, concurrency: int) -> dict[
             "details_per_s": round(settled / elapsed),
             "merchants_per_s": round(run.settlement_count / elapsed),
             "check_invariants_s": round(check_s, 2),
+            "invariant_violations_with_clearing": len(audited),
+            "check_with_clearing_s": round(audit_s, 2),
             "settlement_cpu_s": round(cpu_after[0] - cpu_before[0], 2),
             "clearing_cpu_s": round(cpu_after[1] - cpu_before[1], 2),
             "settlement_rss_before_kb": before["VmRSS"],

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
+from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
 from services.settlement.service_layer.payouts import DispatchPolicy, PayoutService
@@ -61,7 +62,8 @@ async def build_app(
         ),
     )
     servicer = SettlementServicer(
-        ProfileService(db), calendars, runs, StatementService(db), BookService(db), payouts
+        ProfileService(db), calendars, runs, StatementService(db), BookService(db), payouts,
+        ClearingAudit(db, clearing, settings.call_concurrency),
     )
 
     async def ready() -> bool:

@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
 from clearhouse.settlement.v1 import settlement_pb2 as pb
@@ -164,3 +165,40 @@ async def test_a_merchant_with_nothing_to_settle_leaves_no_open_batch_in_clearin
     assert again.state == pb.RUN_STATE_COMPLETED and again.settlement_count == 1
     assert await batch_state(stack, "M0") == cpb.BATCH_STATE_RELEASED
     assert await st.violations(stack) == []
+
+
+async def checked_with_clearing(stack, day: dt.date = DAY) -> list[str]:
+    resp = await stack.settlement.stub.CheckInvariants(
+        pb.CheckInvariantsRequest(clearing_check_date=date_to_proto(day)))
+    return [f"{v.invariant}: {v.reference}: {v.description}" for v in resp.violations]
+
+
+async def test_the_invariant_check_with_clearing_finds_batches_clearing_does_not_hold_as_booked(
+    stack,
+):
+    await seed(stack, ["M1", "M2", "M3"])
+    await st.record(stack, pay("M2-2", "M2", 5000))
+    await st.wait_fees_known(stack)
+    await st.run(stack, DAY)
+    assert await checked_with_clearing(stack) == []
+    # Corrupt clearing behind settlement's back: a detail of M1's confirmed batch back to
+    # claimed, a detail of M2's batch taken out of it.
+    async with stack.clearing.engine.begin() as conn:
+        await conn.execute(text(
+            "UPDATE clearing_details SET state = 'CLAIMED' WHERE detail_id = 'M1-1'"))
+        await conn.execute(text(
+            "UPDATE clearing_details SET state = 'UNSETTLED', batch_id = NULL "
+            "WHERE detail_id = 'M2-2'"))
+    found = await checked_with_clearing(stack)
+    assert len(found) == 2
+    assert found[0].startswith("2 settled at most once, none left claimed: st-20260302-M1: ")
+    assert "M1" in found[0] and "1 of its details are not SETTLED" in found[0]
+    assert found[1].startswith("1 each detail in exactly one settlement: st-20260302-M2: ")
+    assert "M2" in found[1] and "(2, 15000, 0, 0)" in found[1] and "(1, 10000, 0, 0)" in found[1]
+    # Settlement's own records are still consistent: the plain check sees nothing.
+    assert await st.violations(stack) == []
+    # With clearing gone the check says so instead of guessing.
+    await stack.clearing.running.stop(None)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await checked_with_clearing(stack)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE

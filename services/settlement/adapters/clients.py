@@ -18,6 +18,27 @@ from shared.convert import date_to_proto
 from shared.interceptors import client_channel
 
 
+@dataclass(frozen=True, slots=True)
+class BatchDetail:
+    """A detail of a clearing batch as settlement checks it."""
+
+    detail_type: str  # PAYMENT | REFUND | ADJUSTMENT
+    amount: int
+    state: str  # UNSETTLED | CLAIMED | SETTLED
+
+
+_DETAIL_TYPES = {
+    clearing_pb2.DETAIL_TYPE_PAYMENT: "PAYMENT",
+    clearing_pb2.DETAIL_TYPE_REFUND: "REFUND",
+    clearing_pb2.DETAIL_TYPE_ADJUSTMENT: "ADJUSTMENT",
+}
+_DETAIL_STATES = {
+    clearing_pb2.DETAIL_STATE_UNSETTLED: "UNSETTLED",
+    clearing_pb2.DETAIL_STATE_CLAIMED: "CLAIMED",
+    clearing_pb2.DETAIL_STATE_SETTLED: "SETTLED",
+}
+
+
 class ClearingClient:
     def __init__(self, address: str, deadline_s: float) -> None:
         self.channel = client_channel(address)
@@ -53,6 +74,28 @@ class ClearingClient:
         await self.stub.ConfirmBatch(
             clearing_pb2.ConfirmBatchRequest(batch_id=batch_id), timeout=self.deadline_s
         )
+
+    async def batch_details(self, batch_id: str) -> list[BatchDetail]:
+        out: list[BatchDetail] = []
+        token = ""
+        while True:
+            resp = await self.stub.ListBatchDetails(
+                clearing_pb2.ListBatchDetailsRequest(
+                    batch_id=batch_id, page_size=1000, page_token=token
+                ),
+                timeout=self.deadline_s,
+            )
+            out += [
+                BatchDetail(
+                    _DETAIL_TYPES.get(d.detail_type, ""),
+                    d.amount.minor_units,
+                    _DETAIL_STATES.get(d.state, ""),
+                )
+                for d in resp.details
+            ]
+            token = resp.next_page_token
+            if not token:
+                return out
 
     async def release(self, batch_id: str) -> None:
         await self.stub.ReleaseBatch(

@@ -8,6 +8,7 @@ from clearhouse.settlement.v1 import settlement_pb2 as pb
 from clearhouse.settlement.v1 import settlement_pb2_grpc
 
 from services.settlement.entrypoints import convert as c
+from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
 from services.settlement.service_layer.payouts import PayoutService
@@ -29,6 +30,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         statements: StatementService,
         books: BookService,
         payouts: PayoutService,
+        audit: ClearingAudit,
     ) -> None:
         self.profiles = profiles
         self.calendars = calendars
@@ -36,6 +38,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         self.statements = statements
         self.books = books
         self.payouts = payouts
+        self.audit = audit
 
     # ---- profiles ----
 
@@ -198,7 +201,14 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     async def CheckInvariants(
         self, request: pb.CheckInvariantsRequest, context: Ctx
     ) -> pb.CheckInvariantsResponse:
+        day = None
+        if request.HasField("clearing_check_date"):
+            v = Violations()
+            day = c.date_from_proto(request.clearing_check_date, "clearing_check_date", v)
+            v.raise_if_any()
         found = await self.books.check_invariants()
+        if day is not None:
+            found += await self.audit.check(day)
         return pb.CheckInvariantsResponse(
             violations=[
                 pb.InvariantViolation(

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from services.settlement.adapters.clients import GatewayPayout
+from services.settlement.adapters.clients import BatchDetail, GatewayPayout
 from services.settlement.domain.netting import BatchTotals, FeeBill
 from services.settlement.domain.profiles import BankAccount
 
@@ -24,6 +24,8 @@ class Clearing(Protocol):
     async def confirm(self, batch_id: str) -> None: ...
 
     async def release(self, batch_id: str) -> None: ...
+
+    async def batch_details(self, batch_id: str) -> list[BatchDetail]: ...
 
 
 class Billing(Protocol):

@@ -1493,16 +1493,28 @@ Global___GetTrialBalanceResponse: _TypeAlias = GetTrialBalanceResponse  # noqa: 
 
 @_typing.final
 class CheckInvariantsRequest(_message.Message):
-    """CheckInvariantsRequest is empty."""
+    """CheckInvariantsRequest selects the checks; empty checks settlement's own records."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    CLEARING_CHECK_DATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def clearing_check_date(self) -> _date_pb2.Date:
+        """When set, also checks through clearing's API, one ListBatchDetails call per
+        settlement of that date with a batch: that every batch settlement booked and
+        confirmed is settled in clearing (none of its details left claimed, §5 item 2),
+        and that it holds exactly the details, payments, refunds and adjustments the
+        settlement booked (each detail settled once, §5 items 1 and 4).
+        """
+
     def __init__(
         self,
+        *,
+        clearing_check_date: _date_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clearing_check_date", b"clearing_check_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clearing_check_date", b"clearing_check_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -38,6 +38,8 @@ class SettlementServiceStub:
     - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
     known years; metadata "first_year" and "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
+    clearing and clearing did not answer; retry later.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -157,6 +159,8 @@ class SettlementServiceServicer:
     - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
     known years; metadata "first_year" and "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
+    clearing and clearing did not answer; retry later.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -413,6 +417,8 @@ class SettlementService:
     - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
     known years; metadata "first_year" and "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
+    clearing and clearing did not answer; retry later.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 

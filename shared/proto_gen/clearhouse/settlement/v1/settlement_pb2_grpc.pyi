@@ -39,6 +39,8 @@ class SettlementServiceStub:
     - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
       known years; metadata "first_year" and "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
+      clearing and clearing did not answer; retry later.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -101,6 +103,8 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
       known years; metadata "first_year" and "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
+      clearing and clearing did not answer; retry later.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -159,6 +163,8 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
       known years; metadata "first_year" and "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
+      clearing and clearing did not answer; retry later.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
