@@ -160,6 +160,45 @@ def detail(d: Detail) -> pb.ClearingDetail:
     )
 
 
+def detail_into(m: pb.ClearingDetail, d: Detail) -> None:
+    """`detail(d)` written into a message in place (a batch answer's 1,000 details: no
+    intermediate messages to copy)."""
+    m.detail_id = d.detail_id
+    m.detail_type = DETAIL_TYPES[d.detail_type.value]
+    m.merchant_id = d.merchant_id
+    amount = m.amount
+    amount.currency_code = d.currency
+    amount.minor_units = d.amount
+    delta = d.transaction_time - _EPOCH
+    t = m.transaction_time
+    t.seconds = delta.days * 86_400 + delta.seconds
+    t.nanos = delta.microseconds * 1000
+    b = m.business_date
+    bd = d.business_date
+    b.year, b.month, b.day = bd.year, bd.month, bd.day
+    m.original_transaction_id = d.original_transaction_id
+    m.product = d.product
+    m.business_line = d.business_line
+    m.acquirer_bank = d.acquirer_bank
+    m.issuer_bank = d.issuer_bank
+    m.card_type = d.card_type
+    m.fee_status = FEE_STATUSES[d.fee_status.value]
+    fee = m.fee
+    fee.currency_code = d.currency
+    fee.minor_units = d.fee
+    m.collection_mode = MODES[d.collection_mode]
+    m.rule_id = d.rule_id
+    m.rule_version = d.rule_version
+    m.state = STATES[d.state.value]
+    m.batch_id = d.batch_id
+    m.exception_reason = d.exception_reason
+    m.adjustment_reason = d.adjustment_reason
+    delta = d.create_time - _EPOCH
+    c = m.create_time
+    c.seconds = delta.days * 86_400 + delta.seconds
+    c.nanos = delta.microseconds * 1000
+
+
 def batch(b: Batch) -> pb.Batch:
     t = b.totals
     return pb.Batch(

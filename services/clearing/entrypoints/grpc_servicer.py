@@ -64,25 +64,29 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
                 v.add(f"transactions[{i}].transaction_id", "repeated within the batch")
             seen.add(t.transaction_id)
         v.raise_if_any()
-        # A malformed item is refused on its own; the others are recorded.
-        outcomes: list[Any] = [None] * len(items)
+        # A malformed item is refused on its own; the others are recorded. The answer is
+        # written in place (no per-item messages built and then copied into it).
+        response = pb.BatchRecordTransactionsResponse()
+        outcomes = [response.outcomes.add() for _ in items]
         valid: list[tuple[int, TransactionIn]] = []
         for i, t in enumerate(items):
             iv = Violations()
             tx = convert.transaction_in(iv, t, f"transactions[{i}].")
             if iv:
-                outcomes[i] = pb.RecordOutcome(
-                    error=to_status(InvalidArgument(list(iv.items)), ERROR_DOMAIN)
+                outcomes[i].error.CopyFrom(
+                    to_status(InvalidArgument(list(iv.items)), ERROR_DOMAIN)
                 )
             else:
                 valid.append((i, tx))
         results = await self.recorder.record([tx for _, tx in valid])
         for (i, _), result in zip(valid, results, strict=True):
             if isinstance(result, DomainError):
-                outcomes[i] = pb.RecordOutcome(error=to_status(result, ERROR_DOMAIN))
+                outcomes[i].error.CopyFrom(to_status(result, ERROR_DOMAIN))
             else:
-                outcomes[i] = pb.RecordOutcome(result=_recorded(result))
-        return pb.BatchRecordTransactionsResponse(outcomes=outcomes)
+                recorded = outcomes[i].result
+                convert.detail_into(recorded.detail, result)
+                recorded.fee_pending = result.fee_pending
+        return response
 
     async def RecordAdjustment(self, request: pb.RecordAdjustmentRequest, context: Any) -> Any:
         v = Violations()
