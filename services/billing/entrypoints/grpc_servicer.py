@@ -185,29 +185,32 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     @staticmethod
     def _fee_outcomes(
-        errors: list[Any], valid_at: list[int], results: list[FeeOutcome | DomainError]
-    ) -> list[pb.BatchFeeOutcome]:
+        response: Any, errors: list[Any], valid_at: list[int],
+        results: list[FeeOutcome | DomainError],
+    ) -> Any:
+        """Fills `response.outcomes` in place (no per-item messages built and copied)."""
         for i, r in zip(valid_at, results, strict=True):
             errors[i] = r
-        out = []
+        add = response.outcomes.add
         for r in errors:
+            o = add()
             if isinstance(r, FeeOutcome):
-                out.append(pb.BatchFeeOutcome(result=c.outcome_to_proto(r)))
+                c.outcome_into(o.result, r)
             elif isinstance(r, DomainError):
-                out.append(pb.BatchFeeOutcome(error=to_status(r, ERROR_DOMAIN)))
+                o.error.CopyFrom(to_status(r, ERROR_DOMAIN))
             else:
-                out.append(pb.BatchFeeOutcome(error=r))
-        return out
+                o.error.CopyFrom(r)
+        return response
 
     async def BatchQuoteFees(self, request: pb.BatchQuoteFeesRequest, context: Any) -> pb.BatchQuoteFeesResponse:
         errors, valid_at, txns = self._batch_txns(request.requests)
         results = await self.pricing.quote(txns) if txns else []
-        return pb.BatchQuoteFeesResponse(outcomes=self._fee_outcomes(errors, valid_at, results))
+        return self._fee_outcomes(pb.BatchQuoteFeesResponse(), errors, valid_at, results)
 
     async def BatchChargeFees(self, request: pb.BatchChargeFeesRequest, context: Any) -> pb.BatchChargeFeesResponse:
         errors, valid_at, txns = self._batch_txns(request.requests)
         results = await self.pricing.charge(txns) if txns else []
-        return pb.BatchChargeFeesResponse(outcomes=self._fee_outcomes(errors, valid_at, results))
+        return self._fee_outcomes(pb.BatchChargeFeesResponse(), errors, valid_at, results)
 
     async def BatchRefundFees(self, request: pb.BatchRefundFeesRequest, context: Any) -> pb.BatchRefundFeesResponse:
         _batch_size(len(request.requests))
