@@ -134,7 +134,9 @@ async def reset(dsn: str, *schemas: str) -> None:
         await conn.close()
 
 
-async def one(url: str, details: int, merchants: int, concurrency: int) -> dict[str, Any]:
+async def one(
+    url: str, details: int, merchants: int, concurrency: int, chunk_size: int | None
+) -> dict[str, Any]:
     dsn = plain_dsn(url)
     cschema, sschema = "bench_clearing", "bench_settlement"
     await reset(dsn, cschema, sschema)
@@ -152,6 +154,7 @@ async def one(url: str, details: int, merchants: int, concurrency: int) -> dict[
         "SETTLEMENT_BILLING_ADDRESS": "127.0.0.1:1",
         "SETTLEMENT_RUN_CONCURRENCY": str(concurrency), "SETTLEMENT_LOG_LEVEL": "WARNING",
         "SETTLEMENT_CALL_DEADLINE_S": "120",
+        **({"SETTLEMENT_RUN_CHUNK_SIZE": str(chunk_size)} if chunk_size else {}),
     })
     try:
         await wait_ready(f"127.0.0.1:{cport}")
@@ -229,7 +232,7 @@ async def main_async(args: argparse.Namespace) -> int:
     volumes = [int(v) for v in args.details.split(",")]
     results = []
     for details in volumes:
-        r = await one(url, details, args.merchants, args.concurrency)
+        r = await one(url, details, args.merchants, args.concurrency, args.chunk_size)
         print(json.dumps(r), flush=True)
         results.append(r)
     summary: dict[str, Any] = {"runs": results}
@@ -253,6 +256,9 @@ def main() -> int:
     parser.add_argument("--merchants", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=2,
                         help="SETTLEMENT_RUN_CONCURRENCY of the settlement process")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="SETTLEMENT_RUN_CHUNK_SIZE of the settlement process (default "
+                        "100); small chunks and many workers stress the chunk hand-offs")
     args, _ = parser.parse_known_args()
     return asyncio.run(main_async(args))
 

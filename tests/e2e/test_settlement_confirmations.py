@@ -123,6 +123,8 @@ async def test_a_run_whose_confirmations_fail_says_so_and_the_background_complet
     assert run.state == pb.RUN_STATE_RUNNING
     assert run.failed_item_count == 2 and run.pending_item_count == 0
     assert run.settlement_count == 2
+    assert [(f.merchant_id, f.step) for f in run.failures] == [("M1", "CONFIRM"), ("M2", "CONFIRM")]
+    assert all(f.error.startswith("UNAVAILABLE") for f in run.failures)
     found = await st.violations(stack)
     assert len(found) == 2 and all("UNAVAILABLE" in v for v in found)
     # Clearing comes back: the background completer confirms without another run.
@@ -134,7 +136,7 @@ async def test_a_run_whose_confirmations_fail_says_so_and_the_background_complet
             break
         await asyncio.sleep(0.1)
     assert got.state == pb.RUN_STATE_COMPLETED
-    assert got.failed_item_count == 0 and got.pending_item_count == 0
+    assert got.failed_item_count == 0 and got.pending_item_count == 0 and not got.failures
     for m in ("M1", "M2"):
         assert await st.count_details(stack, m, cpb.DETAIL_STATE_CLAIMED) == 0
         assert await st.count_details(stack, m, cpb.DETAIL_STATE_SETTLED) == 1

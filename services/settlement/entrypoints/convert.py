@@ -143,6 +143,10 @@ def run_to_proto(r: RunView) -> pb.SettlementRun:
         failed_item_count=r.failed_item_count,
         start_time=datetime_to_ts(r.start_time),
         end_time=datetime_to_ts(r.end_time),
+        failures=[
+            pb.RunItemFailure(merchant_id=m, step=step, error=error)
+            for m, step, error in r.failures
+        ],
     )
 
 

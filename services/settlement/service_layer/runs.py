@@ -61,6 +61,8 @@ class RunView:
     failed_item_count: int
     start_time: dt.datetime
     end_time: dt.datetime | None
+    # (merchant, CLAIM | CONFIRM, error) of failed items, at most 100.
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -548,11 +550,24 @@ class RunService:
                     {"r": run_id},
                 )
             ).first()
-        if row is None:
-            raise NotFound("RUN_NOT_FOUND", f"no run {run_id!r}", {"run_id": run_id})
+            if row is None:
+                raise NotFound("RUN_NOT_FOUND", f"no run {run_id!r}", {"run_id": run_id})
+            failures = []
+            if row.fc:
+                failures = [
+                    (f.merchant_id, "CLAIM" if f.state == "FAILED" else "CONFIRM", f.last_error)
+                    for f in await conn.execute(
+                        text(
+                            "SELECT merchant_id, state, last_error FROM run_items "
+                            "WHERE run_id = :r AND (state = 'FAILED' OR (state = 'BOOKED' "
+                            "AND last_error <> '')) ORDER BY merchant_id LIMIT 100"
+                        ),
+                        {"r": run_id},
+                    )
+                ]
         return RunView(
             row.run_id, row.settle_date, row.state, row.merchant_count, row.sc, row.pc, row.fc,
-            row.start_time, row.end_time,
+            row.start_time, row.end_time, failures,
         )
 
 

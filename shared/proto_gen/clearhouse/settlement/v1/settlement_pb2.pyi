@@ -752,6 +752,7 @@ class SettlementRun(_message.Message):
     FAILED_ITEM_COUNT_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run id."""
     state: Global___RunState.ValueType
@@ -763,7 +764,9 @@ class SettlementRun(_message.Message):
     pending_item_count: _builtins.int
     """Work items still to do."""
     failed_item_count: _builtins.int
-    """Work items that failed and will be retried by the next run."""
+    """Work items that failed: their claim (retried by the next run) or the confirmation
+    of their booked settlement (retried in the background and by the next run).
+    """
     @_builtins.property
     def settle_date(self) -> _date_pb2.Date:
         """The settlement date."""
@@ -775,6 +778,10 @@ class SettlementRun(_message.Message):
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When it completed."""
+
+    @_builtins.property
+    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunItemFailure]:
+        """The failed work items with their errors, at most 100, by merchant id."""
 
     def __init__(
         self,
@@ -788,14 +795,48 @@ class SettlementRun(_message.Message):
         failed_item_count: _builtins.int = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        failures: _abc.Iterable[Global___RunItemFailure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "settle_date", b"settle_date", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "failed_item_count", b"failed_item_count", "merchant_count", b"merchant_count", "pending_item_count", b"pending_item_count", "run_id", b"run_id", "settle_date", b"settle_date", "settlement_count", b"settlement_count", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "failed_item_count", b"failed_item_count", "failures", b"failures", "merchant_count", b"merchant_count", "pending_item_count", b"pending_item_count", "run_id", b"run_id", "settle_date", b"settle_date", "settlement_count", b"settlement_count", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettlementRun: _TypeAlias = SettlementRun  # noqa: Y015
+
+@_typing.final
+class RunItemFailure(_message.Message):
+    """RunItemFailure is a work item of a run that failed, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant."""
+    step: _builtins.str
+    """CLAIM: claiming from clearing or listing bills failed, nothing was booked.
+    CONFIRM: the settlement is booked but confirming its batch in clearing or marking
+    its bills collected in billing failed.
+    """
+    error: _builtins.str
+    """The error, for example "UNAVAILABLE: ..."."""
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        step: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "merchant_id", b"merchant_id", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunItemFailure: _TypeAlias = RunItemFailure  # noqa: Y015
 
 @_typing.final
 class RunSettlementRequest(_message.Message):
