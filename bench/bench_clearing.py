@@ -109,6 +109,63 @@ def service_env(prefix: str, url: str, schema: str, port: int, **extra: str) -> 
 # ------------------------------------------------------------------ load
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc): per-item CPU figures hold up
+    on a machine shared with other work, where calls per second swing by ±30 %."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+PG_DATA = ROOT / ".clearhouse" / "bench-pgdata"
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of the embedded PostgreSQL's processes (its postmaster's children: backends,
+    WAL writer, checkpointer, autovacuum — of every user of that server, so anything else
+    running against .clearhouse/bench-pgdata inflates it); NaN when the database is
+    elsewhere (BENCH_DATABASE_URL)."""
+    try:
+        postmaster = int((PG_DATA / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+class CpuMeter:
+    """CPU microseconds per item of the named processes over a block."""
+
+    def __init__(self, pids: dict[str, int], postgres: bool = False) -> None:
+        self.pids = pids
+        self.postgres = postgres
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        now = {n: cpu_seconds(p) for n, p in self.pids.items()}
+        if self.postgres:
+            now["postgres_server"] = postgres_cpu_seconds()
+        return now
+
+    def per_item(self, items: int) -> dict[str, float]:
+        end = self._now()
+        return {f"{n}_cpu_us_per_item": round((end[n] - self.start[n]) / max(items, 1) * 1e6, 1)
+                for n in end}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
@@ -168,7 +225,8 @@ RECORD_METHOD = "/clearhouse.clearing.v1.ClearingService/RecordTransaction"
 BATCH_METHOD = "/clearhouse.clearing.v1.ClearingService/BatchRecordTransactions"
 
 
-async def bench_unary(clearing: str, echo: str, seconds: float, run: str) -> dict[str, Any]:
+async def bench_unary(clearing: str, echo: str, seconds: float, run: str,
+                      pids: dict[str, int]) -> dict[str, Any]:
     # Both sides get requests serialized before the clock starts and send raw bytes, so
     # the load generator costs the same per call and the ratio compares the servers.
     sample = pb.RecordTransactionRequest(transaction=txn(f"{run}-x", "M0", 100))
@@ -177,7 +235,9 @@ async def bench_unary(clearing: str, echo: str, seconds: float, run: str) -> dic
         call = ch.unary_unary(ECHO_METHOD)
         await call(payload, wait_for_ready=True, timeout=30)
         await closed_loop(call, lambda i: payload, 32, 1.0)  # warm-up
+        echo_meter = CpuMeter({"echo": pids["echo"]})
         echo_fig = await closed_loop(call, lambda i: payload, 32, seconds)
+        echo_fig.update(echo_meter.per_item(echo_fig["calls"]))
     budget = int(seconds * 4000) + 10_000
     requests = [
         pb.RecordTransactionRequest(
@@ -190,14 +250,17 @@ async def bench_unary(clearing: str, echo: str, seconds: float, run: str) -> dic
         warm = [pb.RecordTransactionRequest(transaction=txn(f"{run}-w{i}", "M0", 100))
                 .SerializeToString() for i in range(5000)]
         await closed_loop(call, lambda i: warm[i % 5000], 32, 1.0)
+        meter = CpuMeter({n: p for n, p in pids.items() if n != "echo"}, postgres=True)
         rec = await closed_loop(call, lambda i: requests[min(i, budget)], 32, seconds)
+        rec.update(meter.per_item(rec["calls"]))
         probe = pb.RecordTransactionResponse.FromString(await call(requests[0]))
     return {"echo": echo_fig, "record_transaction": rec,
             "ratio_to_echo": round(rec["per_s"] / max(echo_fig["per_s"], 1e-9), 3),
             "priced_by_billing": not probe.fee_pending}
 
 
-async def bench_batched(clearing: str, batches: int, run: str, workers: int) -> dict[str, Any]:
+async def bench_batched(clearing: str, batches: int, run: str, workers: int,
+                        pids: dict[str, int]) -> dict[str, Any]:
     requests = [
         pb.BatchRecordTransactionsRequest(transactions=[
             txn(f"{run}-b{b}-{i}", f"M{i % 500}", 1000 + i) for i in range(1000)
@@ -217,6 +280,7 @@ async def bench_batched(clearing: str, batches: int, run: str, workers: int) -> 
 
         await one(-1)  # warm-up
         queue = list(range(batches))
+        meter = CpuMeter({n: p for n, p in pids.items() if n != "echo"}, postgres=True)
         started = time.perf_counter()
 
         async def worker() -> None:
@@ -227,7 +291,7 @@ async def bench_batched(clearing: str, batches: int, run: str, workers: int) -> 
         elapsed = time.perf_counter() - started
     return {"details": batches * 1000, "seconds": round(elapsed, 2),
             "details_per_s": round(batches * 1000 / elapsed), "not_priced": pending,
-            "concurrency": workers}
+            "concurrency": workers, **meter.per_item(batches * 1000)}
 
 
 async def bench_billing_alone(billing: str, seconds: float, batches: int,
@@ -330,11 +394,12 @@ async def run_record(url: str, run: str, args: argparse.Namespace,
         for address in (billing_addr, clearing_addr):
             await wait_serving(address)
         await create_rule(billing_addr)
+        pids = {"clearing": procs[2].pid, "billing": procs[1].pid, "echo": procs[0].pid}
         results["unary"] = await bench_unary(
-            clearing_addr, f"127.0.0.1:{echo_port}", args.seconds, run)
+            clearing_addr, f"127.0.0.1:{echo_port}", args.seconds, run, pids)
         print(json.dumps(results["unary"], indent=2), flush=True)
         results["batched"] = await bench_batched(
-            clearing_addr, args.batches, run, args.batch_workers)
+            clearing_addr, args.batches, run, args.batch_workers, pids)
         print(json.dumps(results["batched"], indent=2), flush=True)
         results["billing_alone"] = await bench_billing_alone(
             billing_addr, args.seconds, args.batches, run)
