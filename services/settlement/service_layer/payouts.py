@@ -275,12 +275,17 @@ class PayoutService:
         if refresh:
             async with self.db.engine.connect() as conn:
                 async with conn.begin():
+                    # Waits for the row rather than skipping it: the dispatcher may be
+                    # asking the gateway about this very payout (its lock lasts at most a
+                    # gateway deadline); skipping returned the state from before the
+                    # answer it was about to book (a return read as PAID). After the wait
+                    # the re-check of the state drops a payout it made final.
                     row = (
                         await conn.execute(
                             text(
                                 f"SELECT {_COLUMNS} FROM payouts WHERE payout_id = :p "
                                 "AND destination_type = 'BANK_ACCOUNT' "
-                                "AND state IN ('SUBMITTED', 'PAID') FOR UPDATE SKIP LOCKED"
+                                "AND state IN ('SUBMITTED', 'PAID') FOR UPDATE"
                             ),
                             {"p": payout_id},
                         )
