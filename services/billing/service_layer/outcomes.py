@@ -85,7 +85,7 @@ def encode_fee(o: FeeOutcome) -> str:
         f"[{p.lower_bound},{_num(p.upper_bound)},{p.base_amount},{_str(p.rate)},{p.fixed_fee},"
         f'"{p.exact}"]'
         for p in o.portions
-    )
+    ) if o.portions else ""
     return (
         f'[{o.fee},"{o.currency}","{o.rule_id}",{o.rule_version},"{o.collection_mode}",'
         f'"{o.exact}",[{portions}],{"true" if o.cumulative else "false"},{o.amount_before},'

@@ -37,10 +37,16 @@ def _d(prefix: str) -> str:
     return ", ".join(f"{prefix}.{c.strip()}" for c in DETAIL_COLUMNS.split(","))
 
 
+# Enum members by value: a dict lookup instead of EnumType.__call__ (1,000 rows a batch).
+_DETAIL_TYPE = {e.value: e for e in DetailType}
+_FEE_STATUS = {e.value: e for e in FeeStatus}
+_DETAIL_STATE = {e.value: e for e in DetailState}
+
+
 def to_detail(r: Any) -> Detail:
     return Detail(
         detail_id=r["detail_id"],
-        detail_type=DetailType(r["detail_type"]),
+        detail_type=_DETAIL_TYPE[r["detail_type"]],
         merchant_id=r["merchant_id"],
         currency=r["currency"],
         amount=r["amount"],
@@ -52,12 +58,12 @@ def to_detail(r: Any) -> Detail:
         acquirer_bank=r["acquirer_bank"],
         issuer_bank=r["issuer_bank"],
         card_type=r["card_type"],
-        fee_status=FeeStatus(r["fee_status"]),
+        fee_status=_FEE_STATUS[r["fee_status"]],
         fee=r["fee"],
         collection_mode=r["collection_mode"],
         rule_id=r["rule_id"],
         rule_version=r["rule_version"],
-        state=DetailState(r["state"]),
+        state=_DETAIL_STATE[r["state"]],
         batch_id=r["batch_id"] or "",
         exception_reason=r["exception_reason"],
         adjustment_reason=r["adjustment_reason"],
