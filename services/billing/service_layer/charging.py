@@ -140,12 +140,15 @@ LEFT JOIN fee_refunds r ON r.refund_transaction_id = t.id
 ORDER BY t.ord
 """
 
+# A join with unnest, not `= ANY($1)`: the generic plan of a prepared `= ANY(param)` can
+# scan the table testing each row against each element (see clearing's repository).
 _LOCK_ORIGINALS = """
-SELECT transaction_id, merchant_id, currency, amount, fee, refund_fee_policy, rounding,
-  refunded_amount, fee_returned, collection_mode, rule_id, rule_version, product
-FROM fee_charges WHERE transaction_id = ANY($1::text[])
-ORDER BY transaction_id
-FOR UPDATE
+SELECT c.transaction_id, c.merchant_id, c.currency, c.amount, c.fee, c.refund_fee_policy,
+  c.rounding, c.refunded_amount, c.fee_returned, c.collection_mode, c.rule_id,
+  c.rule_version, c.product
+FROM unnest($1::text[]) AS t(id) JOIN fee_charges c ON c.transaction_id = t.id
+ORDER BY c.transaction_id
+FOR UPDATE OF c
 """
 
 _UPDATE_ORIGINALS = """
