@@ -45,7 +45,7 @@ BatchFn = Callable[[list[T]], Awaitable[Sequence[R | DomainError]]]
 class Coalescer(Generic[T, R]):
     def __init__(
         self, run: BatchFn[T, R], key: Callable[[T], str], window_s: float, max_items: int,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
     ) -> None:
         self._run = run
         self._key = key

@@ -24,4 +24,4 @@ class BillingSettings(ServiceSettings):
     # A group runs at once when it reaches this many calls.
     unary_batch_max: int = 200
     # Groups running at a time; further calls wait for one to finish (and group up).
-    unary_batch_in_flight: int = 2
+    unary_batch_in_flight: int = 1

@@ -51,6 +51,6 @@ class ClearingSettings(ServiceSettings):
         default=200, gt=0, le=1000, description="a group is recorded at once at this size"
     )
     unary_batch_in_flight: int = Field(
-        default=2, gt=0,
+        default=1, gt=0,
         description="groups recorded at a time; further calls wait for one to finish",
     )
