@@ -1,9 +1,10 @@
 """Recording payments, refunds and adjustments, priced by billing.
 
 A payment is priced first and then stored with its fee in one statement: one commit per
-payment. A success is only answered once the detail is committed, so a payment is never
-lost; if clearing stops between billing's charge and the insert, the caller's retry gets
-the same charge back from billing (idempotent by transaction id). When billing does not
+call (or per group of concurrent unary calls, see shared.coalescer). A success is only
+answered once the detail is committed, so a payment is never lost; if clearing stops
+between billing's charge and the insert, the caller's retry gets the same charge back
+from billing (idempotent by transaction id). When billing does not
 answer in time the detail is stored with its fee pending and the worker completes it.
 
 A refund is validated and stored first, under the lock of its payment, and priced after
