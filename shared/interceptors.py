@@ -19,10 +19,14 @@ log = logging.getLogger("clearhouse.access")
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps unary-unary handlers (every Clearhouse RPC is unary)."""
+    """Wraps unary-unary handlers (every Clearhouse RPC is unary).
+
+    grpc.aio asks the interceptor once per call, so the wrapped handler is built once
+    per method and cached: the per-call cost is only the wrapper itself."""
 
     def __init__(self, error_domain: str) -> None:
         self.error_domain = error_domain
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -33,17 +37,29 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, self._wrap(method, handler))
+            self._wrapped[method] = cached
+        return cached[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
         domain = self.error_domain
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            metadata = dict(context.invocation_metadata() or ())
-            request_id = metadata.get(REQUEST_ID_KEY) or new_request_id()
+            request_id = ""
+            for key, value in context.invocation_metadata() or ():
+                if key == REQUEST_ID_KEY:
+                    request_id = str(value)
+                    break
+            request_id = request_id or new_request_id()
             token = current_request_id.set(request_id)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            # Echoed in the trailers: they travel with the status, so no extra send per call.
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             try:
-                await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
                 return await inner(request, context)
             except (DomainError, InvalidArgument) as exc:
                 status = to_status(exc, domain)
@@ -52,7 +68,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     if isinstance(exc, InvalidArgument)
                     else exc.code
                 )
-                await context.abort_with_status(rpc_status.to_status(status))
+                await context.abort_with_status(_with_request_id(status, request_id))
             except (grpc.aio.AbortError, grpc.RpcError):
                 # Already a status (an abort, or a downstream failure re-raised as is).
                 code = context.code() or grpc.StatusCode.UNKNOWN
@@ -60,20 +76,23 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 # The trace stays in the log; the caller gets a generic message only.
-                log.exception("unhandled error", extra={"method": method, "request_id": request_id})
+                log.exception(
+                    "unhandled error", extra={"method": method, "request_id": request_id}
+                )
                 await context.abort_with_status(
-                    rpc_status.to_status(to_status(Exception(), domain))
+                    _with_request_id(to_status(Exception(), domain), request_id)
                 )
             finally:
-                log.info(
-                    "rpc",
-                    extra={
-                        "method": method,
-                        "status": code.name,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                        "request_id": request_id,
-                    },
-                )
+                if log.isEnabledFor(logging.INFO):
+                    log.info(
+                        "rpc",
+                        extra={
+                            "method": method,
+                            "status": code.name,
+                            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                            "request_id": request_id,
+                        },
+                    )
                 current_request_id.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -81,6 +100,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _with_request_id(status: Any, request_id: str) -> Any:
+    """The grpc.Status of an abort, carrying the request id in its trailers too."""
+    rich = rpc_status.to_status(status)
+    return _Status(rich.code, rich.details, (*rich.trailing_metadata, (REQUEST_ID_KEY, request_id)))
+
+
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Any) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
 
 
 class RequestIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
