@@ -1,0 +1,47 @@
+"""The README's configuration table is the one operators read: every setting a service
+reads from the environment is listed there with its real default, and nothing else."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import services  # noqa: F401
+from services.billing.settings import BillingSettings
+from services.clearing.settings import ClearingSettings
+from services.payout_simulator.settings import PayoutSimulatorSettings
+from services.settlement.settings import SettlementSettings
+from shared.settings import ServiceSettings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+SERVICE_SETTINGS = [
+    (BillingSettings, "BILLING_"),
+    (ClearingSettings, "CLEARING_"),
+    (SettlementSettings, "SETTLEMENT_"),
+]
+ROW = re.compile(r"^\| `([A-Z_<>]+)` \| (.*?) \|", re.M)
+
+
+def _rows() -> dict[str, str]:
+    return {name: default.strip().strip("`") for name, default in ROW.findall(README.read_text())}
+
+
+def test_every_setting_of_a_service_is_in_the_readme_with_its_default():
+    rows = _rows()
+    common = set(ServiceSettings.model_fields)
+    for cls, prefix in SERVICE_SETTINGS:
+        for name, field in cls.model_fields.items():
+            if name in common:
+                assert f"<P>{name.upper()}" in rows, name
+                continue
+            assert f"{prefix}{name.upper()}" in rows, f"{prefix}{name.upper()} missing"
+            assert rows[f"{prefix}{name.upper()}"] == str(field.default), name
+    for name, field in PayoutSimulatorSettings.model_fields.items():
+        assert rows.get(f"PAYOUT_SIM_{name.upper()}") == str(field.default), name
+
+
+def test_the_readme_lists_no_setting_that_does_not_exist():
+    known = {f"<P>{n.upper()}" for n in ServiceSettings.model_fields} | {"DATABASE_URL"}
+    for cls, prefix in [*SERVICE_SETTINGS, (PayoutSimulatorSettings, "PAYOUT_SIM_")]:
+        known |= {f"{prefix}{n.upper()}" for n in cls.model_fields}
+    assert set(_rows()) - known == set()
