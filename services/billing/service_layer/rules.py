@@ -112,10 +112,7 @@ class RuleAdmin:
     ) -> list[RuleVersion]:
         now = self.clock()
         async with self.db.transaction() as conn:
-            await rules_store.lock_and_bump(conn)
-            if await rules_store.lock_rule(conn, rule_id) is None:
-                raise rule_not_found(rule_id)
-            versions = (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+            versions = await _lock_versions(conn, rule_id)
             try:
                 plan = lifecycle.plan_new_version(versions, spec, start, end, now)
             except lifecycle.RuleEnded as exc:
@@ -133,10 +130,7 @@ class RuleAdmin:
     async def end(self, rule_id: str, end: dt.datetime) -> list[RuleVersion]:
         now = self.clock()
         async with self.db.transaction() as conn:
-            await rules_store.lock_and_bump(conn)
-            if await rules_store.lock_rule(conn, rule_id) is None:
-                raise rule_not_found(rule_id)
-            versions = (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+            versions = await _lock_versions(conn, rule_id)
             try:
                 closes = lifecycle.plan_end(versions, end, now)
             except lifecycle.RuleEnded as exc:
@@ -179,6 +173,15 @@ class RuleAdmin:
                 "same currency, selectors and priority in overlapping windows",
                 {"conflicting_rule_id": other.rule_id, "conflicting_version": str(other.version)},
             )
+
+
+async def _lock_versions(conn: Any, rule_id: str) -> list[RuleVersion]:
+    """Bump the rule generation and lock the rule (NotFound if there is none), then its
+    versions as they stand under that lock."""
+    await rules_store.lock_and_bump(conn)
+    if await rules_store.lock_rule(conn, rule_id) is None:
+        raise rule_not_found(rule_id)
+    return (await rules_store.versions_of(conn, [rule_id]))[rule_id]
 
 
 def _same(a: RuleVersion, b: RuleVersion) -> bool:
