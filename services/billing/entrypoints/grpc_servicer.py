@@ -9,7 +9,7 @@ from clearhouse.billing.v1 import billing_pb2 as pb
 from clearhouse.billing.v1 import billing_pb2_grpc
 
 from services.billing.domain import lifecycle
-from services.billing.domain.model import FeeTxn
+from services.billing.domain.model import FeeRuleSpec, FeeTxn
 from services.billing.domain.periods import is_month
 from services.billing.domain.validation import build_spec, check_rule_id, check_window
 from services.billing.entrypoints import convert as c
@@ -20,6 +20,7 @@ from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
 from services.billing.service_layer.rules import RuleAdmin
 from shared.coalescer import Coalescer
+from shared.convert import ts_to_datetime
 from shared.errors import DomainError, FieldViolation, InvalidArgument, Violations, to_status
 from shared.money import INT64_MAX, is_known_currency
 from shared.pagination import Page
@@ -45,6 +46,22 @@ def _raise(result: Any) -> Any:
     return result
 
 
+def _rule_content(
+    request: pb.CreateFeeRuleRequest | pb.CreateFeeRuleVersionRequest,
+) -> tuple[FeeRuleSpec, dt.datetime, dt.datetime | None]:
+    """The validated spec and window of a new rule or version (InvalidArgument with every
+    problem otherwise)."""
+    v = Violations()
+    check_rule_id(request.rule_id, v)
+    spec = build_spec(c.spec_input(request.spec), v)
+    start = ts_to_datetime(request.effective_from) if request.HasField("effective_from") else None
+    end = ts_to_datetime(request.effective_to) if request.HasField("effective_to") else None
+    check_window(start, end, v)
+    v.raise_if_any()
+    assert spec is not None and start is not None
+    return spec, start, end
+
+
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     def __init__(
         self, rules: RuleAdmin, pricing: Pricing, accounts: Accounts, bills: Bills, metrics: Metrics,
@@ -66,14 +83,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return c.rule_to_proto(versions, lifecycle.state(versions, _now()))
 
     async def CreateFeeRule(self, request: pb.CreateFeeRuleRequest, context: Any) -> pb.CreateFeeRuleResponse:
-        v = Violations()
-        check_rule_id(request.rule_id, v)
-        spec = build_spec(c.spec_input(request.spec), v)
-        start = c.from_ts(request.effective_from) if request.HasField("effective_from") else None
-        end = c.from_ts(request.effective_to) if request.HasField("effective_to") else None
-        check_window(start, end, v)
-        v.raise_if_any()
-        assert spec is not None and start is not None
+        spec, start, end = _rule_content(request)
         versions = await self.rules.create(request.rule_id, spec, start, end)
         return pb.CreateFeeRuleResponse(rule=self._rule(versions))
 
@@ -104,14 +114,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def CreateFeeRuleVersion(
         self, request: pb.CreateFeeRuleVersionRequest, context: Any
     ) -> pb.CreateFeeRuleVersionResponse:
-        v = Violations()
-        check_rule_id(request.rule_id, v)
-        spec = build_spec(c.spec_input(request.spec), v)
-        start = c.from_ts(request.effective_from) if request.HasField("effective_from") else None
-        end = c.from_ts(request.effective_to) if request.HasField("effective_to") else None
-        check_window(start, end, v)
-        v.raise_if_any()
-        assert spec is not None and start is not None
+        spec, start, end = _rule_content(request)
         versions = await self.rules.new_version(request.rule_id, spec, start, end)
         return pb.CreateFeeRuleVersionResponse(rule=self._rule(versions))
 
@@ -120,7 +123,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         check_rule_id(request.rule_id, v)
         v.check(request.HasField("effective_to"), "effective_to", "required")
         v.raise_if_any()
-        versions = await self.rules.end(request.rule_id, c.from_ts(request.effective_to))
+        versions = await self.rules.end(request.rule_id, ts_to_datetime(request.effective_to))
         return pb.EndFeeRuleResponse(rule=self._rule(versions))
 
     async def ExplainFee(self, request: pb.ExplainFeeRequest, context: Any) -> pb.ExplainFeeResponse:
