@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from clearhouse.billing.v1 import billing_pb2 as pb
 from clearhouse.type.v1 import money_pb2, transaction_pb2
-from google.protobuf import timestamp_pb2
 
 from services.billing.domain.model import FeeTxn, RuleVersion, Selectors, TxnType
 from services.billing.domain.pricing import Portion
@@ -16,11 +14,11 @@ from services.billing.domain.validation import SpecInput, TierInput
 from services.billing.service_layer.accounts import Account, Movement
 from services.billing.service_layer.bills import Bill
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
+from shared.convert import datetime_to_ts, ts_to_datetime
 from shared.errors import Violations
 from shared.money import INT64_MAX, is_known_currency
 
 MAX_ID = 64
-_UTC = dt.UTC
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str:
@@ -31,18 +29,6 @@ def enum_name(enum: Any, value: int, prefix: str) -> str:
         return str(enum.Name(value))[len(prefix):]
     except ValueError:
         return f"#{value}"
-
-
-def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value.astimezone(_UTC))
-    return out
-
-
-def from_ts(value: timestamp_pb2.Timestamp) -> dt.datetime:
-    return value.ToDatetime(tzinfo=_UTC)
 
 
 def money(currency: str, units: int) -> money_pb2.Money:
@@ -130,8 +116,8 @@ def version_to_proto(v: RuleVersion) -> pb.FeeRuleVersion:
         description=s.description,
     )
     return pb.FeeRuleVersion(
-        version=v.version, spec=spec, effective_from=ts(v.effective_from),
-        effective_to=ts(v.effective_to), create_time=ts(v.create_time),
+        version=v.version, spec=spec, effective_from=datetime_to_ts(v.effective_from),
+        effective_to=datetime_to_ts(v.effective_to), create_time=datetime_to_ts(v.create_time),
     )
 
 
@@ -166,7 +152,7 @@ def txn_from_proto(t: pb.FeeTransaction, v: Violations, p: str = "transaction.")
         return None
     return FeeTxn(
         t.transaction_id, t.merchant_id, kind or "", t.amount.minor_units, t.amount.currency_code,
-        from_ts(t.transaction_time), t.product, t.business_line, t.acquirer_bank, t.issuer_bank,
+        ts_to_datetime(t.transaction_time), t.product, t.business_line, t.acquirer_bank, t.issuer_bank,
         t.card_type,
     )
 
@@ -182,7 +168,7 @@ def refund_from_proto(r: pb.RefundFeeRequest, v: Violations, p: str = "") -> Ref
         return None
     return RefundRequest(
         r.refund_transaction_id, r.original_transaction_id, r.merchant_id, r.amount.minor_units,
-        r.amount.currency_code, from_ts(r.refund_time),
+        r.amount.currency_code, ts_to_datetime(r.refund_time),
     )
 
 
@@ -246,7 +232,7 @@ def account_to_proto(a: Account) -> pb.FeeAccount:
     return pb.FeeAccount(
         merchant_id=a.merchant_id, balance=money(a.currency, a.balance),
         low_balance_threshold=a.low_balance_threshold, low_balance=a.low,
-        update_time=ts(a.update_time),
+        update_time=datetime_to_ts(a.update_time),
     )
 
 
@@ -255,7 +241,7 @@ def movement_to_proto(m: Movement, currency: str) -> pb.FeeAccountMovement:
         movement_id=str(m.movement_id),
         type=pb.FeeAccountMovementType.Value(f"FEE_ACCOUNT_MOVEMENT_TYPE_{m.type}"),
         amount=money(currency, m.amount), balance_after=money(currency, m.balance_after),
-        reference=m.reference, create_time=ts(m.create_time),
+        reference=m.reference, create_time=datetime_to_ts(m.create_time),
     )
 
 
@@ -264,8 +250,8 @@ def bill_to_proto(b: Bill, with_lines: bool) -> pb.FeeBill:
         bill_id=b.bill_id, merchant_id=b.merchant_id, month=b.month, sequence=b.sequence,
         state=pb.FeeBillState.Value(f"FEE_BILL_STATE_{b.state}"), amount=money(b.currency, b.amount),
         invoice_number=b.invoice_number, invoice_issued=bool(b.invoice_number),
-        issue_time=ts(b.issue_time), collection_reference=b.collection_reference or "",
-        collect_time=ts(b.collect_time),
+        issue_time=datetime_to_ts(b.issue_time), collection_reference=b.collection_reference or "",
+        collect_time=datetime_to_ts(b.collect_time),
     )
     if with_lines:
         out.lines.extend(
@@ -285,5 +271,5 @@ def candidate_to_proto(e: Explained) -> pb.Candidate:
         rule_id=v.rule_id, rule_version=v.version, priority=v.spec.priority,
         specific_selectors=v.spec.selectors.set_names(),
         verdict=pb.CandidateVerdict.Value(f"CANDIDATE_VERDICT_{e.verdict.value}"),
-        reason=e.reason, effective_from=ts(v.effective_from), effective_to=ts(v.effective_to),
+        reason=e.reason, effective_from=datetime_to_ts(v.effective_from), effective_to=datetime_to_ts(v.effective_to),
     )
