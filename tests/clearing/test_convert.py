@@ -8,10 +8,12 @@ import datetime as dt
 import pytest
 from clearhouse.billing.v1 import billing_pb2
 from clearhouse.clearing.v1 import clearing_pb2 as pb
+from google.protobuf import timestamp_pb2
 
 from services.clearing.adapters.billing_client import _fee_transaction, _fee_transaction_into
 from services.clearing.domain.model import Detail, DetailState, DetailType, FeeStatus
-from services.clearing.entrypoints.convert import detail, detail_into
+from services.clearing.entrypoints.convert import detail, detail_into, ts
+from shared.convert import write_ts
 
 T = dt.datetime(2026, 3, 2, 4, 0, 5, 123456, tzinfo=dt.UTC)
 
@@ -51,3 +53,19 @@ def test_a_fee_transaction_written_in_place_equals_the_built_one() -> None:
     m = billing_pb2.FeeTransaction()
     _fee_transaction_into(m, d)
     assert m == _fee_transaction(d)
+
+
+@pytest.mark.parametrize("moment", [
+    T,
+    dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+    dt.datetime(2026, 3, 2, 12, 0, 0, 1, tzinfo=dt.timezone(dt.timedelta(hours=8))),
+])
+def test_a_timestamp_written_by_offset_equals_protobufs_own_conversion(
+    moment: dt.datetime,
+) -> None:
+    reference = timestamp_pb2.Timestamp()
+    reference.FromDatetime(moment)
+    m = timestamp_pb2.Timestamp()
+    write_ts(m, moment)
+    assert m == reference
+    assert ts(moment) == reference
