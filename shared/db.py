@@ -35,12 +35,3 @@ async def ensure_schema(engine: AsyncEngine, schema: str) -> None:
     check_schema_name(schema)
     async with engine.begin() as conn:
         await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-
-
-async def database_answers(engine: AsyncEngine) -> bool:
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        return True
-    except Exception:
-        return False

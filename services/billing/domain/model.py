@@ -19,10 +19,6 @@ class Method(StrEnum):
     CUMULATIVE_COUNT_TIERED_FIXED = "CUMULATIVE_COUNT_TIERED_FIXED"
 
     @property
-    def is_tiered(self) -> bool:
-        return self not in (Method.FIXED, Method.PERCENT)
-
-    @property
     def is_cumulative(self) -> bool:
         return self.value.startswith("CUMULATIVE_")
 

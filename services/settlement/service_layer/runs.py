@@ -47,8 +47,6 @@ from shared.errors import NotFound
 
 log = logging.getLogger(__name__)
 
-OPEN_STATES = ("PENDING", "FAILED", "BOOKED")
-
 
 @dataclass
 class RunView:
