@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from clearhouse.clearing.v1 import clearing_pb2 as pb
@@ -22,6 +23,20 @@ ERROR_DOMAIN = "clearing.clearhouse"
 
 def _recorded(d: Detail) -> pb.RecordTransactionResponse:
     return pb.RecordTransactionResponse(detail=convert.detail(d), fee_pending=d.fee_pending)
+
+
+def _business_dates(
+    v: Violations, request: pb.ListDetailsRequest | pb.SummarizeDetailsRequest
+) -> tuple[dt.date | None, dt.date | None]:
+    """The optional business-date bounds of a query; bad dates go to `v`."""
+    date_from = convert.optional_date(
+        v, request.business_date_from, request.HasField("business_date_from"),
+        "business_date_from",
+    )
+    date_to = convert.optional_date(
+        v, request.business_date_to, request.HasField("business_date_to"), "business_date_to"
+    )
+    return date_from, date_to
 
 
 class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
@@ -106,13 +121,7 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
     async def ListDetails(self, request: pb.ListDetailsRequest, context: Any) -> Any:
         v = Violations()
         check_id(v, request.merchant_id, "merchant_id")
-        date_from = convert.optional_date(
-            v, request.business_date_from, request.HasField("business_date_from"),
-            "business_date_from",
-        )
-        date_to = convert.optional_date(
-            v, request.business_date_to, request.HasField("business_date_to"), "business_date_to"
-        )
+        date_from, date_to = _business_dates(v, request)
         v.check(request.detail_type in (0, *convert.DETAIL_TYPE_NAMES), "detail_type",
                 "unknown detail type")
         v.check(request.state in (0, *convert.STATE_NAMES), "state", "unknown state")
@@ -130,13 +139,7 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
     async def SummarizeDetails(self, request: pb.SummarizeDetailsRequest, context: Any) -> Any:
         v = Violations()
         check_id(v, request.merchant_id, "merchant_id")
-        date_from = convert.optional_date(
-            v, request.business_date_from, request.HasField("business_date_from"),
-            "business_date_from",
-        )
-        date_to = convert.optional_date(
-            v, request.business_date_to, request.HasField("business_date_to"), "business_date_to"
-        )
+        date_from, date_to = _business_dates(v, request)
         v.raise_if_any()
         rows = await self.queries.summarize(request.merchant_id, date_from, date_to)
         return pb.SummarizeDetailsResponse(summaries=[convert.summary(s) for s in rows])
