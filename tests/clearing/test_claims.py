@@ -9,12 +9,11 @@ import grpc
 import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as pb
 from google.type import date_pb2
-from grpc_status import rpc_status
 from sqlalchemy import text
 
 from shared.convert import datetime_to_ts
-from shared.errors import reason_of
 from tests.clearing.conftest import T0, money
+from tests.support.rpc_errors import reason
 
 D = date_pb2.Date
 END_OF_MARCH = D(year=2026, month=3, day=31)
@@ -31,10 +30,6 @@ def claim(batch_id: str, merchant: str = "M1", to: D = END_OF_MARCH,
           currency: str = "CNY") -> pb.ClaimDetailsRequest:
     return pb.ClaimDetailsRequest(batch_id=batch_id, merchant_id=merchant,
                                   currency_code=currency, business_date_to=to)
-
-
-def reason(err: grpc.aio.AioRpcError) -> str:
-    return reason_of(rpc_status.from_call(err))
 
 
 async def test_a_claim_takes_unsettled_details_up_to_the_date_and_totals_them(clearing):

@@ -9,29 +9,18 @@ import datetime as dt
 import grpc
 import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as pb
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import text
 
 from shared.convert import datetime_to_ts
 from shared.errors import reason_of
 from tests.clearing.conftest import T0, money, payment, record, refund
+from tests.support.rpc_errors import reason, violated_fields
 
 
 async def count(clearing, where: str = "TRUE") -> int:
     async with clearing.engine.connect() as conn:
         return (await conn.execute(text(f"SELECT count(*) FROM clearing_details WHERE {where}"))
                 ).scalar_one()
-
-
-def reason(err: grpc.aio.AioRpcError) -> str:
-    return reason_of(rpc_status.from_call(err))
-
-
-def violations(err: grpc.aio.AioRpcError) -> set[str]:
-    bad = error_details_pb2.BadRequest()
-    assert rpc_status.from_call(err).details[0].Unpack(bad)
-    return {v.field for v in bad.field_violations}
 
 
 async def test_the_same_transaction_recorded_twice_returns_the_first_detail(clearing):
@@ -73,14 +62,14 @@ async def test_a_malformed_transaction_gets_every_field_violation_and_stores_not
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await record(clearing, bad)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(err.value) == {
+    assert violated_fields(err.value) == {
         "transaction.transaction_id", "transaction.transaction_type", "transaction.merchant_id",
         "transaction.amount.currency_code", "transaction.amount.minor_units",
         "transaction.transaction_time",
     }
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await record(clearing, refund("R1", "", 5))
-    assert violations(err.value) == {"transaction.original_transaction_id"}
+    assert violated_fields(err.value) == {"transaction.original_transaction_id"}
     assert await count(clearing) == 0
 
 
@@ -150,11 +139,11 @@ async def test_a_batch_with_repeated_ids_or_too_many_items_is_refused_whole(clea
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await clearing.stub.BatchRecordTransactions(pb.BatchRecordTransactionsRequest(
             transactions=[payment("P1", 1), payment("P1", 1)]))
-    assert violations(err.value) == {"transactions[1].transaction_id"}
+    assert violated_fields(err.value) == {"transactions[1].transaction_id"}
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await clearing.stub.BatchRecordTransactions(pb.BatchRecordTransactionsRequest(
             transactions=[payment(f"P{i}", 1) for i in range(1001)]))
-    assert violations(err.value) == {"transactions"}
+    assert violated_fields(err.value) == {"transactions"}
     assert await count(clearing) == 0
 
 
@@ -184,7 +173,7 @@ async def test_an_adjustment_is_signed_fee_free_and_idempotent(clearing):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await clearing.stub.RecordAdjustment(pb.RecordAdjustmentRequest(
             adjustment_id="ADJ-2", merchant_id="M1", amount=money(0)))
-    assert violations(err.value) == {"amount.minor_units", "reason", "adjustment_time"}
+    assert violated_fields(err.value) == {"amount.minor_units", "reason", "adjustment_time"}
     assert await count(clearing) == 1
 
 

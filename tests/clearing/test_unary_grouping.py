@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as pb
-from grpc_status import rpc_status
 
-from shared.errors import reason_of
 from tests.clearing.conftest import FAST, payment, percent_rule, record, refund
 from tests.support.harness import ServiceHandle, drop, launch
+from tests.support.rpc_errors import reason
 
 
 @pytest.fixture
@@ -32,12 +31,6 @@ async def _outcome(call: object) -> object:
         return await call  # type: ignore[misc]
     except grpc.aio.AioRpcError as err:
         return err
-
-
-def _reason(err: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(err)
-    assert status is not None
-    return reason_of(status)
 
 
 async def test_grouped_records_each_get_their_own_detail_or_refusal(grouping_clearing):
@@ -63,10 +56,10 @@ async def test_grouped_records_each_get_their_own_detail_or_refusal(grouping_cle
     assert not any(o.fee_pending for o in out[:5])
     refunds = out[5:7]
     refused = [o for o in refunds if isinstance(o, grpc.aio.AioRpcError)]
-    assert len(refused) == 1 and _reason(refused[0]) == "REFUND_EXCEEDS_ORIGINAL"
-    assert _reason(out[7]) == "ORIGINAL_NOT_FOUND"
+    assert len(refused) == 1 and reason(refused[0]) == "REFUND_EXCEEDS_ORIGINAL"
+    assert reason(out[7]) == "ORIGINAL_NOT_FOUND"
     assert out[8].code() == grpc.StatusCode.ALREADY_EXISTS
-    assert _reason(out[8]) == "IDEMPOTENCY_CONFLICT"
+    assert reason(out[8]) == "IDEMPOTENCY_CONFLICT"
     assert out[9].detail == out[10].detail
     assert out[9].detail.fee.minor_units == 30
     # Nothing refused was stored: the refused refund and the unknown one are not details.

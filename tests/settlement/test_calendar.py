@@ -8,12 +8,11 @@ import json
 import grpc
 import pytest
 from clearhouse.settlement.v1 import settlement_pb2 as pb
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.domain.calendar import Cycle, CycleKind
 from shared.convert import date_to_proto, proto_to_date
+from tests.support.rpc_errors import reason, violated_fields
 
 KINDS = {"T": pb.CYCLE_KIND_T, "D": pb.CYCLE_KIND_D, "W": pb.CYCLE_KIND_W, "M": pb.CYCLE_KIND_M}
 
@@ -21,27 +20,6 @@ KINDS = {"T": pb.CYCLE_KIND_T, "D": pb.CYCLE_KIND_D, "W": pb.CYCLE_KIND_W, "M": 
 def cycle(text: str) -> pb.Cycle:
     kind, _, days = text.partition("+")
     return pb.Cycle(kind=KINDS[kind], days=int(days))
-
-
-def reason(exc: grpc.aio.AioRpcError) -> str:
-    status = rpc_status.from_call(exc)
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return ""
-
-
-def violations(exc: grpc.aio.AioRpcError) -> set[str]:
-    status = rpc_status.from_call(exc)
-    fields: set[str] = set()
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields |= {v.field for v in bad.field_violations}
-    return fields
 
 
 async def test_every_worked_settlement_date_case_passes_through_grpc(settlement, cases_dir):
@@ -129,12 +107,12 @@ async def test_malformed_calendar_requests_list_every_violation(settlement):
                 year=2026, month=2, day=30), cycle=pb.Cycle(kind=pb.CYCLE_KIND_W, days=0))
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(err.value) == {"business_date", "cycle.days"}
+    assert violated_fields(err.value) == {"business_date", "cycle.days"}
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await settlement.stub.SetCalendarDay(
             pb.SetCalendarDayRequest(date=date_to_proto(dt.date(2026, 3, 3)), working=True)
         )
-    assert violations(err.value) == {"reason"}
+    assert violated_fields(err.value) == {"reason"}
 
 
 def test_the_business_date_due_is_the_latest_whose_settlement_date_has_come():

@@ -7,7 +7,7 @@ import pytest
 from clearhouse.payout.v1 import payout_pb2
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 
-from tests.settlement.test_calendar import reason, violations
+from tests.support.rpc_errors import reason, violated_fields
 
 BANK = payout_pb2.BankAccount(account_name="Shop One", account_number="6222020200112233",
                               bank_name="ICBC", branch_code="102100099996")
@@ -63,7 +63,7 @@ async def test_an_invalid_profile_lists_every_violation_and_stores_nothing(settl
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await settlement.stub.CreateSettlementProfile(pb.CreateSettlementProfileRequest(profile=bad))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(err.value) == {
+    assert violated_fields(err.value) == {
         "profile.merchant_id", "profile.currency_code", "profile.cycle.days",
         "profile.bank_account.account_name", "profile.bank_account.account_number",
         "profile.bank_account.bank_name", "profile.min_payout", "profile.hold_reason",

@@ -8,7 +8,7 @@ from clearhouse.payout.v1 import payout_pb2
 from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.type.v1 import money_pb2
 
-from tests.settlement.test_calendar import reason
+from tests.support.rpc_errors import reason
 
 BANK = payout_pb2.BankAccount(account_name="A", account_number="6222000011112222", bank_name="B")
 
