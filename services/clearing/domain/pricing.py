@@ -1,10 +1,10 @@
-"""What billing can answer about one detail's fee, and what clearing does with it."""
+"""What billing can answer about one detail's fee."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.clearing.domain.model import DetailState, Fee, FeeStatus
+from services.clearing.domain.model import Fee
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +32,3 @@ class Unknown:
 
 
 FeeOutcome = Priced | Refused | Unknown
-
-
-def resulting_state(outcome: FeeOutcome) -> tuple[FeeStatus, DetailState] | None:
-    """The detail's fee status and state after an outcome; None leaves it pending."""
-    if isinstance(outcome, Priced):
-        return FeeStatus.KNOWN, DetailState.UNSETTLED
-    if isinstance(outcome, Refused):
-        return FeeStatus.REFUSED, DetailState.EXCEPTION
-    return None
