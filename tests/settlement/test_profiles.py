@@ -28,6 +28,7 @@ async def test_a_profile_is_created_read_back_and_replaced(settlement):
     )
     assert created.profile.bank_account.account_number == BANK.account_number
     got = await settlement.stub.GetSettlementProfile(pb.GetSettlementProfileRequest(merchant_id="M1"))
+    assert got.profile == created.profile
     assert got.profile.cycle.days == 1 and got.profile.min_payout == 100
     updated = await settlement.stub.UpdateSettlementProfile(
         pb.UpdateSettlementProfileRequest(profile=profile(
@@ -41,11 +42,13 @@ async def test_a_profile_is_created_read_back_and_replaced(settlement):
 
 
 async def test_creating_a_profile_twice_is_refused_unless_it_is_the_same(settlement):
-    await settlement.stub.CreateSettlementProfile(pb.CreateSettlementProfileRequest(profile=profile()))
+    first = await settlement.stub.CreateSettlementProfile(
+        pb.CreateSettlementProfileRequest(profile=profile())
+    )
     again = await settlement.stub.CreateSettlementProfile(
         pb.CreateSettlementProfileRequest(profile=profile())
     )
-    assert again.profile.merchant_id == "M1"
+    assert again.profile == first.profile
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await settlement.stub.CreateSettlementProfile(
             pb.CreateSettlementProfileRequest(profile=profile(min_payout=5))
