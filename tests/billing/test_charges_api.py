@@ -10,7 +10,7 @@ import grpc
 import pytest
 from clearhouse.billing.v1 import billing_pb2 as pb
 from clearhouse.billing.v1 import billing_pb2_grpc
-from google.rpc import code_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from services.billing.bootstrap import build_app
 from services.billing.settings import BillingSettings
@@ -264,6 +264,32 @@ async def test_batched_refunds_of_one_payment_return_exactly_its_fee(billing):
     returned = [o.result.fee_returned.minor_units for o in resp.outcomes[:-1]]
     assert sum(returned) == 61
     assert reason_of(resp.outcomes[-1].error) == "REFUND_EXCEEDS_ORIGINAL"
+
+
+def _violated(status: status_pb2.Status) -> set[str]:
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    return {v.field for v in bad.field_violations}
+
+
+async def test_a_refund_batch_refuses_a_repeated_or_malformed_item_and_returns_the_others(billing):
+    await billing.stub.CreateFeeRule(create_rule(
+        {**BASE, "method": "PERCENT", "rate": "0.01", "refund_fee_policy": "PROPORTIONAL"}))
+    await billing.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("T1", 10000)))  # fee 100
+
+    def item(rid: str, amount: int) -> pb.RefundFeeRequest:
+        return pb.RefundFeeRequest(refund_transaction_id=rid, original_transaction_id="T1",
+                                   merchant_id="M1", amount=money(amount),
+                                   refund_time=ts("2026-03-12T00:00:00Z"))
+
+    resp = await billing.stub.BatchRefundFees(pb.BatchRefundFeesRequest(requests=[
+        item("R1", 1000), item("R2", 0), item("R1", 1000), item("R3", 2000)]))
+    out = resp.outcomes
+    assert out[0].result.fee_returned.minor_units == 10
+    assert out[1].error.code == out[2].error.code == code_pb2.INVALID_ARGUMENT
+    assert _violated(out[1].error) == {"amount.minor_units"}
+    assert _violated(out[2].error) == {"refund_transaction_id"}
+    assert out[3].result.fee_returned.minor_units == 20
 
 
 async def test_an_unreachable_database_answers_unavailable_not_a_business_refusal():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from clearhouse.billing.v1 import billing_pb2 as pb
 from clearhouse.billing.v1 import billing_pb2_grpc
@@ -29,6 +30,7 @@ ERROR_DOMAIN = "billing.clearhouse"
 MAX_BATCH = 1000
 _STATES = {1: "SCHEDULED", 2: "ACTIVE", 3: "ENDED"}
 _BILL_STATES = {1: "ISSUED", 2: "COLLECTED"}
+T = TypeVar("T")
 
 
 def _now() -> dt.datetime:
@@ -38,6 +40,36 @@ def _now() -> dt.datetime:
 def _batch_size(n: int) -> None:
     if n == 0 or n > MAX_BATCH:
         raise InvalidArgument([FieldViolation("requests", f"1 to {MAX_BATCH} items")])
+
+
+def _batch_items(
+    items: Sequence[Any], parse: Callable[[Any, Violations], T | None],
+    id_of: Callable[[T], str], id_path: str,
+) -> tuple[list[Any], list[int], list[T]]:
+    """Per item of a batch: an error status, or a slot for the valid ones handled
+    together. Returns the statuses (None where valid), the valid items' positions and
+    the valid items; an id seen earlier in the batch is a violation at `id_path`."""
+    _batch_size(len(items))
+    errors: list[Any] = [None] * len(items)
+    valid_at: list[int] = []
+    valid: list[T] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        v = Violations()
+        parsed = parse(item, v)
+        key = ""
+        if parsed is not None:
+            key = id_of(parsed)
+            if key in seen:
+                v.add(id_path, "duplicate within the batch")
+        if v:
+            errors[i] = to_status(InvalidArgument(v.items), ERROR_DOMAIN)
+            continue
+        assert parsed is not None
+        seen.add(key)
+        valid_at.append(i)
+        valid.append(parsed)
+    return errors, valid_at, valid
 
 
 def _raise(result: Any) -> Any:
@@ -166,25 +198,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return pb.RefundFeeResponse(result=c.refund_outcome_to_proto(outcome))
 
     def _batch_txns(self, items: Any) -> tuple[list[Any], list[int], list[FeeTxn]]:
-        """Per item: an error status, or a slot for the valid transactions priced together."""
-        _batch_size(len(items))
-        errors: list[Any] = [None] * len(items)
-        valid_at: list[int] = []
-        txns: list[FeeTxn] = []
-        seen: set[str] = set()
-        for i, item in enumerate(items):
-            v = Violations()
-            txn = c.txn_from_proto(item.transaction, v)
-            if txn is not None and txn.transaction_id in seen:
-                v.add("transaction.transaction_id", "duplicate within the batch")
-            if v:
-                errors[i] = to_status(InvalidArgument(v.items), ERROR_DOMAIN)
-                continue
-            assert txn is not None
-            seen.add(txn.transaction_id)
-            valid_at.append(i)
-            txns.append(txn)
-        return errors, valid_at, txns
+        return _batch_items(
+            items, lambda item, v: c.txn_from_proto(item.transaction, v),
+            lambda t: t.transaction_id, "transaction.transaction_id",
+        )
 
     @staticmethod
     def _fee_outcomes(
@@ -216,23 +233,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return self._fee_outcomes(pb.BatchChargeFeesResponse(), errors, valid_at, results)
 
     async def BatchRefundFees(self, request: pb.BatchRefundFeesRequest, context: Any) -> pb.BatchRefundFeesResponse:
-        _batch_size(len(request.requests))
-        slots: list[Any] = [None] * len(request.requests)
-        valid_at: list[int] = []
-        reqs: list[RefundRequest] = []
-        seen: set[str] = set()
-        for i, item in enumerate(request.requests):
-            v = Violations()
-            r = c.refund_from_proto(item, v)
-            if r is not None and r.refund_transaction_id in seen:
-                v.add("refund_transaction_id", "duplicate within the batch")
-            if v:
-                slots[i] = to_status(InvalidArgument(v.items), ERROR_DOMAIN)
-                continue
-            assert r is not None
-            seen.add(r.refund_transaction_id)
-            valid_at.append(i)
-            reqs.append(r)
+        slots, valid_at, reqs = _batch_items(
+            request.requests, c.refund_from_proto, lambda r: r.refund_transaction_id,
+            "refund_transaction_id",
+        )
         results = await self.pricing.refund(reqs) if reqs else []
         for i, res in zip(valid_at, results, strict=True):
             slots[i] = res
