@@ -37,15 +37,22 @@ class Violation:
     reference: str
 
 
+def _check_code(code: str) -> None:
+    if parse_account_code(code) is None:
+        raise InvalidArgument([FieldViolation("account_code", "not an account code, "
+                                              "for example MERCHANT_PAYABLE:M1:CNY")])
+
+
+def _account_not_found(code: str) -> NotFound:
+    return NotFound("ACCOUNT_NOT_FOUND", f"no account {code!r}", {"account_code": code})
+
+
 class BookService:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def balance(self, code: str) -> Balance:
-        acc = parse_account_code(code)
-        if acc is None:
-            raise InvalidArgument([FieldViolation("account_code", "not an account code, "
-                                                  "for example MERCHANT_PAYABLE:M1:CNY")])
+        _check_code(code)
         async with self.db.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -59,15 +66,21 @@ class BookService:
                 )
             ).first()
         if row is None:
-            raise NotFound("ACCOUNT_NOT_FOUND", f"no account {code!r}", {"account_code": code})
+            raise _account_not_found(code)
         return Balance(_account(row), int(row.balance))
 
     async def entries(self, code: str, page_size: int, token: str) -> tuple[list[EntryView], str]:
-        await self.balance(code)  # NOT_FOUND for an unknown account
-        filters = {"account": code}
-        page = Page.of(page_size, token, filters)
-        after = page.after[0] if page.after else None
+        _check_code(code)
         async with self.db.engine.connect() as conn:
+            # Only whether it exists: its balance would sum every posting of the account.
+            known = await conn.execute(
+                text("SELECT 1 FROM accounts WHERE account_code = :c"), {"c": code}
+            )
+            if known.first() is None:
+                raise _account_not_found(code)
+            filters = {"account": code}
+            page = Page.of(page_size, token, filters)
+            after = page.after[0] if page.after else None
             heads = (
                 await conn.execute(
                     text(
