@@ -355,12 +355,14 @@ async def seed_claims(url: str, schema: str, merchants: int, per_merchant: int) 
         await conn.close()
 
 
-async def bench_claim(clearing: str, merchants: int, workers: int) -> dict[str, Any]:
+async def bench_claim(clearing: str, merchants: int, workers: int,
+                      pids: dict[str, int]) -> dict[str, Any]:
     to = date_pb2.Date(year=2026, month=3, day=31)
     async with grpc.aio.insecure_channel(clearing) as ch:
         stub = clearing_pb2_grpc.ClearingServiceStub(ch)
         queue = list(range(merchants))
         claimed = 0
+        meter = CpuMeter(pids, postgres=True)
         started = time.perf_counter()
 
         async def worker() -> None:
@@ -375,7 +377,8 @@ async def bench_claim(clearing: str, merchants: int, workers: int) -> dict[str, 
         await asyncio.gather(*[worker() for _ in range(workers)])
         elapsed = time.perf_counter() - started
     return {"merchants": merchants, "details_claimed": claimed, "seconds": round(elapsed, 2),
-            "claim_calls_per_s": round(merchants / elapsed, 1), "concurrency": workers}
+            "claim_calls_per_s": round(merchants / elapsed, 1), "concurrency": workers,
+            **meter.per_item(merchants)}
 
 
 async def run_record(url: str, run: str, args: argparse.Namespace,
@@ -425,7 +428,8 @@ async def run_claim(url: str, run: str, args: argparse.Namespace,
         await wait_serving(f"127.0.0.1:{port}")
         seed_s = await seed_claims(url, f"bench_claim_{run}", args.claim_merchants, 100)
         results["claim"] = await bench_claim(
-            f"127.0.0.1:{port}", args.claim_merchants, args.claim_workers)
+            f"127.0.0.1:{port}", args.claim_merchants, args.claim_workers,
+            {"clearing": proc.pid})
         results["claim"]["seed_seconds"] = round(seed_s, 1)
         print(json.dumps(results["claim"], indent=2), flush=True)
     finally:
