@@ -70,12 +70,20 @@ def date(value: dt.date) -> date_pb2.Date:
     return date_pb2.Date(year=value.year, month=value.month, day=value.day)
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+# The range of a valid Timestamp (0001-01-01 to 9999-12-31, google/protobuf/timestamp.proto).
+_TS_SECONDS_MIN, _TS_SECONDS_MAX = -62_135_596_800, 253_402_300_799
+
+
 def _moment(v: Violations, value: timestamp_pb2.Timestamp, path: str) -> dt.datetime | None:
-    try:
-        return value.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
+    """What `value.ToDatetime(tzinfo=UTC)` returns (same checks, nanos truncated to
+    microseconds), without its Python-level layers: called once per item of a 1,000-item
+    batch, it was ~6 % of clearing's CPU in the batched-recording profile."""
+    seconds, nanos = value.seconds, value.nanos
+    if not (_TS_SECONDS_MIN <= seconds <= _TS_SECONDS_MAX and 0 <= nanos < 1_000_000_000):
         v.add(path, "not a valid timestamp")
         return None
+    return _EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
 def optional_date(v: Violations, value: date_pb2.Date, present: bool, path: str) -> dt.date | None:
