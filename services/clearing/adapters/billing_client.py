@@ -4,7 +4,8 @@ with a deadline, every answer turned into a FeeOutcome (priced, refused, or unkn
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 import grpc
@@ -76,12 +77,14 @@ def _refund_request(d: Detail) -> billing_pb2.RefundFeeRequest:
     return r
 
 
-def _priced(d: Detail, money: money_pb2.Money, mode: int, rule_id: str, version: int) -> FeeOutcome:
+def _priced(d: Detail, money: money_pb2.Money, r: Any) -> FeeOutcome:
+    """`r`: billing's FeeResult or RefundFeeResult, whose fee is `money`."""
+    mode = r.collection_mode
     if money.currency_code != d.currency or mode not in _MODES:
         # Never store a fee we cannot net correctly; ops see it as an exception.
         return Refused("UNEXPECTED_BILLING_ANSWER",
                        f"fee in {money.currency_code!r}, collection mode {mode}")
-    return Priced(Fee(money.minor_units, _MODES[mode], rule_id, version))
+    return Priced(Fee(money.minor_units, _MODES[mode], r.rule_id, r.rule_version))
 
 
 def _refused(status: status_pb2.Status) -> FeeOutcome:
@@ -128,68 +131,57 @@ class BillingClient:
             )
         except grpc.aio.AioRpcError as err:
             return _from_rpc_error(err)
-        r = resp.result
-        return _priced(d, r.fee, r.collection_mode, r.rule_id, r.rule_version)
+        return _priced(d, resp.result.fee, resp.result)
 
     async def refund(self, d: Detail) -> FeeOutcome:
         try:
             resp = await self._billing().RefundFee(_refund_request(d), timeout=self.deadline_s)
         except grpc.aio.AioRpcError as err:
             return _from_rpc_error(err)
-        r = resp.result
-        return _priced(d, r.fee_returned, r.collection_mode, r.rule_id, r.rule_version)
+        return _priced(d, resp.result.fee_returned, resp.result)
 
     async def charge_many(self, details: Sequence[Detail], quick: bool = False) -> list[FeeOutcome]:
         """`quick`: the batch stands for unary calls (group commit), so it gets the unary
         deadline: past it the fees are left pending, as a unary call's would be."""
-        if not details:
-            return []
-        if len(details) == 1:
-            return [await self.charge(details[0])]
+        if len(details) <= 1:
+            return [await self.charge(d) for d in details]
+        request = billing_pb2.BatchChargeFeesRequest()
+        add = request.requests.add
+        for d in details:
+            _fee_transaction_into(add().transaction, d)
+        return await self._batch(
+            "charge", self._billing().BatchChargeFees, request, details, quick, attrgetter("fee")
+        )
+
+    async def refund_many(self, details: Sequence[Detail], quick: bool = False) -> list[FeeOutcome]:
+        if len(details) <= 1:
+            return [await self.refund(d) for d in details]
+        request = billing_pb2.BatchRefundFeesRequest(requests=[_refund_request(d) for d in details])
+        return await self._batch(
+            "refund", self._billing().BatchRefundFees, request, details, quick,
+            attrgetter("fee_returned"),
+        )
+
+    async def _batch(
+        self,
+        what: str,
+        rpc: Any,
+        request: Any,
+        details: Sequence[Detail],
+        quick: bool,
+        fee_of: Callable[[Any], money_pb2.Money],
+    ) -> list[FeeOutcome]:
+        """One batch call; `fee_of` reads the fee out of an item's result (the only
+        difference between charge and refund answers: `fee` vs `fee_returned`)."""
         try:
-            request = billing_pb2.BatchChargeFeesRequest()
-            add = request.requests.add
-            for d in details:
-                _fee_transaction_into(add().transaction, d)
-            resp = await self._billing().BatchChargeFees(
-                request,
-                timeout=self.deadline_s if quick else self.batch_deadline_s,
-            )
+            resp = await rpc(request, timeout=self.deadline_s if quick else self.batch_deadline_s)
         except grpc.aio.AioRpcError as err:
             # A refusal of the whole call (say a malformed batch) is not a refusal of
             # each item: leave them pending and log it for ops.
-            log.warning("billing batch charge failed", extra={"code": err.code().name,
-                                                              "details": err.details()})
+            log.warning("billing batch %s failed", what,
+                        extra={"code": err.code().name, "details": err.details()})
             return [Unknown(err.code().name)] * len(details)
-        out: list[FeeOutcome] = []
-        for d, o in zip(details, resp.outcomes, strict=True):
-            if o.HasField("result"):
-                r = o.result
-                out.append(_priced(d, r.fee, r.collection_mode, r.rule_id, r.rule_version))
-            else:
-                out.append(_refused(o.error))
-        return out
-
-    async def refund_many(self, details: Sequence[Detail], quick: bool = False) -> list[FeeOutcome]:
-        if not details:
-            return []
-        if len(details) == 1:
-            return [await self.refund(details[0])]
-        try:
-            resp = await self._billing().BatchRefundFees(
-                billing_pb2.BatchRefundFeesRequest(requests=[_refund_request(d) for d in details]),
-                timeout=self.deadline_s if quick else self.batch_deadline_s,
-            )
-        except grpc.aio.AioRpcError as err:
-            log.warning("billing batch refund failed", extra={"code": err.code().name,
-                                                              "details": err.details()})
-            return [Unknown(err.code().name)] * len(details)
-        out: list[FeeOutcome] = []
-        for d, o in zip(details, resp.outcomes, strict=True):
-            if o.HasField("result"):
-                r = o.result
-                out.append(_priced(d, r.fee_returned, r.collection_mode, r.rule_id,
-                                   r.rule_version))
-            else:
-                out.append(_refused(o.error))
-        return out
+        return [
+            _priced(d, fee_of(o.result), o.result) if o.HasField("result") else _refused(o.error)
+            for d, o in zip(details, resp.outcomes, strict=True)
+        ]
