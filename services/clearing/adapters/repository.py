@@ -99,10 +99,16 @@ def _decision(o: FeeOutcome | None) -> tuple[str, str, int, str, str, int, str]:
     """(fee_status, state, fee, mode, rule, version, reason) of a detail after `o`."""
     if isinstance(o, Priced):
         f = o.fee
-        return ("KNOWN", "UNSETTLED", f.amount, f.collection_mode, f.rule_id, f.rule_version, "")
+        return (FeeStatus.KNOWN.value, DetailState.UNSETTLED.value,
+                f.amount, f.collection_mode, f.rule_id, f.rule_version, "")
     if isinstance(o, Refused):
-        return ("REFUSED", "EXCEPTION", 0, "", "", 0, o.reason)
-    return ("PENDING", "UNSETTLED", 0, "", "", 0, "")
+        return (FeeStatus.REFUSED.value, DetailState.EXCEPTION.value, 0, "", "", 0, o.reason)
+    return (FeeStatus.PENDING.value, DetailState.UNSETTLED.value, 0, "", "", 0, "")
+
+
+def _decision_columns(outcomes: Iterable[FeeOutcome | None]) -> list[list[Any]]:
+    """`_decision` of each outcome, column by column (arrays for unnest)."""
+    return [list(column) for column in zip(*map(_decision, outcomes), strict=True)]
 
 
 async def insert_transactions(
@@ -118,7 +124,6 @@ async def insert_transactions(
     NOTHING: a concurrent duplicate waits for the first and then inserts nothing)."""
     if not txs:
         return {}
-    decisions = [_decision(o) for o in outcomes]
     rows = await conn.fetch(
         _INSERT_TRANSACTIONS,
         [t.transaction_id for t in txs],
@@ -135,7 +140,7 @@ async def insert_transactions(
         [t.issuer_bank for t in txs],
         [t.card_type for t in txs],
         list(hashes),
-        *[list(column) for column in zip(*decisions, strict=True)],
+        *_decision_columns(outcomes),
         first_retry_s,
     )
     return {r["detail_id"]: r for r in rows}
@@ -235,26 +240,6 @@ async def apply_outcomes(
     )
     if not decided:
         return {}
-    ids, statuses, states, fees, modes, rules, versions, reasons = [], [], [], [], [], [], [], []
-    for detail_id, o in decided:
-        ids.append(detail_id)
-        if isinstance(o, Priced):
-            statuses.append(FeeStatus.KNOWN.value)
-            states.append(DetailState.UNSETTLED.value)
-            fees.append(o.fee.amount)
-            modes.append(o.fee.collection_mode)
-            rules.append(o.fee.rule_id)
-            versions.append(o.fee.rule_version)
-            reasons.append("")
-        else:
-            assert isinstance(o, Refused)
-            statuses.append(FeeStatus.REFUSED.value)
-            states.append(DetailState.EXCEPTION.value)
-            fees.append(0)
-            modes.append("")
-            rules.append("")
-            versions.append(0)
-            reasons.append(o.reason)
     rows = await conn.fetch(
         f"""
         UPDATE clearing_details d
@@ -265,7 +250,8 @@ async def apply_outcomes(
         WHERE d.detail_id = u.id AND d.fee_status = 'PENDING'
         RETURNING {_d("d")}
         """,
-        ids, statuses, states, fees, modes, rules, versions, reasons,
+        [detail_id for detail_id, _ in decided],
+        *_decision_columns(o for _, o in decided),
     )
     return {r["detail_id"]: r for r in rows}
 
