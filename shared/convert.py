@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
+
+# Re-exported: it lives in a protobuf-free module so that the services' domains can use
+# it too (they must not import protobuf).
+from shared.business_time import business_date as business_date
 
 UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -42,8 +45,3 @@ def date_to_proto(value: dt.date | None) -> date_pb2.Date | None:
 def proto_to_date(value: date_pb2.Date) -> dt.date:
     """Raises ValueError for an impossible date; callers turn that into a field violation."""
     return dt.date(value.year, value.month, value.day)
-
-
-def business_date(moment: dt.datetime, zone: ZoneInfo) -> dt.date:
-    """The local date of a UTC moment in the business time zone."""
-    return moment.astimezone(zone).date()

@@ -10,9 +10,9 @@ from services.clearing.domain.model import (
     DetailType,
     TransactionIn,
     backoff_seconds,
-    business_date,
     validate_transaction,
 )
+from shared.business_time import business_date
 from shared.errors import Violations
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -6,18 +6,19 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from services.billing.domain.model import Period
+from shared.business_time import business_date
 
 
 def period_key(moment: dt.datetime, zone: ZoneInfo, period: Period) -> str:
     """'2026-03' for a month, '2026-03-10' for a day: the key of the cumulative counter."""
-    local = moment.astimezone(zone)
+    local = business_date(moment, zone)
     if period is Period.DAY:
         return f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
     return f"{local.year:04d}-{local.month:02d}"
 
 
 def business_month(moment: dt.datetime, zone: ZoneInfo) -> str:
-    local = moment.astimezone(zone)
+    local = business_date(moment, zone)
     return f"{local.year:04d}-{local.month:02d}"
 
 

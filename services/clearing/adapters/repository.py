@@ -27,9 +27,9 @@ from services.clearing.domain.model import (
     DetailType,
     FeeStatus,
     TransactionIn,
-    business_date,
 )
 from services.clearing.domain.pricing import FeeOutcome, Priced, Refused
+from shared.business_time import business_date
 
 Conn = Any  # asyncpg.Connection (untyped package)
 

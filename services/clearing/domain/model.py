@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from shared.business_time import business_date
 from shared.errors import Violations
 from shared.money import INT64_MAX, is_known_currency
 
@@ -166,11 +167,6 @@ class Batch:
     business_date_to: dt.date
     state: BatchState
     totals: BatchTotals
-
-
-def business_date(moment: dt.datetime, zone: ZoneInfo) -> dt.date:
-    """The local date of a UTC moment in the business time zone (domain §1)."""
-    return moment.astimezone(zone).date()
 
 
 def check_id(v: Violations, value: str, path: str, required: bool = True) -> None:
