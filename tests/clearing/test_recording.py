@@ -9,6 +9,8 @@ import datetime as dt
 import grpc
 import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as pb
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy import text
 
 from shared.convert import datetime_to_ts
@@ -71,6 +73,40 @@ async def test_a_malformed_transaction_gets_every_field_violation_and_stores_not
         await record(clearing, refund("R1", "", 5))
     assert violated_fields(err.value) == {"transaction.original_transaction_id"}
     assert await count(clearing) == 0
+
+
+async def test_an_out_of_range_transaction_time_is_refused_as_invalid_and_stores_nothing(
+        clearing):
+    beyond_9999 = Timestamp(seconds=253_402_300_800)  # 10000-01-01T00:00:00Z
+    before_0001 = Timestamp(seconds=-62_135_596_801)  # 0000-12-31T23:59:59Z
+    negative_nanos = Timestamp(seconds=1_772_424_000, nanos=-1)
+    whole_second_of_nanos = Timestamp(seconds=1_772_424_000, nanos=1_000_000_000)
+    for i, moment in enumerate([beyond_9999, before_0001, negative_nanos, whole_second_of_nanos]):
+        t = payment(f"P{i}", 1_000)
+        t.transaction_time.CopyFrom(moment)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await record(clearing, t)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, moment
+        assert violated_fields(err.value) == {"transaction.transaction_time"}, moment
+    bad = payment("B1", 1_000)
+    bad.transaction_time.CopyFrom(beyond_9999)
+    resp = await clearing.stub.BatchRecordTransactions(
+        pb.BatchRecordTransactionsRequest(transactions=[bad, payment("B2", 1_000)]))
+    error = resp.outcomes[0].error
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert _fields_of(error) == {"transactions[0].transaction_time"}
+    assert await count(clearing) == 1  # only B2
+    assert await count(clearing, "detail_id = 'B2'") == 1
+
+
+def _fields_of(status: status_pb2.Status) -> set[str]:
+    """The fields named by the BadRequest details of a batch item's error."""
+    fields: set[str] = set()
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields |= {v.field for v in bad.field_violations}
+    return fields
 
 
 async def test_a_refund_must_name_a_recorded_payment_of_the_same_merchant_and_currency(clearing):
