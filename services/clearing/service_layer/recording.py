@@ -14,7 +14,6 @@ the commit (its fee can only be asked for once its payment's is known).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from services.clearing.adapters import repository as repo
@@ -82,17 +81,21 @@ class Recorder:
         async with self.db.connect() as conn:
             if refunds:
                 async with conn.transaction():
-                    rows = await self._insert(conn, fresh, hashes, outcomes)
-                    rows.update(await self._record_refunds(conn, refunds, hashes, errors))
+                    inserted = await self._insert(conn, fresh, hashes, outcomes)
+                    inserted.update(await self._record_refunds(conn, refunds, hashes, errors))
             else:
-                rows = await self._insert(conn, fresh, hashes, outcomes)
+                inserted = await self._insert(conn, fresh, hashes, outcomes)
             missing = [t.transaction_id for t in txs
-                       if t.transaction_id not in rows and t.transaction_id not in errors]
-            rows.update(await repo.fetch_rows(conn, missing))
+                       if t.transaction_id not in inserted and t.transaction_id not in errors]
+            rows = await repo.fetch_rows(conn, missing)
 
         details: dict[str, Detail] = {}
         for t in txs:
             if t.transaction_id in errors:
+                continue
+            new = inserted.get(t.transaction_id)
+            if new is not None:
+                details[t.transaction_id] = new  # inserted with this very content
                 continue
             row = rows[t.transaction_id]
             if row["content_hash"] != hashes[t.transaction_id]:
@@ -110,7 +113,7 @@ class Recorder:
     async def _insert(
         self, conn: repo.Conn, txs: Sequence[TransactionIn], hashes: dict[str, str],
         outcomes: Sequence[FeeOutcome | None],
-    ) -> dict[str, Any]:
+    ) -> dict[str, Detail]:
         return await repo.insert_transactions(
             conn, txs, [hashes[t.transaction_id] for t in txs], outcomes, self.zone,
             self.first_retry_s,
@@ -119,7 +122,7 @@ class Recorder:
     async def _record_refunds(
         self, conn: repo.Conn, refunds: list[TransactionIn], hashes: dict[str, str],
         errors: dict[str, DomainError],
-    ) -> dict[str, Any]:
+    ) -> dict[str, Detail]:
         # Lock the payments first, then look for repeats: every writer of a refund of a
         # payment holds that payment's lock, so what we see below cannot change under us.
         payments = await repo.lock_originals(conn, (t.original_transaction_id for t in refunds))
