@@ -27,6 +27,7 @@ from services.clearing.domain.model import (
     DetailType,
     FeeStatus,
     TransactionIn,
+    new_detail,
 )
 from services.clearing.domain.pricing import FeeOutcome, Priced, Refused
 from shared.business_time import business_date
@@ -156,29 +157,16 @@ async def insert_transactions(
         create_time = created.get(t.transaction_id)
         if create_time is None:
             continue
-        details[t.transaction_id] = Detail(
-            detail_id=t.transaction_id,
-            detail_type=t.detail_type,
-            merchant_id=t.merchant_id,
-            currency=t.currency,
-            amount=t.amount,
-            transaction_time=t.transaction_time,
-            business_date=day,
-            original_transaction_id=t.original_transaction_id,
-            product=t.product,
-            business_line=t.business_line,
-            acquirer_bank=t.acquirer_bank,
-            issuer_bank=t.issuer_bank,
-            card_type=t.card_type,
+        details[t.transaction_id] = new_detail(
+            t,
+            day,
             fee_status=_FEE_STATUS[status],
             fee=fee,
             collection_mode=mode,
             rule_id=rule,
             rule_version=version,
             state=_DETAIL_STATE[state],
-            batch_id="",
             exception_reason=reason,
-            adjustment_reason="",
             create_time=create_time,
         )
     return details

@@ -221,6 +221,24 @@ def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
 def unrecorded_detail(t: TransactionIn, zone: ZoneInfo) -> Detail:
     """The detail a transaction will become, fee still pending: what billing is asked
     about before the detail is stored."""
+    return new_detail(t, business_date(t.transaction_time, zone))
+
+
+def new_detail(
+    t: TransactionIn,
+    day: dt.date,
+    *,
+    fee_status: FeeStatus = FeeStatus.PENDING,
+    fee: int = 0,
+    collection_mode: str = "",
+    rule_id: str = "",
+    rule_version: int = 0,
+    state: DetailState = DetailState.UNSETTLED,
+    exception_reason: str = "",
+    create_time: dt.datetime | None = None,
+) -> Detail:
+    """The detail of a transaction on its business date `day`, with what pricing decided
+    (by default: nothing yet)."""
     return Detail(
         detail_id=t.transaction_id,
         detail_type=t.detail_type,
@@ -228,21 +246,21 @@ def unrecorded_detail(t: TransactionIn, zone: ZoneInfo) -> Detail:
         currency=t.currency,
         amount=t.amount,
         transaction_time=t.transaction_time,
-        business_date=business_date(t.transaction_time, zone),
+        business_date=day,
         original_transaction_id=t.original_transaction_id,
         product=t.product,
         business_line=t.business_line,
         acquirer_bank=t.acquirer_bank,
         issuer_bank=t.issuer_bank,
         card_type=t.card_type,
-        fee_status=FeeStatus.PENDING,
-        fee=0,
-        collection_mode="",
-        rule_id="",
-        rule_version=0,
-        state=DetailState.UNSETTLED,
+        fee_status=fee_status,
+        fee=fee,
+        collection_mode=collection_mode,
+        rule_id=rule_id,
+        rule_version=rule_version,
+        state=state,
         batch_id="",
-        exception_reason="",
+        exception_reason=exception_reason,
         adjustment_reason="",
-        create_time=t.transaction_time,
+        create_time=create_time or t.transaction_time,
     )
