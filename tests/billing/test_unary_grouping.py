@@ -12,6 +12,7 @@ from clearhouse.billing.v1 import billing_pb2 as pb
 
 from tests.billing.support import create_rule, error_info, money, ts, txn
 from tests.support.harness import ServiceHandle, drop, launch
+from tests.support.rpc_errors import outcome
 
 PERCENT = {"rule_id": "G1", "currency": "CNY", "effective_from": "2026-01-01T00:00:00+08:00",
            "selectors": {}, "method": "PERCENT", "rate": "0.01"}
@@ -23,13 +24,6 @@ async def grouping_billing(pg_url: str) -> AsyncIterator[ServiceHandle]:
     handle = await launch("billing", pg_url, unary_batch_window_s=0.2, unary_batch_in_flight=1)
     yield handle
     await drop(handle)
-
-
-async def _outcome(call: object) -> object:
-    try:
-        return await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as err:
-        return err
 
 
 async def test_grouped_unary_charges_each_get_their_own_result_or_refusal(grouping_billing):
@@ -48,7 +42,7 @@ async def test_grouped_unary_charges_each_get_their_own_result_or_refusal(groupi
         # the same new id twice at once: one charge, the same answer twice
         + [stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("TWICE", 3000))) for _ in range(2)]
     )
-    out = await asyncio.gather(*(_outcome(c) for c in calls))
+    out = await asyncio.gather(*(outcome(c) for c in calls))
 
     assert [o.result.fee.minor_units for o in out[:6]] == [10, 20, 30, 40, 50, 60]
     assert [o.result.transaction_id for o in out[:6]] == [f"OK{i}" for i in range(6)]
@@ -70,7 +64,7 @@ async def test_grouped_unary_refunds_never_return_more_than_was_charged(grouping
             refund_transaction_id=rid, original_transaction_id="PAY", merchant_id="M1",
             amount=money(amount), refund_time=ts("2026-03-11T00:00:00Z"))
 
-    out = await asyncio.gather(*(_outcome(stub.RefundFee(refund(f"RF{i}", 3000)))
+    out = await asyncio.gather(*(outcome(stub.RefundFee(refund(f"RF{i}", 3000)))
                                  for i in range(4)))
     accepted = [o for o in out if not isinstance(o, grpc.aio.AioRpcError)]
     refused = [o for o in out if isinstance(o, grpc.aio.AioRpcError)]

@@ -13,7 +13,7 @@ from clearhouse.clearing.v1 import clearing_pb2 as pb
 
 from tests.clearing.conftest import FAST, payment, percent_rule, record, refund
 from tests.support.harness import ServiceHandle, drop, launch
-from tests.support.rpc_errors import reason
+from tests.support.rpc_errors import outcome, reason
 
 
 @pytest.fixture
@@ -24,13 +24,6 @@ async def grouping_clearing(pg_url: str, billing: ServiceHandle) -> AsyncIterato
     handle.extra["billing"] = billing
     yield handle
     await drop(handle)
-
-
-async def _outcome(call: object) -> object:
-    try:
-        return await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as err:
-        return err
 
 
 async def test_grouped_records_each_get_their_own_detail_or_refusal(grouping_clearing):
@@ -49,7 +42,7 @@ async def test_grouped_records_each_get_their_own_detail_or_refusal(grouping_cle
         + [record(clearing, payment("PAID", 99))]
         + [record(clearing, payment("TWICE", 3_000)) for _ in range(2)]
     )
-    out = await asyncio.gather(*(_outcome(c) for c in calls))
+    out = await asyncio.gather(*(outcome(c) for c in calls))
 
     assert [o.detail.detail_id for o in out[:5]] == [f"P{i}" for i in range(5)]
     assert [o.detail.fee.minor_units for o in out[:5]] == [10, 20, 30, 40, 50]

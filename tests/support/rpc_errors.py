@@ -28,3 +28,12 @@ def violated_fields(err: grpc.aio.AioRpcError) -> set[str]:
             detail.Unpack(bad)
             fields |= {v.field for v in bad.field_violations}
     return fields
+
+
+async def outcome(call: object) -> object:
+    """The answer of a call, or its error as a value: lets calls fired together be
+    gathered without the first refusal hiding the others."""
+    try:
+        return await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as err:
+        return err
