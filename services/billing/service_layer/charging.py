@@ -76,10 +76,16 @@ def original_not_found(r: RefundRequest) -> FailedPrecondition:
     )
 
 
+# Lookups by a list of keys probe the table once per key through `CROSS JOIN LATERAL
+# (… OFFSET 0)` (locks: `FOR UPDATE` inside, taken in the order of the sorted array), not
+# `= ANY($1)` or a join with unnest: asyncpg prepares statements and PostgreSQL keeps a
+# generic plan until the next ANALYZE, and one made while the table was small is a
+# sequential scan kept as the table grows (see clearing's repository for the measurement).
 _CHECK_CHARGES = """
 SELECT c.request_hash, c.result, (SELECT generation FROM rule_generation) AS gen
 FROM unnest($1::text[]) WITH ORDINALITY AS t(id, ord)
-LEFT JOIN fee_charges c ON c.transaction_id = t.id
+LEFT JOIN LATERAL (
+  SELECT request_hash, result FROM fee_charges WHERE transaction_id = t.id OFFSET 0) c ON true
 ORDER BY t.ord
 """
 
@@ -98,18 +104,19 @@ WHERE f.merchant_id = d.m AND f.rule_id = d.r AND f.period = d.p
 """
 
 _READ_COUNTERS = """
-SELECT f.merchant_id, f.rule_id, f.period, f.amount, f.count
-FROM fee_counters f
-JOIN unnest($1::text[], $2::text[], $3::text[]) AS d(m, r, p)
-  ON f.merchant_id = d.m AND f.rule_id = d.r AND f.period = d.p
+SELECT f.*
+FROM unnest($1::text[], $2::text[], $3::text[]) AS d(m, r, p)
+CROSS JOIN LATERAL (
+  SELECT merchant_id, rule_id, period, amount, count FROM fee_counters
+  WHERE merchant_id = d.m AND rule_id = d.r AND period = d.p OFFSET 0) f
 """
 
 _LOCK_ACCOUNTS = """
-SELECT a.merchant_id, a.currency, a.balance, a.low_balance_threshold
-FROM fee_accounts a
-JOIN unnest($1::text[], $2::text[]) AS d(m, c) ON a.merchant_id = d.m AND a.currency = d.c
-ORDER BY a.merchant_id, a.currency
-FOR UPDATE OF a
+SELECT a.*
+FROM unnest($1::text[], $2::text[]) AS d(m, c)
+CROSS JOIN LATERAL (
+  SELECT merchant_id, currency, balance, low_balance_threshold FROM fee_accounts
+  WHERE merchant_id = d.m AND currency = d.c FOR UPDATE) a
 """
 
 _WRITE_ACCOUNTS = """
@@ -136,19 +143,19 @@ RETURNING transaction_id
 _CHECK_REFUNDS = """
 SELECT r.request_hash, r.result
 FROM unnest($1::text[]) WITH ORDINALITY AS t(id, ord)
-LEFT JOIN fee_refunds r ON r.refund_transaction_id = t.id
+LEFT JOIN LATERAL (
+  SELECT request_hash, result FROM fee_refunds WHERE refund_transaction_id = t.id OFFSET 0
+) r ON true
 ORDER BY t.ord
 """
 
-# A join with unnest, not `= ANY($1)`: the generic plan of a prepared `= ANY(param)` can
-# scan the table testing each row against each element (see clearing's repository).
 _LOCK_ORIGINALS = """
-SELECT c.transaction_id, c.merchant_id, c.currency, c.amount, c.fee, c.refund_fee_policy,
-  c.rounding, c.refunded_amount, c.fee_returned, c.collection_mode, c.rule_id,
-  c.rule_version, c.product
-FROM unnest($1::text[]) AS t(id) JOIN fee_charges c ON c.transaction_id = t.id
-ORDER BY c.transaction_id
-FOR UPDATE OF c
+SELECT c.*
+FROM unnest($1::text[]) AS t(id)
+CROSS JOIN LATERAL (
+  SELECT transaction_id, merchant_id, currency, amount, fee, refund_fee_policy, rounding,
+    refunded_amount, fee_returned, collection_mode, rule_id, rule_version, product
+  FROM fee_charges WHERE transaction_id = t.id FOR UPDATE) c
 """
 
 _UPDATE_ORIGINALS = """
