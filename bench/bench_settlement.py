@@ -66,6 +66,64 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+PG_DATA = ROOT / ".clearhouse" / "bench-pgdata"
+
+
+def postgres_cpu_s() -> float:
+    """CPU of the embedded PostgreSQL's processes (the postmaster's children, of every user
+    of that server: another benchmark running against it inflates the figure); NaN when
+    the database is elsewhere (BENCH_DATABASE_URL)."""
+    try:
+        postmaster = int((PG_DATA / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def table_scans(dsn: str, *schemas: str) -> dict[str, dict[str, int]]:
+    """Sequential and index scans per table so far (pg_stat_user_tables). A backend sends
+    its counts when it goes idle, at most once a second: read after a 2 s pause."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT schemaname, relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) AS idx, "
+            "n_live_tup FROM pg_stat_user_tables WHERE schemaname = ANY($1::text[])",
+            list(schemas),
+        )
+    finally:
+        await conn.close()
+    return {
+        f"{r['schemaname']}.{r['relname']}": {
+            "seq_scan": r["seq_scan"], "seq_tup_read": r["seq_tup_read"],
+            "idx_scan": r["idx"], "rows": r["n_live_tup"],
+        }
+        for r in rows
+    }
+
+
+def scans_between(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    """Per table, the scans of the run: tables never read sequentially are left out."""
+    out = {}
+    for table, a in sorted(after.items()):
+        b = before.get(table, {})
+        delta = {k: a[k] - b.get(k, 0) for k in ("seq_scan", "seq_tup_read", "idx_scan")}
+        if delta["seq_scan"]:
+            out[table] = {**delta, "rows": a["rows"]}
+    return out
+
+
 def memory_kb(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -125,6 +183,39 @@ async def seed(dsn: str, clearing: str, settlement: str, details: int, merchants
     return time.perf_counter() - started
 
 
+GENERIC_DB = "bench_generic_plans"
+
+
+async def generic_plans_url(url: str) -> str:
+    """The URL of a database (created if missing) where every statement uses its generic
+    plan from its first execution (plan_cache_mode=force_generic_plan): the plan a service
+    caches while its tables are empty, kept while they grow (PostgreSQL keeps a prepared
+    statement's generic plan until the table is next analyzed)."""
+    from sqlalchemy.engine import make_url
+
+    conn = await asyncpg.connect(plain_dsn(url))
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", GENERIC_DB):
+            await conn.execute(f'CREATE DATABASE "{GENERIC_DB}"')
+        await conn.execute(f'ALTER DATABASE "{GENERIC_DB}" SET plan_cache_mode = force_generic_plan')
+    finally:
+        await conn.close()
+    return make_url(url).set(database=GENERIC_DB).render_as_string(hide_password=False)
+
+
+async def no_autovacuum(dsn: str, schema: str) -> None:
+    """Autovacuum off on the schema's tables: its ANALYZE would replace the cached plans
+    at a random moment of the run."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for (table,) in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = $1", schema
+        ):
+            await conn.execute(f'ALTER TABLE "{schema}"."{table}" SET (autovacuum_enabled = false)')
+    finally:
+        await conn.close()
+
+
 async def reset(dsn: str, *schemas: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -135,7 +226,8 @@ async def reset(dsn: str, *schemas: str) -> None:
 
 
 async def one(
-    url: str, details: int, merchants: int, concurrency: int, chunk_size: int | None
+    url: str, details: int, merchants: int, concurrency: int, chunk_size: int | None,
+    generic_plans: bool = False,
 ) -> dict[str, Any]:
     dsn = plain_dsn(url)
     cschema, sschema = "bench_clearing", "bench_settlement"
@@ -159,9 +251,13 @@ async def one(
     try:
         await wait_ready(f"127.0.0.1:{cport}")
         await wait_ready(f"127.0.0.1:{sport}")
+        if generic_plans:
+            await no_autovacuum(dsn, sschema)
         seed_s = await seed(dsn, cschema, sschema, details, merchants)
+        await asyncio.sleep(2)  # the seed's and the migrations' scan counts sent
+        scans_before = await table_scans(dsn, cschema, sschema)
         before = memory_kb(settlement.pid)
-        cpu_before = cpu_s(settlement.pid), cpu_s(clearing.pid)
+        cpu_before = cpu_s(settlement.pid), cpu_s(clearing.pid), postgres_cpu_s()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{sport}") as channel:
             stub = settlement_pb2_grpc.SettlementServiceStub(channel)
             started = time.perf_counter()
@@ -172,7 +268,9 @@ async def one(
             )
             elapsed = time.perf_counter() - started
             after = memory_kb(settlement.pid)
-            cpu_after = cpu_s(settlement.pid), cpu_s(clearing.pid)
+            cpu_after = cpu_s(settlement.pid), cpu_s(clearing.pid), postgres_cpu_s()
+            await asyncio.sleep(2)  # the services' backends send their scan counts
+            scans = scans_between(scans_before, await table_scans(dsn, cschema, sschema))
             check_started = time.perf_counter()
             violations = (await stub.CheckInvariants(pb.CheckInvariantsRequest(),
                                                      timeout=600)).violations
@@ -195,6 +293,7 @@ async def one(
         return {
             "details": details,
             "merchants": merchants,
+            "generic_plans": generic_plans,
             "run_state": pb.RunState.Name(run.state),
             "settlements": run.settlement_count,
             "failed_items": run.failed_item_count,
@@ -210,8 +309,16 @@ async def one(
             "check_with_clearing_s": round(audit_s, 2),
             "settlement_cpu_s": round(cpu_after[0] - cpu_before[0], 2),
             "clearing_cpu_s": round(cpu_after[1] - cpu_before[1], 2),
+            "postgres_cpu_s": round(cpu_after[2] - cpu_before[2], 2),
+            "settlement_cpu_us_per_merchant": round(
+                (cpu_after[0] - cpu_before[0]) / max(merchants, 1) * 1e6),
+            "postgres_cpu_us_per_merchant": round(
+                (cpu_after[2] - cpu_before[2]) / max(merchants, 1) * 1e6),
             "settlement_rss_before_kb": before["VmRSS"],
             "settlement_peak_rss_kb": after["VmHWM"],
+            # Tables read sequentially during the run (not the seed, not the checks):
+            # a big seq_tup_read on a growing table is a lookup planned as a scan.
+            "seq_scans_during_run": scans,
         }
     finally:
         for proc in (settlement, clearing):
@@ -229,10 +336,13 @@ async def main_async(args: argparse.Namespace) -> int:
     server = None
     if not url:
         server, url = embedded_pg.start(ROOT / ".clearhouse" / "bench-pgdata")
+    if args.generic_plans:
+        url = await generic_plans_url(url)
     volumes = [int(v) for v in args.details.split(",")]
     results = []
     for details in volumes:
-        r = await one(url, details, args.merchants, args.concurrency, args.chunk_size)
+        r = await one(url, details, args.merchants, args.concurrency, args.chunk_size,
+                      args.generic_plans)
         print(json.dumps(r), flush=True)
         results.append(r)
     summary: dict[str, Any] = {"runs": results}
@@ -259,6 +369,11 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="SETTLEMENT_RUN_CHUNK_SIZE of the settlement process (default "
                         "100); small chunks and many workers stress the chunk hand-offs")
+    parser.add_argument("--generic-plans", action="store_true",
+                        help="run in a database where every statement uses its generic plan "
+                        "from its first execution, with autovacuum off on settlement's tables: "
+                        "the plans cached while the tables are empty, kept while they grow "
+                        "(a lookup that then scans a table shows in seq_scans_during_run)")
     args, _ = parser.parse_known_args()
     return asyncio.run(main_async(args))
 
