@@ -62,13 +62,17 @@ async def book(conn: AsyncConnection, entries: list[Entry]) -> None:
     )
 
 
+# One index probe per account, not `account_code = ANY(:c)`: statements are prepared
+# (asyncpg) and PostgreSQL keeps a generic plan until the table is next analyzed; one made
+# while postings was small scans it all, and was kept while a run grew it (benchmark with
+# generic plans, 50,000 merchants: 109 scans reading 12.4 million postings in one run).
+_BALANCES = text(
+    "SELECT t.code AS account_code, b.balance FROM unnest(CAST(:c AS text[])) AS t(code) "
+    "CROSS JOIN LATERAL (SELECT COALESCE(SUM(amount), 0) AS balance FROM postings "
+    "WHERE account_code = t.code OFFSET 0) b"
+)
+
+
 async def balances(conn: AsyncConnection, codes: list[str]) -> dict[str, int]:
-    rows = await conn.execute(
-        text(
-            "SELECT account_code, COALESCE(SUM(amount), 0) AS balance FROM postings "
-            "WHERE account_code = ANY(CAST(:c AS text[])) GROUP BY account_code"
-        ),
-        {"c": codes},
-    )
-    found = {r.account_code: int(r.balance) for r in rows}
+    found = {r.account_code: int(r.balance) for r in await conn.execute(_BALANCES, {"c": codes})}
     return {c: found.get(c, 0) for c in codes}

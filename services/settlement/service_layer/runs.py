@@ -335,8 +335,7 @@ class RunService:
         deducted = {
             r.bill_id
             for r in await conn.execute(
-                text("SELECT bill_id FROM deducted_fee_bills WHERE bill_id = ANY(CAST(:b AS text[]))"),
-                {"b": [b.bill_id for i in items for b in i.bills]},
+                _DEDUCTED, {"b": [b.bill_id for i in items for b in i.bills]}
             )
         }
         settlements: list[dict[str, Any]] = []
@@ -419,14 +418,7 @@ class RunService:
                 if keys is None:
                     rows = (
                         await conn.execute(
-                            text(
-                                "SELECT i.run_id, i.merchant_id, i.settlement_id, "
-                                "s.clearing_batch_id, s.detail_count FROM run_items i "
-                                "JOIN settlements s ON s.settlement_id = i.settlement_id "
-                                "WHERE i.settle_date <= :d AND i.state = 'BOOKED' "
-                                "AND i.last_pass <> :p ORDER BY i.settle_date, i.merchant_id "
-                                "LIMIT :n FOR UPDATE OF i SKIP LOCKED"
-                            ),
+                            _BOOKED_ITEMS,
                             {"d": settle_date, "p": pass_id, "n": self.chunk_size},
                         )
                     ).all()
@@ -457,15 +449,7 @@ class RunService:
                 if not rows:
                     return False
                 sids = [r.settlement_id for r in rows]
-                open_bills = (
-                    await conn.execute(
-                        text(
-                            "SELECT bill_id, settlement_id FROM deducted_fee_bills "
-                            "WHERE settlement_id = ANY(CAST(:s AS text[])) AND NOT collected"
-                        ),
-                        {"s": sids},
-                    )
-                ).all()
+                open_bills = (await conn.execute(_OPEN_BILLS, {"s": sids})).all()
                 bills_of: dict[str, list[str]] = {}
                 for b in open_bills:
                     bills_of.setdefault(b.settlement_id, []).append(b.bill_id)
@@ -567,6 +551,34 @@ class RunService:
             row.run_id, row.settle_date, row.state, row.merchant_count, row.sc, row.pc, row.fc,
             row.start_time, row.end_time, failures,
         )
+
+
+# Lookups by a list of keys probe the table once per key, `CROSS JOIN LATERAL (… OFFSET 0)`,
+# not `= ANY(:keys)` or a join the planner may turn into a scan: statements are prepared
+# (asyncpg) and PostgreSQL keeps a generic plan until the table is next analyzed, so a plan
+# made while a table was small (a new deployment, the benchmark's fresh schema) is kept
+# while the table grows. The OFFSET 0 keeps the subquery from being flattened back into
+# such a join.
+_DEDUCTED = text(
+    "SELECT d.bill_id FROM unnest(CAST(:b AS text[])) AS t(id) CROSS JOIN LATERAL ("
+    "SELECT bill_id FROM deducted_fee_bills WHERE bill_id = t.id OFFSET 0) d"
+)
+# Through the partial index deducted_fee_bills_open (settlement_0003); before it, every
+# confirmed chunk read every bill ever deducted.
+_OPEN_BILLS = text(
+    "SELECT b.bill_id, b.settlement_id FROM unnest(CAST(:s AS text[])) AS t(sid) "
+    "CROSS JOIN LATERAL (SELECT bill_id, settlement_id FROM deducted_fee_bills "
+    "WHERE settlement_id = t.sid AND NOT collected OFFSET 0) b"
+)
+# Each booked item's settlement by its primary key: a generic plan made while settlements
+# was small joined it by a nested loop over a scan of the whole table per item.
+_BOOKED_ITEMS = text(
+    "SELECT i.run_id, i.merchant_id, i.settlement_id, s.clearing_batch_id, s.detail_count "
+    "FROM run_items i CROSS JOIN LATERAL (SELECT clearing_batch_id, detail_count "
+    "FROM settlements WHERE settlement_id = i.settlement_id OFFSET 0) s "
+    "WHERE i.settle_date <= :d AND i.state = 'BOOKED' AND i.last_pass <> :p "
+    "ORDER BY i.settle_date, i.merchant_id LIMIT :n FOR UPDATE OF i SKIP LOCKED"
+)
 
 
 def _describe(exc: Exception) -> str:
