@@ -97,10 +97,21 @@ SET amount = fee_counters.amount + EXCLUDED.amount, count = fee_counters.count +
 RETURNING merchant_id, rule_id, period, amount, count
 """
 
+# Updates of rows this transaction has already locked find each row by a primary-key
+# probe (LATERAL, as above) and update it by its ctid: `UPDATE … FROM unnest(…) WHERE
+# pk = u.id` was planned, on a new schema, as a hash join over a sequential scan of the
+# whole table, kept (generic plan) while the table grew. The ctid is stable because the
+# row is locked (by the upsert of the counters, _LOCK_ACCOUNTS, _LOCK_ORIGINALS) in an
+# earlier statement of the transaction: nobody else can update it meanwhile.
 _GIVE_BACK_COUNTERS = """
-UPDATE fee_counters f SET amount = f.amount - d.a, count = f.count - d.n
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS d(m, r, p, a, n)
-WHERE f.merchant_id = d.m AND f.rule_id = d.r AND f.period = d.p
+UPDATE fee_counters f SET amount = f.amount - v.a, count = f.count - v.n
+FROM (
+  SELECT x.tid, d.a, d.n
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS d(m, r, p, a, n)
+  CROSS JOIN LATERAL (SELECT ctid AS tid FROM fee_counters
+    WHERE merchant_id = d.m AND rule_id = d.r AND period = d.p OFFSET 0) x
+) v
+WHERE f.ctid = v.tid
 """
 
 _READ_COUNTERS = """
@@ -121,9 +132,13 @@ CROSS JOIN LATERAL (
 
 _WRITE_ACCOUNTS = """
 WITH u AS (
-  UPDATE fee_accounts a SET balance = d.balance, update_time = now()
-  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d(m, c, balance)
-  WHERE a.merchant_id = d.m AND a.currency = d.c
+  UPDATE fee_accounts a SET balance = v.balance, update_time = now()
+  FROM (
+    SELECT x.tid, d.balance FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d(m, c, balance)
+    CROSS JOIN LATERAL (SELECT ctid AS tid FROM fee_accounts
+      WHERE merchant_id = d.m AND currency = d.c OFFSET 0) x
+  ) v
+  WHERE a.ctid = v.tid
 )
 INSERT INTO fee_account_movements (merchant_id, currency, type, amount, balance_after, reference)
 SELECT * FROM unnest($4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[])
@@ -159,9 +174,12 @@ CROSS JOIN LATERAL (
 """
 
 _UPDATE_ORIGINALS = """
-UPDATE fee_charges c SET refunded_amount = d.r, fee_returned = d.f
-FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(id, r, f)
-WHERE c.transaction_id = d.id
+UPDATE fee_charges c SET refunded_amount = v.r, fee_returned = v.f
+FROM (
+  SELECT x.tid, d.r, d.f FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(id, r, f)
+  CROSS JOIN LATERAL (SELECT ctid AS tid FROM fee_charges WHERE transaction_id = d.id OFFSET 0) x
+) v
+WHERE c.ctid = v.tid
 """
 
 _INSERT_REFUNDS = """
