@@ -465,7 +465,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--batch-workers", type=int, default=4)
     parser.add_argument("--claim-merchants", type=int, default=10_000)
     parser.add_argument("--claim-workers", type=int, default=8)
