@@ -13,6 +13,8 @@ import pytest
 
 from services.clearing.adapters import repository
 from services.clearing.bootstrap import MIGRATIONS
+from services.clearing.domain.model import Fee
+from services.clearing.domain.pricing import Priced, Refused
 from tests.support.plans import generic_plan_connection, scans_during
 
 ROWS = 3000
@@ -20,7 +22,7 @@ ROWS = 3000
 _FILL = """
 INSERT INTO clearing_details (detail_id, detail_type, merchant_id, currency, amount,
   transaction_time, business_date, fee_status, state, content_hash)
-SELECT 'D' || g, 'PAYMENT', 'M1', 'CNY', g, now(), current_date, 'KNOWN', 'UNSETTLED', 'h' || g
+SELECT 'D' || g, 'PAYMENT', 'M1', 'CNY', g, now(), current_date, $2, 'UNSETTLED', 'h' || g
 FROM generate_series(1, $1) AS g
 """
 
@@ -54,7 +56,7 @@ async def test_a_lookup_by_ids_probes_the_index_with_a_generic_plan_made_on_an_e
         # caches its generic plan (forced from the first run) on this connection.
         async with conn.transaction():
             assert await lookup(conn, ["D1"]) == {}
-        await conn.execute(_FILL, ROWS)
+        await conn.execute(_FILL, ROWS, "KNOWN")
 
         found, scans = await scans_during(
             conn, "clearing_details", lambda: lookup(conn, ["D2500", "nope", "D7"])
@@ -63,3 +65,38 @@ async def test_a_lookup_by_ids_probes_the_index_with_a_generic_plan_made_on_an_e
     assert _summary(name, found) == EXPECTED[name]
     assert scans.seq == 0, f"{name} scanned all {ROWS} details to find 2"
     assert scans.idx >= 1, f"{name} found its rows without the primary key"
+
+
+async def test_updates_by_ids_probe_the_index_with_generic_plans_made_on_an_empty_table(
+    pg_url: str,
+) -> None:
+    """A refund raising its payments' refunded totals, and fees stored on pending details."""
+    none: list[Any] = []
+    async with generic_plan_connection(pg_url, MIGRATIONS) as conn:
+        async with conn.transaction():
+            await repository.add_refunded(conn, {"D1": 1})
+            await repository.apply_outcomes(conn, [("D1", Refused("R", "r"))])
+            # Finds nothing to lock on the empty table, so runs the update itself too.
+            await conn.fetch(repository._APPLY_OUTCOMES, *([none] * 8))
+        await conn.execute(_FILL, ROWS, "PENDING")
+
+        async def refund_then_price() -> dict[str, Any]:
+            await repository.lock_originals(conn, ["D2500", "D7"])
+            await repository.add_refunded(conn, {"D2500": 5, "D7": 1})
+            return await repository.apply_outcomes(conn, [
+                ("D7", Priced(Fee(3, "NET", "R1", 2))),
+                ("D2500", Refused("NO_MATCHING_FEE_RULE", "none")),
+            ])
+
+        rows, scans = await scans_during(conn, "clearing_details", refund_then_price)
+        totals = dict(await conn.fetch(
+            "SELECT detail_id, refunded_total FROM clearing_details WHERE refunded_total > 0"))
+
+    assert {k: (r["fee_status"], r["fee"], r["state"], r["exception_reason"])
+            for k, r in rows.items()} == {
+        "D7": ("KNOWN", 3, "UNSETTLED", ""),
+        "D2500": ("REFUSED", 0, "EXCEPTION", "NO_MATCHING_FEE_RULE"),
+    }
+    assert totals == {"D7": 1, "D2500": 5}
+    assert scans.seq == 0, f"updating 2 details scanned all {ROWS}"
+    assert scans.idx >= 1

@@ -223,14 +223,34 @@ async def existing_hashes(conn: Conn, ids: Iterable[str]) -> dict[str, str]:
     return {r["detail_id"]: r["content_hash"] for r in rows}
 
 
+# An update of details this transaction has ALREADY locked (in an earlier statement):
+# each row is found by a primary-key probe (LATERAL, as above) and updated through its
+# ctid. `UPDATE … FROM unnest(…) WHERE detail_id = u.id` has the lookups' problem (a hash
+# join over a scan of the whole table once its generic plan was made on a small table).
+# The ctid is safe only because of the earlier lock: this statement's snapshot is newer
+# than the lock, so the version it sees is the current one and nobody can replace it. A
+# ctid read and updated within ONE statement is not safe: a version committed after that
+# statement's snapshot fails the `ctid =` re-check and the row is silently skipped (see
+# `claim`).
+_UPDATE_BY_LOCKED_CTID = """
+UPDATE clearing_details d SET {set}
+FROM (
+  SELECT x.tid, u.* FROM unnest({columns}) AS u({names})
+  CROSS JOIN LATERAL (SELECT ctid AS tid FROM clearing_details WHERE detail_id = u.id OFFSET 0) x
+) v
+WHERE d.ctid = v.tid
+{returning}
+"""
+
+
 async def add_refunded(conn: Conn, increments: dict[str, int]) -> None:
     if not increments:
         return
     # The CHECK (refunded_total <= amount) is the last line of defence; the caller has
-    # already checked under the row lock.
-    await conn.execute(
-        "UPDATE clearing_details d SET refunded_total = d.refunded_total + u.inc "
-        "FROM unnest($1::text[], $2::bigint[]) AS u(id, inc) WHERE d.detail_id = u.id",
+    # already checked under the row lock (lock_originals, earlier in this transaction).
+    await conn.execute(_UPDATE_BY_LOCKED_CTID.format(
+        set="refunded_total = d.refunded_total + v.inc",
+        columns="$1::text[], $2::bigint[]", names="id, inc", returning=""),
         list(increments),
         list(increments.values()),
     )
@@ -259,30 +279,45 @@ async def insert_adjustment(conn: Conn, a: AdjustmentIn, zone: ZoneInfo) -> Any 
     )
 
 
+_LOCK_PENDING = """
+SELECT x.detail_id FROM unnest($1::text[]) AS u(id)
+CROSS JOIN LATERAL (
+  SELECT detail_id FROM clearing_details WHERE detail_id = u.id AND fee_status = 'PENDING'
+  FOR UPDATE) x
+"""
+
+_APPLY_OUTCOMES = _UPDATE_BY_LOCKED_CTID.format(
+    set="fee_status = v.status, state = v.state, fee = v.fee, collection_mode = v.mode, "
+    "rule_id = v.rule, rule_version = v.version, exception_reason = v.reason",
+    columns="$1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], "
+    "$7::int[], $8::text[]",
+    names="id, status, state, fee, mode, rule, version, reason",
+    returning=f"RETURNING {_d('d')}",
+)
+
+
 async def apply_outcomes(
     conn: Conn, outcomes: Sequence[tuple[str, FeeOutcome]]
 ) -> dict[str, Any]:
-    """Stores priced fees and refusals of pending details, in one statement. Only pending
-    details change, so a fee is stored once even if the worker and a caller race."""
+    """Stores priced fees and refusals of pending details. Only pending details change
+    (locked first, re-checked under the lock), so a fee is stored once even if the worker
+    and a caller race."""
     # In id order, like every other multi-row writer, so two writers never deadlock.
     decided = sorted(
         ((i, o) for i, o in outcomes if isinstance(o, Priced | Refused)), key=lambda p: p[0]
     )
     if not decided:
         return {}
-    rows = await conn.fetch(
-        f"""
-        UPDATE clearing_details d
-        SET fee_status = u.status, state = u.state, fee = u.fee, collection_mode = u.mode,
-            rule_id = u.rule, rule_version = u.version, exception_reason = u.reason
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-                    $7::int[], $8::text[]) AS u(id, status, state, fee, mode, rule, version, reason)
-        WHERE d.detail_id = u.id AND d.fee_status = 'PENDING'
-        RETURNING {_d("d")}
-        """,
-        [detail_id for detail_id, _ in decided],
-        *_decision_columns(o for _, o in decided),
-    )
+    ids = [detail_id for detail_id, _ in decided]
+    async with conn.transaction():
+        pending = await conn.fetch(_LOCK_PENDING, ids)
+        if not pending:
+            return {}
+        still = {r["detail_id"] for r in pending}
+        rows = await conn.fetch(
+            _APPLY_OUTCOMES, [i for i, _ in decided if i in still],
+            *_decision_columns(o for i, o in decided if i in still),
+        )
     return {r["detail_id"]: r for r in rows}
 
 
