@@ -18,10 +18,7 @@ import datetime as dt
 import json
 import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from decimal import Decimal
@@ -29,6 +26,9 @@ from pathlib import Path
 
 import grpc
 
+from bench.support.database import database_url, drop_schemas
+from bench.support.echo import ECHO_METHOD, start_echo
+from bench.support.processes import free_port, service_env, start_service, stop, wait_serving
 from services.billing.domain.model import (
     FeeRuleSpec,
     FeeTxn,
@@ -39,20 +39,18 @@ from services.billing.domain.model import (
 )
 from services.billing.domain.pricing import price
 from services.billing.domain.selection import RuleIndex
-from shared import embedded_pg
 
-# Importing `shared` (above) puts the generated `clearhouse` package on the path.
+# Importing `shared` (bench.support above does) puts the generated `clearhouse` package on
+# the path.
 PROTOS_READY = True
 
 from clearhouse.billing.v1 import billing_pb2 as pb  # noqa: E402
 from clearhouse.billing.v1 import billing_pb2_grpc  # noqa: E402
 from clearhouse.type.v1 import money_pb2, transaction_pb2  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "billing.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "billing.json"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 PRODUCTS = ["QUICKPAY", "WECHAT", "ALIPAY", "UNIONPAY"]
-ECHO_METHOD = "/bench.Echo/Echo"
 
 
 # -- 1. in-process engine --------------------------------------------------------------------
@@ -125,45 +123,6 @@ def bench_engine() -> dict:
     scan = len(scan_txns) / (time.perf_counter() - started)
     return {"active_rules": len(rules), "quotes_per_s": round(best),
             "full_scan_baseline_quotes_per_s": round(scan), "ratio_to_scan": round(best / scan, 1)}
-
-
-# -- servers ---------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _wait_ready(channel: grpc.aio.Channel) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    stub = health_pb2_grpc.HealthStub(channel)
-    for _ in range(200):
-        try:
-            r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if r.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("server did not become ready")
-
-
-async def _echo_server(port: int) -> None:
-    server = grpc.aio.server()
-
-    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return request
-
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
 
 
 # -- 2 and 3. through gRPC -------------------------------------------------------------------
@@ -276,7 +235,7 @@ async def run(url: str, schema: str, billing_port: int, echo_port: int) -> dict:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{billing_port}")
     echo_channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
     try:
-        await _wait_ready(channel)
+        await wait_serving(f"127.0.0.1:{billing_port}")
         stub = billing_pb2_grpc.BillingServiceStub(channel)
         await _create_rules(stub)
         print("batched charges ...", flush=True)
@@ -290,44 +249,22 @@ async def run(url: str, schema: str, billing_port: int, echo_port: int) -> dict:
     finally:
         await channel.close()
         await echo_channel.close()
-        await _drop_schema(url, schema)
+        await drop_schemas(url, schema)
     return results
 
 
-async def _drop_schema(url: str, schema: str) -> None:
-    from sqlalchemy import text
-
-    from shared.db import create_engine
-
-    engine = create_engine(url, "public", 1)
-    async with engine.begin() as conn:
-        await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    await engine.dispose()
-
-
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--echo":
-        asyncio.run(_echo_server(int(sys.argv[2])))
-        return
-    url = os.environ.get("BENCH_DATABASE_URL", "")
-    if not url:
-        _, url = embedded_pg.start(ROOT / ".clearhouse" / "bench-pgdata", stop_at_exit=True)
+    url = database_url()
     schema = f"bench_billing_{uuid.uuid4().hex[:8]}"
-    billing_port, echo_port = _free_port(), _free_port()
+    billing_port, echo_port = free_port(), free_port()
     log_level = os.environ.get("BILLING_LOG_LEVEL", "WARNING")
-    env = {**os.environ, "BILLING_DATABASE_URL": url, "BILLING_DB_SCHEMA": schema,
-           "BILLING_PORT": str(billing_port), "BILLING_MIGRATE_ON_START": "true",
-           "BILLING_LOG_LEVEL": log_level}
-    quiet = {"cwd": ROOT, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    billing = subprocess.Popen([sys.executable, "-m", "services.billing", "serve"], env=env, **quiet)
-    echo = subprocess.Popen([sys.executable, "-m", "bench.bench_billing", "--echo", str(echo_port)],
-                            **quiet)
+    billing = start_service(
+        "billing", service_env("BILLING", url, schema, billing_port, log_level=log_level))
+    echo = start_echo(echo_port)
     try:
         results = asyncio.run(run(url, schema, billing_port, echo_port))
     finally:
-        for proc in (billing, echo):
-            proc.terminate()
-            proc.wait(timeout=30)
+        stop((billing, echo), timeout=30)
     results["billing_log_level"] = log_level
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))

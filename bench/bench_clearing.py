@@ -18,18 +18,17 @@ import asyncio
 import datetime as dt
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.type import date_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import embedded_pg
+from bench.support.cpu import cpu_seconds, postgres_cpu_seconds
+from bench.support.database import database_url, drop_schemas, plain_dsn
+from bench.support.echo import ECHO_METHOD, start_echo
+from bench.support.processes import free_port, service_env, start_service, stop, wait_serving
 from shared.convert import datetime_to_ts
 
 # Importing `shared` (above) puts the generated `clearhouse` package on the path.
@@ -40,114 +39,16 @@ from clearhouse.clearing.v1 import clearing_pb2 as pb  # noqa: E402
 from clearhouse.clearing.v1 import clearing_pb2_grpc  # noqa: E402
 from clearhouse.type.v1 import money_pb2, transaction_pb2  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "clearing.json"
-ECHO_METHOD = "/bench.Echo/Echo"
+RESULTS = Path(__file__).resolve().parent / "results" / "clearing.json"
 T0 = dt.datetime(2026, 3, 2, 4, 0, tzinfo=dt.UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# ------------------------------------------------------------------ echo server (child)
-
-
-async def serve_echo(port: int) -> None:
-    async def echo(request: bytes, context: Any) -> bytes:
-        return request
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
-
-
-# ------------------------------------------------------------------ processes
-
-
-def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, *args], cwd=ROOT, env={**os.environ, **env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-
-async def wait_serving(address: str, seconds: float = 60.0) -> None:
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{address} never became SERVING")
-
-
-def service_env(prefix: str, url: str, schema: str, port: int, **extra: str) -> dict[str, str]:
-    env = {
-        f"{prefix}_DATABASE_URL": url,
-        f"{prefix}_DB_SCHEMA": schema,
-        f"{prefix}_PORT": str(port),
-        f"{prefix}_MIGRATE_ON_START": "true",
-        # Access logs off: the benchmark measures the service, not writing JSON to a pipe.
-        f"{prefix}_LOG_LEVEL": "WARNING",
-        f"{prefix}_DB_POOL_SIZE": "20",
-    }
-    env.update({f"{prefix}_{k.upper()}": v for k, v in extra.items()})
-    return env
 
 
 # ------------------------------------------------------------------ load
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (Linux /proc): per-item CPU figures hold up
-    on a machine shared with other work, where calls per second swing by ±30 %."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
-PG_DATA = ROOT / ".clearhouse" / "bench-pgdata"
-
-
-def postgres_cpu_seconds() -> float:
-    """CPU of the embedded PostgreSQL's processes (its postmaster's children: backends,
-    WAL writer, checkpointer, autovacuum — of every user of that server, so anything else
-    running against .clearhouse/bench-pgdata inflates it); NaN when the database is
-    elsewhere (BENCH_DATABASE_URL)."""
-    try:
-        postmaster = int((PG_DATA / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == postmaster:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 class CpuMeter:
-    """CPU microseconds per item of the named processes over a block."""
+    """CPU microseconds per item of the named processes (and the embedded PostgreSQL) over a
+    block: steadier than calls per second on a shared machine (see bench.support.cpu)."""
 
     def __init__(self, pids: dict[str, int], postgres: bool = False) -> None:
         self.pids = pids
@@ -160,7 +61,7 @@ class CpuMeter:
             now["postgres_server"] = postgres_cpu_seconds()
         return now
 
-    def per_item(self, items: int) -> dict[str, float]:
+    def per_item(self, items: float) -> dict[str, float]:
         end = self._now()
         return {f"{n}_cpu_us_per_item": round((end[n] - self.start[n]) / max(items, 1) * 1e6, 1)
                 for n in end}
@@ -332,8 +233,7 @@ async def bench_billing_alone(billing: str, seconds: float, batches: int,
 async def seed_claims(url: str, schema: str, merchants: int, per_merchant: int) -> float:
     import asyncpg  # the bench seeds the table directly: the point is the claim
 
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    conn = await asyncpg.connect(plain_dsn(url), server_settings={"search_path": schema})
     try:
         started = time.perf_counter()
         await conn.execute(
@@ -386,12 +286,12 @@ async def run_record(url: str, run: str, args: argparse.Namespace,
     billing_port, clearing_port, echo_port = (free_port() for _ in range(3))
     billing_addr, clearing_addr = f"127.0.0.1:{billing_port}", f"127.0.0.1:{clearing_port}"
     procs = [
-        spawn(["-m", "bench.bench_clearing", "--echo-server", str(echo_port)], {}),
-        spawn(["-m", "services.billing", "serve"],
-              service_env("BILLING", url, f"bench_billing_{run}", billing_port)),
-        spawn(["-m", "services.clearing", "serve"],
-              service_env("CLEARING", url, f"bench_clearing_{run}", clearing_port,
-                          billing_address=billing_addr)),
+        start_echo(echo_port),
+        start_service("billing", service_env("BILLING", url, f"bench_billing_{run}",
+                                             billing_port, db_pool_size="20")),
+        start_service("clearing", service_env("CLEARING", url, f"bench_clearing_{run}",
+                                              clearing_port, db_pool_size="20",
+                                              billing_address=billing_addr)),
     ]
     try:
         for address in (billing_addr, clearing_addr):
@@ -411,19 +311,16 @@ async def run_record(url: str, run: str, args: argparse.Namespace,
             results["billing_alone"]["charge_fee"]["per_s"] / max(echo_per_s, 1e-9), 3)
         print(json.dumps(results["billing_alone"], indent=2), flush=True)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+        stop(procs, timeout=10)
 
 
 async def run_claim(url: str, run: str, args: argparse.Namespace,
                     results: dict[str, Any]) -> None:
     # The claim runs on a schema of its own, with nothing else running.
     port = free_port()
-    proc = spawn(["-m", "services.clearing", "serve"],
-                 service_env("CLEARING", url, f"bench_claim_{run}", port,
-                             pending_fee_worker_enabled="false"))
+    proc = start_service("clearing", service_env("CLEARING", url, f"bench_claim_{run}", port,
+                                                 db_pool_size="20",
+                                                 pending_fee_worker_enabled="false"))
     try:
         await wait_serving(f"127.0.0.1:{port}")
         seed_s = await seed_claims(url, f"bench_claim_{run}", args.claim_merchants, 100)
@@ -433,16 +330,11 @@ async def run_claim(url: str, run: str, args: argparse.Namespace,
         results["claim"]["seed_seconds"] = round(seed_s, 1)
         print(json.dumps(results["claim"], indent=2), flush=True)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop([proc], timeout=10)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    import asyncpg
-
-    url = os.environ.get("BENCH_DATABASE_URL", "")
-    if not url:
-        _, url = embedded_pg.start(ROOT / ".clearhouse" / "bench-pgdata")
+    url = database_url()
     run = f"r{int(time.time())}"
     results: dict[str, Any] = {"run": run, "cpus": os.cpu_count()}
     try:
@@ -451,11 +343,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if args.only != "record":
             await run_claim(url, run, args, results)
     finally:
-        # The data is throwaway.
-        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-        for kind in ("billing", "clearing", "claim"):
-            await conn.execute(f'DROP SCHEMA IF EXISTS "bench_{kind}_{run}" CASCADE')
-        await conn.close()
+        await drop_schemas(url, *(f"bench_{kind}_{run}" for kind in ("billing", "clearing", "claim")))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     return results
@@ -463,15 +351,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--batch-workers", type=int, default=4)
     parser.add_argument("--claim-merchants", type=int, default=10_000)
     parser.add_argument("--claim-workers", type=int, default=8)
     parser.add_argument("--only", choices=["record", "claim"], help="run one part only")
-    ns = parser.parse_args()
-    if ns.echo_server:
-        asyncio.run(serve_echo(ns.echo_server))
-    else:
-        print(json.dumps(asyncio.run(main(ns)), indent=2))
+    print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))

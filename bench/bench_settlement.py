@@ -17,8 +17,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +25,9 @@ from typing import Any
 import asyncpg
 import grpc
 
-from shared import embedded_pg
+from bench.support.cpu import cpu_seconds, postgres_cpu_seconds
+from bench.support.database import database_url, drop_schemas, plain_dsn
+from bench.support.processes import free_port, service_env, start_service, stop, wait_serving
 from shared.convert import date_to_proto
 
 # Importing `shared` (above) puts the generated `clearhouse` package on the path; an
@@ -37,57 +37,9 @@ PROTOS_READY = True
 from clearhouse.settlement.v1 import settlement_pb2 as pb  # noqa: E402
 from clearhouse.settlement.v1 import settlement_pb2_grpc  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "settlement.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "settlement.json"
 SETTLE_DATE = dt.date(2026, 3, 3)
 BUSINESS_DATE = dt.date(2026, 3, 2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def plain_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-def start(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", f"services.{service}", "serve"],
-        cwd=ROOT, env={**os.environ, **env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-PG_DATA = ROOT / ".clearhouse" / "bench-pgdata"
-
-
-def postgres_cpu_s() -> float:
-    """CPU of the embedded PostgreSQL's processes (the postmaster's children, of every user
-    of that server: another benchmark running against it inflates the figure); NaN when
-    the database is elsewhere (BENCH_DATABASE_URL)."""
-    try:
-        postmaster = int((PG_DATA / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == postmaster:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 async def table_scans(dsn: str, *schemas: str) -> dict[str, dict[str, int]]:
@@ -131,22 +83,6 @@ def memory_kb(pid: int) -> dict[str, int]:
         if key in ("VmHWM", "VmRSS"):
             out[key] = int(value.split()[0])
     return out
-
-
-async def wait_ready(address: str) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(600):
-            try:
-                resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{address} never became ready")
 
 
 async def seed(dsn: str, clearing: str, settlement: str, details: int, merchants: int) -> float:
@@ -216,48 +152,34 @@ async def no_autovacuum(dsn: str, schema: str) -> None:
         await conn.close()
 
 
-async def reset(dsn: str, *schemas: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for s in schemas:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{s}" CASCADE')
-    finally:
-        await conn.close()
-
-
 async def one(
     url: str, details: int, merchants: int, concurrency: int, chunk_size: int | None,
     generic_plans: bool = False,
 ) -> dict[str, Any]:
     dsn = plain_dsn(url)
     cschema, sschema = "bench_clearing", "bench_settlement"
-    await reset(dsn, cschema, sschema)
+    await drop_schemas(url, cschema, sschema)
     cport, sport = free_port(), free_port()
-    clearing = start("clearing", {
-        "CLEARING_DATABASE_URL": url, "CLEARING_DB_SCHEMA": cschema,
-        "CLEARING_PORT": str(cport), "CLEARING_MIGRATE_ON_START": "true",
-        "CLEARING_PENDING_FEE_WORKER_ENABLED": "false", "CLEARING_LOG_LEVEL": "WARNING",
-    })
-    settlement = start("settlement", {
-        "SETTLEMENT_DATABASE_URL": url, "SETTLEMENT_DB_SCHEMA": sschema,
-        "SETTLEMENT_PORT": str(sport), "SETTLEMENT_MIGRATE_ON_START": "true",
-        "SETTLEMENT_SCHEDULER_ENABLED": "false", "SETTLEMENT_DISPATCHER_ENABLED": "false",
-        "SETTLEMENT_CLEARING_ADDRESS": f"127.0.0.1:{cport}",
-        "SETTLEMENT_BILLING_ADDRESS": "127.0.0.1:1",
-        "SETTLEMENT_RUN_CONCURRENCY": str(concurrency), "SETTLEMENT_LOG_LEVEL": "WARNING",
-        "SETTLEMENT_CALL_DEADLINE_S": "120",
-        **({"SETTLEMENT_RUN_CHUNK_SIZE": str(chunk_size)} if chunk_size else {}),
-    })
+    clearing = start_service("clearing", service_env(
+        "CLEARING", url, cschema, cport, pending_fee_worker_enabled="false"))
+    settlement = start_service("settlement", service_env(
+        "SETTLEMENT", url, sschema, sport,
+        scheduler_enabled="false", dispatcher_enabled="false",
+        clearing_address=f"127.0.0.1:{cport}", billing_address="127.0.0.1:1",
+        run_concurrency=str(concurrency), call_deadline_s="120",
+        **({"run_chunk_size": str(chunk_size)} if chunk_size else {}),
+    ))
     try:
-        await wait_ready(f"127.0.0.1:{cport}")
-        await wait_ready(f"127.0.0.1:{sport}")
+        await wait_serving(f"127.0.0.1:{cport}")
+        await wait_serving(f"127.0.0.1:{sport}")
         if generic_plans:
             await no_autovacuum(dsn, sschema)
         seed_s = await seed(dsn, cschema, sschema, details, merchants)
         await asyncio.sleep(2)  # the seed's and the migrations' scan counts sent
         scans_before = await table_scans(dsn, cschema, sschema)
         before = memory_kb(settlement.pid)
-        cpu_before = cpu_s(settlement.pid), cpu_s(clearing.pid), postgres_cpu_s()
+        cpu_before = (cpu_seconds(settlement.pid), cpu_seconds(clearing.pid),
+                      postgres_cpu_seconds())
         async with grpc.aio.insecure_channel(f"127.0.0.1:{sport}") as channel:
             stub = settlement_pb2_grpc.SettlementServiceStub(channel)
             started = time.perf_counter()
@@ -268,7 +190,8 @@ async def one(
             )
             elapsed = time.perf_counter() - started
             after = memory_kb(settlement.pid)
-            cpu_after = cpu_s(settlement.pid), cpu_s(clearing.pid), postgres_cpu_s()
+            cpu_after = (cpu_seconds(settlement.pid), cpu_seconds(clearing.pid),
+                         postgres_cpu_seconds())
             await asyncio.sleep(2)  # the services' backends send their scan counts
             scans = scans_between(scans_before, await table_scans(dsn, cschema, sschema))
             check_started = time.perf_counter()
@@ -321,21 +244,13 @@ async def one(
             "seq_scans_during_run": scans,
         }
     finally:
-        for proc in (settlement, clearing):
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop((settlement, clearing), timeout=20)
         if not os.environ.get("BENCH_KEEP"):
-            await reset(dsn, cschema, sschema)
+            await drop_schemas(url, cschema, sschema)
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    url = os.environ.get("BENCH_DATABASE_URL", "")
-    server = None
-    if not url:
-        server, url = embedded_pg.start(ROOT / ".clearhouse" / "bench-pgdata")
+    url = database_url()
     if args.generic_plans:
         url = await generic_plans_url(url)
     volumes = [int(v) for v in args.details.split(",")]
@@ -355,7 +270,6 @@ async def main_async(args: argparse.Namespace) -> int:
     RESULTS.write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
     print(f"written to {RESULTS}")
-    del server
     return 0
 
 

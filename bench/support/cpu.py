@@ -1,0 +1,55 @@
+"""CPU seconds of processes, read from Linux /proc.
+
+The benchmarks report CPU per item (per call, per detail, per merchant) next to
+throughput: on a machine shared with other work, calls per second swing by ±15-30 %
+between runs, CPU per item much less, so it is what shows whether a change made the code
+cheaper.
+"""
+
+from __future__ import annotations
+
+import os
+
+from bench.support.database import PG_DATA
+
+
+def _stat_cpu(fields: list[str]) -> float:
+    # /proc/<pid>/stat after the command name: utime and stime are fields 14 and 15
+    # (1-based), in clock ticks.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    # The command name may hold spaces and parentheses: split after its last ")".
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far; NaN when it cannot be read (process gone)."""
+    try:
+        return _stat_cpu(_stat_fields(pid))
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of the embedded PostgreSQL's processes so far (its postmaster's children:
+    backends, WAL writer, checkpointer, autovacuum — of every user of that server, so
+    anything else running against .clearhouse/bench-pgdata inflates it); NaN when the
+    database is elsewhere (BENCH_DATABASE_URL)."""
+    try:
+        postmaster = int((PG_DATA / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = _stat_fields(entry)
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += _stat_cpu(fields)
+    return total
