@@ -485,7 +485,22 @@ async def get_batch(conn: Conn, batch_id: str, *, lock: bool = False) -> Any | N
     return await conn.fetchrow(_BATCH_SELECT + (" FOR UPDATE OF b" if lock else ""), batch_id)
 
 
+_LOCK_CLAIMED = """
+SELECT detail_id FROM clearing_details
+WHERE batch_id = $1 AND state = 'CLAIMED'
+ORDER BY detail_id
+FOR UPDATE
+"""
+
+
 async def close_batch(conn: Conn, batch_id: str, confirm: bool) -> str:
+    """Settles or releases the batch's claimed details; the caller holds the batch row
+    lock inside a transaction. The details are locked first, in detail id order like every
+    other multi-row writer (a refund locking its claimed payment, a claim), and only then
+    updated: an UPDATE alone would lock them in whatever order its plan visits them (a
+    bitmap or sequential scan: heap order) and could deadlock against a refund batch.
+    Once locked, the update waits for nobody, so its own order no longer matters."""
+    await conn.execute(_LOCK_CLAIMED, batch_id)
     if confirm:
         await conn.execute(
             "UPDATE clearing_details SET state = 'SETTLED' "
