@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import math
 import os
 import sys
 import time
@@ -235,8 +236,10 @@ async def one(
             "postgres_cpu_s": round(cpu_after[2] - cpu_before[2], 2),
             "settlement_cpu_us_per_merchant": round(
                 (cpu_after[0] - cpu_before[0]) / max(merchants, 1) * 1e6),
-            "postgres_cpu_us_per_merchant": round(
-                (cpu_after[2] - cpu_before[2]) / max(merchants, 1) * 1e6),
+            # NaN (no figure) when the database is not the embedded one: round(NaN) raises.
+            "postgres_cpu_us_per_merchant": (
+                None if math.isnan(cpu_after[2] - cpu_before[2])
+                else round((cpu_after[2] - cpu_before[2]) / max(merchants, 1) * 1e6)),
             "settlement_rss_before_kb": before["VmRSS"],
             "settlement_peak_rss_kb": after["VmHWM"],
             # Tables read sequentially during the run (not the seed, not the checks):
