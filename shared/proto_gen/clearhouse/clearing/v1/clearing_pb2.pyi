@@ -706,6 +706,8 @@ class DailySummary(_message.Message):
     PREPAID_FEES_FIELD_NUMBER: _builtins.int
     PENDING_FEE_COUNT_FIELD_NUMBER: _builtins.int
     EXCEPTION_COUNT_FIELD_NUMBER: _builtins.int
+    DEFERRED_FEE_RETURNS_FIELD_NUMBER: _builtins.int
+    PREPAID_FEE_RETURNS_FIELD_NUMBER: _builtins.int
     currency_code: _builtins.str
     """The currency of all the amounts below."""
     payment_count: _builtins.int
@@ -732,6 +734,10 @@ class DailySummary(_message.Message):
     """Details whose fee is pending."""
     exception_count: _builtins.int
     """Details in exception."""
+    deferred_fee_returns: _builtins.int
+    """Fees returned by refunds, DEFERRED (they reduce the merchant's next fee bill)."""
+    prepaid_fee_returns: _builtins.int
+    """Fees returned by refunds, PREPAID (credited back to the prepaid fee account)."""
     @_builtins.property
     def business_date(self) -> _date_pb2.Date:
         """The business date."""
@@ -753,10 +759,12 @@ class DailySummary(_message.Message):
         prepaid_fees: _builtins.int = ...,
         pending_fee_count: _builtins.int = ...,
         exception_count: _builtins.int = ...,
+        deferred_fee_returns: _builtins.int = ...,
+        prepaid_fee_returns: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["business_date", b"business_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_amount", b"adjustment_amount", "adjustment_count", b"adjustment_count", "business_date", b"business_date", "currency_code", b"currency_code", "deferred_fees", b"deferred_fees", "exception_count", b"exception_count", "net_fee_returns", b"net_fee_returns", "net_fees", b"net_fees", "payment_amount", b"payment_amount", "payment_count", b"payment_count", "pending_fee_count", b"pending_fee_count", "prepaid_fees", b"prepaid_fees", "refund_amount", b"refund_amount", "refund_count", b"refund_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_amount", b"adjustment_amount", "adjustment_count", b"adjustment_count", "business_date", b"business_date", "currency_code", b"currency_code", "deferred_fee_returns", b"deferred_fee_returns", "deferred_fees", b"deferred_fees", "exception_count", b"exception_count", "net_fee_returns", b"net_fee_returns", "net_fees", b"net_fees", "payment_amount", b"payment_amount", "payment_count", b"payment_count", "pending_fee_count", b"pending_fee_count", "prepaid_fee_returns", b"prepaid_fee_returns", "prepaid_fees", b"prepaid_fees", "refund_amount", b"refund_amount", "refund_count", b"refund_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -904,27 +912,37 @@ Global___ListPendingFeesResponse: _TypeAlias = ListPendingFeesResponse  # noqa: 
 
 @_typing.final
 class RetryExceptionsRequest(_message.Message):
-    """RetryExceptionsRequest prices exceptions again."""
+    """RetryExceptionsRequest prices exceptions again: the named details, or (detail_ids
+    empty) the exceptions of one merchant, up to 1,000 per call in detail id order.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DETAIL_IDS_FIELD_NUMBER: _builtins.int
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
     """The merchant whose exceptions to retry when detail_ids is empty."""
+    page_token: _builtins.str
+    """Merchant form only: the next_page_token of the previous call, to go on with the
+    exceptions after the ones it retried; empty to start from the lowest id.
+    """
     @_builtins.property
     def detail_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The details to retry; empty with merchant_id set retries all that merchant's."""
+        """The details to retry (up to 1,000); each must exist (else DETAIL_NOT_FOUND) and not
+        be an adjustment (else DETAIL_NOT_RETRYABLE); nothing is retried when one fails.
+        """
 
     def __init__(
         self,
         *,
         detail_ids: _abc.Iterable[_builtins.str] | None = ...,
         merchant_id: _builtins.str = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_ids", b"detail_ids", "merchant_id", b"merchant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_ids", b"detail_ids", "merchant_id", b"merchant_id", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -937,18 +955,33 @@ class RetryExceptionsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DETAILS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REMAINING_COUNT_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Merchant form: set when the merchant has exceptions after this call's last detail;
+    call again with it as page_token. Details still refused stay behind the token, so
+    following it to the end tries every exception once. Empty when done.
+    """
+    remaining_count: _builtins.int
+    """Merchant form: how many of the merchant's exceptions lie after this call's last
+    detail (what following next_page_token will retry). Zero for named details.
+    """
     @_builtins.property
     def details(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClearingDetail]:
-        """The details after the retry (priced, still refused, or pending)."""
+        """The details after the retry (priced, still refused, or pending), in request order
+        for named details, in id order for the merchant form.
+        """
 
     def __init__(
         self,
         *,
         details: _abc.Iterable[Global___ClearingDetail] | None = ...,
+        next_page_token: _builtins.str = ...,
+        remaining_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "next_page_token", b"next_page_token", "remaining_count", b"remaining_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -40,7 +40,8 @@ class ClearingServiceStub:
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
-    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
+    (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
     call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
@@ -134,7 +135,8 @@ class ClearingServiceServicer:
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
-    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
+    (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
     call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
@@ -198,7 +200,11 @@ class ClearingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryExceptions(self, request, context):
-        """Prices exception details again, after the configuration was fixed.
+        """Prices exception details again, after the configuration was fixed. Idempotent: a
+        named payment or refund no longer in exception (repriced by an earlier retry, or
+        never refused) is answered in its current state, and one whose fee is pending is
+        asked about again, as a repeat of RecordTransaction would. The merchant form works
+        through the merchant's exceptions 1,000 per call in id order (see page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -324,7 +330,8 @@ class ClearingService:
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
-    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
+    (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
     call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.

@@ -41,7 +41,8 @@ class ClearingServiceStub:
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
       a confirmed one.
-    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
+      (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
@@ -70,7 +71,12 @@ class ClearingServiceStub:
     ListPendingFees: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ListPendingFeesRequest, _clearing_pb2.ListPendingFeesResponse]
     """Lists details whose fee is still pending, paginated."""
     RetryExceptions: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.RetryExceptionsRequest, _clearing_pb2.RetryExceptionsResponse]
-    """Prices exception details again, after the configuration was fixed."""
+    """Prices exception details again, after the configuration was fixed. Idempotent: a
+    named payment or refund no longer in exception (repriced by an earlier retry, or
+    never refused) is answered in its current state, and one whose fee is pending is
+    asked about again, as a repeat of RecordTransaction would. The merchant form works
+    through the merchant's exceptions 1,000 per call in id order (see page_token).
+    """
     ClaimDetails: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ClaimDetailsRequest, _clearing_pb2.ClaimDetailsResponse]
     """Claims every unsettled, priced detail of a merchant and currency up to a
     business date into a batch, and returns the totals. Idempotent by batch id.
@@ -98,7 +104,8 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
       a confirmed one.
-    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
+      (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
@@ -124,7 +131,12 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     ListPendingFees: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ListPendingFeesRequest, _clearing_pb2.ListPendingFeesResponse]  # type: ignore[assignment]
     """Lists details whose fee is still pending, paginated."""
     RetryExceptions: _aio.UnaryUnaryMultiCallable[_clearing_pb2.RetryExceptionsRequest, _clearing_pb2.RetryExceptionsResponse]  # type: ignore[assignment]
-    """Prices exception details again, after the configuration was fixed."""
+    """Prices exception details again, after the configuration was fixed. Idempotent: a
+    named payment or refund no longer in exception (repriced by an earlier retry, or
+    never refused) is answered in its current state, and one whose fee is pending is
+    asked about again, as a repeat of RecordTransaction would. The merchant form works
+    through the merchant's exceptions 1,000 per call in id order (see page_token).
+    """
     ClaimDetails: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ClaimDetailsRequest, _clearing_pb2.ClaimDetailsResponse]  # type: ignore[assignment]
     """Claims every unsettled, priced detail of a merchant and currency up to a
     business date into a batch, and returns the totals. Idempotent by batch id.
@@ -151,7 +163,8 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
       a confirmed one.
-    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a detail not in exception.
+    - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
+      (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
@@ -229,7 +242,12 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _clearing_pb2.RetryExceptionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_clearing_pb2.RetryExceptionsResponse, _abc.Awaitable[_clearing_pb2.RetryExceptionsResponse]]:
-        """Prices exception details again, after the configuration was fixed."""
+        """Prices exception details again, after the configuration was fixed. Idempotent: a
+        named payment or refund no longer in exception (repriced by an earlier retry, or
+        never refused) is answered in its current state, and one whose fee is pending is
+        asked about again, as a repeat of RecordTransaction would. The merchant form works
+        through the merchant's exceptions 1,000 per call in id order (see page_token).
+        """
 
     @_abc_1.abstractmethod
     def ClaimDetails(
