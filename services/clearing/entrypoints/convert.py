@@ -234,4 +234,6 @@ def summary(s: DailySummary) -> pb.DailySummary:
         prepaid_fees=s.prepaid_fees,
         pending_fee_count=s.pending_fee_count,
         exception_count=s.exception_count,
+        deferred_fee_returns=s.deferred_fee_returns,
+        prepaid_fee_returns=s.prepaid_fee_returns,
     )
