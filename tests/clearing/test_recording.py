@@ -221,7 +221,22 @@ async def test_every_recorded_transaction_is_in_exactly_one_detail(clearing):
         chunk = [payment(i, 100 + start + n) for n, i in enumerate(ids[start:start + 20])]
         calls += [clearing.stub.BatchRecordTransactions(
             pb.BatchRecordTransactionsRequest(transactions=chunk)) for _ in range(2)]
-    await asyncio.gather(*calls)
+    results = await asyncio.gather(*calls)
+    # Every call and every batch item answered with a detail (no per-item error), and
+    # all the answers for one id are the one detail.
+    answered: dict[str, list[pb.ClearingDetail]] = {}
+    for n, r in enumerate(results[:60]):
+        assert r.detail.detail_id == ids[n]
+        answered.setdefault(r.detail.detail_id, []).append(r.detail)
+    for batch in results[60:]:
+        assert len(batch.outcomes) == 20
+        for o in batch.outcomes:
+            assert o.WhichOneof("outcome") == "result", o.error
+            answered[o.result.detail.detail_id].append(o.result.detail)
+    assert sorted(answered) == sorted(ids)
+    for n, i in enumerate(ids):
+        assert len(answered[i]) == 3 and all(d == answered[i][0] for d in answered[i]), i
+        assert answered[i][0].amount.minor_units == 100 + n
     async with clearing.engine.connect() as conn:
         stored = (await conn.execute(text("SELECT detail_id FROM clearing_details"))
                   ).scalars().all()
