@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from shared.convert import datetime_to_ts
 from tests.clearing.conftest import T0, money
-from tests.support.rpc_errors import reason
+from tests.support.rpc_errors import reason, violated_fields
 
 D = date_pb2.Date
 END_OF_MARCH = D(year=2026, month=3, day=31)
@@ -153,3 +153,13 @@ async def test_a_malformed_claim_is_refused_with_field_violations(clearing):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await clearing.stub.ClaimDetails(pb.ClaimDetailsRequest(currency_code="XXX"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == {
+        "batch_id", "merchant_id", "currency_code", "business_date_to"}
+    # An impossible date is named too, and a refused claim leaves no batch behind.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await clearing.stub.ClaimDetails(claim("B1", to=D(year=2026, month=2, day=30)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == {"business_date_to"}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await clearing.stub.ListBatchDetails(pb.ListBatchDetailsRequest(batch_id="B1"))
+    assert reason(err.value) == "BATCH_NOT_FOUND"
