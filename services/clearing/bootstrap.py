@@ -44,6 +44,7 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         backoff_initial_s=settings.pending_fee_backoff_initial_s,
         backoff_max_s=settings.pending_fee_backoff_max_s,
         batch_size=settings.pending_fee_batch_size,
+        retry_chunk=settings.retry_exceptions_chunk,
     )
     records: Coalescer[TransactionIn, Detail] = Coalescer(
         lambda txs: recorder.record(txs, quick=True), lambda t: t.transaction_id,

@@ -54,3 +54,8 @@ class ClearingSettings(ServiceSettings):
         default=1, gt=0,
         description="groups recorded at a time; further calls wait for one to finish",
     )
+    retry_exceptions_chunk: int = Field(
+        default=1000, gt=0, le=1000,
+        description="a merchant's exceptions priced again per RetryExceptions call (the rest "
+        "follow its next_page_token)",
+    )

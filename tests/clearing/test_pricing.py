@@ -16,7 +16,8 @@ from grpc_status import rpc_status
 
 from shared.convert import datetime_to_ts
 from shared.errors import reason_of
-from tests.clearing.conftest import T0, money, payment, percent_rule, record, refund
+from tests.clearing.conftest import FAST, T0, money, payment, percent_rule, record, refund
+from tests.support.harness import drop, launch
 
 NET = transaction_pb2.COLLECTION_MODE_NET
 DEFERRED = transaction_pb2.COLLECTION_MODE_DEFERRED
@@ -115,10 +116,101 @@ async def test_a_refusal_by_billing_is_an_exception_until_retried_after_the_fix(
             for d in fixed.details] == [("P9", pb.DETAIL_STATE_UNSETTLED, 50, DEFERRED)]
     await wait_until_known(clearing, ["R9"])
     assert (await detail(clearing, "R9")).fee.minor_units == 5
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await clearing.stub.RetryExceptions(pb.RetryExceptionsRequest(detail_ids=["P9"]))
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert reason_of(rpc_status.from_call(err.value)) == "DETAIL_NOT_RETRYABLE"
+    # A replay of the successful retry answers the priced detail, as a replay of
+    # RecordTransaction answers the stored one.
+    again = await clearing.stub.RetryExceptions(pb.RetryExceptionsRequest(detail_ids=["P9"]))
+    assert list(again.details) == list(fixed.details)
+
+
+async def rule(billing, rule_id: str, rate: str, mode: int, product: str = "") -> None:
+    """A PERCENT rule of merchant M1 (for one product when given: more specific, it wins)."""
+    await billing.stub.CreateFeeRule(billing_pb2.CreateFeeRuleRequest(
+        rule_id=rule_id,
+        spec=billing_pb2.FeeRuleSpec(
+            selectors=billing_pb2.Selectors(merchant_id="M1", product=product),
+            currency_code="CNY", method=billing_pb2.FEE_METHOD_PERCENT, rate=rate,
+            collection_mode=mode, refund_fee_policy=billing_pb2.REFUND_FEE_POLICY_PROPORTIONAL),
+        effective_from=datetime_to_ts(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),
+    ))
+
+
+async def test_a_replayed_retry_changes_nothing_and_billing_charged_once(clearing):
+    billing = clearing.extra["billing"]
+    await rule(billing, "R-PRE", "0.01", PREPAID)
+    await top_up(billing, "M1", 50, "T1")
+    await record(clearing, payment("P1", 10_000))            # balance short: an exception
+    await record(clearing, payment("P2", 20_000))
+    pending = await record(clearing, refund("R1", "P1", 1_000))  # waits for P1's fee
+    assert pending.fee_pending
+    await top_up(billing, "M1", 10_000, "T2")
+    request = pb.RetryExceptionsRequest(detail_ids=["P2", "P1", "P2"])
+    first = await clearing.stub.RetryExceptions(request)
+    assert [(d.detail_id, d.state, d.fee.minor_units) for d in first.details] == [
+        ("P2", pb.DETAIL_STATE_UNSETTLED, 200), ("P1", pb.DETAIL_STATE_UNSETTLED, 100)]
+    assert (first.next_page_token, first.remaining_count) == ("", 0)
+    replay = await clearing.stub.RetryExceptions(request)
+    assert list(replay.details) == list(first.details)
+    # A pending fee named in a retry is asked for again (its payment is priced now).
+    refunded = await clearing.stub.RetryExceptions(pb.RetryExceptionsRequest(detail_ids=["R1"]))
+    assert [(d.fee_status, d.fee.minor_units) for d in refunded.details] == [
+        (pb.FEE_STATUS_KNOWN, 10)]
+    account = await billing.stub.GetFeeAccount(billing_pb2.GetFeeAccountRequest(
+        merchant_id="M1", currency_code="CNY"))
+    assert account.account.balance.minor_units == 50 + 10_000 - 100 - 200 + 10
+
+
+async def test_a_retry_naming_an_unknown_detail_or_an_adjustment_retries_nothing(clearing):
+    await record(clearing, payment("P1", 10_000))  # no rule: an exception
+    await clearing.stub.RecordAdjustment(pb.RecordAdjustmentRequest(
+        adjustment_id="ADJ1", merchant_id="M1", amount=money(-100), reason="CHANNEL_SHORT",
+        adjustment_time=datetime_to_ts(T0)))
+    await percent_rule(clearing.extra["billing"], "R-M1", "0.006", merchant="M1")
+    for ids, code, why in [
+        (["P1", "NOPE"], grpc.StatusCode.NOT_FOUND, "DETAIL_NOT_FOUND"),
+        (["P1", "ADJ1"], grpc.StatusCode.FAILED_PRECONDITION, "DETAIL_NOT_RETRYABLE"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await clearing.stub.RetryExceptions(pb.RetryExceptionsRequest(detail_ids=ids))
+        assert (err.value.code(), reason_of(rpc_status.from_call(err.value))) == (code, why)
+    assert (await detail(clearing, "P1")).state == pb.DETAIL_STATE_EXCEPTION
+
+
+async def test_a_merchants_exceptions_are_retried_chunk_by_chunk_following_the_token(
+        pg_url, billing):
+    clearing = await launch("clearing", pg_url, billing_address=billing.address,
+                            **{**FAST, "retry_exceptions_chunk": 2})
+    try:
+        s = clearing.stub
+        # No rule yet: all refused. P3 is USD, for which no rule will come: refused again.
+        await s.BatchRecordTransactions(pb.BatchRecordTransactionsRequest(transactions=[
+            *[payment(f"P{i}", 1_000 * i) for i in (1, 2, 4, 5)],
+            payment("P3", 3_000, currency="USD"), payment("Q1", 1_000, "M2")]))
+        await percent_rule(billing, "R-ALL", "0.01")
+        calls, tokens, token = [], [], ""
+        while True:
+            page = await s.RetryExceptions(pb.RetryExceptionsRequest(merchant_id="M1",
+                                                                     page_token=token))
+            calls.append(([(d.detail_id, d.state) for d in page.details], page.remaining_count))
+            token = page.next_page_token
+            tokens.append(token)
+            if not token:
+                break
+        ok, refused = pb.DETAIL_STATE_UNSETTLED, pb.DETAIL_STATE_EXCEPTION
+        assert calls == [([("P1", ok), ("P2", ok)], 3),
+                         ([("P3", refused), ("P4", ok)], 1),
+                         ([("P5", ok)], 0)]
+        # Another merchant's exception is not touched; a new pass finds only what is left.
+        assert (await detail(clearing, "Q1")).state == refused
+        again = await s.RetryExceptions(pb.RetryExceptionsRequest(merchant_id="M1"))
+        assert ([d.detail_id for d in again.details], again.next_page_token) == (["P3"], "")
+        # A token belongs to its merchant and to the merchant form.
+        for bad in (pb.RetryExceptionsRequest(merchant_id="M2", page_token=tokens[0]),
+                    pb.RetryExceptionsRequest(detail_ids=["P3"], page_token=tokens[0])):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await s.RetryExceptions(bad)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await drop(clearing)
 
 
 async def test_a_short_prepaid_balance_is_an_exception_and_a_top_up_then_retry_prices_it(
@@ -163,21 +255,44 @@ async def test_a_claim_nets_only_priced_details_with_net_fees_and_returns(cleari
 
 async def test_a_daily_summary_counts_and_sums_by_type_and_fees_by_mode(clearing):
     billing = clearing.extra["billing"]
-    await percent_rule(billing, "R-M1", "0.006", merchant="M1")
-    await record(clearing, payment("P1", 10_000))
-    await record(clearing, payment("P2", 10_000, at=T0 + dt.timedelta(days=1)))
-    await record(clearing, refund("R1", "P1", 10_000))
-    await record(clearing, payment("P3", 500, currency="USD"))   # exception
+    await rule(billing, "R-NET", "0.006", NET)
+    await rule(billing, "R-DEF", "0.005", DEFERRED, product="WALLET")
+    await rule(billing, "R-PRE", "0.01", PREPAID, product="CARD")
+    await top_up(billing, "M1", 100_000, "T1")
+    for t in [
+        payment("P1", 10_000), refund("R1", "P1", 5_000),                      # NET 60, 30
+        payment("P2", 20_000, product="WALLET"), refund("R2", "P2", 4_000),    # DEFERRED 100, 20
+        payment("P3", 30_000, product="CARD"), refund("R3", "P3", 10_000),     # PREPAID 300, 100
+        payment("P4", 40_000, product="CARD"),                                 # PREPAID 400
+        payment("P5", 10_000, at=T0 + dt.timedelta(days=1)),                   # 3 March
+        payment("U1", 500, currency="USD"),                    # no USD rule: an exception
+        refund("U2", "U1", 100, currency="USD"),               # pending until U1 is priced
+    ]:
+        await record(clearing, t)
+    await clearing.stub.RecordAdjustment(pb.RecordAdjustmentRequest(
+        adjustment_id="ADJ1", merchant_id="M1", amount=money(-70), reason="CHANNEL_SHORT",
+        adjustment_time=datetime_to_ts(T0)))
     summary = await clearing.stub.SummarizeDetails(pb.SummarizeDetailsRequest(
         merchant_id="M1", business_date_from=date_pb2.Date(year=2026, month=3, day=2),
         business_date_to=date_pb2.Date(year=2026, month=3, day=2)))
+    fields = [f.name for f in pb.DailySummary.DESCRIPTOR.fields
+              if f.name not in ("business_date", "currency_code")]
     by_currency = {s.currency_code: s for s in summary.summaries}
-    cny = by_currency["CNY"]
-    assert (cny.payment_count, cny.payment_amount, cny.refund_count, cny.refund_amount) == (
-        1, 10_000, 1, 10_000)
-    assert (cny.net_fees, cny.net_fee_returns, cny.deferred_fees) == (60, 60, 0)
-    assert by_currency["USD"].exception_count == 1
-    assert len(summary.summaries) == 2  # 3 March is outside the range
+    assert sorted(by_currency) == ["CNY", "USD"]  # 3 March is outside the range
+    assert {s.business_date.day for s in summary.summaries} == {2}
+    expected = {
+        "CNY": dict(payment_count=4, payment_amount=100_000, refund_count=3, refund_amount=19_000,
+                    adjustment_count=1, adjustment_amount=-70, net_fees=60, net_fee_returns=30,
+                    deferred_fees=100, prepaid_fees=700, pending_fee_count=0, exception_count=0,
+                    deferred_fee_returns=20, prepaid_fee_returns=100),
+        "USD": dict(payment_count=1, payment_amount=500, refund_count=1, refund_amount=100,
+                    adjustment_count=0, adjustment_amount=0, net_fees=0, net_fee_returns=0,
+                    deferred_fees=0, prepaid_fees=0, pending_fee_count=1, exception_count=1,
+                    deferred_fee_returns=0, prepaid_fee_returns=0),
+    }
+    for currency, want in expected.items():
+        assert sorted(want) == sorted(fields)  # every figure of the summary is checked
+        assert {f: getattr(by_currency[currency], f) for f in fields} == want
 
 
 async def test_details_are_listed_by_date_with_filters_page_by_page(clearing):

@@ -364,10 +364,18 @@ async def take_due_pending(
 
 
 async def reopen_exceptions(
-    conn: Conn, ids: Sequence[str] | None, merchant_id: str, limit: int, first_retry_s: float
+    conn: Conn, ids: Sequence[str] | None, merchant_id: str, limit: int, first_retry_s: float,
+    after_id: str = "",
 ) -> list[Any]:
-    """Turns exceptions back into pending details so they can be priced again."""
-    where = "d.detail_id = ANY($1::text[])" if ids is not None else "d.merchant_id = $1"
+    """Turns exceptions back into pending details so they can be priced again: the named
+    ones, or up to `limit` of the merchant's with an id above `after_id`, in id order."""
+    where = (
+        "d.detail_id = ANY($1::text[])" if ids is not None
+        else "d.merchant_id = $1 AND d.detail_id > $4"
+    )
+    args: list[Any] = [list(ids) if ids is not None else merchant_id, limit, first_retry_s]
+    if ids is None:
+        args.append(after_id)
     return list(
         await conn.fetch(
             f"""
@@ -382,11 +390,18 @@ async def reopen_exceptions(
             FROM chosen WHERE d.detail_id = chosen.detail_id
             RETURNING {_d("d")}
             """,
-            list(ids) if ids is not None else merchant_id,
-            limit,
-            first_retry_s,
+            *args,
         )
     )
+
+
+async def count_exceptions_after(conn: Conn, merchant_id: str, after_id: str) -> int:
+    """The merchant's exceptions with an id above `after_id` (the exception index)."""
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM clearing_details "
+        "WHERE merchant_id = $1 AND state = 'EXCEPTION' AND detail_id > $2",
+        merchant_id, after_id,
+    ))
 
 
 # ---------------------------------------------------------------- batches

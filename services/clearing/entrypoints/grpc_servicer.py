@@ -168,9 +168,19 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
                 f"at most {MAX_BATCH} details")
         for i, detail_id in enumerate(request.detail_ids):
             check_id(v, detail_id, f"detail_ids[{i}]")
+        if not request.detail_ids:
+            check_id(v, request.merchant_id, "merchant_id")
+        v.check(not (request.detail_ids and request.page_token), "page_token",
+                "only with merchant_id and no detail_ids")
         v.raise_if_any()
-        details = await self.fees.retry_exceptions(list(request.detail_ids), request.merchant_id)
-        return pb.RetryExceptionsResponse(details=[convert.detail(d) for d in details])
+        if request.detail_ids:
+            retried = await self.fees.retry_exceptions(list(request.detail_ids))
+        else:
+            retried = await self.fees.retry_merchant(request.merchant_id, request.page_token)
+        return pb.RetryExceptionsResponse(
+            details=[convert.detail(d) for d in retried.details],
+            next_page_token=retried.next_token, remaining_count=retried.remaining,
+        )
 
     # ------------------------------------------------------------ hand-off to settlement
 
