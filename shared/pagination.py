@@ -2,13 +2,20 @@
 
 A token encodes the sort key of the last item returned plus a fingerprint of the
 filters, so a token used with other filters is refused instead of giving a wrong page.
+
+A token is only base64 JSON: a caller can forge one. A list that names the shape of its
+key (`Page.of(..., key=(iso_date, text))`) gets every part of the key parsed and checked,
+and a key of the wrong length or types is refused as INVALID_ARGUMENT on `page_token`
+instead of reaching SQL (where it would be an INTERNAL error).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +43,44 @@ def encode(last_key: list[Any], filters: Any) -> str:
     return base64.urlsafe_b64encode(body).decode().rstrip("=")
 
 
-def decode(token: str, filters: Any) -> list[Any] | None:
-    """The last key of the previous page, or None for the first page."""
+# A parser of one part of a key: the JSON value in, the typed value out; raises
+# ValueError or TypeError when the value is not of its kind.
+KeyPart = Callable[[Any], Any]
+
+
+def text(value: Any) -> str:
+    """A string PostgreSQL can take as text (no NUL, valid UTF-8)."""
+    if not isinstance(value, str) or "\x00" in value:
+        raise TypeError("not a text key")
+    value.encode()  # a lone surrogate (JSON "\ud800") raises UnicodeEncodeError
+    return value
+
+
+def integer(value: Any) -> int:
+    """A JSON integer within int64 (not a bool, not a float)."""
+    if type(value) is not int or not -(2**63) <= value < 2**63:
+        raise TypeError("not an integer key")
+    return value
+
+
+def iso_date(value: Any) -> dt.date:
+    """A date written as YYYY-MM-DD."""
+    if not isinstance(value, str):
+        raise TypeError("not a date key")
+    return dt.date.fromisoformat(value)
+
+
+def _parsed(key: list[Any], parts: Sequence[KeyPart]) -> list[Any]:
+    if len(key) != len(parts):
+        raise ValueError("wrong number of key parts")
+    return [parse(value) for parse, value in zip(parts, key, strict=True)]
+
+
+def decode(
+    token: str, filters: Any, key_parts: Sequence[KeyPart] | None = None
+) -> list[Any] | None:
+    """The last key of the previous page, or None for the first page. With `key_parts`,
+    each part parsed by its parser (a key that does not parse → INVALID_ARGUMENT)."""
     if not token:
         return None
     try:
@@ -50,7 +93,12 @@ def decode(token: str, filters: Any) -> list[Any] | None:
         raise InvalidArgument(
             [FieldViolation("page_token", "page token does not belong to these filters")]
         )
-    return key
+    if key_parts is None:
+        return key
+    try:
+        return _parsed(key, key_parts)
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise InvalidArgument([FieldViolation("page_token", "malformed page token")]) from exc
 
 
 @dataclass
@@ -59,8 +107,13 @@ class Page:
     after: list[Any] | None
 
     @classmethod
-    def of(cls, requested_size: int, token: str, filters: Any) -> Page:
-        return cls(page_size(requested_size), decode(token, filters))
+    def of(
+        cls, requested_size: int, token: str, filters: Any,
+        key: Sequence[KeyPart] | None = None,
+    ) -> Page:
+        """`key`: the parsers of the key's parts (see `text`, `integer`, `iso_date`);
+        without it `after` is the key as the token holds it, unchecked."""
+        return cls(page_size(requested_size), decode(token, filters, key))
 
     def next_token(self, rows: list[Any], key_of: Any, filters: Any) -> str:
         """Call with up to size+1 rows fetched; returns the token when there is more."""

@@ -10,7 +10,7 @@ from services.clearing.adapters import repository as repo
 from services.clearing.domain.model import Detail
 from services.clearing.service_layer.unit_of_work import Database
 from shared.errors import NotFound
-from shared.pagination import Page
+from shared.pagination import Page, iso_date, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +60,8 @@ class Queries:
         page_token: str,
     ) -> tuple[list[Detail], str]:
         filters = [merchant_id, str(date_from), str(date_to), detail_type, state]
-        page = Page.of(page_size, page_token, filters)
-        after_date = dt.date.fromisoformat(page.after[0]) if page.after else None
-        after_id = page.after[1] if page.after else None
+        page = Page.of(page_size, page_token, filters, key=(iso_date, text))
+        after_date, after_id = page.after if page.after else (None, None)
         async with self.db.connect() as conn:
             rows = await conn.fetch(
                 f"""
@@ -86,7 +85,7 @@ class Queries:
         self, where: str, merchant_id: str, page_size: int, page_token: str, kind: str
     ) -> tuple[list[Detail], str]:
         filters = [kind, merchant_id]
-        page = Page.of(page_size, page_token, filters)
+        page = Page.of(page_size, page_token, filters, key=(text,))
         after = page.after[0] if page.after else ""
         async with self.db.connect() as conn:
             rows = await conn.fetch(
@@ -117,7 +116,7 @@ class Queries:
         self, batch_id: str, page_size: int, page_token: str
     ) -> tuple[list[Detail], str]:
         filters = ["batch", batch_id]
-        page = Page.of(page_size, page_token, filters)
+        page = Page.of(page_size, page_token, filters, key=(text,))
         after = page.after[0] if page.after else ""
         async with self.db.connect() as conn:
             if await repo.get_batch(conn, batch_id) is None:
