@@ -22,6 +22,14 @@ MINOR_UNIT_EXPONENTS: dict[str, int] = {
 
 INT64_MAX = 2**63 - 1
 
+# The largest amount one transaction or adjustment may carry: 10^13 minor units (100
+# billion yuan, far above any single real payment). The services store amounts as int64
+# and add them up in SQL (claim totals, daily summaries, balances); with every amount at
+# most this, a sum overflows int64 only after ~922,000 maximal amounts in one total
+# (INT64_MAX / 10^13), so a caller's mistake (say INT64_MAX sent as an amount) is refused
+# at the door instead of breaking a later sum that also holds everyone else's money.
+MAX_AMOUNT_MINOR_UNITS = 10**13
+
 ROUNDINGS = {
     "HALF_UP": ROUND_HALF_UP,
     "HALF_EVEN": ROUND_HALF_EVEN,

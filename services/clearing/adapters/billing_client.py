@@ -19,6 +19,7 @@ from services.clearing.domain.pricing import FeeOutcome, Priced, Refused, Unknow
 from shared.convert import write_ts
 from shared.errors import reason_of
 from shared.interceptors import client_channel
+from shared.money import MAX_AMOUNT_MINOR_UNITS
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,16 @@ def _refund_request(d: Detail) -> billing_pb2.RefundFeeRequest:
 def _priced(d: Detail, money: money_pb2.Money, r: Any) -> FeeOutcome:
     """`r`: billing's FeeResult or RefundFeeResult, whose fee is `money`."""
     mode = r.collection_mode
-    if money.currency_code != d.currency or mode not in _MODES:
-        # Never store a fee we cannot net correctly; ops see it as an exception.
+    fee, version = money.minor_units, r.rule_version
+    if (money.currency_code != d.currency or mode not in _MODES
+            or not 0 <= fee <= MAX_AMOUNT_MINOR_UNITS or version < 0):
+        # Never store a fee we cannot net correctly; ops see it as an exception. A fee is
+        # never negative (a refund's is the fee *returned*, also >= 0) and within the
+        # amount cap that keeps the claim's fee totals far from int64 overflow.
         return Refused("UNEXPECTED_BILLING_ANSWER",
-                       f"fee in {money.currency_code!r}, collection mode {mode}")
-    return Priced(Fee(money.minor_units, _MODES[mode], r.rule_id, r.rule_version))
+                       f"fee {fee} in {money.currency_code!r}, collection mode {mode}, "
+                       f"rule version {version}")
+    return Priced(Fee(fee, _MODES[mode], r.rule_id, version))
 
 
 def _refused(status: status_pb2.Status) -> FeeOutcome:

@@ -10,10 +10,22 @@ from zoneinfo import ZoneInfo
 
 from shared.business_time import business_date
 from shared.errors import Violations
-from shared.money import INT64_MAX, is_known_currency
+from shared.money import MAX_AMOUNT_MINOR_UNITS, is_known_currency
 
 MAX_ID_LENGTH = 64
 MAX_BATCH = 1000
+
+# The transaction and adjustment times clearing accepts: [EARLIEST_TIME, LATEST_TIME).
+# A valid protobuf Timestamp reaches 9999-12-31T23:59:59Z, but the business date of a
+# moment late on 9999-12-31 is in year 10000 east of UTC, beyond Python's datetime, and
+# later steps add days to business dates (settlement cycles, holidays): stopping a year
+# short keeps every business date, in any zone, and the dates computed from it within
+# range. A payment company has no transactions before 1970 (the Unix epoch; before it a
+# time is a typo or a default). Near-future times are accepted: test data and the spec's
+# cases use 2026 and 2027.
+EARLIEST_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST_TIME = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+_TIME_RANGE = "must be from 1970-01-01T00:00:00Z to before 9999-01-01T00:00:00Z"
 
 
 class DetailType(StrEnum):
@@ -188,8 +200,9 @@ def validate_transaction(v: Violations, t: TransactionIn | None, prefix: str, *,
     check_id(v, t.merchant_id, prefix + "merchant_id")
     v.check(is_known_currency(t.currency), prefix + "amount.currency_code",
             "unknown or missing ISO 4217 currency")
-    v.check(0 < t.amount <= INT64_MAX, prefix + "amount.minor_units", "must be positive")
-    v.check(has_time, prefix + "transaction_time", "required")
+    v.check(0 < t.amount <= MAX_AMOUNT_MINOR_UNITS, prefix + "amount.minor_units",
+            f"must be positive, at most {MAX_AMOUNT_MINOR_UNITS}")
+    _check_time(v, t.transaction_time, has_time, prefix + "transaction_time")
     if type_ok and t.detail_type is DetailType.REFUND:
         check_id(v, t.original_transaction_id, prefix + "original_transaction_id")
         v.check(t.original_transaction_id != t.transaction_id,
@@ -207,10 +220,20 @@ def validate_adjustment(v: Violations, a: AdjustmentIn, *, has_time: bool) -> No
     check_id(v, a.merchant_id, "merchant_id")
     v.check(is_known_currency(a.currency), "amount.currency_code",
             "unknown or missing ISO 4217 currency")
-    v.check(a.amount != 0, "amount.minor_units", "must not be zero")
+    v.check(a.amount != 0 and abs(a.amount) <= MAX_AMOUNT_MINOR_UNITS, "amount.minor_units",
+            f"must not be zero, at most {MAX_AMOUNT_MINOR_UNITS} either way")
     v.check(bool(a.reason) and len(a.reason) <= 256, "reason", "required, at most 256 characters")
     check_id(v, a.reference_transaction_id, "reference_transaction_id", required=False)
-    v.check(has_time, "adjustment_time", "required")
+    _check_time(v, a.adjustment_time, has_time, "adjustment_time")
+
+
+def _check_time(v: Violations, moment: dt.datetime, present: bool, path: str) -> None:
+    """`moment` is what the entrypoint made of the field (when the field was not a valid
+    timestamp at all, it has said so already and passes a time inside the window)."""
+    if not present:
+        v.add(path, "required")
+    elif not EARLIEST_TIME <= moment < LATEST_TIME:
+        v.add(path, _TIME_RANGE)
 
 
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
