@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -59,3 +61,15 @@ class ClearingSettings(ServiceSettings):
         description="a merchant's exceptions priced again per RetryExceptions call (the rest "
         "follow its next_page_token)",
     )
+
+    @field_validator("business_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        """An unknown zone is a settings error at startup, named as such, rather than a
+        ZoneInfoNotFoundError from deep inside the wiring."""
+        try:
+            ZoneInfo(value)
+        # ZoneInfoNotFoundError is a KeyError; a malformed key ('', '../x') a ValueError.
+        except (KeyError, ValueError, OSError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value

@@ -36,6 +36,9 @@ def _business_dates(
     date_to = convert.optional_date(
         v, request.business_date_to, request.HasField("business_date_to"), "business_date_to"
     )
+    if date_from is not None and date_to is not None:
+        # An empty answer would hide the caller's swapped bounds.
+        v.check(date_from <= date_to, "business_date_from", "must not be after business_date_to")
     return date_from, date_to
 
 
@@ -75,9 +78,11 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         v.check(0 < len(items) <= MAX_BATCH, "transactions", f"1 to {MAX_BATCH} transactions")
         seen: set[str] = set()
         for i, t in enumerate(items):
+            # An empty id is not a repeat: that item gets its own "required" below.
             if t.transaction_id in seen:
                 v.add(f"transactions[{i}].transaction_id", "repeated within the batch")
-            seen.add(t.transaction_id)
+            elif t.transaction_id:
+                seen.add(t.transaction_id)
         v.raise_if_any()
         # A malformed item is refused on its own; the others are recorded. The answer is
         # written in place (no per-item messages built and then copied into it).
@@ -145,6 +150,9 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         return pb.SummarizeDetailsResponse(summaries=[convert.summary(s) for s in rows])
 
     async def ListExceptions(self, request: pb.ListExceptionsRequest, context: Any) -> Any:
+        v = Violations()
+        check_id(v, request.merchant_id, "merchant_id", required=False)
+        v.raise_if_any()
         details, token = await self.queries.list_exceptions(
             request.merchant_id, request.page_size, request.page_token
         )
@@ -153,6 +161,9 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         )
 
     async def ListPendingFees(self, request: pb.ListPendingFeesRequest, context: Any) -> Any:
+        v = Violations()
+        check_id(v, request.merchant_id, "merchant_id", required=False)
+        v.raise_if_any()
         details, token = await self.queries.list_pending(
             request.merchant_id, request.page_size, request.page_token
         )
