@@ -5,12 +5,19 @@ a call to billing, for one item. `Coalescer.submit(item)` instead parks the item
 every parked item through the service's existing batch path in one call, in a task of
 its own; each caller gets its own outcome back.
 
-When does a group run? At most `max_in_flight` groups run at a time. While that many are
-running, items park until one finishes (that is where groups grow: a fixed time window
-alone collects only `rate × window` items, one or two at a thousand calls a second, while
-the callers wait on the groups in flight). With room for another group, the first parked
-item waits `window_s` for company, then the group runs. A group never exceeds
-`max_items` (it runs at once when it reaches that size).
+When does a group run? At most `max_in_flight` groups run at a time, always. While that
+many are running, items park until one finishes (that is where groups grow: a fixed time
+window alone collects only `rate × window` items, one or two at a thousand calls a second,
+while the callers wait on the groups in flight); then the longest-parked `max_items` of
+them run at once as the next group, and any beyond that wait for the next free slot. With
+room for another group, the first parked item waits `window_s` for company, then the group
+runs, or at once when `max_items` have parked. A group never exceeds `max_items`.
+
+A burst does not buy extra groups in flight: a full group waits for a slot like any other.
+More groups at once would not finish sooner. They share the same database pool and CPUs,
+lock overlapping rows, and cost more CPU per item (clearing measured 1 / 2 / 4 / 8 groups
+in flight: 310-340 / 350-420 / 430-510 / ~700 µs per record). So `max_in_flight` is a
+real bound on the concurrent batches (and database connections) unary calls use.
 
 Guarantees:
 - One item's refusal is its own: the batch function returns one outcome per item (a
@@ -31,6 +38,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -73,32 +81,42 @@ class Coalescer(Generic[T, R]):
             self._later.append((item, fut))
             return
         self._parked[k] = (item, fut)
+        if self._running >= self.max_in_flight:
+            return  # `_finished` runs it when a slot frees up
         if len(self._parked) >= self.max_items:
             self._flush()
-        elif self._timer is None and self._running < self.max_in_flight:
+        elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.window_s, self._flush)
 
     def _flush(self) -> None:
+        """Runs the longest-parked `max_items` items as one group, in key order. Called
+        only with a free slot (the timer is started only then, and any flush cancels it),
+        or by `drain` at shutdown."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch = [p for _, p in sorted(self._parked.items()) if not p[1].done()]
-        self._parked = {}
-        later, self._later = self._later, []
-        for item, fut in later:
-            if not fut.done():
-                self._park(item, fut)
+        taken = list(itertools.islice(self._parked.items(), self.max_items))
+        for k, _ in taken:
+            del self._parked[k]
+        batch = [p for _, p in sorted(taken) if not p[1].done()]
         if batch:
             self._running += 1
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._tasks.add(task)  # keep a reference until it is done
             task.add_done_callback(self._finished)
+        # Repeats of a key wait for the group after the one holding their key.
+        later, self._later = self._later, []
+        for item, fut in later:
+            if not fut.done():
+                self._park(item, fut)
+        if self._parked and self._running < self.max_in_flight and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._flush)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._running -= 1
         # The parked items have waited for this group already: they run now.
-        if self._parked and self._running < self.max_in_flight:
+        while self._parked and self._running < self.max_in_flight:
             self._flush()
 
     async def _execute(self, batch: list[tuple[T, asyncio.Future[R | DomainError]]]) -> None:
@@ -129,8 +147,10 @@ class Coalescer(Generic[T, R]):
                 fut.set_result(outcome)
 
     async def drain(self) -> None:
-        """Runs what is parked and waits for every batch in flight (for shutdown)."""
-        if self._parked:
-            self._flush()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Runs what is parked and waits for every batch in flight (for shutdown: the
+        in-flight bound gives way, nothing parked may be left unanswered)."""
+        while self._parked or self._tasks:
+            while self._parked:
+                self._flush()
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -19,11 +19,19 @@ class Recorder:
         self.release = asyncio.Event()
         self.release.set()
         self.started = asyncio.Event()
+        self.in_flight = 0
+        self.most_in_flight = 0
 
     async def run(self, items: list[str]) -> list[str | DomainError]:
         self.batches.append(list(items))
         self.started.set()
-        await self.release.wait()
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.release.wait()
+            await asyncio.sleep(0)  # let a burst's other groups start, were they allowed to
+        finally:
+            self.in_flight -= 1
         if self.fail_all is not None:
             raise self.fail_all
         if self.fail_on in items:
@@ -97,6 +105,54 @@ async def test_items_wait_for_a_running_batch_and_then_run_together():
     assert await first == "A"
     assert [await f for f in later] == ["B", "C", "D"]
     assert rec.batches == [["a"], ["b", "c", "d"]]
+
+
+async def test_a_burst_of_full_groups_still_runs_one_group_at_a_time_oldest_first():
+    rec = Recorder()
+    rec.release.clear()
+    c: Coalescer[str, str] = Coalescer(rec.run, _key, window_s=0.0001, max_items=2,
+                                       max_in_flight=1)
+    first = asyncio.ensure_future(c.submit("a"))
+    await rec.started.wait()
+    # Seven arrive while "a" runs: enough for three full groups and one more.
+    burst = [asyncio.ensure_future(c.submit(i)) for i in ("h", "c", "b", "g", "f", "e", "d")]
+    await asyncio.sleep(0.01)
+    assert rec.batches == [["a"]]  # full groups wait for the slot too
+    rec.release.set()
+    assert await first == "A"
+    assert [await f for f in burst] == ["H", "C", "B", "G", "F", "E", "D"]
+    # In arrival order, each group of two in key order; never two groups at once.
+    assert rec.batches == [["a"], ["c", "h"], ["b", "g"], ["e", "f"], ["d"]]
+    assert rec.most_in_flight == 1
+
+
+async def test_two_slots_run_two_groups_of_a_burst_at_once_and_no_more():
+    rec = Recorder()
+    rec.release.clear()
+    c: Coalescer[str, str] = Coalescer(rec.run, _key, window_s=0.0001, max_items=2,
+                                       max_in_flight=2)
+    burst = [asyncio.ensure_future(c.submit(str(i))) for i in range(9)]
+    await asyncio.sleep(0.01)
+    assert rec.batches == [["0", "1"], ["2", "3"]]
+    rec.release.set()
+    assert [await f for f in burst] == [str(i) for i in range(9)]
+    assert sorted(i for b in rec.batches for i in b) == [str(i) for i in range(9)]
+    assert all(len(b) <= 2 for b in rec.batches)
+    assert rec.most_in_flight == 2
+
+
+async def test_draining_runs_what_is_parked_behind_the_groups_in_flight():
+    rec = Recorder()
+    rec.release.clear()
+    c: Coalescer[str, str] = Coalescer(rec.run, _key, window_s=0.0001, max_items=2)
+    calls = [asyncio.ensure_future(c.submit(i)) for i in ("a", "b", "c", "d", "e")]
+    await asyncio.sleep(0.01)
+    draining = asyncio.ensure_future(c.drain())
+    await asyncio.sleep(0.01)
+    rec.release.set()
+    await draining
+    assert all(f.done() for f in calls)
+    assert [f.result() for f in calls] == ["A", "B", "C", "D", "E"]
 
 
 async def test_a_zero_window_runs_each_call_alone_at_once():
