@@ -14,6 +14,7 @@ the commit (its fee can only be asked for once its payment's is known).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from services.clearing.adapters import repository as repo
@@ -51,6 +52,19 @@ def _exceeds(t: TransactionIn, payment: repo.PaymentForRefund, refunded: int) ->
             "refunded_total": str(refunded),
             "requested": str(t.amount),
         },
+    )
+
+
+def _reference_mismatch(a: AdjustmentIn, ref: Any) -> FailedPrecondition:
+    # The difference belongs to the merchant and currency of the transaction it names:
+    # booked to another, it would move money between merchants' settlements.
+    return FailedPrecondition(
+        "REFERENCE_MISMATCH",
+        f"adjustment {a.adjustment_id!r} for merchant {a.merchant_id!r} in {a.currency} names "
+        f"{a.reference_transaction_id!r}, recorded for merchant {ref['merchant_id']!r} in "
+        f"{ref['currency']}",
+        {"reference_transaction_id": a.reference_transaction_id,
+         "reference_merchant_id": ref["merchant_id"], "reference_currency": ref["currency"]},
     )
 
 
@@ -155,9 +169,17 @@ class Recorder:
 
     async def record_adjustment(self, a: AdjustmentIn) -> Detail:
         async with self.db.connect() as conn:
-            row = await repo.insert_adjustment(conn, a, self.zone)
-            if row is None:
-                row = (await repo.fetch_rows(conn, [a.adjustment_id]))[a.adjustment_id]
+            known = await repo.fetch_rows(conn, [a.adjustment_id, a.reference_transaction_id])
+            row = known.get(a.adjustment_id)
+            if row is None:  # new (a repeat is answered below, whatever was recorded since)
+                ref = known.get(a.reference_transaction_id)
+                if ref is not None and (ref["merchant_id"], ref["currency"]) != (
+                    a.merchant_id, a.currency,
+                ):
+                    raise _reference_mismatch(a, ref)
+                row = await repo.insert_adjustment(conn, a, self.zone)
+                if row is None:  # a concurrent duplicate won
+                    row = (await repo.fetch_rows(conn, [a.adjustment_id]))[a.adjustment_id]
         if row["content_hash"] != a.content_hash():
             raise IdempotencyConflict(a.adjustment_id, "adjustment")
         return repo.to_detail(row)

@@ -477,7 +477,10 @@ class RecordAdjustmentRequest(_message.Message):
     reason: _builtins.str
     """Why, for example "CHANNEL_SHORT"."""
     reference_transaction_id: _builtins.str
-    """The transaction it refers to; optional."""
+    """The transaction it refers to; optional, and need not be recorded (a difference can
+    be a transaction clearing never heard of). When it is recorded, it must be of the
+    same merchant and currency (else FAILED_PRECONDITION REFERENCE_MISMATCH).
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """The signed amount, not zero: positive is owed to the merchant."""

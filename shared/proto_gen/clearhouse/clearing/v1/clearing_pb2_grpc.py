@@ -37,6 +37,8 @@ class ClearingServiceStub:
     - ORIGINAL_NOT_FOUND (FAILED_PRECONDITION): a refund names no recorded payment
     of that merchant and currency.
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
+    - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
+    transaction of another merchant or currency.
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
@@ -132,6 +134,8 @@ class ClearingServiceServicer:
     - ORIGINAL_NOT_FOUND (FAILED_PRECONDITION): a refund names no recorded payment
     of that merchant and currency.
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
+    - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
+    transaction of another merchant or currency.
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
@@ -327,6 +331,8 @@ class ClearingService:
     - ORIGINAL_NOT_FOUND (FAILED_PRECONDITION): a refund names no recorded payment
     of that merchant and currency.
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
+    - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
+    transaction of another merchant or currency.
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
