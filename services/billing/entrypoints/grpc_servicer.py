@@ -24,7 +24,7 @@ from shared.coalescer import Coalescer
 from shared.convert import ts_to_datetime
 from shared.errors import DomainError, FieldViolation, InvalidArgument, Violations, to_status
 from shared.money import INT64_MAX, is_known_currency
-from shared.pagination import Page
+from shared.pagination import Page, integer, text
 
 ERROR_DOMAIN = "billing.clearhouse"
 MAX_BATCH = 1000
@@ -135,8 +135,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         v.raise_if_any()
         state = _STATES.get(request.state, "")
         filters = [selectors.values(), state, request.currency_code]
-        page = Page.of(request.page_size, request.page_token, filters)
-        after = str(page.after[0]) if page.after else None
+        page = Page.of(request.page_size, request.page_token, filters, key=(text,))
+        after = page.after[0] if page.after else None
         rules = await self.rules.list(selectors, state, request.currency_code, after, page.size + 1)
         token = page.next_token(rules, lambda r: [r[0].rule_id], filters)
         return pb.ListFeeRulesResponse(
@@ -294,8 +294,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self._account_key(request.merchant_id, request.currency_code, v)
         v.raise_if_any()
         filters = [request.merchant_id, request.currency_code]
-        page = Page.of(request.page_size, request.page_token, filters)
-        before = int(page.after[0]) if page.after else None
+        page = Page.of(request.page_size, request.page_token, filters, key=(integer,))
+        before = page.after[0] if page.after else None
         rows = await self.accounts.movements(
             request.merchant_id, request.currency_code, before, page.size + 1
         )
@@ -324,8 +324,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         v.raise_if_any()
         state = _BILL_STATES.get(request.state, "")
         filters = [request.merchant_id, request.month, state, request.currency_code]
-        page = Page.of(request.page_size, request.page_token, filters)
-        after = str(page.after[0]) if page.after else None
+        page = Page.of(request.page_size, request.page_token, filters, key=(text,))
+        after = page.after[0] if page.after else None
         bills = await self.bills.list(
             request.merchant_id, request.month, state, request.currency_code, after, page.size + 1
         )

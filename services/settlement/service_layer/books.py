@@ -12,7 +12,7 @@ from sqlalchemy import text
 from services.settlement.domain.ledger import Account, AccountType, parse_account_code
 from services.settlement.service_layer.unit_of_work import Database
 from shared.errors import FieldViolation, InvalidArgument, NotFound
-from shared.pagination import Page
+from shared.pagination import Page, integer
 
 
 @dataclass
@@ -79,7 +79,7 @@ class BookService:
             if known.first() is None:
                 raise _account_not_found(code)
             filters = {"account": code}
-            page = Page.of(page_size, token, filters)
+            page = Page.of(page_size, token, filters, key=(integer,))
             after = page.after[0] if page.after else None
             heads = (
                 await conn.execute(

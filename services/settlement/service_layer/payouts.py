@@ -31,7 +31,7 @@ from services.settlement.service_layer.profiles import load as load_profile
 from services.settlement.service_layer.unit_of_work import Database
 from shared import idempotency
 from shared.errors import FailedPrecondition, NotFound
-from shared.pagination import Page
+from shared.pagination import Page, integer
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class PayoutService:
         self, merchant_id: str, state: str, page_size: int, token: str
     ) -> tuple[list[PayoutView], str]:
         filters = {"m": merchant_id, "s": state}
-        page = Page.of(page_size, token, filters)
+        page = Page.of(page_size, token, filters, key=(integer,))
         after = page.after[0] if page.after else None
         async with self.db.engine.connect() as conn:
             rows = (

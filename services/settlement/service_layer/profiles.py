@@ -13,6 +13,7 @@ from services.settlement.domain.profiles import BankAccount, Destination, Profil
 from services.settlement.service_layer.unit_of_work import Database
 from shared.errors import AlreadyExists, NotFound
 from shared.pagination import Page
+from shared.pagination import text as text_key
 
 _COLUMNS = (
     "merchant_id, currency, cycle_kind, cycle_days, destination_type, bank_account, "
@@ -126,7 +127,7 @@ class ProfileService:
             return profile_from_row(row)
 
     async def list(self, page_size: int, token: str) -> tuple[list[Profile], str]:
-        page = Page.of(page_size, token, {"list": "profiles"})
+        page = Page.of(page_size, token, {"list": "profiles"}, key=(text_key,))
         after = page.after[0] if page.after else ""
         async with self.db.engine.connect() as conn:
             rows = (

@@ -15,7 +15,8 @@ from sqlalchemy import text
 from services.settlement.service_layer.unit_of_work import Database
 from shared.errors import NotFound
 from shared.money import MINOR_UNIT_EXPONENTS
-from shared.pagination import Page
+from shared.pagination import Page, iso_date
+from shared.pagination import text as text_key
 
 CSV_COLUMNS = [
     "settlement_id", "merchant_id", "settle_date", "currency", "line_type", "reference",
@@ -78,10 +79,9 @@ class StatementService:
         token: str,
     ) -> tuple[list[SettlementView], str]:
         filters = {"m": merchant_id, "f": str(first), "t": str(last)}
-        page = Page.of(page_size, token, filters)
-        after_date, after_id = (
-            (dt.date.fromisoformat(page.after[0]), page.after[1]) if page.after else (None, "")
-        )
+        # The token holds (settle date, settlement id, merchant): see next_token below.
+        page = Page.of(page_size, token, filters, key=(iso_date, text_key, text_key))
+        after_date, after_id, after_merchant = page.after if page.after else (None, "", "")
         async with self.db.engine.connect() as conn:
             rows = (
                 await conn.execute(
@@ -94,7 +94,7 @@ class StatementService:
                         "ORDER BY settle_date, merchant_id, settlement_id LIMIT :n"
                     ),
                     {"m": merchant_id, "f": first, "t": last, "ad": after_date,
-                     "am": page.after[2] if page.after else "", "ai": after_id,
+                     "am": after_merchant, "ai": after_id,
                      "n": page.size + 1},
                 )
             ).all()
