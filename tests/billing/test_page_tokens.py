@@ -5,27 +5,17 @@ genuine token still pages as before."""
 
 from __future__ import annotations
 
-import base64
-import json
-
 import grpc
 import pytest
 from clearhouse.billing.v1 import billing_pb2 as pb
 
 from tests.billing.support import create_rule, money, txn
+from tests.support.page_tokens import forged
 from tests.support.rpc_errors import violated_fields
 
 DEFERRED = {"rule_id": "DEF", "currency": "CNY", "method": "PERCENT", "rate": "0.0038",
             "effective_from": "2026-01-01T00:00:00+08:00", "selectors": {},
             "collection_mode": "DEFERRED", "refund_fee_policy": "PROPORTIONAL"}
-
-
-def forged(real_token: str, key: object) -> str:
-    """A real token of the call with its key swapped: the fingerprint of the filters
-    still matches, only the key is the caller's invention."""
-    body = json.loads(base64.urlsafe_b64decode(real_token + "=" * (-len(real_token) % 4)))
-    body["k"] = key
-    return base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
 
 
 # Keys no list of billing has: not a list, empty, too long, of the wrong JSON types,

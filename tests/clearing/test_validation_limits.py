@@ -6,9 +6,7 @@ INTERNAL) and stores nothing."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 
 import grpc
 import pytest
@@ -30,6 +28,7 @@ from shared.convert import datetime_to_ts
 from shared.errors import Violations
 from shared.money import MAX_AMOUNT_MINOR_UNITS
 from tests.clearing.conftest import T0, money, payment, percent_rule, record, refund
+from tests.support.page_tokens import forged
 from tests.support.rpc_errors import violated_fields
 
 INT64_MAX, INT64_MIN = 2**63 - 1, -(2**63)
@@ -172,14 +171,6 @@ async def test_sums_of_amounts_at_the_cap_are_summarized_and_claimed_exactly(cle
 
 
 # ------------------------------------------------------------------ page tokens
-
-
-def forged(real_token: str, key: object) -> str:
-    """A real token of the call with its key swapped: the fingerprint of the filters
-    still matches, only the key is the caller's invention."""
-    body = json.loads(base64.urlsafe_b64decode(real_token + "=" * (-len(real_token) % 4)))
-    body["k"] = key
-    return base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
 
 
 # Keys of the wrong shape for every list: not a list, wrong length, not text, text

@@ -8,9 +8,7 @@ stack (billing, clearing, settlement and the payout simulator)."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +17,7 @@ import pytest
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 
 from tests.e2e import stack as st
+from tests.support.page_tokens import forged
 from tests.support.rpc_errors import violated_fields
 
 BASE = {"rule_id": "BASE", "currency": "CNY", "method": "PERCENT", "rate": "0.006",
@@ -27,14 +26,6 @@ MERCHANTS = ["MA", "MB", "MC"]
 DAY = dt.date(2026, 3, 2)
 # One merchant's payable account: its settlement and its payout each post an entry.
 PAYABLE = "MERCHANT_PAYABLE:MA:CNY"
-
-
-def forged(real_token: str, key: object) -> str:
-    """A real token of the call with its key swapped: the fingerprint of the filters
-    still matches, only the key is the caller's invention."""
-    body = json.loads(base64.urlsafe_b64decode(real_token + "=" * (-len(real_token) % 4)))
-    body["k"] = key
-    return base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
 
 
 # Keys no list of settlement has: not a list, empty, too long, of the wrong JSON types,
