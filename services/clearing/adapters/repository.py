@@ -406,22 +406,26 @@ async def count_exceptions_after(conn: Conn, merchant_id: str, after_id: str) ->
 
 # ---------------------------------------------------------------- batches
 
-_BATCH_SELECT = """
-SELECT b.batch_id, b.merchant_id, b.currency, b.business_date_to, b.state,
-       t.payments, t.refunds, t.net_fees, t.net_fee_returns, t.adjustments,
-       t.payment_count, t.refund_count, t.adjustment_count, t.detail_count
-FROM claim_batches b JOIN claim_batch_totals t USING (batch_id)
-WHERE b.batch_id = $1
+_BATCH_COLUMNS = """
+b.batch_id, b.merchant_id, b.currency, b.business_date_to, b.state, b.create_time,
+b.update_time, t.payments, t.refunds, t.net_fees, t.net_fee_returns, t.adjustments,
+t.payment_count, t.refund_count, t.adjustment_count, t.detail_count
 """
+_BATCH_FROM = "FROM claim_batches b JOIN claim_batch_totals t USING (batch_id)"
+_BATCH_SELECT = f"SELECT {_BATCH_COLUMNS} {_BATCH_FROM} WHERE b.batch_id = $1"
 
 
-def to_batch(r: Any, state: str | None = None) -> Batch:
+def to_batch(r: Any, closed: tuple[str, dt.datetime] | None = None) -> Batch:
+    """`closed`: the state and update time a confirm or release just wrote over `r`."""
+    state, update_time = closed or (r["state"], r["update_time"])
     return Batch(
         batch_id=r["batch_id"],
         merchant_id=r["merchant_id"],
         currency=r["currency"],
         business_date_to=r["business_date_to"],
-        state=BatchState(state or r["state"]),
+        state=BatchState(state),
+        create_time=r["create_time"],
+        update_time=update_time,
         totals=BatchTotals(
             currency=r["currency"],
             payments=r["payments"],
@@ -442,7 +446,8 @@ WITH batch AS (
     INSERT INTO claim_batches (batch_id, merchant_id, currency, business_date_to, state)
     VALUES ($1, $2, $3, $4, 'OPEN')
     ON CONFLICT (batch_id) DO NOTHING
-    RETURNING batch_id, merchant_id, currency, business_date_to, state
+    RETURNING batch_id, merchant_id, currency, business_date_to, state, create_time,
+              update_time
 ), due AS (
     SELECT detail_id FROM clearing_details
     WHERE merchant_id = $2 AND currency = $3 AND state = 'UNSETTLED'
@@ -508,13 +513,14 @@ FOR UPDATE
 """
 
 
-async def close_batch(conn: Conn, batch_id: str, confirm: bool) -> str:
+async def close_batch(conn: Conn, batch_id: str, confirm: bool) -> tuple[str, dt.datetime]:
     """Settles or releases the batch's claimed details; the caller holds the batch row
     lock inside a transaction. The details are locked first, in detail id order like every
     other multi-row writer (a refund locking its claimed payment, a claim), and only then
     updated: an UPDATE alone would lock them in whatever order its plan visits them (a
     bitmap or sequential scan: heap order) and could deadlock against a refund batch.
-    Once locked, the update waits for nobody, so its own order no longer matters."""
+    Once locked, the update waits for nobody, so its own order no longer matters.
+    Returns the batch's new state and update time."""
     await conn.execute(_LOCK_CLAIMED, batch_id)
     if confirm:
         await conn.execute(
@@ -529,8 +535,68 @@ async def close_batch(conn: Conn, batch_id: str, confirm: bool) -> str:
             batch_id,
         )
     state = (BatchState.CONFIRMED if confirm else BatchState.RELEASED).value
-    await conn.execute(
-        "UPDATE claim_batches SET state = $2, update_time = now() WHERE batch_id = $1",
+    update_time = await conn.fetchval(
+        "UPDATE claim_batches SET state = $2, update_time = now() WHERE batch_id = $1 "
+        "RETURNING update_time",
         batch_id, state,
     )
-    return state
+    return state, update_time
+
+
+# The states a list may filter by: written into the SQL as literals (never the caller's
+# text), so the planner matches the partial index `WHERE state = 'OPEN'` even in the
+# generic plan asyncpg's prepared statement settles on.
+_BATCH_STATE_LITERALS = {s.value: f"'{s.value}'" for s in BatchState}
+
+
+def list_batches_sql(
+    *, merchant: bool, currency: bool, state: str, created_before: bool, after: bool
+) -> tuple[str, list[str]]:
+    """The SQL of one page of ListBatches, oldest first, and the names of its parameters
+    in order (of merchant_id, currency, created_before, after_time, after_id, limit).
+
+    Only the filters given are in the WHERE clause (no `$1 = '' OR ...`): each combination
+    is its own prepared statement with a plan that can use its index — claim_batches_open_idx
+    for OPEN batches, claim_batches_merchant_idx for a merchant's, claim_batches_create_idx
+    otherwise — each in the list's order (create_time, batch_id), so no sort."""
+    where: list[str] = []
+    params: list[str] = []
+
+    def param(name: str) -> str:
+        params.append(name)
+        return f"${len(params)}"
+
+    if merchant:
+        where.append(f"b.merchant_id = {param('merchant_id')}")
+    if currency:
+        where.append(f"b.currency = {param('currency')}")
+    if state:
+        where.append(f"b.state = {_BATCH_STATE_LITERALS[state]}")
+    if created_before:
+        where.append(f"b.create_time < {param('created_before')}")
+    if after:
+        where.append(
+            f"(b.create_time, b.batch_id) > ({param('after_time')}, {param('after_id')}::text)"
+        )
+    sql = (
+        f"SELECT {_BATCH_COLUMNS} {_BATCH_FROM}"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY b.create_time, b.batch_id LIMIT {param('limit')}"
+    )
+    return sql, params
+
+
+async def list_batches(
+    conn: Conn, *, merchant_id: str, currency: str, state: str,
+    created_before: dt.datetime | None, after: tuple[dt.datetime, str] | None, limit: int,
+) -> list[Any]:
+    sql, names = list_batches_sql(
+        merchant=bool(merchant_id), currency=bool(currency), state=state,
+        created_before=created_before is not None, after=after is not None,
+    )
+    values = {
+        "merchant_id": merchant_id, "currency": currency, "created_before": created_before,
+        "after_time": after[0] if after else None, "after_id": after[1] if after else None,
+        "limit": limit,
+    }
+    return list(await conn.fetch(sql, *[values[n] for n in names]))

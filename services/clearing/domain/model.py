@@ -179,6 +179,8 @@ class Batch:
     business_date_to: dt.date
     state: BatchState
     totals: BatchTotals
+    create_time: dt.datetime
+    update_time: dt.datetime
 
 
 def check_id(v: Violations, value: str, path: str, required: bool = True) -> None:

@@ -54,6 +54,7 @@ BATCH_STATES = {
     "CONFIRMED": pb.BATCH_STATE_CONFIRMED,
     "RELEASED": pb.BATCH_STATE_RELEASED,
 }
+BATCH_STATE_NAMES = {v: k for k, v in BATCH_STATES.items()}
 _TX_TYPES = {
     transaction_pb2.TRANSACTION_TYPE_PAYMENT: DetailType.PAYMENT,
     transaction_pb2.TRANSACTION_TYPE_REFUND: DetailType.REFUND,
@@ -84,6 +85,13 @@ def _moment(v: Violations, value: timestamp_pb2.Timestamp, path: str) -> dt.date
         v.add(path, "not a valid timestamp")
         return None
     return _EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
+
+
+def optional_moment(
+    v: Violations, value: timestamp_pb2.Timestamp, present: bool, path: str
+) -> dt.datetime | None:
+    """An absent Timestamp means no bound; a present one must be a valid Timestamp."""
+    return _moment(v, value, path) if present else None
 
 
 def optional_date(v: Violations, value: date_pb2.Date, present: bool, path: str) -> dt.date | None:
@@ -203,6 +211,8 @@ def batch(b: Batch) -> pb.Batch:
         merchant_id=b.merchant_id,
         business_date_to=date(b.business_date_to),
         state=BATCH_STATES[b.state.value],
+        create_time=ts(b.create_time),
+        update_time=ts(b.update_time),
         totals=pb.BatchTotals(
             currency_code=t.currency,
             payments=t.payments,

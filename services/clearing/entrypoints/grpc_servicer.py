@@ -236,3 +236,32 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         v.raise_if_any()
         return pb.ReleaseBatchResponse(batch=convert.batch(await self.batches.release(
             request.batch_id)))
+
+    # ------------------------------------------------------------ batch reads (operations)
+
+    async def GetBatch(self, request: pb.GetBatchRequest, context: Any) -> Any:
+        v = Violations()
+        check_id(v, request.batch_id, "batch_id")
+        v.raise_if_any()
+        return pb.GetBatchResponse(batch=convert.batch(await self.batches.get(request.batch_id)))
+
+    async def ListBatches(self, request: pb.ListBatchesRequest, context: Any) -> Any:
+        v = Violations()
+        check_id(v, request.merchant_id, "merchant_id", required=False)
+        v.check(not request.currency_code or is_known_currency(request.currency_code),
+                "currency_code", "unknown ISO 4217 currency")
+        v.check(request.state in (0, *convert.BATCH_STATE_NAMES), "state", "unknown state")
+        created_before = convert.optional_moment(
+            v, request.created_before, request.HasField("created_before"), "created_before"
+        )
+        # Here too (Page.of checks it as well) so that it is reported with the others.
+        v.check(request.page_size >= 0, "page_size", "must not be negative")
+        v.raise_if_any()
+        batches, token = await self.queries.list_batches(
+            request.merchant_id, request.currency_code,
+            convert.BATCH_STATE_NAMES.get(request.state, ""), created_before,
+            request.page_size, request.page_token,
+        )
+        return pb.ListBatchesResponse(
+            batches=[convert.batch(b) for b in batches], next_page_token=token
+        )

@@ -1,4 +1,5 @@
-"""Read side: get, list (keyset pages), daily summaries, exceptions and pending fees."""
+"""Read side: get, list (keyset pages), daily summaries, exceptions and pending fees,
+batches."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.clearing.adapters import repository as repo
-from services.clearing.domain.model import Detail
+from services.clearing.domain.model import Batch, Detail
 from services.clearing.service_layer.unit_of_work import Database
 from shared.errors import NotFound
 from shared.pagination import Page, iso_date, text
@@ -31,6 +32,22 @@ class DailySummary:
     exception_count: int
     deferred_fee_returns: int
     prepaid_fee_returns: int
+
+
+def instant(value: Any) -> dt.datetime:
+    """A page-key part: a moment written as ISO 8601 with its UTC offset, as a batch's
+    create_time is written into ListBatches' tokens (microseconds, PostgreSQL's precision,
+    survive the round trip). A naive or unrepresentable moment is refused (ValueError,
+    so INVALID_ARGUMENT on page_token) before it reaches SQL."""
+    if not isinstance(value, str):
+        raise TypeError("not a timestamp key")
+    moment = dt.datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError("timestamp key without a UTC offset")
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError as exc:  # "0001-01-01T00:00+01:00" is before year 1 in UTC
+        raise ValueError("timestamp key out of range") from exc
 
 
 def _page(rows: list[Any], page: Page, key: Any, filters: Any) -> tuple[list[Detail], str]:
@@ -129,6 +146,31 @@ class Queries:
                 batch_id, after, page.size + 1,
             )
         return _page(list(rows), page, lambda r: [r["detail_id"]], filters)
+
+    async def list_batches(
+        self,
+        merchant_id: str,
+        currency: str,
+        state: str,
+        created_before: dt.datetime | None,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[Batch], str]:
+        """Batches oldest first by (create_time, batch_id): the longest-open claims come
+        first when ops look for stuck ones. `state` is a BatchState value or "" for all."""
+        created = created_before.isoformat() if created_before is not None else ""
+        filters = ["batches", merchant_id, currency, state, created]
+        page = Page.of(page_size, page_token, filters, key=(instant, text))
+        after = (page.after[0], page.after[1]) if page.after else None
+        async with self.db.connect() as conn:
+            rows = await repo.list_batches(
+                conn, merchant_id=merchant_id, currency=currency, state=state,
+                created_before=created_before, after=after, limit=page.size + 1,
+            )
+        token = page.next_token(
+            rows, lambda r: [r["create_time"].isoformat(), r["batch_id"]], filters
+        )
+        return [repo.to_batch(r) for r in rows[: page.size]], token
 
     async def summarize(
         self, merchant_id: str, date_from: dt.date | None, date_to: dt.date | None

@@ -1095,6 +1095,8 @@ class Batch(_message.Message):
     BUSINESS_DATE_TO_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The batch id."""
     merchant_id: _builtins.str
@@ -1107,7 +1109,17 @@ class Batch(_message.Message):
 
     @_builtins.property
     def totals(self) -> Global___BatchTotals:
-        """The totals."""
+        """The totals; totals.currency_code is the batch's currency."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the batch was claimed (opened)."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the batch last changed state: its confirmation or release; equal to
+        create_time while it is OPEN.
+        """
 
     def __init__(
         self,
@@ -1117,10 +1129,12 @@ class Batch(_message.Message):
         business_date_to: _date_pb2.Date | None = ...,
         state: Global___BatchState.ValueType = ...,
         totals: Global___BatchTotals | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["business_date_to", b"business_date_to", "totals", b"totals"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business_date_to", b"business_date_to", "create_time", b"create_time", "totals", b"totals", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "business_date_to", b"business_date_to", "merchant_id", b"merchant_id", "state", b"state", "totals", b"totals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "business_date_to", b"business_date_to", "create_time", b"create_time", "merchant_id", b"merchant_id", "state", b"state", "totals", b"totals", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1256,7 +1270,9 @@ Global___ConfirmBatchResponse: _TypeAlias = ConfirmBatchResponse  # noqa: Y015
 
 @_typing.final
 class ReleaseBatchRequest(_message.Message):
-    """ReleaseBatchRequest returns a batch's details to unsettled."""
+    """ReleaseBatchRequest returns a batch's details to unsettled. Only for a batch its
+    claimer will not settle: never release one settlement has booked (see ReleaseBatch).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1299,3 +1315,123 @@ class ReleaseBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseBatchResponse: _TypeAlias = ReleaseBatchResponse  # noqa: Y015
+
+@_typing.final
+class GetBatchRequest(_message.Message):
+    """GetBatchRequest names a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The batch id; 1-64 characters."""
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBatchRequest: _TypeAlias = GetBatchRequest  # noqa: Y015
+
+@_typing.final
+class GetBatchResponse(_message.Message):
+    """GetBatchResponse returns a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> Global___Batch:
+        """The batch."""
+
+    def __init__(
+        self,
+        *,
+        batch: Global___Batch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBatchResponse: _TypeAlias = GetBatchResponse  # noqa: Y015
+
+@_typing.final
+class ListBatchesRequest(_message.Message):
+    """ListBatchesRequest filters batches; every filter is optional and they combine (AND)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant; empty for all (at most 64 characters)."""
+    currency_code: _builtins.str
+    """The currency (ISO 4217); empty for all."""
+    state: Global___BatchState.ValueType
+    """The state; UNSPECIFIED for all. OPEN lists the claims neither confirmed nor
+    released.
+    """
+    page_size: _builtins.int
+    """Page size (AIP-158): 0 for the default (100), at most 1,000, not negative."""
+    page_token: _builtins.str
+    """Page token: the next_page_token of the previous call with the same filters."""
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only batches created strictly before this moment; absent for no bound."""
+
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        state: Global___BatchState.ValueType = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_before", b"created_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_before", b"created_before", "currency_code", b"currency_code", "merchant_id", b"merchant_id", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBatchesRequest: _TypeAlias = ListBatchesRequest  # noqa: Y015
+
+@_typing.final
+class ListBatchesResponse(_message.Message):
+    """ListBatchesResponse is one page of batches, oldest first (create_time, then batch id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCHES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty on the last page."""
+    @_builtins.property
+    def batches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Batch]:
+        """The batches."""
+
+    def __init__(
+        self,
+        *,
+        batches: _abc.Iterable[Global___Batch] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBatchesResponse: _TypeAlias = ListBatchesResponse  # noqa: Y015

@@ -39,14 +39,16 @@ class ClearingServiceStub:
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
     - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
     transaction of another merchant or currency.
-    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
+    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND): no detail or batch of that id
+    (GetDetail, GetBatch, ListBatchDetails, ConfirmBatch, ReleaseBatch, RetryExceptions).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
     (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
     call lost a deadlock; nothing was recorded and the call may be retried as is.
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
+    (a forged page_token, or one from a call with other filters, included).
     """
 
     def __init__(self, channel):
@@ -120,6 +122,16 @@ class ClearingServiceStub:
                 request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReleaseBatchRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReleaseBatchResponse.FromString,
                 _registered_method=True)
+        self.GetBatch = channel.unary_unary(
+                '/clearhouse.clearing.v1.ClearingService/GetBatch',
+                request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetBatchRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetBatchResponse.FromString,
+                _registered_method=True)
+        self.ListBatches = channel.unary_unary(
+                '/clearhouse.clearing.v1.ClearingService/ListBatches',
+                request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesResponse.FromString,
+                _registered_method=True)
 
 
 class ClearingServiceServicer:
@@ -136,14 +148,16 @@ class ClearingServiceServicer:
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
     - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
     transaction of another merchant or currency.
-    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
+    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND): no detail or batch of that id
+    (GetDetail, GetBatch, ListBatchDetails, ConfirmBatch, ReleaseBatch, RetryExceptions).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
     (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
     call lost a deadlock; nothing was recorded and the call may be retried as is.
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
+    (a forged page_token, or one from a call with other filters, included).
     """
 
     def RecordTransaction(self, request, context):
@@ -237,7 +251,31 @@ class ClearingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseBatch(self, request, context):
-        """Returns a batch's details to unsettled. Idempotent.
+        """Returns a batch's details to unsettled, for a claimer that will NOT settle the
+        batch (its settlement failed before booking, or was abandoned). Idempotent.
+        Releasing a batch that settlement has already booked lets its details be claimed
+        by another batch and paid out a second time: before releasing an OPEN batch by
+        hand, check settlement (ListSettlements and the items of the run that claimed it)
+        and confirm it instead if it was booked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBatch(self, request, context):
+        """Gets a batch (state, merchant, currency, cut-off date, totals, times) without
+        claiming anything: unlike a repeat of ClaimDetails, an unknown id is NOT_FOUND
+        BATCH_NOT_FOUND. Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBatches(self, request, context):
+        """Lists batches oldest first (create_time, then batch id), filtered by merchant,
+        currency, state and creation time, paginated (AIP-158). For operations: the OPEN
+        batches created before a moment are the claims neither confirmed nor released
+        since. Read-only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -311,6 +349,16 @@ def add_ClearingServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReleaseBatchRequest.FromString,
                     response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReleaseBatchResponse.SerializeToString,
             ),
+            'GetBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBatch,
+                    request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetBatchRequest.FromString,
+                    response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetBatchResponse.SerializeToString,
+            ),
+            'ListBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBatches,
+                    request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesRequest.FromString,
+                    response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clearhouse.clearing.v1.ClearingService', rpc_method_handlers)
@@ -333,14 +381,16 @@ class ClearingService:
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
     - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
     transaction of another merchant or currency.
-    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
+    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND): no detail or batch of that id
+    (GetDetail, GetBatch, ListBatchDetails, ConfirmBatch, ReleaseBatch, RetryExceptions).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
     a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
     (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
     call lost a deadlock; nothing was recorded and the call may be retried as is.
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
+    (a forged page_token, or one from a call with other filters, included).
     """
 
     @staticmethod
@@ -684,6 +734,60 @@ class ClearingService:
             '/clearhouse.clearing.v1.ClearingService/ReleaseBatch',
             clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReleaseBatchRequest.SerializeToString,
             clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReleaseBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.clearing.v1.ClearingService/GetBatch',
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetBatchRequest.SerializeToString,
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.clearing.v1.ClearingService/ListBatches',
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesRequest.SerializeToString,
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,14 +40,16 @@ class ClearingServiceStub:
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
     - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
       transaction of another merchant or currency.
-    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
+    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND): no detail or batch of that id
+      (GetDetail, GetBatch, ListBatchDetails, ConfirmBatch, ReleaseBatch, RetryExceptions).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
       a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
       (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
+    (a forged page_token, or one from a call with other filters, included).
     """
 
     @_typing.overload
@@ -88,7 +90,24 @@ class ClearingServiceStub:
     ConfirmBatch: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ConfirmBatchRequest, _clearing_pb2.ConfirmBatchResponse]
     """Marks a batch's details settled. Idempotent."""
     ReleaseBatch: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ReleaseBatchRequest, _clearing_pb2.ReleaseBatchResponse]
-    """Returns a batch's details to unsettled. Idempotent."""
+    """Returns a batch's details to unsettled, for a claimer that will NOT settle the
+    batch (its settlement failed before booking, or was abandoned). Idempotent.
+    Releasing a batch that settlement has already booked lets its details be claimed
+    by another batch and paid out a second time: before releasing an OPEN batch by
+    hand, check settlement (ListSettlements and the items of the run that claimed it)
+    and confirm it instead if it was booked.
+    """
+    GetBatch: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.GetBatchRequest, _clearing_pb2.GetBatchResponse]
+    """Gets a batch (state, merchant, currency, cut-off date, totals, times) without
+    claiming anything: unlike a repeat of ClaimDetails, an unknown id is NOT_FOUND
+    BATCH_NOT_FOUND. Read-only.
+    """
+    ListBatches: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ListBatchesRequest, _clearing_pb2.ListBatchesResponse]
+    """Lists batches oldest first (create_time, then batch id), filtered by merchant,
+    currency, state and creation time, paginated (AIP-158). For operations: the OPEN
+    batches created before a moment are the claims neither confirmed nor released
+    since. Read-only.
+    """
 
 @_typing.type_check_only
 class ClearingServiceAsyncStub(ClearingServiceStub):
@@ -105,14 +124,16 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
     - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
       transaction of another merchant or currency.
-    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
+    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND): no detail or batch of that id
+      (GetDetail, GetBatch, ListBatchDetails, ConfirmBatch, ReleaseBatch, RetryExceptions).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
       a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
       (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
+    (a forged page_token, or one from a call with other filters, included).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -150,7 +171,24 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     ConfirmBatch: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ConfirmBatchRequest, _clearing_pb2.ConfirmBatchResponse]  # type: ignore[assignment]
     """Marks a batch's details settled. Idempotent."""
     ReleaseBatch: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ReleaseBatchRequest, _clearing_pb2.ReleaseBatchResponse]  # type: ignore[assignment]
-    """Returns a batch's details to unsettled. Idempotent."""
+    """Returns a batch's details to unsettled, for a claimer that will NOT settle the
+    batch (its settlement failed before booking, or was abandoned). Idempotent.
+    Releasing a batch that settlement has already booked lets its details be claimed
+    by another batch and paid out a second time: before releasing an OPEN batch by
+    hand, check settlement (ListSettlements and the items of the run that claimed it)
+    and confirm it instead if it was booked.
+    """
+    GetBatch: _aio.UnaryUnaryMultiCallable[_clearing_pb2.GetBatchRequest, _clearing_pb2.GetBatchResponse]  # type: ignore[assignment]
+    """Gets a batch (state, merchant, currency, cut-off date, totals, times) without
+    claiming anything: unlike a repeat of ClaimDetails, an unknown id is NOT_FOUND
+    BATCH_NOT_FOUND. Read-only.
+    """
+    ListBatches: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ListBatchesRequest, _clearing_pb2.ListBatchesResponse]  # type: ignore[assignment]
+    """Lists batches oldest first (create_time, then batch id), filtered by merchant,
+    currency, state and creation time, paginated (AIP-158). For operations: the OPEN
+    batches created before a moment are the claims neither confirmed nor released
+    since. Read-only.
+    """
 
 class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
     """ClearingService records the clearing detail (清算明细) of every successful
@@ -166,14 +204,16 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
     - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
       transaction of another merchant or currency.
-    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND).
+    - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND): no detail or batch of that id
+      (GetDetail, GetBatch, ListBatchDetails, ConfirmBatch, ReleaseBatch, RetryExceptions).
     - BATCH_NOT_OPEN (FAILED_PRECONDITION): confirming a released batch or releasing
       a confirmed one.
     - DETAIL_NOT_RETRYABLE (FAILED_PRECONDITION): RetryExceptions names an adjustment
       (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
+    (a forged page_token, or one from a call with other filters, included).
     """
 
     @_abc_1.abstractmethod
@@ -287,6 +327,35 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _clearing_pb2.ReleaseBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_clearing_pb2.ReleaseBatchResponse, _abc.Awaitable[_clearing_pb2.ReleaseBatchResponse]]:
-        """Returns a batch's details to unsettled. Idempotent."""
+        """Returns a batch's details to unsettled, for a claimer that will NOT settle the
+        batch (its settlement failed before booking, or was abandoned). Idempotent.
+        Releasing a batch that settlement has already booked lets its details be claimed
+        by another batch and paid out a second time: before releasing an OPEN batch by
+        hand, check settlement (ListSettlements and the items of the run that claimed it)
+        and confirm it instead if it was booked.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBatch(
+        self,
+        request: _clearing_pb2.GetBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clearing_pb2.GetBatchResponse, _abc.Awaitable[_clearing_pb2.GetBatchResponse]]:
+        """Gets a batch (state, merchant, currency, cut-off date, totals, times) without
+        claiming anything: unlike a repeat of ClaimDetails, an unknown id is NOT_FOUND
+        BATCH_NOT_FOUND. Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBatches(
+        self,
+        request: _clearing_pb2.ListBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clearing_pb2.ListBatchesResponse, _abc.Awaitable[_clearing_pb2.ListBatchesResponse]]:
+        """Lists batches oldest first (create_time, then batch id), filtered by merchant,
+        currency, state and creation time, paginated (AIP-158). For operations: the OPEN
+        batches created before a moment are the claims neither confirmed nor released
+        since. Read-only.
+        """
 
 def add_ClearingServiceServicer_to_server(servicer: ClearingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
