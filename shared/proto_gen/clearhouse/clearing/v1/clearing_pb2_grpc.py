@@ -252,11 +252,13 @@ class ClearingServiceServicer:
 
     def ReleaseBatch(self, request, context):
         """Returns a batch's details to unsettled, for a claimer that will NOT settle the
-        batch (its settlement failed before booking, or was abandoned). Idempotent.
+        batch (settlement releasing an empty claim; a claim its claimer abandoned). Idempotent.
         Releasing a batch that settlement has already booked lets its details be claimed
         by another batch and paid out a second time: before releasing an OPEN batch by
-        hand, check settlement (ListSettlements and the items of the run that claimed it)
-        and confirm it instead if it was booked.
+        hand, check settlement (ListSettlements' clearing_batch_id, and the failures of the
+        run that claimed it) and confirm it instead if it was booked. A batch a settlement
+        run will claim again under the same id must not be released either: the repeated
+        claim returns the released batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

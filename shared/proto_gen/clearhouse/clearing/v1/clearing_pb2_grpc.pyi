@@ -91,11 +91,13 @@ class ClearingServiceStub:
     """Marks a batch's details settled. Idempotent."""
     ReleaseBatch: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ReleaseBatchRequest, _clearing_pb2.ReleaseBatchResponse]
     """Returns a batch's details to unsettled, for a claimer that will NOT settle the
-    batch (its settlement failed before booking, or was abandoned). Idempotent.
+    batch (settlement releasing an empty claim; a claim its claimer abandoned). Idempotent.
     Releasing a batch that settlement has already booked lets its details be claimed
     by another batch and paid out a second time: before releasing an OPEN batch by
-    hand, check settlement (ListSettlements and the items of the run that claimed it)
-    and confirm it instead if it was booked.
+    hand, check settlement (ListSettlements' clearing_batch_id, and the failures of the
+    run that claimed it) and confirm it instead if it was booked. A batch a settlement
+    run will claim again under the same id must not be released either: the repeated
+    claim returns the released batch.
     """
     GetBatch: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.GetBatchRequest, _clearing_pb2.GetBatchResponse]
     """Gets a batch (state, merchant, currency, cut-off date, totals, times) without
@@ -172,11 +174,13 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     """Marks a batch's details settled. Idempotent."""
     ReleaseBatch: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ReleaseBatchRequest, _clearing_pb2.ReleaseBatchResponse]  # type: ignore[assignment]
     """Returns a batch's details to unsettled, for a claimer that will NOT settle the
-    batch (its settlement failed before booking, or was abandoned). Idempotent.
+    batch (settlement releasing an empty claim; a claim its claimer abandoned). Idempotent.
     Releasing a batch that settlement has already booked lets its details be claimed
     by another batch and paid out a second time: before releasing an OPEN batch by
-    hand, check settlement (ListSettlements and the items of the run that claimed it)
-    and confirm it instead if it was booked.
+    hand, check settlement (ListSettlements' clearing_batch_id, and the failures of the
+    run that claimed it) and confirm it instead if it was booked. A batch a settlement
+    run will claim again under the same id must not be released either: the repeated
+    claim returns the released batch.
     """
     GetBatch: _aio.UnaryUnaryMultiCallable[_clearing_pb2.GetBatchRequest, _clearing_pb2.GetBatchResponse]  # type: ignore[assignment]
     """Gets a batch (state, merchant, currency, cut-off date, totals, times) without
@@ -328,11 +332,13 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_clearing_pb2.ReleaseBatchResponse, _abc.Awaitable[_clearing_pb2.ReleaseBatchResponse]]:
         """Returns a batch's details to unsettled, for a claimer that will NOT settle the
-        batch (its settlement failed before booking, or was abandoned). Idempotent.
+        batch (settlement releasing an empty claim; a claim its claimer abandoned). Idempotent.
         Releasing a batch that settlement has already booked lets its details be claimed
         by another batch and paid out a second time: before releasing an OPEN batch by
-        hand, check settlement (ListSettlements and the items of the run that claimed it)
-        and confirm it instead if it was booked.
+        hand, check settlement (ListSettlements' clearing_batch_id, and the failures of the
+        run that claimed it) and confirm it instead if it was booked. A batch a settlement
+        run will claim again under the same id must not be released either: the repeated
+        claim returns the released batch.
         """
 
     @_abc_1.abstractmethod
