@@ -27,6 +27,45 @@ class BatchDetail:
     state: str  # UNSETTLED | CLAIMED | SETTLED
 
 
+@dataclass(frozen=True, slots=True)
+class ClearingBatch:
+    """A clearing batch as settlement reads it: its state and its totals.
+
+    The state matters because a repeated ClaimDetails of an existing batch id answers
+    with that batch whatever its state: a RELEASED or CONFIRMED batch must not be booked.
+    """
+
+    batch_id: str
+    state: str  # OPEN | CONFIRMED | RELEASED ('' for a state this client does not know)
+    totals: BatchTotals
+
+
+_BATCH_STATES = {
+    clearing_pb2.BATCH_STATE_OPEN: "OPEN",
+    clearing_pb2.BATCH_STATE_CONFIRMED: "CONFIRMED",
+    clearing_pb2.BATCH_STATE_RELEASED: "RELEASED",
+}
+
+
+def _batch(b: clearing_pb2.Batch) -> ClearingBatch:
+    t = b.totals
+    return ClearingBatch(
+        batch_id=b.batch_id,
+        state=_BATCH_STATES.get(b.state, ""),
+        totals=BatchTotals(
+            payments=t.payments,
+            refunds=t.refunds,
+            net_fees=t.net_fees,
+            net_fee_returns=t.net_fee_returns,
+            adjustments=t.adjustments,
+            payment_count=t.payment_count,
+            refund_count=t.refund_count,
+            adjustment_count=t.adjustment_count,
+            detail_count=t.detail_count,
+        ),
+    )
+
+
 _DETAIL_TYPES = {
     clearing_pb2.DETAIL_TYPE_PAYMENT: "PAYMENT",
     clearing_pb2.DETAIL_TYPE_REFUND: "REFUND",
@@ -47,7 +86,9 @@ class ClearingClient:
 
     async def claim(
         self, batch_id: str, merchant_id: str, currency: str, business_date_to: dt.date
-    ) -> BatchTotals:
+    ) -> ClearingBatch:
+        """Claims into the batch, or returns the existing batch of that id in whatever
+        state it is (ClaimDetails is idempotent by batch id)."""
         resp = await self.stub.ClaimDetails(
             clearing_pb2.ClaimDetailsRequest(
                 batch_id=batch_id,
@@ -57,18 +98,19 @@ class ClearingClient:
             ),
             timeout=self.deadline_s,
         )
-        t = resp.batch.totals
-        return BatchTotals(
-            payments=t.payments,
-            refunds=t.refunds,
-            net_fees=t.net_fees,
-            net_fee_returns=t.net_fee_returns,
-            adjustments=t.adjustments,
-            payment_count=t.payment_count,
-            refund_count=t.refund_count,
-            adjustment_count=t.adjustment_count,
-            detail_count=t.detail_count,
-        )
+        return _batch(resp.batch)
+
+    async def get_batch(self, batch_id: str) -> ClearingBatch | None:
+        """The batch without claiming anything, or None when clearing has no such id."""
+        try:
+            resp = await self.stub.GetBatch(
+                clearing_pb2.GetBatchRequest(batch_id=batch_id), timeout=self.deadline_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return _batch(resp.batch)
 
     async def confirm(self, batch_id: str) -> None:
         await self.stub.ConfirmBatch(

@@ -1,11 +1,14 @@
-"""What CheckInvariants can verify of domain §5 items 1 and 2 through clearing's API:
-for the settlements of one date, that each batch settlement booked and confirmed is
-settled in clearing and holds exactly the details and amounts the settlement booked.
+"""What CheckInvariants can verify of domain §5 items 1 and 2 through clearing's API,
+for one settlement date:
+- each batch settlement booked and confirmed is settled in clearing and holds exactly
+  the details and amounts the settlement booked (one ListBatchDetails per settlement);
+- each item the run SKIPPED (nothing to settle) left no claim behind: its empty batch
+  is RELEASED, not OPEN, and holds no details (one GetBatch per skipped item; GetBatch
+  reads without claiming, which a repeated ClaimDetails would not guarantee).
 
-Scoped to a date because it costs one ListBatchDetails call per settlement. Not checked:
-an empty batch left OPEN (clearing has no read of a batch by id that would not claim),
-and §5 item 5 (prepaid fee accounts belong to billing, which refuses any charge that
-would take one below zero in the charge's own transaction; settlement never touches them).
+Scoped to a date because of those calls. Not checked: §5 item 5 (prepaid fee accounts
+belong to billing, which refuses any charge that would take one below zero in the
+charge's own transaction; settlement never touches them).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import datetime as dt
 import grpc
 from sqlalchemy import text
 
-from services.settlement.adapters.clients import BatchDetail
+from services.settlement.adapters.clients import BatchDetail, ClearingBatch
+from services.settlement.domain import ids
 from services.settlement.service_layer.books import Violation
 from services.settlement.service_layer.ports import Clearing
 from services.settlement.service_layer.unit_of_work import Database
@@ -48,13 +52,29 @@ class ClearingAudit:
                     {"d": day},
                 )
             ).all()
+            skipped = (
+                await conn.execute(
+                    text(
+                        # The date's run holds its items (by the primary key's prefix).
+                        "SELECT run_id, merchant_id, batch_id FROM run_items "
+                        "WHERE run_id = :r AND state = 'SKIPPED' AND batch_id <> '' "
+                        "ORDER BY merchant_id"
+                    ),
+                    {"r": ids.run_id(day)},
+                )
+            ).all()
 
         async def details(batch_id: str) -> list[BatchDetail]:
             async with self.calls:
                 return await self.clearing.batch_details(batch_id)
 
+        async def batch(batch_id: str) -> ClearingBatch | None:
+            async with self.calls:
+                return await self.clearing.get_batch(batch_id)
+
         try:
             found = await asyncio.gather(*(details(r.clearing_batch_id) for r in rows))
+            empties = await asyncio.gather(*(batch(r.batch_id) for r in skipped))
         except grpc.aio.AioRpcError as exc:
             raise ClearingUnavailable(
                 "CLEARING_UNAVAILABLE",
@@ -82,4 +102,35 @@ class ClearingAudit:
                     f"but clearing's batch {r.clearing_batch_id} holds {held}",
                     r.settlement_id,
                 ))
+        out += [v for r, b in zip(skipped, empties, strict=True)
+                for v in _skipped_batch(r.run_id, r.merchant_id, r.batch_id, b)]
         return out
+
+
+def _skipped_batch(
+    run_id: str, merchant_id: str, batch_id: str, batch: ClearingBatch | None
+) -> list[Violation]:
+    """A skipped item claimed an empty batch and released it at once (runs._gather)."""
+    where = f"merchant {merchant_id} (run {run_id}) was skipped with nothing to settle"
+    if batch is None:
+        return [Violation(
+            "2 settled at most once, none left claimed",
+            f"{where} but clearing has no batch {batch_id}",
+            batch_id,
+        )]
+    out: list[Violation] = []
+    if batch.state == "OPEN":
+        out.append(Violation(
+            "2 settled at most once, none left claimed",
+            f"{where} but its batch {batch_id} is still OPEN in clearing (an empty claim "
+            "settlement should have released)",
+            batch_id,
+        ))
+    if batch.totals.detail_count > 0:
+        out.append(Violation(
+            "1 each detail in exactly one settlement",
+            f"{where} but its batch {batch_id} is {batch.state or 'in an unknown state'} "
+            f"with {batch.totals.detail_count} details no settlement booked",
+            batch_id,
+        ))
+    return out

@@ -7,8 +7,8 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from services.settlement.adapters.clients import BatchDetail, GatewayPayout
-from services.settlement.domain.netting import BatchTotals, FeeBill
+from services.settlement.adapters.clients import BatchDetail, ClearingBatch, GatewayPayout
+from services.settlement.domain.netting import FeeBill
 from services.settlement.domain.profiles import BankAccount
 
 # A test-only seam: called at each step of a run with the step's name; raising from it
@@ -19,7 +19,9 @@ FaultHook = Callable[[str], Awaitable[None]]
 class Clearing(Protocol):
     async def claim(
         self, batch_id: str, merchant_id: str, currency: str, business_date_to: dt.date
-    ) -> BatchTotals: ...
+    ) -> ClearingBatch: ...
+
+    async def get_batch(self, batch_id: str) -> ClearingBatch | None: ...
 
     async def confirm(self, batch_id: str) -> None: ...
 

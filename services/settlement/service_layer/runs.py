@@ -8,7 +8,10 @@ Items move PENDING/FAILED -> BOOKED (settlement committed) -> DONE (batch confir
 bills marked collected), or SKIPPED when the run changes nothing for the merchant.
 Every step is idempotent (the claim by a batch id derived from the run date and the
 merchant, the booking by the item's state, confirm and collect by their ids), so
-whatever a crash interrupts, the next run completes it and never settles twice.
+whatever a crash interrupts, the next run completes it and never settles twice. A
+repeated claim answers with the batch of that id in whatever state it is now; one that is
+no longer OPEN and holds details (released or confirmed by hand after a crash) is never
+booked: the item fails at CLAIM with BATCH_NOT_OPEN.
 """
 
 from __future__ import annotations
@@ -299,9 +302,24 @@ class RunService:
         item.batch_id = ids.batch_id(item.settle_date, item.merchant_id)
         try:
             async with self.calls:
-                item.totals = await self.clearing.claim(
+                batch = await self.clearing.claim(
                     item.batch_id, item.merchant_id, p.currency, bdt
                 )
+                if batch.state != "OPEN" and batch.totals.detail_count > 0:
+                    # A repeated claim (after a crash between claim and booking) answers
+                    # with the batch of that id whatever its state. RELEASED (by hand,
+                    # meanwhile): its details are free again and the next claim takes
+                    # them, so booking these totals would pay them twice. CONFIRMED:
+                    # settled in clearing by someone else. Either way never booked; the
+                    # item fails at CLAIM, and every later run finds the same answer
+                    # until ops act (docs/settlement.md, "Batches not OPEN").
+                    item.error = (
+                        f"BATCH_NOT_OPEN: clearing batch {item.batch_id} is "
+                        f"{batch.state or 'in an unknown state'} with "
+                        f"{batch.totals.detail_count} details; not booked"
+                    )
+                    return
+                item.totals = batch.totals
                 if item.totals.detail_count == 0:
                     # Clearing opens a batch even when it finds nothing; an empty one
                     # is never confirmed, so it is released at once rather than left
