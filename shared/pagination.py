@@ -70,6 +70,21 @@ def iso_date(value: Any) -> dt.date:
     return dt.date.fromisoformat(value)
 
 
+def instant(value: Any) -> dt.datetime:
+    """A moment written as ISO 8601 with its UTC offset (`datetime.isoformat()` of an
+    aware datetime: microseconds, PostgreSQL's precision, survive the round trip). A
+    naive or unrepresentable moment is refused before it reaches SQL."""
+    if not isinstance(value, str):
+        raise TypeError("not a timestamp key")
+    moment = dt.datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError("timestamp key without a UTC offset")
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError as exc:  # "0001-01-01T00:00+01:00" is before year 1 in UTC
+        raise ValueError("timestamp key out of range") from exc
+
+
 def _parsed(key: list[Any], parts: Sequence[KeyPart]) -> list[Any]:
     if len(key) != len(parts):
         raise ValueError("wrong number of key parts")
@@ -111,7 +126,7 @@ class Page:
         cls, requested_size: int, token: str, filters: Any,
         key: Sequence[KeyPart] | None = None,
     ) -> Page:
-        """`key`: the parsers of the key's parts (see `text`, `integer`, `iso_date`);
+        """`key`: the parsers of the key's parts (see `text`, `integer`, `iso_date`, `instant`);
         without it `after` is the key as the token holds it, unchecked."""
         return cls(page_size(requested_size), decode(token, filters, key))
 

@@ -314,9 +314,9 @@ async def apply_outcomes(
         if not pending:
             return {}
         still = {r["detail_id"] for r in pending}
+        kept = [(i, o) for i, o in decided if i in still]
         rows = await conn.fetch(
-            _APPLY_OUTCOMES, [i for i, _ in decided if i in still],
-            *_decision_columns(o for i, o in decided if i in still),
+            _APPLY_OUTCOMES, [i for i, _ in kept], *_decision_columns(o for _, o in kept)
         )
     return {r["detail_id"]: r for r in rows}
 

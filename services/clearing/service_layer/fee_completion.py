@@ -13,7 +13,7 @@ from services.clearing.domain.model import Detail, DetailType, FeeStatus
 from services.clearing.service_layer.pricing import Pricer
 from services.clearing.service_layer.unit_of_work import Database
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from shared.pagination import decode, encode
+from shared.pagination import decode, encode, text
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,12 @@ class Retried:
 
 def _after_id(token: str, merchant_id: str) -> str:
     """The last detail id retried by the call that returned `token` ("" for none)."""
-    key = decode(token, ["retry", merchant_id])
+    key = decode(token, ["retry", merchant_id], (text,))
     if key is None:
         return ""
-    after = key[0] if len(key) == 1 else None
-    if not isinstance(after, str) or "\x00" in after or not after:
+    if not key[0]:  # every token this service issues names a detail
         raise InvalidArgument([FieldViolation("page_token", "malformed page token")])
-    try:
-        after.encode()  # a lone surrogate would reach PostgreSQL and fail there
-    except UnicodeEncodeError as exc:
-        raise InvalidArgument([FieldViolation("page_token", "malformed page token")]) from exc
-    return after
+    return str(key[0])
 
 
 class FeeCompletion:
@@ -102,18 +97,17 @@ class FeeCompletion:
         ids = list(dict.fromkeys(detail_ids))
         async with self.db.connect() as conn:
             found = await repo.fetch_rows(conn, ids)
-        for detail_id in ids:
-            row = found.get(detail_id)
-            if row is None:
-                raise NotFound("DETAIL_NOT_FOUND", f"no detail {detail_id!r}",
-                               {"detail_id": detail_id})
-            if row["detail_type"] == DetailType.ADJUSTMENT.value:
-                raise FailedPrecondition(
-                    "DETAIL_NOT_RETRYABLE",
-                    f"detail {detail_id!r} is an adjustment: fee-free, never an exception",
-                    {"detail_id": detail_id, "detail_type": row["detail_type"]},
-                )
-        async with self.db.connect() as conn:
+            for detail_id in ids:
+                row = found.get(detail_id)
+                if row is None:
+                    raise NotFound("DETAIL_NOT_FOUND", f"no detail {detail_id!r}",
+                                   {"detail_id": detail_id})
+                if row["detail_type"] == DetailType.ADJUSTMENT.value:
+                    raise FailedPrecondition(
+                        "DETAIL_NOT_RETRYABLE",
+                        f"detail {detail_id!r} is an adjustment: fee-free, never an exception",
+                        {"detail_id": detail_id, "detail_type": row["detail_type"]},
+                    )
             reopened = await repo.reopen_exceptions(
                 conn, ids, "", len(ids), self.backoff_initial_s
             )

@@ -11,7 +11,7 @@ from services.clearing.adapters import repository as repo
 from services.clearing.domain.model import Batch, Detail
 from services.clearing.service_layer.unit_of_work import Database
 from shared.errors import NotFound
-from shared.pagination import Page, iso_date, text
+from shared.pagination import Page, instant, iso_date, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,20 +34,6 @@ class DailySummary:
     prepaid_fee_returns: int
 
 
-def instant(value: Any) -> dt.datetime:
-    """A page-key part: a moment written as ISO 8601 with its UTC offset, as a batch's
-    create_time is written into ListBatches' tokens (microseconds, PostgreSQL's precision,
-    survive the round trip). A naive or unrepresentable moment is refused (ValueError,
-    so INVALID_ARGUMENT on page_token) before it reaches SQL."""
-    if not isinstance(value, str):
-        raise TypeError("not a timestamp key")
-    moment = dt.datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        raise ValueError("timestamp key without a UTC offset")
-    try:
-        return moment.astimezone(dt.UTC)
-    except OverflowError as exc:  # "0001-01-01T00:00+01:00" is before year 1 in UTC
-        raise ValueError("timestamp key out of range") from exc
 
 
 def _page(rows: list[Any], page: Page, key: Any, filters: Any) -> tuple[list[Detail], str]:
