@@ -15,7 +15,8 @@ from shared import embedded_pg
 from tests.support.harness import ServiceHandle, drop, launch
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ROOT.parent / "shared" / "spec" / "cases"
+# The project's own copy of the specification's worked cases (see tests/cases/README.md).
+CASES = ROOT / "tests" / "cases"
 
 
 @pytest.fixture(scope="session")
