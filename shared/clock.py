@@ -16,7 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
+
+from shared.settings import SettingsError
 
 ENV = "CLEARHOUSE_NOW"
 _OFFSET = re.compile(r"^([+-])((?:\d+[dhms])+)$")
@@ -38,7 +41,7 @@ def parse_shift(value: str, real: Clock = real_now) -> dt.timedelta:
     match = _OFFSET.match(value)
     if match:
         delta = dt.timedelta(
-            **{_UNITS[u]: int(n) for n, u in _PART.findall(match.group(2))}  # type: ignore[arg-type]
+            **{_UNITS[u]: int(n) for n, u in _PART.findall(match.group(2))}
         )
         return delta if match.group(1) == "+" else -delta
     try:
@@ -53,10 +56,15 @@ def parse_shift(value: str, real: Clock = real_now) -> dt.timedelta:
     return instant - real()
 
 
-def clock_from_env(environ: dict[str, str] | None = None, real: Clock = real_now) -> Clock:
-    """The service clock: UTC-aware, shifted by CLEARHOUSE_NOW."""
+def clock_from_env(environ: Mapping[str, str] | None = None, real: Clock = real_now) -> Clock:
+    """The service clock: UTC-aware, shifted by CLEARHOUSE_NOW. A value it cannot read
+    stops the service (SettingsError, exit 2) with one line saying what is allowed."""
     value = (os.environ if environ is None else environ).get(ENV, "")
-    shift = parse_shift(value, real)
+    try:
+        shift = parse_shift(value, real)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SettingsError([str(exc)]) from None
     if not shift:
         return real
 

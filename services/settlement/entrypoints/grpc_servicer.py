@@ -15,6 +15,7 @@ from services.settlement.service_layer.payouts import PayoutService
 from services.settlement.service_layer.profiles import ProfileService
 from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.statements import StatementService
+from shared import validation
 from shared.errors import Violations
 from shared.pagination import page_size
 
@@ -258,7 +259,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         self, request: pb.ImportCalendarRequest, context: Ctx
     ) -> pb.ImportCalendarResponse:
         v = Violations()
-        v.check(0 < len(request.request_id) <= 128, "request_id", "required, 1-128 characters")
+        validation.check_id(v, request.request_id, "request_id")
         fmt = c.FILE_FORMATS.get(request.format)
         v.check(fmt is not None, "format", "CSV or YAML")
         mode = c.IMPORT_MODES.get(request.mode)
@@ -266,7 +267,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         v.check(bool(request.content.strip()), "content", "required: the calendar file")
         v.check(len(request.content) <= MAX_CALENDAR_FILE_CHARS, "content", "at most 1 MiB")
         v.check(bool(request.reason.strip()), "reason", "required, for the audit trail")
-        v.check(len(request.reason) <= 500, "reason", "at most 500 characters")
+        validation.check_text(v, request.reason, "reason")
         first = c.date_from_proto(request.from_date, "from_date", v, required=False)
         last = c.date_from_proto(request.to_date, "to_date", v, required=False)
         v.raise_if_any()
