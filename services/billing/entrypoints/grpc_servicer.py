@@ -352,3 +352,17 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             request.request_id, request.bill_id, request.collection_reference
         )
         return pb.MarkFeeBillCollectedResponse(bill=c.bill_to_proto(bill, True))
+
+    # -- refund quotes --------------------------------------------------------------------
+
+    async def QuoteRefundFee(self, request: pb.QuoteRefundFeeRequest, context: Any) -> pb.QuoteRefundFeeResponse:
+        v = Violations()
+        c.check_id(request.original_transaction_id, "original_transaction_id", v)
+        c.check_id(request.merchant_id, "merchant_id", v)
+        c.check_money(request.amount, request.HasField("amount"), "amount", v)
+        v.raise_if_any()
+        quoted = await self.pricing.quote_refund(RefundRequest(
+            "", request.original_transaction_id, request.merchant_id,
+            request.amount.minor_units, request.amount.currency_code, _now(),
+        ))
+        return pb.QuoteRefundFeeResponse(result=c.refund_outcome_to_proto(quoted))

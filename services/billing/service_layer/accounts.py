@@ -19,7 +19,7 @@ class Account:
     currency: str
     balance: int
     low_balance_threshold: int
-    update_time: dt.datetime
+    update_time: dt.datetime | None  # None: never topped up, so never changed
 
     @property
     def low(self) -> bool:
@@ -45,6 +45,7 @@ def account_not_found(merchant_id: str, currency: str) -> NotFound:
 
 
 def _encode(a: Account) -> bytes:
+    assert a.update_time is not None  # a top-up's answer: the account has just changed
     return json.dumps(
         [a.merchant_id, a.currency, a.balance, a.low_balance_threshold, a.update_time.isoformat()]
     ).encode()
@@ -96,7 +97,9 @@ class Accounts:
                 merchant_id, currency,
             )
         if row is None:
-            raise account_not_found(merchant_id, currency)
+            # A merchant never topped up has nothing in its account: a balance of zero
+            # (§2.4 charges see it so), not an error a caller must special-case.
+            return Account(merchant_id, currency, 0, 0, None)
         return Account(merchant_id, currency, row[0], row[1], row[2])
 
     async def set_threshold(self, merchant_id: str, currency: str, threshold: int) -> Account:
@@ -114,13 +117,8 @@ class Accounts:
     async def movements(
         self, merchant_id: str, currency: str, before_id: int | None, limit: int
     ) -> list[Movement]:
+        # A merchant never topped up has no movements (an empty list, like its zero balance).
         async with self.db.connection() as conn:
-            exists = await conn.fetchval(
-                "SELECT 1 FROM fee_accounts WHERE merchant_id = $1 AND currency = $2",
-                merchant_id, currency,
-            )
-            if exists is None:
-                raise account_not_found(merchant_id, currency)
             rows = await conn.fetch(
                 "SELECT movement_id, type, amount, balance_after, reference, create_time "
                 "FROM fee_account_movements WHERE merchant_id = $1 AND currency = $2 "

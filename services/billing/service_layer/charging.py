@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from services.billing.domain.model import CollectionMode, FeeTxn, RefundPolicy, Rounding
 from services.billing.domain.periods import business_month, period_key
 from services.billing.domain.pricing import price
-from services.billing.domain.refunds import OriginalCharge, RefundExceedsOriginal, refund
+from services.billing.domain.refunds import FeeReturn, OriginalCharge, RefundExceedsOriginal, refund
 from services.billing.domain.selection import Explained, RuleIndex, explain
 from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.outcomes import (
@@ -171,6 +171,12 @@ CROSS JOIN LATERAL (
   SELECT transaction_id, merchant_id, currency, amount, fee, refund_fee_policy, rounding,
     refunded_amount, fee_returned, collection_mode, rule_id, rule_version, product
   FROM fee_charges WHERE transaction_id = t.id FOR UPDATE) c
+"""
+
+_READ_ORIGINAL = """
+SELECT transaction_id, merchant_id, currency, amount, fee, refund_fee_policy, rounding,
+  refunded_amount, fee_returned, collection_mode, rule_id, rule_version, product
+FROM fee_charges WHERE transaction_id = $1
 """
 
 _UPDATE_ORIGINALS = """
@@ -445,29 +451,11 @@ class Pricing:
         for i in pending:
             r = reqs[i]
             o = originals.get(r.original_transaction_id)
-            if o is None or o["merchant_id"] != r.merchant_id:
-                out[i] = original_not_found(r)
+            fr = fee_return(o, r)
+            if isinstance(fr, DomainError):
+                out[i] = fr
                 continue
-            if o["currency"] != r.currency:
-                out[i] = FailedPrecondition(
-                    "CURRENCY_MISMATCH",
-                    f"the original is in {o['currency']}, the refund in {r.currency}",
-                    {"original_currency": o["currency"], "currency": r.currency},
-                )
-                continue
-            charge = OriginalCharge(
-                o["amount"], o["fee"], RefundPolicy(o["refund_fee_policy"]), Rounding(o["rounding"]),
-                o["refunded_amount"], o["fee_returned"],
-            )
-            try:
-                fr = refund(charge, r.amount)
-            except RefundExceedsOriginal as exc:
-                out[i] = FailedPrecondition(
-                    "REFUND_EXCEEDS_ORIGINAL", str(exc),
-                    {"original_amount": str(exc.original_amount), "refunded": str(exc.refunded),
-                     "requested": str(exc.requested)},
-                )
-                continue
+            assert o is not None
             o["refunded_amount"], o["fee_returned"] = fr.refunded_total, fr.fee_returned_total
             changed.add(r.original_transaction_id)
             mode = o["collection_mode"]
@@ -502,6 +490,47 @@ class Pricing:
             if len(inserted) != len(refund_rows):
                 raise _Retry
         return out  # type: ignore[return-value]
+
+    async def quote_refund(self, r: RefundRequest) -> RefundOutcome:
+        """What `refund([r])` would answer now, read without locks and recording nothing:
+        the same checks and the same arithmetic (fee_return) on the original as it is.
+        A refund committing meanwhile may of course change the next answer."""
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(_READ_ORIGINAL, r.original_transaction_id)
+        o = None if row is None else dict(row)
+        fr = fee_return(o, r)
+        if isinstance(fr, DomainError):
+            raise fr
+        assert o is not None
+        return RefundOutcome(
+            r.refund_transaction_id, r.original_transaction_id, fr.returned, o["currency"],
+            o["rule_id"], o["rule_version"], o["collection_mode"], fr.exact, fr.refunded_total,
+        )
+
+
+def fee_return(o: dict[str, Any] | None, r: RefundRequest) -> FeeReturn | DomainError:
+    """The fee a refund returns of its original charge row `o` (None: not recorded), or
+    the refusal: one place for RefundFee and QuoteRefundFee, so a quote is the refund."""
+    if o is None or o["merchant_id"] != r.merchant_id:
+        return original_not_found(r)
+    if o["currency"] != r.currency:
+        return FailedPrecondition(
+            "CURRENCY_MISMATCH",
+            f"the original is in {o['currency']}, the refund in {r.currency}",
+            {"original_currency": o["currency"], "currency": r.currency},
+        )
+    charge = OriginalCharge(
+        o["amount"], o["fee"], RefundPolicy(o["refund_fee_policy"]), Rounding(o["rounding"]),
+        o["refunded_amount"], o["fee_returned"],
+    )
+    try:
+        return refund(charge, r.amount)
+    except RefundExceedsOriginal as exc:
+        return FailedPrecondition(
+            "REFUND_EXCEEDS_ORIGINAL", str(exc),
+            {"original_amount": str(exc.original_amount), "refunded": str(exc.refunded),
+             "requested": str(exc.requested)},
+        )
 
 
 def utc_now() -> dt.datetime:

@@ -2189,3 +2189,59 @@ class ExplainFeeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExplainFeeResponse: _TypeAlias = ExplainFeeResponse  # noqa: Y015
+
+@_typing.final
+class QuoteRefundFeeRequest(_message.Message):
+    """QuoteRefundFeeRequest asks what a refund would return, without recording it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGINAL_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    original_transaction_id: _builtins.str
+    """The charged transaction that would be refunded."""
+    merchant_id: _builtins.str
+    """The merchant; must be the original's."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """The amount that would be refunded, positive, in the original's currency."""
+
+    def __init__(
+        self,
+        *,
+        original_transaction_id: _builtins.str = ...,
+        merchant_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "merchant_id", b"merchant_id", "original_transaction_id", b"original_transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteRefundFeeRequest: _TypeAlias = QuoteRefundFeeRequest  # noqa: Y015
+
+@_typing.final
+class QuoteRefundFeeResponse(_message.Message):
+    """QuoteRefundFeeResponse is what RefundFee would answer now for this refund."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___RefundFeeResult:
+        """The quoted result; refund_transaction_id is empty."""
+
+    def __init__(
+        self,
+        *,
+        result: Global___RefundFeeResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteRefundFeeResponse: _TypeAlias = QuoteRefundFeeResponse  # noqa: Y015

@@ -156,6 +156,11 @@ class BillingServiceStub:
                 request_serializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.MarkFeeBillCollectedRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.MarkFeeBillCollectedResponse.FromString,
                 _registered_method=True)
+        self.QuoteRefundFee = channel.unary_unary(
+                '/clearhouse.billing.v1.BillingService/QuoteRefundFee',
+                request_serializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -283,7 +288,8 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetFeeAccount(self, request, context):
-        """Gets a fee account's balance and low-balance state.
+        """Gets a fee account's balance and low-balance state. A merchant never topped up
+        has a balance of zero (no update_time), not NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -297,7 +303,8 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListFeeAccountMovements(self, request, context):
-        """Lists the movements of a fee account, newest first, paginated.
+        """Lists the movements of a fee account, newest first, paginated; none for a
+        merchant never topped up.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -327,6 +334,16 @@ class BillingServiceServicer:
 
     def MarkFeeBillCollected(self, request, context):
         """Marks an issued fee bill collected with a reference. Idempotent by request id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QuoteRefundFee(self, request, context):
+        """Quotes what a refund of an amount of a charged transaction would return of its
+        fee, by the original rule's refund fee policy and what was refunded before: the
+        answer RefundFee would give now. Records nothing (no refund, no counter, no
+        balance, no bill changes); refuses exactly as RefundFee would.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -434,6 +451,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.MarkFeeBillCollected,
                     request_deserializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.MarkFeeBillCollectedRequest.FromString,
                     response_serializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.MarkFeeBillCollectedResponse.SerializeToString,
+            ),
+            'QuoteRefundFee': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuoteRefundFee,
+                    request_deserializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeRequest.FromString,
+                    response_serializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -998,6 +1020,33 @@ class BillingService:
             '/clearhouse.billing.v1.BillingService/MarkFeeBillCollected',
             clearhouse_dot_billing_dot_v1_dot_billing__pb2.MarkFeeBillCollectedRequest.SerializeToString,
             clearhouse_dot_billing_dot_v1_dot_billing__pb2.MarkFeeBillCollectedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuoteRefundFee(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.billing.v1.BillingService/QuoteRefundFee',
+            clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeRequest.SerializeToString,
+            clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeResponse.FromString,
             options,
             channel_credentials,
             insecure,

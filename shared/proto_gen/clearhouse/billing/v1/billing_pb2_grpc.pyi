@@ -97,11 +97,15 @@ class BillingServiceStub:
     Idempotent by request id.
     """
     GetFeeAccount: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetFeeAccountRequest, _billing_pb2.GetFeeAccountResponse]
-    """Gets a fee account's balance and low-balance state."""
+    """Gets a fee account's balance and low-balance state. A merchant never topped up
+    has a balance of zero (no update_time), not NOT_FOUND.
+    """
     UpdateFeeAccount: _grpc.UnaryUnaryMultiCallable[_billing_pb2.UpdateFeeAccountRequest, _billing_pb2.UpdateFeeAccountResponse]
     """Sets the low-balance threshold of a fee account."""
     ListFeeAccountMovements: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListFeeAccountMovementsRequest, _billing_pb2.ListFeeAccountMovementsResponse]
-    """Lists the movements of a fee account, newest first, paginated."""
+    """Lists the movements of a fee account, newest first, paginated; none for a
+    merchant never topped up.
+    """
     GenerateFeeBills: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GenerateFeeBillsRequest, _billing_pb2.GenerateFeeBillsResponse]
     """Issues the deferred fee bills of a business month. Idempotent: charges that
     arrive later for that month go to a supplementary bill on the next call.
@@ -112,6 +116,12 @@ class BillingServiceStub:
     """Gets a fee bill with its lines."""
     MarkFeeBillCollected: _grpc.UnaryUnaryMultiCallable[_billing_pb2.MarkFeeBillCollectedRequest, _billing_pb2.MarkFeeBillCollectedResponse]
     """Marks an issued fee bill collected with a reference. Idempotent by request id."""
+    QuoteRefundFee: _grpc.UnaryUnaryMultiCallable[_billing_pb2.QuoteRefundFeeRequest, _billing_pb2.QuoteRefundFeeResponse]
+    """Quotes what a refund of an amount of a charged transaction would return of its
+    fee, by the original rule's refund fee policy and what was refunded before: the
+    answer RefundFee would give now. Records nothing (no refund, no counter, no
+    balance, no bill changes); refuses exactly as RefundFee would.
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -182,11 +192,15 @@ class BillingServiceAsyncStub(BillingServiceStub):
     Idempotent by request id.
     """
     GetFeeAccount: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetFeeAccountRequest, _billing_pb2.GetFeeAccountResponse]  # type: ignore[assignment]
-    """Gets a fee account's balance and low-balance state."""
+    """Gets a fee account's balance and low-balance state. A merchant never topped up
+    has a balance of zero (no update_time), not NOT_FOUND.
+    """
     UpdateFeeAccount: _aio.UnaryUnaryMultiCallable[_billing_pb2.UpdateFeeAccountRequest, _billing_pb2.UpdateFeeAccountResponse]  # type: ignore[assignment]
     """Sets the low-balance threshold of a fee account."""
     ListFeeAccountMovements: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListFeeAccountMovementsRequest, _billing_pb2.ListFeeAccountMovementsResponse]  # type: ignore[assignment]
-    """Lists the movements of a fee account, newest first, paginated."""
+    """Lists the movements of a fee account, newest first, paginated; none for a
+    merchant never topped up.
+    """
     GenerateFeeBills: _aio.UnaryUnaryMultiCallable[_billing_pb2.GenerateFeeBillsRequest, _billing_pb2.GenerateFeeBillsResponse]  # type: ignore[assignment]
     """Issues the deferred fee bills of a business month. Idempotent: charges that
     arrive later for that month go to a supplementary bill on the next call.
@@ -197,6 +211,12 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Gets a fee bill with its lines."""
     MarkFeeBillCollected: _aio.UnaryUnaryMultiCallable[_billing_pb2.MarkFeeBillCollectedRequest, _billing_pb2.MarkFeeBillCollectedResponse]  # type: ignore[assignment]
     """Marks an issued fee bill collected with a reference. Idempotent by request id."""
+    QuoteRefundFee: _aio.UnaryUnaryMultiCallable[_billing_pb2.QuoteRefundFeeRequest, _billing_pb2.QuoteRefundFeeResponse]  # type: ignore[assignment]
+    """Quotes what a refund of an amount of a charged transaction would return of its
+    fee, by the original rule's refund fee policy and what was refunded before: the
+    answer RefundFee would give now. Records nothing (no refund, no counter, no
+    balance, no bill changes); refuses exactly as RefundFee would.
+    """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """BillingService prices transactions (计费): fee rules administered by operations,
@@ -348,7 +368,9 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_pb2.GetFeeAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.GetFeeAccountResponse, _abc.Awaitable[_billing_pb2.GetFeeAccountResponse]]:
-        """Gets a fee account's balance and low-balance state."""
+        """Gets a fee account's balance and low-balance state. A merchant never topped up
+        has a balance of zero (no update_time), not NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def UpdateFeeAccount(
@@ -364,7 +386,9 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_pb2.ListFeeAccountMovementsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.ListFeeAccountMovementsResponse, _abc.Awaitable[_billing_pb2.ListFeeAccountMovementsResponse]]:
-        """Lists the movements of a fee account, newest first, paginated."""
+        """Lists the movements of a fee account, newest first, paginated; none for a
+        merchant never topped up.
+        """
 
     @_abc_1.abstractmethod
     def GenerateFeeBills(
@@ -399,5 +423,17 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.MarkFeeBillCollectedResponse, _abc.Awaitable[_billing_pb2.MarkFeeBillCollectedResponse]]:
         """Marks an issued fee bill collected with a reference. Idempotent by request id."""
+
+    @_abc_1.abstractmethod
+    def QuoteRefundFee(
+        self,
+        request: _billing_pb2.QuoteRefundFeeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.QuoteRefundFeeResponse, _abc.Awaitable[_billing_pb2.QuoteRefundFeeResponse]]:
+        """Quotes what a refund of an amount of a charged transaction would return of its
+        fee, by the original rule's refund fee policy and what was refunded before: the
+        answer RefundFee would give now. Records nothing (no refund, no counter, no
+        balance, no bill changes); refuses exactly as RefundFee would.
+        """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
