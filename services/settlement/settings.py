@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -10,7 +11,7 @@ from shared.settings import ServiceSettings
 class SettlementSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SETTLEMENT_", extra="ignore")
 
-    port: int = 50053
+    port: int = Field(default=50053, ge=0, le=65535)
     db_schema: str = "settlement"
 
     # The services settlement calls.
@@ -34,6 +35,11 @@ class SettlementSettings(ServiceSettings):
     # How often the background completer retries confirmations of booked items that
     # failed (clearing or billing down); 0 turns it off in this process.
     completion_interval_s: float = 60.0
+
+    # The business calendar: warn (log, GetCalendarCoverage.warning) when fewer than this
+    # many days from today are known; how often to look, seconds.
+    calendar_warn_days: int = 60
+    calendar_check_interval_s: float = 3600.0
 
     # The payout dispatcher.
     dispatcher_enabled: bool = True
