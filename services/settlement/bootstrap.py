@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
+from services.settlement.adapters.figures import figure_source
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
 from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.books import BookService
@@ -24,6 +25,8 @@ from services.settlement.service_layer.statements import StatementService
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
 from shared import migrations
+from shared.figures import pool_figures
+from shared.metrics import ServiceMetrics, app_options
 from shared.server import App
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -94,6 +97,13 @@ async def build_app(
         for client in (clearing, billing, gateway):
             await client.close()
 
+    metrics = ServiceMetrics("settlement")
+    metrics.sources += [
+        pool_figures(engine),
+        figure_source(engine, BookService(db).check_invariants,
+                      settings.invariant_check_interval_s),
+    ]
+
     return App(
         name="settlement",
         error_domain="settlement.clearhouse",
@@ -102,4 +112,5 @@ async def build_app(
         readiness=ready,
         background=background,
         on_close=[close],
+        **app_options(settings, metrics),
     )
