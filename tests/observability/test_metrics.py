@@ -4,7 +4,10 @@ they move when the work happens. Scraped over HTTP from real servers."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +19,8 @@ from shared import server
 from tests.clearing.conftest import FAST, payment, percent_rule, record
 from tests.support.harness import ServiceHandle, drop, launch
 
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
 
 def scrape(handle: ServiceHandle) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     port = handle.running.metrics_server.port  # type: ignore[union-attr]
@@ -25,6 +30,18 @@ def scrape(handle: ServiceHandle) -> dict[tuple[str, tuple[tuple[str, str], ...]
         for family in text_string_to_metric_families(body)
         for sample in family.samples
     }
+
+
+def families(handle: ServiceHandle) -> set[str]:
+    """The metric families a service exports (also those with no sample yet)."""
+    port = handle.running.metrics_server.port  # type: ignore[union-attr]
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    names = set()
+    for family in text_string_to_metric_families(body):
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+        names |= {family.name, *(s.name for s in family.samples)}
+        names |= {family.name + x for x in suffixes.get(family.type, ())}
+    return names
 
 
 def value(figures, name: str, **labels: str) -> float:  # type: ignore[no-untyped-def]
@@ -140,4 +157,29 @@ async def test_settlement_exports_payouts_runs_and_the_invariant_check_of_its_bo
         assert value(broken, "clearhouse_settlement_invariant_violations_by_invariant",
                      invariant="3 entries balance") == 1
     finally:
+        await drop(settlement)
+
+
+async def test_every_figure_the_alerts_and_the_dashboard_use_is_exported(pg_url, billing):
+    """The example alert rules and the Grafana dashboard name only figures a service
+    really exports (so an alert cannot silently watch nothing)."""
+    used = set(re.findall(r"\b((?:clearhouse|grpc_server)_[a-z_]+)",
+                          (DEPLOY / "prometheus" / "alerts.yaml").read_text()))
+    dashboard = json.loads((DEPLOY / "grafana" / "clearhouse-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= set(re.findall(r"\b((?:clearhouse|grpc_server)_[a-z_]+)", target["expr"]))
+    clearing = await launch("clearing", pg_url, billing_address=billing.address, **FAST)
+    settlement = await launch("settlement", pg_url, scheduler_enabled=False,
+                              dispatcher_enabled=False)
+    try:
+        exported: set[str] = set()
+        for handle in (billing, clearing, settlement):
+            await handle.running.app.metrics.refresh()  # type: ignore[union-attr]
+            names = await asyncio.to_thread(families, handle)
+            exported |= names | {n.removesuffix("_bucket") for n in names}
+        assert used, "no figure found in the alerts and the dashboard"
+        assert used - exported == set()
+    finally:
+        await drop(clearing)
         await drop(settlement)

@@ -19,6 +19,7 @@ def figure_source(
     engine: AsyncEngine,
     check_books: Callable[[], Awaitable[list[Any]]],
     invariant_interval_s: float,
+    calendar_coverage: Callable[[], Awaitable[Any]],
 ) -> FigureSource:
     """`check_books`: the ledger's own invariant check (CheckInvariants without the
     clearing comparison), run at most every `invariant_interval_s`: it reads every
@@ -26,6 +27,11 @@ def figure_source(
     last_check = [-float("inf")]
 
     async def refresh(m: ServiceMetrics) -> None:
+        coverage = await calendar_coverage()
+        m.gauge("calendar_days_left",
+                "Days from today to the business calendar's last known day (settlement "
+                "refuses dates past it; load the next year before it reaches 0)."
+                ).set(coverage.days_left)
         if time.monotonic() - last_check[0] >= invariant_interval_s:
             found = await check_books()
             by_name: dict[tuple[str, ...], float] = {}
