@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from clearhouse.settlement.v1 import settlement_pb2 as pb
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.cli import output as out
@@ -666,8 +667,8 @@ def trial_balance(ctx: typer.Context, currency: Annotated[str, typer.Option(
     print_trial_balance(resp)
 
 
-def print_trial_balance(resp: pb.GetTrialBalanceResponse) -> None:
-    con = out.console()
+def print_trial_balance(resp: pb.GetTrialBalanceResponse, con: Console | None = None) -> None:
+    con = con or out.console()
     con.print(out.table("trial balance", ["account", "type", "debit", "credit"],
                         [_account_row(a) for a in resp.accounts], right=["debit", "credit"]))
     for t in resp.totals:
@@ -717,8 +718,9 @@ def account_entries(ctx: typer.Context, account_code: str, limit: LimitOpt = 50,
                                   rows, right=["amount"]))
 
 
-def print_violations(violations: list[pb.InvariantViolation]) -> None:
-    con = out.console()
+def print_violations(violations: list[pb.InvariantViolation],
+                     con: Console | None = None) -> None:
+    con = con or out.console()
     if not violations:
         con.print("[green]invariant check: no violation[/green]")
         return
