@@ -14,6 +14,7 @@ from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
 from services.settlement.service_layer.audit import ClearingAudit
+from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
 from services.settlement.service_layer.payouts import DispatchPolicy, PayoutService
@@ -62,8 +63,8 @@ async def build_app(
         ),
     )
     servicer = SettlementServicer(
-        ProfileService(db), calendars, runs, StatementService(db), BookService(db), payouts,
-        ClearingAudit(db, clearing, settings.call_concurrency),
+        ProfileService(db), calendars, runs, StatementService(db, clearing), BookService(db),
+        payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
     )
 
     async def ready() -> bool:

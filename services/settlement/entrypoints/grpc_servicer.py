@@ -9,6 +9,7 @@ from clearhouse.settlement.v1 import settlement_pb2_grpc
 
 from services.settlement.entrypoints import convert as c
 from services.settlement.service_layer.audit import ClearingAudit
+from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
 from services.settlement.service_layer.payouts import PayoutService
@@ -16,6 +17,7 @@ from services.settlement.service_layer.profiles import ProfileService
 from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.statements import StatementService
 from shared.errors import Violations
+from shared.money import is_known_currency
 from shared.pagination import page_size
 
 Ctx = Any  # grpc.aio.ServicerContext: the stubs type it loosely
@@ -31,6 +33,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         books: BookService,
         payouts: PayoutService,
         audit: ClearingAudit,
+        balances: BalanceService,
     ) -> None:
         self.profiles = profiles
         self.calendars = calendars
@@ -39,6 +42,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         self.books = books
         self.payouts = payouts
         self.audit = audit
+        self.balances = balances
 
     # ---- profiles ----
 
@@ -140,9 +144,11 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         if first and last:
             v.check(first <= last, "settle_date_to", "on or after settle_date_from")
         v.check(request.page_size >= 0, "page_size", "must not be negative")
+        v.check(len(request.run_id) <= 64, "run_id", "at most 64 characters")
         v.raise_if_any()
         views, token = await self.statements.list(
-            request.merchant_id, first, last, request.page_size, request.page_token
+            request.merchant_id, first, last, request.page_size, request.page_token,
+            run_id=request.run_id,
         )
         return pb.ListSettlementsResponse(
             settlements=[c.settlement_to_proto(s.row, []) for s in views], next_page_token=token
@@ -151,8 +157,13 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     async def ExportStatement(
         self, request: pb.ExportStatementRequest, context: Ctx
     ) -> pb.ExportStatementResponse:
-        _required(request.settlement_id, "settlement_id")
-        name, content = await self.statements.export_csv(request.settlement_id)
+        v = Violations()
+        v.check(bool(request.settlement_id), "settlement_id", "required")
+        v.check(request.format in pb.StatementFormat.values(), "format", "unknown format")
+        v.raise_if_any()
+        name, content = await self.statements.export_csv(
+            request.settlement_id, detailed=request.format == pb.STATEMENT_FORMAT_DETAILED
+        )
         return pb.ExportStatementResponse(file_name=name, content=content)
 
     # ---- books ----
@@ -250,6 +261,35 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         v.raise_if_any()
         new = await self.payouts.retry(request.payout_id, request.request_id)
         return pb.RetryPayoutResponse(payout=c.payout_to_proto(new))
+
+    # ---- statement lines and merchant balances ----
+
+    async def ListStatementLines(
+        self, request: pb.ListStatementLinesRequest, context: Ctx
+    ) -> pb.ListStatementLinesResponse:
+        _required(request.settlement_id, "settlement_id")
+        page_size(request.page_size)
+        row, lines, token = await self.statements.lines(
+            request.settlement_id, request.page_size, request.page_token
+        )
+        return pb.ListStatementLinesResponse(
+            lines=[c.statement_line_to_proto(line, row.currency) for line in lines],
+            next_page_token=token,
+        )
+
+    async def GetMerchantBalance(
+        self, request: pb.GetMerchantBalanceRequest, context: Ctx
+    ) -> pb.GetMerchantBalanceResponse:
+        v = Violations()
+        v.check(0 < len(request.merchant_id) <= 64, "merchant_id", "required, 1-64 characters")
+        if request.currency_code:
+            v.check(is_known_currency(request.currency_code), "currency_code", "unknown currency")
+        v.raise_if_any()
+        found = await self.balances.merchant(request.merchant_id, request.currency_code)
+        return pb.GetMerchantBalanceResponse(
+            merchant_id=request.merchant_id,
+            balances=[c.merchant_balance_to_proto(b) for b in found],
+        )
 
 
 def _required(value: str, field: str) -> None:
