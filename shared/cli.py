@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared import embedded_pg, migrations, server
 from shared import logging as json_logging
 from shared.db import create_engine
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, unknown_variables
+from shared.settings import load as load_settings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ async def _migrate(settings: ServiceSettings, scripts: Path, down: str | None) -
 
 def main(
     name: str,
-    settings_factory: Callable[[], ServiceSettings],
+    settings_factory: type[ServiceSettings],
     build: BuildApp | None,
     scripts: Path | None,
     argv: list[str] | None = None,
@@ -84,8 +85,10 @@ def main(
         mig = sub.add_parser("migrate", help="upgrade the schema to the latest migration")
         mig.add_argument("--down", metavar="REVISION", help="downgrade to REVISION (e.g. base)")
     args = parser.parse_args(argv)
-    settings = settings_factory()
+    settings = load_settings(name, settings_factory)
     json_logging.configure(settings.log_level)
+    for warning in unknown_variables(settings_factory):
+        log.warning(warning)
     if args.command == "migrate" and scripts is not None:
         return asyncio.run(_migrate(settings, scripts, args.down))
     if build is None or scripts is None:

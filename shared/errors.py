@@ -12,6 +12,21 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+# What one refusal may carry back: gRPC's trailers (where the status and its details
+# travel) are limited to 16 KiB by default, and a refusal that does not fit reaches the
+# caller as RESOURCE_EXHAUSTED without its ErrorInfo. A refusal quoting what was sent
+# (a 10,000-character id) is cut to these lengths, whatever the raising code wrote.
+MAX_MESSAGE_LENGTH = 512
+MAX_METADATA_VALUE_LENGTH = 128
+MAX_METADATA_ENTRIES = 16
+MAX_VIOLATIONS = 50
+MAX_DESCRIPTION_LENGTH = 256
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, marked with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
@@ -47,7 +62,7 @@ class IdempotencyConflict(AlreadyExists):
     def __init__(self, key: str, what: str = "request"):
         super().__init__(
             "IDEMPOTENCY_CONFLICT",
-            f"{what} {key!r} was already used with different content",
+            f"{what} {clip(key, 80)!r} was already used with different content",
             {"key": key},
         )
 
@@ -93,19 +108,35 @@ def _pack(message: object) -> any_pb2.Any:
 def to_status(exc: BaseException, domain: str) -> status_pb2.Status:
     """The google.rpc.Status for a domain error or a bad request; anything else is INTERNAL."""
     if isinstance(exc, DomainError):
-        info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=domain, metadata=exc.metadata)
-        return status_pb2.Status(code=exc.code.value[0], message=exc.message, details=[_pack(info)])
+        metadata = {
+            clip(k, 64): clip(v, MAX_METADATA_VALUE_LENGTH)
+            for k, v in list(exc.metadata.items())[:MAX_METADATA_ENTRIES]
+        }
+        info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=domain, metadata=metadata)
+        return status_pb2.Status(
+            code=exc.code.value[0],
+            message=clip(exc.message, MAX_MESSAGE_LENGTH),
+            details=[_pack(info)],
+        )
     if isinstance(exc, InvalidArgument):
+        shown = exc.violations[:MAX_VIOLATIONS]
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=clip(v.field, MAX_DESCRIPTION_LENGTH),
+                    description=clip(v.description, MAX_DESCRIPTION_LENGTH),
                 )
-                for v in exc.violations
+                for v in shown
             ]
         )
+        more = len(exc.violations) - len(shown)
+        message = f"invalid request: {exc}"
+        if more > 0:
+            message = f"invalid request ({more} more violations not shown): {exc}"
         return status_pb2.Status(
-            code=code_pb2.INVALID_ARGUMENT, message=f"invalid request: {exc}", details=[_pack(bad)]
+            code=code_pb2.INVALID_ARGUMENT,
+            message=clip(message, MAX_MESSAGE_LENGTH),
+            details=[_pack(bad)],
         )
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
 

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
-from shared.errors import DomainError, InvalidArgument, to_status
+from shared.errors import DomainError, FieldViolation, InvalidArgument, to_status
 from shared.request_context import REQUEST_ID_KEY, current_request_id, new_request_id
 
 log = logging.getLogger("clearhouse.access")
@@ -46,6 +46,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
         domain = self.error_domain
+        undecodable = InvalidArgument(
+            [
+                FieldViolation(
+                    "",
+                    f"the request body is not a valid {method.rsplit('/', 1)[-1]} request "
+                    "(bytes that are not the message, or invalid UTF-8 in a string field)",
+                )
+            ]
+        )
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             request_id = ""
@@ -60,6 +69,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             # Echoed in the trailers: they travel with the status, so no extra send per call.
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             try:
+                if request is _UNDECODABLE:
+                    raise undecodable
                 return await inner(request, context)
             except (DomainError, InvalidArgument) as exc:
                 status = to_status(exc, domain)
@@ -97,9 +108,34 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse."""
+
+    __slots__ = ()
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The deserializer, answering a marker instead of raising: grpc.aio reports a
+    deserializer's exception as UNKNOWN ("Unexpected <class DecodeError>"), before any
+    interceptor code runs; the wrapped handler turns the marker into INVALID_ARGUMENT."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return _UNDECODABLE
+
+    return parse
 
 
 def _with_request_id(status: Any, request_id: str) -> Any:

@@ -3,28 +3,114 @@
 Each service subclasses ServiceSettings with its own prefix (BILLING_, CLEARING_,
 SETTLEMENT_, PAYOUT_SIM_); `<PREFIX>DATABASE_URL` falls back to plain DATABASE_URL,
 and with neither the service starts the embedded PostgreSQL.
+
+`load()` is how an entry point reads them: a bad value stops the service with one line
+per bad variable (its name, the value and what is allowed; exit 2) instead of a pydantic
+traceback, and a variable that looks like a setting but is none (a misspelt
+`BILING_PORT`, an unknown `BILLING_PORTT`) is returned as a warning to log at start.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import sys
+from collections.abc import Mapping
+from typing import Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = 0
+    port: int = Field(default=0, ge=0, le=65535)
     database_url: str = Field(default="", description="postgresql+asyncpg URL; empty = embedded")
     db_schema: str = ""
-    db_pool_size: int = 10
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
     migrate_on_start: bool = False
-    grace_period_s: float = 10.0
-    log_level: str = "INFO"
+    grace_period_s: float = Field(default=10.0, ge=0)
+    log_level: LogLevel = "INFO"
     embedded_pg_dir: str = ".clearhouse/pgdata"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     def resolved_database_url(self) -> str:
         return self.database_url or os.environ.get("DATABASE_URL", "")
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+# Variables that are not settings of any service but are read by the project.
+_GLOBAL_VARIABLES = {"DATABASE_URL", "TEST_DATABASE_URL", "BENCH_DATABASE_URL"}
+# Prefixes of the project's components: a variable with another component's prefix is
+# that component's business (make up sets them all in one environment), never a typo here.
+PREFIXES = ("BILLING_", "CLEARING_", "SETTLEMENT_", "PAYOUT_SIM_", "CONSOLE_", "CLEARHOUSE_")
+
+
+class SettingsError(SystemExit):
+    """A bad setting: the message names the variable, the value and what is allowed."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(2)
+        self.lines = lines
+
+
+def _prefix(factory: type[BaseSettings]) -> str:
+    return str(factory.model_config.get("env_prefix", "")).upper()
+
+
+def _variable_names(factory: type[BaseSettings]) -> set[str]:
+    prefix = _prefix(factory)
+    return {prefix + name.upper() for name in factory.model_fields}
+
+
+def _problem_lines(name: str, factory: type[BaseSettings], exc: ValidationError) -> list[str]:
+    prefix = _prefix(factory)
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        variable = prefix + field.upper()
+        value = os.environ.get(variable, error.get("input"))
+        lines.append(f"{name}: {variable}={value!r} is not allowed: {error['msg']}")
+    return lines
+
+
+def unknown_variables(
+    factory: type[BaseSettings], environ: Mapping[str, str] | None = None,
+    known_elsewhere: set[str] | None = None,
+) -> list[str]:
+    """Warnings for variables with this service's prefix that are no setting, and for
+    variables spelt close to one of its settings (a typo is otherwise silently ignored)."""
+    environ = os.environ if environ is None else environ
+    known = _variable_names(factory) | _GLOBAL_VARIABLES | (known_elsewhere or set())
+    prefix = _prefix(factory)
+    warnings = []
+    for variable in sorted(environ):
+        if variable in known:
+            continue
+        if not variable.startswith(prefix) and variable.startswith(PREFIXES):
+            continue
+        close = difflib.get_close_matches(variable, sorted(_variable_names(factory)), 1, 0.85)
+        if variable.startswith(prefix) or close:
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"{variable} is not a setting of this service and is ignored{hint}")
+    return warnings
+
+
+def load(name: str, factory: type[S]) -> S:
+    """The settings, or SystemExit(2) after one line per bad variable on stderr."""
+    try:
+        return factory()
+    except ValidationError as exc:
+        lines = _problem_lines(name, factory, exc)
+        for line in lines:
+            print(line, file=sys.stderr)
+        raise SettingsError(lines) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -10,7 +11,7 @@ from shared.settings import ServiceSettings
 class BillingSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
 
-    port: int = 50051
+    port: int = Field(default=50051, ge=0, le=65535)
     db_schema: str = "billing"
     # The business time zone: accumulation periods and fee bill months are its local days
     # and months.

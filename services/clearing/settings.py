@@ -13,7 +13,7 @@ from shared.settings import ServiceSettings
 class ClearingSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CLEARING_", extra="ignore")
 
-    port: int = 50052
+    port: int = Field(default=50052, ge=0, le=65535)
     db_schema: str = "clearing"
 
     billing_address: str = Field(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.settings import LogLevel
 
 
 class PayoutSimulatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PAYOUT_SIM_", extra="ignore")
 
     host: str = "127.0.0.1"
-    port: int = 50054
+    port: int = Field(default=50054, ge=0, le=65535)
     # How long BEHAVIOUR_TIME_OUT holds an answer: past any sensible client deadline.
     time_out_hold_s: float = 60.0
     grace_period_s: float = 1.0
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -10,7 +11,7 @@ from shared.settings import ServiceSettings
 class SettlementSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SETTLEMENT_", extra="ignore")
 
-    port: int = 50053
+    port: int = Field(default=50053, ge=0, le=65535)
     db_schema: str = "settlement"
 
     # The services settlement calls.

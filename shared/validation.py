@@ -1,0 +1,318 @@
+"""The one validation model of every Clearhouse request: the limits and their checks.
+
+Each service checks its requests at the entrypoint with these functions, before any side
+effect (a row in any schema, a charge in billing, in-memory state). The limits are
+written once here, in the proto comments and in docs/validation.md; a test keeps the
+table in the docs true to the constants below.
+
+Why each limit exists:
+- ids and attribute values end up as TEXT keys in PostgreSQL, in log lines, in error
+  metadata and in page tokens. A NUL byte cannot be stored (PostgreSQL refuses it after
+  the call may already have charged a fee), a control character breaks logs and CSV
+  statements, and surrounding spaces make " M1 " a different merchant from "M1".
+- amounts are capped far below int64 so that any sum the services compute (claim
+  totals, daily summaries, balances, cumulative counters) stays far from overflow.
+- times are bounded so that every business date computed from them, in any zone and
+  after adding settlement cycles, is a valid date.
+
+The checks take a `Violations` and a field path, and add a violation instead of
+raising: a caller learns every problem of a request at once. Every description quotes
+at most a short prefix of what was sent (`quote`), so a 10,000-character id cannot push
+the error's trailers past gRPC's metadata limit.
+
+This module is protobuf-free: the services' domains may use it too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import unicodedata
+from decimal import Decimal, InvalidOperation
+
+from shared.errors import Violations
+from shared.money import MAX_AMOUNT_MINOR_UNITS, MINOR_UNIT_EXPONENTS
+
+# --- the limits --------------------------------------------------------------------------
+
+MAX_ID_LENGTH = 64
+"""Ids: merchants, transactions, rules, requests, batches, runs, payouts, invoices."""
+
+MAX_ATTRIBUTE_LENGTH = 64
+"""Selector and transaction attributes: product, business line, banks, card type."""
+
+MAX_TEXT_LENGTH = 256
+"""Free text: reasons, names, descriptions, notes."""
+
+MAX_AMOUNT = MAX_AMOUNT_MINOR_UNITS
+"""Largest amount (minor units) of one transaction, fee, top-up or adjustment: 10^13."""
+
+MAX_BATCH_ITEMS = 1000
+"""Most items in one batch request."""
+
+MAX_PAGE_SIZE = 1000
+"""Largest page a list returns; a larger page_size is served as this."""
+
+MAX_PAGE_TOKEN_LENGTH = 2048
+"""Longest page token accepted (ours are far shorter)."""
+
+MAX_RATE_LENGTH = 32
+"""Longest decimal string (rates, percentages)."""
+
+EARLIEST_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST_TIME = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+"""Instants accepted: [EARLIEST_TIME, LATEST_TIME). A business date late on 9999-12-31
+east of UTC is in year 10000, beyond Python's datetime; stopping a year short keeps every
+date computed from an accepted time (plus cycles and holidays) in range."""
+
+EARLIEST_DATE = dt.date(1970, 1, 1)
+LATEST_DATE = dt.date(9998, 12, 31)
+"""Dates (business dates, settle dates, calendar days) accepted: [EARLIEST_DATE, LATEST_DATE]."""
+
+QUOTE_LENGTH = 32
+"""How much of a refused value an error message quotes."""
+
+TIME_RANGE = "must be from 1970-01-01T00:00:00Z to before 9999-01-01T00:00:00Z"
+DATE_RANGE = "must be a valid date from 1970-01-01 to 9998-12-31"
+
+# The timestamp seconds range of google/protobuf/timestamp.proto (0001-01-01 to 9999-12-31).
+_TS_SECONDS_MIN, _TS_SECONDS_MAX = -62_135_596_800, 253_402_300_799
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+# A decimal as the spec writes rates: digits, an optional fraction, nothing else (no sign,
+# no exponent, no spaces, no "NaN"/"Infinity" that Decimal() would also take).
+_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+
+
+# --- quoting -----------------------------------------------------------------------------
+
+def quote(value: object, limit: int = QUOTE_LENGTH) -> str:
+    """`repr` of at most `limit` characters of a value a caller sent, marked when cut."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"… ({len(text)} characters)"
+
+
+# --- strings -----------------------------------------------------------------------------
+
+def _has_control(value: str) -> bool:
+    # Cc: C0/C1 controls incl. NUL, TAB, CR, LF, DEL; Cs: lone surrogates (never valid in
+    # UTF-8, so PostgreSQL cannot store them).
+    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
+
+
+def check_id(
+    v: Violations, value: str, path: str, *, required: bool = True,
+    max_length: int = MAX_ID_LENGTH,
+) -> bool:
+    """An identifier: non-empty (unless optional), at most `max_length` characters, no
+    control characters, no leading or trailing whitespace. True when it passed."""
+    if not value:
+        if required:
+            v.add(path, "required")
+            return False
+        return True
+    return _check_token(v, value, path, max_length)
+
+
+def check_attribute(
+    v: Violations, value: str, path: str, *, max_length: int = MAX_ATTRIBUTE_LENGTH,
+    required: bool = False,
+) -> bool:
+    """A selector or transaction attribute (product, business line, bank, card type):
+    optional, otherwise like an id."""
+    return check_id(v, value, path, required=required, max_length=max_length)
+
+
+def _check_token(v: Violations, value: str, path: str, max_length: int) -> bool:
+    if len(value) > max_length:
+        v.add(path, f"at most {max_length} characters (got {len(value)})")
+        return False
+    if _has_control(value):
+        v.add(path, "must not contain NUL or other control characters")
+        return False
+    if value != value.strip():
+        v.add(path, "must not have leading or trailing whitespace")
+        return False
+    return True
+
+
+def check_text(
+    v: Violations, value: str, path: str, *, required: bool = False,
+    max_length: int = MAX_TEXT_LENGTH,
+) -> bool:
+    """Free text (a reason, a name): at most `max_length` characters, no NUL or control
+    characters other than tab and line breaks."""
+    if not value:
+        if required:
+            v.add(path, "required")
+            return False
+        return True
+    if len(value) > max_length:
+        v.add(path, f"at most {max_length} characters (got {len(value)})")
+        return False
+    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\t\n\r" for ch in value):
+        v.add(path, "must not contain NUL or other control characters")
+        return False
+    return True
+
+
+def check_ids(
+    v: Violations, values: list[str] | tuple[str, ...], path: str, *,
+    max_items: int = MAX_BATCH_ITEMS, required: bool = False,
+) -> bool:
+    """A repeated id field: at most `max_items`, each a valid id."""
+    if not check_count(v, len(values), path, max_items=max_items, required=required):
+        return False
+    ok = True
+    for i, value in enumerate(values):
+        ok = check_id(v, value, f"{path}[{i}]") and ok
+    return ok
+
+
+def check_count(
+    v: Violations, count: int, path: str, *, max_items: int = MAX_BATCH_ITEMS,
+    required: bool = True,
+) -> bool:
+    """The number of items of a repeated field."""
+    if count == 0 and required:
+        v.add(path, "at least one item required")
+        return False
+    if count > max_items:
+        v.add(path, f"at most {max_items} items (got {count})")
+        return False
+    return True
+
+
+# --- money -------------------------------------------------------------------------------
+
+def check_currency(v: Violations, code: str, path: str, *, required: bool = True) -> bool:
+    """An ISO 4217 code the services know, in upper case ("" allowed when optional, e.g.
+    an absent list filter)."""
+    if not code:
+        if required:
+            v.add(path, "required: an ISO 4217 currency code")
+            return False
+        return True
+    if code not in MINOR_UNIT_EXPONENTS:
+        known = ", ".join(sorted(MINOR_UNIT_EXPONENTS))
+        v.add(path, f"unknown currency {quote(code, 8)}: one of {known} (upper case)")
+        return False
+    return True
+
+
+def check_amount(
+    v: Violations, amount: int, path: str, *, signed: bool = False, allow_zero: bool = False,
+    maximum: int = MAX_AMOUNT,
+) -> bool:
+    """An amount in minor units: 0 < amount ≤ 10^13 (with `allow_zero`, 0 too); `signed`
+    allows −10^13 ≤ amount ≤ 10^13 and not zero unless `allow_zero`."""
+    if amount == 0:
+        if allow_zero:
+            return True
+        v.add(path, "must not be zero")
+        return False
+    low = -maximum if signed else 1
+    if not low <= amount <= maximum:
+        where = f"from {-maximum} to {maximum}" if signed else f"from 1 to {maximum}"
+        v.add(path, f"must be {where} minor units")
+        return False
+    return True
+
+
+def check_decimal(
+    v: Violations, text: str, path: str, *, required: bool = True,
+    maximum: Decimal | None = None,
+) -> Decimal | None:
+    """A non-negative decimal written as digits with an optional fraction ("0.0038",
+    "12"): no sign, exponent, spaces or NaN. Returns the value, or None (with a violation
+    unless it was optional and absent)."""
+    if not text:
+        if required:
+            v.add(path, "required: a decimal such as 0.0038")
+        return None
+    if len(text) > MAX_RATE_LENGTH or not _DECIMAL.fullmatch(text):
+        v.add(path, f"not a decimal such as 0.0038: {quote(text)}")
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
+        v.add(path, f"not a decimal: {quote(text)}")
+        return None
+    if maximum is not None and value > maximum:
+        v.add(path, f"at most {maximum}")
+        return None
+    return value
+
+
+# --- time --------------------------------------------------------------------------------
+
+def check_timestamp(
+    v: Violations, seconds: int, nanos: int, path: str, *, present: bool = True,
+    required: bool = True,
+) -> dt.datetime | None:
+    """A google.protobuf.Timestamp given as its seconds and nanos: a valid Timestamp
+    within [EARLIEST_TIME, LATEST_TIME). Returns the UTC moment (microseconds) or None."""
+    if not present:
+        if required:
+            v.add(path, "required")
+        return None
+    if not (_TS_SECONDS_MIN <= seconds <= _TS_SECONDS_MAX and 0 <= nanos < 1_000_000_000):
+        v.add(path, "not a valid timestamp (nanos must be in [0, 1e9))")
+        return None
+    moment = _EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
+    if not EARLIEST_TIME <= moment < LATEST_TIME:
+        v.add(path, TIME_RANGE)
+        return None
+    return moment
+
+
+def check_moment(v: Violations, moment: dt.datetime, path: str) -> bool:
+    """An aware datetime within [EARLIEST_TIME, LATEST_TIME)."""
+    if not EARLIEST_TIME <= moment < LATEST_TIME:
+        v.add(path, TIME_RANGE)
+        return False
+    return True
+
+
+def check_date(
+    v: Violations, year: int, month: int, day: int, path: str, *, required: bool = True,
+) -> dt.date | None:
+    """A google.type.Date as its parts: a full, real date within [EARLIEST_DATE,
+    LATEST_DATE]. All zeros is "absent"."""
+    if (year, month, day) == (0, 0, 0):
+        if required:
+            v.add(path, "required")
+        return None
+    try:
+        value = dt.date(year, month, day)
+    except (ValueError, OverflowError):
+        v.add(path, DATE_RANGE)
+        return None
+    if not EARLIEST_DATE <= value <= LATEST_DATE:
+        v.add(path, DATE_RANGE)
+        return None
+    return value
+
+
+def check_month(v: Violations, year: int, month: int, path: str) -> tuple[int, int] | None:
+    """A calendar month within the date window (year 1970 to 9998, month 1 to 12)."""
+    if not (EARLIEST_DATE.year <= year <= LATEST_DATE.year and 1 <= month <= 12):
+        v.add(path, f"must be a month from {EARLIEST_DATE.year}-01 to {LATEST_DATE.year}-12")
+        return None
+    return year, month
+
+
+def check_page_token(v: Violations, token: str, path: str = "page_token") -> bool:
+    if len(token) > MAX_PAGE_TOKEN_LENGTH:
+        v.add(path, "malformed page token")
+        return False
+    return True
+
+
+def check_page_size(v: Violations, size: int, path: str = "page_size") -> bool:
+    if size < 0:
+        v.add(path, "must not be negative")
+        return False
+    return True
