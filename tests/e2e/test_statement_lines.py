@@ -18,6 +18,7 @@ from clearhouse.type.v1 import transaction_pb2
 from tests.billing.support import error_info
 from tests.e2e import stack as st
 from tests.support.page_tokens import all_pages, assert_forged_keys_refused
+from tests.support.rpc_errors import violated_fields
 
 NET = {"rule_id": "NET", "currency": "CNY", "method": "PERCENT", "rate": "0.006",
        "effective_from": "2026-01-01T00:00:00+08:00", "refund_fee_policy": "PROPORTIONAL"}
@@ -264,3 +265,4 @@ async def test_merchant_balances_add_up_and_are_zero_for_a_merchant_with_nothing
         await stack.settlement.stub.GetMerchantBalance(
             pb.GetMerchantBalanceRequest(merchant_id="", currency_code="XXQ"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == {"merchant_id", "currency_code"}

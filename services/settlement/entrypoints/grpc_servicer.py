@@ -17,8 +17,8 @@ from services.settlement.service_layer.profiles import ProfileService
 from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.statements import StatementService
 from shared.errors import Violations
-from shared.money import is_known_currency
 from shared.pagination import page_size
+from shared.validation import check_currency, check_id, check_page_size, check_page_token
 
 Ctx = Any  # grpc.aio.ServicerContext: the stubs type it loosely
 
@@ -144,7 +144,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         if first and last:
             v.check(first <= last, "settle_date_to", "on or after settle_date_from")
         v.check(request.page_size >= 0, "page_size", "must not be negative")
-        v.check(len(request.run_id) <= 64, "run_id", "at most 64 characters")
+        check_id(v, request.run_id, "run_id", required=False)
         v.raise_if_any()
         views, token = await self.statements.list(
             request.merchant_id, first, last, request.page_size, request.page_token,
@@ -267,8 +267,11 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     async def ListStatementLines(
         self, request: pb.ListStatementLinesRequest, context: Ctx
     ) -> pb.ListStatementLinesResponse:
-        _required(request.settlement_id, "settlement_id")
-        page_size(request.page_size)
+        v = Violations()
+        check_id(v, request.settlement_id, "settlement_id")
+        check_page_size(v, request.page_size)
+        check_page_token(v, request.page_token)
+        v.raise_if_any()
         row, lines, token = await self.statements.lines(
             request.settlement_id, request.page_size, request.page_token
         )
@@ -281,9 +284,8 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         self, request: pb.GetMerchantBalanceRequest, context: Ctx
     ) -> pb.GetMerchantBalanceResponse:
         v = Violations()
-        v.check(0 < len(request.merchant_id) <= 64, "merchant_id", "required, 1-64 characters")
-        if request.currency_code:
-            v.check(is_known_currency(request.currency_code), "currency_code", "unknown currency")
+        check_id(v, request.merchant_id, "merchant_id")
+        check_currency(v, request.currency_code, "currency_code", required=False)
         v.raise_if_any()
         found = await self.balances.merchant(request.merchant_id, request.currency_code)
         return pb.GetMerchantBalanceResponse(
