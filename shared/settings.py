@@ -49,7 +49,7 @@ class ServiceSettings(BaseSettings):
 S = TypeVar("S", bound=BaseSettings)
 
 # Variables that are not settings of any service but are read by the project.
-_GLOBAL_VARIABLES = {"DATABASE_URL", "TEST_DATABASE_URL", "BENCH_DATABASE_URL"}
+_GLOBAL_VARIABLES = {"DATABASE_URL", "TEST_DATABASE_URL", "BENCH_DATABASE_URL", "CLEARHOUSE_NOW"}
 # Prefixes of the project's components: a variable with another component's prefix is
 # that component's business (make up sets them all in one environment), never a typo here.
 PREFIXES = ("BILLING_", "CLEARING_", "SETTLEMENT_", "PAYOUT_SIM_", "CONSOLE_", "CLEARHOUSE_")

@@ -36,6 +36,11 @@ class SettlementSettings(ServiceSettings):
     # failed (clearing or billing down); 0 turns it off in this process.
     completion_interval_s: float = 60.0
 
+    # The business calendar: warn (log, GetCalendarCoverage.warning) when fewer than this
+    # many days from today are known; how often to look, seconds.
+    calendar_warn_days: int = 60
+    calendar_check_interval_s: float = 3600.0
+
     # The payout dispatcher.
     dispatcher_enabled: bool = True
     gateway_deadline_s: float = 5.0
