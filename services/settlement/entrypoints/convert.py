@@ -10,9 +10,12 @@ from clearhouse.settlement.v1 import settlement_pb2 as pb
 from clearhouse.type.v1 import money_pb2
 from google.type import date_pb2
 
-from services.settlement.domain.calendar import Cycle, CycleKind, Day
+from services.settlement.adapters.calendar_repo import ImportRecord
+from services.settlement.domain.calendar import Cycle, CycleKind, Day, DayKind
+from services.settlement.domain.calendar_file import FileFormat
 from services.settlement.domain.ledger import Account, AccountType
 from services.settlement.domain.profiles import BankAccount, Destination, Profile
+from services.settlement.service_layer.calendars import Coverage, ImportMode
 from services.settlement.service_layer.payouts import PayoutView
 from services.settlement.service_layer.runs import RunView
 from services.settlement.service_layer.statements import Line
@@ -126,9 +129,56 @@ def profile_to_proto(p: Profile) -> pb.SettlementProfile:
     )
 
 
+DAY_KINDS_PB = {
+    DayKind.WEEKDAY: pb.CALENDAR_DAY_KIND_WEEKDAY,
+    DayKind.WEEKEND: pb.CALENDAR_DAY_KIND_WEEKEND,
+    DayKind.HOLIDAY: pb.CALENDAR_DAY_KIND_HOLIDAY,
+    DayKind.MAKEUP_WORKDAY: pb.CALENDAR_DAY_KIND_MAKEUP_WORKDAY,
+    DayKind.OVERRIDE: pb.CALENDAR_DAY_KIND_OVERRIDE,
+}
+FILE_FORMATS = {
+    pb.CALENDAR_FILE_FORMAT_CSV: FileFormat.CSV,
+    pb.CALENDAR_FILE_FORMAT_YAML: FileFormat.YAML,
+}
+FILE_FORMATS_BY_NAME = {f.value: p for p, f in FILE_FORMATS.items()}
+IMPORT_MODES = {
+    pb.CALENDAR_IMPORT_MODE_REPLACE: ImportMode.REPLACE,
+    pb.CALENDAR_IMPORT_MODE_MERGE: ImportMode.MERGE,
+}
+IMPORT_MODES_BY_NAME = {m.value: p for p, m in IMPORT_MODES.items()}
+
+
 def day_to_proto(d: Day) -> pb.CalendarDay:
     return pb.CalendarDay(
-        date=date_to_proto(d.day), working=d.working, reason=d.reason, overridden=d.overridden
+        date=date_to_proto(d.day), working=d.working, reason=d.reason, overridden=d.overridden,
+        kind=DAY_KINDS_PB[d.kind], source=d.source,
+    )
+
+
+def import_to_proto(r: ImportRecord) -> pb.CalendarImport:
+    return pb.CalendarImport(
+        request_id=r.request_id,
+        from_date=date_to_proto(r.first),
+        to_date=date_to_proto(r.last),
+        mode=IMPORT_MODES_BY_NAME.get(r.mode, pb.CALENDAR_IMPORT_MODE_UNSPECIFIED),
+        format=FILE_FORMATS_BY_NAME.get(r.file_format, pb.CALENDAR_FILE_FORMAT_UNSPECIFIED),
+        reason=r.reason,
+        holiday_count=r.holiday_count,
+        makeup_workday_count=r.workday_count,
+        removed_override_count=r.removed_override_count,
+        create_time=datetime_to_ts(r.create_time),
+    )
+
+
+def coverage_to_proto(c: Coverage, imports: list[ImportRecord]) -> pb.GetCalendarCoverageResponse:
+    return pb.GetCalendarCoverageResponse(
+        today=date_to_proto(c.today),
+        first_known_date=date_to_proto(c.first_known),
+        last_known_date=date_to_proto(c.last_known),
+        days_left=c.days_left,
+        warn_days=c.warn_days,
+        warning=c.warning,
+        imports=[import_to_proto(r) for r in imports],
     )
 
 

@@ -10,11 +10,12 @@ from clearhouse.settlement.v1 import settlement_pb2_grpc
 from services.settlement.entrypoints import convert as c
 from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.books import BookService
-from services.settlement.service_layer.calendars import CalendarService
+from services.settlement.service_layer.calendars import CalendarService, ImportRequest
 from services.settlement.service_layer.payouts import PayoutService
 from services.settlement.service_layer.profiles import ProfileService
 from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.statements import StatementService
+from shared import validation
 from shared.errors import Violations
 from shared.pagination import page_size
 
@@ -250,6 +251,56 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         v.raise_if_any()
         new = await self.payouts.retry(request.payout_id, request.request_id)
         return pb.RetryPayoutResponse(payout=c.payout_to_proto(new))
+
+
+    # ---- calendar files and coverage ----
+
+    async def ImportCalendar(
+        self, request: pb.ImportCalendarRequest, context: Ctx
+    ) -> pb.ImportCalendarResponse:
+        v = Violations()
+        validation.check_id(v, request.request_id, "request_id")
+        fmt = c.FILE_FORMATS.get(request.format)
+        v.check(fmt is not None, "format", "CSV or YAML")
+        mode = c.IMPORT_MODES.get(request.mode)
+        v.check(mode is not None, "mode", "REPLACE or MERGE")
+        v.check(bool(request.content.strip()), "content", "required: the calendar file")
+        v.check(len(request.content) <= MAX_CALENDAR_FILE_CHARS, "content", "at most 1 MiB")
+        v.check(bool(request.reason.strip()), "reason", "required, for the audit trail")
+        validation.check_text(v, request.reason, "reason")
+        first = c.date_from_proto(request.from_date, "from_date", v, required=False)
+        last = c.date_from_proto(request.to_date, "to_date", v, required=False)
+        v.raise_if_any()
+        assert fmt is not None and mode is not None
+        record = await self.calendars.import_file(
+            ImportRequest(
+                request.request_id, fmt, request.content, mode, first, last,
+                request.reason.strip(),
+            )
+        )
+        return pb.ImportCalendarResponse(calendar_import=c.import_to_proto(record))
+
+    async def ExportCalendar(
+        self, request: pb.ExportCalendarRequest, context: Ctx
+    ) -> pb.ExportCalendarResponse:
+        v = Violations()
+        first = c.date_from_proto(request.from_date, "from_date", v)
+        last = c.date_from_proto(request.to_date, "to_date", v)
+        fmt = c.FILE_FORMATS.get(request.format)
+        v.check(fmt is not None, "format", "CSV or YAML")
+        v.raise_if_any()
+        assert first is not None and last is not None and fmt is not None
+        content = await self.calendars.export_file(first, last, fmt)
+        return pb.ExportCalendarResponse(content=content)
+
+    async def GetCalendarCoverage(
+        self, request: pb.GetCalendarCoverageRequest, context: Ctx
+    ) -> pb.GetCalendarCoverageResponse:
+        coverage = await self.calendars.coverage()
+        return c.coverage_to_proto(coverage, await self.calendars.imports())
+
+
+MAX_CALENDAR_FILE_CHARS = 1 << 20
 
 
 def _required(value: str, field: str) -> None:

@@ -79,6 +79,42 @@ DESTINATION_TYPE_BANK_ACCOUNT: DestinationType.ValueType  # 2
 """A bank account (银行账户), through the payout gateway."""
 Global___DestinationType: _TypeAlias = DestinationType  # noqa: Y015
 
+class _CalendarDayKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CalendarDayKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CalendarDayKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALENDAR_DAY_KIND_UNSPECIFIED: _CalendarDayKind.ValueType  # 0
+    """Not set."""
+    CALENDAR_DAY_KIND_WEEKDAY: _CalendarDayKind.ValueType  # 1
+    """Monday to Friday, working."""
+    CALENDAR_DAY_KIND_WEEKEND: _CalendarDayKind.ValueType  # 2
+    """Saturday or Sunday, not working."""
+    CALENDAR_DAY_KIND_HOLIDAY: _CalendarDayKind.ValueType  # 3
+    """A public holiday, not working."""
+    CALENDAR_DAY_KIND_MAKEUP_WORKDAY: _CalendarDayKind.ValueType  # 4
+    """A Saturday or Sunday made a working day (调休)."""
+    CALENDAR_DAY_KIND_OVERRIDE: _CalendarDayKind.ValueType  # 5
+    """Set by ops with SetCalendarDay: see working and reason."""
+
+class CalendarDayKind(_CalendarDayKind, metaclass=_CalendarDayKindEnumTypeWrapper):
+    """CalendarDayKind classifies a day of the business calendar."""
+
+CALENDAR_DAY_KIND_UNSPECIFIED: CalendarDayKind.ValueType  # 0
+"""Not set."""
+CALENDAR_DAY_KIND_WEEKDAY: CalendarDayKind.ValueType  # 1
+"""Monday to Friday, working."""
+CALENDAR_DAY_KIND_WEEKEND: CalendarDayKind.ValueType  # 2
+"""Saturday or Sunday, not working."""
+CALENDAR_DAY_KIND_HOLIDAY: CalendarDayKind.ValueType  # 3
+"""A public holiday, not working."""
+CALENDAR_DAY_KIND_MAKEUP_WORKDAY: CalendarDayKind.ValueType  # 4
+"""A Saturday or Sunday made a working day (调休)."""
+CALENDAR_DAY_KIND_OVERRIDE: CalendarDayKind.ValueType  # 5
+"""Set by ops with SetCalendarDay: see working and reason."""
+Global___CalendarDayKind: _TypeAlias = CalendarDayKind  # noqa: Y015
+
 class _RunState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -250,6 +286,62 @@ PAYOUT_STATE_FAILED: PayoutState.ValueType  # 4
 PAYOUT_STATE_RETURNED: PayoutState.ValueType  # 5
 """Returned after paid (退票); booked back likewise."""
 Global___PayoutState: _TypeAlias = PayoutState  # noqa: Y015
+
+class _CalendarFileFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CalendarFileFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CalendarFileFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALENDAR_FILE_FORMAT_UNSPECIFIED: _CalendarFileFormat.ValueType  # 0
+    """Not set."""
+    CALENDAR_FILE_FORMAT_CSV: _CalendarFileFormat.ValueType  # 1
+    """UTF-8 CSV with the header date,kind,name; lines starting with # are comments."""
+    CALENDAR_FILE_FORMAT_YAML: _CalendarFileFormat.ValueType  # 2
+    """YAML: from, to (optional) and days, a list of {date, kind, name}."""
+
+class CalendarFileFormat(_CalendarFileFormat, metaclass=_CalendarFileFormatEnumTypeWrapper):
+    """CalendarFileFormat is the format of a calendar file (docs/settlement.md, Calendar)."""
+
+CALENDAR_FILE_FORMAT_UNSPECIFIED: CalendarFileFormat.ValueType  # 0
+"""Not set."""
+CALENDAR_FILE_FORMAT_CSV: CalendarFileFormat.ValueType  # 1
+"""UTF-8 CSV with the header date,kind,name; lines starting with # are comments."""
+CALENDAR_FILE_FORMAT_YAML: CalendarFileFormat.ValueType  # 2
+"""YAML: from, to (optional) and days, a list of {date, kind, name}."""
+Global___CalendarFileFormat: _TypeAlias = CalendarFileFormat  # noqa: Y015
+
+class _CalendarImportMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CalendarImportModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CalendarImportMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALENDAR_IMPORT_MODE_UNSPECIFIED: _CalendarImportMode.ValueType  # 0
+    """Not set."""
+    CALENDAR_IMPORT_MODE_REPLACE: _CalendarImportMode.ValueType  # 1
+    """The range holds exactly the file's holidays and make-up days afterwards; ops
+    overrides inside the range are removed.
+    """
+    CALENDAR_IMPORT_MODE_MERGE: _CalendarImportMode.ValueType  # 2
+    """The file's days are added to (or replace, day by day) what the range held; other
+    days keep what they were, and overrides of the days the file lists are removed.
+    """
+
+class CalendarImportMode(_CalendarImportMode, metaclass=_CalendarImportModeEnumTypeWrapper):
+    """CalendarImportMode is what an import does with what its range held."""
+
+CALENDAR_IMPORT_MODE_UNSPECIFIED: CalendarImportMode.ValueType  # 0
+"""Not set."""
+CALENDAR_IMPORT_MODE_REPLACE: CalendarImportMode.ValueType  # 1
+"""The range holds exactly the file's holidays and make-up days afterwards; ops
+overrides inside the range are removed.
+"""
+CALENDAR_IMPORT_MODE_MERGE: CalendarImportMode.ValueType  # 2
+"""The file's days are added to (or replace, day by day) what the range held; other
+days keep what they were, and overrides of the days the file lists are removed.
+"""
+Global___CalendarImportMode: _TypeAlias = CalendarImportMode  # noqa: Y015
 
 @_typing.final
 class Cycle(_message.Message):
@@ -633,12 +725,20 @@ class CalendarDay(_message.Message):
     WORKING_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     OVERRIDDEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     working: _builtins.bool
     """Whether it is a working day."""
     reason: _builtins.str
     """Why: "weekday", "weekend", "holiday: …", "make-up working day", or the override reason."""
     overridden: _builtins.bool
     """True when ops overrode the default."""
+    kind: Global___CalendarDayKind.ValueType
+    """What makes the day what it is."""
+    source: _builtins.str
+    """Where the day's default comes from: "chinese-calendar", "import:<request id>" (a
+    calendar file, "import:seed:cn-2027" for the one shipped), or "override".
+    """
     @_builtins.property
     def date(self) -> _date_pb2.Date:
         """The day."""
@@ -650,10 +750,12 @@ class CalendarDay(_message.Message):
         working: _builtins.bool = ...,
         reason: _builtins.str = ...,
         overridden: _builtins.bool = ...,
+        kind: Global___CalendarDayKind.ValueType = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["date", b"date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "overridden", b"overridden", "reason", b"reason", "working", b"working"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "kind", b"kind", "overridden", b"overridden", "reason", b"reason", "source", b"source", "working", b"working"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1842,3 +1944,274 @@ class RetryPayoutResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryPayoutResponse: _TypeAlias = RetryPayoutResponse  # noqa: Y015
+
+@_typing.final
+class ImportCalendarRequest(_message.Message):
+    """ImportCalendarRequest loads a range of the business calendar from a file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The idempotency key: a replay answers the first import's record, the same id with
+    any other field different is refused (IDEMPOTENCY_CONFLICT).
+    """
+    format: Global___CalendarFileFormat.ValueType
+    """The format of content."""
+    content: _builtins.str
+    """The file itself (UTF-8 text, at most 1 MiB)."""
+    mode: Global___CalendarImportMode.ValueType
+    """REPLACE or MERGE."""
+    reason: _builtins.str
+    """Why, recorded with the change; required."""
+    @_builtins.property
+    def from_date(self) -> _date_pb2.Date:
+        """First day of the range, inclusive; may be left unset when a YAML file states `from`
+        (both set: they must agree).
+        """
+
+    @_builtins.property
+    def to_date(self) -> _date_pb2.Date:
+        """Last day of the range, inclusive (at most 3660 days); may be left unset when a
+        YAML file states `to`.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        format: Global___CalendarFileFormat.ValueType = ...,
+        content: _builtins.str = ...,
+        mode: Global___CalendarImportMode.ValueType = ...,
+        from_date: _date_pb2.Date | None = ...,
+        to_date: _date_pb2.Date | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "to_date", b"to_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "format", b"format", "from_date", b"from_date", "mode", b"mode", "reason", b"reason", "request_id", b"request_id", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportCalendarRequest: _TypeAlias = ImportCalendarRequest  # noqa: Y015
+
+@_typing.final
+class CalendarImport(_message.Message):
+    """CalendarImport is the record of one import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    HOLIDAY_COUNT_FIELD_NUMBER: _builtins.int
+    MAKEUP_WORKDAY_COUNT_FIELD_NUMBER: _builtins.int
+    REMOVED_OVERRIDE_COUNT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request id (the shipped files: "seed:cn-2027", ...)."""
+    mode: Global___CalendarImportMode.ValueType
+    """REPLACE or MERGE."""
+    format: Global___CalendarFileFormat.ValueType
+    """The file's format."""
+    reason: _builtins.str
+    """Why."""
+    holiday_count: _builtins.int
+    """Holidays the range holds after the import."""
+    makeup_workday_count: _builtins.int
+    """Make-up working days the range holds after the import."""
+    removed_override_count: _builtins.int
+    """Ops overrides the import removed."""
+    @_builtins.property
+    def from_date(self) -> _date_pb2.Date:
+        """First day of the range."""
+
+    @_builtins.property
+    def to_date(self) -> _date_pb2.Date:
+        """Last day of the range."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was imported."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        from_date: _date_pb2.Date | None = ...,
+        to_date: _date_pb2.Date | None = ...,
+        mode: Global___CalendarImportMode.ValueType = ...,
+        format: Global___CalendarFileFormat.ValueType = ...,
+        reason: _builtins.str = ...,
+        holiday_count: _builtins.int = ...,
+        makeup_workday_count: _builtins.int = ...,
+        removed_override_count: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "from_date", b"from_date", "to_date", b"to_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "format", b"format", "from_date", b"from_date", "holiday_count", b"holiday_count", "makeup_workday_count", b"makeup_workday_count", "mode", b"mode", "reason", b"reason", "removed_override_count", b"removed_override_count", "request_id", b"request_id", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CalendarImport: _TypeAlias = CalendarImport  # noqa: Y015
+
+@_typing.final
+class ImportCalendarResponse(_message.Message):
+    """ImportCalendarResponse returns the record of the import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALENDAR_IMPORT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calendar_import(self) -> Global___CalendarImport:
+        """The import."""
+
+    def __init__(
+        self,
+        *,
+        calendar_import: Global___CalendarImport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["calendar_import", b"calendar_import"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar_import", b"calendar_import"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportCalendarResponse: _TypeAlias = ImportCalendarResponse  # noqa: Y015
+
+@_typing.final
+class ExportCalendarRequest(_message.Message):
+    """ExportCalendarRequest asks for a range as a calendar file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    format: Global___CalendarFileFormat.ValueType
+    """The format to write."""
+    @_builtins.property
+    def from_date(self) -> _date_pb2.Date:
+        """First day, inclusive."""
+
+    @_builtins.property
+    def to_date(self) -> _date_pb2.Date:
+        """Last day, inclusive (at most 3660 days)."""
+
+    def __init__(
+        self,
+        *,
+        from_date: _date_pb2.Date | None = ...,
+        to_date: _date_pb2.Date | None = ...,
+        format: Global___CalendarFileFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "to_date", b"to_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "from_date", b"from_date", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCalendarRequest: _TypeAlias = ExportCalendarRequest  # noqa: Y015
+
+@_typing.final
+class ExportCalendarResponse(_message.Message):
+    """ExportCalendarResponse holds the file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    content: _builtins.str
+    """The file: ImportCalendar with mode REPLACE and the same range reads it back."""
+    def __init__(
+        self,
+        *,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCalendarResponse: _TypeAlias = ExportCalendarResponse  # noqa: Y015
+
+@_typing.final
+class GetCalendarCoverageRequest(_message.Message):
+    """GetCalendarCoverageRequest asks how far the calendar is known."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCalendarCoverageRequest: _TypeAlias = GetCalendarCoverageRequest  # noqa: Y015
+
+@_typing.final
+class GetCalendarCoverageResponse(_message.Message):
+    """GetCalendarCoverageResponse tells how far the calendar is known."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TODAY_FIELD_NUMBER: _builtins.int
+    FIRST_KNOWN_DATE_FIELD_NUMBER: _builtins.int
+    LAST_KNOWN_DATE_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    WARN_DAYS_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
+    IMPORTS_FIELD_NUMBER: _builtins.int
+    days_left: _builtins.int
+    """Days from today to last_known_date (negative once it has passed)."""
+    warn_days: _builtins.int
+    """The service warns (log) when days_left is below this (SETTLEMENT_CALENDAR_WARN_DAYS)."""
+    warning: _builtins.bool
+    """True when days_left < warn_days: load the next year."""
+    @_builtins.property
+    def today(self) -> _date_pb2.Date:
+        """Today, the business date of the service's clock."""
+
+    @_builtins.property
+    def first_known_date(self) -> _date_pb2.Date:
+        """The first day the calendar knows."""
+
+    @_builtins.property
+    def last_known_date(self) -> _date_pb2.Date:
+        """The last day of the unbroken known run from today: settlement stops after it."""
+
+    @_builtins.property
+    def imports(self) -> _containers.RepeatedCompositeFieldContainer[Global___CalendarImport]:
+        """Every import, oldest first (the chinese-calendar seed is not one)."""
+
+    def __init__(
+        self,
+        *,
+        today: _date_pb2.Date | None = ...,
+        first_known_date: _date_pb2.Date | None = ...,
+        last_known_date: _date_pb2.Date | None = ...,
+        days_left: _builtins.int = ...,
+        warn_days: _builtins.int = ...,
+        warning: _builtins.bool = ...,
+        imports: _abc.Iterable[Global___CalendarImport] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_known_date", b"first_known_date", "last_known_date", b"last_known_date", "today", b"today"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days_left", b"days_left", "first_known_date", b"first_known_date", "imports", b"imports", "last_known_date", b"last_known_date", "today", b"today", "warn_days", b"warn_days", "warning", b"warning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCalendarCoverageResponse: _TypeAlias = GetCalendarCoverageResponse  # noqa: Y015

@@ -35,8 +35,10 @@ class SettlementServiceStub:
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
     RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-    known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+    know (chinese-calendar knows 2004-2026; later years must be loaded with
+    ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+    "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing and clearing did not answer; retry later.
@@ -144,6 +146,21 @@ class SettlementServiceStub:
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutResponse.FromString,
                 _registered_method=True)
+        self.ImportCalendar = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ImportCalendar',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarResponse.FromString,
+                _registered_method=True)
+        self.ExportCalendar = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ExportCalendar',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarResponse.FromString,
+                _registered_method=True)
+        self.GetCalendarCoverage = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/GetCalendarCoverage',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.FromString,
+                _registered_method=True)
 
 
 class SettlementServiceServicer:
@@ -156,8 +173,10 @@ class SettlementServiceServicer:
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
     RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-    known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+    know (chinese-calendar knows 2004-2026; later years must be loaded with
+    ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+    "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing and clearing did not answer; retry later.
@@ -298,6 +317,28 @@ class SettlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportCalendar(self, request, context):
+        """Loads the holidays and make-up working days of a range from a calendar file (YAML
+        or CSV), replacing or merging what the range held; idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportCalendar(self, request, context):
+        """Writes a range's holidays and make-up working days in the format ImportCalendar reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCalendarCoverage(self, request, context):
+        """Tells how far the business calendar is known from today, and what loaded it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SettlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -396,6 +437,21 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutResponse.SerializeToString,
             ),
+            'ImportCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportCalendar,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarResponse.SerializeToString,
+            ),
+            'ExportCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportCalendar,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarResponse.SerializeToString,
+            ),
+            'GetCalendarCoverage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCalendarCoverage,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clearhouse.settlement.v1.SettlementService', rpc_method_handlers)
@@ -414,8 +470,10 @@ class SettlementService:
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
     RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-    known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+    know (chinese-calendar knows 2004-2026; later years must be loaded with
+    ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+    "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing and clearing did not answer; retry later.
@@ -925,6 +983,87 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/RetryPayout',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ImportCalendar',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ExportCalendar',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCalendarCoverage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/GetCalendarCoverage',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.FromString,
             options,
             channel_credentials,
             insecure,

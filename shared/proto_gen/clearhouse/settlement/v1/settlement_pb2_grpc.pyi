@@ -36,8 +36,10 @@ class SettlementServiceStub:
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
       RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-      known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+      know (chinese-calendar knows 2004-2026; later years must be loaded with
+      ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+      "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing and clearing did not answer; retry later.
@@ -88,6 +90,14 @@ class SettlementServiceStub:
     """Gets a payout."""
     RetryPayout: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.RetryPayoutRequest, _settlement_pb2.RetryPayoutResponse]
     """Pays a FAILED payout's money again, now rather than at the next run."""
+    ImportCalendar: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ImportCalendarRequest, _settlement_pb2.ImportCalendarResponse]
+    """Loads the holidays and make-up working days of a range from a calendar file (YAML
+    or CSV), replacing or merging what the range held; idempotent by request_id.
+    """
+    ExportCalendar: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ExportCalendarRequest, _settlement_pb2.ExportCalendarResponse]
+    """Writes a range's holidays and make-up working days in the format ImportCalendar reads."""
+    GetCalendarCoverage: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.GetCalendarCoverageRequest, _settlement_pb2.GetCalendarCoverageResponse]
+    """Tells how far the business calendar is known from today, and what loaded it."""
 
 @_typing.type_check_only
 class SettlementServiceAsyncStub(SettlementServiceStub):
@@ -100,8 +110,10 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
       RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-      known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+      know (chinese-calendar knows 2004-2026; later years must be loaded with
+      ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+      "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing and clearing did not answer; retry later.
@@ -149,6 +161,14 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     """Gets a payout."""
     RetryPayout: _aio.UnaryUnaryMultiCallable[_settlement_pb2.RetryPayoutRequest, _settlement_pb2.RetryPayoutResponse]  # type: ignore[assignment]
     """Pays a FAILED payout's money again, now rather than at the next run."""
+    ImportCalendar: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ImportCalendarRequest, _settlement_pb2.ImportCalendarResponse]  # type: ignore[assignment]
+    """Loads the holidays and make-up working days of a range from a calendar file (YAML
+    or CSV), replacing or merging what the range held; idempotent by request_id.
+    """
+    ExportCalendar: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ExportCalendarRequest, _settlement_pb2.ExportCalendarResponse]  # type: ignore[assignment]
+    """Writes a range's holidays and make-up working days in the format ImportCalendar reads."""
+    GetCalendarCoverage: _aio.UnaryUnaryMultiCallable[_settlement_pb2.GetCalendarCoverageRequest, _settlement_pb2.GetCalendarCoverageResponse]  # type: ignore[assignment]
+    """Tells how far the business calendar is known from today, and what loaded it."""
 
 class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     """SettlementService decides when each merchant is paid and how much (结算), books
@@ -160,8 +180,10 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
       RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-      known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+      know (chinese-calendar knows 2004-2026; later years must be loaded with
+      ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+      "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing and clearing did not answer; retry later.
@@ -321,5 +343,31 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.RetryPayoutResponse, _abc.Awaitable[_settlement_pb2.RetryPayoutResponse]]:
         """Pays a FAILED payout's money again, now rather than at the next run."""
+
+    @_abc_1.abstractmethod
+    def ImportCalendar(
+        self,
+        request: _settlement_pb2.ImportCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ImportCalendarResponse, _abc.Awaitable[_settlement_pb2.ImportCalendarResponse]]:
+        """Loads the holidays and make-up working days of a range from a calendar file (YAML
+        or CSV), replacing or merging what the range held; idempotent by request_id.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportCalendar(
+        self,
+        request: _settlement_pb2.ExportCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ExportCalendarResponse, _abc.Awaitable[_settlement_pb2.ExportCalendarResponse]]:
+        """Writes a range's holidays and make-up working days in the format ImportCalendar reads."""
+
+    @_abc_1.abstractmethod
+    def GetCalendarCoverage(
+        self,
+        request: _settlement_pb2.GetCalendarCoverageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.GetCalendarCoverageResponse, _abc.Awaitable[_settlement_pb2.GetCalendarCoverageResponse]]:
+        """Tells how far the business calendar is known from today, and what loaded it."""
 
 def add_SettlementServiceServicer_to_server(servicer: SettlementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
