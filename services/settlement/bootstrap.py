@@ -15,6 +15,7 @@ from services.settlement.adapters.clients import BillingClient, ClearingClient, 
 from services.settlement.adapters.figures import figure_source
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
 from services.settlement.service_layer.audit import ClearingAudit
+from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
 from services.settlement.service_layer.payouts import DispatchPolicy, PayoutService
@@ -75,8 +76,8 @@ async def build_app(
         ),
     )
     servicer = SettlementServicer(
-        ProfileService(db), calendars, runs, StatementService(db), BookService(db), payouts,
-        ClearingAudit(db, clearing, settings.call_concurrency),
+        ProfileService(db), calendars, runs, StatementService(db, clearing), BookService(db),
+        payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
     )
 
     async def ready() -> bool:

@@ -41,7 +41,11 @@ class SettlementServiceStub:
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-    clearing and clearing did not answer; retry later.
+    clearing, or a statement's detail lines were read from clearing, and clearing did
+    not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+    longer holds what the settlement booked (released by hand), so its detail lines
+    cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -161,6 +165,16 @@ class SettlementServiceStub:
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.FromString,
                 _registered_method=True)
+        self.ListStatementLines = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ListStatementLines',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesResponse.FromString,
+                _registered_method=True)
+        self.GetMerchantBalance = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/GetMerchantBalance',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.FromString,
+                _registered_method=True)
 
 
 class SettlementServiceServicer:
@@ -179,7 +193,11 @@ class SettlementServiceServicer:
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-    clearing and clearing did not answer; retry later.
+    clearing, or a statement's detail lines were read from clearing, and clearing did
+    not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+    longer holds what the settlement booked (released by hand), so its detail lines
+    cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -339,6 +357,24 @@ class SettlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListStatementLines(self, request, context):
+        """Lists the lines of a settlement's statement (对账单), paginated: the carried
+        balance brought in, every clearing detail the settlement took (read from
+        clearing's batch), every deducted fee bill, then what was paid out and carried.
+        The lines reconcile to the settlement to the minor unit (see StatementLine).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMerchantBalance(self, request, context):
+        """Gets a merchant's balances per currency: payable, carried, in flight and paid.
+        A merchant with nothing booked answers zeros, not NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SettlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -452,6 +488,16 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.SerializeToString,
             ),
+            'ListStatementLines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStatementLines,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesResponse.SerializeToString,
+            ),
+            'GetMerchantBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMerchantBalance,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clearhouse.settlement.v1.SettlementService', rpc_method_handlers)
@@ -476,7 +522,11 @@ class SettlementService:
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-    clearing and clearing did not answer; retry later.
+    clearing, or a statement's detail lines were read from clearing, and clearing did
+    not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+    longer holds what the settlement booked (released by hand), so its detail lines
+    cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -1064,6 +1114,60 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/GetCalendarCoverage',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStatementLines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ListStatementLines',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMerchantBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/GetMerchantBalance',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.FromString,
             options,
             channel_credentials,
             insecure,
