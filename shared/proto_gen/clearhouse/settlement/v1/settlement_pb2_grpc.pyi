@@ -41,6 +41,8 @@ class SettlementServiceStub:
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+      without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing and clearing did not answer; retry later.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
@@ -98,6 +100,10 @@ class SettlementServiceStub:
     """Writes a range's holidays and make-up working days in the format ImportCalendar reads."""
     GetCalendarCoverage: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.GetCalendarCoverageRequest, _settlement_pb2.GetCalendarCoverageResponse]
     """Tells how far the business calendar is known from today, and what loaded it."""
+    ListSettlementRunItems: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementRunItemsRequest, _settlement_pb2.ListSettlementRunItemsResponse]
+    """Lists the work items of a run (one per merchant) with what each did and, when the
+    merchant got nothing paid, why; paginated by merchant id.
+    """
 
 @_typing.type_check_only
 class SettlementServiceAsyncStub(SettlementServiceStub):
@@ -115,6 +121,8 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+      without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing and clearing did not answer; retry later.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
@@ -169,6 +177,10 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     """Writes a range's holidays and make-up working days in the format ImportCalendar reads."""
     GetCalendarCoverage: _aio.UnaryUnaryMultiCallable[_settlement_pb2.GetCalendarCoverageRequest, _settlement_pb2.GetCalendarCoverageResponse]  # type: ignore[assignment]
     """Tells how far the business calendar is known from today, and what loaded it."""
+    ListSettlementRunItems: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementRunItemsRequest, _settlement_pb2.ListSettlementRunItemsResponse]  # type: ignore[assignment]
+    """Lists the work items of a run (one per merchant) with what each did and, when the
+    merchant got nothing paid, why; paginated by merchant id.
+    """
 
 class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     """SettlementService decides when each merchant is paid and how much (结算), books
@@ -185,6 +197,8 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+      without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing and clearing did not answer; retry later.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
@@ -369,5 +383,15 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.GetCalendarCoverageResponse, _abc.Awaitable[_settlement_pb2.GetCalendarCoverageResponse]]:
         """Tells how far the business calendar is known from today, and what loaded it."""
+
+    @_abc_1.abstractmethod
+    def ListSettlementRunItems(
+        self,
+        request: _settlement_pb2.ListSettlementRunItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ListSettlementRunItemsResponse, _abc.Awaitable[_settlement_pb2.ListSettlementRunItemsResponse]]:
+        """Lists the work items of a run (one per merchant) with what each did and, when the
+        merchant got nothing paid, why; paginated by merchant id.
+        """
 
 def add_SettlementServiceServicer_to_server(servicer: SettlementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
