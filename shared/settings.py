@@ -36,6 +36,13 @@ class ServiceSettings(BaseSettings):
     grace_period_s: float = Field(default=10.0, ge=0)
     log_level: LogLevel = "INFO"
     embedded_pg_dir: str = ".clearhouse/pgdata"
+    # Prometheus figures on a port of their own, off the gRPC port (0 = a free port).
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_refresh_s: float = Field(default=15.0, gt=0)
+    # OTLP collector (host:port) that receives the service's traces; empty = no tracing.
+    otlp_endpoint: str = ""
 
     @field_validator("log_level", mode="before")
     @classmethod

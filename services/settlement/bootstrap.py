@@ -12,8 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
+from services.settlement.adapters.figures import figure_source
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
 from services.settlement.service_layer.audit import ClearingAudit
+from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
 from services.settlement.service_layer.payouts import DispatchPolicy, PayoutService
@@ -26,6 +28,8 @@ from services.settlement.settings import SettlementSettings
 from shared import migrations
 from shared.business_time import business_date
 from shared.clock import clock_from_env
+from shared.figures import pool_figures
+from shared.metrics import ServiceMetrics, app_options
 from shared.server import App
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -73,8 +77,8 @@ async def build_app(
         ),
     )
     servicer = SettlementServicer(
-        ProfileService(db), calendars, runs, StatementService(db), BookService(db), payouts,
-        ClearingAudit(db, clearing, settings.call_concurrency),
+        ProfileService(db), calendars, runs, StatementService(db, clearing), BookService(db),
+        payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
     )
 
     async def ready() -> bool:
@@ -107,6 +111,13 @@ async def build_app(
         for client in (clearing, billing, gateway):
             await client.close()
 
+    metrics = ServiceMetrics("settlement")
+    metrics.sources += [
+        pool_figures(engine),
+        figure_source(engine, BookService(db).check_invariants,
+                      settings.invariant_check_interval_s, calendars.coverage),
+    ]
+
     return App(
         name="settlement",
         error_domain="settlement.clearhouse",
@@ -115,4 +126,5 @@ async def build_app(
         readiness=ready,
         background=background,
         on_close=[close],
+        **app_options(settings, metrics),
     )

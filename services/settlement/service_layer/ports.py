@@ -15,6 +15,7 @@ from services.settlement.adapters.clients import (
 )
 from services.settlement.domain.netting import FeeBill
 from services.settlement.domain.profiles import BankAccount
+from services.settlement.domain.statements import Detail
 
 # A test-only seam: called at each step of a run with the step's name; raising from it
 # is a crash at that point. None in production.
@@ -34,6 +35,9 @@ class Clearing(Protocol):
 
     async def batch_details(self, batch_id: str) -> list[BatchDetail]: ...
 
+    async def batch_details_page(
+        self, batch_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Detail], str]: ...
     async def first_detail(
         self, merchant_id: str, state: str, date_from: dt.date | None, date_to: dt.date | None
     ) -> FirstDetail | None: ...

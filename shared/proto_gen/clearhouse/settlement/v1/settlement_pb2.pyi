@@ -5,6 +5,7 @@ isort:skip_file
 
 from clearhouse.payout.v1 import payout_pb2 as _payout_pb2
 from clearhouse.type.v1 import money_pb2 as _money_pb2
+from clearhouse.type.v1 import transaction_pb2 as _transaction_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -211,6 +212,34 @@ SETTLEMENT_LINE_TYPE_CARRIED_IN: SettlementLineType.ValueType  # 7
 """The carried balance brought in (signed)."""
 Global___SettlementLineType: _TypeAlias = SettlementLineType  # noqa: Y015
 
+class _StatementFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatementFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatementFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATEMENT_FORMAT_UNSPECIFIED: _StatementFormat.ValueType  # 0
+    """Not set: SUMMARY."""
+    STATEMENT_FORMAT_SUMMARY: _StatementFormat.ValueType  # 1
+    """One row per summary line (PAYMENTS, REFUNDS, … NET, PAID_OUT, CARRIED_OUT)."""
+    STATEMENT_FORMAT_DETAILED: _StatementFormat.ValueType  # 2
+    """The summary rows, then one row per statement line (ListStatementLines): every
+    detail with its fee, every deducted bill, the carried balance in and out.
+    """
+
+class StatementFormat(_StatementFormat, metaclass=_StatementFormatEnumTypeWrapper):
+    """StatementFormat is what an exported statement holds."""
+
+STATEMENT_FORMAT_UNSPECIFIED: StatementFormat.ValueType  # 0
+"""Not set: SUMMARY."""
+STATEMENT_FORMAT_SUMMARY: StatementFormat.ValueType  # 1
+"""One row per summary line (PAYMENTS, REFUNDS, … NET, PAID_OUT, CARRIED_OUT)."""
+STATEMENT_FORMAT_DETAILED: StatementFormat.ValueType  # 2
+"""The summary rows, then one row per statement line (ListStatementLines): every
+detail with its fee, every deducted bill, the carried balance in and out.
+"""
+Global___StatementFormat: _TypeAlias = StatementFormat  # noqa: Y015
+
 class _AccountType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -342,6 +371,70 @@ CALENDAR_IMPORT_MODE_MERGE: CalendarImportMode.ValueType  # 2
 days keep what they were, and overrides of the days the file lists are removed.
 """
 Global___CalendarImportMode: _TypeAlias = CalendarImportMode  # noqa: Y015
+
+class _StatementLineType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatementLineTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatementLineType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATEMENT_LINE_TYPE_UNSPECIFIED: _StatementLineType.ValueType  # 0
+    """Not set."""
+    STATEMENT_LINE_TYPE_CARRIED_IN: _StatementLineType.ValueType  # 1
+    """The carried balance brought in from earlier runs (signed); always the first line."""
+    STATEMENT_LINE_TYPE_DETAIL: _StatementLineType.ValueType  # 2
+    """One clearing detail the settlement took: a payment, a refund or an adjustment."""
+    STATEMENT_LINE_TYPE_FEE_BILL: _StatementLineType.ValueType  # 3
+    """One deducted DEFERRED fee bill."""
+    STATEMENT_LINE_TYPE_PAID_OUT: _StatementLineType.ValueType  # 4
+    """The part of the net paid out (reference: the payout id)."""
+    STATEMENT_LINE_TYPE_CARRIED_OUT: _StatementLineType.ValueType  # 5
+    """The part of the net carried to the next run; always the last line."""
+
+class StatementLineType(_StatementLineType, metaclass=_StatementLineTypeEnumTypeWrapper):
+    """StatementLineType is the kind of a statement line."""
+
+STATEMENT_LINE_TYPE_UNSPECIFIED: StatementLineType.ValueType  # 0
+"""Not set."""
+STATEMENT_LINE_TYPE_CARRIED_IN: StatementLineType.ValueType  # 1
+"""The carried balance brought in from earlier runs (signed); always the first line."""
+STATEMENT_LINE_TYPE_DETAIL: StatementLineType.ValueType  # 2
+"""One clearing detail the settlement took: a payment, a refund or an adjustment."""
+STATEMENT_LINE_TYPE_FEE_BILL: StatementLineType.ValueType  # 3
+"""One deducted DEFERRED fee bill."""
+STATEMENT_LINE_TYPE_PAID_OUT: StatementLineType.ValueType  # 4
+"""The part of the net paid out (reference: the payout id)."""
+STATEMENT_LINE_TYPE_CARRIED_OUT: StatementLineType.ValueType  # 5
+"""The part of the net carried to the next run; always the last line."""
+Global___StatementLineType: _TypeAlias = StatementLineType  # noqa: Y015
+
+class _StatementDetailType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatementDetailTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatementDetailType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATEMENT_DETAIL_TYPE_UNSPECIFIED: _StatementDetailType.ValueType  # 0
+    """Not a DETAIL line."""
+    STATEMENT_DETAIL_TYPE_PAYMENT: _StatementDetailType.ValueType  # 1
+    """A payment."""
+    STATEMENT_DETAIL_TYPE_REFUND: _StatementDetailType.ValueType  # 2
+    """A refund."""
+    STATEMENT_DETAIL_TYPE_ADJUSTMENT: _StatementDetailType.ValueType  # 3
+    """A reconciliation adjustment."""
+
+class StatementDetailType(_StatementDetailType, metaclass=_StatementDetailTypeEnumTypeWrapper):
+    """StatementDetailType is what a DETAIL line records."""
+
+STATEMENT_DETAIL_TYPE_UNSPECIFIED: StatementDetailType.ValueType  # 0
+"""Not a DETAIL line."""
+STATEMENT_DETAIL_TYPE_PAYMENT: StatementDetailType.ValueType  # 1
+"""A payment."""
+STATEMENT_DETAIL_TYPE_REFUND: StatementDetailType.ValueType  # 2
+"""A refund."""
+STATEMENT_DETAIL_TYPE_ADJUSTMENT: StatementDetailType.ValueType  # 3
+"""A reconciliation adjustment."""
+Global___StatementDetailType: _TypeAlias = StatementDetailType  # noqa: Y015
 
 class _RunItemState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -1384,12 +1477,15 @@ class ListSettlementsRequest(_message.Message):
     SETTLE_DATE_TO_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
     """The merchant; empty for all merchants."""
     page_size: _builtins.int
     """Page size (AIP-158)."""
     page_token: _builtins.str
     """Page token."""
+    run_id: _builtins.str
+    """The run (run-YYYYMMDD); empty for any run. An unknown run lists nothing."""
     @_builtins.property
     def settle_date_from(self) -> _date_pb2.Date:
         """First settlement date, inclusive; absent for no bound."""
@@ -1406,10 +1502,11 @@ class ListSettlementsRequest(_message.Message):
         settle_date_to: _date_pb2.Date | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settle_date_from", b"settle_date_from", "settle_date_to", b"settle_date_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id", "page_size", b"page_size", "page_token", b"page_token", "settle_date_from", b"settle_date_from", "settle_date_to", b"settle_date_to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id", "settle_date_from", b"settle_date_from", "settle_date_to", b"settle_date_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1450,16 +1547,20 @@ class ExportStatementRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SETTLEMENT_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
     """The settlement id."""
+    format: Global___StatementFormat.ValueType
+    """What the file holds; SUMMARY when not set."""
     def __init__(
         self,
         *,
         settlement_id: _builtins.str = ...,
+        format: Global___StatementFormat.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["settlement_id", b"settlement_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "settlement_id", b"settlement_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2360,6 +2461,256 @@ class GetCalendarCoverageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCalendarCoverageResponse: _TypeAlias = GetCalendarCoverageResponse  # noqa: Y015
+
+@_typing.final
+class StatementLine(_message.Message):
+    """StatementLine is one line of a statement. The net_amount of the CARRIED_IN,
+    DETAIL and FEE_BILL lines sums to the settlement's net exactly; the net_amount of
+    PAID_OUT and CARRIED_OUT sums to it too. Every amount is in the settlement's
+    currency.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_TYPE_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    DETAIL_TYPE_FIELD_NUMBER: _builtins.int
+    TRANSACTION_TIME_FIELD_NUMBER: _builtins.int
+    BUSINESS_DATE_FIELD_NUMBER: _builtins.int
+    ORIGINAL_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    FEE_FIELD_NUMBER: _builtins.int
+    COLLECTION_MODE_FIELD_NUMBER: _builtins.int
+    FEE_RETURNED_FIELD_NUMBER: _builtins.int
+    NET_AMOUNT_FIELD_NUMBER: _builtins.int
+    line_type: Global___StatementLineType.ValueType
+    """The kind."""
+    reference: _builtins.str
+    """The detail id (transaction or adjustment id), the fee bill id, or the payout id."""
+    detail_type: Global___StatementDetailType.ValueType
+    """For a DETAIL line, what it records."""
+    original_transaction_id: _builtins.str
+    """For a refund, the payment it refunds; for an adjustment, the transaction it corrects."""
+    collection_mode: _transaction_pb2.CollectionMode.ValueType
+    """For a detail, how its fee was collected (only NET fees enter the net)."""
+    @_builtins.property
+    def transaction_time(self) -> _timestamp_pb2.Timestamp:
+        """For a DETAIL line, when the transaction happened."""
+
+    @_builtins.property
+    def business_date(self) -> _date_pb2.Date:
+        """For a DETAIL line, its business date."""
+
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """The amount: a detail's amount as clearing holds it (positive; signed for an
+        adjustment), a bill's amount, or the carried or paid-out amount.
+        """
+
+    @_builtins.property
+    def fee(self) -> _money_pb2.Money:
+        """For a payment, its fee, whatever its collection mode."""
+
+    @_builtins.property
+    def fee_returned(self) -> _money_pb2.Money:
+        """For a refund, the fee it returned, whatever its collection mode."""
+
+    @_builtins.property
+    def net_amount(self) -> _money_pb2.Money:
+        """The signed amount as it enters the net: a payment's amount less its NET fee, a
+        refund's amount negated plus its NET fee return, an adjustment's amount, a bill
+        negated, the carried-in balance; for PAID_OUT and CARRIED_OUT, their amount.
+        """
+
+    def __init__(
+        self,
+        *,
+        line_type: Global___StatementLineType.ValueType = ...,
+        reference: _builtins.str = ...,
+        detail_type: Global___StatementDetailType.ValueType = ...,
+        transaction_time: _timestamp_pb2.Timestamp | None = ...,
+        business_date: _date_pb2.Date | None = ...,
+        original_transaction_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        fee: _money_pb2.Money | None = ...,
+        collection_mode: _transaction_pb2.CollectionMode.ValueType = ...,
+        fee_returned: _money_pb2.Money | None = ...,
+        net_amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "business_date", b"business_date", "fee", b"fee", "fee_returned", b"fee_returned", "net_amount", b"net_amount", "transaction_time", b"transaction_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "business_date", b"business_date", "collection_mode", b"collection_mode", "detail_type", b"detail_type", "fee", b"fee", "fee_returned", b"fee_returned", "line_type", b"line_type", "net_amount", b"net_amount", "original_transaction_id", b"original_transaction_id", "reference", b"reference", "transaction_time", b"transaction_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatementLine: _TypeAlias = StatementLine  # noqa: Y015
+
+@_typing.final
+class ListStatementLinesRequest(_message.Message):
+    """ListStatementLinesRequest pages through a settlement's statement lines."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTLEMENT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    settlement_id: _builtins.str
+    """The settlement id."""
+    page_size: _builtins.int
+    """Page size (AIP-158); default 100, at most 1,000."""
+    page_token: _builtins.str
+    """Page token."""
+    def __init__(
+        self,
+        *,
+        settlement_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "settlement_id", b"settlement_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStatementLinesRequest: _TypeAlias = ListStatementLinesRequest  # noqa: Y015
+
+@_typing.final
+class ListStatementLinesResponse(_message.Message):
+    """ListStatementLinesResponse is one page of a statement's lines, in statement order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty on the last page."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementLine]:
+        """The lines."""
+
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[Global___StatementLine] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStatementLinesResponse: _TypeAlias = ListStatementLinesResponse  # noqa: Y015
+
+@_typing.final
+class GetMerchantBalanceRequest(_message.Message):
+    """GetMerchantBalanceRequest names a merchant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant."""
+    currency_code: _builtins.str
+    """One currency; empty for every currency the merchant has (or its profile's)."""
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "merchant_id", b"merchant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMerchantBalanceRequest: _TypeAlias = GetMerchantBalanceRequest  # noqa: Y015
+
+@_typing.final
+class MerchantBalance(_message.Message):
+    """MerchantBalance is what settlement holds for a merchant in one currency, in minor
+    units. settled = paid + in_flight + payable (domain §5 item 4).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    PAYABLE_FIELD_NUMBER: _builtins.int
+    CARRIED_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    PAID_FIELD_NUMBER: _builtins.int
+    SETTLED_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_COUNT_FIELD_NUMBER: _builtins.int
+    currency_code: _builtins.str
+    """The currency of every amount below."""
+    payable: _builtins.int
+    """What settlement owes the merchant now (its payable account, credits shown
+    positive; negative when the merchant owes, 倒挂): what the next run brings in as
+    its carried balance. It includes failed and returned payouts booked back.
+    """
+    carried: _builtins.int
+    """What the merchant's latest settlement carried to the next run (its carried_out);
+    payable minus carried is what was booked back since (failed or returned payouts).
+    """
+    in_flight: _builtins.int
+    """Bank payouts on their way (CREATED or SUBMITTED): left payable, not final yet."""
+    paid: _builtins.int
+    """Payouts paid and not returned, over the merchant's whole history."""
+    settled: _builtins.int
+    """What all the merchant's settlements gave it (nets less the carried balances
+    brought in).
+    """
+    settlement_count: _builtins.int
+    """The number of settlements."""
+    def __init__(
+        self,
+        *,
+        currency_code: _builtins.str = ...,
+        payable: _builtins.int = ...,
+        carried: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
+        paid: _builtins.int = ...,
+        settled: _builtins.int = ...,
+        settlement_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carried", b"carried", "currency_code", b"currency_code", "in_flight", b"in_flight", "paid", b"paid", "payable", b"payable", "settled", b"settled", "settlement_count", b"settlement_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MerchantBalance: _TypeAlias = MerchantBalance  # noqa: Y015
+
+@_typing.final
+class GetMerchantBalanceResponse(_message.Message):
+    """GetMerchantBalanceResponse holds one balance per currency, by currency code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    BALANCES_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant."""
+    @_builtins.property
+    def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___MerchantBalance]:
+        """The balances; zeros for a currency asked for in which nothing was booked."""
+
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        balances: _abc.Iterable[Global___MerchantBalance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "merchant_id", b"merchant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMerchantBalanceResponse: _TypeAlias = GetMerchantBalanceResponse  # noqa: Y015
 
 @_typing.final
 class RunItem(_message.Message):

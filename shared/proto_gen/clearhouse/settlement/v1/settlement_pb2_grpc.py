@@ -43,7 +43,11 @@ class SettlementServiceStub:
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
     without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-    clearing and clearing did not answer; retry later.
+    clearing, or a statement's detail lines were read from clearing, and clearing did
+    not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+    longer holds what the settlement booked (released by hand), so its detail lines
+    cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -163,6 +167,16 @@ class SettlementServiceStub:
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.FromString,
                 _registered_method=True)
+        self.ListStatementLines = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ListStatementLines',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesResponse.FromString,
+                _registered_method=True)
+        self.GetMerchantBalance = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/GetMerchantBalance',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.FromString,
+                _registered_method=True)
         self.ListSettlementRunItems = channel.unary_unary(
                 '/clearhouse.settlement.v1.SettlementService/ListSettlementRunItems',
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.SerializeToString,
@@ -188,7 +202,11 @@ class SettlementServiceServicer:
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
     without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-    clearing and clearing did not answer; retry later.
+    clearing, or a statement's detail lines were read from clearing, and clearing did
+    not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+    longer holds what the settlement booked (released by hand), so its detail lines
+    cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -348,6 +366,24 @@ class SettlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListStatementLines(self, request, context):
+        """Lists the lines of a settlement's statement (对账单), paginated: the carried
+        balance brought in, every clearing detail the settlement took (read from
+        clearing's batch), every deducted fee bill, then what was paid out and carried.
+        The lines reconcile to the settlement to the minor unit (see StatementLine).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMerchantBalance(self, request, context):
+        """Gets a merchant's balances per currency: payable, carried, in flight and paid.
+        A merchant with nothing booked answers zeros, not NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListSettlementRunItems(self, request, context):
         """Lists the work items of a run (one per merchant) with what each did and, when the
         merchant got nothing paid, why; paginated by merchant id.
@@ -469,6 +505,16 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.SerializeToString,
             ),
+            'ListStatementLines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStatementLines,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesResponse.SerializeToString,
+            ),
+            'GetMerchantBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMerchantBalance,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.SerializeToString,
+            ),
             'ListSettlementRunItems': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSettlementRunItems,
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.FromString,
@@ -500,7 +546,11 @@ class SettlementService:
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
     without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-    clearing and clearing did not answer; retry later.
+    clearing, or a statement's detail lines were read from clearing, and clearing did
+    not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+    longer holds what the settlement booked (released by hand), so its detail lines
+    cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -1088,6 +1138,60 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/GetCalendarCoverage',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStatementLines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ListStatementLines',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMerchantBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/GetMerchantBalance',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

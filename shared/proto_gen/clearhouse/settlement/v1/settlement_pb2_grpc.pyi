@@ -44,7 +44,11 @@ class SettlementServiceStub:
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
       without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-      clearing and clearing did not answer; retry later.
+      clearing, or a statement's detail lines were read from clearing, and clearing did
+      not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+      longer holds what the settlement booked (released by hand), so its detail lines
+      cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -100,6 +104,16 @@ class SettlementServiceStub:
     """Writes a range's holidays and make-up working days in the format ImportCalendar reads."""
     GetCalendarCoverage: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.GetCalendarCoverageRequest, _settlement_pb2.GetCalendarCoverageResponse]
     """Tells how far the business calendar is known from today, and what loaded it."""
+    ListStatementLines: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListStatementLinesRequest, _settlement_pb2.ListStatementLinesResponse]
+    """Lists the lines of a settlement's statement (对账单), paginated: the carried
+    balance brought in, every clearing detail the settlement took (read from
+    clearing's batch), every deducted fee bill, then what was paid out and carried.
+    The lines reconcile to the settlement to the minor unit (see StatementLine).
+    """
+    GetMerchantBalance: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.GetMerchantBalanceRequest, _settlement_pb2.GetMerchantBalanceResponse]
+    """Gets a merchant's balances per currency: payable, carried, in flight and paid.
+    A merchant with nothing booked answers zeros, not NOT_FOUND.
+    """
     ListSettlementRunItems: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementRunItemsRequest, _settlement_pb2.ListSettlementRunItemsResponse]
     """Lists the work items of a run (one per merchant) with what each did and, when the
     merchant got nothing paid, why; paginated by merchant id.
@@ -124,7 +138,11 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
       without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-      clearing and clearing did not answer; retry later.
+      clearing, or a statement's detail lines were read from clearing, and clearing did
+      not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+      longer holds what the settlement booked (released by hand), so its detail lines
+      cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -177,6 +195,16 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     """Writes a range's holidays and make-up working days in the format ImportCalendar reads."""
     GetCalendarCoverage: _aio.UnaryUnaryMultiCallable[_settlement_pb2.GetCalendarCoverageRequest, _settlement_pb2.GetCalendarCoverageResponse]  # type: ignore[assignment]
     """Tells how far the business calendar is known from today, and what loaded it."""
+    ListStatementLines: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListStatementLinesRequest, _settlement_pb2.ListStatementLinesResponse]  # type: ignore[assignment]
+    """Lists the lines of a settlement's statement (对账单), paginated: the carried
+    balance brought in, every clearing detail the settlement took (read from
+    clearing's batch), every deducted fee bill, then what was paid out and carried.
+    The lines reconcile to the settlement to the minor unit (see StatementLine).
+    """
+    GetMerchantBalance: _aio.UnaryUnaryMultiCallable[_settlement_pb2.GetMerchantBalanceRequest, _settlement_pb2.GetMerchantBalanceResponse]  # type: ignore[assignment]
+    """Gets a merchant's balances per currency: payable, carried, in flight and paid.
+    A merchant with nothing booked answers zeros, not NOT_FOUND.
+    """
     ListSettlementRunItems: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementRunItemsRequest, _settlement_pb2.ListSettlementRunItemsResponse]  # type: ignore[assignment]
     """Lists the work items of a run (one per merchant) with what each did and, when the
     merchant got nothing paid, why; paginated by merchant id.
@@ -200,7 +228,11 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
       without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-      clearing and clearing did not answer; retry later.
+      clearing, or a statement's detail lines were read from clearing, and clearing did
+      not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+      longer holds what the settlement booked (released by hand), so its detail lines
+      cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -383,6 +415,28 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.GetCalendarCoverageResponse, _abc.Awaitable[_settlement_pb2.GetCalendarCoverageResponse]]:
         """Tells how far the business calendar is known from today, and what loaded it."""
+
+    @_abc_1.abstractmethod
+    def ListStatementLines(
+        self,
+        request: _settlement_pb2.ListStatementLinesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ListStatementLinesResponse, _abc.Awaitable[_settlement_pb2.ListStatementLinesResponse]]:
+        """Lists the lines of a settlement's statement (对账单), paginated: the carried
+        balance brought in, every clearing detail the settlement took (read from
+        clearing's batch), every deducted fee bill, then what was paid out and carried.
+        The lines reconcile to the settlement to the minor unit (see StatementLine).
+        """
+
+    @_abc_1.abstractmethod
+    def GetMerchantBalance(
+        self,
+        request: _settlement_pb2.GetMerchantBalanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.GetMerchantBalanceResponse, _abc.Awaitable[_settlement_pb2.GetMerchantBalanceResponse]]:
+        """Gets a merchant's balances per currency: payable, carried, in flight and paid.
+        A merchant with nothing booked answers zeros, not NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def ListSettlementRunItems(
