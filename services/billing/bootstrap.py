@@ -30,7 +30,7 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
     db = Database(engine, settings.db_schema, settings.db_pool_size)
     zone = ZoneInfo(settings.business_timezone)
     metrics = Metrics()
-    book = RuleBook(db, settings.rules_refresh_s)
+    book = RuleBook(db, settings.rules_refresh_s, metrics)
     pricing = Pricing(db, book, zone, metrics)
     group = (settings.unary_batch_window_s, settings.unary_batch_max,
              settings.unary_batch_in_flight)
