@@ -70,9 +70,9 @@ async def test_a_rule_starting_outside_the_time_window_is_refused_and_billing_ke
 async def test_ends_and_new_versions_outside_the_window_are_refused(billing):
     await billing.stub.CreateFeeRule(create_rule(FIXED))
     await _invalid(billing.stub.EndFeeRule(
-        pb.EndFeeRuleRequest(rule_id="R1", effective_to=YEAR_10000)), "effective_to")
+        pb.EndFeeRuleRequest(request_id="E1", rule_id="R1", effective_to=YEAR_10000)), "effective_to")
     version = pb.CreateFeeRuleVersionRequest(
-        rule_id="R1", spec=create_rule(FIXED).spec, effective_from=YEAR_10000)
+        request_id="V1", rule_id="R1", spec=create_rule(FIXED).spec, effective_from=YEAR_10000)
     await _invalid(billing.stub.CreateFeeRuleVersion(version), "effective_from")
     rule = (await billing.stub.GetFeeRule(pb.GetFeeRuleRequest(rule_id="R1"))).rule
     assert len(rule.versions) == 1 and not rule.versions[0].HasField("effective_to")

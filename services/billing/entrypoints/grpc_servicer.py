@@ -19,6 +19,7 @@ from services.billing.service_layer.charging import Pricing
 from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
 from services.billing.service_layer.rules import RuleAdmin
+from shared import clock
 from shared import validation as val
 from shared.coalescer import Coalescer
 from shared.errors import DomainError, InvalidArgument, Violations, to_status
@@ -36,7 +37,7 @@ T = TypeVar("T")
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return clock.now()  # the shared service clock (CLEARHOUSE_NOW)
 
 
 def _batch_size(n: int) -> None:
@@ -92,6 +93,8 @@ def _rule_content(
     """The validated spec and window of a new rule or version (InvalidArgument with every
     problem otherwise)."""
     v = Violations()
+    if isinstance(request, pb.CreateFeeRuleVersionRequest):
+        c.check_id(request.request_id, "request_id", v)  # a creation's key is the rule id
     check_rule_id(request.rule_id, v)
     spec = build_spec(c.spec_input(request.spec), v)
     start = c.timestamp(request.effective_from, request.HasField("effective_from"),
@@ -160,16 +163,17 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self, request: pb.CreateFeeRuleVersionRequest, context: Any
     ) -> pb.CreateFeeRuleVersionResponse:
         spec, start, end = _rule_content(request)
-        versions = await self.rules.new_version(request.rule_id, spec, start, end)
+        versions = await self.rules.new_version(request.request_id, request.rule_id, spec, start, end)
         return pb.CreateFeeRuleVersionResponse(rule=self._rule(versions))
 
     async def EndFeeRule(self, request: pb.EndFeeRuleRequest, context: Any) -> pb.EndFeeRuleResponse:
         v = Violations()
+        c.check_id(request.request_id, "request_id", v)
         check_rule_id(request.rule_id, v)
         end = c.timestamp(request.effective_to, request.HasField("effective_to"), "effective_to", v)
         v.raise_if_any()
         assert end is not None
-        versions = await self.rules.end(request.rule_id, end)
+        versions = await self.rules.end(request.request_id, request.rule_id, end)
         return pb.EndFeeRuleResponse(rule=self._rule(versions))
 
     async def ExplainFee(self, request: pb.ExplainFeeRequest, context: Any) -> pb.ExplainFeeResponse:

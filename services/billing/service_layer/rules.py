@@ -29,6 +29,7 @@ from shared.errors import (
     InvalidArgument,
     NotFound,
 )
+from shared.idempotency import fingerprint
 from shared.validation import quote
 
 
@@ -118,11 +119,15 @@ class RuleAdmin:
         return [version]
 
     async def new_version(
-        self, rule_id: str, spec: FeeRuleSpec, start: dt.datetime, end: dt.datetime | None
+        self, request_id: str, rule_id: str, spec: FeeRuleSpec, start: dt.datetime,
+        end: dt.datetime | None,
     ) -> list[RuleVersion]:
         now = self.clock()
+        content = fingerprint(rule_id, rules_store.spec_to_json(spec), start, end)
         async with self.db.transaction() as conn:
             versions = await _lock_versions(conn, rule_id)
+            if await _replayed(conn, "rule_version", request_id, content):
+                return versions  # a retry of a change already made: the rule as it is
             try:
                 plan = lifecycle.plan_new_version(versions, spec, start, end, now)
             except lifecycle.RuleEnded as exc:
@@ -138,10 +143,12 @@ class RuleAdmin:
         await self.book.reload()
         return versions
 
-    async def end(self, rule_id: str, end: dt.datetime) -> list[RuleVersion]:
+    async def end(self, request_id: str, rule_id: str, end: dt.datetime) -> list[RuleVersion]:
         now = self.clock()
         async with self.db.transaction() as conn:
             versions = await _lock_versions(conn, rule_id)
+            if await _replayed(conn, "rule_end", request_id, fingerprint(rule_id, end)):
+                return versions
             try:
                 closes = lifecycle.plan_end(versions, end, now)
             except lifecycle.RuleEnded as exc:
@@ -218,6 +225,18 @@ async def _loads_back(
         if stored is None or not _same(stored, written):
             raise InvalidArgument([FieldViolation("spec", "does not read back as sent")])
     return versions
+
+
+async def _replayed(conn: Any, scope: str, request_id: str, content: str) -> bool:
+    """True for a retry of a change already made (same id and content); claims the id in
+    this transaction otherwise, so it commits with the change. Other content under the id
+    is an IdempotencyConflict."""
+    first = await rules_store.claim_request(conn, scope, request_id, content)
+    if first is None:
+        return False
+    if first != content:
+        raise IdempotencyConflict(request_id)
+    return True
 
 
 def _same(a: RuleVersion, b: RuleVersion) -> bool:
