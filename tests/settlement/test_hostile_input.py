@@ -87,6 +87,9 @@ def cases(s: Any) -> list[tuple[str, Callable[[], Any], set[str]]]:
         add(f"ListAccountEntries {bad!r}", lambda b=bad: s.ListAccountEntries(
             pb.ListAccountEntriesRequest(account_code=f"MERCHANT_PAYABLE:{b}:CNY")),
             {"account_code"})
+        add(f"ListSettlementRunItems {bad!r}", lambda b=bad: s.ListSettlementRunItems(
+            pb.ListSettlementRunItemsRequest(run_id=b, note=pb.RUN_ITEM_NOTE_FAILED)),
+            {"run_id"})
         add(f"ListStatementLines {bad!r}", lambda b=bad: s.ListStatementLines(
             pb.ListStatementLinesRequest(settlement_id=b)), {"settlement_id"})
         add(f"GetMerchantBalance {bad!r}", lambda b=bad: s.GetMerchantBalance(
@@ -136,6 +139,9 @@ def cases(s: Any) -> list[tuple[str, Callable[[], Any], set[str]]]:
             pb.ImportCalendarRequest(request_id="imp-1", format=pb.CALENDAR_FILE_FORMAT_CSV,
                                      mode=pb.CALENDAR_IMPORT_MODE_MERGE,
                                      content="date,kind\n", reason=b)), {"reason"})
+        add(f"RunSettlement future_date_reason {bad[:8]!r}", lambda b=bad: s.RunSettlement(
+            pb.RunSettlementRequest(request_id="r1", settle_date=GOOD_DAY,
+                                    future_date_reason=b)), {"future_date_reason"})
     for field in ("account_name", "bank_name", "branch_code"):
         for bad in ("x\x00", " x", "x\x1b", "b" * 1_000_000):
             add(f"bank {field} {bad[:8]!r}", lambda f=field, b=bad: s.UpdateSettlementProfile(
@@ -163,6 +169,8 @@ def cases(s: Any) -> list[tuple[str, Callable[[], Any], set[str]]]:
     add("no profile", lambda: s.UpdateSettlementProfile(pb.UpdateSettlementProfileRequest()),
         {"profile"})
     add("unknown payout state", lambda: s.ListPayouts(pb.ListPayoutsRequest(state=99)), {"state"})
+    add("unknown run item note", lambda: s.ListSettlementRunItems(
+        pb.ListSettlementRunItemsRequest(run_id="run-20260302", note=99)), {"note"})
     add("unknown statement format", lambda: s.ExportStatement(pb.ExportStatementRequest(
         settlement_id="st-1", format=99)), {"format"})
     for rpc, req in ((s.ListSettlementProfiles, pb.ListSettlementProfilesRequest),

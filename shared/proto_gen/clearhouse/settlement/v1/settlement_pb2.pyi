@@ -1212,6 +1212,7 @@ class RunSettlementRequest(_message.Message):
     """A date after today (the business date of the service clock) is refused,
     FAILED_PRECONDITION RUN_DATE_IN_FUTURE, unless this says why it must run early
     (at most 256 characters); the reason is recorded with the run and logged.
+    Limits: at most 256 characters, no control character but tab and line breaks.
     """
     @_builtins.property
     def settle_date(self) -> _date_pb2.Date:
@@ -2855,13 +2856,19 @@ class ListSettlementRunItemsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run id."""
+    """The run id.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
     note: Global___RunItemNote.ValueType
     """Only items with this note; UNSPECIFIED for all."""
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158).
+    Limits: not negative; 0 for the default; at most 1,000 served.
+    """
     page_token: _builtins.str
-    """Page token."""
+    """Page token.
+    Limits: at most 2,048 characters, from the previous call with the same filters.
+    """
     def __init__(
         self,
         *,
