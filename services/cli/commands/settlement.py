@@ -497,15 +497,16 @@ def run_items(ctx: typer.Context, run: Annotated[str, typer.Argument(
 # ---- settlements and statements ------------------------------------------------------
 
 OUTCOME = "SETTLEMENT_OUTCOME_"
-SETTLEMENT_COLUMNS = ["settlement", "merchant", "date", "details", "payments", "refunds",
+# The settlement id carries the date (st-YYYYMMDD-merchant): no date column.
+SETTLEMENT_COLUMNS = ["settlement", "merchant", "#", "payments", "refunds",
                       "NET fees", "adjust", "bills", "carried in", "net", "paid out",
-                      "carried out", "outcome"]
-_MONEY_COLUMNS = SETTLEMENT_COLUMNS[4:13]
+                      "carried", "outcome"]
+_MONEY_COLUMNS = SETTLEMENT_COLUMNS[2:12]
 
 
 def settlement_row(s: pb.Settlement) -> list[str]:
     cur = s.currency_code
-    return [s.settlement_id, s.merchant_id, out.date(s.settle_date), str(s.detail_count),
+    return [s.settlement_id, s.merchant_id, str(s.detail_count),
             out.amount(s.payments, cur), out.amount(-s.refunds, cur),
             out.amount(s.net_fee_returns - s.net_fees, cur), out.amount(s.adjustments, cur),
             out.amount(-s.fee_bills, cur), out.amount(s.carried_in, cur), out.amount(s.net, cur),
