@@ -105,7 +105,7 @@ class LocalStack:
         if self.reset_schemas:
             schemas = [env.get(f"{prefix}DB_SCHEMA", name)
                        for name, prefix, _, migrates in SERVICES if migrates]
-            self.pg.psql("".join(
+            self.pg.psql("SET client_min_messages = warning;" + "".join(
                 f'DROP SCHEMA IF EXISTS "{schema}" CASCADE;' for schema in schemas))
 
     def migrate(self) -> None:
