@@ -13,6 +13,7 @@ import grpc
 from grpc_status import rpc_status
 
 from shared.errors import DomainError, FieldViolation, InvalidArgument, to_status
+from shared.metrics import ServiceMetrics
 from shared.request_context import REQUEST_ID_KEY, current_request_id, new_request_id
 
 log = logging.getLogger("clearhouse.access")
@@ -24,8 +25,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     grpc.aio asks the interceptor once per call, so the wrapped handler is built once
     per method and cached: the per-call cost is only the wrapper itself."""
 
-    def __init__(self, error_domain: str) -> None:
+    def __init__(self, error_domain: str, metrics: ServiceMetrics | None = None) -> None:
         self.error_domain = error_domain
+        self.metrics = metrics
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -46,6 +48,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
         domain = self.error_domain
+        metrics = self.metrics
         undecodable = InvalidArgument(
             [
                 FieldViolation(
@@ -64,6 +67,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     break
             request_id = request_id or new_request_id()
             token = current_request_id.set(request_id)
+            if metrics is not None:
+                metrics.rpc_started(method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             # Echoed in the trailers: they travel with the status, so no extra send per call.
@@ -94,13 +99,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     _with_request_id(to_status(Exception(), domain), request_id)
                 )
             finally:
+                elapsed = time.perf_counter() - started
+                if metrics is not None:
+                    metrics.rpc_handled(method, code.name, elapsed)
                 if log.isEnabledFor(logging.INFO):
                     log.info(
                         "rpc",
                         extra={
                             "method": method,
                             "status": code.name,
-                            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                            "duration_ms": round(elapsed * 1000, 3),
                             "request_id": request_id,
                         },
                     )

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.billing.adapters.figures import figure_source
 from services.billing.domain.model import FeeTxn
 from services.billing.entrypoints.grpc_servicer import BillingServicer
 from services.billing.service_layer.accounts import Accounts
@@ -20,6 +21,8 @@ from services.billing.service_layer.unit_of_work import Database
 from services.billing.settings import BillingSettings
 from shared import migrations
 from shared.coalescer import Coalescer
+from shared.figures import pool_figures
+from shared.metrics import ServiceMetrics, app_options
 from shared.server import App
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -29,7 +32,9 @@ SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_na
 async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
     db = Database(engine, settings.db_schema, settings.db_pool_size)
     zone = ZoneInfo(settings.business_timezone)
-    metrics = Metrics()
+    exported = ServiceMetrics("billing")
+    exported.sources += [pool_figures(engine, [db]), figure_source(engine)]
+    metrics = Metrics(exporter=exported)
     book = RuleBook(db, settings.rules_refresh_s)
     pricing = Pricing(db, book, zone, metrics)
     group = (settings.unary_batch_window_s, settings.unary_batch_max,
@@ -61,4 +66,5 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
         readiness=ready,
         # Batches still running after the server stopped finish before the pool closes.
         on_close=[charges.drain, refunds.drain, db.close],
+        **app_options(settings, exported),
     )

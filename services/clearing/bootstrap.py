@@ -9,6 +9,7 @@ from clearhouse.clearing.v1 import clearing_pb2, clearing_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.clearing.adapters.billing_client import BillingClient
+from services.clearing.adapters.figures import figure_source
 from services.clearing.domain.model import Detail, TransactionIn
 from services.clearing.entrypoints.grpc_servicer import ClearingServicer
 from services.clearing.service_layer.batches import Batches
@@ -20,6 +21,8 @@ from services.clearing.service_layer.unit_of_work import Database
 from services.clearing.settings import ClearingSettings
 from shared import migrations
 from shared.coalescer import Coalescer
+from shared.figures import pool_figures
+from shared.metrics import ServiceMetrics, app_options
 from shared.server import App
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -58,6 +61,9 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
     async def pending_fee_worker() -> None:
         await fees.run_forever()
 
+    metrics = ServiceMetrics("clearing")
+    metrics.sources += [pool_figures(engine, [db]), figure_source(engine)]
+
     return App(
         name="clearing",
         error_domain="clearing.clearhouse",
@@ -67,4 +73,5 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         background=[pending_fee_worker] if settings.pending_fee_worker_enabled else [],
         # Batches still running after the server stopped finish before anything closes.
         on_close=[records.drain, billing.close, db.close],
+        **app_options(settings, metrics),
     )

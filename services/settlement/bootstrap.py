@@ -12,18 +12,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
+from services.settlement.adapters.figures import figure_source
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
 from services.settlement.service_layer.audit import ClearingAudit
+from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
 from services.settlement.service_layer.payouts import DispatchPolicy, PayoutService
 from services.settlement.service_layer.profiles import ProfileService
 from services.settlement.service_layer.runs import RunService
-from services.settlement.service_layer.scheduler import Scheduler, parse_run_time, system_now
+from services.settlement.service_layer.scheduler import Scheduler, parse_run_time
 from services.settlement.service_layer.statements import StatementService
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
 from shared import migrations
+from shared.business_time import business_date
+from shared.clock import clock_from_env
+from shared.figures import pool_figures
+from shared.metrics import ServiceMetrics, app_options
 from shared.server import App
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -34,14 +40,22 @@ async def build_app(
     settings: SettlementSettings,
     engine: AsyncEngine,
     *,
-    now: Callable[[], dt.datetime] = system_now,
+    now: Callable[[], dt.datetime] | None = None,
 ) -> App:
-    """`now` is the scheduler's clock (UTC-aware); tests inject theirs."""
+    """`now` is the service's clock (UTC-aware): the scheduler's, the calendar's today;
+    by default the real time shifted by CLEARHOUSE_NOW (shared/clock.py). Tests inject
+    theirs."""
+    clock = now or clock_from_env()
+    zone = ZoneInfo(settings.business_timezone)
     db = Database(engine, settings.db_schema)
     clearing = ClearingClient(settings.clearing_address, settings.call_deadline_s)
     billing = BillingClient(settings.billing_address, settings.call_deadline_s)
     gateway = GatewayClient(settings.payout_gateway_address, settings.gateway_deadline_s)
-    calendars = CalendarService(db, chinese_default())
+    calendars = CalendarService(
+        db, chinese_default(),
+        today=lambda: business_date(clock(), zone),
+        warn_days=settings.calendar_warn_days,
+    )
     runs = RunService(
         db, calendars, clearing, billing,
         concurrency=settings.run_concurrency,
@@ -62,8 +76,8 @@ async def build_app(
         ),
     )
     servicer = SettlementServicer(
-        ProfileService(db), calendars, runs, StatementService(db), BookService(db), payouts,
-        ClearingAudit(db, clearing, settings.call_concurrency),
+        ProfileService(db), calendars, runs, StatementService(db, clearing), BookService(db),
+        payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
     )
 
     async def ready() -> bool:
@@ -73,16 +87,18 @@ async def build_app(
         await payouts.run_dispatcher(settings.dispatcher_interval_s)
 
     async def scheduler() -> None:
-        zone = ZoneInfo(settings.business_timezone)
         await Scheduler(
             runs, zone, parse_run_time(settings.run_time),
-            now=now, tick_s=settings.scheduler_tick_s,
+            now=clock, tick_s=settings.scheduler_tick_s,
         ).loop()
+
+    async def calendar_watch() -> None:
+        await calendars.watch_coverage(settings.calendar_check_interval_s)
 
     async def completer() -> None:
         await runs.completer(settings.completion_interval_s)
 
-    background: list[Callable[[], Awaitable[None]]] = []
+    background: list[Callable[[], Awaitable[None]]] = [calendar_watch]
     if settings.completion_interval_s > 0:
         background.append(completer)
     if settings.dispatcher_enabled:
@@ -94,6 +110,13 @@ async def build_app(
         for client in (clearing, billing, gateway):
             await client.close()
 
+    metrics = ServiceMetrics("settlement")
+    metrics.sources += [
+        pool_figures(engine),
+        figure_source(engine, BookService(db).check_invariants,
+                      settings.invariant_check_interval_s, calendars.coverage),
+    ]
+
     return App(
         name="settlement",
         error_domain="settlement.clearhouse",
@@ -102,4 +125,5 @@ async def build_app(
         readiness=ready,
         background=background,
         on_close=[close],
+        **app_options(settings, metrics),
     )

@@ -52,9 +52,17 @@ async def test_a_rule_that_would_tie_is_refused_naming_the_other_rule(billing):
     info = error_info(err.value)
     assert info.reason == "RULE_CONFLICT"
     assert info.metadata["conflicting_rule_id"] == "BASE"
-    # A different priority, or a window that does not overlap, does not tie.
+    # A different priority, or a window that does not overlap, does not tie: both created.
     tie.spec.priority = 1
-    await billing.stub.CreateFeeRule(tie)
+    created = (await billing.stub.CreateFeeRule(tie)).rule
+    assert created.rule_id == "OTHER" and created.versions[-1].spec.priority == 1
+    # Same priority and selectors, but ending where BASE starts (windows are half-open).
+    apart = create_rule({**BASE, "rule_id": "EARLIER", "selectors": {"product": "QUICKPAY"},
+                         "effective_from": "2025-06-01T00:00:00+08:00"})
+    apart.effective_to.CopyFrom(ts("2026-01-01T00:00:00+08:00"))
+    assert (await billing.stub.CreateFeeRule(apart)).rule.rule_id == "EARLIER"
+    listed = await billing.stub.ListFeeRules(pb.ListFeeRulesRequest())
+    assert sorted(r.rule_id for r in listed.rules) == ["BASE", "EARLIER", "OTHER"]
 
 
 async def test_reusing_a_rule_id_with_other_content_is_an_idempotency_conflict(billing):
@@ -167,8 +175,10 @@ async def test_explain_lists_every_candidate_and_why_the_winner_won(billing):
 
 async def test_a_replica_prices_with_rules_created_through_another_replica(billing, billing_twin):
     # Warm the twin's index before the change, so only the generation check can update it.
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
         await billing_twin.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("T0", 100)))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(err.value).reason == "NO_MATCHING_FEE_RULE"
     await billing.stub.CreateFeeRule(create_rule(BASE))
     # A charge checks the rule generation in its own transaction: no delay at all.
     charged = await billing_twin.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("T1", 10000)))

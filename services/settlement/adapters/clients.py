@@ -10,11 +10,12 @@ import grpc
 from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2, clearing_pb2_grpc
 from clearhouse.payout.v1 import payout_pb2, payout_pb2_grpc
-from clearhouse.type.v1 import money_pb2
+from clearhouse.type.v1 import money_pb2, transaction_pb2
 
 from services.settlement.domain.netting import BatchTotals, FeeBill
 from services.settlement.domain.profiles import BankAccount
-from shared.convert import date_to_proto
+from services.settlement.domain.statements import Detail
+from shared.convert import date_to_proto, proto_to_date, ts_to_datetime
 from shared.interceptors import client_channel
 
 
@@ -71,6 +72,26 @@ _DETAIL_TYPES = {
     clearing_pb2.DETAIL_TYPE_REFUND: "REFUND",
     clearing_pb2.DETAIL_TYPE_ADJUSTMENT: "ADJUSTMENT",
 }
+_MODES = {
+    transaction_pb2.COLLECTION_MODE_NET: "NET",
+    transaction_pb2.COLLECTION_MODE_DEFERRED: "DEFERRED",
+    transaction_pb2.COLLECTION_MODE_PREPAID: "PREPAID",
+}
+
+
+def _statement_detail(d: clearing_pb2.ClearingDetail) -> Detail:
+    return Detail(
+        detail_id=d.detail_id,
+        detail_type=_DETAIL_TYPES.get(d.detail_type, ""),
+        amount=d.amount.minor_units,
+        fee=d.fee.minor_units,
+        collection_mode=_MODES.get(d.collection_mode, ""),
+        transaction_time=ts_to_datetime(d.transaction_time) if d.HasField("transaction_time") else None,
+        business_date=proto_to_date(d.business_date) if d.HasField("business_date") else None,
+        original_transaction_id=d.original_transaction_id,
+    )
+
+
 _DETAIL_STATES = {
     clearing_pb2.DETAIL_STATE_UNSETTLED: "UNSETTLED",
     clearing_pb2.DETAIL_STATE_CLAIMED: "CLAIMED",
@@ -138,6 +159,19 @@ class ClearingClient:
             token = resp.next_page_token
             if not token:
                 return out
+
+    async def batch_details_page(
+        self, batch_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Detail], str]:
+        """One page of a batch's details (clearing orders them by detail id) and the
+        token of the next, '' after the last."""
+        resp = await self.stub.ListBatchDetails(
+            clearing_pb2.ListBatchDetailsRequest(
+                batch_id=batch_id, page_size=page_size, page_token=page_token
+            ),
+            timeout=self.deadline_s,
+        )
+        return [_statement_detail(d) for d in resp.details], resp.next_page_token
 
     async def release(self, batch_id: str) -> None:
         await self.stub.ReleaseBatch(

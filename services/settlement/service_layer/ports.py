@@ -10,6 +10,7 @@ from typing import Protocol
 from services.settlement.adapters.clients import BatchDetail, ClearingBatch, GatewayPayout
 from services.settlement.domain.netting import FeeBill
 from services.settlement.domain.profiles import BankAccount
+from services.settlement.domain.statements import Detail
 
 # A test-only seam: called at each step of a run with the step's name; raising from it
 # is a crash at that point. None in production.
@@ -28,6 +29,10 @@ class Clearing(Protocol):
     async def release(self, batch_id: str) -> None: ...
 
     async def batch_details(self, batch_id: str) -> list[BatchDetail]: ...
+
+    async def batch_details_page(
+        self, batch_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Detail], str]: ...
 
 
 class Billing(Protocol):
