@@ -299,6 +299,12 @@ class FuzzStack:
                     problems.append(f"valid {rpc.label} answered {answer.code.name} afterwards")
         return problems
 
+    async def still_serving(self, rpc: Rpc) -> None:
+        """After an RPC's run: every service SERVING, every probe answering."""
+        for problem in await self.alive(rpc.service, every_probe=True):
+            self.note(rpc, "(after the run)", "every probe", Answer(grpc.StatusCode.OK, None, None),
+                      problem)
+
     # --- the run's record ------------------------------------------------------------
 
     def failures(self, rpc: Rpc | None = None) -> list[Finding]:
