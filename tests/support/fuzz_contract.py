@@ -171,6 +171,7 @@ class FuzzStack:
     findings: dict[Finding, int] = field(default_factory=dict)
     accepted_never_valid: dict[tuple[str, str, str], int] = field(default_factory=dict)
     probe_calls: int = 0
+    last_write: bool = False  # whether the last call sent changed any row
     _probe_turn: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -193,7 +194,7 @@ class FuzzStack:
 
     async def send(
         self, rpc: Rpc, body: bytes, where: str, kind: str, *, never_valid: bool = False,
-        undecodable: bool = False, count: bool = True,
+        undecodable: bool = False, count: bool = True, track_writes: bool = False,
     ) -> Answer:
         before = await self.snapshot()
         answer = await self.call(rpc, body)
@@ -202,10 +203,10 @@ class FuzzStack:
         problems = judge(answer)
         if undecodable and answer.code != grpc.StatusCode.INVALID_ARGUMENT:
             problems.append(f"undecodable body answered {answer.code.name}")
+        after = await self.snapshot() if refused(answer) or track_writes else before
+        changed = sorted(t for t in before.keys() | after.keys() if before.get(t) != after.get(t))
+        self.last_write = bool(changed)
         if refused(answer):
-            after = await self.snapshot()
-            changed = sorted(t for t in before.keys() | after.keys()
-                             if before.get(t) != after.get(t))
             if changed:
                 problems.append("refused but changed rows of " + ", ".join(changed))
         elif never_valid:
@@ -386,9 +387,8 @@ async def seed(stack: FuzzStack) -> None:
     list RPCs that answer it OK and change nothing become the liveness probes."""
     for rpc in all_rpcs():
         body = base_request(rpc).SerializeToString()
-        before = await stack.snapshot()
-        answer = await stack.send(rpc, body, "(base)", "canonical base")
-        changed = before != await stack.snapshot()
+        answer = await stack.send(rpc, body, "(base)", "canonical base", track_writes=True)
+        changed = stack.last_write
         reason = ""
         if answer.error is not None:
             with contextlib.suppress(ValueError):

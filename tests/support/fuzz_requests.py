@@ -576,7 +576,6 @@ class _ElementHolder:
 GARBAGE_BODIES = [
     ("invalid tag", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"),
     ("truncated length", b"\x0a\x05ab"),
-    ("unterminated group", b"\x0b"),
 ]
 
 
