@@ -84,6 +84,8 @@ def _rule_content(
     """The validated spec and window of a new rule or version (InvalidArgument with every
     problem otherwise)."""
     v = Violations()
+    if isinstance(request, pb.CreateFeeRuleVersionRequest):
+        c.check_id(request.request_id, "request_id", v)  # a creation's key is the rule id
     check_rule_id(request.rule_id, v)
     spec = build_spec(c.spec_input(request.spec), v)
     start = ts_to_datetime(request.effective_from) if request.HasField("effective_from") else None
@@ -147,15 +149,18 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self, request: pb.CreateFeeRuleVersionRequest, context: Any
     ) -> pb.CreateFeeRuleVersionResponse:
         spec, start, end = _rule_content(request)
-        versions = await self.rules.new_version(request.rule_id, spec, start, end)
+        versions = await self.rules.new_version(request.request_id, request.rule_id, spec, start, end)
         return pb.CreateFeeRuleVersionResponse(rule=self._rule(versions))
 
     async def EndFeeRule(self, request: pb.EndFeeRuleRequest, context: Any) -> pb.EndFeeRuleResponse:
         v = Violations()
+        c.check_id(request.request_id, "request_id", v)
         check_rule_id(request.rule_id, v)
         v.check(request.HasField("effective_to"), "effective_to", "required")
         v.raise_if_any()
-        versions = await self.rules.end(request.rule_id, ts_to_datetime(request.effective_to))
+        versions = await self.rules.end(
+            request.request_id, request.rule_id, ts_to_datetime(request.effective_to)
+        )
         return pb.EndFeeRuleResponse(rule=self._rule(versions))
 
     async def ExplainFee(self, request: pb.ExplainFeeRequest, context: Any) -> pb.ExplainFeeResponse:
