@@ -17,6 +17,7 @@ problem); the test fails at the end of each RPC's run if it found any.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import json
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -67,6 +67,7 @@ class Finding:
     code: str
     problem: str
     message: str = field(compare=False, hash=False)
+    body: bytes = field(default=b"", compare=False, hash=False, repr=False)
 
 
 @dataclass
@@ -214,13 +215,14 @@ class FuzzStack:
             self.accepted_never_valid[key] = self.accepted_never_valid.get(key, 0) + 1
         problems += await self.alive(rpc.service)
         for problem in problems:
-            self.note(rpc, where, kind, answer, problem)
+            self.note(rpc, where, kind, answer, problem, body)
         return answer
 
-    def note(self, rpc: Rpc, where: str, kind: str, answer: Answer, problem: str) -> None:
+    def note(self, rpc: Rpc, where: str, kind: str, answer: Answer, problem: str,
+             body: bytes = b"") -> None:
         message = (answer.error.details() or "") if answer.error is not None else ""
         finding = Finding(rpc.service, rpc.name, where, kind, answer.code.name, problem,
-                          message[:200])
+                          message[:200], body)
         self.findings[finding] = self.findings.get(finding, 0) + 1
 
     # --- the fuzzing itself ----------------------------------------------------------
@@ -326,7 +328,12 @@ class FuzzStack:
                      for label, c in sorted(self.sent.items())},
             "seed_answers": self.seeds,
             "probes": {s: [r.label for r, _ in p] for s, p in self.probes.items()},
-            "findings": [{**asdict(f), "count": n} for f, n in self.findings.items()],
+            "findings": [
+                {**asdict(f), "count": n,
+                 # the request itself, to replay it (not the 1 MB ones)
+                 "body": base64.b64encode(f.body).decode() if len(f.body) <= 65536 else None}
+                for f, n in self.findings.items()
+            ],
             "accepted_never_valid": [
                 {"rpc": r, "field": f, "kind": k, "count": n}
                 for (r, f, k), n in sorted(self.accepted_never_valid.items())

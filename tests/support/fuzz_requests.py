@@ -22,7 +22,7 @@ from clearhouse.billing.v1 import billing_pb2
 from clearhouse.clearing.v1 import clearing_pb2
 from clearhouse.settlement.v1 import settlement_pb2
 from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
@@ -567,7 +567,7 @@ class _ElementHolder:
     def __setattr__(self, name: str, value: Any) -> None:
         self._values[self._index] = value
 
-    def ClearField(self, name: str) -> None:  # noqa: N802 (the protobuf method it mimics)
+    def ClearField(self, name: str) -> None:  # the protobuf method it mimics
         self._values[self._index] = type(self._values[self._index])()
 
 
