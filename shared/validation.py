@@ -47,6 +47,10 @@ MAX_TEXT_LENGTH = 256
 MAX_AMOUNT = MAX_AMOUNT_MINOR_UNITS
 """Largest amount (minor units) of one transaction, fee, top-up or adjustment: 10^13."""
 
+MAX_BALANCE = 10**15
+"""Largest balance a prepaid fee account may hold (minor units): a top-up past it is
+refused, so no balance, and no sum of balances, comes near int64."""
+
 MAX_BATCH_ITEMS = 1000
 """Most items in one batch request."""
 
@@ -302,6 +306,24 @@ def check_month(v: Violations, year: int, month: int, path: str) -> tuple[int, i
         v.add(path, f"must be a month from {EARLIEST_DATE.year}-01 to {LATEST_DATE.year}-12")
         return None
     return year, month
+
+
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
+
+
+def check_month_text(
+    v: Violations, text: str, path: str, *, required: bool = True,
+) -> tuple[int, int] | None:
+    """A month written "YYYY-MM" (a fee bill month), within the window of check_month."""
+    if not text:
+        if required:
+            v.add(path, "required: a month such as 2026-03")
+        return None
+    match = _MONTH.fullmatch(text)
+    if match is None:
+        v.add(path, f"not a month such as 2026-03: {quote(text)}")
+        return None
+    return check_month(v, int(match[1]), int(match[2]), path)
 
 
 def check_page_token(v: Violations, token: str, path: str = "page_token") -> bool:
