@@ -20,6 +20,7 @@ from services.billing.service_layer.charging import Pricing
 from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
 from services.billing.service_layer.rules import RuleAdmin
+from shared import clock
 from shared.coalescer import Coalescer
 from shared.convert import ts_to_datetime
 from shared.errors import DomainError, FieldViolation, InvalidArgument, Violations, to_status
@@ -34,7 +35,7 @@ T = TypeVar("T")
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return clock.now()  # the shared service clock (CLEARHOUSE_NOW)
 
 
 def _batch_size(n: int) -> None:
