@@ -142,7 +142,7 @@ def txn_from_proto(t: pb.FeeTransaction, v: Violations, p: str = "transaction.")
     check_id(t.merchant_id, f"{p}merchant_id", v)
     kind = _TXN_TYPES.get(t.transaction_type)
     if kind is None:
-        v.add(f"{p}transaction_type", "PAYMENT or PAYOUT (refunds go through RefundFee)")
+        v.add(f"{p}transaction_type", "PAYMENT or PAYOUT (refunds go through RefundFee; QuoteRefundFee quotes one)")
     check_money(t.amount, t.HasField("amount"), f"{p}amount", v)
     v.check(t.HasField("transaction_time"), f"{p}transaction_time", "required")
     for name in ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
