@@ -72,3 +72,15 @@ def clock_from_env(environ: Mapping[str, str] | None = None, real: Clock = real_
         return real() + shift
 
     return shifted
+
+
+_process_clock: Clock | None = None
+
+
+def now() -> dt.datetime:
+    """The process's service clock, for code without a wiring point of its own (read
+    from CLEARHOUSE_NOW at first use)."""
+    global _process_clock
+    if _process_clock is None:
+        _process_clock = clock_from_env()
+    return _process_clock()

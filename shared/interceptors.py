@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
+from shared import tracing
 from shared.errors import DomainError, FieldViolation, InvalidArgument, to_status
 from shared.metrics import ServiceMetrics
 from shared.request_context import REQUEST_ID_KEY, current_request_id, new_request_id
@@ -182,6 +183,6 @@ def client_channel(address: str) -> grpc.aio.Channel:
     """An insecure channel to another Clearhouse service, passing request ids on."""
     return grpc.aio.insecure_channel(
         address,
-        interceptors=[RequestIdClientInterceptor()],
+        interceptors=[*tracing.client_interceptors(), RequestIdClientInterceptor()],
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared import metrics as prometheus
+from shared import tracing
 from shared.interceptors import ServerInterceptor
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ async def _guard(name: str, work: Callable[[], Awaitable[None]]) -> None:
 
 async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(app.error_domain, app.metrics)],
+        # The tracing interceptor first: its span covers ours (and the access log line).
+        interceptors=[*tracing.server_interceptors(), ServerInterceptor(app.error_domain, app.metrics)],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),

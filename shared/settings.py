@@ -41,6 +41,8 @@ class ServiceSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_refresh_s: float = Field(default=15.0, gt=0)
+    # OTLP collector (host:port) that receives the service's traces; empty = no tracing.
+    otlp_endpoint: str = ""
 
     @field_validator("log_level", mode="before")
     @classmethod

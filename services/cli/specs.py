@@ -5,6 +5,7 @@ fractions; both are read as exact decimals (a YAML float never becomes a Python 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,10 @@ class RuleFile:
                                               effective_from=self.effective_from)
         if self.effective_to is not None:
             req.effective_to.CopyFrom(self.effective_to)
+        # The id derives from the version's content: applying the same file again after a
+        # lost answer is a replay, never a second version.
+        req.request_id = "apply-" + hashlib.sha256(
+            req.SerializeToString(deterministic=True)).hexdigest()[:40]
         return req
 
 

@@ -61,6 +61,7 @@ async def build_app(
         concurrency=settings.run_concurrency,
         chunk_size=settings.run_chunk_size,
         call_concurrency=settings.call_concurrency,
+        today=lambda: business_date(clock(), zone),
     )
     payouts = PayoutService(
         db,

@@ -168,14 +168,15 @@ def apply_rules(ctx: typer.Context, file: Path, json: JsonOpt = False) -> None:
 def end_rule(
     ctx: typer.Context, rule_id: str,
     at: Annotated[str, typer.Option(help="When it stops applying (ISO 8601 with offset).")],
-    json: JsonOpt = False,
+    request_id_: RequestIdOpt = "", json: JsonOpt = False,
 ) -> None:
     """End a fee rule: close its current version's window at a time.
 
     Example: clearhouse rules end demo-m001-fixed --at 2026-12-01T00:00:00+08:00
     """
-    rule = clients(ctx).billing.EndFeeRule(
-        pb.EndFeeRuleRequest(rule_id=rule_id, effective_to=parse_time(at, "--at"))).rule
+    rid = request_id(request_id_, "end")
+    rule = clients(ctx).billing.EndFeeRule(pb.EndFeeRuleRequest(
+        request_id=rid, rule_id=rule_id, effective_to=parse_time(at, "--at"))).rule
     if json:
         out.emit_json(rule)
         return

@@ -20,6 +20,16 @@ from shared.interceptors import client_channel
 
 
 @dataclass(frozen=True, slots=True)
+class FirstDetail:
+    """The first of a merchant's details in some state, to say why a run took none."""
+
+    detail_id: str
+    business_date: dt.date
+    currency: str
+    fee_pending: bool
+
+
+@dataclass(frozen=True, slots=True)
 class BatchDetail:
     """A detail of a clearing batch as settlement checks it."""
 
@@ -92,6 +102,10 @@ def _statement_detail(d: clearing_pb2.ClearingDetail) -> Detail:
     )
 
 
+_STATE_FILTERS = {
+    "UNSETTLED": clearing_pb2.DETAIL_STATE_UNSETTLED,
+    "EXCEPTION": clearing_pb2.DETAIL_STATE_EXCEPTION,
+}
 _DETAIL_STATES = {
     clearing_pb2.DETAIL_STATE_UNSETTLED: "UNSETTLED",
     clearing_pb2.DETAIL_STATE_CLAIMED: "CLAIMED",
@@ -176,6 +190,31 @@ class ClearingClient:
     async def release(self, batch_id: str) -> None:
         await self.stub.ReleaseBatch(
             clearing_pb2.ReleaseBatchRequest(batch_id=batch_id), timeout=self.deadline_s
+        )
+
+    async def first_detail(
+        self, merchant_id: str, state: str, date_from: dt.date | None, date_to: dt.date | None
+    ) -> FirstDetail | None:
+        """The merchant's earliest detail (by business date) in `state` (UNSETTLED or
+        EXCEPTION) within the dates, or None: one page of one, read-only."""
+        resp = await self.stub.ListDetails(
+            clearing_pb2.ListDetailsRequest(
+                merchant_id=merchant_id,
+                business_date_from=date_to_proto(date_from),
+                business_date_to=date_to_proto(date_to),
+                state=_STATE_FILTERS[state],
+                page_size=1,
+            ),
+            timeout=self.deadline_s,
+        )
+        if not resp.details:
+            return None
+        d = resp.details[0]
+        return FirstDetail(
+            d.detail_id,
+            dt.date(d.business_date.year, d.business_date.month, d.business_date.day),
+            d.amount.currency_code,
+            d.fee_status == clearing_pb2.FEE_STATUS_PENDING,
         )
 
     async def close(self) -> None:

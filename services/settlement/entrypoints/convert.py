@@ -11,10 +11,12 @@ from clearhouse.type.v1 import money_pb2, transaction_pb2
 from google.type import date_pb2
 
 from services.settlement.adapters.calendar_repo import ImportRecord
+from services.settlement.adapters.run_repo import ItemRow
 from services.settlement.domain.calendar import Cycle, CycleKind, Day, DayKind
 from services.settlement.domain.calendar_file import FileFormat
 from services.settlement.domain.ledger import Account, AccountType
 from services.settlement.domain.profiles import BankAccount, Destination, Profile
+from services.settlement.domain.run_notes import Note
 from services.settlement.domain.statements import StatementLine
 from services.settlement.service_layer.balances import MerchantBalance
 from services.settlement.service_layer.calendars import Coverage, ImportMode
@@ -150,6 +152,40 @@ IMPORT_MODES = {
 IMPORT_MODES_BY_NAME = {m.value: p for p, m in IMPORT_MODES.items()}
 
 
+RUN_ITEM_NOTES = {
+    pb.RUN_ITEM_NOTE_UNSPECIFIED: Note.NONE,
+    pb.RUN_ITEM_NOTE_NOTHING_UNSETTLED: Note.NOTHING_UNSETTLED,
+    pb.RUN_ITEM_NOTE_NOT_DUE: Note.NOT_DUE,
+    pb.RUN_ITEM_NOTE_FEE_PENDING: Note.FEE_PENDING,
+    pb.RUN_ITEM_NOTE_EXCEPTIONS: Note.EXCEPTIONS,
+    pb.RUN_ITEM_NOTE_OTHER_CURRENCY: Note.OTHER_CURRENCY,
+    pb.RUN_ITEM_NOTE_HELD: Note.HELD,
+    pb.RUN_ITEM_NOTE_BELOW_MIN_PAYOUT: Note.BELOW_MIN_PAYOUT,
+    pb.RUN_ITEM_NOTE_NET_NOT_POSITIVE: Note.NET_NOT_POSITIVE,
+    pb.RUN_ITEM_NOTE_FAILED: Note.FAILED,
+    pb.RUN_ITEM_NOTE_UNKNOWN: Note.UNKNOWN,
+}
+RUN_ITEM_NOTES_BY_NAME = {n.value: p for p, n in RUN_ITEM_NOTES.items()}
+RUN_ITEM_STATES = {
+    "PENDING": pb.RUN_ITEM_STATE_PENDING,
+    "FAILED": pb.RUN_ITEM_STATE_FAILED,
+    "BOOKED": pb.RUN_ITEM_STATE_BOOKED,
+    "DONE": pb.RUN_ITEM_STATE_DONE,
+    "SKIPPED": pb.RUN_ITEM_STATE_SKIPPED,
+}
+
+
+def run_item_to_proto(r: ItemRow) -> pb.RunItem:
+    return pb.RunItem(
+        merchant_id=r.merchant_id,
+        state=RUN_ITEM_STATES.get(r.state, pb.RUN_ITEM_STATE_UNSPECIFIED),
+        settlement_id=r.settlement_id,
+        error=r.error,
+        note=RUN_ITEM_NOTES_BY_NAME.get(r.note, pb.RUN_ITEM_NOTE_UNKNOWN),
+        note_detail=r.note_detail,
+    )
+
+
 def day_to_proto(d: Day) -> pb.CalendarDay:
     return pb.CalendarDay(
         date=date_to_proto(d.day), working=d.working, reason=d.reason, overridden=d.overridden,
@@ -198,6 +234,13 @@ def run_to_proto(r: RunView) -> pb.SettlementRun:
         failures=[
             pb.RunItemFailure(merchant_id=m, step=step, error=error)
             for m, step, error in r.failures
+        ],
+        future_date_reason=r.future_date_reason,
+        note_counts=[
+            pb.RunItemNoteCount(
+                note=RUN_ITEM_NOTES_BY_NAME.get(note, pb.RUN_ITEM_NOTE_UNKNOWN), item_count=n
+            )
+            for note, n in r.note_counts.items()
         ],
     )
 

@@ -118,9 +118,10 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         v = Violations()
         v.check(0 < len(request.request_id) <= 128, "request_id", "required, 1-128 characters")
         day = c.date_from_proto(request.settle_date, "settle_date", v)
+        validation.check_text(v, request.future_date_reason, "future_date_reason")
         v.raise_if_any()
         assert day is not None
-        run = await self.runs.run(day, request.request_id)
+        run = await self.runs.run(day, request.request_id, request.future_date_reason.strip())
         return pb.RunSettlementResponse(run=c.run_to_proto(run))
 
     async def GetSettlementRun(
@@ -340,6 +341,24 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     ) -> pb.GetCalendarCoverageResponse:
         coverage = await self.calendars.coverage()
         return c.coverage_to_proto(coverage, await self.calendars.imports())
+
+    async def ListSettlementRunItems(
+        self, request: pb.ListSettlementRunItemsRequest, context: Ctx
+    ) -> pb.ListSettlementRunItemsResponse:
+        v = Violations()
+        validation.check_id(v, request.run_id, "run_id")
+        note = c.RUN_ITEM_NOTES.get(request.note)
+        v.check(note is not None, "note", "a RunItemNote")
+        validation.check_page_size(v, request.page_size)
+        validation.check_page_token(v, request.page_token)
+        v.raise_if_any()
+        assert note is not None
+        rows, token = await self.runs.list_items(
+            request.run_id, note.value, request.page_size, request.page_token
+        )
+        return pb.ListSettlementRunItemsResponse(
+            items=[c.run_item_to_proto(r) for r in rows], next_page_token=token
+        )
 
 
 MAX_CALENDAR_FILE_CHARS = 1 << 20

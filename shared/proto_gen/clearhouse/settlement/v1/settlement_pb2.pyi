@@ -436,6 +436,106 @@ STATEMENT_DETAIL_TYPE_ADJUSTMENT: StatementDetailType.ValueType  # 3
 """A reconciliation adjustment."""
 Global___StatementDetailType: _TypeAlias = StatementDetailType  # noqa: Y015
 
+class _RunItemState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunItemStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunItemState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_ITEM_STATE_UNSPECIFIED: _RunItemState.ValueType  # 0
+    """Not set."""
+    RUN_ITEM_STATE_PENDING: _RunItemState.ValueType  # 1
+    """Not worked yet."""
+    RUN_ITEM_STATE_FAILED: _RunItemState.ValueType  # 2
+    """The claim failed; retried by the next call and the next run."""
+    RUN_ITEM_STATE_BOOKED: _RunItemState.ValueType  # 3
+    """The settlement is booked; confirming it in clearing and billing is still to do."""
+    RUN_ITEM_STATE_DONE: _RunItemState.ValueType  # 4
+    """Booked and confirmed."""
+    RUN_ITEM_STATE_SKIPPED: _RunItemState.ValueType  # 5
+    """Nothing to book for the merchant on this date (see the note)."""
+
+class RunItemState(_RunItemState, metaclass=_RunItemStateEnumTypeWrapper):
+    """RunItemState is the life of a run's work item."""
+
+RUN_ITEM_STATE_UNSPECIFIED: RunItemState.ValueType  # 0
+"""Not set."""
+RUN_ITEM_STATE_PENDING: RunItemState.ValueType  # 1
+"""Not worked yet."""
+RUN_ITEM_STATE_FAILED: RunItemState.ValueType  # 2
+"""The claim failed; retried by the next call and the next run."""
+RUN_ITEM_STATE_BOOKED: RunItemState.ValueType  # 3
+"""The settlement is booked; confirming it in clearing and billing is still to do."""
+RUN_ITEM_STATE_DONE: RunItemState.ValueType  # 4
+"""Booked and confirmed."""
+RUN_ITEM_STATE_SKIPPED: RunItemState.ValueType  # 5
+"""Nothing to book for the merchant on this date (see the note)."""
+Global___RunItemState: _TypeAlias = RunItemState  # noqa: Y015
+
+class _RunItemNote:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunItemNoteEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunItemNote.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_ITEM_NOTE_UNSPECIFIED: _RunItemNote.ValueType  # 0
+    """Paid out, or not worked yet."""
+    RUN_ITEM_NOTE_NOTHING_UNSETTLED: _RunItemNote.ValueType  # 1
+    """No unsettled detail and no carried balance to pay: nothing to do."""
+    RUN_ITEM_NOTE_NOT_DUE: _RunItemNote.ValueType  # 2
+    """Unsettled details exist, but none is due by this date on the merchant's cycle
+    (note_detail: the first one's business date and when it settles).
+    """
+    RUN_ITEM_NOTE_FEE_PENDING: _RunItemNote.ValueType  # 3
+    """Due details wait for their fee (billing did not answer when they were recorded);
+    clearing's pending-fee worker prices them and the next run settles them.
+    """
+    RUN_ITEM_NOTE_EXCEPTIONS: _RunItemNote.ValueType  # 4
+    """Details in exception (fee refused): fix the rule and RetryExceptions in clearing."""
+    RUN_ITEM_NOTE_OTHER_CURRENCY: _RunItemNote.ValueType  # 5
+    """Due details exist in another currency than the profile's."""
+    RUN_ITEM_NOTE_HELD: _RunItemNote.ValueType  # 6
+    """Settled, but the merchant is on hold: the net is carried (note_detail: the reason)."""
+    RUN_ITEM_NOTE_BELOW_MIN_PAYOUT: _RunItemNote.ValueType  # 7
+    """Settled, but the net is below the profile's min_payout: carried."""
+    RUN_ITEM_NOTE_NET_NOT_POSITIVE: _RunItemNote.ValueType  # 8
+    """Settled, but the net is zero or negative (refunds, fees or bills exceed payments): carried."""
+    RUN_ITEM_NOTE_FAILED: _RunItemNote.ValueType  # 9
+    """The claim or confirmation failed: see error."""
+    RUN_ITEM_NOTE_UNKNOWN: _RunItemNote.ValueType  # 10
+    """Skipped, and clearing could not be asked why (note_detail: its error)."""
+
+class RunItemNote(_RunItemNote, metaclass=_RunItemNoteEnumTypeWrapper):
+    """RunItemNote says why a run paid a merchant nothing."""
+
+RUN_ITEM_NOTE_UNSPECIFIED: RunItemNote.ValueType  # 0
+"""Paid out, or not worked yet."""
+RUN_ITEM_NOTE_NOTHING_UNSETTLED: RunItemNote.ValueType  # 1
+"""No unsettled detail and no carried balance to pay: nothing to do."""
+RUN_ITEM_NOTE_NOT_DUE: RunItemNote.ValueType  # 2
+"""Unsettled details exist, but none is due by this date on the merchant's cycle
+(note_detail: the first one's business date and when it settles).
+"""
+RUN_ITEM_NOTE_FEE_PENDING: RunItemNote.ValueType  # 3
+"""Due details wait for their fee (billing did not answer when they were recorded);
+clearing's pending-fee worker prices them and the next run settles them.
+"""
+RUN_ITEM_NOTE_EXCEPTIONS: RunItemNote.ValueType  # 4
+"""Details in exception (fee refused): fix the rule and RetryExceptions in clearing."""
+RUN_ITEM_NOTE_OTHER_CURRENCY: RunItemNote.ValueType  # 5
+"""Due details exist in another currency than the profile's."""
+RUN_ITEM_NOTE_HELD: RunItemNote.ValueType  # 6
+"""Settled, but the merchant is on hold: the net is carried (note_detail: the reason)."""
+RUN_ITEM_NOTE_BELOW_MIN_PAYOUT: RunItemNote.ValueType  # 7
+"""Settled, but the net is below the profile's min_payout: carried."""
+RUN_ITEM_NOTE_NET_NOT_POSITIVE: RunItemNote.ValueType  # 8
+"""Settled, but the net is zero or negative (refunds, fees or bills exceed payments): carried."""
+RUN_ITEM_NOTE_FAILED: RunItemNote.ValueType  # 9
+"""The claim or confirmation failed: see error."""
+RUN_ITEM_NOTE_UNKNOWN: RunItemNote.ValueType  # 10
+"""Skipped, and clearing could not be asked why (note_detail: its error)."""
+Global___RunItemNote: _TypeAlias = RunItemNote  # noqa: Y015
+
 @_typing.final
 class Cycle(_message.Message):
     """Cycle is a settlement cycle such as T+1."""
@@ -948,6 +1048,8 @@ class SettlementRun(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
+    FUTURE_DATE_REASON_FIELD_NUMBER: _builtins.int
+    NOTE_COUNTS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run id."""
     state: Global___RunState.ValueType
@@ -962,6 +1064,8 @@ class SettlementRun(_message.Message):
     """Work items that failed: their claim (retried by the next run) or the confirmation
     of their booked settlement (retried in the background and by the next run).
     """
+    future_date_reason: _builtins.str
+    """Set when the run was started before its date: the reason given (future_date_reason)."""
     @_builtins.property
     def settle_date(self) -> _date_pb2.Date:
         """The settlement date."""
@@ -978,6 +1082,12 @@ class SettlementRun(_message.Message):
     def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunItemFailure]:
         """The failed work items with their errors, at most 100, by merchant id."""
 
+    @_builtins.property
+    def note_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunItemNoteCount]:
+        """Items whose merchant got nothing paid in this run, counted by why (every note but
+        UNSPECIFIED); ListSettlementRunItems lists them.
+        """
+
     def __init__(
         self,
         *,
@@ -991,14 +1101,42 @@ class SettlementRun(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         failures: _abc.Iterable[Global___RunItemFailure] | None = ...,
+        future_date_reason: _builtins.str = ...,
+        note_counts: _abc.Iterable[Global___RunItemNoteCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "settle_date", b"settle_date", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "failed_item_count", b"failed_item_count", "failures", b"failures", "merchant_count", b"merchant_count", "pending_item_count", b"pending_item_count", "run_id", b"run_id", "settle_date", b"settle_date", "settlement_count", b"settlement_count", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "failed_item_count", b"failed_item_count", "failures", b"failures", "future_date_reason", b"future_date_reason", "merchant_count", b"merchant_count", "note_counts", b"note_counts", "pending_item_count", b"pending_item_count", "run_id", b"run_id", "settle_date", b"settle_date", "settlement_count", b"settlement_count", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettlementRun: _TypeAlias = SettlementRun  # noqa: Y015
+
+@_typing.final
+class RunItemNoteCount(_message.Message):
+    """RunItemNoteCount counts the items of a run with one note."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTE_FIELD_NUMBER: _builtins.int
+    ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    note: Global___RunItemNote.ValueType
+    """The note."""
+    item_count: _builtins.int
+    """How many items have it."""
+    def __init__(
+        self,
+        *,
+        note: Global___RunItemNote.ValueType = ...,
+        item_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_count", b"item_count", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunItemNoteCount: _TypeAlias = RunItemNoteCount  # noqa: Y015
 
 @_typing.final
 class RunItemFailure(_message.Message):
@@ -1041,8 +1179,14 @@ class RunSettlementRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SETTLE_DATE_FIELD_NUMBER: _builtins.int
+    FUTURE_DATE_REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The idempotency key."""
+    future_date_reason: _builtins.str
+    """A date after today (the business date of the service clock) is refused,
+    FAILED_PRECONDITION RUN_DATE_IN_FUTURE, unless this says why it must run early
+    (at most 256 characters); the reason is recorded with the run and logged.
+    """
     @_builtins.property
     def settle_date(self) -> _date_pb2.Date:
         """The settlement date S: every detail whose settlement date is on or before S is settled."""
@@ -1052,10 +1196,11 @@ class RunSettlementRequest(_message.Message):
         *,
         request_id: _builtins.str = ...,
         settle_date: _date_pb2.Date | None = ...,
+        future_date_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settle_date", b"settle_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "settle_date", b"settle_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["future_date_reason", b"future_date_reason", "request_id", b"request_id", "settle_date", b"settle_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2566,3 +2711,107 @@ class GetMerchantBalanceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMerchantBalanceResponse: _TypeAlias = GetMerchantBalanceResponse  # noqa: Y015
+
+@_typing.final
+class RunItem(_message.Message):
+    """RunItem is one merchant's work item of a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    NOTE_DETAIL_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant."""
+    state: Global___RunItemState.ValueType
+    """The state."""
+    settlement_id: _builtins.str
+    """The settlement booked, if any."""
+    error: _builtins.str
+    """The last error (a failed claim or confirmation), empty when none."""
+    note: Global___RunItemNote.ValueType
+    """Why the merchant got nothing paid, when it did not."""
+    note_detail: _builtins.str
+    """The note in words, with the figures behind it."""
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        state: Global___RunItemState.ValueType = ...,
+        settlement_id: _builtins.str = ...,
+        error: _builtins.str = ...,
+        note: Global___RunItemNote.ValueType = ...,
+        note_detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "merchant_id", b"merchant_id", "note", b"note", "note_detail", b"note_detail", "settlement_id", b"settlement_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunItem: _TypeAlias = RunItem  # noqa: Y015
+
+@_typing.final
+class ListSettlementRunItemsRequest(_message.Message):
+    """ListSettlementRunItemsRequest pages through a run's items."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run id."""
+    note: Global___RunItemNote.ValueType
+    """Only items with this note; UNSPECIFIED for all."""
+    page_size: _builtins.int
+    """Page size (AIP-158)."""
+    page_token: _builtins.str
+    """Page token."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        note: Global___RunItemNote.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSettlementRunItemsRequest: _TypeAlias = ListSettlementRunItemsRequest  # noqa: Y015
+
+@_typing.final
+class ListSettlementRunItemsResponse(_message.Message):
+    """ListSettlementRunItemsResponse is one page of items, by merchant id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunItem]:
+        """The items."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___RunItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSettlementRunItemsResponse: _TypeAlias = ListSettlementRunItemsResponse  # noqa: Y015

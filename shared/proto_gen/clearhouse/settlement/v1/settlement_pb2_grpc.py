@@ -40,6 +40,8 @@ class SettlementServiceStub:
     ImportCalendar); metadata "date", "first_known_date", "last_known_date",
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+    without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
@@ -175,6 +177,11 @@ class SettlementServiceStub:
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.FromString,
                 _registered_method=True)
+        self.ListSettlementRunItems = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ListSettlementRunItems',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.FromString,
+                _registered_method=True)
 
 
 class SettlementServiceServicer:
@@ -192,6 +199,8 @@ class SettlementServiceServicer:
     ImportCalendar); metadata "date", "first_known_date", "last_known_date",
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+    without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
@@ -375,6 +384,14 @@ class SettlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSettlementRunItems(self, request, context):
+        """Lists the work items of a run (one per merchant) with what each did and, when the
+        merchant got nothing paid, why; paginated by merchant id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SettlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -498,6 +515,11 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.SerializeToString,
             ),
+            'ListSettlementRunItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSettlementRunItems,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clearhouse.settlement.v1.SettlementService', rpc_method_handlers)
@@ -521,6 +543,8 @@ class SettlementService:
     ImportCalendar); metadata "date", "first_known_date", "last_known_date",
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+    without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
@@ -1168,6 +1192,33 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/GetMerchantBalance',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSettlementRunItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ListSettlementRunItems',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

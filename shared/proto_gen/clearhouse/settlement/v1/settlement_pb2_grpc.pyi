@@ -41,6 +41,8 @@ class SettlementServiceStub:
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+      without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing, or a statement's detail lines were read from clearing, and clearing did
       not answer; retry later.
@@ -112,6 +114,10 @@ class SettlementServiceStub:
     """Gets a merchant's balances per currency: payable, carried, in flight and paid.
     A merchant with nothing booked answers zeros, not NOT_FOUND.
     """
+    ListSettlementRunItems: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementRunItemsRequest, _settlement_pb2.ListSettlementRunItemsResponse]
+    """Lists the work items of a run (one per merchant) with what each did and, when the
+    merchant got nothing paid, why; paginated by merchant id.
+    """
 
 @_typing.type_check_only
 class SettlementServiceAsyncStub(SettlementServiceStub):
@@ -129,6 +135,8 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+      without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing, or a statement's detail lines were read from clearing, and clearing did
       not answer; retry later.
@@ -197,6 +205,10 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     """Gets a merchant's balances per currency: payable, carried, in flight and paid.
     A merchant with nothing booked answers zeros, not NOT_FOUND.
     """
+    ListSettlementRunItems: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementRunItemsRequest, _settlement_pb2.ListSettlementRunItemsResponse]  # type: ignore[assignment]
+    """Lists the work items of a run (one per merchant) with what each did and, when the
+    merchant got nothing paid, why; paginated by merchant id.
+    """
 
 class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     """SettlementService decides when each merchant is paid and how much (结算), books
@@ -213,6 +225,8 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+      without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing, or a statement's detail lines were read from clearing, and clearing did
       not answer; retry later.
@@ -422,6 +436,16 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_settlement_pb2.GetMerchantBalanceResponse, _abc.Awaitable[_settlement_pb2.GetMerchantBalanceResponse]]:
         """Gets a merchant's balances per currency: payable, carried, in flight and paid.
         A merchant with nothing booked answers zeros, not NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSettlementRunItems(
+        self,
+        request: _settlement_pb2.ListSettlementRunItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ListSettlementRunItemsResponse, _abc.Awaitable[_settlement_pb2.ListSettlementRunItemsResponse]]:
+        """Lists the work items of a run (one per merchant) with what each did and, when the
+        merchant got nothing paid, why; paginated by merchant id.
         """
 
 def add_SettlementServiceServicer_to_server(servicer: SettlementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
