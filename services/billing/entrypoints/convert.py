@@ -156,7 +156,7 @@ def txn_from_proto(t: pb.FeeTransaction, v: Violations, p: str = "transaction.")
     check_id(t.merchant_id, f"{p}merchant_id", v)
     kind = _TXN_TYPES.get(t.transaction_type)
     if kind is None:
-        v.add(f"{p}transaction_type", "PAYMENT or PAYOUT (refunds go through RefundFee)")
+        v.add(f"{p}transaction_type", "PAYMENT or PAYOUT (refunds go through RefundFee; QuoteRefundFee quotes one)")
     check_money(t.amount, t.HasField("amount"), f"{p}amount", v)
     moment = timestamp(t.transaction_time, t.HasField("transaction_time"), f"{p}transaction_time", v)
     for name in ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
