@@ -144,6 +144,7 @@ async def test_rules_are_listed_by_selector_and_state_page_by_page(billing):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await billing.stub.ListFeeRules(pb.ListFeeRulesRequest(page_token=token or "x"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(err.value)) == {"page_token"}
 
 
 async def test_explain_lists_every_candidate_and_why_the_winner_won(billing):

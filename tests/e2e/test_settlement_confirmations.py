@@ -17,6 +17,7 @@ from sqlalchemy import text
 from services.settlement.domain import ids
 from shared.convert import date_to_proto
 from tests.e2e import stack as st
+from tests.support.rpc_errors import reason
 
 BASE = {"rule_id": "BASE", "currency": "CNY", "method": "PERCENT", "rate": "0.006",
         "effective_from": "2026-01-01T00:00:00+08:00", "refund_fee_policy": "PROPORTIONAL"}
@@ -226,3 +227,4 @@ async def test_the_invariant_check_with_clearing_finds_batches_clearing_does_not
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await checked_with_clearing(stack)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason(err.value) == "CLEARING_UNAVAILABLE"
