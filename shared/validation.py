@@ -38,6 +38,11 @@ from shared.money import MAX_AMOUNT_MINOR_UNITS, MINOR_UNIT_EXPONENTS
 MAX_ID_LENGTH = 64
 """Ids: merchants, transactions, rules, requests, batches, runs, payouts, invoices."""
 
+MAX_DERIVED_ID_LENGTH = 96
+"""Ids a service derives from another id and hands back (settlement's payout ids:
+"po-" + a settlement id of up to 64 characters, and "-retryN" for each retry). The
+callers' own ids stay at MAX_ID_LENGTH."""
+
 MAX_ATTRIBUTE_LENGTH = 64
 """Selector and transaction attributes: product, business line, banks, card type."""
 
@@ -104,6 +109,13 @@ def _has_control(value: str) -> bool:
     # Cc: C0/C1 controls incl. NUL, TAB, CR, LF, DEL; Cs: lone surrogates (never valid in
     # UTF-8, so PostgreSQL cannot store them).
     return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
+
+
+def has_control_characters(value: str, *, allow: str = "") -> bool:
+    """Whether `value` holds a NUL, another control character (other than those in
+    `allow`) or a lone surrogate: for values checked where no Violations path fits (a
+    name on one line of an imported file)."""
+    return any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in allow for ch in value)
 
 
 def check_id(
