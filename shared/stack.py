@@ -1,5 +1,6 @@
 """`make up`: the whole local stack on 127.0.0.1.
 
+Refuses to start when a service port is taken (saying which and what holds it).
 Starts the embedded PostgreSQL (unless DATABASE_URL is set), migrates the three
 schemas, runs billing, clearing, settlement and the payout gateway simulator as
 separate processes (as they are deployed), waits until each answers the gRPC health
@@ -19,7 +20,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import embedded_pg
+from shared import embedded_pg, ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,23 +49,57 @@ def _environment() -> dict[str, str]:
     return env
 
 
-def _wait_serving(address: str, deadline_s: float = 60.0) -> bool:
+def _host(env: dict[str, str], prefix: str) -> str:
+    return env.get(f"{prefix}HOST", "127.0.0.1")
+
+
+def taken_ports(env: dict[str, str]) -> list[str]:
+    """One line per service port something already listens on, saying what holds it."""
+    problems = []
+    for name, prefix, default, _ in SERVICES:
+        host, port = _host(env, prefix), _port(env, prefix, default)
+        if ports.is_taken(host, port):
+            problems.append(
+                f"port {port} ({name}, {prefix}PORT) on {host} is taken, {ports.describe(port)}"
+            )
+    return problems
+
+
+def _wait_serving(
+    address: str, proc: subprocess.Popen[bytes], port: int, deadline_s: float = 60.0
+) -> str:
+    """'' once OUR process answers SERVING at the address, else why not. Another
+    process answering on the port is not our service being up."""
     end = time.monotonic() + deadline_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < end:
+            if proc.poll() is not None:
+                return f"exited with {proc.returncode} before serving"
             try:
                 resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
+                    pids = ports.listener_pids(port)
+                    if pids and proc.pid not in pids:
+                        return f"port {port} answers, but {ports.describe(port)}, not pid {proc.pid}"
+                    return ""
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
-    return False
+    return f"did not become SERVING within {deadline_s:.0f} s"
 
 
 def main() -> int:
     env = _environment()
+    # Before anything starts: with a port taken the service would die on bind, and the
+    # health check would reach whatever holds the port and call the stack up.
+    problems = taken_ports(env)
+    if problems:
+        for line in problems:
+            print(f"make up: {line}", file=sys.stderr)
+        print("make up: not started. Stop what holds the port(s) (another `make up`?) or "
+              "choose other ports with <P>PORT.", file=sys.stderr)
+        return 1
     pg = None
     if not env.get("DATABASE_URL"):
         data_dir = env.get("CLEARHOUSE_PG_DIR", str(ROOT / ".clearhouse" / "pgdata"))
@@ -94,10 +129,12 @@ def main() -> int:
             procs.append(
                 (name, subprocess.Popen([python, "-m", f"services.{name}"], env=env, cwd=ROOT))
             )
-        for name, prefix, default, _ in SERVICES:
-            address = f"127.0.0.1:{_port(env, prefix, default)}"
-            if not _wait_serving(address):
-                print(f"{name} did not become SERVING at {address}", file=sys.stderr)
+        for (name, prefix, default, _), (_, proc) in zip(SERVICES, procs, strict=True):
+            port = _port(env, prefix, default)
+            address = f"127.0.0.1:{port}"
+            why = _wait_serving(address, proc, port)
+            if why:
+                print(f"{name} at {address}: {why}", file=sys.stderr)
                 return 1
             print(f"{name:<17} SERVING at {address}", flush=True)
         print("Clearhouse is up. Ctrl-C stops everything.", flush=True)

@@ -75,3 +75,35 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_stack_refuses_to_start_when_a_port_is_taken_and_says_what_holds_it(pg_url):
+    """A taken port used to be health-checked (the other instance answered) and reported
+    up; now nothing starts and the message names the port and the holder."""
+    ports = _free_ports(4)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", ports[2]))
+    holder.listen()
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=pg_url,
+        BILLING_PORT=str(ports[0]),
+        CLEARING_PORT=str(ports[1]),
+        SETTLEMENT_PORT=str(ports[2]),
+        PAYOUT_SIM_PORT=str(ports[3]),
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.stack"], cwd=ROOT, env=env, capture_output=True,
+            text=True, timeout=60,
+        )
+    finally:
+        holder.close()
+    assert done.returncode == 1
+    assert "Clearhouse is up" not in done.stdout
+    assert f"port {ports[2]} (settlement, SETTLEMENT_PORT) on 127.0.0.1 is taken" in done.stderr
+    assert f"held by pid {os.getpid()}" in done.stderr  # this test process holds it
+    assert "not started" in done.stderr
+    for port in (ports[0], ports[1], ports[3]):  # nothing was started
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
