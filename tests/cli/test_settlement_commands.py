@@ -160,3 +160,33 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     ok = await cli("check", "--clearing-date", "2026-11-03")
     assert "no violation" in ok.stdout
     assert json.loads((await cli("check", "--json")).stdout) == {}
+
+
+async def test_calendar_import_export_and_coverage(cli: Cli, tmp_path):
+    exported = tmp_path / "2027.yaml"
+    await cli("calendar", "export", "--from", "2027-01-01", "--to", "2027-12-31",
+              "--out", str(exported))
+    assert "New Year" in exported.read_text()
+    # Make Saturday 2027-02-20 a make-up working day by merging a one-line CSV.
+    extra = tmp_path / "makeup.csv"
+    extra.write_text("date,kind,name\n2027-02-20,workday,Spring Festival make-up day\n")
+    done = json.loads((await cli("calendar", "import", str(extra), "--mode", "merge",
+                                 "--from", "2027-02-20", "--to", "2027-02-20",
+                                 "--reason", "test make-up", "--request-id", "cli-cal-1",
+                                 "--json")).stdout)
+    assert done["request_id"] == "cli-cal-1" and done["makeup_workday_count"] == 1
+    feb = json.loads((await cli("calendar", "month", "2027-02", "--json")).stdout)
+    assert next(d for d in feb if d["date"]["day"] == 20)["working"]
+    table = await cli("calendar", "month", "2027-02")
+    assert "MAKEUP_WORKDAY" in table.stdout and "import:cli-cal-1" in table.stdout
+    csv_out = await cli("calendar", "export", "--from", "2027-02-01", "--to", "2027-02-28",
+                        "--format", "csv")
+    assert "2027-02-20,workday" in csv_out.stdout
+    cov = await cli("calendar", "coverage")
+    assert "cli-cal-1" in cov.stdout and "days left" in cov.stdout
+    conflict = await cli("calendar", "import", str(extra), "--mode", "replace",
+                         "--from", "2027-02-20", "--to", "2027-02-20",
+                         "--reason", "other", "--request-id", "cli-cal-1", code=1)
+    assert "IDEMPOTENCY_CONFLICT" in conflict.stderr
+    assert (await cli("calendar", "import", str(extra), "--reason", "x", "--format", "xml",
+                      code=2)).exit_code == 2

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from clearhouse.settlement.v1 import settlement_pb2 as pb
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.cli import output as out
@@ -37,8 +38,9 @@ from services.settlement.domain import ids
 
 profiles = typer.Typer(help="Settlement profiles: list, show, set from YAML.",
                        no_args_is_help=True)
-calendar = typer.Typer(help="The business calendar: show a month, override a day, "
-                            "compute a settlement date.", no_args_is_help=True)
+calendar = typer.Typer(help="The business calendar: show a month, import and export "
+                            "files, coverage, override a day, compute a settlement date.",
+                       no_args_is_help=True)
 runs = typer.Typer(help="Settlement runs: start (and watch), watch, status.",
                    no_args_is_help=True)
 settlements = typer.Typer(help="Settlements (结算单): list, show with lines.",
@@ -169,9 +171,11 @@ def show_month(ctx: typer.Context, month: str, json: JsonOpt = False) -> None:
                (d.working == (dt.date(d.date.year, d.date.month, d.date.day).weekday() >= 5))]
     if special:
         con.print(out.table("not as the weekday says (* = set by operations)",
-                            ["date", "working", "why"],
+                            ["date", "working", "kind", "why", "source"],
                             [[out.date(d.date), "yes" if d.working else "no",
-                              d.reason + (" *" if d.overridden else "")] for d in special]))
+                              out.enum(pb.CalendarDayKind, d.kind, "CALENDAR_DAY_KIND_"),
+                              d.reason + (" *" if d.overridden else ""), d.source]
+                             for d in special]))
 
 
 @calendar.command("set-day")
@@ -209,6 +213,110 @@ def settlement_date(ctx: typer.Context, business_date: str,
         return
     out.console().print(f"{business_date} on {cycle.upper()} settles on "
                         f"{out.date(resp.settlement_date)}")
+
+
+_FORMATS = {"yaml": pb.CALENDAR_FILE_FORMAT_YAML, "yml": pb.CALENDAR_FILE_FORMAT_YAML,
+            "csv": pb.CALENDAR_FILE_FORMAT_CSV}
+
+
+def _format(name: str, what: str) -> Any:
+    try:
+        return _FORMATS[name.lower().lstrip(".")]
+    except KeyError:
+        raise typer.BadParameter(f"{what}: yaml or csv") from None
+
+
+def _import_row(i: pb.CalendarImport) -> list[str]:
+    return [i.request_id, out.date(i.from_date), out.date(i.to_date),
+            out.enum(pb.CalendarImportMode, i.mode, "CALENDAR_IMPORT_MODE_"),
+            str(i.holiday_count), str(i.makeup_workday_count), str(i.removed_override_count),
+            i.reason, out.when(i.create_time)]
+
+
+IMPORT_COLUMNS = ["import", "from", "to", "mode", "holidays", "make-up days",
+                  "overrides removed", "reason", "at"]
+
+
+@calendar.command("import")
+@handled
+def import_calendar(
+    ctx: typer.Context, file: Path,
+    reason: Annotated[str, typer.Option(help="Why, recorded with the change.")],
+    mode: Annotated[str, typer.Option(help="replace (the range holds exactly the file) "
+                                           "or merge (the file's days only).")] = "replace",
+    date_from: Annotated[str, typer.Option("--from", help="First day (else the file's).")] = "",
+    date_to: Annotated[str, typer.Option("--to", help="Last day (else the file's).")] = "",
+    fmt: Annotated[str, typer.Option("--format", help="yaml or csv (else from the "
+                                                      "file's extension).")] = "",
+    request_id_: RequestIdOpt = "", json: JsonOpt = False,
+) -> None:
+    """Load holidays and make-up working days from a calendar file (idempotent by request id).
+
+    Example: clearhouse calendar import cn-2027.yaml --reason "State Council notice 2027" --request-id cn-2027-official
+    """
+    try:
+        content = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"{file}: cannot read: {exc}") from None
+    modes = {"replace": pb.CALENDAR_IMPORT_MODE_REPLACE, "merge": pb.CALENDAR_IMPORT_MODE_MERGE}
+    if mode.lower() not in modes:
+        raise typer.BadParameter("--mode: replace or merge")
+    req = pb.ImportCalendarRequest(
+        request_id=request_id(request_id_, "calendar"),
+        format=_format(fmt or file.suffix, "--format"), content=content,
+        mode=modes[mode.lower()], reason=reason)
+    if date_from:
+        req.from_date.CopyFrom(proto_date(date_from, "--from"))
+    if date_to:
+        req.to_date.CopyFrom(proto_date(date_to, "--to"))
+    done = clients(ctx).settlement.ImportCalendar(req).calendar_import
+    if json:
+        out.emit_json(done)
+        return
+    out.console().print(out.table("calendar import", IMPORT_COLUMNS, [_import_row(done)]))
+
+
+@calendar.command("export")
+@handled
+def export_calendar(
+    ctx: typer.Context,
+    date_from: Annotated[str, typer.Option("--from", help="First day.")],
+    date_to: Annotated[str, typer.Option("--to", help="Last day.")],
+    fmt: Annotated[str, typer.Option("--format", help="yaml or csv.")] = "yaml",
+    to_file: Annotated[Path | None, typer.Option("--out", help="Write here (else stdout).")] = None,
+) -> None:
+    """Write a range's holidays and make-up days as a file `calendar import` reads back.
+
+    Example: clearhouse calendar export --from 2027-01-01 --to 2027-12-31 --out cn-2027.yaml
+    """
+    content = clients(ctx).settlement.ExportCalendar(pb.ExportCalendarRequest(
+        from_date=proto_date(date_from, "--from"), to_date=proto_date(date_to, "--to"),
+        format=_format(fmt, "--format"))).content
+    if to_file is None:
+        typer.echo(content, nl=False)
+        return
+    to_file.write_text(content, encoding="utf-8")
+    out.err_console().print(f"wrote {to_file}")
+
+
+@calendar.command("coverage")
+@handled
+def coverage(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """How far the business calendar is known from today, and what was imported.
+
+    Example: clearhouse calendar coverage
+    """
+    resp = clients(ctx).settlement.GetCalendarCoverage(pb.GetCalendarCoverageRequest())
+    if json:
+        out.emit_json(resp)
+        return
+    con = out.console()
+    warn = " [red]— load the next year (calendar import)[/red]" if resp.warning else ""
+    con.print(f"today {out.date(resp.today)}: the calendar is known from "
+              f"{out.date(resp.first_known_date)} to {out.date(resp.last_known_date)}, "
+              f"{resp.days_left} days left (warning below {resp.warn_days}){warn}")
+    if resp.imports:
+        con.print(out.table("imports", IMPORT_COLUMNS, [_import_row(i) for i in resp.imports]))
 
 
 # ---- runs -------------------------------------------------------------------------
@@ -559,8 +667,8 @@ def trial_balance(ctx: typer.Context, currency: Annotated[str, typer.Option(
     print_trial_balance(resp)
 
 
-def print_trial_balance(resp: pb.GetTrialBalanceResponse) -> None:
-    con = out.console()
+def print_trial_balance(resp: pb.GetTrialBalanceResponse, con: Console | None = None) -> None:
+    con = con or out.console()
     con.print(out.table("trial balance", ["account", "type", "debit", "credit"],
                         [_account_row(a) for a in resp.accounts], right=["debit", "credit"]))
     for t in resp.totals:
@@ -610,8 +718,9 @@ def account_entries(ctx: typer.Context, account_code: str, limit: LimitOpt = 50,
                                   rows, right=["amount"]))
 
 
-def print_violations(violations: list[pb.InvariantViolation]) -> None:
-    con = out.console()
+def print_violations(violations: list[pb.InvariantViolation],
+                     con: Console | None = None) -> None:
+    con = con or out.console()
     if not violations:
         con.print("[green]invariant check: no violation[/green]")
         return
