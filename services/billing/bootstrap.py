@@ -35,7 +35,7 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
     exported = ServiceMetrics("billing")
     exported.sources += [pool_figures(engine, [db]), figure_source(engine)]
     metrics = Metrics(exporter=exported)
-    book = RuleBook(db, settings.rules_refresh_s)
+    book = RuleBook(db, settings.rules_refresh_s, metrics)
     pricing = Pricing(db, book, zone, metrics)
     group = (settings.unary_batch_window_s, settings.unary_batch_max,
              settings.unary_batch_in_flight)

@@ -77,9 +77,16 @@ async def test_a_small_demo_settles_everything_and_the_books_hold(cli: Cli, tmp_
     assert result.violations == [] and "no violation" in text
     # Statements on disk, one per settlement, each reconciling its own net.
     assert len(result.statements) == sum(r.settlement_count for r in result.runs)
+    # (detailed: the summary rows, then a LINE row per detail, bill, payout and carry).
+    ends = ("NET", "PAID_OUT", "CARRIED_OUT")
     for path in result.statements:
         rows = list(csv.DictReader(io.StringIO(path.read_text())))
-        parts = sum(int(r["amount_minor"]) for r in rows
-                    if r["line_type"] not in ("NET", "PAID_OUT", "CARRIED_OUT"))
-        net = next(int(r["amount_minor"]) for r in rows if r["line_type"] == "NET")
-        assert parts == net, path
+        summary = [r for r in rows if r["section"] == "SUMMARY"]
+        lines = [r for r in rows if r["section"] == "LINE"]
+        net = next(int(r["amount_minor"]) for r in summary if r["line_type"] == "NET")
+        assert sum(int(r["amount_minor"]) for r in summary if r["line_type"] not in ends) == net
+        assert sum(int(r["amount_minor"]) for r in lines if r["line_type"] not in ends) == net
+        details = [r for r in lines if r["line_type"] == "DETAIL"]
+        count = sum(int(r["count"] or 0) for r in summary
+                    if r["line_type"] in ("PAYMENTS", "REFUNDS", "ADJUSTMENTS"))
+        assert len(details) == count, path

@@ -194,8 +194,9 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         v.check(bool(request.detail_ids) or bool(request.merchant_id), "detail_ids",
                 "name the details, or set merchant_id")
         check_ids(v, list(request.detail_ids), "detail_ids")
-        if not request.detail_ids:
-            check_id(v, request.merchant_id, "merchant_id")
+        # Checked even when detail_ids is set (then it is not used): nothing a caller sends
+        # is taken without its check.
+        check_id(v, request.merchant_id, "merchant_id", required=not request.detail_ids)
         check_page_token(v, request.page_token)
         v.check(not (request.detail_ids and request.page_token), "page_token",
                 "only with merchant_id and no detail_ids")

@@ -242,6 +242,33 @@ def explain(
         con.print(f"  tier ≥{t.lower_bound}: base {t.base_amount} → {t.exact_fee}")
 
 
+@rules.command("quote-refund")
+@handled
+def quote_refund(
+    ctx: typer.Context,
+    original: Annotated[str, typer.Argument(help="The charged payment's transaction id.")],
+    merchant: Annotated[str, typer.Option(help="The payment's merchant.")],
+    amount: Annotated[str, typer.Option(help="The refund in yuan, e.g. 50.00.")],
+    currency: CurrencyOpt = "CNY", json: JsonOpt = False,
+) -> None:
+    """What a refund of this amount would return of the fee (its rule's policy); records nothing.
+
+    Example: clearhouse rules quote-refund M02-p-20261012-0003 --merchant M02 --amount 50.00
+    """
+    cur = currency.upper()
+    r = clients(ctx).billing.QuoteRefundFee(pb.QuoteRefundFeeRequest(
+        original_transaction_id=original, merchant_id=merchant,
+        amount=money_pb2.Money(currency_code=cur, minor_units=major(amount, cur)))).result
+    if json:
+        out.emit_json(r)
+        return
+    out.console().print(
+        f"a refund of {out.amount(major(amount, cur), cur)} {cur} of {original} would return "
+        f"{out.money(r.fee_returned)} of its fee ({r.rule_id} v{r.rule_version}, "
+        f"{out.enum(transaction_pb2.CollectionMode, r.collection_mode, MODE)}, exact "
+        f"{r.exact_fee_returned} fen); refunded so far {out.money(r.refunded_total)}")
+
+
 # ---- fee accounts -----------------------------------------------------------------
 
 def _account_line(a: pb.FeeAccount) -> str:

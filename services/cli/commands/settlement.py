@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from clearhouse.settlement.v1 import settlement_pb2 as pb
+from clearhouse.type.v1 import transaction_pb2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -47,6 +48,7 @@ settlements = typer.Typer(help="Settlements (结算单): list, show with lines."
                           no_args_is_help=True)
 statements = typer.Typer(help="Statements: export CSV files.", no_args_is_help=True)
 payouts = typer.Typer(help="Payouts: list, show, retry a failed one.", no_args_is_help=True)
+merchants = typer.Typer(help="Merchants' balances with settlement.", no_args_is_help=True)
 ledger = typer.Typer(help="The double-entry ledger: trial balance, account balance, entries.",
                      no_args_is_help=True)
 
@@ -338,6 +340,11 @@ def _run_summary(r: pb.SettlementRun) -> None:
     if r.failures:
         con.print(out.table("failed items", ["merchant", "step", "error"],
                             [[f.merchant_id, f.step, f.error] for f in r.failures]))
+    counts = [n for n in r.note_counts if n.note]
+    if counts:
+        con.print("paid nothing: " + ", ".join(
+            f"{n.item_count} {out.enum(pb.RunItemNote, n.note, 'RUN_ITEM_NOTE_')}"
+            for n in counts) + f" (clearhouse runs items {r.run_id})")
 
 
 def _progress() -> Progress:
@@ -450,6 +457,35 @@ def run_watch(ctx: typer.Context, run: Annotated[str, typer.Argument(
     _run_summary(r)
 
 
+@runs.command("items")
+@handled
+def run_items(ctx: typer.Context, run: Annotated[str, typer.Argument(
+        help="Run id or settlement date.")],
+        note: Annotated[str, typer.Option(help="Only items with this note, e.g. not_due.")] = "",
+        limit: LimitOpt = 0, json: JsonOpt = False) -> None:
+    """A run's items, one per merchant: what each did and why a merchant got nothing.
+
+    Example: clearhouse runs items 2026-10-13 --note below_min_payout
+    """
+    code: Any = 0
+    if note:
+        try:
+            code = pb.RunItemNote.Value("RUN_ITEM_NOTE_" + note.upper())
+        except ValueError:
+            raise typer.BadParameter(f"--note: {note!r} is not a run item note") from None
+    req = pb.ListSettlementRunItemsRequest(run_id=run_id_of(run), note=code,
+                                           page_size=min(limit or 1000, 1000))
+    found = list(pages(clients(ctx).settlement.ListSettlementRunItems, req, "items", limit))
+    if json:
+        out.emit_json(found)
+        return
+    out.console().print(out.table(f"items of {run_id_of(run)} ({len(found)})",
+                                  ["merchant", "state", "settlement", "note", "why", "error"], [
+        [i.merchant_id, out.enum(pb.RunItemState, i.state, "RUN_ITEM_STATE_"), i.settlement_id,
+         out.enum(pb.RunItemNote, i.note, "RUN_ITEM_NOTE_") if i.note else "", i.note_detail,
+         i.error] for i in found]))
+
+
 # ---- settlements and statements ------------------------------------------------------
 
 OUTCOME = "SETTLEMENT_OUTCOME_"
@@ -470,8 +506,9 @@ def settlement_row(s: pb.Settlement) -> list[str]:
 
 
 def list_settlements(c: Clients, merchant: str = "", date_from: str = "", date_to: str = "",
-                     limit: int = 0) -> list[pb.Settlement]:
-    req = pb.ListSettlementsRequest(merchant_id=merchant, page_size=min(limit or 1000, 1000))
+                     limit: int = 0, run: str = "") -> list[pb.Settlement]:
+    req = pb.ListSettlementsRequest(merchant_id=merchant, page_size=min(limit or 1000, 1000),
+                                    run_id=run_id_of(run) if run else "")
     if date_from:
         req.settle_date_from.CopyFrom(proto_date(date_from, "--from"))
     if date_to:
@@ -487,13 +524,14 @@ def settlements_list(
     date_from: Annotated[str, typer.Option("--from", help="First settlement date.")] = "",
     date_to: Annotated[str, typer.Option("--to", help="Last settlement date.")] = "",
     on: Annotated[str, typer.Option("--date", help="One settlement date.")] = "",
+    run: Annotated[str, typer.Option(help="Only this run (run id or its date).")] = "",
     limit: LimitOpt = 100, json: JsonOpt = False,
 ) -> None:
     """List settlements by date, then merchant. Amounts as they enter the net.
 
-    Example: clearhouse settlements list --date 2026-10-13
+    Example: clearhouse settlements list --run run-20261013
     """
-    found = list_settlements(clients(ctx), merchant, on or date_from, on or date_to, limit)
+    found = list_settlements(clients(ctx), merchant, on or date_from, on or date_to, limit, run)
     if json:
         out.emit_json(found)
         return
@@ -523,9 +561,15 @@ def settlement_show(ctx: typer.Context, settlement_id: str, json: JsonOpt = Fals
         con.print(f"payout {s.payout_id}")
 
 
-def export_statement(c: Clients, settlement_id: str, folder: Path) -> Path:
+def _statement_format(detailed: bool) -> Any:
+    return pb.STATEMENT_FORMAT_DETAILED if detailed else pb.STATEMENT_FORMAT_SUMMARY
+
+
+def export_statement(c: Clients, settlement_id: str, folder: Path,
+                     detailed: bool = True) -> Path:
     """Writes the statement's CSV (the decoded bytes, as the service made them)."""
-    resp = c.settlement.ExportStatement(pb.ExportStatementRequest(settlement_id=settlement_id))
+    resp = c.settlement.ExportStatement(pb.ExportStatementRequest(
+        settlement_id=settlement_id, format=_statement_format(detailed)))
     name = Path(resp.file_name or f"{settlement_id}.csv").name  # never a path from the wire
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
@@ -542,6 +586,8 @@ def statements_export(
     merchant: Annotated[str, typer.Option(help="With --date or alone: this merchant's.")] = "",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write to.")] = Path("."),
     stdout: Annotated[bool, typer.Option("--stdout", help="Print one CSV instead.")] = False,
+    detailed: Annotated[bool, typer.Option("--detailed/--summary", help="With every detail "
+                                           "and bill (对账单), or the summary rows only.")] = True,
     json: JsonOpt = False,
 ) -> None:
     """Export statements as CSV files (UTF-8; columns in docs/settlement.md).
@@ -557,15 +603,69 @@ def statements_export(
     if stdout:
         if len(chosen) != 1:
             raise typer.BadParameter("--stdout prints exactly one statement")
-        resp = c.settlement.ExportStatement(pb.ExportStatementRequest(settlement_id=chosen[0]))
+        resp = c.settlement.ExportStatement(pb.ExportStatementRequest(
+            settlement_id=chosen[0], format=_statement_format(detailed)))
         typer.echo(resp.content.decode("utf-8"), nl=False)
         return
-    written = [export_statement(c, sid, out_dir) for sid in chosen]
+    written = [export_statement(c, sid, out_dir, detailed) for sid in chosen]
     if json:
         out.emit_json([str(p) for p in written])
         return
     for p in written:
         out.console().print(f"wrote {p}")
+
+
+@statements.command("lines")
+@handled
+def statement_lines(ctx: typer.Context, settlement_id: str, limit: LimitOpt = 0,
+                    json: JsonOpt = False) -> None:
+    """A settlement's statement lines: carried in, every detail with its fee, bills, payout.
+
+    Example: clearhouse statements lines st-20261013-M001
+    """
+    req = pb.ListStatementLinesRequest(settlement_id=settlement_id,
+                                       page_size=min(limit or 1000, 1000))
+    found = list(pages(clients(ctx).settlement.ListStatementLines, req, "lines", limit))
+    if json:
+        out.emit_json(found)
+        return
+    rows = []
+    for ln in found:
+        kind = out.enum(pb.StatementLineType, ln.line_type, "STATEMENT_LINE_TYPE_")
+        if ln.detail_type:
+            kind = out.enum(pb.StatementDetailType, ln.detail_type, "STATEMENT_DETAIL_TYPE_")
+        fee = ln.fee if ln.HasField("fee") and ln.fee.minor_units else ln.fee_returned
+        rows.append([kind, ln.reference, out.when(ln.transaction_time, ln.HasField(
+            "transaction_time")), out.money(ln.amount),
+            out.money(fee) if fee.currency_code else "",
+            out.enum(transaction_pb2.CollectionMode, ln.collection_mode, "COLLECTION_MODE_")
+            if ln.collection_mode else "", out.money(ln.net_amount)])
+    out.console().print(out.table(f"statement {settlement_id} ({len(found)} lines)",
+                                  ["line", "reference", "time", "amount", "fee", "mode",
+                                   "enters the net"], rows,
+                                  right=["amount", "fee", "enters the net"]))
+
+
+@merchants.command("balance")
+@handled
+def merchant_balance(ctx: typer.Context, merchant: str,
+                     currency: Annotated[str, typer.Option(help="One currency.")] = "",
+                     json: JsonOpt = False) -> None:
+    """What settlement holds for a merchant: payable, carried, in flight, paid, settled.
+
+    Example: clearhouse merchants balance M001
+    """
+    resp = clients(ctx).settlement.GetMerchantBalance(pb.GetMerchantBalanceRequest(
+        merchant_id=merchant, currency_code=currency.upper()))
+    if json:
+        out.emit_json(resp)
+        return
+    cols = ["cur", "payable", "carried", "in flight", "paid", "settled", "settlements"]
+    out.console().print(out.table(f"balances of {merchant}", cols, [
+        [b.currency_code, out.amount(b.payable, b.currency_code),
+         out.amount(b.carried, b.currency_code), out.amount(b.in_flight, b.currency_code),
+         out.amount(b.paid, b.currency_code), out.amount(b.settled, b.currency_code),
+         b.settlement_count] for b in resp.balances], right=cols[1:]))
 
 
 # ---- payouts ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.cli import output as out
-from services.cli.client import Clients, ServiceError, pages
+from services.cli.client import Clients, pages
 from services.cli.commands.billing import apply_rule_files
 from services.cli.commands.settlement import (
     export_statement,
@@ -313,6 +313,12 @@ class Demo:
                 self.result.runs.append(run)
                 self._wait_payouts_final()
                 note += self._after_run(i >= return_at and not self.result.returned_payouts)
+                quiet = [f"{n.item_count} {spb.RunItemNote.Name(n.note).removeprefix('RUN_ITEM_NOTE_')}"
+                         for n in run.note_counts
+                         if n.note not in (spb.RUN_ITEM_NOTE_UNSPECIFIED,
+                                           spb.RUN_ITEM_NOTE_NOTHING_UNSETTLED)]
+                if quiet:
+                    note.append("paid nothing: " + ", ".join(quiet))
                 made = list_settlements(self.c, "", day.isoformat(), day.isoformat())
                 paid = sum(x.paid_out for x in made)
                 carried = sum(x.carried_out for x in made)
@@ -359,14 +365,11 @@ class Demo:
     # ---- the books -------------------------------------------------------------------
 
     def _carried(self, merchant: str) -> int:
-        try:
-            account = self.c.settlement.GetAccountBalance(spb.GetAccountBalanceRequest(
-                account_code=f"MERCHANT_PAYABLE:{merchant}:{CNY}")).account
-        except ServiceError as exc:
-            if exc.reason == "ACCOUNT_NOT_FOUND":
-                return 0
-            raise
-        return -account.balance.minor_units  # a credit: what we owe the merchant
+        """What settlement owes the merchant now (payable; failed or returned payouts
+        booked back included)."""
+        balances = self.c.settlement.GetMerchantBalance(spb.GetMerchantBalanceRequest(
+            merchant_id=merchant, currency_code=CNY)).balances
+        return sum(b.payable for b in balances)
 
     def books(self) -> None:
         rows = []
