@@ -54,16 +54,32 @@ def _host(env: dict[str, str], prefix: str) -> str:
     return env.get(f"{prefix}HOST", "127.0.0.1")
 
 
-def taken_ports(env: dict[str, str]) -> list[str]:
-    """One line per service port something already listens on, saying what holds it."""
-    problems = []
+# The Prometheus port of each service (<P>METRICS_PORT; 0 = any free port).
+METRICS_PORTS = {"billing": 9151, "clearing": 9152, "settlement": 9153}
+
+
+def _wanted_ports(env: dict[str, str]) -> list[tuple[str, str, str, int]]:
+    """(service, variable, host, port) of every port the stack's services will bind."""
+    wanted = []
     for name, prefix, default, _ in SERVICES:
-        host, port = _host(env, prefix), _port(env, prefix, default)
-        if ports.is_taken(host, port):
-            problems.append(
-                f"port {port} ({name}, {prefix}PORT) on {host} is taken, {ports.describe(port)}"
-            )
-    return problems
+        wanted.append((name, f"{prefix}PORT", _host(env, prefix), _port(env, prefix, default)))
+        metrics = METRICS_PORTS.get(name)
+        enabled = env.get(f"{prefix}METRICS_ENABLED", "true").lower() not in ("false", "0", "no")
+        if metrics is not None and enabled:
+            port = int(env.get(f"{prefix}METRICS_PORT", metrics))
+            if port:
+                host = env.get(f"{prefix}METRICS_HOST", "127.0.0.1")
+                wanted.append((name, f"{prefix}METRICS_PORT", host, port))
+    return wanted
+
+
+def taken_ports(env: dict[str, str]) -> list[str]:
+    """One line per port something already listens on, saying what holds it."""
+    return [
+        f"port {port} ({name}, {variable}) on {host} is taken, {ports.describe(port)}"
+        for name, variable, host, port in _wanted_ports(env)
+        if ports.is_taken(host, port)
+    ]
 
 
 def _wait_serving(
