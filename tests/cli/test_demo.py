@@ -92,29 +92,6 @@ async def test_a_small_demo_settles_everything_and_the_books_hold(cli: Cli, tmp_
         assert len(details) == count, path
 
 
-def test_the_stack_refuses_a_taken_port_and_names_it():
-    import socket
-
-    import pytest
-
-    from shared.stack import LocalStack, StackError
-
-    free = []
-    for _ in range(3):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            free.append(str(probe.getsockname()[1]))
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        stack = LocalStack({"BILLING_PORT": free[0], "CLEARING_PORT": str(port),
-                            "SETTLEMENT_PORT": free[1], "PAYOUT_SIM_PORT": free[2]})
-        assert stack.address("clearing") == f"127.0.0.1:{port}"
-        with pytest.raises(StackError, match=f"port {port} \\(clearing, CLEARING_PORT\\) is taken"):
-            stack.check_ports()
-
-
 def test_make_demo_runs_as_a_command_on_its_own_stack(tmp_path):
     """`python -m services.cli.demo` as `make demo` runs it (a small month): its own
     PostgreSQL and service processes, the story, exit 0, the summary and statements
