@@ -27,12 +27,15 @@ from shared.money import is_known_currency
 from tests.support.harness import drop, launch, new_schema
 
 SERVICES = ["billing", "clearing", "settlement"]
+# The metrics refresh reads the schema too (settlement's runs the invariant check).
 QUIET = {
-    "clearing": {"pending_fee_worker_enabled": False},
+    "billing": {"metrics_enabled": False},
+    "clearing": {"pending_fee_worker_enabled": False, "metrics_enabled": False},
     "settlement": {
         "scheduler_enabled": False,
         "dispatcher_enabled": False,
         "completion_interval_s": 0,
+        "metrics_enabled": False,
     },
 }
 
