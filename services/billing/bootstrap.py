@@ -18,6 +18,7 @@ from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
 from services.billing.service_layer.rules import RuleAdmin, RuleBook
 from services.billing.service_layer.unit_of_work import Database
+from services.billing.service_layer.voids import Voids
 from services.billing.settings import BillingSettings
 from shared import migrations
 from shared.coalescer import Coalescer
@@ -53,6 +54,7 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
         metrics=metrics,
         charges=charges,
         refunds=refunds,
+        voids=Voids(db, zone),
     )
 
     async def ready() -> bool:

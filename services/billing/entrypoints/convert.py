@@ -15,6 +15,7 @@ from services.billing.domain.validation import SpecInput, TierInput
 from services.billing.service_layer.accounts import Account, Movement
 from services.billing.service_layer.bills import Bill
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
+from services.billing.service_layer.voids import Charge, Void
 from shared import validation as val
 from shared.convert import datetime_to_ts
 from shared.errors import Violations
@@ -283,4 +284,24 @@ def candidate_to_proto(e: Explained) -> pb.Candidate:
         specific_selectors=v.spec.selectors.set_names(),
         verdict=pb.CandidateVerdict.Value(f"CANDIDATE_VERDICT_{e.verdict.value}"),
         reason=e.reason, effective_from=datetime_to_ts(v.effective_from), effective_to=datetime_to_ts(v.effective_to),
+    )
+
+
+def charge_to_proto(ch: Charge) -> pb.FeeCharge:
+    return pb.FeeCharge(
+        transaction_id=ch.transaction_id, merchant_id=ch.merchant_id,
+        amount=money(ch.currency, ch.amount), fee=money(ch.currency, ch.fee),
+        collection_mode=_MODES[ch.collection_mode], rule_id=ch.rule_id,
+        rule_version=ch.rule_version, transaction_time=datetime_to_ts(ch.transaction_time),
+        charge_time=datetime_to_ts(ch.charge_time),
+    )
+
+
+def void_to_proto(v: Void) -> pb.FeeChargeVoid:
+    return pb.FeeChargeVoid(
+        request_id=v.request_id, charge=charge_to_proto(v.charge),
+        cumulative_amount_returned=v.counter_amount_returned,
+        cumulative_count_returned=v.counter_count_returned,
+        fee_credited=money(v.charge.currency, v.fee_credited), reason=v.reason,
+        void_time=datetime_to_ts(v.void_time),
     )

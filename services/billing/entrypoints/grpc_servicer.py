@@ -19,11 +19,12 @@ from services.billing.service_layer.charging import Pricing
 from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
 from services.billing.service_layer.rules import RuleAdmin
+from services.billing.service_layer.voids import Voids
 from shared import clock
 from shared import validation as val
 from shared.coalescer import Coalescer
 from shared.errors import DomainError, InvalidArgument, Violations, to_status
-from shared.pagination import Page, integer, text
+from shared.pagination import Page, instant, integer, text
 
 ERROR_DOMAIN = "billing.clearhouse"
 MAX_BATCH = val.MAX_BATCH_ITEMS
@@ -111,7 +112,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     def __init__(
         self, rules: RuleAdmin, pricing: Pricing, accounts: Accounts, bills: Bills, metrics: Metrics,
         charges: Coalescer[FeeTxn, FeeOutcome], refunds: Coalescer[RefundRequest, RefundOutcome],
+        voids: Voids,
     ) -> None:
+        self.voids = voids
         self.rules = rules
         self.pricing = pricing
         # Unary charges and refunds of concurrent callers run together through the batch
@@ -387,3 +390,44 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             request.amount.minor_units, request.amount.currency_code, _now(),
         ))
         return pb.QuoteRefundFeeResponse(result=c.refund_outcome_to_proto(quoted))
+
+    # -- reconciliation with clearing ---------------------------------------------------
+
+    async def ListFeeCharges(self, request: pb.ListFeeChargesRequest, context: Any) -> pb.ListFeeChargesResponse:
+        v = Violations()
+        windowed = request.HasField("charge_time_from") or request.HasField("charge_time_to")
+        if request.transaction_ids:
+            val.check_ids(v, list(request.transaction_ids), "transaction_ids")
+            if windowed:
+                v.add("charge_time_from", "give a window or transaction ids, not both")
+            v.raise_if_any()
+            charges = await self.voids.of(list(request.transaction_ids))
+            return pb.ListFeeChargesResponse(charges=[c.charge_to_proto(ch) for ch in charges])
+        start = c.timestamp(request.charge_time_from, request.HasField("charge_time_from"),
+                            "charge_time_from", v)
+        end = c.timestamp(request.charge_time_to, request.HasField("charge_time_to"),
+                          "charge_time_to", v)
+        if start is not None and end is not None and not start < end:
+            v.add("charge_time_to", "must be after charge_time_from")
+        _page(v, request.page_size, request.page_token)
+        v.raise_if_any()
+        assert start is not None and end is not None
+        filters = ["charges", start.isoformat(), end.isoformat()]
+        page = Page.of(request.page_size, request.page_token, filters, key=(instant, text))
+        after = (page.after[0], page.after[1]) if page.after else None
+        rows = await self.voids.window(start, end, after, page.size + 1)
+        token = page.next_token(
+            rows, lambda ch: [ch.charge_time.isoformat(), ch.transaction_id], filters
+        )
+        return pb.ListFeeChargesResponse(
+            charges=[c.charge_to_proto(ch) for ch in rows[: page.size]], next_page_token=token
+        )
+
+    async def VoidFeeCharge(self, request: pb.VoidFeeChargeRequest, context: Any) -> pb.VoidFeeChargeResponse:
+        v = Violations()
+        c.check_id(request.request_id, "request_id", v)
+        c.check_id(request.transaction_id, "transaction_id", v)
+        val.check_text(v, request.reason, "reason", required=True)
+        v.raise_if_any()
+        void = await self.voids.void(request.request_id, request.transaction_id, request.reason)
+        return pb.VoidFeeChargeResponse(void=c.void_to_proto(void))

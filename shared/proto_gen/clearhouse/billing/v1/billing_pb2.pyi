@@ -219,6 +219,8 @@ class _FeeAccountMovementTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper
     """A fee debited by a charge."""
     FEE_ACCOUNT_MOVEMENT_TYPE_REFUND_CREDIT: _FeeAccountMovementType.ValueType  # 3
     """A fee returned by a refund."""
+    FEE_ACCOUNT_MOVEMENT_TYPE_VOID_CREDIT: _FeeAccountMovementType.ValueType  # 4
+    """A fee given back because its charge was voided (an orphan charge, see VoidFeeCharge)."""
 
 class FeeAccountMovementType(_FeeAccountMovementType, metaclass=_FeeAccountMovementTypeEnumTypeWrapper):
     """FeeAccountMovementType is why a fee account balance moved."""
@@ -231,6 +233,8 @@ FEE_ACCOUNT_MOVEMENT_TYPE_DEBIT: FeeAccountMovementType.ValueType  # 2
 """A fee debited by a charge."""
 FEE_ACCOUNT_MOVEMENT_TYPE_REFUND_CREDIT: FeeAccountMovementType.ValueType  # 3
 """A fee returned by a refund."""
+FEE_ACCOUNT_MOVEMENT_TYPE_VOID_CREDIT: FeeAccountMovementType.ValueType  # 4
+"""A fee given back because its charge was voided (an orphan charge, see VoidFeeCharge)."""
 Global___FeeAccountMovementType: _TypeAlias = FeeAccountMovementType  # noqa: Y015
 
 class _FeeBillState:
@@ -2371,3 +2375,258 @@ class QuoteRefundFeeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QuoteRefundFeeResponse: _TypeAlias = QuoteRefundFeeResponse  # noqa: Y015
+
+@_typing.final
+class FeeCharge(_message.Message):
+    """FeeCharge is one recorded charge as reconciliation sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    FEE_FIELD_NUMBER: _builtins.int
+    COLLECTION_MODE_FIELD_NUMBER: _builtins.int
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    RULE_VERSION_FIELD_NUMBER: _builtins.int
+    TRANSACTION_TIME_FIELD_NUMBER: _builtins.int
+    CHARGE_TIME_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    """The charged transaction's id."""
+    merchant_id: _builtins.str
+    """The merchant."""
+    collection_mode: _transaction_pb2.CollectionMode.ValueType
+    """How the fee is collected."""
+    rule_id: _builtins.str
+    """The rule that priced it."""
+    rule_version: _builtins.int
+    """The rule's version."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """The transaction's amount."""
+
+    @_builtins.property
+    def fee(self) -> _money_pb2.Money:
+        """The fee charged."""
+
+    @_builtins.property
+    def transaction_time(self) -> _timestamp_pb2.Timestamp:
+        """When the transaction happened."""
+
+    @_builtins.property
+    def charge_time(self) -> _timestamp_pb2.Timestamp:
+        """When billing recorded the charge (its database clock)."""
+
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        merchant_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        fee: _money_pb2.Money | None = ...,
+        collection_mode: _transaction_pb2.CollectionMode.ValueType = ...,
+        rule_id: _builtins.str = ...,
+        rule_version: _builtins.int = ...,
+        transaction_time: _timestamp_pb2.Timestamp | None = ...,
+        charge_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "charge_time", b"charge_time", "fee", b"fee", "transaction_time", b"transaction_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "charge_time", b"charge_time", "collection_mode", b"collection_mode", "fee", b"fee", "merchant_id", b"merchant_id", "rule_id", b"rule_id", "rule_version", b"rule_version", "transaction_id", b"transaction_id", "transaction_time", b"transaction_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeeCharge: _TypeAlias = FeeCharge  # noqa: Y015
+
+@_typing.final
+class ListFeeChargesRequest(_message.Message):
+    """ListFeeChargesRequest names a time window or transaction ids (exactly one of them)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_TIME_FROM_FIELD_NUMBER: _builtins.int
+    CHARGE_TIME_TO_FIELD_NUMBER: _builtins.int
+    TRANSACTION_IDS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Page size of a window (AIP-158): 0 means 100, at most 1000; negative is
+    INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Page token of a window, with the same window; a forged one is INVALID_ARGUMENT."""
+    @_builtins.property
+    def charge_time_from(self) -> _timestamp_pb2.Timestamp:
+        """Charges recorded at or after this instant. Within [1970-01-01T00:00:00Z,
+        9999-01-01T00:00:00Z), nanos in [0, 1e9); with charge_time_to, instead of
+        transaction_ids.
+        """
+
+    @_builtins.property
+    def charge_time_to(self) -> _timestamp_pb2.Timestamp:
+        """Charges recorded before this instant, after charge_time_from; same window."""
+
+    @_builtins.property
+    def transaction_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Instead of a window: the charges of these transactions, at most 1000 ids, each 1-64
+        characters without control characters or surrounding whitespace. Unknown ids are
+        left out of the answer.
+        """
+
+    def __init__(
+        self,
+        *,
+        charge_time_from: _timestamp_pb2.Timestamp | None = ...,
+        charge_time_to: _timestamp_pb2.Timestamp | None = ...,
+        transaction_ids: _abc.Iterable[_builtins.str] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge_time_from", b"charge_time_from", "charge_time_to", b"charge_time_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_time_from", b"charge_time_from", "charge_time_to", b"charge_time_to", "page_size", b"page_size", "page_token", b"page_token", "transaction_ids", b"transaction_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeeChargesRequest: _TypeAlias = ListFeeChargesRequest  # noqa: Y015
+
+@_typing.final
+class ListFeeChargesResponse(_message.Message):
+    """ListFeeChargesResponse is one page of charges, by charge time then transaction id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty on the last page (always empty for transaction ids)."""
+    @_builtins.property
+    def charges(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeeCharge]:
+        """The charges."""
+
+    def __init__(
+        self,
+        *,
+        charges: _abc.Iterable[Global___FeeCharge] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charges", b"charges", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeeChargesResponse: _TypeAlias = ListFeeChargesResponse  # noqa: Y015
+
+@_typing.final
+class VoidFeeChargeRequest(_message.Message):
+    """VoidFeeChargeRequest voids one charge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The idempotency key: 1-64 characters, no control characters or surrounding
+    whitespace. A retry with the same content answers the stored void; other content
+    is ALREADY_EXISTS IDEMPOTENCY_CONFLICT.
+    """
+    transaction_id: _builtins.str
+    """The charged transaction: 1-64 characters, no control characters or surrounding
+    whitespace.
+    """
+    reason: _builtins.str
+    """Why, for the audit: 1-256 characters, no control characters other than tab and line
+    breaks.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        transaction_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidFeeChargeRequest: _TypeAlias = VoidFeeChargeRequest  # noqa: Y015
+
+@_typing.final
+class FeeChargeVoid(_message.Message):
+    """FeeChargeVoid is a void: the charge it removed and what it gave back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CHARGE_FIELD_NUMBER: _builtins.int
+    CUMULATIVE_AMOUNT_RETURNED_FIELD_NUMBER: _builtins.int
+    CUMULATIVE_COUNT_RETURNED_FIELD_NUMBER: _builtins.int
+    FEE_CREDITED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    VOID_TIME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The void's request id."""
+    cumulative_amount_returned: _builtins.int
+    """The volume taken off the cumulative counter (0 for a non-cumulative rule)."""
+    cumulative_count_returned: _builtins.int
+    """The count taken off the cumulative counter (0 or 1)."""
+    reason: _builtins.str
+    """Why."""
+    @_builtins.property
+    def charge(self) -> Global___FeeCharge:
+        """The voided charge."""
+
+    @_builtins.property
+    def fee_credited(self) -> _money_pb2.Money:
+        """The fee credited back to the prepaid fee account (zero unless PREPAID)."""
+
+    @_builtins.property
+    def void_time(self) -> _timestamp_pb2.Timestamp:
+        """When the void was made."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        charge: Global___FeeCharge | None = ...,
+        cumulative_amount_returned: _builtins.int = ...,
+        cumulative_count_returned: _builtins.int = ...,
+        fee_credited: _money_pb2.Money | None = ...,
+        reason: _builtins.str = ...,
+        void_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge", b"charge", "fee_credited", b"fee_credited", "void_time", b"void_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge", b"charge", "cumulative_amount_returned", b"cumulative_amount_returned", "cumulative_count_returned", b"cumulative_count_returned", "fee_credited", b"fee_credited", "reason", b"reason", "request_id", b"request_id", "void_time", b"void_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeeChargeVoid: _TypeAlias = FeeChargeVoid  # noqa: Y015
+
+@_typing.final
+class VoidFeeChargeResponse(_message.Message):
+    """VoidFeeChargeResponse returns the void."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOID_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def void(self) -> Global___FeeChargeVoid:
+        """The void."""
+
+    def __init__(
+        self,
+        *,
+        void: Global___FeeChargeVoid | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["void", b"void"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["void", b"void"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidFeeChargeResponse: _TypeAlias = VoidFeeChargeResponse  # noqa: Y015
