@@ -28,7 +28,7 @@ from tests.support.harness import drop, launch, new_schema
 
 SERVICES = ["billing", "clearing", "settlement"]
 QUIET = {
-    "clearing": {"pending_fee_worker_enabled": False},
+    "clearing": {"pending_fee_worker_enabled": False, "reconcile_worker_enabled": False},
     "settlement": {
         "scheduler_enabled": False,
         "dispatcher_enabled": False,
