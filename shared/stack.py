@@ -1,5 +1,6 @@
 """`make up`: the whole local stack on 127.0.0.1.
 
+Refuses to start when a service port is taken (saying which and what holds it).
 Starts the embedded PostgreSQL (unless DATABASE_URL is set), migrates the three
 schemas, runs billing, clearing, settlement and the payout gateway simulator as
 separate processes (as they are deployed), waits until each answers the gRPC health
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +21,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import embedded_pg
+from shared import embedded_pg, ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,19 +50,60 @@ def _environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _wait_serving(address: str, deadline_s: float = 60.0) -> bool:
+def _host(env: dict[str, str], prefix: str) -> str:
+    return env.get(f"{prefix}HOST", "127.0.0.1")
+
+
+# The Prometheus port of each service (<P>METRICS_PORT; 0 = any free port).
+METRICS_PORTS = {"billing": 9151, "clearing": 9152, "settlement": 9153}
+
+
+def _wanted_ports(env: dict[str, str]) -> list[tuple[str, str, str, int]]:
+    """(service, variable, host, port) of every port the stack's services will bind."""
+    wanted = []
+    for name, prefix, default, _ in SERVICES:
+        wanted.append((name, f"{prefix}PORT", _host(env, prefix), _port(env, prefix, default)))
+        metrics = METRICS_PORTS.get(name)
+        enabled = env.get(f"{prefix}METRICS_ENABLED", "true").lower() not in ("false", "0", "no")
+        if metrics is not None and enabled:
+            port = int(env.get(f"{prefix}METRICS_PORT", metrics))
+            if port:
+                host = env.get(f"{prefix}METRICS_HOST", "127.0.0.1")
+                wanted.append((name, f"{prefix}METRICS_PORT", host, port))
+    return wanted
+
+
+def taken_ports(env: dict[str, str]) -> list[str]:
+    """One line per port something already listens on, saying what holds it."""
+    return [
+        f"port {port} ({name}, {variable}) on {host} is taken, {ports.describe(port)}"
+        for name, variable, host, port in _wanted_ports(env)
+        if ports.is_taken(host, port)
+    ]
+
+
+def _wait_serving(
+    address: str, proc: subprocess.Popen[bytes] | None, port: int, deadline_s: float = 60.0
+) -> str:
+    """'' once OUR process answers SERVING at the address, else why not: another
+    process answering on the port is not our service being up."""
     end = time.monotonic() + deadline_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < end:
+            if proc is not None and proc.poll() is not None:
+                return f"exited with {proc.returncode} before serving"
             try:
                 resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
+                    pids = ports.listener_pids(port)
+                    if proc is not None and pids and proc.pid not in pids:
+                        return f"port {port} answers, but {ports.describe(port)}, not pid {proc.pid}"
+                    return ""
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
-    return False
+    return f"did not become SERVING within {deadline_s:.0f} s"
 
 
 class StackError(Exception):
@@ -101,11 +142,12 @@ class LocalStack:
             return
         data_dir = self.pg_dir or env.get("CLEARHOUSE_PG_DIR",
                                           str(ROOT / ".clearhouse" / "pgdata"))
+        self.pg_dir = data_dir
         self.pg, env["DATABASE_URL"] = embedded_pg.start(data_dir, stop_at_exit=True)
         if self.reset_schemas:
             schemas = [env.get(f"{prefix}DB_SCHEMA", name)
                        for name, prefix, _, migrates in SERVICES if migrates]
-            self.pg.psql("".join(
+            self.pg.psql("SET client_min_messages = warning;" + "".join(
                 f'DROP SCHEMA IF EXISTS "{schema}" CASCADE;' for schema in schemas))
 
     def migrate(self) -> None:
@@ -127,34 +169,39 @@ class LocalStack:
                 **self._output(name, "serve"))))  # type: ignore[call-overload]
 
     def wait_serving(self, report: bool = True) -> None:
-        for name, _, _, _ in SERVICES:
+        started = dict(self.procs)
+        for name, prefix, default, _ in SERVICES:
             address = self.address(name)
-            if not _wait_serving(address):
-                raise StackError(f"{name} did not become SERVING at {address}")
+            why = _wait_serving(address, started.get(name), _port(self.env, prefix, default))
+            if why:
+                raise StackError(f"{name} at {address}: {why}")
             if report:
                 print(f"{name:<17} SERVING at {address}", flush=True)
 
     def check_ports(self) -> None:
         """Refuses to start when a port is taken: the health check would otherwise ask
         whatever holds it (another stack) and call it ours."""
-        for name, prefix, default, _ in SERVICES:
-            port = _port(self.env, prefix, default)
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError as exc:
-                    raise StackError(
-                        f"port {port} ({name}, {prefix}PORT) is taken: {exc.strerror}. Stop "
-                        f"what listens there (is another `make up` or demo running?) or set "
-                        f"{prefix}PORT.") from None
+        problems = taken_ports(self.env)
+        if problems:
+            raise StackError(
+                "\n".join(problems) + "\nnot started: stop what listens there (is another "
+                "`make up` or demo running?) or set <P>PORT."
+            )
 
-    def start(self, report: bool = True) -> None:
+    def start(self, report: bool = True, migrate_on_start: bool = False) -> None:
+        """Database, migrations, services, health. `migrate_on_start` lets each service
+        migrate its own schema as it starts (<P>MIGRATE_ON_START) instead of migrating
+        first in separate processes: the same migrations, one process start fewer each."""
         self.check_ports()
         self.start_database()
         if report and self.pg is not None:
-            print(f"embedded PostgreSQL: {self.pg_dir or 'default'}", flush=True)
-        self.migrate()
+            print(f"embedded PostgreSQL: {self.pg_dir}", flush=True)
+        if migrate_on_start:
+            for _name, prefix, _, migrates in SERVICES:
+                if migrates:
+                    self.env[f"{prefix}MIGRATE_ON_START"] = "true"
+        else:
+            self.migrate()
         self.spawn()
         self.wait_serving(report)
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+# Any free metrics port: the defaults (9151-9153) may be another stack's on this machine.
+NO_FIXED_METRICS_PORTS = {f"{p}_METRICS_PORT": "0" for p in ("BILLING", "CLEARING", "SETTLEMENT")}
 
 
 def _free_ports(n: int) -> list[int]:
@@ -39,13 +42,15 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url):
         CLEARING_PORT=str(ports[1]),
         SETTLEMENT_PORT=str(ports[2]),
         PAYOUT_SIM_PORT=str(ports[3]),
+        **NO_FIXED_METRICS_PORTS,
     )
+    errors = tempfile.TemporaryFile("w+")  # shown when the stack does not come up
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.stack"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=errors,
         text=True,
     )
     try:
@@ -59,7 +64,8 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url):
             lines.append(line)
             if "Clearhouse is up" in line:
                 break
-        assert any("Clearhouse is up" in line for line in lines), "".join(lines)
+        errors.seek(0)
+        assert any("Clearhouse is up" in line for line in lines), "".join(lines) + errors.read()
         for port in ports:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 resp = health_pb2_grpc.HealthStub(channel).Check(
@@ -75,3 +81,59 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        errors.close()
+
+
+def test_the_stack_refuses_to_start_when_a_port_is_taken_and_says_what_holds_it(pg_url):
+    """A taken port used to be health-checked (the other instance answered) and reported
+    up; now nothing starts and the message names the port and the holder."""
+    ports = _free_ports(4)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", ports[2]))
+    holder.listen()
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=pg_url,
+        BILLING_PORT=str(ports[0]),
+        CLEARING_PORT=str(ports[1]),
+        SETTLEMENT_PORT=str(ports[2]),
+        PAYOUT_SIM_PORT=str(ports[3]),
+        **NO_FIXED_METRICS_PORTS,
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.stack"], cwd=ROOT, env=env, capture_output=True,
+            text=True, timeout=60,
+        )
+    finally:
+        holder.close()
+    assert done.returncode == 1
+    assert "Clearhouse is up" not in done.stdout
+    assert f"port {ports[2]} (settlement, SETTLEMENT_PORT) on 127.0.0.1 is taken" in done.stderr
+    assert f"held by pid {os.getpid()}" in done.stderr  # this test process holds it
+    assert "not started" in done.stderr
+    for port in (ports[0], ports[1], ports[3]):  # nothing was started
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_taken_metrics_port_is_named_too_and_port_zero_is_never_taken():
+    from shared.stack import taken_ports
+
+    ports = _free_ports(4)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    held = holder.getsockname()[1]
+    env = {"BILLING_PORT": str(ports[0]), "CLEARING_PORT": str(ports[1]),
+           "SETTLEMENT_PORT": str(ports[2]), "PAYOUT_SIM_PORT": str(ports[3]),
+           "BILLING_METRICS_PORT": "0", "CLEARING_METRICS_ENABLED": "false",
+           "SETTLEMENT_METRICS_PORT": str(held)}
+    try:
+        [problem] = taken_ports(env)
+        assert problem.startswith(
+            f"port {held} (settlement, SETTLEMENT_METRICS_PORT) on 127.0.0.1 is taken, "
+            f"held by pid {os.getpid()} (")
+    finally:
+        holder.close()
+    assert taken_ports(env) == []
