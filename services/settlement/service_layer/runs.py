@@ -347,7 +347,7 @@ class RunService:
                         later = await self.clearing.first_detail(
                             item.merchant_id, "UNSETTLED",
                             bdt + dt.timedelta(days=1) if bdt else None, None)
-            except grpc.aio.AioRpcError as exc:
+            except Exception as exc:  # a note is never worth failing the run for
                 item.noted = Noted(Note.UNKNOWN, f"clearing did not say: {_describe(exc)}")
                 return
             settles_on = ""
