@@ -33,6 +33,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.errors import (
     MAX_DESCRIPTION_LENGTH,
@@ -84,7 +85,7 @@ class Answer:
     response: Message | None
 
 
-def _status_problems(code: int, message: str, details: Any, where: str) -> list[str]:
+def status_problems(code: int, message: str, details: Any, where: str) -> list[str]:
     """What is wrong with a refusal's code, message and details (a google.rpc.Status):
     the code, the detail it must carry, and the sizes docs/validation.md promises."""
     if code in NEVER_NUMBERS:
@@ -193,13 +194,13 @@ def judge(answer: Answer) -> list[str]:
     if answer.error is None:
         assert answer.response is not None
         return [p for s in _item_statuses(answer.response)
-                for p in _status_problems(s.code, s.message, s.details, "batch item ")]
+                for p in status_problems(s.code, s.message, s.details, "batch item ")]
     try:
         status = rpc_status.from_call(answer.error)
     except ValueError as exc:  # status details inconsistent with the code or message
         return [f"{answer.code.name} with unreadable status details ({exc})"]
     details = status.details if status is not None else []
-    return _status_problems(answer.code.value[0], answer.error.details() or "", details, "")
+    return status_problems(answer.code.value[0], answer.error.details() or "", details, "")
 
 
 @dataclass
@@ -242,12 +243,11 @@ class FuzzStack:
 
     async def send(
         self, rpc: Rpc, body: bytes, where: str, kind: str, *, never_valid: bool = False,
-        undecodable: bool = False, count: bool = True, track_writes: bool = False,
+        undecodable: bool = False, track_writes: bool = False,
     ) -> Answer:
         before = await self.snapshot()
         answer = await self.call(rpc, body)
-        if count:
-            self.sent[rpc.label][answer.code.name] += 1
+        self.sent[rpc.label][answer.code.name] += 1
         problems = judge(answer)
         if answer.code == grpc.StatusCode.INVALID_ARGUMENT and answer.error is not None:
             with contextlib.suppress(ValueError):
@@ -411,8 +411,10 @@ async def _wait_serving(handles: dict[str, ServiceHandle]) -> None:
             await asyncio.sleep(0.05)  # polling the real condition, bounded above
 
 
-async def _checksum_sql(handle: ServiceHandle, schemas: list[str]) -> str:
-    async with handle.engine.connect() as conn:
+async def checksum_sql(engine: AsyncEngine, schemas: list[str]) -> str:
+    """One query: each table of the schemas with its row count and an order-free sum of
+    its rows' hashes (any insert, update or delete changes one or the other)."""
+    async with engine.connect() as conn:
         tables = (await conn.execute(text(
             "SELECT table_schema, table_name FROM information_schema.tables "
             "WHERE table_type = 'BASE TABLE' AND table_schema = ANY(:s) ORDER BY 1, 2"),
@@ -439,7 +441,7 @@ async def start_fuzz_stack(pg_url: str) -> FuzzStack:
     )
     handles = {"billing": billing, "clearing": clearing, "settlement": settlement}
     stack = FuzzStack(handles, simulator)
-    stack.checksum_sql = await _checksum_sql(billing, [h.schema for h in handles.values()])
+    stack.checksum_sql = await checksum_sql(billing.engine, [h.schema for h in handles.values()])
     await _wait_serving(handles)
     await seed(stack)
     return stack
