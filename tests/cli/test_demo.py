@@ -90,3 +90,38 @@ async def test_a_small_demo_settles_everything_and_the_books_hold(cli: Cli, tmp_
         count = sum(int(r["count"] or 0) for r in summary
                     if r["line_type"] in ("PAYMENTS", "REFUNDS", "ADJUSTMENTS"))
         assert len(details) == count, path
+
+
+def test_make_demo_runs_as_a_command_on_its_own_stack(tmp_path):
+    """`python -m services.cli.demo` as `make demo` runs it (a small month): its own
+    PostgreSQL and service processes, the story, exit 0, the summary and statements
+    on disk, and nothing left listening."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ports = []
+    for _ in range(4):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(str(probe.getsockname()[1]))
+    env = {**os.environ, "BILLING_PORT": ports[0], "CLEARING_PORT": ports[1],
+           "SETTLEMENT_PORT": ports[2], "PAYOUT_SIM_PORT": ports[3], "COLUMNS": "200"}
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli.demo", "--merchants", "M01,M02", "--first-day",
+         "12", "--days", "2", "--scale", "0.1", "--out", str(out),
+         "--data-dir", str(tmp_path / "pg" / "data")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "invariant check: no violation" in proc.stdout
+    summary = (out / "summary.txt").read_text()
+    assert "per merchant" in summary and "✓" in summary and "✗" not in summary
+    assert list((out / "statements").glob("*.csv"))
+    for port in ports:  # nothing listens any more: the stack stopped
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            probe.bind(("127.0.0.1", int(port)))

@@ -62,6 +62,9 @@ def main(
         "demo-output"),
     serve: Annotated[bool, typer.Option(help="Keep the stack serving afterwards "
                                              "(Ctrl-C stops it).")] = False,
+    data_dir: Annotated[Path, typer.Option(help="The demo's own PostgreSQL folder (its "
+                                                "schemas are emptied first).")] = ROOT
+    / ".clearhouse" / "demo-pgdata",
 ) -> None:
     """Run the Clearhouse demo: a month of traffic cleared, billed and settled.
 
@@ -83,14 +86,14 @@ def main(
     env.setdefault("CLEARHOUSE_NOW", demo_clock(month))
     # The demo's own database, emptied first: its figures depend on nothing left over.
     env.pop("DATABASE_URL", None)
-    stack = LocalStack(env, log_dir=ROOT / ".clearhouse" / "demo-logs",
-                       pg_dir=str(ROOT / ".clearhouse" / "demo-pgdata"), reset_schemas=True)
+    logs = data_dir.parent / "demo-logs"
+    stack = LocalStack(env, log_dir=logs, pg_dir=str(data_dir), reset_schemas=True)
     code = 0
     try:
         with console.status("starting PostgreSQL, migrating, starting the services…"):
-            stack.start(report=False)
+            stack.start(report=False, migrate_on_start=True)
         console.print(f"stack up in {time.monotonic() - started:.1f} s (services' clock: "
-                      f"{env['CLEARHOUSE_NOW']}; logs in .clearhouse/demo-logs)")
+                      f"{env['CLEARHOUSE_NOW']}; logs in {logs})")
         config = CliConfig(billing_address=stack.address("billing"),
                            clearing_address=stack.address("clearing"),
                            settlement_address=stack.address("settlement"),
