@@ -269,8 +269,10 @@ def main() -> int:
             return 0
         return serve_until_stopped(stack, "Clearhouse is up. Ctrl-C stops everything.")
     finally:
+        started = bool(stack.procs) or stack.pg is not None
         stack.stop()
-        print("stopped", flush=True)
+        if started:  # a refusal (a taken port) started nothing, so stopped nothing
+            print("stopped", flush=True)
 
 
 if __name__ == "__main__":

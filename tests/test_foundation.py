@@ -31,7 +31,8 @@ SERVICES = ["billing", "clearing", "settlement"]
 # The metrics refresh reads the schema too (settlement's runs the invariant check).
 QUIET = {
     "billing": {"metrics_enabled": False},
-    "clearing": {"pending_fee_worker_enabled": False, "metrics_enabled": False},
+    "clearing": {"pending_fee_worker_enabled": False, "reconcile_worker_enabled": False,
+                 "metrics_enabled": False},
     "settlement": {
         "scheduler_enabled": False,
         "dispatcher_enabled": False,

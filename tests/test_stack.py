@@ -108,7 +108,7 @@ def test_the_stack_refuses_to_start_when_a_port_is_taken_and_says_what_holds_it(
     finally:
         holder.close()
     assert done.returncode == 1
-    assert "Clearhouse is up" not in done.stdout
+    assert done.stdout == ""  # not "up", and not "stopped" either: nothing started
     assert f"port {ports[2]} (settlement, SETTLEMENT_PORT) on 127.0.0.1 is taken" in done.stderr
     assert f"held by pid {os.getpid()}" in done.stderr  # this test process holds it
     assert "not started" in done.stderr
@@ -137,3 +137,34 @@ def test_a_taken_metrics_port_is_named_too_and_port_zero_is_never_taken():
     finally:
         holder.close()
     assert taken_ports(env) == []
+
+
+def test_a_service_is_not_called_up_when_another_process_answers_on_its_port():
+    """The race the start-up check cannot close (the port taken after the check): the
+    SERVING answer must come from the process the stack started."""
+    from concurrent import futures
+
+    from grpc_health.v1 import health
+
+    from shared.stack import _wait_serving
+
+    other = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, other)
+    port = other.add_insecure_port("127.0.0.1:0")
+    other.start()
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        why = _wait_serving(f"127.0.0.1:{port}", ours, port, deadline_s=10)
+        assert why.startswith(f"port {port} answers, but held by pid {os.getpid()}")
+        assert why.endswith(f"not pid {ours.pid}")
+        ours.kill()
+        ours.wait()
+        assert _wait_serving(f"127.0.0.1:{port}", ours, port, deadline_s=10).startswith(
+            "exited with")
+    finally:
+        if ours.poll() is None:
+            ours.kill()
+            ours.wait()
+        other.stop(None)

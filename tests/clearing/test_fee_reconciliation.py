@@ -20,7 +20,7 @@ from sqlalchemy import text
 from shared.convert import datetime_to_ts
 from tests.clearing.conftest import FAST, T0, payment, record
 from tests.support.harness import ServiceHandle, drop, launch
-from tests.support.rpc_errors import violated_fields
+from tests.support.rpc_errors import reason, violated_fields
 
 MERCHANT = "MR"
 # Cumulative tiers (counters) collected from a prepaid fee account (debits).
@@ -203,3 +203,35 @@ async def test_a_reconciliation_window_is_checked(recon: ServiceHandle):
             await recon.stub.ReconcileFees(req)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in violated_fields(err.value)
+
+
+async def test_reconciling_while_billing_is_down_is_unavailable_not_internal(pg_url: str):
+    clearing = await launch("clearing", pg_url, billing_address="127.0.0.1:9", **SETTINGS,
+                            billing_batch_deadline_s=0.5)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await clearing.stub.ReconcileFees(_window())
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert reason(err.value) == "BILLING_UNAVAILABLE"
+    finally:
+        await drop(clearing)
+
+
+async def test_a_payout_charge_is_never_taken_for_an_orphan(billing: ServiceHandle, pg_url: str):
+    clearing = await launch("clearing", pg_url, billing_address=billing.address, **SETTINGS,
+                            reconcile_orphan_age_s=0.0)
+    try:
+        await billing.stub.CreateFeeRule(RULE)
+        await billing.stub.TopUpFeeAccount(bpb.TopUpFeeAccountRequest(
+            request_id="TU1", merchant_id=MERCHANT,
+            amount=money_pb2.Money(currency_code="CNY", minor_units=100)))
+        await billing.stub.ChargeFee(bpb.ChargeFeeRequest(transaction=bpb.FeeTransaction(
+            transaction_id="PO-1", merchant_id=MERCHANT,
+            transaction_type=transaction_pb2.TRANSACTION_TYPE_PAYOUT,
+            amount=money_pb2.Money(currency_code="CNY", minor_units=500),
+            transaction_time=datetime_to_ts(T0))))
+        report = await clearing.stub.ReconcileFees(_window())
+        assert (report.charges_checked, report.orphan_charge_count) == (0, 0)
+        assert await _balance(billing) == 93
+    finally:
+        await drop(clearing)

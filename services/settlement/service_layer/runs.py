@@ -22,7 +22,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -88,6 +88,9 @@ class _Item:
     noted: Noted = field(default_factory=lambda: Noted(Note.NONE))
     skipped: bool = False
     carried_in: int = 0
+    # What the item's first claim asked clearing for (run_claims), None when it has none
+    # and none can be made (the date is outside the calendar).
+    claim: run_repo.Claim | None = None
 
 
 class RunService:
@@ -292,6 +295,7 @@ class RunService:
                     _Item(chosen[m].run_id, m, chosen[m].settle_date, profiles[m])
                     for m in merchants
                 ]
+                await self._fix_claims(items, calendar, bdt_cache)
                 await self._step("before_claim")
                 await asyncio.gather(
                     *(self._gather(item, calendar, bdt_cache) for item in items)
@@ -347,7 +351,7 @@ class RunService:
                         later = await self.clearing.first_detail(
                             item.merchant_id, "UNSETTLED",
                             bdt + dt.timedelta(days=1) if bdt else None, None)
-            except grpc.aio.AioRpcError as exc:
+            except Exception as exc:  # a note is never worth failing the run for
                 item.noted = Noted(Note.UNKNOWN, f"clearing did not say: {_describe(exc)}")
                 return
             settles_on = ""
@@ -370,6 +374,40 @@ class RunService:
                 [i.noted.note.value for i in items], [i.noted.detail for i in items],
             )
 
+    async def _fix_claims(
+        self,
+        items: list[_Item],
+        calendar: BusinessCalendar,
+        bdt_cache: dict[tuple[dt.date, Cycle], dt.date | None],
+    ) -> None:
+        """Gives each item the claim its first attempt decided, deciding it now for items
+        never claimed. Its own committed transaction, before any claim is sent: a crash
+        after clearing opened the batch must not lose what clearing was asked for, and
+        a later change of the merchant's cycle or currency or of the calendar applies to
+        the next run's claim, never to this half-done one (clearing refuses the batch id
+        with different content, which wedged the item for ever)."""
+        keys = [(i.run_id, i.merchant_id) for i in items]
+        async with self.db.engine.begin() as conn:
+            known = await run_repo.claims_of(conn, keys)
+            wanted = []
+            for item in items:
+                if (item.run_id, item.merchant_id) in known:
+                    continue
+                p = item.profile
+                assert p.cycle is not None
+                bdt = self._business_date_to(calendar, bdt_cache, item.settle_date, p.cycle)
+                if bdt is not None:
+                    wanted.append(run_repo.Claim(
+                        item.run_id, item.merchant_id,
+                        ids.batch_id(item.settle_date, item.merchant_id), p.currency, bdt))
+            if wanted:
+                known |= await run_repo.fix_claims(conn, wanted)
+        for item in items:
+            item.claim = known.get((item.run_id, item.merchant_id))
+            if item.claim is not None and item.claim.currency != item.profile.currency:
+                # Booked in the currency the batch was claimed in.
+                item.profile = replace(item.profile, currency=item.claim.currency)
+
     async def _gather(
         self,
         item: _Item,
@@ -378,13 +416,12 @@ class RunService:
     ) -> None:
         """Claims the item's details and lists its bills; records an error on the item."""
         p = item.profile
-        assert p.cycle is not None
-        bdt = self._business_date_to(calendar, bdt_cache, item.settle_date, p.cycle)
-        if bdt is None:
+        if item.claim is None:
             item.error = "DATE_OUTSIDE_CALENDAR"
             return
+        bdt = item.claim.business_date_to
         item.business_date_to = bdt
-        item.batch_id = ids.batch_id(item.settle_date, item.merchant_id)
+        item.batch_id = item.claim.batch_id
         try:
             async with self.calls:
                 batch = await self.clearing.claim(
