@@ -1,7 +1,7 @@
 """The one gRPC server runtime of every Clearhouse service.
 
-`start()` serves an App on a port (0 in tests) with health, reflection and the
-shared interceptor; `serve_forever()` adds graceful stop on SIGTERM/SIGINT.
+`start()` serves an App on a port (0 in tests) with health, TLS and the caller guard of
+its security, reflection when enabled, and the shared interceptor; `serve_forever()` adds graceful stop on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared.interceptors import ServerInterceptor
+from shared.security import ServerSecurity
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class App:
     # Long-running coroutines (workers, schedulers) started with the server.
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # TLS and the caller guard (shared.security.server_security from the settings). None
+    # refuses to start: plaintext without identities is only ServerSecurity.insecure().
+    security: ServerSecurity | None = None
 
 
 @dataclass
@@ -93,8 +97,14 @@ async def _guard(name: str, work: Callable[[], Awaitable[None]]) -> None:
 
 
 async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
+    security = app.security
+    if security is None:
+        raise ValueError(
+            f"{app.name}: no security given (shared.security.server_security from the "
+            "settings, or ServerSecurity.insecure() asked for by name)"
+        )
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(app.error_domain)],
+        interceptors=[ServerInterceptor(app.error_domain, security.guard)],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -105,15 +115,19 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [
-            *app.service_names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if security.reflection:
+        reflection.enable_server_reflection(
+            [
+                *app.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+    if security.credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", security.credentials)
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     # Known from the first instant, so a probe never gets NOT_FOUND for our own service.

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
+from services.settlement.permissions import PERMISSIONS
 from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
@@ -24,6 +25,8 @@ from services.settlement.service_layer.statements import StatementService
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
 from shared import migrations
+from shared.client_security import ClientSecurity
+from shared.security import server_security
 from shared.server import App
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -37,10 +40,15 @@ async def build_app(
     now: Callable[[], dt.datetime] = system_now,
 ) -> App:
     """`now` is the scheduler's clock (UTC-aware); tests inject theirs."""
+    security = server_security("settlement", settings, [PERMISSIONS])
     db = Database(engine, settings.db_schema)
-    clearing = ClearingClient(settings.clearing_address, settings.call_deadline_s)
-    billing = BillingClient(settings.billing_address, settings.call_deadline_s)
-    gateway = GatewayClient(settings.payout_gateway_address, settings.gateway_deadline_s)
+    # Settlement calls as itself: its certificate's SAN names it (mutual TLS).
+    as_settlement = ClientSecurity.from_settings(settings)
+    clearing = ClearingClient(settings.clearing_address, settings.call_deadline_s, as_settlement)
+    billing = BillingClient(settings.billing_address, settings.call_deadline_s, as_settlement)
+    gateway = GatewayClient(
+        settings.payout_gateway_address, settings.gateway_deadline_s, as_settlement
+    )
     calendars = CalendarService(db, chinese_default())
     runs = RunService(
         db, calendars, clearing, billing,
@@ -102,4 +110,5 @@ async def build_app(
         readiness=ready,
         background=background,
         on_close=[close],
+        security=security,
     )

@@ -14,6 +14,7 @@ from clearhouse.type.v1 import money_pb2
 
 from services.settlement.domain.netting import BatchTotals, FeeBill
 from services.settlement.domain.profiles import BankAccount
+from shared.client_security import ClientSecurity
 from shared.convert import date_to_proto
 from shared.interceptors import client_channel
 
@@ -79,8 +80,8 @@ _DETAIL_STATES = {
 
 
 class ClearingClient:
-    def __init__(self, address: str, deadline_s: float) -> None:
-        self.channel = client_channel(address)
+    def __init__(self, address: str, deadline_s: float, security: ClientSecurity) -> None:
+        self.channel = client_channel(address, security)
         self.stub = clearing_pb2_grpc.ClearingServiceStub(self.channel)
         self.deadline_s = deadline_s
 
@@ -149,8 +150,8 @@ class ClearingClient:
 
 
 class BillingClient:
-    def __init__(self, address: str, deadline_s: float) -> None:
-        self.channel = client_channel(address)
+    def __init__(self, address: str, deadline_s: float, security: ClientSecurity) -> None:
+        self.channel = client_channel(address, security)
         self.stub = billing_pb2_grpc.BillingServiceStub(self.channel)
         self.deadline_s = deadline_s
 
@@ -215,8 +216,8 @@ def _gateway_payout(p: payout_pb2.Payout) -> GatewayPayout:
 class GatewayClient:
     """The payout gateway (clearhouse.payout.v1); the instruction id is the idempotency key."""
 
-    def __init__(self, address: str, deadline_s: float) -> None:
-        self.channel = client_channel(address)
+    def __init__(self, address: str, deadline_s: float, security: ClientSecurity) -> None:
+        self.channel = client_channel(address, security)
         self.stub = payout_pb2_grpc.PayoutGatewayServiceStub(self.channel)
         self.deadline_s = deadline_s
 
