@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import embedded_pg, migrations, server
+from shared import embedded_pg, migrations, server, tracing
 from shared import logging as json_logging
 from shared.db import create_engine
 from shared.settings import ServiceSettings, unknown_variables
@@ -87,6 +87,7 @@ def main(
     args = parser.parse_args(argv)
     settings = load_settings(name, settings_factory)
     json_logging.configure(settings.log_level)
+    tracing.configure(name, settings.otlp_endpoint)
     for warning in unknown_variables(settings_factory):
         log.warning(warning)
     if args.command == "migrate" and scripts is not None:

@@ -132,7 +132,7 @@ class ClientSecurity:
     def channel(self, address: str,
                 interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> grpc.aio.Channel:
         """An asyncio channel passing request ids (and the token) on."""
-        chain: list[grpc.aio.ClientInterceptor] = [RequestIdClientInterceptor(), *interceptors]
+        chain: list[grpc.aio.ClientInterceptor] = [*interceptors, RequestIdClientInterceptor()]
         if self.token is not None:
             chain.append(BearerToken(self.token))
         if self.plaintext:

@@ -12,8 +12,10 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
+from shared import tracing
 from shared.client_security import ClientSecurity, RequestIdClientInterceptor
 from shared.errors import DomainError, FieldViolation, InvalidArgument, to_status
+from shared.metrics import ServiceMetrics
 from shared.request_context import (
     REQUEST_ID_KEY,
     current_caller,
@@ -42,8 +44,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     method's permission rule allows; a method in no table is refused to everyone, and so
     is any streaming method but the health watch and (when served) reflection."""
 
-    def __init__(self, error_domain: str, guard: Guard | None = None) -> None:
+    def __init__(self, error_domain: str, metrics: ServiceMetrics | None = None,
+                 guard: Guard | None = None) -> None:
         self.error_domain = error_domain
+        self.metrics = metrics
         self.guard = guard
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -71,6 +75,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         domain = self.error_domain
         guard = None if is_open(method) else self.guard
         rule = guard.rule(method) if guard is not None else None
+        metrics = self.metrics
         undecodable = InvalidArgument(
             [
                 FieldViolation(
@@ -92,6 +97,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             token = current_request_id.set(request_id)
             caller_token = None
             caller_name = ""
+            if metrics is not None:
+                metrics.rpc_started(method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             # Echoed in the trailers: they travel with the status, so no extra send per call.
@@ -128,13 +135,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     _with_request_id(to_status(Exception(), domain), request_id)
                 )
             finally:
+                elapsed = time.perf_counter() - started
+                if metrics is not None:
+                    metrics.rpc_handled(method, code.name, elapsed)
                 if log.isEnabledFor(logging.INFO):
                     log.info(
                         "rpc",
                         extra={
                             "method": method,
                             "status": code.name,
-                            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                            "duration_ms": round(elapsed * 1000, 3),
                             "request_id": request_id,
                             "caller": caller_name,
                         },
@@ -206,5 +216,5 @@ __all__ = ["RequestIdClientInterceptor", "ServerInterceptor", "client_channel"]
 
 def client_channel(address: str, security: ClientSecurity) -> grpc.aio.Channel:
     """The channel to another Clearhouse service (or the payout gateway): TLS with this
-    service's certificate as its identity, passing request ids on."""
-    return security.channel(address)
+    service's certificate as its identity, passing trace context and request ids on."""
+    return security.channel(address, tracing.client_interceptors())

@@ -8,6 +8,9 @@ import sys
 import time
 from typing import Any
 
+from shared import tracing
+from shared.request_context import current_request_id
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -20,6 +23,14 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # The call's request id and trace context, so one line leads to the others of the
+        # same call, in this service and the next.
+        request_id = current_request_id.get()
+        if request_id:
+            entry["request_id"] = request_id
+        ids = tracing.current_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         # Structured fields passed with `extra=` travel as top-level keys.
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:

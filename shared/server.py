@@ -18,12 +18,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from shared import metrics as prometheus
+from shared import tracing
 from shared.interceptors import ServerInterceptor
 from shared.security import ServerSecurity
 
 log = logging.getLogger(__name__)
 
 HEALTH_POLL_S = 2.0
+# The health "service" a liveness probe asks: SERVING while the process answers at all.
+# Readiness ("" and each service name) follows the database; a liveness probe on it would
+# restart every pod during a 30-second database blip, which a restart cannot mend.
+LIVENESS = "liveness"
 
 
 @dataclass
@@ -41,6 +47,12 @@ class App:
     # Long-running coroutines (workers, schedulers) started with the server.
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # RPC and business figures; served over HTTP on `metrics_port` (0 = a free port,
+    # None = not served) and refreshed from the database every `metrics_refresh_s`.
+    metrics: prometheus.ServiceMetrics | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    metrics_refresh_s: float = 15.0
     # TLS and the caller guard (shared.security.server_security from the settings). None
     # refuses to start: plaintext without identities is only ServerSecurity.insecure().
     security: ServerSecurity | None = None
@@ -53,9 +65,12 @@ class Running:
     port: int
     health: health.aio.HealthServicer
     tasks: list[asyncio.Task[None]]
+    metrics_server: prometheus.MetricsServer | None = None
 
     async def stop(self, grace: float | None = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -104,7 +119,11 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
             "settings, or ServerSecurity.insecure() asked for by name)"
         )
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(app.error_domain, security.guard)],
+        # The tracing interceptor first: its span covers ours (and the access log line).
+        interceptors=[
+            *tracing.server_interceptors(),
+            ServerInterceptor(app.error_domain, app.metrics, security.guard),
+        ],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -133,14 +152,30 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
     # Known from the first instant, so a probe never gets NOT_FOUND for our own service.
     for name in ["", *app.service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    metrics_server = None
+    if app.metrics is not None and app.metrics_port is not None:
+        metrics_server = prometheus.serve(app.metrics, app.metrics_host, app.metrics_port)
     await server.start()
     tasks = [asyncio.create_task(_watch_health(app, health_servicer), name=f"{app.name}-health")]
     tasks += [
         asyncio.create_task(_guard(getattr(w, "__name__", "task"), w), name=f"{app.name}-bg")
         for w in app.background
     ]
-    log.info("serving", extra={"service": app.name, "address": f"{host}:{bound}"})
-    return Running(app, server, bound, health_servicer, tasks)
+    if app.metrics is not None and app.metrics.sources:
+        refresh = app.metrics.refresh_forever
+        tasks.append(asyncio.create_task(
+            _guard("figures", lambda: refresh(app.metrics_refresh_s)), name=f"{app.name}-figures"
+        ))
+    log.info(
+        "serving",
+        extra={
+            "service": app.name,
+            "address": f"{host}:{bound}",
+            "metrics_port": metrics_server.port if metrics_server else None,
+        },
+    )
+    return Running(app, server, bound, health_servicer, tasks, metrics_server)
 
 
 async def serve_forever(app: App, host: str, port: int, grace: float) -> None:

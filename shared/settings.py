@@ -59,6 +59,13 @@ class ServiceSettings(SecuritySettings):
     grace_period_s: float = Field(default=10.0, ge=0)
     log_level: LogLevel = "INFO"
     embedded_pg_dir: str = ".clearhouse/pgdata"
+    # Prometheus figures on a port of their own, off the gRPC port (0 = a free port).
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_refresh_s: float = Field(default=15.0, gt=0)
+    # OTLP collector (host:port) that receives the service's traces; empty = no tracing.
+    otlp_endpoint: str = ""
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -72,7 +79,7 @@ class ServiceSettings(SecuritySettings):
 S = TypeVar("S", bound=BaseSettings)
 
 # Variables that are not settings of any service but are read by the project.
-_GLOBAL_VARIABLES = {"DATABASE_URL", "TEST_DATABASE_URL", "BENCH_DATABASE_URL"}
+_GLOBAL_VARIABLES = {"DATABASE_URL", "TEST_DATABASE_URL", "BENCH_DATABASE_URL", "CLEARHOUSE_NOW"}
 # Prefixes of the project's components: a variable with another component's prefix is
 # that component's business (make up sets them all in one environment), never a typo here.
 PREFIXES = ("BILLING_", "CLEARING_", "SETTLEMENT_", "PAYOUT_SIM_", "CONSOLE_", "CLEARHOUSE_")

@@ -5,6 +5,7 @@ Parse-only: no Docker engine or cluster is needed.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shlex
@@ -24,6 +25,13 @@ SERVICES = {
     "settlement": ("SETTLEMENT_", 50053),
 }
 PAYOUT_SIM = ("payout-simulator", "PAYOUT_SIM_", 50054)
+# The metrics ports the manifests expose are the services' own defaults.
+METRICS_PORTS = {
+    name: importlib.import_module(f"services.{name}.settings").__dict__[
+        f"{name.capitalize()}Settings"
+    ].model_fields["metrics_port"].default
+    for name in SERVICES
+}
 
 
 def load_docs(path: Path) -> list[dict]:
@@ -243,9 +251,15 @@ def test_deployment(name: str, resources: dict, configmaps: dict) -> None:
     (container,) = spec["containers"]
     assert container["args"] == [name, "serve"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": port}
+    assert ports == {"grpc": port, "metrics": METRICS_PORTS[name]}
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == port, f"{name} {probe}"
+    # Liveness must not follow the database (a blip would restart every pod).
+    assert container["livenessProbe"]["grpc"]["service"] == "liveness"
+    assert "service" not in container["readinessProbe"]["grpc"]
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == METRICS_PORTS[name]
     assert_non_root(spec, name)
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert_db_env(container, name, configmaps)
@@ -254,12 +268,26 @@ def test_deployment(name: str, resources: dict, configmaps: dict) -> None:
         k: v for r in container["envFrom"] for k, v in configmaps[r["configMapRef"]["name"]].items()
     }
     assert int(cfg[f"{prefix}PORT"]) == port
+    assert int(cfg[f"{prefix}METRICS_PORT"]) == METRICS_PORTS[name]
+    assert cfg[f"{prefix}METRICS_HOST"] == "0.0.0.0"
     assert cfg[f"{prefix}HOST"] == "0.0.0.0"
     assert cfg[f"{prefix}MIGRATE_ON_START"].lower() == "false"
     assert spec["terminationGracePeriodSeconds"] > float(cfg[f"{prefix}GRACE_PERIOD_S"])
     # selector must match the pod template
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_disruption_budget_and_autoscaler(name: str, resources: dict) -> None:
+    pdb = resources[("PodDisruptionBudget", name)]
+    assert pdb["spec"]["minAvailable"] == 1
+    dep = resources[("Deployment", name)]
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    hpa = resources[("HorizontalPodAutoscaler", name)]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": name}
+    assert hpa["spec"]["minReplicas"] == dep["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
 
 
 @pytest.mark.parametrize("name", SERVICES)

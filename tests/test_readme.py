@@ -11,6 +11,7 @@ from services.billing.settings import BillingSettings
 from services.clearing.settings import ClearingSettings
 from services.payout_simulator.settings import PayoutSimulatorSettings
 from services.settlement.settings import SettlementSettings
+from shared import clock
 from shared.settings import ServiceSettings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -41,7 +42,7 @@ def test_every_setting_of_a_service_is_in_the_readme_with_its_default():
 
 
 def test_the_readme_lists_no_setting_that_does_not_exist():
-    known = {f"<P>{n.upper()}" for n in ServiceSettings.model_fields} | {"DATABASE_URL"}
+    known = {f"<P>{n.upper()}" for n in ServiceSettings.model_fields} | {"DATABASE_URL", clock.ENV}
     for cls, prefix in [*SERVICE_SETTINGS, (PayoutSimulatorSettings, "PAYOUT_SIM_")]:
         known |= {f"{prefix}{n.upper()}" for n in cls.model_fields}
     assert set(_rows()) - known == set()

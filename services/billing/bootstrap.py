@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.billing.adapters.figures import figure_source
 from services.billing.domain.model import FeeTxn
 from services.billing.entrypoints.grpc_servicer import BillingServicer
 from services.billing.permissions import PERMISSIONS
@@ -21,6 +22,8 @@ from services.billing.service_layer.unit_of_work import Database
 from services.billing.settings import BillingSettings
 from shared import migrations
 from shared.coalescer import Coalescer
+from shared.figures import pool_figures
+from shared.metrics import ServiceMetrics, app_options
 from shared.security import server_security
 from shared.server import App
 
@@ -32,7 +35,9 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
     security = server_security("billing", settings, [PERMISSIONS])
     db = Database(engine, settings.db_schema, settings.db_pool_size)
     zone = ZoneInfo(settings.business_timezone)
-    metrics = Metrics()
+    exported = ServiceMetrics("billing")
+    exported.sources += [pool_figures(engine, [db]), figure_source(engine)]
+    metrics = Metrics(exporter=exported)
     book = RuleBook(db, settings.rules_refresh_s)
     pricing = Pricing(db, book, zone, metrics)
     group = (settings.unary_batch_window_s, settings.unary_batch_max,
@@ -65,4 +70,5 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
         # Batches still running after the server stopped finish before the pool closes.
         on_close=[charges.drain, refunds.drain, db.close],
         security=security,
+        **app_options(settings, exported),
     )

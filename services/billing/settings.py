@@ -12,6 +12,7 @@ class BillingSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
 
     port: int = Field(default=50051, ge=0, le=65535)
+    metrics_port: int = Field(default=9151, ge=0, le=65535)
     db_schema: str = "billing"
     # The business time zone: accumulation periods and fee bill months are its local days
     # and months.

@@ -9,6 +9,7 @@ from clearhouse.clearing.v1 import clearing_pb2, clearing_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.clearing.adapters.billing_client import BillingClient
+from services.clearing.adapters.figures import figure_source
 from services.clearing.domain.model import Detail, TransactionIn
 from services.clearing.entrypoints.grpc_servicer import ClearingServicer
 from services.clearing.permissions import PERMISSIONS
@@ -22,6 +23,8 @@ from services.clearing.settings import ClearingSettings
 from shared import migrations
 from shared.client_security import ClientSecurity
 from shared.coalescer import Coalescer
+from shared.figures import pool_figures
+from shared.metrics import ServiceMetrics, app_options
 from shared.security import server_security
 from shared.server import App
 
@@ -63,6 +66,9 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
     async def pending_fee_worker() -> None:
         await fees.run_forever()
 
+    metrics = ServiceMetrics("clearing")
+    metrics.sources += [pool_figures(engine, [db]), figure_source(engine)]
+
     return App(
         name="clearing",
         error_domain="clearing.clearhouse",
@@ -73,4 +79,5 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         # Batches still running after the server stopped finish before anything closes.
         on_close=[records.drain, billing.close, db.close],
         security=security,
+        **app_options(settings, metrics),
     )

@@ -14,6 +14,7 @@ class ClearingSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CLEARING_", extra="ignore")
 
     port: int = Field(default=50052, ge=0, le=65535)
+    metrics_port: int = Field(default=9152, ge=0, le=65535)
     db_schema: str = "clearing"
 
     billing_address: str = Field(

@@ -12,20 +12,26 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
+from services.settlement.adapters.figures import figure_source
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
 from services.settlement.permissions import PERMISSIONS
 from services.settlement.service_layer.audit import ClearingAudit
+from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
 from services.settlement.service_layer.payouts import DispatchPolicy, PayoutService
 from services.settlement.service_layer.profiles import ProfileService
 from services.settlement.service_layer.runs import RunService
-from services.settlement.service_layer.scheduler import Scheduler, parse_run_time, system_now
+from services.settlement.service_layer.scheduler import Scheduler, parse_run_time
 from services.settlement.service_layer.statements import StatementService
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
 from shared import migrations
+from shared.business_time import business_date
 from shared.client_security import ClientSecurity
+from shared.clock import clock_from_env
+from shared.figures import pool_figures
+from shared.metrics import ServiceMetrics, app_options
 from shared.security import server_security
 from shared.server import App
 
@@ -37,10 +43,14 @@ async def build_app(
     settings: SettlementSettings,
     engine: AsyncEngine,
     *,
-    now: Callable[[], dt.datetime] = system_now,
+    now: Callable[[], dt.datetime] | None = None,
 ) -> App:
-    """`now` is the scheduler's clock (UTC-aware); tests inject theirs."""
+    """`now` is the service's clock (UTC-aware): the scheduler's, the calendar's today;
+    by default the real time shifted by CLEARHOUSE_NOW (shared/clock.py). Tests inject
+    theirs."""
     security = server_security("settlement", settings, [PERMISSIONS])
+    clock = now or clock_from_env()
+    zone = ZoneInfo(settings.business_timezone)
     db = Database(engine, settings.db_schema)
     # Settlement calls as itself: its certificate's SAN names it (mutual TLS).
     as_settlement = ClientSecurity.from_settings(settings)
@@ -49,12 +59,17 @@ async def build_app(
     gateway = GatewayClient(
         settings.payout_gateway_address, settings.gateway_deadline_s, as_settlement
     )
-    calendars = CalendarService(db, chinese_default())
+    calendars = CalendarService(
+        db, chinese_default(),
+        today=lambda: business_date(clock(), zone),
+        warn_days=settings.calendar_warn_days,
+    )
     runs = RunService(
         db, calendars, clearing, billing,
         concurrency=settings.run_concurrency,
         chunk_size=settings.run_chunk_size,
         call_concurrency=settings.call_concurrency,
+        today=lambda: business_date(clock(), zone),
     )
     payouts = PayoutService(
         db,
@@ -70,8 +85,8 @@ async def build_app(
         ),
     )
     servicer = SettlementServicer(
-        ProfileService(db), calendars, runs, StatementService(db), BookService(db), payouts,
-        ClearingAudit(db, clearing, settings.call_concurrency),
+        ProfileService(db), calendars, runs, StatementService(db, clearing), BookService(db),
+        payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
     )
 
     async def ready() -> bool:
@@ -81,16 +96,18 @@ async def build_app(
         await payouts.run_dispatcher(settings.dispatcher_interval_s)
 
     async def scheduler() -> None:
-        zone = ZoneInfo(settings.business_timezone)
         await Scheduler(
             runs, zone, parse_run_time(settings.run_time),
-            now=now, tick_s=settings.scheduler_tick_s,
+            now=clock, tick_s=settings.scheduler_tick_s,
         ).loop()
+
+    async def calendar_watch() -> None:
+        await calendars.watch_coverage(settings.calendar_check_interval_s)
 
     async def completer() -> None:
         await runs.completer(settings.completion_interval_s)
 
-    background: list[Callable[[], Awaitable[None]]] = []
+    background: list[Callable[[], Awaitable[None]]] = [calendar_watch]
     if settings.completion_interval_s > 0:
         background.append(completer)
     if settings.dispatcher_enabled:
@@ -102,6 +119,13 @@ async def build_app(
         for client in (clearing, billing, gateway):
             await client.close()
 
+    metrics = ServiceMetrics("settlement")
+    metrics.sources += [
+        pool_figures(engine),
+        figure_source(engine, BookService(db).check_invariants,
+                      settings.invariant_check_interval_s, calendars.coverage),
+    ]
+
     return App(
         name="settlement",
         error_domain="settlement.clearhouse",
@@ -111,4 +135,5 @@ async def build_app(
         background=background,
         on_close=[close],
         security=security,
+        **app_options(settings, metrics),
     )

@@ -12,6 +12,10 @@ class SettlementSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SETTLEMENT_", extra="ignore")
 
     port: int = Field(default=50053, ge=0, le=65535)
+    metrics_port: int = Field(default=9153, ge=0, le=65535)
+    # How often the metrics refresh runs the ledger's invariant check (it reads every
+    # posting): the clearhouse_settlement_invariant_violations gauge.
+    invariant_check_interval_s: float = Field(default=300.0, gt=0)
     db_schema: str = "settlement"
 
     # The services settlement calls.
@@ -35,6 +39,11 @@ class SettlementSettings(ServiceSettings):
     # How often the background completer retries confirmations of booked items that
     # failed (clearing or billing down); 0 turns it off in this process.
     completion_interval_s: float = 60.0
+
+    # The business calendar: warn (log, GetCalendarCoverage.warning) when fewer than this
+    # many days from today are known; how often to look, seconds.
+    calendar_warn_days: int = 60
+    calendar_check_interval_s: float = 3600.0
 
     # The payout dispatcher.
     dispatcher_enabled: bool = True

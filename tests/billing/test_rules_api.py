@@ -52,9 +52,17 @@ async def test_a_rule_that_would_tie_is_refused_naming_the_other_rule(billing):
     info = error_info(err.value)
     assert info.reason == "RULE_CONFLICT"
     assert info.metadata["conflicting_rule_id"] == "BASE"
-    # A different priority, or a window that does not overlap, does not tie.
+    # A different priority, or a window that does not overlap, does not tie: both created.
     tie.spec.priority = 1
-    await billing.stub.CreateFeeRule(tie)
+    created = (await billing.stub.CreateFeeRule(tie)).rule
+    assert created.rule_id == "OTHER" and created.versions[-1].spec.priority == 1
+    # Same priority and selectors, but ending where BASE starts (windows are half-open).
+    apart = create_rule({**BASE, "rule_id": "EARLIER", "selectors": {"product": "QUICKPAY"},
+                         "effective_from": "2025-06-01T00:00:00+08:00"})
+    apart.effective_to.CopyFrom(ts("2026-01-01T00:00:00+08:00"))
+    assert (await billing.stub.CreateFeeRule(apart)).rule.rule_id == "EARLIER"
+    listed = await billing.stub.ListFeeRules(pb.ListFeeRulesRequest())
+    assert sorted(r.rule_id for r in listed.rules) == ["BASE", "EARLIER", "OTHER"]
 
 
 async def test_reusing_a_rule_id_with_other_content_is_an_idempotency_conflict(billing):
@@ -70,6 +78,7 @@ async def test_a_new_version_closes_the_previous_window_and_prices_later_transac
     await billing.stub.CreateFeeRule(create_rule(BASE))
     new = create_rule({**BASE, "rate": "0.0038"})
     rule = (await billing.stub.CreateFeeRuleVersion(pb.CreateFeeRuleVersionRequest(
+        request_id="req-1",
         rule_id="BASE", spec=new.spec, effective_from=ts("2026-03-01T00:00:00+08:00")))).rule
     assert [v.version for v in rule.versions] == [1, 2]
     assert rule.versions[0].effective_to == ts("2026-03-01T00:00:00+08:00")
@@ -81,10 +90,12 @@ async def test_a_new_version_closes_the_previous_window_and_prices_later_transac
     assert (later.result.fee.minor_units, later.result.rule_version) == (38, 2)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await billing.stub.CreateFeeRuleVersion(pb.CreateFeeRuleVersionRequest(
+        request_id="req-2",
             rule_id="BASE", spec=new.spec, effective_from=ts("2026-02-01T00:00:00+08:00")))
     assert "effective_from" in violations(err.value)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await billing.stub.CreateFeeRuleVersion(pb.CreateFeeRuleVersionRequest(
+        request_id="req-3",
             rule_id="NOPE", spec=new.spec, effective_from=ts("2026-04-01T00:00:00+08:00")))
     assert error_info(err.value).reason == "RULE_NOT_FOUND"
 
@@ -92,6 +103,7 @@ async def test_a_new_version_closes_the_previous_window_and_prices_later_transac
 async def test_an_ended_rule_stops_pricing_and_takes_no_new_version(billing):
     await billing.stub.CreateFeeRule(create_rule(BASE))
     ended = (await billing.stub.EndFeeRule(pb.EndFeeRuleRequest(
+        request_id="req-4",
         rule_id="BASE", effective_to=ts("2026-02-01T00:00:00+08:00")))).rule
     assert ended.state == pb.FEE_RULE_STATE_ENDED
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -100,11 +112,13 @@ async def test_an_ended_rule_stops_pricing_and_takes_no_new_version(billing):
     assert error_info(err.value).reason == "NO_MATCHING_FEE_RULE"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await billing.stub.CreateFeeRuleVersion(pb.CreateFeeRuleVersionRequest(
+        request_id="req-5",
             rule_id="BASE", spec=create_rule(BASE).spec,
             effective_from=ts("2026-05-01T00:00:00+08:00")))
     assert error_info(err.value).reason == "RULE_ENDED"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await billing.stub.EndFeeRule(pb.EndFeeRuleRequest(
+        request_id="req-6",
             rule_id="BASE", effective_to=ts("2026-03-01T00:00:00+08:00")))
     assert error_info(err.value).reason == "RULE_ENDED"
 
@@ -157,6 +171,7 @@ async def test_explain_lists_every_candidate_and_why_the_winner_won(billing):
     assert all(c.reason for c in resp.candidates)
     # Among equal priorities, specificity decides.
     await billing.stub.EndFeeRule(pb.EndFeeRuleRequest(
+        request_id="req-7",
         rule_id="PROMO", effective_to=ts("2026-01-02T00:00:00+08:00")))
     resp = await billing.stub.ExplainFee(pb.ExplainFeeRequest(transaction=txn("", 10000)))
     verdicts = {c.rule_id: c.verdict for c in resp.candidates}
@@ -167,14 +182,17 @@ async def test_explain_lists_every_candidate_and_why_the_winner_won(billing):
 
 async def test_a_replica_prices_with_rules_created_through_another_replica(billing, billing_twin):
     # Warm the twin's index before the change, so only the generation check can update it.
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
         await billing_twin.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("T0", 100)))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(err.value).reason == "NO_MATCHING_FEE_RULE"
     await billing.stub.CreateFeeRule(create_rule(BASE))
     # A charge checks the rule generation in its own transaction: no delay at all.
     charged = await billing_twin.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("T1", 10000)))
     assert charged.result.rule_id == "BASE"
     new = create_rule({**BASE, "rate": "0.0038"}).spec
     await billing.stub.CreateFeeRuleVersion(pb.CreateFeeRuleVersionRequest(
+        request_id="req-8",
         rule_id="BASE", spec=new, effective_from=ts("2026-03-01T00:00:00+08:00")))
     charged = await billing_twin.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("T2", 10000)))
     assert charged.result.fee.minor_units == 38

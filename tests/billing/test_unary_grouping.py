@@ -13,6 +13,7 @@ from clearhouse.billing.v1 import billing_pb2 as pb
 from tests.billing.support import create_rule, error_info, money, ts, txn
 from tests.support.harness import ServiceHandle, drop, launch
 from tests.support.rpc_errors import outcome
+from tests.support.transactions import writing_transactions
 
 PERCENT = {"rule_id": "G1", "currency": "CNY", "effective_from": "2026-01-01T00:00:00+08:00",
            "selectors": {}, "method": "PERCENT", "rate": "0.01"}
@@ -52,6 +53,11 @@ async def test_grouped_unary_charges_each_get_their_own_result_or_refusal(groupi
     assert error_info(out[8]).reason == "IDEMPOTENCY_CONFLICT"
     assert out[9].result == out[10].result
     assert out[9].result.fee.minor_units == 30
+    # They really were grouped: the six new charges were written by one or two database
+    # transactions, not six (with grouping off, window 0, each is its own).
+    ok = [f"OK{i}" for i in range(6)]
+    assert await writing_transactions(grouping_billing.engine, "fee_charges",
+                                      "transaction_id", ok) <= 2
 
 
 async def test_grouped_unary_refunds_never_return_more_than_was_charged(grouping_billing):
@@ -72,3 +78,7 @@ async def test_grouped_unary_refunds_never_return_more_than_was_charged(grouping
     assert len(accepted) == 3 and len(refused) == 1
     assert error_info(refused[0]).reason == "REFUND_EXCEEDS_ORIGINAL"
     assert sum(o.result.fee_returned.minor_units for o in accepted) == 90
+    # Grouped, not four unary transactions: the accepted refunds share a transaction.
+    ids = [o.result.refund_transaction_id for o in accepted]
+    assert await writing_transactions(grouping_billing.engine, "fee_refunds",
+                                      "refund_transaction_id", ids) < len(ids)

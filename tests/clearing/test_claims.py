@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from shared.convert import datetime_to_ts
 from tests.clearing.conftest import T0, money
-from tests.support.rpc_errors import reason, violated_fields
+from tests.support.rpc_errors import error_info, reason, violated_fields
 
 D = date_pb2.Date
 END_OF_MARCH = D(year=2026, month=3, day=31)
@@ -122,8 +122,21 @@ async def test_concurrent_confirm_and_release_of_one_batch_settle_it_exactly_onc
         *[s.ReleaseBatch(pb.ReleaseBatchRequest(batch_id="B1")) for _ in range(3)],
         return_exceptions=True,
     )
-    states = {r.batch.state for r in results if not isinstance(r, BaseException)}
-    assert len(states) == 1  # whichever came first won; the other kind was refused
+    confirms, releases = results[:3], results[3:]
+    # Whichever kind came first won, and its repeats are replays of the same answer; each
+    # call of the other kind was refused as the batch is no longer open, naming its state.
+    if isinstance(confirms[0], BaseException):
+        won, lost, state = releases, confirms, pb.BATCH_STATE_RELEASED
+    else:
+        won, lost, state = confirms, releases, pb.BATCH_STATE_CONFIRMED
+    assert [type(r) for r in won] == [type(won[0])] * 3
+    assert not isinstance(won[0], BaseException)
+    assert {r.batch.state for r in won} == {state}
+    assert all(isinstance(r, grpc.aio.AioRpcError) for r in lost), lost
+    assert {r.code() for r in lost} == {grpc.StatusCode.FAILED_PRECONDITION}
+    assert {reason(r) for r in lost} == {"BATCH_NOT_OPEN"}
+    assert {error_info(r).metadata["state"] for r in lost} == {pb.BatchState.Name(state).removeprefix("BATCH_STATE_")}
+    states = {state}
     async with clearing.engine.connect() as conn:
         left = dict((await conn.execute(text(
             "SELECT state, count(*) FROM clearing_details GROUP BY state"))).all())

@@ -132,7 +132,7 @@ async def test_pending_fees_are_listed_page_by_page_without_duplicates_or_holes(
     answer = await s.BatchRecordTransactions(pb.BatchRecordTransactionsRequest(
         transactions=m1 + m2))
     assert all(o.result.fee_pending for o in answer.outcomes)
-    back = await record(clearing, refund("R1", "P05", 100))
+    back = await record(clearing, refund("R1", "P05", 100, at=day(3)))
     assert back.fee_pending
     await s.RecordAdjustment(pb.RecordAdjustmentRequest(  # fee-free: never pending
         adjustment_id="A1", merchant_id="M1", amount=money(10), reason="CHANNEL_LONG",

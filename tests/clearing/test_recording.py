@@ -131,7 +131,14 @@ async def test_refunds_may_not_add_up_to_more_than_the_payment(clearing):
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert reason(err.value) == "REFUND_EXCEEDS_ORIGINAL"
     assert await count(clearing, "detail_id = 'R2'") == 0
-    await record(clearing, refund("R3", "P1", 400))  # exactly the rest is fine
+    # Exactly the rest is fine: recorded as a refund of P1 for 400, and then nothing is left.
+    rest = await record(clearing, refund("R3", "P1", 400))
+    assert (rest.detail.detail_id, rest.detail.detail_type) == ("R3", pb.DETAIL_TYPE_REFUND)
+    assert (rest.detail.original_transaction_id, rest.detail.amount.minor_units) == ("P1", 400)
+    assert await count(clearing, "detail_type = 'REFUND' AND original_transaction_id = 'P1'") == 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await record(clearing, refund("R4", "P1", 1))
+    assert reason(err.value) == "REFUND_EXCEEDS_ORIGINAL"
 
 
 async def test_concurrent_refunds_never_exceed_the_payment_together(clearing):

@@ -14,6 +14,7 @@ from clearhouse.clearing.v1 import clearing_pb2 as pb
 from tests.clearing.conftest import FAST, payment, percent_rule, record, refund
 from tests.support.harness import ServiceHandle, drop, launch
 from tests.support.rpc_errors import outcome, reason
+from tests.support.transactions import writing_transactions
 
 
 @pytest.fixture
@@ -61,3 +62,11 @@ async def test_grouped_records_each_get_their_own_detail_or_refusal(grouping_cle
     ids = sorted(d.detail_id for d in listed.details)
     accepted = [o.detail.detail_id for o in refunds if not isinstance(o, grpc.aio.AioRpcError)]
     assert ids == sorted(["PAID", "TWICE", *accepted, *[f"P{i}" for i in range(5)]])
+    # They really were grouped: the five new payments were stored by one or two clearing
+    # transactions and priced by one or two billing transactions (batched BatchChargeFees),
+    # not five of each (with grouping off, window 0, each call is its own).
+    new = [f"P{i}" for i in range(5)]
+    assert await writing_transactions(clearing.engine, "clearing_details", "detail_id",
+                                      new) <= 2
+    assert await writing_transactions(clearing.extra["billing"].engine, "fee_charges",
+                                      "transaction_id", new) <= 2

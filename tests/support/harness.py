@@ -80,6 +80,8 @@ async def launch(
         if n.endswith("Settings") and n != "ServiceSettings"
     )
     schema = schema or new_schema(name)
+    # Metrics on a free port: several services of several tests share this process.
+    overrides.setdefault("metrics_port", 0)
     settings = settings_cls(
         db_schema=schema, port=0, database_url=pg_url or "unused",
         **{**security.server_settings(name), **overrides},

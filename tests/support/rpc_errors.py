@@ -17,6 +17,27 @@ def reason(err: grpc.aio.AioRpcError) -> str:
     return reason_of(status)
 
 
+def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo of a failed call (reason and metadata); fails when it carries none."""
+    status = rpc_status.from_call(err)
+    assert status is not None, err
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    raise AssertionError(f"no ErrorInfo in {err}")
+
+
+def expect_refusal(
+    err: object, code: grpc.StatusCode, reason_: str
+) -> error_details_pb2.ErrorInfo:
+    """Asserts a call's outcome is a refusal with this code and ErrorInfo reason."""
+    assert isinstance(err, grpc.aio.AioRpcError), f"expected {code.name} {reason_}, got {err!r}"
+    assert (err.code(), reason(err)) == (code, reason_), (err.code(), err.details())
+    return error_info(err)
+
+
 def violated_fields(err: grpc.aio.AioRpcError) -> set[str]:
     """The fields named by the BadRequest details of a failed call."""
     status = rpc_status.from_call(err)

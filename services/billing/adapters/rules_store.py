@@ -207,3 +207,19 @@ async def list_rule_ids(
         f"WHERE {' AND '.join(where)} ORDER BY r.rule_id LIMIT {arg(limit)}"
     )
     return [r["rule_id"] for r in await conn.fetch(sql, *args)]
+
+
+async def claim_request(conn: Any, scope: str, key: str, request_hash: str) -> str | None:
+    """Claims an idempotency key in the caller's transaction (shared.idempotency's table and
+    rules, on asyncpg): None when this call owns it, else the hash the key was first used
+    with. A concurrent duplicate waits on the first one's uncommitted row, then sees it."""
+    owned = await conn.fetchval(
+        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) "
+        "ON CONFLICT DO NOTHING RETURNING 1",
+        scope, key, request_hash,
+    )
+    if owned is not None:
+        return None
+    return str(await conn.fetchval(
+        "SELECT request_hash FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key
+    ))

@@ -20,6 +20,7 @@ from services.billing.service_layer.charging import Pricing
 from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
 from services.billing.service_layer.rules import RuleAdmin
+from shared import clock
 from shared.coalescer import Coalescer
 from shared.convert import ts_to_datetime
 from shared.errors import DomainError, FieldViolation, InvalidArgument, Violations, to_status
@@ -34,7 +35,7 @@ T = TypeVar("T")
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return clock.now()  # the shared service clock (CLEARHOUSE_NOW)
 
 
 def _batch_size(n: int) -> None:
@@ -84,6 +85,8 @@ def _rule_content(
     """The validated spec and window of a new rule or version (InvalidArgument with every
     problem otherwise)."""
     v = Violations()
+    if isinstance(request, pb.CreateFeeRuleVersionRequest):
+        c.check_id(request.request_id, "request_id", v)  # a creation's key is the rule id
     check_rule_id(request.rule_id, v)
     spec = build_spec(c.spec_input(request.spec), v)
     start = ts_to_datetime(request.effective_from) if request.HasField("effective_from") else None
@@ -147,15 +150,18 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self, request: pb.CreateFeeRuleVersionRequest, context: Any
     ) -> pb.CreateFeeRuleVersionResponse:
         spec, start, end = _rule_content(request)
-        versions = await self.rules.new_version(request.rule_id, spec, start, end)
+        versions = await self.rules.new_version(request.request_id, request.rule_id, spec, start, end)
         return pb.CreateFeeRuleVersionResponse(rule=self._rule(versions))
 
     async def EndFeeRule(self, request: pb.EndFeeRuleRequest, context: Any) -> pb.EndFeeRuleResponse:
         v = Violations()
+        c.check_id(request.request_id, "request_id", v)
         check_rule_id(request.rule_id, v)
         v.check(request.HasField("effective_to"), "effective_to", "required")
         v.raise_if_any()
-        versions = await self.rules.end(request.rule_id, ts_to_datetime(request.effective_to))
+        versions = await self.rules.end(
+            request.request_id, request.rule_id, ts_to_datetime(request.effective_to)
+        )
         return pb.EndFeeRuleResponse(rule=self._rule(versions))
 
     async def ExplainFee(self, request: pb.ExplainFeeRequest, context: Any) -> pb.ExplainFeeResponse:

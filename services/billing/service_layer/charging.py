@@ -39,6 +39,7 @@ from services.billing.service_layer.outcomes import (
 )
 from services.billing.service_layer.rules import RuleBook
 from services.billing.service_layer.unit_of_work import Database
+from shared import clock
 from shared.errors import DomainError, FailedPrecondition, IdempotencyConflict
 
 CounterKey = tuple[str, str, str]  # merchant, rule, period
@@ -534,4 +535,4 @@ def fee_return(o: dict[str, Any] | None, r: RefundRequest) -> FeeReturn | Domain
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return clock.now()  # the shared service clock (CLEARHOUSE_NOW)

@@ -1,14 +1,17 @@
-"""In-process counters of the billing service.
+"""Counters of events in the billing service, exported to Prometheus.
 
-Kept deliberately simple (no metrics library in the stack yet): the servicer owns one
-instance, every change is also logged as a structured event, and `snapshot()` is what an
-exporter would publish.
+The servicer owns one instance; every change is also logged as a structured event, and
+counted on the service's Prometheus registry when one is given (the figures read from the
+database, such as accounts below their threshold, are in adapters/figures.py).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shared.metrics import ServiceMetrics
 
 log = logging.getLogger("clearhouse.billing.metrics")
 
@@ -19,9 +22,24 @@ class Metrics:
     fee_account_low_balance_crossings: int = 0
     # Charges refused because a PREPAID fee account was short.
     fee_account_insufficient_refusals: int = 0
+    exporter: ServiceMetrics | None = field(default=None, repr=False, compare=False)
+    _counters: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.exporter is not None:
+            self._counters = {
+                "low": self.exporter.counter(
+                    "fee_account_low_balance_crossings",
+                    "Debits that took a fee account below its low-balance threshold."),
+                "refused": self.exporter.counter(
+                    "fee_account_insufficient_refusals",
+                    "Charges refused because a prepaid fee account was short."),
+            }
 
     def low_balance(self, merchant_id: str, currency: str, balance: int, threshold: int) -> None:
         self.fee_account_low_balance_crossings += 1
+        if self._counters:
+            self._counters["low"].inc()
         log.warning(
             "fee account below its low-balance threshold",
             extra={"merchant_id": merchant_id, "currency": currency, "balance": balance,
@@ -31,6 +49,8 @@ class Metrics:
 
     def refused(self) -> None:
         self.fee_account_insufficient_refusals += 1
+        if self._counters:
+            self._counters["refused"].inc()
 
     def snapshot(self) -> dict[str, int]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if isinstance(v, int)}

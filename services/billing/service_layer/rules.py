@@ -28,6 +28,7 @@ from shared.errors import (
     InvalidArgument,
     NotFound,
 )
+from shared.idempotency import fingerprint
 
 
 def rule_not_found(rule_id: str) -> NotFound:
@@ -108,11 +109,15 @@ class RuleAdmin:
         return [version]
 
     async def new_version(
-        self, rule_id: str, spec: FeeRuleSpec, start: dt.datetime, end: dt.datetime | None
+        self, request_id: str, rule_id: str, spec: FeeRuleSpec, start: dt.datetime,
+        end: dt.datetime | None,
     ) -> list[RuleVersion]:
         now = self.clock()
+        content = fingerprint(rule_id, rules_store.spec_to_json(spec), start, end)
         async with self.db.transaction() as conn:
             versions = await _lock_versions(conn, rule_id)
+            if await _replayed(conn, "rule_version", request_id, content):
+                return versions  # a retry of a change already made: the rule as it is
             try:
                 plan = lifecycle.plan_new_version(versions, spec, start, end, now)
             except lifecycle.RuleEnded as exc:
@@ -127,10 +132,12 @@ class RuleAdmin:
         await self.book.reload()
         return versions
 
-    async def end(self, rule_id: str, end: dt.datetime) -> list[RuleVersion]:
+    async def end(self, request_id: str, rule_id: str, end: dt.datetime) -> list[RuleVersion]:
         now = self.clock()
         async with self.db.transaction() as conn:
             versions = await _lock_versions(conn, rule_id)
+            if await _replayed(conn, "rule_end", request_id, fingerprint(rule_id, end)):
+                return versions
             try:
                 closes = lifecycle.plan_end(versions, end, now)
             except lifecycle.RuleEnded as exc:
@@ -182,6 +189,18 @@ async def _lock_versions(conn: Any, rule_id: str) -> list[RuleVersion]:
     if await rules_store.lock_rule(conn, rule_id) is None:
         raise rule_not_found(rule_id)
     return (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+
+
+async def _replayed(conn: Any, scope: str, request_id: str, content: str) -> bool:
+    """True for a retry of a change already made (same id and content); claims the id in
+    this transaction otherwise, so it commits with the change. Other content under the id
+    is an IdempotencyConflict."""
+    first = await rules_store.claim_request(conn, scope, request_id, content)
+    if first is None:
+        return False
+    if first != content:
+        raise IdempotencyConflict(request_id)
+    return True
 
 
 def _same(a: RuleVersion, b: RuleVersion) -> bool:

@@ -194,6 +194,7 @@ class PaymentForRefund:
     currency: str
     amount: int
     refunded_total: int
+    transaction_time: dt.datetime
 
 
 async def lock_originals(conn: Conn, ids: Iterable[str]) -> dict[str, PaymentForRefund]:
@@ -202,13 +203,14 @@ async def lock_originals(conn: Conn, ids: Iterable[str]) -> dict[str, PaymentFor
     rows = await conn.fetch(
         # Locked one by one in the order of the (sorted) array.
         "SELECT d.* FROM unnest($1::text[]) AS t(id) CROSS JOIN LATERAL ("
-        " SELECT detail_id, detail_type, merchant_id, currency, amount, refunded_total"
-        " FROM clearing_details WHERE detail_id = t.id FOR UPDATE) d",
+        " SELECT detail_id, detail_type, merchant_id, currency, amount, refunded_total,"
+        " transaction_time FROM clearing_details WHERE detail_id = t.id FOR UPDATE) d",
         sorted(set(ids)),
     )
     return {
         r["detail_id"]: PaymentForRefund(
-            r["detail_type"], r["merchant_id"], r["currency"], r["amount"], r["refunded_total"]
+            r["detail_type"], r["merchant_id"], r["currency"], r["amount"], r["refunded_total"],
+            r["transaction_time"],
         )
         for r in rows
     }

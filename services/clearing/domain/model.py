@@ -10,22 +10,18 @@ from zoneinfo import ZoneInfo
 
 from shared.business_time import business_date
 from shared.errors import Violations
-from shared.money import MAX_AMOUNT_MINOR_UNITS, is_known_currency
+from shared.validation import (
+    check_amount,
+    check_attribute,
+    check_currency,
+    check_id,
+    check_moment,
+    check_text,
+)
 
-MAX_ID_LENGTH = 64
-MAX_BATCH = 1000
-
-# The transaction and adjustment times clearing accepts: [EARLIEST_TIME, LATEST_TIME).
-# A valid protobuf Timestamp reaches 9999-12-31T23:59:59Z, but the business date of a
-# moment late on 9999-12-31 is in year 10000 east of UTC, beyond Python's datetime, and
-# later steps add days to business dates (settlement cycles, holidays): stopping a year
-# short keeps every business date, in any zone, and the dates computed from it within
-# range. A payment company has no transactions before 1970 (the Unix epoch; before it a
-# time is a typo or a default). Near-future times are accepted: test data and the spec's
-# cases use 2026 and 2027.
-EARLIEST_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-LATEST_TIME = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
-_TIME_RANGE = "must be from 1970-01-01T00:00:00Z to before 9999-01-01T00:00:00Z"
+# The limits (id and attribute lengths, the time window, amounts) are the shared model's:
+# shared.validation and docs/validation.md. A time late on 9999-12-31 would put its
+# business date in year 10000 east of UTC; the window stops a year short of that.
 
 
 class DetailType(StrEnum):
@@ -183,59 +179,51 @@ class Batch:
     update_time: dt.datetime
 
 
-def check_id(v: Violations, value: str, path: str, required: bool = True) -> None:
-    if not value:
-        if required:
-            v.add(path, "required")
-        return
-    v.check(len(value) <= MAX_ID_LENGTH, path, f"at most {MAX_ID_LENGTH} characters")
+ATTRIBUTES = ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type")
 
 
 def validate_transaction(v: Violations, t: TransactionIn | None, prefix: str, *,
                          has_time: bool, type_ok: bool) -> None:
-    """Field violations of one transaction; `prefix` is the path of the transaction."""
+    """Field violations of one transaction; `prefix` is the path of the transaction.
+    Everything billing or PostgreSQL would refuse is refused here, before billing is
+    asked (a charge for a transaction that is then not stored is a half-done call)."""
     if t is None:
         v.add(prefix.rstrip("."), "required")
         return
     check_id(v, t.transaction_id, prefix + "transaction_id")
     v.check(type_ok, prefix + "transaction_type", "must be PAYMENT or REFUND")
     check_id(v, t.merchant_id, prefix + "merchant_id")
-    v.check(is_known_currency(t.currency), prefix + "amount.currency_code",
-            "unknown or missing ISO 4217 currency")
-    v.check(0 < t.amount <= MAX_AMOUNT_MINOR_UNITS, prefix + "amount.minor_units",
-            f"must be positive, at most {MAX_AMOUNT_MINOR_UNITS}")
+    check_currency(v, t.currency, prefix + "amount.currency_code")
+    check_amount(v, t.amount, prefix + "amount.minor_units")
     _check_time(v, t.transaction_time, has_time, prefix + "transaction_time")
     if type_ok and t.detail_type is DetailType.REFUND:
-        check_id(v, t.original_transaction_id, prefix + "original_transaction_id")
-        v.check(t.original_transaction_id != t.transaction_id,
-                prefix + "original_transaction_id", "a refund cannot refund itself")
+        if check_id(v, t.original_transaction_id, prefix + "original_transaction_id"):
+            v.check(t.original_transaction_id != t.transaction_id,
+                    prefix + "original_transaction_id", "a refund cannot refund itself")
     elif type_ok:
         v.check(not t.original_transaction_id, prefix + "original_transaction_id",
                 "only a refund names an original transaction")
-    for name in ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
-        v.check(len(getattr(t, name)) <= MAX_ID_LENGTH, prefix + name,
-                f"at most {MAX_ID_LENGTH} characters")
+    for name in ATTRIBUTES:
+        check_attribute(v, getattr(t, name), prefix + name)
 
 
 def validate_adjustment(v: Violations, a: AdjustmentIn, *, has_time: bool) -> None:
     check_id(v, a.adjustment_id, "adjustment_id")
     check_id(v, a.merchant_id, "merchant_id")
-    v.check(is_known_currency(a.currency), "amount.currency_code",
-            "unknown or missing ISO 4217 currency")
-    v.check(a.amount != 0 and abs(a.amount) <= MAX_AMOUNT_MINOR_UNITS, "amount.minor_units",
-            f"must not be zero, at most {MAX_AMOUNT_MINOR_UNITS} either way")
-    v.check(bool(a.reason) and len(a.reason) <= 256, "reason", "required, at most 256 characters")
+    check_currency(v, a.currency, "amount.currency_code")
+    check_amount(v, a.amount, "amount.minor_units", signed=True)
+    check_text(v, a.reason, "reason", required=True)
     check_id(v, a.reference_transaction_id, "reference_transaction_id", required=False)
     _check_time(v, a.adjustment_time, has_time, "adjustment_time")
 
 
 def _check_time(v: Violations, moment: dt.datetime, present: bool, path: str) -> None:
     """`moment` is what the entrypoint made of the field (when the field was not a valid
-    timestamp at all, it has said so already and passes a time inside the window)."""
+    timestamp in the window, it has said so already and passes a time inside it)."""
     if not present:
         v.add(path, "required")
-    elif not EARLIEST_TIME <= moment < LATEST_TIME:
-        v.add(path, _TIME_RANGE)
+    else:
+        check_moment(v, moment, path)
 
 
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 from clearhouse.clearing.v1 import clearing_pb2 as pb
 from clearhouse.clearing.v1 import clearing_pb2_grpc
 
-from services.clearing.domain.model import MAX_BATCH, Detail, TransactionIn, check_id
+from services.clearing.domain.model import Detail, TransactionIn
 from services.clearing.entrypoints import convert
 from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
@@ -16,7 +16,15 @@ from services.clearing.service_layer.queries import Queries
 from services.clearing.service_layer.recording import Recorder
 from shared.coalescer import Coalescer
 from shared.errors import DomainError, InvalidArgument, Violations, to_status
-from shared.money import is_known_currency
+from shared.validation import (
+    MAX_BATCH_ITEMS,
+    check_count,
+    check_currency,
+    check_id,
+    check_ids,
+    check_page_size,
+    check_page_token,
+)
 
 ERROR_DOMAIN = "clearing.clearhouse"
 
@@ -40,6 +48,13 @@ def _business_dates(
         # An empty answer would hide the caller's swapped bounds.
         v.check(date_from <= date_to, "business_date_from", "must not be after business_date_to")
     return date_from, date_to
+
+
+def _check_page(v: Violations, request: Any) -> None:
+    """page_size and page_token of a list (Page.of checks them as well; here they are
+    reported with the request's other problems)."""
+    check_page_size(v, request.page_size)
+    check_page_token(v, request.page_token)
 
 
 class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
@@ -75,7 +90,7 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
     ) -> Any:
         items = request.transactions
         v = Violations()
-        v.check(0 < len(items) <= MAX_BATCH, "transactions", f"1 to {MAX_BATCH} transactions")
+        check_count(v, len(items), "transactions", max_items=MAX_BATCH_ITEMS)
         seen: set[str] = set()
         for i, t in enumerate(items):
             # An empty id is not a repeat: that item gets its own "required" below.
@@ -130,6 +145,7 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         v.check(request.detail_type in (0, *convert.DETAIL_TYPE_NAMES), "detail_type",
                 "unknown detail type")
         v.check(request.state in (0, *convert.STATE_NAMES), "state", "unknown state")
+        _check_page(v, request)
         v.raise_if_any()
         details, token = await self.queries.list_details(
             request.merchant_id, date_from, date_to,
@@ -152,6 +168,7 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
     async def ListExceptions(self, request: pb.ListExceptionsRequest, context: Any) -> Any:
         v = Violations()
         check_id(v, request.merchant_id, "merchant_id", required=False)
+        _check_page(v, request)
         v.raise_if_any()
         details, token = await self.queries.list_exceptions(
             request.merchant_id, request.page_size, request.page_token
@@ -163,6 +180,7 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
     async def ListPendingFees(self, request: pb.ListPendingFeesRequest, context: Any) -> Any:
         v = Violations()
         check_id(v, request.merchant_id, "merchant_id", required=False)
+        _check_page(v, request)
         v.raise_if_any()
         details, token = await self.queries.list_pending(
             request.merchant_id, request.page_size, request.page_token
@@ -175,12 +193,10 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         v = Violations()
         v.check(bool(request.detail_ids) or bool(request.merchant_id), "detail_ids",
                 "name the details, or set merchant_id")
-        v.check(len(request.detail_ids) <= MAX_BATCH, "detail_ids",
-                f"at most {MAX_BATCH} details")
-        for i, detail_id in enumerate(request.detail_ids):
-            check_id(v, detail_id, f"detail_ids[{i}]")
+        check_ids(v, list(request.detail_ids), "detail_ids")
         if not request.detail_ids:
             check_id(v, request.merchant_id, "merchant_id")
+        check_page_token(v, request.page_token)
         v.check(not (request.detail_ids and request.page_token), "page_token",
                 "only with merchant_id and no detail_ids")
         v.raise_if_any()
@@ -199,12 +215,11 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         v = Violations()
         check_id(v, request.batch_id, "batch_id")
         check_id(v, request.merchant_id, "merchant_id")
-        v.check(is_known_currency(request.currency_code), "currency_code",
-                "unknown or missing ISO 4217 currency")
-        v.check(request.HasField("business_date_to"), "business_date_to", "required")
-        date_to = convert.optional_date(v, request.business_date_to, True, "business_date_to")
-        if request.HasField("business_date_to") and date_to is None and not v:
-            v.add("business_date_to", "required")
+        check_currency(v, request.currency_code, "currency_code")
+        date_to = convert.required_date(
+            v, request.business_date_to, request.HasField("business_date_to"),
+            "business_date_to",
+        )
         v.raise_if_any()
         assert date_to is not None
         b = await self.batches.claim(
@@ -215,6 +230,7 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
     async def ListBatchDetails(self, request: pb.ListBatchDetailsRequest, context: Any) -> Any:
         v = Violations()
         check_id(v, request.batch_id, "batch_id")
+        _check_page(v, request)
         v.raise_if_any()
         details, token = await self.queries.list_batch(
             request.batch_id, request.page_size, request.page_token
@@ -248,14 +264,13 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
     async def ListBatches(self, request: pb.ListBatchesRequest, context: Any) -> Any:
         v = Violations()
         check_id(v, request.merchant_id, "merchant_id", required=False)
-        v.check(not request.currency_code or is_known_currency(request.currency_code),
-                "currency_code", "unknown ISO 4217 currency")
+        # One rule for every currency filter: empty = any, otherwise a known upper-case code.
+        check_currency(v, request.currency_code, "currency_code", required=False)
         v.check(request.state in (0, *convert.BATCH_STATE_NAMES), "state", "unknown state")
         created_before = convert.optional_moment(
             v, request.created_before, request.HasField("created_before"), "created_before"
         )
-        # Here too (Page.of checks it as well) so that it is reported with the others.
-        v.check(request.page_size >= 0, "page_size", "must not be negative")
+        _check_page(v, request)
         v.raise_if_any()
         batches, token = await self.queries.list_batches(
             request.merchant_id, request.currency_code,

@@ -55,6 +55,20 @@ def _exceeds(t: TransactionIn, payment: repo.PaymentForRefund, refunded: int) ->
     )
 
 
+def _before_payment(t: TransactionIn, payment: repo.PaymentForRefund) -> FailedPrecondition:
+    # Money cannot be returned before it was paid: a refund dated earlier than its payment
+    # is a wrong time (a default, a typo), and stored it would get an earlier business
+    # date than its payment and could be settled before it.
+    return FailedPrecondition(
+        "REFUND_BEFORE_PAYMENT",
+        f"refund {t.transaction_id!r} at {t.transaction_time.isoformat()} is dated before its "
+        f"payment {t.original_transaction_id!r} at {payment.transaction_time.isoformat()}",
+        {"original_transaction_id": t.original_transaction_id,
+         "original_transaction_time": payment.transaction_time.isoformat(),
+         "transaction_time": t.transaction_time.isoformat()},
+    )
+
+
 def _reference_mismatch(a: AdjustmentIn, ref: Any) -> FailedPrecondition:
     # The difference belongs to the merchant and currency of the transaction it names:
     # booked to another, it would move money between merchants' settlements.
@@ -150,6 +164,8 @@ class Recorder:
             if (p is None or p.detail_type != DetailType.PAYMENT.value
                     or p.merchant_id != t.merchant_id or p.currency != t.currency):
                 errors[t.transaction_id] = _original_not_found(t)
+            elif t.transaction_time < p.transaction_time:
+                errors[t.transaction_id] = _before_payment(t, p)
             elif refunded[t.original_transaction_id] + t.amount > p.amount:
                 errors[t.transaction_id] = _exceeds(t, p, refunded[t.original_transaction_id])
             else:

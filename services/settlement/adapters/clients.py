@@ -10,13 +10,24 @@ import grpc
 from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2, clearing_pb2_grpc
 from clearhouse.payout.v1 import payout_pb2, payout_pb2_grpc
-from clearhouse.type.v1 import money_pb2
+from clearhouse.type.v1 import money_pb2, transaction_pb2
 
 from services.settlement.domain.netting import BatchTotals, FeeBill
 from services.settlement.domain.profiles import BankAccount
+from services.settlement.domain.statements import Detail
 from shared.client_security import ClientSecurity
-from shared.convert import date_to_proto
+from shared.convert import date_to_proto, proto_to_date, ts_to_datetime
 from shared.interceptors import client_channel
+
+
+@dataclass(frozen=True, slots=True)
+class FirstDetail:
+    """The first of a merchant's details in some state, to say why a run took none."""
+
+    detail_id: str
+    business_date: dt.date
+    currency: str
+    fee_pending: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +82,30 @@ _DETAIL_TYPES = {
     clearing_pb2.DETAIL_TYPE_PAYMENT: "PAYMENT",
     clearing_pb2.DETAIL_TYPE_REFUND: "REFUND",
     clearing_pb2.DETAIL_TYPE_ADJUSTMENT: "ADJUSTMENT",
+}
+_MODES = {
+    transaction_pb2.COLLECTION_MODE_NET: "NET",
+    transaction_pb2.COLLECTION_MODE_DEFERRED: "DEFERRED",
+    transaction_pb2.COLLECTION_MODE_PREPAID: "PREPAID",
+}
+
+
+def _statement_detail(d: clearing_pb2.ClearingDetail) -> Detail:
+    return Detail(
+        detail_id=d.detail_id,
+        detail_type=_DETAIL_TYPES.get(d.detail_type, ""),
+        amount=d.amount.minor_units,
+        fee=d.fee.minor_units,
+        collection_mode=_MODES.get(d.collection_mode, ""),
+        transaction_time=ts_to_datetime(d.transaction_time) if d.HasField("transaction_time") else None,
+        business_date=proto_to_date(d.business_date) if d.HasField("business_date") else None,
+        original_transaction_id=d.original_transaction_id,
+    )
+
+
+_STATE_FILTERS = {
+    "UNSETTLED": clearing_pb2.DETAIL_STATE_UNSETTLED,
+    "EXCEPTION": clearing_pb2.DETAIL_STATE_EXCEPTION,
 }
 _DETAIL_STATES = {
     clearing_pb2.DETAIL_STATE_UNSETTLED: "UNSETTLED",
@@ -140,9 +175,47 @@ class ClearingClient:
             if not token:
                 return out
 
+    async def batch_details_page(
+        self, batch_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Detail], str]:
+        """One page of a batch's details (clearing orders them by detail id) and the
+        token of the next, '' after the last."""
+        resp = await self.stub.ListBatchDetails(
+            clearing_pb2.ListBatchDetailsRequest(
+                batch_id=batch_id, page_size=page_size, page_token=page_token
+            ),
+            timeout=self.deadline_s,
+        )
+        return [_statement_detail(d) for d in resp.details], resp.next_page_token
+
     async def release(self, batch_id: str) -> None:
         await self.stub.ReleaseBatch(
             clearing_pb2.ReleaseBatchRequest(batch_id=batch_id), timeout=self.deadline_s
+        )
+
+    async def first_detail(
+        self, merchant_id: str, state: str, date_from: dt.date | None, date_to: dt.date | None
+    ) -> FirstDetail | None:
+        """The merchant's earliest detail (by business date) in `state` (UNSETTLED or
+        EXCEPTION) within the dates, or None: one page of one, read-only."""
+        resp = await self.stub.ListDetails(
+            clearing_pb2.ListDetailsRequest(
+                merchant_id=merchant_id,
+                business_date_from=date_to_proto(date_from),
+                business_date_to=date_to_proto(date_to),
+                state=_STATE_FILTERS[state],
+                page_size=1,
+            ),
+            timeout=self.deadline_s,
+        )
+        if not resp.details:
+            return None
+        d = resp.details[0]
+        return FirstDetail(
+            d.detail_id,
+            dt.date(d.business_date.year, d.business_date.month, d.business_date.day),
+            d.amount.currency_code,
+            d.fee_status == clearing_pb2.FEE_STATUS_PENDING,
         )
 
     async def close(self) -> None:

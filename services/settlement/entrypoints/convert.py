@@ -7,12 +7,19 @@ from typing import Any
 
 from clearhouse.payout.v1 import payout_pb2
 from clearhouse.settlement.v1 import settlement_pb2 as pb
-from clearhouse.type.v1 import money_pb2
+from clearhouse.type.v1 import money_pb2, transaction_pb2
 from google.type import date_pb2
 
-from services.settlement.domain.calendar import Cycle, CycleKind, Day
+from services.settlement.adapters.calendar_repo import ImportRecord
+from services.settlement.adapters.run_repo import ItemRow
+from services.settlement.domain.calendar import Cycle, CycleKind, Day, DayKind
+from services.settlement.domain.calendar_file import FileFormat
 from services.settlement.domain.ledger import Account, AccountType
 from services.settlement.domain.profiles import BankAccount, Destination, Profile
+from services.settlement.domain.run_notes import Note
+from services.settlement.domain.statements import StatementLine
+from services.settlement.service_layer.balances import MerchantBalance
+from services.settlement.service_layer.calendars import Coverage, ImportMode
 from services.settlement.service_layer.payouts import PayoutView
 from services.settlement.service_layer.runs import RunView
 from services.settlement.service_layer.statements import Line
@@ -126,9 +133,90 @@ def profile_to_proto(p: Profile) -> pb.SettlementProfile:
     )
 
 
+DAY_KINDS_PB = {
+    DayKind.WEEKDAY: pb.CALENDAR_DAY_KIND_WEEKDAY,
+    DayKind.WEEKEND: pb.CALENDAR_DAY_KIND_WEEKEND,
+    DayKind.HOLIDAY: pb.CALENDAR_DAY_KIND_HOLIDAY,
+    DayKind.MAKEUP_WORKDAY: pb.CALENDAR_DAY_KIND_MAKEUP_WORKDAY,
+    DayKind.OVERRIDE: pb.CALENDAR_DAY_KIND_OVERRIDE,
+}
+FILE_FORMATS = {
+    pb.CALENDAR_FILE_FORMAT_CSV: FileFormat.CSV,
+    pb.CALENDAR_FILE_FORMAT_YAML: FileFormat.YAML,
+}
+FILE_FORMATS_BY_NAME = {f.value: p for p, f in FILE_FORMATS.items()}
+IMPORT_MODES = {
+    pb.CALENDAR_IMPORT_MODE_REPLACE: ImportMode.REPLACE,
+    pb.CALENDAR_IMPORT_MODE_MERGE: ImportMode.MERGE,
+}
+IMPORT_MODES_BY_NAME = {m.value: p for p, m in IMPORT_MODES.items()}
+
+
+RUN_ITEM_NOTES = {
+    pb.RUN_ITEM_NOTE_UNSPECIFIED: Note.NONE,
+    pb.RUN_ITEM_NOTE_NOTHING_UNSETTLED: Note.NOTHING_UNSETTLED,
+    pb.RUN_ITEM_NOTE_NOT_DUE: Note.NOT_DUE,
+    pb.RUN_ITEM_NOTE_FEE_PENDING: Note.FEE_PENDING,
+    pb.RUN_ITEM_NOTE_EXCEPTIONS: Note.EXCEPTIONS,
+    pb.RUN_ITEM_NOTE_OTHER_CURRENCY: Note.OTHER_CURRENCY,
+    pb.RUN_ITEM_NOTE_HELD: Note.HELD,
+    pb.RUN_ITEM_NOTE_BELOW_MIN_PAYOUT: Note.BELOW_MIN_PAYOUT,
+    pb.RUN_ITEM_NOTE_NET_NOT_POSITIVE: Note.NET_NOT_POSITIVE,
+    pb.RUN_ITEM_NOTE_FAILED: Note.FAILED,
+    pb.RUN_ITEM_NOTE_UNKNOWN: Note.UNKNOWN,
+}
+RUN_ITEM_NOTES_BY_NAME = {n.value: p for p, n in RUN_ITEM_NOTES.items()}
+RUN_ITEM_STATES = {
+    "PENDING": pb.RUN_ITEM_STATE_PENDING,
+    "FAILED": pb.RUN_ITEM_STATE_FAILED,
+    "BOOKED": pb.RUN_ITEM_STATE_BOOKED,
+    "DONE": pb.RUN_ITEM_STATE_DONE,
+    "SKIPPED": pb.RUN_ITEM_STATE_SKIPPED,
+}
+
+
+def run_item_to_proto(r: ItemRow) -> pb.RunItem:
+    return pb.RunItem(
+        merchant_id=r.merchant_id,
+        state=RUN_ITEM_STATES.get(r.state, pb.RUN_ITEM_STATE_UNSPECIFIED),
+        settlement_id=r.settlement_id,
+        error=r.error,
+        note=RUN_ITEM_NOTES_BY_NAME.get(r.note, pb.RUN_ITEM_NOTE_UNKNOWN),
+        note_detail=r.note_detail,
+    )
+
+
 def day_to_proto(d: Day) -> pb.CalendarDay:
     return pb.CalendarDay(
-        date=date_to_proto(d.day), working=d.working, reason=d.reason, overridden=d.overridden
+        date=date_to_proto(d.day), working=d.working, reason=d.reason, overridden=d.overridden,
+        kind=DAY_KINDS_PB[d.kind], source=d.source,
+    )
+
+
+def import_to_proto(r: ImportRecord) -> pb.CalendarImport:
+    return pb.CalendarImport(
+        request_id=r.request_id,
+        from_date=date_to_proto(r.first),
+        to_date=date_to_proto(r.last),
+        mode=IMPORT_MODES_BY_NAME.get(r.mode, pb.CALENDAR_IMPORT_MODE_UNSPECIFIED),
+        format=FILE_FORMATS_BY_NAME.get(r.file_format, pb.CALENDAR_FILE_FORMAT_UNSPECIFIED),
+        reason=r.reason,
+        holiday_count=r.holiday_count,
+        makeup_workday_count=r.workday_count,
+        removed_override_count=r.removed_override_count,
+        create_time=datetime_to_ts(r.create_time),
+    )
+
+
+def coverage_to_proto(c: Coverage, imports: list[ImportRecord]) -> pb.GetCalendarCoverageResponse:
+    return pb.GetCalendarCoverageResponse(
+        today=date_to_proto(c.today),
+        first_known_date=date_to_proto(c.first_known),
+        last_known_date=date_to_proto(c.last_known),
+        days_left=c.days_left,
+        warn_days=c.warn_days,
+        warning=c.warning,
+        imports=[import_to_proto(r) for r in imports],
     )
 
 
@@ -146,6 +234,13 @@ def run_to_proto(r: RunView) -> pb.SettlementRun:
         failures=[
             pb.RunItemFailure(merchant_id=m, step=step, error=error)
             for m, step, error in r.failures
+        ],
+        future_date_reason=r.future_date_reason,
+        note_counts=[
+            pb.RunItemNoteCount(
+                note=RUN_ITEM_NOTES_BY_NAME.get(note, pb.RUN_ITEM_NOTE_UNKNOWN), item_count=n
+            )
+            for note, n in r.note_counts.items()
         ],
     )
 
@@ -206,4 +301,55 @@ def payout_to_proto(p: PayoutView) -> pb.Payout:
         last_error=p.last_error,
         create_time=datetime_to_ts(p.create_time),
         update_time=datetime_to_ts(p.update_time),
+    )
+
+
+STATEMENT_LINE_TYPES = {
+    "CARRIED_IN": pb.STATEMENT_LINE_TYPE_CARRIED_IN,
+    "DETAIL": pb.STATEMENT_LINE_TYPE_DETAIL,
+    "FEE_BILL": pb.STATEMENT_LINE_TYPE_FEE_BILL,
+    "PAID_OUT": pb.STATEMENT_LINE_TYPE_PAID_OUT,
+    "CARRIED_OUT": pb.STATEMENT_LINE_TYPE_CARRIED_OUT,
+}
+STATEMENT_DETAIL_TYPES = {
+    "PAYMENT": pb.STATEMENT_DETAIL_TYPE_PAYMENT,
+    "REFUND": pb.STATEMENT_DETAIL_TYPE_REFUND,
+    "ADJUSTMENT": pb.STATEMENT_DETAIL_TYPE_ADJUSTMENT,
+}
+COLLECTION_MODES = {
+    "NET": transaction_pb2.COLLECTION_MODE_NET,
+    "DEFERRED": transaction_pb2.COLLECTION_MODE_DEFERRED,
+    "PREPAID": transaction_pb2.COLLECTION_MODE_PREPAID,
+}
+
+
+def statement_line_to_proto(x: StatementLine, currency: str) -> pb.StatementLine:
+    out = pb.StatementLine(
+        line_type=STATEMENT_LINE_TYPES[x.line_type], reference=x.reference,
+        amount=money(currency, x.amount), net_amount=money(currency, x.net_amount),
+    )
+    d = x.detail
+    if d is not None:
+        out.detail_type = STATEMENT_DETAIL_TYPES.get(
+            d.detail_type, pb.STATEMENT_DETAIL_TYPE_UNSPECIFIED
+        )
+        if d.transaction_time is not None:
+            out.transaction_time.FromDatetime(d.transaction_time)
+        if d.business_date is not None:
+            out.business_date.CopyFrom(date_to_proto(d.business_date))
+        out.original_transaction_id = d.original_transaction_id
+        out.collection_mode = COLLECTION_MODES.get(
+            d.collection_mode, transaction_pb2.COLLECTION_MODE_UNSPECIFIED
+        )
+        if d.detail_type == "PAYMENT":
+            out.fee.CopyFrom(money(currency, d.fee))
+        elif d.detail_type == "REFUND":
+            out.fee_returned.CopyFrom(money(currency, d.fee))
+    return out
+
+
+def merchant_balance_to_proto(b: MerchantBalance) -> pb.MerchantBalance:
+    return pb.MerchantBalance(
+        currency_code=b.currency, payable=b.payable, carried=b.carried, in_flight=b.in_flight,
+        paid=b.paid, settled=b.settled, settlement_count=b.settlement_count,
     )

@@ -9,14 +9,17 @@ from clearhouse.settlement.v1 import settlement_pb2_grpc
 
 from services.settlement.entrypoints import convert as c
 from services.settlement.service_layer.audit import ClearingAudit
+from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
-from services.settlement.service_layer.calendars import CalendarService
+from services.settlement.service_layer.calendars import CalendarService, ImportRequest
 from services.settlement.service_layer.payouts import PayoutService
 from services.settlement.service_layer.profiles import ProfileService
 from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.statements import StatementService
+from shared import validation
 from shared.errors import Violations
 from shared.pagination import page_size
+from shared.validation import check_currency, check_id, check_page_size, check_page_token
 
 Ctx = Any  # grpc.aio.ServicerContext: the stubs type it loosely
 
@@ -31,6 +34,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         books: BookService,
         payouts: PayoutService,
         audit: ClearingAudit,
+        balances: BalanceService,
     ) -> None:
         self.profiles = profiles
         self.calendars = calendars
@@ -39,6 +43,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         self.books = books
         self.payouts = payouts
         self.audit = audit
+        self.balances = balances
 
     # ---- profiles ----
 
@@ -113,9 +118,10 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         v = Violations()
         v.check(0 < len(request.request_id) <= 128, "request_id", "required, 1-128 characters")
         day = c.date_from_proto(request.settle_date, "settle_date", v)
+        validation.check_text(v, request.future_date_reason, "future_date_reason")
         v.raise_if_any()
         assert day is not None
-        run = await self.runs.run(day, request.request_id)
+        run = await self.runs.run(day, request.request_id, request.future_date_reason.strip())
         return pb.RunSettlementResponse(run=c.run_to_proto(run))
 
     async def GetSettlementRun(
@@ -140,9 +146,11 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         if first and last:
             v.check(first <= last, "settle_date_to", "on or after settle_date_from")
         v.check(request.page_size >= 0, "page_size", "must not be negative")
+        check_id(v, request.run_id, "run_id", required=False)
         v.raise_if_any()
         views, token = await self.statements.list(
-            request.merchant_id, first, last, request.page_size, request.page_token
+            request.merchant_id, first, last, request.page_size, request.page_token,
+            run_id=request.run_id,
         )
         return pb.ListSettlementsResponse(
             settlements=[c.settlement_to_proto(s.row, []) for s in views], next_page_token=token
@@ -151,8 +159,13 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     async def ExportStatement(
         self, request: pb.ExportStatementRequest, context: Ctx
     ) -> pb.ExportStatementResponse:
-        _required(request.settlement_id, "settlement_id")
-        name, content = await self.statements.export_csv(request.settlement_id)
+        v = Violations()
+        v.check(bool(request.settlement_id), "settlement_id", "required")
+        v.check(request.format in pb.StatementFormat.values(), "format", "unknown format")
+        v.raise_if_any()
+        name, content = await self.statements.export_csv(
+            request.settlement_id, detailed=request.format == pb.STATEMENT_FORMAT_DETAILED
+        )
         return pb.ExportStatementResponse(file_name=name, content=content)
 
     # ---- books ----
@@ -250,6 +263,105 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         v.raise_if_any()
         new = await self.payouts.retry(request.payout_id, request.request_id)
         return pb.RetryPayoutResponse(payout=c.payout_to_proto(new))
+
+    # ---- statement lines and merchant balances ----
+
+    async def ListStatementLines(
+        self, request: pb.ListStatementLinesRequest, context: Ctx
+    ) -> pb.ListStatementLinesResponse:
+        v = Violations()
+        check_id(v, request.settlement_id, "settlement_id")
+        check_page_size(v, request.page_size)
+        check_page_token(v, request.page_token)
+        v.raise_if_any()
+        row, lines, token = await self.statements.lines(
+            request.settlement_id, request.page_size, request.page_token
+        )
+        return pb.ListStatementLinesResponse(
+            lines=[c.statement_line_to_proto(line, row.currency) for line in lines],
+            next_page_token=token,
+        )
+
+    async def GetMerchantBalance(
+        self, request: pb.GetMerchantBalanceRequest, context: Ctx
+    ) -> pb.GetMerchantBalanceResponse:
+        v = Violations()
+        check_id(v, request.merchant_id, "merchant_id")
+        check_currency(v, request.currency_code, "currency_code", required=False)
+        v.raise_if_any()
+        found = await self.balances.merchant(request.merchant_id, request.currency_code)
+        return pb.GetMerchantBalanceResponse(
+            merchant_id=request.merchant_id,
+            balances=[c.merchant_balance_to_proto(b) for b in found],
+        )
+
+
+    # ---- calendar files and coverage ----
+
+    async def ImportCalendar(
+        self, request: pb.ImportCalendarRequest, context: Ctx
+    ) -> pb.ImportCalendarResponse:
+        v = Violations()
+        validation.check_id(v, request.request_id, "request_id")
+        fmt = c.FILE_FORMATS.get(request.format)
+        v.check(fmt is not None, "format", "CSV or YAML")
+        mode = c.IMPORT_MODES.get(request.mode)
+        v.check(mode is not None, "mode", "REPLACE or MERGE")
+        v.check(bool(request.content.strip()), "content", "required: the calendar file")
+        v.check(len(request.content) <= MAX_CALENDAR_FILE_CHARS, "content", "at most 1 MiB")
+        v.check(bool(request.reason.strip()), "reason", "required, for the audit trail")
+        validation.check_text(v, request.reason, "reason")
+        first = c.date_from_proto(request.from_date, "from_date", v, required=False)
+        last = c.date_from_proto(request.to_date, "to_date", v, required=False)
+        v.raise_if_any()
+        assert fmt is not None and mode is not None
+        record = await self.calendars.import_file(
+            ImportRequest(
+                request.request_id, fmt, request.content, mode, first, last,
+                request.reason.strip(),
+            )
+        )
+        return pb.ImportCalendarResponse(calendar_import=c.import_to_proto(record))
+
+    async def ExportCalendar(
+        self, request: pb.ExportCalendarRequest, context: Ctx
+    ) -> pb.ExportCalendarResponse:
+        v = Violations()
+        first = c.date_from_proto(request.from_date, "from_date", v)
+        last = c.date_from_proto(request.to_date, "to_date", v)
+        fmt = c.FILE_FORMATS.get(request.format)
+        v.check(fmt is not None, "format", "CSV or YAML")
+        v.raise_if_any()
+        assert first is not None and last is not None and fmt is not None
+        content = await self.calendars.export_file(first, last, fmt)
+        return pb.ExportCalendarResponse(content=content)
+
+    async def GetCalendarCoverage(
+        self, request: pb.GetCalendarCoverageRequest, context: Ctx
+    ) -> pb.GetCalendarCoverageResponse:
+        coverage = await self.calendars.coverage()
+        return c.coverage_to_proto(coverage, await self.calendars.imports())
+
+    async def ListSettlementRunItems(
+        self, request: pb.ListSettlementRunItemsRequest, context: Ctx
+    ) -> pb.ListSettlementRunItemsResponse:
+        v = Violations()
+        validation.check_id(v, request.run_id, "run_id")
+        note = c.RUN_ITEM_NOTES.get(request.note)
+        v.check(note is not None, "note", "a RunItemNote")
+        validation.check_page_size(v, request.page_size)
+        validation.check_page_token(v, request.page_token)
+        v.raise_if_any()
+        assert note is not None
+        rows, token = await self.runs.list_items(
+            request.run_id, note.value, request.page_size, request.page_token
+        )
+        return pb.ListSettlementRunItemsResponse(
+            items=[c.run_item_to_proto(r) for r in rows], next_page_token=token
+        )
+
+
+MAX_CALENDAR_FILE_CHARS = 1 << 20
 
 
 def _required(value: str, field: str) -> None:

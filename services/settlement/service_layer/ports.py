@@ -7,9 +7,15 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from services.settlement.adapters.clients import BatchDetail, ClearingBatch, GatewayPayout
+from services.settlement.adapters.clients import (
+    BatchDetail,
+    ClearingBatch,
+    FirstDetail,
+    GatewayPayout,
+)
 from services.settlement.domain.netting import FeeBill
 from services.settlement.domain.profiles import BankAccount
+from services.settlement.domain.statements import Detail
 
 # A test-only seam: called at each step of a run with the step's name; raising from it
 # is a crash at that point. None in production.
@@ -28,6 +34,13 @@ class Clearing(Protocol):
     async def release(self, batch_id: str) -> None: ...
 
     async def batch_details(self, batch_id: str) -> list[BatchDetail]: ...
+
+    async def batch_details_page(
+        self, batch_id: str, page_size: int, page_token: str
+    ) -> tuple[list[Detail], str]: ...
+    async def first_detail(
+        self, merchant_id: str, state: str, date_from: dt.date | None, date_to: dt.date | None
+    ) -> FirstDetail | None: ...
 
 
 class Billing(Protocol):

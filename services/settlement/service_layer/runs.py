@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,8 @@ import grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.settlement.adapters import ledger_repo
+from services.settlement.adapters import ledger_repo, run_repo
+from services.settlement.adapters.clients import FirstDetail
 from services.settlement.domain import ids, ledger
 from services.settlement.domain.calendar import BusinessCalendar, Cycle, DateOutsideCalendar
 from services.settlement.domain.ledger import AccountType, account
@@ -41,12 +43,15 @@ from services.settlement.domain.netting import (
     net,
 )
 from services.settlement.domain.profiles import Destination, Profile
+from services.settlement.domain.run_notes import Note, Noted, Unsettled, after_netting, when_skipped
 from services.settlement.service_layer.calendars import CalendarService, outside
 from services.settlement.service_layer.ports import Billing, Clearing, FaultHook
 from services.settlement.service_layer.profiles import profile_from_row
 from services.settlement.service_layer.unit_of_work import Database
 from shared import idempotency
-from shared.errors import NotFound
+from shared.errors import FailedPrecondition, NotFound
+from shared.pagination import Page
+from shared.pagination import text as text_key
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,9 @@ class RunView:
     end_time: dt.datetime | None
     # (merchant, CLAIM | CONFIRM, error) of failed items, at most 100.
     failures: list[tuple[str, str, str]] = field(default_factory=list)
+    future_date_reason: str = ""
+    # Items whose merchant got nothing paid, by note.
+    note_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,6 +84,10 @@ class _Item:
     totals: BatchTotals = field(default_factory=BatchTotals)
     bills: list[FeeBill] = field(default_factory=list)
     error: str = ""
+    business_date_to: dt.date | None = None
+    noted: Noted = field(default_factory=lambda: Noted(Note.NONE))
+    skipped: bool = False
+    carried_in: int = 0
 
 
 class RunService:
@@ -89,8 +101,11 @@ class RunService:
         concurrency: int = 2,
         chunk_size: int = 100,
         call_concurrency: int = 16,
+        today: Callable[[], dt.date] | None = None,
     ) -> None:
         self.db = db
+        # The business date of the service clock: runs after it need a reason.
+        self.today = today or dt.date.today
         self.calendars = calendars
         self.clearing = clearing
         self.billing = billing
@@ -105,7 +120,19 @@ class RunService:
 
     # ---- the run -------------------------------------------------------------------
 
-    async def run(self, settle_date: dt.date, request_id: str) -> RunView:
+    async def run(
+        self, settle_date: dt.date, request_id: str, future_date_reason: str = ""
+    ) -> RunView:
+        today = self.today()
+        if settle_date > today and not future_date_reason:
+            # A run pays out at once: a date typed a year wrong would pay early.
+            raise FailedPrecondition(
+                "RUN_DATE_IN_FUTURE",
+                f"{settle_date.isoformat()} is after today, {today.isoformat()} (the business "
+                "date of the service clock): a run pays out at once. To run it early anyway, "
+                "give future_date_reason.",
+                {"settle_date": settle_date.isoformat(), "today": today.isoformat()},
+            )
         calendar = await self.calendars.current()
         try:
             calendar.check(settle_date)
@@ -140,6 +167,14 @@ class RunService:
                 await conn.execute(
                     text("UPDATE runs SET merchant_count = :n WHERE run_id = :r"),
                     {"n": count, "r": run_id},
+                )
+            if settle_date > today:
+                await run_repo.record_future_reason(conn, run_id, future_date_reason)
+                log.warning(
+                    "settlement run for a future date",
+                    extra={"settle_date": settle_date.isoformat(), "today": today.isoformat(),
+                           "future_date_reason": future_date_reason,
+                           "request_id": request_id},
                 )
         await self._process(settle_date, calendar)
         return await self.get(run_id)
@@ -268,7 +303,8 @@ class RunService:
                     await conn.execute(
                         text(
                             "UPDATE run_items SET state = 'FAILED', attempts = attempts + 1, "
-                            "last_error = e.err, last_pass = :p, update_time = now() "
+                            "last_error = e.err, last_pass = :p, update_time = now(), "
+                            "note = 'FAILED', note_detail = e.err "
                             "FROM unnest(CAST(:r AS text[]), CAST(:m AS text[]), "
                             "CAST(:e AS text[])) AS e(run_id, merchant_id, err) "
                             "WHERE run_items.run_id = e.run_id "
@@ -281,10 +317,58 @@ class RunService:
                             "e": [i.error[:500] for i in failed],
                         },
                     )
+        skipped = [i for i in items if i.skipped]
+        if skipped:
+            await self._explain_skipped(skipped, calendar)
         if booked:
             await self._step("after_booking")
             await self._complete_chunk(settle_date, pass_id, booked)
         return True
+
+    async def _explain_skipped(self, items: list[_Item], calendar: BusinessCalendar) -> None:
+        """Asks clearing why each skipped merchant had nothing due (after the chunk's
+        transaction: no locks held) and records the notes. Read-only calls; a failure
+        leaves the note UNKNOWN and never fails the item."""
+
+        async def explain(item: _Item) -> None:
+            p = item.profile
+            bdt = item.business_date_to
+            try:
+                async with self.calls:
+                    due = (
+                        await self.clearing.first_detail(item.merchant_id, "UNSETTLED", None, bdt)
+                        if bdt is not None else None
+                    )
+                    exception = later = None
+                    if due is None:
+                        exception = await self.clearing.first_detail(
+                            item.merchant_id, "EXCEPTION", None, None)
+                    if due is None and exception is None:
+                        later = await self.clearing.first_detail(
+                            item.merchant_id, "UNSETTLED",
+                            bdt + dt.timedelta(days=1) if bdt else None, None)
+            except grpc.aio.AioRpcError as exc:
+                item.noted = Noted(Note.UNKNOWN, f"clearing did not say: {_describe(exc)}")
+                return
+            settles_on = ""
+            if later is not None and p.cycle is not None:
+                try:
+                    settles_on = calendar.settlement_date(later.business_date, p.cycle).isoformat()
+                except DateOutsideCalendar:
+                    settles_on = "after the business calendar's last known day"
+            item.noted = when_skipped(
+                currency=p.currency, business_date_to=bdt,
+                due=_unsettled(due), later=_unsettled(later), later_settles_on=settles_on,
+                exception=_unsettled(exception), carried_in=item.carried_in,
+                min_payout=p.min_payout, hold=p.hold,
+            )
+
+        await asyncio.gather(*(explain(i) for i in items))
+        async with self.db.engine.begin() as conn:
+            await run_repo.set_notes(
+                conn, [i.run_id for i in items], [i.merchant_id for i in items],
+                [i.noted.note.value for i in items], [i.noted.detail for i in items],
+            )
 
     async def _gather(
         self,
@@ -299,6 +383,7 @@ class RunService:
         if bdt is None:
             item.error = "DATE_OUTSIDE_CALENDAR"
             return
+        item.business_date_to = bdt
         item.batch_id = ids.batch_id(item.settle_date, item.merchant_id)
         try:
             async with self.calls:
@@ -368,9 +453,11 @@ class RunService:
             item.bills = [b for b in item.bills if b.bill_id not in deducted and b.amount != 0]
             policy = Policy(p.min_payout, p.hold)
             if not changes_anything(item.totals, item.bills, carried_in, policy):
+                item.skipped, item.carried_in = True, carried_in
                 done.append((item.run_id, item.merchant_id, "SKIPPED", ""))
                 continue
             result = net(item.totals, item.bills, carried_in, policy)
+            item.noted = after_netting(result, p.min_payout, p.hold_reason)
             sid = ids.settlement_id(item.settle_date, item.merchant_id)
             pid = ids.payout_id(sid) if result.paid_out > 0 else None
             settlements.append(_settlement_row(item, sid, pid, result))
@@ -410,12 +497,16 @@ class RunService:
             text(
                 "UPDATE run_items SET state = u.state, settlement_id = NULLIF(u.sid, ''), "
                 "batch_id = u.batch, attempts = attempts + 1, last_error = '', "
-                "last_pass = :p, update_time = now() "
+                "last_pass = :p, update_time = now(), note = u.note, note_detail = u.detail "
                 "FROM unnest(CAST(:r AS text[]), CAST(:m AS text[]), CAST(:s AS text[]), "
-                "CAST(:sid AS text[]), CAST(:b AS text[])) AS u(run_id, merchant_id, state, sid, "
-                "batch) WHERE run_items.run_id = u.run_id AND run_items.merchant_id = u.merchant_id"
+                "CAST(:sid AS text[]), CAST(:b AS text[]), CAST(:n AS text[]), "
+                "CAST(:nd AS text[])) AS u(run_id, merchant_id, state, sid, "
+                "batch, note, detail) "
+                "WHERE run_items.run_id = u.run_id AND run_items.merchant_id = u.merchant_id"
             ),
             {
+                "n": [i.noted.note.value for i in items],
+                "nd": [i.noted.detail for i in items],
                 "p": pass_id,
                 "r": [d[0] for d in done],
                 "m": [d[1] for d in done],
@@ -565,10 +656,24 @@ class RunService:
                         {"r": run_id},
                     )
                 ]
+            counts = await run_repo.note_counts(conn, run_id)
         return RunView(
             row.run_id, row.settle_date, row.state, row.merchant_count, row.sc, row.pc, row.fc,
-            row.start_time, row.end_time, failures,
+            row.start_time, row.end_time, failures, row.future_date_reason, counts,
         )
+
+    async def list_items(
+        self, run_id: str, note: str, size: int, token: str
+    ) -> tuple[list[run_repo.ItemRow], str]:
+        filters = {"list": "run_items", "run": run_id, "note": note}
+        page = Page.of(size, token, filters, key=(text_key,))
+        after = page.after[0] if page.after else ""
+        async with self.db.engine.connect() as conn:
+            if not await run_repo.run_exists(conn, run_id):
+                raise NotFound("RUN_NOT_FOUND", f"no run {run_id!r}", {"run_id": run_id})
+            rows = await run_repo.items(conn, run_id, note, after, page.size + 1)
+        nxt = page.next_token(rows, lambda r: [r.merchant_id], filters)
+        return rows[: page.size], nxt
 
 
 # Lookups by a list of keys probe the table once per key, `CROSS JOIN LATERAL (… OFFSET 0)`,
@@ -597,6 +702,12 @@ _BOOKED_ITEMS = text(
     "WHERE i.settle_date <= :d AND i.state = 'BOOKED' AND i.last_pass <> :p "
     "ORDER BY i.settle_date, i.merchant_id LIMIT :n FOR UPDATE OF i SKIP LOCKED"
 )
+
+
+def _unsettled(found: FirstDetail | None) -> Unsettled | None:
+    if found is None:
+        return None
+    return Unsettled(found.detail_id, found.business_date, found.currency, found.fee_pending)
 
 
 def _describe(exc: Exception) -> str:

@@ -722,8 +722,14 @@ class CreateFeeRuleVersionRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
     EFFECTIVE_TO_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     rule_id: _builtins.str
     """The rule id."""
+    request_id: _builtins.str
+    """The idempotency key of the change, required: a retry with the same id and content
+    answers the rule again (not a second version); other content is ALREADY_EXISTS
+    IDEMPOTENCY_CONFLICT.
+    """
     @_builtins.property
     def spec(self) -> Global___FeeRuleSpec:
         """The content of the new version."""
@@ -743,10 +749,11 @@ class CreateFeeRuleVersionRequest(_message.Message):
         spec: Global___FeeRuleSpec | None = ...,
         effective_from: _timestamp_pb2.Timestamp | None = ...,
         effective_to: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from", "effective_to", b"effective_to", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from", "effective_to", b"effective_to", "rule_id", b"rule_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from", "effective_to", b"effective_to", "request_id", b"request_id", "rule_id", b"rule_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -784,8 +791,14 @@ class EndFeeRuleRequest(_message.Message):
 
     RULE_ID_FIELD_NUMBER: _builtins.int
     EFFECTIVE_TO_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     rule_id: _builtins.str
     """The rule id."""
+    request_id: _builtins.str
+    """The idempotency key of the end, required: a retry with the same id and content
+    answers the rule again; other content (another end) is ALREADY_EXISTS
+    IDEMPOTENCY_CONFLICT and leaves the end where it was.
+    """
     @_builtins.property
     def effective_to(self) -> _timestamp_pb2.Timestamp:
         """When the rule stops applying; after the current version's start."""
@@ -795,10 +808,11 @@ class EndFeeRuleRequest(_message.Message):
         *,
         rule_id: _builtins.str = ...,
         effective_to: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effective_to", b"effective_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_to", b"effective_to", "rule_id", b"rule_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_to", b"effective_to", "request_id", b"request_id", "rule_id", b"rule_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

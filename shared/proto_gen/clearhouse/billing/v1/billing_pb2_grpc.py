@@ -211,7 +211,7 @@ class BillingServiceServicer:
 
     def CreateFeeRuleVersion(self, request, context):
         """Adds a version effective from a given time; the previous version's window
-        closes there. Earlier versions are never changed otherwise.
+        closes there. Earlier versions are never changed otherwise. Idempotent by request id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +219,7 @@ class BillingServiceServicer:
 
     def EndFeeRule(self, request, context):
         """Ends a rule: closes the window of its current version at the given time.
+        Idempotent by request id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -63,10 +63,12 @@ class BillingServiceStub:
     """Lists fee rules, filtered by selectors and state, paginated (AIP-158)."""
     CreateFeeRuleVersion: _grpc.UnaryUnaryMultiCallable[_billing_pb2.CreateFeeRuleVersionRequest, _billing_pb2.CreateFeeRuleVersionResponse]
     """Adds a version effective from a given time; the previous version's window
-    closes there. Earlier versions are never changed otherwise.
+    closes there. Earlier versions are never changed otherwise. Idempotent by request id.
     """
     EndFeeRule: _grpc.UnaryUnaryMultiCallable[_billing_pb2.EndFeeRuleRequest, _billing_pb2.EndFeeRuleResponse]
-    """Ends a rule: closes the window of its current version at the given time."""
+    """Ends a rule: closes the window of its current version at the given time.
+    Idempotent by request id.
+    """
     ExplainFee: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ExplainFeeRequest, _billing_pb2.ExplainFeeResponse]
     """Explains which rule versions were candidates for a transaction and why the
     winner won. Changes nothing.
@@ -158,10 +160,12 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Lists fee rules, filtered by selectors and state, paginated (AIP-158)."""
     CreateFeeRuleVersion: _aio.UnaryUnaryMultiCallable[_billing_pb2.CreateFeeRuleVersionRequest, _billing_pb2.CreateFeeRuleVersionResponse]  # type: ignore[assignment]
     """Adds a version effective from a given time; the previous version's window
-    closes there. Earlier versions are never changed otherwise.
+    closes there. Earlier versions are never changed otherwise. Idempotent by request id.
     """
     EndFeeRule: _aio.UnaryUnaryMultiCallable[_billing_pb2.EndFeeRuleRequest, _billing_pb2.EndFeeRuleResponse]  # type: ignore[assignment]
-    """Ends a rule: closes the window of its current version at the given time."""
+    """Ends a rule: closes the window of its current version at the given time.
+    Idempotent by request id.
+    """
     ExplainFee: _aio.UnaryUnaryMultiCallable[_billing_pb2.ExplainFeeRequest, _billing_pb2.ExplainFeeResponse]  # type: ignore[assignment]
     """Explains which rule versions were candidates for a transaction and why the
     winner won. Changes nothing.
@@ -274,7 +278,7 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.CreateFeeRuleVersionResponse, _abc.Awaitable[_billing_pb2.CreateFeeRuleVersionResponse]]:
         """Adds a version effective from a given time; the previous version's window
-        closes there. Earlier versions are never changed otherwise.
+        closes there. Earlier versions are never changed otherwise. Idempotent by request id.
         """
 
     @_abc_1.abstractmethod
@@ -283,7 +287,9 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_pb2.EndFeeRuleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.EndFeeRuleResponse, _abc.Awaitable[_billing_pb2.EndFeeRuleResponse]]:
-        """Ends a rule: closes the window of its current version at the given time."""
+        """Ends a rule: closes the window of its current version at the given time.
+        Idempotent by request id.
+        """
 
     @_abc_1.abstractmethod
     def ExplainFee(

@@ -162,30 +162,33 @@ class Transaction(_message.Message):
     ISSUER_BANK_FIELD_NUMBER: _builtins.int
     CARD_TYPE_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
-    """The transaction core's id: the idempotency key. 1-64 characters."""
+    """The transaction core's id: the idempotency key. 1-64 characters, no control character, no leading or trailing whitespace."""
     transaction_type: _transaction_pb2.TransactionType.ValueType
     """PAYMENT or REFUND."""
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant; 1-64 characters, no control character, no leading or trailing whitespace."""
     original_transaction_id: _builtins.str
-    """For a refund, the payment it refunds."""
+    """For a refund (required), the payment it refunds; 1-64 characters, no control character, no leading or trailing whitespace. Empty for a payment."""
     product: _builtins.str
-    """The product."""
+    """The product. Optional; at most 64 characters, no control character, no surrounding whitespace."""
     business_line: _builtins.str
-    """The business line."""
+    """The business line. Optional; at most 64 characters, no control character, no surrounding whitespace."""
     acquirer_bank: _builtins.str
-    """The acquiring bank."""
+    """The acquiring bank. Optional; at most 64 characters, no control character, no surrounding whitespace."""
     issuer_bank: _builtins.str
-    """The issuing bank."""
+    """The issuing bank. Optional; at most 64 characters, no control character, no surrounding whitespace."""
     card_type: _builtins.str
-    """The card type."""
+    """The card type. Optional; at most 64 characters, no control character, no surrounding whitespace."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
-        """The amount, positive."""
+        """The amount: 1 to 10^13 minor units of a known upper-case ISO 4217 currency."""
 
     @_builtins.property
     def transaction_time(self) -> _timestamp_pb2.Timestamp:
-        """When the money moved (UTC); its local date is the business date."""
+        """When the money moved (UTC); its local date is the business date. Required, from
+        1970-01-01T00:00:00Z to before 9999-01-01T00:00:00Z; a refund's not before its
+        payment's (else FAILED_PRECONDITION REFUND_BEFORE_PAYMENT).
+        """
 
     def __init__(
         self,
@@ -387,7 +390,9 @@ class BatchRecordTransactionsRequest(_message.Message):
     TRANSACTIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def transactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transaction]:
-        """The transactions; ids distinct within the batch."""
+        """The transactions: 1 to 1,000, ids distinct within the batch (else the whole call is
+        refused); an item breaking a field limit gets its own error, the others are recorded.
+        """
 
     def __init__(
         self,
@@ -471,23 +476,29 @@ class RecordAdjustmentRequest(_message.Message):
     REFERENCE_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     ADJUSTMENT_TIME_FIELD_NUMBER: _builtins.int
     adjustment_id: _builtins.str
-    """The adjustment id: the idempotency key."""
+    """The adjustment id: the idempotency key; 1-64 characters, no control character, no leading or trailing whitespace."""
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant; 1-64 characters, no control character, no leading or trailing whitespace."""
     reason: _builtins.str
-    """Why, for example "CHANNEL_SHORT"."""
+    """Why, for example "CHANNEL_SHORT": required, at most 256 characters, no control
+    character but tab and line breaks.
+    """
     reference_transaction_id: _builtins.str
-    """The transaction it refers to; optional, and need not be recorded (a difference can
+    """The transaction it refers to (1-64 characters, no control character, no leading or trailing whitespace); optional, and need not be recorded (a difference can
     be a transaction clearing never heard of). When it is recorded, it must be of the
     same merchant and currency (else FAILED_PRECONDITION REFERENCE_MISMATCH).
     """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
-        """The signed amount, not zero: positive is owed to the merchant."""
+        """The signed amount, not zero, within ±10^13 minor units: positive is owed to the
+        merchant.
+        """
 
     @_builtins.property
     def adjustment_time(self) -> _timestamp_pb2.Timestamp:
-        """When the difference was found; its local date is the business date."""
+        """When the difference was found; its local date is the business date. Required, from
+        1970-01-01T00:00:00Z to before 9999-01-01T00:00:00Z.
+        """
 
     def __init__(
         self,
@@ -539,7 +550,7 @@ class GetDetailRequest(_message.Message):
 
     DETAIL_ID_FIELD_NUMBER: _builtins.int
     detail_id: _builtins.str
-    """The transaction or adjustment id."""
+    """The transaction or adjustment id; 1-64 characters, no control character, no leading or trailing whitespace."""
     def __init__(
         self,
         *,
@@ -591,22 +602,26 @@ class ListDetailsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant; required."""
+    """The merchant; required, 1-64 characters, no control character, no leading or trailing whitespace."""
     detail_type: Global___DetailType.ValueType
-    """The type; UNSPECIFIED for all."""
+    """The type; UNSPECIFIED for all; an unknown value is refused."""
     state: Global___DetailState.ValueType
-    """The state; UNSPECIFIED for all."""
+    """The state; UNSPECIFIED for all; an unknown value is refused."""
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158): 0 for the default, at most 1,000 served, not negative."""
     page_token: _builtins.str
-    """Page token."""
+    """Page token: the next_page_token of the previous call with the same filters (at
+    most 2,048 characters).
+    """
     @_builtins.property
     def business_date_from(self) -> _date_pb2.Date:
-        """First business date, inclusive; absent for no bound."""
+        """First business date, inclusive; absent for no bound; 1970-01-01 to 9998-12-31."""
 
     @_builtins.property
     def business_date_to(self) -> _date_pb2.Date:
-        """Last business date, inclusive; absent for no bound."""
+        """Last business date, inclusive; absent for no bound; 1970-01-01 to 9998-12-31, not
+        before business_date_from.
+        """
 
     def __init__(
         self,
@@ -665,14 +680,14 @@ class SummarizeDetailsRequest(_message.Message):
     BUSINESS_DATE_FROM_FIELD_NUMBER: _builtins.int
     BUSINESS_DATE_TO_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant; 1-64 characters, no control character, no leading or trailing whitespace."""
     @_builtins.property
     def business_date_from(self) -> _date_pb2.Date:
-        """First business date, inclusive."""
+        """First business date, inclusive; absent for no bound; 1970-01-01 to 9998-12-31."""
 
     @_builtins.property
     def business_date_to(self) -> _date_pb2.Date:
-        """Last business date, inclusive."""
+        """Last business date, inclusive; absent for no bound; 1970-01-01 to 9998-12-31."""
 
     def __init__(
         self,
@@ -807,11 +822,11 @@ class ListExceptionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant; empty for all."""
+    """The merchant; empty for all, else 1-64 characters, no control character, no leading or trailing whitespace."""
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158): 0 for the default, at most 1,000 served, not negative."""
     page_token: _builtins.str
-    """Page token."""
+    """Page token: the next_page_token of the previous call (at most 2,048 characters)."""
     def __init__(
         self,
         *,
@@ -865,11 +880,11 @@ class ListPendingFeesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant; empty for all."""
+    """The merchant; empty for all, else 1-64 characters, no control character, no leading or trailing whitespace."""
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158): 0 for the default, at most 1,000 served, not negative."""
     page_token: _builtins.str
-    """Page token."""
+    """Page token: the next_page_token of the previous call (at most 2,048 characters)."""
     def __init__(
         self,
         *,
@@ -925,14 +940,15 @@ class RetryExceptionsRequest(_message.Message):
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant whose exceptions to retry when detail_ids is empty."""
+    """The merchant whose exceptions to retry when detail_ids is empty; 1-64 characters, no control character, no leading or trailing whitespace."""
     page_token: _builtins.str
     """Merchant form only: the next_page_token of the previous call, to go on with the
-    exceptions after the ones it retried; empty to start from the lowest id.
+    exceptions after the ones it retried; empty to start from the lowest id (at most
+    2,048 characters).
     """
     @_builtins.property
     def detail_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The details to retry (up to 1,000); each must exist (else DETAIL_NOT_FOUND) and not
+        """The details to retry (up to 1,000, each 1-64 characters, no control character, no leading or trailing whitespace); each must exist (else DETAIL_NOT_FOUND) and not
         be an adjustment (else DETAIL_NOT_RETRYABLE); nothing is retried when one fails.
         """
 
@@ -1001,14 +1017,14 @@ class ClaimDetailsRequest(_message.Message):
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     BUSINESS_DATE_TO_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
-    """The batch id: the idempotency key, chosen by settlement."""
+    """The batch id: the idempotency key, chosen by settlement; 1-64 characters, no control character, no leading or trailing whitespace."""
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant; 1-64 characters, no control character, no leading or trailing whitespace."""
     currency_code: _builtins.str
-    """The currency."""
+    """The currency: required, a known upper-case ISO 4217 code."""
     @_builtins.property
     def business_date_to(self) -> _date_pb2.Date:
-        """The last business date to claim, inclusive."""
+        """The last business date to claim, inclusive; required, 1970-01-01 to 9998-12-31."""
 
     def __init__(
         self,
@@ -1174,11 +1190,11 @@ class ListBatchDetailsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
-    """The batch."""
+    """The batch; 1-64 characters, no control character, no leading or trailing whitespace."""
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158): 0 for the default, at most 1,000 served, not negative."""
     page_token: _builtins.str
-    """Page token."""
+    """Page token: the next_page_token of the previous call (at most 2,048 characters)."""
     def __init__(
         self,
         *,
@@ -1230,7 +1246,7 @@ class ConfirmBatchRequest(_message.Message):
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
-    """The batch."""
+    """The batch; 1-64 characters, no control character, no leading or trailing whitespace."""
     def __init__(
         self,
         *,
@@ -1278,7 +1294,7 @@ class ReleaseBatchRequest(_message.Message):
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
-    """The batch."""
+    """The batch; 1-64 characters, no control character, no leading or trailing whitespace."""
     def __init__(
         self,
         *,
@@ -1324,7 +1340,7 @@ class GetBatchRequest(_message.Message):
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
-    """The batch id; 1-64 characters."""
+    """The batch id; 1-64 characters, no control character, no leading or trailing whitespace."""
     def __init__(
         self,
         *,
@@ -1375,20 +1391,26 @@ class ListBatchesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant; empty for all (at most 64 characters)."""
+    """The merchant; empty for all, else 1-64 characters, no control character, no leading or trailing whitespace."""
     currency_code: _builtins.str
-    """The currency (ISO 4217); empty for all."""
+    """The currency: empty for all, else a known upper-case ISO 4217 code ("cny" and
+    unknown codes are refused, never matched to nothing).
+    """
     state: Global___BatchState.ValueType
-    """The state; UNSPECIFIED for all. OPEN lists the claims neither confirmed nor
-    released.
+    """The state; UNSPECIFIED for all, an unknown value is refused. OPEN lists the claims
+    neither confirmed nor released.
     """
     page_size: _builtins.int
     """Page size (AIP-158): 0 for the default (100), at most 1,000, not negative."""
     page_token: _builtins.str
-    """Page token: the next_page_token of the previous call with the same filters."""
+    """Page token: the next_page_token of the previous call with the same filters (at
+    most 2,048 characters).
+    """
     @_builtins.property
     def created_before(self) -> _timestamp_pb2.Timestamp:
-        """Only batches created strictly before this moment; absent for no bound."""
+        """Only batches created strictly before this moment; absent for no bound; from
+        1970-01-01T00:00:00Z to before 9999-01-01T00:00:00Z.
+        """
 
     def __init__(
         self,

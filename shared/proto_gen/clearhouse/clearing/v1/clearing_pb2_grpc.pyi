@@ -38,6 +38,8 @@ class ClearingServiceStub:
     - ORIGINAL_NOT_FOUND (FAILED_PRECONDITION): a refund names no recorded payment
       of that merchant and currency.
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
+    - REFUND_BEFORE_PAYMENT (FAILED_PRECONDITION): a refund's transaction_time is before
+      its recorded payment's.
     - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
       transaction of another merchant or currency.
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND): no detail or batch of that id
@@ -49,7 +51,14 @@ class ClearingServiceStub:
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
-    (a forged page_token, or one from a call with other filters, included).
+    (a forged page_token, or one from a call with other filters, included), and nothing
+    is stored or charged in billing. The limits are the shared validation model's
+    (docs/validation.md), written field by field below: ids 1-64 characters with no
+    control character and no leading or trailing whitespace; attributes the same but
+    optional; amounts 1 to 10^13 minor units; currencies known upper-case ISO 4217 codes
+    (a filter: empty for any); times from 1970-01-01T00:00:00Z to before
+    9999-01-01T00:00:00Z; dates from 1970-01-01 to 9998-12-31; page_size not negative
+    (at most 1,000 served), page_token at most 2,048 characters.
     """
 
     @_typing.overload
@@ -124,6 +133,8 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     - ORIGINAL_NOT_FOUND (FAILED_PRECONDITION): a refund names no recorded payment
       of that merchant and currency.
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
+    - REFUND_BEFORE_PAYMENT (FAILED_PRECONDITION): a refund's transaction_time is before
+      its recorded payment's.
     - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
       transaction of another merchant or currency.
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND): no detail or batch of that id
@@ -135,7 +146,14 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
-    (a forged page_token, or one from a call with other filters, included).
+    (a forged page_token, or one from a call with other filters, included), and nothing
+    is stored or charged in billing. The limits are the shared validation model's
+    (docs/validation.md), written field by field below: ids 1-64 characters with no
+    control character and no leading or trailing whitespace; attributes the same but
+    optional; amounts 1 to 10^13 minor units; currencies known upper-case ISO 4217 codes
+    (a filter: empty for any); times from 1970-01-01T00:00:00Z to before
+    9999-01-01T00:00:00Z; dates from 1970-01-01 to 9998-12-31; page_size not negative
+    (at most 1,000 served), page_token at most 2,048 characters.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -206,6 +224,8 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
     - ORIGINAL_NOT_FOUND (FAILED_PRECONDITION): a refund names no recorded payment
       of that merchant and currency.
     - REFUND_EXCEEDS_ORIGINAL (FAILED_PRECONDITION): refunds would exceed the payment.
+    - REFUND_BEFORE_PAYMENT (FAILED_PRECONDITION): a refund's transaction_time is before
+      its recorded payment's.
     - REFERENCE_MISMATCH (FAILED_PRECONDITION): an adjustment names a recorded
       transaction of another merchant or currency.
     - DETAIL_NOT_FOUND, BATCH_NOT_FOUND (NOT_FOUND): no detail or batch of that id
@@ -217,7 +237,14 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
-    (a forged page_token, or one from a call with other filters, included).
+    (a forged page_token, or one from a call with other filters, included), and nothing
+    is stored or charged in billing. The limits are the shared validation model's
+    (docs/validation.md), written field by field below: ids 1-64 characters with no
+    control character and no leading or trailing whitespace; attributes the same but
+    optional; amounts 1 to 10^13 minor units; currencies known upper-case ISO 4217 codes
+    (a filter: empty for any); times from 1970-01-01T00:00:00Z to before
+    9999-01-01T00:00:00Z; dates from 1970-01-01 to 9998-12-31; page_size not negative
+    (at most 1,000 served), page_token at most 2,048 characters.
     """
 
     @_abc_1.abstractmethod

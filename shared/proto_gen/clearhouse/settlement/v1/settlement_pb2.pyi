@@ -5,6 +5,7 @@ isort:skip_file
 
 from clearhouse.payout.v1 import payout_pb2 as _payout_pb2
 from clearhouse.type.v1 import money_pb2 as _money_pb2
+from clearhouse.type.v1 import transaction_pb2 as _transaction_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -78,6 +79,42 @@ DESTINATION_TYPE_PAYMENT_ACCOUNT: DestinationType.ValueType  # 1
 DESTINATION_TYPE_BANK_ACCOUNT: DestinationType.ValueType  # 2
 """A bank account (银行账户), through the payout gateway."""
 Global___DestinationType: _TypeAlias = DestinationType  # noqa: Y015
+
+class _CalendarDayKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CalendarDayKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CalendarDayKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALENDAR_DAY_KIND_UNSPECIFIED: _CalendarDayKind.ValueType  # 0
+    """Not set."""
+    CALENDAR_DAY_KIND_WEEKDAY: _CalendarDayKind.ValueType  # 1
+    """Monday to Friday, working."""
+    CALENDAR_DAY_KIND_WEEKEND: _CalendarDayKind.ValueType  # 2
+    """Saturday or Sunday, not working."""
+    CALENDAR_DAY_KIND_HOLIDAY: _CalendarDayKind.ValueType  # 3
+    """A public holiday, not working."""
+    CALENDAR_DAY_KIND_MAKEUP_WORKDAY: _CalendarDayKind.ValueType  # 4
+    """A Saturday or Sunday made a working day (调休)."""
+    CALENDAR_DAY_KIND_OVERRIDE: _CalendarDayKind.ValueType  # 5
+    """Set by ops with SetCalendarDay: see working and reason."""
+
+class CalendarDayKind(_CalendarDayKind, metaclass=_CalendarDayKindEnumTypeWrapper):
+    """CalendarDayKind classifies a day of the business calendar."""
+
+CALENDAR_DAY_KIND_UNSPECIFIED: CalendarDayKind.ValueType  # 0
+"""Not set."""
+CALENDAR_DAY_KIND_WEEKDAY: CalendarDayKind.ValueType  # 1
+"""Monday to Friday, working."""
+CALENDAR_DAY_KIND_WEEKEND: CalendarDayKind.ValueType  # 2
+"""Saturday or Sunday, not working."""
+CALENDAR_DAY_KIND_HOLIDAY: CalendarDayKind.ValueType  # 3
+"""A public holiday, not working."""
+CALENDAR_DAY_KIND_MAKEUP_WORKDAY: CalendarDayKind.ValueType  # 4
+"""A Saturday or Sunday made a working day (调休)."""
+CALENDAR_DAY_KIND_OVERRIDE: CalendarDayKind.ValueType  # 5
+"""Set by ops with SetCalendarDay: see working and reason."""
+Global___CalendarDayKind: _TypeAlias = CalendarDayKind  # noqa: Y015
 
 class _RunState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -175,6 +212,34 @@ SETTLEMENT_LINE_TYPE_CARRIED_IN: SettlementLineType.ValueType  # 7
 """The carried balance brought in (signed)."""
 Global___SettlementLineType: _TypeAlias = SettlementLineType  # noqa: Y015
 
+class _StatementFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatementFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatementFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATEMENT_FORMAT_UNSPECIFIED: _StatementFormat.ValueType  # 0
+    """Not set: SUMMARY."""
+    STATEMENT_FORMAT_SUMMARY: _StatementFormat.ValueType  # 1
+    """One row per summary line (PAYMENTS, REFUNDS, … NET, PAID_OUT, CARRIED_OUT)."""
+    STATEMENT_FORMAT_DETAILED: _StatementFormat.ValueType  # 2
+    """The summary rows, then one row per statement line (ListStatementLines): every
+    detail with its fee, every deducted bill, the carried balance in and out.
+    """
+
+class StatementFormat(_StatementFormat, metaclass=_StatementFormatEnumTypeWrapper):
+    """StatementFormat is what an exported statement holds."""
+
+STATEMENT_FORMAT_UNSPECIFIED: StatementFormat.ValueType  # 0
+"""Not set: SUMMARY."""
+STATEMENT_FORMAT_SUMMARY: StatementFormat.ValueType  # 1
+"""One row per summary line (PAYMENTS, REFUNDS, … NET, PAID_OUT, CARRIED_OUT)."""
+STATEMENT_FORMAT_DETAILED: StatementFormat.ValueType  # 2
+"""The summary rows, then one row per statement line (ListStatementLines): every
+detail with its fee, every deducted bill, the carried balance in and out.
+"""
+Global___StatementFormat: _TypeAlias = StatementFormat  # noqa: Y015
+
 class _AccountType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -250,6 +315,226 @@ PAYOUT_STATE_FAILED: PayoutState.ValueType  # 4
 PAYOUT_STATE_RETURNED: PayoutState.ValueType  # 5
 """Returned after paid (退票); booked back likewise."""
 Global___PayoutState: _TypeAlias = PayoutState  # noqa: Y015
+
+class _CalendarFileFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CalendarFileFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CalendarFileFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALENDAR_FILE_FORMAT_UNSPECIFIED: _CalendarFileFormat.ValueType  # 0
+    """Not set."""
+    CALENDAR_FILE_FORMAT_CSV: _CalendarFileFormat.ValueType  # 1
+    """UTF-8 CSV with the header date,kind,name; lines starting with # are comments."""
+    CALENDAR_FILE_FORMAT_YAML: _CalendarFileFormat.ValueType  # 2
+    """YAML: from, to (optional) and days, a list of {date, kind, name}."""
+
+class CalendarFileFormat(_CalendarFileFormat, metaclass=_CalendarFileFormatEnumTypeWrapper):
+    """CalendarFileFormat is the format of a calendar file (docs/settlement.md, Calendar)."""
+
+CALENDAR_FILE_FORMAT_UNSPECIFIED: CalendarFileFormat.ValueType  # 0
+"""Not set."""
+CALENDAR_FILE_FORMAT_CSV: CalendarFileFormat.ValueType  # 1
+"""UTF-8 CSV with the header date,kind,name; lines starting with # are comments."""
+CALENDAR_FILE_FORMAT_YAML: CalendarFileFormat.ValueType  # 2
+"""YAML: from, to (optional) and days, a list of {date, kind, name}."""
+Global___CalendarFileFormat: _TypeAlias = CalendarFileFormat  # noqa: Y015
+
+class _CalendarImportMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CalendarImportModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CalendarImportMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALENDAR_IMPORT_MODE_UNSPECIFIED: _CalendarImportMode.ValueType  # 0
+    """Not set."""
+    CALENDAR_IMPORT_MODE_REPLACE: _CalendarImportMode.ValueType  # 1
+    """The range holds exactly the file's holidays and make-up days afterwards; ops
+    overrides inside the range are removed.
+    """
+    CALENDAR_IMPORT_MODE_MERGE: _CalendarImportMode.ValueType  # 2
+    """The file's days are added to (or replace, day by day) what the range held; other
+    days keep what they were, and overrides of the days the file lists are removed.
+    """
+
+class CalendarImportMode(_CalendarImportMode, metaclass=_CalendarImportModeEnumTypeWrapper):
+    """CalendarImportMode is what an import does with what its range held."""
+
+CALENDAR_IMPORT_MODE_UNSPECIFIED: CalendarImportMode.ValueType  # 0
+"""Not set."""
+CALENDAR_IMPORT_MODE_REPLACE: CalendarImportMode.ValueType  # 1
+"""The range holds exactly the file's holidays and make-up days afterwards; ops
+overrides inside the range are removed.
+"""
+CALENDAR_IMPORT_MODE_MERGE: CalendarImportMode.ValueType  # 2
+"""The file's days are added to (or replace, day by day) what the range held; other
+days keep what they were, and overrides of the days the file lists are removed.
+"""
+Global___CalendarImportMode: _TypeAlias = CalendarImportMode  # noqa: Y015
+
+class _StatementLineType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatementLineTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatementLineType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATEMENT_LINE_TYPE_UNSPECIFIED: _StatementLineType.ValueType  # 0
+    """Not set."""
+    STATEMENT_LINE_TYPE_CARRIED_IN: _StatementLineType.ValueType  # 1
+    """The carried balance brought in from earlier runs (signed); always the first line."""
+    STATEMENT_LINE_TYPE_DETAIL: _StatementLineType.ValueType  # 2
+    """One clearing detail the settlement took: a payment, a refund or an adjustment."""
+    STATEMENT_LINE_TYPE_FEE_BILL: _StatementLineType.ValueType  # 3
+    """One deducted DEFERRED fee bill."""
+    STATEMENT_LINE_TYPE_PAID_OUT: _StatementLineType.ValueType  # 4
+    """The part of the net paid out (reference: the payout id)."""
+    STATEMENT_LINE_TYPE_CARRIED_OUT: _StatementLineType.ValueType  # 5
+    """The part of the net carried to the next run; always the last line."""
+
+class StatementLineType(_StatementLineType, metaclass=_StatementLineTypeEnumTypeWrapper):
+    """StatementLineType is the kind of a statement line."""
+
+STATEMENT_LINE_TYPE_UNSPECIFIED: StatementLineType.ValueType  # 0
+"""Not set."""
+STATEMENT_LINE_TYPE_CARRIED_IN: StatementLineType.ValueType  # 1
+"""The carried balance brought in from earlier runs (signed); always the first line."""
+STATEMENT_LINE_TYPE_DETAIL: StatementLineType.ValueType  # 2
+"""One clearing detail the settlement took: a payment, a refund or an adjustment."""
+STATEMENT_LINE_TYPE_FEE_BILL: StatementLineType.ValueType  # 3
+"""One deducted DEFERRED fee bill."""
+STATEMENT_LINE_TYPE_PAID_OUT: StatementLineType.ValueType  # 4
+"""The part of the net paid out (reference: the payout id)."""
+STATEMENT_LINE_TYPE_CARRIED_OUT: StatementLineType.ValueType  # 5
+"""The part of the net carried to the next run; always the last line."""
+Global___StatementLineType: _TypeAlias = StatementLineType  # noqa: Y015
+
+class _StatementDetailType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatementDetailTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatementDetailType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATEMENT_DETAIL_TYPE_UNSPECIFIED: _StatementDetailType.ValueType  # 0
+    """Not a DETAIL line."""
+    STATEMENT_DETAIL_TYPE_PAYMENT: _StatementDetailType.ValueType  # 1
+    """A payment."""
+    STATEMENT_DETAIL_TYPE_REFUND: _StatementDetailType.ValueType  # 2
+    """A refund."""
+    STATEMENT_DETAIL_TYPE_ADJUSTMENT: _StatementDetailType.ValueType  # 3
+    """A reconciliation adjustment."""
+
+class StatementDetailType(_StatementDetailType, metaclass=_StatementDetailTypeEnumTypeWrapper):
+    """StatementDetailType is what a DETAIL line records."""
+
+STATEMENT_DETAIL_TYPE_UNSPECIFIED: StatementDetailType.ValueType  # 0
+"""Not a DETAIL line."""
+STATEMENT_DETAIL_TYPE_PAYMENT: StatementDetailType.ValueType  # 1
+"""A payment."""
+STATEMENT_DETAIL_TYPE_REFUND: StatementDetailType.ValueType  # 2
+"""A refund."""
+STATEMENT_DETAIL_TYPE_ADJUSTMENT: StatementDetailType.ValueType  # 3
+"""A reconciliation adjustment."""
+Global___StatementDetailType: _TypeAlias = StatementDetailType  # noqa: Y015
+
+class _RunItemState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunItemStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunItemState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_ITEM_STATE_UNSPECIFIED: _RunItemState.ValueType  # 0
+    """Not set."""
+    RUN_ITEM_STATE_PENDING: _RunItemState.ValueType  # 1
+    """Not worked yet."""
+    RUN_ITEM_STATE_FAILED: _RunItemState.ValueType  # 2
+    """The claim failed; retried by the next call and the next run."""
+    RUN_ITEM_STATE_BOOKED: _RunItemState.ValueType  # 3
+    """The settlement is booked; confirming it in clearing and billing is still to do."""
+    RUN_ITEM_STATE_DONE: _RunItemState.ValueType  # 4
+    """Booked and confirmed."""
+    RUN_ITEM_STATE_SKIPPED: _RunItemState.ValueType  # 5
+    """Nothing to book for the merchant on this date (see the note)."""
+
+class RunItemState(_RunItemState, metaclass=_RunItemStateEnumTypeWrapper):
+    """RunItemState is the life of a run's work item."""
+
+RUN_ITEM_STATE_UNSPECIFIED: RunItemState.ValueType  # 0
+"""Not set."""
+RUN_ITEM_STATE_PENDING: RunItemState.ValueType  # 1
+"""Not worked yet."""
+RUN_ITEM_STATE_FAILED: RunItemState.ValueType  # 2
+"""The claim failed; retried by the next call and the next run."""
+RUN_ITEM_STATE_BOOKED: RunItemState.ValueType  # 3
+"""The settlement is booked; confirming it in clearing and billing is still to do."""
+RUN_ITEM_STATE_DONE: RunItemState.ValueType  # 4
+"""Booked and confirmed."""
+RUN_ITEM_STATE_SKIPPED: RunItemState.ValueType  # 5
+"""Nothing to book for the merchant on this date (see the note)."""
+Global___RunItemState: _TypeAlias = RunItemState  # noqa: Y015
+
+class _RunItemNote:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunItemNoteEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunItemNote.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_ITEM_NOTE_UNSPECIFIED: _RunItemNote.ValueType  # 0
+    """Paid out, or not worked yet."""
+    RUN_ITEM_NOTE_NOTHING_UNSETTLED: _RunItemNote.ValueType  # 1
+    """No unsettled detail and no carried balance to pay: nothing to do."""
+    RUN_ITEM_NOTE_NOT_DUE: _RunItemNote.ValueType  # 2
+    """Unsettled details exist, but none is due by this date on the merchant's cycle
+    (note_detail: the first one's business date and when it settles).
+    """
+    RUN_ITEM_NOTE_FEE_PENDING: _RunItemNote.ValueType  # 3
+    """Due details wait for their fee (billing did not answer when they were recorded);
+    clearing's pending-fee worker prices them and the next run settles them.
+    """
+    RUN_ITEM_NOTE_EXCEPTIONS: _RunItemNote.ValueType  # 4
+    """Details in exception (fee refused): fix the rule and RetryExceptions in clearing."""
+    RUN_ITEM_NOTE_OTHER_CURRENCY: _RunItemNote.ValueType  # 5
+    """Due details exist in another currency than the profile's."""
+    RUN_ITEM_NOTE_HELD: _RunItemNote.ValueType  # 6
+    """Settled, but the merchant is on hold: the net is carried (note_detail: the reason)."""
+    RUN_ITEM_NOTE_BELOW_MIN_PAYOUT: _RunItemNote.ValueType  # 7
+    """Settled, but the net is below the profile's min_payout: carried."""
+    RUN_ITEM_NOTE_NET_NOT_POSITIVE: _RunItemNote.ValueType  # 8
+    """Settled, but the net is zero or negative (refunds, fees or bills exceed payments): carried."""
+    RUN_ITEM_NOTE_FAILED: _RunItemNote.ValueType  # 9
+    """The claim or confirmation failed: see error."""
+    RUN_ITEM_NOTE_UNKNOWN: _RunItemNote.ValueType  # 10
+    """Skipped, and clearing could not be asked why (note_detail: its error)."""
+
+class RunItemNote(_RunItemNote, metaclass=_RunItemNoteEnumTypeWrapper):
+    """RunItemNote says why a run paid a merchant nothing."""
+
+RUN_ITEM_NOTE_UNSPECIFIED: RunItemNote.ValueType  # 0
+"""Paid out, or not worked yet."""
+RUN_ITEM_NOTE_NOTHING_UNSETTLED: RunItemNote.ValueType  # 1
+"""No unsettled detail and no carried balance to pay: nothing to do."""
+RUN_ITEM_NOTE_NOT_DUE: RunItemNote.ValueType  # 2
+"""Unsettled details exist, but none is due by this date on the merchant's cycle
+(note_detail: the first one's business date and when it settles).
+"""
+RUN_ITEM_NOTE_FEE_PENDING: RunItemNote.ValueType  # 3
+"""Due details wait for their fee (billing did not answer when they were recorded);
+clearing's pending-fee worker prices them and the next run settles them.
+"""
+RUN_ITEM_NOTE_EXCEPTIONS: RunItemNote.ValueType  # 4
+"""Details in exception (fee refused): fix the rule and RetryExceptions in clearing."""
+RUN_ITEM_NOTE_OTHER_CURRENCY: RunItemNote.ValueType  # 5
+"""Due details exist in another currency than the profile's."""
+RUN_ITEM_NOTE_HELD: RunItemNote.ValueType  # 6
+"""Settled, but the merchant is on hold: the net is carried (note_detail: the reason)."""
+RUN_ITEM_NOTE_BELOW_MIN_PAYOUT: RunItemNote.ValueType  # 7
+"""Settled, but the net is below the profile's min_payout: carried."""
+RUN_ITEM_NOTE_NET_NOT_POSITIVE: RunItemNote.ValueType  # 8
+"""Settled, but the net is zero or negative (refunds, fees or bills exceed payments): carried."""
+RUN_ITEM_NOTE_FAILED: RunItemNote.ValueType  # 9
+"""The claim or confirmation failed: see error."""
+RUN_ITEM_NOTE_UNKNOWN: RunItemNote.ValueType  # 10
+"""Skipped, and clearing could not be asked why (note_detail: its error)."""
+Global___RunItemNote: _TypeAlias = RunItemNote  # noqa: Y015
 
 @_typing.final
 class Cycle(_message.Message):
@@ -633,12 +918,20 @@ class CalendarDay(_message.Message):
     WORKING_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     OVERRIDDEN_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     working: _builtins.bool
     """Whether it is a working day."""
     reason: _builtins.str
     """Why: "weekday", "weekend", "holiday: …", "make-up working day", or the override reason."""
     overridden: _builtins.bool
     """True when ops overrode the default."""
+    kind: Global___CalendarDayKind.ValueType
+    """What makes the day what it is."""
+    source: _builtins.str
+    """Where the day's default comes from: "chinese-calendar", "import:<request id>" (a
+    calendar file, "import:seed:cn-2027" for the one shipped), or "override".
+    """
     @_builtins.property
     def date(self) -> _date_pb2.Date:
         """The day."""
@@ -650,10 +943,12 @@ class CalendarDay(_message.Message):
         working: _builtins.bool = ...,
         reason: _builtins.str = ...,
         overridden: _builtins.bool = ...,
+        kind: Global___CalendarDayKind.ValueType = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["date", b"date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "overridden", b"overridden", "reason", b"reason", "working", b"working"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "kind", b"kind", "overridden", b"overridden", "reason", b"reason", "source", b"source", "working", b"working"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -753,6 +1048,8 @@ class SettlementRun(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
+    FUTURE_DATE_REASON_FIELD_NUMBER: _builtins.int
+    NOTE_COUNTS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """The run id."""
     state: Global___RunState.ValueType
@@ -767,6 +1064,8 @@ class SettlementRun(_message.Message):
     """Work items that failed: their claim (retried by the next run) or the confirmation
     of their booked settlement (retried in the background and by the next run).
     """
+    future_date_reason: _builtins.str
+    """Set when the run was started before its date: the reason given (future_date_reason)."""
     @_builtins.property
     def settle_date(self) -> _date_pb2.Date:
         """The settlement date."""
@@ -783,6 +1082,12 @@ class SettlementRun(_message.Message):
     def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunItemFailure]:
         """The failed work items with their errors, at most 100, by merchant id."""
 
+    @_builtins.property
+    def note_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunItemNoteCount]:
+        """Items whose merchant got nothing paid in this run, counted by why (every note but
+        UNSPECIFIED); ListSettlementRunItems lists them.
+        """
+
     def __init__(
         self,
         *,
@@ -796,14 +1101,42 @@ class SettlementRun(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         failures: _abc.Iterable[Global___RunItemFailure] | None = ...,
+        future_date_reason: _builtins.str = ...,
+        note_counts: _abc.Iterable[Global___RunItemNoteCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "settle_date", b"settle_date", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "failed_item_count", b"failed_item_count", "failures", b"failures", "merchant_count", b"merchant_count", "pending_item_count", b"pending_item_count", "run_id", b"run_id", "settle_date", b"settle_date", "settlement_count", b"settlement_count", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "failed_item_count", b"failed_item_count", "failures", b"failures", "future_date_reason", b"future_date_reason", "merchant_count", b"merchant_count", "note_counts", b"note_counts", "pending_item_count", b"pending_item_count", "run_id", b"run_id", "settle_date", b"settle_date", "settlement_count", b"settlement_count", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettlementRun: _TypeAlias = SettlementRun  # noqa: Y015
+
+@_typing.final
+class RunItemNoteCount(_message.Message):
+    """RunItemNoteCount counts the items of a run with one note."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTE_FIELD_NUMBER: _builtins.int
+    ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    note: Global___RunItemNote.ValueType
+    """The note."""
+    item_count: _builtins.int
+    """How many items have it."""
+    def __init__(
+        self,
+        *,
+        note: Global___RunItemNote.ValueType = ...,
+        item_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_count", b"item_count", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunItemNoteCount: _TypeAlias = RunItemNoteCount  # noqa: Y015
 
 @_typing.final
 class RunItemFailure(_message.Message):
@@ -846,8 +1179,14 @@ class RunSettlementRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SETTLE_DATE_FIELD_NUMBER: _builtins.int
+    FUTURE_DATE_REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The idempotency key."""
+    future_date_reason: _builtins.str
+    """A date after today (the business date of the service clock) is refused,
+    FAILED_PRECONDITION RUN_DATE_IN_FUTURE, unless this says why it must run early
+    (at most 256 characters); the reason is recorded with the run and logged.
+    """
     @_builtins.property
     def settle_date(self) -> _date_pb2.Date:
         """The settlement date S: every detail whose settlement date is on or before S is settled."""
@@ -857,10 +1196,11 @@ class RunSettlementRequest(_message.Message):
         *,
         request_id: _builtins.str = ...,
         settle_date: _date_pb2.Date | None = ...,
+        future_date_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settle_date", b"settle_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "settle_date", b"settle_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["future_date_reason", b"future_date_reason", "request_id", b"request_id", "settle_date", b"settle_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1137,12 +1477,15 @@ class ListSettlementsRequest(_message.Message):
     SETTLE_DATE_TO_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
     """The merchant; empty for all merchants."""
     page_size: _builtins.int
     """Page size (AIP-158)."""
     page_token: _builtins.str
     """Page token."""
+    run_id: _builtins.str
+    """The run (run-YYYYMMDD); empty for any run. An unknown run lists nothing."""
     @_builtins.property
     def settle_date_from(self) -> _date_pb2.Date:
         """First settlement date, inclusive; absent for no bound."""
@@ -1159,10 +1502,11 @@ class ListSettlementsRequest(_message.Message):
         settle_date_to: _date_pb2.Date | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settle_date_from", b"settle_date_from", "settle_date_to", b"settle_date_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id", "page_size", b"page_size", "page_token", b"page_token", "settle_date_from", b"settle_date_from", "settle_date_to", b"settle_date_to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id", "settle_date_from", b"settle_date_from", "settle_date_to", b"settle_date_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1203,16 +1547,20 @@ class ExportStatementRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SETTLEMENT_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
     """The settlement id."""
+    format: Global___StatementFormat.ValueType
+    """What the file holds; SUMMARY when not set."""
     def __init__(
         self,
         *,
         settlement_id: _builtins.str = ...,
+        format: Global___StatementFormat.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["settlement_id", b"settlement_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "settlement_id", b"settlement_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1842,3 +2190,628 @@ class RetryPayoutResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryPayoutResponse: _TypeAlias = RetryPayoutResponse  # noqa: Y015
+
+@_typing.final
+class ImportCalendarRequest(_message.Message):
+    """ImportCalendarRequest loads a range of the business calendar from a file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The idempotency key: a replay answers the first import's record, the same id with
+    any other field different is refused (IDEMPOTENCY_CONFLICT).
+    """
+    format: Global___CalendarFileFormat.ValueType
+    """The format of content."""
+    content: _builtins.str
+    """The file itself (UTF-8 text, at most 1 MiB)."""
+    mode: Global___CalendarImportMode.ValueType
+    """REPLACE or MERGE."""
+    reason: _builtins.str
+    """Why, recorded with the change; required."""
+    @_builtins.property
+    def from_date(self) -> _date_pb2.Date:
+        """First day of the range, inclusive; may be left unset when a YAML file states `from`
+        (both set: they must agree).
+        """
+
+    @_builtins.property
+    def to_date(self) -> _date_pb2.Date:
+        """Last day of the range, inclusive (at most 3660 days); may be left unset when a
+        YAML file states `to`.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        format: Global___CalendarFileFormat.ValueType = ...,
+        content: _builtins.str = ...,
+        mode: Global___CalendarImportMode.ValueType = ...,
+        from_date: _date_pb2.Date | None = ...,
+        to_date: _date_pb2.Date | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "to_date", b"to_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "format", b"format", "from_date", b"from_date", "mode", b"mode", "reason", b"reason", "request_id", b"request_id", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportCalendarRequest: _TypeAlias = ImportCalendarRequest  # noqa: Y015
+
+@_typing.final
+class CalendarImport(_message.Message):
+    """CalendarImport is the record of one import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    HOLIDAY_COUNT_FIELD_NUMBER: _builtins.int
+    MAKEUP_WORKDAY_COUNT_FIELD_NUMBER: _builtins.int
+    REMOVED_OVERRIDE_COUNT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request id (the shipped files: "seed:cn-2027", ...)."""
+    mode: Global___CalendarImportMode.ValueType
+    """REPLACE or MERGE."""
+    format: Global___CalendarFileFormat.ValueType
+    """The file's format."""
+    reason: _builtins.str
+    """Why."""
+    holiday_count: _builtins.int
+    """Holidays the range holds after the import."""
+    makeup_workday_count: _builtins.int
+    """Make-up working days the range holds after the import."""
+    removed_override_count: _builtins.int
+    """Ops overrides the import removed."""
+    @_builtins.property
+    def from_date(self) -> _date_pb2.Date:
+        """First day of the range."""
+
+    @_builtins.property
+    def to_date(self) -> _date_pb2.Date:
+        """Last day of the range."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was imported."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        from_date: _date_pb2.Date | None = ...,
+        to_date: _date_pb2.Date | None = ...,
+        mode: Global___CalendarImportMode.ValueType = ...,
+        format: Global___CalendarFileFormat.ValueType = ...,
+        reason: _builtins.str = ...,
+        holiday_count: _builtins.int = ...,
+        makeup_workday_count: _builtins.int = ...,
+        removed_override_count: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "from_date", b"from_date", "to_date", b"to_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "format", b"format", "from_date", b"from_date", "holiday_count", b"holiday_count", "makeup_workday_count", b"makeup_workday_count", "mode", b"mode", "reason", b"reason", "removed_override_count", b"removed_override_count", "request_id", b"request_id", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CalendarImport: _TypeAlias = CalendarImport  # noqa: Y015
+
+@_typing.final
+class ImportCalendarResponse(_message.Message):
+    """ImportCalendarResponse returns the record of the import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALENDAR_IMPORT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calendar_import(self) -> Global___CalendarImport:
+        """The import."""
+
+    def __init__(
+        self,
+        *,
+        calendar_import: Global___CalendarImport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["calendar_import", b"calendar_import"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar_import", b"calendar_import"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportCalendarResponse: _TypeAlias = ImportCalendarResponse  # noqa: Y015
+
+@_typing.final
+class ExportCalendarRequest(_message.Message):
+    """ExportCalendarRequest asks for a range as a calendar file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    format: Global___CalendarFileFormat.ValueType
+    """The format to write."""
+    @_builtins.property
+    def from_date(self) -> _date_pb2.Date:
+        """First day, inclusive."""
+
+    @_builtins.property
+    def to_date(self) -> _date_pb2.Date:
+        """Last day, inclusive (at most 3660 days)."""
+
+    def __init__(
+        self,
+        *,
+        from_date: _date_pb2.Date | None = ...,
+        to_date: _date_pb2.Date | None = ...,
+        format: Global___CalendarFileFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "to_date", b"to_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "from_date", b"from_date", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCalendarRequest: _TypeAlias = ExportCalendarRequest  # noqa: Y015
+
+@_typing.final
+class ExportCalendarResponse(_message.Message):
+    """ExportCalendarResponse holds the file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    content: _builtins.str
+    """The file: ImportCalendar with mode REPLACE and the same range reads it back."""
+    def __init__(
+        self,
+        *,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCalendarResponse: _TypeAlias = ExportCalendarResponse  # noqa: Y015
+
+@_typing.final
+class GetCalendarCoverageRequest(_message.Message):
+    """GetCalendarCoverageRequest asks how far the calendar is known."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCalendarCoverageRequest: _TypeAlias = GetCalendarCoverageRequest  # noqa: Y015
+
+@_typing.final
+class GetCalendarCoverageResponse(_message.Message):
+    """GetCalendarCoverageResponse tells how far the calendar is known."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TODAY_FIELD_NUMBER: _builtins.int
+    FIRST_KNOWN_DATE_FIELD_NUMBER: _builtins.int
+    LAST_KNOWN_DATE_FIELD_NUMBER: _builtins.int
+    DAYS_LEFT_FIELD_NUMBER: _builtins.int
+    WARN_DAYS_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
+    IMPORTS_FIELD_NUMBER: _builtins.int
+    days_left: _builtins.int
+    """Days from today to last_known_date (negative once it has passed)."""
+    warn_days: _builtins.int
+    """The service warns (log) when days_left is below this (SETTLEMENT_CALENDAR_WARN_DAYS)."""
+    warning: _builtins.bool
+    """True when days_left < warn_days: load the next year."""
+    @_builtins.property
+    def today(self) -> _date_pb2.Date:
+        """Today, the business date of the service's clock."""
+
+    @_builtins.property
+    def first_known_date(self) -> _date_pb2.Date:
+        """The first day the calendar knows."""
+
+    @_builtins.property
+    def last_known_date(self) -> _date_pb2.Date:
+        """The last day of the unbroken known run from today: settlement stops after it."""
+
+    @_builtins.property
+    def imports(self) -> _containers.RepeatedCompositeFieldContainer[Global___CalendarImport]:
+        """Every import, oldest first (the chinese-calendar seed is not one)."""
+
+    def __init__(
+        self,
+        *,
+        today: _date_pb2.Date | None = ...,
+        first_known_date: _date_pb2.Date | None = ...,
+        last_known_date: _date_pb2.Date | None = ...,
+        days_left: _builtins.int = ...,
+        warn_days: _builtins.int = ...,
+        warning: _builtins.bool = ...,
+        imports: _abc.Iterable[Global___CalendarImport] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_known_date", b"first_known_date", "last_known_date", b"last_known_date", "today", b"today"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days_left", b"days_left", "first_known_date", b"first_known_date", "imports", b"imports", "last_known_date", b"last_known_date", "today", b"today", "warn_days", b"warn_days", "warning", b"warning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCalendarCoverageResponse: _TypeAlias = GetCalendarCoverageResponse  # noqa: Y015
+
+@_typing.final
+class StatementLine(_message.Message):
+    """StatementLine is one line of a statement. The net_amount of the CARRIED_IN,
+    DETAIL and FEE_BILL lines sums to the settlement's net exactly; the net_amount of
+    PAID_OUT and CARRIED_OUT sums to it too. Every amount is in the settlement's
+    currency.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_TYPE_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    DETAIL_TYPE_FIELD_NUMBER: _builtins.int
+    TRANSACTION_TIME_FIELD_NUMBER: _builtins.int
+    BUSINESS_DATE_FIELD_NUMBER: _builtins.int
+    ORIGINAL_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    FEE_FIELD_NUMBER: _builtins.int
+    COLLECTION_MODE_FIELD_NUMBER: _builtins.int
+    FEE_RETURNED_FIELD_NUMBER: _builtins.int
+    NET_AMOUNT_FIELD_NUMBER: _builtins.int
+    line_type: Global___StatementLineType.ValueType
+    """The kind."""
+    reference: _builtins.str
+    """The detail id (transaction or adjustment id), the fee bill id, or the payout id."""
+    detail_type: Global___StatementDetailType.ValueType
+    """For a DETAIL line, what it records."""
+    original_transaction_id: _builtins.str
+    """For a refund, the payment it refunds; for an adjustment, the transaction it corrects."""
+    collection_mode: _transaction_pb2.CollectionMode.ValueType
+    """For a detail, how its fee was collected (only NET fees enter the net)."""
+    @_builtins.property
+    def transaction_time(self) -> _timestamp_pb2.Timestamp:
+        """For a DETAIL line, when the transaction happened."""
+
+    @_builtins.property
+    def business_date(self) -> _date_pb2.Date:
+        """For a DETAIL line, its business date."""
+
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """The amount: a detail's amount as clearing holds it (positive; signed for an
+        adjustment), a bill's amount, or the carried or paid-out amount.
+        """
+
+    @_builtins.property
+    def fee(self) -> _money_pb2.Money:
+        """For a payment, its fee, whatever its collection mode."""
+
+    @_builtins.property
+    def fee_returned(self) -> _money_pb2.Money:
+        """For a refund, the fee it returned, whatever its collection mode."""
+
+    @_builtins.property
+    def net_amount(self) -> _money_pb2.Money:
+        """The signed amount as it enters the net: a payment's amount less its NET fee, a
+        refund's amount negated plus its NET fee return, an adjustment's amount, a bill
+        negated, the carried-in balance; for PAID_OUT and CARRIED_OUT, their amount.
+        """
+
+    def __init__(
+        self,
+        *,
+        line_type: Global___StatementLineType.ValueType = ...,
+        reference: _builtins.str = ...,
+        detail_type: Global___StatementDetailType.ValueType = ...,
+        transaction_time: _timestamp_pb2.Timestamp | None = ...,
+        business_date: _date_pb2.Date | None = ...,
+        original_transaction_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        fee: _money_pb2.Money | None = ...,
+        collection_mode: _transaction_pb2.CollectionMode.ValueType = ...,
+        fee_returned: _money_pb2.Money | None = ...,
+        net_amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "business_date", b"business_date", "fee", b"fee", "fee_returned", b"fee_returned", "net_amount", b"net_amount", "transaction_time", b"transaction_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "business_date", b"business_date", "collection_mode", b"collection_mode", "detail_type", b"detail_type", "fee", b"fee", "fee_returned", b"fee_returned", "line_type", b"line_type", "net_amount", b"net_amount", "original_transaction_id", b"original_transaction_id", "reference", b"reference", "transaction_time", b"transaction_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatementLine: _TypeAlias = StatementLine  # noqa: Y015
+
+@_typing.final
+class ListStatementLinesRequest(_message.Message):
+    """ListStatementLinesRequest pages through a settlement's statement lines."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTLEMENT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    settlement_id: _builtins.str
+    """The settlement id."""
+    page_size: _builtins.int
+    """Page size (AIP-158); default 100, at most 1,000."""
+    page_token: _builtins.str
+    """Page token."""
+    def __init__(
+        self,
+        *,
+        settlement_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "settlement_id", b"settlement_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStatementLinesRequest: _TypeAlias = ListStatementLinesRequest  # noqa: Y015
+
+@_typing.final
+class ListStatementLinesResponse(_message.Message):
+    """ListStatementLinesResponse is one page of a statement's lines, in statement order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty on the last page."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatementLine]:
+        """The lines."""
+
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[Global___StatementLine] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStatementLinesResponse: _TypeAlias = ListStatementLinesResponse  # noqa: Y015
+
+@_typing.final
+class GetMerchantBalanceRequest(_message.Message):
+    """GetMerchantBalanceRequest names a merchant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant."""
+    currency_code: _builtins.str
+    """One currency; empty for every currency the merchant has (or its profile's)."""
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "merchant_id", b"merchant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMerchantBalanceRequest: _TypeAlias = GetMerchantBalanceRequest  # noqa: Y015
+
+@_typing.final
+class MerchantBalance(_message.Message):
+    """MerchantBalance is what settlement holds for a merchant in one currency, in minor
+    units. settled = paid + in_flight + payable (domain §5 item 4).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    PAYABLE_FIELD_NUMBER: _builtins.int
+    CARRIED_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    PAID_FIELD_NUMBER: _builtins.int
+    SETTLED_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_COUNT_FIELD_NUMBER: _builtins.int
+    currency_code: _builtins.str
+    """The currency of every amount below."""
+    payable: _builtins.int
+    """What settlement owes the merchant now (its payable account, credits shown
+    positive; negative when the merchant owes, 倒挂): what the next run brings in as
+    its carried balance. It includes failed and returned payouts booked back.
+    """
+    carried: _builtins.int
+    """What the merchant's latest settlement carried to the next run (its carried_out);
+    payable minus carried is what was booked back since (failed or returned payouts).
+    """
+    in_flight: _builtins.int
+    """Bank payouts on their way (CREATED or SUBMITTED): left payable, not final yet."""
+    paid: _builtins.int
+    """Payouts paid and not returned, over the merchant's whole history."""
+    settled: _builtins.int
+    """What all the merchant's settlements gave it (nets less the carried balances
+    brought in).
+    """
+    settlement_count: _builtins.int
+    """The number of settlements."""
+    def __init__(
+        self,
+        *,
+        currency_code: _builtins.str = ...,
+        payable: _builtins.int = ...,
+        carried: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
+        paid: _builtins.int = ...,
+        settled: _builtins.int = ...,
+        settlement_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carried", b"carried", "currency_code", b"currency_code", "in_flight", b"in_flight", "paid", b"paid", "payable", b"payable", "settled", b"settled", "settlement_count", b"settlement_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MerchantBalance: _TypeAlias = MerchantBalance  # noqa: Y015
+
+@_typing.final
+class GetMerchantBalanceResponse(_message.Message):
+    """GetMerchantBalanceResponse holds one balance per currency, by currency code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    BALANCES_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant."""
+    @_builtins.property
+    def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___MerchantBalance]:
+        """The balances; zeros for a currency asked for in which nothing was booked."""
+
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        balances: _abc.Iterable[Global___MerchantBalance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balances", b"balances", "merchant_id", b"merchant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMerchantBalanceResponse: _TypeAlias = GetMerchantBalanceResponse  # noqa: Y015
+
+@_typing.final
+class RunItem(_message.Message):
+    """RunItem is one merchant's work item of a run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    NOTE_DETAIL_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant."""
+    state: Global___RunItemState.ValueType
+    """The state."""
+    settlement_id: _builtins.str
+    """The settlement booked, if any."""
+    error: _builtins.str
+    """The last error (a failed claim or confirmation), empty when none."""
+    note: Global___RunItemNote.ValueType
+    """Why the merchant got nothing paid, when it did not."""
+    note_detail: _builtins.str
+    """The note in words, with the figures behind it."""
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        state: Global___RunItemState.ValueType = ...,
+        settlement_id: _builtins.str = ...,
+        error: _builtins.str = ...,
+        note: Global___RunItemNote.ValueType = ...,
+        note_detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "merchant_id", b"merchant_id", "note", b"note", "note_detail", b"note_detail", "settlement_id", b"settlement_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunItem: _TypeAlias = RunItem  # noqa: Y015
+
+@_typing.final
+class ListSettlementRunItemsRequest(_message.Message):
+    """ListSettlementRunItemsRequest pages through a run's items."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run id."""
+    note: Global___RunItemNote.ValueType
+    """Only items with this note; UNSPECIFIED for all."""
+    page_size: _builtins.int
+    """Page size (AIP-158)."""
+    page_token: _builtins.str
+    """Page token."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        note: Global___RunItemNote.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSettlementRunItemsRequest: _TypeAlias = ListSettlementRunItemsRequest  # noqa: Y015
+
+@_typing.final
+class ListSettlementRunItemsResponse(_message.Message):
+    """ListSettlementRunItemsResponse is one page of items, by merchant id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunItem]:
+        """The items."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___RunItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSettlementRunItemsResponse: _TypeAlias = ListSettlementRunItemsResponse  # noqa: Y015

@@ -35,11 +35,19 @@ class SettlementServiceStub:
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
     RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-    known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+    know (chinese-calendar knows 2004-2026; later years must be loaded with
+    ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+    "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+    without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-    clearing and clearing did not answer; retry later.
+    clearing, or a statement's detail lines were read from clearing, and clearing did
+    not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+    longer holds what the settlement booked (released by hand), so its detail lines
+    cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -144,6 +152,36 @@ class SettlementServiceStub:
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutResponse.FromString,
                 _registered_method=True)
+        self.ImportCalendar = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ImportCalendar',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarResponse.FromString,
+                _registered_method=True)
+        self.ExportCalendar = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ExportCalendar',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarResponse.FromString,
+                _registered_method=True)
+        self.GetCalendarCoverage = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/GetCalendarCoverage',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.FromString,
+                _registered_method=True)
+        self.ListStatementLines = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ListStatementLines',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesResponse.FromString,
+                _registered_method=True)
+        self.GetMerchantBalance = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/GetMerchantBalance',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.FromString,
+                _registered_method=True)
+        self.ListSettlementRunItems = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ListSettlementRunItems',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.FromString,
+                _registered_method=True)
 
 
 class SettlementServiceServicer:
@@ -156,11 +194,19 @@ class SettlementServiceServicer:
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
     RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-    known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+    know (chinese-calendar knows 2004-2026; later years must be loaded with
+    ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+    "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+    without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-    clearing and clearing did not answer; retry later.
+    clearing, or a statement's detail lines were read from clearing, and clearing did
+    not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+    longer holds what the settlement booked (released by hand), so its detail lines
+    cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -298,6 +344,54 @@ class SettlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportCalendar(self, request, context):
+        """Loads the holidays and make-up working days of a range from a calendar file (YAML
+        or CSV), replacing or merging what the range held; idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportCalendar(self, request, context):
+        """Writes a range's holidays and make-up working days in the format ImportCalendar reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCalendarCoverage(self, request, context):
+        """Tells how far the business calendar is known from today, and what loaded it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStatementLines(self, request, context):
+        """Lists the lines of a settlement's statement (对账单), paginated: the carried
+        balance brought in, every clearing detail the settlement took (read from
+        clearing's batch), every deducted fee bill, then what was paid out and carried.
+        The lines reconcile to the settlement to the minor unit (see StatementLine).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMerchantBalance(self, request, context):
+        """Gets a merchant's balances per currency: payable, carried, in flight and paid.
+        A merchant with nothing booked answers zeros, not NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSettlementRunItems(self, request, context):
+        """Lists the work items of a run (one per merchant) with what each did and, when the
+        merchant got nothing paid, why; paginated by merchant id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SettlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -396,6 +490,36 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutResponse.SerializeToString,
             ),
+            'ImportCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportCalendar,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarResponse.SerializeToString,
+            ),
+            'ExportCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportCalendar,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarResponse.SerializeToString,
+            ),
+            'GetCalendarCoverage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCalendarCoverage,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.SerializeToString,
+            ),
+            'ListStatementLines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStatementLines,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesResponse.SerializeToString,
+            ),
+            'GetMerchantBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMerchantBalance,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.SerializeToString,
+            ),
+            'ListSettlementRunItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSettlementRunItems,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clearhouse.settlement.v1.SettlementService', rpc_method_handlers)
@@ -414,11 +538,19 @@ class SettlementService:
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
     RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-    known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+    know (chinese-calendar knows 2004-2026; later years must be loaded with
+    ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+    "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+    without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-    clearing and clearing did not answer; retry later.
+    clearing, or a statement's detail lines were read from clearing, and clearing did
+    not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+    longer holds what the settlement booked (released by hand), so its detail lines
+    cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -925,6 +1057,168 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/RetryPayout',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ImportCalendar',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ExportCalendar',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ExportCalendarResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCalendarCoverage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/GetCalendarCoverage',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetCalendarCoverageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStatementLines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ListStatementLines',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListStatementLinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMerchantBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/GetMerchantBalance',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetMerchantBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSettlementRunItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ListSettlementRunItems',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

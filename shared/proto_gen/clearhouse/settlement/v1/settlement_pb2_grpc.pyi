@@ -36,11 +36,19 @@ class SettlementServiceStub:
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
       RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-      known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+      know (chinese-calendar knows 2004-2026; later years must be loaded with
+      ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+      "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+      without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-      clearing and clearing did not answer; retry later.
+      clearing, or a statement's detail lines were read from clearing, and clearing did
+      not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+      longer holds what the settlement booked (released by hand), so its detail lines
+      cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -88,6 +96,28 @@ class SettlementServiceStub:
     """Gets a payout."""
     RetryPayout: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.RetryPayoutRequest, _settlement_pb2.RetryPayoutResponse]
     """Pays a FAILED payout's money again, now rather than at the next run."""
+    ImportCalendar: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ImportCalendarRequest, _settlement_pb2.ImportCalendarResponse]
+    """Loads the holidays and make-up working days of a range from a calendar file (YAML
+    or CSV), replacing or merging what the range held; idempotent by request_id.
+    """
+    ExportCalendar: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ExportCalendarRequest, _settlement_pb2.ExportCalendarResponse]
+    """Writes a range's holidays and make-up working days in the format ImportCalendar reads."""
+    GetCalendarCoverage: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.GetCalendarCoverageRequest, _settlement_pb2.GetCalendarCoverageResponse]
+    """Tells how far the business calendar is known from today, and what loaded it."""
+    ListStatementLines: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListStatementLinesRequest, _settlement_pb2.ListStatementLinesResponse]
+    """Lists the lines of a settlement's statement (对账单), paginated: the carried
+    balance brought in, every clearing detail the settlement took (read from
+    clearing's batch), every deducted fee bill, then what was paid out and carried.
+    The lines reconcile to the settlement to the minor unit (see StatementLine).
+    """
+    GetMerchantBalance: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.GetMerchantBalanceRequest, _settlement_pb2.GetMerchantBalanceResponse]
+    """Gets a merchant's balances per currency: payable, carried, in flight and paid.
+    A merchant with nothing booked answers zeros, not NOT_FOUND.
+    """
+    ListSettlementRunItems: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementRunItemsRequest, _settlement_pb2.ListSettlementRunItemsResponse]
+    """Lists the work items of a run (one per merchant) with what each did and, when the
+    merchant got nothing paid, why; paginated by merchant id.
+    """
 
 @_typing.type_check_only
 class SettlementServiceAsyncStub(SettlementServiceStub):
@@ -100,11 +130,19 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
       RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-      known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+      know (chinese-calendar knows 2004-2026; later years must be loaded with
+      ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+      "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+      without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-      clearing and clearing did not answer; retry later.
+      clearing, or a statement's detail lines were read from clearing, and clearing did
+      not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+      longer holds what the settlement booked (released by hand), so its detail lines
+      cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -149,6 +187,28 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     """Gets a payout."""
     RetryPayout: _aio.UnaryUnaryMultiCallable[_settlement_pb2.RetryPayoutRequest, _settlement_pb2.RetryPayoutResponse]  # type: ignore[assignment]
     """Pays a FAILED payout's money again, now rather than at the next run."""
+    ImportCalendar: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ImportCalendarRequest, _settlement_pb2.ImportCalendarResponse]  # type: ignore[assignment]
+    """Loads the holidays and make-up working days of a range from a calendar file (YAML
+    or CSV), replacing or merging what the range held; idempotent by request_id.
+    """
+    ExportCalendar: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ExportCalendarRequest, _settlement_pb2.ExportCalendarResponse]  # type: ignore[assignment]
+    """Writes a range's holidays and make-up working days in the format ImportCalendar reads."""
+    GetCalendarCoverage: _aio.UnaryUnaryMultiCallable[_settlement_pb2.GetCalendarCoverageRequest, _settlement_pb2.GetCalendarCoverageResponse]  # type: ignore[assignment]
+    """Tells how far the business calendar is known from today, and what loaded it."""
+    ListStatementLines: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListStatementLinesRequest, _settlement_pb2.ListStatementLinesResponse]  # type: ignore[assignment]
+    """Lists the lines of a settlement's statement (对账单), paginated: the carried
+    balance brought in, every clearing detail the settlement took (read from
+    clearing's batch), every deducted fee bill, then what was paid out and carried.
+    The lines reconcile to the settlement to the minor unit (see StatementLine).
+    """
+    GetMerchantBalance: _aio.UnaryUnaryMultiCallable[_settlement_pb2.GetMerchantBalanceRequest, _settlement_pb2.GetMerchantBalanceResponse]  # type: ignore[assignment]
+    """Gets a merchant's balances per currency: payable, carried, in flight and paid.
+    A merchant with nothing booked answers zeros, not NOT_FOUND.
+    """
+    ListSettlementRunItems: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementRunItemsRequest, _settlement_pb2.ListSettlementRunItemsResponse]  # type: ignore[assignment]
+    """Lists the work items of a run (one per merchant) with what each did and, when the
+    merchant got nothing paid, why; paginated by merchant id.
+    """
 
 class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     """SettlementService decides when each merchant is paid and how much (结算), books
@@ -160,11 +220,19 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     - PROFILE_EXISTS (ALREADY_EXISTS): creating a profile that exists.
     - PROFILE_NOT_FOUND, SETTLEMENT_NOT_FOUND, PAYOUT_NOT_FOUND, ACCOUNT_NOT_FOUND,
       RUN_NOT_FOUND (NOT_FOUND).
-    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date beyond the calendar's
-      known years; metadata "first_year" and "last_year".
+    - DATE_OUTSIDE_CALENDAR (FAILED_PRECONDITION): a date the business calendar does not
+      know (chinese-calendar knows 2004-2026; later years must be loaded with
+      ImportCalendar); metadata "date", "first_known_date", "last_known_date",
+      "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
+      without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
-      clearing and clearing did not answer; retry later.
+      clearing, or a statement's detail lines were read from clearing, and clearing did
+      not answer; retry later.
+    - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
+      longer holds what the settlement booked (released by hand), so its detail lines
+      cannot be listed; metadata "clearing_batch_id".
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -321,5 +389,63 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.RetryPayoutResponse, _abc.Awaitable[_settlement_pb2.RetryPayoutResponse]]:
         """Pays a FAILED payout's money again, now rather than at the next run."""
+
+    @_abc_1.abstractmethod
+    def ImportCalendar(
+        self,
+        request: _settlement_pb2.ImportCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ImportCalendarResponse, _abc.Awaitable[_settlement_pb2.ImportCalendarResponse]]:
+        """Loads the holidays and make-up working days of a range from a calendar file (YAML
+        or CSV), replacing or merging what the range held; idempotent by request_id.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportCalendar(
+        self,
+        request: _settlement_pb2.ExportCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ExportCalendarResponse, _abc.Awaitable[_settlement_pb2.ExportCalendarResponse]]:
+        """Writes a range's holidays and make-up working days in the format ImportCalendar reads."""
+
+    @_abc_1.abstractmethod
+    def GetCalendarCoverage(
+        self,
+        request: _settlement_pb2.GetCalendarCoverageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.GetCalendarCoverageResponse, _abc.Awaitable[_settlement_pb2.GetCalendarCoverageResponse]]:
+        """Tells how far the business calendar is known from today, and what loaded it."""
+
+    @_abc_1.abstractmethod
+    def ListStatementLines(
+        self,
+        request: _settlement_pb2.ListStatementLinesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ListStatementLinesResponse, _abc.Awaitable[_settlement_pb2.ListStatementLinesResponse]]:
+        """Lists the lines of a settlement's statement (对账单), paginated: the carried
+        balance brought in, every clearing detail the settlement took (read from
+        clearing's batch), every deducted fee bill, then what was paid out and carried.
+        The lines reconcile to the settlement to the minor unit (see StatementLine).
+        """
+
+    @_abc_1.abstractmethod
+    def GetMerchantBalance(
+        self,
+        request: _settlement_pb2.GetMerchantBalanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.GetMerchantBalanceResponse, _abc.Awaitable[_settlement_pb2.GetMerchantBalanceResponse]]:
+        """Gets a merchant's balances per currency: payable, carried, in flight and paid.
+        A merchant with nothing booked answers zeros, not NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSettlementRunItems(
+        self,
+        request: _settlement_pb2.ListSettlementRunItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ListSettlementRunItemsResponse, _abc.Awaitable[_settlement_pb2.ListSettlementRunItemsResponse]]:
+        """Lists the work items of a run (one per merchant) with what each did and, when the
+        merchant got nothing paid, why; paginated by merchant id.
+        """
 
 def add_SettlementServiceServicer_to_server(servicer: SettlementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""The command groups of `clearhouse`, one module per area."""

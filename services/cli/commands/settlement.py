@@ -1,0 +1,643 @@
+"""Settlement profiles, the business calendar, runs, settlements and statements,
+payouts, the ledger and the invariant check (settlement)."""
+
+from __future__ import annotations
+
+import calendar as pycal
+import datetime as dt
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from clearhouse.settlement.v1 import settlement_pb2 as pb
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.cli import output as out
+from services.cli.client import Clients, ServiceError, pages
+from services.cli.runtime import (
+    EXIT_REFUSED,
+    JsonOpt,
+    LimitOpt,
+    RequestIdOpt,
+    clients,
+    handled,
+    request_id,
+)
+from services.cli.specs import (
+    cycle_text,
+    parse_cycle,
+    parse_date,
+    parse_month,
+    proto_date,
+    settlement_profiles,
+)
+from services.settlement.domain import ids
+
+profiles = typer.Typer(help="Settlement profiles: list, show, set from YAML.",
+                       no_args_is_help=True)
+calendar = typer.Typer(help="The business calendar: show a month, override a day, "
+                            "compute a settlement date.", no_args_is_help=True)
+runs = typer.Typer(help="Settlement runs: start (and watch), watch, status.",
+                   no_args_is_help=True)
+settlements = typer.Typer(help="Settlements (结算单): list, show with lines.",
+                          no_args_is_help=True)
+statements = typer.Typer(help="Statements: export CSV files.", no_args_is_help=True)
+payouts = typer.Typer(help="Payouts: list, show, retry a failed one.", no_args_is_help=True)
+ledger = typer.Typer(help="The double-entry ledger: trial balance, account balance, entries.",
+                     no_args_is_help=True)
+
+
+# ---- profiles ---------------------------------------------------------------------
+
+PROFILE_COLUMNS = ["merchant", "cur", "cycle", "destination", "min payout", "deduct bills",
+                   "hold", "updated"]
+
+
+def _profile_row(p: pb.SettlementProfile) -> list[str]:
+    dest = out.enum(pb.DestinationType, p.destination_type, "DESTINATION_TYPE_")
+    if p.destination_type == pb.DESTINATION_TYPE_BANK_ACCOUNT:
+        dest += f" {p.bank_account.bank_name} …{p.bank_account.account_number[-4:]}"
+    return [p.merchant_id, p.currency_code, cycle_text(p.cycle), dest,
+            out.amount(p.min_payout, p.currency_code), "yes" if p.deduct_fee_bills else "no",
+            f"HELD: {p.hold_reason}" if p.hold else "", out.when(p.update_time)]
+
+
+@profiles.command("list")
+@handled
+def list_profiles(ctx: typer.Context, limit: LimitOpt = 100, json: JsonOpt = False) -> None:
+    """List settlement profiles by merchant.
+
+    Example: clearhouse profiles list
+    """
+    req = pb.ListSettlementProfilesRequest(page_size=min(limit or 1000, 1000))
+    found = list(pages(clients(ctx).settlement.ListSettlementProfiles, req, "profiles", limit))
+    if json:
+        out.emit_json(found)
+        return
+    out.console().print(out.table(f"settlement profiles ({len(found)})", PROFILE_COLUMNS,
+                                  [_profile_row(p) for p in found], right=["min payout"]))
+
+
+@profiles.command("show")
+@handled
+def show_profile(ctx: typer.Context, merchant: str, json: JsonOpt = False) -> None:
+    """Show a merchant's settlement profile.
+
+    Example: clearhouse profiles show M001
+    """
+    p = clients(ctx).settlement.GetSettlementProfile(
+        pb.GetSettlementProfileRequest(merchant_id=merchant)).profile
+    if json:
+        out.emit_json(p)
+        return
+    out.console().print(out.table("settlement profile", PROFILE_COLUMNS, [_profile_row(p)],
+                                  right=["min payout"]))
+
+
+def put_profile(c: Clients, profile: pb.SettlementProfile) -> tuple[str, pb.SettlementProfile]:
+    """Creates the profile, or replaces the one that exists."""
+    try:
+        made = c.settlement.CreateSettlementProfile(
+            pb.CreateSettlementProfileRequest(profile=profile)).profile
+        return "created", made
+    except ServiceError as exc:
+        if exc.reason != "PROFILE_EXISTS":
+            raise
+    made = c.settlement.UpdateSettlementProfile(
+        pb.UpdateSettlementProfileRequest(profile=profile)).profile
+    return "updated", made
+
+
+@profiles.command("set")
+@handled
+def set_profiles(ctx: typer.Context, file: Path, json: JsonOpt = False) -> None:
+    """Create or replace the settlement profiles of a YAML file (from the next run on).
+
+    Example: clearhouse profiles set docs/examples/cli/profiles.yaml
+    """
+    c = clients(ctx)
+    done = [put_profile(c, p) for p in settlement_profiles(file)]
+    if json:
+        out.emit_json([{"action": what, "profile": out.to_dict(p)} for what, p in done])
+        return
+    out.console().print(out.table("profiles set", ["action", *PROFILE_COLUMNS],
+                                  [[what, *_profile_row(p)] for what, p in done]))
+
+
+# ---- calendar ---------------------------------------------------------------------
+
+def month_days(c: Clients, month: str) -> list[pb.CalendarDay]:
+    year, mon = parse_month(month)
+    last = pycal.monthrange(year, mon)[1]
+    return list(c.settlement.ListCalendarDays(pb.ListCalendarDaysRequest(
+        from_date=proto_date(f"{year:04d}-{mon:02d}-01"),
+        to_date=proto_date(f"{year:04d}-{mon:02d}-{last:02d}"))).days)
+
+
+@calendar.command("month")
+@handled
+def show_month(ctx: typer.Context, month: str, json: JsonOpt = False) -> None:
+    """Show a month of the business calendar: working days, holidays, make-up days.
+
+    Example: clearhouse calendar month 2026-10
+    """
+    days = month_days(clients(ctx), month)
+    if json:
+        out.emit_json(days)
+        return
+    by_day = {d.date.day: d for d in days}
+    year, mon = parse_month(month)
+    grid = out.table(f"{month}  (number = working day, [dim]·n·[/dim] = closed)",
+                     ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], [],
+                     right=["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"])
+    for week in pycal.Calendar().monthdayscalendar(year, mon):
+        cells = []
+        for n in week:
+            d = by_day.get(n)
+            if not n or d is None:
+                cells.append("")
+            elif d.working:
+                cells.append(f"[bold]{n}[/bold]" + ("*" if d.overridden else ""))
+            else:
+                cells.append(f"[dim]·{n}·[/dim]" + ("*" if d.overridden else ""))
+        grid.add_row(*cells)
+    con = out.console()
+    con.print(grid)
+    special = [d for d in days if d.overridden or
+               (d.working == (dt.date(d.date.year, d.date.month, d.date.day).weekday() >= 5))]
+    if special:
+        con.print(out.table("not as the weekday says (* = set by operations)",
+                            ["date", "working", "why"],
+                            [[out.date(d.date), "yes" if d.working else "no",
+                              d.reason + (" *" if d.overridden else "")] for d in special]))
+
+
+@calendar.command("set-day")
+@handled
+def set_day(ctx: typer.Context, day: str,
+            working: Annotated[bool, typer.Option("--working/--closed",
+                                                  help="Working day, or closed.")],
+            reason: Annotated[str, typer.Option(help="Why, for the audit trail.")],
+            json: JsonOpt = False) -> None:
+    """Override one day of the calendar.
+
+    Example: clearhouse calendar set-day 2026-10-10 --working --reason "make-up day"
+    """
+    d = clients(ctx).settlement.SetCalendarDay(pb.SetCalendarDayRequest(
+        date=proto_date(day), working=working, reason=reason)).day
+    if json:
+        out.emit_json(d)
+        return
+    out.console().print(f"{out.date(d.date)}: {'working' if d.working else 'closed'} ({d.reason})")
+
+
+@calendar.command("settlement-date")
+@handled
+def settlement_date(ctx: typer.Context, business_date: str,
+                    cycle: Annotated[str, typer.Option(help="T+n, D+n, W+n or M+n.")],
+                    json: JsonOpt = False) -> None:
+    """When a business date settles on a cycle.
+
+    Example: clearhouse calendar settlement-date 2026-09-30 --cycle T+1
+    """
+    resp = clients(ctx).settlement.GetSettlementDate(pb.GetSettlementDateRequest(
+        business_date=proto_date(business_date), cycle=parse_cycle(cycle)))
+    if json:
+        out.emit_json(resp)
+        return
+    out.console().print(f"{business_date} on {cycle.upper()} settles on "
+                        f"{out.date(resp.settlement_date)}")
+
+
+# ---- runs -------------------------------------------------------------------------
+
+def run_id_of(text: str) -> str:
+    """A run id, or the date of a run (runs are one per settlement date)."""
+    try:
+        return ids.run_id(dt.date.fromisoformat(text))
+    except ValueError:
+        return text
+
+
+def _run_summary(r: pb.SettlementRun) -> None:
+    con = out.console()
+    con.print(f"run {r.run_id} for {out.date(r.settle_date)}: "
+              f"{out.enum(pb.RunState, r.state, 'RUN_STATE_')}, {r.merchant_count} merchants, "
+              f"{r.settlement_count} settlements, {r.pending_item_count} pending, "
+              f"{r.failed_item_count} failed")
+    if r.failures:
+        con.print(out.table("failed items", ["merchant", "step", "error"],
+                            [[f.merchant_id, f.step, f.error] for f in r.failures]))
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=out.err_console(), transient=False)
+
+
+def watch_run(c: Clients, run_id: str, done: threading.Event | None = None,
+              timeout_s: float = 900.0, interval_s: float = 0.2) -> pb.SettlementRun | None:
+    """Polls a run with a progress bar until it is COMPLETED (or `done` is set by the
+    caller whose RunSettlement call returned). None when the run never appeared."""
+    end = time.monotonic() + timeout_s
+    run: pb.SettlementRun | None = None
+    with _progress() as bar:
+        task = bar.add_task(f"run {run_id}", total=None)
+        while time.monotonic() < end:
+            try:
+                run = c.settlement.GetSettlementRun(pb.GetSettlementRunRequest(run_id=run_id)).run
+            except ServiceError as exc:
+                if exc.reason != "RUN_NOT_FOUND":
+                    raise
+            if run is not None:
+                bar.update(task, total=run.merchant_count,
+                           completed=run.merchant_count - run.pending_item_count)
+                if run.state == pb.RUN_STATE_COMPLETED:
+                    return run
+            if done is not None and done.wait(interval_s):
+                return run
+            if done is None:
+                time.sleep(interval_s)
+    return run
+
+
+def start_run(c: Clients, day: dt.date, rid: str, watch: bool) -> pb.SettlementRun:
+    req = pb.RunSettlementRequest(request_id=rid, settle_date=proto_date(day.isoformat()))
+    if not watch:
+        return c.settlement.RunSettlement(req, timeout=c.config.run_timeout_s).run
+    result: dict[str, Any] = {}
+    finished = threading.Event()
+
+    def call() -> None:
+        try:
+            result["run"] = c.settlement.RunSettlement(req, timeout=c.config.run_timeout_s).run
+        except ServiceError as exc:
+            result["error"] = exc
+        finally:
+            finished.set()
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    watch_run(c, ids.run_id(day), finished, timeout_s=c.config.run_timeout_s)
+    worker.join()
+    if "error" in result:
+        raise result["error"]
+    return result["run"]
+
+
+@runs.command("start")
+@handled
+def run_start(ctx: typer.Context, settle_date: str,
+              watch: Annotated[bool, typer.Option("--watch/--no-watch",
+                                                  help="Show a progress bar.")] = True,
+              request_id_: RequestIdOpt = "", json: JsonOpt = False) -> None:
+    """Run settlement for a date (idempotent: a date runs once; a repeat completes it).
+
+    Example: clearhouse runs start 2026-10-13 --request-id run-2026-10-13
+    """
+    day = parse_date(settle_date, "settle date")
+    rid = request_id(request_id_, "run")
+    run = start_run(clients(ctx), day, rid, watch and not json)
+    if json:
+        out.emit_json(run)
+        return
+    _run_summary(run)
+
+
+@runs.command("status")
+@handled
+def run_status(ctx: typer.Context, run: Annotated[str, typer.Argument(
+        help="Run id or settlement date.")], json: JsonOpt = False) -> None:
+    """Show a run's progress and failed items.
+
+    Example: clearhouse runs status 2026-10-13
+    """
+    r = clients(ctx).settlement.GetSettlementRun(
+        pb.GetSettlementRunRequest(run_id=run_id_of(run))).run
+    if json:
+        out.emit_json(r)
+        return
+    _run_summary(r)
+
+
+@runs.command("watch")
+@handled
+def run_watch(ctx: typer.Context, run: Annotated[str, typer.Argument(
+        help="Run id or settlement date.")],
+        timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900,
+        json: JsonOpt = False) -> None:
+    """Follow a run with a progress bar until it completes.
+
+    Example: clearhouse runs watch run-20261013
+    """
+    r = watch_run(clients(ctx), run_id_of(run), timeout_s=timeout)
+    if r is None:
+        out.err_console().print(f"no run {run_id_of(run)}")
+        raise typer.Exit(EXIT_REFUSED)
+    if json:
+        out.emit_json(r)
+        return
+    _run_summary(r)
+
+
+# ---- settlements and statements ------------------------------------------------------
+
+OUTCOME = "SETTLEMENT_OUTCOME_"
+SETTLEMENT_COLUMNS = ["settlement", "merchant", "date", "details", "payments", "refunds",
+                      "NET fees", "adjust", "bills", "carried in", "net", "paid out",
+                      "carried out", "outcome"]
+_MONEY_COLUMNS = SETTLEMENT_COLUMNS[4:13]
+
+
+def settlement_row(s: pb.Settlement) -> list[str]:
+    cur = s.currency_code
+    return [s.settlement_id, s.merchant_id, out.date(s.settle_date), str(s.detail_count),
+            out.amount(s.payments, cur), out.amount(-s.refunds, cur),
+            out.amount(s.net_fee_returns - s.net_fees, cur), out.amount(s.adjustments, cur),
+            out.amount(-s.fee_bills, cur), out.amount(s.carried_in, cur), out.amount(s.net, cur),
+            out.amount(s.paid_out, cur), out.amount(s.carried_out, cur),
+            out.enum(pb.SettlementOutcome, s.outcome, OUTCOME)]
+
+
+def list_settlements(c: Clients, merchant: str = "", date_from: str = "", date_to: str = "",
+                     limit: int = 0) -> list[pb.Settlement]:
+    req = pb.ListSettlementsRequest(merchant_id=merchant, page_size=min(limit or 1000, 1000))
+    if date_from:
+        req.settle_date_from.CopyFrom(proto_date(date_from, "--from"))
+    if date_to:
+        req.settle_date_to.CopyFrom(proto_date(date_to, "--to"))
+    return list(pages(c.settlement.ListSettlements, req, "settlements", limit))
+
+
+@settlements.command("list")
+@handled
+def settlements_list(
+    ctx: typer.Context,
+    merchant: Annotated[str, typer.Option(help="Only this merchant.")] = "",
+    date_from: Annotated[str, typer.Option("--from", help="First settlement date.")] = "",
+    date_to: Annotated[str, typer.Option("--to", help="Last settlement date.")] = "",
+    on: Annotated[str, typer.Option("--date", help="One settlement date.")] = "",
+    limit: LimitOpt = 100, json: JsonOpt = False,
+) -> None:
+    """List settlements by date, then merchant. Amounts as they enter the net.
+
+    Example: clearhouse settlements list --date 2026-10-13
+    """
+    found = list_settlements(clients(ctx), merchant, on or date_from, on or date_to, limit)
+    if json:
+        out.emit_json(found)
+        return
+    out.console().print(out.table(f"settlements ({len(found)})", SETTLEMENT_COLUMNS,
+                                  [settlement_row(s) for s in found], right=_MONEY_COLUMNS))
+
+
+@settlements.command("show")
+@handled
+def settlement_show(ctx: typer.Context, settlement_id: str, json: JsonOpt = False) -> None:
+    """Show a settlement with its lines.
+
+    Example: clearhouse settlements show st-20261013-M001
+    """
+    s = clients(ctx).settlement.GetSettlement(
+        pb.GetSettlementRequest(settlement_id=settlement_id)).settlement
+    if json:
+        out.emit_json(s)
+        return
+    con = out.console()
+    con.print(out.table("settlement", SETTLEMENT_COLUMNS, [settlement_row(s)],
+                        right=_MONEY_COLUMNS))
+    con.print(out.table("lines", ["line", "count", "amount", "reference"], [
+        [out.enum(pb.SettlementLineType, ln.type, "SETTLEMENT_LINE_TYPE_"), ln.count,
+         out.money(ln.amount), ln.reference] for ln in s.lines], right=["count", "amount"]))
+    if s.payout_id:
+        con.print(f"payout {s.payout_id}")
+
+
+def export_statement(c: Clients, settlement_id: str, folder: Path) -> Path:
+    """Writes the statement's CSV (the decoded bytes, as the service made them)."""
+    resp = c.settlement.ExportStatement(pb.ExportStatementRequest(settlement_id=settlement_id))
+    name = Path(resp.file_name or f"{settlement_id}.csv").name  # never a path from the wire
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    target.write_bytes(resp.content)
+    return target
+
+
+@statements.command("export")
+@handled
+def statements_export(
+    ctx: typer.Context,
+    settlement_ids: Annotated[list[str] | None, typer.Argument(help="Settlements.")] = None,
+    on: Annotated[str, typer.Option("--date", help="Every settlement of this date.")] = "",
+    merchant: Annotated[str, typer.Option(help="With --date or alone: this merchant's.")] = "",
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write to.")] = Path("."),
+    stdout: Annotated[bool, typer.Option("--stdout", help="Print one CSV instead.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Export statements as CSV files (UTF-8; columns in docs/settlement.md).
+
+    Example: clearhouse statements export --date 2026-10-13 --out statements/
+    """
+    c = clients(ctx)
+    chosen = list(settlement_ids or [])
+    if on or merchant:
+        chosen += [s.settlement_id for s in list_settlements(c, merchant, on, on)]
+    if not chosen:
+        raise typer.BadParameter("name settlements, or give --date or --merchant")
+    if stdout:
+        if len(chosen) != 1:
+            raise typer.BadParameter("--stdout prints exactly one statement")
+        resp = c.settlement.ExportStatement(pb.ExportStatementRequest(settlement_id=chosen[0]))
+        typer.echo(resp.content.decode("utf-8"), nl=False)
+        return
+    written = [export_statement(c, sid, out_dir) for sid in chosen]
+    if json:
+        out.emit_json([str(p) for p in written])
+        return
+    for p in written:
+        out.console().print(f"wrote {p}")
+
+
+# ---- payouts ----------------------------------------------------------------------
+
+PAYOUT_COLUMNS = ["payout", "merchant", "amount", "to", "state", "attempts", "last error",
+                  "updated"]
+
+
+def _payout_row(p: pb.Payout) -> list[str]:
+    to = out.enum(pb.DestinationType, p.destination_type, "DESTINATION_TYPE_")
+    if p.destination_type == pb.DESTINATION_TYPE_BANK_ACCOUNT:
+        to = f"BANK …{p.bank_account.account_number[-4:]}"
+    return [p.payout_id, p.merchant_id, out.money(p.amount), to,
+            out.enum(pb.PayoutState, p.state, "PAYOUT_STATE_"), str(p.attempts), p.last_error,
+            out.when(p.update_time)]
+
+
+@payouts.command("list")
+@handled
+def payouts_list(ctx: typer.Context,
+                 merchant: Annotated[str, typer.Option(help="Only this merchant.")] = "",
+                 state: Annotated[str, typer.Option(
+                     help="created, submitted, paid, failed or returned.")] = "",
+                 limit: LimitOpt = 100, json: JsonOpt = False) -> None:
+    """List payouts, newest first.
+
+    Example: clearhouse payouts list --state failed
+    """
+    code: Any = 0
+    if state:
+        try:
+            code = int(pb.PayoutState.Value("PAYOUT_STATE_" + state.upper()))
+        except ValueError:
+            raise typer.BadParameter("created, submitted, paid, failed or returned") from None
+    req = pb.ListPayoutsRequest(merchant_id=merchant, state=code,
+                                page_size=min(limit or 1000, 1000))
+    found = list(pages(clients(ctx).settlement.ListPayouts, req, "payouts", limit))
+    if json:
+        out.emit_json(found)
+        return
+    out.console().print(out.table(f"payouts ({len(found)})", PAYOUT_COLUMNS,
+                                  [_payout_row(p) for p in found], right=["amount"]))
+
+
+@payouts.command("show")
+@handled
+def payout_show(ctx: typer.Context, payout_id: str, json: JsonOpt = False) -> None:
+    """Show a payout (asks the gateway for news first).
+
+    Example: clearhouse payouts show po-st-20261013-M002
+    """
+    p = clients(ctx).settlement.GetPayout(pb.GetPayoutRequest(payout_id=payout_id)).payout
+    if json:
+        out.emit_json(p)
+        return
+    out.console().print(out.table("payout", PAYOUT_COLUMNS, [_payout_row(p)], right=["amount"]))
+
+
+@payouts.command("retry")
+@handled
+def payout_retry(ctx: typer.Context, payout_id: str, request_id_: RequestIdOpt = "",
+                 json: JsonOpt = False) -> None:
+    """Pay a FAILED payout's money again now, to the merchant's current destination.
+
+    Example: clearhouse payouts retry po-st-20261013-M002 --request-id retry-M002-1
+    """
+    rid = request_id(request_id_, "retry")
+    p = clients(ctx).settlement.RetryPayout(
+        pb.RetryPayoutRequest(request_id=rid, payout_id=payout_id)).payout
+    if json:
+        out.emit_json(p)
+        return
+    out.console().print(out.table("new payout", PAYOUT_COLUMNS, [_payout_row(p)],
+                                  right=["amount"]))
+
+
+# ---- ledger and invariants ----------------------------------------------------------
+
+def _account_row(a: pb.Account) -> list[str]:
+    bal = a.balance
+    debit = out.amount(bal.minor_units, bal.currency_code) if bal.minor_units > 0 else ""
+    credit = out.amount(-bal.minor_units, bal.currency_code) if bal.minor_units < 0 else ""
+    return [a.account_code, out.enum(pb.AccountType, a.type, "ACCOUNT_TYPE_"), debit, credit]
+
+
+@ledger.command("trial-balance")
+@handled
+def trial_balance(ctx: typer.Context, currency: Annotated[str, typer.Option(
+        help="Only this currency.")] = "", json: JsonOpt = False) -> None:
+    """The trial balance: every account, debits and credits, per currency summing to zero.
+
+    Example: clearhouse ledger trial-balance --currency CNY
+    """
+    resp = clients(ctx).settlement.GetTrialBalance(
+        pb.GetTrialBalanceRequest(currency_code=currency.upper()))
+    if json:
+        out.emit_json(resp)
+        return
+    print_trial_balance(resp)
+
+
+def print_trial_balance(resp: pb.GetTrialBalanceResponse) -> None:
+    con = out.console()
+    con.print(out.table("trial balance", ["account", "type", "debit", "credit"],
+                        [_account_row(a) for a in resp.accounts], right=["debit", "credit"]))
+    for t in resp.totals:
+        verdict = "balanced" if t.total == 0 else "[red]NOT BALANCED[/red]"
+        con.print(f"{t.currency_code}: sum of balances {out.amount(t.total, t.currency_code)}"
+                  f" — {verdict}")
+
+
+@ledger.command("balance")
+@handled
+def account_balance(ctx: typer.Context, account_code: str, json: JsonOpt = False) -> None:
+    """One ledger account's balance (debit positive, credit negative).
+
+    Example: clearhouse ledger balance MERCHANT_PAYABLE:M001:CNY
+    """
+    a = clients(ctx).settlement.GetAccountBalance(
+        pb.GetAccountBalanceRequest(account_code=account_code)).account
+    if json:
+        out.emit_json(a)
+        return
+    out.console().print(out.table("account", ["account", "type", "debit", "credit"],
+                                  [_account_row(a)], right=["debit", "credit"]))
+
+
+@ledger.command("entries")
+@handled
+def account_entries(ctx: typer.Context, account_code: str, limit: LimitOpt = 50,
+                    json: JsonOpt = False) -> None:
+    """The journal entries that posted to an account, newest first.
+
+    Example: clearhouse ledger entries MERCHANT_PAYABLE:M001:CNY --limit 10
+    """
+    req = pb.ListAccountEntriesRequest(account_code=account_code,
+                                       page_size=min(limit or 1000, 1000))
+    found = list(pages(clients(ctx).settlement.ListAccountEntries, req, "entries", limit))
+    if json:
+        out.emit_json(found)
+        return
+    rows = []
+    for e in found:
+        for i, p in enumerate(e.postings):
+            rows.append([e.entry_id if i == 0 else "", e.entry_type if i == 0 else "",
+                         e.reference if i == 0 else "", p.account_code, out.money(p.amount),
+                         out.when(e.create_time) if i == 0 else ""])
+    out.console().print(out.table(f"entries of {account_code} ({len(found)})",
+                                  ["entry", "type", "reference", "posting", "amount", "booked"],
+                                  rows, right=["amount"]))
+
+
+def print_violations(violations: list[pb.InvariantViolation]) -> None:
+    con = out.console()
+    if not violations:
+        con.print("[green]invariant check: no violation[/green]")
+        return
+    con.print(out.table(f"[red]invariant violations ({len(violations)})[/red]",
+                        ["invariant", "reference", "what"],
+                        [[v.invariant, v.reference, v.description] for v in violations]))
+
+
+def check_command(ctx: typer.Context,
+                  clearing_date: Annotated[str, typer.Option(
+                      "--clearing-date", help="Also check this date's batches with clearing.")] = "",
+                  json: JsonOpt = False) -> None:
+    """Check the ledger's invariants (domain §5); exit 1 when any is violated.
+
+    Example: clearhouse check --clearing-date 2026-10-13
+    """
+    req = pb.CheckInvariantsRequest()
+    if clearing_date:
+        req.clearing_check_date.CopyFrom(proto_date(clearing_date, "--clearing-date"))
+    resp = clients(ctx).settlement.CheckInvariants(req)
+    if json:
+        out.emit_json(resp)
+    else:
+        print_violations(list(resp.violations))
+    if resp.violations:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+check = handled(check_command)

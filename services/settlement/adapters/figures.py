@@ -1,0 +1,83 @@
+"""Settlement's business figures for Prometheus, read from its own schema."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.figures import rows
+from shared.metrics import FigureSource, ServiceMetrics
+
+PAYOUT_STATES = ("CREATED", "SUBMITTED", "PAID", "FAILED", "RETURNED")
+ITEM_STATES = ("PENDING", "FAILED", "BOOKED", "DONE", "SKIPPED")
+
+
+def figure_source(
+    engine: AsyncEngine,
+    check_books: Callable[[], Awaitable[list[Any]]],
+    invariant_interval_s: float,
+    calendar_coverage: Callable[[], Awaitable[Any]],
+) -> FigureSource:
+    """`check_books`: the ledger's own invariant check (CheckInvariants without the
+    clearing comparison), run at most every `invariant_interval_s`: it reads every
+    posting, far more than the other figures."""
+    last_check = [-float("inf")]
+
+    async def refresh(m: ServiceMetrics) -> None:
+        coverage = await calendar_coverage()
+        m.gauge("calendar_days_left",
+                "Days from today to the business calendar's last known day (settlement "
+                "refuses dates past it; load the next year before it reaches 0)."
+                ).set(coverage.days_left)
+        if time.monotonic() - last_check[0] >= invariant_interval_s:
+            found = await check_books()
+            by_name: dict[tuple[str, ...], float] = {}
+            for violation in found:
+                key = (violation.invariant,)
+                by_name[key] = by_name.get(key, 0) + 1
+            m.gauge("invariant_violations",
+                    "Violations the last periodic check of the books found.").set(len(found))
+            m.set_by_label(
+                m.gauge("invariant_violations_by_invariant",
+                        "Violations of the last periodic check, by invariant.", ["invariant"]),
+                by_name, [],
+            )
+            last_check[0] = time.monotonic()
+        payouts = m.gauge("payouts", "Payouts, by state and currency.", ["state", "currency"])
+        amounts = m.gauge("payout_amount_minor_units",
+                          "Sum of payout amounts (minor units), by state and currency.",
+                          ["state", "currency"])
+        counts: dict[tuple[str, ...], float] = {}
+        sums: dict[tuple[str, ...], float] = {}
+        for state, currency, n, total in await rows(
+            engine,
+            "SELECT state, currency, count(*), coalesce(sum(amount), 0) FROM payouts GROUP BY 1, 2",
+        ):
+            counts[(state, currency)] = n
+            sums[(state, currency)] = total
+        m.set_by_label(payouts, counts, list(counts))
+        m.set_by_label(amounts, sums, list(counts))
+        (age,), = await rows(
+            engine,
+            "SELECT coalesce(extract(epoch FROM now() - min(create_time)), 0) FROM payouts "
+            "WHERE state IN ('CREATED', 'SUBMITTED')",
+        )
+        m.gauge("oldest_unfinished_payout_age_seconds",
+                "Age of the oldest payout not yet PAID, FAILED or RETURNED; 0 when none."
+                ).set(float(age))
+        items = m.gauge("run_items", "Work items of settlement runs, by state.", ["state"])
+        m.set_by_label(
+            items,
+            {(s,): n for s, n in await rows(engine, "SELECT state, count(*) FROM run_items GROUP BY 1")},
+            [(s,) for s in ITEM_STATES],
+        )
+        runs = m.gauge("runs", "Settlement runs, by state.", ["state"])
+        m.set_by_label(
+            runs, {(s,): n for s, n in await rows(engine, "SELECT state, count(*) FROM runs GROUP BY 1")},
+            [],
+        )
+
+    return refresh

@@ -1,0 +1,46 @@
+"""Figure sources every service shares: how its database pools are used.
+
+A figure source (see shared.metrics) is a coroutine that reads the database and sets
+gauges; each service adds its business figures in `adapters/figures.py`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.metrics import FigureSource, ServiceMetrics
+from shared.pg_pool import PgPool
+
+
+def pool_figures(engine: AsyncEngine, pools: Sequence[PgPool] = ()) -> FigureSource:
+    """Connections of the SQLAlchemy engine and of the asyncpg hot-path pools: in use,
+    idle and the configured maximum (a pool at its maximum makes calls wait)."""
+
+    async def refresh(metrics: ServiceMetrics) -> None:
+        in_use = metrics.gauge("db_pool_connections_in_use", "Connections checked out.", ["pool"])
+        size = metrics.gauge("db_pool_connections", "Connections open.", ["pool"])
+        limit = metrics.gauge("db_pool_max_connections", "Most connections the pool opens.",
+                              ["pool"])
+        sa: Any = engine.pool
+        in_use.labels("sqlalchemy").set(sa.checkedout())
+        size.labels("sqlalchemy").set(sa.checkedout() + sa.checkedin())
+        limit.labels("sqlalchemy").set(sa.size() + max(sa._max_overflow, 0))
+        for i, pool in enumerate(pools):
+            name = "asyncpg" if i == 0 else f"asyncpg{i}"
+            raw = pool._pool
+            open_ = raw.get_size() if raw is not None else 0
+            idle = raw.get_idle_size() if raw is not None else 0
+            in_use.labels(name).set(open_ - idle)
+            size.labels(name).set(open_)
+            limit.labels(name).set(pool.pool_size)
+
+    return refresh
+
+
+async def rows(engine: AsyncEngine, sql: str) -> list[Any]:
+    """The rows of one read-only statement on the service's own schema."""
+    async with engine.connect() as conn:
+        return list((await conn.execute(text(sql))).all())

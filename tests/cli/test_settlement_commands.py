@@ -1,0 +1,162 @@
+"""`clearhouse profiles|calendar|runs|settlements|statements|payouts|ledger|check` and the
+clearing commands, through one small month against the real stack."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
+
+from tests.cli.conftest import Cli
+from tests.e2e import stack as st
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "docs" / "examples" / "cli"
+
+
+def pay(tid: str, merchant: str, fen: int, time: str, **extra: str) -> dict:
+    return {"id": tid, "transaction_type": "PAYMENT", "merchant_id": merchant, "amount": fen,
+            "time": time, "product": "QUICKPAY", **extra}
+
+
+async def test_profiles_set_list_show(cli: Cli, tmp_path):
+    made = json.loads((await cli("profiles", "set", str(EXAMPLES / "profiles.yaml"),
+                                 "--json")).stdout)
+    assert {(m["action"], m["profile"]["merchant_id"]) for m in made} >= {
+        ("created", "EX-SHOP"), ("created", "EX-CAFE")} or all(
+        m["action"] == "updated" for m in made)
+    listed = await cli("profiles", "list")
+    assert "EX-SHOP" in listed.stdout and "BANK_ACCOUNT ICBC …2233" in listed.stdout
+    shown = json.loads((await cli("profiles", "show", "EX-SHOP", "--json")).stdout)
+    assert shown["min_payout"] == "1000" and shown["cycle"] == {"kind": "CYCLE_KIND_T", "days": 1}
+    held = tmp_path / "hold.yaml"
+    held.write_text("merchant_id: EX-HOLD\ncycle: M+1\ndestination: PAYMENT_ACCOUNT\n"
+                    "hold: true\nhold_reason: KYC review\n")
+    await cli("profiles", "set", str(held))
+    again = await cli("profiles", "set", str(held))
+    assert "updated" in again.stdout
+    assert "HELD: KYC review" in (await cli("profiles", "show", "EX-HOLD")).stdout
+    assert "PROFILE_NOT_FOUND" in (await cli("profiles", "show", "NOBODY", code=1)).stderr
+    held.write_text("merchant_id: X\ncycle: T+x\ndestination: PAYMENT_ACCOUNT\n")
+    assert "is not a cycle" in (await cli("profiles", "set", str(held), code=2)).stderr
+
+
+async def test_calendar_month_set_day_and_settlement_date(cli: Cli):
+    month = await cli("calendar", "month", "2026-10")
+    # National Day week: 1-7 October closed, Saturday 10 October a make-up working day.
+    assert "National" in month.stdout or "holiday" in month.stdout
+    days = {d["date"]["day"]: d for d in json.loads((await cli("calendar", "month", "2026-10",
+                                                                "--json")).stdout)}
+    assert not days[1].get("working", False) and days[12]["working"]
+    out = await cli("calendar", "settlement-date", "2026-09-30", "--cycle", "T+1")
+    assert "settles on 2026-10-09" in out.stdout or "settles on 2026-10-08" in out.stdout
+    await cli("calendar", "set-day", "2026-12-26", "--working", "--reason", "year-end make-up")
+    dec = json.loads((await cli("calendar", "month", "2026-12", "--json")).stdout)
+    day = next(d for d in dec if d["date"]["day"] == 26)
+    assert day["working"] and day["overridden"] and day["reason"] == "year-end make-up"
+    assert (await cli("calendar", "settlement-date", "2026-10-09", "--cycle", "X+1",
+                      code=2)).exit_code == 2
+
+
+async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli: Cli, tmp_path):
+    s = cli.stack
+    await cli("rules", "apply", str(EXAMPLES / "fee-rules.yaml"))
+    await cli("profiles", "set", str(EXAMPLES / "profiles.yaml"))
+    await cli("accounts", "topup", "EX-CAFE", "0.10", "--request-id", "cafe-seed")
+    # EX-SHOP: two payments and a partial refund on Monday 2 November (T+1: Tue 3rd).
+    await st.record(s, pay("shop-p1", "EX-SHOP", 20000, "2026-11-02T10:00:00+08:00"))
+    await st.record(s, pay("shop-p2", "EX-SHOP", 5000, "2026-11-02T11:00:00+08:00",
+                           product="WEB"))
+    await st.record(s, {"id": "shop-r1", "transaction_type": "REFUND", "merchant_id": "EX-SHOP",
+                        "amount": 5000, "time": "2026-11-02T12:00:00+08:00",
+                        "original_id": "shop-p1"})
+    await st.adjust(s, {"id": "shop-adj1", "merchant_id": "EX-SHOP", "amount": -300,
+                        "time": "2026-11-02T13:00:00+08:00", "reason": "CHANNEL_SHORT"})
+    # EX-CAFE is prepaid with 0.10 yuan: its 100-yuan payment (fee 0.80) is refused.
+    await st.record(s, pay("cafe-p1", "EX-CAFE", 10000, "2026-11-02T09:00:00+08:00"))
+
+    shown = await cli("details", "list", "EX-SHOP", "--from", "2026-11-02", "--to", "2026-11-02")
+    assert "shop-p1" in shown.stdout and "REFUND" in shown.stdout and "CHANNEL_SHORT" in shown.stdout
+    refunds = json.loads((await cli("details", "list", "EX-SHOP", "--type", "refund",
+                                    "--json")).stdout)
+    assert [d["detail_id"] for d in refunds] == ["shop-r1"]
+    one = json.loads((await cli("details", "show", "shop-p1", "--json")).stdout)
+    assert one["fee"]["minor_units"] == "80" and one["collection_mode"] == "COLLECTION_MODE_DEFERRED"
+    summary = await cli("details", "summary", "EX-SHOP", "--from", "2026-11-01", "--to",
+                        "2026-11-30")
+    assert "250.00" in summary.stdout and "50.00" in summary.stdout
+    pending = await cli("pending-fees", "list", "--json")
+    assert json.loads(pending.stdout) == [] or all(
+        d["merchant_id"] != "EX-SHOP" for d in json.loads(pending.stdout))
+
+    exc = await cli("exceptions", "list", "--merchant", "EX-CAFE")
+    assert "cafe-p1" in exc.stdout and "INSUFFICIENT_FEE_BALANCE" in exc.stdout
+    still = await cli("exceptions", "retry", "cafe-p1")
+    assert "0 priced, 1 still in exception" in still.stdout
+    await cli("accounts", "topup", "EX-CAFE", "50.00", "--request-id", "cafe-more")
+    fixed = await cli("exceptions", "retry", "--merchant", "EX-CAFE")
+    assert "1 priced, 0 still in exception" in fixed.stdout
+    assert (await cli("exceptions", "retry", code=2)).exit_code == 2
+
+    # The bank refuses EX-SHOP's first payout.
+    await s.simulator.control.SetBehaviour(sim.SetBehaviourRequest(
+        behaviour=sim.BEHAVIOUR_FAIL, times=1, merchant_id="EX-SHOP"))
+    started = await cli("runs", "start", "2026-11-03", "--request-id", "cli-run-1103")
+    assert "run run-20261103 for 2026-11-03: COMPLETED" in started.stdout
+    assert "0 failed" in started.stdout
+    status = json.loads((await cli("runs", "status", "2026-11-03", "--json")).stdout)
+    assert status["run_id"] == "run-20261103" and status["state"] == "RUN_STATE_COMPLETED"
+    watched = await cli("runs", "watch", "run-20261103")
+    assert "COMPLETED" in watched.stdout
+    assert "RUN_NOT_FOUND" in (await cli("runs", "status", "run-19990101", code=1)).stderr
+
+    listed = json.loads((await cli("settlements", "list", "--date", "2026-11-03",
+                                   "--json")).stdout)
+    shop = next(x for x in listed if x["merchant_id"] == "EX-SHOP")
+    # 200 + 50 − 50 − 3 adjustment; fees are DEFERRED, so nothing NET: 197.00 paid out.
+    assert shop["net"] == "19700" and shop["paid_out"] == "19700"
+    table = await cli("settlements", "list", "--merchant", "EX-SHOP")
+    assert "197.00" in table.stdout and "PAID_OUT" in table.stdout
+    lines = await cli("settlements", "show", shop["settlement_id"])
+    assert "PAYMENTS" in lines.stdout and "250.00 CNY" in lines.stdout and "-3.00 CNY" in lines.stdout
+
+    written = await cli("statements", "export", "--date", "2026-11-03", "--out", str(tmp_path))
+    files = sorted(tmp_path.glob("*.csv"))
+    assert len(files) == len(listed) and f"wrote {files[0]}" in written.stdout
+    rows = list(csv.DictReader(io.StringIO(
+        (tmp_path / Path(next(f.name for f in files if "EX-SHOP" in f.name))).read_text())))
+    assert {"line_type": "NET", "amount_minor": "19700"}.items() <= next(
+        r for r in rows if r["line_type"] == "NET").items()
+    printed = await cli("statements", "export", shop["settlement_id"], "--stdout")
+    assert printed.stdout.startswith("settlement_id,") and "19700" in printed.stdout
+    assert (await cli("statements", "export", code=2)).exit_code == 2
+
+    await st.wait_payouts_final(s)
+    failed = json.loads((await cli("payouts", "list", "--state", "failed", "--json")).stdout)
+    assert [p["merchant_id"] for p in failed] == ["EX-SHOP"]
+    pid = failed[0]["payout_id"]
+    assert "FAILED" in (await cli("payouts", "show", pid)).stdout
+    retried = await cli("payouts", "retry", pid, "--request-id", "cli-retry-1")
+    assert "197.00 CNY" in retried.stdout
+    assert "PAYOUT_NOT_RETRYABLE" in (await cli("payouts", "retry", pid, code=1)).stderr
+    await st.wait_payouts_final(s)
+    assert "PAID" in (await cli("payouts", "list", "--merchant", "EX-SHOP")).stdout
+
+    batches = json.loads((await cli("batches", "list", "--merchant", "EX-SHOP", "--json")).stdout)
+    assert batches and batches[0]["state"] == "BATCH_STATE_CONFIRMED"
+    assert "CONFIRMED" in (await cli("batches", "show", batches[0]["batch_id"])).stdout
+
+    tb = await cli("ledger", "trial-balance")
+    assert "CNY: sum of balances 0.00 — balanced" in tb.stdout
+    tbj = json.loads((await cli("ledger", "trial-balance", "--json")).stdout)
+    assert all(t.get("total", "0") == "0" for t in tbj["totals"])
+    bal = await cli("ledger", "balance", "MERCHANT_PAYABLE:EX-SHOP:CNY")
+    assert "MERCHANT_PAYABLE" in bal.stdout
+    entries = await cli("ledger", "entries", "MERCHANT_PAYABLE:EX-SHOP:CNY")
+    assert "SETTLEMENT" in entries.stdout and "PAYOUT_FAILED" in entries.stdout
+    ok = await cli("check", "--clearing-date", "2026-11-03")
+    assert "no violation" in ok.stdout
+    assert json.loads((await cli("check", "--json")).stdout) == {}

@@ -1,0 +1,187 @@
+"""Each service exports its RPC and business figures on a metrics port of its own, and
+they move when the work happens. Scraped over HTTP from real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from clearhouse.billing.v1 import billing_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared import server
+from shared.security import ServerSecurity
+from tests.clearing.conftest import FAST, payment, percent_rule, record
+from tests.support.harness import ServiceHandle, drop, launch
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def scrape(handle: ServiceHandle) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    port = handle.running.metrics_server.port  # type: ignore[union-attr]
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def families(handle: ServiceHandle) -> set[str]:
+    """The metric families a service exports (also those with no sample yet)."""
+    port = handle.running.metrics_server.port  # type: ignore[union-attr]
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    names = set()
+    for family in text_string_to_metric_families(body):
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+        names |= {family.name, *(s.name for s in family.samples)}
+        names |= {family.name + x for x in suffixes.get(family.type, ())}
+    return names
+
+
+def value(figures, name: str, **labels: str) -> float:  # type: ignore[no-untyped-def]
+    return figures.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+async def clearing(pg_url: str, billing: ServiceHandle):  # type: ignore[no-untyped-def]
+    handle = await launch("clearing", pg_url, billing_address=billing.address, **FAST)
+    yield handle
+    await drop(handle)
+
+
+async def test_rpc_counts_and_latency_move_with_calls_and_their_codes(billing, clearing):
+    method = dict(grpc_type="unary", grpc_service="clearhouse.clearing.v1.ClearingService",
+                  grpc_method="RecordTransaction")
+    before = await asyncio.to_thread(scrape, clearing)
+    await percent_rule(billing, "R1", "0.01")
+    await record(clearing, payment("T1", 10_000))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await record(clearing, payment("", 10_000))
+    after = await asyncio.to_thread(scrape, clearing)
+    for code, delta in (("OK", 1), ("INVALID_ARGUMENT", 1)):
+        name = "grpc_server_handled_total"
+        assert value(after, name, grpc_code=code, **method) - value(
+            before, name, grpc_code=code, **method) == delta
+    assert value(after, "grpc_server_started_total", **method) - value(
+        before, "grpc_server_started_total", **method) == 2
+    assert value(after, "grpc_server_handling_seconds_count", **method) == 2
+    # clearing called billing once for the fee: billing counted it too.
+    charged = await asyncio.to_thread(scrape, billing)
+    assert value(charged, "grpc_server_handled_total", grpc_type="unary",
+                 grpc_service="clearhouse.billing.v1.BillingService",
+                 grpc_method="BatchChargeFees", grpc_code="OK") + value(
+        charged, "grpc_server_handled_total", grpc_type="unary",
+        grpc_service="clearhouse.billing.v1.BillingService", grpc_method="ChargeFee",
+        grpc_code="OK") == 1
+
+
+async def test_business_figures_follow_the_database(billing, clearing):
+    await percent_rule(billing, "R1", "0.01")
+    await clearing.running.app.metrics.refresh()  # type: ignore[union-attr]
+    empty = await asyncio.to_thread(scrape, clearing)
+    labels = dict(type="PAYMENT", state="UNSETTLED", currency="CNY")
+    assert value(empty, "clearhouse_clearing_details", **labels) == 0
+    await record(clearing, payment("T1", 10_000))
+    await record(clearing, payment("T2", 2_500))
+    await clearing.running.app.metrics.refresh()  # type: ignore[union-attr]
+    await billing.running.app.metrics.refresh()  # type: ignore[union-attr]
+    figures = await asyncio.to_thread(scrape, clearing)
+    assert value(figures, "clearhouse_clearing_details", **labels) == 2
+    assert value(figures, "clearhouse_clearing_detail_amount_minor_units", **labels) == 12_500
+    assert value(figures, "clearhouse_clearing_unsettled_details") == 2
+    assert value(figures, "clearhouse_clearing_pending_fees") == 0
+    assert value(figures, "clearhouse_clearing_figures_refreshed_timestamp_seconds") > 0
+    assert value(figures, "clearhouse_clearing_db_pool_max_connections", pool="asyncpg") > 0
+    fees = await asyncio.to_thread(scrape, billing)
+    assert value(fees, "clearhouse_billing_fee_charges", mode="NET", currency="CNY") == 2
+    assert value(fees, "clearhouse_billing_fee_charged_minor_units", mode="NET",
+                 currency="CNY") == 100 + 25
+
+
+async def test_a_prepaid_refusal_is_counted_on_billings_port(billing):
+    from clearhouse.type.v1 import transaction_pb2
+
+    from tests.billing.support import txn
+
+    await percent_rule(billing, "PP", "0.01", mode=transaction_pb2.COLLECTION_MODE_PREPAID)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await billing.stub.ChargeFee(billing_pb2.ChargeFeeRequest(transaction=txn("T1", 10_000)))
+    figures = await asyncio.to_thread(scrape, billing)
+    assert value(figures, "clearhouse_billing_fee_account_insufficient_refusals_total") == 1
+
+
+async def test_liveness_stays_serving_when_readiness_does_not(pg_url):
+    async def not_ready() -> bool:
+        return False
+
+    app = server.App(name="probe", error_domain="probe", servicers=[],
+                     service_names=["probe.v1.Probe"], readiness=not_ready,
+                     security=ServerSecurity.insecure())
+    running = await server.start(app)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            live = await health.Check(health_pb2.HealthCheckRequest(service=server.LIVENESS))
+            ready = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert live.status == health_pb2.HealthCheckResponse.SERVING
+        assert ready.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await running.stop(None)
+
+
+async def test_settlement_exports_payouts_runs_and_the_invariant_check_of_its_books(pg_url):
+    from sqlalchemy import text
+
+    settlement = await launch("settlement", pg_url, invariant_check_interval_s=0.001,
+                              scheduler_enabled=False, dispatcher_enabled=False)
+    try:
+        metrics = settlement.running.app.metrics
+        await metrics.refresh()  # type: ignore[union-attr]
+        clean = await asyncio.to_thread(scrape, settlement)
+        assert ("clearhouse_settlement_invariant_violations", ()) in clean
+        assert value(clean, "clearhouse_settlement_invariant_violations") == 0
+        assert ("clearhouse_settlement_run_items", (("state", "FAILED"),)) in clean
+        # A journal entry with no postings breaks "entries balance": the gauge says so.
+        async with settlement.engine.begin() as conn:
+            await conn.execute(text(
+                "INSERT INTO journal_entries (entry_id, entry_type, reference) "
+                "VALUES ('E-broken', 'SETTLEMENT', 'test')"))
+        await metrics.refresh()  # type: ignore[union-attr]
+        broken = await asyncio.to_thread(scrape, settlement)
+        assert value(broken, "clearhouse_settlement_invariant_violations") == 1
+        assert value(broken, "clearhouse_settlement_invariant_violations_by_invariant",
+                     invariant="3 entries balance") == 1
+    finally:
+        await drop(settlement)
+
+
+async def test_every_figure_the_alerts_and_the_dashboard_use_is_exported(pg_url, billing):
+    """The example alert rules and the Grafana dashboard name only figures a service
+    really exports (so an alert cannot silently watch nothing)."""
+    used = set(re.findall(r"\b((?:clearhouse|grpc_server)_[a-z_]+)",
+                          (DEPLOY / "prometheus" / "alerts.yaml").read_text()))
+    dashboard = json.loads((DEPLOY / "grafana" / "clearhouse-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= set(re.findall(r"\b((?:clearhouse|grpc_server)_[a-z_]+)", target["expr"]))
+    clearing = await launch("clearing", pg_url, billing_address=billing.address, **FAST)
+    settlement = await launch("settlement", pg_url, scheduler_enabled=False,
+                              dispatcher_enabled=False)
+    try:
+        exported: set[str] = set()
+        for handle in (billing, clearing, settlement):
+            await handle.running.app.metrics.refresh()  # type: ignore[union-attr]
+            names = await asyncio.to_thread(families, handle)
+            exported |= names | {n.removesuffix("_bucket") for n in names}
+        assert used, "no figure found in the alerts and the dashboard"
+        assert used - exported == set()
+    finally:
+        await drop(clearing)
+        await drop(settlement)

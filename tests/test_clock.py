@@ -1,0 +1,34 @@
+"""shared/clock.py: the one CLEARHOUSE_NOW setting, an instant or an offset."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from shared.clock import clock_from_env
+from shared.settings import SettingsError
+
+REAL = dt.datetime(2026, 12, 1, 2, 0, tzinfo=dt.UTC)
+
+
+def real() -> dt.datetime:
+    return REAL
+
+
+def test_an_instant_or_an_offset_moves_the_clock_and_nothing_leaves_it_real():
+    assert clock_from_env({}, real)() == REAL
+    assert clock_from_env({"CLEARHOUSE_NOW": ""}, real)() == REAL
+    at = clock_from_env({"CLEARHOUSE_NOW": "2026-12-31T10:00:00+08:00"}, real)()
+    assert at == dt.datetime(2026, 12, 31, 2, 0, tzinfo=dt.UTC)
+    assert clock_from_env({"CLEARHOUSE_NOW": "2027-01-01T00:00:00Z"}, real)().year == 2027
+    assert clock_from_env({"CLEARHOUSE_NOW": "+1d12h"}, real)() == REAL + dt.timedelta(hours=36)
+    assert clock_from_env({"CLEARHOUSE_NOW": "-90m"}, real)() == REAL - dt.timedelta(minutes=90)
+
+
+@pytest.mark.parametrize("value", ["tomorrow", "2026-12-31T10:00:00", "+3", "3d", "+1y"])
+def test_a_value_it_cannot_read_stops_the_service_saying_what_is_allowed(value, capsys):
+    with pytest.raises(SettingsError) as err:
+        clock_from_env({"CLEARHOUSE_NOW": value}, real)
+    assert err.value.code == 2
+    assert "CLEARHOUSE_NOW" in capsys.readouterr().err
