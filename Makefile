@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make up` runs the system, `make test` tests it.
+# Two commands on a fresh machine: `make demo` runs the system, `make test` tests it
+# (`make up` serves the stack for other callers).
 # Both create the virtual environment and install on first use.
 
 PYTHON ?= python3
@@ -20,6 +21,11 @@ install: $(STAMP)
 
 up: $(STAMP)
 	$(BIN)/python -m shared.stack
+
+# The system doing its job on a synthetic month (docs/cli.md); DEMO_ARGS=--serve keeps
+# the stack serving afterwards, e.g. make demo DEMO_ARGS="--seed 7 --serve".
+demo: $(STAMP)
+	$(BIN)/python -m services.cli.demo $(DEMO_ARGS)
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py

@@ -153,6 +153,39 @@ async def no_autovacuum(dsn: str, schema: str) -> None:
         await conn.close()
 
 
+STATEMENTS_READ = 200  # settlements whose statement lines the benchmark reads
+
+
+async def read_statements(stub: Any, count: int) -> dict[str, Any]:
+    """Reads every line of the first `count` settlements (pages of 1,000) and checks each
+    statement reconciles: CARRIED_IN + DETAIL + FEE_BILL lines sum to the net."""
+    found = (await stub.ListSettlements(
+        pb.ListSettlementsRequest(page_size=count), timeout=60)).settlements
+    into = {pb.STATEMENT_LINE_TYPE_CARRIED_IN, pb.STATEMENT_LINE_TYPE_DETAIL,
+            pb.STATEMENT_LINE_TYPE_FEE_BILL}
+    lines = mismatches = 0
+    started = time.perf_counter()
+    for s in found:
+        total, token = 0, ""
+        while True:
+            page = await stub.ListStatementLines(pb.ListStatementLinesRequest(
+                settlement_id=s.settlement_id, page_size=1000, page_token=token), timeout=60)
+            lines += len(page.lines)
+            total += sum(x.net_amount.minor_units for x in page.lines if x.line_type in into)
+            token = page.next_page_token
+            if not token:
+                break
+        mismatches += total != s.net
+    elapsed = time.perf_counter() - started
+    return {
+        "statements_read": len(found),
+        "statement_lines_read": lines,
+        "statement_read_s": round(elapsed, 2),
+        "statement_lines_per_s": round(lines / elapsed) if elapsed else None,
+        "statement_mismatches": mismatches,
+    }
+
+
 async def one(
     url: str, details: int, merchants: int, concurrency: int, chunk_size: int | None,
     generic_plans: bool = False,
@@ -205,6 +238,7 @@ async def one(
                 pb.CheckInvariantsRequest(clearing_check_date=date_to_proto(SETTLE_DATE)),
                 timeout=600)).violations
             audit_s = time.perf_counter() - audit_started
+            statements = await read_statements(stub, STATEMENTS_READ)
         conn = await asyncpg.connect(dsn)
         try:
             settled = await conn.fetchval(
@@ -231,6 +265,9 @@ async def one(
             "check_invariants_s": round(check_s, 2),
             "invariant_violations_with_clearing": len(audited),
             "check_with_clearing_s": round(audit_s, 2),
+            # Statement lines are read from clearing at statement time (not copied by the
+            # run): what reading them costs, and whether every one reconciled.
+            **statements,
             "settlement_cpu_s": round(cpu_after[0] - cpu_before[0], 2),
             "clearing_cpu_s": round(cpu_after[1] - cpu_before[1], 2),
             "postgres_cpu_s": round(cpu_after[2] - cpu_before[2], 2),

@@ -69,14 +69,16 @@ class Running:
 
     async def stop(self, grace: float | None = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
-        if self.metrics_server is not None:
-            await asyncio.to_thread(self.metrics_server.stop)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.server.stop(grace)
+        # After the gRPC port is closed: the HTTP server's shutdown polls (up to 0.5 s),
+        # and callers of stop() expect the service gone once its port is.
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
         for close in self.app.on_close:
             await close()
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -73,8 +75,8 @@ def how_to_call(pki: devpki.DevPKI, address: str) -> str:
     )
 
 
-def _environment() -> dict[str, str]:
-    env = dict(os.environ)
+def _environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
     host = "127.0.0.1"
     ports = {name: _port(env, prefix, default) for name, prefix, default, _ in SERVICES}
     # The services find each other at the configured ports unless told otherwise.
@@ -100,27 +102,150 @@ def _wait_serving(address: str, security: ClientSecurity, deadline_s: float = 60
     return False
 
 
+class StackError(Exception):
+    """The stack could not be brought up; the message says which part and why."""
+
+
+class LocalStack:
+    """The four services as processes on 127.0.0.1, with the embedded PostgreSQL unless
+    DATABASE_URL is set. `make up` serves it until Ctrl-C; the demo drives it."""
+
+    def __init__(self, env: dict[str, str] | None = None, *, log_dir: Path | None = None,
+                 pg_dir: str | None = None, reset_schemas: bool = False) -> None:
+        self.env = _environment(env)
+        # Security on: the development PKI (made on first use) for every service.
+        self.pki = devpki.ensure(_security_dir(self.env))
+        _secure(self.env, self.pki)
+        self.log_dir = log_dir
+        self.pg_dir = pg_dir
+        self.reset_schemas = reset_schemas
+        self.pg: Any = None
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._logs: list[IO[bytes]] = []
+
+    def address(self, name: str) -> str:
+        prefix, default = next((p, d) for n, p, d, _ in SERVICES if n == name)
+        return f"127.0.0.1:{_port(self.env, prefix, default)}"
+
+    def _output(self, name: str, step: str) -> dict[str, object]:
+        if self.log_dir is None:
+            return {"stdout": subprocess.DEVNULL} if step == "migrate" else {}
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.{step}.log", "wb")  # closed in stop()
+        self._logs.append(log)
+        return {"stdout": log, "stderr": subprocess.STDOUT}
+
+    def start_database(self) -> None:
+        env = self.env
+        if env.get("DATABASE_URL"):
+            return
+        data_dir = self.pg_dir or env.get("CLEARHOUSE_PG_DIR",
+                                          str(ROOT / ".clearhouse" / "pgdata"))
+        self.pg, env["DATABASE_URL"] = embedded_pg.start(data_dir, stop_at_exit=True)
+        if self.reset_schemas:
+            schemas = [env.get(f"{prefix}DB_SCHEMA", name)
+                       for name, prefix, _, migrates in SERVICES if migrates]
+            self.pg.psql("".join(
+                f'DROP SCHEMA IF EXISTS "{schema}" CASCADE;' for schema in schemas))
+
+    def migrate(self) -> None:
+        """Migrates the three schemas at once (each service owns its own)."""
+        python = sys.executable
+        running = [(name, subprocess.Popen([python, "-m", f"services.{name}", "migrate"],
+                                           env=self.env, cwd=ROOT,
+                                           **self._output(name, "migrate")))  # type: ignore[call-overload]
+                   for name, _, _, migrates in SERVICES if migrates]
+        failed = [name for name, proc in running if proc.wait() != 0]
+        if failed:
+            raise StackError(f"migrating {', '.join(failed)} failed")
+
+    def spawn(self) -> None:
+        python = sys.executable
+        for name, _, _, _ in SERVICES:
+            self.procs.append((name, subprocess.Popen(
+                [python, "-m", f"services.{name}"], env=self.env, cwd=ROOT,
+                **self._output(name, "serve"))))  # type: ignore[call-overload]
+
+    def wait_serving(self, report: bool = True) -> None:
+        for name, prefix, _, _ in SERVICES:
+            address = self.address(name)
+            if not _wait_serving(address, _client(self.env, prefix, self.pki)):
+                raise StackError(f"{name} did not become SERVING at {address}")
+            if report:
+                print(f"{name:<17} SERVING at {address}", flush=True)
+
+    def check_ports(self) -> None:
+        """Refuses to start when a port is taken: the health check would otherwise ask
+        whatever holds it (another stack) and call it ours."""
+        for name, prefix, default, _ in SERVICES:
+            port = _port(self.env, prefix, default)
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError as exc:
+                    raise StackError(
+                        f"port {port} ({name}, {prefix}PORT) is taken: {exc.strerror}. Stop "
+                        f"what listens there (is another `make up` or demo running?) or set "
+                        f"{prefix}PORT.") from None
+
+    def start(self, report: bool = True) -> None:
+        self.check_ports()
+        self.start_database()
+        if report and self.pg is not None:
+            print(f"embedded PostgreSQL: {self.pg_dir or 'default'}", flush=True)
+        if report:
+            print(f"security: certificates and tokens in {self.pki.folder}", flush=True)
+        self.migrate()
+        self.spawn()
+        self.wait_serving(report)
+
+    def exited(self) -> str | None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                return f"{name} exited with {proc.returncode}"
+        return None
+
+    def stop(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs = []
+        if self.pg is not None:
+            self.pg.cleanup()
+            self.pg = None
+        for log in self._logs:
+            log.close()
+        self._logs = []
+
+
+def serve_until_stopped(stack: LocalStack, banner: str) -> int:
+    """Waits for Ctrl-C or SIGTERM (or a service dying), then returns an exit code."""
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    print(banner, flush=True)
+    while not stopping:
+        dead = stack.exited()
+        if dead:
+            print(f"{dead}; stopping", file=sys.stderr)
+            return 1
+        time.sleep(0.3)
+    return 0
+
+
 def main() -> int:
-    env = _environment()
-    pg = None
-    if not env.get("DATABASE_URL"):
-        data_dir = env.get("CLEARHOUSE_PG_DIR", str(ROOT / ".clearhouse" / "pgdata"))
-        pg, env["DATABASE_URL"] = embedded_pg.start(data_dir, stop_at_exit=True)
-        print(f"embedded PostgreSQL: {data_dir}", flush=True)
-    pki = devpki.ensure(_security_dir(env))
-    _secure(env, pki)
-    print(f"security: certificates and tokens in {pki.folder}", flush=True)
-    python = sys.executable
-    for name, _, _, migrates in SERVICES:
-        if migrates:
-            subprocess.run(
-                [python, "-m", f"services.{name}", "migrate"],
-                env=env,
-                check=True,
-                stdout=subprocess.DEVNULL,
-                cwd=ROOT,
-            )
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stack = LocalStack()
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -130,37 +255,18 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        for name, _, _, _ in SERVICES:
-            procs.append(
-                (name, subprocess.Popen([python, "-m", f"services.{name}"], env=env, cwd=ROOT))
-            )
-        for name, prefix, default, _ in SERVICES:
-            address = f"127.0.0.1:{_port(env, prefix, default)}"
-            if not _wait_serving(address, _client(env, prefix, pki)):
-                print(f"{name} did not become SERVING at {address}", file=sys.stderr)
-                return 1
-            print(f"{name:<17} SERVING at {address}", flush=True)
-        billing = f"127.0.0.1:{_port(env, 'BILLING_', 50051)}"
-        print(f"call a service, e.g.:\n  {how_to_call(pki, billing)}", flush=True)
-        print("Clearhouse is up. Ctrl-C stops everything.", flush=True)
-        while not stopping:
-            for name, proc in procs:
-                if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
-                    return 1
-            time.sleep(0.3)
-        return 0
+        try:
+            stack.start()
+        except StackError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        if stopping:
+            return 0
+        print(f"call a service, e.g.:\n  {how_to_call(stack.pki, stack.address('billing'))}",
+              flush=True)
+        return serve_until_stopped(stack, "Clearhouse is up. Ctrl-C stops everything.")
     finally:
-        for _, proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if pg is not None:
-            pg.cleanup()
+        stack.stop()
         print("stopped", flush=True)
 
 

@@ -38,6 +38,11 @@ from shared.money import MAX_AMOUNT_MINOR_UNITS, MINOR_UNIT_EXPONENTS
 MAX_ID_LENGTH = 64
 """Ids: merchants, transactions, rules, requests, batches, runs, payouts, invoices."""
 
+MAX_DERIVED_ID_LENGTH = 96
+"""Ids a service derives from another id and hands back (settlement's payout ids:
+"po-" + a settlement id of up to 64 characters, and "-retryN" for each retry). The
+callers' own ids stay at MAX_ID_LENGTH."""
+
 MAX_ATTRIBUTE_LENGTH = 64
 """Selector and transaction attributes: product, business line, banks, card type."""
 
@@ -46,6 +51,10 @@ MAX_TEXT_LENGTH = 256
 
 MAX_AMOUNT = MAX_AMOUNT_MINOR_UNITS
 """Largest amount (minor units) of one transaction, fee, top-up or adjustment: 10^13."""
+
+MAX_BALANCE = 10**15
+"""Largest balance a prepaid fee account may hold (minor units): a top-up past it is
+refused, so no balance, and no sum of balances, comes near int64."""
 
 MAX_BATCH_ITEMS = 1000
 """Most items in one batch request."""
@@ -100,6 +109,13 @@ def _has_control(value: str) -> bool:
     # Cc: C0/C1 controls incl. NUL, TAB, CR, LF, DEL; Cs: lone surrogates (never valid in
     # UTF-8, so PostgreSQL cannot store them).
     return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
+
+
+def has_control_characters(value: str, *, allow: str = "") -> bool:
+    """Whether `value` holds a NUL, another control character (other than those in
+    `allow`) or a lone surrogate: for values checked where no Violations path fits (a
+    name on one line of an imported file)."""
+    return any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in allow for ch in value)
 
 
 def check_id(
@@ -302,6 +318,24 @@ def check_month(v: Violations, year: int, month: int, path: str) -> tuple[int, i
         v.add(path, f"must be a month from {EARLIEST_DATE.year}-01 to {LATEST_DATE.year}-12")
         return None
     return year, month
+
+
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
+
+
+def check_month_text(
+    v: Violations, text: str, path: str, *, required: bool = True,
+) -> tuple[int, int] | None:
+    """A month written "YYYY-MM" (a fee bill month), within the window of check_month."""
+    if not text:
+        if required:
+            v.add(path, "required: a month such as 2026-03")
+        return None
+    match = _MONTH.fullmatch(text)
+    if match is None:
+        v.add(path, f"not a month such as 2026-03: {quote(text)}")
+        return None
+    return check_month(v, int(match[1]), int(match[2]), path)
 
 
 def check_page_token(v: Violations, token: str, path: str = "page_token") -> bool:

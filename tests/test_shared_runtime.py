@@ -10,7 +10,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from shared.errors import MAX_MESSAGE_LENGTH, MAX_METADATA_VALUE_LENGTH, NotFound, to_status
-from tests.support.rpc_errors import violated_fields
+from tests.support.rpc_errors import reason, violated_fields
 
 GET_RULE = "/clearhouse.billing.v1.BillingService/GetFeeRule"
 
@@ -41,6 +41,7 @@ async def test_an_undecodable_body_is_invalid_argument_with_a_plain_message(bill
     with pytest.raises(grpc.aio.AioRpcError) as after:
         await billing.stub.GetFeeRule(pb.GetFeeRuleRequest(rule_id="nope"))
     assert after.value.code() == grpc.StatusCode.NOT_FOUND
+    assert reason(after.value) == "RULE_NOT_FOUND"
 
 
 async def test_a_refusal_quoting_a_huge_value_still_reaches_the_caller_whole(billing):

@@ -149,6 +149,7 @@ def test_the_limits_table_in_the_docs_states_the_constants():
     rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+?) \|", doc, flags=re.MULTILINE))
     expected = {
         "MAX_ID_LENGTH": str(val.MAX_ID_LENGTH),
+        "MAX_DERIVED_ID_LENGTH": str(val.MAX_DERIVED_ID_LENGTH),
         "MAX_ATTRIBUTE_LENGTH": str(val.MAX_ATTRIBUTE_LENGTH),
         "MAX_TEXT_LENGTH": str(val.MAX_TEXT_LENGTH),
         "MAX_AMOUNT": "10^13",

@@ -19,6 +19,7 @@ from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
 from services.billing.service_layer.rules import RuleAdmin, RuleBook
 from services.billing.service_layer.unit_of_work import Database
+from services.billing.service_layer.voids import Voids
 from services.billing.settings import BillingSettings
 from shared import migrations
 from shared.coalescer import Coalescer
@@ -38,7 +39,7 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
     exported = ServiceMetrics("billing")
     exported.sources += [pool_figures(engine, [db]), figure_source(engine)]
     metrics = Metrics(exporter=exported)
-    book = RuleBook(db, settings.rules_refresh_s)
+    book = RuleBook(db, settings.rules_refresh_s, metrics)
     pricing = Pricing(db, book, zone, metrics)
     group = (settings.unary_batch_window_s, settings.unary_batch_max,
              settings.unary_batch_in_flight)
@@ -56,6 +57,7 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
         metrics=metrics,
         charges=charges,
         refunds=refunds,
+        voids=Voids(db, zone),
     )
 
     async def ready() -> bool:

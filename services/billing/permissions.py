@@ -54,6 +54,10 @@ PERMISSIONS = table(
         "BatchChargeFees": _charge.when(PAYOUT, _payout_all, _PAYOUT_ONLY),
         "RefundFee": _refund,
         "BatchRefundFees": _refund,
+        # Clearing's reconciliation lists charges and voids orphans (no detail behind
+        # them); an admin may void one by hand.
+        "ListFeeCharges": read("billing.fees.read", CLEARING),
+        "VoidFeeCharge": administer("billing.fees.void", CLEARING),
         "TopUpFeeAccount": administer("billing.fee_accounts.change"),
         "UpdateFeeAccount": administer("billing.fee_accounts.change"),
         "GetFeeAccount": read("billing.fee_accounts.read"),

@@ -17,6 +17,7 @@ from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
 from services.clearing.service_layer.pricing import Pricer
 from services.clearing.service_layer.queries import Queries
+from services.clearing.service_layer.reconciliation import Reconciler
 from services.clearing.service_layer.recording import Recorder
 from services.clearing.service_layer.unit_of_work import Database
 from services.clearing.settings import ClearingSettings
@@ -58,7 +59,11 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         lambda txs: recorder.record(txs, quick=True), lambda t: t.transaction_id,
         settings.unary_batch_window_s, settings.unary_batch_max, settings.unary_batch_in_flight,
     )
-    servicer = ClearingServicer(recorder, Queries(db), Batches(db), fees, records)
+    reconciler = Reconciler(
+        db, billing, orphan_age_s=settings.reconcile_orphan_age_s,
+        lookback_s=settings.reconcile_lookback_s, interval_s=settings.reconcile_interval_s,
+    )
+    servicer = ClearingServicer(recorder, Queries(db), Batches(db), fees, records, reconciler)
 
     async def ready() -> bool:
         return await migrations.is_current(engine, settings.db_schema, MIGRATIONS)
@@ -75,7 +80,10 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         servicers=[(clearing_pb2_grpc.add_ClearingServiceServicer_to_server, servicer)],
         service_names=[SERVICE_NAME],
         readiness=ready,
-        background=[pending_fee_worker] if settings.pending_fee_worker_enabled else [],
+        background=[
+            *([pending_fee_worker] if settings.pending_fee_worker_enabled else []),
+            *([reconciler.run_forever] if settings.reconcile_worker_enabled else []),
+        ],
         # Batches still running after the server stopped finish before anything closes.
         on_close=[records.drain, billing.close, db.close],
         security=security,

@@ -28,6 +28,7 @@ PERMISSIONS = table(
         "ListExceptions": read("clearing.reports.read", SETTLEMENT),
         "ListPendingFees": read("clearing.reports.read", SETTLEMENT),
         "RetryExceptions": operate("clearing.exceptions.retry"),
+        "ReconcileFees": operate("clearing.fees.reconcile"),
         "ClaimDetails": systems("clearing.batches.claim", SETTLEMENT),
         # Admins confirm or release by hand after a crashed run (docs/clearing.md).
         "ConfirmBatch": administer("clearing.batches.confirm", SETTLEMENT),

@@ -62,6 +62,20 @@ class ClearingSettings(ServiceSettings):
         description="a merchant's exceptions priced again per RetryExceptions call (the rest "
         "follow its next_page_token)",
     )
+    reconcile_worker_enabled: bool = Field(
+        default=True, description="run the fee reconciliation with billing in this process"
+    )
+    reconcile_interval_s: float = Field(
+        default=300.0, gt=0, description="pause between two fee reconciliation passes"
+    )
+    reconcile_lookback_s: float = Field(
+        default=7200.0, gt=0, le=7 * 86400,
+        description="how far back each pass compares billing's charges with the details",
+    )
+    reconcile_orphan_age_s: float = Field(
+        default=600.0, ge=0,
+        description="how old a charge without a detail must be before it is voided",
+    )
 
     @field_validator("business_timezone")
     @classmethod

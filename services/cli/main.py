@@ -72,6 +72,7 @@ app.add_typer(settlement.runs, name="runs")
 app.add_typer(settlement.settlements, name="settlements")
 app.add_typer(settlement.statements, name="statements")
 app.add_typer(settlement.payouts, name="payouts")
+app.add_typer(settlement.merchants, name="merchants")
 app.add_typer(settlement.ledger, name="ledger")
 app.command("check")(settlement.check)
 

@@ -20,7 +20,16 @@ from services.payout_simulator.gateway import (
 )
 from shared.convert import datetime_to_ts
 from shared.errors import FailedPrecondition, IdempotencyConflict, NotFound, Violations
-from shared.money import is_known_currency
+from shared.validation import (
+    MAX_DERIVED_ID_LENGTH,
+    MAX_TEXT_LENGTH,
+    check_amount,
+    check_attribute,
+    check_currency,
+    check_id,
+    check_text,
+    quote,
+)
 
 _STATES = {
     State.PROCESSING: payout_pb2.PAYOUT_STATE_PROCESSING,
@@ -65,15 +74,18 @@ class GatewayServicer(payout_pb2_grpc.PayoutGatewayServiceServicer):
         self, request: payout_pb2.SubmitPayoutRequest, context: grpc.aio.ServicerContext
     ) -> payout_pb2.SubmitPayoutResponse:
         v = Violations()
-        v.check(bool(request.instruction_id), "instruction_id", "required")
-        v.check(bool(request.merchant_id), "merchant_id", "required")
-        v.check(is_known_currency(request.amount.currency_code), "amount.currency_code",
-                "unknown currency")
-        v.check(request.amount.minor_units > 0, "amount.minor_units", "must be positive")
-        v.check(bool(request.bank_account.account_number), "bank_account.account_number",
-                "required")
-        v.raise_if_any()
+        check_id(v, request.instruction_id, "instruction_id", max_length=MAX_DERIVED_ID_LENGTH)
+        check_id(v, request.merchant_id, "merchant_id")
+        check_currency(v, request.amount.currency_code, "amount.currency_code")
+        check_amount(v, request.amount.minor_units, "amount.minor_units")
         b = request.bank_account
+        check_attribute(v, b.account_name, "bank_account.account_name",
+                        max_length=MAX_TEXT_LENGTH)
+        check_attribute(v, b.account_number, "bank_account.account_number", required=True)
+        check_attribute(v, b.bank_name, "bank_account.bank_name", max_length=MAX_TEXT_LENGTH)
+        check_attribute(v, b.branch_code, "bank_account.branch_code")
+        check_text(v, request.remark, "remark")
+        v.raise_if_any()
         behaviour = self.gateway.next_behaviour(request.merchant_id)
         try:
             payout = self.gateway.submit(
@@ -96,10 +108,14 @@ class GatewayServicer(payout_pb2_grpc.PayoutGatewayServiceServicer):
     async def GetPayout(
         self, request: payout_pb2.GetPayoutRequest, context: grpc.aio.ServicerContext
     ) -> payout_pb2.GetPayoutResponse:
+        v = Violations()
+        check_id(v, request.instruction_id, "instruction_id", max_length=MAX_DERIVED_ID_LENGTH)
+        v.raise_if_any()
         try:
             payout = self.gateway.get(request.instruction_id)
         except Unknown as exc:
-            raise NotFound("PAYOUT_NOT_FOUND", f"no payout {request.instruction_id!r}") from exc
+            raise NotFound("PAYOUT_NOT_FOUND", f"no payout {quote(request.instruction_id)}",
+                           {"instruction_id": request.instruction_id}) from exc
         return payout_pb2.GetPayoutResponse(payout=to_proto(payout))
 
 
@@ -113,6 +129,7 @@ class SimulatorServicer(payoutsim_pb2_grpc.PayoutSimulatorServiceServicer):
         v = Violations()
         v.check(request.behaviour in _BEHAVIOURS, "behaviour", "unknown behaviour")
         v.check(request.times >= 0, "times", "must not be negative")
+        check_id(v, request.merchant_id, "merchant_id", required=False)
         v.raise_if_any()
         self.gateway.set_behaviour(_BEHAVIOURS[request.behaviour], request.times,
                                    request.merchant_id)
@@ -121,10 +138,15 @@ class SimulatorServicer(payoutsim_pb2_grpc.PayoutSimulatorServiceServicer):
     async def ReturnPayout(
         self, request: payoutsim_pb2.ReturnPayoutRequest, context: grpc.aio.ServicerContext
     ) -> payoutsim_pb2.ReturnPayoutResponse:
+        v = Violations()
+        check_id(v, request.instruction_id, "instruction_id", max_length=MAX_DERIVED_ID_LENGTH)
+        check_text(v, request.reason, "reason")
+        v.raise_if_any()
         try:
             payout = self.gateway.return_payout(request.instruction_id, request.reason)
         except Unknown as exc:
-            raise NotFound("PAYOUT_NOT_FOUND", f"no payout {request.instruction_id!r}") from exc
+            raise NotFound("PAYOUT_NOT_FOUND", f"no payout {quote(request.instruction_id)}",
+                           {"instruction_id": request.instruction_id}) from exc
         except NotPaid as exc:
             raise FailedPrecondition("PAYOUT_NOT_PAID", "only a paid payout can be returned") from exc
         return payoutsim_pb2.ReturnPayoutResponse(payout=to_proto(payout))

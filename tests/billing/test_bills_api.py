@@ -8,6 +8,7 @@ import pytest
 from clearhouse.billing.v1 import billing_pb2 as pb
 
 from tests.billing.support import create_rule, error_info, money, ts, txn
+from tests.support.rpc_errors import violated_fields
 
 DEFERRED = {"rule_id": "DEF", "currency": "CNY", "method": "PERCENT", "rate": "0.0038",
             "effective_from": "2026-01-01T00:00:00+08:00", "selectors": {},
@@ -102,3 +103,4 @@ async def test_settlement_lists_issued_bills_and_marks_them_collected_once(billi
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GenerateFeeBills(pb.GenerateFeeBillsRequest(month="2026-13"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == {"month"}

@@ -137,6 +137,7 @@ async def test_a_batch_over_1000_items_is_refused(billing):
         await billing.stub.BatchChargeFees(pb.BatchChargeFeesRequest(
             requests=[pb.ChargeFeeRequest(transaction=txn(f"T{i}", 1)) for i in range(1001)]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "requests" in violations(err.value)
 
 
 async def test_a_short_prepaid_account_refuses_the_charge_and_changes_nothing(billing):

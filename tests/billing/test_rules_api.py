@@ -144,6 +144,7 @@ async def test_rules_are_listed_by_selector_and_state_page_by_page(billing):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await billing.stub.ListFeeRules(pb.ListFeeRulesRequest(page_token=token or "x"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(err.value)) == {"page_token"}
 
 
 async def test_explain_lists_every_candidate_and_why_the_winner_won(billing):
@@ -196,10 +197,23 @@ async def test_a_replica_prices_with_rules_created_through_another_replica(billi
         rule_id="BASE", spec=new, effective_from=ts("2026-03-01T00:00:00+08:00")))
     charged = await billing_twin.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("T2", 10000)))
     assert charged.result.fee.minor_units == 38
-    # A quote may lag by at most BILLING_RULES_REFRESH_S (1 s by default).
-    await asyncio.sleep(1.1)
-    quoted = await billing_twin.stub.QuoteFee(pb.QuoteFeeRequest(transaction=txn("T3", 10000)))
-    assert quoted.result.rule_version == 2
+    # A quote (no charge in between to refresh the twin's index) may lag by at most
+    # BILLING_RULES_REFRESH_S (1 s by default): polled until it prices with the next version.
+    await billing.stub.CreateFeeRuleVersion(pb.CreateFeeRuleVersionRequest(
+        request_id="req-9", rule_id="BASE", spec=create_rule({**BASE, "rate": "0.005"}).spec,
+        effective_from=ts("2026-03-05T00:00:00+08:00")))
+    loop = asyncio.get_running_loop()
+    changed = loop.time()
+    bound = billing_twin.settings.rules_refresh_s + 2.0  # slack for a loaded machine
+    while True:
+        quoted = await billing_twin.stub.QuoteFee(
+            pb.QuoteFeeRequest(transaction=txn("T3", 10000)))
+        if quoted.result.rule_version == 3:
+            break
+        assert quoted.result.rule_version == 2
+        assert loop.time() - changed < bound, "a quote lagged past BILLING_RULES_REFRESH_S"
+        await asyncio.sleep(0.05)
+    assert quoted.result.fee.minor_units == 50
 
 
 async def test_fee_results_carry_the_exact_fee_and_the_tier_breakdown(billing):

@@ -36,6 +36,7 @@ async def test_an_adjustment_naming_another_merchants_or_currencys_transaction_i
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await s.GetDetail(pb.GetDetailRequest(detail_id=bad.adjustment_id))
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert reason(missing.value) == "DETAIL_NOT_FOUND"
 
     ok = (await s.RecordAdjustment(adjustment("A1", "P1"))).detail
     assert (ok.merchant_id, ok.amount.minor_units, ok.original_transaction_id) == ("M1", -30, "P1")

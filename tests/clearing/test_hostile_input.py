@@ -161,6 +161,8 @@ async def test_bad_ids_on_every_read_and_batch_rpc_are_invalid_argument(clearing
             pb.RetryExceptionsRequest(detail_ids=["OK", bad])))) == {"detail_ids[1]"}
         assert violated_fields(await refused(s.RetryExceptions(
             pb.RetryExceptionsRequest(merchant_id=bad)))) == {"merchant_id"}
+        assert violated_fields(await refused(s.RetryExceptions(
+            pb.RetryExceptionsRequest(detail_ids=["OK"], merchant_id=bad)))) == {"merchant_id"}
         assert violated_fields(await refused(s.ClaimDetails(pb.ClaimDetailsRequest(
             batch_id=bad, merchant_id=bad, currency_code="CNY", business_date_to=DAY)))
         ) == {"batch_id", "merchant_id"}

@@ -18,6 +18,7 @@ from shared.convert import datetime_to_ts
 from shared.errors import reason_of
 from tests.clearing.conftest import FAST, T0, money, payment, percent_rule, record, refund
 from tests.support.harness import drop, launch
+from tests.support.rpc_errors import violated_fields
 
 NET = transaction_pb2.COLLECTION_MODE_NET
 DEFERRED = transaction_pb2.COLLECTION_MODE_DEFERRED
@@ -209,6 +210,7 @@ async def test_a_merchants_exceptions_are_retried_chunk_by_chunk_following_the_t
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await s.RetryExceptions(bad)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert violated_fields(err.value) == {"page_token"}
     finally:
         await drop(clearing)
 
@@ -316,6 +318,7 @@ async def test_details_are_listed_by_date_with_filters_page_by_page(clearing):
         await clearing.stub.ListDetails(pb.ListDetailsRequest(merchant_id="M2", page_token=token
                                                               or "bogus"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == {"page_token"}
 
 
 async def test_exceptions_are_listed_page_by_page_and_per_merchant(clearing):

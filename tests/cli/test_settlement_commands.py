@@ -123,6 +123,25 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     lines = await cli("settlements", "show", shop["settlement_id"])
     assert "PAYMENTS" in lines.stdout and "250.00 CNY" in lines.stdout and "-3.00 CNY" in lines.stdout
 
+    by_run = json.loads((await cli("settlements", "list", "--run", "2026-11-03",
+                                   "--json")).stdout)
+    assert {x["settlement_id"] for x in by_run} == {x["settlement_id"] for x in listed}
+    assert json.loads((await cli("settlements", "list", "--run", "run-19990101",
+                                 "--json")).stdout) == []
+    items = await cli("runs", "items", "2026-11-03")
+    assert "EX-SHOP" in items.stdout and "DONE" in items.stdout
+    held = json.loads((await cli("runs", "items", "2026-11-03", "--note", "held",
+                                 "--json")).stdout)
+    assert [i["merchant_id"] for i in held] == ["EX-HOLD"] or held == []
+    assert (await cli("runs", "items", "2026-11-03", "--note", "bogus", code=2)).exit_code == 2
+    lines = json.loads((await cli("statements", "lines", shop["settlement_id"], "--json")).stdout)
+    details = [ln for ln in lines if ln["line_type"] == "STATEMENT_LINE_TYPE_DETAIL"]
+    assert {ln["reference"] for ln in details} == {"shop-p1", "shop-p2", "shop-r1", "shop-adj1"}
+    assert sum(int(ln["net_amount"].get("minor_units", 0)) for ln in lines
+               if ln["line_type"] not in ("STATEMENT_LINE_TYPE_PAID_OUT",
+                                          "STATEMENT_LINE_TYPE_CARRIED_OUT")) == 19700
+    table = await cli("statements", "lines", shop["settlement_id"])
+    assert "shop-r1" in table.stdout and "REFUND" in table.stdout and "-3.00 CNY" in table.stdout
     written = await cli("statements", "export", "--date", "2026-11-03", "--out", str(tmp_path))
     files = sorted(tmp_path.glob("*.csv"))
     assert len(files) == len(listed) and f"wrote {files[0]}" in written.stdout
@@ -131,7 +150,11 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     assert {"line_type": "NET", "amount_minor": "19700"}.items() <= next(
         r for r in rows if r["line_type"] == "NET").items()
     printed = await cli("statements", "export", shop["settlement_id"], "--stdout")
-    assert printed.stdout.startswith("settlement_id,") and "19700" in printed.stdout
+    assert printed.stdout.startswith("section,settlement_id,") and "shop-r1" in printed.stdout
+    summary_only = await cli("statements", "export", shop["settlement_id"], "--stdout",
+                             "--summary")
+    assert summary_only.stdout.startswith("settlement_id,")
+    assert "19700" in summary_only.stdout and "shop-r1" not in summary_only.stdout
     assert (await cli("statements", "export", code=2)).exit_code == 2
 
     await st.wait_payouts_final(s)
@@ -157,6 +180,46 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     assert "MERCHANT_PAYABLE" in bal.stdout
     entries = await cli("ledger", "entries", "MERCHANT_PAYABLE:EX-SHOP:CNY")
     assert "SETTLEMENT" in entries.stdout and "PAYOUT_FAILED" in entries.stdout
+    balance = json.loads((await cli("merchants", "balance", "EX-SHOP", "--json")).stdout)
+    assert balance["balances"][0]["paid"] == "19700"
+    assert "19,7" not in (await cli("merchants", "balance", "NOBODY")).stdout
+    assert "197.00" in (await cli("merchants", "balance", "EX-SHOP")).stdout
+    quoted = await cli("rules", "quote-refund", "shop-p2", "--merchant", "EX-SHOP",
+                       "--amount", "10.00")
+    assert "would return 0.00 CNY of its fee (ex-shop-fixed v1, DEFERRED" in quoted.stdout
+    half = json.loads((await cli("rules", "quote-refund", "cafe-p1", "--merchant", "EX-CAFE",
+                                 "--amount", "50.00", "--json")).stdout)
+    assert half["fee_returned"]["minor_units"] == "40"  # 0.80 × 50 / 100, PROPORTIONAL
     ok = await cli("check", "--clearing-date", "2026-11-03")
     assert "no violation" in ok.stdout
     assert json.loads((await cli("check", "--json")).stdout) == {}
+
+
+async def test_calendar_import_export_and_coverage(cli: Cli, tmp_path):
+    exported = tmp_path / "2027.yaml"
+    await cli("calendar", "export", "--from", "2027-01-01", "--to", "2027-12-31",
+              "--out", str(exported))
+    assert "New Year" in exported.read_text()
+    # Make Saturday 2027-02-20 a make-up working day by merging a one-line CSV.
+    extra = tmp_path / "makeup.csv"
+    extra.write_text("date,kind,name\n2027-02-20,workday,Spring Festival make-up day\n")
+    done = json.loads((await cli("calendar", "import", str(extra), "--mode", "merge",
+                                 "--from", "2027-02-20", "--to", "2027-02-20",
+                                 "--reason", "test make-up", "--request-id", "cli-cal-1",
+                                 "--json")).stdout)
+    assert done["request_id"] == "cli-cal-1" and done["makeup_workday_count"] == 1
+    feb = json.loads((await cli("calendar", "month", "2027-02", "--json")).stdout)
+    assert next(d for d in feb if d["date"]["day"] == 20)["working"]
+    table = await cli("calendar", "month", "2027-02")
+    assert "MAKEUP_WORKDAY" in table.stdout and "import:cli-cal-1" in table.stdout
+    csv_out = await cli("calendar", "export", "--from", "2027-02-01", "--to", "2027-02-28",
+                        "--format", "csv")
+    assert "2027-02-20,workday" in csv_out.stdout
+    cov = await cli("calendar", "coverage")
+    assert "cli-cal-1" in cov.stdout and "days left" in cov.stdout
+    conflict = await cli("calendar", "import", str(extra), "--mode", "replace",
+                         "--from", "2027-02-20", "--to", "2027-02-20",
+                         "--reason", "other", "--request-id", "cli-cal-1", code=1)
+    assert "IDEMPOTENCY_CONFLICT" in conflict.stderr
+    assert (await cli("calendar", "import", str(extra), "--reason", "x", "--format", "xml",
+                      code=2)).exit_code == 2

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from services.settlement.domain import ids
 from shared.convert import date_to_proto
 from tests.e2e import stack as st
+from tests.support.rpc_errors import reason
 
 BASE = {"rule_id": "BASE", "currency": "CNY", "method": "PERCENT", "rate": "0.006",
         "effective_from": "2026-01-01T00:00:00+08:00", "refund_fee_policy": "PROPORTIONAL"}
@@ -35,6 +36,22 @@ async def seed(stack, merchants: list[str]) -> None:
                                      "destination": "PAYMENT_ACCOUNT"})
         await st.record(stack, pay(f"{m}-1", m, 10000))
     await st.wait_fees_known(stack)
+
+
+async def _until_blocked_behind(engine, pid: int, bound_s: float) -> bool:
+    """Polls (bounded) until some session waits on a lock `pid` holds; True if one did."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    async with engine.connect() as conn:
+        while loop.time() < deadline:
+            blocked = (await conn.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE :p = ANY(pg_blocking_pids(pid))"),
+                {"p": pid})).scalar_one()
+            await conn.rollback()  # a fresh pg_stat_activity snapshot next time
+            if blocked:
+                return True
+            await asyncio.sleep(0.01)
+    return False
 
 
 async def test_a_worker_holding_a_stray_lock_on_just_booked_items_does_not_leave_them_claimed(
@@ -64,8 +81,10 @@ async def test_a_worker_holding_a_stray_lock_on_just_booked_items_does_not_leave
                     "SELECT merchant_id FROM run_items WHERE state IN ('PENDING', 'FAILED') "
                     "ORDER BY settle_date, merchant_id LIMIT 100 FOR UPDATE"))
                 stray_rows.extend(r.merchant_id for r in rows)
-                # ...then works its own (empty) chunk for a while, locks still held.
-                await asyncio.sleep(1.5)
+                # ...then works its own (empty) chunk, locks still held, until the booking
+                # worker's completion is seen waiting on them (bounded: completion code
+                # that skips locked rows never waits, and must be caught skipping them).
+                await _until_blocked_behind(engine, pid, bound_s=5.0)
 
     task: asyncio.Task | None = None
 
@@ -114,7 +133,11 @@ async def test_a_run_whose_confirmations_fail_says_so_and_the_background_complet
 
     async def clearing_goes_down(name: str) -> None:
         if name == "after_booking":
-            await stack.clearing.running.stop(None)
+            # Unreachable at once, as in a crash: only the gRPC server. A full stop first
+            # stops the metrics server (up to half a second), time in which the background
+            # completer confirmed the booked items through the still-serving clearing. The
+            # restart below stops the rest.
+            await stack.clearing.running.server.stop(None)
 
     stack.runs.fault_hook = clearing_goes_down
     run = await st.run(stack, DAY)
@@ -204,3 +227,4 @@ async def test_the_invariant_check_with_clearing_finds_batches_clearing_does_not
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await checked_with_clearing(stack)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason(err.value) == "CLEARING_UNAVAILABLE"

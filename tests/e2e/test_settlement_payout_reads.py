@@ -27,17 +27,28 @@ async def test_get_payout_sees_a_return_even_while_another_transaction_holds_the
     await st.wait_payouts_final(stack)
     [paid] = await st.payouts(stack)
     assert paid.state == pb.PAYOUT_STATE_PAID
-    async with stack.settlement.engine.connect() as conn:
+    engine = stack.settlement.engine
+    async with engine.connect() as conn, engine.connect() as probe:
         async with conn.begin():
             # As the dispatcher's return poll does while it asks the gateway.
+            holder = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
             await conn.execute(text("SELECT 1 FROM payouts WHERE payout_id = :p FOR UPDATE"),
                                {"p": paid.payout_id})
             await stack.simulator.control.ReturnPayout(sim.ReturnPayoutRequest(
                 instruction_id=paid.payout_id, reason="account closed"))
             read = asyncio.ensure_future(stack.settlement.stub.GetPayout(
                 pb.GetPayoutRequest(payout_id=paid.payout_id)))
-            await asyncio.sleep(0.3)
-            assert not read.done()  # waiting for the row, not answering from before
+            # Until the read is seen waiting on the row we hold (bounded), or has answered.
+            waiting = False
+            for _ in range(500):
+                waiting = bool((await probe.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE :h = ANY(pg_blocking_pids(pid))"), {"h": holder})).scalar_one())
+                await probe.rollback()  # a fresh pg_stat_activity snapshot next time
+                if waiting or read.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting and not read.done()  # waiting for the row, not answering from before
     got = await read
     assert got.payout.state == pb.PAYOUT_STATE_RETURNED
     assert await st.carried(stack, "MR") == 9940

@@ -14,6 +14,7 @@ from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 
 from tests.e2e import stack as st
+from tests.support.rpc_errors import reason
 
 BASE = {"rule_id": "BASE", "currency": "CNY", "method": "PERCENT", "rate": "0.006",
         "effective_from": "2026-01-01T00:00:00+08:00", "refund_fee_policy": "PROPORTIONAL"}
@@ -89,6 +90,7 @@ async def test_gateway_failures_time_outs_lost_answers_and_returns_pay_exactly_o
         await stack.settlement.stub.RetryPayout(pb.RetryPayoutRequest(
             request_id="retry-1", payout_id=by_merchant["MF"].payout_id))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(err.value) == "PAYOUT_NOT_RETRYABLE"
     assert all(p.paid_count <= 1 for p in (await st.simulated(stack)).values())
     await no_violations(stack)
 
@@ -114,6 +116,7 @@ async def test_retrying_a_failed_payout_pays_it_once_and_the_next_run_does_not_p
         await stack.settlement.stub.RetryPayout(
             pb.RetryPayoutRequest(request_id="r2", payout_id=failed.payout_id))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(err.value) == "PAYOUT_NOT_RETRYABLE"
     await st.wait_payouts_final(stack)
     run = await st.run(stack, dt.date(2026, 3, 3))
     assert run.settlement_count == 0

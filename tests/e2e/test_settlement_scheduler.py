@@ -9,9 +9,11 @@ import datetime as dt
 from typing import Any
 
 import grpc
+import pytest
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 
 from services.settlement import bootstrap
+from services.settlement.service_layer.scheduler import Scheduler
 from shared import server
 from tests.e2e import stack as st
 
@@ -34,6 +36,35 @@ class Clock:
         """Sets the clock to hh:mm Asia/Shanghai (UTC+8) on day."""
         self.t = dt.datetime(day.year, day.month, day.day, hh, mm, tzinfo=dt.UTC) - dt.timedelta(
             hours=8)
+
+
+class Ticks:
+    """Counts the scheduler's finished ticks (Scheduler.tick wrapped for the test), so a
+    test waits for the scheduler to have looked at the clock instead of sleeping."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.done = 0
+        real_tick = Scheduler.tick
+        ticks = self
+
+        async def counted(scheduler: Scheduler) -> dt.date | None:
+            try:
+                return await real_tick(scheduler)
+            finally:
+                ticks.done += 1
+
+        monkeypatch.setattr(Scheduler, "tick", counted)
+
+    async def seen(self, timeout_s: float = 10.0) -> None:
+        """Until a whole tick has run since the call: the tick under way may have read the
+        clock before it was set, the one after it has seen the time set and finished
+        (whatever it started is recorded and done)."""
+        target = self.done + 2
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.done < target:
+            assert loop.time() < deadline, "the scheduler did not tick"
+            await asyncio.sleep(0.005)
 
 
 async def start_scheduled(stack: st.Stack, clock: Clock) -> tuple[server.Running, list[dt.date]]:
@@ -76,8 +107,9 @@ async def completed(stack: st.Stack, day: dt.date) -> pb.SettlementRun:
 
 
 async def test_the_scheduler_runs_each_local_day_once_at_the_configured_time_even_on_weekends(
-    stack,
+    stack, monkeypatch,
 ):
+    ticks = Ticks(monkeypatch)
     await st.setup_billing(stack, [BASE], {})
     for m, cycle in (("MD", "D+1"), ("MT", "T+1")):
         await st.put_profile(stack, {"merchant_id": m, "cycle": cycle,
@@ -90,7 +122,7 @@ async def test_the_scheduler_runs_each_local_day_once_at_the_configured_time_eve
     clock.local(SATURDAY, 1, 59)  # Friday 17:59 UTC: Saturday in Shanghai, before 02:00
     running, started = await start_scheduled(stack, clock)
     try:
-        await asyncio.sleep(0.2)
+        await ticks.seen()
         assert started == [] and await run_of(stack, SATURDAY) is None
         # The first attempt crashes after the claim; the next tick runs it again.
         crashes: list[str] = []
@@ -109,23 +141,23 @@ async def test_the_scheduler_runs_each_local_day_once_at_the_configured_time_eve
         # Once completed, further ticks that day start nothing.
         calls = len(started)
         clock.local(SATURDAY, 23, 59)
-        await asyncio.sleep(0.2)
+        await ticks.seen()
         assert len(started) == calls
     finally:
         await running.stop(None)
     # A restart the same day starts nothing either (idempotent by date).
     running, started = await start_scheduled(stack, clock)
     try:
-        await asyncio.sleep(0.2)
+        await ticks.seen()
         assert started == []
         assert (await run_of(stack, SATURDAY)).start_time == run.start_time
         # Sunday before 02:00: nothing; at 02:00: Sunday's run, once.
         clock.local(SUNDAY, 1, 30)
-        await asyncio.sleep(0.2)
+        await ticks.seen()
         assert started == [] and await run_of(stack, SUNDAY) is None
         clock.local(SUNDAY, 2, 0)
         await completed(stack, SUNDAY)
-        await asyncio.sleep(0.2)
+        await ticks.seen()
         assert started == [SUNDAY]
         # Nothing new for MD; MT's T+1 is Monday.
         assert await st.settlements(stack, SUNDAY) == []

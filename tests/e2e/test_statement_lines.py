@@ -198,8 +198,9 @@ async def test_a_statement_whose_batch_was_released_by_hand_is_refused_not_short
             raise RuntimeError("crash after booking")
 
     stack.runs.fault_hook = crash
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
         await st.run(stack, DAY1)
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INTERNAL, "internal error")
     stack.runs.fault_hook = None
     [s] = await st.settlements(stack)
     # What clearing's docs warn against: releasing a batch settlement booked.

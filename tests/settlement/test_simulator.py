@@ -8,7 +8,7 @@ from clearhouse.payout.v1 import payout_pb2
 from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.type.v1 import money_pb2
 
-from tests.support.rpc_errors import reason
+from tests.support.rpc_errors import reason, violated_fields
 
 BANK = payout_pb2.BankAccount(account_name="A", account_number="6222000011112222", bank_name="B")
 
@@ -87,3 +87,45 @@ async def test_fail_processing_and_return_follow_the_bank(simulator):
         await simulator.control.ReturnPayout(sim.ReturnPayoutRequest(instruction_id="I5"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert all(paid <= 1 for _, _, paid in (await counters(simulator)).values())
+
+
+async def test_hostile_submissions_are_refused_by_field_and_nothing_is_recorded(simulator):
+    def bad(**over: object) -> payout_pb2.SubmitPayoutRequest:
+        req = submit("I-BAD")
+        for path, value in over.items():
+            target: object = req
+            *parents, leaf = path.split("__")
+            for p in parents:
+                target = getattr(target, p)
+            setattr(target, leaf, value)
+        return req
+
+    cases = {
+        "instruction_id": bad(instruction_id="I\x00"),
+        "merchant_id": bad(merchant_id=" M1"),
+        "amount.currency_code": bad(amount__currency_code="cny"),
+        "amount.minor_units": bad(amount__minor_units=10**13 + 1),
+        "bank_account.account_name": bad(bank_account__account_name="A\x1b"),
+        "bank_account.bank_name": bad(bank_account__bank_name="B" * 1_000_000),
+        "bank_account.branch_code": bad(bank_account__branch_code="BR\x00"),
+        "bank_account.account_number": bad(bank_account__account_number=""),
+        "remark": bad(remark="pay\x00"),
+    }
+    for field, req in cases.items():
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await simulator.gateway.SubmitPayout(req)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert violated_fields(err.value) == {field}
+    for call in (simulator.gateway.GetPayout(payout_pb2.GetPayoutRequest(instruction_id=" I1")),
+                 simulator.control.ReturnPayout(sim.ReturnPayoutRequest(
+                     instruction_id="I1", reason="bank\x00")),
+                 simulator.control.SetBehaviour(sim.SetBehaviourRequest(
+                     behaviour=sim.BEHAVIOUR_FAIL, merchant_id="M\x00"))):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await counters(simulator) == {}
+    # The rules let settlement's own instruction ids through (derived, up to 96 characters).
+    long_id = "po-st-20260302-" + "m" * 52 + "-retry1"
+    paid = await simulator.gateway.SubmitPayout(submit(long_id))
+    assert paid.payout.state == payout_pb2.PAYOUT_STATE_PAID

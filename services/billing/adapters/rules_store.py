@@ -97,10 +97,19 @@ async def lock_and_bump(conn: Any) -> None:
     await conn.execute("UPDATE rule_generation SET generation = generation + 1")
 
 
-async def load_all(conn: Any) -> tuple[int, list[RuleVersion]]:
+async def load_all(conn: Any) -> tuple[int, list[RuleVersion], list[tuple[str, int, str]]]:
+    """The generation, every version that reads back, and (rule id, version, why) of each
+    row that does not: one bad row must not stop the others from loading."""
     gen = await generation(conn)
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM fee_rule_versions")
-    return gen, [version_from_row(r) for r in rows]
+    versions: list[RuleVersion] = []
+    unreadable: list[tuple[str, int, str]] = []
+    for r in rows:
+        try:
+            versions.append(version_from_row(r))
+        except Exception as exc:  # a corrupt row is reported, not fatal
+            unreadable.append((r["rule_id"], r["version"], f"{type(exc).__name__}: {exc}"))
+    return gen, versions, unreadable
 
 
 async def versions_of(conn: Any, rule_ids: list[str]) -> dict[str, list[RuleVersion]]:

@@ -16,6 +16,7 @@ from operator import itemgetter
 from typing import Any
 
 from services.billing.domain.model import FeeTxn, RuleVersion
+from shared.validation import EARLIEST_TIME, LATEST_TIME, TIME_RANGE
 
 KeyOf = Callable[[tuple[str, ...]], Any]
 
@@ -30,11 +31,38 @@ def _key_getter(mask: tuple[bool, ...]) -> KeyOf:
     return itemgetter(*idx)
 
 
+def refusal(v: RuleVersion) -> str | None:
+    """Why the index cannot hold `v` (None: it can). The one check both of what the index
+    loads and of what a rule change is about to commit: a version the index would refuse
+    is never committed, and one committed before (by older code, or by hand) is skipped
+    with its reason instead of failing the whole index (and every charge with it)."""
+    try:
+        for name, moment in (("effective_from", v.effective_from), ("effective_to", v.effective_to)):
+            if moment is None:
+                continue
+            if moment.tzinfo is None:
+                return f"{name} has no time zone"
+            if not EARLIEST_TIME <= moment < LATEST_TIME:
+                return f"{name} {moment.isoformat()} {TIME_RANGE}"
+        if v.effective_to is not None and not v.effective_from < v.effective_to:
+            return "effective_to is not after effective_from"
+        _key_getter(v.spec.selectors.specificity())(v.spec.selectors.values())
+    except Exception as exc:  # whatever a bad row holds, say so, skip it
+        return f"cannot be indexed: {type(exc).__name__}: {exc}"
+    return None
+
+
 class RuleIndex:
     def __init__(self, versions: Iterable[RuleVersion] = ()) -> None:
         by_currency: dict[str, dict[tuple[bool, ...], dict[Any, list[RuleVersion]]]] = {}
         count = 0
+        # Versions the index could not hold, with the reason (see `refusal`).
+        self.rejected: list[tuple[RuleVersion, str]] = []
         for v in versions:
+            why = refusal(v)
+            if why is not None:
+                self.rejected.append((v, why))
+                continue
             count += 1
             mask = v.spec.selectors.specificity()
             groups = by_currency.setdefault(v.spec.currency, {})
@@ -45,8 +73,12 @@ class RuleIndex:
             entries = []
             for mask, keyed in masks.items():
                 for bucket in keyed.values():
-                    # Best rank first, so the first version in the window is the group's best.
-                    bucket.sort(key=lambda v: (v.rank, -v.effective_from.timestamp()), reverse=True)
+                    # Best rank first, so the first version in the window is the group's
+                    # best; among equal ranks the earliest start first. Two stable sorts
+                    # compare the datetimes themselves (no .timestamp(), which fails for
+                    # the first days of year 1 east of UTC).
+                    bucket.sort(key=lambda v: v.effective_from)
+                    bucket.sort(key=lambda v: v.rank, reverse=True)
                 entries.append((_key_getter(mask), keyed))
             self._groups[currency] = entries
         self.size = count

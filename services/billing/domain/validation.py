@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from services.billing.domain.model import (
     CollectionMode,
@@ -20,13 +20,13 @@ from services.billing.domain.model import (
     TierMode,
     TxnType,
 )
+from shared import validation as val
 from shared.errors import Violations
-from shared.money import INT64_MAX, is_known_currency
 
-RULE_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# fullmatch, not ^…$: "$" also matches before a final newline, so "R1\n" passed.
+RULE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 MAX_RATE_DECIMALS = 8
 MAX_TIERS = 100
-MAX_SELECTOR_LEN = 64
 
 
 @dataclass
@@ -59,13 +59,13 @@ class SpecInput:
 
 
 def parse_rate(text: str) -> Decimal | str:
-    """The rate, or a description of what is wrong with it."""
-    try:
-        rate = Decimal(text)
-    except (InvalidOperation, ValueError):
-        return "must be a decimal string such as 0.0038"
-    if not rate.is_finite():
-        return "must be a finite decimal"
+    """The rate, or a description of what is wrong with it. Only the spec's grammar
+    (digits with an optional fraction, shared.validation.check_decimal): no sign,
+    exponent, spaces or NaN, which Decimal() alone would take."""
+    grammar = Violations()
+    rate = val.check_decimal(grammar, text, "rate")
+    if rate is None:
+        return grammar.items[0].description if grammar else "must be a decimal such as 0.0038"
     if not (Decimal(0) <= rate < Decimal(1)):
         return "must be in [0, 1)"
     exponent = rate.as_tuple().exponent
@@ -75,13 +75,14 @@ def parse_rate(text: str) -> Decimal | str:
 
 
 def check_rule_id(rule_id: str, v: Violations, path: str = "rule_id") -> None:
-    v.check(bool(RULE_ID.match(rule_id)), path, "1-64 letters, digits, '_', '-' or '.'")
+    if val.check_id(v, rule_id, path):
+        v.check(bool(RULE_ID.fullmatch(rule_id)), path, "1-64 letters, digits, '_', '-' or '.'")
 
 
 def check_window(
     start: dt.datetime | None, end: dt.datetime | None, v: Violations, prefix: str = ""
 ) -> None:
-    v.check(start is not None, f"{prefix}effective_from", "required")
+    """The order of a window whose ends were each checked (and reported) already."""
     if start is not None and end is not None:
         v.check(start < end, f"{prefix}effective_to", "must be after effective_from")
 
@@ -92,7 +93,7 @@ def _enum(kind: type, raw: str, default: object, path: str, v: Violations) -> ob
     try:
         return kind(raw)
     except ValueError:
-        v.add(path, f"unknown value {raw!r}")
+        v.add(path, f"unknown value {val.quote(raw)}")
         return default
 
 
@@ -107,8 +108,8 @@ def build_spec(raw: SpecInput, v: Violations, prefix: str = "spec.") -> FeeRuleS
         try:
             method = Method(raw.method)
         except ValueError:
-            v.add(f"{p}method", f"unknown method {raw.method!r}")
-    v.check(is_known_currency(raw.currency), f"{p}currency_code", "unknown currency")
+            v.add(f"{p}method", f"unknown method {val.quote(raw.method)}")
+    val.check_currency(v, raw.currency, f"{p}currency_code")
     _check_selectors(raw.selectors, v, f"{p}selectors.")
     tier_mode = _enum(TierMode, raw.tier_mode, TierMode.GRADUATED, f"{p}tier_mode", v)
     period = _enum(Period, raw.accumulation_period, Period.MONTH, f"{p}accumulation_period", v)
@@ -118,10 +119,10 @@ def build_spec(raw: SpecInput, v: Violations, prefix: str = "spec.") -> FeeRuleS
 
     for name, fee in (("min_fee", raw.min_fee), ("max_fee", raw.max_fee)):
         if fee is not None:
-            v.check(0 <= fee <= INT64_MAX, f"{p}{name}", "must not be negative")
+            val.check_amount(v, fee, f"{p}{name}", allow_zero=True)
     if raw.min_fee is not None and raw.max_fee is not None and raw.min_fee > raw.max_fee:
         v.add(f"{p}min_fee", "must not exceed max_fee")
-    v.check(len(raw.description) <= 500, f"{p}description", "at most 500 characters")
+    val.check_text(v, raw.description, f"{p}description")
 
     rate: Decimal | None = None
     tiers: list[Tier] = []
@@ -131,7 +132,7 @@ def build_spec(raw: SpecInput, v: Violations, prefix: str = "spec.") -> FeeRuleS
         if raw.accumulation_period and not method.is_cumulative:
             v.add(f"{p}accumulation_period", "only for cumulative methods")
         if method is Method.FIXED:
-            v.check(raw.fixed_fee >= 0, f"{p}fixed_fee", "must not be negative")
+            val.check_amount(v, raw.fixed_fee, f"{p}fixed_fee", allow_zero=True)
             v.check(not raw.rate, f"{p}rate", "not used by FIXED")
             v.check(not raw.tiers, f"{p}tiers", "not used by FIXED")
         elif method is Method.PERCENT:
@@ -171,8 +172,9 @@ def build_spec(raw: SpecInput, v: Violations, prefix: str = "spec.") -> FeeRuleS
 
 
 def _check_selectors(s: Selectors, v: Violations, p: str) -> None:
-    for name in ("merchant_id", "product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
-        v.check(len(getattr(s, name)) <= MAX_SELECTOR_LEN, f"{p}{name}", "at most 64 characters")
+    val.check_id(v, s.merchant_id, f"{p}merchant_id", required=False)
+    for name in ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
+        val.check_attribute(v, getattr(s, name), f"{p}{name}")
     if s.transaction_type:
         v.check(
             s.transaction_type in (TxnType.PAYMENT.value, TxnType.PAYOUT.value),
@@ -203,6 +205,6 @@ def _build_tiers(raw: list[TierInput], method: Method, v: Violations, p: str) ->
             tiers.append(Tier(t.lower_bound, rate=parsed))
         else:
             v.check(not t.rate, f"{p}[{i}].rate", "a fixed tier has a fee, not a rate")
-            v.check(t.fixed_fee >= 0, f"{p}[{i}].fixed_fee", "must not be negative")
+            val.check_amount(v, t.fixed_fee, f"{p}[{i}].fixed_fee", allow_zero=True)
             tiers.append(Tier(t.lower_bound, fixed_fee=t.fixed_fee))
     return tiers

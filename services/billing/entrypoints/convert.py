@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from clearhouse.billing.v1 import billing_pb2 as pb
@@ -14,11 +15,10 @@ from services.billing.domain.validation import SpecInput, TierInput
 from services.billing.service_layer.accounts import Account, Movement
 from services.billing.service_layer.bills import Bill
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
-from shared.convert import datetime_to_ts, ts_to_datetime
+from services.billing.service_layer.voids import Charge, Void
+from shared import validation as val
+from shared.convert import datetime_to_ts
 from shared.errors import Violations
-from shared.money import INT64_MAX, is_known_currency
-
-MAX_ID = 64
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str:
@@ -35,19 +35,33 @@ def money(currency: str, units: int) -> money_pb2.Money:
     return money_pb2.Money(currency_code=currency, minor_units=units)
 
 
-def check_id(value: str, path: str, v: Violations) -> None:
-    if not value:
-        v.add(path, "required")
-    elif len(value) > MAX_ID:
-        v.add(path, f"at most {MAX_ID} characters")
+def check_id(value: str, path: str, v: Violations, *, required: bool = True) -> bool:
+    return val.check_id(v, value, path, required=required)
 
 
-def check_money(m: money_pb2.Money, present: bool, path: str, v: Violations) -> None:
+def check_money(m: money_pb2.Money, present: bool, path: str, v: Violations) -> bool:
+    """An amount, fee or top-up: a known currency and 0 < minor_units ≤ 10^13."""
     if not present:
         v.add(path, "required")
-        return
-    v.check(is_known_currency(m.currency_code), f"{path}.currency_code", "unknown currency")
-    v.check(0 < m.minor_units <= INT64_MAX, f"{path}.minor_units", "must be positive")
+        return False
+    ok = val.check_currency(v, m.currency_code, f"{path}.currency_code")
+    return val.check_amount(v, m.minor_units, f"{path}.minor_units") and ok
+
+
+def timestamp(
+    ts: Any, present: bool, path: str, v: Violations, *, required: bool = True
+) -> dt.datetime | None:
+    """A google.protobuf.Timestamp within the shared window, as an aware UTC datetime."""
+    return val.check_timestamp(v, ts.seconds, ts.nanos, path, present=present, required=required)
+
+
+def check_selectors(s: pb.Selectors, v: Violations, p: str) -> bool:
+    """Selectors of a rule or of a list filter: attributes (the merchant an optional id)."""
+    before = len(v.items)
+    val.check_id(v, s.merchant_id, f"{p}merchant_id", required=False)
+    for name in ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
+        val.check_attribute(v, getattr(s, name), f"{p}{name}")
+    return len(v.items) == before
 
 
 def selectors_from_proto(s: pb.Selectors) -> Selectors:
@@ -142,18 +156,16 @@ def txn_from_proto(t: pb.FeeTransaction, v: Violations, p: str = "transaction.")
     check_id(t.merchant_id, f"{p}merchant_id", v)
     kind = _TXN_TYPES.get(t.transaction_type)
     if kind is None:
-        v.add(f"{p}transaction_type", "PAYMENT or PAYOUT (refunds go through RefundFee)")
+        v.add(f"{p}transaction_type", "PAYMENT or PAYOUT (refunds go through RefundFee; QuoteRefundFee quotes one)")
     check_money(t.amount, t.HasField("amount"), f"{p}amount", v)
-    v.check(t.HasField("transaction_time"), f"{p}transaction_time", "required")
+    moment = timestamp(t.transaction_time, t.HasField("transaction_time"), f"{p}transaction_time", v)
     for name in ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
-        if len(getattr(t, name)) > MAX_ID:
-            v.add(f"{p}{name}", f"at most {MAX_ID} characters")
-    if len(v.items) > before:
+        val.check_attribute(v, getattr(t, name), f"{p}{name}")
+    if len(v.items) > before or moment is None:
         return None
     return FeeTxn(
         t.transaction_id, t.merchant_id, kind or "", t.amount.minor_units, t.amount.currency_code,
-        ts_to_datetime(t.transaction_time), t.product, t.business_line, t.acquirer_bank, t.issuer_bank,
-        t.card_type,
+        moment, t.product, t.business_line, t.acquirer_bank, t.issuer_bank, t.card_type,
     )
 
 
@@ -163,12 +175,12 @@ def refund_from_proto(r: pb.RefundFeeRequest, v: Violations, p: str = "") -> Ref
     check_id(r.original_transaction_id, f"{p}original_transaction_id", v)
     check_id(r.merchant_id, f"{p}merchant_id", v)
     check_money(r.amount, r.HasField("amount"), f"{p}amount", v)
-    v.check(r.HasField("refund_time"), f"{p}refund_time", "required")
-    if len(v.items) > before:
+    moment = timestamp(r.refund_time, r.HasField("refund_time"), f"{p}refund_time", v)
+    if len(v.items) > before or moment is None:
         return None
     return RefundRequest(
         r.refund_transaction_id, r.original_transaction_id, r.merchant_id, r.amount.minor_units,
-        r.amount.currency_code, ts_to_datetime(r.refund_time),
+        r.amount.currency_code, moment,
     )
 
 
@@ -272,4 +284,24 @@ def candidate_to_proto(e: Explained) -> pb.Candidate:
         specific_selectors=v.spec.selectors.set_names(),
         verdict=pb.CandidateVerdict.Value(f"CANDIDATE_VERDICT_{e.verdict.value}"),
         reason=e.reason, effective_from=datetime_to_ts(v.effective_from), effective_to=datetime_to_ts(v.effective_to),
+    )
+
+
+def charge_to_proto(ch: Charge) -> pb.FeeCharge:
+    return pb.FeeCharge(
+        transaction_id=ch.transaction_id, merchant_id=ch.merchant_id,
+        amount=money(ch.currency, ch.amount), fee=money(ch.currency, ch.fee),
+        collection_mode=_MODES[ch.collection_mode], rule_id=ch.rule_id,
+        rule_version=ch.rule_version, transaction_time=datetime_to_ts(ch.transaction_time),
+        charge_time=datetime_to_ts(ch.charge_time),
+    )
+
+
+def void_to_proto(v: Void) -> pb.FeeChargeVoid:
+    return pb.FeeChargeVoid(
+        request_id=v.request_id, charge=charge_to_proto(v.charge),
+        cumulative_amount_returned=v.counter_amount_returned,
+        cumulative_count_returned=v.counter_count_returned,
+        fee_credited=money(v.charge.currency, v.fee_credited), reason=v.reason,
+        void_time=datetime_to_ts(v.void_time),
     )

@@ -11,7 +11,6 @@ from clearhouse.billing.v1 import billing_pb2_grpc
 
 from services.billing.domain import lifecycle
 from services.billing.domain.model import FeeRuleSpec, FeeTxn
-from services.billing.domain.periods import is_month
 from services.billing.domain.validation import build_spec, check_rule_id, check_window
 from services.billing.entrypoints import convert as c
 from services.billing.service_layer.accounts import Accounts
@@ -20,15 +19,19 @@ from services.billing.service_layer.charging import Pricing
 from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.outcomes import FeeOutcome, RefundOutcome, RefundRequest
 from services.billing.service_layer.rules import RuleAdmin
+from services.billing.service_layer.voids import Voids
 from shared import clock
+from shared import validation as val
 from shared.coalescer import Coalescer
-from shared.convert import ts_to_datetime
-from shared.errors import DomainError, FieldViolation, InvalidArgument, Violations, to_status
-from shared.money import INT64_MAX, is_known_currency
-from shared.pagination import Page, integer, text
+from shared.errors import DomainError, InvalidArgument, Violations, to_status
+from shared.pagination import Page, instant, integer, text
 
 ERROR_DOMAIN = "billing.clearhouse"
-MAX_BATCH = 1000
+MAX_BATCH = val.MAX_BATCH_ITEMS
+# A bill id is "FB-<month>-<merchant>-<currency>-<sequence>": longer than an id may be
+# for a merchant id of the longest length, so it gets the room its parts need.
+MAX_BILL_ID_LENGTH = len("FB-YYYY-MM--CCC-") + val.MAX_ID_LENGTH + 10
+MAX_COLLECTION_REFERENCE_LENGTH = 128
 _STATES = {1: "SCHEDULED", 2: "ACTIVE", 3: "ENDED"}
 _BILL_STATES = {1: "ISSUED", 2: "COLLECTED"}
 T = TypeVar("T")
@@ -39,8 +42,14 @@ def _now() -> dt.datetime:
 
 
 def _batch_size(n: int) -> None:
-    if n == 0 or n > MAX_BATCH:
-        raise InvalidArgument([FieldViolation("requests", f"1 to {MAX_BATCH} items")])
+    v = Violations()
+    val.check_count(v, n, "requests", max_items=MAX_BATCH)
+    v.raise_if_any()
+
+
+def _page(v: Violations, size: int, token: str) -> None:
+    val.check_page_size(v, size)
+    val.check_page_token(v, token)
 
 
 def _batch_items(
@@ -89,8 +98,10 @@ def _rule_content(
         c.check_id(request.request_id, "request_id", v)  # a creation's key is the rule id
     check_rule_id(request.rule_id, v)
     spec = build_spec(c.spec_input(request.spec), v)
-    start = ts_to_datetime(request.effective_from) if request.HasField("effective_from") else None
-    end = ts_to_datetime(request.effective_to) if request.HasField("effective_to") else None
+    start = c.timestamp(request.effective_from, request.HasField("effective_from"),
+                        "effective_from", v)
+    end = c.timestamp(request.effective_to, request.HasField("effective_to"), "effective_to", v,
+                      required=False)
     check_window(start, end, v)
     v.raise_if_any()
     assert spec is not None and start is not None
@@ -101,7 +112,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     def __init__(
         self, rules: RuleAdmin, pricing: Pricing, accounts: Accounts, bills: Bills, metrics: Metrics,
         charges: Coalescer[FeeTxn, FeeOutcome], refunds: Coalescer[RefundRequest, RefundOutcome],
+        voids: Voids,
     ) -> None:
+        self.voids = voids
         self.rules = rules
         self.pricing = pricing
         # Unary charges and refunds of concurrent callers run together through the batch
@@ -132,9 +145,12 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         v = Violations()
         if request.state not in (0, *_STATES):
             v.add("state", "unknown state")
+        c.check_selectors(request.selectors, v, "selectors.")
         selectors = c.selectors_from_proto(request.selectors)
         if selectors.transaction_type.startswith("#"):
             v.add("selectors.transaction_type", "unknown transaction type")
+        val.check_currency(v, request.currency_code, "currency_code", required=False)
+        _page(v, request.page_size, request.page_token)
         v.raise_if_any()
         state = _STATES.get(request.state, "")
         filters = [selectors.values(), state, request.currency_code]
@@ -157,11 +173,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         v = Violations()
         c.check_id(request.request_id, "request_id", v)
         check_rule_id(request.rule_id, v)
-        v.check(request.HasField("effective_to"), "effective_to", "required")
+        end = c.timestamp(request.effective_to, request.HasField("effective_to"), "effective_to", v)
         v.raise_if_any()
-        versions = await self.rules.end(
-            request.request_id, request.rule_id, ts_to_datetime(request.effective_to)
-        )
+        assert end is not None
+        versions = await self.rules.end(request.request_id, request.rule_id, end)
         return pb.EndFeeRuleResponse(rule=self._rule(versions))
 
     async def ExplainFee(self, request: pb.ExplainFeeRequest, context: Any) -> pb.ExplainFeeResponse:
@@ -261,7 +276,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     @staticmethod
     def _account_key(merchant_id: str, currency: str, v: Violations) -> None:
         c.check_id(merchant_id, "merchant_id", v)
-        v.check(is_known_currency(currency), "currency_code", "unknown currency")
+        val.check_currency(v, currency, "currency_code")
 
     async def TopUpFeeAccount(self, request: pb.TopUpFeeAccountRequest, context: Any) -> pb.TopUpFeeAccountResponse:
         v = Violations()
@@ -285,8 +300,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def UpdateFeeAccount(self, request: pb.UpdateFeeAccountRequest, context: Any) -> pb.UpdateFeeAccountResponse:
         v = Violations()
         self._account_key(request.merchant_id, request.currency_code, v)
-        v.check(0 <= request.low_balance_threshold <= INT64_MAX, "low_balance_threshold",
-                "must not be negative")
+        val.check_amount(v, request.low_balance_threshold, "low_balance_threshold",
+                         allow_zero=True, maximum=val.MAX_BALANCE)
         v.raise_if_any()
         account = await self.accounts.set_threshold(
             request.merchant_id, request.currency_code, request.low_balance_threshold
@@ -298,6 +313,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     ) -> pb.ListFeeAccountMovementsResponse:
         v = Violations()
         self._account_key(request.merchant_id, request.currency_code, v)
+        _page(v, request.page_size, request.page_token)
         v.raise_if_any()
         filters = [request.merchant_id, request.currency_code]
         page = Page.of(request.page_size, request.page_token, filters, key=(integer,))
@@ -314,19 +330,20 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     # -- fee bills ------------------------------------------------------------------------
 
     async def GenerateFeeBills(self, request: pb.GenerateFeeBillsRequest, context: Any) -> pb.GenerateFeeBillsResponse:
-        if not is_month(request.month):
-            raise InvalidArgument([FieldViolation("month", "YYYY-MM")])
+        v = Violations()
+        val.check_month_text(v, request.month, "month")
+        v.raise_if_any()
         bills = await self.bills.generate(request.month)
         return pb.GenerateFeeBillsResponse(bills=[c.bill_to_proto(b, False) for b in bills])
 
     async def ListFeeBills(self, request: pb.ListFeeBillsRequest, context: Any) -> pb.ListFeeBillsResponse:
         v = Violations()
-        if request.month and not is_month(request.month):
-            v.add("month", "YYYY-MM")
+        c.check_id(request.merchant_id, "merchant_id", v, required=False)
+        val.check_month_text(v, request.month, "month", required=False)
         if request.state not in (0, *_BILL_STATES):
             v.add("state", "unknown state")
-        if request.currency_code and not is_known_currency(request.currency_code):
-            v.add("currency_code", "unknown currency")
+        val.check_currency(v, request.currency_code, "currency_code", required=False)
+        _page(v, request.page_size, request.page_token)
         v.raise_if_any()
         state = _BILL_STATES.get(request.state, "")
         filters = [request.merchant_id, request.month, state, request.currency_code]
@@ -341,8 +358,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         )
 
     async def GetFeeBill(self, request: pb.GetFeeBillRequest, context: Any) -> pb.GetFeeBillResponse:
-        if not request.bill_id:
-            raise InvalidArgument([FieldViolation("bill_id", "required")])
+        v = Violations()
+        val.check_id(v, request.bill_id, "bill_id", max_length=MAX_BILL_ID_LENGTH)
+        v.raise_if_any()
         return pb.GetFeeBillResponse(bill=c.bill_to_proto(await self.bills.get(request.bill_id), True))
 
     async def MarkFeeBillCollected(
@@ -350,9 +368,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     ) -> pb.MarkFeeBillCollectedResponse:
         v = Violations()
         c.check_id(request.request_id, "request_id", v)
-        v.check(bool(request.bill_id), "bill_id", "required")
-        v.check(0 < len(request.collection_reference) <= 128, "collection_reference",
-                "1-128 characters")
+        val.check_id(v, request.bill_id, "bill_id", max_length=MAX_BILL_ID_LENGTH)
+        val.check_id(v, request.collection_reference, "collection_reference",
+                     max_length=MAX_COLLECTION_REFERENCE_LENGTH)
         v.raise_if_any()
         bill = await self.bills.mark_collected(
             request.request_id, request.bill_id, request.collection_reference
@@ -372,3 +390,44 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             request.amount.minor_units, request.amount.currency_code, _now(),
         ))
         return pb.QuoteRefundFeeResponse(result=c.refund_outcome_to_proto(quoted))
+
+    # -- reconciliation with clearing ---------------------------------------------------
+
+    async def ListFeeCharges(self, request: pb.ListFeeChargesRequest, context: Any) -> pb.ListFeeChargesResponse:
+        v = Violations()
+        windowed = request.HasField("charge_time_from") or request.HasField("charge_time_to")
+        if request.transaction_ids:
+            val.check_ids(v, list(request.transaction_ids), "transaction_ids")
+            if windowed:
+                v.add("charge_time_from", "give a window or transaction ids, not both")
+            v.raise_if_any()
+            charges = await self.voids.of(list(request.transaction_ids))
+            return pb.ListFeeChargesResponse(charges=[c.charge_to_proto(ch) for ch in charges])
+        start = c.timestamp(request.charge_time_from, request.HasField("charge_time_from"),
+                            "charge_time_from", v)
+        end = c.timestamp(request.charge_time_to, request.HasField("charge_time_to"),
+                          "charge_time_to", v)
+        if start is not None and end is not None and not start < end:
+            v.add("charge_time_to", "must be after charge_time_from")
+        _page(v, request.page_size, request.page_token)
+        v.raise_if_any()
+        assert start is not None and end is not None
+        filters = ["charges", start.isoformat(), end.isoformat()]
+        page = Page.of(request.page_size, request.page_token, filters, key=(instant, text))
+        after = (page.after[0], page.after[1]) if page.after else None
+        rows = await self.voids.window(start, end, after, page.size + 1)
+        token = page.next_token(
+            rows, lambda ch: [ch.charge_time.isoformat(), ch.transaction_id], filters
+        )
+        return pb.ListFeeChargesResponse(
+            charges=[c.charge_to_proto(ch) for ch in rows[: page.size]], next_page_token=token
+        )
+
+    async def VoidFeeCharge(self, request: pb.VoidFeeChargeRequest, context: Any) -> pb.VoidFeeChargeResponse:
+        v = Violations()
+        c.check_id(request.request_id, "request_id", v)
+        c.check_id(request.transaction_id, "transaction_id", v)
+        val.check_text(v, request.reason, "reason", required=True)
+        v.raise_if_any()
+        void = await self.voids.void(request.request_id, request.transaction_id, request.reason)
+        return pb.VoidFeeChargeResponse(void=c.void_to_proto(void))

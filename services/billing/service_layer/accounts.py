@@ -10,7 +10,8 @@ from sqlalchemy import text
 
 from services.billing.service_layer.unit_of_work import Database
 from shared import idempotency
-from shared.errors import NotFound
+from shared.errors import FailedPrecondition, NotFound
+from shared.validation import MAX_BALANCE, quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +40,18 @@ class Movement:
 def account_not_found(merchant_id: str, currency: str) -> NotFound:
     return NotFound(
         "FEE_ACCOUNT_NOT_FOUND",
-        f"merchant {merchant_id!r} has no {currency} fee account",
+        f"merchant {quote(merchant_id)} has no {currency} fee account",
         {"merchant_id": merchant_id, "currency": currency},
+    )
+
+
+def balance_limit(merchant_id: str, currency: str, balance: int, amount: int) -> FailedPrecondition:
+    return FailedPrecondition(
+        "BALANCE_LIMIT",
+        f"a top-up of {amount} {currency} would take the fee account of {quote(merchant_id)} "
+        f"from {balance} past its limit of {MAX_BALANCE}",
+        {"merchant_id": merchant_id, "currency": currency, "balance": str(balance),
+         "amount": str(amount), "limit": str(MAX_BALANCE)},
     )
 
 
@@ -68,15 +79,25 @@ class Accounts:
             if not owned:
                 assert stored is not None
                 return _decode(stored)
+            # The sum is formed only where it stays within MAX_BALANCE (far below int64):
+            # a top-up past it updates no row and is refused, rolling back its
+            # idempotency claim with it, so nothing changes.
             row = (await conn.execute(
                 text(
                     "INSERT INTO fee_accounts (merchant_id, currency, balance) VALUES (:m, :c, :a) "
                     "ON CONFLICT (merchant_id, currency) DO UPDATE "
                     "SET balance = fee_accounts.balance + EXCLUDED.balance, update_time = now() "
+                    "WHERE fee_accounts.balance <= :limit - EXCLUDED.balance "
                     "RETURNING balance, low_balance_threshold, update_time"
                 ),
-                {"m": merchant_id, "c": currency, "a": amount},
-            )).one()
+                {"m": merchant_id, "c": currency, "a": amount, "limit": MAX_BALANCE},
+            )).one_or_none()
+            if row is None:
+                current = (await conn.execute(
+                    text("SELECT balance FROM fee_accounts WHERE merchant_id = :m AND currency = :c"),
+                    {"m": merchant_id, "c": currency},
+                )).scalar_one()
+                raise balance_limit(merchant_id, currency, current, amount)
             await conn.execute(
                 text(
                     "INSERT INTO fee_account_movements (merchant_id, currency, type, amount, "

@@ -22,6 +22,8 @@ class Metrics:
     fee_account_low_balance_crossings: int = 0
     # Charges refused because a PREPAID fee account was short.
     fee_account_insufficient_refusals: int = 0
+    # Rule versions in the database the last index rebuild could not load (0 when healthy).
+    fee_rule_versions_skipped: int = 0
     exporter: ServiceMetrics | None = field(default=None, repr=False, compare=False)
     _counters: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -34,7 +36,21 @@ class Metrics:
                 "refused": self.exporter.counter(
                     "fee_account_insufficient_refusals",
                     "Charges refused because a prepaid fee account was short."),
+                "skipped": self.exporter.gauge(
+                    "fee_rule_versions_skipped",
+                    "Rule versions the last rule index rebuild could not load (0 when healthy)."),
             }
+
+    def rule_versions_skipped(self, skipped: list[tuple[str, int, str]]) -> None:
+        self.fee_rule_versions_skipped = len(skipped)
+        if self._counters:
+            self._counters["skipped"].set(len(skipped))
+        for rule_id, version, why in skipped:
+            log.error(
+                "fee rule version skipped by the rule index: it prices nothing until repaired",
+                extra={"rule_id": rule_id, "rule_version": version, "reason": why,
+                       "fee_rule_versions_skipped": len(skipped)},
+            )
 
     def low_balance(self, merchant_id: str, currency: str, balance: int, threshold: int) -> None:
         self.fee_account_low_balance_crossings += 1

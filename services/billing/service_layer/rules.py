@@ -18,7 +18,8 @@ from typing import Any
 from services.billing.adapters import rules_store
 from services.billing.domain import lifecycle
 from services.billing.domain.model import FeeRuleSpec, RuleVersion, Selectors
-from services.billing.domain.selection import RuleIndex, find_conflict
+from services.billing.domain.selection import RuleIndex, find_conflict, refusal
+from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.unit_of_work import Database
 from shared.errors import (
     AlreadyExists,
@@ -29,24 +30,26 @@ from shared.errors import (
     NotFound,
 )
 from shared.idempotency import fingerprint
+from shared.validation import quote
 
 
 def rule_not_found(rule_id: str) -> NotFound:
-    return NotFound("RULE_NOT_FOUND", f"fee rule {rule_id!r} does not exist", {"rule_id": rule_id})
+    return NotFound("RULE_NOT_FOUND", f"fee rule {quote(rule_id)} does not exist", {"rule_id": rule_id})
 
 
 def rule_ended(rule_id: str) -> FailedPrecondition:
     return FailedPrecondition(
-        "RULE_ENDED", f"fee rule {rule_id!r} has ended", {"rule_id": rule_id}
+        "RULE_ENDED", f"fee rule {quote(rule_id)} has ended", {"rule_id": rule_id}
     )
 
 
 class RuleBook:
     """The index of every rule version, kept in step with the database."""
 
-    def __init__(self, db: Database, refresh_s: float) -> None:
+    def __init__(self, db: Database, refresh_s: float, metrics: Metrics | None = None) -> None:
         self.db = db
         self.refresh_s = refresh_s
+        self.metrics = metrics or Metrics()
         self.index = RuleIndex()
         self.generation = -1
         self._checked_at = float("-inf")
@@ -78,8 +81,14 @@ class RuleBook:
         async with self.db.connection() as conn, conn.transaction(
             isolation="repeatable_read", readonly=True
         ):
-            gen, versions = await rules_store.load_all(conn)
-        self.index = RuleIndex(versions)
+            gen, versions, unreadable = await rules_store.load_all(conn)
+        index = RuleIndex(versions)
+        # A version that cannot be read or indexed is skipped, logged and counted: billing
+        # keeps pricing with every other rule instead of failing every charge.
+        skipped = unreadable + [(v.rule_id, v.version, why) for v, why in index.rejected]
+        if skipped or self.metrics.fee_rule_versions_skipped:
+            self.metrics.rule_versions_skipped(skipped)
+        self.index = index
         self.generation = gen
         self._checked_at = time.monotonic()
 
@@ -105,6 +114,7 @@ class RuleAdmin:
                 raise IdempotencyConflict(rule_id, "fee rule id")
             await self._refuse_tie(conn, version)
             await rules_store.insert_version(conn, version)
+            await _loads_back(conn, rule_id, {1}, version)
         await self.book.reload()
         return [version]
 
@@ -128,7 +138,8 @@ class RuleAdmin:
             if plan.closes is not None:
                 await rules_store.close_version(conn, rule_id, *plan.closes)
             await rules_store.insert_version(conn, plan.new)
-            versions = (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+            touched = {plan.new.version} | ({plan.closes[0]} if plan.closes else set())
+            versions = await _loads_back(conn, rule_id, touched, plan.new)
         await self.book.reload()
         return versions
 
@@ -145,7 +156,7 @@ class RuleAdmin:
             if isinstance(closes, str):
                 raise InvalidArgument([FieldViolation("effective_to", closes)])
             await rules_store.close_version(conn, rule_id, closes, end)
-            versions = (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+            versions = await _loads_back(conn, rule_id, {closes})
         await self.book.reload()
         return versions
 
@@ -176,7 +187,7 @@ class RuleAdmin:
         if other is not None:
             raise AlreadyExists(
                 "RULE_CONFLICT",
-                f"rule {version.rule_id!r} would tie with {other.rule_id!r} v{other.version}: "
+                f"rule {quote(version.rule_id)} would tie with {quote(other.rule_id)} v{other.version}: "
                 "same currency, selectors and priority in overlapping windows",
                 {"conflicting_rule_id": other.rule_id, "conflicting_version": str(other.version)},
             )
@@ -189,6 +200,31 @@ async def _lock_versions(conn: Any, rule_id: str) -> list[RuleVersion]:
     if await rules_store.lock_rule(conn, rule_id) is None:
         raise rule_not_found(rule_id)
     return (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+
+
+async def _loads_back(
+    conn: Any, rule_id: str, touched: set[int], written: RuleVersion | None = None
+) -> list[RuleVersion]:
+    """The rule's versions read back, inside the writing transaction, by the loader the
+    index rebuild uses, and the `touched` ones checked by the index's own admission check:
+    a change the index could not load (or that would not read back as sent) is refused
+    before it commits, so no committed change can leave billing unable to rebuild its
+    index."""
+    try:
+        versions = (await rules_store.versions_of(conn, [rule_id]))[rule_id]
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # rolled back, never committed
+        raise InvalidArgument(
+            [FieldViolation("spec", f"cannot be read back: {type(exc).__name__}")]
+        ) from exc
+    problems = [FieldViolation("effective_from", f"v{v.version} {why}")
+                for v in versions if v.version in touched and (why := refusal(v)) is not None]
+    if problems:
+        raise InvalidArgument(problems)
+    if written is not None:
+        stored = next((v for v in versions if v.version == written.version), None)
+        if stored is None or not _same(stored, written):
+            raise InvalidArgument([FieldViolation("spec", "does not read back as sent")])
+    return versions
 
 
 async def _replayed(conn: Any, scope: str, request_id: str, content: str) -> bool:

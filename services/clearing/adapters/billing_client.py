@@ -3,8 +3,10 @@ with a deadline, every answer turned into a FeeOutcome (priced, refused, or unkn
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
@@ -17,7 +19,7 @@ from grpc_status import rpc_status
 from services.clearing.domain.model import Detail, Fee
 from services.clearing.domain.pricing import FeeOutcome, Priced, Refused, Unknown
 from shared.client_security import ClientSecurity
-from shared.convert import write_ts
+from shared.convert import datetime_to_ts, ts_to_datetime, write_ts
 from shared.errors import reason_of
 from shared.interceptors import client_channel
 from shared.money import MAX_AMOUNT_MINOR_UNITS
@@ -108,6 +110,23 @@ def _from_rpc_error(err: grpc.aio.AioRpcError) -> FeeOutcome:
     return Unknown(f"{err.code().name}: {err.details()}")
 
 
+@dataclass(frozen=True, slots=True)
+class BilledCharge:
+    """A charge billing holds, as the fee reconciliation reads it."""
+
+    transaction_id: str
+    merchant_id: str
+    currency: str
+    fee: int
+    collection_mode: str
+    charge_time: dt.datetime
+
+
+def _billed(c: Any) -> BilledCharge:
+    return BilledCharge(c.transaction_id, c.merchant_id, c.fee.currency_code, c.fee.minor_units,
+                        _MODES.get(c.collection_mode, ""), ts_to_datetime(c.charge_time))
+
+
 class BillingClient:
     """One channel to billing for the life of the service."""
 
@@ -194,3 +213,44 @@ class BillingClient:
             _priced(d, fee_of(o.result), o.result) if o.HasField("result") else _refused(o.error)
             for d, o in zip(details, resp.outcomes, strict=True)
         ]
+
+    # -- fee reconciliation (service_layer/reconciliation.py) -----------------------------
+    # These raise grpc.aio.AioRpcError: a reconciliation pass that cannot read billing
+    # stops and is tried again on the next pass.
+
+    async def charges_between(self, start: dt.datetime, end: dt.datetime) -> list[BilledCharge]:
+        """Every charge billing recorded in [start, end), following the pages."""
+        out: list[BilledCharge] = []
+        token = ""
+        while True:
+            resp = await self._billing().ListFeeCharges(
+                billing_pb2.ListFeeChargesRequest(
+                    charge_time_from=datetime_to_ts(start), charge_time_to=datetime_to_ts(end),
+                    page_size=1000, page_token=token),
+                timeout=self.batch_deadline_s,
+            )
+            out.extend(_billed(c) for c in resp.charges)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    async def charges_of(self, transaction_ids: Sequence[str]) -> list[BilledCharge]:
+        """The charges billing holds of these transactions (1000 ids per call)."""
+        out: list[BilledCharge] = []
+        ids = list(transaction_ids)
+        for i in range(0, len(ids), 1000):
+            resp = await self._billing().ListFeeCharges(
+                billing_pb2.ListFeeChargesRequest(transaction_ids=ids[i:i + 1000]),
+                timeout=self.batch_deadline_s,
+            )
+            out.extend(_billed(c) for c in resp.charges)
+        return out
+
+    async def void_charge(self, request_id: str, transaction_id: str, reason: str) -> Any:
+        """VoidFeeCharge; the FeeChargeVoid."""
+        resp = await self._billing().VoidFeeCharge(
+            billing_pb2.VoidFeeChargeRequest(
+                request_id=request_id, transaction_id=transaction_id, reason=reason),
+            timeout=self.batch_deadline_s,
+        )
+        return resp.void

@@ -602,3 +602,35 @@ async def list_batches(
         "limit": limit,
     }
     return list(await conn.fetch(sql, *[values[n] for n in names]))
+
+
+# --- fee reconciliation with billing (service_layer/reconciliation.py) -----------------
+
+async def payment_fee_statuses(conn: Conn, ids: Iterable[str]) -> dict[str, str]:
+    """The fee status of each named payment detail that exists (any other id: absent)."""
+    ids = sorted(set(ids))
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT d.detail_id, d.fee_status FROM unnest($1::text[]) AS t(id) "
+        "CROSS JOIN LATERAL (SELECT detail_id, fee_status FROM clearing_details "
+        "WHERE detail_id = t.id AND detail_type = 'PAYMENT' OFFSET 0) d",
+        ids,
+    )
+    return {r["detail_id"]: r["fee_status"] for r in rows}
+
+
+async def payments_recorded_between(
+    conn: Conn, start: dt.datetime, end: dt.datetime, after: tuple[dt.datetime, str] | None,
+    limit: int,
+) -> list[Any]:
+    """Payments recorded in [start, end), by (create_time, detail_id) after `after`.
+    The literal detail_type matches the partial index (clearing_0005) in a generic plan."""
+    return list(await conn.fetch(
+        "SELECT detail_id, merchant_id, currency, fee_status, fee, create_time "
+        "FROM clearing_details WHERE detail_type = 'PAYMENT' "
+        "AND create_time >= $1 AND create_time < $2 "
+        "AND ($3::timestamptz IS NULL OR (create_time, detail_id) > ($3, $4)) "
+        "ORDER BY create_time, detail_id LIMIT $5",
+        start, end, after[0] if after else None, after[1] if after else "", limit,
+    ))

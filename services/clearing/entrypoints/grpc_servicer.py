@@ -10,9 +10,11 @@ from clearhouse.clearing.v1 import clearing_pb2_grpc
 
 from services.clearing.domain.model import Detail, TransactionIn
 from services.clearing.entrypoints import convert
+from services.clearing.entrypoints.reconcile_rpc import reconcile_fees
 from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
 from services.clearing.service_layer.queries import Queries
+from services.clearing.service_layer.reconciliation import Reconciler
 from services.clearing.service_layer.recording import Recorder
 from shared.coalescer import Coalescer
 from shared.errors import DomainError, InvalidArgument, Violations, to_status
@@ -60,8 +62,9 @@ def _check_page(v: Violations, request: Any) -> None:
 class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
     def __init__(
         self, recorder: Recorder, queries: Queries, batches: Batches, fees: FeeCompletion,
-        records: Coalescer[TransactionIn, Detail],
+        records: Coalescer[TransactionIn, Detail], reconciler: Reconciler,
     ) -> None:
+        self.reconciler = reconciler
         self.recorder = recorder
         # Unary records of concurrent callers run together through the batch path (one
         # transaction, one BatchChargeFees); see shared.coalescer and
@@ -194,8 +197,9 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         v.check(bool(request.detail_ids) or bool(request.merchant_id), "detail_ids",
                 "name the details, or set merchant_id")
         check_ids(v, list(request.detail_ids), "detail_ids")
-        if not request.detail_ids:
-            check_id(v, request.merchant_id, "merchant_id")
+        # Checked even when detail_ids is set (then it is not used): nothing a caller sends
+        # is taken without its check.
+        check_id(v, request.merchant_id, "merchant_id", required=not request.detail_ids)
         check_page_token(v, request.page_token)
         v.check(not (request.detail_ids and request.page_token), "page_token",
                 "only with merchant_id and no detail_ids")
@@ -280,3 +284,8 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         return pb.ListBatchesResponse(
             batches=[convert.batch(b) for b in batches], next_page_token=token
         )
+
+    # ------------------------------------------------------------ fee reconciliation
+
+    async def ReconcileFees(self, request: pb.ReconcileFeesRequest, context: Any) -> Any:
+        return await reconcile_fees(self.reconciler, request)

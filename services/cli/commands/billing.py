@@ -10,7 +10,7 @@ from clearhouse.billing.v1 import billing_pb2 as pb
 from clearhouse.type.v1 import money_pb2, transaction_pb2
 
 from services.cli import output as out
-from services.cli.client import ServiceError, pages
+from services.cli.client import Clients, ServiceError, pages
 from services.cli.runtime import (
     CurrencyOpt,
     JsonOpt,
@@ -21,7 +21,7 @@ from services.cli.runtime import (
     major,
     request_id,
 )
-from services.cli.specs import SELECTORS, fee_rules, parse_month, parse_time
+from services.cli.specs import SELECTORS, RuleFile, fee_rules, parse_month, parse_time
 
 rules = typer.Typer(help="Fee rules: list, show, apply from YAML, end, explain a fee.",
                     no_args_is_help=True)
@@ -128,19 +128,11 @@ def show_rule(ctx: typer.Context, rule_id: str, json: JsonOpt = False) -> None:
             out.console().print(f"v{v.version}: {v.spec.description}")
 
 
-@rules.command("apply")
-@handled
-def apply_rules(ctx: typer.Context, file: Path, json: JsonOpt = False) -> None:
-    """Create the rules of a YAML file, or add a version to those that exist.
-
-    A rule with a version of the file's content and window is left as it is, so
-    applying a file twice changes nothing. Amounts are in yuan, rates decimal.
-
-    Example: clearhouse rules apply docs/examples/cli/fee-rules.yaml
-    """
-    c = clients(ctx)
+def apply_rule_files(c: Clients, entries: list[RuleFile]) -> list[tuple[str, str, pb.FeeRule]]:
+    """Creates each rule, or adds a version when its content changed; a rule that has a
+    version equal to the entry is left alone (so a file can be applied again)."""
     done: list[tuple[str, str, pb.FeeRule]] = []
-    for entry in fee_rules(file):
+    for entry in entries:
         try:
             current = c.billing.GetFeeRule(pb.GetFeeRuleRequest(rule_id=entry.rule_id)).rule
         except ServiceError as exc:
@@ -155,6 +147,20 @@ def apply_rules(ctx: typer.Context, file: Path, json: JsonOpt = False) -> None:
             continue
         rule = c.billing.CreateFeeRuleVersion(entry.version_request()).rule
         done.append((entry.rule_id, f"version {rule.versions[-1].version} added", rule))
+    return done
+
+
+@rules.command("apply")
+@handled
+def apply_rules(ctx: typer.Context, file: Path, json: JsonOpt = False) -> None:
+    """Create the rules of a YAML file, or add a version to those that exist.
+
+    A rule with a version of the file's content and window is left as it is, so
+    applying a file twice changes nothing. Amounts are in yuan, rates decimal.
+
+    Example: clearhouse rules apply docs/examples/cli/fee-rules.yaml
+    """
+    done = apply_rule_files(clients(ctx), fee_rules(file))
     if json:
         out.emit_json([{"rule_id": rid, "action": what, "rule": out.to_dict(r)}
                        for rid, what, r in done])
@@ -234,6 +240,33 @@ def explain(
               f"exact {r.exact_fee} fen" + (" (floor/cap applied)" if r.floor_or_cap_applied else ""))
     for t in r.tier_breakdown:
         con.print(f"  tier ≥{t.lower_bound}: base {t.base_amount} → {t.exact_fee}")
+
+
+@rules.command("quote-refund")
+@handled
+def quote_refund(
+    ctx: typer.Context,
+    original: Annotated[str, typer.Argument(help="The charged payment's transaction id.")],
+    merchant: Annotated[str, typer.Option(help="The payment's merchant.")],
+    amount: Annotated[str, typer.Option(help="The refund in yuan, e.g. 50.00.")],
+    currency: CurrencyOpt = "CNY", json: JsonOpt = False,
+) -> None:
+    """What a refund of this amount would return of the fee (its rule's policy); records nothing.
+
+    Example: clearhouse rules quote-refund M02-p-20261012-0003 --merchant M02 --amount 50.00
+    """
+    cur = currency.upper()
+    r = clients(ctx).billing.QuoteRefundFee(pb.QuoteRefundFeeRequest(
+        original_transaction_id=original, merchant_id=merchant,
+        amount=money_pb2.Money(currency_code=cur, minor_units=major(amount, cur)))).result
+    if json:
+        out.emit_json(r)
+        return
+    out.console().print(
+        f"a refund of {out.amount(major(amount, cur), cur)} {cur} of {original} would return "
+        f"{out.money(r.fee_returned)} of its fee ({r.rule_id} v{r.rule_version}, "
+        f"{out.enum(transaction_pb2.CollectionMode, r.collection_mode, MODE)}, exact "
+        f"{r.exact_fee_returned} fen); refunded so far {out.money(r.refunded_total)}")
 
 
 # ---- fee accounts -----------------------------------------------------------------

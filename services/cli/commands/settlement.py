@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 from clearhouse.settlement.v1 import settlement_pb2 as pb
+from clearhouse.type.v1 import transaction_pb2
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.cli import output as out
@@ -37,14 +39,16 @@ from services.settlement.domain import ids
 
 profiles = typer.Typer(help="Settlement profiles: list, show, set from YAML.",
                        no_args_is_help=True)
-calendar = typer.Typer(help="The business calendar: show a month, override a day, "
-                            "compute a settlement date.", no_args_is_help=True)
+calendar = typer.Typer(help="The business calendar: show a month, import and export "
+                            "files, coverage, override a day, compute a settlement date.",
+                       no_args_is_help=True)
 runs = typer.Typer(help="Settlement runs: start (and watch), watch, status.",
                    no_args_is_help=True)
 settlements = typer.Typer(help="Settlements (结算单): list, show with lines.",
                           no_args_is_help=True)
 statements = typer.Typer(help="Statements: export CSV files.", no_args_is_help=True)
 payouts = typer.Typer(help="Payouts: list, show, retry a failed one.", no_args_is_help=True)
+merchants = typer.Typer(help="Merchants' balances with settlement.", no_args_is_help=True)
 ledger = typer.Typer(help="The double-entry ledger: trial balance, account balance, entries.",
                      no_args_is_help=True)
 
@@ -169,9 +173,11 @@ def show_month(ctx: typer.Context, month: str, json: JsonOpt = False) -> None:
                (d.working == (dt.date(d.date.year, d.date.month, d.date.day).weekday() >= 5))]
     if special:
         con.print(out.table("not as the weekday says (* = set by operations)",
-                            ["date", "working", "why"],
+                            ["date", "working", "kind", "why", "source"],
                             [[out.date(d.date), "yes" if d.working else "no",
-                              d.reason + (" *" if d.overridden else "")] for d in special]))
+                              out.enum(pb.CalendarDayKind, d.kind, "CALENDAR_DAY_KIND_"),
+                              d.reason + (" *" if d.overridden else ""), d.source]
+                             for d in special]))
 
 
 @calendar.command("set-day")
@@ -211,6 +217,110 @@ def settlement_date(ctx: typer.Context, business_date: str,
                         f"{out.date(resp.settlement_date)}")
 
 
+_FORMATS = {"yaml": pb.CALENDAR_FILE_FORMAT_YAML, "yml": pb.CALENDAR_FILE_FORMAT_YAML,
+            "csv": pb.CALENDAR_FILE_FORMAT_CSV}
+
+
+def _format(name: str, what: str) -> Any:
+    try:
+        return _FORMATS[name.lower().lstrip(".")]
+    except KeyError:
+        raise typer.BadParameter(f"{what}: yaml or csv") from None
+
+
+def _import_row(i: pb.CalendarImport) -> list[str]:
+    return [i.request_id, out.date(i.from_date), out.date(i.to_date),
+            out.enum(pb.CalendarImportMode, i.mode, "CALENDAR_IMPORT_MODE_"),
+            str(i.holiday_count), str(i.makeup_workday_count), str(i.removed_override_count),
+            i.reason, out.when(i.create_time)]
+
+
+IMPORT_COLUMNS = ["import", "from", "to", "mode", "holidays", "make-up days",
+                  "overrides removed", "reason", "at"]
+
+
+@calendar.command("import")
+@handled
+def import_calendar(
+    ctx: typer.Context, file: Path,
+    reason: Annotated[str, typer.Option(help="Why, recorded with the change.")],
+    mode: Annotated[str, typer.Option(help="replace (the range holds exactly the file) "
+                                           "or merge (the file's days only).")] = "replace",
+    date_from: Annotated[str, typer.Option("--from", help="First day (else the file's).")] = "",
+    date_to: Annotated[str, typer.Option("--to", help="Last day (else the file's).")] = "",
+    fmt: Annotated[str, typer.Option("--format", help="yaml or csv (else from the "
+                                                      "file's extension).")] = "",
+    request_id_: RequestIdOpt = "", json: JsonOpt = False,
+) -> None:
+    """Load holidays and make-up working days from a calendar file (idempotent by request id).
+
+    Example: clearhouse calendar import cn-2027.yaml --reason "State Council notice 2027" --request-id cn-2027-official
+    """
+    try:
+        content = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"{file}: cannot read: {exc}") from None
+    modes = {"replace": pb.CALENDAR_IMPORT_MODE_REPLACE, "merge": pb.CALENDAR_IMPORT_MODE_MERGE}
+    if mode.lower() not in modes:
+        raise typer.BadParameter("--mode: replace or merge")
+    req = pb.ImportCalendarRequest(
+        request_id=request_id(request_id_, "calendar"),
+        format=_format(fmt or file.suffix, "--format"), content=content,
+        mode=modes[mode.lower()], reason=reason)
+    if date_from:
+        req.from_date.CopyFrom(proto_date(date_from, "--from"))
+    if date_to:
+        req.to_date.CopyFrom(proto_date(date_to, "--to"))
+    done = clients(ctx).settlement.ImportCalendar(req).calendar_import
+    if json:
+        out.emit_json(done)
+        return
+    out.console().print(out.table("calendar import", IMPORT_COLUMNS, [_import_row(done)]))
+
+
+@calendar.command("export")
+@handled
+def export_calendar(
+    ctx: typer.Context,
+    date_from: Annotated[str, typer.Option("--from", help="First day.")],
+    date_to: Annotated[str, typer.Option("--to", help="Last day.")],
+    fmt: Annotated[str, typer.Option("--format", help="yaml or csv.")] = "yaml",
+    to_file: Annotated[Path | None, typer.Option("--out", help="Write here (else stdout).")] = None,
+) -> None:
+    """Write a range's holidays and make-up days as a file `calendar import` reads back.
+
+    Example: clearhouse calendar export --from 2027-01-01 --to 2027-12-31 --out cn-2027.yaml
+    """
+    content = clients(ctx).settlement.ExportCalendar(pb.ExportCalendarRequest(
+        from_date=proto_date(date_from, "--from"), to_date=proto_date(date_to, "--to"),
+        format=_format(fmt, "--format"))).content
+    if to_file is None:
+        typer.echo(content, nl=False)
+        return
+    to_file.write_text(content, encoding="utf-8")
+    out.err_console().print(f"wrote {to_file}")
+
+
+@calendar.command("coverage")
+@handled
+def coverage(ctx: typer.Context, json: JsonOpt = False) -> None:
+    """How far the business calendar is known from today, and what was imported.
+
+    Example: clearhouse calendar coverage
+    """
+    resp = clients(ctx).settlement.GetCalendarCoverage(pb.GetCalendarCoverageRequest())
+    if json:
+        out.emit_json(resp)
+        return
+    con = out.console()
+    warn = " [red]— load the next year (calendar import)[/red]" if resp.warning else ""
+    con.print(f"today {out.date(resp.today)}: the calendar is known from "
+              f"{out.date(resp.first_known_date)} to {out.date(resp.last_known_date)}, "
+              f"{resp.days_left} days left (warning below {resp.warn_days}){warn}")
+    if resp.imports:
+        con.print(out.table("imports", IMPORT_COLUMNS, [_import_row(i) for i in resp.imports]))
+
+
 # ---- runs -------------------------------------------------------------------------
 
 def run_id_of(text: str) -> str:
@@ -230,6 +340,11 @@ def _run_summary(r: pb.SettlementRun) -> None:
     if r.failures:
         con.print(out.table("failed items", ["merchant", "step", "error"],
                             [[f.merchant_id, f.step, f.error] for f in r.failures]))
+    counts = [n for n in r.note_counts if n.note]
+    if counts:
+        con.print("paid nothing: " + ", ".join(
+            f"{n.item_count} {out.enum(pb.RunItemNote, n.note, 'RUN_ITEM_NOTE_')}"
+            for n in counts) + f" (clearhouse runs items {r.run_id})")
 
 
 def _progress() -> Progress:
@@ -342,6 +457,35 @@ def run_watch(ctx: typer.Context, run: Annotated[str, typer.Argument(
     _run_summary(r)
 
 
+@runs.command("items")
+@handled
+def run_items(ctx: typer.Context, run: Annotated[str, typer.Argument(
+        help="Run id or settlement date.")],
+        note: Annotated[str, typer.Option(help="Only items with this note, e.g. not_due.")] = "",
+        limit: LimitOpt = 0, json: JsonOpt = False) -> None:
+    """A run's items, one per merchant: what each did and why a merchant got nothing.
+
+    Example: clearhouse runs items 2026-10-13 --note below_min_payout
+    """
+    code: Any = 0
+    if note:
+        try:
+            code = pb.RunItemNote.Value("RUN_ITEM_NOTE_" + note.upper())
+        except ValueError:
+            raise typer.BadParameter(f"--note: {note!r} is not a run item note") from None
+    req = pb.ListSettlementRunItemsRequest(run_id=run_id_of(run), note=code,
+                                           page_size=min(limit or 1000, 1000))
+    found = list(pages(clients(ctx).settlement.ListSettlementRunItems, req, "items", limit))
+    if json:
+        out.emit_json(found)
+        return
+    out.console().print(out.table(f"items of {run_id_of(run)} ({len(found)})",
+                                  ["merchant", "state", "settlement", "note", "why", "error"], [
+        [i.merchant_id, out.enum(pb.RunItemState, i.state, "RUN_ITEM_STATE_"), i.settlement_id,
+         out.enum(pb.RunItemNote, i.note, "RUN_ITEM_NOTE_") if i.note else "", i.note_detail,
+         i.error] for i in found]))
+
+
 # ---- settlements and statements ------------------------------------------------------
 
 OUTCOME = "SETTLEMENT_OUTCOME_"
@@ -362,8 +506,9 @@ def settlement_row(s: pb.Settlement) -> list[str]:
 
 
 def list_settlements(c: Clients, merchant: str = "", date_from: str = "", date_to: str = "",
-                     limit: int = 0) -> list[pb.Settlement]:
-    req = pb.ListSettlementsRequest(merchant_id=merchant, page_size=min(limit or 1000, 1000))
+                     limit: int = 0, run: str = "") -> list[pb.Settlement]:
+    req = pb.ListSettlementsRequest(merchant_id=merchant, page_size=min(limit or 1000, 1000),
+                                    run_id=run_id_of(run) if run else "")
     if date_from:
         req.settle_date_from.CopyFrom(proto_date(date_from, "--from"))
     if date_to:
@@ -379,13 +524,14 @@ def settlements_list(
     date_from: Annotated[str, typer.Option("--from", help="First settlement date.")] = "",
     date_to: Annotated[str, typer.Option("--to", help="Last settlement date.")] = "",
     on: Annotated[str, typer.Option("--date", help="One settlement date.")] = "",
+    run: Annotated[str, typer.Option(help="Only this run (run id or its date).")] = "",
     limit: LimitOpt = 100, json: JsonOpt = False,
 ) -> None:
     """List settlements by date, then merchant. Amounts as they enter the net.
 
-    Example: clearhouse settlements list --date 2026-10-13
+    Example: clearhouse settlements list --run run-20261013
     """
-    found = list_settlements(clients(ctx), merchant, on or date_from, on or date_to, limit)
+    found = list_settlements(clients(ctx), merchant, on or date_from, on or date_to, limit, run)
     if json:
         out.emit_json(found)
         return
@@ -415,9 +561,15 @@ def settlement_show(ctx: typer.Context, settlement_id: str, json: JsonOpt = Fals
         con.print(f"payout {s.payout_id}")
 
 
-def export_statement(c: Clients, settlement_id: str, folder: Path) -> Path:
+def _statement_format(detailed: bool) -> Any:
+    return pb.STATEMENT_FORMAT_DETAILED if detailed else pb.STATEMENT_FORMAT_SUMMARY
+
+
+def export_statement(c: Clients, settlement_id: str, folder: Path,
+                     detailed: bool = True) -> Path:
     """Writes the statement's CSV (the decoded bytes, as the service made them)."""
-    resp = c.settlement.ExportStatement(pb.ExportStatementRequest(settlement_id=settlement_id))
+    resp = c.settlement.ExportStatement(pb.ExportStatementRequest(
+        settlement_id=settlement_id, format=_statement_format(detailed)))
     name = Path(resp.file_name or f"{settlement_id}.csv").name  # never a path from the wire
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
@@ -434,6 +586,8 @@ def statements_export(
     merchant: Annotated[str, typer.Option(help="With --date or alone: this merchant's.")] = "",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write to.")] = Path("."),
     stdout: Annotated[bool, typer.Option("--stdout", help="Print one CSV instead.")] = False,
+    detailed: Annotated[bool, typer.Option("--detailed/--summary", help="With every detail "
+                                           "and bill (对账单), or the summary rows only.")] = True,
     json: JsonOpt = False,
 ) -> None:
     """Export statements as CSV files (UTF-8; columns in docs/settlement.md).
@@ -449,15 +603,69 @@ def statements_export(
     if stdout:
         if len(chosen) != 1:
             raise typer.BadParameter("--stdout prints exactly one statement")
-        resp = c.settlement.ExportStatement(pb.ExportStatementRequest(settlement_id=chosen[0]))
+        resp = c.settlement.ExportStatement(pb.ExportStatementRequest(
+            settlement_id=chosen[0], format=_statement_format(detailed)))
         typer.echo(resp.content.decode("utf-8"), nl=False)
         return
-    written = [export_statement(c, sid, out_dir) for sid in chosen]
+    written = [export_statement(c, sid, out_dir, detailed) for sid in chosen]
     if json:
         out.emit_json([str(p) for p in written])
         return
     for p in written:
         out.console().print(f"wrote {p}")
+
+
+@statements.command("lines")
+@handled
+def statement_lines(ctx: typer.Context, settlement_id: str, limit: LimitOpt = 0,
+                    json: JsonOpt = False) -> None:
+    """A settlement's statement lines: carried in, every detail with its fee, bills, payout.
+
+    Example: clearhouse statements lines st-20261013-M001
+    """
+    req = pb.ListStatementLinesRequest(settlement_id=settlement_id,
+                                       page_size=min(limit or 1000, 1000))
+    found = list(pages(clients(ctx).settlement.ListStatementLines, req, "lines", limit))
+    if json:
+        out.emit_json(found)
+        return
+    rows = []
+    for ln in found:
+        kind = out.enum(pb.StatementLineType, ln.line_type, "STATEMENT_LINE_TYPE_")
+        if ln.detail_type:
+            kind = out.enum(pb.StatementDetailType, ln.detail_type, "STATEMENT_DETAIL_TYPE_")
+        fee = ln.fee if ln.HasField("fee") and ln.fee.minor_units else ln.fee_returned
+        rows.append([kind, ln.reference, out.when(ln.transaction_time, ln.HasField(
+            "transaction_time")), out.money(ln.amount),
+            out.money(fee) if fee.currency_code else "",
+            out.enum(transaction_pb2.CollectionMode, ln.collection_mode, "COLLECTION_MODE_")
+            if ln.collection_mode else "", out.money(ln.net_amount)])
+    out.console().print(out.table(f"statement {settlement_id} ({len(found)} lines)",
+                                  ["line", "reference", "time", "amount", "fee", "mode",
+                                   "enters the net"], rows,
+                                  right=["amount", "fee", "enters the net"]))
+
+
+@merchants.command("balance")
+@handled
+def merchant_balance(ctx: typer.Context, merchant: str,
+                     currency: Annotated[str, typer.Option(help="One currency.")] = "",
+                     json: JsonOpt = False) -> None:
+    """What settlement holds for a merchant: payable, carried, in flight, paid, settled.
+
+    Example: clearhouse merchants balance M001
+    """
+    resp = clients(ctx).settlement.GetMerchantBalance(pb.GetMerchantBalanceRequest(
+        merchant_id=merchant, currency_code=currency.upper()))
+    if json:
+        out.emit_json(resp)
+        return
+    cols = ["cur", "payable", "carried", "in flight", "paid", "settled", "settlements"]
+    out.console().print(out.table(f"balances of {merchant}", cols, [
+        [b.currency_code, out.amount(b.payable, b.currency_code),
+         out.amount(b.carried, b.currency_code), out.amount(b.in_flight, b.currency_code),
+         out.amount(b.paid, b.currency_code), out.amount(b.settled, b.currency_code),
+         b.settlement_count] for b in resp.balances], right=cols[1:]))
 
 
 # ---- payouts ----------------------------------------------------------------------
@@ -559,8 +767,8 @@ def trial_balance(ctx: typer.Context, currency: Annotated[str, typer.Option(
     print_trial_balance(resp)
 
 
-def print_trial_balance(resp: pb.GetTrialBalanceResponse) -> None:
-    con = out.console()
+def print_trial_balance(resp: pb.GetTrialBalanceResponse, con: Console | None = None) -> None:
+    con = con or out.console()
     con.print(out.table("trial balance", ["account", "type", "debit", "credit"],
                         [_account_row(a) for a in resp.accounts], right=["debit", "credit"]))
     for t in resp.totals:
@@ -610,8 +818,9 @@ def account_entries(ctx: typer.Context, account_code: str, limit: LimitOpt = 50,
                                   rows, right=["amount"]))
 
 
-def print_violations(violations: list[pb.InvariantViolation]) -> None:
-    con = out.console()
+def print_violations(violations: list[pb.InvariantViolation],
+                     con: Console | None = None) -> None:
+    con = con or out.console()
     if not violations:
         con.print("[green]invariant check: no violation[/green]")
         return

@@ -34,6 +34,8 @@ from enum import Enum
 
 import yaml
 
+from shared.validation import has_control_characters, quote
+
 MAX_FILE_DAYS = 3660  # ten years in one file
 MAX_NAME_CHARS = 200
 CSV_HEADER = ("date", "kind", "name")
@@ -152,12 +154,16 @@ def _entry(
     day = _day(date_text.strip(), line, problems)
     kind = kind_text.strip().lower()
     if kind not in KINDS:
-        problems.append(Problem(line, f"kind {kind_text!r} is not holiday or workday"))
+        problems.append(Problem(line, f"kind {quote(kind_text)} is not holiday or workday"))
     name = name.strip()
     if not name:
         problems.append(Problem(line, "name is required"))
     elif len(name) > MAX_NAME_CHARS:
         problems.append(Problem(line, f"name is longer than {MAX_NAME_CHARS} characters"))
+    elif has_control_characters(name, allow="\t"):
+        # Stored and printed: PostgreSQL cannot store a NUL, a control character breaks
+        # the exported file and the logs.
+        problems.append(Problem(line, "name must not contain NUL or other control characters"))
     if len(problems) > before or day is None:
         return None
     working = KINDS[kind]

@@ -9,9 +9,15 @@ from enum import Enum
 
 from services.settlement.domain.calendar import Cycle
 from shared.errors import Violations
-from shared.money import INT64_MAX, is_known_currency
+from shared.validation import (
+    MAX_TEXT_LENGTH,
+    check_amount,
+    check_attribute,
+    check_currency,
+    check_text,
+)
 
-MERCHANT_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+MERCHANT_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class Destination(Enum):
@@ -44,29 +50,32 @@ class Profile:
 def validate(p: Profile, prefix: str = "profile") -> None:
     """Raises InvalidArgument listing every problem of the profile."""
     v = Violations()
-    v.check(bool(MERCHANT_ID.match(p.merchant_id)), f"{prefix}.merchant_id",
+    v.check(bool(MERCHANT_ID.fullmatch(p.merchant_id)), f"{prefix}.merchant_id",
             "required: 1-64 letters, digits, '_', '-' or '.'")
-    v.check(is_known_currency(p.currency), f"{prefix}.currency_code", "unknown currency")
+    check_currency(v, p.currency, f"{prefix}.currency_code")
     if p.cycle is None:
-        v.add(f"{prefix}.cycle.kind", "required")
+        v.add(f"{prefix}.cycle.kind", "required: T, D, W or M")
     else:
         problem = p.cycle.problem()
         if problem:
             v.add(f"{prefix}.cycle.days", problem)
     if p.destination is None:
-        v.add(f"{prefix}.destination_type", "required")
+        v.add(f"{prefix}.destination_type", "required: PAYMENT_ACCOUNT or BANK_ACCOUNT")
     elif p.destination is Destination.BANK_ACCOUNT:
         bank = p.bank_account or BankAccount()
-        v.check(bool(bank.account_name.strip()), f"{prefix}.bank_account.account_name",
-                "required for a bank account destination")
+        where = f"{prefix}.bank_account"
+        # Names are printed on payout instructions and statements: the shared id rules
+        # (no control character, no surrounding space) with the length of free text.
+        check_attribute(v, bank.account_name, f"{where}.account_name", required=True,
+                        max_length=MAX_TEXT_LENGTH)
         v.check(bool(re.fullmatch(r"[0-9]{6,34}", bank.account_number)),
-                f"{prefix}.bank_account.account_number", "6-34 digits")
-        v.check(bool(bank.bank_name.strip()), f"{prefix}.bank_account.bank_name",
-                "required for a bank account destination")
+                f"{where}.account_number", "6-34 digits")
+        check_attribute(v, bank.bank_name, f"{where}.bank_name", required=True,
+                        max_length=MAX_TEXT_LENGTH)
+        check_attribute(v, bank.branch_code, f"{where}.branch_code")
     elif p.bank_account is not None and p.bank_account != BankAccount():
         v.add(f"{prefix}.bank_account", "only for a bank account destination")
-    v.check(0 <= p.min_payout <= INT64_MAX, f"{prefix}.min_payout", "must not be negative")
-    v.check(len(p.hold_reason) <= 500, f"{prefix}.hold_reason", "at most 500 characters")
-    if p.hold:
+    check_amount(v, p.min_payout, f"{prefix}.min_payout", allow_zero=True)
+    if check_text(v, p.hold_reason, f"{prefix}.hold_reason") and p.hold:
         v.check(bool(p.hold_reason.strip()), f"{prefix}.hold_reason", "required when on hold")
     v.raise_if_any()

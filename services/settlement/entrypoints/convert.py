@@ -14,7 +14,7 @@ from services.settlement.adapters.calendar_repo import ImportRecord
 from services.settlement.adapters.run_repo import ItemRow
 from services.settlement.domain.calendar import Cycle, CycleKind, Day, DayKind
 from services.settlement.domain.calendar_file import FileFormat
-from services.settlement.domain.ledger import Account, AccountType
+from services.settlement.domain.ledger import Account, AccountType, parse_account_code
 from services.settlement.domain.profiles import BankAccount, Destination, Profile
 from services.settlement.domain.run_notes import Note
 from services.settlement.domain.statements import StatementLine
@@ -23,8 +23,9 @@ from services.settlement.service_layer.calendars import Coverage, ImportMode
 from services.settlement.service_layer.payouts import PayoutView
 from services.settlement.service_layer.runs import RunView
 from services.settlement.service_layer.statements import Line
-from shared.convert import date_to_proto, datetime_to_ts, proto_to_date
+from shared.convert import date_to_proto, datetime_to_ts
 from shared.errors import Violations
+from shared.validation import MAX_TEXT_LENGTH, check_currency, check_date, check_id, quote
 
 KINDS = {
     pb.CYCLE_KIND_T: CycleKind.T,
@@ -82,13 +83,24 @@ def cycle_to_proto(c: Cycle) -> pb.Cycle:
 
 
 def date_from_proto(d: date_pb2.Date, field: str, v: Violations, required: bool = True) -> dt.date | None:
-    if not required and d.year == 0 and d.month == 0 and d.day == 0:
-        return None
-    try:
-        return proto_to_date(d)
-    except ValueError:
-        v.add(field, "a valid date is required")
-        return None
+    """A date of the shared window (1970-01-01 to 9998-12-31); all zeros is absent."""
+    return check_date(v, d.year, d.month, d.day, field, required=required)
+
+
+def check_account_code(v: Violations, code: str, field: str) -> None:
+    """A ledger account code (MERCHANT_PAYABLE:M1:CNY): a known type, its merchant an id
+    and its currency a known code, so nothing PostgreSQL cannot store is looked up."""
+    if not code:
+        v.add(field, "required")
+        return
+    account = parse_account_code(code) if len(code) <= MAX_TEXT_LENGTH else None
+    probe = Violations()
+    if account is not None:
+        if account.merchant_id:
+            check_id(probe, account.merchant_id, field)
+        check_currency(probe, account.currency, field)
+    if account is None or probe:
+        v.add(field, f"not an account code, for example MERCHANT_PAYABLE:M1:CNY: {quote(code)}")
 
 
 def profile_from_proto(p: pb.SettlementProfile) -> Profile:

@@ -18,8 +18,15 @@ from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.statements import StatementService
 from shared import validation
 from shared.errors import Violations
-from shared.pagination import page_size
-from shared.validation import check_currency, check_id, check_page_size, check_page_token
+from shared.validation import (
+    MAX_DERIVED_ID_LENGTH,
+    MAX_ID_LENGTH,
+    check_currency,
+    check_id,
+    check_page_size,
+    check_page_token,
+    check_text,
+)
 
 Ctx = Any  # grpc.aio.ServicerContext: the stubs type it loosely
 
@@ -50,6 +57,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     async def CreateSettlementProfile(
         self, request: pb.CreateSettlementProfileRequest, context: Ctx
     ) -> pb.CreateSettlementProfileResponse:
+        _has_profile(request)
         created = await self.profiles.create(c.profile_from_proto(request.profile))
         return pb.CreateSettlementProfileResponse(profile=c.profile_to_proto(created))
 
@@ -63,12 +71,16 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     async def UpdateSettlementProfile(
         self, request: pb.UpdateSettlementProfileRequest, context: Ctx
     ) -> pb.UpdateSettlementProfileResponse:
+        _has_profile(request)
         updated = await self.profiles.update(c.profile_from_proto(request.profile))
         return pb.UpdateSettlementProfileResponse(profile=c.profile_to_proto(updated))
 
     async def ListSettlementProfiles(
         self, request: pb.ListSettlementProfilesRequest, context: Ctx
     ) -> pb.ListSettlementProfilesResponse:
+        v = Violations()
+        _check_page(v, request)
+        v.raise_if_any()
         found, token = await self.profiles.list(request.page_size, request.page_token)
         return pb.ListSettlementProfilesResponse(
             profiles=[c.profile_to_proto(p) for p in found], next_page_token=token
@@ -93,7 +105,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         v = Violations()
         day = c.date_from_proto(request.date, "date", v)
         v.check(bool(request.reason.strip()), "reason", "required, for the audit trail")
-        v.check(len(request.reason) <= 500, "reason", "at most 500 characters")
+        check_text(v, request.reason, "reason")
         v.raise_if_any()
         assert day is not None
         result = await self.calendars.set_day(day, request.working, request.reason.strip())
@@ -116,7 +128,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         self, request: pb.RunSettlementRequest, context: Ctx
     ) -> pb.RunSettlementResponse:
         v = Violations()
-        v.check(0 < len(request.request_id) <= 128, "request_id", "required, 1-128 characters")
+        check_id(v, request.request_id, "request_id")
         day = c.date_from_proto(request.settle_date, "settle_date", v)
         validation.check_text(v, request.future_date_reason, "future_date_reason")
         v.raise_if_any()
@@ -145,8 +157,9 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         last = c.date_from_proto(request.settle_date_to, "settle_date_to", v, required=False)
         if first and last:
             v.check(first <= last, "settle_date_to", "on or after settle_date_from")
-        v.check(request.page_size >= 0, "page_size", "must not be negative")
+        check_id(v, request.merchant_id, "merchant_id", required=False)
         check_id(v, request.run_id, "run_id", required=False)
+        _check_page(v, request)
         v.raise_if_any()
         views, token = await self.statements.list(
             request.merchant_id, first, last, request.page_size, request.page_token,
@@ -160,7 +173,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         self, request: pb.ExportStatementRequest, context: Ctx
     ) -> pb.ExportStatementResponse:
         v = Violations()
-        v.check(bool(request.settlement_id), "settlement_id", "required")
+        check_id(v, request.settlement_id, "settlement_id")
         v.check(request.format in pb.StatementFormat.values(), "format", "unknown format")
         v.raise_if_any()
         name, content = await self.statements.export_csv(
@@ -173,15 +186,19 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     async def GetAccountBalance(
         self, request: pb.GetAccountBalanceRequest, context: Ctx
     ) -> pb.GetAccountBalanceResponse:
-        _required(request.account_code, "account_code")
+        v = Violations()
+        c.check_account_code(v, request.account_code, "account_code")
+        v.raise_if_any()
         found = await self.books.balance(request.account_code)
         return pb.GetAccountBalanceResponse(account=c.account_to_proto(found.account, found.balance))
 
     async def ListAccountEntries(
         self, request: pb.ListAccountEntriesRequest, context: Ctx
     ) -> pb.ListAccountEntriesResponse:
-        _required(request.account_code, "account_code")
-        page_size(request.page_size)
+        v = Violations()
+        c.check_account_code(v, request.account_code, "account_code")
+        _check_page(v, request)
+        v.raise_if_any()
         entries, token = await self.books.entries(
             request.account_code, request.page_size, request.page_token
         )
@@ -205,6 +222,10 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     async def GetTrialBalance(
         self, request: pb.GetTrialBalanceRequest, context: Ctx
     ) -> pb.GetTrialBalanceResponse:
+        v = Violations()
+        # One rule for every currency filter: empty = any, otherwise a known upper-case code.
+        check_currency(v, request.currency_code, "currency_code", required=False)
+        v.raise_if_any()
         balances, totals = await self.books.trial_balance(request.currency_code)
         return pb.GetTrialBalanceResponse(
             accounts=[c.account_to_proto(b.account, b.balance) for b in balances],
@@ -239,6 +260,8 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         v = Violations()
         v.check(request.state == pb.PAYOUT_STATE_UNSPECIFIED or request.state in
                 c.PAYOUT_STATE_NAMES, "state", "unknown state")
+        check_id(v, request.merchant_id, "merchant_id", required=False)
+        _check_page(v, request)
         v.raise_if_any()
         found, token = await self.payouts.list(
             request.merchant_id, c.PAYOUT_STATE_NAMES.get(request.state, ""),
@@ -249,7 +272,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         )
 
     async def GetPayout(self, request: pb.GetPayoutRequest, context: Ctx) -> pb.GetPayoutResponse:
-        _required(request.payout_id, "payout_id")
+        _required(request.payout_id, "payout_id", max_length=MAX_DERIVED_ID_LENGTH)
         return pb.GetPayoutResponse(
             payout=c.payout_to_proto(await self.payouts.get(request.payout_id))
         )
@@ -258,8 +281,8 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         self, request: pb.RetryPayoutRequest, context: Ctx
     ) -> pb.RetryPayoutResponse:
         v = Violations()
-        v.check(0 < len(request.request_id) <= 128, "request_id", "required, 1-128 characters")
-        v.check(bool(request.payout_id), "payout_id", "required")
+        check_id(v, request.request_id, "request_id")
+        check_id(v, request.payout_id, "payout_id", max_length=MAX_DERIVED_ID_LENGTH)
         v.raise_if_any()
         new = await self.payouts.retry(request.payout_id, request.request_id)
         return pb.RetryPayoutResponse(payout=c.payout_to_proto(new))
@@ -364,7 +387,22 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
 MAX_CALENDAR_FILE_CHARS = 1 << 20
 
 
-def _required(value: str, field: str) -> None:
+def _required(value: str, field: str, max_length: int = MAX_ID_LENGTH) -> None:
+    """An id the request names: the shared id rules (docs/validation.md)."""
     v = Violations()
-    v.check(bool(value), field, "required")
+    check_id(v, value, field, max_length=max_length)
     v.raise_if_any()
+
+
+def _has_profile(request: Any) -> None:
+    if not request.HasField("profile"):
+        v = Violations()
+        v.add("profile", "required")
+        v.raise_if_any()
+
+
+def _check_page(v: Violations, request: Any) -> None:
+    """page_size and page_token of a list, reported with the request's other problems
+    (Page.of checks them again when it decodes the token)."""
+    check_page_size(v, request.page_size)
+    check_page_token(v, request.page_token)

@@ -219,6 +219,8 @@ class _FeeAccountMovementTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper
     """A fee debited by a charge."""
     FEE_ACCOUNT_MOVEMENT_TYPE_REFUND_CREDIT: _FeeAccountMovementType.ValueType  # 3
     """A fee returned by a refund."""
+    FEE_ACCOUNT_MOVEMENT_TYPE_VOID_CREDIT: _FeeAccountMovementType.ValueType  # 4
+    """A fee given back because its charge was voided (an orphan charge, see VoidFeeCharge)."""
 
 class FeeAccountMovementType(_FeeAccountMovementType, metaclass=_FeeAccountMovementTypeEnumTypeWrapper):
     """FeeAccountMovementType is why a fee account balance moved."""
@@ -231,6 +233,8 @@ FEE_ACCOUNT_MOVEMENT_TYPE_DEBIT: FeeAccountMovementType.ValueType  # 2
 """A fee debited by a charge."""
 FEE_ACCOUNT_MOVEMENT_TYPE_REFUND_CREDIT: FeeAccountMovementType.ValueType  # 3
 """A fee returned by a refund."""
+FEE_ACCOUNT_MOVEMENT_TYPE_VOID_CREDIT: FeeAccountMovementType.ValueType  # 4
+"""A fee given back because its charge was voided (an orphan charge, see VoidFeeCharge)."""
 Global___FeeAccountMovementType: _TypeAlias = FeeAccountMovementType  # noqa: Y015
 
 class _FeeBillState:
@@ -303,17 +307,29 @@ class Selectors(_message.Message):
     CARD_TYPE_FIELD_NUMBER: _builtins.int
     TRANSACTION_TYPE_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant; optional, otherwise an id: 1-64 characters, no control characters, no
+    leading or trailing whitespace (docs/validation.md).
+    """
     product: _builtins.str
-    """The product, for example "QUICKPAY"."""
+    """The product, for example "QUICKPAY". Optional; at most 64 characters, no control
+    characters, no leading or trailing whitespace.
+    """
     business_line: _builtins.str
-    """The business line, for example "ONLINE"."""
+    """The business line, for example "ONLINE". Optional; at most 64 characters, no
+    control characters, no leading or trailing whitespace.
+    """
     acquirer_bank: _builtins.str
-    """The acquiring bank (收单行)."""
+    """The acquiring bank (收单行). Optional; at most 64 characters, no control characters,
+    no leading or trailing whitespace.
+    """
     issuer_bank: _builtins.str
-    """The issuing bank (发卡行)."""
+    """The issuing bank (发卡行). Optional; at most 64 characters, no control characters, no
+    leading or trailing whitespace.
+    """
     card_type: _builtins.str
-    """The card type, for example "DEBIT" or "CREDIT"."""
+    """The card type, for example "DEBIT" or "CREDIT". Optional; at most 64 characters, no
+    control characters, no leading or trailing whitespace.
+    """
     transaction_type: _transaction_pb2.TransactionType.ValueType
     """The transaction type; UNSPECIFIED means any."""
     def __init__(
@@ -347,11 +363,15 @@ class Tier(_message.Message):
     RATE_FIELD_NUMBER: _builtins.int
     FIXED_FEE_FIELD_NUMBER: _builtins.int
     lower_bound: _builtins.int
-    """The lower bound: minor units for amount tiers, a count for count tiers."""
+    """The lower bound: minor units for amount tiers, a count for count tiers; 0 for the
+    first tier, strictly increasing.
+    """
     rate: _builtins.str
-    """The rate of a percent tier, a decimal string with at most 8 fraction digits in [0, 1)."""
+    """The rate of a percent tier in [0, 1): digits with an optional fraction of at most 8
+    digits ("0.0038"), no sign, exponent, spaces or NaN; at most 32 characters.
+    """
     fixed_fee: _builtins.int
-    """The fixed fee of a fixed tier, in minor units of the rule's currency."""
+    """The fixed fee of a fixed tier, in minor units of the rule's currency: 0 to 10^13."""
     def __init__(
         self,
         *,
@@ -391,21 +411,27 @@ class FeeRuleSpec(_message.Message):
     priority: _builtins.int
     """Higher wins; default 0."""
     currency_code: _builtins.str
-    """The ISO 4217 currency of the transactions and of the fee."""
+    """The ISO 4217 currency of the transactions and of the fee. An upper-case ISO 4217
+    code billing knows (CNY HKD USD EUR GBP SGD JPY KRW KWD BHD).
+    """
     method: Global___FeeMethod.ValueType
     """The fee method."""
     fixed_fee: _builtins.int
-    """The fixed fee of FEE_METHOD_FIXED, in minor units."""
+    """The fixed fee of FEE_METHOD_FIXED, in minor units: 0 to 10^13."""
     rate: _builtins.str
-    """The rate of FEE_METHOD_PERCENT, a decimal string."""
+    """The rate of FEE_METHOD_PERCENT in [0, 1): digits with an optional fraction of at
+    most 8 digits ("0.0038"), no sign, exponent, spaces or NaN.
+    """
     tier_mode: Global___TierMode.ValueType
     """The tier mode of FEE_METHOD_CUMULATIVE_AMOUNT_TIERED_PERCENT."""
     accumulation_period: Global___AccumulationPeriod.ValueType
     """The accumulation period of the cumulative methods."""
     min_fee: _builtins.int
-    """The floor of the fee (保底), in minor units; absent means none."""
+    """The floor of the fee (保底), in minor units, 0 to 10^13; absent means none."""
     max_fee: _builtins.int
-    """The cap of the fee (封顶), in minor units; absent means none."""
+    """The cap of the fee (封顶), in minor units, 0 to 10^13 and not below min_fee; absent
+    means none.
+    """
     rounding: Global___Rounding.ValueType
     """The rounding of the exact fee."""
     collection_mode: _transaction_pb2.CollectionMode.ValueType
@@ -413,14 +439,18 @@ class FeeRuleSpec(_message.Message):
     refund_fee_policy: Global___RefundFeePolicy.ValueType
     """What a refund returns of the fee."""
     description: _builtins.str
-    """A free-text description for operations."""
+    """A free-text description for operations: at most 256 characters, no control
+    characters other than tab and line breaks.
+    """
     @_builtins.property
     def selectors(self) -> Global___Selectors:
         """Which transactions the rule applies to."""
 
     @_builtins.property
     def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tier]:
-        """The tiers of the tiered methods, by strictly increasing lower_bound, the first 0."""
+        """The tiers of the tiered methods, by strictly increasing lower_bound, the first 0; 1
+        to 100 tiers.
+        """
 
     def __init__(
         self,
@@ -552,11 +582,15 @@ class CreateFeeRuleRequest(_message.Message):
 
     @_builtins.property
     def effective_from(self) -> _timestamp_pb2.Timestamp:
-        """The start of the window."""
+        """The start of the window, required. Within [1970-01-01T00:00:00Z,
+        9999-01-01T00:00:00Z), nanos in [0, 1e9).
+        """
 
     @_builtins.property
     def effective_to(self) -> _timestamp_pb2.Timestamp:
-        """The end of the window; absent means open-ended."""
+        """The end of the window, after effective_from; absent means open-ended. Within
+        [1970-01-01T00:00:00Z, 9999-01-01T00:00:00Z), nanos in [0, 1e9).
+        """
 
     def __init__(
         self,
@@ -606,7 +640,7 @@ class GetFeeRuleRequest(_message.Message):
 
     RULE_ID_FIELD_NUMBER: _builtins.int
     rule_id: _builtins.str
-    """The rule id."""
+    """The rule id: 1-64 characters of letters, digits, '_', '-' and '.'."""
     def __init__(
         self,
         *,
@@ -658,14 +692,23 @@ class ListFeeRulesRequest(_message.Message):
     state: Global___FeeRuleState.ValueType
     """Filter on the state; UNSPECIFIED does not filter."""
     currency_code: _builtins.str
-    """Filter on the currency; empty does not filter."""
+    """Filter on the currency; empty does not filter. An upper-case ISO 4217 code billing
+    knows (CNY HKD USD EUR GBP SGD JPY KRW KWD BHD); any other code ("cny", "XXX") is
+    INVALID_ARGUMENT.
+    """
     page_size: _builtins.int
-    """Page size (AIP-158): 0 means 100, at most 1000."""
+    """Page size (AIP-158): 0 means 100, at most 1000 (larger is served as 1000); negative
+    is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
-    """Page token from a previous response, with the same filters."""
+    """Page token from a previous response, with the same filters; at most 2048
+    characters, a forged one is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def selectors(self) -> Global___Selectors:
-        """Filter on the current version's selectors; empty fields do not filter."""
+        """Filter on the current version's selectors; empty fields do not filter. Each set
+        field follows the limits of Selectors.
+        """
 
     def __init__(
         self,
@@ -724,11 +767,12 @@ class CreateFeeRuleVersionRequest(_message.Message):
     EFFECTIVE_TO_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     rule_id: _builtins.str
-    """The rule id."""
+    """The rule id: 1-64 characters of letters, digits, '_', '-' and '.'."""
     request_id: _builtins.str
-    """The idempotency key of the change, required: a retry with the same id and content
-    answers the rule again (not a second version); other content is ALREADY_EXISTS
-    IDEMPOTENCY_CONFLICT.
+    """The idempotency key of the change, required (1-64 characters, no control
+    characters, no leading or trailing whitespace (docs/validation.md)): a retry with
+    the same id and content answers the rule again (not a second version); other
+    content is ALREADY_EXISTS IDEMPOTENCY_CONFLICT.
     """
     @_builtins.property
     def spec(self) -> Global___FeeRuleSpec:
@@ -736,11 +780,15 @@ class CreateFeeRuleVersionRequest(_message.Message):
 
     @_builtins.property
     def effective_from(self) -> _timestamp_pb2.Timestamp:
-        """When the new version takes effect; after the current version's start."""
+        """When the new version takes effect; after the current version's start. Within
+        [1970-01-01T00:00:00Z, 9999-01-01T00:00:00Z), nanos in [0, 1e9).
+        """
 
     @_builtins.property
     def effective_to(self) -> _timestamp_pb2.Timestamp:
-        """The end of the new version's window; absent means open-ended."""
+        """The end of the new version's window; absent means open-ended. Within
+        [1970-01-01T00:00:00Z, 9999-01-01T00:00:00Z), nanos in [0, 1e9).
+        """
 
     def __init__(
         self,
@@ -793,15 +841,18 @@ class EndFeeRuleRequest(_message.Message):
     EFFECTIVE_TO_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     rule_id: _builtins.str
-    """The rule id."""
+    """The rule id: 1-64 characters of letters, digits, '_', '-' and '.'."""
     request_id: _builtins.str
-    """The idempotency key of the end, required: a retry with the same id and content
-    answers the rule again; other content (another end) is ALREADY_EXISTS
+    """The idempotency key of the end, required (1-64 characters, no control characters,
+    no leading or trailing whitespace (docs/validation.md)): a retry with the same id
+    and content answers the rule again; other content (another end) is ALREADY_EXISTS
     IDEMPOTENCY_CONFLICT and leaves the end where it was.
     """
     @_builtins.property
     def effective_to(self) -> _timestamp_pb2.Timestamp:
-        """When the rule stops applying; after the current version's start."""
+        """When the rule stops applying; after the current version's start. Within
+        [1970-01-01T00:00:00Z, 9999-01-01T00:00:00Z), nanos in [0, 1e9).
+        """
 
     def __init__(
         self,
@@ -859,28 +910,44 @@ class FeeTransaction(_message.Message):
     ISSUER_BANK_FIELD_NUMBER: _builtins.int
     CARD_TYPE_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
-    """The caller's transaction id: the idempotency key of a charge. 1-64 characters."""
+    """The caller's transaction id: the idempotency key of a charge. 1-64 characters, no
+    control characters, no leading or trailing whitespace (docs/validation.md).
+    """
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant: 1-64 characters, no control characters, no leading or trailing
+    whitespace (docs/validation.md).
+    """
     transaction_type: _transaction_pb2.TransactionType.ValueType
     """PAYMENT or PAYOUT (refunds go through RefundFee)."""
     product: _builtins.str
-    """The product."""
+    """The product, for example "QUICKPAY". Optional; at most 64 characters, no control
+    characters, no leading or trailing whitespace.
+    """
     business_line: _builtins.str
-    """The business line."""
+    """The business line, for example "ONLINE". Optional; at most 64 characters, no
+    control characters, no leading or trailing whitespace.
+    """
     acquirer_bank: _builtins.str
-    """The acquiring bank."""
+    """The acquiring bank (收单行). Optional; at most 64 characters, no control characters,
+    no leading or trailing whitespace.
+    """
     issuer_bank: _builtins.str
-    """The issuing bank."""
+    """The issuing bank (发卡行). Optional; at most 64 characters, no control characters, no
+    leading or trailing whitespace.
+    """
     card_type: _builtins.str
-    """The card type."""
+    """The card type, for example "DEBIT" or "CREDIT". Optional; at most 64 characters, no
+    control characters, no leading or trailing whitespace.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
-        """The amount, positive."""
+        """The amount: 0 < minor_units ≤ 10^13, in a known upper-case ISO 4217 currency."""
 
     @_builtins.property
     def transaction_time(self) -> _timestamp_pb2.Timestamp:
-        """When the transaction happened; selects the rule version and the accumulation period."""
+        """When the transaction happened; selects the rule version and the accumulation
+        period. Within [1970-01-01T00:00:00Z, 9999-01-01T00:00:00Z), nanos in [0, 1e9).
+        """
 
     def __init__(
         self,
@@ -1128,18 +1195,28 @@ class RefundFeeRequest(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     REFUND_TIME_FIELD_NUMBER: _builtins.int
     refund_transaction_id: _builtins.str
-    """The refund's own transaction id: the idempotency key."""
+    """The refund's own transaction id: the idempotency key. 1-64 characters, no control
+    characters, no leading or trailing whitespace (docs/validation.md).
+    """
     original_transaction_id: _builtins.str
-    """The charged transaction being refunded."""
+    """The charged transaction being refunded: 1-64 characters, no control characters, no
+    leading or trailing whitespace (docs/validation.md).
+    """
     merchant_id: _builtins.str
-    """The merchant; must be the original's."""
+    """The merchant; must be the original's. 1-64 characters, no control characters, no
+    leading or trailing whitespace (docs/validation.md).
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
-        """The refunded amount, positive, in the original's currency."""
+        """The refunded amount, in the original's currency: 0 < minor_units ≤ 10^13, in a
+        known upper-case ISO 4217 currency.
+        """
 
     @_builtins.property
     def refund_time(self) -> _timestamp_pb2.Timestamp:
-        """When the refund happened."""
+        """When the refund happened. Within [1970-01-01T00:00:00Z, 9999-01-01T00:00:00Z),
+        nanos in [0, 1e9).
+        """
 
     def __init__(
         self,
@@ -1245,7 +1322,7 @@ class BatchQuoteFeesRequest(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteFeeRequest]:
-        """The quotes."""
+        """The quotes: 1 to 1000; each item is checked alone and a bad one gets its own error."""
 
     def __init__(
         self,
@@ -1325,7 +1402,9 @@ class BatchChargeFeesRequest(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChargeFeeRequest]:
-        """The charges; transaction ids must be distinct within the batch."""
+        """The charges: 1 to 1000, transaction ids distinct within the batch; each item is
+        checked alone and a bad one gets its own error while the others are charged.
+        """
 
     def __init__(
         self,
@@ -1373,7 +1452,9 @@ class BatchRefundFeesRequest(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefundFeeRequest]:
-        """The refunds; refund ids must be distinct within the batch."""
+        """The refunds: 1 to 1000, refund ids distinct within the batch; each item is checked
+        alone and a bad one gets its own error while the others are done.
+        """
 
     def __init__(
         self,
@@ -1544,12 +1625,19 @@ class TopUpFeeAccountRequest(_message.Message):
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """The idempotency key of the top-up."""
+    """The idempotency key of the top-up: 1-64 characters, no control characters, no
+    leading or trailing whitespace (docs/validation.md).
+    """
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant: 1-64 characters, no control characters, no leading or trailing
+    whitespace (docs/validation.md).
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
-        """The amount, positive."""
+        """The amount: 0 < minor_units ≤ 10^13, in a known upper-case ISO 4217 currency. A
+        top-up that would take the balance past 10^15 is FAILED_PRECONDITION BALANCE_LIMIT
+        and changes nothing.
+        """
 
     def __init__(
         self,
@@ -1599,9 +1687,13 @@ class GetFeeAccountRequest(_message.Message):
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant: 1-64 characters, no control characters, no leading or trailing
+    whitespace (docs/validation.md).
+    """
     currency_code: _builtins.str
-    """The currency."""
+    """The currency, required: An upper-case ISO 4217 code billing knows (CNY HKD USD EUR
+    GBP SGD JPY KRW KWD BHD).
+    """
     def __init__(
         self,
         *,
@@ -1650,11 +1742,15 @@ class UpdateFeeAccountRequest(_message.Message):
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     LOW_BALANCE_THRESHOLD_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant: 1-64 characters, no control characters, no leading or trailing
+    whitespace (docs/validation.md).
+    """
     currency_code: _builtins.str
-    """The currency."""
+    """The currency, required: An upper-case ISO 4217 code billing knows (CNY HKD USD EUR
+    GBP SGD JPY KRW KWD BHD).
+    """
     low_balance_threshold: _builtins.int
-    """The new low-balance threshold, in minor units, not negative."""
+    """The new low-balance threshold, in minor units: 0 to 10^15."""
     def __init__(
         self,
         *,
@@ -1705,13 +1801,17 @@ class ListFeeAccountMovementsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant: 1-64 characters, no control characters, no leading or trailing
+    whitespace (docs/validation.md).
+    """
     currency_code: _builtins.str
-    """The currency."""
+    """The currency, required: An upper-case ISO 4217 code billing knows (CNY HKD USD EUR
+    GBP SGD JPY KRW KWD BHD).
+    """
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158): 0 means 100, at most 1000; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
-    """Page token."""
+    """Page token, at most 2048 characters; a forged one is INVALID_ARGUMENT."""
     def __init__(
         self,
         *,
@@ -1886,7 +1986,7 @@ class GenerateFeeBillsRequest(_message.Message):
 
     MONTH_FIELD_NUMBER: _builtins.int
     month: _builtins.str
-    """The business month, YYYY-MM."""
+    """The business month, YYYY-MM with ASCII digits, from 1970-01 to 9998-12."""
     def __init__(
         self,
         *,
@@ -1937,17 +2037,21 @@ class ListFeeBillsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant; empty for all."""
+    """The merchant; empty for all, otherwise 1-64 characters, no control characters, no
+    leading or trailing whitespace (docs/validation.md).
+    """
     month: _builtins.str
-    """The month, YYYY-MM; empty for all."""
+    """The month, YYYY-MM from 1970-01 to 9998-12; empty for all."""
     state: Global___FeeBillState.ValueType
     """The state; UNSPECIFIED for all."""
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158): 0 means 100, at most 1000; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
-    """Page token."""
+    """Page token, at most 2048 characters; a forged one is INVALID_ARGUMENT."""
     currency_code: _builtins.str
-    """The currency; empty for all."""
+    """The currency; empty for all, otherwise An upper-case ISO 4217 code billing knows
+    (CNY HKD USD EUR GBP SGD JPY KRW KWD BHD).
+    """
     def __init__(
         self,
         *,
@@ -2002,7 +2106,9 @@ class GetFeeBillRequest(_message.Message):
 
     BILL_ID_FIELD_NUMBER: _builtins.int
     bill_id: _builtins.str
-    """The bill id."""
+    """The bill id: 1-90 characters (FB-<month>-<merchant>-<currency>-<sequence>), no
+    control characters or surrounding whitespace.
+    """
     def __init__(
         self,
         *,
@@ -2050,11 +2156,15 @@ class MarkFeeBillCollectedRequest(_message.Message):
     BILL_ID_FIELD_NUMBER: _builtins.int
     COLLECTION_REFERENCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """The idempotency key."""
+    """The idempotency key: 1-64 characters, no control characters, no leading or trailing
+    whitespace (docs/validation.md).
+    """
     bill_id: _builtins.str
-    """The bill."""
+    """The bill: 1-90 characters, no control characters or surrounding whitespace."""
     collection_reference: _builtins.str
-    """Where it was collected, for example the settlement id that deducted it."""
+    """Where it was collected, for example the settlement id that deducted it: 1-128
+    characters, no control characters or surrounding whitespace.
+    """
     def __init__(
         self,
         *,
@@ -2214,12 +2324,18 @@ class QuoteRefundFeeRequest(_message.Message):
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     original_transaction_id: _builtins.str
-    """The charged transaction that would be refunded."""
+    """The charged transaction that would be refunded: 1-64 characters, no control
+    characters, no leading or trailing whitespace (docs/validation.md).
+    """
     merchant_id: _builtins.str
-    """The merchant; must be the original's."""
+    """The merchant; must be the original's. 1-64 characters, no control characters, no
+    leading or trailing whitespace (docs/validation.md).
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
-        """The amount that would be refunded, positive, in the original's currency."""
+        """The amount that would be refunded, in the original's currency: 0 < minor_units ≤
+        10^13, in a known upper-case ISO 4217 currency.
+        """
 
     def __init__(
         self,
@@ -2259,3 +2375,258 @@ class QuoteRefundFeeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QuoteRefundFeeResponse: _TypeAlias = QuoteRefundFeeResponse  # noqa: Y015
+
+@_typing.final
+class FeeCharge(_message.Message):
+    """FeeCharge is one recorded charge as reconciliation sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    FEE_FIELD_NUMBER: _builtins.int
+    COLLECTION_MODE_FIELD_NUMBER: _builtins.int
+    RULE_ID_FIELD_NUMBER: _builtins.int
+    RULE_VERSION_FIELD_NUMBER: _builtins.int
+    TRANSACTION_TIME_FIELD_NUMBER: _builtins.int
+    CHARGE_TIME_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    """The charged transaction's id."""
+    merchant_id: _builtins.str
+    """The merchant."""
+    collection_mode: _transaction_pb2.CollectionMode.ValueType
+    """How the fee is collected."""
+    rule_id: _builtins.str
+    """The rule that priced it."""
+    rule_version: _builtins.int
+    """The rule's version."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """The transaction's amount."""
+
+    @_builtins.property
+    def fee(self) -> _money_pb2.Money:
+        """The fee charged."""
+
+    @_builtins.property
+    def transaction_time(self) -> _timestamp_pb2.Timestamp:
+        """When the transaction happened."""
+
+    @_builtins.property
+    def charge_time(self) -> _timestamp_pb2.Timestamp:
+        """When billing recorded the charge (its database clock)."""
+
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        merchant_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        fee: _money_pb2.Money | None = ...,
+        collection_mode: _transaction_pb2.CollectionMode.ValueType = ...,
+        rule_id: _builtins.str = ...,
+        rule_version: _builtins.int = ...,
+        transaction_time: _timestamp_pb2.Timestamp | None = ...,
+        charge_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "charge_time", b"charge_time", "fee", b"fee", "transaction_time", b"transaction_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "charge_time", b"charge_time", "collection_mode", b"collection_mode", "fee", b"fee", "merchant_id", b"merchant_id", "rule_id", b"rule_id", "rule_version", b"rule_version", "transaction_id", b"transaction_id", "transaction_time", b"transaction_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeeCharge: _TypeAlias = FeeCharge  # noqa: Y015
+
+@_typing.final
+class ListFeeChargesRequest(_message.Message):
+    """ListFeeChargesRequest names a time window or transaction ids (exactly one of them)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_TIME_FROM_FIELD_NUMBER: _builtins.int
+    CHARGE_TIME_TO_FIELD_NUMBER: _builtins.int
+    TRANSACTION_IDS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Page size of a window (AIP-158): 0 means 100, at most 1000; negative is
+    INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """Page token of a window, with the same window; a forged one is INVALID_ARGUMENT."""
+    @_builtins.property
+    def charge_time_from(self) -> _timestamp_pb2.Timestamp:
+        """Charges recorded at or after this instant. Within [1970-01-01T00:00:00Z,
+        9999-01-01T00:00:00Z), nanos in [0, 1e9); with charge_time_to, instead of
+        transaction_ids.
+        """
+
+    @_builtins.property
+    def charge_time_to(self) -> _timestamp_pb2.Timestamp:
+        """Charges recorded before this instant, after charge_time_from; same window."""
+
+    @_builtins.property
+    def transaction_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Instead of a window: the charges of these transactions, at most 1000 ids, each 1-64
+        characters without control characters or surrounding whitespace. Unknown ids are
+        left out of the answer.
+        """
+
+    def __init__(
+        self,
+        *,
+        charge_time_from: _timestamp_pb2.Timestamp | None = ...,
+        charge_time_to: _timestamp_pb2.Timestamp | None = ...,
+        transaction_ids: _abc.Iterable[_builtins.str] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge_time_from", b"charge_time_from", "charge_time_to", b"charge_time_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_time_from", b"charge_time_from", "charge_time_to", b"charge_time_to", "page_size", b"page_size", "page_token", b"page_token", "transaction_ids", b"transaction_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeeChargesRequest: _TypeAlias = ListFeeChargesRequest  # noqa: Y015
+
+@_typing.final
+class ListFeeChargesResponse(_message.Message):
+    """ListFeeChargesResponse is one page of charges, by charge time then transaction id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty on the last page (always empty for transaction ids)."""
+    @_builtins.property
+    def charges(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeeCharge]:
+        """The charges."""
+
+    def __init__(
+        self,
+        *,
+        charges: _abc.Iterable[Global___FeeCharge] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charges", b"charges", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeeChargesResponse: _TypeAlias = ListFeeChargesResponse  # noqa: Y015
+
+@_typing.final
+class VoidFeeChargeRequest(_message.Message):
+    """VoidFeeChargeRequest voids one charge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The idempotency key: 1-64 characters, no control characters or surrounding
+    whitespace. A retry with the same content answers the stored void; other content
+    is ALREADY_EXISTS IDEMPOTENCY_CONFLICT.
+    """
+    transaction_id: _builtins.str
+    """The charged transaction: 1-64 characters, no control characters or surrounding
+    whitespace.
+    """
+    reason: _builtins.str
+    """Why, for the audit: 1-256 characters, no control characters other than tab and line
+    breaks.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        transaction_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidFeeChargeRequest: _TypeAlias = VoidFeeChargeRequest  # noqa: Y015
+
+@_typing.final
+class FeeChargeVoid(_message.Message):
+    """FeeChargeVoid is a void: the charge it removed and what it gave back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CHARGE_FIELD_NUMBER: _builtins.int
+    CUMULATIVE_AMOUNT_RETURNED_FIELD_NUMBER: _builtins.int
+    CUMULATIVE_COUNT_RETURNED_FIELD_NUMBER: _builtins.int
+    FEE_CREDITED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    VOID_TIME_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The void's request id."""
+    cumulative_amount_returned: _builtins.int
+    """The volume taken off the cumulative counter (0 for a non-cumulative rule)."""
+    cumulative_count_returned: _builtins.int
+    """The count taken off the cumulative counter (0 or 1)."""
+    reason: _builtins.str
+    """Why."""
+    @_builtins.property
+    def charge(self) -> Global___FeeCharge:
+        """The voided charge."""
+
+    @_builtins.property
+    def fee_credited(self) -> _money_pb2.Money:
+        """The fee credited back to the prepaid fee account (zero unless PREPAID)."""
+
+    @_builtins.property
+    def void_time(self) -> _timestamp_pb2.Timestamp:
+        """When the void was made."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        charge: Global___FeeCharge | None = ...,
+        cumulative_amount_returned: _builtins.int = ...,
+        cumulative_count_returned: _builtins.int = ...,
+        fee_credited: _money_pb2.Money | None = ...,
+        reason: _builtins.str = ...,
+        void_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge", b"charge", "fee_credited", b"fee_credited", "void_time", b"void_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge", b"charge", "cumulative_amount_returned", b"cumulative_amount_returned", "cumulative_count_returned", b"cumulative_count_returned", "fee_credited", b"fee_credited", "reason", b"reason", "request_id", b"request_id", "void_time", b"void_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeeChargeVoid: _TypeAlias = FeeChargeVoid  # noqa: Y015
+
+@_typing.final
+class VoidFeeChargeResponse(_message.Message):
+    """VoidFeeChargeResponse returns the void."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOID_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def void(self) -> Global___FeeChargeVoid:
+        """The void."""
+
+    def __init__(
+        self,
+        *,
+        void: Global___FeeChargeVoid | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["void", b"void"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["void", b"void"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoidFeeChargeResponse: _TypeAlias = VoidFeeChargeResponse  # noqa: Y015

@@ -44,6 +44,9 @@ class BillingServiceStub:
     - RULE_NOT_FOUND, FEE_ACCOUNT_NOT_FOUND, FEE_BILL_NOT_FOUND (NOT_FOUND).
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
+    - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
+    VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
     - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
     a deadlock; nothing was recorded and the call may be retried as is.
@@ -161,6 +164,16 @@ class BillingServiceStub:
                 request_serializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeResponse.FromString,
                 _registered_method=True)
+        self.ListFeeCharges = channel.unary_unary(
+                '/clearhouse.billing.v1.BillingService/ListFeeCharges',
+                request_serializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.ListFeeChargesRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.ListFeeChargesResponse.FromString,
+                _registered_method=True)
+        self.VoidFeeCharge = channel.unary_unary(
+                '/clearhouse.billing.v1.BillingService/VoidFeeCharge',
+                request_serializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.VoidFeeChargeRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.VoidFeeChargeResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -182,6 +195,9 @@ class BillingServiceServicer:
     - RULE_NOT_FOUND, FEE_ACCOUNT_NOT_FOUND, FEE_BILL_NOT_FOUND (NOT_FOUND).
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
+    - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
+    VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
     - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
     a deadlock; nothing was recorded and the call may be retried as is.
@@ -350,6 +366,28 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFeeCharges(self, request, context):
+        """Lists recorded charges, for reconciliation with clearing: those made in a time
+        window (oldest first, paginated) or those of named transactions. Voided charges
+        are not listed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VoidFeeCharge(self, request, context):
+        """Voids an orphan charge (one clearing holds no detail for): gives its cumulative
+        counters and its prepaid debit back and removes it, so a later charge of the same
+        transaction id is priced anew; the void is kept with what it gave back. Idempotent
+        by request id. Refused for a charge that was refunded (CHARGE_REFUNDED) or is on a
+        fee bill (CHARGE_BILLED); CHARGE_NOT_FOUND when there is no such charge. Billing
+        does not know clearing's details: the caller (clearing's reconciliation) checks
+        that no detail exists before it voids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -458,6 +496,16 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeRequest.FromString,
                     response_serializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeResponse.SerializeToString,
             ),
+            'ListFeeCharges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeeCharges,
+                    request_deserializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.ListFeeChargesRequest.FromString,
+                    response_serializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.ListFeeChargesResponse.SerializeToString,
+            ),
+            'VoidFeeCharge': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidFeeCharge,
+                    request_deserializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.VoidFeeChargeRequest.FromString,
+                    response_serializer=clearhouse_dot_billing_dot_v1_dot_billing__pb2.VoidFeeChargeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clearhouse.billing.v1.BillingService', rpc_method_handlers)
@@ -485,6 +533,9 @@ class BillingService:
     - RULE_NOT_FOUND, FEE_ACCOUNT_NOT_FOUND, FEE_BILL_NOT_FOUND (NOT_FOUND).
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
+    - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
+    VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
     - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
     a deadlock; nothing was recorded and the call may be retried as is.
@@ -1048,6 +1099,60 @@ class BillingService:
             '/clearhouse.billing.v1.BillingService/QuoteRefundFee',
             clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeRequest.SerializeToString,
             clearhouse_dot_billing_dot_v1_dot_billing__pb2.QuoteRefundFeeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeeCharges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.billing.v1.BillingService/ListFeeCharges',
+            clearhouse_dot_billing_dot_v1_dot_billing__pb2.ListFeeChargesRequest.SerializeToString,
+            clearhouse_dot_billing_dot_v1_dot_billing__pb2.ListFeeChargesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidFeeCharge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.billing.v1.BillingService/VoidFeeCharge',
+            clearhouse_dot_billing_dot_v1_dot_billing__pb2.VoidFeeChargeRequest.SerializeToString,
+            clearhouse_dot_billing_dot_v1_dot_billing__pb2.VoidFeeChargeResponse.FromString,
             options,
             channel_credentials,
             insecure,

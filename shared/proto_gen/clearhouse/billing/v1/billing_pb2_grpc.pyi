@@ -45,6 +45,9 @@ class BillingServiceStub:
     - RULE_NOT_FOUND, FEE_ACCOUNT_NOT_FOUND, FEE_BILL_NOT_FOUND (NOT_FOUND).
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
+    - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
+      VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
     - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
       a deadlock; nothing was recorded and the call may be retried as is.
@@ -124,6 +127,20 @@ class BillingServiceStub:
     answer RefundFee would give now. Records nothing (no refund, no counter, no
     balance, no bill changes); refuses exactly as RefundFee would.
     """
+    ListFeeCharges: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListFeeChargesRequest, _billing_pb2.ListFeeChargesResponse]
+    """Lists recorded charges, for reconciliation with clearing: those made in a time
+    window (oldest first, paginated) or those of named transactions. Voided charges
+    are not listed.
+    """
+    VoidFeeCharge: _grpc.UnaryUnaryMultiCallable[_billing_pb2.VoidFeeChargeRequest, _billing_pb2.VoidFeeChargeResponse]
+    """Voids an orphan charge (one clearing holds no detail for): gives its cumulative
+    counters and its prepaid debit back and removes it, so a later charge of the same
+    transaction id is priced anew; the void is kept with what it gave back. Idempotent
+    by request id. Refused for a charge that was refunded (CHARGE_REFUNDED) or is on a
+    fee bill (CHARGE_BILLED); CHARGE_NOT_FOUND when there is no such charge. Billing
+    does not know clearing's details: the caller (clearing's reconciliation) checks
+    that no detail exists before it voids.
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -145,6 +162,9 @@ class BillingServiceAsyncStub(BillingServiceStub):
     - RULE_NOT_FOUND, FEE_ACCOUNT_NOT_FOUND, FEE_BILL_NOT_FOUND (NOT_FOUND).
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
+    - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
+      VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
     - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
       a deadlock; nothing was recorded and the call may be retried as is.
@@ -221,6 +241,20 @@ class BillingServiceAsyncStub(BillingServiceStub):
     answer RefundFee would give now. Records nothing (no refund, no counter, no
     balance, no bill changes); refuses exactly as RefundFee would.
     """
+    ListFeeCharges: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListFeeChargesRequest, _billing_pb2.ListFeeChargesResponse]  # type: ignore[assignment]
+    """Lists recorded charges, for reconciliation with clearing: those made in a time
+    window (oldest first, paginated) or those of named transactions. Voided charges
+    are not listed.
+    """
+    VoidFeeCharge: _aio.UnaryUnaryMultiCallable[_billing_pb2.VoidFeeChargeRequest, _billing_pb2.VoidFeeChargeResponse]  # type: ignore[assignment]
+    """Voids an orphan charge (one clearing holds no detail for): gives its cumulative
+    counters and its prepaid debit back and removes it, so a later charge of the same
+    transaction id is priced anew; the void is kept with what it gave back. Idempotent
+    by request id. Refused for a charge that was refunded (CHARGE_REFUNDED) or is on a
+    fee bill (CHARGE_BILLED); CHARGE_NOT_FOUND when there is no such charge. Billing
+    does not know clearing's details: the caller (clearing's reconciliation) checks
+    that no detail exists before it voids.
+    """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """BillingService prices transactions (计费): fee rules administered by operations,
@@ -241,6 +275,9 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     - RULE_NOT_FOUND, FEE_ACCOUNT_NOT_FOUND, FEE_BILL_NOT_FOUND (NOT_FOUND).
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
+    - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
+      VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
     - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
       a deadlock; nothing was recorded and the call may be retried as is.
@@ -440,6 +477,32 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         fee, by the original rule's refund fee policy and what was refunded before: the
         answer RefundFee would give now. Records nothing (no refund, no counter, no
         balance, no bill changes); refuses exactly as RefundFee would.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFeeCharges(
+        self,
+        request: _billing_pb2.ListFeeChargesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListFeeChargesResponse, _abc.Awaitable[_billing_pb2.ListFeeChargesResponse]]:
+        """Lists recorded charges, for reconciliation with clearing: those made in a time
+        window (oldest first, paginated) or those of named transactions. Voided charges
+        are not listed.
+        """
+
+    @_abc_1.abstractmethod
+    def VoidFeeCharge(
+        self,
+        request: _billing_pb2.VoidFeeChargeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.VoidFeeChargeResponse, _abc.Awaitable[_billing_pb2.VoidFeeChargeResponse]]:
+        """Voids an orphan charge (one clearing holds no detail for): gives its cumulative
+        counters and its prepaid debit back and removes it, so a later charge of the same
+        transaction id is priced anew; the void is kept with what it gave back. Idempotent
+        by request id. Refused for a charge that was refunded (CHARGE_REFUNDED) or is on a
+        fee bill (CHARGE_BILLED); CHARGE_NOT_FOUND when there is no such charge. Billing
+        does not know clearing's details: the caller (clearing's reconciliation) checks
+        that no detail exists before it voids.
         """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1457,3 +1457,187 @@ class ListBatchesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListBatchesResponse: _TypeAlias = ListBatchesResponse  # noqa: Y015
+
+@_typing.final
+class ReconcileFeesRequest(_message.Message):
+    """ReconcileFeesRequest is a window of time to reconcile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    VOID_ORPHANS_FIELD_NUMBER: _builtins.int
+    void_orphans: _builtins.bool
+    """Void the orphan charges older than the configured orphan age; false only reports."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the window, inclusive: charges made and payments recorded from here.
+        Within [1970-01-01T00:00:00Z, 9999-01-01T00:00:00Z), nanos in [0, 1e9).
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end of the window, exclusive: after start_time and at most 7 days after it."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        void_orphans: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time", "void_orphans", b"void_orphans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileFeesRequest: _TypeAlias = ReconcileFeesRequest  # noqa: Y015
+
+@_typing.final
+class OrphanCharge(_message.Message):
+    """OrphanCharge is a charge billing holds that no payment detail exists for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    FEE_FIELD_NUMBER: _builtins.int
+    COLLECTION_MODE_FIELD_NUMBER: _builtins.int
+    CHARGE_TIME_FIELD_NUMBER: _builtins.int
+    VOIDED_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    """The charged transaction's id."""
+    merchant_id: _builtins.str
+    """The merchant."""
+    collection_mode: _transaction_pb2.CollectionMode.ValueType
+    """How the fee was collected."""
+    voided: _builtins.bool
+    """True when this run voided it (or found it voided by an earlier run's request)."""
+    note: _builtins.str
+    """Why it was not voided, when it was not: younger than the orphan age, voiding not
+    asked for, or billing's refusal (its reason).
+    """
+    @_builtins.property
+    def fee(self) -> _money_pb2.Money:
+        """The fee charged."""
+
+    @_builtins.property
+    def charge_time(self) -> _timestamp_pb2.Timestamp:
+        """When billing recorded the charge."""
+
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        merchant_id: _builtins.str = ...,
+        fee: _money_pb2.Money | None = ...,
+        collection_mode: _transaction_pb2.CollectionMode.ValueType = ...,
+        charge_time: _timestamp_pb2.Timestamp | None = ...,
+        voided: _builtins.bool = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge_time", b"charge_time", "fee", b"fee"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_time", b"charge_time", "collection_mode", b"collection_mode", "fee", b"fee", "merchant_id", b"merchant_id", "note", b"note", "transaction_id", b"transaction_id", "voided", b"voided"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrphanCharge: _TypeAlias = OrphanCharge  # noqa: Y015
+
+@_typing.final
+class UnchargedDetail(_message.Message):
+    """UnchargedDetail is a payment detail billing holds no charge for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DETAIL_ID_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    FEE_STATUS_FIELD_NUMBER: _builtins.int
+    FEE_FIELD_NUMBER: _builtins.int
+    VIOLATION_FIELD_NUMBER: _builtins.int
+    detail_id: _builtins.str
+    """The detail (the payment's transaction id)."""
+    merchant_id: _builtins.str
+    """The merchant."""
+    fee_status: Global___FeeStatus.ValueType
+    """The detail's fee status: PENDING (billing not answered yet) and REFUSED (billing
+    said no) explain a missing charge; KNOWN does not.
+    """
+    violation: _builtins.bool
+    """True when nothing explains the missing charge (a KNOWN fee): a real violation."""
+    @_builtins.property
+    def fee(self) -> _money_pb2.Money:
+        """The fee the detail holds (KNOWN), in the payment's currency."""
+
+    def __init__(
+        self,
+        *,
+        detail_id: _builtins.str = ...,
+        merchant_id: _builtins.str = ...,
+        fee_status: Global___FeeStatus.ValueType = ...,
+        fee: _money_pb2.Money | None = ...,
+        violation: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fee", b"fee"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail_id", b"detail_id", "fee", b"fee", "fee_status", b"fee_status", "merchant_id", b"merchant_id", "violation", b"violation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnchargedDetail: _TypeAlias = UnchargedDetail  # noqa: Y015
+
+@_typing.final
+class ReconcileFeesResponse(_message.Message):
+    """ReconcileFeesResponse is what the reconciliation found in the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORPHAN_CHARGES_FIELD_NUMBER: _builtins.int
+    UNCHARGED_DETAILS_FIELD_NUMBER: _builtins.int
+    ORPHAN_CHARGE_COUNT_FIELD_NUMBER: _builtins.int
+    VOIDED_COUNT_FIELD_NUMBER: _builtins.int
+    UNCHARGED_DETAIL_COUNT_FIELD_NUMBER: _builtins.int
+    VIOLATION_COUNT_FIELD_NUMBER: _builtins.int
+    CHARGES_CHECKED_FIELD_NUMBER: _builtins.int
+    DETAILS_CHECKED_FIELD_NUMBER: _builtins.int
+    orphan_charge_count: _builtins.int
+    """How many orphan charges were found."""
+    voided_count: _builtins.int
+    """How many of them this run voided."""
+    uncharged_detail_count: _builtins.int
+    """How many payments without a charge were found."""
+    violation_count: _builtins.int
+    """How many of those are violations (a KNOWN fee without a charge)."""
+    charges_checked: _builtins.int
+    """How many charges of billing were compared."""
+    details_checked: _builtins.int
+    """How many payment details were compared."""
+    @_builtins.property
+    def orphan_charges(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrphanCharge]:
+        """Orphan charges, oldest first; at most 1000 (see orphan_charge_count)."""
+
+    @_builtins.property
+    def uncharged_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnchargedDetail]:
+        """Payments without a charge, oldest first; at most 1000 (see uncharged_detail_count)."""
+
+    def __init__(
+        self,
+        *,
+        orphan_charges: _abc.Iterable[Global___OrphanCharge] | None = ...,
+        uncharged_details: _abc.Iterable[Global___UnchargedDetail] | None = ...,
+        orphan_charge_count: _builtins.int = ...,
+        voided_count: _builtins.int = ...,
+        uncharged_detail_count: _builtins.int = ...,
+        violation_count: _builtins.int = ...,
+        charges_checked: _builtins.int = ...,
+        details_checked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charges_checked", b"charges_checked", "details_checked", b"details_checked", "orphan_charge_count", b"orphan_charge_count", "orphan_charges", b"orphan_charges", "uncharged_detail_count", b"uncharged_detail_count", "uncharged_details", b"uncharged_details", "violation_count", b"violation_count", "voided_count", b"voided_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileFeesResponse: _TypeAlias = ReconcileFeesResponse  # noqa: Y015

@@ -141,6 +141,11 @@ class ClearingServiceStub:
                 request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesResponse.FromString,
                 _registered_method=True)
+        self.ReconcileFees = channel.unary_unary(
+                '/clearhouse.clearing.v1.ClearingService/ReconcileFees',
+                request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesResponse.FromString,
+                _registered_method=True)
 
 
 class ClearingServiceServicer:
@@ -301,6 +306,20 @@ class ClearingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReconcileFees(self, request, context):
+        """Reconciles fees with billing for a window of time (the gap validation cannot
+        close: a crash or database error between billing's charge and clearing's insert,
+        when the caller does not retry). Reports the charges billing recorded in the
+        window that no payment detail exists for (orphan charges) and the payments
+        recorded in the window that billing holds no charge for. With void_orphans, voids
+        each orphan older than CLEARING_RECONCILE_ORPHAN_AGE_S (billing's VoidFeeCharge:
+        counters and prepaid debit given back; idempotent, so a second run does nothing
+        more). A background worker runs the same every CLEARING_RECONCILE_INTERVAL_S.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClearingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -378,6 +397,11 @@ def add_ClearingServiceServicer_to_server(servicer, server):
                     servicer.ListBatches,
                     request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesRequest.FromString,
                     response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesResponse.SerializeToString,
+            ),
+            'ReconcileFees': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReconcileFees,
+                    request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesRequest.FromString,
+                    response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -817,6 +841,33 @@ class ClearingService:
             '/clearhouse.clearing.v1.ClearingService/ListBatches',
             clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesRequest.SerializeToString,
             clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReconcileFees(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.clearing.v1.ClearingService/ReconcileFees',
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesRequest.SerializeToString,
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -119,6 +119,16 @@ class ClearingServiceStub:
     batches created before a moment are the claims neither confirmed nor released
     since. Read-only.
     """
+    ReconcileFees: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ReconcileFeesRequest, _clearing_pb2.ReconcileFeesResponse]
+    """Reconciles fees with billing for a window of time (the gap validation cannot
+    close: a crash or database error between billing's charge and clearing's insert,
+    when the caller does not retry). Reports the charges billing recorded in the
+    window that no payment detail exists for (orphan charges) and the payments
+    recorded in the window that billing holds no charge for. With void_orphans, voids
+    each orphan older than CLEARING_RECONCILE_ORPHAN_AGE_S (billing's VoidFeeCharge:
+    counters and prepaid debit given back; idempotent, so a second run does nothing
+    more). A background worker runs the same every CLEARING_RECONCILE_INTERVAL_S.
+    """
 
 @_typing.type_check_only
 class ClearingServiceAsyncStub(ClearingServiceStub):
@@ -210,6 +220,16 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     currency, state and creation time, paginated (AIP-158). For operations: the OPEN
     batches created before a moment are the claims neither confirmed nor released
     since. Read-only.
+    """
+    ReconcileFees: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ReconcileFeesRequest, _clearing_pb2.ReconcileFeesResponse]  # type: ignore[assignment]
+    """Reconciles fees with billing for a window of time (the gap validation cannot
+    close: a crash or database error between billing's charge and clearing's insert,
+    when the caller does not retry). Reports the charges billing recorded in the
+    window that no payment detail exists for (orphan charges) and the payments
+    recorded in the window that billing holds no charge for. With void_orphans, voids
+    each orphan older than CLEARING_RECONCILE_ORPHAN_AGE_S (billing's VoidFeeCharge:
+    counters and prepaid debit given back; idempotent, so a second run does nothing
+    more). A background worker runs the same every CLEARING_RECONCILE_INTERVAL_S.
     """
 
 class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -389,6 +409,22 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         currency, state and creation time, paginated (AIP-158). For operations: the OPEN
         batches created before a moment are the claims neither confirmed nor released
         since. Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def ReconcileFees(
+        self,
+        request: _clearing_pb2.ReconcileFeesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clearing_pb2.ReconcileFeesResponse, _abc.Awaitable[_clearing_pb2.ReconcileFeesResponse]]:
+        """Reconciles fees with billing for a window of time (the gap validation cannot
+        close: a crash or database error between billing's charge and clearing's insert,
+        when the caller does not retry). Reports the charges billing recorded in the
+        window that no payment detail exists for (orphan charges) and the payments
+        recorded in the window that billing holds no charge for. With void_orphans, voids
+        each orphan older than CLEARING_RECONCILE_ORPHAN_AGE_S (billing's VoidFeeCharge:
+        counters and prepaid debit given back; idempotent, so a second run does nothing
+        more). A background worker runs the same every CLEARING_RECONCILE_INTERVAL_S.
         """
 
 def add_ClearingServiceServicer_to_server(servicer: ClearingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -62,13 +62,19 @@ class BankAccount(_message.Message):
     BANK_NAME_FIELD_NUMBER: _builtins.int
     BRANCH_CODE_FIELD_NUMBER: _builtins.int
     account_name: _builtins.str
-    """The account holder's name."""
+    """The account holder's name. Limits (settlement profiles, the simulator): required, at
+    most 256 characters, no control character, no leading or trailing whitespace.
+    """
     account_number: _builtins.str
-    """The account number."""
+    """The account number. Limits: settlement profiles take 6-34 digits; the simulator
+    requires it, at most 64 characters, no control character or surrounding whitespace.
+    """
     bank_name: _builtins.str
-    """The bank's name or code."""
+    """The bank's name or code. Limits: as account_name (the simulator: optional)."""
     branch_code: _builtins.str
-    """The branch (开户行) code, where the bank needs it."""
+    """The branch (开户行) code, where the bank needs it. Limits: optional, at most 64
+    characters, no control character, no leading or trailing whitespace.
+    """
     def __init__(
         self,
         *,
@@ -153,14 +159,20 @@ class SubmitPayoutRequest(_message.Message):
     BANK_ACCOUNT_FIELD_NUMBER: _builtins.int
     REMARK_FIELD_NUMBER: _builtins.int
     instruction_id: _builtins.str
-    """The idempotency key."""
+    """The idempotency key. Limits (the simulator): 1-96 characters (settlement derives it
+    from a settlement id), no control character, no leading or trailing whitespace.
+    """
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant. Limits: 1-64 characters, no control character, no leading or trailing
+    whitespace.
+    """
     remark: _builtins.str
-    """A remark shown on the merchant's bank statement."""
+    """A remark shown on the merchant's bank statement. Limits: at most 256 characters, no
+    control character but tab and line breaks.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
-        """The amount, positive."""
+        """The amount: 1 to 10^13 minor units of a known upper-case ISO 4217 currency."""
 
     @_builtins.property
     def bank_account(self) -> Global___BankAccount:
@@ -215,7 +227,9 @@ class GetPayoutRequest(_message.Message):
 
     INSTRUCTION_ID_FIELD_NUMBER: _builtins.int
     instruction_id: _builtins.str
-    """The instruction id."""
+    """The instruction id. Limits (the simulator): 1-96 characters, no control character,
+    no leading or trailing whitespace.
+    """
     def __init__(
         self,
         *,

@@ -72,9 +72,13 @@ class SetBehaviourRequest(_message.Message):
     behaviour: Global___Behaviour.ValueType
     """The behaviour for the next submissions."""
     times: _builtins.int
-    """How many submissions it applies to before falling back to SUCCEED; 0 for all."""
+    """How many submissions it applies to before falling back to SUCCEED; 0 for all; not
+    negative.
+    """
     merchant_id: _builtins.str
-    """The merchant it applies to; empty for every merchant."""
+    """The merchant it applies to; empty for every merchant, else 1-64 characters with no
+    control character and no leading or trailing whitespace.
+    """
     def __init__(
         self,
         *,
@@ -116,9 +120,13 @@ class ReturnPayoutRequest(_message.Message):
     INSTRUCTION_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     instruction_id: _builtins.str
-    """The instruction id."""
+    """The instruction id: 1-96 characters, no control character, no leading or trailing
+    whitespace.
+    """
     reason: _builtins.str
-    """The bank's reason."""
+    """The bank's reason: at most 256 characters, no control character but tab and line
+    breaks.
+    """
     def __init__(
         self,
         *,

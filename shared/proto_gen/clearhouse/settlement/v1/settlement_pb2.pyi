@@ -579,19 +579,27 @@ class SettlementProfile(_message.Message):
     HOLD_REASON_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant.
+    Limits: 1-64 letters, digits, '_', '-' or '.'.
+    """
     currency_code: _builtins.str
-    """The currency settled."""
+    """The currency settled.
+    Limits: a known upper-case ISO 4217 code.
+    """
     destination_type: Global___DestinationType.ValueType
     """Where the merchant is paid."""
     min_payout: _builtins.int
-    """The minimum payout (起结金额), in minor units; below it the net is carried."""
+    """The minimum payout (起结金额), in minor units; below it the net is carried.
+    Limits: 0 to 10^13 minor units.
+    """
     deduct_fee_bills: _builtins.bool
     """Whether issued DEFERRED fee bills are deducted from settlement."""
     hold: _builtins.bool
     """Frozen (冻结): nothing is paid out while set; the net is carried."""
     hold_reason: _builtins.str
-    """Why the hold was set."""
+    """Why the hold was set.
+    Limits: at most 256 characters, no control character but tab and line breaks.
+    """
     @_builtins.property
     def cycle(self) -> Global___Cycle:
         """The cycle."""
@@ -682,7 +690,9 @@ class GetSettlementProfileRequest(_message.Message):
 
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
     def __init__(
         self,
         *,
@@ -777,9 +787,13 @@ class ListSettlementProfilesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158).
+    Limits: not negative; 0 for the default; at most 1,000 served.
+    """
     page_token: _builtins.str
-    """Page token."""
+    """Page token.
+    Limits: at most 2,048 characters, from the previous call with the same filters.
+    """
     def __init__(
         self,
         *,
@@ -832,7 +846,9 @@ class GetSettlementDateRequest(_message.Message):
     CYCLE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def business_date(self) -> _date_pb2.Date:
-        """The business date."""
+        """The business date.
+        Limits: a real date from 1970-01-01 to 9998-12-31.
+        """
 
     @_builtins.property
     def cycle(self) -> Global___Cycle:
@@ -888,10 +904,14 @@ class SetCalendarDayRequest(_message.Message):
     working: _builtins.bool
     """Whether it is a working day."""
     reason: _builtins.str
-    """Why, for the audit trail; required."""
+    """Why, for the audit trail; required.
+    Limits: at most 256 characters, no control character but tab and line breaks.
+    """
     @_builtins.property
     def date(self) -> _date_pb2.Date:
-        """The day."""
+        """The day.
+        Limits: a real date from 1970-01-01 to 9998-12-31.
+        """
 
     def __init__(
         self,
@@ -988,11 +1008,15 @@ class ListCalendarDaysRequest(_message.Message):
     TO_DATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def from_date(self) -> _date_pb2.Date:
-        """First day, inclusive."""
+        """First day, inclusive.
+        Limits: a real date from 1970-01-01 to 9998-12-31.
+        """
 
     @_builtins.property
     def to_date(self) -> _date_pb2.Date:
-        """Last day, inclusive."""
+        """Last day, inclusive.
+        Limits: a real date from 1970-01-01 to 9998-12-31.
+        """
 
     def __init__(
         self,
@@ -1181,15 +1205,20 @@ class RunSettlementRequest(_message.Message):
     SETTLE_DATE_FIELD_NUMBER: _builtins.int
     FUTURE_DATE_REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """The idempotency key."""
+    """The idempotency key.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
     future_date_reason: _builtins.str
     """A date after today (the business date of the service clock) is refused,
     FAILED_PRECONDITION RUN_DATE_IN_FUTURE, unless this says why it must run early
     (at most 256 characters); the reason is recorded with the run and logged.
+    Limits: at most 256 characters, no control character but tab and line breaks.
     """
     @_builtins.property
     def settle_date(self) -> _date_pb2.Date:
-        """The settlement date S: every detail whose settlement date is on or before S is settled."""
+        """The settlement date S: every detail whose settlement date is on or before S is settled.
+        Limits: a real date from 1970-01-01 to 9998-12-31.
+        """
 
     def __init__(
         self,
@@ -1238,7 +1267,9 @@ class GetSettlementRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run id."""
+    """The run id.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
     def __init__(
         self,
         *,
@@ -1428,7 +1459,9 @@ class GetSettlementRequest(_message.Message):
 
     SETTLEMENT_ID_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
-    """The settlement id."""
+    """The settlement id.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
     def __init__(
         self,
         *,
@@ -1479,20 +1512,32 @@ class ListSettlementsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant; empty for all merchants."""
+    """The merchant; empty for all merchants.
+    Limits: empty, or 1-64 characters with no control character and no leading or trailing whitespace.
+    """
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158).
+    Limits: not negative; 0 for the default; at most 1,000 served.
+    """
     page_token: _builtins.str
-    """Page token."""
+    """Page token.
+    Limits: at most 2,048 characters, from the previous call with the same filters.
+    """
     run_id: _builtins.str
-    """The run (run-YYYYMMDD); empty for any run. An unknown run lists nothing."""
+    """The run (run-YYYYMMDD); empty for any run. An unknown run lists nothing.
+    Limits: empty, or 1-64 characters with no control character and no leading or trailing whitespace.
+    """
     @_builtins.property
     def settle_date_from(self) -> _date_pb2.Date:
-        """First settlement date, inclusive; absent for no bound."""
+        """First settlement date, inclusive; absent for no bound.
+        Limits: a real date from 1970-01-01 to 9998-12-31.
+        """
 
     @_builtins.property
     def settle_date_to(self) -> _date_pb2.Date:
-        """Last settlement date, inclusive; absent for no bound."""
+        """Last settlement date, inclusive; absent for no bound.
+        Limits: a real date from 1970-01-01 to 9998-12-31.
+        """
 
     def __init__(
         self,
@@ -1549,7 +1594,9 @@ class ExportStatementRequest(_message.Message):
     SETTLEMENT_ID_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
-    """The settlement id."""
+    """The settlement id.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
     format: Global___StatementFormat.ValueType
     """What the file holds; SUMMARY when not set."""
     def __init__(
@@ -1706,7 +1753,9 @@ class GetAccountBalanceRequest(_message.Message):
 
     ACCOUNT_CODE_FIELD_NUMBER: _builtins.int
     account_code: _builtins.str
-    """The account code."""
+    """The account code.
+    Limits: a known account type, its merchant an id (1-64 characters, no control character or surrounding whitespace) and a known currency.
+    """
     def __init__(
         self,
         *,
@@ -1754,11 +1803,17 @@ class ListAccountEntriesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     account_code: _builtins.str
-    """The account code."""
+    """The account code.
+    Limits: a known account type, its merchant an id (1-64 characters, no control character or surrounding whitespace) and a known currency.
+    """
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158).
+    Limits: not negative; 0 for the default; at most 1,000 served.
+    """
     page_token: _builtins.str
-    """Page token."""
+    """Page token.
+    Limits: at most 2,048 characters, from the previous call with the same filters.
+    """
     def __init__(
         self,
         *,
@@ -1810,7 +1865,9 @@ class GetTrialBalanceRequest(_message.Message):
 
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     currency_code: _builtins.str
-    """The currency; empty for all."""
+    """The currency; empty for all.
+    Limits: empty for any, else a known upper-case ISO 4217 code ("cny" is refused).
+    """
     def __init__(
         self,
         *,
@@ -1894,6 +1951,7 @@ class CheckInvariantsRequest(_message.Message):
         confirmed is settled in clearing (none of its details left claimed, §5 item 2),
         and that it holds exactly the details, payments, refunds and adjustments the
         settlement booked (each detail settled once, §5 items 1 and 4).
+        Limits: a real date from 1970-01-01 to 9998-12-31.
         """
 
     def __init__(
@@ -2044,13 +2102,19 @@ class ListPayoutsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant; empty for all."""
+    """The merchant; empty for all.
+    Limits: empty, or 1-64 characters with no control character and no leading or trailing whitespace.
+    """
     state: Global___PayoutState.ValueType
     """The state; UNSPECIFIED for all."""
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158).
+    Limits: not negative; 0 for the default; at most 1,000 served.
+    """
     page_token: _builtins.str
-    """Page token."""
+    """Page token.
+    Limits: at most 2,048 characters, from the previous call with the same filters.
+    """
     def __init__(
         self,
         *,
@@ -2103,7 +2167,10 @@ class GetPayoutRequest(_message.Message):
 
     PAYOUT_ID_FIELD_NUMBER: _builtins.int
     payout_id: _builtins.str
-    """The payout id."""
+    """The payout id.
+    Limits: 1-96 characters (payout ids derive from settlement ids), no control
+    character, no leading or trailing whitespace.
+    """
     def __init__(
         self,
         *,
@@ -2150,9 +2217,14 @@ class RetryPayoutRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PAYOUT_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """The idempotency key."""
+    """The idempotency key.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
     payout_id: _builtins.str
-    """The FAILED payout."""
+    """The FAILED payout.
+    Limits: 1-96 characters (payout ids derive from settlement ids), no control
+    character, no leading or trailing whitespace.
+    """
     def __init__(
         self,
         *,
@@ -2207,6 +2279,7 @@ class ImportCalendarRequest(_message.Message):
     request_id: _builtins.str
     """The idempotency key: a replay answers the first import's record, the same id with
     any other field different is refused (IDEMPOTENCY_CONFLICT).
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
     """
     format: Global___CalendarFileFormat.ValueType
     """The format of content."""
@@ -2215,17 +2288,21 @@ class ImportCalendarRequest(_message.Message):
     mode: Global___CalendarImportMode.ValueType
     """REPLACE or MERGE."""
     reason: _builtins.str
-    """Why, recorded with the change; required."""
+    """Why, recorded with the change; required.
+    Limits: at most 256 characters, no control character but tab and line breaks.
+    """
     @_builtins.property
     def from_date(self) -> _date_pb2.Date:
         """First day of the range, inclusive; may be left unset when a YAML file states `from`
         (both set: they must agree).
+        Limits: a real date from 1970-01-01 to 9998-12-31.
         """
 
     @_builtins.property
     def to_date(self) -> _date_pb2.Date:
         """Last day of the range, inclusive (at most 3660 days); may be left unset when a
         YAML file states `to`.
+        Limits: a real date from 1970-01-01 to 9998-12-31.
         """
 
     def __init__(
@@ -2348,11 +2425,15 @@ class ExportCalendarRequest(_message.Message):
     """The format to write."""
     @_builtins.property
     def from_date(self) -> _date_pb2.Date:
-        """First day, inclusive."""
+        """First day, inclusive.
+        Limits: a real date from 1970-01-01 to 9998-12-31.
+        """
 
     @_builtins.property
     def to_date(self) -> _date_pb2.Date:
-        """Last day, inclusive (at most 3660 days)."""
+        """Last day, inclusive (at most 3660 days).
+        Limits: a real date from 1970-01-01 to 9998-12-31.
+        """
 
     def __init__(
         self,
@@ -2555,11 +2636,17 @@ class ListStatementLinesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     settlement_id: _builtins.str
-    """The settlement id."""
+    """The settlement id.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
     page_size: _builtins.int
-    """Page size (AIP-158); default 100, at most 1,000."""
+    """Page size (AIP-158); default 100, at most 1,000.
+    Limits: not negative; 0 for the default; at most 1,000 served.
+    """
     page_token: _builtins.str
-    """Page token."""
+    """Page token.
+    Limits: at most 2,048 characters, from the previous call with the same filters.
+    """
     def __init__(
         self,
         *,
@@ -2612,9 +2699,13 @@ class GetMerchantBalanceRequest(_message.Message):
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
-    """The merchant."""
+    """The merchant.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
     currency_code: _builtins.str
-    """One currency; empty for every currency the merchant has (or its profile's)."""
+    """One currency; empty for every currency the merchant has (or its profile's).
+    Limits: empty for any, else a known upper-case ISO 4217 code ("cny" is refused).
+    """
     def __init__(
         self,
         *,
@@ -2765,13 +2856,19 @@ class ListSettlementRunItemsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run id."""
+    """The run id.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
     note: Global___RunItemNote.ValueType
     """Only items with this note; UNSPECIFIED for all."""
     page_size: _builtins.int
-    """Page size (AIP-158)."""
+    """Page size (AIP-158).
+    Limits: not negative; 0 for the default; at most 1,000 served.
+    """
     page_token: _builtins.str
-    """Page token."""
+    """Page token.
+    Limits: at most 2,048 characters, from the previous call with the same filters.
+    """
     def __init__(
         self,
         *,

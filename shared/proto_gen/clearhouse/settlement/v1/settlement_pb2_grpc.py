@@ -48,7 +48,13 @@ class SettlementServiceStub:
     - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
     longer holds what the settlement booked (released by hand), so its detail lines
     cannot be listed; metadata "clearing_batch_id".
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations,
+    and nothing is read or written. The limits are the shared validation model's
+    (docs/validation.md), written field by field below ("Limits:"): ids 1-64 characters
+    with no control character and no leading or trailing whitespace; text at most 256
+    characters; currencies known upper-case ISO 4217 codes (a filter: empty for any);
+    dates from 1970-01-01 to 9998-12-31; amounts at most 10^13 minor units; unknown enum
+    values refused; page_size not negative, page_token at most 2,048 characters.
     """
 
     def __init__(self, channel):
@@ -207,7 +213,13 @@ class SettlementServiceServicer:
     - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
     longer holds what the settlement booked (released by hand), so its detail lines
     cannot be listed; metadata "clearing_batch_id".
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations,
+    and nothing is read or written. The limits are the shared validation model's
+    (docs/validation.md), written field by field below ("Limits:"): ids 1-64 characters
+    with no control character and no leading or trailing whitespace; text at most 256
+    characters; currencies known upper-case ISO 4217 codes (a filter: empty for any);
+    dates from 1970-01-01 to 9998-12-31; amounts at most 10^13 minor units; unknown enum
+    values refused; page_size not negative, page_token at most 2,048 characters.
     """
 
     def CreateSettlementProfile(self, request, context):
@@ -551,7 +563,13 @@ class SettlementService:
     - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
     longer holds what the settlement booked (released by hand), so its detail lines
     cannot be listed; metadata "clearing_batch_id".
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations,
+    and nothing is read or written. The limits are the shared validation model's
+    (docs/validation.md), written field by field below ("Limits:"): ids 1-64 characters
+    with no control character and no leading or trailing whitespace; text at most 256
+    characters; currencies known upper-case ISO 4217 codes (a filter: empty for any);
+    dates from 1970-01-01 to 9998-12-31; amounts at most 10^13 minor units; unknown enum
+    values refused; page_size not negative, page_token at most 2,048 characters.
     """
 
     @staticmethod
