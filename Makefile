@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install up demo test lint typecheck protos check-protos pytest bench buf-lint buf-lint-if-available clean
+.PHONY: install up demo test lint typecheck protos check-protos pytest fuzz bench buf-lint buf-lint-if-available clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
 test: lint typecheck check-protos buf-lint-if-available pytest
+
+# The fuzzed contract run long: FUZZ_EXAMPLES generated requests per RPC (the suite runs
+# a few); the summary (requests per RPC, codes, findings) goes to .clearhouse/fuzz-summary.json.
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	CLEARHOUSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz_contract.py -q -s
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -189,10 +189,14 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def app_options(settings: Any, metrics: ServiceMetrics) -> dict[str, Any]:
-    """The metrics arguments of a service's `App`, from its settings (`<P>METRICS_*`)."""
+    """The metrics arguments of a service's `App`, from its settings (`<P>METRICS_*`):
+    disabled, there are no metrics at all (no endpoint, no figure refresh, nothing
+    counted per call)."""
+    if not settings.metrics_enabled:
+        return {"metrics": None}
     return {
         "metrics": metrics,
         "metrics_host": settings.metrics_host,
-        "metrics_port": settings.metrics_port if settings.metrics_enabled else None,
+        "metrics_port": settings.metrics_port,
         "metrics_refresh_s": settings.metrics_refresh_s,
     }

@@ -5,6 +5,8 @@ service and its migrations (Alembic cookbook: connection sharing with asyncio).
 
 from __future__ import annotations
 
+import contextvars
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.db import ensure_schema
 
 VERSION_TABLE = "alembic_version"
+
+# Reading the revision (the readiness poll, every 2 s) configures a MigrationContext,
+# which logs "Context impl PostgresqlImpl." and "Will assume transactional DDL." at INFO:
+# two lines per poll burying the real log. Only the records of a read are dropped, by a
+# context variable (per asyncio task), so a migration running meanwhile, in this process
+# or another, logs as before.
+_READING = contextvars.ContextVar("clearhouse_reading_revision", default=False)
+
+
+class _QuietRevisionRead(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _READING.get()
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_QuietRevisionRead())
 
 
 def alembic_config(script_location: Path, schema: str) -> Config:
@@ -37,8 +54,12 @@ async def current_revision(engine: AsyncEngine, schema: str) -> str | None:
         )
         return ctx.get_current_revision()
 
-    async with engine.connect() as conn:
-        return await conn.run_sync(_current)
+    token = _READING.set(True)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(_current)
+    finally:
+        _READING.reset(token)
 
 
 async def is_current(engine: AsyncEngine, schema: str, script_location: Path) -> bool:

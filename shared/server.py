@@ -164,7 +164,9 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
         asyncio.create_task(_guard(getattr(w, "__name__", "task"), w), name=f"{app.name}-bg")
         for w in app.background
     ]
-    if app.metrics is not None and app.metrics.sources:
+    # Figures are refreshed only for a served registry: with metrics off (<P>METRICS_ENABLED
+    # false) nothing reads the schema behind the service's back.
+    if app.metrics is not None and app.metrics.sources and app.metrics_port is not None:
         refresh = app.metrics.refresh_forever
         tasks.append(asyncio.create_task(
             _guard("figures", lambda: refresh(app.metrics_refresh_s)), name=f"{app.name}-figures"

@@ -1,19 +1,18 @@
 """`make up`: the whole local stack on 127.0.0.1.
 
+Refuses to start when a service port is taken (saying which and what holds it).
 Starts the embedded PostgreSQL (unless DATABASE_URL is set), creates a development CA,
 certificates and tokens under .clearhouse/security on first use (CLEARHOUSE_SECURITY_DIR
-elsewhere) and turns security on, migrates the three schemas, runs billing, clearing,
-settlement and the payout gateway simulator as separate processes (as they are
-deployed), waits until each answers the gRPC health check as SERVING, prints their
-addresses and how to call one, and on Ctrl-C or SIGTERM stops them gracefully, then the
-database.
+elsewhere) and turns security on, migrates the three schemas, runs billing, clearing, settlement and the payout gateway simulator as
+separate processes (as they are deployed), waits until each answers the gRPC health
+check as SERVING, prints their addresses, and on Ctrl-C or SIGTERM stops them
+gracefully, then the database.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import devpki, embedded_pg
+from shared import devpki, embedded_pg, ports
 from shared.client_security import ClientSecurity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +38,18 @@ SERVICES = [
 
 def _port(env: dict[str, str], prefix: str, default: int) -> int:
     return int(env.get(f"{prefix}PORT", default))
+
+
+def _environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    host = "127.0.0.1"
+    ports = {name: _port(env, prefix, default) for name, prefix, default, _ in SERVICES}
+    # The services find each other at the configured ports unless told otherwise.
+    env.setdefault("CLEARING_BILLING_ADDRESS", f"{host}:{ports['billing']}")
+    env.setdefault("SETTLEMENT_BILLING_ADDRESS", f"{host}:{ports['billing']}")
+    env.setdefault("SETTLEMENT_CLEARING_ADDRESS", f"{host}:{ports['clearing']}")
+    env.setdefault("SETTLEMENT_PAYOUT_GATEWAY_ADDRESS", f"{host}:{ports['payout_simulator']}")
+    return env
 
 
 def _security_dir(env: dict[str, str]) -> Path:
@@ -65,41 +76,71 @@ def _client(env: dict[str, str], prefix: str, pki: devpki.DevPKI) -> ClientSecur
 def how_to_call(pki: devpki.DevPKI, address: str) -> str:
     """A grpcurl line calling billing as the development viewer (the token is read from
     its file by the shell, so it is not printed)."""
-    rel = pki.folder
-    with_root = rel.relative_to(ROOT) if rel.is_relative_to(ROOT) else rel
+    folder = pki.folder
+    shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
     return (
-        f"grpcurl -cacert {with_root}/ca.pem -cert {with_root}/tool.pem "
-        f"-key {with_root}/tool.key "
-        f'-H "authorization: Bearer $(cat {with_root}/tokens/vic.token)" '
+        f"grpcurl -cacert {shown}/ca.pem -cert {shown}/tool.pem -key {shown}/tool.key "
+        f'-H "authorization: Bearer $(cat {shown}/tokens/vic.token)" '
         f"{address} clearhouse.billing.v1.BillingService/ListFeeRules"
     )
 
 
-def _environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    host = "127.0.0.1"
-    ports = {name: _port(env, prefix, default) for name, prefix, default, _ in SERVICES}
-    # The services find each other at the configured ports unless told otherwise.
-    env.setdefault("CLEARING_BILLING_ADDRESS", f"{host}:{ports['billing']}")
-    env.setdefault("SETTLEMENT_BILLING_ADDRESS", f"{host}:{ports['billing']}")
-    env.setdefault("SETTLEMENT_CLEARING_ADDRESS", f"{host}:{ports['clearing']}")
-    env.setdefault("SETTLEMENT_PAYOUT_GATEWAY_ADDRESS", f"{host}:{ports['payout_simulator']}")
-    return env
+def _host(env: dict[str, str], prefix: str) -> str:
+    return env.get(f"{prefix}HOST", "127.0.0.1")
 
 
-def _wait_serving(address: str, security: ClientSecurity, deadline_s: float = 60.0) -> bool:
+# The Prometheus port of each service (<P>METRICS_PORT; 0 = any free port).
+METRICS_PORTS = {"billing": 9151, "clearing": 9152, "settlement": 9153}
+
+
+def _wanted_ports(env: dict[str, str]) -> list[tuple[str, str, str, int]]:
+    """(service, variable, host, port) of every port the stack's services will bind."""
+    wanted = []
+    for name, prefix, default, _ in SERVICES:
+        wanted.append((name, f"{prefix}PORT", _host(env, prefix), _port(env, prefix, default)))
+        metrics = METRICS_PORTS.get(name)
+        enabled = env.get(f"{prefix}METRICS_ENABLED", "true").lower() not in ("false", "0", "no")
+        if metrics is not None and enabled:
+            port = int(env.get(f"{prefix}METRICS_PORT", metrics))
+            if port:
+                host = env.get(f"{prefix}METRICS_HOST", "127.0.0.1")
+                wanted.append((name, f"{prefix}METRICS_PORT", host, port))
+    return wanted
+
+
+def taken_ports(env: dict[str, str]) -> list[str]:
+    """One line per port something already listens on, saying what holds it."""
+    return [
+        f"port {port} ({name}, {variable}) on {host} is taken, {ports.describe(port)}"
+        for name, variable, host, port in _wanted_ports(env)
+        if ports.is_taken(host, port)
+    ]
+
+
+def _wait_serving(
+    address: str, proc: subprocess.Popen[bytes] | None, port: int, deadline_s: float = 60.0,
+    security: ClientSecurity | None = None,
+) -> str:
+    """'' once OUR process answers SERVING at the address, else why not: another
+    process answering on the port is not our service being up. `security`: how to reach
+    it (TLS with the tools' certificate; plaintext for a service in INSECURE mode)."""
     end = time.monotonic() + deadline_s
-    with security.sync_channel(address) as channel:
+    with (security or ClientSecurity.insecure()).sync_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < end:
+            if proc is not None and proc.poll() is not None:
+                return f"exited with {proc.returncode} before serving"
             try:
                 resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
+                    pids = ports.listener_pids(port)
+                    if proc is not None and pids and proc.pid not in pids:
+                        return f"port {port} answers, but {ports.describe(port)}, not pid {proc.pid}"
+                    return ""
             except grpc.RpcError:
                 pass
             time.sleep(0.2)
-    return False
+    return f"did not become SERVING within {deadline_s:.0f} s"
 
 
 class StackError(Exception):
@@ -141,11 +182,12 @@ class LocalStack:
             return
         data_dir = self.pg_dir or env.get("CLEARHOUSE_PG_DIR",
                                           str(ROOT / ".clearhouse" / "pgdata"))
+        self.pg_dir = data_dir
         self.pg, env["DATABASE_URL"] = embedded_pg.start(data_dir, stop_at_exit=True)
         if self.reset_schemas:
             schemas = [env.get(f"{prefix}DB_SCHEMA", name)
                        for name, prefix, _, migrates in SERVICES if migrates]
-            self.pg.psql("".join(
+            self.pg.psql("SET client_min_messages = warning;" + "".join(
                 f'DROP SCHEMA IF EXISTS "{schema}" CASCADE;' for schema in schemas))
 
     def migrate(self) -> None:
@@ -167,36 +209,42 @@ class LocalStack:
                 **self._output(name, "serve"))))  # type: ignore[call-overload]
 
     def wait_serving(self, report: bool = True) -> None:
-        for name, prefix, _, _ in SERVICES:
+        started = dict(self.procs)
+        for name, prefix, default, _ in SERVICES:
             address = self.address(name)
-            if not _wait_serving(address, _client(self.env, prefix, self.pki)):
-                raise StackError(f"{name} did not become SERVING at {address}")
+            why = _wait_serving(address, started.get(name), _port(self.env, prefix, default),
+                                security=_client(self.env, prefix, self.pki))
+            if why:
+                raise StackError(f"{name} at {address}: {why}")
             if report:
                 print(f"{name:<17} SERVING at {address}", flush=True)
 
     def check_ports(self) -> None:
         """Refuses to start when a port is taken: the health check would otherwise ask
         whatever holds it (another stack) and call it ours."""
-        for name, prefix, default, _ in SERVICES:
-            port = _port(self.env, prefix, default)
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError as exc:
-                    raise StackError(
-                        f"port {port} ({name}, {prefix}PORT) is taken: {exc.strerror}. Stop "
-                        f"what listens there (is another `make up` or demo running?) or set "
-                        f"{prefix}PORT.") from None
+        problems = taken_ports(self.env)
+        if problems:
+            raise StackError(
+                "\n".join(problems) + "\nnot started: stop what listens there (is another "
+                "`make up` or demo running?) or set <P>PORT."
+            )
 
-    def start(self, report: bool = True) -> None:
+    def start(self, report: bool = True, migrate_on_start: bool = False) -> None:
+        """Database, migrations, services, health. `migrate_on_start` lets each service
+        migrate its own schema as it starts (<P>MIGRATE_ON_START) instead of migrating
+        first in separate processes: the same migrations, one process start fewer each."""
         self.check_ports()
         self.start_database()
         if report and self.pg is not None:
-            print(f"embedded PostgreSQL: {self.pg_dir or 'default'}", flush=True)
+            print(f"embedded PostgreSQL: {self.pg_dir}", flush=True)
         if report:
             print(f"security: certificates and tokens in {self.pki.folder}", flush=True)
-        self.migrate()
+        if migrate_on_start:
+            for _name, prefix, _, migrates in SERVICES:
+                if migrates:
+                    self.env[f"{prefix}MIGRATE_ON_START"] = "true"
+        else:
+            self.migrate()
         self.spawn()
         self.wait_serving(report)
 
@@ -266,8 +314,10 @@ def main() -> int:
               flush=True)
         return serve_until_stopped(stack, "Clearhouse is up. Ctrl-C stops everything.")
     finally:
+        started = bool(stack.procs) or stack.pg is not None
         stack.stop()
-        print("stopped", flush=True)
+        if started:  # a refusal (a taken port) started nothing, so stopped nothing
+            print("stopped", flush=True)
 
 
 if __name__ == "__main__":

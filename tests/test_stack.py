@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from shared import devpki
 from shared.client_security import ClientSecurity
 
 ROOT = Path(__file__).resolve().parent.parent
+# Any free metrics port: the defaults (9151-9153) may be another stack's on this machine.
+NO_FIXED_METRICS_PORTS = {f"{p}_METRICS_PORT": "0" for p in ("BILLING", "CLEARING", "SETTLEMENT")}
 
 
 def _free_ports(n: int) -> list[int]:
@@ -58,13 +61,15 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url, tmp
         CLEARING_PORT=str(ports[1]),
         SETTLEMENT_PORT=str(ports[2]),
         PAYOUT_SIM_PORT=str(ports[3]),
+        **NO_FIXED_METRICS_PORTS,
     )
+    errors = tempfile.TemporaryFile("w+")  # shown when the stack does not come up
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.stack"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=errors,
         text=True,
     )
     try:
@@ -78,7 +83,8 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url, tmp
             lines.append(line)
             if "Clearhouse is up" in line:
                 break
-        assert any("Clearhouse is up" in line for line in lines), "".join(lines)
+        errors.seek(0)
+        assert any("Clearhouse is up" in line for line in lines), "".join(lines) + errors.read()
         assert any("grpcurl -cacert" in line and "tokens/vic.token" in line for line in lines)
         pki = devpki.DevPKI(tmp_path / "security")
         tool = ClientSecurity.from_files(
@@ -115,3 +121,90 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url, tmp
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        errors.close()
+
+
+def test_the_stack_refuses_to_start_when_a_port_is_taken_and_says_what_holds_it(pg_url):
+    """A taken port used to be health-checked (the other instance answered) and reported
+    up; now nothing starts and the message names the port and the holder."""
+    ports = _free_ports(4)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", ports[2]))
+    holder.listen()
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=pg_url,
+        BILLING_PORT=str(ports[0]),
+        CLEARING_PORT=str(ports[1]),
+        SETTLEMENT_PORT=str(ports[2]),
+        PAYOUT_SIM_PORT=str(ports[3]),
+        **NO_FIXED_METRICS_PORTS,
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.stack"], cwd=ROOT, env=env, capture_output=True,
+            text=True, timeout=60,
+        )
+    finally:
+        holder.close()
+    assert done.returncode == 1
+    assert done.stdout == ""  # not "up", and not "stopped" either: nothing started
+    assert f"port {ports[2]} (settlement, SETTLEMENT_PORT) on 127.0.0.1 is taken" in done.stderr
+    assert f"held by pid {os.getpid()}" in done.stderr  # this test process holds it
+    assert "not started" in done.stderr
+    for port in (ports[0], ports[1], ports[3]):  # nothing was started
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_taken_metrics_port_is_named_too_and_port_zero_is_never_taken():
+    from shared.stack import taken_ports
+
+    ports = _free_ports(4)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    held = holder.getsockname()[1]
+    env = {"BILLING_PORT": str(ports[0]), "CLEARING_PORT": str(ports[1]),
+           "SETTLEMENT_PORT": str(ports[2]), "PAYOUT_SIM_PORT": str(ports[3]),
+           "BILLING_METRICS_PORT": "0", "CLEARING_METRICS_ENABLED": "false",
+           "SETTLEMENT_METRICS_PORT": str(held)}
+    try:
+        [problem] = taken_ports(env)
+        assert problem.startswith(
+            f"port {held} (settlement, SETTLEMENT_METRICS_PORT) on 127.0.0.1 is taken, "
+            f"held by pid {os.getpid()} (")
+    finally:
+        holder.close()
+    assert taken_ports(env) == []
+
+
+def test_a_service_is_not_called_up_when_another_process_answers_on_its_port():
+    """The race the start-up check cannot close (the port taken after the check): the
+    SERVING answer must come from the process the stack started."""
+    from concurrent import futures
+
+    from grpc_health.v1 import health
+
+    from shared.stack import _wait_serving
+
+    other = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, other)
+    port = other.add_insecure_port("127.0.0.1:0")
+    other.start()
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        why = _wait_serving(f"127.0.0.1:{port}", ours, port, deadline_s=10)
+        assert why.startswith(f"port {port} answers, but held by pid {os.getpid()}")
+        assert why.endswith(f"not pid {ours.pid}")
+        ours.kill()
+        ours.wait()
+        assert _wait_serving(f"127.0.0.1:{port}", ours, port, deadline_s=10).startswith(
+            "exited with")
+    finally:
+        if ours.poll() is None:
+            ours.kill()
+            ours.wait()
+        other.stop(None)

@@ -136,11 +136,6 @@ class Clients:
                             billing_pb2_grpc.BillingServiceStub)
         self.clearing = stub("clearing", config.clearing_address,
                              clearing_pb2_grpc.ClearingServiceStub)
-        # Recording as the transaction core (its token), on clearing's channel.
-        core = config.recording_token()
-        self.recorder = _Stub(
-            "clearing", clearing_pb2_grpc.ClearingServiceStub(self._channels[-1]),
-            (("authorization", f"Bearer {core}"),) if core else metadata, config.timeout_s)
         self.settlement = stub("settlement", config.settlement_address,
                                settlement_pb2_grpc.SettlementServiceStub)
         self.simulator = stub("payout simulator", config.payout_simulator_address,

@@ -14,8 +14,6 @@ environment variables. Every key is optional::
     ca_cert = "/path/ca.pem" # any of the three turns TLS on
     client_cert = "/path/client.pem"
     client_key = "/path/client.key"
-    recording_token_file = "/path"  # the transaction core's token, for recording
-                                    # transactions (only the demo stands in for it)
 """
 
 from __future__ import annotations
@@ -47,9 +45,6 @@ class CliConfig:
     ca_cert: str = ""
     client_cert: str = ""
     client_key: str = ""
-    # Recording transactions is the transaction core's permission, no person's: a tool
-    # that stands in for the core (the demo) records with the core's token.
-    recording_token_file: str = ""
     source: str = "defaults"
 
     @property
@@ -65,15 +60,6 @@ class CliConfig:
             except (OSError, IndexError) as exc:
                 raise ConfigError(f"token_file {self.token_file}: cannot read a token") from exc
         return ""
-
-    def recording_token(self) -> str:
-        if not self.recording_token_file:
-            return ""
-        try:
-            return Path(self.recording_token_file).expanduser().read_text().strip().splitlines()[0]
-        except (OSError, IndexError) as exc:
-            raise ConfigError(
-                f"recording_token_file {self.recording_token_file}: cannot read a token") from exc
 
 
 _KEYS = {f.name for f in fields(CliConfig)} - {"source"}

@@ -43,12 +43,20 @@ def emit_json(value: Any) -> None:
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
           *, right: Iterable[str] = ()) -> Table:
+    """A table that never hides a figure: amounts and counts (the `right` columns) and
+    the first column (an id) keep their full width; on a narrow terminal the text
+    columns wrap instead."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
     out = Table(title=title, title_justify="left", header_style="bold")
     align = set(right)
-    for name in columns:
-        out.add_column(name, justify="right" if name in align else "left", no_wrap=True)
-    for row in rows:
-        out.add_row(*("" if v is None else str(v) for v in row))
+    for i, name in enumerate(columns):
+        longest = max([0, *(len(r[i]) for r in cells if i < len(r))])
+        whole = name in align or i == 0 or longest <= 12
+        width = max(len(name) if name in align else 0, longest) if whole else None
+        out.add_column(name, justify="right" if name in align else "left", no_wrap=whole,
+                       min_width=width, overflow="fold")
+    for row in cells:
+        out.add_row(*row)
     return out
 
 
@@ -68,10 +76,10 @@ def date(d: date_pb2.Date) -> str:
 
 
 def when(ts: timestamp_pb2.Timestamp, present: bool = True) -> str:
-    """A timestamp in Beijing time (the business zone), to the second."""
+    """A timestamp in Beijing time (the business zone, as docs/cli.md says), to the second."""
     if not present or (ts.seconds == 0 and ts.nanos == 0):
         return ""
-    return ts.ToDatetime(tzinfo=dt.UTC).astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S%z")
+    return ts.ToDatetime(tzinfo=dt.UTC).astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def enum(descriptor_enum: Any, value: int, prefix: str) -> str:

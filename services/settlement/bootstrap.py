@@ -107,7 +107,9 @@ async def build_app(
     async def completer() -> None:
         await runs.completer(settings.completion_interval_s)
 
-    background: list[Callable[[], Awaitable[None]]] = [calendar_watch]
+    background: list[Callable[[], Awaitable[None]]] = []
+    if settings.calendar_check_interval_s > 0:
+        background.append(calendar_watch)
     if settings.completion_interval_s > 0:
         background.append(completer)
     if settings.dispatcher_enabled:

@@ -41,7 +41,8 @@ class SettlementSettings(ServiceSettings):
     completion_interval_s: float = 60.0
 
     # The business calendar: warn (log, GetCalendarCoverage.warning) when fewer than this
-    # many days from today are known; how often to look, seconds.
+    # many days from today are known; how often to look, seconds (0: never in the
+    # background; GetCalendarCoverage still tells).
     calendar_warn_days: int = 60
     calendar_check_interval_s: float = 3600.0
 

@@ -322,3 +322,19 @@ async def test_a_batch_item_with_a_hostile_field_gets_its_own_error_and_the_rest
     rout = (await s.BatchRefundFees(pb.BatchRefundFeesRequest(requests=refunds))).outcomes
     assert [o.WhichOneof("outcome") for o in rout] == ["result", "error", "error"]
     assert reason_of(rout[1].error) == "" and rout[1].error.code == code_pb2.INVALID_ARGUMENT
+
+
+async def test_a_refund_dated_before_its_payment_is_refused_and_returns_nothing(billing):
+    s = billing.stub
+    await s.CreateFeeRule(create_rule({**FIXED, "refund_fee_policy": "PROPORTIONAL"}))
+    await s.ChargeFee(pb.ChargeFeeRequest(transaction=txn("T1", 100)))
+    early = pb.RefundFeeRequest(
+        refund_transaction_id="RF1", original_transaction_id="T1", merchant_id="M1",
+        amount=money(50), refund_time=txn("x", 1, time="1990-03-10T10:00:00+08:00").transaction_time)
+    err = await _refused(s.RefundFee(early))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(err).reason == "REFUND_BEFORE_PAYMENT"
+    # Nothing was refunded: the whole amount can still be refunded at a proper time.
+    early.refund_time.CopyFrom(txn("x", 1).transaction_time)
+    done = await s.RefundFee(early)
+    assert done.result.refunded_total.minor_units == 50

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from shared.convert import datetime_to_ts
 from tests.clearing.conftest import FAST, T0, payment, record
 from tests.support.harness import ServiceHandle, drop, launch
-from tests.support.rpc_errors import violated_fields
+from tests.support.rpc_errors import reason, violated_fields
 
 MERCHANT = "MR"
 # Cumulative tiers (counters) collected from a prepaid fee account (debits).
@@ -203,3 +203,15 @@ async def test_a_reconciliation_window_is_checked(recon: ServiceHandle):
             await recon.stub.ReconcileFees(req)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in violated_fields(err.value)
+
+
+async def test_reconciling_while_billing_is_down_is_unavailable_not_internal(pg_url: str):
+    clearing = await launch("clearing", pg_url, billing_address="127.0.0.1:9", **SETTINGS,
+                            billing_batch_deadline_s=0.5)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await clearing.stub.ReconcileFees(_window())
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert reason(err.value) == "BILLING_UNAVAILABLE"
+    finally:
+        await drop(clearing)

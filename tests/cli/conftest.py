@@ -45,8 +45,7 @@ def write_config(folder: Path, s: Stack) -> Path:
         f'ca_cert = "{pki.ca_file}"\n'
         f'client_cert = "{pki.cert_file("tool")}"\n'
         f'client_key = "{pki.key_file("tool")}"\n'
-        f'token_file = "{pki.token_file("ada")}"\n'
-        f'recording_token_file = "{pki.token_file("transaction-core")}"\n')
+        f'token_file = "{pki.token_file("ada")}"\n')
     return path
 
 

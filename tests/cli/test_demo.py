@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from dataclasses import replace
 
 from rich.console import Console
 
@@ -16,6 +17,7 @@ from services.cli.demo.driver import Demo
 from services.cli.demo.scenario import build
 from tests.cli.conftest import Cli
 from tests.e2e import stack as st
+from tests.support import security
 
 SMALL = dict(merchants=["M02", "M03", "M04", "M07"], first_day=12, days=5, scale=0.25)
 
@@ -41,12 +43,17 @@ def test_the_scenario_is_the_same_for_the_same_seed_and_differs_for_another():
 async def test_a_small_demo_settles_everything_and_the_books_hold(cli: Cli, tmp_path):
     scenario = build(11, **SMALL)
     screen = Console(record=True, width=220, file=io.StringIO(), highlight=False)
-    clients = Clients(load(str(cli.config), {}))
+    config = load(str(cli.config), {})
+    clients = Clients(config)
+    # The traffic as the transaction core (recording is its permission, no person's).
+    recorder = Clients(replace(config, token_file=str(security.pki().token_file(
+        "transaction-core"))))
     try:
-        demo = Demo(clients, scenario, tmp_path, console=screen)
+        demo = Demo(clients, scenario, tmp_path, console=screen, recorder=recorder)
         result = await asyncio.to_thread(demo.run)
     finally:
         clients.close()
+        recorder.close()
     text = screen.export_text()
     assert result.recorded == scenario.transaction_count() and not result.refused
     # M07's prepaid account ran dry, and every detail was priced after the top-up.
@@ -90,3 +97,38 @@ async def test_a_small_demo_settles_everything_and_the_books_hold(cli: Cli, tmp_
         count = sum(int(r["count"] or 0) for r in summary
                     if r["line_type"] in ("PAYMENTS", "REFUNDS", "ADJUSTMENTS"))
         assert len(details) == count, path
+
+
+def test_make_demo_runs_as_a_command_on_its_own_stack(tmp_path):
+    """`python -m services.cli.demo` as `make demo` runs it (a small month): its own
+    PostgreSQL and service processes, the story, exit 0, the summary and statements
+    on disk, and nothing left listening."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ports = []
+    for _ in range(4):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(str(probe.getsockname()[1]))
+    env = {**os.environ, "BILLING_PORT": ports[0], "CLEARING_PORT": ports[1],
+           "SETTLEMENT_PORT": ports[2], "PAYOUT_SIM_PORT": ports[3], "COLUMNS": "200"}
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli.demo", "--merchants", "M01,M02", "--first-day",
+         "12", "--days", "2", "--scale", "0.1", "--out", str(out),
+         "--data-dir", str(tmp_path / "pg" / "data")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "invariant check: no violation" in proc.stdout
+    summary = (out / "summary.txt").read_text()
+    assert "per merchant" in summary and "✓" in summary and "✗" not in summary
+    assert list((out / "statements").glob("*.csv"))
+    for port in ports:  # nothing listens any more: the stack stopped
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            probe.bind(("127.0.0.1", int(port)))

@@ -194,6 +194,13 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     assert "no violation" in ok.stdout
     assert json.loads((await cli("check", "--json")).stdout) == {}
 
+    # A date after today is refused unless the run says why it must run early.
+    future = await cli("runs", "start", "2027-03-01", code=1)
+    assert "RUN_DATE_IN_FUTURE" in future.stderr
+    early = await cli("runs", "start", "2027-03-01", "--no-watch", "--early-reason",
+                      "bank holiday moved (test)", "--json")
+    assert json.loads(early.stdout)["run_id"] == "run-20270301"
+
 
 async def test_calendar_import_export_and_coverage(cli: Cli, tmp_path):
     exported = tmp_path / "2027.yaml"

@@ -185,3 +185,13 @@ async def test_every_figure_the_alerts_and_the_dashboard_use_is_exported(pg_url,
     finally:
         await drop(clearing)
         await drop(settlement)
+
+
+async def test_metrics_disabled_means_no_endpoint_and_no_refresh(pg_url):
+    handle = await launch("billing", pg_url, metrics_enabled=False)
+    try:
+        assert handle.running.app.metrics is None
+        assert handle.running.metrics_server is None
+        assert not [t for t in handle.running.tasks if t.get_name().endswith("-figures")]
+    finally:
+        await drop(handle)

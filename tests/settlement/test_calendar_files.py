@@ -215,6 +215,13 @@ async def test_a_malformed_file_is_refused_naming_every_bad_line_and_changes_not
     assert descriptions(err.value) == [
         ("content", "line 2: 2029-01-01 is outside the range 2028-01-01..2028-12-31")]
 
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ImportCalendar(import_request(
+            "bad-nul", "date,kind,name\n2028-01-03,holiday,a\x00b\n",
+            first=D(2028, 1, 1), last=D(2028, 12, 31)))
+    assert descriptions(err.value) == [
+        ("content", "line 2: name must not contain NUL or other control characters")]
+
     bad_yaml = "from: 2028-01-01\nto: 2028-12-31\ndays:\n  - {date: 2028-01-03, kind: holiday}\n"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ImportCalendar(import_request("bad3", bad_yaml, fmt=YAML))

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from services.billing.service_layer.unit_of_work import Database
 from shared import idempotency
 from shared.errors import FailedPrecondition, NotFound
+from shared.validation import quote
 
 BILLS_LOCK = 0x62696C6C62696C
 
@@ -71,7 +72,7 @@ _COLUMNS = (
 
 
 def bill_not_found(bill_id: str) -> NotFound:
-    return NotFound("FEE_BILL_NOT_FOUND", f"fee bill {bill_id!r} does not exist", {"bill_id": bill_id})
+    return NotFound("FEE_BILL_NOT_FOUND", f"fee bill {quote(bill_id)} does not exist", {"bill_id": bill_id})
 
 
 class Bills:
@@ -156,7 +157,7 @@ class Bills:
                 if state != "ISSUED":
                     raise FailedPrecondition(
                         "FEE_BILL_NOT_ISSUED",
-                        f"fee bill {bill_id!r} is {state}, not ISSUED",
+                        f"fee bill {quote(bill_id)} is {state}, not ISSUED",
                         {"bill_id": bill_id, "state": state},
                     )
                 await sa.execute(

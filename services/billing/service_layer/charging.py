@@ -41,6 +41,7 @@ from services.billing.service_layer.rules import RuleBook
 from services.billing.service_layer.unit_of_work import Database
 from shared import clock
 from shared.errors import DomainError, FailedPrecondition, IdempotencyConflict
+from shared.validation import quote
 
 CounterKey = tuple[str, str, str]  # merchant, rule, period
 AccountKey = tuple[str, str]  # merchant, currency
@@ -55,7 +56,7 @@ class _Retry(Exception):
 def no_rule(t: FeeTxn) -> FailedPrecondition:
     return FailedPrecondition(
         "NO_MATCHING_FEE_RULE",
-        f"no fee rule matches transaction {t.transaction_id!r} at {t.time.isoformat()}",
+        f"no fee rule matches transaction {quote(t.transaction_id)} at {t.time.isoformat()}",
         {"transaction_id": t.transaction_id, "merchant_id": t.merchant_id, "currency": t.currency},
     )
 
@@ -63,7 +64,7 @@ def no_rule(t: FeeTxn) -> FailedPrecondition:
 def insufficient(merchant_id: str, currency: str, balance: int, required: int) -> FailedPrecondition:
     return FailedPrecondition(
         "INSUFFICIENT_FEE_BALANCE",
-        f"fee account of {merchant_id!r} holds {balance} {currency}, the fee is {required}",
+        f"fee account of {quote(merchant_id)} holds {balance} {currency}, the fee is {required}",
         {"balance": str(balance), "required": str(required), "currency": currency,
          "merchant_id": merchant_id},
     )
@@ -72,7 +73,7 @@ def insufficient(merchant_id: str, currency: str, balance: int, required: int) -
 def original_not_found(r: RefundRequest) -> FailedPrecondition:
     return FailedPrecondition(
         "ORIGINAL_NOT_FOUND",
-        f"no charge {r.original_transaction_id!r} of merchant {r.merchant_id!r} to refund",
+        f"no charge {quote(r.original_transaction_id)} of merchant {quote(r.merchant_id)} to refund",
         {"original_transaction_id": r.original_transaction_id},
     )
 
@@ -170,13 +171,15 @@ SELECT c.*
 FROM unnest($1::text[]) AS t(id)
 CROSS JOIN LATERAL (
   SELECT transaction_id, merchant_id, currency, amount, fee, refund_fee_policy, rounding,
-    refunded_amount, fee_returned, collection_mode, rule_id, rule_version, product
+    refunded_amount, fee_returned, collection_mode, rule_id, rule_version, product,
+    transaction_time
   FROM fee_charges WHERE transaction_id = t.id FOR UPDATE) c
 """
 
 _READ_ORIGINAL = """
 SELECT transaction_id, merchant_id, currency, amount, fee, refund_fee_policy, rounding,
-  refunded_amount, fee_returned, collection_mode, rule_id, rule_version, product
+  refunded_amount, fee_returned, collection_mode, rule_id, rule_version, product,
+  transaction_time
 FROM fee_charges WHERE transaction_id = $1
 """
 
@@ -519,6 +522,17 @@ def fee_return(o: dict[str, Any] | None, r: RefundRequest) -> FeeReturn | Domain
             "CURRENCY_MISMATCH",
             f"the original is in {o['currency']}, the refund in {r.currency}",
             {"original_currency": o["currency"], "currency": r.currency},
+        )
+    if r.time < o["transaction_time"]:
+        # Money cannot be returned before it was paid (clearing refuses the same).
+        return FailedPrecondition(
+            "REFUND_BEFORE_PAYMENT",
+            f"refund {quote(r.refund_transaction_id)} at {r.time.isoformat()} is dated before "
+            f"its payment {quote(r.original_transaction_id)} at "
+            f"{o['transaction_time'].isoformat()}",
+            {"original_transaction_id": r.original_transaction_id,
+             "original_transaction_time": o["transaction_time"].isoformat(),
+             "refund_time": r.time.isoformat()},
         )
     charge = OriginalCharge(
         o["amount"], o["fee"], RefundPolicy(o["refund_fee_policy"]), Rounding(o["rounding"]),

@@ -6,13 +6,28 @@ from __future__ import annotations
 
 import datetime as dt
 
+import grpc
 from clearhouse.clearing.v1 import clearing_pb2 as pb
 from clearhouse.type.v1 import money_pb2, transaction_pb2
 
 from services.clearing.service_layer.reconciliation import MAX_REPORTED, Reconciler
 from shared import validation as val
 from shared.convert import datetime_to_ts
-from shared.errors import Violations
+from shared.errors import DomainError, Violations
+
+
+class BillingUnavailable(DomainError):
+    """UNAVAILABLE BILLING_UNAVAILABLE: the reconciliation could not read billing (down,
+    slow, or answering an error); nothing was voided that is not reported, retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self, err: grpc.aio.AioRpcError) -> None:
+        super().__init__(
+            "BILLING_UNAVAILABLE",
+            f"the fee reconciliation could not reach billing: {err.code().name}",
+            {"billing_code": err.code().name},
+        )
 
 MAX_WINDOW = dt.timedelta(days=7)
 _MODES = {"NET": transaction_pb2.COLLECTION_MODE_NET,
@@ -35,7 +50,10 @@ async def reconcile_fees(
             v.add("end_time", "at most 7 days after start_time")
     v.raise_if_any()
     assert start is not None and end is not None
-    report = await reconciler.reconcile(start, end, request.void_orphans)
+    try:
+        report = await reconciler.reconcile(start, end, request.void_orphans)
+    except grpc.aio.AioRpcError as err:
+        raise BillingUnavailable(err) from err
     out = pb.ReconcileFeesResponse(
         orphan_charge_count=len(report.orphans), voided_count=report.voided,
         uncharged_detail_count=len(report.uncharged), violation_count=report.violations,

@@ -378,8 +378,10 @@ def watch_run(c: Clients, run_id: str, done: threading.Event | None = None,
     return run
 
 
-def start_run(c: Clients, day: dt.date, rid: str, watch: bool) -> pb.SettlementRun:
-    req = pb.RunSettlementRequest(request_id=rid, settle_date=proto_date(day.isoformat()))
+def start_run(c: Clients, day: dt.date, rid: str, watch: bool,
+              early_reason: str = "") -> pb.SettlementRun:
+    req = pb.RunSettlementRequest(request_id=rid, settle_date=proto_date(day.isoformat()),
+                                  future_date_reason=early_reason)
     if not watch:
         return c.settlement.RunSettlement(req, timeout=c.config.run_timeout_s).run
     result: dict[str, Any] = {}
@@ -407,14 +409,20 @@ def start_run(c: Clients, day: dt.date, rid: str, watch: bool) -> pb.SettlementR
 def run_start(ctx: typer.Context, settle_date: str,
               watch: Annotated[bool, typer.Option("--watch/--no-watch",
                                                   help="Show a progress bar.")] = True,
+              early: Annotated[str, typer.Option(
+                  "--early-reason", help="Run a date after today anyway, saying why "
+                                         "(recorded with the run).")] = "",
               request_id_: RequestIdOpt = "", json: JsonOpt = False) -> None:
     """Run settlement for a date (idempotent: a date runs once; a repeat completes it).
+
+    A date after today (the services' business date) is refused unless --early-reason
+    says why it must run early.
 
     Example: clearhouse runs start 2026-10-13 --request-id run-2026-10-13
     """
     day = parse_date(settle_date, "settle date")
     rid = request_id(request_id_, "run")
-    run = start_run(clients(ctx), day, rid, watch and not json)
+    run = start_run(clients(ctx), day, rid, watch and not json, early)
     if json:
         out.emit_json(run)
         return
@@ -489,15 +497,16 @@ def run_items(ctx: typer.Context, run: Annotated[str, typer.Argument(
 # ---- settlements and statements ------------------------------------------------------
 
 OUTCOME = "SETTLEMENT_OUTCOME_"
-SETTLEMENT_COLUMNS = ["settlement", "merchant", "date", "details", "payments", "refunds",
+# The settlement id carries the date (st-YYYYMMDD-merchant): no date column.
+SETTLEMENT_COLUMNS = ["settlement", "merchant", "#", "payments", "refunds",
                       "NET fees", "adjust", "bills", "carried in", "net", "paid out",
-                      "carried out", "outcome"]
-_MONEY_COLUMNS = SETTLEMENT_COLUMNS[4:13]
+                      "carried", "outcome"]
+_MONEY_COLUMNS = SETTLEMENT_COLUMNS[2:12]
 
 
 def settlement_row(s: pb.Settlement) -> list[str]:
     cur = s.currency_code
-    return [s.settlement_id, s.merchant_id, out.date(s.settle_date), str(s.detail_count),
+    return [s.settlement_id, s.merchant_id, str(s.detail_count),
             out.amount(s.payments, cur), out.amount(-s.refunds, cur),
             out.amount(s.net_fee_returns - s.net_fees, cur), out.amount(s.adjustments, cur),
             out.amount(-s.fee_bills, cur), out.amount(s.carried_in, cur), out.amount(s.net, cur),

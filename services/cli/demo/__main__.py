@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +63,9 @@ def main(
         "demo-output"),
     serve: Annotated[bool, typer.Option(help="Keep the stack serving afterwards "
                                              "(Ctrl-C stops it).")] = False,
+    data_dir: Annotated[Path, typer.Option(help="The demo's own PostgreSQL folder (its "
+                                                "schemas are emptied first).")] = ROOT
+    / ".clearhouse" / "demo-pgdata",
 ) -> None:
     """Run the Clearhouse demo: a month of traffic cleared, billed and settled.
 
@@ -83,14 +87,14 @@ def main(
     env.setdefault("CLEARHOUSE_NOW", demo_clock(month))
     # The demo's own database, emptied first: its figures depend on nothing left over.
     env.pop("DATABASE_URL", None)
-    stack = LocalStack(env, log_dir=ROOT / ".clearhouse" / "demo-logs",
-                       pg_dir=str(ROOT / ".clearhouse" / "demo-pgdata"), reset_schemas=True)
+    logs = data_dir.parent / "demo-logs"
+    stack = LocalStack(env, log_dir=logs, pg_dir=str(data_dir), reset_schemas=True)
     code = 0
     try:
         with console.status("starting PostgreSQL, migrating, starting the services…"):
-            stack.start(report=False)
+            stack.start(report=False, migrate_on_start=True)
         console.print(f"stack up in {time.monotonic() - started:.1f} s (services' clock: "
-                      f"{env['CLEARHOUSE_NOW']}; logs in .clearhouse/demo-logs)")
+                      f"{env['CLEARHOUSE_NOW']}; logs in {logs})")
         pki = stack.pki
         # Operations as the development admin; the traffic as the transaction core.
         config = CliConfig(billing_address=stack.address("billing"),
@@ -99,10 +103,10 @@ def main(
                            payout_simulator_address=stack.address("payout_simulator"),
                            ca_cert=str(pki.ca_file), client_cert=str(pki.cert_file("tool")),
                            client_key=str(pki.key_file("tool")),
-                           token_file=str(pki.token_file("ada")),
-                           recording_token_file=str(pki.token_file("transaction-core")))
-        with Clients(config) as clients:
-            result = Demo(clients, scenario, out, console=console).run()
+                           token_file=str(pki.token_file("ada")))
+        core = replace(config, token_file=str(pki.token_file("transaction-core")))
+        with Clients(config) as clients, Clients(core) as recorder:
+            result = Demo(clients, scenario, out, console=console, recorder=recorder).run()
         console.print(f"demo done in {time.monotonic() - started:.1f} s")
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.txt").write_text(console.export_text(), encoding="utf-8")

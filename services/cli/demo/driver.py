@@ -86,8 +86,12 @@ class Outcome:
 class Demo:
     def __init__(self, clients: Clients, scenario: Scenario, out_dir: Path,
                  console: Console | None = None, poll_s: float = 0.05,
-                 wait_s: float = 30.0) -> None:
+                 wait_s: float = 30.0, recorder: Clients | None = None) -> None:
+        """`clients` act as operations (an admin); `recorder`, when given, records the
+        traffic as the transaction core would (a caller of its own once the services
+        check identities), else `clients` do."""
         self.c, self.s, self.out_dir = clients, scenario, out_dir
+        self.recorder = recorder or clients
         self.con = console or Console(record=True, highlight=False)
         self.poll_s, self.wait_s = poll_s, wait_s
         self.result = Outcome()
@@ -171,7 +175,7 @@ class Demo:
     def _record(self, batch: list[Txn]) -> None:
         if not batch:
             return
-        resp = self.c.recorder.BatchRecordTransactions(cpb.BatchRecordTransactionsRequest(
+        resp = self.recorder.clearing.BatchRecordTransactions(cpb.BatchRecordTransactionsRequest(
             transactions=[_transaction(t) for t in batch]))
         for o in resp.outcomes:
             if o.HasField("error"):

@@ -28,6 +28,7 @@ import csv
 import datetime as dt
 import io
 import json
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -158,6 +159,8 @@ def _entry(
     name = name.strip()
     if not name:
         problems.append(Problem(line, "name is required"))
+    elif any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        problems.append(Problem(line, "name must not contain NUL or other control characters"))
     elif len(name) > MAX_NAME_CHARS:
         problems.append(Problem(line, f"name is longer than {MAX_NAME_CHARS} characters"))
     elif has_control_characters(name, allow="\t"):

@@ -45,6 +45,8 @@ class BillingServiceStub:
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - REFUND_BEFORE_PAYMENT (FAILED_PRECONDITION): a refund dated before its charged
+    transaction.
     - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
     VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
@@ -196,6 +198,8 @@ class BillingServiceServicer:
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - REFUND_BEFORE_PAYMENT (FAILED_PRECONDITION): a refund dated before its charged
+    transaction.
     - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
     VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
@@ -534,6 +538,8 @@ class BillingService:
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - REFUND_BEFORE_PAYMENT (FAILED_PRECONDITION): a refund dated before its charged
+    transaction.
     - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
     VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.

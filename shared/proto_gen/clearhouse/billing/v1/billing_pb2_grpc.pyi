@@ -46,6 +46,8 @@ class BillingServiceStub:
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - REFUND_BEFORE_PAYMENT (FAILED_PRECONDITION): a refund dated before its charged
+      transaction.
     - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
       VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
@@ -163,6 +165,8 @@ class BillingServiceAsyncStub(BillingServiceStub):
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - REFUND_BEFORE_PAYMENT (FAILED_PRECONDITION): a refund dated before its charged
+      transaction.
     - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
       VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
@@ -276,6 +280,8 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     - RULE_ENDED (FAILED_PRECONDITION): a new version or end of a rule whose window is closed.
     - CURRENCY_MISMATCH (FAILED_PRECONDITION): a refund or top-up in another currency.
     - BALANCE_LIMIT (FAILED_PRECONDITION): a top-up would take a fee account past 10^15.
+    - REFUND_BEFORE_PAYMENT (FAILED_PRECONDITION): a refund dated before its charged
+      transaction.
     - CHARGE_NOT_FOUND (NOT_FOUND), CHARGE_REFUNDED, CHARGE_BILLED (FAILED_PRECONDITION):
       VoidFeeCharge of no charge, of a refunded one, of one on a fee bill.
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.

@@ -315,6 +315,8 @@ class ClearingServiceServicer:
         each orphan older than CLEARING_RECONCILE_ORPHAN_AGE_S (billing's VoidFeeCharge:
         counters and prepaid debit given back; idempotent, so a second run does nothing
         more). A background worker runs the same every CLEARING_RECONCILE_INTERVAL_S.
+        UNAVAILABLE BILLING_UNAVAILABLE when billing cannot be read (voids already made
+        stand; run it again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -128,6 +128,8 @@ class ClearingServiceStub:
     each orphan older than CLEARING_RECONCILE_ORPHAN_AGE_S (billing's VoidFeeCharge:
     counters and prepaid debit given back; idempotent, so a second run does nothing
     more). A background worker runs the same every CLEARING_RECONCILE_INTERVAL_S.
+    UNAVAILABLE BILLING_UNAVAILABLE when billing cannot be read (voids already made
+    stand; run it again).
     """
 
 @_typing.type_check_only
@@ -230,6 +232,8 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     each orphan older than CLEARING_RECONCILE_ORPHAN_AGE_S (billing's VoidFeeCharge:
     counters and prepaid debit given back; idempotent, so a second run does nothing
     more). A background worker runs the same every CLEARING_RECONCILE_INTERVAL_S.
+    UNAVAILABLE BILLING_UNAVAILABLE when billing cannot be read (voids already made
+    stand; run it again).
     """
 
 class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -425,6 +429,8 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         each orphan older than CLEARING_RECONCILE_ORPHAN_AGE_S (billing's VoidFeeCharge:
         counters and prepaid debit given back; idempotent, so a second run does nothing
         more). A background worker runs the same every CLEARING_RECONCILE_INTERVAL_S.
+        UNAVAILABLE BILLING_UNAVAILABLE when billing cannot be read (voids already made
+        stand; run it again).
         """
 
 def add_ClearingServiceServicer_to_server(servicer: ClearingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
