@@ -30,8 +30,10 @@ PERMISSIONS = table(
         "RetryExceptions": operate("clearing.exceptions.retry"),
         "ReconcileFees": operate("clearing.fees.reconcile"),
         "ClaimDetails": systems("clearing.batches.claim", SETTLEMENT),
+        "BatchClaimDetails": systems("clearing.batches.claim", SETTLEMENT),
         # Admins confirm or release by hand after a crashed run (docs/clearing.md).
         "ConfirmBatch": administer("clearing.batches.confirm", SETTLEMENT),
+        "BatchConfirmBatches": administer("clearing.batches.confirm", SETTLEMENT),
         "ReleaseBatch": administer("clearing.batches.release", SETTLEMENT),
         "ListBatchDetails": read("clearing.batches.read", SETTLEMENT),
         "GetBatch": read("clearing.batches.read", SETTLEMENT),

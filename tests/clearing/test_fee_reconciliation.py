@@ -215,3 +215,23 @@ async def test_reconciling_while_billing_is_down_is_unavailable_not_internal(pg_
         assert reason(err.value) == "BILLING_UNAVAILABLE"
     finally:
         await drop(clearing)
+
+
+async def test_a_payout_charge_is_never_taken_for_an_orphan(billing: ServiceHandle, pg_url: str):
+    clearing = await launch("clearing", pg_url, billing_address=billing.address, **SETTINGS,
+                            reconcile_orphan_age_s=0.0)
+    try:
+        await billing.stub.CreateFeeRule(RULE)
+        await billing.stub.TopUpFeeAccount(bpb.TopUpFeeAccountRequest(
+            request_id="TU1", merchant_id=MERCHANT,
+            amount=money_pb2.Money(currency_code="CNY", minor_units=100)))
+        await billing.stub.ChargeFee(bpb.ChargeFeeRequest(transaction=bpb.FeeTransaction(
+            transaction_id="PO-1", merchant_id=MERCHANT,
+            transaction_type=transaction_pb2.TRANSACTION_TYPE_PAYOUT,
+            amount=money_pb2.Money(currency_code="CNY", minor_units=500),
+            transaction_time=datetime_to_ts(T0))))
+        report = await clearing.stub.ReconcileFees(_window())
+        assert (report.charges_checked, report.orphan_charge_count) == (0, 0)
+        assert await _balance(billing) == 93
+    finally:
+        await drop(clearing)

@@ -126,7 +126,10 @@ class Reconciler:
         return report
 
     async def _orphans(self, report: Report, void: bool) -> None:
-        charges = await self.billing.charges_between(report.start, report.end)
+        # Clearing charges payments only; a PAYOUT charge (another caller's) has no
+        # clearing detail by design and is never taken for an orphan.
+        charges = [c for c in await self.billing.charges_between(report.start, report.end)
+                   if c.is_payment]
         report.charges_checked = len(charges)
         async with self.db.connect() as conn:
             known = await repo.payment_fee_statuses(conn, (c.transaction_id for c in charges))

@@ -3,6 +3,7 @@ still lives in service_layer/runs.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,3 +89,51 @@ async def items(
 async def run_exists(conn: AsyncConnection, run_id: str) -> bool:
     found = await conn.execute(text("SELECT 1 FROM runs WHERE run_id = :r"), {"r": run_id})
     return found.first() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a run item's claim asks clearing for; fixed by its first claim."""
+
+    run_id: str
+    merchant_id: str
+    batch_id: str
+    currency: str
+    business_date_to: dt.date
+
+
+async def fix_claims(conn: AsyncConnection, wanted: Sequence[Claim]) -> dict[tuple[str, str], Claim]:
+    """Records the claims not recorded yet and returns every item's recorded claim: the
+    first one wins, so a retried claim repeats its first request exactly."""
+    if not wanted:
+        return {}
+    await conn.execute(
+        text(
+            "INSERT INTO run_claims (run_id, merchant_id, batch_id, currency, business_date_to) "
+            "SELECT * FROM unnest(CAST(:r AS text[]), CAST(:m AS text[]), CAST(:b AS text[]), "
+            "CAST(:c AS text[]), CAST(:d AS date[])) ON CONFLICT (run_id, merchant_id) DO NOTHING"
+        ),
+        {"r": [c.run_id for c in wanted], "m": [c.merchant_id for c in wanted],
+         "b": [c.batch_id for c in wanted], "c": [c.currency for c in wanted],
+         "d": [c.business_date_to for c in wanted]},
+    )
+    return await claims_of(conn, [(c.run_id, c.merchant_id) for c in wanted])
+
+
+async def claims_of(conn: AsyncConnection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Claim]:
+    """The recorded claims of these items (none for an item never claimed)."""
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        text(
+            "SELECT c.run_id, c.merchant_id, c.batch_id, c.currency, c.business_date_to "
+            "FROM run_claims c JOIN unnest(CAST(:r AS text[]), CAST(:m AS text[])) "
+            "AS k(run_id, merchant_id) ON k.run_id = c.run_id AND k.merchant_id = c.merchant_id"
+        ),
+        {"r": [k[0] for k in keys], "m": [k[1] for k in keys]},
+    )
+    return {
+        (r.run_id, r.merchant_id): Claim(
+            r.run_id, r.merchant_id, r.batch_id, r.currency, r.business_date_to)
+        for r in rows
+    }

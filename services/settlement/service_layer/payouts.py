@@ -110,7 +110,8 @@ class PayoutService:
                 ).all()
                 if not rows:
                     return 0
-                answers = await asyncio.gather(*(self._ask(r) for r in rows))
+                held = await _held(conn, sorted({r.merchant_id for r in rows}))
+                answers = await asyncio.gather(*(self._ask(r, r.merchant_id in held) for r in rows))
                 for row, (answer, sent) in zip(rows, answers, strict=True):
                     await self._apply(conn, row, answer, sent)
         return len(rows)
@@ -157,9 +158,13 @@ class PayoutService:
         except grpc.aio.AioRpcError as exc:
             return exc
 
-    async def _ask(self, row: Any) -> tuple[GatewayPayout | grpc.aio.AioRpcError | None, bool]:
+    async def _ask(
+        self, row: Any, held: bool = False
+    ) -> tuple[GatewayPayout | grpc.aio.AioRpcError | _Held | None, bool]:
         """The gateway's answer for a due payout (or the error of the attempt), and
-        whether it was submitted this time."""
+        whether it was submitted this time. For a merchant on hold (冻结) nothing is
+        submitted: a payout booked before the hold waits (a SUBMITTED one is still asked
+        about, since its money may already have moved)."""
         sent = False
         try:
             async with self.calls:
@@ -167,6 +172,8 @@ class PayoutService:
                     known = await self.gateway.get(row.payout_id)
                     if known is not None:
                         return known, False
+                if held:
+                    return HELD, False
                 # Never sent, or sent and never received: the same instruction id again.
                 bank = row.bank_account
                 if isinstance(bank, str):
@@ -187,10 +194,14 @@ class PayoutService:
         self,
         conn: AsyncConnection,
         row: Any,
-        answer: GatewayPayout | grpc.aio.AioRpcError | None,
+        answer: GatewayPayout | grpc.aio.AioRpcError | _Held | None,
         sent: bool = False,
     ) -> None:
         p = self.policy
+        if isinstance(answer, _Held):
+            await _touch(conn, row.payout_id, p.processing_poll_s,
+                         "merchant on hold: not sent until the hold is lifted")
+            return
         if answer is None:  # asked about a paid payout the gateway does not know: keep asking
             await _touch(conn, row.payout_id, p.return_poll_s, "gateway does not know it")
             return
@@ -353,6 +364,14 @@ class PayoutService:
             {"m": old.merchant_id},
         )
         profile = await load_profile(conn, old.merchant_id)
+        if profile.hold:
+            # 冻结: nothing leaves for a merchant on hold, a retry no more than a run.
+            raise FailedPrecondition(
+                "MERCHANT_ON_HOLD",
+                f"merchant {old.merchant_id!r} is on hold ({profile.hold_reason or 'no reason'}):"
+                " lift the hold first, then retry the payout",
+                {"merchant_id": old.merchant_id},
+            )
         row = (
             await conn.execute(
                 text(f"SELECT {_COLUMNS}, retried_by FROM payouts WHERE payout_id = :p FOR UPDATE"),
@@ -407,6 +426,21 @@ class PayoutService:
         )
         await ledger_repo.book(conn, [entry] if entry else [])
         return new_id
+
+
+class _Held:
+    """The dispatcher's answer for a payout of a merchant on hold: not sent."""
+
+
+HELD = _Held()
+
+
+async def _held(conn: AsyncConnection, merchants: list[str]) -> set[str]:
+    rows = await conn.execute(
+        text("SELECT merchant_id FROM profiles WHERE hold AND merchant_id = ANY(CAST(:m AS text[]))"),
+        {"m": merchants},
+    )
+    return {r.merchant_id for r in rows}
 
 
 async def _touch(conn: AsyncConnection, payout_id: str, delay_s: float, error: str) -> None:
