@@ -160,6 +160,8 @@ async def test_a_known_fee_without_a_billing_charge_is_reported_as_a_violation(
     assert [(u.detail_id, u.fee_status, u.violation) for u in report.uncharged_details] == [
         ("P2", pb.FEE_STATUS_KNOWN, True)]
     assert report.violation_count == 1 and report.orphan_charge_count == 0
+    registry = recon.running.app.metrics.registry  # type: ignore[union-attr]
+    assert registry.get_sample_value("clearhouse_clearing_fee_reconcile_violations") == 1
 
 
 async def test_the_worker_voids_old_orphans_on_its_own(billing: ServiceHandle, pg_url: str):
