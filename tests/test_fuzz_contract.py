@@ -30,7 +30,7 @@ from tests.support.fuzz_contract import (
 from tests.support.fuzz_requests import Rpc, all_rpcs, base_request, requests
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = int(os.environ.get("CLEARHOUSE_FUZZ_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("CLEARHOUSE_FUZZ_EXAMPLES", "3"))
 SUMMARY = ROOT / ".clearhouse" / "fuzz-summary.json"
 RPCS = all_rpcs()
 

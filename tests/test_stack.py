@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -31,7 +32,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url):
-    ports = _free_ports(4)
+    ports = _free_ports(5)  # the four services and the console
     env = dict(os.environ)
     env.update(
         DATABASE_URL=pg_url,
@@ -42,6 +43,7 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url):
         CLEARING_PORT=str(ports[1]),
         SETTLEMENT_PORT=str(ports[2]),
         PAYOUT_SIM_PORT=str(ports[3]),
+        CONSOLE_PORT=str(ports[4]),
         **NO_FIXED_METRICS_PORTS,
     )
     errors = tempfile.TemporaryFile("w+")  # shown when the stack does not come up
@@ -66,7 +68,10 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url):
                 break
         errors.seek(0)
         assert any("Clearhouse is up" in line for line in lines), "".join(lines) + errors.read()
-        for port in ports:
+        assert any(f"console           http://127.0.0.1:{ports[4]}" in line for line in lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[4]}/healthz", timeout=5) as r:
+            assert r.status == 200
+        for port in ports[:4]:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 resp = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=5

@@ -27,12 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.errors import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_MESSAGE_LENGTH,
+    MAX_METADATA_VALUE_LENGTH,
+    MAX_VIOLATIONS,
+)
 from tests.e2e.stack import FAST_CLEARING, FAST_SETTLEMENT
 from tests.settlement.conftest import Simulator, start_simulator
 from tests.support.fuzz_requests import (
@@ -77,12 +85,16 @@ class Answer:
     response: Message | None
 
 
-def _status_problems(code: int, details: Any, where: str) -> list[str]:
-    """What is wrong with a refusal's code and details (a google.rpc.Status)."""
+def status_problems(code: int, message: str, details: Any, where: str) -> list[str]:
+    """What is wrong with a refusal's code, message and details (a google.rpc.Status):
+    the code, the detail it must carry, and the sizes docs/validation.md promises."""
     if code in NEVER_NUMBERS:
         return [f"{where}{CODE_NAMES[code]}"]
     if code == 0:
         return []
+    problems = []
+    if len(message) > MAX_MESSAGE_LENGTH:
+        problems.append(f"{where}message of {len(message)} characters")
     bad = error_details_pb2.BadRequest()
     info = error_details_pb2.ErrorInfo()
     has_bad = has_info = False
@@ -90,12 +102,47 @@ def _status_problems(code: int, details: Any, where: str) -> list[str]:
         if detail.Is(bad.DESCRIPTOR):
             detail.Unpack(bad)
             has_bad = has_bad or len(bad.field_violations) > 0
+            if len(bad.field_violations) > MAX_VIOLATIONS:
+                problems.append(f"{where}{len(bad.field_violations)} field violations")
+            if any(len(v.description) > MAX_DESCRIPTION_LENGTH or len(v.field) > MAX_DESCRIPTION_LENGTH
+                   for v in bad.field_violations):
+                problems.append(f"{where}a field violation longer than {MAX_DESCRIPTION_LENGTH}")
         elif detail.Is(info.DESCRIPTOR):
             detail.Unpack(info)
             has_info = has_info or bool(info.reason)
+            if any(len(v) > MAX_METADATA_VALUE_LENGTH for v in info.metadata.values()):
+                problems.append(f"{where}ErrorInfo metadata longer than {MAX_METADATA_VALUE_LENGTH}")
     if code == grpc.StatusCode.INVALID_ARGUMENT.value[0]:
-        return [] if has_bad else [f"{where}INVALID_ARGUMENT without BadRequest violations"]
-    return [] if has_info else [f"{where}{CODE_NAMES.get(code, code)} without ErrorInfo reason"]
+        if not has_bad:
+            problems.append(f"{where}INVALID_ARGUMENT without BadRequest violations")
+    elif not has_info:
+        problems.append(f"{where}{CODE_NAMES.get(code, code)} without ErrorInfo reason")
+    return problems
+
+
+def unknown_fields(request: Descriptor, details: Any) -> list[str]:
+    """The BadRequest field paths of a refusal that name no field of the request
+    ("requests[0].transaction.amount" must walk the request's descriptor; "" is the
+    whole body)."""
+    out = []
+    bad = error_details_pb2.BadRequest()
+    for detail in details:
+        if not detail.Is(bad.DESCRIPTOR):
+            continue
+        detail.Unpack(bad)
+        for violation in bad.field_violations:
+            if violation.field and not _resolves(request, violation.field):
+                out.append(violation.field)
+    return out
+
+
+def _resolves(desc: Descriptor | None, path: str) -> bool:
+    for part in path.split("."):
+        name = part.split("[", 1)[0]
+        if desc is None or name not in desc.fields_by_name:
+            return False
+        desc = desc.fields_by_name[name].message_type
+    return True
 
 
 def _item_statuses(msg: Message) -> list[status_pb2.Status]:
@@ -147,13 +194,13 @@ def judge(answer: Answer) -> list[str]:
     if answer.error is None:
         assert answer.response is not None
         return [p for s in _item_statuses(answer.response)
-                for p in _status_problems(s.code, s.details, "batch item ")]
+                for p in status_problems(s.code, s.message, s.details, "batch item ")]
     try:
         status = rpc_status.from_call(answer.error)
     except ValueError as exc:  # status details inconsistent with the code or message
         return [f"{answer.code.name} with unreadable status details ({exc})"]
     details = status.details if status is not None else []
-    return _status_problems(answer.code.value[0], details, "")
+    return status_problems(answer.code.value[0], answer.error.details() or "", details, "")
 
 
 @dataclass
@@ -171,6 +218,7 @@ class FuzzStack:
         default_factory=lambda: collections.defaultdict(collections.Counter))
     findings: dict[Finding, int] = field(default_factory=dict)
     accepted_never_valid: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    unknown_violation_fields: dict[tuple[str, str], int] = field(default_factory=dict)
     probe_calls: int = 0
     last_write: bool = False  # whether the last call sent changed any row
     _probe_turn: int = 0
@@ -195,13 +243,18 @@ class FuzzStack:
 
     async def send(
         self, rpc: Rpc, body: bytes, where: str, kind: str, *, never_valid: bool = False,
-        undecodable: bool = False, count: bool = True, track_writes: bool = False,
+        undecodable: bool = False, track_writes: bool = False,
     ) -> Answer:
         before = await self.snapshot()
         answer = await self.call(rpc, body)
-        if count:
-            self.sent[rpc.label][answer.code.name] += 1
+        self.sent[rpc.label][answer.code.name] += 1
         problems = judge(answer)
+        if answer.code == grpc.StatusCode.INVALID_ARGUMENT and answer.error is not None:
+            with contextlib.suppress(ValueError):
+                status = rpc_status.from_call(answer.error)
+                for name in unknown_fields(rpc.method.input_type, status.details if status else []):
+                    key = (rpc.label, name)
+                    self.unknown_violation_fields[key] = self.unknown_violation_fields.get(key, 0) + 1
         if undecodable and answer.code != grpc.StatusCode.INVALID_ARGUMENT:
             problems.append(f"undecodable body answered {answer.code.name}")
         after = await self.snapshot() if refused(answer) or track_writes else before
@@ -334,6 +387,10 @@ class FuzzStack:
                  "body": base64.b64encode(f.body).decode() if len(f.body) <= 65536 else None}
                 for f, n in self.findings.items()
             ],
+            "violations_naming_no_request_field": [
+                {"rpc": r, "field": f, "count": n}
+                for (r, f), n in sorted(self.unknown_violation_fields.items())
+            ],
             "accepted_never_valid": [
                 {"rpc": r, "field": f, "kind": k, "count": n}
                 for (r, f, k), n in sorted(self.accepted_never_valid.items())
@@ -354,8 +411,10 @@ async def _wait_serving(handles: dict[str, ServiceHandle]) -> None:
             await asyncio.sleep(0.05)  # polling the real condition, bounded above
 
 
-async def _checksum_sql(handle: ServiceHandle, schemas: list[str]) -> str:
-    async with handle.engine.connect() as conn:
+async def checksum_sql(engine: AsyncEngine, schemas: list[str]) -> str:
+    """One query: each table of the schemas with its row count and an order-free sum of
+    its rows' hashes (any insert, update or delete changes one or the other)."""
+    async with engine.connect() as conn:
         tables = (await conn.execute(text(
             "SELECT table_schema, table_name FROM information_schema.tables "
             "WHERE table_type = 'BASE TABLE' AND table_schema = ANY(:s) ORDER BY 1, 2"),
@@ -382,7 +441,7 @@ async def start_fuzz_stack(pg_url: str) -> FuzzStack:
     )
     handles = {"billing": billing, "clearing": clearing, "settlement": settlement}
     stack = FuzzStack(handles, simulator)
-    stack.checksum_sql = await _checksum_sql(billing, [h.schema for h in handles.values()])
+    stack.checksum_sql = await checksum_sql(billing.engine, [h.schema for h in handles.values()])
     await _wait_serving(handles)
     await seed(stack)
     return stack

@@ -443,8 +443,10 @@ def _string_mutations(field: FieldDescriptor) -> list[st.SearchStrategy[Mutation
         fixed += [_value(k, v, False) for k, v in RATES]
     elif field.name == "page_token":
         fixed += [_value(k, v, True) for k, v in TOKENS]
+        # (a text key of a list may well be "9999-99-99" or 3,000 x's: not never valid)
         fixed += [Mutation(f"forged key {json.dumps(key)[:24]}", _assign(_token({"k": key, "f": ""})),
-                           True, forged_key=key, forged=True) for key in TOKEN_KEYS]
+                           key not in (["9999-99-99"], ["x" * 3000]), forged_key=key, forged=True)
+                  for key in TOKEN_KEYS]
     drawn = st.text(max_size=80).map(lambda s: _value("random text", s))
     return [st.sampled_from(fixed), drawn]
 

@@ -119,11 +119,13 @@ class BilledCharge:
     fee: int
     collection_mode: str
     charge_time: dt.datetime
+    is_payment: bool
 
 
 def _billed(c: Any) -> BilledCharge:
     return BilledCharge(c.transaction_id, c.merchant_id, c.fee.currency_code, c.fee.minor_units,
-                        _MODES.get(c.collection_mode, ""), ts_to_datetime(c.charge_time))
+                        _MODES.get(c.collection_mode, ""), ts_to_datetime(c.charge_time),
+                        c.transaction_type == transaction_pb2.TRANSACTION_TYPE_PAYMENT)
 
 
 class BillingClient:

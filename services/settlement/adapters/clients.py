@@ -11,6 +11,7 @@ from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2, clearing_pb2_grpc
 from clearhouse.payout.v1 import payout_pb2, payout_pb2_grpc
 from clearhouse.type.v1 import money_pb2, transaction_pb2
+from google.rpc import status_pb2
 
 from services.settlement.domain.netting import BatchTotals, FeeBill
 from services.settlement.domain.profiles import BankAccount
@@ -77,6 +78,16 @@ def _batch(b: clearing_pb2.Batch) -> ClearingBatch:
     )
 
 
+# Clearing's limit of items per batch call (shared.validation.MAX_BATCH_ITEMS).
+MAX_ITEMS_PER_CALL = 1000
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+def _error(status: status_pb2.Status) -> str:
+    """An item's error as the run records it: "CODE: message", as for a failed call."""
+    return f"{_CODE_NAMES.get(status.code, str(status.code))}: {status.message}"[:500]
+
+
 _DETAIL_TYPES = {
     clearing_pb2.DETAIL_TYPE_PAYMENT: "PAYMENT",
     clearing_pb2.DETAIL_TYPE_REFUND: "REFUND",
@@ -134,6 +145,42 @@ class ClearingClient:
             timeout=self.deadline_s,
         )
         return _batch(resp.batch)
+
+    async def claim_many(
+        self, claims: list[tuple[str, str, str, dt.date]]
+    ) -> list[ClearingBatch | str]:
+        """`claim` for many (batch id, merchant, currency, business date to) through
+        BatchClaimDetails, 1,000 per call: per claim its batch, or the error clearing gave
+        it as "CODE: message" (an error of a whole call raises)."""
+        out: list[ClearingBatch | str] = []
+        for start in range(0, len(claims), MAX_ITEMS_PER_CALL):
+            resp = await self.stub.BatchClaimDetails(
+                clearing_pb2.BatchClaimDetailsRequest(claims=[
+                    clearing_pb2.ClaimDetailsRequest(
+                        batch_id=b, merchant_id=m, currency_code=c,
+                        business_date_to=date_to_proto(d),
+                    )
+                    for b, m, c, d in claims[start:start + MAX_ITEMS_PER_CALL]
+                ]),
+                timeout=self.deadline_s,
+            )
+            out += [_batch(o.batch) if o.WhichOneof("outcome") == "batch" else _error(o.error)
+                    for o in resp.outcomes]
+        return out
+
+    async def confirm_many(self, batch_ids: list[str]) -> list[str]:
+        """`confirm` for many distinct batch ids through BatchConfirmBatches, 1,000 per
+        call: per batch '' when confirmed, else its error as "CODE: message"."""
+        out: list[str] = []
+        for start in range(0, len(batch_ids), MAX_ITEMS_PER_CALL):
+            resp = await self.stub.BatchConfirmBatches(
+                clearing_pb2.BatchConfirmBatchesRequest(
+                    batch_ids=batch_ids[start:start + MAX_ITEMS_PER_CALL]),
+                timeout=self.deadline_s,
+            )
+            out += ["" if o.WhichOneof("outcome") == "batch" else _error(o.error)
+                    for o in resp.outcomes]
+        return out
 
     async def get_batch(self, batch_id: str) -> ClearingBatch | None:
         """The batch without claiming anything, or None when clearing has no such id."""

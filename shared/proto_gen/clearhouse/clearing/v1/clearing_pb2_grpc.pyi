@@ -99,10 +99,21 @@ class ClearingServiceStub:
     """Claims every unsettled, priced detail of a merchant and currency up to a
     business date into a batch, and returns the totals. Idempotent by batch id.
     """
+    BatchClaimDetails: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.BatchClaimDetailsRequest, _clearing_pb2.BatchClaimDetailsResponse]
+    """Claims for many merchants in one call: each claim is exactly a ClaimDetails
+    (idempotent by its batch id, a repeat answers the batch of that id in whatever state
+    it is, the same id with other content is refused), answered in request order with
+    its own batch or error; set-based in the database, so a settlement run pays one call
+    and one statement per chunk of merchants instead of one per merchant.
+    """
     ListBatchDetails: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ListBatchDetailsRequest, _clearing_pb2.ListBatchDetailsResponse]
     """Lists the details of a batch, paginated, for statements."""
     ConfirmBatch: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ConfirmBatchRequest, _clearing_pb2.ConfirmBatchResponse]
     """Marks a batch's details settled. Idempotent."""
+    BatchConfirmBatches: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.BatchConfirmBatchesRequest, _clearing_pb2.BatchConfirmBatchesResponse]
+    """Confirms many batches in one call: each exactly a ConfirmBatch (idempotent; a batch
+    not OPEN nor CONFIRMED, or unknown, gets its own error), answered in request order.
+    """
     ReleaseBatch: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ReleaseBatchRequest, _clearing_pb2.ReleaseBatchResponse]
     """Returns a batch's details to unsettled, for a claimer that will NOT settle the
     batch (settlement releasing an empty claim; a claim its claimer abandoned). Idempotent.
@@ -208,10 +219,21 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     """Claims every unsettled, priced detail of a merchant and currency up to a
     business date into a batch, and returns the totals. Idempotent by batch id.
     """
+    BatchClaimDetails: _aio.UnaryUnaryMultiCallable[_clearing_pb2.BatchClaimDetailsRequest, _clearing_pb2.BatchClaimDetailsResponse]  # type: ignore[assignment]
+    """Claims for many merchants in one call: each claim is exactly a ClaimDetails
+    (idempotent by its batch id, a repeat answers the batch of that id in whatever state
+    it is, the same id with other content is refused), answered in request order with
+    its own batch or error; set-based in the database, so a settlement run pays one call
+    and one statement per chunk of merchants instead of one per merchant.
+    """
     ListBatchDetails: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ListBatchDetailsRequest, _clearing_pb2.ListBatchDetailsResponse]  # type: ignore[assignment]
     """Lists the details of a batch, paginated, for statements."""
     ConfirmBatch: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ConfirmBatchRequest, _clearing_pb2.ConfirmBatchResponse]  # type: ignore[assignment]
     """Marks a batch's details settled. Idempotent."""
+    BatchConfirmBatches: _aio.UnaryUnaryMultiCallable[_clearing_pb2.BatchConfirmBatchesRequest, _clearing_pb2.BatchConfirmBatchesResponse]  # type: ignore[assignment]
+    """Confirms many batches in one call: each exactly a ConfirmBatch (idempotent; a batch
+    not OPEN nor CONFIRMED, or unknown, gets its own error), answered in request order.
+    """
     ReleaseBatch: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ReleaseBatchRequest, _clearing_pb2.ReleaseBatchResponse]  # type: ignore[assignment]
     """Returns a batch's details to unsettled, for a claimer that will NOT settle the
     batch (settlement releasing an empty claim; a claim its claimer abandoned). Idempotent.
@@ -376,6 +398,19 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def BatchClaimDetails(
+        self,
+        request: _clearing_pb2.BatchClaimDetailsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clearing_pb2.BatchClaimDetailsResponse, _abc.Awaitable[_clearing_pb2.BatchClaimDetailsResponse]]:
+        """Claims for many merchants in one call: each claim is exactly a ClaimDetails
+        (idempotent by its batch id, a repeat answers the batch of that id in whatever state
+        it is, the same id with other content is refused), answered in request order with
+        its own batch or error; set-based in the database, so a settlement run pays one call
+        and one statement per chunk of merchants instead of one per merchant.
+        """
+
+    @_abc_1.abstractmethod
     def ListBatchDetails(
         self,
         request: _clearing_pb2.ListBatchDetailsRequest,
@@ -390,6 +425,16 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_clearing_pb2.ConfirmBatchResponse, _abc.Awaitable[_clearing_pb2.ConfirmBatchResponse]]:
         """Marks a batch's details settled. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def BatchConfirmBatches(
+        self,
+        request: _clearing_pb2.BatchConfirmBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clearing_pb2.BatchConfirmBatchesResponse, _abc.Awaitable[_clearing_pb2.BatchConfirmBatchesResponse]]:
+        """Confirms many batches in one call: each exactly a ConfirmBatch (idempotent; a batch
+        not OPEN nor CONFIRMED, or unknown, gets its own error), answered in request order.
+        """
 
     @_abc_1.abstractmethod
     def ReleaseBatch(
