@@ -16,6 +16,7 @@ from shared import tracing
 from shared.client_security import ClientSecurity, RequestIdClientInterceptor
 from shared.errors import DomainError, FieldViolation, InvalidArgument, to_status
 from shared.metrics import ServiceMetrics
+from shared.pg_pool import DatabaseUnavailable, database_failure
 from shared.request_context import (
     REQUEST_ID_KEY,
     current_caller,
@@ -75,6 +76,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         domain = self.error_domain
         guard = None if is_open(method) else self.guard
         rule = guard.rule(method) if guard is not None else None
+        service = domain.split(".", 1)[0]
         metrics = self.metrics
         undecodable = InvalidArgument(
             [
@@ -125,7 +127,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 # Already a status (an abort, or a downstream failure re-raised as is).
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
-            except Exception:
+            except Exception as exc:
+                failure = database_failure(exc)
+                if failure is not None:
+                    # The database, not the request: nothing was committed (the
+                    # transaction rolled back with its connection), so the caller retries.
+                    code = grpc.StatusCode.UNAVAILABLE
+                    log.warning(
+                        "database unavailable",
+                        extra={"method": method, "request_id": request_id,
+                               "error": f"{type(failure).__name__}: {failure}"[:300]},
+                    )
+                    await context.abort_with_status(_with_request_id(
+                        to_status(DatabaseUnavailable(service, failure), domain), request_id))
                 code = grpc.StatusCode.INTERNAL
                 # The trace stays in the log; the caller gets a generic message only.
                 log.exception(

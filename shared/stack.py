@@ -108,11 +108,15 @@ def _wanted_ports(env: dict[str, str]) -> list[tuple[str, str, str, int]]:
     return wanted
 
 
-def taken_ports(env: dict[str, str]) -> list[str]:
+def taken_ports(env: dict[str, str], with_console: bool = False) -> list[str]:
     """One line per port something already listens on, saying what holds it."""
+    wanted = _wanted_ports(env)
+    if with_console:
+        wanted.append(("console", "CONSOLE_PORT", env.get("CONSOLE_HOST", "127.0.0.1"),
+                       int(env.get("CONSOLE_PORT", CONSOLE_PORT))))
     return [
         f"port {port} ({name}, {variable}) on {host} is taken, {ports.describe(port)}"
-        for name, variable, host, port in _wanted_ports(env)
+        for name, variable, host, port in wanted
         if ports.is_taken(host, port)
     ]
 
@@ -143,6 +147,45 @@ def _wait_serving(
     return f"did not become SERVING within {deadline_s:.0f} s"
 
 
+CONSOLE_PORT = 8080
+
+
+def console_env(env: dict[str, str], addresses: dict[str, str]) -> dict[str, str]:
+    """The console's settings in the stack: the services' addresses, and security's
+    development files (identities, CA, the tools' certificate) when `make up` made them."""
+    out = dict(env)
+    for name in ("billing", "clearing", "settlement"):
+        out.setdefault(f"CONSOLE_{name.upper()}_ADDRESS", addresses[name])
+    folder = Path(env.get("CLEARHOUSE_SECURITY_DIR") or ROOT / ".clearhouse" / "security")
+    files = {"CONSOLE_IDENTITIES_FILE": folder / "identities.toml",
+             "CONSOLE_TLS_CA_FILE": folder / "ca.pem",
+             "CONSOLE_TLS_CERT_FILE": folder / "tool.pem",
+             "CONSOLE_TLS_KEY_FILE": folder / "tool.key"}
+    for key, path in files.items():
+        if path.exists():
+            out.setdefault(key, str(path))
+    return out
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], deadline_s: float = 30.0) -> str:
+    """'' once the console answers its health endpoint, else why not."""
+    import urllib.error
+    import urllib.request
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return f"exited with {proc.returncode} before serving"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                if resp.status == 200:
+                    return ""
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    return f"did not answer {url} within {deadline_s:.0f} s"
+
+
 class StackError(Exception):
     """The stack could not be brought up; the message says which part and why."""
 
@@ -152,11 +195,14 @@ class LocalStack:
     DATABASE_URL is set. `make up` serves it until Ctrl-C; the demo drives it."""
 
     def __init__(self, env: dict[str, str] | None = None, *, log_dir: Path | None = None,
-                 pg_dir: str | None = None, reset_schemas: bool = False) -> None:
+                 pg_dir: str | None = None, reset_schemas: bool = False,
+                 with_console: bool = False) -> None:
         self.env = _environment(env)
         # Security on: the development PKI (made on first use) for every service.
         self.pki = devpki.ensure(_security_dir(self.env))
         _secure(self.env, self.pki)
+        # The web console (services/console) as a fifth process: `make up` and the demo.
+        self.with_console = with_console
         self.log_dir = log_dir
         self.pg_dir = pg_dir
         self.reset_schemas = reset_schemas
@@ -167,6 +213,26 @@ class LocalStack:
     def address(self, name: str) -> str:
         prefix, default = next((p, d) for n, p, d, _ in SERVICES if n == name)
         return f"127.0.0.1:{_port(self.env, prefix, default)}"
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{int(self.env.get('CONSOLE_PORT', CONSOLE_PORT))}"
+
+    def start_console(self, report: bool = True) -> None:
+        env = console_env(self.env, {n: self.address(n)
+                                     for n in ("billing", "clearing", "settlement")})
+        proc = subprocess.Popen([sys.executable, "-m", "services.console"], env=env,
+                                cwd=ROOT, **self._output("console", "serve"))  # type: ignore[call-overload]
+        self.procs.append(("console", proc))
+        why = _wait_http(f"{self.console_url}/healthz", proc)
+        if why:
+            raise StackError(f"console at {self.console_url}: {why}")
+        if report:
+            print(f"{'console':<17} http://{self.console_url.removeprefix('http://')}",
+                  flush=True)
+            if not env.get("CONSOLE_IDENTITIES_FILE"):
+                print("  (no identities file: nobody can sign in; set CONSOLE_IDENTITIES_FILE)",
+                      flush=True)
 
     def _output(self, name: str, step: str) -> dict[str, object]:
         if self.log_dir is None:
@@ -222,7 +288,7 @@ class LocalStack:
     def check_ports(self) -> None:
         """Refuses to start when a port is taken: the health check would otherwise ask
         whatever holds it (another stack) and call it ours."""
-        problems = taken_ports(self.env)
+        problems = taken_ports(self.env, self.with_console)
         if problems:
             raise StackError(
                 "\n".join(problems) + "\nnot started: stop what listens there (is another "
@@ -247,6 +313,8 @@ class LocalStack:
             self.migrate()
         self.spawn()
         self.wait_serving(report)
+        if self.with_console:
+            self.start_console(report)
 
     def exited(self) -> str | None:
         for name, proc in self.procs:
@@ -293,7 +361,7 @@ def serve_until_stopped(stack: LocalStack, banner: str) -> int:
 
 
 def main() -> int:
-    stack = LocalStack()
+    stack = LocalStack(with_console=True)
     stopping = False
 
     def _stop(*_: object) -> None:

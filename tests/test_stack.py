@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -49,7 +50,7 @@ SERVICES = [  # in the order of the ports
 
 
 def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url, tmp_path):
-    ports = _free_ports(4)
+    ports = _free_ports(5)  # the four services and the console
     env = dict(os.environ)
     env.update(
         DATABASE_URL=pg_url,
@@ -61,6 +62,7 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url, tmp
         CLEARING_PORT=str(ports[1]),
         SETTLEMENT_PORT=str(ports[2]),
         PAYOUT_SIM_PORT=str(ports[3]),
+        CONSOLE_PORT=str(ports[4]),
         **NO_FIXED_METRICS_PORTS,
     )
     errors = tempfile.TemporaryFile("w+")  # shown when the stack does not come up
@@ -86,10 +88,13 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url, tmp
         errors.seek(0)
         assert any("Clearhouse is up" in line for line in lines), "".join(lines) + errors.read()
         assert any("grpcurl -cacert" in line and "tokens/vic.token" in line for line in lines)
+        assert any(f"console           http://127.0.0.1:{ports[4]}" in line for line in lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[4]}/healthz", timeout=5) as r:
+            assert r.status == 200
         pki = devpki.DevPKI(tmp_path / "security")
         tool = ClientSecurity.from_files(
             str(pki.ca_file), str(pki.cert_file("tool")), str(pki.key_file("tool")))
-        for port, services in zip(ports, SERVICES, strict=True):
+        for port, services in zip(ports[:4], SERVICES, strict=True):
             with tool.sync_channel(f"127.0.0.1:{port}") as channel:
                 resp = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=5

@@ -59,9 +59,12 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         lambda txs: recorder.record(txs, quick=True), lambda t: t.transaction_id,
         settings.unary_batch_window_s, settings.unary_batch_max, settings.unary_batch_in_flight,
     )
+    metrics = ServiceMetrics("clearing")
+    metrics.sources += [pool_figures(engine, [db]), figure_source(engine)]
     reconciler = Reconciler(
         db, billing, orphan_age_s=settings.reconcile_orphan_age_s,
         lookback_s=settings.reconcile_lookback_s, interval_s=settings.reconcile_interval_s,
+        metrics=metrics,
     )
     servicer = ClearingServicer(recorder, Queries(db), Batches(db), fees, records, reconciler)
 
@@ -70,9 +73,6 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
 
     async def pending_fee_worker() -> None:
         await fees.run_forever()
-
-    metrics = ServiceMetrics("clearing")
-    metrics.sources += [pool_figures(engine, [db]), figure_source(engine)]
 
     return App(
         name="clearing",

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
+from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 from fastapi import FastAPI
 
@@ -34,6 +35,8 @@ RULES = [
     {"rule_id": "FIX-MB", "currency": "CNY", "method": "FIXED", "fixed_fee": 150,
      "effective_from": "2026-01-01T00:00:00+08:00", "selectors": {"merchant_id": "MB"},
      "description": "MB pays 1.50 a payment"},
+    {"rule_id": "FIX-MC", "currency": "CNY", "method": "FIXED", "fixed_fee": 100,
+     "effective_from": "2026-01-01T00:00:00+08:00", "selectors": {"merchant_id": "MC"}},
 ]
 
 
@@ -63,6 +66,10 @@ async def _seed(s: Stack) -> Seeded:
     await st.put_profile(s, {"merchant_id": "MA", "cycle": "D+0", "destination": "BANK_ACCOUNT"})
     await st.put_profile(s, {"merchant_id": "MB", "cycle": "D+0",
                              "destination": "PAYMENT_ACCOUNT"})
+    # MC's bank payout fails once at the gateway: a FAILED payout for operators to retry.
+    await st.put_profile(s, {"merchant_id": "MC", "cycle": "D+0", "destination": "BANK_ACCOUNT"})
+    await s.simulator.control.SetBehaviour(sim.SetBehaviourRequest(
+        behaviour=sim.BEHAVIOUR_FAIL, times=1, merchant_id="MC"))
     coverage = await s.settlement.stub.GetCalendarCoverage(spb.GetCalendarCoverageRequest())
     today = proto_to_date(coverage.today)
     # A recent business day whose D+0 settlement date is not in the future.
@@ -80,6 +87,7 @@ async def _seed(s: Stack) -> Seeded:
         {"id": "A3", "merchant_id": "MA", "amount": 3000, "transaction_type": "REFUND",
          "original_id": "A1", "time": f"{day.isoformat()}T11:00:00+08:00"},
         {"id": "B1", "merchant_id": "MB", "amount": 20000, "transaction_type": "PAYMENT", "time": at},
+        {"id": "C1", "merchant_id": "MC", "amount": 30000, "transaction_type": "PAYMENT", "time": at},
         # No rule prices MX: billing refuses, clearing keeps it as an exception.
         {"id": "X1", "merchant_id": "MX", "amount": 777, "transaction_type": "PAYMENT", "time": at},
     ]:
