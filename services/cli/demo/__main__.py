@@ -87,7 +87,9 @@ def main(
     # The demo's own database, emptied first: its figures depend on nothing left over.
     env.pop("DATABASE_URL", None)
     logs = data_dir.parent / "demo-logs"
-    stack = LocalStack(env, log_dir=logs, pg_dir=str(data_dir), reset_schemas=True)
+    # With --serve the web console comes up too (make up's fifth process), to look around.
+    stack = LocalStack(env, log_dir=logs, pg_dir=str(data_dir), reset_schemas=True,
+                       with_console=serve)
     code = 0
     try:
         with console.status("starting PostgreSQL, migrating, starting the services…"):
@@ -114,6 +116,7 @@ def main(
             console.print("serving: " + ", ".join(
                 f"{name} {stack.address(name)}" for name in
                 ("billing", "clearing", "settlement", "payout_simulator"))
+                + f", console {stack.console_url}"
                 + "; try `.venv/bin/clearhouse settlements list --limit 20`")
             code = serve_until_stopped(stack, "Ctrl-C stops everything.") or code
     except StackError as exc:
