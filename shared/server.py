@@ -182,6 +182,47 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
     return Running(app, server, bound, health_servicer, tasks, metrics_server)
 
 
+async def serve_health_until(
+    ready: Callable[[], Awaitable[bool]],
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    poll_s: float = 1.0,
+    max_poll_s: float = 10.0,
+) -> bool:
+    """Serves health alone on the service's port (readiness "" NOT_SERVING, liveness
+    SERVING) until `ready()` answers True (then True, the port free again for the real
+    server) or `stop` is set (False). A service started while its database is down waits
+    here, visible to probes, instead of exiting and needing an orchestrator to bring it
+    back; `ready` is asked with a growing pause up to `max_poll_s`."""
+    if await ready():
+        return True
+    waiting = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, waiting)
+    if waiting.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    await waiting.start()
+    log.warning("database unavailable at start; waiting for it (health NOT_SERVING)",
+                extra={"address": f"{host}:{port}"})
+    pause = poll_s
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            if stop.is_set():
+                return False
+            if await ready():
+                log.info("database reachable; starting")
+                return True
+            pause = min(max_poll_s, pause * 2)
+        return False
+    finally:
+        await waiting.stop(None)
+
+
 async def serve_forever(app: App, host: str, port: int, grace: float) -> None:
     running = await start(app, host, port)
     stop = asyncio.Event()
