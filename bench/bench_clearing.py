@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 from google.type import date_pb2
 
+from bench.support import security as bench_security
 from bench.support.cpu import cpu_seconds, postgres_cpu_seconds
 from bench.support.database import database_url, drop_schemas, plain_dsn
 from bench.support.echo import ECHO_METHOD, start_echo
@@ -113,7 +114,7 @@ def txn(tx_id: str, merchant: str, amount: int) -> pb.Transaction:
 
 
 async def create_rule(billing_address: str) -> None:
-    async with grpc.aio.insecure_channel(billing_address) as ch:
+    async with bench_security.channel(billing_address) as ch:
         stub = billing_pb2_grpc.BillingServiceStub(ch)
         await stub.CreateFeeRule(billing_pb2.CreateFeeRuleRequest(
             rule_id="BENCH-ALL", spec=billing_pb2.FeeRuleSpec(
@@ -132,7 +133,7 @@ async def bench_unary(clearing: str, echo: str, seconds: float, run: str,
     # the load generator costs the same per call and the ratio compares the servers.
     sample = pb.RecordTransactionRequest(transaction=txn(f"{run}-x", "M0", 100))
     payload = sample.SerializeToString()
-    async with grpc.aio.insecure_channel(echo) as ch:
+    async with bench_security.channel(echo) as ch:
         call = ch.unary_unary(ECHO_METHOD)
         await call(payload, wait_for_ready=True, timeout=30)
         await closed_loop(call, lambda i: payload, 32, 1.0)  # warm-up
@@ -146,7 +147,7 @@ async def bench_unary(clearing: str, echo: str, seconds: float, run: str,
         ).SerializeToString()
         for i in range(budget + 1)
     ]
-    async with grpc.aio.insecure_channel(clearing) as ch:
+    async with bench_security.channel(clearing) as ch:
         call = ch.unary_unary(RECORD_METHOD)
         warm = [pb.RecordTransactionRequest(transaction=txn(f"{run}-w{i}", "M0", 100))
                 .SerializeToString() for i in range(5000)]
@@ -168,7 +169,7 @@ async def bench_batched(clearing: str, batches: int, run: str, workers: int,
         ]).SerializeToString()
         for b in range(-1, batches)
     ]
-    async with grpc.aio.insecure_channel(clearing) as ch:
+    async with bench_security.channel(clearing) as ch:
         call = ch.unary_unary(BATCH_METHOD)
         pending = 0
 
@@ -214,7 +215,7 @@ async def bench_billing_alone(billing: str, seconds: float, batches: int,
     batch = [billing_pb2.BatchChargeFeesRequest(requests=[
         billing_pb2.ChargeFeeRequest(transaction=fee_tx(f"{run}-bb{b}-{i}"))
         for i in range(1000)]).SerializeToString() for b in range(batches)]
-    async with grpc.aio.insecure_channel(billing) as ch:
+    async with bench_security.channel(billing) as ch:
         charge = ch.unary_unary("/clearhouse.billing.v1.BillingService/ChargeFee")
         many = ch.unary_unary("/clearhouse.billing.v1.BillingService/BatchChargeFees")
         fig = await closed_loop(charge, lambda i: unary[min(i, budget)], 32, seconds)
@@ -258,7 +259,7 @@ async def seed_claims(url: str, schema: str, merchants: int, per_merchant: int) 
 async def bench_claim(clearing: str, merchants: int, workers: int,
                       pids: dict[str, int]) -> dict[str, Any]:
     to = date_pb2.Date(year=2026, month=3, day=31)
-    async with grpc.aio.insecure_channel(clearing) as ch:
+    async with bench_security.channel(clearing) as ch:
         stub = clearing_pb2_grpc.ClearingServiceStub(ch)
         queue = list(range(merchants))
         claimed = 0

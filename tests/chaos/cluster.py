@@ -20,12 +20,19 @@ from urllib.parse import parse_qs, urlparse
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
 
-from shared import embedded_pg
+from shared import devpki, embedded_pg
+from shared.client_security import ClientSecurity
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAOS_DIR = ROOT / ".clearhouse"
 PG_DIR = CHAOS_DIR / "chaos-pgdata"
+# The development PKI `make up` creates and uses (docs/security.md): the chaos run's
+# services serve mutual TLS with it and check its tokens.
+SECURITY_DIR = CHAOS_DIR / "security"
+PREFIXES = {"billing": "BILLING_", "clearing": "CLEARING_", "settlement": "SETTLEMENT_",
+            "payout_simulator": "PAYOUT_SIM_"}
 
 # Fast background loops so that a seed quiesces in seconds (as the demo runs them).
 FAST = {
@@ -119,6 +126,7 @@ class Instance:
     env: dict[str, str]
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    security: ClientSecurity = field(default_factory=ClientSecurity.insecure)
     frozen: bool = False
     starts: int = 0
 
@@ -177,7 +185,7 @@ class Instance:
 
     def serving(self) -> bool:
         try:
-            with grpc.insecure_channel(self.address) as channel:
+            with self.security.sync_channel(self.address) as channel:
                 r = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1.0)
                 return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
@@ -194,11 +202,20 @@ class Cluster:
     pg: Postgres
     tag: str
     log_dir: Path
+    pki: devpki.DevPKI
     instances: dict[str, Instance] = field(default_factory=dict)
+
+    def caller(self, name: str = devpki.TOOL, token_of: str = "") -> ClientSecurity:
+        """How a caller reaches the services: the tool certificate with a person's token
+        (`token_of`), or a system's own certificate (transaction-core)."""
+        token = SecretStr(self.pki.token(token_of)) if token_of else None
+        return ClientSecurity.from_files(str(self.pki.ca_file), str(self.pki.cert_file(name)),
+                                         str(self.pki.key_file(name)), token)
 
     @classmethod
     def build(cls, pg: Postgres, tag: str, log_dir: Path) -> Cluster:
-        c = cls(pg, tag, log_dir)
+        c = cls(pg, tag, log_dir, devpki.ensure(SECURITY_DIR))
+        health = c.caller()
         ports = {f"{s}-{x}": free_port() for s in ("billing", "clearing", "settlement")
                  for x in "ab"}
         ports["simulator"] = free_port()
@@ -213,6 +230,7 @@ class Cluster:
             for service, prefix in (("billing", "BILLING"), ("clearing", "CLEARING"),
                                     ("settlement", "SETTLEMENT")):
                 env = dict(base)
+                env.update(c.pki.server_env(f"{prefix}_", service))
                 env[f"{prefix}_PORT"] = str(ports[f"{service}-{x}"])
                 env[f"{prefix}_MIGRATE_ON_START"] = "true"
                 if service == "clearing":
@@ -223,12 +241,13 @@ class Cluster:
                     env["SETTLEMENT_PAYOUT_GATEWAY_ADDRESS"] = f"127.0.0.1:{ports['simulator']}"
                 name = f"{service}-{x}"
                 c.instances[name] = Instance(name, service, ports[name], env,
-                                             log_dir / f"{tag}-{name}.log")
+                                             log_dir / f"{tag}-{name}.log", security=health)
         sim_env = dict(base)
+        sim_env.update(c.pki.server_env("PAYOUT_SIM_", "payout_simulator"))
         sim_env["PAYOUT_SIM_PORT"] = str(ports["simulator"])
         c.instances["simulator"] = Instance("simulator", "payout_simulator",
                                             ports["simulator"], sim_env,
-                                            log_dir / f"{tag}-simulator.log")
+                                            log_dir / f"{tag}-simulator.log", security=health)
         return c
 
     def reset_schemas(self) -> None:

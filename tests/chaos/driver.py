@@ -82,22 +82,32 @@ class Rpc:
         self.rng, self.report = rng, report
         self._lock = threading.Lock()
         self.channels: list[grpc.Channel] = []
+        # The transaction core records with its certificate; everything else is an
+        # admin ("ada") with the tool certificate and her token.
         self.stubs: dict[str, list[Any]] = {}
+        self.core: list[Any] = []
+        admin, core = cluster.caller(token_of="ada"), cluster.caller("transaction-core")
         for service, factory in STUBS.items():
             self.stubs[service] = []
             for address in cluster.addresses(service):
-                channel = grpc.insecure_channel(address)
+                channel = admin.sync_channel(address)
                 self.channels.append(channel)
                 self.stubs[service].append(factory(channel))
+                if service == "clearing":
+                    channel = core.sync_channel(address)
+                    self.channels.append(channel)
+                    self.core.append(factory(channel))
 
-    def pick(self, service: str) -> Any:
+    def pick(self, service: str, method: str) -> Any:
         with self._lock:
+            if method in ("RecordTransaction", "BatchRecordTransactions"):
+                return self.rng.choice(self.core)
             return self.rng.choice(self.stubs[service])
 
     def once(self, service: str, method: str, request: Any, timeout: float = 3.0) -> Any:
         """One attempt; raises grpc.RpcError."""
         try:
-            return getattr(self.pick(service), method)(request, timeout=timeout)
+            return getattr(self.pick(service, method), method)(request, timeout=timeout)
         except grpc.RpcError as exc:
             self.report.codes[f"{service}.{method}:{exc.code().name}"] += 1
             raise
