@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from bench.support import security as bench_security
 from bench.support.database import database_url, drop_schemas
 from bench.support.echo import ECHO_METHOD, start_echo
 from bench.support.processes import free_port, service_env, start_service, stop, wait_serving
@@ -287,8 +288,8 @@ async def run(url: str, schema: str, billing_port: int, echo_port: int,
     print("engine ...", flush=True)
     results["engine"] = bench_engine()
     print(json.dumps(results["engine"]), flush=True)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{billing_port}")
-    echo_channel = grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}")
+    channel = bench_security.channel(f"127.0.0.1:{billing_port}")
+    echo_channel = bench_security.channel(f"127.0.0.1:{echo_port}")
     try:
         await wait_serving(f"127.0.0.1:{billing_port}")
         stub = billing_pb2_grpc.BillingServiceStub(channel)

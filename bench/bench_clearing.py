@@ -31,6 +31,7 @@ import grpc
 from google.type import date_pb2
 
 from bench.support import baselines
+from bench.support import security as bench_security
 from bench.support.cpu import cpu_seconds, postgres_cpu_seconds
 from bench.support.database import database_url, drop_schemas, plain_dsn
 from bench.support.echo import ECHO_METHOD, start_echo
@@ -137,7 +138,7 @@ def txn(tx_id: str, merchant: str, amount: int) -> pb.Transaction:
 
 
 async def create_rule(billing_address: str) -> None:
-    async with grpc.aio.insecure_channel(billing_address) as ch:
+    async with bench_security.channel(billing_address) as ch:
         stub = billing_pb2_grpc.BillingServiceStub(ch)
         await stub.CreateFeeRule(billing_pb2.CreateFeeRuleRequest(
             rule_id="BENCH-ALL", spec=billing_pb2.FeeRuleSpec(
@@ -169,8 +170,8 @@ async def bench_unary(clearing: str, echo: str, seconds: float, run: str,
     share = seconds / ROUNDS
     echo_rounds: list[dict[str, Any]] = []
     record_rounds: list[dict[str, Any]] = []
-    async with grpc.aio.insecure_channel(echo) as ech, \
-            grpc.aio.insecure_channel(clearing) as ch:
+    async with bench_security.channel(echo) as ech, \
+            bench_security.channel(clearing) as ch:
         echo_call = ech.unary_unary(ECHO_METHOD)
         record = ch.unary_unary(RECORD_METHOD)
         await echo_call(requests[0], wait_for_ready=True, timeout=30)
@@ -233,7 +234,7 @@ async def bench_batched(clearing: str, url: str, baseline_schema: str, like: str
     cpu: dict[str, float] = {}
     base: dict[str, dict[str, float]] = {"unnest": {"rows": 0, "seconds": 0.0},
                                          "copy": {"rows": 0, "seconds": 0.0}}
-    async with grpc.aio.insecure_channel(clearing) as ch:
+    async with bench_security.channel(clearing) as ch:
         call = ch.unary_unary(BATCH_METHOD)
 
         async def one(b: int) -> None:
@@ -309,7 +310,7 @@ async def bench_claim(clearing: str, merchants: int, workers: int, per_call: int
                       pids: dict[str, int]) -> dict[str, Any]:
     """BatchClaimDetails of `per_call` merchants per call, as a settlement run sends them."""
     to = date_pb2.Date(year=2026, month=3, day=31)
-    async with grpc.aio.insecure_channel(clearing) as ch:
+    async with bench_security.channel(clearing) as ch:
         stub = clearing_pb2_grpc.ClearingServiceStub(ch)
         queue = [list(range(m, min(m + per_call, merchants)))
                  for m in range(0, merchants, per_call)]

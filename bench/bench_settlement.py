@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 
+from bench.support import security as bench_security
 from bench.support.cpu import cpu_seconds, postgres_cpu_seconds
 from bench.support.database import database_url, drop_schemas, plain_dsn
 from bench.support.processes import free_port, service_env, start_service, stop, wait_serving
@@ -286,7 +286,7 @@ async def one(
         clearing_before = memory_kb(clearing.pid)
         cpu_before = (cpu_seconds(settlement.pid), cpu_seconds(clearing.pid),
                       postgres_cpu_seconds())
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{sport}") as channel:
+        async with bench_security.channel(f"127.0.0.1:{sport}") as channel:
             stub = settlement_pb2_grpc.SettlementServiceStub(channel)
             started = time.perf_counter()
             resp = await stub.RunSettlement(

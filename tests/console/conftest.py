@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
+from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 from fastapi import FastAPI
 
@@ -24,6 +25,7 @@ from services.console.settings import ConsoleSettings
 from shared.convert import date_to_proto, proto_to_date
 from tests.e2e import stack as st
 from tests.e2e.stack import Stack, start_stack, stop_stack
+from tests.support import security
 
 PEOPLE = {"ada": "admin", "bea": "admin", "otto": "operator", "vic": "viewer"}
 RULES = [
@@ -33,6 +35,8 @@ RULES = [
     {"rule_id": "FIX-MB", "currency": "CNY", "method": "FIXED", "fixed_fee": 150,
      "effective_from": "2026-01-01T00:00:00+08:00", "selectors": {"merchant_id": "MB"},
      "description": "MB pays 1.50 a payment"},
+    {"rule_id": "FIX-MC", "currency": "CNY", "method": "FIXED", "fixed_fee": 100,
+     "effective_from": "2026-01-01T00:00:00+08:00", "selectors": {"merchant_id": "MC"}},
 ]
 
 
@@ -53,7 +57,8 @@ class ConsoleEnv:
 
 
 def _token(name: str) -> str:
-    return f"test-token-{name}-0123456789abcdef"
+    # The people of the test PKI: the services know their tokens too (security is on).
+    return security.token(name)
 
 
 async def _seed(s: Stack) -> Seeded:
@@ -61,6 +66,10 @@ async def _seed(s: Stack) -> Seeded:
     await st.put_profile(s, {"merchant_id": "MA", "cycle": "D+0", "destination": "BANK_ACCOUNT"})
     await st.put_profile(s, {"merchant_id": "MB", "cycle": "D+0",
                              "destination": "PAYMENT_ACCOUNT"})
+    # MC's bank payout fails once at the gateway: a FAILED payout for operators to retry.
+    await st.put_profile(s, {"merchant_id": "MC", "cycle": "D+0", "destination": "BANK_ACCOUNT"})
+    await s.simulator.control.SetBehaviour(sim.SetBehaviourRequest(
+        behaviour=sim.BEHAVIOUR_FAIL, times=1, merchant_id="MC"))
     coverage = await s.settlement.stub.GetCalendarCoverage(spb.GetCalendarCoverageRequest())
     today = proto_to_date(coverage.today)
     # A recent business day whose D+0 settlement date is not in the future.
@@ -78,6 +87,7 @@ async def _seed(s: Stack) -> Seeded:
         {"id": "A3", "merchant_id": "MA", "amount": 3000, "transaction_type": "REFUND",
          "original_id": "A1", "time": f"{day.isoformat()}T11:00:00+08:00"},
         {"id": "B1", "merchant_id": "MB", "amount": 20000, "transaction_type": "PAYMENT", "time": at},
+        {"id": "C1", "merchant_id": "MC", "amount": 30000, "transaction_type": "PAYMENT", "time": at},
         # No rule prices MX: billing refuses, clearing keeps it as an exception.
         {"id": "X1", "merchant_id": "MX", "amount": 777, "transaction_type": "PAYMENT", "time": at},
     ]:
@@ -91,13 +101,15 @@ async def _seed(s: Stack) -> Seeded:
 
 
 def console_settings(s: Stack, folder: Path) -> ConsoleSettings:
-    identities = folder / "identities.toml"
-    identities.write_text("".join(
-        f'[[callers]]\nname = "{name}"\nrole = "{role}"\ntoken_sha256 = "{token_sha256(_token(name))}"\n'
-        for name, role in PEOPLE.items()))
+    # The services' own identities file (the console signs in the same people) and
+    # TLS with the tools' certificate, as deployed.
+    pki = security.pki()
+    assert all(token_sha256(_token(n)) in pki.identities_file.read_text() for n in PEOPLE)
     return ConsoleSettings(
         billing_address=s.billing.address, clearing_address=s.clearing.address,
-        settlement_address=s.settlement.address, identities_file=str(identities),
+        settlement_address=s.settlement.address, identities_file=str(pki.identities_file),
+        tls_ca_file=str(pki.ca_file), tls_cert_file=str(pki.cert_file("tool")),
+        tls_key_file=str(pki.key_file("tool")),
         session_secret="test-session-secret", call_deadline_s=10.0)
 
 

@@ -179,7 +179,7 @@ async def test_payouts_by_state_and_pages_follow_the_services_tokens(console_env
         forged = await c.get("/payouts", params={"state": "PAID", "page_token": "forged"})
     assert paid.status_code == 200 and "/merchants/MA" in paid.text
     assert st.BANK.account_number not in paid.text
-    assert "No failed payouts" in failed.text
+    assert "/merchants/MC" in failed.text and "/merchants/MA" not in failed.text
     # A forged token is the service's INVALID_ARGUMENT, shown as a 400 page.
     assert forged.status_code == 400 and "page_token" in forged.text
 
@@ -232,3 +232,40 @@ async def test_assets_and_health_are_served_by_the_console(console_env, path):
     async with _client(console_env) as c:
         resp = await c.get(path)
     assert resp.status_code == 200
+
+
+async def test_a_refunds_fee_return_is_quoted_and_the_calendar_exported(console_env):
+    async with signed_in(console_env, "vic") as c:
+        quoted = await c.get("/rules/refund-fee", params={
+            "original_transaction_id": "A1", "merchant_id": "MA", "amount": "20.00"})
+        exported = await c.get("/calendar/export", params={
+            "from_date": "2027-10-01", "to_date": "2027-10-31"})
+        bad = await c.get("/calendar/export", params={"from_date": "x", "to_date": "y"})
+    # A1 paid 0.60 on 100.00 and A3 refunded 30.00 (0.18 back): 20.00 more gives 0.12.
+    assert quoted.status_code == 200 and "Fee returned 0.12 CNY" in quoted.text
+    assert exported.status_code == 200 and "attachment" in exported.headers["content-disposition"]
+    assert "\ndate,kind,name\n" in exported.text and "2027-10-01,holiday" in exported.text
+    assert bad.status_code == 400
+
+
+async def test_an_operator_retries_a_failed_payout_and_a_viewer_cannot(console_env):
+    stack = console_env.seeded.stack
+    [failed] = await st.payouts(stack, spb.PAYOUT_STATE_FAILED)
+    assert failed.merchant_id == "MC"
+    async with signed_in(console_env, "vic") as c:
+        page = await c.get("/payouts", params={"state": "FAILED"})
+        assert failed.payout_id in page.text and 'class="retry"' not in page.text
+        refused = await c.post(f"/payouts/{failed.payout_id}/retry",
+                               data={"csrf": csrf_of(page.text), "request_id": "console-x"})
+        assert refused.status_code == 403
+    async with signed_in(console_env, "otto") as c:
+        page = await c.get("/payouts", params={"state": "FAILED"})
+        request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
+        done = await c.post(f"/payouts/{failed.payout_id}/retry", data={
+            "csrf": csrf_of(page.text), "request_id": request_id})
+    assert done.status_code == 303 and "retried" in done.headers["location"]
+    await st.wait_payouts_final(stack)
+    # The retry is a new payout of the same settlement, paid this time.
+    [again] = [p for p in await st.payouts(stack, spb.PAYOUT_STATE_PAID)
+               if p.settlement_id == failed.settlement_id]
+    assert again.payout_id != failed.payout_id and again.payout_id in done.headers["location"]

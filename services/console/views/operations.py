@@ -136,4 +136,4 @@ def retry_payout(payout_id: str, p: Page = Depends(page), csrf: str = Form(""),
     payout = p.calls.settlement.RetryPayout(spb.RetryPayoutRequest(
         request_id=request_id or new_request_id("payout"), payout_id=payout_id)).payout
     state = spb.PayoutState.Name(payout.state).removeprefix("PAYOUT_STATE_")
-    return _back("/payouts", state="FAILED", notice=f"Payout {payout_id} retried: now {state}")
+    return _back("/payouts", state="FAILED", notice=f"Payout {payout_id} retried as {payout.payout_id}: now {state}")

@@ -20,6 +20,7 @@ from shared.service_client import ServiceError, pages
 
 router = APIRouter()
 SUMMARY_CAP = 500  # merchants summed for today's figures
+RUN_LOOKBACK_DAYS = 8
 COUNT_CAP = 100  # lists are counted up to here; beyond, the page says "100+"
 NOT_DUE = {spb.RUN_ITEM_NOTE_UNSPECIFIED, spb.RUN_ITEM_NOTE_NOTHING_UNSETTLED,
            spb.RUN_ITEM_NOTE_NOT_DUE}
@@ -80,14 +81,17 @@ def overview(p: Page = Depends(page)) -> Response:
     payouts = {state: _count(c.settlement.ListPayouts, spb.ListPayoutsRequest(
         state=spb.PayoutState.Value(f"PAYOUT_STATE_{state}")), "payouts")
         for state in PAYOUT_STATES}
+    # Today's run, else the latest of the week before (a weekend or holiday has none).
     runs = []
-    for d in (day, day - dt.timedelta(days=1)):
+    for back in range(RUN_LOOKBACK_DAYS):
         try:
-            runs.append(c.settlement.GetSettlementRun(
-                spb.GetSettlementRunRequest(run_id=run_id(d))).run)
+            runs.append(c.settlement.GetSettlementRun(spb.GetSettlementRunRequest(
+                run_id=run_id(day - dt.timedelta(days=back)))).run)
         except ServiceError as exc:
             if exc.code.name != "NOT_FOUND":
                 raise
+        else:
+            break
     # Due but not settled: the latest run's merchants that had something unsettled and
     # were not paid (held, below the minimum, fees pending, exceptions, failed...).
     # Clearing lists details per merchant only, so the run is the one place that knows.

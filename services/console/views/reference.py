@@ -67,6 +67,27 @@ def explain(p: Page = Depends(page)) -> Response:
                     problem=problem)
 
 
+@router.get("/rules/refund-fee", response_class=HTMLResponse)
+def refund_fee(p: Page = Depends(page), original_transaction_id: str = "",
+               merchant_id: str = "", amount: str = "", currency: str = "CNY") -> Response:
+    """What fee a refund would return (QuoteRefundFee): nothing is recorded."""
+    form = {"original_transaction_id": original_transaction_id, "merchant_id": merchant_id,
+            "amount": amount, "currency": currency or "CNY"}
+    result, problem = None, ""
+    if original_transaction_id and merchant_id and amount:
+        try:
+            minor = parse_major(amount, form["currency"])
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            result = p.calls.billing.QuoteRefundFee(bpb.QuoteRefundFeeRequest(
+                original_transaction_id=original_transaction_id.strip(),
+                merchant_id=merchant_id.strip(),
+                amount=money_pb2.Money(currency_code=form["currency"], minor_units=minor)))
+    return p.render("refund_fee.html", title="Quote a refund's fee return", form=form,
+                    result=result.result if result else None, problem=problem)
+
+
 @router.get("/rules/{rule_id}", response_class=HTMLResponse)
 def rule(rule_id: str, p: Page = Depends(page)) -> Response:
     got = p.calls.billing.GetFeeRule(bpb.GetFeeRuleRequest(rule_id=rule_id)).rule
@@ -92,10 +113,28 @@ def calendar(p: Page = Depends(page), month: str = "", notice: str = "") -> Resp
     weeks = cal.Calendar(firstweekday=0).monthdatescalendar(first.year, first.month)
     prev_month = (first - dt.timedelta(days=1)).strftime("%Y-%m")
     next_month = (last + dt.timedelta(days=1)).strftime("%Y-%m")
-    return p.render("calendar.html", title="Calendar", first=first, weeks=weeks, days=days,
+    return p.render("calendar.html", title="Calendar", first=first, last=last, weeks=weeks,
+                    days=days,
                     coverage=coverage, today=day, prev_month=prev_month,
                     next_month=next_month, problem=problem, notice=notice,
                     may_import=p.person.may("admin"), request_id=new_request_id("calendar"))
+
+
+@router.get("/calendar/export")
+def export_calendar(p: Page = Depends(page), from_date: str = "", to_date: str = "",
+                    format: str = "csv") -> Response:
+    try:
+        first, last = dt.date.fromisoformat(from_date), dt.date.fromisoformat(to_date)
+    except ValueError:
+        raise Refused(400, "The range's dates must be YYYY-MM-DD.") from None
+    yaml = format == "yaml"
+    exported = p.calls.settlement.ExportCalendar(spb.ExportCalendarRequest(
+        from_date=date_to_proto(first), to_date=date_to_proto(last),
+        format=spb.CALENDAR_FILE_FORMAT_YAML if yaml else spb.CALENDAR_FILE_FORMAT_CSV))
+    name = f"calendar-{first}-{last}.{'yaml' if yaml else 'csv'}"
+    return Response(exported.content.encode("utf-8"),
+                    media_type="application/yaml" if yaml else "text/csv; charset=utf-8",
+                    headers={"content-disposition": f'attachment; filename="{name}"'})
 
 
 @router.post("/calendar/import")

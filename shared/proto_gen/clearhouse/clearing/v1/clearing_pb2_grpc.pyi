@@ -50,6 +50,11 @@ class ClearingServiceStub:
       (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, BILLING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
     (a forged page_token, or one from a call with other filters, included), and nothing
     is stored or charged in billing. The limits are the shared validation model's
@@ -168,6 +173,11 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
       (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, BILLING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
     (a forged page_token, or one from a call with other filters, included), and nothing
     is stored or charged in billing. The limits are the shared validation model's
@@ -282,6 +292,11 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
       (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, BILLING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
     (a forged page_token, or one from a call with other filters, included), and nothing
     is stored or charged in billing. The limits are the shared validation model's
