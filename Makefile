@@ -59,8 +59,10 @@ FUZZ_EXAMPLES ?= 2000
 fuzz: $(STAMP)
 	CLEARHOUSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz_contract.py -q -s
 
+# Every benchmark and ONE table of figures, targets and same-run baselines (bench/README.md);
+# BENCH_ARGS=--quick: small sizes, for development.
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 buf-lint:
 	npx --yes @bufbuild/buf@1.47.2 lint
