@@ -66,8 +66,10 @@ FIRST_SEED ?= 1
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos --seeds $(SEEDS) --first-seed $(FIRST_SEED) $(CHAOS_ARGS)
 
+# Every benchmark and ONE table of figures, targets and same-run baselines (bench/README.md);
+# BENCH_ARGS=--quick: small sizes, for development.
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 buf-lint:
 	npx --yes @bufbuild/buf@1.47.2 lint
