@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install up demo test lint typecheck protos check-protos pytest fuzz bench buf-lint buf-lint-if-available clean
+.PHONY: install install-browser up demo test lint typecheck protos check-protos pytest fuzz bench buf-lint buf-lint-if-available clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy shared services bench
 
-pytest: $(STAMP)
+# The console's browser test (tests/console/test_browser.py) drives Debian's chromium
+# through Playwright's Python package; a clean machine gets chromium from apt here
+# (never a browser download of Playwright's own).
+install-browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the console's browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+pytest: $(STAMP) install-browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck check-protos buf-lint-if-available pytest
@@ -50,8 +59,10 @@ FUZZ_EXAMPLES ?= 2000
 fuzz: $(STAMP)
 	CLEARHOUSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz_contract.py -q -s
 
+# Every benchmark and ONE table of figures, targets and same-run baselines (bench/README.md);
+# BENCH_ARGS=--quick: small sizes, for development.
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 buf-lint:
 	npx --yes @bufbuild/buf@1.47.2 lint

@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import embedded_pg, migrations, server, tracing
 from shared import logging as json_logging
 from shared.db import create_engine
+from shared.pg_pool import database_failure
 from shared.settings import ServiceSettings, unknown_variables
 from shared.settings import load as load_settings
 
@@ -32,9 +35,31 @@ def _database_url(settings: ServiceSettings) -> str:
     return url
 
 
+async def _database_answers(engine: AsyncEngine) -> bool:
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+    except Exception as exc:
+        if database_failure(exc) is None:
+            raise
+        return False
+
+
 async def _serve(settings: ServiceSettings, build: BuildApp, scripts: Path, name: str) -> int:
     engine = create_engine(_database_url(settings), settings.db_schema, settings.db_pool_size)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
+        # Down at start: wait for it, NOT_SERVING, rather than exit.
+        if not await server.serve_health_until(
+            lambda: _database_answers(engine), settings.host, settings.port, stop
+        ):
+            return 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         if settings.migrate_on_start:
             await migrations.upgrade(engine, settings.db_schema, scripts)
         elif not await migrations.is_current(engine, settings.db_schema, scripts):

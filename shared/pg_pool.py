@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.errors import DomainError
@@ -29,10 +30,58 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,  # refused connections, timeouts
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutdown, "starting up"
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
+    # The driver's own trouble talking to the server (a protocol state broken by a
+    # connection that died mid-statement).
+    asyncpg.exceptions.InternalClientError,
+    # A pool that could not hand out a connection in time (SQLAlchemy's QueuePool).
+    sa_exc.TimeoutError,
 )
+
+
+def _is_transient(exc: BaseException, transient: tuple[type[BaseException], ...]) -> bool:
+    if isinstance(exc, transient):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    # asyncpg's InterfaceError is also raised for our own misuse ("another operation is
+    # in progress"); only the closed-connection kind is the database's: a transaction
+    # whose connection died answers it on the rollback or the next statement.
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
+
+def database_failure(
+    exc: BaseException, transient: tuple[type[BaseException], ...] = TRANSIENT
+) -> BaseException | None:
+    """The exception in `exc`'s chain (itself, SQLAlchemy's `orig`, causes, contexts)
+    that says the database, not the request, failed; None when there is none.
+
+    The one mechanism every service shares: the server interceptor turns such an
+    exception into DatabaseUnavailable whichever way it came (SQLAlchemy wraps asyncpg's
+    errors, its asyncpg adapter wraps them once more, a failed rollback hides the first
+    failure in its context)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 32:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if _is_transient(e, transient):
+            return e
+        if isinstance(e, BaseExceptionGroup):
+            # Workers of a TaskGroup that all lost the database (one that failed for
+            # another reason keeps the group what it is).
+            found = [database_failure(sub, transient) for sub in e.exceptions]
+            if found and all(f is not None for f in found):
+                return found[0]
+            continue
+        for nxt in (getattr(e, "orig", None), e.__cause__, e.__context__):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+    return None
 
 
 class DatabaseUnavailable(DomainError):
@@ -95,7 +144,11 @@ class PgPool:
         """Turns transient database failures inside the block into DatabaseUnavailable."""
         try:
             yield
-        except self.transient as exc:
+        except DomainError:
+            raise
+        except Exception as exc:
+            if database_failure(exc, self.transient) is None:
+                raise
             raise DatabaseUnavailable(self.service, exc) from exc
 
     @asynccontextmanager

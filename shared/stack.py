@@ -1,8 +1,9 @@
 """`make up`: the whole local stack on 127.0.0.1.
 
 Refuses to start when a service port is taken (saying which and what holds it).
-Starts the embedded PostgreSQL (unless DATABASE_URL is set), migrates the three
-schemas, runs billing, clearing, settlement and the payout gateway simulator as
+Starts the embedded PostgreSQL (unless DATABASE_URL is set), creates a development CA,
+certificates and tokens under .clearhouse/security on first use (CLEARHOUSE_SECURITY_DIR
+elsewhere) and turns security on, migrates the three schemas, runs billing, clearing, settlement and the payout gateway simulator as
 separate processes (as they are deployed), waits until each answers the gRPC health
 check as SERVING, prints their addresses, and on Ctrl-C or SIGTERM stops them
 gracefully, then the database.
@@ -21,7 +22,8 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import embedded_pg, ports
+from shared import devpki, embedded_pg, ports
+from shared.client_security import ClientSecurity
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +52,39 @@ def _environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _security_dir(env: dict[str, str]) -> Path:
+    return Path(env.get("CLEARHOUSE_SECURITY_DIR") or ROOT / ".clearhouse" / "security")
+
+
+def _secure(env: dict[str, str], pki: devpki.DevPKI) -> None:
+    """Every service serves and calls with its development certificate and knows the
+    development callers, unless its settings say otherwise; reflection on for grpcurl."""
+    for name, prefix, _, _ in SERVICES:
+        for key, value in pki.server_env(prefix, name).items():
+            env.setdefault(key, value)
+        env.setdefault(f"{prefix}REFLECTION", "true")
+
+
+def _client(env: dict[str, str], prefix: str, pki: devpki.DevPKI) -> ClientSecurity:
+    if env.get(f"{prefix}INSECURE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return ClientSecurity.insecure()
+    return ClientSecurity.from_files(
+        str(pki.ca_file), str(pki.cert_file(devpki.TOOL)), str(pki.key_file(devpki.TOOL))
+    )
+
+
+def how_to_call(pki: devpki.DevPKI, address: str) -> str:
+    """A grpcurl line calling billing as the development viewer (the token is read from
+    its file by the shell, so it is not printed)."""
+    folder = pki.folder
+    shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+    return (
+        f"grpcurl -cacert {shown}/ca.pem -cert {shown}/tool.pem -key {shown}/tool.key "
+        f'-H "authorization: Bearer $(cat {shown}/tokens/vic.token)" '
+        f"{address} clearhouse.billing.v1.BillingService/ListFeeRules"
+    )
+
+
 def _host(env: dict[str, str], prefix: str) -> str:
     return env.get(f"{prefix}HOST", "127.0.0.1")
 
@@ -73,22 +108,28 @@ def _wanted_ports(env: dict[str, str]) -> list[tuple[str, str, str, int]]:
     return wanted
 
 
-def taken_ports(env: dict[str, str]) -> list[str]:
+def taken_ports(env: dict[str, str], with_console: bool = False) -> list[str]:
     """One line per port something already listens on, saying what holds it."""
+    wanted = _wanted_ports(env)
+    if with_console:
+        wanted.append(("console", "CONSOLE_PORT", env.get("CONSOLE_HOST", "127.0.0.1"),
+                       int(env.get("CONSOLE_PORT", CONSOLE_PORT))))
     return [
         f"port {port} ({name}, {variable}) on {host} is taken, {ports.describe(port)}"
-        for name, variable, host, port in _wanted_ports(env)
+        for name, variable, host, port in wanted
         if ports.is_taken(host, port)
     ]
 
 
 def _wait_serving(
-    address: str, proc: subprocess.Popen[bytes] | None, port: int, deadline_s: float = 60.0
+    address: str, proc: subprocess.Popen[bytes] | None, port: int, deadline_s: float = 60.0,
+    security: ClientSecurity | None = None,
 ) -> str:
     """'' once OUR process answers SERVING at the address, else why not: another
-    process answering on the port is not our service being up."""
+    process answering on the port is not our service being up. `security`: how to reach
+    it (TLS with the tools' certificate; plaintext for a service in INSECURE mode)."""
     end = time.monotonic() + deadline_s
-    with grpc.insecure_channel(address) as channel:
+    with (security or ClientSecurity.insecure()).sync_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < end:
             if proc is not None and proc.poll() is not None:
@@ -106,6 +147,45 @@ def _wait_serving(
     return f"did not become SERVING within {deadline_s:.0f} s"
 
 
+CONSOLE_PORT = 8080
+
+
+def console_env(env: dict[str, str], addresses: dict[str, str]) -> dict[str, str]:
+    """The console's settings in the stack: the services' addresses, and security's
+    development files (identities, CA, the tools' certificate) when `make up` made them."""
+    out = dict(env)
+    for name in ("billing", "clearing", "settlement"):
+        out.setdefault(f"CONSOLE_{name.upper()}_ADDRESS", addresses[name])
+    folder = Path(env.get("CLEARHOUSE_SECURITY_DIR") or ROOT / ".clearhouse" / "security")
+    files = {"CONSOLE_IDENTITIES_FILE": folder / "identities.toml",
+             "CONSOLE_TLS_CA_FILE": folder / "ca.pem",
+             "CONSOLE_TLS_CERT_FILE": folder / "tool.pem",
+             "CONSOLE_TLS_KEY_FILE": folder / "tool.key"}
+    for key, path in files.items():
+        if path.exists():
+            out.setdefault(key, str(path))
+    return out
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], deadline_s: float = 30.0) -> str:
+    """'' once the console answers its health endpoint, else why not."""
+    import urllib.error
+    import urllib.request
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return f"exited with {proc.returncode} before serving"
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as resp:
+                if resp.status == 200:
+                    return ""
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    return f"did not answer {url} within {deadline_s:.0f} s"
+
+
 class StackError(Exception):
     """The stack could not be brought up; the message says which part and why."""
 
@@ -115,8 +195,14 @@ class LocalStack:
     DATABASE_URL is set. `make up` serves it until Ctrl-C; the demo drives it."""
 
     def __init__(self, env: dict[str, str] | None = None, *, log_dir: Path | None = None,
-                 pg_dir: str | None = None, reset_schemas: bool = False) -> None:
+                 pg_dir: str | None = None, reset_schemas: bool = False,
+                 with_console: bool = False) -> None:
         self.env = _environment(env)
+        # Security on: the development PKI (made on first use) for every service.
+        self.pki = devpki.ensure(_security_dir(self.env))
+        _secure(self.env, self.pki)
+        # The web console (services/console) as a fifth process: `make up` and the demo.
+        self.with_console = with_console
         self.log_dir = log_dir
         self.pg_dir = pg_dir
         self.reset_schemas = reset_schemas
@@ -127,6 +213,26 @@ class LocalStack:
     def address(self, name: str) -> str:
         prefix, default = next((p, d) for n, p, d, _ in SERVICES if n == name)
         return f"127.0.0.1:{_port(self.env, prefix, default)}"
+
+    @property
+    def console_url(self) -> str:
+        return f"http://127.0.0.1:{int(self.env.get('CONSOLE_PORT', CONSOLE_PORT))}"
+
+    def start_console(self, report: bool = True) -> None:
+        env = console_env(self.env, {n: self.address(n)
+                                     for n in ("billing", "clearing", "settlement")})
+        proc = subprocess.Popen([sys.executable, "-m", "services.console"], env=env,
+                                cwd=ROOT, **self._output("console", "serve"))  # type: ignore[call-overload]
+        self.procs.append(("console", proc))
+        why = _wait_http(f"{self.console_url}/healthz", proc)
+        if why:
+            raise StackError(f"console at {self.console_url}: {why}")
+        if report:
+            print(f"{'console':<17} http://{self.console_url.removeprefix('http://')}",
+                  flush=True)
+            if not env.get("CONSOLE_IDENTITIES_FILE"):
+                print("  (no identities file: nobody can sign in; set CONSOLE_IDENTITIES_FILE)",
+                      flush=True)
 
     def _output(self, name: str, step: str) -> dict[str, object]:
         if self.log_dir is None:
@@ -172,7 +278,8 @@ class LocalStack:
         started = dict(self.procs)
         for name, prefix, default, _ in SERVICES:
             address = self.address(name)
-            why = _wait_serving(address, started.get(name), _port(self.env, prefix, default))
+            why = _wait_serving(address, started.get(name), _port(self.env, prefix, default),
+                                security=_client(self.env, prefix, self.pki))
             if why:
                 raise StackError(f"{name} at {address}: {why}")
             if report:
@@ -181,7 +288,7 @@ class LocalStack:
     def check_ports(self) -> None:
         """Refuses to start when a port is taken: the health check would otherwise ask
         whatever holds it (another stack) and call it ours."""
-        problems = taken_ports(self.env)
+        problems = taken_ports(self.env, self.with_console)
         if problems:
             raise StackError(
                 "\n".join(problems) + "\nnot started: stop what listens there (is another "
@@ -196,6 +303,8 @@ class LocalStack:
         self.start_database()
         if report and self.pg is not None:
             print(f"embedded PostgreSQL: {self.pg_dir}", flush=True)
+        if report:
+            print(f"security: certificates and tokens in {self.pki.folder}", flush=True)
         if migrate_on_start:
             for _name, prefix, _, migrates in SERVICES:
                 if migrates:
@@ -204,6 +313,8 @@ class LocalStack:
             self.migrate()
         self.spawn()
         self.wait_serving(report)
+        if self.with_console:
+            self.start_console(report)
 
     def exited(self) -> str | None:
         for name, proc in self.procs:
@@ -250,7 +361,7 @@ def serve_until_stopped(stack: LocalStack, banner: str) -> int:
 
 
 def main() -> int:
-    stack = LocalStack()
+    stack = LocalStack(with_console=True)
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -267,6 +378,8 @@ def main() -> int:
             return 1
         if stopping:
             return 0
+        print(f"call a service, e.g.:\n  {how_to_call(stack.pki, stack.address('billing'))}",
+              flush=True)
         return serve_until_stopped(stack, "Clearhouse is up. Ctrl-C stops everything.")
     finally:
         started = bool(stack.procs) or stack.pg is not None

@@ -9,6 +9,7 @@ from pathlib import Path
 import services  # noqa: F401
 from services.billing.settings import BillingSettings
 from services.clearing.settings import ClearingSettings
+from services.console.settings import ConsoleSettings
 from services.payout_simulator.settings import PayoutSimulatorSettings
 from services.settlement.settings import SettlementSettings
 from shared import clock
@@ -39,10 +40,14 @@ def test_every_setting_of_a_service_is_in_the_readme_with_its_default():
             assert rows[f"{prefix}{name.upper()}"] == str(field.default), name
     for name, field in PayoutSimulatorSettings.model_fields.items():
         assert rows.get(f"PAYOUT_SIM_{name.upper()}") == str(field.default), name
+    for name, field in ConsoleSettings.model_fields.items():
+        default = field.default.get_secret_value() if name == "session_secret" else field.default
+        assert rows.get(f"CONSOLE_{name.upper()}") == (str(default) or "empty"), name
 
 
 def test_the_readme_lists_no_setting_that_does_not_exist():
     known = {f"<P>{n.upper()}" for n in ServiceSettings.model_fields} | {"DATABASE_URL", clock.ENV}
-    for cls, prefix in [*SERVICE_SETTINGS, (PayoutSimulatorSettings, "PAYOUT_SIM_")]:
+    for cls, prefix in [*SERVICE_SETTINGS, (PayoutSimulatorSettings, "PAYOUT_SIM_"),
+                        (ConsoleSettings, "CONSOLE_")]:
         known |= {f"{prefix}{n.upper()}" for n in cls.model_fields}
     assert set(_rows()) - known == set()

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from services.cli import output
-from services.cli.commands import billing, clearing, settlement
+from services.cli.commands import billing, clearing, settlement, simulator
 from services.cli.runtime import invocation
 
 app = typer.Typer(
@@ -74,6 +74,7 @@ app.add_typer(settlement.statements, name="statements")
 app.add_typer(settlement.payouts, name="payouts")
 app.add_typer(settlement.merchants, name="merchants")
 app.add_typer(settlement.ledger, name="ledger")
+app.add_typer(simulator.simulator, name="simulator")
 app.command("check")(settlement.check)
 
 

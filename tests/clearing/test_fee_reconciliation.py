@@ -160,6 +160,8 @@ async def test_a_known_fee_without_a_billing_charge_is_reported_as_a_violation(
     assert [(u.detail_id, u.fee_status, u.violation) for u in report.uncharged_details] == [
         ("P2", pb.FEE_STATUS_KNOWN, True)]
     assert report.violation_count == 1 and report.orphan_charge_count == 0
+    registry = recon.running.app.metrics.registry  # type: ignore[union-attr]
+    assert registry.get_sample_value("clearhouse_clearing_fee_reconcile_violations") == 1
 
 
 async def test_the_worker_voids_old_orphans_on_its_own(billing: ServiceHandle, pg_url: str):
@@ -172,12 +174,14 @@ async def test_the_worker_voids_old_orphans_on_its_own(billing: ServiceHandle, p
             request_id="TU1", merchant_id=MERCHANT,
             amount=money_pb2.Money(currency_code="CNY", minor_units=100)))
         # An orphan: charged in billing for a payment clearing never stored.
-        await billing.stub.ChargeFee(bpb.ChargeFeeRequest(transaction=bpb.FeeTransaction(
+        charged = await billing.stub.ChargeFee(bpb.ChargeFeeRequest(transaction=bpb.FeeTransaction(
             transaction_id="P-LOST", merchant_id=MERCHANT,
             transaction_type=transaction_pb2.TRANSACTION_TYPE_PAYMENT,
             amount=money_pb2.Money(currency_code="CNY", minor_units=500),
             transaction_time=datetime_to_ts(T0))))
-        assert await _balance(billing) == 93
+        # (The balance right after the charge, from its answer: the worker may void it
+        # before any later read.)
+        assert charged.result.fee_account_balance.minor_units == 93
         for _ in range(200):  # bounded poll of the real condition (10 s)
             if await _balance(billing) == 100:
                 break
@@ -213,5 +217,25 @@ async def test_reconciling_while_billing_is_down_is_unavailable_not_internal(pg_
             await clearing.stub.ReconcileFees(_window())
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert reason(err.value) == "BILLING_UNAVAILABLE"
+    finally:
+        await drop(clearing)
+
+
+async def test_a_payout_charge_is_never_taken_for_an_orphan(billing: ServiceHandle, pg_url: str):
+    clearing = await launch("clearing", pg_url, billing_address=billing.address, **SETTINGS,
+                            reconcile_orphan_age_s=0.0)
+    try:
+        await billing.stub.CreateFeeRule(RULE)
+        await billing.stub.TopUpFeeAccount(bpb.TopUpFeeAccountRequest(
+            request_id="TU1", merchant_id=MERCHANT,
+            amount=money_pb2.Money(currency_code="CNY", minor_units=100)))
+        await billing.stub.ChargeFee(bpb.ChargeFeeRequest(transaction=bpb.FeeTransaction(
+            transaction_id="PO-1", merchant_id=MERCHANT,
+            transaction_type=transaction_pb2.TRANSACTION_TYPE_PAYOUT,
+            amount=money_pb2.Money(currency_code="CNY", minor_units=500),
+            transaction_time=datetime_to_ts(T0))))
+        report = await clearing.stub.ReconcileFees(_window())
+        assert (report.charges_checked, report.orphan_charge_count) == (0, 0)
+        assert await _balance(billing) == 93
     finally:
         await drop(clearing)

@@ -88,6 +88,10 @@ async def test_accounts_topup_balance_and_movements(cli: Cli):
     assert "request id: topup-" in generated.stderr
     bal = json.loads((await cli("accounts", "balance", "EX-ACC", "--json")).stdout)
     assert bal["balance"]["minor_units"] == "12400"
+    low = json.loads((await cli("accounts", "set-threshold", "EX-ACC", "200.00",
+                                "--json")).stdout)
+    assert low["low_balance_threshold"] == "20000" and low["low_balance"] is True
+    assert "LOW" in (await cli("accounts", "balance", "EX-ACC")).stdout
     moves = await cli("accounts", "movements", "EX-ACC")
     assert "cli-topup-1" in moves.stdout and "TOP_UP" in moves.stdout
     conflict = await cli("accounts", "topup", "EX-ACC", "1.00", "--request-id", "cli-topup-1",

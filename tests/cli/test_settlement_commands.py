@@ -3,12 +3,11 @@ clearing commands, through one small month against the real stack."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 from pathlib import Path
-
-from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 
 from tests.cli.conftest import Cli
 from tests.e2e import stack as st
@@ -102,8 +101,9 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     assert (await cli("exceptions", "retry", code=2)).exit_code == 2
 
     # The bank refuses EX-SHOP's first payout.
-    await s.simulator.control.SetBehaviour(sim.SetBehaviourRequest(
-        behaviour=sim.BEHAVIOUR_FAIL, times=1, merchant_id="EX-SHOP"))
+    told = await cli("simulator", "behave", "fail", "--times", "1", "--merchant", "EX-SHOP")
+    assert "FAIL for the next 1 submissions of merchant EX-SHOP" in told.stdout
+    assert (await cli("simulator", "behave", "explode", code=2)).exit_code == 2
     started = await cli("runs", "start", "2026-11-03", "--request-id", "cli-run-1103")
     assert "run run-20261103 for 2026-11-03: COMPLETED" in started.stdout
     assert "0 failed" in started.stdout
@@ -168,6 +168,11 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     await st.wait_payouts_final(s)
     assert "PAID" in (await cli("payouts", "list", "--merchant", "EX-SHOP")).stdout
 
+    held = json.loads((await cli("simulator", "list", "--json")).stdout)
+    paid = next(p for p in held if p["payout"]["merchant_id"] == "EX-SHOP"
+                and p["payout"]["state"] == "PAYOUT_STATE_PAID")
+    assert paid["paid_count"] == 1
+    assert "EX-SHOP" in (await cli("simulator", "list")).stdout
     batches = json.loads((await cli("batches", "list", "--merchant", "EX-SHOP", "--json")).stdout)
     assert batches and batches[0]["state"] == "BATCH_STATE_CONFIRMED"
     assert "CONFIRMED" in (await cli("batches", "show", batches[0]["batch_id"])).stdout
@@ -193,6 +198,20 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     ok = await cli("check", "--clearing-date", "2026-11-03")
     assert "no violation" in ok.stdout
     assert json.loads((await cli("check", "--json")).stdout) == {}
+
+    # The bank returns the retried payout (退票): settlement notices and books it back.
+    gone = await cli("simulator", "return", paid["payout"]["instruction_id"], "--reason",
+                     "account closed (test)")
+    assert "returned by the bank" in gone.stdout
+    for _ in range(200):
+        shown = json.loads((await cli("payouts", "show", paid["payout"]["instruction_id"],
+                                      "--json")).stdout)
+        if shown["state"] == "PAYOUT_STATE_RETURNED":
+            break
+        await asyncio.sleep(0.05)
+    assert shown["state"] == "PAYOUT_STATE_RETURNED"
+    assert "paid" not in json.loads((await cli("merchants", "balance", "EX-SHOP",
+                                               "--json")).stdout)["balances"][0]
 
     # A date after today is refused unless the run says why it must run early.
     future = await cli("runs", "start", "2027-03-01", code=1)

@@ -138,3 +138,26 @@ async def test_a_run_says_for_each_merchant_why_it_paid_nothing(stack_at_today):
             pb.ListSettlementRunItemsRequest(run_id="run-19990101"))
     assert reason(err.value) == "RUN_NOT_FOUND"
     assert await st.violations(s) == []
+
+
+async def test_when_clearing_cannot_say_why_the_note_is_unknown_and_the_run_goes_on(
+    stack_at_today,
+):
+    s = stack_at_today
+    await st.put_profile(s, {"merchant_id": "M-QUIET", "cycle": "T+1",
+                             "destination": "PAYMENT_ACCOUNT"})
+
+    async def clearing_goes_down(name: str) -> None:
+        if name == "after_claim":  # the (empty) claim is answered, then clearing is gone
+            await s.clearing.running.stop(None)
+
+    s.runs.fault_hook = clearing_goes_down
+    try:
+        run = await run_for(s, TODAY, "today")
+    finally:
+        s.runs.fault_hook = None
+    [item] = (await s.settlement.stub.ListSettlementRunItems(
+        pb.ListSettlementRunItemsRequest(run_id=run.run_id))).items
+    assert (item.state, item.note) == (pb.RUN_ITEM_STATE_SKIPPED, pb.RUN_ITEM_NOTE_UNKNOWN)
+    assert item.note_detail.startswith("clearing did not say: UNAVAILABLE")
+    assert run.state == pb.RUN_STATE_COMPLETED

@@ -22,7 +22,7 @@ def test_one_recording_is_one_trace_spanning_clearing_and_billing(pg_url):
     by_id = {s["span_id"]: s for s in spans}
     (recording,) = [s for s in spans if s["name"].endswith("ClearingService/RecordTransaction")]
     charges = [s for s in spans if s["name"].startswith("/clearhouse.billing.v1.BillingService/")
-               and s["kind"] == "SERVER"]
+               and s["kind"] == "SERVER" and "Charge" in s["name"]]
     assert charges, spans
     for charge in charges:
         assert charge["trace_id"] == recording["trace_id"]
@@ -34,7 +34,10 @@ def test_one_recording_is_one_trace_spanning_clearing_and_billing(pg_url):
             ancestors.append(node)
         assert recording in ancestors
         assert any(a["kind"] == "CLIENT" for a in ancestors)
-    assert len({s["trace_id"] for s in spans}) == 1
+    # Every span of the call is in the recording's trace (the harness's own calls, such
+    # as health checks, are not traced by a client interceptor and are left out above).
+    assert {s["trace_id"] for s in spans if s["name"].startswith("/clearhouse.")} == {
+        recording["trace_id"]}
     # The access log lines of both calls carry the trace id.
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     rpc_lines = [x for x in lines if x.get("msg") == "rpc" and (

@@ -29,15 +29,6 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     raise AssertionError(f"no ErrorInfo in {err}")
 
 
-def expect_refusal(
-    err: object, code: grpc.StatusCode, reason_: str
-) -> error_details_pb2.ErrorInfo:
-    """Asserts a call's outcome is a refusal with this code and ErrorInfo reason."""
-    assert isinstance(err, grpc.aio.AioRpcError), f"expected {code.name} {reason_}, got {err!r}"
-    assert (err.code(), reason(err)) == (code, reason_), (err.code(), err.details())
-    return error_info(err)
-
-
 def violated_fields(err: grpc.aio.AioRpcError) -> set[str]:
     """The fields named by the BadRequest details of a failed call."""
     status = rpc_status.from_call(err)

@@ -294,6 +294,8 @@ def charge_to_proto(ch: Charge) -> pb.FeeCharge:
         collection_mode=_MODES[ch.collection_mode], rule_id=ch.rule_id,
         rule_version=ch.rule_version, transaction_time=datetime_to_ts(ch.transaction_time),
         charge_time=datetime_to_ts(ch.charge_time),
+        transaction_type=transaction_pb2.TransactionType.Value(
+            f"TRANSACTION_TYPE_{ch.transaction_type}"),
     )
 
 

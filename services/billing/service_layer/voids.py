@@ -43,6 +43,7 @@ class Charge:
     rule_version: int
     transaction_time: dt.datetime
     charge_time: dt.datetime
+    transaction_type: str = "PAYMENT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class Void:
 
 _CHARGE_COLUMNS = (
     "transaction_id, merchant_id, currency, amount, fee, collection_mode, rule_id, "
-    "rule_version, transaction_time, create_time"
+    "rule_version, transaction_time, create_time, transaction_type"
 )
 
 _WINDOW = f"""
@@ -83,7 +84,7 @@ _VOID_COLUMNS = (
 
 
 def _charge(r: Any) -> Charge:
-    return Charge(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+    return Charge(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
 
 
 def _void(r: Any) -> Void:

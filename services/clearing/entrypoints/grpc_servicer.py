@@ -231,6 +231,72 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         )
         return pb.ClaimDetailsResponse(batch=convert.batch(b))
 
+    async def BatchClaimDetails(
+        self, request: pb.BatchClaimDetailsRequest, context: Any
+    ) -> Any:
+        claims = request.claims
+        v = Violations()
+        check_count(v, len(claims), "claims", max_items=MAX_BATCH_ITEMS)
+        ids: set[str] = set()
+        keys: set[tuple[str, str]] = set()
+        for i, c in enumerate(claims):
+            # Two claims of one merchant and currency in a call would compete for the
+            # same details inside one statement.
+            if c.batch_id and c.batch_id in ids:
+                v.add(f"claims[{i}].batch_id", "repeated within the call")
+            ids.add(c.batch_id)
+            if c.merchant_id and (c.merchant_id, c.currency_code) in keys:
+                v.add(f"claims[{i}].merchant_id", "merchant and currency repeated within the call")
+            keys.add((c.merchant_id, c.currency_code))
+        v.raise_if_any()
+        response = pb.BatchClaimDetailsResponse()
+        outcomes = [response.outcomes.add() for _ in claims]
+        valid: list[tuple[int, tuple[str, str, str, dt.date]]] = []
+        for i, c in enumerate(claims):
+            iv = Violations()
+            prefix = f"claims[{i}]."
+            check_id(iv, c.batch_id, prefix + "batch_id")
+            check_id(iv, c.merchant_id, prefix + "merchant_id")
+            check_currency(iv, c.currency_code, prefix + "currency_code")
+            date_to = convert.required_date(
+                iv, c.business_date_to, c.HasField("business_date_to"),
+                prefix + "business_date_to",
+            )
+            if iv or date_to is None:
+                outcomes[i].error.CopyFrom(to_status(InvalidArgument(list(iv.items)), ERROR_DOMAIN))
+            else:
+                valid.append((i, (c.batch_id, c.merchant_id, c.currency_code, date_to)))
+        if valid:
+            results = await self.batches.claim_many([claim for _, claim in valid])
+            for (i, _), result in zip(valid, results, strict=True):
+                if isinstance(result, DomainError):
+                    outcomes[i].error.CopyFrom(to_status(result, ERROR_DOMAIN))
+                else:
+                    outcomes[i].batch.CopyFrom(convert.batch(result))
+        return response
+
+    async def BatchConfirmBatches(
+        self, request: pb.BatchConfirmBatchesRequest, context: Any
+    ) -> Any:
+        v = Violations()
+        check_count(v, len(request.batch_ids), "batch_ids", max_items=MAX_BATCH_ITEMS)
+        seen: set[str] = set()
+        for i, b in enumerate(request.batch_ids):
+            check_id(v, b, f"batch_ids[{i}]")
+            if b in seen:
+                v.add(f"batch_ids[{i}]", "repeated within the call")
+            seen.add(b)
+        v.raise_if_any()
+        results = await self.batches.confirm_many(list(request.batch_ids))
+        response = pb.BatchConfirmBatchesResponse()
+        for result in results:
+            outcome = response.outcomes.add()
+            if isinstance(result, DomainError):
+                outcome.error.CopyFrom(to_status(result, ERROR_DOMAIN))
+            else:
+                outcome.batch.CopyFrom(convert.batch(result))
+        return response
+
     async def ListBatchDetails(self, request: pb.ListBatchDetailsRequest, context: Any) -> Any:
         v = Violations()
         check_id(v, request.batch_id, "batch_id")

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from services.clearing.adapters import repository as repo
 from services.clearing.domain.model import Batch, BatchState
 from services.clearing.service_layer.unit_of_work import Database
-from shared.errors import FailedPrecondition, IdempotencyConflict, NotFound
+from shared.errors import DomainError, FailedPrecondition, IdempotencyConflict, NotFound
 
 
 def _not_found(batch_id: str) -> NotFound:
     return NotFound("BATCH_NOT_FOUND", f"no batch {batch_id!r}", {"batch_id": batch_id})
+
+
+def _not_open(batch: Batch) -> FailedPrecondition:
+    return FailedPrecondition(
+        "BATCH_NOT_OPEN",
+        f"batch {batch.batch_id!r} is {batch.state.value.lower()}",
+        {"batch_id": batch.batch_id, "state": batch.state.value},
+    )
 
 
 class Batches:
@@ -33,6 +42,51 @@ class Batches:
             raise IdempotencyConflict(batch_id, "batch")
         return batch
 
+    async def claim_many(
+        self, claims: Sequence[tuple[str, str, str, dt.date]]
+    ) -> list[Batch | IdempotencyConflict]:
+        """`claim` for many (batch id, merchant, currency, date to), in request order: one
+        statement claims for every new batch id; a known id answers its batch as it is
+        now, or IdempotencyConflict when it was opened with other content. The caller
+        gives each batch id and each (merchant, currency) once."""
+        async with self.db.connect() as conn:
+            new = await repo.claim_many(conn, claims)
+            old_ids = [c[0] for c in claims if c[0] not in new]
+            old = await repo.get_batches(conn, old_ids) if old_ids else {}
+        out: list[Batch | IdempotencyConflict] = []
+        for batch_id, merchant_id, currency, date_to in claims:
+            if batch_id in new:
+                out.append(repo.to_batch(new[batch_id]))
+                continue
+            batch = repo.to_batch(old[batch_id])
+            if (batch.merchant_id, batch.currency, batch.business_date_to) != (
+                merchant_id, currency, date_to,
+            ):
+                out.append(IdempotencyConflict(batch_id, "batch"))
+            else:
+                out.append(batch)
+        return out
+
+    async def confirm_many(self, batch_ids: Sequence[str]) -> list[Batch | DomainError]:
+        """`confirm` for many distinct batch ids in one transaction, in request order: an
+        OPEN batch is confirmed, a CONFIRMED one answered as it is, an unknown one is
+        NOT_FOUND and any other FAILED_PRECONDITION BATCH_NOT_OPEN, each on its own."""
+        async with self.db.transaction() as conn:
+            rows = await repo.get_batches(conn, batch_ids, lock=True)
+            open_ids = [b for b, r in rows.items() if r["state"] == BatchState.OPEN.value]
+            closed = await repo.confirm_many(conn, open_ids) if open_ids else {}
+        out: list[Batch | DomainError] = []
+        for batch_id in batch_ids:
+            row = rows.get(batch_id)
+            if row is None:
+                out.append(_not_found(batch_id))
+            elif batch_id in closed:
+                out.append(repo.to_batch(row, (BatchState.CONFIRMED.value, closed[batch_id])))
+            else:
+                batch = repo.to_batch(row)
+                out.append(batch if batch.state is BatchState.CONFIRMED else _not_open(batch))
+        return out
+
     async def _close(self, batch_id: str, confirm: bool) -> Batch:
         target = BatchState.CONFIRMED if confirm else BatchState.RELEASED
         async with self.db.transaction() as conn:
@@ -43,11 +97,7 @@ class Batches:
             if batch.state is target:
                 return batch
             if batch.state is not BatchState.OPEN:
-                raise FailedPrecondition(
-                    "BATCH_NOT_OPEN",
-                    f"batch {batch_id!r} is {batch.state.value.lower()}",
-                    {"batch_id": batch_id, "state": batch.state.value},
-                )
+                raise _not_open(batch)
             return repo.to_batch(row, await repo.close_batch(conn, batch_id, confirm))
 
     async def confirm(self, batch_id: str) -> Batch:

@@ -41,6 +41,7 @@ from services.clearing.adapters import repository as repo
 from services.clearing.adapters.billing_client import BilledCharge, BillingClient
 from services.clearing.service_layer.unit_of_work import Database
 from shared.errors import reason_of
+from shared.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,21 @@ class Reconciler:
     def __init__(
         self, db: Database, billing: BillingClient, *, orphan_age_s: float, lookback_s: float,
         interval_s: float, now: Callable[[], dt.datetime] = _real_now,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
+        self.metrics = None
+        if metrics is not None:
+            # Created at start, so they are exported (at 0) before the first pass.
+            self.metrics = (
+                metrics.counter("fee_reconcile_orphans_voided",
+                                "Orphan charges (no clearing detail) voided in billing."),
+                metrics.gauge("fee_reconcile_orphan_charges",
+                              "Orphan charges the last reconciliation found, voided or not."),
+                metrics.gauge("fee_reconcile_violations",
+                              "Payments with a KNOWN fee but no billing charge, last pass."),
+                metrics.gauge("fee_reconcile_last_pass_timestamp_seconds",
+                              "When the last fee reconciliation finished (Unix time)."),
+            )
         self.db = db
         self.billing = billing
         self.orphan_age = dt.timedelta(seconds=orphan_age_s)
@@ -114,6 +129,12 @@ class Reconciler:
         report = Report(start, end)
         await self._orphans(report, void)
         await self._uncharged(report)
+        if self.metrics is not None:
+            voided, orphans, violations, last = self.metrics
+            voided.inc(report.voided)
+            orphans.set(len(report.orphans))
+            violations.set(report.violations)
+            last.set(self.now().timestamp())
         log.info(
             "fee reconciliation",
             extra={"window_start": start.isoformat(), "window_end": end.isoformat(),
@@ -126,7 +147,10 @@ class Reconciler:
         return report
 
     async def _orphans(self, report: Report, void: bool) -> None:
-        charges = await self.billing.charges_between(report.start, report.end)
+        # Clearing charges payments only; a PAYOUT charge (another caller's) has no
+        # clearing detail by design and is never taken for an orphan.
+        charges = [c for c in await self.billing.charges_between(report.start, report.end)
+                   if c.is_payment]
         report.charges_checked = len(charges)
         async with self.db.connect() as conn:
             known = await repo.payment_fee_statuses(conn, (c.transaction_id for c in charges))

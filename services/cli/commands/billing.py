@@ -314,6 +314,26 @@ def balance(ctx: typer.Context, merchant: str, currency: CurrencyOpt = "CNY",
     out.console().print(_account_line(account))
 
 
+@accounts.command("set-threshold")
+@handled
+def set_threshold(ctx: typer.Context, merchant: str,
+                  amount: Annotated[str, typer.Argument(help="Yuan: below it the account "
+                                                             "is reported low.")],
+                  currency: CurrencyOpt = "CNY", json: JsonOpt = False) -> None:
+    """Set the low-balance threshold of a prepaid fee account.
+
+    Example: clearhouse accounts set-threshold M07 200.00
+    """
+    cur = currency.upper()
+    account = clients(ctx).billing.UpdateFeeAccount(pb.UpdateFeeAccountRequest(
+        merchant_id=merchant, currency_code=cur,
+        low_balance_threshold=major(amount, cur, "threshold"))).account
+    if json:
+        out.emit_json(account)
+        return
+    out.console().print(_account_line(account))
+
+
 @accounts.command("movements")
 @handled
 def movements(ctx: typer.Context, merchant: str, currency: CurrencyOpt = "CNY",

@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -87,19 +88,27 @@ def main(
     # The demo's own database, emptied first: its figures depend on nothing left over.
     env.pop("DATABASE_URL", None)
     logs = data_dir.parent / "demo-logs"
-    stack = LocalStack(env, log_dir=logs, pg_dir=str(data_dir), reset_schemas=True)
+    # With --serve the web console comes up too (make up's fifth process), to look around.
+    stack = LocalStack(env, log_dir=logs, pg_dir=str(data_dir), reset_schemas=True,
+                       with_console=serve)
     code = 0
     try:
         with console.status("starting PostgreSQL, migrating, starting the services…"):
             stack.start(report=False, migrate_on_start=True)
         console.print(f"stack up in {time.monotonic() - started:.1f} s (services' clock: "
                       f"{env['CLEARHOUSE_NOW']}; logs in {logs})")
+        pki = stack.pki
+        # Operations as the development admin; the traffic as the transaction core.
         config = CliConfig(billing_address=stack.address("billing"),
                            clearing_address=stack.address("clearing"),
                            settlement_address=stack.address("settlement"),
-                           payout_simulator_address=stack.address("payout_simulator"))
-        with Clients(config) as clients:
-            result = Demo(clients, scenario, out, console=console).run()
+                           payout_simulator_address=stack.address("payout_simulator"),
+                           ca_cert=str(pki.ca_file), client_cert=str(pki.cert_file("tool")),
+                           client_key=str(pki.key_file("tool")),
+                           token_file=str(pki.token_file("ada")))
+        core = replace(config, token_file=str(pki.token_file("transaction-core")))
+        with Clients(config) as clients, Clients(core) as recorder:
+            result = Demo(clients, scenario, out, console=console, recorder=recorder).run()
         console.print(f"demo done in {time.monotonic() - started:.1f} s")
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.txt").write_text(console.export_text(), encoding="utf-8")
@@ -107,9 +116,14 @@ def main(
         if result.violations or not all(m["reconciled"] for m in result.merchants):
             code = 1
         if serve:
+            # The web console only while serving: the demo itself needs no browser.
+            stack.start_console(report=False)
+            console.print(f"console: {stack.console_url} (sign in with a token from "
+                          ".clearhouse/security/tokens/, see docs/console.md)")
             console.print("serving: " + ", ".join(
                 f"{name} {stack.address(name)}" for name in
                 ("billing", "clearing", "settlement", "payout_simulator"))
+                + f", console {stack.console_url}"
                 + "; try `.venv/bin/clearhouse settlements list --limit 20`")
             code = serve_until_stopped(stack, "Ctrl-C stops everything.") or code
     except StackError as exc:

@@ -11,10 +11,12 @@ from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2, clearing_pb2_grpc
 from clearhouse.payout.v1 import payout_pb2, payout_pb2_grpc
 from clearhouse.type.v1 import money_pb2, transaction_pb2
+from google.rpc import status_pb2
 
 from services.settlement.domain.netting import BatchTotals, FeeBill
 from services.settlement.domain.profiles import BankAccount
 from services.settlement.domain.statements import Detail
+from shared.client_security import ClientSecurity
 from shared.convert import date_to_proto, proto_to_date, ts_to_datetime
 from shared.interceptors import client_channel
 
@@ -77,6 +79,16 @@ def _batch(b: clearing_pb2.Batch) -> ClearingBatch:
     )
 
 
+# Clearing's limit of items per batch call (shared.validation.MAX_BATCH_ITEMS).
+MAX_ITEMS_PER_CALL = 1000
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+def _error(status: status_pb2.Status) -> str:
+    """An item's error as the run records it: "CODE: message", as for a failed call."""
+    return f"{_CODE_NAMES.get(status.code, str(status.code))}: {status.message}"[:500]
+
+
 _DETAIL_TYPES = {
     clearing_pb2.DETAIL_TYPE_PAYMENT: "PAYMENT",
     clearing_pb2.DETAIL_TYPE_REFUND: "REFUND",
@@ -114,8 +126,8 @@ _DETAIL_STATES = {
 
 
 class ClearingClient:
-    def __init__(self, address: str, deadline_s: float) -> None:
-        self.channel = client_channel(address)
+    def __init__(self, address: str, deadline_s: float, security: ClientSecurity) -> None:
+        self.channel = client_channel(address, security)
         self.stub = clearing_pb2_grpc.ClearingServiceStub(self.channel)
         self.deadline_s = deadline_s
 
@@ -134,6 +146,42 @@ class ClearingClient:
             timeout=self.deadline_s,
         )
         return _batch(resp.batch)
+
+    async def claim_many(
+        self, claims: list[tuple[str, str, str, dt.date]]
+    ) -> list[ClearingBatch | str]:
+        """`claim` for many (batch id, merchant, currency, business date to) through
+        BatchClaimDetails, 1,000 per call: per claim its batch, or the error clearing gave
+        it as "CODE: message" (an error of a whole call raises)."""
+        out: list[ClearingBatch | str] = []
+        for start in range(0, len(claims), MAX_ITEMS_PER_CALL):
+            resp = await self.stub.BatchClaimDetails(
+                clearing_pb2.BatchClaimDetailsRequest(claims=[
+                    clearing_pb2.ClaimDetailsRequest(
+                        batch_id=b, merchant_id=m, currency_code=c,
+                        business_date_to=date_to_proto(d),
+                    )
+                    for b, m, c, d in claims[start:start + MAX_ITEMS_PER_CALL]
+                ]),
+                timeout=self.deadline_s,
+            )
+            out += [_batch(o.batch) if o.WhichOneof("outcome") == "batch" else _error(o.error)
+                    for o in resp.outcomes]
+        return out
+
+    async def confirm_many(self, batch_ids: list[str]) -> list[str]:
+        """`confirm` for many distinct batch ids through BatchConfirmBatches, 1,000 per
+        call: per batch '' when confirmed, else its error as "CODE: message"."""
+        out: list[str] = []
+        for start in range(0, len(batch_ids), MAX_ITEMS_PER_CALL):
+            resp = await self.stub.BatchConfirmBatches(
+                clearing_pb2.BatchConfirmBatchesRequest(
+                    batch_ids=batch_ids[start:start + MAX_ITEMS_PER_CALL]),
+                timeout=self.deadline_s,
+            )
+            out += ["" if o.WhichOneof("outcome") == "batch" else _error(o.error)
+                    for o in resp.outcomes]
+        return out
 
     async def get_batch(self, batch_id: str) -> ClearingBatch | None:
         """The batch without claiming anything, or None when clearing has no such id."""
@@ -222,8 +270,8 @@ class ClearingClient:
 
 
 class BillingClient:
-    def __init__(self, address: str, deadline_s: float) -> None:
-        self.channel = client_channel(address)
+    def __init__(self, address: str, deadline_s: float, security: ClientSecurity) -> None:
+        self.channel = client_channel(address, security)
         self.stub = billing_pb2_grpc.BillingServiceStub(self.channel)
         self.deadline_s = deadline_s
 
@@ -288,8 +336,8 @@ def _gateway_payout(p: payout_pb2.Payout) -> GatewayPayout:
 class GatewayClient:
     """The payout gateway (clearhouse.payout.v1); the instruction id is the idempotency key."""
 
-    def __init__(self, address: str, deadline_s: float) -> None:
-        self.channel = client_channel(address)
+    def __init__(self, address: str, deadline_s: float, security: ClientSecurity) -> None:
+        self.channel = client_channel(address, security)
         self.stub = payout_pb2_grpc.PayoutGatewayServiceStub(self.channel)
         self.deadline_s = deadline_s
 

@@ -21,7 +21,7 @@ import datetime as dt
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,7 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.settlement.adapters import ledger_repo, run_repo
-from services.settlement.adapters.clients import FirstDetail
+from services.settlement.adapters.clients import ClearingBatch, FirstDetail
 from services.settlement.domain import ids, ledger
 from services.settlement.domain.calendar import BusinessCalendar, Cycle, DateOutsideCalendar
 from services.settlement.domain.ledger import AccountType, account
@@ -297,9 +297,7 @@ class RunService:
                 ]
                 await self._fix_claims(items, calendar, bdt_cache)
                 await self._step("before_claim")
-                await asyncio.gather(
-                    *(self._gather(item, calendar, bdt_cache) for item in items)
-                )
+                await self._claim_chunk(items)
                 await self._step("after_claim")
                 booked = await self._book(conn, [i for i in items if not i.error], pass_id)
                 failed = [i for i in items if i.error]
@@ -351,7 +349,7 @@ class RunService:
                         later = await self.clearing.first_detail(
                             item.merchant_id, "UNSETTLED",
                             bdt + dt.timedelta(days=1) if bdt else None, None)
-            except grpc.aio.AioRpcError as exc:
+            except Exception as exc:  # a note is never worth failing the run for
                 item.noted = Noted(Note.UNKNOWN, f"clearing did not say: {_describe(exc)}")
                 return
             settles_on = ""
@@ -408,48 +406,66 @@ class RunService:
                 # Booked in the currency the batch was claimed in.
                 item.profile = replace(item.profile, currency=item.claim.currency)
 
-    async def _gather(
-        self,
-        item: _Item,
-        calendar: BusinessCalendar,
-        bdt_cache: dict[tuple[dt.date, Cycle], dt.date | None],
-    ) -> None:
-        """Claims the item's details and lists its bills; records an error on the item."""
-        p = item.profile
-        if item.claim is None:
-            item.error = "DATE_OUTSIDE_CALENDAR"
+    async def _claim_chunk(self, items: list[_Item]) -> None:
+        """Claims every item's details in one BatchClaimDetails call (each claim exactly
+        the item's recorded ClaimDetails), then takes each answer; records errors on the
+        items. A failed call fails every item of the chunk at CLAIM."""
+        claimable = []
+        for item in items:
+            if item.claim is None:
+                item.error = "DATE_OUTSIDE_CALENDAR"
+                continue
+            item.business_date_to = item.claim.business_date_to
+            item.batch_id = item.claim.batch_id
+            claimable.append(item)
+        if not claimable:
             return
-        bdt = item.claim.business_date_to
-        item.business_date_to = bdt
-        item.batch_id = item.claim.batch_id
         try:
             async with self.calls:
-                batch = await self.clearing.claim(
-                    item.batch_id, item.merchant_id, p.currency, bdt
-                )
-                if batch.state != "OPEN" and batch.totals.detail_count > 0:
-                    # A repeated claim (after a crash between claim and booking) answers
-                    # with the batch of that id whatever its state. RELEASED (by hand,
-                    # meanwhile): its details are free again and the next claim takes
-                    # them, so booking these totals would pay them twice. CONFIRMED:
-                    # settled in clearing by someone else. Either way never booked; the
-                    # item fails at CLAIM, and every later run finds the same answer
-                    # until ops act (docs/settlement.md, "Batches not OPEN").
-                    item.error = (
-                        f"BATCH_NOT_OPEN: clearing batch {item.batch_id} is "
-                        f"{batch.state or 'in an unknown state'} with "
-                        f"{batch.totals.detail_count} details; not booked"
-                    )
-                    return
-                item.totals = batch.totals
+                answers = await self.clearing.claim_many([
+                    (i.batch_id, i.merchant_id, i.profile.currency, i.claim.business_date_to)
+                    for i in claimable if i.claim is not None
+                ])
+        except grpc.aio.AioRpcError as exc:
+            for item in claimable:
+                item.error = f"{exc.code().name}: {exc.details()}"
+            return
+        await asyncio.gather(
+            *(self._take(item, answer) for item, answer in zip(claimable, answers, strict=True))
+        )
+
+    async def _take(self, item: _Item, batch: ClearingBatch | str) -> None:
+        """Takes one claim's answer: the totals to book, or the item's error; releases an
+        empty batch and lists the merchant's bills."""
+        if isinstance(batch, str):
+            item.error = batch
+            return
+        if batch.state != "OPEN" and batch.totals.detail_count > 0:
+            # A repeated claim (after a crash between claim and booking) answers
+            # with the batch of that id whatever its state. RELEASED (by hand,
+            # meanwhile): its details are free again and the next claim takes
+            # them, so booking these totals would pay them twice. CONFIRMED:
+            # settled in clearing by someone else. Either way never booked; the
+            # item fails at CLAIM, and every later run finds the same answer
+            # until ops act (docs/settlement.md, "Batches not OPEN").
+            item.error = (
+                f"BATCH_NOT_OPEN: clearing batch {item.batch_id} is "
+                f"{batch.state or 'in an unknown state'} with "
+                f"{batch.totals.detail_count} details; not booked"
+            )
+            return
+        item.totals = batch.totals
+        try:
+            async with self.calls:
                 if item.totals.detail_count == 0:
                     # Clearing opens a batch even when it finds nothing; an empty one
                     # is never confirmed, so it is released at once rather than left
                     # OPEN (idempotent; a retried claim of the id returns it, still
                     # empty, and the settlement records no batch for it).
                     await self._release_empty(item.batch_id)
-                if p.deduct_fee_bills:
-                    item.bills = await self.billing.issued_bills(item.merchant_id, p.currency)
+                if item.profile.deduct_fee_bills:
+                    item.bills = await self.billing.issued_bills(
+                        item.merchant_id, item.profile.currency)
         except grpc.aio.AioRpcError as exc:
             item.error = f"{exc.code().name}: {exc.details()}"
 
@@ -599,16 +615,7 @@ class RunService:
                 bills_of: dict[str, list[str]] = {}
                 for b in open_bills:
                     bills_of.setdefault(b.settlement_id, []).append(b.bill_id)
-                outcomes = await asyncio.gather(
-                    *(
-                        self._confirm(
-                            r.clearing_batch_id if r.detail_count > 0 else None,
-                            r.settlement_id,
-                            bills_of.get(r.settlement_id, []),
-                        )
-                        for r in rows
-                    )
-                )
+                outcomes = await self._confirm_rows(rows, bills_of)
                 ok = [r for r, err in zip(rows, outcomes, strict=True) if not err]
                 collected = [b for r in ok for b in bills_of.get(r.settlement_id, [])]
                 if collected:
@@ -636,26 +643,38 @@ class RunService:
                 )
         return True
 
-    async def _confirm(self, batch_id: str | None, settlement_id: str, bills: list[str]) -> str:
-        """'' when the batch is confirmed and the bills marked collected, else the error.
+    async def _confirm_rows(self, rows: Sequence[Any], bills_of: dict[str, list[str]]) -> list[str]:
+        """Per booked row '' when its batch is confirmed and its bills marked collected,
+        else the error: every batch of the chunk in one BatchConfirmBatches call, then
+        the bills of the rows confirmed.
 
-        Any exception of a call becomes the item's error: one escaping would roll back
+        Any exception of a call becomes the items' error: one escaping would roll back
         the completion of the whole chunk and abort the run, leaving the other items'
         confirmed batches unrecorded."""
-        try:
-            async with self.calls:
-                if batch_id:
-                    await self.clearing.confirm(batch_id)
-        except Exception as exc:
-            return _describe(exc)
+        batch_ids = [r.clearing_batch_id for r in rows if r.detail_count > 0]
+        errors: dict[str, str] = {}
+        if batch_ids:
+            try:
+                async with self.calls:
+                    errors = dict(zip(batch_ids, await self.clearing.confirm_many(batch_ids),
+                                      strict=True))
+            except Exception as exc:
+                errors = dict.fromkeys(batch_ids, _describe(exc))
         await self._step("after_confirm")
-        try:
-            async with self.calls:
-                for bill in bills:
-                    await self.billing.mark_collected(bill, settlement_id)
-        except Exception as exc:
-            return _describe(exc)
-        return ""
+
+        async def collect(r: Any) -> str:
+            err = errors.get(r.clearing_batch_id, "") if r.detail_count > 0 else ""
+            if err:
+                return err
+            try:
+                async with self.calls:
+                    for bill in bills_of.get(r.settlement_id, []):
+                        await self.billing.mark_collected(bill, r.settlement_id)
+            except Exception as exc:
+                return _describe(exc)
+            return ""
+
+        return list(await asyncio.gather(*(collect(r) for r in rows)))
 
     # ---- reads ------------------------------------------------------------------------
 

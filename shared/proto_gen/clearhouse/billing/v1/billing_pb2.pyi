@@ -2391,6 +2391,7 @@ class FeeCharge(_message.Message):
     RULE_VERSION_FIELD_NUMBER: _builtins.int
     TRANSACTION_TIME_FIELD_NUMBER: _builtins.int
     CHARGE_TIME_FIELD_NUMBER: _builtins.int
+    TRANSACTION_TYPE_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """The charged transaction's id."""
     merchant_id: _builtins.str
@@ -2401,6 +2402,8 @@ class FeeCharge(_message.Message):
     """The rule that priced it."""
     rule_version: _builtins.int
     """The rule's version."""
+    transaction_type: _transaction_pb2.TransactionType.ValueType
+    """PAYMENT (clearing's charges) or PAYOUT."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """The transaction's amount."""
@@ -2429,10 +2432,11 @@ class FeeCharge(_message.Message):
         rule_version: _builtins.int = ...,
         transaction_time: _timestamp_pb2.Timestamp | None = ...,
         charge_time: _timestamp_pb2.Timestamp | None = ...,
+        transaction_type: _transaction_pb2.TransactionType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "charge_time", b"charge_time", "fee", b"fee", "transaction_time", b"transaction_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "charge_time", b"charge_time", "collection_mode", b"collection_mode", "fee", b"fee", "merchant_id", b"merchant_id", "rule_id", b"rule_id", "rule_version", b"rule_version", "transaction_id", b"transaction_id", "transaction_time", b"transaction_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "charge_time", b"charge_time", "collection_mode", b"collection_mode", "fee", b"fee", "merchant_id", b"merchant_id", "rule_id", b"rule_id", "rule_version", b"rule_version", "transaction_id", b"transaction_id", "transaction_time", b"transaction_time", "transaction_type", b"transaction_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

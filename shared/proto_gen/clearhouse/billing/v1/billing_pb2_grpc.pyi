@@ -53,6 +53,11 @@ class BillingServiceStub:
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
     - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
       a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -172,6 +177,11 @@ class BillingServiceAsyncStub(BillingServiceStub):
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
     - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
       a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 
@@ -287,6 +297,11 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     - FEE_BILL_NOT_ISSUED (FAILED_PRECONDITION): collecting a bill that is not issued.
     - DATABASE_UNAVAILABLE (UNAVAILABLE): the database cannot be reached or the call lost
       a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
     """
 

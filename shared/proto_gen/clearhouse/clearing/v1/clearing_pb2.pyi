@@ -1239,6 +1239,139 @@ class ListBatchDetailsResponse(_message.Message):
 Global___ListBatchDetailsResponse: _TypeAlias = ListBatchDetailsResponse  # noqa: Y015
 
 @_typing.final
+class BatchClaimDetailsRequest(_message.Message):
+    """BatchClaimDetailsRequest claims for up to 1,000 merchants."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def claims(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClaimDetailsRequest]:
+        """The claims: 1 to 1,000, batch ids distinct and (merchant, currency) distinct within
+        the call (else the whole call is refused); a claim breaking a field limit gets its
+        own error, the others are claimed.
+        """
+
+    def __init__(
+        self,
+        *,
+        claims: _abc.Iterable[Global___ClaimDetailsRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claims", b"claims"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchClaimDetailsRequest: _TypeAlias = BatchClaimDetailsRequest  # noqa: Y015
+
+@_typing.final
+class BatchOutcome(_message.Message):
+    """BatchOutcome is one claim's or confirmation's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> Global___Batch:
+        """The batch, as ClaimDetails answers it."""
+
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The refusal (INVALID_ARGUMENT, or ALREADY_EXISTS IDEMPOTENCY_CONFLICT); nothing
+        was claimed for this item.
+        """
+
+    def __init__(
+        self,
+        *,
+        batch: Global___Batch | None = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["batch", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___BatchOutcome: _TypeAlias = BatchOutcome  # noqa: Y015
+
+@_typing.final
+class BatchClaimDetailsResponse(_message.Message):
+    """BatchClaimDetailsResponse answers each claim in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchOutcome]:
+        """One outcome per claim."""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___BatchOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchClaimDetailsResponse: _TypeAlias = BatchClaimDetailsResponse  # noqa: Y015
+
+@_typing.final
+class BatchConfirmBatchesRequest(_message.Message):
+    """BatchConfirmBatchesRequest settles up to 1,000 batches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The batch ids: 1 to 1,000, distinct (else the whole call is refused)."""
+
+    def __init__(
+        self,
+        *,
+        batch_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_ids", b"batch_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchConfirmBatchesRequest: _TypeAlias = BatchConfirmBatchesRequest  # noqa: Y015
+
+@_typing.final
+class BatchConfirmBatchesResponse(_message.Message):
+    """BatchConfirmBatchesResponse answers each batch id in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchOutcome]:
+        """One outcome per batch id: the confirmed batch, or the error ConfirmBatch would give."""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___BatchOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchConfirmBatchesResponse: _TypeAlias = BatchConfirmBatchesResponse  # noqa: Y015
+
+@_typing.final
 class ConfirmBatchRequest(_message.Message):
     """ConfirmBatchRequest settles a batch."""
 

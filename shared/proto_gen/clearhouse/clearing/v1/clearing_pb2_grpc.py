@@ -49,6 +49,11 @@ class ClearingServiceStub:
     (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
     call lost a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, BILLING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
     (a forged page_token, or one from a call with other filters, included), and nothing
     is stored or charged in billing. The limits are the shared validation model's
@@ -116,6 +121,11 @@ class ClearingServiceStub:
                 request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ClaimDetailsRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ClaimDetailsResponse.FromString,
                 _registered_method=True)
+        self.BatchClaimDetails = channel.unary_unary(
+                '/clearhouse.clearing.v1.ClearingService/BatchClaimDetails',
+                request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchClaimDetailsRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchClaimDetailsResponse.FromString,
+                _registered_method=True)
         self.ListBatchDetails = channel.unary_unary(
                 '/clearhouse.clearing.v1.ClearingService/ListBatchDetails',
                 request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchDetailsRequest.SerializeToString,
@@ -125,6 +135,11 @@ class ClearingServiceStub:
                 '/clearhouse.clearing.v1.ClearingService/ConfirmBatch',
                 request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ConfirmBatchRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ConfirmBatchResponse.FromString,
+                _registered_method=True)
+        self.BatchConfirmBatches = channel.unary_unary(
+                '/clearhouse.clearing.v1.ClearingService/BatchConfirmBatches',
+                request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchConfirmBatchesRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchConfirmBatchesResponse.FromString,
                 _registered_method=True)
         self.ReleaseBatch = channel.unary_unary(
                 '/clearhouse.clearing.v1.ClearingService/ReleaseBatch',
@@ -172,6 +187,11 @@ class ClearingServiceServicer:
     (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
     call lost a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, BILLING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
     (a forged page_token, or one from a call with other filters, included), and nothing
     is stored or charged in billing. The limits are the shared validation model's
@@ -259,6 +279,17 @@ class ClearingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchClaimDetails(self, request, context):
+        """Claims for many merchants in one call: each claim is exactly a ClaimDetails
+        (idempotent by its batch id, a repeat answers the batch of that id in whatever state
+        it is, the same id with other content is refused), answered in request order with
+        its own batch or error; set-based in the database, so a settlement run pays one call
+        and one statement per chunk of merchants instead of one per merchant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListBatchDetails(self, request, context):
         """Lists the details of a batch, paginated, for statements.
         """
@@ -268,6 +299,14 @@ class ClearingServiceServicer:
 
     def ConfirmBatch(self, request, context):
         """Marks a batch's details settled. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchConfirmBatches(self, request, context):
+        """Confirms many batches in one call: each exactly a ConfirmBatch (idempotent; a batch
+        not OPEN nor CONFIRMED, or unknown, gets its own error), answered in request order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -375,6 +414,11 @@ def add_ClearingServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ClaimDetailsRequest.FromString,
                     response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ClaimDetailsResponse.SerializeToString,
             ),
+            'BatchClaimDetails': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchClaimDetails,
+                    request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchClaimDetailsRequest.FromString,
+                    response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchClaimDetailsResponse.SerializeToString,
+            ),
             'ListBatchDetails': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBatchDetails,
                     request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ListBatchDetailsRequest.FromString,
@@ -384,6 +428,11 @@ def add_ClearingServiceServicer_to_server(servicer, server):
                     servicer.ConfirmBatch,
                     request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ConfirmBatchRequest.FromString,
                     response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ConfirmBatchResponse.SerializeToString,
+            ),
+            'BatchConfirmBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchConfirmBatches,
+                    request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchConfirmBatchesRequest.FromString,
+                    response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchConfirmBatchesResponse.SerializeToString,
             ),
             'ReleaseBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseBatch,
@@ -437,6 +486,11 @@ class ClearingService:
     (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
     call lost a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, BILLING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
     (a forged page_token, or one from a call with other filters, included), and nothing
     is stored or charged in billing. The limits are the shared validation model's
@@ -719,6 +773,33 @@ class ClearingService:
             _registered_method=True)
 
     @staticmethod
+    def BatchClaimDetails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.clearing.v1.ClearingService/BatchClaimDetails',
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchClaimDetailsRequest.SerializeToString,
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchClaimDetailsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListBatchDetails(request,
             target,
             options=(),
@@ -762,6 +843,33 @@ class ClearingService:
             '/clearhouse.clearing.v1.ClearingService/ConfirmBatch',
             clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ConfirmBatchRequest.SerializeToString,
             clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ConfirmBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchConfirmBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.clearing.v1.ClearingService/BatchConfirmBatches',
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchConfirmBatchesRequest.SerializeToString,
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.BatchConfirmBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,

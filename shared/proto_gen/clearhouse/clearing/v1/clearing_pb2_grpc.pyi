@@ -50,6 +50,11 @@ class ClearingServiceStub:
       (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, BILLING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
     (a forged page_token, or one from a call with other filters, included), and nothing
     is stored or charged in billing. The limits are the shared validation model's
@@ -94,10 +99,21 @@ class ClearingServiceStub:
     """Claims every unsettled, priced detail of a merchant and currency up to a
     business date into a batch, and returns the totals. Idempotent by batch id.
     """
+    BatchClaimDetails: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.BatchClaimDetailsRequest, _clearing_pb2.BatchClaimDetailsResponse]
+    """Claims for many merchants in one call: each claim is exactly a ClaimDetails
+    (idempotent by its batch id, a repeat answers the batch of that id in whatever state
+    it is, the same id with other content is refused), answered in request order with
+    its own batch or error; set-based in the database, so a settlement run pays one call
+    and one statement per chunk of merchants instead of one per merchant.
+    """
     ListBatchDetails: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ListBatchDetailsRequest, _clearing_pb2.ListBatchDetailsResponse]
     """Lists the details of a batch, paginated, for statements."""
     ConfirmBatch: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ConfirmBatchRequest, _clearing_pb2.ConfirmBatchResponse]
     """Marks a batch's details settled. Idempotent."""
+    BatchConfirmBatches: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.BatchConfirmBatchesRequest, _clearing_pb2.BatchConfirmBatchesResponse]
+    """Confirms many batches in one call: each exactly a ConfirmBatch (idempotent; a batch
+    not OPEN nor CONFIRMED, or unknown, gets its own error), answered in request order.
+    """
     ReleaseBatch: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ReleaseBatchRequest, _clearing_pb2.ReleaseBatchResponse]
     """Returns a batch's details to unsettled, for a claimer that will NOT settle the
     batch (settlement releasing an empty claim; a claim its claimer abandoned). Idempotent.
@@ -157,6 +173,11 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
       (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, BILLING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
     (a forged page_token, or one from a call with other filters, included), and nothing
     is stored or charged in billing. The limits are the shared validation model's
@@ -198,10 +219,21 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     """Claims every unsettled, priced detail of a merchant and currency up to a
     business date into a batch, and returns the totals. Idempotent by batch id.
     """
+    BatchClaimDetails: _aio.UnaryUnaryMultiCallable[_clearing_pb2.BatchClaimDetailsRequest, _clearing_pb2.BatchClaimDetailsResponse]  # type: ignore[assignment]
+    """Claims for many merchants in one call: each claim is exactly a ClaimDetails
+    (idempotent by its batch id, a repeat answers the batch of that id in whatever state
+    it is, the same id with other content is refused), answered in request order with
+    its own batch or error; set-based in the database, so a settlement run pays one call
+    and one statement per chunk of merchants instead of one per merchant.
+    """
     ListBatchDetails: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ListBatchDetailsRequest, _clearing_pb2.ListBatchDetailsResponse]  # type: ignore[assignment]
     """Lists the details of a batch, paginated, for statements."""
     ConfirmBatch: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ConfirmBatchRequest, _clearing_pb2.ConfirmBatchResponse]  # type: ignore[assignment]
     """Marks a batch's details settled. Idempotent."""
+    BatchConfirmBatches: _aio.UnaryUnaryMultiCallable[_clearing_pb2.BatchConfirmBatchesRequest, _clearing_pb2.BatchConfirmBatchesResponse]  # type: ignore[assignment]
+    """Confirms many batches in one call: each exactly a ConfirmBatch (idempotent; a batch
+    not OPEN nor CONFIRMED, or unknown, gets its own error), answered in request order.
+    """
     ReleaseBatch: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ReleaseBatchRequest, _clearing_pb2.ReleaseBatchResponse]  # type: ignore[assignment]
     """Returns a batch's details to unsettled, for a claimer that will NOT settle the
     batch (settlement releasing an empty claim; a claim its claimer abandoned). Idempotent.
@@ -260,6 +292,11 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
       (fee-free: it is never priced, so it can never have been an exception).
     - DATABASE_UNAVAILABLE (UNAVAILABLE): clearing's database cannot be reached or the
       call lost a deadlock; nothing was recorded and the call may be retried as is.
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, BILLING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations
     (a forged page_token, or one from a call with other filters, included), and nothing
     is stored or charged in billing. The limits are the shared validation model's
@@ -361,6 +398,19 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def BatchClaimDetails(
+        self,
+        request: _clearing_pb2.BatchClaimDetailsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clearing_pb2.BatchClaimDetailsResponse, _abc.Awaitable[_clearing_pb2.BatchClaimDetailsResponse]]:
+        """Claims for many merchants in one call: each claim is exactly a ClaimDetails
+        (idempotent by its batch id, a repeat answers the batch of that id in whatever state
+        it is, the same id with other content is refused), answered in request order with
+        its own batch or error; set-based in the database, so a settlement run pays one call
+        and one statement per chunk of merchants instead of one per merchant.
+        """
+
+    @_abc_1.abstractmethod
     def ListBatchDetails(
         self,
         request: _clearing_pb2.ListBatchDetailsRequest,
@@ -375,6 +425,16 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_clearing_pb2.ConfirmBatchResponse, _abc.Awaitable[_clearing_pb2.ConfirmBatchResponse]]:
         """Marks a batch's details settled. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def BatchConfirmBatches(
+        self,
+        request: _clearing_pb2.BatchConfirmBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clearing_pb2.BatchConfirmBatchesResponse, _abc.Awaitable[_clearing_pb2.BatchConfirmBatchesResponse]]:
+        """Confirms many batches in one call: each exactly a ConfirmBatch (idempotent; a batch
+        not OPEN nor CONFIRMED, or unknown, gets its own error), answered in request order.
+        """
 
     @_abc_1.abstractmethod
     def ReleaseBatch(

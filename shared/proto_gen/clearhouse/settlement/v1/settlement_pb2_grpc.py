@@ -45,9 +45,19 @@ class SettlementServiceStub:
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
+    - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
+    metadata "merchant_id". Lift the hold first.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
+    call lost its connection or a deadlock; nothing was recorded and the call may be
+    retried as is.
     - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
     longer holds what the settlement booked (released by hand), so its detail lines
     cannot be listed; metadata "clearing_batch_id".
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, CLEARING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations,
     and nothing is read or written. The limits are the shared validation model's
     (docs/validation.md), written field by field below ("Limits:"): ids 1-64 characters
@@ -210,9 +220,19 @@ class SettlementServiceServicer:
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
+    - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
+    metadata "merchant_id". Lift the hold first.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
+    call lost its connection or a deadlock; nothing was recorded and the call may be
+    retried as is.
     - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
     longer holds what the settlement booked (released by hand), so its detail lines
     cannot be listed; metadata "clearing_batch_id".
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, CLEARING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations,
     and nothing is read or written. The limits are the shared validation model's
     (docs/validation.md), written field by field below ("Limits:"): ids 1-64 characters
@@ -560,9 +580,19 @@ class SettlementService:
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
+    - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
+    metadata "merchant_id". Lift the hold first.
+    - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
+    call lost its connection or a deadlock; nothing was recorded and the call may be
+    retried as is.
     - STATEMENT_MISMATCH (FAILED_PRECONDITION): clearing's batch of a settlement no
     longer holds what the settlement booked (released by hand), so its detail lines
     cannot be listed; metadata "clearing_batch_id".
+    Retrying: UNAVAILABLE (DATABASE_UNAVAILABLE, CLEARING_UNAVAILABLE, or the service not serving
+    yet) and DEADLINE_EXCEEDED may be retried, with backoff and the same request (the
+    same request id: every mutation is idempotent by it, so a retry of one that did
+    commit answers what it committed). Every other code is an answer: retrying the same
+    request unchanged gets the same answer.
     Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations,
     and nothing is read or written. The limits are the shared validation model's
     (docs/validation.md), written field by field below ("Limits:"): ids 1-64 characters

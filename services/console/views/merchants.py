@@ -1,0 +1,97 @@
+"""A merchant: profile (bank account masked), balance, recent details, settlements with
+their statements, payouts, fee account and its movements, fee bills. Each list pages on
+with its own query parameter, so one list's next page keeps the others in place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clearhouse.billing.v1 import billing_pb2 as bpb
+from clearhouse.clearing.v1 import clearing_pb2 as cpb
+from clearhouse.settlement.v1 import settlement_pb2 as spb
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from services.console.web import PAGE_SIZE, Page, page
+from shared.service_client import ServiceError
+
+router = APIRouter()
+SECTION_SIZE = 10
+
+
+def _optional(call: Any, request: Any) -> Any:
+    """A read that may find nothing (no fee account, no profile yet)."""
+    try:
+        return call(request)
+    except ServiceError as exc:
+        if exc.code.name == "NOT_FOUND":
+            return None
+        raise
+
+
+@router.get("/merchants", response_class=HTMLResponse)
+def find(p: Page = Depends(page), id: str = "") -> Response:
+    if id.strip():
+        return RedirectResponse(f"/merchants/{id.strip()}", status_code=303)
+    profiles = p.calls.settlement.ListSettlementProfiles(spb.ListSettlementProfilesRequest(
+        page_size=PAGE_SIZE, page_token=p.request.query_params.get("page_token", "")))
+    return p.render("merchants.html", title="Merchants", profiles=profiles.profiles,
+                    next_token=profiles.next_page_token)
+
+
+@router.get("/merchants/{merchant_id}", response_class=HTMLResponse)
+def merchant(merchant_id: str, p: Page = Depends(page), details: str = Query(""),
+             settlements: str = Query(""), payouts: str = Query(""),
+             movements: str = Query(""), bills: str = Query("")) -> Response:
+    c = p.calls
+    profile = _optional(c.settlement.GetSettlementProfile,
+                        spb.GetSettlementProfileRequest(merchant_id=merchant_id))
+    currency = profile.profile.currency_code if profile else "CNY"
+    balance = c.settlement.GetMerchantBalance(spb.GetMerchantBalanceRequest(
+        merchant_id=merchant_id))
+    detail_page = c.clearing.ListDetails(cpb.ListDetailsRequest(
+        merchant_id=merchant_id, page_size=SECTION_SIZE, page_token=details))
+    settlement_page = c.settlement.ListSettlements(spb.ListSettlementsRequest(
+        merchant_id=merchant_id, page_size=SECTION_SIZE, page_token=settlements))
+    payout_page = c.settlement.ListPayouts(spb.ListPayoutsRequest(
+        merchant_id=merchant_id, page_size=SECTION_SIZE, page_token=payouts))
+    account = _optional(c.billing.GetFeeAccount, bpb.GetFeeAccountRequest(
+        merchant_id=merchant_id, currency_code=currency))
+    movement_page = _optional(c.billing.ListFeeAccountMovements,
+                              bpb.ListFeeAccountMovementsRequest(
+                                  merchant_id=merchant_id, currency_code=currency,
+                                  page_size=SECTION_SIZE, page_token=movements))
+    bill_page = c.billing.ListFeeBills(bpb.ListFeeBillsRequest(
+        merchant_id=merchant_id, page_size=SECTION_SIZE, page_token=bills))
+    if (profile is None and not detail_page.details and not settlement_page.settlements
+            and not (movement_page and movement_page.movements) and not bill_page.bills):
+        return p.render("error.html", 404, title="No such merchant",
+                        message=f"No service knows merchant {merchant_id!r}.")
+    return p.render(
+        "merchant.html", title=f"Merchant {merchant_id}", merchant_id=merchant_id,
+        profile=profile.profile if profile else None, balances=balance.balances,
+        details=detail_page, settlements=settlement_page, payouts=payout_page,
+        account=account.account if account else None, movements=movement_page,
+        bills=bill_page)
+
+
+@router.get("/settlements/{settlement_id}", response_class=HTMLResponse)
+def settlement(settlement_id: str, p: Page = Depends(page), lines: str = Query("")) -> Response:
+    st = p.calls.settlement.GetSettlement(
+        spb.GetSettlementRequest(settlement_id=settlement_id)).settlement
+    line_page = p.calls.settlement.ListStatementLines(spb.ListStatementLinesRequest(
+        settlement_id=settlement_id, page_size=50, page_token=lines))
+    return p.render("settlement.html", title=f"Settlement {settlement_id}", st=st,
+                    lines=line_page)
+
+
+@router.get("/settlements/{settlement_id}/statement.csv")
+def statement_csv(settlement_id: str, p: Page = Depends(page),
+                  format: str = Query("detailed")) -> Response:
+    chosen = (spb.STATEMENT_FORMAT_SUMMARY if format == "summary"
+              else spb.STATEMENT_FORMAT_DETAILED)
+    exported = p.calls.settlement.ExportStatement(spb.ExportStatementRequest(
+        settlement_id=settlement_id, format=chosen))
+    name = exported.file_name or f"{settlement_id}.csv"
+    return Response(exported.content, media_type="text/csv; charset=utf-8",
+                    headers={"content-disposition": f'attachment; filename="{name}"'})

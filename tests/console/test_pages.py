@@ -1,0 +1,271 @@
+"""The console's pages and forms through the app (httpx against the ASGI app), calling
+the real services as the signed-in person."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import httpx
+import pytest
+from clearhouse.settlement.v1 import settlement_pb2 as spb
+
+from services.console.session import COOKIE
+from tests.console.conftest import ConsoleEnv, csrf_of, signed_in
+from tests.e2e import stack as st
+
+
+def _client(env: ConsoleEnv) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app),
+                             base_url="http://console.test")
+
+
+async def test_sign_in_refuses_unknown_tokens_and_forms_without_csrf(console_env):
+    async with _client(console_env) as c:
+        assert (await c.get("/", follow_redirects=False)).headers["location"] == "/sign-in?next=/"
+        form = await c.get("/sign-in")
+        token = csrf_of(form.text)
+        bad = await c.post("/sign-in", data={"token": "not-a-token", "csrf": token})
+        assert bad.status_code == 401 and "Unknown name or token" in bad.text
+        wrong_name = await c.post("/sign-in", data={
+            "name": "vic", "token": console_env.tokens["ada"], "csrf": token})
+        assert wrong_name.status_code == 401
+        no_csrf = await c.post("/sign-in", data={"token": console_env.tokens["ada"]})
+        assert no_csrf.status_code == 403 and COOKIE not in no_csrf.cookies
+        ok = await c.post("/sign-in", data={"token": console_env.tokens["ada"], "csrf": token,
+                                            "next": "/runs"})
+        assert ok.status_code == 303 and ok.headers["location"] == "/runs"
+        cookie = ok.headers["set-cookie"]
+        assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
+        # The token never travels in the clear inside the cookie.
+        assert console_env.tokens["ada"] not in cookie
+        page = await c.get("/")
+        assert page.status_code == 200 and "ada · admin" in page.text, page.text[-1500:]
+        # Sign-out is a form with CSRF too.
+        assert (await c.post("/sign-out", data={"csrf": "forged"})).status_code == 403
+        out = await c.post("/sign-out", data={"csrf": csrf_of(page.text)})
+        assert out.status_code == 303
+        assert (await c.get("/", follow_redirects=False)).status_code == 303
+
+
+async def test_a_forged_cookie_signs_nobody_in(console_env):
+    async with _client(console_env) as c:
+        c.cookies.set(COOKIE, "eyJmb3JnZWQiOnRydWV9.abc.def")
+        assert (await c.get("/", follow_redirects=False)).status_code == 303
+
+
+async def test_overview_shows_todays_figures_runs_payouts_and_the_chart(console_env):
+    seeded = console_env.seeded
+    async with signed_in(console_env, "vic") as c:
+        page = await c.get("/")
+    assert page.status_code == 200
+    html = page.text
+    assert 'id="today">' in html
+    assert re.search(r'data-figure="exceptions">1<', html)
+    assert re.search(r'data-figure="pending">0<', html)
+    # MA's bank payout was paid by the simulator.
+    assert re.search(r'data-payouts="PAID">\d', html)
+    assert "<svg" in html and 'class="settled"' in html
+    settled = await st.settlements(seeded.stack, seeded.settle_date)
+    total_net = sum(s.net for s in settled)
+    yuan = f"{total_net // 100:,}.{total_net % 100:02d}"
+    assert f"settled (net) {yuan}" in html
+    assert 'data-figure="calendar">' in html
+
+
+async def test_merchant_page_masks_the_bank_account_and_shows_every_section(console_env):
+    async with signed_in(console_env, "vic") as c:
+        found = await c.get("/merchants", params={"id": "MA"}, follow_redirects=False)
+        assert found.headers["location"] == "/merchants/MA"
+        page = await c.get("/merchants/MA")
+        missing = await c.get("/merchants/NOBODY")
+    html = page.text
+    assert page.status_code == 200
+    assert st.BANK.account_number not in html
+    assert st.BANK.account_number[-4:] in html
+    for section in ("profile", "balance", "settlements", "details", "payouts", "fee-account",
+                    "fee-bills"):
+        assert f'id="{section}"' in html
+    # 10000 + 5001 - 3000 paid, less 0.6% fees (60 + 30 - 18 returned) = 11,929 fen.
+    settled = await st.settlements(console_env.seeded.stack, merchant="MA")
+    assert len(settled) == 1 and settled[0].paid_out == 11929
+    assert re.search(r'data-balance="paid">119\.29<', html)
+    assert missing.status_code == 404
+
+
+async def test_statement_lines_and_csv_reconcile_to_the_settlement(console_env):
+    [settlement] = await st.settlements(console_env.seeded.stack, merchant="MA")
+    async with signed_in(console_env, "vic") as c:
+        page = await c.get(f"/settlements/{settlement.settlement_id}")
+        download = await c.get(f"/settlements/{settlement.settlement_id}/statement.csv")
+    assert page.status_code == 200
+    assert re.search(r'data-figure="paid_out">119\.29<', page.text)
+    assert 'data-figure="payments">150.01<' in page.text
+    assert download.status_code == 200
+    assert download.headers["content-type"].startswith("text/csv")
+    assert "attachment" in download.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(download.text)))
+    assert rows, download.text
+    exported = await console_env.seeded.stack.settlement.stub.ExportStatement(
+        spb.ExportStatementRequest(settlement_id=settlement.settlement_id,
+                                   format=spb.STATEMENT_FORMAT_DETAILED))
+    assert download.content == exported.content
+
+
+async def test_a_viewer_sees_no_retry_and_is_refused_when_posting(console_env):
+    detail = console_env.seeded.exception_id
+    async with signed_in(console_env, "vic") as c:
+        page = await c.get("/exceptions")
+        assert detail in page.text and 'class="retry"' not in page.text
+        refused = await c.post("/exceptions/retry", data={
+            "csrf": csrf_of(page.text), "detail_id": detail})
+        assert refused.status_code == 403 and "operator" in refused.text
+        runs = await c.get("/runs")
+        assert 'id="start-run"' not in runs.text
+        refused_run = await c.post("/runs", data={"csrf": csrf_of(runs.text),
+                                                  "settle_date": "2026-01-05"})
+        assert refused_run.status_code == 403
+
+
+async def test_an_operator_retries_an_exception(console_env):
+    detail = console_env.seeded.exception_id
+    async with signed_in(console_env, "otto") as c:
+        page = await c.get("/exceptions", params={"merchant": "MX"})
+        assert 'class="retry"' in page.text
+        no_csrf = await c.post("/exceptions/retry", data={"detail_id": detail})
+        assert no_csrf.status_code == 403
+        done = await c.post("/exceptions/retry", data={
+            "csrf": csrf_of(page.text), "detail_id": detail, "merchant": "MX"},
+            follow_redirects=True)
+    assert done.status_code == 200
+    assert "Retried 1 exception(s)" in done.text
+    # Still no rule for MX: billing refuses again and the exception stays listed.
+    assert detail in done.text
+
+
+async def test_runs_list_and_a_runs_merchants_with_what_each_was_paid(console_env):
+    seeded = console_env.seeded
+    run_id = f"run-{seeded.settle_date:%Y%m%d}"
+    async with signed_in(console_env, "vic") as c:
+        runs = await c.get("/runs")
+        run = await c.get(f"/runs/{run_id}")
+        filtered = await c.get(f"/runs/{run_id}", params={"note": "EXCEPTIONS"})
+    assert f'href="/runs/{run_id}"' in runs.text
+    assert run.status_code == 200
+    assert "/merchants/MA" in run.text and "119.29" in run.text
+    assert "/merchants/MB" in run.text
+    assert "/merchants/MA" not in filtered.text
+
+
+async def test_an_operator_starts_a_run_and_a_replay_is_the_same_run(console_env):
+    async with signed_in(console_env, "otto") as c:
+        page = await c.get("/runs")
+        request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
+        form = {"csrf": csrf_of(page.text), "settle_date": console_env.seeded.business_date
+                .isoformat(), "request_id": request_id}
+        first = await c.post("/runs", data=form)
+        again = await c.post("/runs", data=form)
+        bad = await c.post("/runs", data={**form, "settle_date": "yesterday"})
+    assert first.status_code == 303 and first.headers["location"].startswith("/runs/run-")
+    assert again.headers["location"] == first.headers["location"]
+    assert bad.status_code == 400
+
+
+async def test_payouts_by_state_and_pages_follow_the_services_tokens(console_env):
+    async with signed_in(console_env, "vic") as c:
+        paid = await c.get("/payouts", params={"state": "PAID"})
+        failed = await c.get("/payouts", params={"state": "FAILED"})
+        forged = await c.get("/payouts", params={"state": "PAID", "page_token": "forged"})
+    assert paid.status_code == 200 and "/merchants/MA" in paid.text
+    assert st.BANK.account_number not in paid.text
+    assert "/merchants/MC" in failed.text and "/merchants/MA" not in failed.text
+    # A forged token is the service's INVALID_ARGUMENT, shown as a 400 page.
+    assert forged.status_code == 400 and "page_token" in forged.text
+
+
+async def test_fee_rules_versions_and_explain_this_fee(console_env):
+    async with signed_in(console_env, "vic") as c:
+        rules = await c.get("/rules")
+        rule = await c.get("/rules/NET-MA")
+        explained = await c.get("/rules/explain", params={
+            "merchant_id": "MA", "transaction_type": "PAYMENT", "amount": "100.00",
+            "currency": "CNY", "time": "2026-06-01T10:00:00+08:00"})
+        bad = await c.get("/rules/explain", params={"merchant_id": "MA", "amount": "1.005"})
+    assert "NET-MA" in rules.text and "FIX-MB" in rules.text
+    assert "Version 1" in rule.text and "0.006" in rule.text
+    # 0.6% of 100.00 yuan.
+    assert "Fee 0.60 CNY" in explained.text and "winner" in explained.text
+    assert "more than 2 decimals" in bad.text
+
+
+async def test_calendar_month_view_and_an_admins_import(console_env):
+    async with signed_in(console_env, "vic") as c:
+        viewer = await c.get("/calendar", params={"month": "2027-10"})
+        assert viewer.status_code == 200 and 'id="calendar-import"' not in viewer.text
+        assert 'class="holiday' in viewer.text  # National Day week
+        refused = await c.post("/calendar/import", data={"csrf": csrf_of(viewer.text)},
+                               files={"file": ("c.csv", b"date,kind,name\n")})
+        assert refused.status_code == 403
+    content = b"date,kind,name\n2027-10-11,holiday,Console test day\n"
+    async with signed_in(console_env, "ada") as c:
+        page = await c.get("/calendar", params={"month": "2027-10"})
+        assert 'id="calendar-import"' in page.text
+        done = await c.post("/calendar/import", data={
+            "csrf": csrf_of(page.text), "mode": "MERGE", "from_date": "2027-10-11",
+            "to_date": "2027-10-11", "reason": "console test"},
+            files={"file": ("days.csv", content, "text/csv")}, follow_redirects=True)
+    assert done.status_code == 200 and "Imported" in done.text
+    assert "Console test day" in done.text
+
+
+async def test_approvals_and_audit_say_they_are_not_available(console_env):
+    async with signed_in(console_env, "vic") as c:
+        for path in ("/approvals", "/audit"):
+            page = await c.get(path)
+            assert page.status_code == 200 and "not available" in page.text
+
+
+@pytest.mark.parametrize("path", ["/static/console.css", "/static/console.js",
+                                  "/static/favicon.svg", "/healthz"])
+async def test_assets_and_health_are_served_by_the_console(console_env, path):
+    async with _client(console_env) as c:
+        resp = await c.get(path)
+    assert resp.status_code == 200
+
+
+async def test_a_refunds_fee_return_is_quoted_and_the_calendar_exported(console_env):
+    async with signed_in(console_env, "vic") as c:
+        quoted = await c.get("/rules/refund-fee", params={
+            "original_transaction_id": "A1", "merchant_id": "MA", "amount": "20.00"})
+        exported = await c.get("/calendar/export", params={
+            "from_date": "2027-10-01", "to_date": "2027-10-31"})
+        bad = await c.get("/calendar/export", params={"from_date": "x", "to_date": "y"})
+    # A1 paid 0.60 on 100.00 and A3 refunded 30.00 (0.18 back): 20.00 more gives 0.12.
+    assert quoted.status_code == 200 and "Fee returned 0.12 CNY" in quoted.text
+    assert exported.status_code == 200 and "attachment" in exported.headers["content-disposition"]
+    assert "\ndate,kind,name\n" in exported.text and "2027-10-01,holiday" in exported.text
+    assert bad.status_code == 400
+
+
+async def test_an_operator_retries_a_failed_payout_and_a_viewer_cannot(console_env):
+    stack = console_env.seeded.stack
+    [failed] = await st.payouts(stack, spb.PAYOUT_STATE_FAILED)
+    assert failed.merchant_id == "MC"
+    async with signed_in(console_env, "vic") as c:
+        page = await c.get("/payouts", params={"state": "FAILED"})
+        assert failed.payout_id in page.text and 'class="retry"' not in page.text
+        refused = await c.post(f"/payouts/{failed.payout_id}/retry",
+                               data={"csrf": csrf_of(page.text), "request_id": "console-x"})
+        assert refused.status_code == 403
+    async with signed_in(console_env, "otto") as c:
+        page = await c.get("/payouts", params={"state": "FAILED"})
+        request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
+        done = await c.post(f"/payouts/{failed.payout_id}/retry", data={
+            "csrf": csrf_of(page.text), "request_id": request_id})
+    assert done.status_code == 303 and "retried" in done.headers["location"]
+    await st.wait_payouts_final(stack)
+    # The retry is a new payout of the same settlement, paid this time.
+    [again] = [p for p in await st.payouts(stack, spb.PAYOUT_STATE_PAID)
+               if p.settlement_id == failed.settlement_id]
+    assert again.payout_id != failed.payout_id and again.payout_id in done.headers["location"]
