@@ -30,9 +30,9 @@ import io
 import json
 import unicodedata
 from collections.abc import Iterable
-from typing import Any
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import yaml
 
