@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,8 +26,11 @@ def default_month() -> str:
 
 
 def run_seeds(seeds: list[int], *, days: int, scale: float, month: str, first_day: int = 12,
-              quiesce_s: float = 240.0, echo: bool = True) -> list[dict[str, object]]:
-    pg = Postgres(PG_DIR)
+              quiesce_s: float = 240.0, echo: bool = True, pg_dir: Path = PG_DIR,
+              report: Path = CHAOS_DIR / "chaos-report.json") -> list[dict[str, object]]:
+    """Each seed in fresh schemas of the PostgreSQL in `pg_dir` (started, stopped and
+    restarted by the run: nobody else's); the report of all goes to `report`."""
+    pg = Postgres(pg_dir)
     results: list[dict[str, object]] = []
     try:
         for seed in seeds:
@@ -36,26 +40,26 @@ def run_seeds(seeds: list[int], *, days: int, scale: float, month: str, first_da
                 began = time.monotonic()
                 cluster.start()
                 up_s = time.monotonic() - began
-                report = Seed(cluster, seed, month=month, days=days, scale=scale,
+                outcome = Seed(cluster, seed, month=month, days=days, scale=scale,
                               first_day=first_day,
                               quiesce_s=quiesce_s).play().as_json()
-                report["startup_s"] = round(up_s, 1)
+                outcome["startup_s"] = round(up_s, 1)
             finally:
                 cluster.stop()
-            results.append(report)
+            results.append(outcome)
             if echo:
-                status = "ok" if report["ok"] else "FAILED"
-                print(f"seed {seed}: {status} in {report['seconds']} s; faults "
-                      f"{report['fault_counts']}", flush=True)
-                for f in report["failures"]:  # type: ignore[attr-defined]
+                status = "ok" if outcome["ok"] else "FAILED"
+                print(f"seed {seed}: {status} in {outcome['seconds']} s; faults "
+                      f"{outcome['fault_counts']}", flush=True)
+                for f in outcome["failures"]:  # type: ignore[attr-defined]
                     print(f"  failure: {f}", flush=True)
     finally:
         pg.shutdown()
-    CHAOS_DIR.mkdir(parents=True, exist_ok=True)
+    report.parent.mkdir(parents=True, exist_ok=True)
     total: Counter[str] = Counter()
     for r in results:
         total.update(r["fault_counts"])  # type: ignore[arg-type]
-    (CHAOS_DIR / "chaos-report.json").write_text(json.dumps(
+    report.write_text(json.dumps(
         {"seeds": [r["seed"] for r in results], "failed": [r["seed"] for r in results
                                                            if not r["ok"]],
          "fault_totals": dict(total), "runs": results}, indent=2))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.chaos.__main__ import default_month, run_seeds
+from tests.chaos.cluster import CHAOS_DIR
 
 EVERY_KIND = {"kill9", "billing_freeze", "billing_stop", "postgres_restart", "gateway_fail",
               "gateway_lose_answer", "gateway_time_out", "gateway_unavailable",
@@ -17,7 +18,10 @@ EVERY_KIND = {"kill9", "billing_freeze", "billing_stop", "postgres_restart", "ga
 @pytest.mark.timeout(240)
 def test_one_seed_of_chaos_keeps_the_books() -> None:
     [report] = run_seeds([20261201], days=4, scale=0.25, month=default_month(),
-                         quiesce_s=90.0, echo=False)
+                         quiesce_s=90.0, echo=False,
+                         # its own server: a `make chaos` beside it stops and starts its
+                         pg_dir=CHAOS_DIR / "chaos-test-pgdata",
+                         report=CHAOS_DIR / "chaos-test-report.json")
     assert report["failures"] == [], report["failures"]
     kinds = set(report["fault_counts"])  # type: ignore[arg-type]
     assert EVERY_KIND <= kinds, f"not injected: {EVERY_KIND - kinds}"
