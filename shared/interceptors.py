@@ -1,6 +1,6 @@
-"""Server interceptors shared by every service: request id, JSON access log, and
-translation of exceptions to rich statuses. One wrapper does all three so each call
-pays for a single extra frame."""
+"""The server interceptor shared by every service: request id, caller identity and the
+permission check (shared/security.py), JSON access log, and translation of exceptions to
+rich statuses. One wrapper does all of it so each call pays for a single extra frame."""
 
 from __future__ import annotations
 
@@ -13,10 +13,24 @@ import grpc
 from grpc_status import rpc_status
 
 from shared import tracing
+from shared.client_security import ClientSecurity, RequestIdClientInterceptor
 from shared.errors import DomainError, FieldViolation, InvalidArgument, to_status
 from shared.metrics import ServiceMetrics
 from shared.pg_pool import DatabaseUnavailable, database_failure
-from shared.request_context import REQUEST_ID_KEY, current_request_id, new_request_id
+from shared.request_context import (
+    REQUEST_ID_KEY,
+    current_caller,
+    current_request_id,
+    new_request_id,
+)
+from shared.security import (
+    AUTHORIZATION_KEY,
+    REFLECTION_PREFIX,
+    Guard,
+    PermissionDenied,
+    denied,
+    is_open,
+)
 
 log = logging.getLogger("clearhouse.access")
 
@@ -25,11 +39,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary-unary handlers (every Clearhouse RPC is unary).
 
     grpc.aio asks the interceptor once per call, so the wrapped handler is built once
-    per method and cached: the per-call cost is only the wrapper itself."""
+    per method and cached: the per-call cost is only the wrapper itself.
 
-    def __init__(self, error_domain: str, metrics: ServiceMetrics | None = None) -> None:
+    With a guard, every call but the health check must name a known caller that the
+    method's permission rule allows; a method in no table is refused to everyone, and so
+    is any streaming method but the health watch and (when served) reflection."""
+
+    def __init__(self, error_domain: str, metrics: ServiceMetrics | None = None,
+                 guard: Guard | None = None) -> None:
         self.error_domain = error_domain
         self.metrics = metrics
+        self.guard = guard
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -38,9 +58,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
         method = handler_call_details.method
+        if handler is None:
+            return handler
+        if handler.unary_unary is None:
+            if self.guard is None or is_open(method) or method.startswith(REFLECTION_PREFIX):
+                return handler
+            return _refuse_stream(method, self.error_domain)
         cached = self._wrapped.get(method)
         if cached is None or cached[0] is not handler:
             cached = (handler, self._wrap(method, handler))
@@ -50,6 +74,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
         domain = self.error_domain
+        guard = None if is_open(method) else self.guard
+        rule = guard.rule(method) if guard is not None else None
         service = domain.split(".", 1)[0]
         metrics = self.metrics
         undecodable = InvalidArgument(
@@ -63,13 +89,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         )
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            request_id = ""
+            request_id = authorization = ""
             for key, value in context.invocation_metadata() or ():
                 if key == REQUEST_ID_KEY:
                     request_id = str(value)
-                    break
+                elif key == AUTHORIZATION_KEY:
+                    authorization = str(value)
             request_id = request_id or new_request_id()
             token = current_request_id.set(request_id)
+            caller_token = None
+            caller_name = ""
             if metrics is not None:
                 metrics.rpc_started(method)
             started = time.perf_counter()
@@ -77,6 +106,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             # Echoed in the trailers: they travel with the status, so no extra send per call.
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
             try:
+                if guard is not None:
+                    caller = guard.authenticate(context, authorization)
+                    caller_name = caller.name
+                    if rule is None or not rule.allows(caller, request):
+                        raise denied(caller, method, rule)
+                    caller_token = current_caller.set(caller)
                 if request is _UNDECODABLE:
                     raise undecodable
                 return await inner(request, context)
@@ -125,9 +160,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                             "status": code.name,
                             "duration_ms": round(elapsed * 1000, 3),
                             "request_id": request_id,
+                            "caller": caller_name,
                         },
                     )
                 current_request_id.reset(token)
+                if caller_token is not None:
+                    current_caller.reset(caller_token)
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
@@ -174,29 +212,23 @@ class _Status(grpc.Status):
         self.trailing_metadata = trailing_metadata
 
 
-class RequestIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Passes the current request id on to downstream calls."""
+def _refuse_stream(method: str, domain: str) -> grpc.RpcMethodHandler:
+    """A handler refusing a streaming method the guard cannot check (every Clearhouse RPC
+    is unary; a streaming one added later must not be open by accident)."""
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        request_id = current_request_id.get()
-        if request_id:
-            metadata = list(client_call_details.metadata or ())
-            if not any(k == REQUEST_ID_KEY for k, _ in metadata):
-                metadata.append((REQUEST_ID_KEY, request_id))
-            client_call_details = grpc.aio.ClientCallDetails(
-                client_call_details.method,
-                client_call_details.timeout,
-                metadata,
-                client_call_details.credentials,
-                client_call_details.wait_for_ready,
-            )
-        return await continuation(client_call_details, request)
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        exc = PermissionDenied(
+            "PERMISSION_DENIED", f"streaming method {method} is not served", {"method": method}
+        )
+        await context.abort_with_status(rpc_status.to_status(to_status(exc, domain)))
+
+    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def client_channel(address: str) -> grpc.aio.Channel:
-    """An insecure channel to another Clearhouse service, passing request ids on."""
-    return grpc.aio.insecure_channel(
-        address,
-        interceptors=[*tracing.client_interceptors(), RequestIdClientInterceptor()],
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
-    )
+__all__ = ["RequestIdClientInterceptor", "ServerInterceptor", "client_channel"]
+
+
+def client_channel(address: str, security: ClientSecurity) -> grpc.aio.Channel:
+    """The channel to another Clearhouse service (or the payout gateway): TLS with this
+    service's certificate as its identity, passing trace context and request ids on."""
+    return security.channel(address, tracing.client_interceptors())

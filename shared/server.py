@@ -1,7 +1,7 @@
 """The one gRPC server runtime of every Clearhouse service.
 
-`start()` serves an App on a port (0 in tests) with health, reflection and the
-shared interceptor; `serve_forever()` adds graceful stop on SIGTERM/SIGINT.
+`start()` serves an App on a port (0 in tests) with health, TLS and the caller guard of
+its security, reflection when enabled, and the shared interceptor; `serve_forever()` adds graceful stop on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from shared import metrics as prometheus
 from shared import tracing
 from shared.interceptors import ServerInterceptor
+from shared.security import ServerSecurity
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class App:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     metrics_refresh_s: float = 15.0
+    # TLS and the caller guard (shared.security.server_security from the settings). None
+    # refuses to start: plaintext without identities is only ServerSecurity.insecure().
+    security: ServerSecurity | None = None
 
 
 @dataclass
@@ -110,9 +114,18 @@ async def _guard(name: str, work: Callable[[], Awaitable[None]]) -> None:
 
 
 async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
+    security = app.security
+    if security is None:
+        raise ValueError(
+            f"{app.name}: no security given (shared.security.server_security from the "
+            "settings, or ServerSecurity.insecure() asked for by name)"
+        )
     server = grpc.aio.server(
         # The tracing interceptor first: its span covers ours (and the access log line).
-        interceptors=[*tracing.server_interceptors(), ServerInterceptor(app.error_domain, app.metrics)],
+        interceptors=[
+            *tracing.server_interceptors(),
+            ServerInterceptor(app.error_domain, app.metrics, security.guard),
+        ],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -123,15 +136,19 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [
-            *app.service_names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if security.reflection:
+        reflection.enable_server_reflection(
+            [
+                *app.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+    if security.credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", security.credentials)
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     # Known from the first instant, so a probe never gets NOT_FOUND for our own service.

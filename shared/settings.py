@@ -24,7 +24,30 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
-class ServiceSettings(BaseSettings):
+class SecuritySettings(BaseSettings):
+    """How a server proves itself and knows its callers, and how it calls other services
+    (docs/security.md). Secure unless INSECURE is asked for by name."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    insecure: bool = Field(
+        default=False, description="plaintext and no caller identity: development only"
+    )
+    tls_cert_file: str = Field(default="", description="PEM certificate (chain) of this service")
+    tls_key_file: str = Field(default="", description="PEM private key of tls_cert_file")
+    tls_ca_file: str = Field(
+        default="", description="PEM CA bundle that client and server certificates chain to"
+    )
+    tls_require_client_cert: bool = Field(
+        default=True, description="mutual TLS: refuse connections without a client certificate"
+    )
+    identities_file: str = Field(
+        default="", description="TOML of callers with the SHA-256 of their bearer tokens"
+    )
+    reflection: bool = Field(default=False, description="serve gRPC server reflection")
+
+
+class ServiceSettings(SecuritySettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     host: str = "127.0.0.1"

@@ -1,8 +1,9 @@
 """`make up`: the whole local stack on 127.0.0.1.
 
 Refuses to start when a service port is taken (saying which and what holds it).
-Starts the embedded PostgreSQL (unless DATABASE_URL is set), migrates the three
-schemas, runs billing, clearing, settlement and the payout gateway simulator as
+Starts the embedded PostgreSQL (unless DATABASE_URL is set), creates a development CA,
+certificates and tokens under .clearhouse/security on first use (CLEARHOUSE_SECURITY_DIR
+elsewhere) and turns security on, migrates the three schemas, runs billing, clearing, settlement and the payout gateway simulator as
 separate processes (as they are deployed), waits until each answers the gRPC health
 check as SERVING, prints their addresses, and on Ctrl-C or SIGTERM stops them
 gracefully, then the database.
@@ -21,7 +22,8 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import embedded_pg, ports
+from shared import devpki, embedded_pg, ports
+from shared.client_security import ClientSecurity
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +50,39 @@ def _environment(base: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("SETTLEMENT_CLEARING_ADDRESS", f"{host}:{ports['clearing']}")
     env.setdefault("SETTLEMENT_PAYOUT_GATEWAY_ADDRESS", f"{host}:{ports['payout_simulator']}")
     return env
+
+
+def _security_dir(env: dict[str, str]) -> Path:
+    return Path(env.get("CLEARHOUSE_SECURITY_DIR") or ROOT / ".clearhouse" / "security")
+
+
+def _secure(env: dict[str, str], pki: devpki.DevPKI) -> None:
+    """Every service serves and calls with its development certificate and knows the
+    development callers, unless its settings say otherwise; reflection on for grpcurl."""
+    for name, prefix, _, _ in SERVICES:
+        for key, value in pki.server_env(prefix, name).items():
+            env.setdefault(key, value)
+        env.setdefault(f"{prefix}REFLECTION", "true")
+
+
+def _client(env: dict[str, str], prefix: str, pki: devpki.DevPKI) -> ClientSecurity:
+    if env.get(f"{prefix}INSECURE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return ClientSecurity.insecure()
+    return ClientSecurity.from_files(
+        str(pki.ca_file), str(pki.cert_file(devpki.TOOL)), str(pki.key_file(devpki.TOOL))
+    )
+
+
+def how_to_call(pki: devpki.DevPKI, address: str) -> str:
+    """A grpcurl line calling billing as the development viewer (the token is read from
+    its file by the shell, so it is not printed)."""
+    folder = pki.folder
+    shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+    return (
+        f"grpcurl -cacert {shown}/ca.pem -cert {shown}/tool.pem -key {shown}/tool.key "
+        f'-H "authorization: Bearer $(cat {shown}/tokens/vic.token)" '
+        f"{address} clearhouse.billing.v1.BillingService/ListFeeRules"
+    )
 
 
 def _host(env: dict[str, str], prefix: str) -> str:
@@ -87,12 +122,14 @@ def taken_ports(env: dict[str, str], with_console: bool = False) -> list[str]:
 
 
 def _wait_serving(
-    address: str, proc: subprocess.Popen[bytes] | None, port: int, deadline_s: float = 60.0
+    address: str, proc: subprocess.Popen[bytes] | None, port: int, deadline_s: float = 60.0,
+    security: ClientSecurity | None = None,
 ) -> str:
     """'' once OUR process answers SERVING at the address, else why not: another
-    process answering on the port is not our service being up."""
+    process answering on the port is not our service being up. `security`: how to reach
+    it (TLS with the tools' certificate; plaintext for a service in INSECURE mode)."""
     end = time.monotonic() + deadline_s
-    with grpc.insecure_channel(address) as channel:
+    with (security or ClientSecurity.insecure()).sync_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < end:
             if proc is not None and proc.poll() is not None:
@@ -161,6 +198,9 @@ class LocalStack:
                  pg_dir: str | None = None, reset_schemas: bool = False,
                  with_console: bool = False) -> None:
         self.env = _environment(env)
+        # Security on: the development PKI (made on first use) for every service.
+        self.pki = devpki.ensure(_security_dir(self.env))
+        _secure(self.env, self.pki)
         # The web console (services/console) as a fifth process: `make up` and the demo.
         self.with_console = with_console
         self.log_dir = log_dir
@@ -238,7 +278,8 @@ class LocalStack:
         started = dict(self.procs)
         for name, prefix, default, _ in SERVICES:
             address = self.address(name)
-            why = _wait_serving(address, started.get(name), _port(self.env, prefix, default))
+            why = _wait_serving(address, started.get(name), _port(self.env, prefix, default),
+                                security=_client(self.env, prefix, self.pki))
             if why:
                 raise StackError(f"{name} at {address}: {why}")
             if report:
@@ -262,6 +303,8 @@ class LocalStack:
         self.start_database()
         if report and self.pg is not None:
             print(f"embedded PostgreSQL: {self.pg_dir}", flush=True)
+        if report:
+            print(f"security: certificates and tokens in {self.pki.folder}", flush=True)
         if migrate_on_start:
             for _name, prefix, _, migrates in SERVICES:
                 if migrates:
@@ -335,6 +378,8 @@ def main() -> int:
             return 1
         if stopping:
             return 0
+        print(f"call a service, e.g.:\n  {how_to_call(stack.pki, stack.address('billing'))}",
+              flush=True)
         return serve_until_stopped(stack, "Clearhouse is up. Ctrl-C stops everything.")
     finally:
         started = bool(stack.procs) or stack.pg is not None

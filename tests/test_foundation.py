@@ -22,9 +22,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from shared import migrations, server
+from shared.client_security import ClientSecurity
 from shared.db import create_engine
 from shared.errors import Violations
 from shared.money import is_known_currency
+from shared.security import ServerSecurity
 from tests.support.harness import drop, launch, new_schema
 
 SERVICES = ["billing", "clearing", "settlement"]
@@ -66,8 +68,8 @@ async def test_each_service_starts_and_reports_serving(pg_url, name):
 
 
 @pytest.mark.parametrize("name", SERVICES)
-async def test_reflection_lists_the_service(pg_url, name):
-    handle = await launch(name, pg_url)
+async def test_reflection_when_enabled_lists_the_service(pg_url, name):
+    handle = await launch(name, pg_url, reflection=True)
     try:
         stub = reflection_pb2_grpc.ServerReflectionStub(handle.channel)
 
@@ -199,6 +201,8 @@ async def probe(pg_url):
         ],
         service_names=["clearhouse.payout.v1.PayoutGatewayService"],
         readiness=ready,
+        # The runtime's error and request-id handling, apart from identities (tests/security).
+        security=ServerSecurity.insecure(),
     )
     running = await server.start(app)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
@@ -358,7 +362,7 @@ class _Forwarder(payout_pb2_grpc.PayoutGatewayServiceServicer):
     async def GetPayout(self, request, context):
         from shared.interceptors import client_channel
 
-        async with client_channel(self.downstream) as channel:
+        async with client_channel(self.downstream, ClientSecurity.insecure()) as channel:
             await payout_pb2_grpc.PayoutGatewayServiceStub(channel).GetPayout(request)
         return payout_pb2.GetPayoutResponse()
 
@@ -374,6 +378,7 @@ def _app(servicer):
         servicers=[(payout_pb2_grpc.add_PayoutGatewayServiceServicer_to_server, servicer)],
         service_names=["clearhouse.payout.v1.PayoutGatewayService"],
         readiness=_ready,
+        security=ServerSecurity.insecure(),
     )
 
 

@@ -1,5 +1,6 @@
 """`make up`: the stack runner starts every service as its own process on the configured
-ports, each answers the gRPC health check as SERVING, and SIGTERM stops all of them."""
+ports with security on, each answers the gRPC health check as SERVING (to anyone), every
+other RPC refuses a call without identity, and SIGTERM stops all of them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+from clearhouse.billing.v1 import billing_pb2
+from clearhouse.clearing.v1 import clearing_pb2
+from clearhouse.payout.v1 import payout_pb2
+from clearhouse.payoutsim.v1 import payoutsim_pb2
+from clearhouse.settlement.v1 import settlement_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared import devpki
+from shared.client_security import ClientSecurity
 
 ROOT = Path(__file__).resolve().parent.parent
 # Any free metrics port: the defaults (9151-9153) may be another stack's on this machine.
@@ -31,11 +40,21 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url):
+SERVICES = [  # in the order of the ports
+    [billing_pb2.DESCRIPTOR.services_by_name["BillingService"]],
+    [clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"]],
+    [settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"]],
+    [payout_pb2.DESCRIPTOR.services_by_name["PayoutGatewayService"],
+     payoutsim_pb2.DESCRIPTOR.services_by_name["PayoutSimulatorService"]],
+]
+
+
+def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url, tmp_path):
     ports = _free_ports(5)  # the four services and the console
     env = dict(os.environ)
     env.update(
         DATABASE_URL=pg_url,
+        CLEARHOUSE_SECURITY_DIR=str(tmp_path / "security"),
         BILLING_DB_SCHEMA="t_stack_billing",
         CLEARING_DB_SCHEMA="t_stack_clearing",
         SETTLEMENT_DB_SCHEMA="t_stack_settlement",
@@ -68,15 +87,36 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url):
                 break
         errors.seek(0)
         assert any("Clearhouse is up" in line for line in lines), "".join(lines) + errors.read()
+        assert any("grpcurl -cacert" in line and "tokens/vic.token" in line for line in lines)
         assert any(f"console           http://127.0.0.1:{ports[4]}" in line for line in lines)
         with urllib.request.urlopen(f"http://127.0.0.1:{ports[4]}/healthz", timeout=5) as r:
             assert r.status == 200
-        for port in ports[:4]:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        pki = devpki.DevPKI(tmp_path / "security")
+        tool = ClientSecurity.from_files(
+            str(pki.ca_file), str(pki.cert_file("tool")), str(pki.key_file("tool")))
+        for port, services in zip(ports[:4], SERVICES, strict=True):
+            with tool.sync_channel(f"127.0.0.1:{port}") as channel:
                 resp = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=5
                 )
                 assert resp.status == health_pb2.HealthCheckResponse.SERVING
+                # Every RPC but health: no identity, no answer (the body is never read).
+                for service in services:
+                    for method in service.methods:
+                        call = channel.unary_unary(f"/{service.full_name}/{method.name}")
+                        try:
+                            call(b"", timeout=5)
+                            raise AssertionError(f"{method.full_name} answered anonymously")
+                        except grpc.RpcError as exc:
+                            assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, method.name
+            # Plaintext is not served at all.
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as plain:
+                try:
+                    health_pb2_grpc.HealthStub(plain).Check(
+                        health_pb2.HealthCheckRequest(), timeout=2)
+                    raise AssertionError("plaintext answered")
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         for port in ports:  # every service process is gone: nothing listens any more

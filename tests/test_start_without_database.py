@@ -49,7 +49,10 @@ async def test_a_service_started_with_its_database_down_waits_not_serving_then_s
     port = free_port()
     env = {**os.environ, "DATABASE_URL": proxy.url, "BILLING_PORT": str(port),
            "BILLING_DB_SCHEMA": f"t_wait_{port}", "BILLING_MIGRATE_ON_START": "true",
-           "BILLING_METRICS_ENABLED": "false"}
+           "BILLING_METRICS_ENABLED": "false",
+           # Plaintext by name: this test is about waiting for the database, and asks
+           # health over a plain channel before and after the database comes back.
+           "BILLING_INSECURE": "true"}
     # Popen returns at once; the process is waited for on the loop below.
     proc = subprocess.Popen([sys.executable, "-m", "services.billing"], cwd=ROOT, env=env,  # noqa: ASYNC220
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from bench.support import security
 from bench.support.processes import spawn
 
 # Callers use a generic unary-unary call on raw bytes: no protobuf work on either side.
@@ -27,7 +28,9 @@ async def serve_echo(port: int) -> None:
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    # The same TLS (with client certificates) as the services, so the ratio compares what
+    # a service adds to gRPC over the same transport.
+    server.add_secure_port(f"127.0.0.1:{port}", security.server_credentials())
     await server.start()
     await server.wait_for_termination()
 

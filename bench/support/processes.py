@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.support import ROOT
+from bench.support import security as bench_security
 
 
 def free_port() -> int:
@@ -46,7 +47,11 @@ def service_env(prefix: str, url: str, schema: str, port: int, **extra: str) -> 
         f"{prefix}_MIGRATE_ON_START": "true",
         # Access logs off: the benchmark measures the service, not writing JSON to a pipe.
         f"{prefix}_LOG_LEVEL": "WARNING",
+        # Metrics served as deployed, on a free port: the fixed default port is taken by
+        # whatever else runs on the machine (a second benchmark, `make up`).
+        f"{prefix}_METRICS_PORT": "0",
     }
+    env.update(bench_security.server_env(prefix))
     env.update({f"{prefix}_{k.upper()}": v for k, v in extra.items()})
     return env
 
@@ -59,7 +64,7 @@ def start_service(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
 async def wait_serving(address: str, seconds: float = 60.0) -> None:
     """Until the gRPC health check says SERVING: a service migrates its schema before it
     listens, so the port answering is not enough."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with bench_security.channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:

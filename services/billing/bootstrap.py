@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.billing.adapters.figures import figure_source
 from services.billing.domain.model import FeeTxn
 from services.billing.entrypoints.grpc_servicer import BillingServicer
+from services.billing.permissions import PERMISSIONS
 from services.billing.service_layer.accounts import Accounts
 from services.billing.service_layer.bills import Bills
 from services.billing.service_layer.charging import Pricing, utc_now
@@ -24,6 +25,7 @@ from shared import migrations
 from shared.coalescer import Coalescer
 from shared.figures import pool_figures
 from shared.metrics import ServiceMetrics, app_options
+from shared.security import server_security
 from shared.server import App
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -31,6 +33,7 @@ SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_na
 
 
 async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
+    security = server_security("billing", settings, [PERMISSIONS])
     db = Database(engine, settings.db_schema, settings.db_pool_size)
     zone = ZoneInfo(settings.business_timezone)
     exported = ServiceMetrics("billing")
@@ -68,5 +71,6 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
         readiness=ready,
         # Batches still running after the server stopped finish before the pool closes.
         on_close=[charges.drain, refunds.drain, db.close],
+        security=security,
         **app_options(settings, exported),
     )

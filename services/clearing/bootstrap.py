@@ -12,6 +12,7 @@ from services.clearing.adapters.billing_client import BillingClient
 from services.clearing.adapters.figures import figure_source
 from services.clearing.domain.model import Detail, TransactionIn
 from services.clearing.entrypoints.grpc_servicer import ClearingServicer
+from services.clearing.permissions import PERMISSIONS
 from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
 from services.clearing.service_layer.pricing import Pricer
@@ -21,9 +22,11 @@ from services.clearing.service_layer.recording import Recorder
 from services.clearing.service_layer.unit_of_work import Database
 from services.clearing.settings import ClearingSettings
 from shared import migrations
+from shared.client_security import ClientSecurity
 from shared.coalescer import Coalescer
 from shared.figures import pool_figures
 from shared.metrics import ServiceMetrics, app_options
+from shared.security import server_security
 from shared.server import App
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -31,10 +34,12 @@ SERVICE_NAME = clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"].full_
 
 
 async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
+    security = server_security("clearing", settings, [PERMISSIONS])
     db = Database(engine, settings.db_schema, settings.db_pool_size)
     zone = ZoneInfo(settings.business_timezone)
     billing = BillingClient(
-        settings.billing_address, settings.billing_deadline_s, settings.billing_batch_deadline_s
+        settings.billing_address, settings.billing_deadline_s, settings.billing_batch_deadline_s,
+        ClientSecurity.from_settings(settings),
     )
     pricer = Pricer(db, billing)
     # A new detail is first priced by the call that records it; the worker leaves it
@@ -81,5 +86,6 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         ],
         # Batches still running after the server stopped finish before anything closes.
         on_close=[records.drain, billing.close, db.close],
+        security=security,
         **app_options(settings, metrics),
     )

@@ -6,8 +6,10 @@ from clearhouse.payout.v1 import payout_pb2, payout_pb2_grpc
 from clearhouse.payoutsim.v1 import payoutsim_pb2, payoutsim_pb2_grpc
 
 from services.payout_simulator.gateway import Gateway
+from services.payout_simulator.permissions import PERMISSIONS
 from services.payout_simulator.servicer import GatewayServicer, SimulatorServicer
 from services.payout_simulator.settings import PayoutSimulatorSettings
+from shared.security import server_security
 from shared.server import App
 
 GATEWAY_SERVICE = payout_pb2.DESCRIPTOR.services_by_name["PayoutGatewayService"].full_name
@@ -32,4 +34,5 @@ def build_app(settings: PayoutSimulatorSettings | None = None) -> App:
         ],
         service_names=[GATEWAY_SERVICE, SIMULATOR_SERVICE],
         readiness=ready,
+        security=server_security("payout_simulator", settings, PERMISSIONS),
     )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from shared.settings import LogLevel
+from shared.settings import LogLevel, SecuritySettings
 
 
-class PayoutSimulatorSettings(BaseSettings):
+class PayoutSimulatorSettings(SecuritySettings):
     model_config = SettingsConfigDict(env_prefix="PAYOUT_SIM_", extra="ignore")
 
     host: str = "127.0.0.1"

@@ -14,6 +14,7 @@ from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
 from services.settlement.adapters.figures import figure_source
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
+from services.settlement.permissions import PERMISSIONS
 from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
@@ -27,9 +28,11 @@ from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
 from shared import migrations
 from shared.business_time import business_date
+from shared.client_security import ClientSecurity
 from shared.clock import clock_from_env
 from shared.figures import pool_figures
 from shared.metrics import ServiceMetrics, app_options
+from shared.security import server_security
 from shared.server import App
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -45,12 +48,17 @@ async def build_app(
     """`now` is the service's clock (UTC-aware): the scheduler's, the calendar's today;
     by default the real time shifted by CLEARHOUSE_NOW (shared/clock.py). Tests inject
     theirs."""
+    security = server_security("settlement", settings, [PERMISSIONS])
     clock = now or clock_from_env()
     zone = ZoneInfo(settings.business_timezone)
     db = Database(engine, settings.db_schema)
-    clearing = ClearingClient(settings.clearing_address, settings.call_deadline_s)
-    billing = BillingClient(settings.billing_address, settings.call_deadline_s)
-    gateway = GatewayClient(settings.payout_gateway_address, settings.gateway_deadline_s)
+    # Settlement calls as itself: its certificate's SAN names it (mutual TLS).
+    as_settlement = ClientSecurity.from_settings(settings)
+    clearing = ClearingClient(settings.clearing_address, settings.call_deadline_s, as_settlement)
+    billing = BillingClient(settings.billing_address, settings.call_deadline_s, as_settlement)
+    gateway = GatewayClient(
+        settings.payout_gateway_address, settings.gateway_deadline_s, as_settlement
+    )
     calendars = CalendarService(
         db, chinese_default(),
         today=lambda: business_date(clock(), zone),
@@ -130,5 +138,6 @@ async def build_app(
         readiness=ready,
         background=background,
         on_close=[close],
+        security=security,
         **app_options(settings, metrics),
     )

@@ -18,6 +18,7 @@ from shared import server
 from shared.db import create_engine
 from shared.errors import reason_of
 from tests.billing.support import create_rule, error_info, money, ts, txn, violations
+from tests.support import security
 
 BASE = {"rule_id": "R1", "currency": "CNY", "effective_from": "2026-01-01T00:00:00+08:00",
         "selectors": {}}
@@ -297,8 +298,9 @@ async def test_an_unreachable_database_answers_unavailable_not_a_business_refusa
     # A real server whose database does not answer (nothing listens on port 1).
 
     engine = create_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none", "billing", 1)
-    running = await server.start(await build_app(BillingSettings(db_schema="billing"), engine))
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    settings = BillingSettings(db_schema="billing", **security.server_settings("billing"))
+    running = await server.start(await build_app(settings, engine))
+    channel = security.as_permitted(f"127.0.0.1:{running.port}")
     try:
         stub = billing_pb2_grpc.BillingServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:

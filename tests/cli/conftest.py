@@ -15,6 +15,7 @@ from typer.testing import CliRunner, Result
 
 from services.cli.main import app
 from tests.e2e.stack import Stack, start_stack, stop_stack
+from tests.support import security
 
 
 @dataclass
@@ -33,12 +34,18 @@ class Cli:
 
 def write_config(folder: Path, s: Stack) -> Path:
     path = folder / "cli.toml"
+    pki = security.pki()
     path.write_text(
         f'billing_address = "{s.billing.address}"\n'
         f'clearing_address = "{s.clearing.address}"\n'
         f'settlement_address = "{s.settlement.address}"\n'
         f'payout_simulator_address = "{s.simulator.address}"\n'
-        "timeout_s = 20\n")
+        "timeout_s = 20\n"
+        # As the operations people call: TLS with the tools' certificate, an admin's token.
+        f'ca_cert = "{pki.ca_file}"\n'
+        f'client_cert = "{pki.cert_file("tool")}"\n'
+        f'client_key = "{pki.key_file("tool")}"\n'
+        f'token_file = "{pki.token_file("ada")}"\n')
     return path
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from dataclasses import replace
 
 from rich.console import Console
 
@@ -16,6 +17,7 @@ from services.cli.demo.driver import Demo
 from services.cli.demo.scenario import build
 from tests.cli.conftest import Cli
 from tests.e2e import stack as st
+from tests.support import security
 
 SMALL = dict(merchants=["M02", "M03", "M04", "M07"], first_day=12, days=5, scale=0.25)
 
@@ -41,12 +43,17 @@ def test_the_scenario_is_the_same_for_the_same_seed_and_differs_for_another():
 async def test_a_small_demo_settles_everything_and_the_books_hold(cli: Cli, tmp_path):
     scenario = build(11, **SMALL)
     screen = Console(record=True, width=220, file=io.StringIO(), highlight=False)
-    clients = Clients(load(str(cli.config), {}))
+    config = load(str(cli.config), {})
+    clients = Clients(config)
+    # The traffic as the transaction core (recording is its permission, no person's).
+    recorder = Clients(replace(config, token_file=str(security.pki().token_file(
+        "transaction-core"))))
     try:
-        demo = Demo(clients, scenario, tmp_path, console=screen)
+        demo = Demo(clients, scenario, tmp_path, console=screen, recorder=recorder)
         result = await asyncio.to_thread(demo.run)
     finally:
         clients.close()
+        recorder.close()
     text = screen.export_text()
     assert result.recorded == scenario.transaction_count() and not result.refused
     # M07's prepaid account ran dry, and every detail was priced after the top-up.

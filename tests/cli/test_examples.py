@@ -15,6 +15,7 @@ from clearhouse.settlement.v1 import settlement_pb2
 from google.protobuf import json_format
 
 from tests.cli.conftest import Cli
+from tests.support import security
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 SERVICES = {
@@ -44,7 +45,9 @@ def request_of(service: str, rpc: str, path: Path):
 
 def grpcurl_line(service: str, rpc: str, path: Path) -> str:
     _, full, port = SERVICES[service]
-    return (f"grpcurl -plaintext -d @ 127.0.0.1:{port} {full}/{rpc} "
+    # Recording is the transaction core's permission; everything else an admin's.
+    who = "$AS_CORE" if rpc in ("RecordTransaction", "BatchRecordTransactions") else "$AS_ADMIN"
+    return (f'grpcurl $TLS -H "{who}" -d @ 127.0.0.1:{port} {full}/{rpc} '
             f"< docs/examples/grpcurl/{path.name}")
 
 
@@ -72,7 +75,8 @@ async def test_every_grpcurl_body_parses_and_is_answered_in_order(cli: Cli):
     assert list(answers["CheckInvariants"].violations) == []
 
 
-async def test_the_python_examples_run_against_the_real_services(cli: Cli):
+async def test_the_python_examples_run_against_the_real_services(cli: Cli, monkeypatch):
+    monkeypatch.setenv("CLEARHOUSE_SECURITY_DIR", str(security.pki().folder))
     spec = importlib.util.spec_from_file_location("everyday", EXAMPLES / "python" / "everyday.py")
     assert spec and spec.loader
     everyday = importlib.util.module_from_spec(spec)

@@ -25,6 +25,7 @@ from services.console.settings import ConsoleSettings
 from shared.convert import date_to_proto, proto_to_date
 from tests.e2e import stack as st
 from tests.e2e.stack import Stack, start_stack, stop_stack
+from tests.support import security
 
 PEOPLE = {"ada": "admin", "bea": "admin", "otto": "operator", "vic": "viewer"}
 RULES = [
@@ -56,7 +57,8 @@ class ConsoleEnv:
 
 
 def _token(name: str) -> str:
-    return f"test-token-{name}-0123456789abcdef"
+    # The people of the test PKI: the services know their tokens too (security is on).
+    return security.token(name)
 
 
 async def _seed(s: Stack) -> Seeded:
@@ -99,13 +101,15 @@ async def _seed(s: Stack) -> Seeded:
 
 
 def console_settings(s: Stack, folder: Path) -> ConsoleSettings:
-    identities = folder / "identities.toml"
-    identities.write_text("".join(
-        f'[[callers]]\nname = "{name}"\nrole = "{role}"\ntoken_sha256 = "{token_sha256(_token(name))}"\n'
-        for name, role in PEOPLE.items()))
+    # The services' own identities file (the console signs in the same people) and
+    # TLS with the tools' certificate, as deployed.
+    pki = security.pki()
+    assert all(token_sha256(_token(n)) in pki.identities_file.read_text() for n in PEOPLE)
     return ConsoleSettings(
         billing_address=s.billing.address, clearing_address=s.clearing.address,
-        settlement_address=s.settlement.address, identities_file=str(identities),
+        settlement_address=s.settlement.address, identities_file=str(pki.identities_file),
+        tls_ca_file=str(pki.ca_file), tls_cert_file=str(pki.cert_file("tool")),
+        tls_key_file=str(pki.key_file("tool")),
         session_secret="test-session-secret", call_deadline_s=10.0)
 
 

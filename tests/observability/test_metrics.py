@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import server
+from shared.security import ServerSecurity
 from tests.clearing.conftest import FAST, payment, percent_rule, record
 from tests.support.harness import ServiceHandle, drop, launch
 
@@ -121,7 +122,8 @@ async def test_liveness_stays_serving_when_readiness_does_not(pg_url):
         return False
 
     app = server.App(name="probe", error_domain="probe", servicers=[],
-                     service_names=["probe.v1.Probe"], readiness=not_ready)
+                     service_names=["probe.v1.Probe"], readiness=not_ready,
+                     security=ServerSecurity.insecure())
     running = await server.start(app)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:

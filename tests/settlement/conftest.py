@@ -14,6 +14,7 @@ from clearhouse.payoutsim.v1 import payoutsim_pb2_grpc
 from services.payout_simulator.bootstrap import build_app
 from services.payout_simulator.settings import PayoutSimulatorSettings
 from shared import server
+from tests.support import security
 from tests.support.harness import ServiceHandle, drop, launch
 
 
@@ -30,8 +31,10 @@ class Simulator:
 
 
 async def start_simulator(hold_s: float = 3.0) -> Simulator:
-    running = await server.start(build_app(PayoutSimulatorSettings(time_out_hold_s=hold_s)))
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    settings = PayoutSimulatorSettings(
+        time_out_hold_s=hold_s, **security.server_settings("payout_simulator"))
+    running = await server.start(build_app(settings))
+    channel = security.as_permitted(f"127.0.0.1:{running.port}")
     return Simulator(
         running,
         channel,

@@ -1,5 +1,6 @@
 """Start real services in-process on port 0, each in a throwaway schema of the test
-PostgreSQL, and call them through real channels and stubs."""
+PostgreSQL, and call them through real channels and stubs, with security on (TLS, mutual
+TLS between services, a permitted caller's token on every default stub call)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import migrations, server
 from shared.db import create_engine
+from tests.support import security
 
 STUBS = {
     "billing": ("clearhouse.billing.v1.billing_pb2_grpc", "BillingServiceStub"),
@@ -80,13 +82,17 @@ async def launch(
     schema = schema or new_schema(name)
     # Metrics on a free port: several services of several tests share this process.
     overrides.setdefault("metrics_port", 0)
-    settings = settings_cls(db_schema=schema, port=0, database_url=pg_url or "unused", **overrides)
+    settings = settings_cls(
+        db_schema=schema, port=0, database_url=pg_url or "unused",
+        **{**security.server_settings(name), **overrides},
+    )
     if engine is None:
         engine = create_engine(pg_url, schema, pool_size=settings.db_pool_size)
         await migrations.upgrade(engine, schema, bootstrap.MIGRATIONS)
     app = await bootstrap.build_app(settings, engine)
     running = await server.start(app, "127.0.0.1", port)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    # Security is on: TLS, and each call as a caller its method's permission allows.
+    channel = security.as_permitted(f"127.0.0.1:{running.port}")
     module, stub_name = STUBS.get(name, (None, None))
     stub = getattr(importlib.import_module(module), stub_name)(channel) if module else None
     return ServiceHandle(name, schema, engine, running, channel, stub, settings)

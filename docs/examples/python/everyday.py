@@ -14,10 +14,12 @@ Each function is one RPC with the request spelled out; money is integer fen (分
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import grpc
 
 import shared  # noqa: F401  (first: it puts the generated `clearhouse` package on the path)
+from shared.client_security import ClientSecurity
 
 # isort: split
 from clearhouse.billing.v1 import billing_pb2 as billing
@@ -48,10 +50,33 @@ def day(y: int, m: int, d: int) -> date_pb2.Date:
     return date_pb2.Date(year=y, month=m, day=d)
 
 
-def metadata() -> tuple[tuple[str, str], ...]:
-    """Credentials, when the services require them: a bearer token from CLEARHOUSE_TOKEN."""
-    token = os.environ.get("CLEARHOUSE_TOKEN", "")
+# Security is on (docs/security.md): TLS with the tools' certificate, and a token per call.
+# `make up` keeps the development ones in .clearhouse/security.
+SECURITY = Path(os.environ.get("CLEARHOUSE_SECURITY_DIR", ".clearhouse/security"))
+
+
+def _token(variable: str, name: str) -> tuple[tuple[str, str], ...]:
+    token = os.environ.get(variable, "")
+    if not token and (SECURITY / "tokens" / f"{name}.token").exists():
+        token = (SECURITY / "tokens" / f"{name}.token").read_text().strip()
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def metadata() -> tuple[tuple[str, str], ...]:
+    """A person's credentials (CLEARHOUSE_TOKEN, else the development admin's token)."""
+    return _token("CLEARHOUSE_TOKEN", "ada")
+
+
+def core_metadata() -> tuple[tuple[str, str], ...]:
+    """Recording is the transaction core's permission (CLEARHOUSE_CORE_TOKEN, else the
+    development transaction core's token)."""
+    return _token("CLEARHOUSE_CORE_TOKEN", "transaction-core")
+
+
+def channel(address: str) -> grpc.Channel:
+    tls = ClientSecurity.from_files(
+        str(SECURITY / "ca.pem"), str(SECURITY / "tool.pem"), str(SECURITY / "tool.key"))
+    return tls.sync_channel(address)
 
 
 # ---- billing ------------------------------------------------------------------------
@@ -132,7 +157,7 @@ def record_transaction(c: clearing_pb2_grpc.ClearingServiceStub) -> clearing.Cle
         transaction_id="ex-py-pay-1", transaction_type=transaction_pb2.TRANSACTION_TYPE_PAYMENT,
         merchant_id=MERCHANT, amount=cny(20000), transaction_time=at("2026-11-09T10:00:00+08:00"),
         product="QUICKPAY", business_line="ONLINE", acquirer_bank="ACQ1", issuer_bank="ICBC",
-        card_type="DEBIT")), metadata=metadata()).detail
+        card_type="DEBIT")), metadata=core_metadata()).detail
 
 
 def batch_record_transactions(c: clearing_pb2_grpc.ClearingServiceStub) -> list[clearing.RecordOutcome]:
@@ -145,7 +170,7 @@ def batch_record_transactions(c: clearing_pb2_grpc.ClearingServiceStub) -> list[
             transaction_id="ex-py-refund-1", transaction_type=transaction_pb2.TRANSACTION_TYPE_REFUND,
             merchant_id=MERCHANT, amount=cny(5000), original_transaction_id="ex-py-pay-1",
             transaction_time=at("2026-11-09T12:00:00+08:00")),
-    ]), metadata=metadata()).outcomes)
+    ]), metadata=core_metadata()).outcomes)
 
 
 def record_adjustment(c: clearing_pb2_grpc.ClearingServiceStub) -> clearing.ClearingDetail:
@@ -281,9 +306,8 @@ def check_invariants(s: settlement_pb2_grpc.SettlementServiceStub) -> list[settl
 
 def main(billing_address: str, clearing_address: str, settlement_address: str) -> dict[str, object]:
     """Runs every example in order and returns what they answered, by RPC name."""
-    with grpc.insecure_channel(billing_address) as bc, \
-            grpc.insecure_channel(clearing_address) as cc, \
-            grpc.insecure_channel(settlement_address) as sc:
+    with channel(billing_address) as bc, channel(clearing_address) as cc, \
+            channel(settlement_address) as sc:
         b = billing_pb2_grpc.BillingServiceStub(bc)
         c = clearing_pb2_grpc.ClearingServiceStub(cc)
         s = settlement_pb2_grpc.SettlementServiceStub(sc)

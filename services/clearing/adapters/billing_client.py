@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 
 from services.clearing.domain.model import Detail, Fee
 from services.clearing.domain.pricing import FeeOutcome, Priced, Refused, Unknown
+from shared.client_security import ClientSecurity
 from shared.convert import datetime_to_ts, ts_to_datetime, write_ts
 from shared.errors import reason_of
 from shared.interceptors import client_channel
@@ -131,8 +132,10 @@ def _billed(c: Any) -> BilledCharge:
 class BillingClient:
     """One channel to billing for the life of the service."""
 
-    def __init__(self, address: str, deadline_s: float, batch_deadline_s: float) -> None:
+    def __init__(self, address: str, deadline_s: float, batch_deadline_s: float,
+                 security: ClientSecurity) -> None:
         self.address = address
+        self.security = security
         self.deadline_s = deadline_s
         self.batch_deadline_s = batch_deadline_s
         self._channel: grpc.aio.Channel | None = None
@@ -141,7 +144,7 @@ class BillingClient:
     def _billing(self) -> Any:
         # Built lazily: the channel must belong to the running event loop.
         if self._stub is None:
-            self._channel = client_channel(self.address)
+            self._channel = client_channel(self.address, self.security)
             self._stub = billing_pb2_grpc.BillingServiceStub(self._channel)
         return self._stub
 

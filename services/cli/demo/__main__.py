@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -96,12 +97,18 @@ def main(
             stack.start(report=False, migrate_on_start=True)
         console.print(f"stack up in {time.monotonic() - started:.1f} s (services' clock: "
                       f"{env['CLEARHOUSE_NOW']}; logs in {logs})")
+        pki = stack.pki
+        # Operations as the development admin; the traffic as the transaction core.
         config = CliConfig(billing_address=stack.address("billing"),
                            clearing_address=stack.address("clearing"),
                            settlement_address=stack.address("settlement"),
-                           payout_simulator_address=stack.address("payout_simulator"))
-        with Clients(config) as clients:
-            result = Demo(clients, scenario, out, console=console).run()
+                           payout_simulator_address=stack.address("payout_simulator"),
+                           ca_cert=str(pki.ca_file), client_cert=str(pki.cert_file("tool")),
+                           client_key=str(pki.key_file("tool")),
+                           token_file=str(pki.token_file("ada")))
+        core = replace(config, token_file=str(pki.token_file("transaction-core")))
+        with Clients(config) as clients, Clients(core) as recorder:
+            result = Demo(clients, scenario, out, console=console, recorder=recorder).run()
         console.print(f"demo done in {time.monotonic() - started:.1f} s")
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.txt").write_text(console.export_text(), encoding="utf-8")
@@ -109,8 +116,7 @@ def main(
         if result.violations or not all(m["reconciled"] for m in result.merchants):
             code = 1
         if serve:
-            # The web console only while serving: the demo itself needs no browser.
-            stack.start_console(report=False)
+            # The stack started the web console with the services (with_console=serve).
             console.print(f"console: {stack.console_url} (sign in with a token from "
                           ".clearhouse/security/tokens/, see docs/console.md)")
             console.print("serving: " + ", ".join(

@@ -16,6 +16,7 @@ from google.rpc import status_pb2
 from services.settlement.domain.netting import BatchTotals, FeeBill
 from services.settlement.domain.profiles import BankAccount
 from services.settlement.domain.statements import Detail
+from shared.client_security import ClientSecurity
 from shared.convert import date_to_proto, proto_to_date, ts_to_datetime
 from shared.interceptors import client_channel
 
@@ -125,8 +126,8 @@ _DETAIL_STATES = {
 
 
 class ClearingClient:
-    def __init__(self, address: str, deadline_s: float) -> None:
-        self.channel = client_channel(address)
+    def __init__(self, address: str, deadline_s: float, security: ClientSecurity) -> None:
+        self.channel = client_channel(address, security)
         self.stub = clearing_pb2_grpc.ClearingServiceStub(self.channel)
         self.deadline_s = deadline_s
 
@@ -269,8 +270,8 @@ class ClearingClient:
 
 
 class BillingClient:
-    def __init__(self, address: str, deadline_s: float) -> None:
-        self.channel = client_channel(address)
+    def __init__(self, address: str, deadline_s: float, security: ClientSecurity) -> None:
+        self.channel = client_channel(address, security)
         self.stub = billing_pb2_grpc.BillingServiceStub(self.channel)
         self.deadline_s = deadline_s
 
@@ -335,8 +336,8 @@ def _gateway_payout(p: payout_pb2.Payout) -> GatewayPayout:
 class GatewayClient:
     """The payout gateway (clearhouse.payout.v1); the instruction id is the idempotency key."""
 
-    def __init__(self, address: str, deadline_s: float) -> None:
-        self.channel = client_channel(address)
+    def __init__(self, address: str, deadline_s: float, security: ClientSecurity) -> None:
+        self.channel = client_channel(address, security)
         self.stub = payout_pb2_grpc.PayoutGatewayServiceStub(self.channel)
         self.deadline_s = deadline_s
 

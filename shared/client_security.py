@@ -1,0 +1,181 @@
+"""Caller identity, client side: TLS channel credentials (with this caller's certificate
+for mutual TLS) and a bearer token, for our services calling each other and for people's
+tools (the CLI, the console).
+
+    security = ClientSecurity.from_files(ca_file, cert_file, key_file, token=read_token(...))
+    channel = security.channel("127.0.0.1:50051")      # grpc.aio
+    channel = security.sync_channel("127.0.0.1:50051") # plain grpc
+
+The token never appears in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from pydantic import SecretStr
+
+from shared.request_context import REQUEST_ID_KEY, current_request_id
+
+AUTHORIZATION_KEY = "authorization"
+_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+def read_token(token: str | SecretStr | None = None, token_file: str | None = None,
+               env: str | None = None) -> SecretStr | None:
+    """A bearer token from the first of: `token`, the file `token_file`, environment
+    variable `env`; surrounding whitespace (a file's newline) stripped."""
+    if isinstance(token, SecretStr):
+        token = token.get_secret_value()
+    if not token and token_file:
+        token = Path(token_file).read_text(encoding="utf-8")
+    if not token and env:
+        token = os.environ.get(env, "")
+    token = (token or "").strip()
+    return SecretStr(token) if token else None
+
+
+class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every unary call; `token` may depend on
+    the method (a test client that calls as whoever the method allows)."""
+
+    def __init__(self, token: SecretStr | Callable[[str], str]) -> None:
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "BearerToken(**********)"
+
+    def _value(self, method: str) -> str:
+        if isinstance(self._token, SecretStr):
+            return self._token.get_secret_value()
+        return self._token(method)
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        method = client_call_details.method
+        name = method.decode() if isinstance(method, bytes) else str(method)
+        token = self._value(name)
+        metadata = [(k, v) for k, v in (client_call_details.metadata or ())
+                    if k != AUTHORIZATION_KEY]
+        if token:
+            metadata.append((AUTHORIZATION_KEY, f"Bearer {token}"))
+        details = grpc.aio.ClientCallDetails(
+            client_call_details.method, client_call_details.timeout, metadata,
+            client_call_details.credentials, client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)
+
+
+class RequestIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+    """Passes the current request id on to downstream calls."""
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        request_id = current_request_id.get()
+        if request_id:
+            metadata = list(client_call_details.metadata or ())
+            if not any(k == REQUEST_ID_KEY for k, _ in metadata):
+                metadata.append((REQUEST_ID_KEY, request_id))
+            client_call_details = grpc.aio.ClientCallDetails(
+                client_call_details.method,
+                client_call_details.timeout,
+                metadata,
+                client_call_details.credentials,
+                client_call_details.wait_for_ready,
+            )
+        return await continuation(client_call_details, request)
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a client reaches a Clearhouse service: TLS roots, its own certificate (mutual
+    TLS), an optional bearer token. `insecure()` is plaintext, asked for by name."""
+
+    root_certificates: bytes | None = field(default=None, repr=False)
+    private_key: bytes | None = field(default=None, repr=False)
+    certificate_chain: bytes | None = field(default=None, repr=False)
+    token: SecretStr | None = None
+    plaintext: bool = False
+
+    @classmethod
+    def insecure(cls, token: SecretStr | None = None) -> ClientSecurity:
+        return cls(token=token, plaintext=True)
+
+    @classmethod
+    def from_files(cls, ca_file: str, cert_file: str = "", key_file: str = "",
+                   token: SecretStr | None = None) -> ClientSecurity:
+        """TLS trusting `ca_file`; with `cert_file`/`key_file` also mutual TLS."""
+        return cls(
+            Path(ca_file).read_bytes(),
+            Path(key_file).read_bytes() if key_file else None,
+            Path(cert_file).read_bytes() if cert_file else None,
+            token,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ClientSecurity:
+        """A service's own client identity: the certificate it serves with (its SAN names
+        it as a caller) and the CA it trusts; plaintext when the service is INSECURE."""
+        if settings.insecure:
+            return cls.insecure()
+        return cls.from_files(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            self.root_certificates, self.private_key, self.certificate_chain
+        )
+
+    def channel(self, address: str,
+                interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> grpc.aio.Channel:
+        """An asyncio channel passing request ids (and the token) on."""
+        chain: list[grpc.aio.ClientInterceptor] = [*interceptors, RequestIdClientInterceptor()]
+        if self.token is not None:
+            chain.append(BearerToken(self.token))
+        if self.plaintext:
+            return grpc.aio.insecure_channel(address, interceptors=chain, options=_OPTIONS)
+        return grpc.aio.secure_channel(
+            address, self.credentials(), interceptors=chain, options=_OPTIONS
+        )
+
+    def sync_channel(self, address: str) -> grpc.Channel:
+        """A blocking channel (a CLI); the token travels as call credentials."""
+        if self.plaintext:
+            channel = grpc.insecure_channel(address, options=_OPTIONS)
+            if self.token is None:
+                return channel
+            return grpc.intercept_channel(channel, _SyncBearer(self.token))
+        credentials = self.credentials()
+        if self.token is not None:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(self.token.get_secret_value())
+            )
+        return grpc.secure_channel(address, credentials, options=_OPTIONS)
+
+
+class _SyncBearer(grpc.UnaryUnaryClientInterceptor):
+    """The token on a plaintext blocking channel (gRPC sends call credentials only over
+    TLS)."""
+
+    def __init__(self, token: SecretStr) -> None:
+        self._token = token
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        d = client_call_details
+        metadata = [*(d.metadata or ()),
+                    (AUTHORIZATION_KEY, f"Bearer {self._token.get_secret_value()}")]
+        details = _SyncDetails(d.method, d.timeout, metadata, d.credentials,
+                               getattr(d, "wait_for_ready", None), getattr(d, "compression", None))
+        return continuation(details, request)
+
+
+class _SyncDetails(
+    collections.namedtuple(
+        "_SyncDetails", "method timeout metadata credentials wait_for_ready compression"
+    ),
+    grpc.ClientCallDetails,
+):
+    """Call details with the token added (grpc's own class cannot be built directly)."""
