@@ -43,3 +43,40 @@ async def test_the_health_port_serves_health_in_plaintext_and_nothing_else(pg_ur
                 assert exc.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await drop(billing)
+
+
+async def test_bank_account_numbers_are_masked_unless_an_admin_asks_to_reveal_them(pg_url):
+    from clearhouse.settlement.v1 import settlement_pb2 as pb
+    from clearhouse.settlement.v1 import settlement_pb2_grpc
+
+    from tests.e2e.stack import BANK
+    from tests.support import security
+
+    settlement = await launch(
+        "settlement", pg_url, scheduler_enabled=False, dispatcher_enabled=False,
+        clearing_address="127.0.0.1:1", billing_address="127.0.0.1:1",
+        payout_gateway_address="127.0.0.1:1")
+    masked = "************" + BANK.account_number[-4:]
+    try:
+        created = await settlement.stub.CreateSettlementProfile(pb.CreateSettlementProfileRequest(
+            profile=pb.SettlementProfile(
+                merchant_id="M-MASK", currency_code="CNY",
+                cycle=pb.Cycle(kind=pb.CYCLE_KIND_T, days=1),
+                destination_type=pb.DESTINATION_TYPE_BANK_ACCOUNT, bank_account=BANK)))
+        assert created.profile.bank_account.account_number == masked
+        reveal = (("x-clearhouse-reveal", "account-numbers"),)
+        get = pb.GetSettlementProfileRequest(merchant_id="M-MASK")
+        seen = {}
+        for who, metadata in [("vic", ()), ("otto", reveal), ("ada", ()), ("ada", reveal)]:
+            async with security.channel(settlement.address, caller=who) as ch:
+                stub = settlement_pb2_grpc.SettlementServiceStub(ch)
+                one = await stub.GetSettlementProfile(get, metadata=metadata)
+                page = await stub.ListSettlementProfiles(
+                    pb.ListSettlementProfilesRequest(), metadata=metadata)
+            assert [p.bank_account.account_number for p in page.profiles] == [
+                one.profile.bank_account.account_number]
+            seen[(who, bool(metadata))] = one.profile.bank_account.account_number
+        assert seen == {("vic", False): masked, ("otto", True): masked,
+                        ("ada", False): masked, ("ada", True): BANK.account_number}
+    finally:
+        await drop(settlement)
