@@ -1,11 +1,15 @@
 """Clearing benchmarks: `python -m bench.bench_clearing [--seconds S] [--claim-merchants N]`.
 
 1. Unary RecordTransaction, 32 concurrent callers, billing running, against a trivial
-   grpc.aio echo servicer measured in the same run (throughput ratio, p50/p99).
+   grpc.aio echo servicer in alternating rounds of the same run (throughput ratio,
+   p50/p99); every call a new transaction, every answer checked priced.
 2. Batched recording (BatchRecordTransactions of 1,000), details per second, billing
-   pricing every detail.
-3. Claiming 1,000,000 details of 10,000 merchants (seeded with SQL), one ClaimDetails per
-   merchant as settlement calls it, through gRPC.
+   pricing every detail, in rounds alternating with PostgreSQL's own unnest and COPY
+   inserts of as many rows like the details (bench.support.baselines).
+3. Claiming 1,000,000 details of 10,000 merchants (seeded with SQL), BatchClaimDetails of
+   100 merchants per call as a settlement run sends them, through gRPC.
+
+A part with errors, refused items or unpriced details FAILS (exit status 1).
 
 Billing, clearing and the echo server run as separate processes (as deployed) on the
 embedded PostgreSQL (or BENCH_DATABASE_URL); figures go to bench/results/clearing.json.
@@ -18,6 +22,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from typing import Any
 import grpc
 from google.type import date_pb2
 
+from bench.support import baselines
 from bench.support import security as bench_security
 from bench.support.cpu import cpu_seconds, postgres_cpu_seconds
 from bench.support.database import database_url, drop_schemas, plain_dsn
@@ -73,34 +79,52 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def closed_loop(call: Any, make: Any, workers: int, seconds: float) -> dict[str, float]:
+async def closed_loop(call: Any, payloads: list[Any], workers: int,
+                      seconds: float) -> dict[str, Any]:
+    """`workers` callers, each sending the next unsent payload as soon as its previous
+    call is answered, until `seconds` pass or the payloads run out (never a payload
+    twice: a replay is answered from the idempotency record, far cheaper than the work).
+    Returns the successful calls, the errors, and the answers (raw) to check."""
     latencies: list[float] = []
-    errors = 0
+    answers: list[Any] = []
+    errors: list[str] = []
     stop_at = time.perf_counter() + seconds
-    counter = 0
+    queue = iter(payloads)
 
     async def worker() -> None:
-        nonlocal errors, counter
         while time.perf_counter() < stop_at:
-            counter += 1
-            req = make(counter)
+            req = next(queue, None)
+            if req is None:
+                return
             t = time.perf_counter()
             try:
-                await call(req)
-            except grpc.aio.AioRpcError:
-                errors += 1
+                answers.append(await call(req))
+            except grpc.aio.AioRpcError as exc:
+                errors.append(f"{exc.code().name}: {exc.details()}")
                 continue
             latencies.append(time.perf_counter() - t)
 
     started = time.perf_counter()
     await asyncio.gather(*[worker() for _ in range(workers)])
     elapsed = time.perf_counter() - started
+    return {"calls": len(latencies), "seconds": elapsed, "errors": errors,
+            "latencies": latencies, "answers": answers,
+            "ran_out": next(queue, None) is None}
+
+
+def figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Calls per second over interleaved rounds (successful calls over their time)."""
+    calls = sum(r["calls"] for r in rounds)
+    seconds = sum(r["seconds"] for r in rounds)
+    latencies = [x for r in rounds for x in r["latencies"]]
     return {
-        "calls": len(latencies),
-        "errors": errors,
-        "per_s": round(len(latencies) / elapsed, 1),
+        "calls": calls,
+        "errors": sum(len(r["errors"]) for r in rounds),
+        "first_errors": [e for r in rounds for e in r["errors"]][:3],
+        "per_s": round(calls / seconds, 1) if seconds else 0.0,
         "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "payloads_ran_out": any(r["ran_out"] for r in rounds),
     }
 
 
@@ -127,108 +151,134 @@ RECORD_METHOD = "/clearhouse.clearing.v1.ClearingService/RecordTransaction"
 BATCH_METHOD = "/clearhouse.clearing.v1.ClearingService/BatchRecordTransactions"
 
 
+ROUNDS = 3  # echo and the service alternate this many times, so load that comes and
+# goes on a shared machine weighs on both
+
+
 async def bench_unary(clearing: str, echo: str, seconds: float, run: str,
                       pids: dict[str, int]) -> dict[str, Any]:
-    # Both sides get requests serialized before the clock starts and send raw bytes, so
-    # the load generator costs the same per call and the ratio compares the servers.
-    sample = pb.RecordTransactionRequest(transaction=txn(f"{run}-x", "M0", 100))
-    payload = sample.SerializeToString()
-    async with bench_security.channel(echo) as ch:
-        call = ch.unary_unary(ECHO_METHOD)
-        await call(payload, wait_for_ready=True, timeout=30)
-        await closed_loop(call, lambda i: payload, 32, 1.0)  # warm-up
-        echo_meter = CpuMeter({"echo": pids["echo"]})
-        echo_fig = await closed_loop(call, lambda i: payload, 32, seconds)
-        echo_fig.update(echo_meter.per_item(echo_fig["calls"]))
-    budget = int(seconds * 4000) + 10_000
+    """RecordTransaction and echo in alternating rounds, 32 callers each, the same
+    serialized request bytes sent to both (so the load generator costs the same per
+    call); every RecordTransaction a new transaction, and every answer checked priced."""
+    budget = int(seconds * 3000) + 5000  # more than the rounds can send
     requests = [
         pb.RecordTransactionRequest(
             transaction=txn(f"{run}-u{i}", f"M{i % 100}", 1000 + i % 5000)
         ).SerializeToString()
-        for i in range(budget + 1)
+        for i in range(budget)
     ]
-    async with bench_security.channel(clearing) as ch:
-        call = ch.unary_unary(RECORD_METHOD)
+    share = seconds / ROUNDS
+    echo_rounds: list[dict[str, Any]] = []
+    record_rounds: list[dict[str, Any]] = []
+    async with bench_security.channel(echo) as ech, \
+            bench_security.channel(clearing) as ch:
+        echo_call = ech.unary_unary(ECHO_METHOD)
+        record = ch.unary_unary(RECORD_METHOD)
+        await echo_call(requests[0], wait_for_ready=True, timeout=30)
         warm = [pb.RecordTransactionRequest(transaction=txn(f"{run}-w{i}", "M0", 100))
-                .SerializeToString() for i in range(5000)]
-        await closed_loop(call, lambda i: warm[i % 5000], 32, 1.0)
-        meter = CpuMeter({n: p for n, p in pids.items() if n != "echo"}, postgres=True)
-        rec = await closed_loop(call, lambda i: requests[min(i, budget)], 32, seconds)
-        rec.update(meter.per_item(rec["calls"]))
-        probe = pb.RecordTransactionResponse.FromString(await call(requests[0]))
-    return {"echo": echo_fig, "record_transaction": rec,
-            "ratio_to_echo": round(rec["per_s"] / max(echo_fig["per_s"], 1e-9), 3),
-            "priced_by_billing": not probe.fee_pending}
+                .SerializeToString() for i in range(3000)]
+        await closed_loop(record, warm, 32, 1.0)  # warm-up, not counted
+        await closed_loop(echo_call, requests[:3000], 32, 1.0)
+        echo_cpu = 0.0
+        meter_items = 0
+        cpu: dict[str, float] = {}
+        sent = 0
+        for _ in range(ROUNDS):
+            e0 = cpu_seconds(pids["echo"])
+            echo_rounds.append(await closed_loop(echo_call, requests, 32, share))
+            echo_cpu += cpu_seconds(pids["echo"]) - e0
+            meter = CpuMeter({n: p for n, p in pids.items() if n != "echo"}, postgres=True)
+            r = await closed_loop(record, requests[sent:], 32, share)
+            sent += r["calls"] + len(r["errors"])
+            record_rounds.append(r)
+            for k, v in meter.per_item(1).items():
+                cpu[k] = cpu.get(k, 0.0) + v
+            meter_items += r["calls"]
+    unpriced = sum(
+        1 for r in record_rounds for a in r["answers"]
+        if pb.RecordTransactionResponse.FromString(a).fee_pending)
+    echo_fig = figures(echo_rounds)
+    echo_fig["echo_cpu_us_per_item"] = round(echo_cpu / max(echo_fig["calls"], 1) * 1e6, 1)
+    rec = figures(record_rounds)
+    rec.update({k: round(v / max(meter_items, 1), 1) for k, v in cpu.items()})
+    rec["unpriced"] = unpriced
+    errors = [
+        *([f"{rec['errors']} RecordTransaction errors, e.g. {rec['first_errors']}"]
+          if rec["errors"] else []),
+        *([f"{echo_fig['errors']} echo errors"] if echo_fig["errors"] else []),
+        *([f"{unpriced} details recorded unpriced (fee pending)"] if unpriced else []),
+        *(["ran out of distinct requests"] if rec["payloads_ran_out"] else []),
+    ]
+    return {"errors": errors, "rounds": ROUNDS, "echo": echo_fig, "record_transaction": rec,
+            "ratio_to_echo": round(rec["per_s"] / max(echo_fig["per_s"], 1e-9), 3)}
 
 
-async def bench_batched(clearing: str, batches: int, run: str, workers: int,
+async def bench_batched(clearing: str, url: str, baseline_schema: str, like: str,
+                        batches: int, run: str, workers: int,
                         pids: dict[str, int]) -> dict[str, Any]:
+    """BatchRecordTransactions of 1,000 (billing pricing each) in rounds alternating with
+    PostgreSQL's unnest and COPY inserts of as many rows like the details, from as many
+    concurrent callers; only details recorded and priced count."""
+    per_round = max(1, batches // ROUNDS)
     requests = [
         pb.BatchRecordTransactionsRequest(transactions=[
             txn(f"{run}-b{b}-{i}", f"M{i % 500}", 1000 + i) for i in range(1000)
         ]).SerializeToString()
-        for b in range(-1, batches)
+        for b in range(-1, per_round * ROUNDS)
     ]
+    dsn = plain_dsn(url)
+    await baselines.prepare(dsn, baseline_schema, like)
+    recorded = bad = 0
+    first_bad: list[str] = []
+    seconds = 0.0
+    cpu: dict[str, float] = {}
+    base: dict[str, dict[str, float]] = {"unnest": {"rows": 0, "seconds": 0.0},
+                                         "copy": {"rows": 0, "seconds": 0.0}}
     async with bench_security.channel(clearing) as ch:
         call = ch.unary_unary(BATCH_METHOD)
-        pending = 0
 
         async def one(b: int) -> None:
-            nonlocal pending
+            nonlocal recorded, bad
             raw = await call(requests[b + 1], timeout=120)
-            resp = pb.BatchRecordTransactionsResponse.FromString(raw)
-            pending += sum(1 for o in resp.outcomes
-                           if o.WhichOneof("outcome") != "result" or o.result.fee_pending)
+            for o in pb.BatchRecordTransactionsResponse.FromString(raw).outcomes:
+                if o.WhichOneof("outcome") == "result" and not o.result.fee_pending:
+                    recorded += 1
+                else:
+                    bad += 1
+                    if len(first_bad) < 3:
+                        first_bad.append(str(o.error.message) or "fee pending")
 
         await one(-1)  # warm-up
-        queue = list(range(batches))
-        meter = CpuMeter({n: p for n, p in pids.items() if n != "echo"}, postgres=True)
-        started = time.perf_counter()
+        await baselines.insert_rate(dsn, baseline_schema, "unnest", f"{run}-warm", 2, workers)
+        for r in range(ROUNDS):
+            queue = list(range(r * per_round, (r + 1) * per_round))
+            meter = CpuMeter({n: p for n, p in pids.items() if n != "echo"}, postgres=True)
+            started = time.perf_counter()
 
-        async def worker() -> None:
-            while queue:
-                await one(queue.pop())
+            async def worker(queue: list[int]) -> None:
+                while queue:
+                    await one(queue.pop())
 
-        await asyncio.gather(*[worker() for _ in range(workers)])
-        elapsed = time.perf_counter() - started
-    return {"details": batches * 1000, "seconds": round(elapsed, 2),
-            "details_per_s": round(batches * 1000 / elapsed), "not_priced": pending,
-            "concurrency": workers, **meter.per_item(batches * 1000)}
-
-
-async def bench_billing_alone(billing: str, seconds: float, batches: int,
-                              run: str) -> dict[str, Any]:
-    """Billing's own ChargeFee / BatchChargeFees in the same conditions: the ceiling that
-    recording through billing cannot exceed."""
-
-    def fee_tx(i: str) -> billing_pb2.FeeTransaction:
-        t = txn(i, "M1", 1000)
-        return billing_pb2.FeeTransaction(
-            transaction_id=t.transaction_id, merchant_id=t.merchant_id,
-            transaction_type=transaction_pb2.TRANSACTION_TYPE_PAYMENT, amount=t.amount,
-            transaction_time=t.transaction_time, product=t.product,
-            business_line=t.business_line, card_type=t.card_type)
-
-    budget = int(seconds * 4000) + 10_000
-    unary = [billing_pb2.ChargeFeeRequest(transaction=fee_tx(f"{run}-bu{i}")).SerializeToString()
-             for i in range(budget + 1)]
-    batch = [billing_pb2.BatchChargeFeesRequest(requests=[
-        billing_pb2.ChargeFeeRequest(transaction=fee_tx(f"{run}-bb{b}-{i}"))
-        for i in range(1000)]).SerializeToString() for b in range(batches)]
-    async with bench_security.channel(billing) as ch:
-        charge = ch.unary_unary("/clearhouse.billing.v1.BillingService/ChargeFee")
-        many = ch.unary_unary("/clearhouse.billing.v1.BillingService/BatchChargeFees")
-        fig = await closed_loop(charge, lambda i: unary[min(i, budget)], 32, seconds)
-        queue = list(range(batches))
-        started = time.perf_counter()
-
-        async def worker() -> None:
-            while queue:
-                await many(batch[queue.pop()], timeout=120)
-
-        await asyncio.gather(*[worker() for _ in range(4)])
-        elapsed = time.perf_counter() - started
-    return {"charge_fee": fig, "batch_charge_details_per_s": round(batches * 1000 / elapsed)}
+            await asyncio.gather(*[worker(queue) for _ in range(workers)])
+            seconds += time.perf_counter() - started
+            for k, v in meter.per_item(1).items():
+                cpu[k] = cpu.get(k, 0.0) + v
+            for how in ("unnest", "copy"):
+                got = await baselines.insert_rate(
+                    dsn, baseline_schema, how, f"{run}-{how}{r}", per_round, workers)
+                base[how]["rows"] += got["rows"]
+                base[how]["seconds"] += got["seconds"]
+    per_s = recorded / seconds
+    unnest = base["unnest"]["rows"] / base["unnest"]["seconds"]
+    copy = base["copy"]["rows"] / base["copy"]["seconds"]
+    return {
+        "errors": [f"{bad} details refused or unpriced, e.g. {first_bad}"] if bad else [],
+        "details": recorded, "seconds": round(seconds, 2), "details_per_s": round(per_s),
+        "unnest_insert_rows_per_s": round(unnest), "copy_rows_per_s": round(copy),
+        "ratio_to_unnest": round(per_s / unnest, 3), "ratio_to_copy": round(per_s / copy, 3),
+        "concurrency": workers, "rounds": ROUNDS,
+        **{k: round(v / max(recorded, 1), 1) for k, v in cpu.items()},
+    }
 
 
 async def seed_claims(url: str, schema: str, merchants: int, per_merchant: int) -> float:
@@ -256,29 +306,38 @@ async def seed_claims(url: str, schema: str, merchants: int, per_merchant: int) 
         await conn.close()
 
 
-async def bench_claim(clearing: str, merchants: int, workers: int,
+async def bench_claim(clearing: str, merchants: int, workers: int, per_call: int,
                       pids: dict[str, int]) -> dict[str, Any]:
+    """BatchClaimDetails of `per_call` merchants per call, as a settlement run sends them."""
     to = date_pb2.Date(year=2026, month=3, day=31)
     async with bench_security.channel(clearing) as ch:
         stub = clearing_pb2_grpc.ClearingServiceStub(ch)
-        queue = list(range(merchants))
-        claimed = 0
+        queue = [list(range(m, min(m + per_call, merchants)))
+                 for m in range(0, merchants, per_call)]
+        claimed = refused = 0
         meter = CpuMeter(pids, postgres=True)
         started = time.perf_counter()
 
         async def worker() -> None:
-            nonlocal claimed
+            nonlocal claimed, refused
             while queue:
-                m = queue.pop()
-                r = await stub.ClaimDetails(pb.ClaimDetailsRequest(
-                    batch_id=f"RUN1-M{m}", merchant_id=f"M{m}", currency_code="CNY",
-                    business_date_to=to), timeout=120)
-                claimed += r.batch.totals.detail_count
+                chunk = queue.pop()
+                r = await stub.BatchClaimDetails(pb.BatchClaimDetailsRequest(claims=[
+                    pb.ClaimDetailsRequest(
+                        batch_id=f"RUN1-M{m}", merchant_id=f"M{m}", currency_code="CNY",
+                        business_date_to=to) for m in chunk]), timeout=120)
+                for o in r.outcomes:
+                    if o.WhichOneof("outcome") == "batch":
+                        claimed += o.batch.totals.detail_count
+                    else:
+                        refused += 1
 
         await asyncio.gather(*[worker() for _ in range(workers)])
         elapsed = time.perf_counter() - started
-    return {"merchants": merchants, "details_claimed": claimed, "seconds": round(elapsed, 2),
-            "claim_calls_per_s": round(merchants / elapsed, 1), "concurrency": workers,
+    return {"errors": [f"{refused} claims refused"] if refused else [],
+            "merchants": merchants, "merchants_per_call": per_call,
+            "details_claimed": claimed, "seconds": round(elapsed, 2),
+            "merchants_per_s": round(merchants / elapsed, 1), "concurrency": workers,
             **meter.per_item(merchants)}
 
 
@@ -303,16 +362,24 @@ async def run_record(url: str, run: str, args: argparse.Namespace,
             clearing_addr, f"127.0.0.1:{echo_port}", args.seconds, run, pids)
         print(json.dumps(results["unary"], indent=2), flush=True)
         results["batched"] = await bench_batched(
-            clearing_addr, args.batches, run, args.batch_workers, pids)
+            clearing_addr, url, f"bench_baseline_{run}", f"bench_clearing_{run}",
+            args.batches, run, args.batch_workers, pids)
         print(json.dumps(results["batched"], indent=2), flush=True)
-        results["billing_alone"] = await bench_billing_alone(
-            billing_addr, args.seconds, args.batches, run)
-        echo_per_s = results["unary"]["echo"]["per_s"]
-        results["billing_alone"]["charge_fee_ratio_to_echo"] = round(
-            results["billing_alone"]["charge_fee"]["per_s"] / max(echo_per_s, 1e-9), 3)
-        print(json.dumps(results["billing_alone"], indent=2), flush=True)
+        results["peak_rss_kb"] = {n: peak_rss_kb(p) for n, p in pids.items()}
     finally:
         stop(procs, timeout=10)
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    """VmHWM of a live process (its peak resident memory so far)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 async def run_claim(url: str, run: str, args: argparse.Namespace,
@@ -326,8 +393,12 @@ async def run_claim(url: str, run: str, args: argparse.Namespace,
         await wait_serving(f"127.0.0.1:{port}")
         seed_s = await seed_claims(url, f"bench_claim_{run}", args.claim_merchants, 100)
         results["claim"] = await bench_claim(
-            f"127.0.0.1:{port}", args.claim_merchants, args.claim_workers,
+            f"127.0.0.1:{port}", args.claim_merchants, args.claim_workers, 100,
             {"clearing": proc.pid})
+        if results["claim"]["details_claimed"] != args.claim_merchants * 100:
+            results["claim"]["errors"].append(
+                f"{results['claim']['details_claimed']} of {args.claim_merchants * 100} "
+                "details claimed")
         results["claim"]["seed_seconds"] = round(seed_s, 1)
         print(json.dumps(results["claim"], indent=2), flush=True)
     finally:
@@ -344,18 +415,34 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if args.only != "record":
             await run_claim(url, run, args, results)
     finally:
-        await drop_schemas(url, *(f"bench_{kind}_{run}" for kind in ("billing", "clearing", "claim")))
+        await drop_schemas(url, *(f"bench_{kind}_{run}"
+                                  for kind in ("billing", "clearing", "claim", "baseline")))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     return results
 
 
+def failed(results: dict[str, Any]) -> list[str]:
+    return [f"{part}: {e}" for part, r in results.items() if isinstance(r, dict)
+            for e in r.get("errors", [])]
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=12.0,
+                        help="of unary calls, per side, over the interleaved rounds")
+    parser.add_argument("--batches", type=int, default=90)
     parser.add_argument("--batch-workers", type=int, default=4)
     parser.add_argument("--claim-merchants", type=int, default=10_000)
-    parser.add_argument("--claim-workers", type=int, default=8)
+    parser.add_argument("--claim-workers", type=int, default=2)
     parser.add_argument("--only", choices=["record", "claim"], help="run one part only")
-    print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
+    parser.add_argument("--quick", action="store_true", help="small sizes, for development")
+    parsed = parser.parse_args()
+    if parsed.quick:
+        parsed.seconds, parsed.batches, parsed.claim_merchants = 3.0, 9, 1000
+    out = asyncio.run(main(parsed))
+    print(json.dumps(out, indent=2))
+    problems = failed(out)
+    for p in problems:
+        print("FAILED", p)
+    sys.exit(1 if problems else 0)

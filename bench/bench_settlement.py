@@ -1,12 +1,23 @@
-"""Settlement benchmark: `python -m bench.bench_settlement [--details 100000,1000000]
-[--merchants 10000]`.
+"""Settlement benchmark: `python -m bench.bench_settlement [--cases 1000000x10000,...]
+[--quick]`.
 
-For each volume: a REAL clearing service and a REAL settlement service, each its own
-process (the settlement process's peak memory is read from /proc), clearing details
-seeded with SQL into clearing's schema (setup only), 10,000 merchant profiles paid to a
-bank account. Then ONE RunSettlement end to end: claim per merchant through gRPC, net,
-book (journal + postings), settlement rows and payout instructions (outbox), confirm
-each batch. The dispatcher is off: sending the instructions is the gateway's time.
+For each case (details x merchants): a REAL clearing service and a REAL settlement
+service, each its own process (their peak memory is read from /proc), clearing details
+seeded with SQL into clearing's schema (setup only), one merchant profile per merchant
+paid to a bank account. Then ONE RunSettlement end to end: claim a chunk of merchants
+per BatchClaimDetails call, net, book (journal + postings), settlement rows and payout
+instructions (outbox), confirm the chunk's batches. The dispatcher is off: sending the
+instructions is the gateway's time.
+
+The baseline, in the same run on the same database: a copy of the same details in a
+schema of its own (same table, same indexes), claimed and totalled per merchant by ONE
+SQL statement (`UPDATE … RETURNING` aggregated by merchant) — what settling costs with
+nothing but PostgreSQL. It is measured right before and right after the service run
+(the mean of the two is the baseline), so load that comes and goes on a shared machine
+weighs on both.
+
+A case whose run failed any item, settled fewer details than were seeded, or whose
+invariant check or statements found anything FAILS: it reports its errors, no figure.
 Figures go to stdout and bench/results/settlement.json.
 """
 
@@ -153,6 +164,63 @@ async def no_autovacuum(dsn: str, schema: str) -> None:
         await conn.close()
 
 
+BASELINE = "bench_baseline"
+_SET_BASED_SETTLE = """
+WITH claimed AS (
+    UPDATE clearing_details SET state = 'CLAIMED', batch_id = 'BASE-' || merchant_id
+    WHERE state = 'UNSETTLED' AND business_date <= $1
+      AND fee_status IN ('KNOWN', 'NOT_APPLICABLE')
+    RETURNING merchant_id, currency, detail_type, amount, fee, collection_mode
+)
+SELECT merchant_id, currency,
+    coalesce(sum(amount) FILTER (WHERE detail_type = 'PAYMENT'), 0) AS payments,
+    coalesce(sum(amount) FILTER (WHERE detail_type = 'REFUND'), 0) AS refunds,
+    coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT' AND collection_mode = 'NET'), 0)
+        AS net_fees,
+    coalesce(sum(fee) FILTER (WHERE detail_type = 'REFUND' AND collection_mode = 'NET'), 0)
+        AS net_fee_returns,
+    count(*) AS details
+FROM claimed GROUP BY merchant_id, currency
+"""
+
+
+async def keep_pristine(dsn: str, clearing: str) -> None:
+    """A copy of the seeded details as they are before the run, in the baseline's own
+    schema: each baseline measurement starts from it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{BASELINE}" CASCADE')
+        await conn.execute(f'CREATE SCHEMA "{BASELINE}"')
+        await conn.execute(
+            f'CREATE TABLE "{BASELINE}".pristine AS SELECT * FROM "{clearing}".clearing_details')
+    finally:
+        await conn.close()
+
+
+async def set_based_baseline(dsn: str, clearing: str) -> dict[str, Any]:
+    """A fresh table of clearing's definition and indexes filled with the pristine details,
+    claimed and totalled per merchant in ONE statement; the time of that statement, and
+    what it found (the same details and merchants the run must settle)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP TABLE IF EXISTS "{BASELINE}".clearing_details')
+        await conn.execute(
+            f'CREATE TABLE "{BASELINE}".clearing_details '
+            f'(LIKE "{clearing}".clearing_details INCLUDING ALL)')
+        await conn.execute(
+            f'INSERT INTO "{BASELINE}".clearing_details SELECT * FROM "{BASELINE}".pristine')
+        await conn.execute(f'VACUUM ANALYZE "{BASELINE}".clearing_details')
+        await conn.execute(f'SET search_path TO "{BASELINE}"')
+        started = time.perf_counter()
+        rows = await conn.fetch(_SET_BASED_SETTLE, BUSINESS_DATE)
+        elapsed = time.perf_counter() - started
+        await conn.execute(f'DROP TABLE "{BASELINE}".clearing_details')
+    finally:
+        await conn.close()
+    return {"seconds": elapsed, "merchants": len(rows),
+            "details": sum(r["details"] for r in rows)}
+
+
 STATEMENTS_READ = 200  # settlements whose statement lines the benchmark reads
 
 
@@ -190,6 +258,7 @@ async def one(
     url: str, details: int, merchants: int, concurrency: int, chunk_size: int | None,
     generic_plans: bool = False,
 ) -> dict[str, Any]:
+    """One case; `errors` lists why it failed (empty when it did not)."""
     dsn = plain_dsn(url)
     cschema, sschema = "bench_clearing", "bench_settlement"
     await drop_schemas(url, cschema, sschema)
@@ -209,9 +278,12 @@ async def one(
         if generic_plans:
             await no_autovacuum(dsn, sschema)
         seed_s = await seed(dsn, cschema, sschema, details, merchants)
+        await keep_pristine(dsn, cschema)
+        base_before = await set_based_baseline(dsn, cschema)
         await asyncio.sleep(2)  # the seed's and the migrations' scan counts sent
         scans_before = await table_scans(dsn, cschema, sschema)
         before = memory_kb(settlement.pid)
+        clearing_before = memory_kb(clearing.pid)
         cpu_before = (cpu_seconds(settlement.pid), cpu_seconds(clearing.pid),
                       postgres_cpu_seconds())
         async with bench_security.channel(f"127.0.0.1:{sport}") as channel:
@@ -224,6 +296,7 @@ async def one(
             )
             elapsed = time.perf_counter() - started
             after = memory_kb(settlement.pid)
+            clearing_after = memory_kb(clearing.pid)
             cpu_after = (cpu_seconds(settlement.pid), cpu_seconds(clearing.pid),
                          postgres_cpu_seconds())
             await asyncio.sleep(2)  # the services' backends send their scan counts
@@ -239,6 +312,7 @@ async def one(
                 timeout=600)).violations
             audit_s = time.perf_counter() - audit_started
             statements = await read_statements(stub, STATEMENTS_READ)
+        base_after = await set_based_baseline(dsn, cschema)
         conn = await asyncpg.connect(dsn)
         try:
             settled = await conn.fetchval(
@@ -248,7 +322,24 @@ async def one(
         finally:
             await conn.close()
         run = resp.run
+        seeded = (details // merchants) * merchants
+        errors = [
+            *([f"run {pb.RunState.Name(run.state)}"] if run.state != pb.RUN_STATE_COMPLETED else []),
+            *([f"{run.failed_item_count} failed items"] if run.failed_item_count else []),
+            *([f"{settled} of {seeded} details settled"] if settled != seeded else []),
+            *([f"{run.settlement_count} settlements for {merchants} merchants"]
+              if run.settlement_count != merchants else []),
+            *([f"{len(violations)} invariant violations"] if violations else []),
+            *([f"{len(audited)} invariant violations (with clearing)"] if audited else []),
+            *([f"{statements['statement_mismatches']} statements not reconciling"]
+              if statements["statement_mismatches"] else []),
+            *[f"baseline found {b['details']} details of {b['merchants']} merchants"
+              for b in (base_before, base_after)
+              if (b["details"], b["merchants"]) != (seeded, merchants)],
+        ]
+        baseline_s = (base_before["seconds"] + base_after["seconds"]) / 2
         return {
+            "errors": errors,
             "details": details,
             "merchants": merchants,
             "generic_plans": generic_plans,
@@ -262,6 +353,10 @@ async def one(
             "run_s": round(elapsed, 2),
             "details_per_s": round(settled / elapsed),
             "merchants_per_s": round(run.settlement_count / elapsed),
+            # The same details claimed and totalled by one statement, before and after.
+            "set_based_baseline_s": [round(base_before["seconds"], 2),
+                                     round(base_after["seconds"], 2)],
+            "ratio_to_set_based": round(elapsed / baseline_s, 2),
             "check_invariants_s": round(check_s, 2),
             "invariant_violations_with_clearing": len(audited),
             "check_with_clearing_s": round(audit_s, 2),
@@ -279,6 +374,12 @@ async def one(
                 else round((cpu_after[2] - cpu_before[2]) / max(merchants, 1) * 1e6)),
             "settlement_rss_before_kb": before["VmRSS"],
             "settlement_peak_rss_kb": after["VmHWM"],
+            "clearing_rss_before_kb": clearing_before["VmRSS"],
+            "clearing_peak_rss_kb": clearing_after["VmHWM"],
+            "clearing_cpu_us_per_merchant": round(
+                (cpu_after[1] - cpu_before[1]) / max(merchants, 1) * 1e6),
+            "settlement_cpu_us_per_detail": round(
+                (cpu_after[0] - cpu_before[0]) / max(settled, 1) * 1e6, 1),
             # Tables read sequentially during the run (not the seed, not the checks):
             # a big seq_tup_read on a growing table is a lookup planned as a scan.
             "seq_scans_during_run": scans,
@@ -286,37 +387,54 @@ async def one(
     finally:
         stop((settlement, clearing), timeout=20)
         if not os.environ.get("BENCH_KEEP"):
-            await drop_schemas(url, cschema, sschema)
+            await drop_schemas(url, cschema, sschema, BASELINE)
+
+
+def parse_cases(text: str) -> list[tuple[int, int]]:
+    return [(int(d), int(m)) for d, m in (c.split("x") for c in text.split(","))]
+
+
+DEFAULT_CASES = "100000x10000,1000000x10000,100000x100000"
+QUICK_CASES = "20000x2000,100000x2000,20000x10000"
 
 
 async def main_async(args: argparse.Namespace) -> int:
     url = database_url()
     if args.generic_plans:
         url = await generic_plans_url(url)
-    volumes = [int(v) for v in args.details.split(",")]
+    if args.details:  # the older form: volumes with one merchant count
+        cases = [(int(v), args.merchants) for v in args.details.split(",")]
+    else:
+        cases = parse_cases(args.cases or (QUICK_CASES if args.quick else DEFAULT_CASES))
     results = []
-    for details in volumes:
-        r = await one(url, details, args.merchants, args.concurrency, args.chunk_size,
+    for details, merchants in cases:
+        r = await one(url, details, merchants, args.concurrency, args.chunk_size,
                       args.generic_plans)
-        print(json.dumps(r), flush=True)
+        print(json.dumps({k: v for k, v in r.items() if k != "seq_scans_during_run"}),
+              flush=True)
         results.append(r)
-    summary: dict[str, Any] = {"runs": results}
-    if len(results) >= 2:
-        small, big = results[0], results[-1]
-        summary["peak_rss_ratio_big_vs_small"] = round(
-            big["settlement_peak_rss_kb"] / small["settlement_peak_rss_kb"], 3)
-        summary["details_ratio_big_vs_small"] = big["details"] / small["details"]
+    summary: dict[str, Any] = {"cases": [f"{d}x{m}" for d, m in cases], "runs": results}
+    ok = [r for r in results if not r["errors"]]
+    if len(ok) >= 2:
+        # Memory flat in merchants and details: the biggest peak over the smallest.
+        for svc in ("settlement", "clearing"):
+            peaks = [r[f"{svc}_peak_rss_kb"] for r in ok]
+            summary[f"{svc}_peak_rss_ratio_max_vs_min"] = round(max(peaks) / min(peaks), 3)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
     print(f"written to {RESULTS}")
-    return 0
+    return 1 if len(ok) < len(results) else 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_settlement")
-    parser.add_argument("--details", default="100000,1000000",
-                        help="comma-separated detail volumes, one run each")
+    parser.add_argument("--cases", default=None,
+                        help=f"comma-separated DETAILSxMERCHANTS, one run each (default "
+                        f"{DEFAULT_CASES}; --quick: {QUICK_CASES})")
+    parser.add_argument("--quick", action="store_true", help="small cases, for development")
+    parser.add_argument("--details", default=None,
+                        help="comma-separated detail volumes with --merchants (older form)")
     parser.add_argument("--merchants", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=2,
                         help="SETTLEMENT_RUN_CONCURRENCY of the settlement process")

@@ -47,6 +47,9 @@ def service_env(prefix: str, url: str, schema: str, port: int, **extra: str) -> 
         f"{prefix}_MIGRATE_ON_START": "true",
         # Access logs off: the benchmark measures the service, not writing JSON to a pipe.
         f"{prefix}_LOG_LEVEL": "WARNING",
+        # Metrics served as deployed, on a free port: the fixed default port is taken by
+        # whatever else runs on the machine (a second benchmark, `make up`).
+        f"{prefix}_METRICS_PORT": "0",
     }
     env.update(bench_security.server_env(prefix))
     env.update({f"{prefix}_{k.upper()}": v for k, v in extra.items()})

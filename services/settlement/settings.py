@@ -34,7 +34,7 @@ class SettlementSettings(ServiceSettings):
     # Concurrent workers of a run in this instance, merchants per work chunk, and
     # concurrent calls to clearing/billing within a chunk.
     run_concurrency: int = 2
-    run_chunk_size: int = 100
+    run_chunk_size: int = 500
     call_concurrency: int = 16
     # How often the background completer retries confirmations of booked items that
     # failed (clearing or billing down); 0 turns it off in this process.

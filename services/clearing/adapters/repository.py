@@ -515,22 +515,23 @@ WITH wanted AS (
     RETURNING batch_id, merchant_id, currency, business_date_to, state, create_time,
               update_time
 ), due AS (
-    SELECT d.detail_id, b.batch_id FROM batch b
-    CROSS JOIN LATERAL (
-        SELECT detail_id FROM clearing_details
-        WHERE merchant_id = b.merchant_id AND currency = b.currency AND state = 'UNSETTLED'
-          AND business_date <= b.business_date_to
-          AND fee_status IN ('KNOWN', 'NOT_APPLICABLE')
-        OFFSET 0
-    ) c
-    JOIN clearing_details d ON d.detail_id = c.detail_id
-    ORDER BY d.detail_id
-    FOR UPDATE OF d
+    SELECT detail_id FROM clearing_details
+    WHERE detail_id = ANY(ARRAY(
+        SELECT c.detail_id FROM batch b CROSS JOIN LATERAL (
+            SELECT detail_id FROM clearing_details
+            WHERE merchant_id = b.merchant_id AND currency = b.currency
+              AND state = 'UNSETTLED' AND business_date <= b.business_date_to
+              AND fee_status IN ('KNOWN', 'NOT_APPLICABLE')
+            OFFSET 0) c))
+      AND state = 'UNSETTLED' AND fee_status IN ('KNOWN', 'NOT_APPLICABLE')
+    ORDER BY detail_id
+    FOR UPDATE
 ), claimed AS (
     UPDATE clearing_details d
-    SET state = 'CLAIMED', batch_id = due.batch_id
-    FROM due WHERE d.detail_id = due.detail_id
-      AND d.state = 'UNSETTLED' AND d.fee_status IN ('KNOWN', 'NOT_APPLICABLE')
+    SET state = 'CLAIMED', batch_id = b.batch_id
+    FROM batch b
+    WHERE d.detail_id = ANY(ARRAY(SELECT detail_id FROM due))
+      AND d.merchant_id = b.merchant_id AND d.currency = b.currency
     RETURNING d.batch_id, d.detail_type, d.amount, d.fee, d.collection_mode
 ), totals AS (
     INSERT INTO claim_batch_totals
@@ -565,10 +566,16 @@ async def claim_many(
     The same rules as `claim`: details are locked in detail id order across the whole
     call (so concurrent claimers never deadlock on them), batch rows are inserted in
     batch id order, and a detail another transaction settled or claimed between the
-    snapshot and the lock is dropped by the re-check of its state. The caller passes
-    each (merchant, currency) at most once, so no detail is due to two batches of a call.
-    Each batch's due details are found through the claim index (`LATERAL … OFFSET 0`:
-    a probe per batch, whatever plan the prepared statement keeps)."""
+    snapshot and the lock is dropped by the re-check of its state (the lock's conditions
+    are on the locked table itself, so PostgreSQL re-checks them on the row version it
+    locks). The caller passes each (merchant, currency) at most once, so no detail is due
+    to two batches of a call and the update finds a detail's batch by its merchant.
+
+    Every access is by key, whatever plan the prepared statement keeps: each batch's due
+    details through an index (`LATERAL … OFFSET 0`: a probe per batch), then the locking
+    and the update by primary key (`detail_id = ANY(ARRAY(…))`, an array computed once).
+    A join of the claimed ids to the table was planned as a hash join over a scan of
+    every detail (measured: a sequential scan of clearing_details per chunk)."""
     rows = await conn.fetch(
         _CLAIM_MANY,
         [c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims],
@@ -590,32 +597,32 @@ async def get_batches(conn: Conn, batch_ids: Sequence[str], *, lock: bool = Fals
     return {r["batch_id"]: r for r in rows}
 
 
-_LOCK_CLAIMED_MANY = """
-SELECT d.detail_id FROM unnest($1::text[]) AS k(id) CROSS JOIN LATERAL (
-    SELECT detail_id FROM clearing_details WHERE batch_id = k.id AND state = 'CLAIMED'
-    OFFSET 0) c
-JOIN clearing_details d ON d.detail_id = c.detail_id
-ORDER BY d.detail_id
-FOR UPDATE OF d
+_CONFIRM_MANY = """
+WITH claimed AS (
+    SELECT detail_id FROM clearing_details
+    WHERE detail_id = ANY(ARRAY(
+        SELECT c.detail_id FROM unnest($1::text[]) AS k(id) CROSS JOIN LATERAL (
+            SELECT detail_id FROM clearing_details
+            WHERE batch_id = k.id AND state = 'CLAIMED' OFFSET 0) c))
+      AND state = 'CLAIMED'
+    ORDER BY detail_id
+    FOR UPDATE
+)
+UPDATE clearing_details SET state = 'SETTLED'
+WHERE detail_id = ANY(ARRAY(SELECT detail_id FROM claimed)) AND state = 'CLAIMED'
 """
 
 
 async def confirm_many(conn: Conn, batch_ids: Sequence[str]) -> dict[str, dt.datetime]:
     """`close_batch(confirm=True)` for many OPEN batches whose rows the caller holds
-    locked: their claimed details locked in detail id order (as every multi-row writer),
-    settled, and the batches marked CONFIRMED, in three statements. Returns each batch's
-    new update time."""
+    locked: their claimed details locked in detail id order (as every multi-row writer)
+    and settled in one statement, by primary key (see `claim_many`), then the batches
+    marked CONFIRMED. Returns each batch's new update time."""
     ids = list(batch_ids)
-    await conn.execute(_LOCK_CLAIMED_MANY, ids)
-    await conn.execute(
-        "UPDATE clearing_details d SET state = 'SETTLED' FROM unnest($1::text[]) AS k(id) "
-        "WHERE d.batch_id = k.id AND d.state = 'CLAIMED'",
-        ids,
-    )
+    await conn.execute(_CONFIRM_MANY, ids)
     rows = await conn.fetch(
-        "UPDATE claim_batches b SET state = 'CONFIRMED', update_time = now() "
-        "FROM unnest($1::text[]) AS k(id) WHERE b.batch_id = k.id "
-        "RETURNING b.batch_id, b.update_time",
+        "UPDATE claim_batches SET state = 'CONFIRMED', update_time = now() "
+        "WHERE batch_id = ANY($1::text[]) RETURNING batch_id, update_time",
         ids,
     )
     return {r["batch_id"]: r["update_time"] for r in rows}
