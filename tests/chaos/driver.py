@@ -25,6 +25,7 @@ from clearhouse.payoutsim.v1 import payoutsim_pb2_grpc
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 from clearhouse.settlement.v1 import settlement_pb2_grpc
 from clearhouse.type.v1 import money_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import date_pb2
 
 from services.cli.demo.driver import _transaction, _ts
@@ -176,8 +177,8 @@ class Seed:
     def _content(self, item: Txn | Adjustment) -> tuple[Any, ...]:
         if isinstance(item, Txn):
             return ("PAYMENT" if item.kind == "PAYMENT" else "REFUND", item.merchant_id,
-                    item.amount, item.original_id)
-        return ("ADJUSTMENT", item.merchant_id, item.amount, item.reference)
+                    item.amount, item.original_id, item.time.timestamp())
+        return ("ADJUSTMENT", item.merchant_id, item.amount, item.reference, None)
 
     def _send(self, item: Txn | Adjustment, timeout: float = 2.0) -> bool:
         """One attempt; True when acknowledged (or refused for good)."""
@@ -564,6 +565,34 @@ class Seed:
         # noticed by the return watch).
         self._until("settlement to agree with the gateway", lambda: not self.gateway_disagrees(),
                     60)
+        # A charge billing made for a detail clearing never stored (it crashed between
+        # the two) is voided by clearing's reconciliation once it is old enough.
+        self._until("billing's charges to match clearing's details",
+                    lambda: not self.charges_disagree(), 60)
+
+    def charges_disagree(self) -> list[str]:
+        now = dt.datetime.now(dt.UTC)
+        start, end = Timestamp(), Timestamp()
+        start.FromDatetime(now - dt.timedelta(hours=2))
+        end.FromDatetime(now + dt.timedelta(hours=1))
+        charges = self._pages("billing", "ListFeeCharges", bpb.ListFeeChargesRequest(
+            charge_time_from=start, charge_time_to=end, page_size=1000), "charges")
+        out = []
+        self.report.figures["billing_charges"] = len(charges)
+        for c in charges:
+            try:
+                d = self.rpc.must("clearing", "GetDetail", cpb.GetDetailRequest(
+                    detail_id=c.transaction_id)).detail
+            except grpc.RpcError as exc:
+                out.append(f"billing charged {c.transaction_id} ({c.fee.minor_units}); "
+                           f"clearing: {exc.code().name}")
+                continue
+            if abs(d.fee.minor_units) != abs(c.fee.minor_units) or \
+                    d.collection_mode != c.collection_mode:
+                out.append(f"billing charged {c.transaction_id} {c.fee.minor_units} "
+                           f"(mode {c.collection_mode}); clearing's detail has "
+                           f"{d.fee.minor_units} (mode {d.collection_mode})")
+        return out
 
     def gateway_disagrees(self) -> list[str]:
         mine = {p.payout_id: p for p in self._payouts()}
@@ -630,9 +659,10 @@ class Seed:
                 fail(f"acknowledged {key} has no clearing detail")
                 continue
             got = (cpb.DetailType.Name(d.detail_type).removeprefix("DETAIL_TYPE_"),
-                   d.merchant_id, d.amount.minor_units, d.original_transaction_id)
+                   d.merchant_id, d.amount.minor_units, d.original_transaction_id,
+                   d.transaction_time.ToDatetime(dt.UTC).timestamp())
             if sent[0] == "ADJUSTMENT":
-                got = (got[0], got[1], got[2], sent[3])
+                got = (got[0], got[1], got[2], sent[3], None)
             if got != sent:
                 fail(f"detail {key} is {got}, was sent as {sent}")
         for key in details.keys() - self.acked.keys():
@@ -658,7 +688,7 @@ class Seed:
         for p in simulated:
             if p.paid_count > 1:
                 fail(f"gateway paid {p.payout.instruction_id} {p.paid_count} times")
-        for problem in self.gateway_disagrees():
+        for problem in self.gateway_disagrees() + self.charges_disagree():
             fail(problem)
         payouts = self._payouts()
         by_settlement: dict[str, int] = Counter()
