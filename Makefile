@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install install-browser up demo test lint typecheck protos check-protos pytest fuzz bench buf-lint buf-lint-if-available clean
+.PHONY: install install-browser up demo test lint typecheck protos check-protos pytest fuzz chaos bench buf-lint buf-lint-if-available clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ test: lint typecheck check-protos buf-lint-if-available pytest
 FUZZ_EXAMPLES ?= 2000
 fuzz: $(STAMP)
 	CLEARHOUSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz_contract.py -q -s
+
+# Seeded fault injection against the services as separate processes (docs/chaos.md):
+# SEEDS seeds from FIRST_SEED; the report goes to .clearhouse/chaos-report.json.
+SEEDS ?= 1
+FIRST_SEED ?= 1
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --seeds $(SEEDS) --first-seed $(FIRST_SEED) $(CHAOS_ARGS)
 
 # Every benchmark and ONE table of figures, targets and same-run baselines (bench/README.md);
 # BENCH_ARGS=--quick: small sizes, for development.

@@ -153,7 +153,7 @@ async def test_the_console_in_a_real_browser(console_env: ConsoleEnv, console_ur
     for name, path in [("runs", "/runs"), ("run", f"/runs/{ma.run_id}"),
                        ("payouts", "/payouts?state=PAID"), ("rules", "/rules"),
                        ("explain", "/rules/explain?merchant_id=MA&amount=100.00"),
-                       ("calendar", "/calendar"), ("approvals", "/approvals"),
+                       ("calendar", "/calendar?month=2026-10"), ("approvals", "/approvals"),
                        ("audit", "/audit"), ("pending-fees", "/pending-fees")]:
         response = await page.goto(f"{console_url}{path}")
         assert response is not None and response.status == 200, (path, response)

@@ -11,6 +11,8 @@ import httpx
 import pytest
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 
+from services.console.bootstrap import build_app
+from services.console.identities import token_sha256
 from services.console.session import COOKIE
 from tests.console.conftest import ConsoleEnv, csrf_of, signed_in
 from tests.e2e import stack as st
@@ -269,3 +271,46 @@ async def test_an_operator_retries_a_failed_payout_and_a_viewer_cannot(console_e
     [again] = [p for p in await st.payouts(stack, spb.PAYOUT_STATE_PAID)
                if p.settlement_id == failed.settlement_id]
     assert again.payout_id != failed.payout_id and again.payout_id in done.headers["location"]
+
+
+async def test_the_console_calls_as_the_person_so_the_services_decide(console_env, tmp_path):
+    """A console whose own identities file wrongly makes vic an operator shows vic the
+    retry button, but the services know vic's token as a viewer's: PERMISSION_DENIED,
+    shown as a 403 page naming vic. The console is never the only guard."""
+    wrong = tmp_path / "identities.toml"
+    wrong.write_text(f'[[callers]]\nname = "vic"\nrole = "operator"\n'
+                     f'token_sha256 = "{token_sha256(console_env.tokens["vic"])}"\n')
+    settings = console_env.settings.model_copy(update={"identities_file": str(wrong)})
+    app = build_app(settings)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://console.test") as c:
+            form = await c.get("/sign-in")
+            await c.post("/sign-in", data={"token": console_env.tokens["vic"],
+                                           "csrf": csrf_of(form.text)})
+            page = await c.get("/exceptions")
+            assert 'class="retry"' in page.text
+            refused = await c.post("/exceptions/retry", data={
+                "csrf": csrf_of(page.text), "detail_id": console_env.seeded.exception_id})
+    finally:
+        app.state.console.channels.close()
+    assert refused.status_code == 403
+    assert "PERMISSION_DENIED" in refused.text and "vic" in refused.text
+
+
+async def test_a_token_the_services_do_not_know_signs_nobody_in(console_env, tmp_path):
+    """In the console's file but not the services': the services refuse it at sign-in."""
+    stranger = "not-known-to-any-service-0123456789"
+    ids = tmp_path / "identities.toml"
+    ids.write_text(f'[[callers]]\nname = "eve"\nrole = "admin"\n'
+                   f'token_sha256 = "{token_sha256(stranger)}"\n')
+    app = build_app(console_env.settings.model_copy(update={"identities_file": str(ids)}))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://console.test") as c:
+            form = await c.get("/sign-in")
+            resp = await c.post("/sign-in", data={"token": stranger,
+                                                  "csrf": csrf_of(form.text)})
+    finally:
+        app.state.console.channels.close()
+    assert resp.status_code == 401 and "UNAUTHENTICATED" in resp.text

@@ -15,7 +15,7 @@ from clearhouse.settlement.v1 import settlement_pb2 as pb
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from services.settlement.domain.calendar_file import FileFormat, parse
+from services.settlement.domain.calendar_file import CalendarFileError, FileFormat, parse
 from shared.convert import date_to_proto, proto_to_date
 from tests.support.harness import drop, launch
 from tests.support.rpc_errors import reason, violated_fields
@@ -279,3 +279,13 @@ async def test_coverage_tells_the_last_known_day_and_warns_when_it_is_near(
         assert calendars.days_left() == (D(2028, 12, 31) - D(2027, 11, 15)).days
     finally:
         await drop(handle)
+
+
+def test_a_csv_the_csv_module_cannot_read_is_a_problem_of_the_file_not_an_internal_error():
+    # A field past the csv module's 131,072-character limit (the file itself is within
+    # ImportCalendar's 1 MiB): found by the fuzzed contract as INTERNAL.
+    content = "date,kind,name\n2028-01-03,holiday," + "x" * 200_000 + "\n"
+    with pytest.raises(CalendarFileError) as err:
+        parse(content, FileFormat.CSV)
+    assert [str(p) for p in err.value.problems] == [
+        "line 2: not readable as CSV: field larger than field limit (131072)"]

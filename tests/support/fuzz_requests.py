@@ -459,7 +459,7 @@ def _scalar_mutations(field: FieldDescriptor) -> list[st.SearchStrategy[Mutation
         return [st.sampled_from([_value("true", True), _value("false", False)])]
     if t == FieldDescriptor.TYPE_ENUM:
         named = [_value(f"enum {v.name}", v.number) for v in field.enum_type.values]
-        unknown = [_value(k, v) for k, v in ENUMS]
+        unknown = [_value(k, v, v != 0) for k, v in ENUMS]
         return [st.sampled_from(unknown + named)]
     if t == FieldDescriptor.TYPE_BYTES:
         return [st.binary(max_size=64).map(lambda b: _value("random bytes", b)),

@@ -116,8 +116,7 @@ def main(
         if result.violations or not all(m["reconciled"] for m in result.merchants):
             code = 1
         if serve:
-            # The web console only while serving: the demo itself needs no browser.
-            stack.start_console(report=False)
+            # The stack started the web console with the services (with_console=serve).
             console.print(f"console: {stack.console_url} (sign in with a token from "
                           ".clearhouse/security/tokens/, see docs/console.md)")
             console.print("serving: " + ", ".join(

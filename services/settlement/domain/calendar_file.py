@@ -32,6 +32,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import yaml
 
@@ -194,11 +195,20 @@ def _check_days(days: Iterable[FileDay], problems: list[Problem]) -> None:
         problems.append(Problem(None, f"more than {MAX_FILE_DAYS} days in one file"))
 
 
+def _rows(reader: Any, problems: list[Problem]) -> Iterable[list[str]]:
+    """The rows of a CSV file; a file the csv module cannot read (a field past its
+    131,072-character limit, a NUL byte) is a problem of its line, not an INTERNAL."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        problems.append(Problem(reader.line_num or None, f"not readable as CSV: {exc}"))
+
+
 def _parse_csv(content: str, problems: list[Problem]) -> CalendarFile:
     days: list[FileDay] = []
     reader = csv.reader(io.StringIO(content))
     header_seen = False
-    for row in reader:
+    for row in _rows(reader, problems):
         line = reader.line_num
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue

@@ -1,0 +1,1 @@
+"""`make chaos`: seeded fault injection against the services as separate processes."""
