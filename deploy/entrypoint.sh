@@ -11,6 +11,8 @@ usage() {
 svc="${1:-}"
 case "$svc" in
     billing|clearing|settlement) ;;
+    # A development CA, certificates and tokens into a folder (compose's `pki` step).
+    devpki) shift; exec python -m shared.devpki "$@" ;;
     payout-simulator|payout_simulator) svc=payout_simulator ;;
     console) shift; exec python -m services.console "$@" ;;
     -h|--help|"") usage; exit 64 ;;

@@ -10,12 +10,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_status import rpc_status
 
 from shared import tracing
 from shared.client_security import ClientSecurity, RequestIdClientInterceptor
 from shared.errors import DomainError, FieldViolation, InvalidArgument, to_status
+from shared.masking import REVEAL_ACCOUNT_NUMBERS, REVEAL_KEY, masker_for
 from shared.metrics import ServiceMetrics
+from shared.permissions import ADMIN
 from shared.pg_pool import DatabaseUnavailable, database_failure
 from shared.request_context import (
     REQUEST_ID_KEY,
@@ -77,6 +80,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         guard = None if is_open(method) else self.guard
         rule = guard.rule(method) if guard is not None else None
         service = domain.split(".", 1)[0]
+        # Bank account numbers in the answer are masked unless an admin asks to see them.
+        masked = masker_for(_output_type(method))
         metrics = self.metrics
         undecodable = InvalidArgument(
             [
@@ -89,12 +94,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         )
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            request_id = authorization = ""
+            request_id = authorization = reveal = ""
             for key, value in context.invocation_metadata() or ():
                 if key == REQUEST_ID_KEY:
                     request_id = str(value)
                 elif key == AUTHORIZATION_KEY:
                     authorization = str(value)
+                elif key == REVEAL_KEY:
+                    reveal = str(value)
+            caller = None
             request_id = request_id or new_request_id()
             token = current_request_id.set(request_id)
             caller_token = None
@@ -114,7 +122,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     caller_token = current_caller.set(caller)
                 if request is _UNDECODABLE:
                     raise undecodable
-                return await inner(request, context)
+                response = await inner(request, context)
+                if masked is not None and not _may_reveal(caller, reveal):
+                    response = masked(response)
+                return response
             except (DomainError, InvalidArgument) as exc:
                 status = to_status(exc, domain)
                 code = (
@@ -210,6 +221,22 @@ class _Status(grpc.Status):
         self.code = code
         self.details = details
         self.trailing_metadata = trailing_metadata
+
+
+def _output_type(method: str) -> Any:
+    """The response message descriptor of `/pkg.Service/Method`, or None if unknown."""
+    service, _, name = method.lstrip("/").partition("/")
+    try:
+        return descriptor_pool.Default().FindServiceByName(service).FindMethodByName(
+            name).output_type
+    except (KeyError, AttributeError):
+        return None
+
+
+def _may_reveal(caller: Any, reveal: str) -> bool:
+    """Only an admin, and only when asking for it by name on this call."""
+    return (reveal == REVEAL_ACCOUNT_NUMBERS and caller is not None
+            and caller.role == ADMIN)
 
 
 def _refuse_stream(method: str, domain: str) -> grpc.RpcMethodHandler:

@@ -163,6 +163,8 @@ class ServerSecurity:
     credentials: grpc.ServerCredentials | None
     guard: Guard | None
     reflection: bool
+    # A plaintext port serving only the health check (0 = none).
+    health_port: int = 0
 
     @classmethod
     def insecure(cls, reflection: bool = False) -> ServerSecurity:
@@ -215,7 +217,8 @@ def server_security(
         root_certificates=ca,
         require_client_auth=settings.tls_require_client_cert,
     )
-    return ServerSecurity(credentials, Guard(merged(tables), identities), settings.reflection)
+    return ServerSecurity(credentials, Guard(merged(tables), identities), settings.reflection,
+                          settings.health_port)
 
 
 def _stop(name: str, problems: list[str]) -> None:

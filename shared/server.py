@@ -66,9 +66,14 @@ class Running:
     health: health.aio.HealthServicer
     tasks: list[asyncio.Task[None]]
     metrics_server: prometheus.MetricsServer | None = None
+    # The plaintext health-only port (<P>HEALTH_PORT), for probes that cannot speak TLS.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     async def stop(self, grace: float | None = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -158,6 +163,16 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
     metrics_server = None
     if app.metrics is not None and app.metrics_port is not None:
         metrics_server = prometheus.serve(app.metrics, app.metrics_host, app.metrics_port)
+    health_server, health_port = None, 0
+    if security.health_port:
+        # Health only, in plaintext: Kubernetes' gRPC probes cannot present a client
+        # certificate. It answers what the main port's health answers, nothing else.
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = health_server.add_insecure_port(f"{host}:{security.health_port}")
+        if health_port == 0:
+            raise OSError(f"cannot bind {host}:{security.health_port} (health)")
+        await health_server.start()
     await server.start()
     tasks = [asyncio.create_task(_watch_health(app, health_servicer), name=f"{app.name}-health")]
     tasks += [
@@ -179,7 +194,8 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
             "metrics_port": metrics_server.port if metrics_server else None,
         },
     )
-    return Running(app, server, bound, health_servicer, tasks, metrics_server)
+    return Running(app, server, bound, health_servicer, tasks, metrics_server, health_server,
+                   health_port)
 
 
 async def serve_health_until(

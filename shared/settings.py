@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -45,6 +45,10 @@ class SecuritySettings(BaseSettings):
         default="", description="TOML of callers with the SHA-256 of their bearer tokens"
     )
     reflection: bool = Field(default=False, description="serve gRPC server reflection")
+    health_port: int = Field(
+        default=0, ge=0, le=65535,
+        description="a plaintext port serving only grpc.health.v1 (Kubernetes probes); 0 = none",
+    )
 
 
 class ServiceSettings(SecuritySettings):
@@ -52,7 +56,10 @@ class ServiceSettings(SecuritySettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
-    database_url: str = Field(default="", description="postgresql+asyncpg URL; empty = embedded")
+    # A secret: its password never appears in a repr, a log line or an error message.
+    database_url: SecretStr = Field(
+        default=SecretStr(""), description="postgresql+asyncpg URL; empty = embedded"
+    )
     db_schema: str = ""
     db_pool_size: int = Field(default=10, ge=1, le=1000)
     migrate_on_start: bool = False
@@ -73,7 +80,7 @@ class ServiceSettings(SecuritySettings):
         return value.upper() if isinstance(value, str) else value
 
     def resolved_database_url(self) -> str:
-        return self.database_url or os.environ.get("DATABASE_URL", "")
+        return self.database_url.get_secret_value() or os.environ.get("DATABASE_URL", "")
 
 
 S = TypeVar("S", bound=BaseSettings)
@@ -102,6 +109,11 @@ def _variable_names(factory: type[BaseSettings]) -> set[str]:
     return {prefix + name.upper() for name in factory.model_fields}
 
 
+def _is_secret(factory: type[BaseSettings], field: str) -> bool:
+    info = factory.model_fields.get(field)
+    return info is not None and info.annotation is SecretStr
+
+
 def _problem_lines(name: str, factory: type[BaseSettings], exc: ValidationError) -> list[str]:
     prefix = _prefix(factory)
     lines = []
@@ -109,6 +121,8 @@ def _problem_lines(name: str, factory: type[BaseSettings], exc: ValidationError)
         field = str(error["loc"][0]) if error["loc"] else ""
         variable = prefix + field.upper()
         value = os.environ.get(variable, error.get("input"))
+        if _is_secret(factory, field):
+            value = "**********"
         lines.append(f"{name}: {variable}={value!r} is not allowed: {error['msg']}")
     return lines
 

@@ -25,6 +25,7 @@ SERVICES = {
     "settlement": ("SETTLEMENT_", 50053),
 }
 PAYOUT_SIM = ("payout-simulator", "PAYOUT_SIM_", 50054)
+HEALTH_PORTS = {"billing": 50061, "clearing": 50062, "settlement": 50063}
 # The metrics ports the manifests expose are the services' own defaults.
 METRICS_PORTS = {
     name: importlib.import_module(f"services.{name}.settings").__dict__[
@@ -253,7 +254,9 @@ def test_deployment(name: str, resources: dict, configmaps: dict) -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": port, "metrics": METRICS_PORTS[name]}
     for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == port, f"{name} {probe}"
+        # The plaintext health-only port: probes cannot present a client certificate.
+        assert container[probe]["grpc"]["port"] == HEALTH_PORTS[name], f"{name} {probe}"
+        assert configmaps[f"{name}-config"][f"{prefix}HEALTH_PORT"] == str(HEALTH_PORTS[name])
     # Liveness must not follow the database (a blip would restart every pod).
     assert container["livenessProbe"]["grpc"]["service"] == "liveness"
     assert "service" not in container["readinessProbe"]["grpc"]

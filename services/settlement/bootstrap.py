@@ -70,6 +70,8 @@ async def build_app(
         chunk_size=settings.run_chunk_size,
         call_concurrency=settings.call_concurrency,
         today=lambda: business_date(clock(), zone),
+        item_max_attempts=settings.item_max_attempts,
+        item_max_age_s=settings.item_max_age_s,
     )
     payouts = PayoutService(
         db,

@@ -39,6 +39,11 @@ class SettlementSettings(ServiceSettings):
     # How often the background completer retries confirmations of booked items that
     # failed (clearing or billing down); 0 turns it off in this process.
     completion_interval_s: float = 60.0
+    # A run item whose claim keeps failing is released after this many attempts or this
+    # long after its run began (its batch released in clearing, the details claimable by
+    # the next run); 0 = no limit of that kind.
+    item_max_attempts: int = Field(default=20, ge=0)
+    item_max_age_s: float = Field(default=3 * 86400.0, ge=0)
 
     # The business calendar: warn (log, GetCalendarCoverage.warning) when fewer than this
     # many days from today are known; how often to look, seconds (0: never in the

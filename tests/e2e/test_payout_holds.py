@@ -72,10 +72,13 @@ async def test_a_payout_booked_before_a_hold_is_not_sent_until_the_hold_is_lifte
     await st.run(stack, dt.date(2026, 3, 2))
     await wait_payout(stack, lambda p: p.attempts >= 1)
     await st.put_profile(stack, {**PROFILE, "hold": True})
-    await stack.simulator.control.SetBehaviour(
-        sim.SetBehaviourRequest(behaviour=sim.BEHAVIOUR_SUCCEED, times=1000))
+    # Seen held before the gateway answers again: a submission already in flight when
+    # the hold came (its pass read the profile before) cannot be called back.
     held = await wait_payout(stack, lambda p: "on hold" in p.last_error)
     assert held.state == pb.PAYOUT_STATE_SUBMITTED
+    await stack.simulator.control.SetBehaviour(
+        sim.SetBehaviourRequest(behaviour=sim.BEHAVIOUR_SUCCEED, times=1000))
+    await wait_payout(stack, lambda p: "on hold" in p.last_error)
     assert all(p.paid_count == 0 for p in (await st.simulated(stack)).values())
     await st.put_profile(stack, PROFILE)
     paid = await wait_payout(stack, lambda p: p.state == pb.PAYOUT_STATE_PAID)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import AsyncIterator
 
+import pytest
+from clearhouse.clearing.v1 import clearing_pb2 as cpb
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 
 from tests.e2e import stack as st
@@ -85,3 +88,69 @@ async def test_a_retried_claim_uses_the_first_claims_cutoff_after_a_calendar_cha
     assert got.state == pb.RUN_STATE_COMPLETED, got
     [settled] = await st.settlements(stack, MONDAY + dt.timedelta(days=1), "MW")
     assert settled.payments == 10000
+
+
+@pytest.fixture
+async def two_tries(pg_url: str) -> AsyncIterator[st.Stack]:
+    s = await st.start_stack(pg_url, item_max_attempts=2)
+    yield s
+    await st.stop_stack(s)
+
+
+async def test_an_item_failing_past_the_attempt_limit_is_released_and_its_details_settle_later(
+    two_tries,
+):
+    stack = two_tries
+    await st.setup_billing(stack, [BASE], {})
+    await st.put_profile(stack, {"merchant_id": "MW", "cycle": "T+1",
+                                 "destination": "PAYMENT_ACCOUNT", "deduct_fee_bills": True})
+    await st.record(stack, pay("MW-1", "MW", 10000, MONDAY))
+    await st.wait_fees_known(stack)
+    tuesday = MONDAY + dt.timedelta(days=1)
+
+    async def billing_goes_down(name: str) -> None:
+        if name == "before_claim":
+            await stack.billing.running.server.stop(None)
+
+    stack.runs.fault_hook = billing_goes_down
+    first = await st.run(stack, tuesday)
+    stack.runs.fault_hook = None
+    assert first.failed_item_count == 1
+    # The invariant check names the stuck item and the batch it holds open.
+    found = await st.violations(stack)
+    assert [v for v in found if v.startswith("stuck: failed run items")] == [
+        f"stuck: failed run items: {first.run_id}/MW: claim failed 1 time(s) "
+        f"({first.failures[0].error}); clearing batch stl-{tuesday:%Y%m%d}-MW: the run "
+        "stays RUNNING until the item completes or is released"]
+    # Billing stays down: the second attempt fails too, the third releases.
+    second = await st.run(stack, tuesday, "again")
+    assert second.state == pb.RUN_STATE_RUNNING and second.failed_item_count == 1
+    batch = f"stl-{tuesday:%Y%m%d}-MW"
+    got = await stack.clearing.stub.GetBatch(cpb.GetBatchRequest(batch_id=batch))
+    assert got.batch.state == cpb.BATCH_STATE_OPEN
+    assert await st.count_details(stack, "MW", cpb.DETAIL_STATE_CLAIMED) == 1
+    third = await st.run(stack, tuesday, "once more")
+    assert third.state == pb.RUN_STATE_COMPLETED and third.failed_item_count == 0
+    [item] = (await stack.settlement.stub.ListSettlementRunItems(
+        pb.ListSettlementRunItemsRequest(run_id=first.run_id))).items
+    assert item.state == pb.RUN_ITEM_STATE_RELEASED
+    assert "after 2 attempts" in item.error and batch in item.error
+    got = await stack.clearing.stub.GetBatch(cpb.GetBatchRequest(batch_id=batch))
+    assert got.batch.state == cpb.BATCH_STATE_RELEASED
+    assert await st.count_details(stack, "MW", cpb.DETAIL_STATE_UNSETTLED) == 1
+    assert await st.settlements(stack, tuesday, "MW") == []
+    # Billing back: the next date's run settles the freed payment, once.
+    await stack.billing.restart()
+    # Settlement's channel to billing may still be in its reconnect back-off for the
+    # first tries: those must not release Wednesday's item.
+    stack.runs.item_max_attempts = 0
+    wednesday = tuesday + dt.timedelta(days=1)
+    for attempt in range(40):
+        run = await st.run(stack, wednesday, f"wed-{attempt}")
+        if run.state == pb.RUN_STATE_COMPLETED:
+            break
+        await asyncio.sleep(0.1)
+    [settled] = await st.settlements(stack, wednesday, "MW")
+    assert settled.payments == 10000
+    assert await st.count_details(stack, "MW", cpb.DETAIL_STATE_SETTLED) == 1
+    assert await st.violations(stack) == []

@@ -26,7 +26,9 @@ async def test_a_profile_is_created_read_back_and_replaced(settlement):
     created = await settlement.stub.CreateSettlementProfile(
         pb.CreateSettlementProfileRequest(profile=profile())
     )
-    assert created.profile.bank_account.account_number == BANK.account_number
+    # Answers mask the account number (docs/security.md); the rest is as sent.
+    assert created.profile.bank_account.account_number == "************" + BANK.account_number[-4:]
+    assert created.profile.bank_account.account_name == BANK.account_name
     got = await settlement.stub.GetSettlementProfile(pb.GetSettlementProfileRequest(merchant_id="M1"))
     assert got.profile == created.profile
     assert got.profile.cycle.days == 1 and got.profile.min_payout == 100

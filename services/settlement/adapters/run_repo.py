@@ -137,3 +137,36 @@ async def claims_of(conn: AsyncConnection, keys: Sequence[tuple[str, str]]) -> d
             r.run_id, r.merchant_id, r.batch_id, r.currency, r.business_date_to)
         for r in rows
     }
+
+
+async def booked_batches(conn: AsyncConnection, batch_ids: Sequence[str]) -> set[str]:
+    """Which of these clearing batches a settlement names (booked: never released)."""
+    if not batch_ids:
+        return set()
+    rows = await conn.execute(
+        text("SELECT clearing_batch_id FROM settlements "
+             "WHERE clearing_batch_id = ANY(CAST(:b AS text[]))"),
+        {"b": list(batch_ids)},
+    )
+    return {r.clearing_batch_id for r in rows}
+
+
+async def finish_expired(
+    conn: AsyncConnection, pass_id: str, outcomes: Sequence[tuple[str, str, str, str]]
+) -> None:
+    """(run, merchant, error, release reason): RELEASED with the reason, or still FAILED
+    with the error of the release."""
+    await conn.execute(
+        text(
+            "UPDATE run_items SET state = CASE WHEN u.why <> '' THEN 'RELEASED' ELSE 'FAILED' "
+            "END, release_reason = u.why, attempts = attempts + 1, "
+            "last_error = CASE WHEN u.why <> '' THEN u.why ELSE u.err END, last_pass = :p, "
+            "update_time = now(), note = 'FAILED', "
+            "note_detail = CASE WHEN u.why <> '' THEN u.why ELSE u.err END "
+            "FROM unnest(CAST(:r AS text[]), CAST(:m AS text[]), CAST(:e AS text[]), "
+            "CAST(:w AS text[])) AS u(run_id, merchant_id, err, why) "
+            "WHERE run_items.run_id = u.run_id AND run_items.merchant_id = u.merchant_id"
+        ),
+        {"p": pass_id, "r": [o[0] for o in outcomes], "m": [o[1] for o in outcomes],
+         "e": [o[2][:500] for o in outcomes], "w": [o[3][:500] for o in outcomes]},
+    )

@@ -227,4 +227,25 @@ _CHECKS: list[tuple[str, str, Any]] = [
         "2 settled at most once, none left claimed",
         lambda r: f"booked but its clearing batch is not confirmed yet ({r.last_error})",
     ),
+    (
+        # A failed claim leaves its batch OPEN and its details CLAIMED in clearing until
+        # a later pass completes the item or releases it (SETTLEMENT_ITEM_MAX_*).
+        "SELECT i.run_id || '/' || i.merchant_id AS ref, i.attempts, i.last_error, "
+        "COALESCE(c.batch_id, '') AS batch_id FROM run_items i "
+        "LEFT JOIN run_claims c USING (run_id, merchant_id) WHERE i.state = 'FAILED'",
+        "stuck: failed run items",
+        lambda r: f"claim failed {r.attempts} time(s) ({r.last_error}); clearing batch "
+        f"{r.batch_id or '(none claimed)'}: the run stays RUNNING until the item completes "
+        "or is released",
+    ),
+    (
+        # A bank payout the gateway has not finalised for a day: money in transit that
+        # nobody sees (the dispatcher keeps asking; ops check with the bank).
+        "SELECT payout_id AS ref, state, attempts, last_error, create_time FROM payouts "
+        "WHERE state IN ('CREATED', 'SUBMITTED') "
+        "AND create_time < clock_timestamp() - interval '1 day'",
+        "stuck: payouts not final",
+        lambda r: f"{r.state} since {r.create_time:%Y-%m-%d %H:%M} UTC after {r.attempts} "
+        f"attempt(s) ({r.last_error or 'no error'})",
+    ),
 ]

@@ -105,8 +105,13 @@ class RunService:
         chunk_size: int = 100,
         call_concurrency: int = 16,
         today: Callable[[], dt.date] | None = None,
+        item_max_attempts: int = 20,
+        item_max_age_s: float = 3 * 86400.0,
     ) -> None:
         self.db = db
+        # A failed item past either limit is released (0: no limit of that kind).
+        self.item_max_attempts = item_max_attempts
+        self.item_max_age_s = item_max_age_s
         # The business date of the service clock: runs after it need a reason.
         self.today = today or dt.date.today
         self.calendars = calendars
@@ -260,12 +265,15 @@ class RunService:
                 rows = (
                     await conn.execute(
                         text(
-                            "SELECT run_id, merchant_id, settle_date FROM run_items "
+                            "SELECT run_id, merchant_id, settle_date, state = 'FAILED' AND ("
+                            "(:ma > 0 AND attempts >= :ma) OR (:age > 0 AND create_time < "
+                            "now() - make_interval(secs => :age))) AS expired FROM run_items "
                             "WHERE settle_date <= :d AND state IN ('PENDING', 'FAILED') "
                             "AND last_pass <> :p ORDER BY settle_date, merchant_id "
                             "LIMIT :n FOR UPDATE SKIP LOCKED"
                         ),
-                        {"d": settle_date, "p": pass_id, "n": self.chunk_size},
+                        {"d": settle_date, "p": pass_id, "n": self.chunk_size,
+                         "ma": self.item_max_attempts, "age": self.item_max_age_s},
                     )
                 ).all()
                 if not rows:
@@ -296,6 +304,10 @@ class RunService:
                     for m in merchants
                 ]
                 await self._fix_claims(items, calendar, bdt_cache)
+                expired = [i for i in items if chosen[i.merchant_id].expired]
+                if expired:
+                    await self._release_expired(conn, expired, pass_id)
+                    items = [i for i in items if not chosen[i.merchant_id].expired]
                 await self._step("before_claim")
                 await self._claim_chunk(items)
                 await self._step("after_claim")
@@ -371,6 +383,48 @@ class RunService:
                 conn, [i.run_id for i in items], [i.merchant_id for i in items],
                 [i.noted.note.value for i in items], [i.noted.detail for i in items],
             )
+
+    async def _release_expired(
+        self, conn: AsyncConnection, items: list[_Item], pass_id: str
+    ) -> None:
+        """Failed items past the attempt or age limit: their batch is released in
+        clearing (never booked: a FAILED item has no settlement, and one whose batch id a
+        settlement names is refused here all the same), the details claimable by the
+        merchant's next run, and the item RELEASED with the reason. An item whose batch
+        cannot be released (clearing down, or confirmed by someone else) stays FAILED."""
+        batches = [i.claim.batch_id for i in items if i.claim is not None]
+        booked = await run_repo.booked_batches(conn, batches)
+        limit = (f"after {self.item_max_attempts} attempts or "
+                 f"{self.item_max_age_s:g} s")
+
+        async def release(item: _Item) -> tuple[_Item, str, str]:
+            claim = item.claim
+            if claim is None:
+                return item, "", f"RELEASED {limit}: never claimed"
+            if claim.batch_id in booked:
+                return item, f"NOT_RELEASED: batch {claim.batch_id} is booked", ""
+            try:
+                async with self.calls:
+                    batch = await self.clearing.get_batch(claim.batch_id)
+                    if batch is not None and batch.state == "OPEN":
+                        await self.clearing.release(claim.batch_id)
+                    elif batch is not None and batch.state != "RELEASED":
+                        return item, (f"BATCH_NOT_OPEN: clearing batch {claim.batch_id} is "
+                                      f"{batch.state}; not released"), ""
+            except grpc.aio.AioRpcError as exc:
+                return item, _describe(exc), ""
+            return item, "", (f"RELEASED {limit}: batch {claim.batch_id} released in "
+                              "clearing, its details go to the next run")
+
+        outcomes = await asyncio.gather(*(release(i) for i in items))
+        await run_repo.finish_expired(
+            conn, pass_id,
+            [(o[0].run_id, o[0].merchant_id, o[1], o[2]) for o in outcomes],
+        )
+        for item, err, why in outcomes:
+            log.warning("run item released" if why else "run item not released",
+                        extra={"run_id": item.run_id, "merchant_id": item.merchant_id,
+                               "reason": why or err})
 
     async def _fix_claims(
         self,

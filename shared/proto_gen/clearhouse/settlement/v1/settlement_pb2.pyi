@@ -454,6 +454,11 @@ class _RunItemStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunItemS
     """Booked and confirmed."""
     RUN_ITEM_STATE_SKIPPED: _RunItemState.ValueType  # 5
     """Nothing to book for the merchant on this date (see the note)."""
+    RUN_ITEM_STATE_RELEASED: _RunItemState.ValueType  # 6
+    """The claim failed too often or for too long (SETTLEMENT_ITEM_MAX_ATTEMPTS,
+    SETTLEMENT_ITEM_MAX_AGE_S): its batch was released in clearing, never booked, and
+    the details are claimed by the merchant's next run; the error says why.
+    """
 
 class RunItemState(_RunItemState, metaclass=_RunItemStateEnumTypeWrapper):
     """RunItemState is the life of a run's work item."""
@@ -470,6 +475,11 @@ RUN_ITEM_STATE_DONE: RunItemState.ValueType  # 4
 """Booked and confirmed."""
 RUN_ITEM_STATE_SKIPPED: RunItemState.ValueType  # 5
 """Nothing to book for the merchant on this date (see the note)."""
+RUN_ITEM_STATE_RELEASED: RunItemState.ValueType  # 6
+"""The claim failed too often or for too long (SETTLEMENT_ITEM_MAX_ATTEMPTS,
+SETTLEMENT_ITEM_MAX_AGE_S): its batch was released in clearing, never booked, and
+the details are claimed by the merchant's next run; the error says why.
+"""
 Global___RunItemState: _TypeAlias = RunItemState  # noqa: Y015
 
 class _RunItemNote:
