@@ -110,12 +110,14 @@ def test_make_demo_runs_as_a_command_on_its_own_stack(tmp_path):
     from pathlib import Path
 
     ports = []
-    for _ in range(4):
+    for _ in range(7):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             ports.append(str(probe.getsockname()[1]))
     env = {**os.environ, "BILLING_PORT": ports[0], "CLEARING_PORT": ports[1],
-           "SETTLEMENT_PORT": ports[2], "PAYOUT_SIM_PORT": ports[3], "COLUMNS": "200"}
+           "SETTLEMENT_PORT": ports[2], "PAYOUT_SIM_PORT": ports[3], "COLUMNS": "200",
+           "BILLING_METRICS_PORT": ports[4], "CLEARING_METRICS_PORT": ports[5],
+           "SETTLEMENT_METRICS_PORT": ports[6]}
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "out"
     proc = subprocess.run(

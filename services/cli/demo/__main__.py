@@ -21,10 +21,11 @@ from services.cli.client import Clients
 from services.cli.config import CliConfig
 from services.cli.demo.driver import Demo
 from services.cli.demo.scenario import CAST, build
-from shared.stack import ROOT, LocalStack, StackError, serve_until_stopped
+from shared.stack import METRICS_PORTS, ROOT, LocalStack, StackError, serve_until_stopped
 
 # Fast background loops so that a month settles in seconds; quiet logs (they go to
-# files anyway); no scheduler (the demo runs each date itself) and no metrics ports.
+# files anyway); no scheduler (the demo runs each date itself); business figures on the
+# metrics ports refreshed every 2 s, so a scrape during the demo shows them move.
 DEMO_ENV = {
     "SETTLEMENT_SCHEDULER_ENABLED": "false",
     "SETTLEMENT_DISPATCHER_INTERVAL_S": "0.05",
@@ -39,7 +40,7 @@ DEMO_ENV = {
     "CLEARING_PENDING_FEE_BACKOFF_MAX_S": "0.5",
     "PAYOUT_SIM_TIME_OUT_HOLD_S": "2",
     **{f"{p}LOG_LEVEL": "WARNING" for p in ("BILLING_", "CLEARING_", "SETTLEMENT_", "PAYOUT_SIM_")},
-    **{f"{p}METRICS_ENABLED": "false" for p in ("BILLING_", "CLEARING_", "SETTLEMENT_")},
+    **{f"{p}METRICS_REFRESH_S": "2" for p in ("BILLING_", "CLEARING_", "SETTLEMENT_")},
 }
 
 
@@ -124,6 +125,9 @@ def main(
                 ("billing", "clearing", "settlement", "payout_simulator"))
                 + f", console {stack.console_url}"
                 + "; try `.venv/bin/clearhouse settlements list --limit 20`")
+            console.print("metrics: " + ", ".join(
+                f"{name} http://127.0.0.1:{env.get(f'{name.upper()}_METRICS_PORT', port)}/metrics"
+                for name, port in METRICS_PORTS.items()))
             code = serve_until_stopped(stack, "Ctrl-C stops everything.") or code
     except StackError as exc:
         console.print(f"[red]cannot start the stack:[/red] {exc}")
