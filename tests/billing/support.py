@@ -12,6 +12,8 @@ from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from tests.support.rpc_errors import error_info as error_info  # the billing tests' name for it
+
 
 def ts(text: str) -> timestamp_pb2.Timestamp:
     out = timestamp_pb2.Timestamp()
@@ -112,17 +114,6 @@ def txn(
     base.update(dims)
     return fee_txn({"id": tid, "merchant_id": merchant, "amount": amount, "currency": currency,
                     "time": time, "transaction_type": kind, **base})
-
-
-def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    status = rpc_status.from_call(err)
-    assert status is not None, err
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError(f"no ErrorInfo in {err}")
 
 
 def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
