@@ -31,7 +31,14 @@ import grpc
 from bench.support import security as bench_security
 from bench.support.database import database_url, drop_schemas
 from bench.support.echo import ECHO_METHOD, start_echo
-from bench.support.processes import free_port, service_env, start_service, stop, wait_serving
+from bench.support.processes import (
+    free_port,
+    peak_rss_kb,
+    service_env,
+    start_service,
+    stop,
+    wait_serving,
+)
 from services.billing.domain.model import (
     FeeRuleSpec,
     FeeTxn,
@@ -271,17 +278,6 @@ async def bench_unary(channel: grpc.aio.Channel, echo_channel: grpc.aio.Channel,
                 charge_result["calls_per_s"] / max(echo_result["calls_per_s"], 1), 3)}
 
 
-def _peak_rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 async def run(url: str, schema: str, billing_port: int, echo_port: int,
               billing_pid: int) -> dict:
     results: dict = {"machine_cpus": os.cpu_count()}
@@ -301,7 +297,7 @@ async def run(url: str, schema: str, billing_port: int, echo_port: int,
         print("unary charges vs echo ...", flush=True)
         results["unary_charge"] = await bench_unary(
             channel, echo_channel, int(os.environ.get("BENCH_UNARY_CALLS", "3000" if QUICK else "15000")), 32)
-        results["peak_rss_kb"] = {"billing": _peak_rss_kb(billing_pid)}
+        results["peak_rss_kb"] = {"billing": peak_rss_kb(billing_pid)}
         print(json.dumps(results["unary_charge"]), flush=True)
     finally:
         await channel.close()

@@ -35,7 +35,14 @@ from bench.support import security as bench_security
 from bench.support.cpu import cpu_seconds, postgres_cpu_seconds
 from bench.support.database import database_url, drop_schemas, plain_dsn
 from bench.support.echo import ECHO_METHOD, start_echo
-from bench.support.processes import free_port, service_env, start_service, stop, wait_serving
+from bench.support.processes import (
+    free_port,
+    peak_rss_kb,
+    service_env,
+    start_service,
+    stop,
+    wait_serving,
+)
 from shared.convert import datetime_to_ts
 
 # Importing `shared` (above) puts the generated `clearhouse` package on the path.
@@ -368,18 +375,6 @@ async def run_record(url: str, run: str, args: argparse.Namespace,
         results["peak_rss_kb"] = {n: peak_rss_kb(p) for n, p in pids.items()}
     finally:
         stop(procs, timeout=10)
-
-
-def peak_rss_kb(pid: int) -> int | None:
-    """VmHWM of a live process (its peak resident memory so far)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 async def run_claim(url: str, run: str, args: argparse.Namespace,

@@ -39,7 +39,14 @@ import asyncpg
 from bench.support import security as bench_security
 from bench.support.cpu import cpu_seconds, postgres_cpu_seconds
 from bench.support.database import database_url, drop_schemas, plain_dsn
-from bench.support.processes import free_port, service_env, start_service, stop, wait_serving
+from bench.support.processes import (
+    free_port,
+    memory_kb,
+    service_env,
+    start_service,
+    stop,
+    wait_serving,
+)
 from shared.convert import date_to_proto
 
 # Importing `shared` (above) puts the generated `clearhouse` package on the path; an
@@ -85,15 +92,6 @@ def scans_between(
         delta = {k: a[k] - b.get(k, 0) for k in ("seq_scan", "seq_tup_read", "idx_scan")}
         if delta["seq_scan"]:
             out[table] = {**delta, "rows": a["rows"]}
-    return out
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS"):
-            out[key] = int(value.split()[0])
     return out
 
 

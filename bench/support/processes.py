@@ -90,3 +90,22 @@ def stop(procs: Iterable[subprocess.Popen[bytes]], timeout: float) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmHWM (peak resident memory so far) and VmRSS of a live process, in kB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    """VmHWM of a process, or None once it is gone."""
+    try:
+        return memory_kb(pid).get("VmHWM")
+    except OSError:
+        return None
