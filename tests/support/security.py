@@ -36,7 +36,7 @@ RULES: dict[str, Rule] = merged(t for tables in TABLES.values() for t in tables)
 
 # Who the default stubs call as, first that the method's rule allows without condition.
 PREFERENCE = ("ada", "otto", "vic", "settlement", "clearing", "trade", "transaction-core",
-              "payout")
+              "payout", "payout-gateway")
 PRINCIPALS = {name: (role_principal(role) if role != devpki.SERVICE else name)
               for name, role in [*devpki.PEOPLE,
                                  *((n, devpki.SERVICE) for n in
