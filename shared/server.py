@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from shared import metrics as prometheus
 from shared import tracing
-from shared.interceptors import ServerInterceptor
+from shared.interceptors import AuditSink, ServerInterceptor
 from shared.security import ServerSecurity
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ class App:
     # TLS and the caller guard (shared.security.server_security from the settings). None
     # refuses to start: plaintext without identities is only ServerSecurity.insecure().
     security: ServerSecurity | None = None
+    # Writes audit events in a transaction of their own (refusals, reveals): the
+    # service's shared.audit_service.AuditTrail.write; None = not written.
+    audit_sink: AuditSink | None = None
 
 
 @dataclass
@@ -129,7 +132,8 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
         # The tracing interceptor first: its span covers ours (and the access log line).
         interceptors=[
             *tracing.server_interceptors(),
-            ServerInterceptor(app.error_domain, app.metrics, security.guard),
+            ServerInterceptor(app.error_domain, app.metrics, security.guard, security.rules,
+                              app.audit_sink),
         ],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
