@@ -132,6 +132,11 @@ async def test_clearing_runtime_role_serves_but_cannot_read_billing_nor_change_i
             server_settings={"search_path": clearing_p.roles.schema})
         try:
             assert await runtime.fetchval("SELECT current_user") == clearing_p.roles.runtime
+            # The passwords are real: the migration role's is not the runtime role's.
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(_libpq(db_roles.with_role(
+                    pg_url, clearing_p.roles.migrator, make_url(clearing_p.runtime_url).password
+                    or "")))
             assert await runtime.fetchval(
                 "SELECT count(*) FROM clearing_details WHERE detail_id = 'roles-p1'") == 1
             # Not billing's tables: no USAGE on billing's schema.
