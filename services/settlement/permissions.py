@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from clearhouse.settlement.v1 import settlement_pb2
 
+from shared.audit_service import permissions as audit_permissions
 from shared.permissions import PAYOUT_GATEWAY, administer, operate, read, systems, table
 
 PERMISSIONS = table(
@@ -43,3 +44,6 @@ PERMISSIONS = table(
         "NotifyPayoutResult": systems("settlement.payouts.notify", PAYOUT_GATEWAY),
     },
 )
+
+# The audit trail this server serves over settlement's schema (shared/audit_service.py).
+AUDIT = audit_permissions("settlement")

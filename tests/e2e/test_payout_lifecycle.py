@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from clearhouse.audit.v1 import audit_pb2, audit_pb2_grpc
 from clearhouse.payout.v1 import payout_pb2
 from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as pb
@@ -170,6 +171,14 @@ async def test_exhausted_attempts_escalate_and_nothing_tries_again(limited):
         "GW-TICKET-7", "the gateway has no record of it")
     assert await books(s) == {"transit": 0, "bank": 0, "owed": AMOUNT}
     assert await st.violations(s) == []
+    # The trail says who settled it, on what word, from what to what.
+    async with security.channel(s.settlement.address, caller="vic") as channel:
+        trail = (await audit_pb2_grpc.AuditServiceStub(channel).ListAuditEvents(
+            audit_pb2.ListAuditEventsRequest(object_type="payout"))).audit_events
+    [event] = [e for e in trail if e.method.endswith("/MarkPayoutFailed")]
+    assert (event.object_id, event.reason) == (p.payout_id, "the gateway has no record of it")
+    assert (event.before["state"], event.after["state"]) == ("ESCALATED", "FAILED")
+    assert event.after["resolution_reference"] == "GW-TICKET-7"
     # A replay answers the same and books nothing; other content is refused.
     replay = await s.settlement.stub.MarkPayoutFailed(pb.MarkPayoutFailedRequest(
         request_id="mf-1", payout_id=p.payout_id, reference="GW-TICKET-7",

@@ -28,7 +28,7 @@ from services.settlement.domain.profiles import BankAccount, Destination
 from services.settlement.service_layer.ports import Gateway
 from services.settlement.service_layer.profiles import load as load_profile
 from services.settlement.service_layer.unit_of_work import Database
-from shared import idempotency
+from shared import audit, idempotency
 from shared.errors import FailedPrecondition, IdempotencyConflict, NotFound
 from shared.pagination import Page, integer
 
@@ -392,10 +392,12 @@ class PayoutService:
                                        f"{reason}", reference)
                 await payout_repo.record_resolution(conn, payout_id, reference, reason)
                 after = await payout_repo.find(conn, payout_id)
-                await record_audit(conn, payout_id, before, _audit_view(after))
+                # In the same transaction: the trail says who settled it, on what word.
+                await audit.record(conn, object_type="payout", object_id=payout_id,
+                                   before=before, after=_audit_view(after), reason=reason)
                 await idempotency.finish(conn, scope, request_id, payout_id.encode())
             else:
-                replayed()
+                audit.replayed()
         return await self.get(payout_id, refresh=False)
 
     async def notify(self, n: Notification) -> tuple[PayoutView, str]:
@@ -469,16 +471,6 @@ def _audit_view(row: Any) -> dict[str, Any]:
             "merchant_id": row.merchant_id, "last_error": row.last_error,
             "resolution_reference": row.resolution_reference,
             "resolution_reason": row.resolution_reason}
-
-
-async def record_audit(
-    conn: AsyncConnection, payout_id: str, before: dict[str, Any], after: dict[str, Any]
-) -> None:
-    """The audit record of a payout settled by hand (shared/audit once it is on main)."""
-
-
-def replayed() -> None:
-    """Marks an idempotent replay for the audit trail (shared/audit once it is on main)."""
 
 
 class _Held:

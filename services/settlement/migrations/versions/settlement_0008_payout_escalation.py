@@ -11,8 +11,8 @@ gave with MarkPayoutPaid / MarkPayoutFailed.
 ALREADY_KNOWN, or CONFLICT (recorded for ops in its own transaction, nothing booked).
 The notification id is the idempotency key of the callback.
 
-Revision ID: settlement_0007
-Revises: settlement_0006
+Revision ID: settlement_0008
+Revises: settlement_0007
 Create Date: 2026-12-01
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "settlement_0007"
-down_revision: str | None = "settlement_0006"
+revision: str = "settlement_0008"
+down_revision: str | None = "settlement_0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
