@@ -27,7 +27,7 @@ COUNT_CAP = 100  # lists are counted up to here; beyond, the page says "100+"
 CHART_CAP = 20000  # settlements drawn in the chart; beyond, the page says so
 NOT_DUE = {spb.RUN_ITEM_NOTE_UNSPECIFIED, spb.RUN_ITEM_NOTE_NOTHING_UNSETTLED,
            spb.RUN_ITEM_NOTE_NOT_DUE}
-PAYOUT_STATES = ["CREATED", "SUBMITTED", "PAID", "FAILED", "RETURNED"]
+PAYOUT_STATES = ["CREATED", "SUBMITTED", "ESCALATED", "PAID", "FAILED", "RETURNED"]
 
 
 def run_id(day: dt.date) -> str:
