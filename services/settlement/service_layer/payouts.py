@@ -27,7 +27,7 @@ from services.settlement.domain.profiles import BankAccount, Destination
 from services.settlement.service_layer.ports import Gateway
 from services.settlement.service_layer.profiles import load as load_profile
 from services.settlement.service_layer.unit_of_work import Database
-from shared import idempotency
+from shared import audit, idempotency
 from shared.errors import FailedPrecondition, NotFound
 from shared.pagination import Page, integer
 
@@ -268,9 +268,11 @@ class PayoutService:
             )
             if not owned and stored:
                 new_id = stored.decode()
+                audit.replayed()
             else:
                 new_id = await self._retry(conn, payout_id)
                 await idempotency.finish(conn, "retry", request_id, new_id.encode())
+                await audit.record(conn, object_type="payout", object_id=payout_id, before={"state": "FAILED"}, after={"state": "FAILED", "retried_by": new_id})
         return await self.get(new_id, refresh=False)
 
     async def _retry(self, conn: AsyncConnection, payout_id: str) -> str:
