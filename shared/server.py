@@ -209,12 +209,16 @@ async def serve_health_until(
     stop: asyncio.Event,
     poll_s: float = 1.0,
     max_poll_s: float = 10.0,
+    waiting_log: str = "database unavailable at start; waiting for it (health NOT_SERVING)",
+    resumed_log: str = "database reachable; starting",
 ) -> bool:
     """Serves health alone on the service's port (readiness "" NOT_SERVING, liveness
     SERVING) until `ready()` answers True (then True, the port free again for the real
     server) or `stop` is set (False). A service started while its database is down waits
     here, visible to probes, instead of exiting and needing an orchestrator to bring it
-    back; `ready` is asked with a growing pause up to `max_poll_s`."""
+    back; `ready` is asked with a growing pause up to `max_poll_s`. The same wait serves a
+    runtime-only service whose schema is not yet migrated (`waiting_log`, `resumed_log`: the
+    log lines)."""
     if await ready():
         return True
     waiting = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -225,8 +229,7 @@ async def serve_health_until(
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     await waiting.start()
-    log.warning("database unavailable at start; waiting for it (health NOT_SERVING)",
-                extra={"address": f"{host}:{port}"})
+    log.warning(waiting_log, extra={"address": f"{host}:{port}"})
     pause = poll_s
     try:
         while not stop.is_set():
@@ -235,7 +238,7 @@ async def serve_health_until(
             if stop.is_set():
                 return False
             if await ready():
-                log.info("database reachable; starting")
+                log.info(resumed_log)
                 return True
             pause = min(max_poll_s, pause * 2)
         return False
