@@ -48,7 +48,7 @@ from services.settlement.service_layer.calendars import CalendarService, outside
 from services.settlement.service_layer.ports import Billing, Clearing, FaultHook
 from services.settlement.service_layer.profiles import profile_from_row
 from services.settlement.service_layer.unit_of_work import Database
-from shared import idempotency
+from shared import audit, idempotency
 from shared.errors import FailedPrecondition, NotFound
 from shared.pagination import Page
 from shared.pagination import text as text_key
@@ -153,6 +153,10 @@ class RunService:
             )
             if owned:
                 await idempotency.finish(conn, "run", request_id, run_id.encode())
+                await audit.record(conn, object_type="settlement_run", object_id=run_id, after={
+                    "settle_date": settle_date, "future_date_reason": future_date_reason})
+            else:
+                audit.replayed()
             created = (
                 await conn.execute(
                     text(
