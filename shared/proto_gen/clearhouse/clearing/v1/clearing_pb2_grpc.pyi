@@ -85,9 +85,16 @@ class ClearingServiceStub:
     SummarizeDetails: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.SummarizeDetailsRequest, _clearing_pb2.SummarizeDetailsResponse]
     """Sums a merchant's details per business date: counts and sums by type, fees by mode."""
     ListExceptions: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ListExceptionsRequest, _clearing_pb2.ListExceptionsResponse]
-    """Lists details whose pricing was refused by billing (exceptions), paginated."""
+    """Lists details in exception, in detail id order, paginated, optionally of one
+    reason: those billing refused to price, and refunds whose payment is in exception
+    (reason ORIGINAL_IN_EXCEPTION, priced once their payment is). Each with its age and
+    reason (ClearingDetail.exception).
+    """
     ListPendingFees: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ListPendingFeesRequest, _clearing_pb2.ListPendingFeesResponse]
-    """Lists details whose fee is still pending, paginated."""
+    """Lists details whose fee is still pending (billing has not answered yet, or a refund
+    waits for its payment's pending fee), paginated. A refund of a payment in exception
+    is not pending: it is listed by ListExceptions (ORIGINAL_IN_EXCEPTION).
+    """
     RetryExceptions: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.RetryExceptionsRequest, _clearing_pb2.RetryExceptionsResponse]
     """Prices exception details again, after the configuration was fixed. Idempotent: a
     named payment or refund no longer in exception (repriced by an earlier retry, or
@@ -205,9 +212,16 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     SummarizeDetails: _aio.UnaryUnaryMultiCallable[_clearing_pb2.SummarizeDetailsRequest, _clearing_pb2.SummarizeDetailsResponse]  # type: ignore[assignment]
     """Sums a merchant's details per business date: counts and sums by type, fees by mode."""
     ListExceptions: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ListExceptionsRequest, _clearing_pb2.ListExceptionsResponse]  # type: ignore[assignment]
-    """Lists details whose pricing was refused by billing (exceptions), paginated."""
+    """Lists details in exception, in detail id order, paginated, optionally of one
+    reason: those billing refused to price, and refunds whose payment is in exception
+    (reason ORIGINAL_IN_EXCEPTION, priced once their payment is). Each with its age and
+    reason (ClearingDetail.exception).
+    """
     ListPendingFees: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ListPendingFeesRequest, _clearing_pb2.ListPendingFeesResponse]  # type: ignore[assignment]
-    """Lists details whose fee is still pending, paginated."""
+    """Lists details whose fee is still pending (billing has not answered yet, or a refund
+    waits for its payment's pending fee), paginated. A refund of a payment in exception
+    is not pending: it is listed by ListExceptions (ORIGINAL_IN_EXCEPTION).
+    """
     RetryExceptions: _aio.UnaryUnaryMultiCallable[_clearing_pb2.RetryExceptionsRequest, _clearing_pb2.RetryExceptionsResponse]  # type: ignore[assignment]
     """Prices exception details again, after the configuration was fixed. Idempotent: a
     named payment or refund no longer in exception (repriced by an earlier retry, or
@@ -364,7 +378,11 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _clearing_pb2.ListExceptionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_clearing_pb2.ListExceptionsResponse, _abc.Awaitable[_clearing_pb2.ListExceptionsResponse]]:
-        """Lists details whose pricing was refused by billing (exceptions), paginated."""
+        """Lists details in exception, in detail id order, paginated, optionally of one
+        reason: those billing refused to price, and refunds whose payment is in exception
+        (reason ORIGINAL_IN_EXCEPTION, priced once their payment is). Each with its age and
+        reason (ClearingDetail.exception).
+        """
 
     @_abc_1.abstractmethod
     def ListPendingFees(
@@ -372,7 +390,10 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _clearing_pb2.ListPendingFeesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_clearing_pb2.ListPendingFeesResponse, _abc.Awaitable[_clearing_pb2.ListPendingFeesResponse]]:
-        """Lists details whose fee is still pending, paginated."""
+        """Lists details whose fee is still pending (billing has not answered yet, or a refund
+        waits for its payment's pending fee), paginated. A refund of a payment in exception
+        is not pending: it is listed by ListExceptions (ORIGINAL_IN_EXCEPTION).
+        """
 
     @_abc_1.abstractmethod
     def RetryExceptions(
