@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from clearhouse.audit.v1 import audit_pb2, audit_pb2_grpc
 from clearhouse.billing.v1 import billing_pb2
 from clearhouse.clearing.v1 import clearing_pb2 as pb
 from clearhouse.type.v1 import transaction_pb2
@@ -19,6 +20,7 @@ from clearhouse.type.v1 import transaction_pb2
 from services.clearing.adapters import repository as repo
 from services.clearing.bootstrap import MIGRATIONS
 from tests.clearing.conftest import FAST, money, payment, percent_rule, record, refund
+from tests.support import security
 from tests.support.harness import ServiceHandle, drop, launch
 from tests.support.plans import generic_plan_connection
 from tests.support.rpc_errors import violated_fields
@@ -254,3 +256,21 @@ async def test_the_workers_statements_never_scan_the_details_with_a_generic_plan
             plan = [r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE s{i}({values})")]
             scans[name] = any("Seq Scan on clearing_details" in line for line in plan)
     assert scans == dict.fromkeys(STATEMENTS, False)
+
+
+async def test_a_retry_by_a_person_is_in_the_audit_trail_and_a_replay_adds_nothing(
+        clearing: ServiceHandle) -> None:
+    await record(clearing, payment("P1", 10_000))  # no rule: an exception
+    await percent_rule(clearing.extra["billing"], "R-M1", "0.006", merchant="M1")
+    request = pb.RetryExceptionsRequest(detail_ids=["P1"])
+    assert (await clearing.stub.RetryExceptions(request)).details[0].fee.minor_units == 60
+    await clearing.stub.RetryExceptions(request)  # a replay: P1 is priced, nothing reopened
+    async with security.channel(clearing.address, caller="vic") as channel:
+        page = await audit_pb2_grpc.AuditServiceStub(channel).ListAuditEvents(
+            audit_pb2.ListAuditEventsRequest(object_type="clearing_detail"))
+    [e] = page.audit_events
+    assert (e.object_id, e.method) == (
+        "P1", "/clearhouse.clearing.v1.ClearingService/RetryExceptions")
+    assert e.before["exception_reason"] == "NO_MATCHING_FEE_RULE"
+    assert (e.after["state"], e.after["fee_status"]) == ("UNSETTLED", "PENDING")
+    assert e.actor

@@ -359,7 +359,7 @@ _APPLY_OUTCOMES = _UPDATE_BY_LOCKED_CTID.format(
 )
 
 # The refunds waiting in exception for these payments (now priced): found through the
-# partial index of refunds in exception by payment (clearing_0006), a probe per payment;
+# partial index of refunds in exception by payment (clearing_0007), a probe per payment;
 # then locked in id order (every multi-row writer's order) with their state re-checked,
 # and made pending again by the ctid of the locked rows (see _UPDATE_BY_LOCKED_CTID), due
 # at once: the caller prices them next, and if it stops before, the pending-fee worker.
@@ -487,7 +487,9 @@ async def reopen_exceptions(
     after_id: str = "",
 ) -> list[Any]:
     """Turns exceptions back into pending details so they can be priced again: the named
-    ones, or up to `limit` of the merchant's with an id above `after_id`, in id order."""
+    ones, or up to `limit` of the merchant's with an id above `after_id`, in id order.
+    Each row also carries `previous_reason`, its exception reason before (for the audit
+    trail)."""
     where = (
         "d.detail_id = ANY($1::text[])" if ids is not None
         else "d.merchant_id = $1 AND d.detail_id > $4"
@@ -499,7 +501,7 @@ async def reopen_exceptions(
         await conn.fetch(
             f"""
             WITH chosen AS (
-                SELECT detail_id FROM clearing_details d
+                SELECT detail_id, exception_reason AS previous_reason FROM clearing_details d
                 WHERE {where} AND d.state = 'EXCEPTION'
                 ORDER BY d.detail_id LIMIT $2 FOR UPDATE
             )
@@ -508,7 +510,7 @@ async def reopen_exceptions(
                 exception_message = '', next_auto_retry_at = NULL,
                 fee_attempts = 0, next_fee_attempt_at = now() + make_interval(secs => $3)
             FROM chosen WHERE d.detail_id = chosen.detail_id
-            RETURNING {_d("d")}
+            RETURNING {_d("d")}, chosen.previous_reason
             """,
             *args,
         )

@@ -7,11 +7,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from services.clearing.adapters import repository as repo
 from services.clearing.domain.model import Detail, DetailType, FeeStatus
 from services.clearing.service_layer.pricing import Pricer
 from services.clearing.service_layer.unit_of_work import Database
+from shared import audit
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from shared.pagination import decode, encode, text
 
@@ -41,6 +43,21 @@ def _after_id(token: str, merchant_id: str) -> str:
     if not key[0]:  # every token this service issues names a detail
         raise InvalidArgument([FieldViolation("page_token", "malformed page token")])
     return str(key[0])
+
+
+async def _audit_reopened(conn: repo.Conn, rows: Sequence[Any]) -> None:
+    """The audit trail of a retry (a person's RetryExceptions), in the transaction that
+    reopens the exceptions: each exception reopened, its reason before. A retry that
+    reopened nothing (each named detail priced already: an idempotent replay, or a pending
+    fee asked about again) changed nothing to record."""
+    if not rows:
+        audit.replayed()
+        return
+    await audit.record_many(conn, "clearing_detail", [
+        (r["detail_id"],
+         {"state": "EXCEPTION", "fee_status": "REFUSED", "exception_reason": r["previous_reason"]},
+         {"state": r["state"], "fee_status": r["fee_status"]})
+        for r in rows])
 
 
 class FeeCompletion:
@@ -108,9 +125,11 @@ class FeeCompletion:
                         f"detail {detail_id!r} is an adjustment: fee-free, never an exception",
                         {"detail_id": detail_id, "detail_type": row["detail_type"]},
                     )
-            reopened = await repo.reopen_exceptions(
-                conn, ids, "", len(ids), self.backoff_initial_s
-            )
+            async with conn.transaction():
+                reopened = await repo.reopen_exceptions(
+                    conn, ids, "", len(ids), self.backoff_initial_s
+                )
+                await _audit_reopened(conn, reopened)
         details = {r["detail_id"]: repo.to_detail(r) for r in reopened}
         for detail_id, row in found.items():
             if detail_id not in details and row["fee_status"] == FeeStatus.PENDING.value:
@@ -130,10 +149,11 @@ class FeeCompletion:
         token starts over from the lowest id (a replay after a full pass finds only what
         is still refused)."""
         after = _after_id(page_token, merchant_id)
-        async with self.db.connect() as conn:
+        async with self.db.connect() as conn, conn.transaction():
             rows = await repo.reopen_exceptions(
                 conn, None, merchant_id, self.retry_chunk, self.backoff_initial_s, after
             )
+            await _audit_reopened(conn, rows)
         details = {r["detail_id"]: repo.to_detail(r) for r in rows}
         details.update(await self.pricer.price(list(details.values())))
         if not details:

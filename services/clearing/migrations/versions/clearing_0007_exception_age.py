@@ -15,8 +15,8 @@
 Exceptions already stored get their record time as first and last time and one attempt;
 the prepaid ones are due for a check at once.
 
-Revision ID: clearing_0006
-Revises: clearing_0005
+Revision ID: clearing_0007
+Revises: clearing_0006
 Create Date: 2026-12-01
 """
 
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "clearing_0006"
-down_revision: str | None = "clearing_0005"
+revision: str = "clearing_0007"
+down_revision: str | None = "clearing_0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
