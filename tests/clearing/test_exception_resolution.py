@@ -7,9 +7,11 @@ reason and age."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from clearhouse.audit.v1 import audit_pb2, audit_pb2_grpc
@@ -19,6 +21,9 @@ from clearhouse.type.v1 import transaction_pb2
 
 from services.clearing.adapters import repository as repo
 from services.clearing.bootstrap import MIGRATIONS
+from services.clearing.domain.model import Detail, DetailState, DetailType, FeeStatus
+from services.clearing.service_layer.pricing import Pricer
+from services.clearing.service_layer.unit_of_work import Database
 from tests.clearing.conftest import FAST, money, payment, percent_rule, record, refund
 from tests.support import security
 from tests.support.harness import ServiceHandle, drop, launch
@@ -235,6 +240,7 @@ async def test_a_malformed_reason_filter_is_a_field_violation(clearing: ServiceH
 # PostgreSQL caches for it on an empty table (kept while the table grows), or every pass
 # of the worker, every priced payment, would scan all the details.
 STATEMENTS = {
+    "_LOCK_REFUSED_PAYMENTS": ("text[]", "'{D7}'"),
     "_WAITING_REFUNDS": ("text[]", "'{D7}'"),
     "_LOCK_WAITING_REFUNDS": ("text[]", "'{D7}'"),
     "_REOPEN_WAITING_REFUNDS": ("text[]", "'{D7}'"),
@@ -274,3 +280,68 @@ async def test_a_retry_by_a_person_is_in_the_audit_trail_and_a_replay_adds_nothi
     assert e.before["exception_reason"] == "NO_MATCHING_FEE_RULE"
     assert (e.after["state"], e.after["fee_status"]) == ("UNSETTLED", "PENDING")
     assert e.actor
+
+
+async def test_a_refund_is_not_put_beside_a_payment_being_priced_at_that_moment(
+        pg_url: str, billing: ServiceHandle) -> None:
+    """The race that would strand a refund: it is about to go into exception beside its
+    refused payment while a retry prices that payment (and looks for waiting refunds
+    before the refund is in exception). The refund's transaction waits for the payment's
+    row, sees it priced, and leaves the refund pending for the worker."""
+    clearing = await launch("clearing", pg_url, billing_address="127.0.0.1:1",
+                            **{**FAST, "billing_deadline_s": 0.5,
+                               "pending_fee_worker_enabled": False})
+    db = Database(clearing.engine, clearing.schema, 2)
+    try:
+        await record(clearing, payment("P1", 10_000))
+        r1 = (await record(clearing, refund("R1", "P1", 1_000))).detail
+        dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        pricing = await asyncpg.connect(dsn, server_settings={"search_path": clearing.schema})
+        try:
+            await pricing.execute("UPDATE clearing_details SET fee_status = 'REFUSED', "
+                                  "state = 'EXCEPTION' WHERE detail_id = 'P1'")
+            # The payment's pricing, holding its row, not committed yet.
+            tx = pricing.transaction()
+            await tx.start()
+            await pricing.execute("UPDATE clearing_details SET fee_status = 'KNOWN', "
+                                  "state = 'UNSETTLED' WHERE detail_id = 'P1'")
+            pricer = Pricer(db, billing=None)  # type: ignore[arg-type]  # billing not asked
+            beside = asyncio.create_task(pricer._beside_payments([convert_back(r1)]))
+
+            async def waiting_for_the_row() -> bool:
+                # Read outside the open transaction: a transaction keeps one snapshot of
+                # the activity statistics.
+                watcher = await asyncpg.connect(dsn)
+                try:
+                    return bool(await watcher.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE '%FOR SHARE%' AND query LIKE '%clearing_details%'"))
+                finally:
+                    await watcher.close()
+
+            await until("the refund's transaction waits for the payment", waiting_for_the_row)
+            assert not beside.done()
+            await tx.commit()
+            assert await beside == {}
+        finally:
+            await pricing.close()
+        r = await detail(clearing, "R1")
+        assert (r.state, r.fee_status) == (pb.DETAIL_STATE_UNSETTLED, pb.FEE_STATUS_PENDING)
+    finally:
+        await db.close()
+        await drop(clearing)
+
+
+def convert_back(d: pb.ClearingDetail) -> Detail:
+    """The domain detail of a recorded pending refund (what the pricer is handed)."""
+    return Detail(
+        detail_id=d.detail_id, detail_type=DetailType.REFUND, merchant_id=d.merchant_id,
+        currency=d.amount.currency_code, amount=d.amount.minor_units,
+        transaction_time=d.transaction_time.ToDatetime(dt.UTC),
+        business_date=dt.date(d.business_date.year, d.business_date.month,
+                              d.business_date.day),
+        original_transaction_id=d.original_transaction_id, product="", business_line="",
+        acquirer_bank="", issuer_bank="", card_type="", fee_status=FeeStatus.PENDING, fee=0,
+        collection_mode="", rule_id="", rule_version=0, state=DetailState.UNSETTLED,
+        batch_id="", exception_reason="", adjustment_reason="",
+        create_time=d.create_time.ToDatetime(dt.UTC))

@@ -437,6 +437,23 @@ async def apply_outcomes(
     return Applied({r["detail_id"]: r for r in rows}, reopened)
 
 
+_LOCK_REFUSED_PAYMENTS = """
+SELECT x.detail_id FROM unnest($1::text[]) AS t(id) CROSS JOIN LATERAL (
+    SELECT detail_id FROM clearing_details WHERE detail_id = t.id AND fee_status = 'REFUSED'
+    FOR SHARE) x
+"""
+
+
+async def lock_refused_payments(conn: Conn, ids: Iterable[str]) -> set[str]:
+    """Of these payments, the ones still refused (in exception), share-locked in id order
+    until the caller's transaction ends: a refund put into exception beside its payment in
+    that transaction cannot miss the payment being priced meanwhile (the pricing holds the
+    payment's row lock while it reopens the refunds waiting for it, so one of the two
+    waits for the other)."""
+    rows = await conn.fetch(_LOCK_REFUSED_PAYMENTS, sorted(set(ids)))
+    return {r["detail_id"] for r in rows}
+
+
 async def original_fee_statuses(conn: Conn, ids: Iterable[str]) -> dict[str, str]:
     rows = await conn.fetch(
         "SELECT d.detail_id, d.fee_status FROM unnest($1::text[]) AS t(id) CROSS JOIN LATERAL"

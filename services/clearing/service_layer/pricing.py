@@ -65,12 +65,7 @@ class Pricer:
         blocked = [r for r in refunds
                    if statuses.get(r.original_transaction_id) == FeeStatus.REFUSED.value]
         if blocked:
-            stored, _ = await self._store(blocked, [
-                Refused(ORIGINAL_IN_EXCEPTION,
-                        f"its payment {r.original_transaction_id!r} is in exception; the "
-                        "refund is priced once the payment is")
-                for r in blocked])
-            changed.update(stored)
+            changed.update(await self._beside_payments(blocked))
         ready = [r for r in refunds
                  if statuses.get(r.original_transaction_id) == FeeStatus.KNOWN.value]
         for start in range(0, len(ready), BILLING_BATCH):
@@ -78,6 +73,22 @@ class Pricer:
             stored, _ = await self._store(chunk, await self.billing.refund_many(chunk, quick))
             changed.update(stored)
         return changed
+
+    async def _beside_payments(self, refunds: list[Detail]) -> dict[str, Detail]:
+        """Puts refunds into exception beside their payments (ORIGINAL_IN_EXCEPTION), in
+        one transaction with their payments share-locked and checked still refused: one
+        priced meanwhile leaves its refund pending (the worker prices it)."""
+        async with self.db.connect() as conn, conn.transaction():
+            still = await repo.lock_refused_payments(
+                conn, [r.original_transaction_id for r in refunds])
+            kept = [r for r in refunds if r.original_transaction_id in still]
+            applied = await repo.apply_outcomes(conn, [
+                (r.detail_id, Refused(
+                    ORIGINAL_IN_EXCEPTION,
+                    f"its payment {r.original_transaction_id!r} is in exception; the refund "
+                    "is priced once the payment is"))
+                for r in kept], self.auto_retry_s)
+        return {i: repo.to_detail(row) for i, row in applied.rows.items()}
 
     async def charge_unrecorded(
         self, details: Sequence[Detail], quick: bool = False
