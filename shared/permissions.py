@@ -75,6 +75,12 @@ class Rule:
     conditions: Mapping[str, Condition] = field(default_factory=dict)
     condition_notes: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def audited(self) -> bool:
+        """A change a person may ask for (built with `administer` or `operate`): every
+        call of it, whoever calls, writes the audit trail (shared/audit.py)."""
+        return self.mutation and any(p.startswith("role:") for p in self.principals)
+
     def allows(self, caller: Caller, request: Any) -> bool:
         principal = caller.principal
         if principal not in self.principals:
@@ -130,12 +136,17 @@ class PermissionTable:
 
     service: str
     rules: Mapping[str, Rule]
+    # Said after the service's name in the docs' heading: which server's table this is,
+    # for a service every server serves (clearhouse.audit.v1.AuditService "on billing").
+    note: str = ""
 
     def rule(self, method: str) -> Rule | None:
         return self.rules.get(method)
 
 
-def table(descriptor: ServiceDescriptor, rules: Mapping[str, Rule]) -> PermissionTable:
+def table(
+    descriptor: ServiceDescriptor, rules: Mapping[str, Rule], note: str = ""
+) -> PermissionTable:
     """A service's table from method names; a name that is no method of the service is a
     mistake in the table and stops the import (a renamed RPC cannot silently stay open)."""
     methods = {m.name for m in descriptor.methods}
@@ -143,7 +154,8 @@ def table(descriptor: ServiceDescriptor, rules: Mapping[str, Rule]) -> Permissio
     if unknown:
         raise ValueError(f"{descriptor.full_name} has no method {', '.join(unknown)}")
     full = descriptor.full_name
-    return PermissionTable(full, {f"/{full}/{name}": rule for name, rule in rules.items()})
+    return PermissionTable(full, {f"/{full}/{name}": rule for name, rule in rules.items()},
+                           note)
 
 
 def merged(tables: Iterable[PermissionTable]) -> dict[str, Rule]:
@@ -162,7 +174,7 @@ def markdown(t: PermissionTable) -> str:
     """The table as the docs show it (docs/security.md); a test keeps the two equal."""
     order = [*(role_principal(r) for r in ROLES), *SERVICE_CALLERS]
     lines = [
-        f"#### `{t.service}`",
+        f"#### `{t.service}`" + (f" {t.note}" if t.note else ""),
         "",
         "| RPC | permission | granted to |",
         "|---|---|---|",

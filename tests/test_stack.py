@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+from clearhouse.audit.v1 import audit_pb2
 from clearhouse.billing.v1 import billing_pb2
 from clearhouse.clearing.v1 import clearing_pb2
 from clearhouse.payout.v1 import payout_pb2
@@ -40,10 +41,11 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+_AUDIT = audit_pb2.DESCRIPTOR.services_by_name["AuditService"]
 SERVICES = [  # in the order of the ports
-    [billing_pb2.DESCRIPTOR.services_by_name["BillingService"]],
-    [clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"]],
-    [settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"]],
+    [billing_pb2.DESCRIPTOR.services_by_name["BillingService"], _AUDIT],
+    [clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"], _AUDIT],
+    [settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"], _AUDIT],
     [payout_pb2.DESCRIPTOR.services_by_name["PayoutGatewayService"],
      payoutsim_pb2.DESCRIPTOR.services_by_name["PayoutSimulatorService"]],
 ]

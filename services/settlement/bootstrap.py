@@ -14,7 +14,7 @@ from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
 from services.settlement.adapters.figures import figure_source, stuck_figure_source
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
-from services.settlement.permissions import PERMISSIONS
+from services.settlement.permissions import AUDIT, PERMISSIONS
 from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
@@ -28,7 +28,7 @@ from services.settlement.service_layer.statements import StatementService
 from services.settlement.service_layer.stuck import DueDetails, Limits, StuckCheck
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
-from shared import migrations
+from shared import audit_service, migrations
 from shared.business_time import business_date
 from shared.client_security import ClientSecurity
 from shared.clock import clock_from_env
@@ -50,7 +50,9 @@ async def build_app(
     """`now` is the service's clock (UTC-aware): the scheduler's, the calendar's today;
     by default the real time shifted by CLEARHOUSE_NOW (shared/clock.py). Tests inject
     theirs."""
-    security = server_security("settlement", settings, [PERMISSIONS])
+    security = server_security("settlement", settings, [PERMISSIONS, AUDIT])
+    # The audit trail in settlement's own schema: ListAuditEvents, and the sink of refusals.
+    trail = audit_service.AuditTrail(engine)
     clock = now or clock_from_env()
     zone = ZoneInfo(settings.business_timezone)
     db = Database(engine, settings.db_schema)
@@ -147,11 +149,13 @@ async def build_app(
     return App(
         name="settlement",
         error_domain="settlement.clearhouse",
-        servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, servicer)],
-        service_names=[SERVICE_NAME],
+        servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, servicer),
+                   (audit_service.add_to_server, trail)],
+        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME],
         readiness=ready,
         background=background,
         on_close=[close],
         security=security,
+        audit_sink=trail.write,
         **app_options(settings, metrics),
     )

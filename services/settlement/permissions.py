@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from clearhouse.settlement.v1 import settlement_pb2
 
+from shared.audit_service import permissions as audit_permissions
 from shared.permissions import administer, operate, read, table
 
 PERMISSIONS = table(
@@ -42,3 +43,6 @@ PERMISSIONS = table(
         "ReleaseRunItem": administer("settlement.runs.release"),
     },
 )
+
+# The audit trail this server serves over settlement's schema (shared/audit_service.py).
+AUDIT = audit_permissions("settlement")

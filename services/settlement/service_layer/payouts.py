@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.settlement.adapters import ledger_repo
+from services.settlement.adapters import ledger_repo, payout_repo
 from services.settlement.adapters.clients import GatewayPayout
 from services.settlement.domain import ledger
 from services.settlement.domain.ledger import AccountType, account
@@ -37,12 +35,6 @@ log = logging.getLogger(__name__)
 
 UNKNOWN_OUTCOME = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
-
-_COLUMNS = (
-    "payout_id, merchant_id, settlement_id, currency, amount, destination_type, bank_account, "
-    "state, attempts, last_error, create_time, update_time, seq"
-)
-
 
 @dataclass
 class PayoutView:
@@ -61,12 +53,9 @@ class PayoutView:
 
 
 def _view(r: Any) -> PayoutView:
-    bank = r.bank_account
-    if isinstance(bank, str):
-        bank = json.loads(bank)
     return PayoutView(
         r.payout_id, r.merchant_id, r.settlement_id or "", r.currency, r.amount,
-        r.destination_type, BankAccount(**bank) if bank else None, r.state, r.attempts,
+        r.destination_type, payout_repo.bank_account(r), r.state, r.attempts,
         r.last_error, r.create_time, r.update_time,
     )
 
@@ -98,19 +87,10 @@ class PayoutService:
         """Sends or resolves due payouts; returns how many it handled."""
         async with self.db.engine.connect() as conn:
             async with conn.begin():
-                rows = (
-                    await conn.execute(
-                        text(
-                            f"SELECT {_COLUMNS} FROM payouts WHERE state IN ('CREATED', "
-                            "'SUBMITTED') AND next_attempt_time <= clock_timestamp() "
-                            "ORDER BY next_attempt_time LIMIT :n FOR UPDATE SKIP LOCKED"
-                        ),
-                        {"n": self.policy.batch_size},
-                    )
-                ).all()
+                rows = await payout_repo.due(conn, self.policy.batch_size)
                 if not rows:
                     return 0
-                held = await _held(conn, sorted({r.merchant_id for r in rows}))
+                held = await payout_repo.held(conn, sorted({r.merchant_id for r in rows}))
                 answers = await asyncio.gather(*(self._ask(r, r.merchant_id in held) for r in rows))
                 for row, (answer, sent) in zip(rows, answers, strict=True):
                     await self._apply(conn, row, answer, sent)
@@ -120,18 +100,9 @@ class PayoutService:
         """Asks the gateway about recently paid bank payouts, to catch returns (退票)."""
         async with self.db.engine.connect() as conn:
             async with conn.begin():
-                rows = (
-                    await conn.execute(
-                        text(
-                            f"SELECT {_COLUMNS} FROM payouts WHERE state = 'PAID' "
-                            "AND destination_type = 'BANK_ACCOUNT' "
-                            "AND next_attempt_time <= clock_timestamp() "
-                            "AND paid_time > clock_timestamp() - make_interval(days => :w) "
-                            "ORDER BY next_attempt_time LIMIT :n FOR UPDATE SKIP LOCKED"
-                        ),
-                        {"n": self.policy.batch_size, "w": self.policy.return_watch_days},
-                    )
-                ).all()
+                rows = await payout_repo.watched(
+                    conn, self.policy.batch_size, self.policy.return_watch_days
+                )
                 if not rows:
                     return 0
                 answers = await asyncio.gather(*(self._ask_state(r.payout_id) for r in rows))
@@ -175,16 +146,13 @@ class PayoutService:
                 if held:
                     return HELD, False
                 # Never sent, or sent and never received: the same instruction id again.
-                bank = row.bank_account
-                if isinstance(bank, str):
-                    bank = json.loads(bank)
                 sent = True
                 return await self.gateway.submit(
                     row.payout_id,
                     row.merchant_id,
                     row.currency,
                     row.amount,
-                    BankAccount(**(bank or {})),
+                    payout_repo.bank_account(row) or BankAccount(),
                     f"settlement {row.settlement_id or row.payout_id}",
                 ), True
         except grpc.aio.AioRpcError as exc:
@@ -199,11 +167,11 @@ class PayoutService:
     ) -> None:
         p = self.policy
         if isinstance(answer, _Held):
-            await _touch(conn, row.payout_id, p.processing_poll_s,
+            await payout_repo.touch(conn, row.payout_id, p.processing_poll_s,
                          "merchant on hold: not sent until the hold is lifted")
             return
         if answer is None:  # asked about a paid payout the gateway does not know: keep asking
-            await _touch(conn, row.payout_id, p.return_poll_s, "gateway does not know it")
+            await payout_repo.touch(conn, row.payout_id, p.return_poll_s, "gateway does not know it")
             return
         if isinstance(answer, grpc.aio.AioRpcError):
             code = answer.code()
@@ -215,30 +183,16 @@ class PayoutService:
             attempts = row.attempts + (1 if sent else 0)
             state = "SUBMITTED" if row.state in ("CREATED", "SUBMITTED") else row.state
             delay = p.backoff(attempts) if code in UNKNOWN_OUTCOME else p.backoff_max_s
-            await conn.execute(
-                text(
-                    "UPDATE payouts SET state = :s, attempts = :a, last_error = :e, "
-                    "next_attempt_time = clock_timestamp() + make_interval(secs => :d), "
-                    "update_time = clock_timestamp() WHERE payout_id = :p"
-                ),
-                {"s": state, "a": attempts, "e": error, "d": delay, "p": row.payout_id},
-            )
+            await payout_repo.record_attempt(conn, row.payout_id, state, attempts, error, delay)
             return
         submitted = 1 if sent else 0
         if answer.state == "PROCESSING":
-            await conn.execute(
-                text(
-                    "UPDATE payouts SET state = 'SUBMITTED', attempts = attempts + :n, "
-                    "last_error = '', gateway_reference = :g, "
-                    "next_attempt_time = clock_timestamp() + make_interval(secs => :d), "
-                    "update_time = clock_timestamp() WHERE payout_id = :p"
-                ),
-                {"n": submitted, "g": answer.gateway_reference, "d": p.processing_poll_s,
-                 "p": row.payout_id},
+            await payout_repo.record_processing(
+                conn, row.payout_id, submitted, answer.gateway_reference, p.processing_poll_s
             )
             return
         if answer.state == row.state:
-            await _touch(conn, row.payout_id, p.return_poll_s, "")
+            await payout_repo.touch(conn, row.payout_id, p.return_poll_s, "")
             return
         await self._transition(
             conn, row, answer.state, answer.failure_reason, answer.gateway_reference, submitted
@@ -265,16 +219,8 @@ class PayoutService:
                 entries.append(ledger.payout_paid_entry(f"{pid}:paid", pid, m, cur, amount))
             entries.append(ledger.payout_returned_entry(f"{pid}:returned", pid, m, cur, amount))
         await ledger_repo.book(conn, [e for e in entries if e is not None])
-        await conn.execute(
-            text(
-                "UPDATE payouts SET state = :s, last_error = :e, attempts = attempts + :n, "
-                "gateway_reference = CASE WHEN :g = '' THEN gateway_reference ELSE :g END, "
-                "paid_time = CASE WHEN :s = 'PAID' THEN clock_timestamp() ELSE paid_time END, "
-                "next_attempt_time = clock_timestamp() + make_interval(secs => :d), "
-                "update_time = clock_timestamp() WHERE payout_id = :p"
-            ),
-            {"s": new_state, "e": reason[:500], "n": submitted, "g": reference,
-             "d": self.policy.return_poll_s, "p": pid},
+        await payout_repo.record_final(
+            conn, pid, new_state, reason, submitted, reference, self.policy.return_poll_s
         )
         log.info("payout %s", new_state.lower(), extra={"payout_id": pid, "merchant_id": m})
 
@@ -291,26 +237,13 @@ class PayoutService:
                     # gateway deadline); skipping returned the state from before the
                     # answer it was about to book (a return read as PAID). After the wait
                     # the re-check of the state drops a payout it made final.
-                    row = (
-                        await conn.execute(
-                            text(
-                                f"SELECT {_COLUMNS} FROM payouts WHERE payout_id = :p "
-                                "AND destination_type = 'BANK_ACCOUNT' "
-                                "AND state IN ('SUBMITTED', 'PAID') FOR UPDATE"
-                            ),
-                            {"p": payout_id},
-                        )
-                    ).first()
+                    row = await payout_repo.lock_to_refresh(conn, payout_id)
                     if row is not None:
                         answer = await self._ask_state(payout_id)
                         if answer is not None and not isinstance(answer, grpc.aio.AioRpcError):
                             await self._apply(conn, row, answer)
         async with self.db.engine.connect() as conn:
-            found = (
-                await conn.execute(
-                    text(f"SELECT {_COLUMNS} FROM payouts WHERE payout_id = :p"), {"p": payout_id}
-                )
-            ).first()
+            found = await payout_repo.find(conn, payout_id)
         if found is None:
             raise NotFound("PAYOUT_NOT_FOUND", f"no payout {payout_id!r}", {"payout_id": payout_id})
         return _view(found)
@@ -322,17 +255,7 @@ class PayoutService:
         page = Page.of(page_size, token, filters, key=(integer,))
         after = page.after[0] if page.after else None
         async with self.db.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        f"SELECT {_COLUMNS} FROM payouts WHERE (:m = '' OR merchant_id = :m) "
-                        "AND (:s = '' OR state = :s) "
-                        "AND (CAST(:a AS bigint) IS NULL OR seq < CAST(:a AS bigint)) "
-                        "ORDER BY seq DESC LIMIT :n"
-                    ),
-                    {"m": merchant_id, "s": state, "a": after, "n": page.size + 1},
-                )
-            ).all()
+            rows = await payout_repo.page(conn, merchant_id, state, after, page.size + 1)
         token_out = page.next_token(list(rows), lambda r: [r.seq], filters)
         return [_view(r) for r in rows[: page.size]], token_out
 
@@ -351,33 +274,22 @@ class PayoutService:
         return await self.get(new_id, refresh=False)
 
     async def _retry(self, conn: AsyncConnection, payout_id: str) -> str:
-        old = (
-            await conn.execute(
-                text("SELECT merchant_id FROM payouts WHERE payout_id = :p"), {"p": payout_id}
-            )
-        ).first()
-        if old is None:
+        merchant = await payout_repo.merchant_of(conn, payout_id)
+        if merchant is None:
             raise NotFound("PAYOUT_NOT_FOUND", f"no payout {payout_id!r}", {"payout_id": payout_id})
         # The profile lock first, as runs take it, then the payout.
-        await conn.execute(
-            text("SELECT 1 FROM profiles WHERE merchant_id = :m FOR UPDATE"),
-            {"m": old.merchant_id},
-        )
-        profile = await load_profile(conn, old.merchant_id)
+        await payout_repo.lock_profile(conn, merchant)
+        profile = await load_profile(conn, merchant)
         if profile.hold:
             # 冻结: nothing leaves for a merchant on hold, a retry no more than a run.
             raise FailedPrecondition(
                 "MERCHANT_ON_HOLD",
-                f"merchant {old.merchant_id!r} is on hold ({profile.hold_reason or 'no reason'}):"
+                f"merchant {merchant!r} is on hold ({profile.hold_reason or 'no reason'}):"
                 " lift the hold first, then retry the payout",
-                {"merchant_id": old.merchant_id},
+                {"merchant_id": merchant},
             )
-        row = (
-            await conn.execute(
-                text(f"SELECT {_COLUMNS}, retried_by FROM payouts WHERE payout_id = :p FOR UPDATE"),
-                {"p": payout_id},
-            )
-        ).one()
+        row = await payout_repo.lock(conn, payout_id)
+        assert row is not None  # payouts are never deleted
         if row.state != "FAILED" or row.retried_by:
             raise FailedPrecondition(
                 "PAYOUT_NOT_RETRYABLE",
@@ -394,32 +306,12 @@ class PayoutService:
                 "run has already paid or netted it",
                 {"owed": str(owed), "amount": str(row.amount)},
             )
-        count = (
-            await conn.execute(
-                text("SELECT count(*) FROM payouts WHERE payout_id LIKE :p"),
-                {"p": payout_id.split("-retry")[0] + "-retry%"},
-            )
-        ).scalar_one()
-        new_id = f"{payout_id.split('-retry')[0]}-retry{count + 1}"
+        original = payout_id.split("-retry")[0]
+        new_id = f"{original}-retry{await payout_repo.retry_count(conn, original) + 1}"
         to_bank = profile.destination is Destination.BANK_ACCOUNT
-        bank = None
-        if to_bank and profile.bank_account is not None:
-            b = profile.bank_account
-            bank = json.dumps({"account_name": b.account_name, "account_number": b.account_number,
-                               "bank_name": b.bank_name, "branch_code": b.branch_code})
-        await conn.execute(
-            text(
-                "INSERT INTO payouts (payout_id, merchant_id, settlement_id, currency, amount, "
-                "destination_type, bank_account, state, retry_of, paid_time) VALUES (:p, :m, :s, "
-                ":c, :a, :d, CAST(:b AS jsonb), :st, :o, CASE WHEN :st = 'PAID' THEN now() END)"
-            ),
-            {"p": new_id, "m": row.merchant_id, "s": row.settlement_id, "c": row.currency,
-             "a": row.amount, "d": profile.destination.value if profile.destination else "",
-             "b": bank, "st": "CREATED" if to_bank else "PAID", "o": payout_id},
-        )
-        await conn.execute(
-            text("UPDATE payouts SET retried_by = :n, update_time = now() WHERE payout_id = :p"),
-            {"n": new_id, "p": payout_id},
+        await payout_repo.insert_retry(
+            conn, row, new_id, profile.destination.value if profile.destination else "",
+            profile.bank_account if to_bank else None, paid=not to_bank,
         )
         entry = ledger.payout_entry(
             f"{new_id}:payout", new_id, row.merchant_id, row.currency, row.amount, to_bank
@@ -433,21 +325,3 @@ class _Held:
 
 
 HELD = _Held()
-
-
-async def _held(conn: AsyncConnection, merchants: list[str]) -> set[str]:
-    rows = await conn.execute(
-        text("SELECT merchant_id FROM profiles WHERE hold AND merchant_id = ANY(CAST(:m AS text[]))"),
-        {"m": merchants},
-    )
-    return {r.merchant_id for r in rows}
-
-
-async def _touch(conn: AsyncConnection, payout_id: str, delay_s: float, error: str) -> None:
-    await conn.execute(
-        text(
-            "UPDATE payouts SET next_attempt_time = clock_timestamp() + make_interval(secs => :d), "
-            "last_error = CASE WHEN :e = '' THEN last_error ELSE :e END WHERE payout_id = :p"
-        ),
-        {"d": delay_s, "e": error, "p": payout_id},
-    )
