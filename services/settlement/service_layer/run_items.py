@@ -22,7 +22,7 @@ from services.settlement.adapters import run_repo
 from services.settlement.adapters.run_repo import ItemRow
 from services.settlement.service_layer.audit import ClearingUnavailable
 from services.settlement.service_layer.runs import RunService
-from shared import idempotency
+from shared import audit, idempotency
 from shared.errors import FailedPrecondition, NotFound
 from shared.pagination import Page
 from shared.pagination import text as text_key
@@ -59,23 +59,14 @@ def _audited(item: ItemRow) -> dict[str, Any]:
             for k, v in asdict(item).items()}
 
 
-async def _record(conn: Any, before: ItemRow, after: ItemRow | None) -> None:
-    """The audit record, in the mutation's transaction, once shared/audit.py is there."""
-    try:
-        from shared import audit  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - until the audit trail lands
-        return
+async def _record(
+    conn: Any, before: ItemRow, after: ItemRow | None, reason: str | None = None
+) -> None:
+    """The audit record, in the mutation's transaction."""
     await audit.record(conn, object_type="run_item",
                        object_id=f"{before.run_id}/{before.merchant_id}",
-                       before=_audited(before), after=_audited(after) if after else None)
-
-
-def _replayed() -> None:
-    try:
-        from shared import audit  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - until the audit trail lands
-        return
-    audit.replayed()
+                       before=_audited(before), after=_audited(after) if after else None,
+                       reason=reason)
 
 
 class RunItemOps:
@@ -128,7 +119,7 @@ class RunItemOps:
                     await idempotency.finish(conn, "retry_run_item", request_id, b"")
                     await _record(conn, before, await run_repo.item(conn, run_id, merchant_id))
         if not owned:
-            _replayed()
+            audit.replayed()
             return await self._current(run_id, merchant_id)
         assert before.settle_date is not None
         await self.runs._after_booking(before.settle_date, pass_id, calendar, worked, booked)
@@ -163,9 +154,10 @@ class RunItemOps:
                     note = await self._release_batch(conn, before, reason)
                     await run_repo.close_item(conn, run_id, merchant_id, note)
                     await idempotency.finish(conn, "release_run_item", request_id, b"")
-                    await _record(conn, before, await run_repo.item(conn, run_id, merchant_id))
+                    await _record(conn, before, await run_repo.item(conn, run_id, merchant_id),
+                                  reason)
         if not owned:
-            _replayed()
+            audit.replayed()
             return await self._current(run_id, merchant_id)
         assert before.settle_date is not None
         async with self.db.engine.begin() as conn:
