@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
 from services.settlement.adapters.figures import figure_source, stuck_figure_source
+from services.settlement.domain.payouts import Limits
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
 from services.settlement.permissions import AUDIT, PERMISSIONS
 from services.settlement.service_layer.audit import ClearingAudit
@@ -25,7 +26,8 @@ from services.settlement.service_layer.run_items import RunItemOps
 from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.scheduler import Scheduler, parse_run_time
 from services.settlement.service_layer.statements import StatementService
-from services.settlement.service_layer.stuck import DueDetails, Limits, StuckCheck
+from services.settlement.service_layer.stuck import DueDetails, StuckCheck
+from services.settlement.service_layer.stuck import Limits as StuckLimits
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
 from shared import audit_service, migrations
@@ -88,14 +90,15 @@ async def build_app(
             return_watch_days=settings.return_watch_days,
             batch_size=settings.dispatcher_batch_size,
             concurrency=settings.dispatcher_concurrency,
+            limits=Limits(settings.payout_max_attempts, settings.payout_max_age_s),
         ),
     )
     stuck = StuckCheck(
         db, clearing,
-        Limits(open_batch_age_s=settings.stuck_open_batch_age_s,
-               pending_fee_age_s=settings.stuck_pending_fee_age_s,
-               exception_age_s=settings.stuck_exception_age_s,
-               reconcile_window_s=settings.stuck_reconcile_window_s),
+        StuckLimits(open_batch_age_s=settings.stuck_open_batch_age_s,
+                    pending_fee_age_s=settings.stuck_pending_fee_age_s,
+                    exception_age_s=settings.stuck_exception_age_s,
+                    reconcile_window_s=settings.stuck_reconcile_window_s),
         concurrency=settings.call_concurrency,
     )
     due = DueDetails(db, clearing, calendars, today=lambda: business_date(clock(), zone))

@@ -132,6 +132,11 @@ async def test_clearing_runtime_role_serves_but_cannot_read_billing_nor_change_i
             server_settings={"search_path": clearing_p.roles.schema})
         try:
             assert await runtime.fetchval("SELECT current_user") == clearing_p.roles.runtime
+            # The passwords are real: the migration role's is not the runtime role's.
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(_libpq(db_roles.with_role(
+                    pg_url, clearing_p.roles.migrator, make_url(clearing_p.runtime_url).password
+                    or "")))
             assert await runtime.fetchval(
                 "SELECT count(*) FROM clearing_details WHERE detail_id = 'roles-p1'") == 1
             # Not billing's tables: no USAGE on billing's schema.
@@ -265,3 +270,32 @@ async def test_a_migration_url_without_a_runtime_url_is_refused(
     assert done.returncode == 2
     assert "CLEARING_MIGRATION_DATABASE_URL is set but neither" in done.stderr
     assert make_url(p.migration_url).password not in done.stderr
+
+
+async def test_the_compose_init_script_makes_the_same_roles_and_grants(pg_url: str) -> None:
+    """deploy/postgres/init.sql (what compose's PostgreSQL runs once), executed in a
+    transaction that is rolled back: roles and schemas are made, the runtime role may use
+    its schema and nothing more, the migration role owns it."""
+    script = (ROOT / "deploy" / "postgres" / "init.sql").read_text(encoding="utf-8")
+    conn = await asyncpg.connect(_libpq(pg_url))
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute(script)
+            rows = await conn.fetch("""
+                SELECT n.nspname, pg_get_userbyid(n.nspowner) AS owner,
+                       has_schema_privilege(n.nspname || '_runtime', n.oid, 'USAGE') AS usage,
+                       has_schema_privilege(n.nspname || '_runtime', n.oid, 'CREATE') AS create,
+                       has_schema_privilege('billing_runtime', n.oid, 'USAGE') AS billing_sees
+                FROM pg_namespace n WHERE n.nspname IN ('billing', 'clearing', 'settlement')
+                ORDER BY 1""")
+            assert [tuple(r) for r in rows] == [
+                ("billing", "billing_migrator", True, False, True),
+                ("clearing", "clearing_migrator", True, False, False),
+                ("settlement", "settlement_migrator", True, False, False),
+            ]
+        finally:
+            await tx.rollback()
+    finally:
+        await conn.close()
