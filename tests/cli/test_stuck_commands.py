@@ -34,7 +34,9 @@ async def test_stuck_items_are_listed_retried_and_released_from_the_cli(cli: Cli
     assert "settle it tomorrow" in released["note_detail"]
     assert "RUN_ITEM_NOT_FAILED" in (await cli("runs", "release-item", "2026-03-03", "MV",
                                                "--reason", "again", code=1)).stderr
-    # Billing is still down: a retry fails again, and says so.
+    # Billing down again (claim_then_billing_down brought it back): a retry fails again,
+    # and says so.
+    await s.billing.running.server.stop(None)
     again = json.loads((await cli("runs", "retry-item", "2026-03-03", "MW", "--request-id",
                                   "retry-mw-1", "--json")).stdout)
     assert again["state"] == "RUN_ITEM_STATE_FAILED" and again["attempts"] == 2
