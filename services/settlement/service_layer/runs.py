@@ -47,7 +47,7 @@ from services.settlement.service_layer.calendars import CalendarService, outside
 from services.settlement.service_layer.ports import Billing, Clearing, FaultHook
 from services.settlement.service_layer.profiles import profile_from_row
 from services.settlement.service_layer.unit_of_work import Database
-from shared import idempotency
+from shared import audit, idempotency
 from shared.errors import FailedPrecondition, NotFound
 from shared.pagination import Page
 from shared.pagination import text as text_key
@@ -152,6 +152,10 @@ class RunService:
             )
             if owned:
                 await idempotency.finish(conn, "run", request_id, run_id.encode())
+                await audit.record(conn, object_type="settlement_run", object_id=run_id, after={
+                    "settle_date": settle_date, "future_date_reason": future_date_reason})
+            else:
+                audit.replayed()
             await run_repo.create_run(conn, run_id, settle_date)
             if settle_date > today:
                 await run_repo.record_future_reason(conn, run_id, future_date_reason)
