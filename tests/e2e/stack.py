@@ -46,13 +46,17 @@ class Stack:
 
 
 async def start_stack(pg_url: str, **settlement_overrides: Any) -> Stack:
-    billing = await launch("billing", pg_url)
-    clearing = await launch("clearing", pg_url, billing_address=billing.address, **FAST_CLEARING)
+    """The three services (and the gateway simulator), each as its runtime database role
+    (shared/db_roles.py), as deployed: every RPC the stack's tests call works with DML on
+    the service's own tables alone."""
+    billing = await launch("billing", pg_url, roles=True)
+    clearing = await launch("clearing", pg_url, billing_address=billing.address, roles=True,
+                            **FAST_CLEARING)
     simulator = await start_simulator(hold_s=2.0)
     settlement = await launch(
         "settlement", pg_url, clearing_address=clearing.address,
         billing_address=billing.address, payout_gateway_address=simulator.address,
-        **{**FAST_SETTLEMENT, **settlement_overrides},
+        roles=True, **{**FAST_SETTLEMENT, **settlement_overrides},
     )
     return Stack(billing, clearing, settlement, simulator)
 
