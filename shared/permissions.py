@@ -1,7 +1,8 @@
 """Who may call what: callers, roles and the permission table every service declares.
 
 A *caller* is either one of the company's systems (the transaction core, trade, payout,
-and our own clearing and settlement services when they call another service) or a named
+the payout gateway calling back with results, and our own clearing and settlement services
+when they call another service) or a named
 person of operations with one role. Each service's permissions.py maps every RPC (its
 full method name) to one permission and the principals granted it; the shared runtime
 checks the table before the servicer runs, and an RPC missing from it is refused to
@@ -24,7 +25,10 @@ TRADE = "trade"
 PAYOUT = "payout"
 CLEARING = "clearing"
 SETTLEMENT = "settlement"
-SERVICE_CALLERS = (TRANSACTION_CORE, TRADE, PAYOUT, CLEARING, SETTLEMENT)
+# The outside payout gateway (出款网关; the simulator in development) notifying settlement
+# of payout results.
+PAYOUT_GATEWAY = "payout-gateway"
+SERVICE_CALLERS = (TRANSACTION_CORE, TRADE, PAYOUT, CLEARING, SETTLEMENT, PAYOUT_GATEWAY)
 
 # People's roles, weakest first.
 VIEWER = "viewer"

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
 from services.settlement.adapters.figures import figure_source
+from services.settlement.domain.payouts import Limits
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
 from services.settlement.permissions import AUDIT, PERMISSIONS
 from services.settlement.service_layer.audit import ClearingAudit
@@ -86,6 +87,7 @@ async def build_app(
             return_watch_days=settings.return_watch_days,
             batch_size=settings.dispatcher_batch_size,
             concurrency=settings.dispatcher_concurrency,
+            limits=Limits(settings.payout_max_attempts, settings.payout_max_age_s),
         ),
     )
     servicer = SettlementServicer(

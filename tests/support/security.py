@@ -43,7 +43,7 @@ SERVER_RULES: dict[str, dict[str, Rule]] = {name: merged(t) for name, t in TABLE
 
 # Who the default stubs call as, first that the method's rule allows without condition.
 PREFERENCE = ("ada", "otto", "vic", "settlement", "clearing", "trade", "transaction-core",
-              "payout")
+              "payout", "payout-gateway")
 PRINCIPALS = {name: (role_principal(role) if role != devpki.SERVICE else name)
               for name, role in [*devpki.PEOPLE,
                                  *((n, devpki.SERVICE) for n in

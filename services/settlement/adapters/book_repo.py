@@ -110,7 +110,8 @@ CHECKS: list[tuple[str, str, Any]] = [
         "WITH settled AS (SELECT merchant_id, currency, SUM(net - carried_in) AS amount "
         " FROM settlements GROUP BY merchant_id, currency), "
         "paid AS (SELECT merchant_id, currency, SUM(amount) AS amount FROM payouts "
-        " WHERE state IN ('CREATED', 'SUBMITTED', 'PAID') GROUP BY merchant_id, currency), "
+        " WHERE state IN ('CREATED', 'SUBMITTED', 'ESCALATED', 'PAID') "
+        " GROUP BY merchant_id, currency), "
         "owed AS (SELECT a.merchant_id, a.currency, -SUM(p.amount) AS amount FROM postings p "
         " JOIN accounts a USING (account_code) WHERE a.account_type = 'MERCHANT_PAYABLE' "
         " GROUP BY a.merchant_id, a.currency) "
@@ -145,7 +146,7 @@ CHECKS: list[tuple[str, str, Any]] = [
         "COALESCE(SUM(l.amount) FILTER (WHERE l.account_type = 'MERCHANT_PAYABLE'), 0) AS payable "
         "FROM payouts o LEFT JOIN legs l USING (payout_id) GROUP BY o.payout_id, o.state, o.amount "
         "HAVING NOT ("
-        " (o.state IN ('CREATED', 'SUBMITTED') AND COALESCE(SUM(l.amount) FILTER (WHERE "
+        " (o.state IN ('CREATED', 'SUBMITTED', 'ESCALATED') AND COALESCE(SUM(l.amount) FILTER (WHERE "
         "  l.account_type = 'PAYOUT_IN_TRANSIT'), 0) = -o.amount) OR "
         " (o.state = 'PAID' AND COALESCE(SUM(l.amount) FILTER (WHERE l.account_type IN ('BANK', "
         "  'MERCHANT_PAYMENT_ACCOUNT')), 0) = -o.amount AND COALESCE(SUM(l.amount) FILTER ("
@@ -185,5 +186,24 @@ CHECKS: list[tuple[str, str, Any]] = [
         "stuck: payouts not final",
         lambda r: f"{r.state} since {r.create_time:%Y-%m-%d %H:%M} UTC after {r.attempts} "
         f"attempt(s) ({r.last_error or 'no error'})",
+    ),
+    (
+        # A payout past its attempts or age (SETTLEMENT_PAYOUT_MAX_*): nothing retries it;
+        # its money is in transit until the gateway's notification or ops settle it.
+        "SELECT payout_id AS ref, merchant_id, amount, currency, last_error, escalate_time "
+        "FROM payouts WHERE state = 'ESCALATED' ORDER BY escalate_time",
+        "payouts: escalated",
+        lambda r: f"{r.amount} {r.currency} of {r.merchant_id} in transit, escalated "
+        f"{r.escalate_time:%Y-%m-%d %H:%M} UTC ({r.last_error}): settle it with "
+        "MarkPayoutPaid or MarkPayoutFailed after checking with the bank",
+    ),
+    (
+        # The gateway reported a result that contradicts a final payout (paid after ops
+        # marked it failed, say): nothing was booked; ops reconcile it with the bank.
+        "SELECT n.payout_id AS ref, n.notification_id, n.state, n.payout_state, n.create_time "
+        "FROM payout_notifications n WHERE n.outcome = 'CONFLICT' ORDER BY n.create_time",
+        "payouts: gateway contradicts settlement",
+        lambda r: f"the gateway reported {r.state} ({r.notification_id}) for a payout "
+        f"{r.payout_state} at {r.create_time:%Y-%m-%d %H:%M} UTC: nothing booked",
     ),
 ]

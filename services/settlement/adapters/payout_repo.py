@@ -14,7 +14,8 @@ from services.settlement.domain.profiles import BankAccount
 
 COLUMNS = (
     "payout_id, merchant_id, settlement_id, currency, amount, destination_type, bank_account, "
-    "state, attempts, last_error, create_time, update_time, seq"
+    "state, attempts, last_error, create_time, update_time, seq, resolution_reference, "
+    "resolution_reason"
 )
 
 
@@ -28,11 +29,14 @@ def bank_account(row: Any) -> BankAccount | None:
 
 async def due(conn: AsyncConnection, limit: int) -> Sequence[Any]:
     """Payouts to send or to ask about now, locked for this pass; rows another pass holds
-    are skipped, never waited for."""
+    are skipped, never waited for. `submitted_for_s`: seconds since the first submission
+    (None before it)."""
     return (
         await conn.execute(
             text(
-                f"SELECT {COLUMNS} FROM payouts WHERE state IN ('CREATED', "
+                f"SELECT {COLUMNS}, "
+                "EXTRACT(EPOCH FROM clock_timestamp() - first_submit_time) AS submitted_for_s "
+                "FROM payouts WHERE state IN ('CREATED', "
                 "'SUBMITTED') AND next_attempt_time <= clock_timestamp() "
                 "ORDER BY next_attempt_time LIMIT :n FOR UPDATE SKIP LOCKED"
             ),
@@ -84,6 +88,8 @@ async def record_attempt(
     await conn.execute(
         text(
             "UPDATE payouts SET state = :s, attempts = :a, last_error = :e, "
+            "first_submit_time = CASE WHEN :a > 0 "
+            " THEN COALESCE(first_submit_time, clock_timestamp()) ELSE first_submit_time END, "
             "next_attempt_time = clock_timestamp() + make_interval(secs => :d), "
             "update_time = clock_timestamp() WHERE payout_id = :p"
         ),
@@ -99,6 +105,7 @@ async def record_processing(
         text(
             "UPDATE payouts SET state = 'SUBMITTED', attempts = attempts + :n, "
             "last_error = '', gateway_reference = :g, "
+            "first_submit_time = COALESCE(first_submit_time, clock_timestamp()), "
             "next_attempt_time = clock_timestamp() + make_interval(secs => :d), "
             "update_time = clock_timestamp() WHERE payout_id = :p"
         ),
@@ -116,12 +123,69 @@ async def record_final(
         text(
             "UPDATE payouts SET state = :s, last_error = :e, attempts = attempts + :n, "
             "gateway_reference = CASE WHEN :g = '' THEN gateway_reference ELSE :g END, "
+            "first_submit_time = CASE WHEN :n > 0 "
+            " THEN COALESCE(first_submit_time, clock_timestamp()) ELSE first_submit_time END, "
             "paid_time = CASE WHEN :s = 'PAID' THEN clock_timestamp() ELSE paid_time END, "
             "next_attempt_time = clock_timestamp() + make_interval(secs => :d), "
             "update_time = clock_timestamp() WHERE payout_id = :p"
         ),
         {"s": state, "e": reason[:500], "n": submitted, "g": reference, "d": delay_s,
          "p": payout_id},
+    )
+
+
+async def escalate(conn: AsyncConnection, payout_id: str, why: str) -> None:
+    """ESCALATED: out of the dispatcher's hands (its partial index holds only CREATED and
+    SUBMITTED), the money still in transit."""
+    await conn.execute(
+        text(
+            "UPDATE payouts SET state = 'ESCALATED', last_error = :e, "
+            "escalate_time = clock_timestamp(), update_time = clock_timestamp() "
+            "WHERE payout_id = :p"
+        ),
+        {"e": why[:500], "p": payout_id},
+    )
+
+
+async def record_resolution(
+    conn: AsyncConnection, payout_id: str, reference: str, reason: str
+) -> None:
+    """What ops gave when they settled a payout by hand."""
+    await conn.execute(
+        text(
+            "UPDATE payouts SET resolution_reference = :r, resolution_reason = :why "
+            "WHERE payout_id = :p"
+        ),
+        {"r": reference, "why": reason, "p": payout_id},
+    )
+
+
+async def notification(conn: AsyncConnection, notification_id: str) -> Any | None:
+    return (
+        await conn.execute(
+            text(
+                "SELECT notification_id, payout_id, state, gateway_reference, failure_reason, "
+                "outcome, payout_state FROM payout_notifications WHERE notification_id = :n"
+            ),
+            {"n": notification_id},
+        )
+    ).first()
+
+
+async def record_notification(
+    conn: AsyncConnection, notification_id: str, payout_id: str, state: str,
+    reference: str, reason: str, outcome: str, payout_state: str,
+) -> None:
+    """One notification and what it did (`payout_state`: the payout's state when it came);
+    a second record of the same id is dropped (the first one is the answer)."""
+    await conn.execute(
+        text(
+            "INSERT INTO payout_notifications (notification_id, payout_id, state, "
+            "gateway_reference, failure_reason, outcome, payout_state) "
+            "VALUES (:n, :p, :s, :g, :f, :o, :ps) ON CONFLICT DO NOTHING"
+        ),
+        {"n": notification_id, "p": payout_id, "s": state, "g": reference, "f": reason[:500],
+         "o": outcome, "ps": payout_state},
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -23,12 +23,13 @@ from services.settlement.adapters import ledger_repo, payout_repo
 from services.settlement.adapters.clients import GatewayPayout
 from services.settlement.domain import ledger
 from services.settlement.domain.ledger import AccountType, account
+from services.settlement.domain.payouts import FINAL_RESULTS, Limits, Verdict, judge
 from services.settlement.domain.profiles import BankAccount, Destination
 from services.settlement.service_layer.ports import Gateway
 from services.settlement.service_layer.profiles import load as load_profile
 from services.settlement.service_layer.unit_of_work import Database
-from shared import idempotency
-from shared.errors import FailedPrecondition, NotFound
+from shared import audit, idempotency
+from shared.errors import FailedPrecondition, IdempotencyConflict, NotFound
 from shared.pagination import Page, integer
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,16 @@ class PayoutView:
     last_error: str
     create_time: dt.datetime
     update_time: dt.datetime
+    resolution_reference: str = ""
+    resolution_reason: str = ""
 
 
 def _view(r: Any) -> PayoutView:
     return PayoutView(
         r.payout_id, r.merchant_id, r.settlement_id or "", r.currency, r.amount,
         r.destination_type, payout_repo.bank_account(r), r.state, r.attempts,
-        r.last_error, r.create_time, r.update_time,
+        r.last_error, r.create_time, r.update_time, r.resolution_reference,
+        r.resolution_reason,
     )
 
 
@@ -69,6 +73,7 @@ class DispatchPolicy:
     return_watch_days: int = 30
     batch_size: int = 50
     concurrency: int = 8
+    limits: Limits = field(default_factory=Limits)
 
     def backoff(self, attempts: int) -> float:
         return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(attempts - 1, 0)))
@@ -91,9 +96,13 @@ class PayoutService:
                 if not rows:
                     return 0
                 held = await payout_repo.held(conn, sorted({r.merchant_id for r in rows}))
-                answers = await asyncio.gather(*(self._ask(r, r.merchant_id in held) for r in rows))
-                for row, (answer, sent) in zip(rows, answers, strict=True):
-                    await self._apply(conn, row, answer, sent)
+                spent = [self.policy.limits.exhausted(r.attempts, r.submitted_for_s) for r in rows]
+                answers = await asyncio.gather(
+                    *(self._ask(r, r.merchant_id in held, bool(why))
+                      for r, why in zip(rows, spent, strict=True))
+                )
+                for row, (answer, sent), why in zip(rows, answers, spent, strict=True):
+                    await self._apply(conn, row, answer, sent, escalate_why=why)
         return len(rows)
 
     async def watch_returns_once(self) -> int:
@@ -130,19 +139,22 @@ class PayoutService:
             return exc
 
     async def _ask(
-        self, row: Any, held: bool = False
+        self, row: Any, held: bool = False, exhausted: bool = False
     ) -> tuple[GatewayPayout | grpc.aio.AioRpcError | _Held | None, bool]:
         """The gateway's answer for a due payout (or the error of the attempt), and
         whether it was submitted this time. For a merchant on hold (冻结) nothing is
         submitted: a payout booked before the hold waits (a SUBMITTED one is still asked
-        about, since its money may already have moved)."""
+        about, since its money may already have moved). A payout past its limits is only
+        asked about, never submitted again: a final answer settles it, else it escalates."""
         sent = False
         try:
             async with self.calls:
                 if row.state == "SUBMITTED":
                     known = await self.gateway.get(row.payout_id)
-                    if known is not None:
+                    if known is not None or exhausted:
                         return known, False
+                if exhausted:
+                    return None, False
                 if held:
                     return HELD, False
                 # Never sent, or sent and never received: the same instruction id again.
@@ -164,11 +176,28 @@ class PayoutService:
         row: Any,
         answer: GatewayPayout | grpc.aio.AioRpcError | _Held | None,
         sent: bool = False,
+        escalate_why: str = "",
     ) -> None:
         p = self.policy
+        final = (
+            answer is not None and not isinstance(answer, (_Held, grpc.aio.AioRpcError))
+            and answer.state in FINAL_RESULTS
+        )
+        if escalate_why and not final:
+            # Past its limits and still no final answer: ops settle it (MarkPayoutPaid or
+            # MarkPayoutFailed) or the gateway's notification does; nothing retries it.
+            last = row.last_error or "no error"
+            if isinstance(answer, grpc.aio.AioRpcError):
+                last = f"{answer.code().name}: {answer.details()}"
+            elif answer is not None and not isinstance(answer, _Held):
+                last = f"the gateway says {answer.state}"
+            await payout_repo.escalate(conn, row.payout_id, f"escalated: {escalate_why} ({last})")
+            log.warning("payout escalated", extra={"payout_id": row.payout_id,
+                                                   "merchant_id": row.merchant_id})
+            return
         if isinstance(answer, _Held):
             await payout_repo.touch(conn, row.payout_id, p.processing_poll_s,
-                         "merchant on hold: not sent until the hold is lifted")
+                                    "merchant on hold: not sent until the hold is lifted")
             return
         if answer is None:  # asked about a paid payout the gateway does not know: keep asking
             await payout_repo.touch(conn, row.payout_id, p.return_poll_s, "gateway does not know it")
@@ -187,12 +216,27 @@ class PayoutService:
             return
         submitted = 1 if sent else 0
         if answer.state == "PROCESSING":
-            await payout_repo.record_processing(
-                conn, row.payout_id, submitted, answer.gateway_reference, p.processing_poll_s
-            )
+            if row.state in ("CREATED", "SUBMITTED"):
+                await payout_repo.record_processing(
+                    conn, row.payout_id, submitted, answer.gateway_reference, p.processing_poll_s
+                )
+            else:  # a paid payout the gateway reports in progress: keep it, look later
+                await payout_repo.touch(conn, row.payout_id, p.return_poll_s, "")
             return
-        if answer.state == row.state:
+        verdict = judge(row.state, answer.state, row.destination_type == "BANK_ACCOUNT")
+        if verdict is Verdict.KNOWN:
             await payout_repo.touch(conn, row.payout_id, p.return_poll_s, "")
+            return
+        if verdict is Verdict.CONFLICT:
+            # The gateway contradicts what was booked (a payout ops marked FAILED that it
+            # paid): book nothing, record it for ops (CheckInvariants names it).
+            await payout_repo.record_notification(
+                conn, f"poll:{row.payout_id}:{answer.state}", row.payout_id, answer.state,
+                answer.gateway_reference, answer.failure_reason, Verdict.CONFLICT.value, row.state,
+            )
+            await payout_repo.touch(conn, row.payout_id, p.return_poll_s, "")
+            log.error("gateway contradicts a final payout",
+                      extra={"payout_id": row.payout_id, "merchant_id": row.merchant_id})
             return
         await self._transition(
             conn, row, answer.state, answer.failure_reason, answer.gateway_reference, submitted
@@ -318,6 +362,115 @@ class PayoutService:
         )
         await ledger_repo.book(conn, [entry] if entry else [])
         return new_id
+
+
+    async def mark(
+        self, payout_id: str, request_id: str, result: str, reference: str, reason: str
+    ) -> PayoutView:
+        """Ops settle an ESCALATED payout by hand after an out-of-band confirmation:
+        `result` PAID books it like the gateway's success (out of transit, out of the
+        bank), FAILED like its failure (back to the merchant's payable balance)."""
+        scope = "mark-paid" if result == "PAID" else "mark-failed"
+        async with self.db.engine.begin() as conn:
+            owned, _ = await idempotency.begin(
+                conn, scope, request_id, idempotency.fingerprint(payout_id, reference, reason)
+            )
+            if owned:
+                row = await payout_repo.lock(conn, payout_id)
+                if row is None:
+                    raise NotFound("PAYOUT_NOT_FOUND", f"no payout {payout_id!r}",
+                                   {"payout_id": payout_id})
+                if row.state != "ESCALATED":
+                    raise FailedPrecondition(
+                        "PAYOUT_NOT_ESCALATED",
+                        f"payout {payout_id!r} is {row.state}: only an ESCALATED payout is "
+                        "settled by hand",
+                        {"state": row.state},
+                    )
+                before = _audit_view(row)
+                await self._transition(conn, row, result, f"marked {result.lower()} by ops: "
+                                       f"{reason}", reference)
+                await payout_repo.record_resolution(conn, payout_id, reference, reason)
+                after = await payout_repo.find(conn, payout_id)
+                # In the same transaction: the trail says who settled it, on what word.
+                await audit.record(conn, object_type="payout", object_id=payout_id,
+                                   before=before, after=_audit_view(after), reason=reason)
+                await idempotency.finish(conn, scope, request_id, payout_id.encode())
+            else:
+                audit.replayed()
+        return await self.get(payout_id, refresh=False)
+
+    async def notify(self, n: Notification) -> tuple[PayoutView, str]:
+        """The gateway's callback: a final result or a return for a payout, at any time.
+        Idempotent by notification id; a result that contradicts a final payout is
+        refused (PAYOUT_RESULT_CONFLICT) and recorded for ops, nothing booked."""
+        conflict: FailedPrecondition | None = None
+        async with self.db.engine.begin() as conn:
+            # The payout first: a dispatcher pass asking the gateway about it holds it
+            # (for at most a gateway deadline); waiting serialises the two answers.
+            row = await payout_repo.lock(conn, n.payout_id)
+            if row is None:
+                raise NotFound("PAYOUT_NOT_FOUND", f"no payout {n.payout_id!r}",
+                               {"payout_id": n.payout_id})
+            prior = await payout_repo.notification(conn, n.notification_id)
+            if prior is not None:
+                if (prior.payout_id, prior.state, prior.gateway_reference,
+                        prior.failure_reason) != (n.payout_id, n.state, n.gateway_reference,
+                                                  n.failure_reason[:500]):
+                    raise IdempotencyConflict(n.notification_id, "notification")
+                if prior.outcome != Verdict.CONFLICT.value:
+                    return _view(await payout_repo.find(conn, n.payout_id)), prior.outcome
+                conflict = _conflict(n, prior.payout_state)
+            else:
+                verdict = judge(row.state, n.state, row.destination_type == "BANK_ACCOUNT")
+                if verdict is Verdict.CONFLICT:
+                    conflict = _conflict(n, row.state)
+                else:
+                    if verdict is Verdict.APPLY:
+                        await self._transition(conn, row, n.state, n.failure_reason,
+                                               n.gateway_reference)
+                    await payout_repo.record_notification(
+                        conn, n.notification_id, n.payout_id, n.state, n.gateway_reference,
+                        n.failure_reason, verdict.value, row.state,
+                    )
+                    return _view(await payout_repo.find(conn, n.payout_id)), verdict.value
+        # Recorded in a transaction of its own: the refusal must not roll it back.
+        async with self.db.engine.begin() as conn:
+            await payout_repo.record_notification(
+                conn, n.notification_id, n.payout_id, n.state, n.gateway_reference,
+                n.failure_reason, Verdict.CONFLICT.value, row.state,
+            )
+        log.error("gateway notification contradicts a final payout",
+                  extra={"payout_id": n.payout_id, "merchant_id": row.merchant_id})
+        raise conflict
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A result the gateway reported: state PAID, FAILED or RETURNED."""
+
+    notification_id: str
+    payout_id: str
+    state: str
+    gateway_reference: str = ""
+    failure_reason: str = ""
+
+
+def _conflict(n: Notification, state: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        "PAYOUT_RESULT_CONFLICT",
+        f"payout {n.payout_id!r} is {state}; the gateway reports {n.state}: nothing was "
+        "booked, the notification is recorded for ops (CheckInvariants)",
+        {"payout_id": n.payout_id, "state": state, "reported_state": n.state},
+    )
+
+
+def _audit_view(row: Any) -> dict[str, Any]:
+    """What the audit trail keeps of a payout (no account number: not needed here)."""
+    return {"state": row.state, "amount": row.amount, "currency": row.currency,
+            "merchant_id": row.merchant_id, "last_error": row.last_error,
+            "resolution_reference": row.resolution_reference,
+            "resolution_reason": row.resolution_reason}
 
 
 class _Held:
