@@ -281,6 +281,11 @@ class ClearingServiceServicer:
         never refused) is answered in its current state, and one whose fee is pending is
         asked about again, as a repeat of RecordTransaction would. The merchant form works
         through the merchant's exceptions 1,000 per call in id order (see page_token).
+        Not needed for a prepaid shortfall (INSUFFICIENT_FEE_BALANCE: clearing retries it
+        by itself once the fee account holds the fee) nor for a refund in exception beside
+        its payment (ORIGINAL_IN_EXCEPTION: priced with its payment, in the same call when
+        the payment is retried; named alone while the payment is still in exception, it
+        stays there).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

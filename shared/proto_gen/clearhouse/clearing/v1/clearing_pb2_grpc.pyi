@@ -101,6 +101,11 @@ class ClearingServiceStub:
     never refused) is answered in its current state, and one whose fee is pending is
     asked about again, as a repeat of RecordTransaction would. The merchant form works
     through the merchant's exceptions 1,000 per call in id order (see page_token).
+    Not needed for a prepaid shortfall (INSUFFICIENT_FEE_BALANCE: clearing retries it
+    by itself once the fee account holds the fee) nor for a refund in exception beside
+    its payment (ORIGINAL_IN_EXCEPTION: priced with its payment, in the same call when
+    the payment is retried; named alone while the payment is still in exception, it
+    stays there).
     """
     ClaimDetails: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ClaimDetailsRequest, _clearing_pb2.ClaimDetailsResponse]
     """Claims every unsettled, priced detail of a merchant and currency up to a
@@ -243,6 +248,11 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     never refused) is answered in its current state, and one whose fee is pending is
     asked about again, as a repeat of RecordTransaction would. The merchant form works
     through the merchant's exceptions 1,000 per call in id order (see page_token).
+    Not needed for a prepaid shortfall (INSUFFICIENT_FEE_BALANCE: clearing retries it
+    by itself once the fee account holds the fee) nor for a refund in exception beside
+    its payment (ORIGINAL_IN_EXCEPTION: priced with its payment, in the same call when
+    the payment is retried; named alone while the payment is still in exception, it
+    stays there).
     """
     ClaimDetails: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ClaimDetailsRequest, _clearing_pb2.ClaimDetailsResponse]  # type: ignore[assignment]
     """Claims every unsettled, priced detail of a merchant and currency up to a
@@ -436,6 +446,11 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         never refused) is answered in its current state, and one whose fee is pending is
         asked about again, as a repeat of RecordTransaction would. The merchant form works
         through the merchant's exceptions 1,000 per call in id order (see page_token).
+        Not needed for a prepaid shortfall (INSUFFICIENT_FEE_BALANCE: clearing retries it
+        by itself once the fee account holds the fee) nor for a refund in exception beside
+        its payment (ORIGINAL_IN_EXCEPTION: priced with its payment, in the same call when
+        the payment is retried; named alone while the payment is still in exception, it
+        stays there).
         """
 
     @_abc_1.abstractmethod
