@@ -84,10 +84,12 @@ async def build_app(
             return_watch_days=settings.return_watch_days,
             batch_size=settings.dispatcher_batch_size,
             concurrency=settings.dispatcher_concurrency,
+            cool_off_s=settings.payout_cool_off_s,
         ),
+        now=clock,
     )
     servicer = SettlementServicer(
-        ProfileService(db), calendars, runs, StatementService(db, clearing), BookService(db),
+        ProfileService(db, now=clock), calendars, runs, StatementService(db, clearing), BookService(db),
         payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
     )
 

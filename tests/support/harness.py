@@ -49,7 +49,8 @@ class ServiceHandle:
         port = self.running.port
         await self.stop(None)
         new = await launch(
-            self.name, "", schema=self.schema, engine=self.engine, port=port, **overrides
+            self.name, "", schema=self.schema, engine=self.engine, port=port,
+            now=self.extra.get("now"), **overrides
         )
         self.running, self.channel, self.stub, self.settings = (
             new.running,
@@ -70,8 +71,10 @@ async def launch(
     schema: str | None = None,
     engine: AsyncEngine | None = None,
     port: int = 0,
+    now: Any = None,
     **overrides: Any,
 ) -> ServiceHandle:
+    """`now`: the service's clock, for a service whose build_app takes one (settlement)."""
     bootstrap = importlib.import_module(f"services.{name}.bootstrap")
     settings_mod = importlib.import_module(f"services.{name}.settings")
     settings_cls = next(
@@ -89,13 +92,14 @@ async def launch(
     if engine is None:
         engine = create_engine(pg_url, schema, pool_size=settings.db_pool_size)
         await migrations.upgrade(engine, schema, bootstrap.MIGRATIONS)
-    app = await bootstrap.build_app(settings, engine)
+    app = await bootstrap.build_app(settings, engine, **({"now": now} if now else {}))
     running = await server.start(app, "127.0.0.1", port)
     # Security is on: TLS, and each call as a caller its method's permission allows.
     channel = security.as_permitted(f"127.0.0.1:{running.port}")
     module, stub_name = STUBS.get(name, (None, None))
     stub = getattr(importlib.import_module(module), stub_name)(channel) if module else None
-    return ServiceHandle(name, schema, engine, running, channel, stub, settings)
+    return ServiceHandle(name, schema, engine, running, channel, stub, settings,
+                         extra={"now": now} if now else {})
 
 
 async def drop(handle: ServiceHandle) -> None:

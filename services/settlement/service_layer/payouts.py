@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ import grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.settlement.adapters import ledger_repo
+from services.settlement.adapters import ledger_repo, profile_repo
 from services.settlement.adapters.clients import GatewayPayout
 from services.settlement.domain import ledger
 from services.settlement.domain.ledger import AccountType, account
@@ -30,6 +31,7 @@ from services.settlement.service_layer.ports import Gateway
 from services.settlement.service_layer.profiles import load as load_profile
 from services.settlement.service_layer.unit_of_work import Database
 from shared import idempotency
+from shared.clock import real_now
 from shared.errors import FailedPrecondition, NotFound
 from shared.pagination import Page, integer
 
@@ -80,16 +82,24 @@ class DispatchPolicy:
     return_watch_days: int = 30
     batch_size: int = 50
     concurrency: int = 8
+    # No bank payout goes to the gateway this long after the merchant's payout
+    # destination changed (issue 10 §3): time to notice a redirection.
+    cool_off_s: float = 0.0
 
     def backoff(self, attempts: int) -> float:
         return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(attempts - 1, 0)))
 
 
 class PayoutService:
-    def __init__(self, db: Database, gateway: Gateway, policy: DispatchPolicy) -> None:
+    def __init__(
+        self, db: Database, gateway: Gateway, policy: DispatchPolicy,
+        now: Callable[[], dt.datetime] = real_now,
+    ) -> None:
         self.db = db
         self.gateway = gateway
         self.policy = policy
+        # The service clock, the one profiles stamp a destination change with.
+        self.now = now
         self.calls = asyncio.Semaphore(max(1, policy.concurrency))
 
     # ---- dispatcher -------------------------------------------------------------------
@@ -110,8 +120,9 @@ class PayoutService:
                 ).all()
                 if not rows:
                     return 0
-                held = await _held(conn, sorted({r.merchant_id for r in rows}))
-                answers = await asyncio.gather(*(self._ask(r, r.merchant_id in held) for r in rows))
+                held = await self._held(conn, sorted({r.merchant_id for r in rows}))
+                answers = await asyncio.gather(
+                    *(self._ask(r, held.get(r.merchant_id)) for r in rows))
                 for row, (answer, sent) in zip(rows, answers, strict=True):
                     await self._apply(conn, row, answer, sent)
         return len(rows)
@@ -158,12 +169,34 @@ class PayoutService:
         except grpc.aio.AioRpcError as exc:
             return exc
 
+    async def _held(self, conn: AsyncConnection, merchants: list[str]) -> dict[str, _Held]:
+        """Why each of these merchants' payouts may not be submitted now: on hold (冻结),
+        or within the cool-off after a destination change. Absent: free to go."""
+        now = self.now()
+        cool_off = dt.timedelta(seconds=self.policy.cool_off_s)
+        held = {}
+        for m, gate in (await profile_repo.payout_gates(conn, merchants, now - cool_off)).items():
+            if gate.hold:
+                held[m] = _Held("merchant on hold: not sent until the hold is lifted",
+                                self.policy.processing_poll_s)
+            elif gate.destination_change_time is not None:
+                until = gate.destination_change_time + cool_off
+                held[m] = _Held(
+                    f"payout cool-off: the destination changed at "
+                    f"{gate.destination_change_time.isoformat()}; not sent before "
+                    f"{until.isoformat()}",
+                    # Woken when the cool-off ends, not a poll later.
+                    min(self.policy.processing_poll_s,
+                        max((until - now).total_seconds(), 0.0) + 0.01),
+                )
+        return held
+
     async def _ask(
-        self, row: Any, held: bool = False
+        self, row: Any, held: _Held | None = None
     ) -> tuple[GatewayPayout | grpc.aio.AioRpcError | _Held | None, bool]:
         """The gateway's answer for a due payout (or the error of the attempt), and
-        whether it was submitted this time. For a merchant on hold (冻结) nothing is
-        submitted: a payout booked before the hold waits (a SUBMITTED one is still asked
+        whether it was submitted this time. For a merchant on hold (冻结) or within its
+        cool-off nothing is submitted: the payout waits (a SUBMITTED one is still asked
         about, since its money may already have moved)."""
         sent = False
         try:
@@ -172,8 +205,8 @@ class PayoutService:
                     known = await self.gateway.get(row.payout_id)
                     if known is not None:
                         return known, False
-                if held:
-                    return HELD, False
+                if held is not None:
+                    return held, False
                 # Never sent, or sent and never received: the same instruction id again.
                 bank = row.bank_account
                 if isinstance(bank, str):
@@ -199,8 +232,7 @@ class PayoutService:
     ) -> None:
         p = self.policy
         if isinstance(answer, _Held):
-            await _touch(conn, row.payout_id, p.processing_poll_s,
-                         "merchant on hold: not sent until the hold is lifted")
+            await _touch(conn, row.payout_id, answer.delay_s, answer.reason)
             return
         if answer is None:  # asked about a paid payout the gateway does not know: keep asking
             await _touch(conn, row.payout_id, p.return_poll_s, "gateway does not know it")
@@ -359,11 +391,7 @@ class PayoutService:
         if old is None:
             raise NotFound("PAYOUT_NOT_FOUND", f"no payout {payout_id!r}", {"payout_id": payout_id})
         # The profile lock first, as runs take it, then the payout.
-        await conn.execute(
-            text("SELECT 1 FROM profiles WHERE merchant_id = :m FOR UPDATE"),
-            {"m": old.merchant_id},
-        )
-        profile = await load_profile(conn, old.merchant_id)
+        profile = await load_profile(conn, old.merchant_id, lock=True)
         if profile.hold:
             # 冻结: nothing leaves for a merchant on hold, a retry no more than a run.
             raise FailedPrecondition(
@@ -428,19 +456,13 @@ class PayoutService:
         return new_id
 
 
+@dataclass(frozen=True, slots=True)
 class _Held:
-    """The dispatcher's answer for a payout of a merchant on hold: not sent."""
+    """The dispatcher's answer for a payout that may not be sent now: why (shown as the
+    payout's last_error) and when to look again."""
 
-
-HELD = _Held()
-
-
-async def _held(conn: AsyncConnection, merchants: list[str]) -> set[str]:
-    rows = await conn.execute(
-        text("SELECT merchant_id FROM profiles WHERE hold AND merchant_id = ANY(CAST(:m AS text[]))"),
-        {"m": merchants},
-    )
-    return {r.merchant_id for r in rows}
+    reason: str
+    delay_s: float
 
 
 async def _touch(conn: AsyncConnection, payout_id: str, delay_s: float, error: str) -> None:
