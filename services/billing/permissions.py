@@ -8,6 +8,7 @@ from typing import Any
 from clearhouse.billing.v1 import billing_pb2
 from clearhouse.type.v1 import transaction_pb2
 
+from shared.audit_service import permissions as audit_permissions
 from shared.permissions import (
     CLEARING,
     PAYOUT,
@@ -69,3 +70,6 @@ PERMISSIONS = table(
         "MarkFeeBillCollected": administer("billing.bills.collect", SETTLEMENT),
     },
 )
+
+# The audit trail this server serves over billing's schema (shared/audit_service.py).
+AUDIT = audit_permissions("billing")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from clearhouse.clearing.v1 import clearing_pb2
 
+from shared.audit_service import permissions as audit_permissions
 from shared.permissions import (
     SETTLEMENT,
     TRANSACTION_CORE,
@@ -40,3 +41,6 @@ PERMISSIONS = table(
         "ListBatches": read("clearing.batches.read", SETTLEMENT),
     },
 )
+
+# The audit trail this server serves over clearing's schema (shared/audit_service.py).
+AUDIT = audit_permissions("clearing")

@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
 from services.settlement.adapters.figures import figure_source
+from services.settlement.domain.payouts import Limits
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
-from services.settlement.permissions import PERMISSIONS
+from services.settlement.permissions import AUDIT, PERMISSIONS
 from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
@@ -26,7 +27,7 @@ from services.settlement.service_layer.scheduler import Scheduler, parse_run_tim
 from services.settlement.service_layer.statements import StatementService
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
-from shared import migrations
+from shared import audit_service, migrations
 from shared.business_time import business_date
 from shared.client_security import ClientSecurity
 from shared.clock import clock_from_env
@@ -48,7 +49,9 @@ async def build_app(
     """`now` is the service's clock (UTC-aware): the scheduler's, the calendar's today;
     by default the real time shifted by CLEARHOUSE_NOW (shared/clock.py). Tests inject
     theirs."""
-    security = server_security("settlement", settings, [PERMISSIONS])
+    security = server_security("settlement", settings, [PERMISSIONS, AUDIT])
+    # The audit trail in settlement's own schema: ListAuditEvents, and the sink of refusals.
+    trail = audit_service.AuditTrail(engine)
     clock = now or clock_from_env()
     zone = ZoneInfo(settings.business_timezone)
     db = Database(engine, settings.db_schema)
@@ -85,6 +88,7 @@ async def build_app(
             batch_size=settings.dispatcher_batch_size,
             concurrency=settings.dispatcher_concurrency,
             cool_off_s=settings.payout_cool_off_s,
+            limits=Limits(settings.payout_max_attempts, settings.payout_max_age_s),
         ),
         now=clock,
     )
@@ -135,11 +139,13 @@ async def build_app(
     return App(
         name="settlement",
         error_domain="settlement.clearhouse",
-        servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, servicer)],
-        service_names=[SERVICE_NAME],
+        servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, servicer),
+                   (audit_service.add_to_server, trail)],
+        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME],
         readiness=ready,
         background=background,
         on_close=[close],
         security=security,
+        audit_sink=trail.write,
         **app_options(settings, metrics),
     )

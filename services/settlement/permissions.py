@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from clearhouse.settlement.v1 import settlement_pb2
 
-from shared.permissions import administer, operate, read, table
+from shared.audit_service import permissions as audit_permissions
+from shared.permissions import PAYOUT_GATEWAY, administer, operate, read, systems, table
 
 PERMISSIONS = table(
     settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"],
@@ -36,5 +37,14 @@ PERMISSIONS = table(
         "ListPayouts": read("settlement.payouts.read"),
         "GetPayout": read("settlement.payouts.read"),
         "RetryPayout": operate("settlement.payouts.retry"),
+        # Settling an escalated payout by hand moves money on a person's word: admins
+        # (four-eyes once the approval engine guards it).
+        "MarkPayoutPaid": administer("settlement.payouts.resolve"),
+        "MarkPayoutFailed": administer("settlement.payouts.resolve"),
+        # The payout gateway's callback, and nobody else's: a result books money.
+        "NotifyPayoutResult": systems("settlement.payouts.notify", PAYOUT_GATEWAY),
     },
 )
+
+# The audit trail this server serves over settlement's schema (shared/audit_service.py).
+AUDIT = audit_permissions("settlement")

@@ -63,6 +63,11 @@ class SettlementSettings(ServiceSettings):
     dispatcher_backoff_max_s: float = 300.0
     # How often a PROCESSING payout is asked again.
     processing_poll_s: float = 30.0
+    # A bank payout not final after this many submissions, or this long after its first
+    # one, is ESCALATED: nothing retries it; the gateway's notification or ops settle it
+    # (0 = no limit of that kind).
+    payout_max_attempts: int = Field(default=10, ge=0)
+    payout_max_age_s: float = Field(default=86400.0, ge=0)
     # Paid bank payouts are watched for a return (退票) this long, this often.
     return_watch_days: int = 30
     return_poll_s: float = 3600.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from clearhouse.audit.v1 import audit_pb2
 from clearhouse.billing.v1 import billing_pb2
 from clearhouse.clearing.v1 import clearing_pb2
 from clearhouse.payout.v1 import payout_pb2
@@ -17,6 +18,7 @@ from tests.support.security import RULES, TABLES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 DESCRIPTORS = [
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
     billing_pb2.DESCRIPTOR.services_by_name["BillingService"],
     clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"],
     settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"],
@@ -34,7 +36,7 @@ def test_every_rpc_of_every_service_is_in_its_table(service):
 
 def test_a_table_naming_an_rpc_the_service_lacks_is_refused_at_import():
     with pytest.raises(ValueError, match="no method RecordTransactoin"):
-        table(DESCRIPTORS[1], {"RecordTransactoin": RULES[
+        table(DESCRIPTORS[2], {"RecordTransactoin": RULES[
             "/clearhouse.clearing.v1.ClearingService/RecordTransaction"]})
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from clearhouse.audit.v1 import audit_pb2, audit_pb2_grpc
 from clearhouse.payout.v1 import payout_pb2
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 from google.protobuf import field_mask_pb2
 
+from tests.support import security
 from tests.support.rpc_errors import error_info, reason, violated_fields
 
 BANK = payout_pb2.BankAccount(account_name="Shop One", account_number="6222020200112233",
@@ -193,3 +195,23 @@ async def test_the_merged_profile_is_validated(settlement):
             bank_account=payout_pb2.BankAccount(account_number="12")), "bank_account")
     assert "profile.bank_account.account_number" in violated_fields(err.value)
     assert await get(settlement) == before
+
+
+async def test_each_change_is_in_the_audit_trail_with_before_and_after_masked(settlement):
+    await create(settlement, hold=True, hold_reason="KYC review")
+    await update(settlement, "u1", pb.SettlementProfile(bank_account=OTHER_BANK), "bank_account")
+    await update(settlement, "u1", pb.SettlementProfile(bank_account=OTHER_BANK), "bank_account",
+                 etag='W/"1"')  # a replay: nothing changed, nothing recorded
+    async with security.channel(settlement.address, caller="vic") as channel:
+        trail = (await audit_pb2_grpc.AuditServiceStub(channel).ListAuditEvents(
+            audit_pb2.ListAuditEventsRequest(object_type="settlement_profile",
+                                             object_id="M1"))).audit_events
+    assert [e.method.rsplit("/", 1)[-1] for e in trail] == [
+        "UpdateSettlementProfile", "CreateSettlementProfile"]
+    changed, created = trail
+    assert not created.HasField("before") and created.after["hold"] is True
+    assert changed.actor and changed.request_id  # the call's x-request-id
+    assert changed.before["bank_account"]["account_number"] == MASKED
+    assert changed.after["bank_account"]["account_number"] == "************0001"
+    assert (changed.before["version"], changed.after["version"]) == (1, 2)
+    assert changed.after["hold"] is True  # the mask left the hold alone

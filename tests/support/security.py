@@ -18,25 +18,32 @@ from typing import Any
 import grpc
 from pydantic import SecretStr
 
+from services.billing.permissions import AUDIT as BILLING_AUDIT
 from services.billing.permissions import PERMISSIONS as BILLING
+from services.clearing.permissions import AUDIT as CLEARING_AUDIT
 from services.clearing.permissions import PERMISSIONS as CLEARING
 from services.payout_simulator.permissions import PERMISSIONS as PAYOUT_SIMULATOR
+from services.settlement.permissions import AUDIT as SETTLEMENT_AUDIT
 from services.settlement.permissions import PERMISSIONS as SETTLEMENT
 from shared import devpki
 from shared.client_security import BearerToken, ClientSecurity
 from shared.permissions import PermissionTable, Rule, merged, role_principal
 
 TABLES: dict[str, tuple[PermissionTable, ...]] = {
-    "billing": (BILLING,),
-    "clearing": (CLEARING,),
-    "settlement": (SETTLEMENT,),
+    "billing": (BILLING, BILLING_AUDIT),
+    "clearing": (CLEARING, CLEARING_AUDIT),
+    "settlement": (SETTLEMENT, SETTLEMENT_AUDIT),
     "payout_simulator": PAYOUT_SIMULATOR,
 }
+# Every rule by method. A service every server serves (AuditService) has a table per
+# server: who may call it is the same on each, its permission is named per server (see
+# SERVER_RULES).
 RULES: dict[str, Rule] = merged(t for tables in TABLES.values() for t in tables)
+SERVER_RULES: dict[str, dict[str, Rule]] = {name: merged(t) for name, t in TABLES.items()}
 
 # Who the default stubs call as, first that the method's rule allows without condition.
 PREFERENCE = ("ada", "otto", "vic", "settlement", "clearing", "trade", "transaction-core",
-              "payout")
+              "payout", "payout-gateway")
 PRINCIPALS = {name: (role_principal(role) if role != devpki.SERVICE else name)
               for name, role in [*devpki.PEOPLE,
                                  *((n, devpki.SERVICE) for n in

@@ -24,7 +24,7 @@ RUN_LOOKBACK_DAYS = 8
 COUNT_CAP = 100  # lists are counted up to here; beyond, the page says "100+"
 NOT_DUE = {spb.RUN_ITEM_NOTE_UNSPECIFIED, spb.RUN_ITEM_NOTE_NOTHING_UNSETTLED,
            spb.RUN_ITEM_NOTE_NOT_DUE}
-PAYOUT_STATES = ["CREATED", "SUBMITTED", "PAID", "FAILED", "RETURNED"]
+PAYOUT_STATES = ["CREATED", "SUBMITTED", "ESCALATED", "PAID", "FAILED", "RETURNED"]
 
 
 def run_id(day: dt.date) -> str:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.figures import rows
 from shared.metrics import FigureSource, ServiceMetrics
 
-PAYOUT_STATES = ("CREATED", "SUBMITTED", "PAID", "FAILED", "RETURNED")
+PAYOUT_STATES = ("CREATED", "SUBMITTED", "ESCALATED", "PAID", "FAILED", "RETURNED")
 ITEM_STATES = ("PENDING", "FAILED", "BOOKED", "DONE", "SKIPPED")
 
 
@@ -58,16 +58,26 @@ def figure_source(
         ):
             counts[(state, currency)] = n
             sums[(state, currency)] = total
-        m.set_by_label(payouts, counts, list(counts))
-        m.set_by_label(amounts, sums, list(counts))
+        # Every state of every currency seen is exported, 0 when empty: an alert on
+        # ESCALATED payouts needs the series to exist (and to drop back to 0).
+        zeros = sorted({(s, c) for s in PAYOUT_STATES for _, c in counts} | set(counts))
+        m.set_by_label(payouts, counts, zeros)
+        m.set_by_label(amounts, sums, zeros)
         (age,), = await rows(
             engine,
             "SELECT coalesce(extract(epoch FROM now() - min(create_time)), 0) FROM payouts "
-            "WHERE state IN ('CREATED', 'SUBMITTED')",
+            "WHERE state IN ('CREATED', 'SUBMITTED', 'ESCALATED')",
         )
         m.gauge("oldest_unfinished_payout_age_seconds",
                 "Age of the oldest payout not yet PAID, FAILED or RETURNED; 0 when none."
                 ).set(float(age))
+        (conflicts,), = await rows(
+            engine, "SELECT count(*) FROM payout_notifications WHERE outcome = 'CONFLICT'"
+        )
+        m.gauge("payout_result_conflicts",
+                "Gateway results that contradicted a final payout (recorded, nothing booked; "
+                "CheckInvariants names them)."
+                ).set(float(conflicts))
         items = m.gauge("run_items", "Work items of settlement runs, by state.", ["state"])
         m.set_by_label(
             items,

@@ -44,11 +44,22 @@ DESTINATIONS_BY_NAME = {d.value: p for d, p in DESTINATIONS_PB.items()}
 PAYOUT_STATES = {
     "CREATED": pb.PAYOUT_STATE_CREATED,
     "SUBMITTED": pb.PAYOUT_STATE_SUBMITTED,
+    "ESCALATED": pb.PAYOUT_STATE_ESCALATED,
     "PAID": pb.PAYOUT_STATE_PAID,
     "FAILED": pb.PAYOUT_STATE_FAILED,
     "RETURNED": pb.PAYOUT_STATE_RETURNED,
 }
 PAYOUT_STATE_NAMES = {v: k for k, v in PAYOUT_STATES.items()}
+# The results NotifyPayoutResult takes, in the gateway's contract.
+NOTIFIED_STATES = {
+    payout_pb2.PAYOUT_STATE_PAID: "PAID",
+    payout_pb2.PAYOUT_STATE_FAILED: "FAILED",
+    payout_pb2.PAYOUT_STATE_RETURNED: "RETURNED",
+}
+NOTIFICATION_OUTCOMES = {
+    "APPLIED": pb.NOTIFICATION_OUTCOME_APPLIED,
+    "ALREADY_KNOWN": pb.NOTIFICATION_OUTCOME_ALREADY_KNOWN,
+}
 OUTCOMES = {
     "PAID_OUT": pb.SETTLEMENT_OUTCOME_PAID_OUT,
     "CARRIED": pb.SETTLEMENT_OUTCOME_CARRIED,
@@ -341,6 +352,8 @@ def payout_to_proto(p: PayoutView) -> pb.Payout:
         last_error=p.last_error,
         create_time=datetime_to_ts(p.create_time),
         update_time=datetime_to_ts(p.update_time),
+        resolution_reference=p.resolution_reference,
+        resolution_reason=p.resolution_reason,
     )
 
 

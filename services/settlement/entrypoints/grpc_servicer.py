@@ -13,7 +13,7 @@ from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService, ImportRequest
-from services.settlement.service_layer.payouts import PayoutService
+from services.settlement.service_layer.payouts import Notification, PayoutService
 from services.settlement.service_layer.profiles import ProfileService
 from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.statements import StatementService
@@ -326,6 +326,40 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         new = await self.payouts.retry(request.payout_id, request.request_id)
         return pb.RetryPayoutResponse(payout=c.payout_to_proto(new))
 
+    async def MarkPayoutPaid(
+        self, request: pb.MarkPayoutPaidRequest, context: Ctx
+    ) -> pb.MarkPayoutPaidResponse:
+        _check_mark(request)
+        done = await self.payouts.mark(request.payout_id, request.request_id, "PAID",
+                                       request.reference, request.reason)
+        return pb.MarkPayoutPaidResponse(payout=c.payout_to_proto(done))
+
+    async def MarkPayoutFailed(
+        self, request: pb.MarkPayoutFailedRequest, context: Ctx
+    ) -> pb.MarkPayoutFailedResponse:
+        _check_mark(request)
+        done = await self.payouts.mark(request.payout_id, request.request_id, "FAILED",
+                                       request.reference, request.reason)
+        return pb.MarkPayoutFailedResponse(payout=c.payout_to_proto(done))
+
+    async def NotifyPayoutResult(
+        self, request: pb.NotifyPayoutResultRequest, context: Ctx
+    ) -> pb.NotifyPayoutResultResponse:
+        v = Violations()
+        check_id(v, request.notification_id, "notification_id", max_length=MAX_DERIVED_ID_LENGTH)
+        check_id(v, request.payout_id, "payout_id", max_length=MAX_DERIVED_ID_LENGTH)
+        v.check(request.state in c.NOTIFIED_STATES, "state", "must be PAID, FAILED or RETURNED")
+        check_id(v, request.gateway_reference, "gateway_reference", required=False)
+        check_text(v, request.failure_reason, "failure_reason")
+        v.raise_if_any()
+        payout, outcome = await self.payouts.notify(Notification(
+            request.notification_id, request.payout_id, c.NOTIFIED_STATES[request.state],
+            request.gateway_reference, request.failure_reason,
+        ))
+        return pb.NotifyPayoutResultResponse(
+            payout=c.payout_to_proto(payout), outcome=c.NOTIFICATION_OUTCOMES[outcome]
+        )
+
     # ---- statement lines and merchant balances ----
 
     async def ListStatementLines(
@@ -445,3 +479,12 @@ def _check_page(v: Violations, request: Any) -> None:
     (Page.of checks them again when it decodes the token)."""
     check_page_size(v, request.page_size)
     check_page_token(v, request.page_token)
+
+
+def _check_mark(request: pb.MarkPayoutPaidRequest | pb.MarkPayoutFailedRequest) -> None:
+    v = Violations()
+    check_id(v, request.request_id, "request_id")
+    check_id(v, request.payout_id, "payout_id", max_length=MAX_DERIVED_ID_LENGTH)
+    check_id(v, request.reference, "reference")
+    check_text(v, request.reason, "reason", required=True)
+    v.raise_if_any()

@@ -18,7 +18,7 @@ from services.settlement.domain.profiles import (
     validate,
 )
 from services.settlement.service_layer.unit_of_work import Database
-from shared import idempotency
+from shared import audit, idempotency
 from shared.clock import real_now
 from shared.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from shared.pagination import Page, integer
@@ -26,6 +26,23 @@ from shared.pagination import text as text_key
 from shared.request_context import current_caller, current_request_id
 
 UPDATE_SCOPE = "profile-update"
+AUDIT_TYPE = "settlement_profile"
+
+
+def _audited(p: Profile) -> dict[str, object]:
+    """What the audit trail keeps of a profile (the account number masked by audit)."""
+    bank = p.bank_account
+    return {
+        "version": p.version, "currency_code": p.currency,
+        "cycle": str(p.cycle) if p.cycle else "",
+        "destination_type": p.destination.value if p.destination else "",
+        "bank_account": {"account_name": bank.account_name,
+                         "account_number": bank.account_number,
+                         "bank_name": bank.bank_name, "branch_code": bank.branch_code}
+        if bank else None,
+        "min_payout": p.min_payout, "deduct_fee_bills": p.deduct_fee_bills,
+        "hold": p.hold, "hold_reason": p.hold_reason,
+    }
 
 
 def _not_found(merchant_id: str) -> NotFound:
@@ -60,9 +77,12 @@ class ProfileService:
             if created is None:
                 existing = await load(conn, p.merchant_id)
                 if profile_repo.same_content(existing, p):
+                    audit.replayed()
                     return existing  # a retried create of the same profile
                 raise AlreadyExists("PROFILE_EXISTS", f"{p.merchant_id!r} already has a profile",
                                     {"merchant_id": p.merchant_id})
+            await audit.record(conn, object_type=AUDIT_TYPE, object_id=p.merchant_id,
+                               before=None, after=_audited(created))
             return created
 
     async def get(self, merchant_id: str) -> Profile:
@@ -83,6 +103,7 @@ class ProfileService:
             if not owned and stored is not None:
                 replayed = await profile_repo.version(conn, merchant_id, int(stored.decode()))
                 assert replayed is not None  # versions are never deleted
+                audit.replayed()
                 return replayed
             current = await load(conn, merchant_id, lock=True)
             if etag != current.etag:
@@ -114,6 +135,9 @@ class ProfileService:
                     changed=changed, actor=_actor(), request_id=request_id,
                 )
             await idempotency.finish(conn, UPDATE_SCOPE, request_id, str(result.version).encode())
+            # In the same transaction (an unchanged profile too: the attempt is the record).
+            await audit.record(conn, object_type=AUDIT_TYPE, object_id=merchant_id,
+                               before=_audited(current), after=_audited(result))
         return result
 
     async def list(self, page_size: int, token: str) -> tuple[list[Profile], str]:

@@ -299,6 +299,12 @@ class _PayoutStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayoutSta
     """Failed; the money was booked back to the merchant's payable balance."""
     PAYOUT_STATE_RETURNED: _PayoutState.ValueType  # 5
     """Returned after paid (退票); booked back likewise."""
+    PAYOUT_STATE_ESCALATED: _PayoutState.ValueType  # 6
+    """Not final after SETTLEMENT_PAYOUT_MAX_ATTEMPTS submissions or SETTLEMENT_PAYOUT_MAX_AGE_S
+    since the first one: nothing retries it; the money stays in transit until the
+    gateway notifies a result (NotifyPayoutResult) or ops settle it with MarkPayoutPaid
+    or MarkPayoutFailed. CheckInvariants names every escalated payout.
+    """
 
 class PayoutState(_PayoutState, metaclass=_PayoutStateEnumTypeWrapper):
     """PayoutState is settlement's view of a payout (domain §4.5)."""
@@ -315,7 +321,41 @@ PAYOUT_STATE_FAILED: PayoutState.ValueType  # 4
 """Failed; the money was booked back to the merchant's payable balance."""
 PAYOUT_STATE_RETURNED: PayoutState.ValueType  # 5
 """Returned after paid (退票); booked back likewise."""
+PAYOUT_STATE_ESCALATED: PayoutState.ValueType  # 6
+"""Not final after SETTLEMENT_PAYOUT_MAX_ATTEMPTS submissions or SETTLEMENT_PAYOUT_MAX_AGE_S
+since the first one: nothing retries it; the money stays in transit until the
+gateway notifies a result (NotifyPayoutResult) or ops settle it with MarkPayoutPaid
+or MarkPayoutFailed. CheckInvariants names every escalated payout.
+"""
 Global___PayoutState: _TypeAlias = PayoutState  # noqa: Y015
+
+class _NotificationOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotificationOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTIFICATION_OUTCOME_UNSPECIFIED: _NotificationOutcome.ValueType  # 0
+    """Not set."""
+    NOTIFICATION_OUTCOME_APPLIED: _NotificationOutcome.ValueType  # 1
+    """The result was new: the payout moved to it and it was booked."""
+    NOTIFICATION_OUTCOME_ALREADY_KNOWN: _NotificationOutcome.ValueType  # 2
+    """Settlement already knew this result (or a later one, such as a return after the
+    payment): nothing changed.
+    """
+
+class NotificationOutcome(_NotificationOutcome, metaclass=_NotificationOutcomeEnumTypeWrapper):
+    """NotificationOutcome says what a notification changed."""
+
+NOTIFICATION_OUTCOME_UNSPECIFIED: NotificationOutcome.ValueType  # 0
+"""Not set."""
+NOTIFICATION_OUTCOME_APPLIED: NotificationOutcome.ValueType  # 1
+"""The result was new: the payout moved to it and it was booked."""
+NOTIFICATION_OUTCOME_ALREADY_KNOWN: NotificationOutcome.ValueType  # 2
+"""Settlement already knew this result (or a later one, such as a return after the
+payment): nothing changed.
+"""
+Global___NotificationOutcome: _TypeAlias = NotificationOutcome  # noqa: Y015
 
 class _CalendarFileFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -2202,6 +2242,8 @@ class Payout(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RESOLUTION_REFERENCE_FIELD_NUMBER: _builtins.int
+    RESOLUTION_REASON_FIELD_NUMBER: _builtins.int
     payout_id: _builtins.str
     """The instruction id: the gateway idempotency key."""
     merchant_id: _builtins.str
@@ -2216,6 +2258,12 @@ class Payout(_message.Message):
     """Submissions so far."""
     last_error: _builtins.str
     """The last error or the bank's reason."""
+    resolution_reference: _builtins.str
+    """For a payout ops settled by hand (MarkPayoutPaid, MarkPayoutFailed): the
+    out-of-band reference they gave; empty otherwise.
+    """
+    resolution_reason: _builtins.str
+    """The reason ops gave with it; empty otherwise."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """The amount."""
@@ -2246,10 +2294,12 @@ class Payout(_message.Message):
         last_error: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        resolution_reference: _builtins.str = ...,
+        resolution_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bank_account", b"bank_account", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempts", b"attempts", "bank_account", b"bank_account", "create_time", b"create_time", "destination_type", b"destination_type", "last_error", b"last_error", "merchant_id", b"merchant_id", "payout_id", b"payout_id", "settlement_id", b"settlement_id", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempts", b"attempts", "bank_account", b"bank_account", "create_time", b"create_time", "destination_type", b"destination_type", "last_error", b"last_error", "merchant_id", b"merchant_id", "payout_id", b"payout_id", "resolution_reason", b"resolution_reason", "resolution_reference", b"resolution_reference", "settlement_id", b"settlement_id", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2426,6 +2476,217 @@ class RetryPayoutResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryPayoutResponse: _TypeAlias = RetryPayoutResponse  # noqa: Y015
+
+@_typing.final
+class MarkPayoutPaidRequest(_message.Message):
+    """MarkPayoutPaidRequest settles an ESCALATED payout as paid."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYOUT_ID_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The idempotency key.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    payout_id: _builtins.str
+    """The ESCALATED payout.
+    Limits: 1-96 characters (payout ids derive from settlement ids), no control
+    character, no leading or trailing whitespace.
+    """
+    reference: _builtins.str
+    """The out-of-band reference that proves it (the bank's transaction number, a ticket).
+    Limits: required, 1-64 characters, no control character, no leading or trailing
+    whitespace.
+    """
+    reason: _builtins.str
+    """Why, in words. Limits: required, at most 256 characters, no control character but
+    tab and line breaks.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        payout_id: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout_id", b"payout_id", "reason", b"reason", "reference", b"reference", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkPayoutPaidRequest: _TypeAlias = MarkPayoutPaidRequest  # noqa: Y015
+
+@_typing.final
+class MarkPayoutPaidResponse(_message.Message):
+    """MarkPayoutPaidResponse returns the payout, now PAID."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payout(self) -> Global___Payout:
+        """The payout."""
+
+    def __init__(
+        self,
+        *,
+        payout: Global___Payout | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkPayoutPaidResponse: _TypeAlias = MarkPayoutPaidResponse  # noqa: Y015
+
+@_typing.final
+class MarkPayoutFailedRequest(_message.Message):
+    """MarkPayoutFailedRequest settles an ESCALATED payout as failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYOUT_ID_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The idempotency key.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    payout_id: _builtins.str
+    """The ESCALATED payout.
+    Limits: 1-96 characters (payout ids derive from settlement ids), no control
+    character, no leading or trailing whitespace.
+    """
+    reference: _builtins.str
+    """The out-of-band reference that proves no money left (the gateway's or the bank's
+    confirmation). Limits: required, 1-64 characters, no control character, no
+    leading or trailing whitespace.
+    """
+    reason: _builtins.str
+    """Why, in words. Limits: required, at most 256 characters, no control character but
+    tab and line breaks.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        payout_id: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout_id", b"payout_id", "reason", b"reason", "reference", b"reference", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkPayoutFailedRequest: _TypeAlias = MarkPayoutFailedRequest  # noqa: Y015
+
+@_typing.final
+class MarkPayoutFailedResponse(_message.Message):
+    """MarkPayoutFailedResponse returns the payout, now FAILED."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payout(self) -> Global___Payout:
+        """The payout."""
+
+    def __init__(
+        self,
+        *,
+        payout: Global___Payout | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkPayoutFailedResponse: _TypeAlias = MarkPayoutFailedResponse  # noqa: Y015
+
+@_typing.final
+class NotifyPayoutResultRequest(_message.Message):
+    """NotifyPayoutResultRequest is the gateway's notification of a payout's result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATION_ID_FIELD_NUMBER: _builtins.int
+    PAYOUT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    GATEWAY_REFERENCE_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    notification_id: _builtins.str
+    """The gateway's id of this notification: the idempotency key (the same id with other
+    content is IDEMPOTENCY_CONFLICT). Limits: 1-96 characters, no control character,
+    no leading or trailing whitespace.
+    """
+    payout_id: _builtins.str
+    """The payout: the instruction id settlement submitted.
+    Limits: 1-96 characters, no control character, no leading or trailing whitespace.
+    """
+    state: _payout_pb2.PayoutState.ValueType
+    """The result: PAID, FAILED or RETURNED (PROCESSING and UNSPECIFIED are refused)."""
+    gateway_reference: _builtins.str
+    """The gateway's own reference. Limits: at most 64 characters, no control character,
+    no leading or trailing whitespace.
+    """
+    failure_reason: _builtins.str
+    """The bank's reason for FAILED or RETURNED. Limits: at most 256 characters, no
+    control character but tab and line breaks.
+    """
+    def __init__(
+        self,
+        *,
+        notification_id: _builtins.str = ...,
+        payout_id: _builtins.str = ...,
+        state: _payout_pb2.PayoutState.ValueType = ...,
+        gateway_reference: _builtins.str = ...,
+        failure_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "gateway_reference", b"gateway_reference", "notification_id", b"notification_id", "payout_id", b"payout_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyPayoutResultRequest: _TypeAlias = NotifyPayoutResultRequest  # noqa: Y015
+
+@_typing.final
+class NotifyPayoutResultResponse(_message.Message):
+    """NotifyPayoutResultResponse returns the payout as it stands and what changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    outcome: Global___NotificationOutcome.ValueType
+    """What this notification changed (a replay answers as the first delivery did)."""
+    @_builtins.property
+    def payout(self) -> Global___Payout:
+        """The payout."""
+
+    def __init__(
+        self,
+        *,
+        payout: Global___Payout | None = ...,
+        outcome: Global___NotificationOutcome.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "payout", b"payout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyPayoutResultResponse: _TypeAlias = NotifyPayoutResultResponse  # noqa: Y015
 
 @_typing.final
 class ImportCalendarRequest(_message.Message):

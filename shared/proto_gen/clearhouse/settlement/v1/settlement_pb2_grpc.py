@@ -40,6 +40,12 @@ class SettlementServiceStub:
     ImportCalendar); metadata "date", "first_known_date", "last_known_date",
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+    payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+    that contradicts the payout's final state (say PAID for a payout marked FAILED);
+    nothing is booked, the notification is recorded for ops and CheckInvariants names
+    it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
     without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -181,6 +187,21 @@ class SettlementServiceStub:
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutResponse.FromString,
                 _registered_method=True)
+        self.MarkPayoutPaid = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/MarkPayoutPaid',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidResponse.FromString,
+                _registered_method=True)
+        self.MarkPayoutFailed = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/MarkPayoutFailed',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedResponse.FromString,
+                _registered_method=True)
+        self.NotifyPayoutResult = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/NotifyPayoutResult',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultResponse.FromString,
+                _registered_method=True)
         self.ImportCalendar = channel.unary_unary(
                 '/clearhouse.settlement.v1.SettlementService/ImportCalendar',
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.SerializeToString,
@@ -228,6 +249,12 @@ class SettlementServiceServicer:
     ImportCalendar); metadata "date", "first_known_date", "last_known_date",
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+    payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+    that contradicts the payout's final state (say PAID for a payout marked FAILED);
+    nothing is booked, the notification is recorded for ops and CheckInvariants names
+    it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
     without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -407,6 +434,32 @@ class SettlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MarkPayoutPaid(self, request, context):
+        """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
+        statement, the gateway's operations desk): books it like a gateway success.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkPayoutFailed(self, request, context):
+        """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
+        money left: books the amount back to the merchant's payable balance, like a
+        gateway failure (the next run, or RetryPayout, pays it again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NotifyPayoutResult(self, request, context):
+        """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
+        a payout, at any time (also after the return watch window); idempotent by
+        notification_id, and a repeated result is answered as it was the first time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ImportCalendar(self, request, context):
         """Loads the holidays and make-up working days of a range from a calendar file (YAML
         or CSV), replacing or merging what the range held; idempotent by request_id.
@@ -558,6 +611,21 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutResponse.SerializeToString,
             ),
+            'MarkPayoutPaid': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkPayoutPaid,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidResponse.SerializeToString,
+            ),
+            'MarkPayoutFailed': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkPayoutFailed,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedResponse.SerializeToString,
+            ),
+            'NotifyPayoutResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.NotifyPayoutResult,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultResponse.SerializeToString,
+            ),
             'ImportCalendar': grpc.unary_unary_rpc_method_handler(
                     servicer.ImportCalendar,
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.FromString,
@@ -611,6 +679,12 @@ class SettlementService:
     ImportCalendar); metadata "date", "first_known_date", "last_known_date",
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+    payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+    that contradicts the payout's final state (say PAID for a payout marked FAILED);
+    nothing is booked, the notification is recorded for ops and CheckInvariants names
+    it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
     without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -1176,6 +1250,87 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/RetryPayout',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkPayoutPaid(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/MarkPayoutPaid',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkPayoutFailed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/MarkPayoutFailed',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NotifyPayoutResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/NotifyPayoutResult',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultResponse.FromString,
             options,
             channel_credentials,
             insecure,

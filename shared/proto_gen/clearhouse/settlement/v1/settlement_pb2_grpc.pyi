@@ -41,6 +41,12 @@ class SettlementServiceStub:
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+      payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+      that contradicts the payout's final state (say PAID for a payout marked FAILED);
+      nothing is booked, the notification is recorded for ops and CheckInvariants names
+      it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
       without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -127,6 +133,20 @@ class SettlementServiceStub:
     """Gets a payout."""
     RetryPayout: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.RetryPayoutRequest, _settlement_pb2.RetryPayoutResponse]
     """Pays a FAILED payout's money again, now rather than at the next run."""
+    MarkPayoutPaid: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutPaidRequest, _settlement_pb2.MarkPayoutPaidResponse]
+    """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
+    statement, the gateway's operations desk): books it like a gateway success.
+    """
+    MarkPayoutFailed: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutFailedRequest, _settlement_pb2.MarkPayoutFailedResponse]
+    """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
+    money left: books the amount back to the merchant's payable balance, like a
+    gateway failure (the next run, or RetryPayout, pays it again).
+    """
+    NotifyPayoutResult: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.NotifyPayoutResultRequest, _settlement_pb2.NotifyPayoutResultResponse]
+    """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
+    a payout, at any time (also after the return watch window); idempotent by
+    notification_id, and a repeated result is answered as it was the first time.
+    """
     ImportCalendar: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ImportCalendarRequest, _settlement_pb2.ImportCalendarResponse]
     """Loads the holidays and make-up working days of a range from a calendar file (YAML
     or CSV), replacing or merging what the range held; idempotent by request_id.
@@ -166,6 +186,12 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+      payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+      that contradicts the payout's final state (say PAID for a payout marked FAILED);
+      nothing is booked, the notification is recorded for ops and CheckInvariants names
+      it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
       without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -249,6 +275,20 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     """Gets a payout."""
     RetryPayout: _aio.UnaryUnaryMultiCallable[_settlement_pb2.RetryPayoutRequest, _settlement_pb2.RetryPayoutResponse]  # type: ignore[assignment]
     """Pays a FAILED payout's money again, now rather than at the next run."""
+    MarkPayoutPaid: _aio.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutPaidRequest, _settlement_pb2.MarkPayoutPaidResponse]  # type: ignore[assignment]
+    """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
+    statement, the gateway's operations desk): books it like a gateway success.
+    """
+    MarkPayoutFailed: _aio.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutFailedRequest, _settlement_pb2.MarkPayoutFailedResponse]  # type: ignore[assignment]
+    """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
+    money left: books the amount back to the merchant's payable balance, like a
+    gateway failure (the next run, or RetryPayout, pays it again).
+    """
+    NotifyPayoutResult: _aio.UnaryUnaryMultiCallable[_settlement_pb2.NotifyPayoutResultRequest, _settlement_pb2.NotifyPayoutResultResponse]  # type: ignore[assignment]
+    """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
+    a payout, at any time (also after the return watch window); idempotent by
+    notification_id, and a repeated result is answered as it was the first time.
+    """
     ImportCalendar: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ImportCalendarRequest, _settlement_pb2.ImportCalendarResponse]  # type: ignore[assignment]
     """Loads the holidays and make-up working days of a range from a calendar file (YAML
     or CSV), replacing or merging what the range held; idempotent by request_id.
@@ -287,6 +327,12 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+      payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+      that contradicts the payout's final state (say PAID for a payout marked FAILED);
+      nothing is booked, the notification is recorded for ops and CheckInvariants names
+      it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
       without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -488,6 +534,38 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.RetryPayoutResponse, _abc.Awaitable[_settlement_pb2.RetryPayoutResponse]]:
         """Pays a FAILED payout's money again, now rather than at the next run."""
+
+    @_abc_1.abstractmethod
+    def MarkPayoutPaid(
+        self,
+        request: _settlement_pb2.MarkPayoutPaidRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.MarkPayoutPaidResponse, _abc.Awaitable[_settlement_pb2.MarkPayoutPaidResponse]]:
+        """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
+        statement, the gateway's operations desk): books it like a gateway success.
+        """
+
+    @_abc_1.abstractmethod
+    def MarkPayoutFailed(
+        self,
+        request: _settlement_pb2.MarkPayoutFailedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.MarkPayoutFailedResponse, _abc.Awaitable[_settlement_pb2.MarkPayoutFailedResponse]]:
+        """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
+        money left: books the amount back to the merchant's payable balance, like a
+        gateway failure (the next run, or RetryPayout, pays it again).
+        """
+
+    @_abc_1.abstractmethod
+    def NotifyPayoutResult(
+        self,
+        request: _settlement_pb2.NotifyPayoutResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.NotifyPayoutResultResponse, _abc.Awaitable[_settlement_pb2.NotifyPayoutResultResponse]]:
+        """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
+        a payout, at any time (also after the return watch window); idempotent by
+        notification_id, and a repeated result is answered as it was the first time.
+        """
 
     @_abc_1.abstractmethod
     def ImportCalendar(

@@ -9,8 +9,8 @@ service clock; bank payouts wait SETTLEMENT_PAYOUT_COOL_OFF after it.
 
 Existing profiles get their current state as version 1.
 
-Revision ID: settlement_0007
-Revises: settlement_0006
+Revision ID: settlement_0009
+Revises: settlement_0008
 Create Date: 2026-12-01
 """
 
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "settlement_0007"
-down_revision: str | None = "settlement_0006"
+revision: str = "settlement_0009"
+down_revision: str | None = "settlement_0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
