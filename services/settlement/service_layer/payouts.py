@@ -343,9 +343,11 @@ class PayoutService:
             )
             if not owned and stored:
                 new_id = stored.decode()
+                audit.replayed()
             else:
                 new_id = await self._retry(conn, payout_id)
                 await idempotency.finish(conn, "retry", request_id, new_id.encode())
+                await audit.record(conn, object_type="payout", object_id=payout_id, before={"state": "FAILED"}, after={"state": "FAILED", "retried_by": new_id})
         return await self.get(new_id, refresh=False)
 
     async def _retry(self, conn: AsyncConnection, payout_id: str) -> str:
