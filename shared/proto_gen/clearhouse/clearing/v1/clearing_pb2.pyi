@@ -7,6 +7,7 @@ from clearhouse.type.v1 import money_pb2 as _money_pb2
 from clearhouse.type.v1 import transaction_pb2 as _transaction_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -67,7 +68,10 @@ class _DetailStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailSta
     DETAIL_STATE_SETTLED: _DetailState.ValueType  # 3
     """Settled by a confirmed batch."""
     DETAIL_STATE_EXCEPTION: _DetailState.ValueType  # 4
-    """Billing refused to price it; ops must fix the configuration and retry."""
+    """Billing refused to price it, or (a refund) its payment is in exception. See
+    ClearingDetail.exception for how it is resolved: by itself (a top-up of a prepaid
+    fee account, the payment priced) or by ops fixing the configuration and retrying.
+    """
 
 class DetailState(_DetailState, metaclass=_DetailStateEnumTypeWrapper):
     """DetailState is a detail's way to settlement."""
@@ -81,7 +85,10 @@ DETAIL_STATE_CLAIMED: DetailState.ValueType  # 2
 DETAIL_STATE_SETTLED: DetailState.ValueType  # 3
 """Settled by a confirmed batch."""
 DETAIL_STATE_EXCEPTION: DetailState.ValueType  # 4
-"""Billing refused to price it; ops must fix the configuration and retry."""
+"""Billing refused to price it, or (a refund) its payment is in exception. See
+ClearingDetail.exception for how it is resolved: by itself (a top-up of a prepaid
+fee account, the payment priced) or by ops fixing the configuration and retrying.
+"""
 Global___DetailState: _TypeAlias = DetailState  # noqa: Y015
 
 class _FeeStatus:
@@ -97,7 +104,9 @@ class _FeeStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeeStatus.V
     FEE_STATUS_KNOWN: _FeeStatus.ValueType  # 2
     """The fee is known."""
     FEE_STATUS_REFUSED: _FeeStatus.ValueType  # 3
-    """Billing refused (see exception_reason)."""
+    """Not priced: billing refused, or (ORIGINAL_IN_EXCEPTION) the refund's payment is in
+    exception so billing was not asked (see exception_reason).
+    """
     FEE_STATUS_NOT_APPLICABLE: _FeeStatus.ValueType  # 4
     """Fee-free (adjustments)."""
 
@@ -111,10 +120,52 @@ FEE_STATUS_PENDING: FeeStatus.ValueType  # 1
 FEE_STATUS_KNOWN: FeeStatus.ValueType  # 2
 """The fee is known."""
 FEE_STATUS_REFUSED: FeeStatus.ValueType  # 3
-"""Billing refused (see exception_reason)."""
+"""Not priced: billing refused, or (ORIGINAL_IN_EXCEPTION) the refund's payment is in
+exception so billing was not asked (see exception_reason).
+"""
 FEE_STATUS_NOT_APPLICABLE: FeeStatus.ValueType  # 4
 """Fee-free (adjustments)."""
 Global___FeeStatus: _TypeAlias = FeeStatus  # noqa: Y015
+
+class _ExceptionResolution:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExceptionResolutionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExceptionResolution.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXCEPTION_RESOLUTION_UNSPECIFIED: _ExceptionResolution.ValueType  # 0
+    """Not set."""
+    EXCEPTION_RESOLUTION_ON_TOP_UP: _ExceptionResolution.ValueType  # 1
+    """Clearing retries it by itself (INSUFFICIENT_FEE_BALANCE: a prepaid fee account was
+    short). Every CLEARING_PREPAID_RETRY_INTERVAL_S clearing reads the merchant's fee
+    account (one GetFeeAccount); once it holds the required fee (a top-up) the
+    merchant's prepaid exceptions are priced again. No RetryExceptions call is needed.
+    """
+    EXCEPTION_RESOLUTION_WITH_PAYMENT: _ExceptionResolution.ValueType  # 2
+    """A refund whose payment is in exception (ORIGINAL_IN_EXCEPTION): it is priced as soon
+    as its payment is, whoever resolves the payment.
+    """
+    EXCEPTION_RESOLUTION_MANUAL: _ExceptionResolution.ValueType  # 3
+    """Ops fix the configuration (a missing fee rule, …) and call RetryExceptions."""
+
+class ExceptionResolution(_ExceptionResolution, metaclass=_ExceptionResolutionEnumTypeWrapper):
+    """ExceptionResolution says how a detail in exception gets out of it."""
+
+EXCEPTION_RESOLUTION_UNSPECIFIED: ExceptionResolution.ValueType  # 0
+"""Not set."""
+EXCEPTION_RESOLUTION_ON_TOP_UP: ExceptionResolution.ValueType  # 1
+"""Clearing retries it by itself (INSUFFICIENT_FEE_BALANCE: a prepaid fee account was
+short). Every CLEARING_PREPAID_RETRY_INTERVAL_S clearing reads the merchant's fee
+account (one GetFeeAccount); once it holds the required fee (a top-up) the
+merchant's prepaid exceptions are priced again. No RetryExceptions call is needed.
+"""
+EXCEPTION_RESOLUTION_WITH_PAYMENT: ExceptionResolution.ValueType  # 2
+"""A refund whose payment is in exception (ORIGINAL_IN_EXCEPTION): it is priced as soon
+as its payment is, whoever resolves the payment.
+"""
+EXCEPTION_RESOLUTION_MANUAL: ExceptionResolution.ValueType  # 3
+"""Ops fix the configuration (a missing fee rule, …) and call RetryExceptions."""
+Global___ExceptionResolution: _TypeAlias = ExceptionResolution  # noqa: Y015
 
 class _BatchState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -241,6 +292,9 @@ class ClearingDetail(_message.Message):
     EXCEPTION_REASON_FIELD_NUMBER: _builtins.int
     ADJUSTMENT_REASON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXCEPTION_FIELD_NUMBER: _builtins.int
+    FEE_ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    NEXT_FEE_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     detail_id: _builtins.str
     """The transaction id, or the adjustment id for adjustments."""
     detail_type: Global___DetailType.ValueType
@@ -272,9 +326,16 @@ class ClearingDetail(_message.Message):
     batch_id: _builtins.str
     """The claiming batch, while claimed or once settled."""
     exception_reason: _builtins.str
-    """Billing's refusal reason, in exception."""
+    """Why it is in exception (state EXCEPTION), else empty: billing's refusal reason, or
+    clearing's own (ORIGINAL_IN_EXCEPTION, UNEXPECTED_BILLING_ANSWER). The same as
+    exception.reason.
+    """
     adjustment_reason: _builtins.str
     """The adjustment's reason."""
+    fee_attempt_count: _builtins.int
+    """For a pending fee: how many times the pending-fee worker has asked billing (0 when
+    only the recording call has). Kept once the fee is known.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """The amount, positive for payments and refunds; signed for adjustments."""
@@ -294,6 +355,18 @@ class ClearingDetail(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was recorded."""
+
+    @_builtins.property
+    def exception(self) -> Global___ExceptionInfo:
+        """While the detail is in exception (state EXCEPTION): why, since when, how often it
+        was tried and how it will be resolved. Absent in every other state.
+        """
+
+    @_builtins.property
+    def next_fee_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """For a pending fee (fee_status PENDING): when the pending-fee worker asks billing
+        next (a refund waits until its payment's fee is known). Absent otherwise.
+        """
 
     def __init__(
         self,
@@ -320,14 +393,78 @@ class ClearingDetail(_message.Message):
         exception_reason: _builtins.str = ...,
         adjustment_reason: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        exception: Global___ExceptionInfo | None = ...,
+        fee_attempt_count: _builtins.int = ...,
+        next_fee_attempt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "business_date", b"business_date", "create_time", b"create_time", "fee", b"fee", "transaction_time", b"transaction_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "business_date", b"business_date", "create_time", b"create_time", "exception", b"exception", "fee", b"fee", "next_fee_attempt_time", b"next_fee_attempt_time", "transaction_time", b"transaction_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquirer_bank", b"acquirer_bank", "adjustment_reason", b"adjustment_reason", "amount", b"amount", "batch_id", b"batch_id", "business_date", b"business_date", "business_line", b"business_line", "card_type", b"card_type", "collection_mode", b"collection_mode", "create_time", b"create_time", "detail_id", b"detail_id", "detail_type", b"detail_type", "exception_reason", b"exception_reason", "fee", b"fee", "fee_status", b"fee_status", "issuer_bank", b"issuer_bank", "merchant_id", b"merchant_id", "original_transaction_id", b"original_transaction_id", "product", b"product", "rule_id", b"rule_id", "rule_version", b"rule_version", "state", b"state", "transaction_time", b"transaction_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquirer_bank", b"acquirer_bank", "adjustment_reason", b"adjustment_reason", "amount", b"amount", "batch_id", b"batch_id", "business_date", b"business_date", "business_line", b"business_line", "card_type", b"card_type", "collection_mode", b"collection_mode", "create_time", b"create_time", "detail_id", b"detail_id", "detail_type", b"detail_type", "exception", b"exception", "exception_reason", b"exception_reason", "fee", b"fee", "fee_attempt_count", b"fee_attempt_count", "fee_status", b"fee_status", "issuer_bank", b"issuer_bank", "merchant_id", b"merchant_id", "next_fee_attempt_time", b"next_fee_attempt_time", "original_transaction_id", b"original_transaction_id", "product", b"product", "rule_id", b"rule_id", "rule_version", b"rule_version", "state", b"state", "transaction_time", b"transaction_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClearingDetail: _TypeAlias = ClearingDetail  # noqa: Y015
+
+@_typing.final
+class ExceptionInfo(_message.Message):
+    """ExceptionInfo is the age and the reason of a detail in exception."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_TIME_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    NEXT_CHECK_TIME_FIELD_NUMBER: _builtins.int
+    REQUIRED_BALANCE_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """The reason code: billing's ErrorInfo reason (NO_MATCHING_FEE_RULE,
+    INSUFFICIENT_FEE_BALANCE, …) or clearing's own: ORIGINAL_IN_EXCEPTION (a refund whose
+    payment is in exception), UNEXPECTED_BILLING_ANSWER (a fee clearing cannot store).
+    """
+    message: _builtins.str
+    """The refusal's message: billing's words, or clearing's."""
+    attempt_count: _builtins.int
+    """How many pricing attempts were refused (the first one included)."""
+    resolution: Global___ExceptionResolution.ValueType
+    """How it will be resolved."""
+    required_balance: _builtins.int
+    """INSUFFICIENT_FEE_BALANCE: the fee the prepaid account must hold for this detail
+    (billing's `required`), in minor units of the detail's currency; 0 when unknown.
+    """
+    @_builtins.property
+    def first_seen_time(self) -> _timestamp_pb2.Timestamp:
+        """When pricing was first refused (kept across retries that were refused again)."""
+
+    @_builtins.property
+    def last_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When pricing was last tried and refused."""
+
+    @_builtins.property
+    def next_check_time(self) -> _timestamp_pb2.Timestamp:
+        """ON_TOP_UP: when clearing reads the fee account next. Absent otherwise."""
+
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        first_seen_time: _timestamp_pb2.Timestamp | None = ...,
+        last_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        attempt_count: _builtins.int = ...,
+        resolution: Global___ExceptionResolution.ValueType = ...,
+        next_check_time: _timestamp_pb2.Timestamp | None = ...,
+        required_balance: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen_time", b"first_seen_time", "last_attempt_time", b"last_attempt_time", "next_check_time", b"next_check_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "first_seen_time", b"first_seen_time", "last_attempt_time", b"last_attempt_time", "message", b"message", "next_check_time", b"next_check_time", "reason", b"reason", "required_balance", b"required_balance", "resolution", b"resolution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExceptionInfo: _TypeAlias = ExceptionInfo  # noqa: Y015
 
 @_typing.final
 class RecordTransactionRequest(_message.Message):
@@ -821,22 +958,31 @@ class ListExceptionsRequest(_message.Message):
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
     """The merchant; empty for all, else 1-64 characters, no control character, no leading or trailing whitespace."""
     page_size: _builtins.int
     """Page size (AIP-158): 0 for the default, at most 1,000 served, not negative."""
     page_token: _builtins.str
-    """Page token: the next_page_token of the previous call (at most 2,048 characters)."""
+    """Page token: the next_page_token of the previous call with the same filters (at most
+    2,048 characters).
+    """
+    reason: _builtins.str
+    """Only exceptions of this reason code (for example INSUFFICIENT_FEE_BALANCE,
+    ORIGINAL_IN_EXCEPTION); empty for all, else 1-64 characters, no control character,
+    no leading or trailing whitespace.
+    """
     def __init__(
         self,
         *,
         merchant_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id", "page_size", b"page_size", "page_token", b"page_token", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1774,3 +1920,279 @@ class ReconcileFeesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReconcileFeesResponse: _TypeAlias = ReconcileFeesResponse  # noqa: Y015
+
+@_typing.final
+class GetStuckReportRequest(_message.Message):
+    """GetStuckReportRequest says from what age something counts as stuck."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_BATCH_MIN_AGE_FIELD_NUMBER: _builtins.int
+    PENDING_FEE_MIN_AGE_FIELD_NUMBER: _builtins.int
+    EXCEPTION_MIN_AGE_FIELD_NUMBER: _builtins.int
+    FEE_RECONCILE_WINDOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def open_batch_min_age(self) -> _duration_pb2.Duration:
+        """Batches OPEN at least this long (create_time); zero for every OPEN batch.
+        Limits: 0 to 366 days, not negative.
+        """
+
+    @_builtins.property
+    def pending_fee_min_age(self) -> _duration_pb2.Duration:
+        """Details whose fee is PENDING at least this long (since they were recorded); zero
+        for all of them.
+        Limits: 0 to 366 days, not negative.
+        """
+
+    @_builtins.property
+    def exception_min_age(self) -> _duration_pb2.Duration:
+        """Details in EXCEPTION at least this long (since they were recorded); zero for all.
+        Limits: 0 to 366 days, not negative.
+        """
+
+    @_builtins.property
+    def fee_reconcile_window(self) -> _duration_pb2.Duration:
+        """When set, the fee reconciliation in report mode over the window that ends now:
+        zero (or absent) skips it.
+        Limits: 0 to 7 days, not negative.
+        """
+
+    def __init__(
+        self,
+        *,
+        open_batch_min_age: _duration_pb2.Duration | None = ...,
+        pending_fee_min_age: _duration_pb2.Duration | None = ...,
+        exception_min_age: _duration_pb2.Duration | None = ...,
+        fee_reconcile_window: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exception_min_age", b"exception_min_age", "fee_reconcile_window", b"fee_reconcile_window", "open_batch_min_age", b"open_batch_min_age", "pending_fee_min_age", b"pending_fee_min_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exception_min_age", b"exception_min_age", "fee_reconcile_window", b"fee_reconcile_window", "open_batch_min_age", b"open_batch_min_age", "pending_fee_min_age", b"pending_fee_min_age"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStuckReportRequest: _TypeAlias = GetStuckReportRequest  # noqa: Y015
+
+@_typing.final
+class StuckDetails(_message.Message):
+    """StuckDetails is a set of details stuck in one way: how many, since when, and the
+    ids of the oldest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    OLDEST_CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DETAIL_IDS_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many details."""
+    @_builtins.property
+    def oldest_create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the oldest of them was recorded; absent when there is none."""
+
+    @_builtins.property
+    def detail_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The oldest ones' detail ids, oldest first, at most 100."""
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        oldest_create_time: _timestamp_pb2.Timestamp | None = ...,
+        detail_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_create_time", b"oldest_create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail_ids", b"detail_ids", "oldest_create_time", b"oldest_create_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StuckDetails: _TypeAlias = StuckDetails  # noqa: Y015
+
+@_typing.final
+class GetStuckReportResponse(_message.Message):
+    """GetStuckReportResponse is what is stuck, with ids."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_BATCHES_FIELD_NUMBER: _builtins.int
+    OPEN_BATCH_COUNT_FIELD_NUMBER: _builtins.int
+    PENDING_FEES_FIELD_NUMBER: _builtins.int
+    EXCEPTIONS_FIELD_NUMBER: _builtins.int
+    ORPHAN_CHARGES_FIELD_NUMBER: _builtins.int
+    UNCHARGED_DETAILS_FIELD_NUMBER: _builtins.int
+    FEE_RECONCILE_ERROR_FIELD_NUMBER: _builtins.int
+    FEE_RECONCILED_FIELD_NUMBER: _builtins.int
+    open_batch_count: _builtins.int
+    """How many OPEN batches are at least that old."""
+    fee_reconcile_error: _builtins.str
+    """Set when the fee reconciliation was asked for but billing could not be read
+    (for example "UNAVAILABLE"); orphan_charges and uncharged_details are then empty.
+    """
+    fee_reconciled: _builtins.bool
+    """True when the fee reconciliation ran (a window was given and billing answered)."""
+    @_builtins.property
+    def open_batches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Batch]:
+        """The OPEN batches at least open_batch_min_age old, oldest first, at most 1,000."""
+
+    @_builtins.property
+    def pending_fees(self) -> Global___StuckDetails:
+        """Details with a fee PENDING at least pending_fee_min_age."""
+
+    @_builtins.property
+    def exceptions(self) -> Global___StuckDetails:
+        """Details in EXCEPTION at least exception_min_age."""
+
+    @_builtins.property
+    def orphan_charges(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrphanCharge]:
+        """Orphan charges (billing's charges without a payment detail) older than the orphan
+        age, oldest first, at most 1,000; none voided by this call.
+        """
+
+    @_builtins.property
+    def uncharged_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnchargedDetail]:
+        """Payments with a KNOWN fee but no billing charge (violations), at most 1,000."""
+
+    def __init__(
+        self,
+        *,
+        open_batches: _abc.Iterable[Global___Batch] | None = ...,
+        open_batch_count: _builtins.int = ...,
+        pending_fees: Global___StuckDetails | None = ...,
+        exceptions: Global___StuckDetails | None = ...,
+        orphan_charges: _abc.Iterable[Global___OrphanCharge] | None = ...,
+        uncharged_details: _abc.Iterable[Global___UnchargedDetail] | None = ...,
+        fee_reconcile_error: _builtins.str = ...,
+        fee_reconciled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exceptions", b"exceptions", "pending_fees", b"pending_fees"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exceptions", b"exceptions", "fee_reconcile_error", b"fee_reconcile_error", "fee_reconciled", b"fee_reconciled", "open_batch_count", b"open_batch_count", "open_batches", b"open_batches", "orphan_charges", b"orphan_charges", "pending_fees", b"pending_fees", "uncharged_details", b"uncharged_details"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStuckReportResponse: _TypeAlias = GetStuckReportResponse  # noqa: Y015
+
+@_typing.final
+class DueCutoff(_message.Message):
+    """DueCutoff is one merchant's cut-off: its details of the currency up to the date."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    BUSINESS_DATE_TO_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    currency_code: _builtins.str
+    """The currency.
+    Limits: a known upper-case ISO 4217 code.
+    """
+    @_builtins.property
+    def business_date_to(self) -> _date_pb2.Date:
+        """The last business date counted, inclusive.
+        Limits: a real date from 1970-01-01 to 9998-12-31.
+        """
+
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        business_date_to: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business_date_to", b"business_date_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_date_to", b"business_date_to", "currency_code", b"currency_code", "merchant_id", b"merchant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DueCutoff: _TypeAlias = DueCutoff  # noqa: Y015
+
+@_typing.final
+class CountDueDetailsRequest(_message.Message):
+    """CountDueDetailsRequest lists the cut-offs to count."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUTOFFS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cutoffs(self) -> _containers.RepeatedCompositeFieldContainer[Global___DueCutoff]:
+        """The cut-offs; a merchant and currency at most once.
+        Limits: 1 to 1,000 items.
+        """
+
+    def __init__(
+        self,
+        *,
+        cutoffs: _abc.Iterable[Global___DueCutoff] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cutoffs", b"cutoffs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountDueDetailsRequest: _TypeAlias = CountDueDetailsRequest  # noqa: Y015
+
+@_typing.final
+class DueDetailCount(_message.Message):
+    """DueDetailCount is the count for one currency over every cut-off of the request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    UNSETTLED_COUNT_FIELD_NUMBER: _builtins.int
+    CLAIMED_COUNT_FIELD_NUMBER: _builtins.int
+    OLDEST_BUSINESS_DATE_FIELD_NUMBER: _builtins.int
+    currency_code: _builtins.str
+    """The currency."""
+    unsettled_count: _builtins.int
+    """Details UNSETTLED up to their merchant's cut-off."""
+    claimed_count: _builtins.int
+    """Details CLAIMED (in an OPEN batch) up to their merchant's cut-off."""
+    @_builtins.property
+    def oldest_business_date(self) -> _date_pb2.Date:
+        """The earliest business date among them; absent when both counts are zero."""
+
+    def __init__(
+        self,
+        *,
+        currency_code: _builtins.str = ...,
+        unsettled_count: _builtins.int = ...,
+        claimed_count: _builtins.int = ...,
+        oldest_business_date: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_business_date", b"oldest_business_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed_count", b"claimed_count", "currency_code", b"currency_code", "oldest_business_date", b"oldest_business_date", "unsettled_count", b"unsettled_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DueDetailCount: _TypeAlias = DueDetailCount  # noqa: Y015
+
+@_typing.final
+class CountDueDetailsResponse(_message.Message):
+    """CountDueDetailsResponse holds one count per currency with any detail counted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___DueDetailCount]:
+        """The counts, by currency code."""
+
+    def __init__(
+        self,
+        *,
+        counts: _abc.Iterable[Global___DueDetailCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountDueDetailsResponse: _TypeAlias = CountDueDetailsResponse  # noqa: Y015

@@ -161,6 +161,16 @@ class ClearingServiceStub:
                 request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesResponse.FromString,
                 _registered_method=True)
+        self.GetStuckReport = channel.unary_unary(
+                '/clearhouse.clearing.v1.ClearingService/GetStuckReport',
+                request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportResponse.FromString,
+                _registered_method=True)
+        self.CountDueDetails = channel.unary_unary(
+                '/clearhouse.clearing.v1.ClearingService/CountDueDetails',
+                request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsResponse.FromString,
+                _registered_method=True)
 
 
 class ClearingServiceServicer:
@@ -247,14 +257,19 @@ class ClearingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListExceptions(self, request, context):
-        """Lists details whose pricing was refused by billing (exceptions), paginated.
+        """Lists details in exception, in detail id order, paginated, optionally of one
+        reason: those billing refused to price, and refunds whose payment is in exception
+        (reason ORIGINAL_IN_EXCEPTION, priced once their payment is). Each with its age and
+        reason (ClearingDetail.exception).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListPendingFees(self, request, context):
-        """Lists details whose fee is still pending, paginated.
+        """Lists details whose fee is still pending (billing has not answered yet, or a refund
+        waits for its payment's pending fee), paginated. A refund of a payment in exception
+        is not pending: it is listed by ListExceptions (ORIGINAL_IN_EXCEPTION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -266,6 +281,11 @@ class ClearingServiceServicer:
         never refused) is answered in its current state, and one whose fee is pending is
         asked about again, as a repeat of RecordTransaction would. The merchant form works
         through the merchant's exceptions 1,000 per call in id order (see page_token).
+        Not needed for a prepaid shortfall (INSUFFICIENT_FEE_BALANCE: clearing retries it
+        by itself once the fee account holds the fee) nor for a refund in exception beside
+        its payment (ORIGINAL_IN_EXCEPTION: priced with its payment, in the same call when
+        the payment is retried; named alone while the payment is still in exception, it
+        stays there).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -356,6 +376,29 @@ class ClearingServiceServicer:
         more). A background worker runs the same every CLEARING_RECONCILE_INTERVAL_S.
         UNAVAILABLE BILLING_UNAVAILABLE when billing cannot be read (voids already made
         stand; run it again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStuckReport(self, request, context):
+        """Reports what is stuck in clearing, with the ids to act on (read-only; what
+        settlement's CheckInvariants asks): batches OPEN for at least a minimum age,
+        fees pending and payments in exception for at least theirs, and, when asked for a
+        window, the fee reconciliation in report mode (nothing voided): billing's charges
+        without a payment detail older than CLEARING_RECONCILE_ORPHAN_AGE_S, and payments
+        with a KNOWN fee but no charge. When billing cannot be read the rest is still
+        answered, with fee_reconcile_error set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountDueDetails(self, request, context):
+        """Counts the details not yet settled (UNSETTLED or CLAIMED) of each merchant and
+        currency up to a business date: with the dates a merchant's settlement cycle and
+        the business calendar make due today (settlement computes them), the details due
+        and not settled. Read-only; up to 1,000 cut-offs per call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -453,6 +496,16 @@ def add_ClearingServiceServicer_to_server(servicer, server):
                     servicer.ReconcileFees,
                     request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesRequest.FromString,
                     response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesResponse.SerializeToString,
+            ),
+            'GetStuckReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStuckReport,
+                    request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportRequest.FromString,
+                    response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportResponse.SerializeToString,
+            ),
+            'CountDueDetails': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountDueDetails,
+                    request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsRequest.FromString,
+                    response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -978,6 +1031,60 @@ class ClearingService:
             '/clearhouse.clearing.v1.ClearingService/ReconcileFees',
             clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesRequest.SerializeToString,
             clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStuckReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.clearing.v1.ClearingService/GetStuckReport',
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportRequest.SerializeToString,
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountDueDetails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.clearing.v1.ClearingService/CountDueDetails',
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsRequest.SerializeToString,
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsResponse.FromString,
             options,
             channel_credentials,
             insecure,

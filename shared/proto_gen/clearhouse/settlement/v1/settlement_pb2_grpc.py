@@ -51,8 +51,19 @@ class SettlementServiceStub:
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+    profile's current one (someone changed it since it was read); metadata
+    "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+    decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+    profile's currency (its balance, carried amounts and claimed batches are in that
+    currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+    currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+    or releasing a run item that does not exist or is not stuck; metadata "run_id",
+    "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
     call lost its connection or a deadlock; nothing was recorded and the call may be
     retried as is.
@@ -98,6 +109,11 @@ class SettlementServiceStub:
                 '/clearhouse.settlement.v1.SettlementService/ListSettlementProfiles',
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesResponse.FromString,
+                _registered_method=True)
+        self.ListSettlementProfileVersions = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ListSettlementProfileVersions',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsResponse.FromString,
                 _registered_method=True)
         self.GetSettlementDate = channel.unary_unary(
                 '/clearhouse.settlement.v1.SettlementService/GetSettlementDate',
@@ -219,6 +235,21 @@ class SettlementServiceStub:
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.FromString,
                 _registered_method=True)
+        self.ListFailedRunItems = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ListFailedRunItems',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsResponse.FromString,
+                _registered_method=True)
+        self.RetryRunItem = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/RetryRunItem',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemResponse.FromString,
+                _registered_method=True)
+        self.ReleaseRunItem = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ReleaseRunItem',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemResponse.FromString,
+                _registered_method=True)
 
 
 class SettlementServiceServicer:
@@ -247,8 +278,19 @@ class SettlementServiceServicer:
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+    profile's current one (someone changed it since it was read); metadata
+    "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+    decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+    profile's currency (its balance, carried amounts and claimed batches are in that
+    currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+    currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+    or releasing a run item that does not exist or is not stuck; metadata "run_id",
+    "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
     call lost its connection or a deadlock; nothing was recorded and the call may be
     retried as is.
@@ -284,7 +326,9 @@ class SettlementServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSettlementProfile(self, request, context):
-        """Replaces a merchant's settlement profile; takes effect from the next run.
+        """Changes the fields of a merchant's settlement profile named by update_mask
+        (AIP-134), only if the etag sent is the current one (AIP-154); takes effect from
+        the next run. Idempotent by request_id. Each change is kept as a new version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -292,6 +336,14 @@ class SettlementServiceServicer:
 
     def ListSettlementProfiles(self, request, context):
         """Lists settlement profiles, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSettlementProfileVersions(self, request, context):
+        """Lists the versions of a merchant's settlement profile, newest first, paginated:
+        what it was after its creation and after each change, who changed it and when.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -477,6 +529,43 @@ class SettlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFailedRunItems(self, request, context):
+        """Lists the run items that are stuck, of every run: a claim that failed (FAILED,
+        retried by every later call and run until it completes or is released) and a
+        booked settlement whose confirmation failed (BOOKED with an error), with why, the
+        attempts, when the item began and the clearing batch it holds; by run, then
+        merchant, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryRunItem(self, request, context):
+        """Works one stuck item now, as the next run would: a FAILED item claims again with
+        exactly the claim its first attempt recorded (batch id, currency, business date
+        to), whatever the profile or calendar say today, and is booked and confirmed; a
+        BOOKED item is confirmed. Idempotent by request_id (a replay answers the item as it
+        is now and works nothing). FAILED_PRECONDITION RUN_ITEM_NOT_FAILED for an item in
+        any other state; NOT_FOUND RUN_ITEM_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseRunItem(self, request, context):
+        """Closes one FAILED item without booking it: its clearing batch is released when it
+        is OPEN (the details return to the pool and the merchant's next run claims them),
+        the item becomes RELEASED with the reason as its note, and its run can complete.
+        A batch already RELEASED or never opened is fine; one CONFIRMED in clearing is
+        left so (the item is closed with a note saying its details are settled there
+        without a settlement here). Never for a booked item: FAILED_PRECONDITION
+        RUN_ITEM_NOT_FAILED. UNAVAILABLE CLEARING_UNAVAILABLE when clearing cannot be asked
+        (nothing changed). Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SettlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -499,6 +588,11 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     servicer.ListSettlementProfiles,
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesResponse.SerializeToString,
+            ),
+            'ListSettlementProfileVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSettlementProfileVersions,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsResponse.SerializeToString,
             ),
             'GetSettlementDate': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSettlementDate,
@@ -620,6 +714,21 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.SerializeToString,
             ),
+            'ListFailedRunItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFailedRunItems,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsResponse.SerializeToString,
+            ),
+            'RetryRunItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryRunItem,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemResponse.SerializeToString,
+            ),
+            'ReleaseRunItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseRunItem,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clearhouse.settlement.v1.SettlementService', rpc_method_handlers)
@@ -654,8 +763,19 @@ class SettlementService:
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+    profile's current one (someone changed it since it was read); metadata
+    "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+    decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+    profile's currency (its balance, carried amounts and claimed batches are in that
+    currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+    currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+    or releasing a run item that does not exist or is not stuck; metadata "run_id",
+    "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
     call lost its connection or a deadlock; nothing was recorded and the call may be
     retried as is.
@@ -774,6 +894,33 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/ListSettlementProfiles',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSettlementProfileVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ListSettlementProfileVersions',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1422,6 +1569,87 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/ListSettlementRunItems',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFailedRunItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ListFailedRunItems',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryRunItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/RetryRunItem',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseRunItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ReleaseRunItem',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemResponse.FromString,
             options,
             channel_credentials,
             insecure,

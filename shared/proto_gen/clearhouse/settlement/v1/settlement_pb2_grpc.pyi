@@ -52,8 +52,19 @@ class SettlementServiceStub:
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing, or a statement's detail lines were read from clearing, and clearing did
       not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+      profile's current one (someone changed it since it was read); metadata
+      "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+      decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+      profile's currency (its balance, carried amounts and claimed batches are in that
+      currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+      currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+      or releasing a run item that does not exist or is not stuck; metadata "run_id",
+      "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
       call lost its connection or a deadlock; nothing was recorded and the call may be
       retried as is.
@@ -83,9 +94,16 @@ class SettlementServiceStub:
     GetSettlementProfile: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.GetSettlementProfileRequest, _settlement_pb2.GetSettlementProfileResponse]
     """Gets a merchant's settlement profile."""
     UpdateSettlementProfile: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.UpdateSettlementProfileRequest, _settlement_pb2.UpdateSettlementProfileResponse]
-    """Replaces a merchant's settlement profile; takes effect from the next run."""
+    """Changes the fields of a merchant's settlement profile named by update_mask
+    (AIP-134), only if the etag sent is the current one (AIP-154); takes effect from
+    the next run. Idempotent by request_id. Each change is kept as a new version.
+    """
     ListSettlementProfiles: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementProfilesRequest, _settlement_pb2.ListSettlementProfilesResponse]
     """Lists settlement profiles, paginated."""
+    ListSettlementProfileVersions: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementProfileVersionsRequest, _settlement_pb2.ListSettlementProfileVersionsResponse]
+    """Lists the versions of a merchant's settlement profile, newest first, paginated:
+    what it was after its creation and after each change, who changed it and when.
+    """
     GetSettlementDate: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.GetSettlementDateRequest, _settlement_pb2.GetSettlementDateResponse]
     """Answers the settlement date of a business date for a cycle."""
     SetCalendarDay: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.SetCalendarDayRequest, _settlement_pb2.SetCalendarDayResponse]
@@ -154,6 +172,31 @@ class SettlementServiceStub:
     """Lists the work items of a run (one per merchant) with what each did and, when the
     merchant got nothing paid, why; paginated by merchant id.
     """
+    ListFailedRunItems: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListFailedRunItemsRequest, _settlement_pb2.ListFailedRunItemsResponse]
+    """Lists the run items that are stuck, of every run: a claim that failed (FAILED,
+    retried by every later call and run until it completes or is released) and a
+    booked settlement whose confirmation failed (BOOKED with an error), with why, the
+    attempts, when the item began and the clearing batch it holds; by run, then
+    merchant, paginated.
+    """
+    RetryRunItem: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.RetryRunItemRequest, _settlement_pb2.RetryRunItemResponse]
+    """Works one stuck item now, as the next run would: a FAILED item claims again with
+    exactly the claim its first attempt recorded (batch id, currency, business date
+    to), whatever the profile or calendar say today, and is booked and confirmed; a
+    BOOKED item is confirmed. Idempotent by request_id (a replay answers the item as it
+    is now and works nothing). FAILED_PRECONDITION RUN_ITEM_NOT_FAILED for an item in
+    any other state; NOT_FOUND RUN_ITEM_NOT_FOUND.
+    """
+    ReleaseRunItem: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ReleaseRunItemRequest, _settlement_pb2.ReleaseRunItemResponse]
+    """Closes one FAILED item without booking it: its clearing batch is released when it
+    is OPEN (the details return to the pool and the merchant's next run claims them),
+    the item becomes RELEASED with the reason as its note, and its run can complete.
+    A batch already RELEASED or never opened is fine; one CONFIRMED in clearing is
+    left so (the item is closed with a note saying its details are settled there
+    without a settlement here). Never for a booked item: FAILED_PRECONDITION
+    RUN_ITEM_NOT_FAILED. UNAVAILABLE CLEARING_UNAVAILABLE when clearing cannot be asked
+    (nothing changed). Idempotent by request_id.
+    """
 
 @_typing.type_check_only
 class SettlementServiceAsyncStub(SettlementServiceStub):
@@ -182,8 +225,19 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing, or a statement's detail lines were read from clearing, and clearing did
       not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+      profile's current one (someone changed it since it was read); metadata
+      "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+      decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+      profile's currency (its balance, carried amounts and claimed batches are in that
+      currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+      currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+      or releasing a run item that does not exist or is not stuck; metadata "run_id",
+      "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
       call lost its connection or a deadlock; nothing was recorded and the call may be
       retried as is.
@@ -210,9 +264,16 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     GetSettlementProfile: _aio.UnaryUnaryMultiCallable[_settlement_pb2.GetSettlementProfileRequest, _settlement_pb2.GetSettlementProfileResponse]  # type: ignore[assignment]
     """Gets a merchant's settlement profile."""
     UpdateSettlementProfile: _aio.UnaryUnaryMultiCallable[_settlement_pb2.UpdateSettlementProfileRequest, _settlement_pb2.UpdateSettlementProfileResponse]  # type: ignore[assignment]
-    """Replaces a merchant's settlement profile; takes effect from the next run."""
+    """Changes the fields of a merchant's settlement profile named by update_mask
+    (AIP-134), only if the etag sent is the current one (AIP-154); takes effect from
+    the next run. Idempotent by request_id. Each change is kept as a new version.
+    """
     ListSettlementProfiles: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementProfilesRequest, _settlement_pb2.ListSettlementProfilesResponse]  # type: ignore[assignment]
     """Lists settlement profiles, paginated."""
+    ListSettlementProfileVersions: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementProfileVersionsRequest, _settlement_pb2.ListSettlementProfileVersionsResponse]  # type: ignore[assignment]
+    """Lists the versions of a merchant's settlement profile, newest first, paginated:
+    what it was after its creation and after each change, who changed it and when.
+    """
     GetSettlementDate: _aio.UnaryUnaryMultiCallable[_settlement_pb2.GetSettlementDateRequest, _settlement_pb2.GetSettlementDateResponse]  # type: ignore[assignment]
     """Answers the settlement date of a business date for a cycle."""
     SetCalendarDay: _aio.UnaryUnaryMultiCallable[_settlement_pb2.SetCalendarDayRequest, _settlement_pb2.SetCalendarDayResponse]  # type: ignore[assignment]
@@ -281,6 +342,31 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     """Lists the work items of a run (one per merchant) with what each did and, when the
     merchant got nothing paid, why; paginated by merchant id.
     """
+    ListFailedRunItems: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListFailedRunItemsRequest, _settlement_pb2.ListFailedRunItemsResponse]  # type: ignore[assignment]
+    """Lists the run items that are stuck, of every run: a claim that failed (FAILED,
+    retried by every later call and run until it completes or is released) and a
+    booked settlement whose confirmation failed (BOOKED with an error), with why, the
+    attempts, when the item began and the clearing batch it holds; by run, then
+    merchant, paginated.
+    """
+    RetryRunItem: _aio.UnaryUnaryMultiCallable[_settlement_pb2.RetryRunItemRequest, _settlement_pb2.RetryRunItemResponse]  # type: ignore[assignment]
+    """Works one stuck item now, as the next run would: a FAILED item claims again with
+    exactly the claim its first attempt recorded (batch id, currency, business date
+    to), whatever the profile or calendar say today, and is booked and confirmed; a
+    BOOKED item is confirmed. Idempotent by request_id (a replay answers the item as it
+    is now and works nothing). FAILED_PRECONDITION RUN_ITEM_NOT_FAILED for an item in
+    any other state; NOT_FOUND RUN_ITEM_NOT_FOUND.
+    """
+    ReleaseRunItem: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ReleaseRunItemRequest, _settlement_pb2.ReleaseRunItemResponse]  # type: ignore[assignment]
+    """Closes one FAILED item without booking it: its clearing batch is released when it
+    is OPEN (the details return to the pool and the merchant's next run claims them),
+    the item becomes RELEASED with the reason as its note, and its run can complete.
+    A batch already RELEASED or never opened is fine; one CONFIRMED in clearing is
+    left so (the item is closed with a note saying its details are settled there
+    without a settlement here). Never for a booked item: FAILED_PRECONDITION
+    RUN_ITEM_NOT_FAILED. UNAVAILABLE CLEARING_UNAVAILABLE when clearing cannot be asked
+    (nothing changed). Idempotent by request_id.
+    """
 
 class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     """SettlementService decides when each merchant is paid and how much (结算), books
@@ -308,8 +394,19 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing, or a statement's detail lines were read from clearing, and clearing did
       not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+      profile's current one (someone changed it since it was read); metadata
+      "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+      decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+      profile's currency (its balance, carried amounts and claimed batches are in that
+      currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+      currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+      or releasing a run item that does not exist or is not stuck; metadata "run_id",
+      "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
       call lost its connection or a deadlock; nothing was recorded and the call may be
       retried as is.
@@ -352,7 +449,10 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _settlement_pb2.UpdateSettlementProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.UpdateSettlementProfileResponse, _abc.Awaitable[_settlement_pb2.UpdateSettlementProfileResponse]]:
-        """Replaces a merchant's settlement profile; takes effect from the next run."""
+        """Changes the fields of a merchant's settlement profile named by update_mask
+        (AIP-134), only if the etag sent is the current one (AIP-154); takes effect from
+        the next run. Idempotent by request_id. Each change is kept as a new version.
+        """
 
     @_abc_1.abstractmethod
     def ListSettlementProfiles(
@@ -361,6 +461,16 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.ListSettlementProfilesResponse, _abc.Awaitable[_settlement_pb2.ListSettlementProfilesResponse]]:
         """Lists settlement profiles, paginated."""
+
+    @_abc_1.abstractmethod
+    def ListSettlementProfileVersions(
+        self,
+        request: _settlement_pb2.ListSettlementProfileVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ListSettlementProfileVersionsResponse, _abc.Awaitable[_settlement_pb2.ListSettlementProfileVersionsResponse]]:
+        """Lists the versions of a merchant's settlement profile, newest first, paginated:
+        what it was after its creation and after each change, who changed it and when.
+        """
 
     @_abc_1.abstractmethod
     def GetSettlementDate(
@@ -572,6 +682,49 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_settlement_pb2.ListSettlementRunItemsResponse, _abc.Awaitable[_settlement_pb2.ListSettlementRunItemsResponse]]:
         """Lists the work items of a run (one per merchant) with what each did and, when the
         merchant got nothing paid, why; paginated by merchant id.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFailedRunItems(
+        self,
+        request: _settlement_pb2.ListFailedRunItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ListFailedRunItemsResponse, _abc.Awaitable[_settlement_pb2.ListFailedRunItemsResponse]]:
+        """Lists the run items that are stuck, of every run: a claim that failed (FAILED,
+        retried by every later call and run until it completes or is released) and a
+        booked settlement whose confirmation failed (BOOKED with an error), with why, the
+        attempts, when the item began and the clearing batch it holds; by run, then
+        merchant, paginated.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryRunItem(
+        self,
+        request: _settlement_pb2.RetryRunItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.RetryRunItemResponse, _abc.Awaitable[_settlement_pb2.RetryRunItemResponse]]:
+        """Works one stuck item now, as the next run would: a FAILED item claims again with
+        exactly the claim its first attempt recorded (batch id, currency, business date
+        to), whatever the profile or calendar say today, and is booked and confirmed; a
+        BOOKED item is confirmed. Idempotent by request_id (a replay answers the item as it
+        is now and works nothing). FAILED_PRECONDITION RUN_ITEM_NOT_FAILED for an item in
+        any other state; NOT_FOUND RUN_ITEM_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseRunItem(
+        self,
+        request: _settlement_pb2.ReleaseRunItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ReleaseRunItemResponse, _abc.Awaitable[_settlement_pb2.ReleaseRunItemResponse]]:
+        """Closes one FAILED item without booking it: its clearing batch is released when it
+        is OPEN (the details return to the pool and the merchant's next run claims them),
+        the item becomes RELEASED with the reason as its note, and its run can complete.
+        A batch already RELEASED or never opened is fine; one CONFIRMED in clearing is
+        left so (the item is closed with a note saying its details are settled there
+        without a settlement here). Never for a booked item: FAILED_PRECONDITION
+        RUN_ITEM_NOT_FAILED. UNAVAILABLE CLEARING_UNAVAILABLE when clearing cannot be asked
+        (nothing changed). Idempotent by request_id.
         """
 
 def add_SettlementServiceServicer_to_server(servicer: SettlementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
