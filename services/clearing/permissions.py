@@ -30,6 +30,9 @@ PERMISSIONS = table(
         "ListPendingFees": read("clearing.reports.read", SETTLEMENT),
         "RetryExceptions": operate("clearing.exceptions.retry"),
         "ReconcileFees": operate("clearing.fees.reconcile"),
+        # What settlement's invariant check and its figures read (nothing changes).
+        "GetStuckReport": read("clearing.reports.read", SETTLEMENT),
+        "CountDueDetails": read("clearing.reports.read", SETTLEMENT),
         "ClaimDetails": systems("clearing.batches.claim", SETTLEMENT),
         "BatchClaimDetails": systems("clearing.batches.claim", SETTLEMENT),
         # Admins confirm or release by hand after a crashed run (docs/clearing.md).

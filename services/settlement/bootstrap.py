@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
-from services.settlement.adapters.figures import figure_source
+from services.settlement.adapters.figures import figure_source, stuck_figure_source
 from services.settlement.domain.payouts import Limits
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
 from services.settlement.permissions import AUDIT, PERMISSIONS
@@ -22,9 +22,12 @@ from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
 from services.settlement.service_layer.payouts import DispatchPolicy, PayoutService
 from services.settlement.service_layer.profiles import ProfileService
+from services.settlement.service_layer.run_items import RunItemOps
 from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.scheduler import Scheduler, parse_run_time
 from services.settlement.service_layer.statements import StatementService
+from services.settlement.service_layer.stuck import DueDetails, StuckCheck
+from services.settlement.service_layer.stuck import Limits as StuckLimits
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
 from shared import audit_service, migrations
@@ -90,9 +93,19 @@ async def build_app(
             limits=Limits(settings.payout_max_attempts, settings.payout_max_age_s),
         ),
     )
+    stuck = StuckCheck(
+        db, clearing,
+        StuckLimits(open_batch_age_s=settings.stuck_open_batch_age_s,
+                    pending_fee_age_s=settings.stuck_pending_fee_age_s,
+                    exception_age_s=settings.stuck_exception_age_s,
+                    reconcile_window_s=settings.stuck_reconcile_window_s),
+        concurrency=settings.call_concurrency,
+    )
+    due = DueDetails(db, clearing, calendars, today=lambda: business_date(clock(), zone))
     servicer = SettlementServicer(
         ProfileService(db), calendars, runs, StatementService(db, clearing), BookService(db),
         payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
+        RunItemOps(runs), stuck,
     )
 
     async def ready() -> bool:
@@ -132,6 +145,8 @@ async def build_app(
         pool_figures(engine),
         figure_source(engine, BookService(db).check_invariants,
                       settings.invariant_check_interval_s, calendars.coverage),
+        stuck_figure_source(engine, stuck.findings, due.count,
+                            settings.clearing_figures_interval_s),
     ]
 
     return App(

@@ -36,6 +36,11 @@ PERMISSIONS = table(
         "ListPayouts": read("settlement.payouts.read"),
         "GetPayout": read("settlement.payouts.read"),
         "RetryPayout": operate("settlement.payouts.retry"),
+        "ListFailedRunItems": read("settlement.settlements.read"),
+        # Operators work a stuck item again with its recorded claim; only admins give one
+        # up (its batch released in clearing, its details left to the next run).
+        "RetryRunItem": operate("settlement.runs.retry"),
+        "ReleaseRunItem": administer("settlement.runs.release"),
         # Settling an escalated payout by hand moves money on a person's word: admins
         # (four-eyes once the approval engine guards it).
         "MarkPayoutPaid": administer("settlement.payouts.resolve"),

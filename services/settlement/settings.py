@@ -44,6 +44,16 @@ class SettlementSettings(ServiceSettings):
     # the next run); 0 = no limit of that kind.
     item_max_attempts: int = Field(default=20, ge=0)
     item_max_age_s: float = Field(default=3 * 86400.0, ge=0)
+    # What CheckInvariants (include_clearing_stuck) and the figures call stuck: a batch
+    # OPEN longer than a run takes, fees pending and payments in exception past an age,
+    # and the fee reconciliation over this window (0: not asked).
+    stuck_open_batch_age_s: float = Field(default=3600.0, ge=0, le=366 * 86400)
+    stuck_pending_fee_age_s: float = Field(default=3600.0, ge=0, le=366 * 86400)
+    stuck_exception_age_s: float = Field(default=86400.0, ge=0, le=366 * 86400)
+    stuck_reconcile_window_s: float = Field(default=7200.0, ge=0, le=7 * 86400)
+    # How often the metrics refresh asks clearing what is stuck and what is due and not
+    # settled (the stuck_* and unsettled_due_details gauges); 0: never.
+    clearing_figures_interval_s: float = Field(default=60.0, ge=0)
 
     # The business calendar: warn (log, GetCalendarCoverage.warning) when fewer than this
     # many days from today are known; how often to look, seconds (0: never in the

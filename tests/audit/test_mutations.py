@@ -90,9 +90,10 @@ async def test_billing_mutations_each_write_one_event_and_replays_none(billing):
     assert plain(collected.after)["state"] == "COLLECTED"
     assert voided.reason == "orphan by hand"
     assert plain(voided.before)["transaction_id"] == "T2"
-    # Every event has a request id the caller can quote (the server made one when none
-    # was sent).
-    assert all(len(e.request_id) >= 8 for e in trail)
+    # The request id is the mutation's own (its idempotency key), else the call's.
+    assert [e.request_id for e in trail[1:4]] == ["v2", "end", "top"]
+    assert trail[4].request_id and trail[4].request_id != trail[5].request_id
+    assert collected.request_id == "col" and voided.request_id == "void"
 
 
 async def test_a_refused_or_failed_mutation_writes_no_success_event(billing):

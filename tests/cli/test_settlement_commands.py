@@ -168,6 +168,23 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     await st.wait_payouts_final(s)
     assert "PAID" in (await cli("payouts", "list", "--merchant", "EX-SHOP")).stdout
 
+    # Each service's audit trail holds what the CLI (as ada) and settlement did.
+    trail = json.loads((await cli("settlement", "audit", "--actor", "ada", "--json")).stdout)
+    by_method = {e["method"].rsplit("/", 1)[1]: e for e in trail}
+    assert by_method["RunSettlement"]["object_id"] == "run-20261103"
+    assert by_method["RunSettlement"]["request_id"] == "cli-run-1103"
+    retry = by_method["RetryPayout"]
+    assert (retry["object_id"], retry["after"]["retried_by"]) == (pid, f"{pid}-retry1")
+    assert "CreateSettlementProfile" in by_method
+    assert "RetryPayout" in (await cli("settlement", "audit", "--object", pid)).stdout
+    cleared = json.loads((await cli("clearing", "audit", "--json")).stdout)
+    assert {(e["method"].rsplit("/", 1)[1], e["actor"]) for e in cleared} >= {
+        ("RetryExceptions", "ada"), ("BatchConfirmBatches", "settlement")}
+    topups = json.loads((await cli("billing", "audit", "--method", "TopUpFeeAccount",
+                                   "--object", "EX-CAFE/CNY", "--json")).stdout)
+    assert [e["request_id"] != "" and e["after"]["top_up"] for e in topups] == [5000, 10]
+    assert (await cli("billing", "audit", "--outcome", "nonsense", code=2)).exit_code == 2
+
     held = json.loads((await cli("simulator", "list", "--json")).stdout)
     paid = next(p for p in held if p["payout"]["merchant_id"] == "EX-SHOP"
                 and p["payout"]["state"] == "PAYOUT_STATE_PAID")

@@ -47,10 +47,13 @@ class Stack:
 
 
 async def start_stack(pg_url: str, notify: bool = False, **settlement_overrides: Any) -> Stack:
-    """`notify`: the simulator calls settlement back with every result (it starts after
-    settlement, on a port settlement was given)."""
-    billing = await launch("billing", pg_url)
-    clearing = await launch("clearing", pg_url, billing_address=billing.address, **FAST_CLEARING)
+    """The three services (and the gateway simulator), each as its runtime database role
+    (shared/db_roles.py), as deployed: every RPC the stack's tests call works with DML on
+    the service's own tables alone. `notify`: the simulator calls settlement back with
+    every result (it starts after settlement, on a port settlement was given)."""
+    billing = await launch("billing", pg_url, roles=True)
+    clearing = await launch("clearing", pg_url, billing_address=billing.address, roles=True,
+                            **FAST_CLEARING)
     if not notify:
         simulator = await start_simulator(hold_s=2.0)
         gateway = simulator.address
@@ -59,7 +62,7 @@ async def start_stack(pg_url: str, notify: bool = False, **settlement_overrides:
     settlement = await launch(
         "settlement", pg_url, clearing_address=clearing.address,
         billing_address=billing.address, payout_gateway_address=gateway,
-        **{**FAST_SETTLEMENT, **settlement_overrides},
+        roles=True, **{**FAST_SETTLEMENT, **settlement_overrides},
     )
     if notify:
         simulator = await start_simulator(hold_s=2.0, port=int(gateway.rsplit(":", 1)[1]),

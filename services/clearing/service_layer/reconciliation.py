@@ -126,7 +126,11 @@ class Reconciler:
         self.interval_s = interval_s
         self.now = now
 
-    async def reconcile(self, start: dt.datetime, end: dt.datetime, void: bool) -> Report:
+    async def reconcile(
+        self, start: dt.datetime, end: dt.datetime, void: bool, *, figures: bool = True
+    ) -> Report:
+        """`figures` False: a report for someone else (GetStuckReport) that leaves the
+        figures of the last pass alone."""
         report = Report(start, end)
         await self._orphans(report, void)
         await self._uncharged(report)
@@ -143,7 +147,7 @@ class Reconciler:
                                                       for o in report.orphans][:100],
                            "uncharged_detail_ids": [u.detail_id for u in report.uncharged][:100],
                            "violations": report.violations})
-        if self.metrics is not None:
+        if self.metrics is not None and figures:
             voided, orphans, violations, last = self.metrics
             voided.inc(report.voided)
             orphans.set(len(report.orphans))

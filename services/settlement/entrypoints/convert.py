@@ -207,6 +207,15 @@ def run_item_to_proto(r: ItemRow) -> pb.RunItem:
         error=r.error,
         note=RUN_ITEM_NOTES_BY_NAME.get(r.note, pb.RUN_ITEM_NOTE_UNKNOWN),
         note_detail=r.note_detail,
+        run_id=r.run_id,
+        settle_date=date_to_proto(r.settle_date) if r.settle_date else None,
+        attempts=r.attempts,
+        clearing_batch_id=r.batch_id,
+        business_date_to=date_to_proto(r.business_date_to) if r.business_date_to else None,
+        currency_code=r.currency,
+        create_time=datetime_to_ts(r.create_time) if r.create_time else None,
+        update_time=datetime_to_ts(r.update_time) if r.update_time else None,
+        step=r.step,
     )
 
 

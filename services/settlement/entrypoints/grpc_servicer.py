@@ -14,8 +14,10 @@ from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService, ImportRequest
 from services.settlement.service_layer.payouts import Notification, PayoutService
 from services.settlement.service_layer.profiles import ProfileService
+from services.settlement.service_layer.run_items import RunItemOps
 from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.statements import StatementService
+from services.settlement.service_layer.stuck import StuckCheck
 from shared import validation
 from shared.errors import Violations
 from shared.validation import (
@@ -42,7 +44,11 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         payouts: PayoutService,
         audit: ClearingAudit,
         balances: BalanceService,
+        items: RunItemOps,
+        stuck: StuckCheck,
     ) -> None:
+        self.items = items
+        self.stuck = stuck
         self.profiles = profiles
         self.calendars = calendars
         self.runs = runs
@@ -243,6 +249,8 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         found = await self.books.check_invariants()
         if day is not None:
             found += await self.audit.check(day)
+        if request.include_clearing_stuck:
+            found += await self.stuck.check()
         return pb.CheckInvariantsResponse(
             violations=[
                 pb.InvariantViolation(
@@ -416,6 +424,45 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         return pb.ListSettlementRunItemsResponse(
             items=[c.run_item_to_proto(r) for r in rows], next_page_token=token
         )
+
+    # ---- stuck run items ----
+
+    async def ListFailedRunItems(
+        self, request: pb.ListFailedRunItemsRequest, context: Ctx
+    ) -> pb.ListFailedRunItemsResponse:
+        v = Violations()
+        check_id(v, request.run_id, "run_id", required=False)
+        _check_page(v, request)
+        v.raise_if_any()
+        rows, token = await self.items.list_failed(
+            request.run_id, request.page_size, request.page_token)
+        return pb.ListFailedRunItemsResponse(
+            items=[c.run_item_to_proto(r) for r in rows], next_page_token=token)
+
+    async def RetryRunItem(
+        self, request: pb.RetryRunItemRequest, context: Ctx
+    ) -> pb.RetryRunItemResponse:
+        v = Violations()
+        check_id(v, request.request_id, "request_id")
+        check_id(v, request.run_id, "run_id")
+        check_id(v, request.merchant_id, "merchant_id")
+        v.raise_if_any()
+        item = await self.items.retry(request.run_id, request.merchant_id, request.request_id)
+        return pb.RetryRunItemResponse(item=c.run_item_to_proto(item))
+
+    async def ReleaseRunItem(
+        self, request: pb.ReleaseRunItemRequest, context: Ctx
+    ) -> pb.ReleaseRunItemResponse:
+        v = Violations()
+        check_id(v, request.request_id, "request_id")
+        check_id(v, request.run_id, "run_id")
+        check_id(v, request.merchant_id, "merchant_id")
+        v.check(bool(request.reason.strip()), "reason", "required, for the audit trail")
+        check_text(v, request.reason, "reason")
+        v.raise_if_any()
+        item = await self.items.release(
+            request.run_id, request.merchant_id, request.request_id, request.reason.strip())
+        return pb.ReleaseRunItemResponse(item=c.run_item_to_proto(item))
 
 
 MAX_CALENDAR_FILE_CHARS = 1 << 20

@@ -53,6 +53,9 @@ class SettlementServiceStub:
     not answer; retry later.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+    or releasing a run item that does not exist or is not stuck; metadata "run_id",
+    "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
     call lost its connection or a deadlock; nothing was recorded and the call may be
     retried as is.
@@ -219,6 +222,21 @@ class SettlementServiceStub:
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.FromString,
                 _registered_method=True)
+        self.ListFailedRunItems = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ListFailedRunItems',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsResponse.FromString,
+                _registered_method=True)
+        self.RetryRunItem = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/RetryRunItem',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemResponse.FromString,
+                _registered_method=True)
+        self.ReleaseRunItem = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ReleaseRunItem',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemResponse.FromString,
+                _registered_method=True)
 
 
 class SettlementServiceServicer:
@@ -249,6 +267,9 @@ class SettlementServiceServicer:
     not answer; retry later.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+    or releasing a run item that does not exist or is not stuck; metadata "run_id",
+    "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
     call lost its connection or a deadlock; nothing was recorded and the call may be
     retried as is.
@@ -477,6 +498,43 @@ class SettlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFailedRunItems(self, request, context):
+        """Lists the run items that are stuck, of every run: a claim that failed (FAILED,
+        retried by every later call and run until it completes or is released) and a
+        booked settlement whose confirmation failed (BOOKED with an error), with why, the
+        attempts, when the item began and the clearing batch it holds; by run, then
+        merchant, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryRunItem(self, request, context):
+        """Works one stuck item now, as the next run would: a FAILED item claims again with
+        exactly the claim its first attempt recorded (batch id, currency, business date
+        to), whatever the profile or calendar say today, and is booked and confirmed; a
+        BOOKED item is confirmed. Idempotent by request_id (a replay answers the item as it
+        is now and works nothing). FAILED_PRECONDITION RUN_ITEM_NOT_FAILED for an item in
+        any other state; NOT_FOUND RUN_ITEM_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseRunItem(self, request, context):
+        """Closes one FAILED item without booking it: its clearing batch is released when it
+        is OPEN (the details return to the pool and the merchant's next run claims them),
+        the item becomes RELEASED with the reason as its note, and its run can complete.
+        A batch already RELEASED or never opened is fine; one CONFIRMED in clearing is
+        left so (the item is closed with a note saying its details are settled there
+        without a settlement here). Never for a booked item: FAILED_PRECONDITION
+        RUN_ITEM_NOT_FAILED. UNAVAILABLE CLEARING_UNAVAILABLE when clearing cannot be asked
+        (nothing changed). Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SettlementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -620,6 +678,21 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.SerializeToString,
             ),
+            'ListFailedRunItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFailedRunItems,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsResponse.SerializeToString,
+            ),
+            'RetryRunItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryRunItem,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemResponse.SerializeToString,
+            ),
+            'ReleaseRunItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseRunItem,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clearhouse.settlement.v1.SettlementService', rpc_method_handlers)
@@ -656,6 +729,9 @@ class SettlementService:
     not answer; retry later.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+    or releasing a run item that does not exist or is not stuck; metadata "run_id",
+    "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
     call lost its connection or a deadlock; nothing was recorded and the call may be
     retried as is.
@@ -1422,6 +1498,87 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/ListSettlementRunItems',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFailedRunItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ListFailedRunItems',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryRunItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/RetryRunItem',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseRunItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ReleaseRunItem',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemResponse.FromString,
             options,
             channel_credentials,
             insecure,
