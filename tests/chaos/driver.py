@@ -470,7 +470,9 @@ class Seed:
                 reason="chaos: checked with the gateway"), f"{request_id}-approval")
             if not refused:
                 self.report.fault("ops_mark_paid" if paid else "ops_mark_failed", p.payout_id)
-            elif refused != "PAYOUT_NOT_ESCALATED":
+            elif refused == "PAYOUT_NOT_ESCALATED":
+                self.report.fault("ops_mark_after_callback", p.payout_id)
+            else:
                 # PAYOUT_NOT_ESCALATED: a callback settled it meanwhile, nothing to do.
                 raise RuntimeError(f"{method} {p.payout_id} refused: {refused}")
 
