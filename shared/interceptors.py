@@ -14,11 +14,12 @@ from google.protobuf import descriptor_pool
 from grpc_status import rpc_status
 
 from shared import tracing
+from shared.approvals import Gate
 from shared.client_security import ClientSecurity, RequestIdClientInterceptor
 from shared.errors import DomainError, FieldViolation, InvalidArgument, to_status
 from shared.masking import REVEAL_ACCOUNT_NUMBERS, REVEAL_KEY, masker_for
 from shared.metrics import ServiceMetrics
-from shared.permissions import ADMIN
+from shared.permissions import ADMIN, SERVICE
 from shared.pg_pool import DatabaseUnavailable, database_failure
 from shared.request_context import (
     REQUEST_ID_KEY,
@@ -46,13 +47,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     With a guard, every call but the health check must name a known caller that the
     method's permission rule allows; a method in no table is refused to everyone, and so
-    is any streaming method but the health watch and (when served) reflection."""
+    is any streaming method but the health watch and (when served) reflection.
+
+    With a guard and a four-eyes gate (shared/approvals.py), a person's call of a guarded
+    RPC whose condition holds is refused (APPROVAL_REQUIRED) before the servicer runs;
+    without a guard (insecure mode) approvals are not enforced."""
 
     def __init__(self, error_domain: str, metrics: ServiceMetrics | None = None,
-                 guard: Guard | None = None) -> None:
+                 guard: Guard | None = None, approvals: Gate | None = None) -> None:
         self.error_domain = error_domain
         self.metrics = metrics
         self.guard = guard
+        self.approvals = approvals if guard is not None else None
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -79,6 +85,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         domain = self.error_domain
         guard = None if is_open(method) else self.guard
         rule = guard.rule(method) if guard is not None else None
+        gate = self.approvals if guard is not None else None
+        guarded = gate.guard(method) if gate is not None else None
         service = domain.split(".", 1)[0]
         # Bank account numbers in the answer are masked unless an admin asks to see them.
         masked = masker_for(_output_type(method))
@@ -122,6 +130,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     caller_token = current_caller.set(caller)
                 if request is _UNDECODABLE:
                     raise undecodable
+                if guarded is not None and caller is not None and caller.role != SERVICE:
+                    assert gate is not None
+                    await gate.check(method, guarded, request)
                 response = await inner(request, context)
                 if masked is not None and not _may_reveal(caller, reveal):
                     response = masked(response)

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from shared import metrics as prometheus
 from shared import tracing
+from shared.approvals import Gate
 from shared.interceptors import ServerInterceptor
 from shared.security import ServerSecurity
 
@@ -56,6 +57,9 @@ class App:
     # TLS and the caller guard (shared.security.server_security from the settings). None
     # refuses to start: plaintext without identities is only ServerSecurity.insecure().
     security: ServerSecurity | None = None
+    # Four eyes: the service's guarded RPCs and the facts their conditions read (enforced
+    # for people whenever the security has a guard).
+    approvals: Gate | None = None
 
 
 @dataclass
@@ -129,7 +133,7 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
         # The tracing interceptor first: its span covers ours (and the access log line).
         interceptors=[
             *tracing.server_interceptors(),
-            ServerInterceptor(app.error_domain, app.metrics, security.guard),
+            ServerInterceptor(app.error_domain, app.metrics, security.guard, app.approvals),
         ],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),

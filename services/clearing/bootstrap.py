@@ -12,7 +12,7 @@ from services.clearing.adapters.billing_client import BillingClient
 from services.clearing.adapters.figures import figure_source
 from services.clearing.domain.model import Detail, TransactionIn
 from services.clearing.entrypoints.grpc_servicer import ClearingServicer
-from services.clearing.permissions import PERMISSIONS
+from services.clearing.permissions import APPROVALS, FOUR_EYES, PERMISSIONS
 from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
 from services.clearing.service_layer.pricing import Pricer
@@ -22,6 +22,8 @@ from services.clearing.service_layer.recording import Recorder
 from services.clearing.service_layer.unit_of_work import Database
 from services.clearing.settings import ClearingSettings
 from shared import migrations
+from shared.approval_service import ApprovalServicer
+from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.client_security import ClientSecurity
 from shared.coalescer import Coalescer
 from shared.figures import pool_figures
@@ -34,7 +36,7 @@ SERVICE_NAME = clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"].full_
 
 
 async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
-    security = server_security("clearing", settings, [PERMISSIONS])
+    security = server_security("clearing", settings, [PERMISSIONS, APPROVALS])
     db = Database(engine, settings.db_schema, settings.db_pool_size)
     zone = ZoneInfo(settings.business_timezone)
     billing = BillingClient(
@@ -68,6 +70,12 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
     )
     servicer = ClearingServicer(recorder, Queries(db), Batches(db), fees, records, reconciler)
 
+    gate = Gate(FOUR_EYES, settings)
+    approvals = ApprovalServicer(
+        engine=engine, domain="clearing.clearhouse", gate=gate, target=servicer,
+        rules={**PERMISSIONS.rules, **APPROVALS.rules},
+    )
+
     async def ready() -> bool:
         return await migrations.is_current(engine, settings.db_schema, MIGRATIONS)
 
@@ -77,8 +85,10 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
     return App(
         name="clearing",
         error_domain="clearing.clearhouse",
-        servicers=[(clearing_pb2_grpc.add_ClearingServiceServicer_to_server, servicer)],
-        service_names=[SERVICE_NAME],
+        servicers=[(clearing_pb2_grpc.add_ClearingServiceServicer_to_server, servicer),
+                   (add_approval_service, approvals)],
+        service_names=[SERVICE_NAME, APPROVAL_SERVICE],
+        approvals=gate,
         readiness=ready,
         background=[
             *([pending_fee_worker] if settings.pending_fee_worker_enabled else []),

@@ -12,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
+from services.settlement.adapters.destinations import Destinations
 from services.settlement.adapters.figures import figure_source
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
-from services.settlement.permissions import PERMISSIONS
+from services.settlement.permissions import APPROVALS, FOUR_EYES, PERMISSIONS
 from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
@@ -27,6 +28,8 @@ from services.settlement.service_layer.statements import StatementService
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
 from shared import migrations
+from shared.approval_service import ApprovalServicer
+from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.business_time import business_date
 from shared.client_security import ClientSecurity
 from shared.clock import clock_from_env
@@ -48,7 +51,7 @@ async def build_app(
     """`now` is the service's clock (UTC-aware): the scheduler's, the calendar's today;
     by default the real time shifted by CLEARHOUSE_NOW (shared/clock.py). Tests inject
     theirs."""
-    security = server_security("settlement", settings, [PERMISSIONS])
+    security = server_security("settlement", settings, [PERMISSIONS, APPROVALS])
     clock = now or clock_from_env()
     zone = ZoneInfo(settings.business_timezone)
     db = Database(engine, settings.db_schema)
@@ -89,6 +92,12 @@ async def build_app(
     servicer = SettlementServicer(
         ProfileService(db), calendars, runs, StatementService(db, clearing), BookService(db),
         payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
+    )
+
+    gate = Gate(FOUR_EYES, Destinations(engine))
+    approvals = ApprovalServicer(
+        engine=engine, domain="settlement.clearhouse", gate=gate, target=servicer,
+        rules={**PERMISSIONS.rules, **APPROVALS.rules},
     )
 
     async def ready() -> bool:
@@ -133,8 +142,10 @@ async def build_app(
     return App(
         name="settlement",
         error_domain="settlement.clearhouse",
-        servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, servicer)],
-        service_names=[SERVICE_NAME],
+        servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, servicer),
+                   (add_approval_service, approvals)],
+        service_names=[SERVICE_NAME, APPROVAL_SERVICE],
+        approvals=gate,
         readiness=ready,
         background=background,
         on_close=[close],

@@ -18,20 +18,30 @@ from typing import Any
 import grpc
 from pydantic import SecretStr
 
+from services.billing.permissions import APPROVALS as BILLING_APPROVALS
 from services.billing.permissions import PERMISSIONS as BILLING
+from services.clearing.permissions import APPROVALS as CLEARING_APPROVALS
 from services.clearing.permissions import PERMISSIONS as CLEARING
 from services.payout_simulator.permissions import PERMISSIONS as PAYOUT_SIMULATOR
+from services.settlement.permissions import APPROVALS as SETTLEMENT_APPROVALS
 from services.settlement.permissions import PERMISSIONS as SETTLEMENT
 from shared import devpki
 from shared.client_security import BearerToken, ClientSecurity
 from shared.permissions import PermissionTable, Rule, merged, role_principal
+from tests.support.four_eyes import APPROVE, APPROVER, ThroughApproval
 
 TABLES: dict[str, tuple[PermissionTable, ...]] = {
-    "billing": (BILLING,),
-    "clearing": (CLEARING,),
-    "settlement": (SETTLEMENT,),
+    "billing": (BILLING, BILLING_APPROVALS),
+    "clearing": (CLEARING, CLEARING_APPROVALS),
+    "settlement": (SETTLEMENT, SETTLEMENT_APPROVALS),
     "payout_simulator": PAYOUT_SIMULATOR,
 }
+# The rules of each server: the ApprovalService is served by three, each with its own
+# permission names, so a method's rule depends on the server.
+RULES_BY_SERVICE: dict[str, dict[str, Rule]] = {
+    name: merged(tables) for name, tables in TABLES.items()
+}
+# Every rule by method: who holds a permission is the same on each server.
 RULES: dict[str, Rule] = merged(t for tables in TABLES.values() for t in tables)
 
 # Who the default stubs call as, first that the method's rule allows without condition.
@@ -75,7 +85,8 @@ def permitted_caller(method: str) -> str:
 
 
 def _permitted_token(method: str) -> str:
-    name = permitted_caller(method)
+    # The second admin of a guarded call (tests/support/four_eyes): not its requester.
+    name = APPROVER if method == APPROVE else permitted_caller(method)
     return token(name) if name else ""
 
 
@@ -89,8 +100,12 @@ def _security(cert: str | None) -> ClientSecurity:
 
 
 def as_permitted(address: str) -> grpc.aio.Channel:
-    """A channel whose every call carries the token of a caller its method allows."""
-    return _security(devpki.TOOL).channel(address, [BearerToken(_permitted_token)])
+    """A channel whose every call carries the token of a caller its method allows; a
+    guarded RPC goes through RequestApproval as ada and ApproveRequest as bea."""
+    router = ThroughApproval()
+    channel = _security(devpki.TOOL).channel(address, [router, BearerToken(_permitted_token)])
+    router.channel = channel
+    return channel
 
 
 def channel(address: str, *, cert: str | None = devpki.TOOL, caller: str | None = None,

@@ -1,0 +1,84 @@
+"""The default stubs' way through four eyes: a guarded RPC (services/*/permissions.py
+FOUR_EYES) is filed with RequestApproval as `ada` and approved with ApproveRequest as
+`bea` (the channel's token picks them), and the call answers what the approved
+execution answered: its response, or an error equal in code, message and status
+details to what a direct call would have raised. So a test about fees or payouts calls
+TopUpFeeAccount or RetryPayout as before, and the second admin is implied.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+from clearhouse.approval.v1 import approval_pb2
+from google.protobuf import any_pb2, descriptor_pool, message_factory
+
+from services.billing.permissions import FOUR_EYES as BILLING
+from services.clearing.permissions import FOUR_EYES as CLEARING
+from services.settlement.permissions import FOUR_EYES as SETTLEMENT
+from shared.approvals import APPROVAL_SERVICE
+
+GUARDED = frozenset({*BILLING.guards, *CLEARING.guards, *SETTLEMENT.guards})
+REQUESTER = "ada"
+APPROVER = "bea"
+REQUEST = f"/{APPROVAL_SERVICE}/RequestApproval"
+APPROVE = f"/{APPROVAL_SERVICE}/ApproveRequest"
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def _response_class(method: str) -> Any:
+    service, _, name = method.lstrip("/").partition("/")
+    found = descriptor_pool.Default().FindServiceByName(service).FindMethodByName(name)
+    return message_factory.GetMessageClass(found.output_type)
+
+
+def approval_error(approval: approval_pb2.Approval, trailing: Any = ()) -> grpc.aio.AioRpcError:
+    """The error a direct call would have raised, from a FAILED approval's status."""
+    status = approval.error
+    metadata = grpc.aio.Metadata(
+        *[(k, v) for k, v in trailing if k != _STATUS_DETAILS_KEY],
+        (_STATUS_DETAILS_KEY, status.SerializeToString()),
+    )
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == status.code)),
+        grpc.aio.Metadata(), metadata, status.message, None,
+    )
+
+
+class ThroughApproval(grpc.aio.UnaryUnaryClientInterceptor):
+    """Routes guarded RPCs through RequestApproval + ApproveRequest on `channel` (set once
+    the channel exists; it carries this interceptor too, which lets other calls pass)."""
+
+    def __init__(self) -> None:
+        self.channel: grpc.aio.Channel | None = None
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        method = client_call_details.method
+        name = method.decode() if isinstance(method, bytes) else str(method)
+        if name not in GUARDED or self.channel is None:
+            return await continuation(client_call_details, request)
+        timeout = client_call_details.timeout
+        metadata = client_call_details.metadata
+        packed = any_pb2.Any()
+        packed.Pack(request)
+        filed = await self.channel.unary_unary(
+            REQUEST,
+            request_serializer=approval_pb2.RequestApprovalRequest.SerializeToString,
+            response_deserializer=approval_pb2.RequestApprovalResponse.FromString,
+        )(approval_pb2.RequestApprovalRequest(
+            request_id=f"t-{uuid.uuid4().hex}", request=packed,
+            reason="test harness: second admin implied"), timeout=timeout, metadata=metadata)
+        call = self.channel.unary_unary(
+            APPROVE,
+            request_serializer=approval_pb2.ApproveRequestRequest.SerializeToString,
+            response_deserializer=approval_pb2.ApproveRequestResponse.FromString,
+        )(approval_pb2.ApproveRequestRequest(approval_id=filed.approval.approval_id),
+          timeout=timeout, metadata=metadata)
+        decided = (await call).approval
+        if decided.state == approval_pb2.APPROVAL_STATE_APPROVED:
+            response = _response_class(name)()
+            decided.response.Unpack(response)
+            return response
+        raise approval_error(decided, tuple(await call.trailing_metadata() or ()))
