@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+from clearhouse.approval.v1 import approval_pb2
 from clearhouse.billing.v1 import billing_pb2
 from clearhouse.clearing.v1 import clearing_pb2
 from clearhouse.payout.v1 import payout_pb2
@@ -40,10 +41,11 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+APPROVALS = approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"]
 SERVICES = [  # in the order of the ports
-    [billing_pb2.DESCRIPTOR.services_by_name["BillingService"]],
-    [clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"]],
-    [settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"]],
+    [billing_pb2.DESCRIPTOR.services_by_name["BillingService"], APPROVALS],
+    [clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"], APPROVALS],
+    [settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"], APPROVALS],
     [payout_pb2.DESCRIPTOR.services_by_name["PayoutGatewayService"],
      payoutsim_pb2.DESCRIPTOR.services_by_name["PayoutSimulatorService"]],
 ]

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from services.cli import output
-from services.cli.commands import billing, clearing, settlement, simulator
+from services.cli.commands import approvals, billing, clearing, settlement, simulator
 from services.cli.runtime import invocation
 
 app = typer.Typer(
@@ -76,6 +76,8 @@ app.add_typer(settlement.merchants, name="merchants")
 app.add_typer(settlement.ledger, name="ledger")
 app.add_typer(simulator.simulator, name="simulator")
 app.command("check")(settlement.check)
+for _service in ("billing", "clearing", "settlement"):
+    app.add_typer(approvals.service_group(_service), name=_service)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from clearhouse.approval.v1 import approval_pb2
 from clearhouse.billing.v1 import billing_pb2
 from clearhouse.clearing.v1 import clearing_pb2
 from clearhouse.payout.v1 import payout_pb2
@@ -22,6 +23,7 @@ DESCRIPTORS = [
     settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"],
     payout_pb2.DESCRIPTOR.services_by_name["PayoutGatewayService"],
     payoutsim_pb2.DESCRIPTOR.services_by_name["PayoutSimulatorService"],
+    approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"],
 ]
 KNOWN = {*SERVICE_CALLERS, *(role_principal(r) for r in ROLES)}
 
