@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from rich.markup import escape
 
 from services.cli import output as out
-from services.cli.approvals import GUARDED, file, message_class
+from services.cli.approvals import GUARDED, file, message_class, status_error
 from services.cli.client import pages
 from services.cli.runtime import JsonOpt, LimitOpt, clients, handled, usage
 
@@ -35,7 +35,7 @@ def _state(value: str) -> int:
         raise typer.BadParameter("one of pending, approved, rejected, failed, all") from None
 
 
-def _show(a: apb.Approval, json: bool) -> None:
+def _show(service: str, a: apb.Approval, json: bool) -> None:
     if json:
         out.emit_json(a)
         return
@@ -49,7 +49,8 @@ def _show(a: apb.Approval, json: bool) -> None:
             shown = json_format.MessageToDict(getattr(a, name))
             con.print(f"{name}: {escape(jsonlib.dumps(shown, ensure_ascii=False))}")
     if a.state == apb.APPROVAL_STATE_FAILED:
-        con.print(f"[red]refused when executed:[/red] {escape(a.error.message)}")
+        refusal = status_error(service, a.error)
+        con.print(f"[red]refused when executed:[/red] {escape(str(refusal))}")
 
 
 def approvals_for(service: str) -> typer.Typer:
@@ -88,7 +89,7 @@ def approvals_for(service: str) -> typer.Typer:
 
         Example: clearhouse billing approvals show appr-1f0c
         """
-        _show(clients(ctx).approvals[service].GetApproval(
+        _show(service, clients(ctx).approvals[service].GetApproval(
             apb.GetApprovalRequest(approval_id=approval_id)).approval, json)
 
     @group.command("request")
@@ -146,7 +147,7 @@ def approvals_for(service: str) -> typer.Typer:
         """
         decided = clients(ctx).approvals[service].ApproveRequest(
             apb.ApproveRequestRequest(approval_id=approval_id, reason=reason)).approval
-        _show(decided, json)
+        _show(service, decided, json)
         if decided.state == apb.APPROVAL_STATE_FAILED:
             raise typer.Exit(1)
 
@@ -161,7 +162,7 @@ def approvals_for(service: str) -> typer.Typer:
 
         Example: clearhouse billing approvals reject appr-1f0c --reason "no payment received"
         """
-        _show(clients(ctx).approvals[service].RejectRequest(
+        _show(service, clients(ctx).approvals[service].RejectRequest(
             apb.RejectRequestRequest(approval_id=approval_id, reason=reason)).approval, json)
 
     return group
