@@ -25,7 +25,8 @@ from google.rpc import status_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import approval_store as store
-from shared.approvals import Gate, Preview
+from shared import audit
+from shared.approvals import SELF_APPROVAL, Gate, Preview
 from shared.clock import now as clock_now
 from shared.convert import write_ts
 from shared.errors import (
@@ -42,7 +43,12 @@ from shared.masking import masker_for
 from shared.pagination import Page, instant
 from shared.pagination import text as text_key
 from shared.permissions import ADMIN, Caller, Rule
-from shared.request_context import ApprovalContext, current_approval, current_caller
+from shared.request_context import (
+    ApprovalContext,
+    current_approval,
+    current_caller,
+    current_request_id,
+)
 from shared.security import PermissionDenied, denied
 from shared.validation import check_id, check_page_size, check_page_token, check_text, quote
 
@@ -129,8 +135,15 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
             async with self.engine.begin() as conn:
                 if await store.insert(conn, row):
                     existing = row
+                    # The filing is on the trail, in its own transaction.
+                    await audit.record(conn, object_type="approval",
+                                       object_id=row.approval_id, before=None,
+                                       after=_trail(row))
                 else:  # filed concurrently under the same id
                     existing = await store.get(conn, request.request_id)
+                    audit.replayed()
+        else:
+            audit.replayed()
         assert existing is not None
         if existing.request_hash != digest:
             raise IdempotencyConflict(request.request_id, "approval request")
@@ -175,12 +188,13 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         async with self.engine.connect() as conn, conn.begin():
             row = await self._find(conn, request.approval_id, lock=True)
             if row.state in (store.APPROVED, store.FAILED):
+                audit.replayed()  # decided already: the call ran once
                 return approval_pb2.ApproveRequestResponse(approval=self._proto(row))
             if row.state != store.PENDING:
                 raise _decided(row)
             if caller is not None and approver == row.requested_by:
                 raise PermissionDenied(
-                    "SELF_APPROVAL",
+                    SELF_APPROVAL,
                     f"{approver} filed approval {request.approval_id!r}: another admin must "
                     "approve it",
                     {"approval_id": row.approval_id, "requested_by": row.requested_by},
@@ -198,7 +212,10 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
                 response=None if response is None else response.SerializeToString(),
                 error=None if error is None else error.SerializeToString(),
             )
+            pending = row
             row = await self._find(conn, row.approval_id)
+            await audit.record(conn, object_type="approval", object_id=row.approval_id,
+                               before=_trail(pending), after=_trail(row))
         return approval_pb2.ApproveRequestResponse(approval=self._proto(row))
 
     async def _execute(
@@ -214,17 +231,28 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         caller_token = current_caller.set(requester)
         approval_token = current_approval.set(
             ApprovalContext(row.approval_id, approver, row.requested_by))
+        # The executed call's own audit events name the requester as actor and carry the
+        # approval and its approver (shared/audit.py reads this scope).
+        own_reason = getattr(inner, "reason", "")  # as a direct call's scope takes it
+        scope = audit.Scope(method, row.requested_by, ADMIN if requester else "",
+                            current_request_id.get(),
+                            own_reason if isinstance(own_reason, str) and own_reason
+                            else row.reason, row.approval_id, approver)
+        scope_token = audit.enter(scope)
         try:
             rule = self.rules.get(method)
             if requester is not None and (rule is None or not rule.allows(requester, inner)):
                 raise denied(requester, method, rule)
             response = await getattr(self.target, row.method)(inner, _InProcess())
+            if rule is not None and rule.audited and not scope.recorded and not scope.replayed:
+                audit.unrecorded(method)
         except (DomainError, InvalidArgument) as exc:
             status = to_status(exc, self.domain)
             if isinstance(exc, DomainError) and exc.code in _RETRYABLE:
                 raise
             return None, status
         finally:
+            audit.leave(scope_token)
             current_approval.reset(approval_token)
             current_caller.reset(caller_token)
         return self._mask(method, response), None
@@ -251,9 +279,14 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
                     conn, row.approval_id, state=store.REJECTED, decided_by=decider,
                     decision_reason=request.reason, decide_time=self.clock(),
                 )
+                pending = row
                 row = await self._find(conn, row.approval_id)
+                await audit.record(conn, object_type="approval", object_id=row.approval_id,
+                                   before=_trail(pending), after=_trail(row))
             elif row.state != store.REJECTED:
                 raise _decided(row)
+            else:
+                audit.replayed()
         return approval_pb2.RejectRequestResponse(approval=self._proto(row))
 
     # ----------------------------------------------------------------- reading
@@ -349,6 +382,14 @@ def _clean(value: Any) -> Any:
 def _storable(p: Preview) -> Preview:
     return Preview(_text(p.summary)[:512], _text(p.object_type)[:64], _text(p.object_id)[:128],
                    _clean(p.before), _clean(p.after))
+
+
+def _trail(row: store.ApprovalRow) -> dict[str, Any]:
+    """An approval as the audit trail keeps it (its request is in the approvals table)."""
+    return {"method": row.method, "summary": row.summary, "object_type": row.object_type,
+            "object_id": row.object_id, "requested_by": row.requested_by,
+            "state": row.state, "decided_by": row.decided_by,
+            "decision_reason": row.decision_reason}
 
 
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:

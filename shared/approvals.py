@@ -28,6 +28,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.descriptor import ServiceDescriptor
 
+from shared import audit
 from shared.errors import FailedPrecondition
 from shared.masking import masker_for
 from shared.permissions import PermissionTable, Rule, administer, read, table
@@ -49,7 +50,11 @@ __all__ = [
 ]
 
 APPROVAL_REQUIRED = "APPROVAL_REQUIRED"
+SELF_APPROVAL = "SELF_APPROVAL"
 APPROVAL_SERVICE = "clearhouse.approval.v1.ApprovalService"
+# The trail keeps refused attempts to skip the second pair of eyes: a direct call of a
+# guarded RPC (APPROVAL_REQUIRED, already audit's) and a requester approving their own.
+audit.REFUSALS.setdefault(SELF_APPROVAL, audit.PERMISSION_DENIED)
 
 # (request, facts) → does this request need a second admin? May be async.
 Condition = Callable[[Any, Any], bool | Awaitable[bool]]
@@ -199,7 +204,8 @@ def permission_table(service: str) -> PermissionTable:
         "GetApproval": read(f"{service}.approvals.read"),
         "ListApprovals": read(f"{service}.approvals.read"),
     }
-    return table(approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"], rules)
+    return table(approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"], rules,
+                 note=f"(on {service})")
 
 
 def masked_dict(message: Any) -> dict[str, Any]:

@@ -35,6 +35,25 @@ def _database_url(settings: ServiceSettings) -> str:
     return url
 
 
+def _migration_url(settings: ServiceSettings) -> str:
+    """The migration role's URL; without one the runtime URL migrates too (development)."""
+    return settings.migration_database_url.get_secret_value() or _database_url(settings)
+
+
+def _check_urls(settings: ServiceSettings, name: str) -> None:
+    """A migration URL without a runtime URL would leave the pool on the embedded database
+    (or, read as a fallback, on the role that may drop every table): refused."""
+    if settings.migration_database_url.get_secret_value() and not settings.resolved_database_url():
+        prefix = name.upper() + "_"
+        print(
+            f"{name}: {prefix}MIGRATION_DATABASE_URL is set but neither {prefix}DATABASE_URL "
+            "nor DATABASE_URL is: give the runtime role's URL too (docs/security.md"
+            "#database-roles).",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 async def _database_answers(engine: AsyncEngine) -> bool:
     try:
         async with engine.connect() as conn:
@@ -46,7 +65,18 @@ async def _database_answers(engine: AsyncEngine) -> bool:
         return False
 
 
+async def _migrate_with(url: str, schema: str, scripts: Path) -> None:
+    """Migrates on an engine of its own, closed at once: the migration role's connection
+    never stays in the serving process's pool."""
+    engine = create_engine(url, schema, 1)
+    try:
+        await migrations.upgrade(engine, schema, scripts)
+    finally:
+        await engine.dispose()
+
+
 async def _serve(settings: ServiceSettings, build: BuildApp, scripts: Path, name: str) -> int:
+    _check_urls(settings, name)
     engine = create_engine(_database_url(settings), settings.db_schema, settings.db_pool_size)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -58,23 +88,26 @@ async def _serve(settings: ServiceSettings, build: BuildApp, scripts: Path, name
             lambda: _database_answers(engine), settings.host, settings.port, stop
         ):
             return 0
+        if settings.migrate_on_start:
+            await _migrate_with(_migration_url(settings), settings.db_schema, scripts)
+        elif not await migrations.is_current(engine, settings.db_schema, scripts):
+            # A runtime role cannot migrate: wait, NOT_SERVING, until the migration step
+            # (a Job, compose's one-shot service, `migrate`) has brought the schema to head.
+            current = await _revision(engine, settings.db_schema)
+            waiting = (
+                f"schema {settings.db_schema!r} is at revision {current or 'none'}, not at "
+                f"{migrations.head_revision(scripts)}: waiting for it (health NOT_SERVING). "
+                f"Run `python -m services.{name} migrate` (with the migration role), or set "
+                f"{name.upper()}_MIGRATE_ON_START=true."
+            )
+            if not await server.serve_health_until(
+                lambda: migrations.is_current(engine, settings.db_schema, scripts),
+                settings.host, settings.port, stop, poll_s=0.5, max_poll_s=2.0,
+                waiting_log=waiting, resumed_log="schema at head; starting",
+            ):
+                return 0
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        if settings.migrate_on_start:
-            await migrations.upgrade(engine, settings.db_schema, scripts)
-        elif not await migrations.is_current(engine, settings.db_schema, scripts):
-            current = None
-            try:
-                current = await migrations.current_revision(engine, settings.db_schema)
-            except Exception:
-                current = None
-            print(
-                f"{name}: schema {settings.db_schema!r} is at revision {current or 'none'}, "
-                f"not at {migrations.head_revision(scripts)}. Run `python -m services.{name} "
-                f"migrate` first, or set {name.upper()}_MIGRATE_ON_START=true.",
-                file=sys.stderr,
-            )
-            return 2
         app = await build(settings, engine)
         await server.serve_forever(app, settings.host, settings.port, settings.grace_period_s)
         return 0
@@ -82,8 +115,15 @@ async def _serve(settings: ServiceSettings, build: BuildApp, scripts: Path, name
         await engine.dispose()
 
 
+async def _revision(engine: AsyncEngine, schema: str) -> str | None:
+    try:
+        return await migrations.current_revision(engine, schema)
+    except Exception:
+        return None
+
+
 async def _migrate(settings: ServiceSettings, scripts: Path, down: str | None) -> int:
-    engine = create_engine(_database_url(settings), settings.db_schema, 2)
+    engine = create_engine(_migration_url(settings), settings.db_schema, 2)
     try:
         if down:
             await migrations.downgrade(engine, settings.db_schema, scripts, down)

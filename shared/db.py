@@ -32,6 +32,13 @@ def create_engine(url: str, schema: str, pool_size: int = 10) -> AsyncEngine:
 
 
 async def ensure_schema(engine: AsyncEngine, schema: str) -> None:
+    """Creates the schema unless it exists. Looked up first: CREATE SCHEMA IF NOT EXISTS
+    needs CREATE on the database even when the schema is there, which a migration role
+    owning a schema made for it (shared/db_roles.py) does not hold."""
     check_schema_name(schema)
     async with engine.begin() as conn:
-        await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        found = await conn.execute(
+            text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": schema}
+        )
+        if found.first() is None:
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))

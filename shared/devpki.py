@@ -7,6 +7,8 @@
                                     clearing and settlement, calls other services as itself
                                     (SAN <name>.caller.clearhouse)
     <system>.pem / .key             client certificates of the transaction core, trade, payout
+                                    and the payout gateway (the simulator calls back with
+                                    its server certificate, whose SAN names it too)
     tool.pem / tool.key             the client certificate of people's tools (grpcurl, the
                                     CLI, the console): it names nobody, the token does
     tokens/<name>.token             one bearer token per caller (people and systems)
@@ -30,6 +32,7 @@ from shared.permissions import (
     CLEARING,
     OPERATOR,
     PAYOUT,
+    PAYOUT_GATEWAY,
     SERVICE,
     SETTLEMENT,
     TRADE,
@@ -45,9 +48,10 @@ SERVERS = {
     "billing": ("billing",),
     "clearing": ("clearing", CLEARING + CALLER_SAN_SUFFIX),
     "settlement": ("settlement", SETTLEMENT + CALLER_SAN_SUFFIX),
-    "payout_simulator": ("payout-simulator",),
+    # The simulator calls settlement back as the payout gateway, with this certificate.
+    "payout_simulator": ("payout-simulator", PAYOUT_GATEWAY + CALLER_SAN_SUFFIX),
 }
-SYSTEMS = (TRANSACTION_CORE, TRADE, PAYOUT)
+SYSTEMS = (TRANSACTION_CORE, TRADE, PAYOUT, PAYOUT_GATEWAY)
 TOOL = "tool"
 TOOL_SAN = "tools.client.clearhouse"
 # People of the development stack: two admins, so that one can approve what the other asks.
@@ -101,10 +105,37 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
     tmp.replace(path)
 
 
+def _complete(pki: DevPKI) -> bool:
+    """Whether the folder holds every file this version issues (a folder made before a
+    caller was added, say the payout gateway, is made again)."""
+    if not pki.identities_file.exists():
+        return False
+    names = [*SERVERS, *SYSTEMS, TOOL]
+    if not all(pki.cert_file(n).exists() and pki.key_file(n).exists() for n in names):
+        return False
+    callers = [*SYSTEMS, CLEARING, SETTLEMENT, *(n for n, _ in PEOPLE)]
+    if not all(pki.token_file(n).exists() for n in callers):
+        return False
+    # Server certificates name what this version expects them to (SANs added later).
+    text = pki.identities_file.read_text()
+    return all(f'name = "{n}"' in text for n in callers) and _sans_current(pki)
+
+
+def _sans_current(pki: DevPKI) -> bool:
+    from cryptography import x509
+
+    for name, names in SERVERS.items():
+        cert = x509.load_pem_x509_certificate(pki.cert_file(name).read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        if not set(names) <= set(sans.get_values_for_type(x509.DNSName)):
+            return False
+    return True
+
+
 def ensure(folder: str | Path) -> DevPKI:
-    """The development PKI in `folder`, created when its identities file is missing."""
+    """The development PKI in `folder`, created when it is missing or incomplete."""
     pki = DevPKI(Path(folder))
-    if pki.identities_file.exists():
+    if _complete(pki):
         return pki
     pki.folder.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="Clearhouse development CA")

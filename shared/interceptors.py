@@ -6,20 +6,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
 from grpc_status import rpc_status
 
-from shared import tracing
+from shared import audit, tracing
 from shared.approvals import Gate
 from shared.client_security import ClientSecurity, RequestIdClientInterceptor
 from shared.errors import DomainError, FieldViolation, InvalidArgument, to_status
-from shared.masking import REVEAL_ACCOUNT_NUMBERS, REVEAL_KEY, masker_for
+from shared.masking import (
+    REVEAL_ACCOUNT_NUMBERS,
+    REVEAL_KEY,
+    account_numbers,
+    mask_account_number,
+    masker_for,
+)
 from shared.metrics import ServiceMetrics
-from shared.permissions import ADMIN, SERVICE
+from shared.permissions import ADMIN, SERVICE, Rule
 from shared.pg_pool import DatabaseUnavailable, database_failure
 from shared.request_context import (
     REQUEST_ID_KEY,
@@ -38,6 +44,12 @@ from shared.security import (
 
 log = logging.getLogger("clearhouse.access")
 
+# Writes audit events in a transaction of their own (the service's AuditTrail.write).
+AuditSink = Callable[[list[audit.Event]], Awaitable[None]]
+# Request fields that name the object a refused call was about, most specific first.
+_OBJECT_FIELDS = ("rule_id", "batch_id", "payout_id", "bill_id", "adjustment_id",
+                  "transaction_id", "run_id", "merchant_id", "approval_id")
+
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary-unary handlers (every Clearhouse RPC is unary).
@@ -49,15 +61,22 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     method's permission rule allows; a method in no table is refused to everyone, and so
     is any streaming method but the health watch and (when served) reflection.
 
+    Audited methods (Rule.audited in `rules`) run inside an audit scope (shared/audit.py):
+    refusals for permission and reveals of account numbers are written through
+    `audit_sink`, and an OK answer that recorded nothing is counted.
+
     With a guard and a four-eyes gate (shared/approvals.py), a person's call of a guarded
     RPC whose condition holds is refused (APPROVAL_REQUIRED) before the servicer runs;
     without a guard (insecure mode) approvals are not enforced."""
 
     def __init__(self, error_domain: str, metrics: ServiceMetrics | None = None,
-                 guard: Guard | None = None, approvals: Gate | None = None) -> None:
+                 guard: Guard | None = None, rules: Mapping[str, Rule] | None = None,
+                 audit_sink: AuditSink | None = None, approvals: Gate | None = None) -> None:
         self.error_domain = error_domain
         self.metrics = metrics
         self.guard = guard
+        self.rules = rules if rules is not None else (guard.rules if guard else {})
+        self.audit_sink = audit_sink
         self.approvals = approvals if guard is not None else None
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -88,6 +107,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         gate = self.approvals if guard is not None else None
         guarded = gate.guard(method) if gate is not None else None
         service = domain.split(".", 1)[0]
+        known = self.rules.get(method)
+        sink = self.audit_sink
+        # Only a server with a trail audits (the payout gateway simulator, a stand-in for
+        # an outside system, keeps none).
+        audited = (sink is not None and known is not None and known.audited
+                   and not is_open(method))
         # Bank account numbers in the answer are masked unless an admin asks to see them.
         masked = masker_for(_output_type(method))
         metrics = self.metrics
@@ -111,6 +136,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 elif key == REVEAL_KEY:
                     reveal = str(value)
             caller = None
+            scope = scope_token = None
             request_id = request_id or new_request_id()
             token = current_request_id.set(request_id)
             caller_token = None
@@ -133,9 +159,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 if guarded is not None and caller is not None and caller.role != SERVICE:
                     assert gate is not None
                     await gate.check(method, guarded, request)
+                if audited:
+                    scope = audit.Scope(method, caller_name, _role(caller), request_id,
+                                        _reason(request))
+                    scope_token = audit.enter(scope)
                 response = await inner(request, context)
-                if masked is not None and not _may_reveal(caller, reveal):
-                    response = masked(response)
+                if scope is not None and not scope.recorded and not scope.replayed:
+                    audit.unrecorded(method)
+                    if metrics is not None:
+                        metrics.audit_unrecorded.labels(method).inc()
+                if masked is not None:
+                    if not _may_reveal(caller, reveal):
+                        response = masked(response)
+                    elif sink is not None:
+                        await _audit_reveal(sink, method, caller, request_id, response)
                 return response
             except (DomainError, InvalidArgument) as exc:
                 status = to_status(exc, domain)
@@ -144,6 +181,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     if isinstance(exc, InvalidArgument)
                     else exc.code
                 )
+                if (sink is not None and known is not None and known.mutation
+                        and isinstance(exc, DomainError) and exc.reason in audit.REFUSALS):
+                    await _audit_refusal(sink, method, caller, request_id, request, exc,
+                                         scope)
                 await context.abort_with_status(_with_request_id(status, request_id))
             except (grpc.aio.AbortError, grpc.RpcError):
                 # Already a status (an abort, or a downstream failure re-raised as is).
@@ -188,6 +229,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 current_request_id.reset(token)
                 if caller_token is not None:
                     current_caller.reset(caller_token)
+                if scope_token is not None:
+                    audit.leave(scope_token)
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
@@ -248,6 +291,54 @@ def _may_reveal(caller: Any, reveal: str) -> bool:
     """Only an admin, and only when asking for it by name on this call."""
     return (reveal == REVEAL_ACCOUNT_NUMBERS and caller is not None
             and caller.role == ADMIN)
+
+
+def _role(caller: Any) -> str:
+    return caller.role if caller is not None else ""
+
+
+def _reason(request: Any) -> str:
+    """The request's own `reason` field, when it has one (a void, an adjustment)."""
+    reason = getattr(request, "reason", "")
+    return reason if isinstance(reason, str) else ""
+
+
+def _object_of(request: Any) -> tuple[str, str]:
+    """(type, id) of what a refused request names, from its first id field set."""
+    for name in _OBJECT_FIELDS:
+        value = getattr(request, name, None)
+        if isinstance(value, str) and value:
+            return name.removesuffix("_id"), value
+    return "", ""
+
+
+async def _audit_refusal(
+    sink: AuditSink, method: str, caller: Any, request_id: str, request: Any,
+    exc: DomainError, scope: audit.Scope | None,
+) -> None:
+    """A refusal for permission (or approval) in a transaction of its own: the refused
+    call changed nothing, its own transaction (if any) rolled back."""
+    object_type, object_id = ("", "") if request is _UNDECODABLE else _object_of(request)
+    s = scope or audit.Scope(method, caller.name if caller is not None else "", _role(caller),
+                             request_id, "" if request is _UNDECODABLE else _reason(request))
+    asked = None if request is _UNDECODABLE else request
+    await sink([audit.event(s, object_type=object_type, object_id=object_id, after=asked,
+                            outcome=audit.REFUSALS[exc.reason],
+                            reason=s.reason or exc.message)])
+
+
+async def _audit_reveal(
+    sink: AuditSink, method: str, caller: Any, request_id: str, response: Any
+) -> None:
+    """An admin saw account numbers unmasked: which ones (masked in the trail itself)."""
+    numbers = account_numbers(response)
+    if not numbers:
+        return
+    s = audit.Scope(method, caller.name, _role(caller), request_id)
+    await sink([audit.event(
+        s, object_type="bank_account_numbers", object_id=mask_account_number(numbers[0]),
+        after={"revealed": [mask_account_number(n) for n in numbers]},
+        outcome=audit.REVEALED)])
 
 
 def _refuse_stream(method: str, domain: str) -> grpc.RpcMethodHandler:

@@ -54,6 +54,28 @@ def _mask(message: Any) -> None:
                 _mask(item)
 
 
+def account_numbers(message: Any) -> list[str]:
+    """The bank account numbers a message holds (in field order), for the audit of a
+    reveal: which accounts an admin saw unmasked."""
+    found: list[str] = []
+
+    def walk(m: Any) -> None:
+        if m.DESCRIPTOR.full_name == BANK_ACCOUNT:
+            if m.account_number:
+                found.append(m.account_number)
+            return
+        for field, value in m.ListFields():
+            if field.message_type is None or field.message_type.GetOptions().map_entry:
+                continue
+            if not _reaches(field.message_type, BANK_ACCOUNT, set()):
+                continue
+            for item in ([value] if hasattr(value, "DESCRIPTOR") else value):
+                walk(item)
+
+    walk(message)
+    return found
+
+
 def masker_for(response: Descriptor | None) -> Callable[[Any], Any] | None:
     """A function masking the account numbers of a response of this type (a masked copy,
     the servicer's message untouched), or None when the type cannot hold one."""

@@ -66,6 +66,13 @@ class ServiceMetrics:
             "Business figure refreshes that failed (the last figures are kept).",
             registry=self.registry,
         )
+        # Audited calls that answered OK without an audit record (shared/audit.py): a
+        # mutation that forgot audit.record(); anything but 0 is a bug to alert on.
+        self.audit_unrecorded = Counter(
+            "clearhouse_audit_unrecorded_total",
+            "Audited RPCs that answered OK without writing the audit trail.",
+            ["method"], registry=self.registry,
+        )
         self.refreshed = Gauge(
             f"clearhouse_{self.service}_figures_refreshed_timestamp_seconds",
             "When the business figures were last read from the database (Unix time).",

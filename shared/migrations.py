@@ -16,6 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import db_roles
 from shared.db import ensure_schema
 
 VERSION_TABLE = "alembic_version"
@@ -73,19 +74,26 @@ async def upgrade(
     engine: AsyncEngine, schema: str, script_location: Path, to: str = "head"
 ) -> None:
     await ensure_schema(engine, schema)
-    await _run(engine, schema, script_location, lambda cfg: command.upgrade(cfg, to))
+    await _run(engine, schema, script_location, lambda cfg: command.upgrade(cfg, to),
+               after=db_roles.restrict_statements(schema))
 
 
 async def downgrade(engine: AsyncEngine, schema: str, script_location: Path, to: str) -> None:
     await _run(engine, schema, script_location, lambda cfg: command.downgrade(cfg, to))
 
 
-async def _run(engine: AsyncEngine, schema: str, script_location: Path, action: Any) -> None:
+async def _run(engine: AsyncEngine, schema: str, script_location: Path, action: Any,
+               after: list[str] | None = None) -> None:
     cfg = alembic_config(script_location, schema)
 
     def _in_sync(sync_conn: Any) -> None:
         cfg.attributes["connection"] = sync_conn
         action(cfg)
+        # In the migration's transaction: the runtime role's rights on the version and
+        # append-only tables are cut back (shared/db_roles.RESTRICTED) before anyone can
+        # use a table a migration just made with the schema's default privileges.
+        for statement in after or []:
+            sync_conn.exec_driver_sql(statement)
 
     async with engine.begin() as conn:
         await conn.run_sync(_in_sync)

@@ -1,7 +1,8 @@
 """Who may call what: callers, roles and the permission table every service declares.
 
 A *caller* is either one of the company's systems (the transaction core, trade, payout,
-and our own clearing and settlement services when they call another service) or a named
+the payout gateway calling back with results, and our own clearing and settlement services
+when they call another service) or a named
 person of operations with one role. Each service's permissions.py maps every RPC (its
 full method name) to one permission and the principals granted it; the shared runtime
 checks the table before the servicer runs, and an RPC missing from it is refused to
@@ -24,7 +25,10 @@ TRADE = "trade"
 PAYOUT = "payout"
 CLEARING = "clearing"
 SETTLEMENT = "settlement"
-SERVICE_CALLERS = (TRANSACTION_CORE, TRADE, PAYOUT, CLEARING, SETTLEMENT)
+# The outside payout gateway (出款网关; the simulator in development) notifying settlement
+# of payout results.
+PAYOUT_GATEWAY = "payout-gateway"
+SERVICE_CALLERS = (TRANSACTION_CORE, TRADE, PAYOUT, CLEARING, SETTLEMENT, PAYOUT_GATEWAY)
 
 # People's roles, weakest first.
 VIEWER = "viewer"
@@ -74,6 +78,12 @@ class Rule:
     mutation: bool
     conditions: Mapping[str, Condition] = field(default_factory=dict)
     condition_notes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def audited(self) -> bool:
+        """A change a person may ask for (built with `administer` or `operate`): every
+        call of it, whoever calls, writes the audit trail (shared/audit.py)."""
+        return self.mutation and any(p.startswith("role:") for p in self.principals)
 
     def allows(self, caller: Caller, request: Any) -> bool:
         principal = caller.principal
@@ -130,12 +140,17 @@ class PermissionTable:
 
     service: str
     rules: Mapping[str, Rule]
+    # Said after the service's name in the docs' heading: which server's table this is,
+    # for a service every server serves (clearhouse.audit.v1.AuditService "on billing").
+    note: str = ""
 
     def rule(self, method: str) -> Rule | None:
         return self.rules.get(method)
 
 
-def table(descriptor: ServiceDescriptor, rules: Mapping[str, Rule]) -> PermissionTable:
+def table(
+    descriptor: ServiceDescriptor, rules: Mapping[str, Rule], note: str = ""
+) -> PermissionTable:
     """A service's table from method names; a name that is no method of the service is a
     mistake in the table and stops the import (a renamed RPC cannot silently stay open)."""
     methods = {m.name for m in descriptor.methods}
@@ -143,7 +158,8 @@ def table(descriptor: ServiceDescriptor, rules: Mapping[str, Rule]) -> Permissio
     if unknown:
         raise ValueError(f"{descriptor.full_name} has no method {', '.join(unknown)}")
     full = descriptor.full_name
-    return PermissionTable(full, {f"/{full}/{name}": rule for name, rule in rules.items()})
+    return PermissionTable(full, {f"/{full}/{name}": rule for name, rule in rules.items()},
+                           note)
 
 
 def merged(tables: Iterable[PermissionTable]) -> dict[str, Rule]:
@@ -162,7 +178,7 @@ def markdown(t: PermissionTable) -> str:
     """The table as the docs show it (docs/security.md); a test keeps the two equal."""
     order = [*(role_principal(r) for r in ROLES), *SERVICE_CALLERS]
     lines = [
-        f"#### `{t.service}`",
+        f"#### `{t.service}`" + (f" {t.note}" if t.note else ""),
         "",
         "| RPC | permission | granted to |",
         "|---|---|---|",

@@ -18,8 +18,9 @@ import logging
 import re
 import sys
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -165,11 +166,16 @@ class ServerSecurity:
     reflection: bool
     # A plaintext port serving only the health check (0 = none).
     health_port: int = 0
+    # The permission rules of the server's tables, also without a guard: which methods
+    # are audited (Rule.audited) does not depend on security being on.
+    rules: Mapping[str, Rule] = dataclass_field(default_factory=dict)
 
     @classmethod
-    def insecure(cls, reflection: bool = False) -> ServerSecurity:
+    def insecure(
+        cls, reflection: bool = False, rules: Mapping[str, Rule] | None = None
+    ) -> ServerSecurity:
         """Plaintext and no identity checks: for development only, asked for by name."""
-        return cls(None, None, reflection)
+        return cls(None, None, reflection, rules=dict(rules or {}))
 
 
 def _read(path: str, variable: str, problems: list[str]) -> bytes:
@@ -191,7 +197,7 @@ def server_security(
             "security is OFF: plaintext and no caller identity (%sINSECURE=true); "
             "development only", prefix,
         )
-        return ServerSecurity.insecure(settings.reflection)
+        return ServerSecurity.insecure(settings.reflection, merged(tables))
     problems: list[str] = []
     for field in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
         if not getattr(settings, field):
@@ -217,8 +223,9 @@ def server_security(
         root_certificates=ca,
         require_client_auth=settings.tls_require_client_cert,
     )
-    return ServerSecurity(credentials, Guard(merged(tables), identities), settings.reflection,
-                          settings.health_port)
+    rules = merged(tables)
+    return ServerSecurity(credentials, Guard(rules, identities), settings.reflection,
+                          settings.health_port, rules)
 
 
 def _stop(name: str, problems: list[str]) -> None:

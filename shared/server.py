@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from shared import metrics as prometheus
 from shared import tracing
 from shared.approvals import Gate
-from shared.interceptors import ServerInterceptor
+from shared.interceptors import AuditSink, ServerInterceptor
 from shared.security import ServerSecurity
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ class App:
     # TLS and the caller guard (shared.security.server_security from the settings). None
     # refuses to start: plaintext without identities is only ServerSecurity.insecure().
     security: ServerSecurity | None = None
+    # Writes audit events in a transaction of their own (refusals, reveals): the
+    # service's shared.audit_service.AuditTrail.write; None = not written.
+    audit_sink: AuditSink | None = None
     # Four eyes: the service's guarded RPCs and the facts their conditions read (enforced
     # for people whenever the security has a guard).
     approvals: Gate | None = None
@@ -133,7 +136,8 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
         # The tracing interceptor first: its span covers ours (and the access log line).
         interceptors=[
             *tracing.server_interceptors(),
-            ServerInterceptor(app.error_domain, app.metrics, security.guard, app.approvals),
+            ServerInterceptor(app.error_domain, app.metrics, security.guard, security.rules,
+                              app.audit_sink, app.approvals),
         ],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -209,12 +213,16 @@ async def serve_health_until(
     stop: asyncio.Event,
     poll_s: float = 1.0,
     max_poll_s: float = 10.0,
+    waiting_log: str = "database unavailable at start; waiting for it (health NOT_SERVING)",
+    resumed_log: str = "database reachable; starting",
 ) -> bool:
     """Serves health alone on the service's port (readiness "" NOT_SERVING, liveness
     SERVING) until `ready()` answers True (then True, the port free again for the real
     server) or `stop` is set (False). A service started while its database is down waits
     here, visible to probes, instead of exiting and needing an orchestrator to bring it
-    back; `ready` is asked with a growing pause up to `max_poll_s`."""
+    back; `ready` is asked with a growing pause up to `max_poll_s`. The same wait serves a
+    runtime-only service whose schema is not yet migrated (`waiting_log`, `resumed_log`: the
+    log lines)."""
     if await ready():
         return True
     waiting = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -225,8 +233,7 @@ async def serve_health_until(
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     await waiting.start()
-    log.warning("database unavailable at start; waiting for it (health NOT_SERVING)",
-                extra={"address": f"{host}:{port}"})
+    log.warning(waiting_log, extra={"address": f"{host}:{port}"})
     pause = poll_s
     try:
         while not stop.is_set():
@@ -235,7 +242,7 @@ async def serve_health_until(
             if stop.is_set():
                 return False
             if await ready():
-                log.info("database reachable; starting")
+                log.info(resumed_log)
                 return True
             pause = min(max_poll_s, pause * 2)
         return False

@@ -2,7 +2,8 @@
 
 Each service subclasses ServiceSettings with its own prefix (BILLING_, CLEARING_,
 SETTLEMENT_, PAYOUT_SIM_); `<PREFIX>DATABASE_URL` falls back to plain DATABASE_URL,
-and with neither the service starts the embedded PostgreSQL.
+and with neither the service starts the embedded PostgreSQL. `<PREFIX>MIGRATION_DATABASE_URL`
+(the migration role) falls back to the runtime URL.
 
 `load()` is how an entry point reads them: a bad value stops the service with one line
 per bad variable (its name, the value and what is allowed; exit 2) instead of a pydantic
@@ -60,6 +61,12 @@ class ServiceSettings(SecuritySettings):
     database_url: SecretStr = Field(
         default=SecretStr(""), description="postgresql+asyncpg URL; empty = embedded"
     )
+    # The migration role's URL (it owns the schema; docs/security.md#database-roles), used
+    # only to migrate; the pool always uses database_url (the runtime role). Empty = the
+    # one URL does both (development). A secret like database_url.
+    migration_database_url: SecretStr = Field(
+        default=SecretStr(""), description="postgresql+asyncpg URL of the migration role"
+    )
     db_schema: str = ""
     db_pool_size: int = Field(default=10, ge=1, le=1000)
     migrate_on_start: bool = False
@@ -81,6 +88,10 @@ class ServiceSettings(SecuritySettings):
 
     def resolved_database_url(self) -> str:
         return self.database_url.get_secret_value() or os.environ.get("DATABASE_URL", "")
+
+    def resolved_migration_url(self) -> str:
+        """The URL migrations run with: the migration role's, else the runtime URL."""
+        return self.migration_database_url.get_secret_value() or self.resolved_database_url()
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -3,7 +3,10 @@
 Refuses to start when a service port is taken (saying which and what holds it).
 Starts the embedded PostgreSQL (unless DATABASE_URL is set), creates a development CA,
 certificates and tokens under .clearhouse/security on first use (CLEARHOUSE_SECURITY_DIR
-elsewhere) and turns security on, migrates the three schemas, runs billing, clearing, settlement and the payout gateway simulator as
+elsewhere) and turns security on, creates each service's two database roles (a migration
+role owning its schema, a runtime role that only reads and writes it; passwords made on
+first use in .clearhouse/security/database), migrates the three schemas as the migration
+roles, runs billing, clearing, settlement (as their runtime roles) and the payout gateway simulator as
 separate processes (as they are deployed), waits until each answers the gRPC health
 check as SERVING, prints their addresses, and on Ctrl-C or SIGTERM stops them
 gracefully, then the database.
@@ -11,6 +14,7 @@ gracefully, then the database.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -22,7 +26,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import devpki, embedded_pg, ports
+from shared import db_roles, devpki, embedded_pg, ports
 from shared.client_security import ClientSecurity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,6 +211,9 @@ class LocalStack:
         self.pg_dir = pg_dir
         self.reset_schemas = reset_schemas
         self.pg: Any = None
+        # <P>MIGRATION_DATABASE_URL of each service whose roles the stack made: given to
+        # the migrate step only (and to the services when they migrate on start).
+        self.migration_env: dict[str, str] = {}
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._logs: list[IO[bytes]] = []
 
@@ -256,11 +263,42 @@ class LocalStack:
             self.pg.psql("SET client_min_messages = warning;" + "".join(
                 f'DROP SCHEMA IF EXISTS "{schema}" CASCADE;' for schema in schemas))
 
+    def provision_roles(self) -> str:
+        """Each service's migration and runtime roles (shared/db_roles.py), made or updated
+        as the database's administrator, with passwords kept under the security folder;
+        the services then connect as their runtime roles. Left alone: a service given a
+        URL of its own, and everything when DATABASE_URL's role may not create roles.
+        Returns a line saying what was done."""
+        admin = self.env.get("DATABASE_URL", "")
+        mine = [(name, prefix) for name, prefix, _, migrates in SERVICES
+                if migrates and not self.env.get(f"{prefix}DATABASE_URL")]
+        if not admin or not mine:
+            return "database roles: each service uses the URL it was given"
+        if not asyncio.run(db_roles.may_provision(admin)):
+            return ("database roles: DATABASE_URL's role may not create roles; every "
+                    "service uses it for everything")
+        folder = _security_dir(self.env) / "database"
+        made = []
+        for name, prefix in mine:
+            roles = db_roles.roles_for(self.env.get(f"{prefix}DB_SCHEMA", name))
+            migrator_pw, runtime_pw = db_roles.passwords(folder, roles)
+            asyncio.run(db_roles.provision(admin, roles, migrator_pw, runtime_pw))
+            self.migration_env[f"{prefix}MIGRATION_DATABASE_URL"] = db_roles.with_role(
+                admin, roles.migrator, migrator_pw)
+            self.env[f"{prefix}DATABASE_URL"] = db_roles.with_role(
+                admin, roles.runtime, runtime_pw)
+            made.append(roles.runtime)
+        shown = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+        return (f"database roles: migrating as <schema>_migrator, serving as "
+                f"{', '.join(made)} (passwords in {shown})")
+
     def migrate(self) -> None:
-        """Migrates the three schemas at once (each service owns its own)."""
+        """Migrates the three schemas at once (each service owns its own), as their
+        migration roles."""
         python = sys.executable
+        env = {**self.env, **self.migration_env}
         running = [(name, subprocess.Popen([python, "-m", f"services.{name}", "migrate"],
-                                           env=self.env, cwd=ROOT,
+                                           env=env, cwd=ROOT,
                                            **self._output(name, "migrate")))  # type: ignore[call-overload]
                    for name, _, _, migrates in SERVICES if migrates]
         failed = [name for name, proc in running if proc.wait() != 0]
@@ -305,7 +343,12 @@ class LocalStack:
             print(f"embedded PostgreSQL: {self.pg_dir}", flush=True)
         if report:
             print(f"security: certificates and tokens in {self.pki.folder}", flush=True)
+        roles = self.provision_roles()
+        if report:
+            print(roles, flush=True)
         if migrate_on_start:
+            # Each service migrates itself first, so it is given its migration role too.
+            self.env.update(self.migration_env)
             for _name, prefix, _, migrates in SERVICES:
                 if migrates:
                     self.env[f"{prefix}MIGRATE_ON_START"] = "true"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import shared  # noqa: F401  (generated protobuf package on the path)
-from shared import embedded_pg
+from shared import audit, embedded_pg
 from tests.support.harness import ServiceHandle, drop, launch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,3 +44,18 @@ async def billing(pg_url: str) -> AsyncIterator[ServiceHandle]:
     handle = await launch("billing", pg_url)
     yield handle
     await drop(handle)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run when an audited RPC answered OK without writing the audit trail
+    (shared/audit.py: clearhouse_audit_unrecorded_total): every mutation people may call
+    must call audit.record() (or audit.replayed() on an idempotent replay)."""
+    if not audit.UNRECORDED:
+        return
+    counts = ", ".join(f"{m} x{n}" for m, n in sorted(audit.UNRECORDED.items()))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"audited calls answered OK without an audit record: {counts}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

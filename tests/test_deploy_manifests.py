@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
+
+from shared import db_roles
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -120,7 +123,11 @@ def test_compose_migration_service(compose: dict, name: str) -> None:
     assert mig["command"] == [name, "migrate"]
     assert depends(mig).get("postgres") == "service_healthy"
     assert str(mig.get("restart", "no")) == "no", "a one-shot job must not restart"
-    assert environment(mig)[f"{prefix}DATABASE_URL"].startswith("postgresql")
+    env = environment(mig)
+    # It migrates as the migration role, and holds no other.
+    url = make_url(env[f"{prefix}MIGRATION_DATABASE_URL"])
+    assert url.drivername == "postgresql+asyncpg" and url.username == f"{name}_migrator"
+    assert f"{prefix}DATABASE_URL" not in env
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -133,12 +140,27 @@ def test_compose_service_waits_for_its_migration(compose: dict, name: str) -> No
     assert env[f"{prefix}HOST"] == "0.0.0.0"
     assert int(env[f"{prefix}PORT"]) == port
     assert port in published(svc)
-    # same database URL as the migration that prepared it
+    # The same database as the migration that prepared it, as the runtime role; the
+    # migration role's URL is not in the serving container.
     mig_env = environment(compose["services"][f"{name}-migrate"])
-    assert env[f"{prefix}DATABASE_URL"] == mig_env[f"{prefix}DATABASE_URL"]
+    runtime = make_url(env[f"{prefix}DATABASE_URL"])
+    migrator = make_url(mig_env[f"{prefix}MIGRATION_DATABASE_URL"])
+    assert runtime.username == f"{name}_runtime"
+    assert (runtime.host, runtime.port, runtime.database) == (
+        migrator.host, migrator.port, migrator.database)
+    assert f"{prefix}MIGRATION_DATABASE_URL" not in env
+    # Development passwords: each role's name, as postgres/init.sql sets them.
+    assert runtime.password == runtime.username and migrator.password == migrator.username
     assert env[f"{prefix}MIGRATE_ON_START"].lower() == "false"
     # docker must wait longer than the service's own drain before SIGKILL
     assert seconds(svc["stop_grace_period"]) > float(env[f"{prefix}GRACE_PERIOD_S"])
+
+
+def test_compose_init_sql_is_what_db_roles_generates() -> None:
+    """postgres/init.sql creates every service's two roles exactly as shared/db_roles does
+    (regenerate: python -m shared.db_roles sql --dev-passwords billing clearing settlement)."""
+    script = (DEPLOY / "postgres" / "init.sql").read_text(encoding="utf-8")
+    assert script == db_roles.sql_script(list(SERVICES), dev_passwords=True)
 
 
 def test_compose_peer_addresses_point_at_compose_services(compose: dict) -> None:
@@ -215,7 +237,10 @@ def test_secret_example_has_the_expected_keys() -> None:
     secret = load_one(K8S / "secret.example.yaml")
     assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "clearhouse-db"
     data = secret.get("stringData") or {}
-    assert set(data) == {f"{s}-url" for s in SERVICES}
+    assert set(data) == {f"{s}-url" for s in SERVICES} | {f"{s}-migration-url" for s in SERVICES}
+    for s in SERVICES:
+        assert make_url(data[f"{s}-url"]).username == f"{s}_runtime"
+        assert make_url(data[f"{s}-migration-url"]).username == f"{s}_migrator"
     assert all("CHANGE_ME" in v for v in data.values()), "example must hold placeholders only"
 
 
@@ -232,11 +257,21 @@ def assert_non_root(spec: dict, what: str) -> None:
         assert sc.get("allowPrivilegeEscalation") is False, f"{what}/{c['name']}"
 
 
-def assert_db_env(container: dict, name: str, configmaps: dict) -> None:
+def assert_db_env(container: dict, name: str, configmaps: dict, *, migrates: bool) -> None:
+    """A Deployment's container connects as the runtime role (`<name>-url`), a migrate
+    Job's as the migration role (`<name>-migration-url`); neither holds the other's."""
     prefix, _ = SERVICES[name]
     env = {e["name"]: e for e in container.get("env", [])}
-    ref = env[f"{prefix}DATABASE_URL"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "clearhouse-db", "key": f"{name}-url"}
+    mine, theirs = f"{prefix}DATABASE_URL", f"{prefix}MIGRATION_DATABASE_URL"
+    key = f"{name}-url"
+    if migrates:
+        mine, theirs, key = theirs, mine, f"{name}-migration-url"
+    ref = env[mine]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "clearhouse-db", "key": key}
+    assert theirs not in env
+    secret_keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in env.values()
+                   if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "clearhouse-db"}
+    assert secret_keys == {key}, secret_keys
     cm_refs = [
         e["configMapRef"]["name"] for e in container.get("envFrom", []) if "configMapRef" in e
     ]
@@ -265,7 +300,7 @@ def test_deployment(name: str, resources: dict, configmaps: dict) -> None:
     assert int(annotations["prometheus.io/port"]) == METRICS_PORTS[name]
     assert_non_root(spec, name)
     assert container["resources"]["requests"] and container["resources"]["limits"]
-    assert_db_env(container, name, configmaps)
+    assert_db_env(container, name, configmaps, migrates=False)
     # settings the container gets must agree with the manifest
     cfg = {
         k: v for r in container["envFrom"] for k, v in configmaps[r["configMapRef"]["name"]].items()
@@ -319,7 +354,7 @@ def test_migration_job(name: str, resources: dict, configmaps: dict) -> None:
         == resources[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]["image"]
     )
     assert_non_root(spec, f"{name}-migrate")
-    assert_db_env(container, name, configmaps)
+    assert_db_env(container, name, configmaps, migrates=True)
 
 
 def test_settlement_peer_addresses_use_k8s_services(configmaps: dict) -> None:

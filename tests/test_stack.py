@@ -4,6 +4,7 @@ other RPC refuses a call without identity, and SIGTERM stops all of them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -14,8 +15,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import asyncpg
 import grpc
 from clearhouse.approval.v1 import approval_pb2
+from clearhouse.audit.v1 import audit_pb2
 from clearhouse.billing.v1 import billing_pb2
 from clearhouse.clearing.v1 import clearing_pb2
 from clearhouse.payout.v1 import payout_pb2
@@ -41,14 +44,29 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-APPROVALS = approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"]
+_AUDIT = audit_pb2.DESCRIPTOR.services_by_name["AuditService"]
+_APPROVALS = approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"]
 SERVICES = [  # in the order of the ports
-    [billing_pb2.DESCRIPTOR.services_by_name["BillingService"], APPROVALS],
-    [clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"], APPROVALS],
-    [settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"], APPROVALS],
+    [billing_pb2.DESCRIPTOR.services_by_name["BillingService"], _AUDIT, _APPROVALS],
+    [clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"], _AUDIT, _APPROVALS],
+    [settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"], _AUDIT, _APPROVALS],
     [payout_pb2.DESCRIPTOR.services_by_name["PayoutGatewayService"],
      payoutsim_pb2.DESCRIPTOR.services_by_name["PayoutSimulatorService"]],
 ]
+
+
+async def _database_users(pg_url: str, schemas: tuple[str, ...]) -> tuple[set[str], set[str]]:
+    """Who is connected to the test database, and who owns the tables of `schemas`."""
+    conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        users = {r[0] for r in await conn.fetch(
+            "SELECT DISTINCT usename FROM pg_stat_activity WHERE usename IS NOT NULL")}
+        owners = {r[0] for r in await conn.fetch(
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = ANY($1)",
+            list(schemas))}
+        return users, owners
+    finally:
+        await conn.close()
 
 
 def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url, tmp_path):
@@ -119,6 +137,19 @@ def test_the_stack_serves_every_service_and_stops_cleanly_on_sigterm(pg_url, tmp
                     raise AssertionError("plaintext answered")
                 except grpc.RpcError as exc:
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        # Least-privilege roles: the stack made both of each service, migrated as the
+        # migration roles (gone with their one-shot processes) and serves as the runtime
+        # roles, whose passwords it keeps with the development PKI.
+        assert any("database roles: migrating as <schema>_migrator" in line for line in lines)
+        schemas = ("t_stack_billing", "t_stack_clearing", "t_stack_settlement")
+        users, owners = asyncio.run(_database_users(pg_url, schemas))
+        assert {f"{s}_runtime" for s in schemas} <= users, users
+        assert not {f"{s}_migrator" for s in schemas} & users, users
+        assert owners == {f"{s}_migrator" for s in schemas}, owners
+        for schema in schemas:
+            for role in ("migrator", "runtime"):
+                password = tmp_path / "security" / "database" / f"{schema}_{role}.password"
+                assert password.stat().st_mode & 0o077 == 0, password
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         for port in ports:  # every service process is gone: nothing listens any more

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.billing.adapters.figures import figure_source
 from services.billing.domain.model import FeeTxn
 from services.billing.entrypoints.grpc_servicer import BillingServicer
-from services.billing.permissions import APPROVALS, FOUR_EYES, PERMISSIONS
+from services.billing.permissions import APPROVALS, AUDIT, FOUR_EYES, PERMISSIONS
 from services.billing.service_layer.accounts import Accounts
 from services.billing.service_layer.bills import Bills
 from services.billing.service_layer.charging import Pricing, utc_now
@@ -21,7 +21,7 @@ from services.billing.service_layer.rules import RuleAdmin, RuleBook
 from services.billing.service_layer.unit_of_work import Database
 from services.billing.service_layer.voids import Voids
 from services.billing.settings import BillingSettings
-from shared import migrations
+from shared import audit_service, migrations
 from shared.approval_service import ApprovalServicer
 from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.coalescer import Coalescer
@@ -35,7 +35,9 @@ SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_na
 
 
 async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
-    security = server_security("billing", settings, [PERMISSIONS, APPROVALS])
+    security = server_security("billing", settings, [PERMISSIONS, AUDIT, APPROVALS])
+    # The audit trail in billing's own schema: ListAuditEvents, and the sink of refusals.
+    trail = audit_service.AuditTrail(engine)
     db = Database(engine, settings.db_schema, settings.db_pool_size)
     zone = ZoneInfo(settings.business_timezone)
     exported = ServiceMetrics("billing")
@@ -75,12 +77,13 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
         name="billing",
         error_domain="billing.clearhouse",
         servicers=[(billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer),
-                   (add_approval_service, approvals)],
-        service_names=[SERVICE_NAME, APPROVAL_SERVICE],
+                   (audit_service.add_to_server, trail), (add_approval_service, approvals)],
+        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME, APPROVAL_SERVICE],
         approvals=gate,
         readiness=ready,
         # Batches still running after the server stopped finish before the pool closes.
         on_close=[charges.drain, refunds.drain, db.close],
         security=security,
+        audit_sink=trail.write,
         **app_options(settings, exported),
     )

@@ -9,6 +9,7 @@ from clearhouse.billing.v1 import billing_pb2
 from clearhouse.type.v1 import transaction_pb2
 
 from shared import approvals
+from shared.audit_service import permissions as audit_permissions
 from shared.permissions import (
     CLEARING,
     PAYOUT,
@@ -118,3 +119,6 @@ FOUR_EYES = approvals.four_eyes(
         "TopUpFeeAccount": approvals.always(_top_up),
     },
 )
+
+# The audit trail this server serves over billing's schema (shared/audit_service.py).
+AUDIT = audit_permissions("billing")

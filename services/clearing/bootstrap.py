@@ -12,7 +12,7 @@ from services.clearing.adapters.billing_client import BillingClient
 from services.clearing.adapters.figures import figure_source
 from services.clearing.domain.model import Detail, TransactionIn
 from services.clearing.entrypoints.grpc_servicer import ClearingServicer
-from services.clearing.permissions import APPROVALS, FOUR_EYES, PERMISSIONS
+from services.clearing.permissions import APPROVALS, AUDIT, FOUR_EYES, PERMISSIONS
 from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
 from services.clearing.service_layer.pricing import Pricer
@@ -21,7 +21,7 @@ from services.clearing.service_layer.reconciliation import Reconciler
 from services.clearing.service_layer.recording import Recorder
 from services.clearing.service_layer.unit_of_work import Database
 from services.clearing.settings import ClearingSettings
-from shared import migrations
+from shared import audit_service, migrations
 from shared.approval_service import ApprovalServicer
 from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.client_security import ClientSecurity
@@ -36,7 +36,9 @@ SERVICE_NAME = clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"].full_
 
 
 async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
-    security = server_security("clearing", settings, [PERMISSIONS, APPROVALS])
+    security = server_security("clearing", settings, [PERMISSIONS, AUDIT, APPROVALS])
+    # The audit trail in clearing's own schema: ListAuditEvents, and the sink of refusals.
+    trail = audit_service.AuditTrail(engine)
     db = Database(engine, settings.db_schema, settings.db_pool_size)
     zone = ZoneInfo(settings.business_timezone)
     billing = BillingClient(
@@ -86,8 +88,8 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         name="clearing",
         error_domain="clearing.clearhouse",
         servicers=[(clearing_pb2_grpc.add_ClearingServiceServicer_to_server, servicer),
-                   (add_approval_service, approvals)],
-        service_names=[SERVICE_NAME, APPROVAL_SERVICE],
+                   (audit_service.add_to_server, trail), (add_approval_service, approvals)],
+        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME, APPROVAL_SERVICE],
         approvals=gate,
         readiness=ready,
         background=[
@@ -97,5 +99,6 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         # Batches still running after the server stopped finish before anything closes.
         on_close=[records.drain, billing.close, db.close],
         security=security,
+        audit_sink=trail.write,
         **app_options(settings, metrics),
     )

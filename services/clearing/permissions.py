@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from clearhouse.clearing.v1 import clearing_pb2
 
 from shared import approvals
+from shared.audit_service import permissions as audit_permissions
 from shared.permissions import (
     SETTLEMENT,
     TRANSACTION_CORE,
@@ -34,6 +35,9 @@ PERMISSIONS = table(
         "ListPendingFees": read("clearing.reports.read", SETTLEMENT),
         "RetryExceptions": operate("clearing.exceptions.retry"),
         "ReconcileFees": operate("clearing.fees.reconcile"),
+        # What settlement's invariant check and its figures read (nothing changes).
+        "GetStuckReport": read("clearing.reports.read", SETTLEMENT),
+        "CountDueDetails": read("clearing.reports.read", SETTLEMENT),
         "ClaimDetails": systems("clearing.batches.claim", SETTLEMENT),
         "BatchClaimDetails": systems("clearing.batches.claim", SETTLEMENT),
         # Admins confirm or release by hand after a crashed run (docs/clearing.md).
@@ -83,3 +87,6 @@ FOUR_EYES = approvals.four_eyes(
         "ReleaseBatch": approvals.always(_release),
     },
 )
+
+# The audit trail this server serves over clearing's schema (shared/audit_service.py).
+AUDIT = audit_permissions("clearing")

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from clearhouse.approval.v1 import approval_pb2 as appb
+from clearhouse.audit.v1 import audit_pb2 as aupb
 from clearhouse.billing.v1 import billing_pb2 as bpb
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
 from clearhouse.settlement.v1 import settlement_pb2 as spb
@@ -22,7 +24,15 @@ from services.console.clients import Channels
 from services.console.identities import Identities
 from services.console.session import SessionCodec
 from services.console.settings import ConsoleSettings
-from services.console.views import auth, merchants, operations, overview, reference
+from services.console.views import (
+    approvals,
+    audit,
+    auth,
+    merchants,
+    operations,
+    overview,
+    reference,
+)
 from services.console.web import Console, Refused, SignInRequired, error_page
 from shared.service_client import ServiceError
 
@@ -52,6 +62,8 @@ ENUMS = {
     "movement": (bpb.FeeAccountMovementType, "FEE_ACCOUNT_MOVEMENT_TYPE_"),
     "bill_state": (bpb.FeeBillState, "FEE_BILL_STATE_"),
     "verdict": (bpb.CandidateVerdict, "CANDIDATE_VERDICT_"),
+    "audit_outcome": (aupb.AuditOutcome, "AUDIT_OUTCOME_"),
+    "approval_state": (appb.ApprovalState, "APPROVAL_STATE_"),
 }
 
 
@@ -90,7 +102,7 @@ def build_app(settings: ConsoleSettings) -> FastAPI:
         return JSONResponse({"status": "SERVING"})
 
     for router in (auth.router, overview.router, merchants.router, operations.router,
-                   reference.router):
+                   reference.router, approvals.router, audit.router):
         app.include_router(router)
     for exc_type in (SignInRequired, Refused, ServiceError):
         app.add_exception_handler(exc_type, error_page)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from clearhouse.approval.v1 import approval_pb2_grpc
+from clearhouse.audit.v1 import audit_pb2_grpc
 from clearhouse.billing.v1 import billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2_grpc
 from clearhouse.settlement.v1 import settlement_pb2_grpc
@@ -17,6 +19,9 @@ from services.console.settings import ConsoleSettings
 from shared.service_client import CallStub, bearer_metadata
 
 _OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+# The services that serve the shared ApprovalService and AuditService, each over its own
+# schema: the console asks all three and shows them side by side.
+SERVICES = ("billing", "clearing", "settlement")
 
 
 def _channel(address: str, settings: ConsoleSettings) -> grpc.Channel:
@@ -39,6 +44,10 @@ class Calls:
     clearing: CallStub
     settlement: CallStub
     run_deadline_s: float
+    # clearhouse.approval.v1.ApprovalService and clearhouse.audit.v1.AuditService of
+    # each service, by service name (SERVICES).
+    approvals: dict[str, CallStub]
+    audit: dict[str, CallStub]
 
 
 class Channels:
@@ -51,6 +60,8 @@ class Channels:
     def as_person(self, token: str) -> Calls:
         metadata = bearer_metadata(token)
         deadline = self.settings.call_deadline_s
+        channels = {"billing": self._billing, "clearing": self._clearing,
+                    "settlement": self._settlement}
         return Calls(
             CallStub("billing", billing_pb2_grpc.BillingServiceStub(self._billing),
                      metadata, deadline),
@@ -60,6 +71,10 @@ class Channels:
                      settlement_pb2_grpc.SettlementServiceStub(self._settlement),
                      metadata, deadline),
             self.settings.run_deadline_s,
+            {name: CallStub(name, approval_pb2_grpc.ApprovalServiceStub(ch), metadata, deadline)
+             for name, ch in channels.items()},
+            {name: CallStub(name, audit_pb2_grpc.AuditServiceStub(ch), metadata, deadline)
+             for name, ch in channels.items()},
         )
 
     def close(self) -> None:

@@ -6,9 +6,11 @@ from clearhouse.payout.v1 import payout_pb2, payout_pb2_grpc
 from clearhouse.payoutsim.v1 import payoutsim_pb2, payoutsim_pb2_grpc
 
 from services.payout_simulator.gateway import Gateway
+from services.payout_simulator.notifier import Notifier
 from services.payout_simulator.permissions import PERMISSIONS
 from services.payout_simulator.servicer import GatewayServicer, SimulatorServicer
 from services.payout_simulator.settings import PayoutSimulatorSettings
+from shared.client_security import ClientSecurity
 from shared.security import server_security
 from shared.server import App
 
@@ -18,7 +20,10 @@ SIMULATOR_SERVICE = payoutsim_pb2.DESCRIPTOR.services_by_name["PayoutSimulatorSe
 
 def build_app(settings: PayoutSimulatorSettings | None = None) -> App:
     settings = settings or PayoutSimulatorSettings()
-    gateway = Gateway()
+    # Calls settlement back as the payout gateway: its own certificate names it.
+    notifier = Notifier(settings.notify_address, ClientSecurity.from_settings(settings),
+                        settings.notify_deadline_s, settings.notify_backoff_max_s)
+    gateway = Gateway(on_result=notifier.result)
 
     async def ready() -> bool:
         return True
@@ -34,5 +39,6 @@ def build_app(settings: PayoutSimulatorSettings | None = None) -> App:
         ],
         service_names=[GATEWAY_SERVICE, SIMULATOR_SERVICE],
         readiness=ready,
+        on_close=[notifier.close],
         security=server_security("payout_simulator", settings, PERMISSIONS),
     )

@@ -21,6 +21,7 @@ SIMULATOR = table(
         "SetBehaviour": administer("payoutsim.control"),
         "ReturnPayout": administer("payoutsim.control"),
         "ListSimulatedPayouts": read("payoutsim.read"),
+        "SettlePayout": administer("payoutsim.control"),
     },
 )
 PERMISSIONS = (GATEWAY, SIMULATOR)

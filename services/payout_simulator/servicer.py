@@ -14,6 +14,7 @@ from services.payout_simulator.gateway import (
     Conflict,
     Gateway,
     NotPaid,
+    NotProcessing,
     SimPayout,
     State,
     Unknown,
@@ -46,6 +47,8 @@ _BEHAVIOURS = {
     payoutsim_pb2.BEHAVIOUR_TIME_OUT: Behaviour.TIME_OUT,
     payoutsim_pb2.BEHAVIOUR_UNAVAILABLE: Behaviour.UNAVAILABLE,
     payoutsim_pb2.BEHAVIOUR_PROCESSING: Behaviour.PROCESSING,
+    payoutsim_pb2.BEHAVIOUR_STAY_PROCESSING: Behaviour.STAY_PROCESSING,
+    payoutsim_pb2.BEHAVIOUR_ANSWER_TWICE: Behaviour.ANSWER_TWICE,
 }
 
 
@@ -159,8 +162,30 @@ class SimulatorServicer(payoutsim_pb2_grpc.PayoutSimulatorServiceServicer):
         return payoutsim_pb2.ListSimulatedPayoutsResponse(
             payouts=[
                 payoutsim_pb2.SimulatedPayout(
-                    payout=to_proto(p), submit_count=p.submit_count, paid_count=p.paid_count
+                    payout=to_proto(p), submit_count=p.submit_count, paid_count=p.paid_count,
+                    notified_count=p.notified_count,
                 )
                 for p in self.gateway.payouts.values()
             ]
         )
+
+    async def SettlePayout(
+        self, request: payoutsim_pb2.SettlePayoutRequest, context: grpc.aio.ServicerContext
+    ) -> payoutsim_pb2.SettlePayoutResponse:
+        v = Violations()
+        check_id(v, request.instruction_id, "instruction_id", max_length=MAX_DERIVED_ID_LENGTH)
+        v.check(request.state in (payout_pb2.PAYOUT_STATE_PAID, payout_pb2.PAYOUT_STATE_FAILED),
+                "state", "must be PAID or FAILED")
+        check_text(v, request.failure_reason, "failure_reason")
+        v.raise_if_any()
+        try:
+            payout = self.gateway.settle(request.instruction_id,
+                                         request.state == payout_pb2.PAYOUT_STATE_PAID,
+                                         request.failure_reason)
+        except Unknown as exc:
+            raise NotFound("PAYOUT_NOT_FOUND", f"no payout {quote(request.instruction_id)}",
+                           {"instruction_id": request.instruction_id}) from exc
+        except NotProcessing as exc:
+            raise FailedPrecondition("PAYOUT_NOT_PROCESSING",
+                                     "only a PROCESSING payout can be settled") from exc
+        return payoutsim_pb2.SettlePayoutResponse(payout=to_proto(payout))

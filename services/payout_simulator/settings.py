@@ -17,3 +17,10 @@ class PayoutSimulatorSettings(SecuritySettings):
     time_out_hold_s: float = 60.0
     grace_period_s: float = 1.0
     log_level: LogLevel = "INFO"
+    # Settlement's host:port, to notify it of every result (NotifyPayoutResult, as the
+    # payout gateway: this server's certificate, SAN payout-gateway.caller.clearhouse);
+    # empty = no notifications (settlement finds results by asking).
+    notify_address: str = ""
+    notify_deadline_s: float = Field(default=5.0, gt=0)
+    # Longest wait between two deliveries of a notification settlement did not answer.
+    notify_backoff_max_s: float = Field(default=2.0, gt=0)

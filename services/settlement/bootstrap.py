@@ -13,21 +13,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
 from services.settlement.adapters.destinations import Destinations
-from services.settlement.adapters.figures import figure_source
+from services.settlement.adapters.figures import figure_source, stuck_figure_source
+from services.settlement.domain.payouts import Limits
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
-from services.settlement.permissions import APPROVALS, FOUR_EYES, PERMISSIONS
+from services.settlement.permissions import APPROVALS, AUDIT, FOUR_EYES, PERMISSIONS
 from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
 from services.settlement.service_layer.payouts import DispatchPolicy, PayoutService
 from services.settlement.service_layer.profiles import ProfileService
+from services.settlement.service_layer.run_items import RunItemOps
 from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.scheduler import Scheduler, parse_run_time
 from services.settlement.service_layer.statements import StatementService
+from services.settlement.service_layer.stuck import DueDetails, StuckCheck
+from services.settlement.service_layer.stuck import Limits as StuckLimits
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
-from shared import migrations
+from shared import audit_service, migrations
 from shared.approval_service import ApprovalServicer
 from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.business_time import business_date
@@ -51,7 +55,9 @@ async def build_app(
     """`now` is the service's clock (UTC-aware): the scheduler's, the calendar's today;
     by default the real time shifted by CLEARHOUSE_NOW (shared/clock.py). Tests inject
     theirs."""
-    security = server_security("settlement", settings, [PERMISSIONS, APPROVALS])
+    security = server_security("settlement", settings, [PERMISSIONS, AUDIT, APPROVALS])
+    # The audit trail in settlement's own schema: ListAuditEvents, and the sink of refusals.
+    trail = audit_service.AuditTrail(engine)
     clock = now or clock_from_env()
     zone = ZoneInfo(settings.business_timezone)
     db = Database(engine, settings.db_schema)
@@ -87,11 +93,22 @@ async def build_app(
             return_watch_days=settings.return_watch_days,
             batch_size=settings.dispatcher_batch_size,
             concurrency=settings.dispatcher_concurrency,
+            limits=Limits(settings.payout_max_attempts, settings.payout_max_age_s),
         ),
     )
+    stuck = StuckCheck(
+        db, clearing,
+        StuckLimits(open_batch_age_s=settings.stuck_open_batch_age_s,
+                    pending_fee_age_s=settings.stuck_pending_fee_age_s,
+                    exception_age_s=settings.stuck_exception_age_s,
+                    reconcile_window_s=settings.stuck_reconcile_window_s),
+        concurrency=settings.call_concurrency,
+    )
+    due = DueDetails(db, clearing, calendars, today=lambda: business_date(clock(), zone))
     servicer = SettlementServicer(
         ProfileService(db), calendars, runs, StatementService(db, clearing), BookService(db),
         payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
+        RunItemOps(runs), stuck,
     )
 
     gate = Gate(FOUR_EYES, Destinations(engine))
@@ -137,18 +154,21 @@ async def build_app(
         pool_figures(engine),
         figure_source(engine, BookService(db).check_invariants,
                       settings.invariant_check_interval_s, calendars.coverage),
+        stuck_figure_source(engine, stuck.findings, due.count,
+                            settings.clearing_figures_interval_s),
     ]
 
     return App(
         name="settlement",
         error_domain="settlement.clearhouse",
         servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, servicer),
-                   (add_approval_service, approvals)],
-        service_names=[SERVICE_NAME, APPROVAL_SERVICE],
+                   (audit_service.add_to_server, trail), (add_approval_service, approvals)],
+        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME, APPROVAL_SERVICE],
         approvals=gate,
         readiness=ready,
         background=background,
         on_close=[close],
         security=security,
+        audit_sink=trail.write,
         **app_options(settings, metrics),
     )

@@ -13,8 +13,9 @@ from services.settlement.adapters.destinations import (
     Destinations,
 )
 from shared import approvals
+from shared.audit_service import permissions as audit_permissions
 from shared.masking import mask_account_number
-from shared.permissions import administer, operate, read, table
+from shared.permissions import PAYOUT_GATEWAY, administer, operate, read, systems, table
 
 _SERVICE = settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"]
 
@@ -46,6 +47,17 @@ PERMISSIONS = table(
         "ListPayouts": read("settlement.payouts.read"),
         "GetPayout": read("settlement.payouts.read"),
         "RetryPayout": operate("settlement.payouts.retry"),
+        "ListFailedRunItems": read("settlement.settlements.read"),
+        # Operators work a stuck item again with its recorded claim; only admins give one
+        # up (its batch released in clearing, its details left to the next run).
+        "RetryRunItem": operate("settlement.runs.retry"),
+        "ReleaseRunItem": administer("settlement.runs.release"),
+        # Settling an escalated payout by hand moves money on a person's word: admins
+        # (four-eyes once the approval engine guards it).
+        "MarkPayoutPaid": administer("settlement.payouts.resolve"),
+        "MarkPayoutFailed": administer("settlement.payouts.resolve"),
+        # The payout gateway's callback, and nobody else's: a result books money.
+        "NotifyPayoutResult": systems("settlement.payouts.notify", PAYOUT_GATEWAY),
     },
 )
 
@@ -158,3 +170,6 @@ FOUR_EYES = approvals.four_eyes(
             _retry_preview),
     },
 )
+
+# The audit trail this server serves over settlement's schema (shared/audit_service.py).
+AUDIT = audit_permissions("settlement")

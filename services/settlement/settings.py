@@ -44,6 +44,16 @@ class SettlementSettings(ServiceSettings):
     # the next run); 0 = no limit of that kind.
     item_max_attempts: int = Field(default=20, ge=0)
     item_max_age_s: float = Field(default=3 * 86400.0, ge=0)
+    # What CheckInvariants (include_clearing_stuck) and the figures call stuck: a batch
+    # OPEN longer than a run takes, fees pending and payments in exception past an age,
+    # and the fee reconciliation over this window (0: not asked).
+    stuck_open_batch_age_s: float = Field(default=3600.0, ge=0, le=366 * 86400)
+    stuck_pending_fee_age_s: float = Field(default=3600.0, ge=0, le=366 * 86400)
+    stuck_exception_age_s: float = Field(default=86400.0, ge=0, le=366 * 86400)
+    stuck_reconcile_window_s: float = Field(default=7200.0, ge=0, le=7 * 86400)
+    # How often the metrics refresh asks clearing what is stuck and what is due and not
+    # settled (the stuck_* and unsettled_due_details gauges); 0: never.
+    clearing_figures_interval_s: float = Field(default=60.0, ge=0)
 
     # The business calendar: warn (log, GetCalendarCoverage.warning) when fewer than this
     # many days from today are known; how often to look, seconds (0: never in the
@@ -62,6 +72,11 @@ class SettlementSettings(ServiceSettings):
     dispatcher_backoff_max_s: float = 300.0
     # How often a PROCESSING payout is asked again.
     processing_poll_s: float = 30.0
+    # A bank payout not final after this many submissions, or this long after its first
+    # one, is ESCALATED: nothing retries it; the gateway's notification or ops settle it
+    # (0 = no limit of that kind).
+    payout_max_attempts: int = Field(default=10, ge=0)
+    payout_max_age_s: float = Field(default=86400.0, ge=0)
     # Paid bank payouts are watched for a return (退票) this long, this often.
     return_watch_days: int = 30
     return_poll_s: float = 3600.0

@@ -43,6 +43,12 @@ FAST = {
     "SETTLEMENT_GATEWAY_DEADLINE_S": "1.0",
     "SETTLEMENT_PROCESSING_POLL_S": "0.2",
     "SETTLEMENT_RETURN_POLL_S": "0.3",
+    # Returns reach settlement only through the gateway's callback (NotifyPayoutResult):
+    # the watch window is 0 days, so a return is booked "after the window".
+    "SETTLEMENT_RETURN_WATCH_DAYS": "0",
+    # Payouts escalate within a seed: after 4 submissions or 3 s after the first one.
+    "SETTLEMENT_PAYOUT_MAX_ATTEMPTS": "4",
+    "SETTLEMENT_PAYOUT_MAX_AGE_S": "3",
     "SETTLEMENT_COMPLETION_INTERVAL_S": "1",
     "SETTLEMENT_CALL_DEADLINE_S": "5",
     "SETTLEMENT_DB_POOL_SIZE": "4",
@@ -54,6 +60,8 @@ FAST = {
     "CLEARING_DB_POOL_SIZE": "4",
     "BILLING_DB_POOL_SIZE": "4",
     "PAYOUT_SIM_TIME_OUT_HOLD_S": "1.5",
+    "PAYOUT_SIM_NOTIFY_DEADLINE_S": "3",
+    "PAYOUT_SIM_NOTIFY_BACKOFF_MAX_S": "0.5",
     "SETTLEMENT_GRACE_PERIOD_S": "1",
     "CLEARING_GRACE_PERIOD_S": "1",
     "BILLING_GRACE_PERIOD_S": "1",
@@ -245,6 +253,9 @@ class Cluster:
         sim_env = dict(base)
         sim_env.update(c.pki.server_env("PAYOUT_SIM_", "payout_simulator"))
         sim_env["PAYOUT_SIM_PORT"] = str(ports["simulator"])
+        # The gateway calls settlement-a back with every result (retrying while it is
+        # killed or its database is down).
+        sim_env["PAYOUT_SIM_NOTIFY_ADDRESS"] = f"127.0.0.1:{ports['settlement-a']}"
         c.instances["simulator"] = Instance("simulator", "payout_simulator",
                                             ports["simulator"], sim_env,
                                             log_dir / f"{tag}-simulator.log", security=health)

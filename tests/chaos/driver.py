@@ -37,7 +37,9 @@ CNY = "CNY"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
-OPEN_PAYOUTS = {spb.PAYOUT_STATE_CREATED, spb.PAYOUT_STATE_SUBMITTED}
+OPEN_PAYOUTS = {spb.PAYOUT_STATE_CREATED, spb.PAYOUT_STATE_SUBMITTED,
+                spb.PAYOUT_STATE_ESCALATED}
+GATEWAY_PROCESSING, GATEWAY_PAID, GATEWAY_FAILED, GATEWAY_RETURNED = 1, 2, 3, 4
 STUBS = {"billing": billing_pb2_grpc.BillingServiceStub,
          "clearing": clearing_pb2_grpc.ClearingServiceStub,
          "settlement": settlement_pb2_grpc.SettlementServiceStub,
@@ -299,7 +301,8 @@ class Seed:
     def ops_change(self, later: list[dt.date]) -> None:
         """A change ops make between runs."""
         r = self.rng
-        kind = r.choice(["cycle", "hold", "calendar", "topup", "retry_payouts", "none"])
+        kind = r.choice(["cycle", "hold", "calendar", "topup", "retry_payouts",
+                         "resolve_escalated", "none"])
         m = r.choice(self.s.merchants)
         try:
             if kind in ("cycle", "hold"):
@@ -326,6 +329,8 @@ class Seed:
                 self.topup_dry("ops")
             elif kind == "retry_payouts":
                 self.retry_failed_payouts()
+            elif kind == "resolve_escalated":
+                self.resolve_escalated()
         except grpc.RpcError as exc:
             self.report.fault(f"ops_{kind}_refused", m.merchant_id, code=exc.code().name)
 
@@ -355,10 +360,55 @@ class Seed:
                                   code=exc.code().name)
                 self._retried_payouts.add(p.payout_id)
 
+    def resolve_escalated(self) -> None:
+        """Ops settle ESCALATED payouts after checking with the gateway (the simulator's
+        record stands for the bank's statement): paid or returned there → MarkPayoutPaid;
+        failed or never received → MarkPayoutFailed; still processing → the bank answers
+        (SettlePayout) and the gateway's callback settles it."""
+        escalated = self.rpc.must("settlement", "ListPayouts", spb.ListPayoutsRequest(
+            state=spb.PAYOUT_STATE_ESCALATED, page_size=1000)).payouts
+        if not escalated:
+            return
+        known = {g.payout.instruction_id: g.payout for g in self.rpc.must(
+            "payout_simulator", "ListSimulatedPayouts", sim.ListSimulatedPayoutsRequest()).payouts}
+        for p in escalated:
+            g = known.get(p.payout_id)
+            if g is not None and g.state == GATEWAY_PROCESSING:
+                paid = self.rng.random() < 0.7
+                try:
+                    g = self.rpc.must("payout_simulator", "SettlePayout", sim.SettlePayoutRequest(
+                        instruction_id=p.payout_id,
+                        state=GATEWAY_PAID if paid else GATEWAY_FAILED,
+                        failure_reason="chaos: the bank refused it late")).payout
+                    self.report.fault("gateway_settles_escalated", p.payout_id, paid=paid)
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        raise
+                    continue  # settled by an earlier pass: its callback is on the way
+                # Half the time ops, told by the bank, mark it too: a race with the
+                # gateway's callback, which one of the two wins, the other changing nothing.
+                if self.rng.random() < 0.5:
+                    continue
+            paid = g is not None and g.state in (GATEWAY_PAID, GATEWAY_RETURNED)
+            method = "MarkPayoutPaid" if paid else "MarkPayoutFailed"
+            message = spb.MarkPayoutPaidRequest if paid else spb.MarkPayoutFailedRequest
+            try:
+                self.rpc.must("settlement", method, message(
+                    request_id=f"chaos-{self.seed}-mark-{p.payout_id}",
+                    payout_id=p.payout_id,
+                    reference=f"chaos-{g.gateway_reference if g is not None else 'none'}",
+                    reason="chaos: checked with the gateway"))
+                self.report.fault("ops_mark_paid" if paid else "ops_mark_failed", p.payout_id)
+            except grpc.RpcError as exc:
+                # A callback settled it meanwhile (PAYOUT_NOT_ESCALATED): nothing to do.
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+
     # ---- faults ----------------------------------------------------------------------
 
     GATEWAY = (sim.BEHAVIOUR_FAIL, sim.BEHAVIOUR_LOSE_ANSWER, sim.BEHAVIOUR_TIME_OUT,
-               sim.BEHAVIOUR_UNAVAILABLE, sim.BEHAVIOUR_PROCESSING)
+               sim.BEHAVIOUR_UNAVAILABLE, sim.BEHAVIOUR_PROCESSING,
+               sim.BEHAVIOUR_STAY_PROCESSING, sim.BEHAVIOUR_ANSWER_TWICE)
     KILLABLE = ("billing-a", "billing-b", "clearing-a", "clearing-b", "settlement-a",
                 "settlement-b")
 
@@ -430,6 +480,10 @@ class Seed:
             c.pg.start()
         elif kind == "gateway":
             merchant = r.choice(["", *(m.merchant_id for m in self.s.merchants)])
+            if target in (sim.BEHAVIOUR_STAY_PROCESSING, sim.BEHAVIOUR_ANSWER_TWICE):
+                # For everyone: the next payouts meet it, whichever merchant they pay
+                # (escalations and duplicate notifications in every seed, or nearly).
+                merchant = ""
             times = r.randint(1, 3)
             self.behaviour_merchants.add(merchant)
             self.rpc.must("payout_simulator", "SetBehaviour", sim.SetBehaviourRequest(
@@ -538,6 +592,11 @@ class Seed:
         self._until("exceptions", no_exceptions)
         self._until("pending fees", lambda: not self.rpc.must(
             "clearing", "ListPendingFees", cpb.ListPendingFeesRequest(page_size=1)).details)
+        # The bank stays silent on the next two payouts the final runs make: they escalate
+        # (3 s), and ops and the gateway's callback settle them (resolve_escalated).
+        self.rpc.must("payout_simulator", "SetBehaviour", sim.SetBehaviourRequest(
+            behaviour=sim.BEHAVIOUR_STAY_PROCESSING, times=2))
+        self.report.fault("gateway_stay_processing", "quiesce", times=2)
         self.bills = list(self.rpc.must("billing", "GenerateFeeBills", bpb.GenerateFeeBillsRequest(
             month=self.s.month)).bills)
         # Runs until every date to the last due one is complete, and one more.
@@ -559,8 +618,12 @@ class Seed:
                     settle_date=pdate(d)), timeout=60).run
                 return bool(r.state == spb.RUN_STATE_COMPLETED and not r.failed_item_count)
             self._until(f"run {d}", complete)
-        self._until("payouts final", lambda: not any(
-            p.state in OPEN_PAYOUTS for p in self._payouts()))
+        def payouts_final() -> bool:
+            # Escalated payouts wait for ops (or the gateway's callback): ops settle them.
+            self.resolve_escalated()
+            return not any(p.state in OPEN_PAYOUTS for p in self._payouts())
+
+        self._until("payouts final", payouts_final)
         # What the gateway says it paid or returned, settlement says too (a return is
         # noticed by the return watch).
         self._until("settlement to agree with the gateway", lambda: not self.gateway_disagrees(),
@@ -688,6 +751,7 @@ class Seed:
         for p in simulated:
             if p.paid_count > 1:
                 fail(f"gateway paid {p.payout.instruction_id} {p.paid_count} times")
+        self.report.figures["notifications"] = sum(p.notified_count for p in simulated)
         for problem in self.gateway_disagrees() + self.charges_disagree():
             fail(problem)
         payouts = self._payouts()

@@ -11,8 +11,8 @@ from tests.chaos.cluster import CHAOS_DIR
 
 EVERY_KIND = {"kill9", "billing_freeze", "billing_stop", "postgres_restart", "gateway_fail",
               "gateway_lose_answer", "gateway_time_out", "gateway_unavailable",
-              "gateway_processing", "duplicate_acknowledged", "retry_unacknowledged",
-              "concurrent_runs"}
+              "gateway_processing", "gateway_stay_processing", "gateway_answer_twice",
+              "duplicate_acknowledged", "retry_unacknowledged", "concurrent_runs"}
 
 
 @pytest.mark.timeout(240)
@@ -30,3 +30,5 @@ def test_one_seed_of_chaos_keeps_the_books() -> None:
             "settlement-b"} <= killed
     figures = report["figures"]
     assert figures["acknowledged"] > 100 and figures["payouts"] > 0  # type: ignore[index]
+    # The gateway called settlement back with its results (returns only that way).
+    assert figures["notifications"] > 0  # type: ignore[index]

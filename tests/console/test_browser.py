@@ -160,9 +160,6 @@ async def test_the_console_in_a_real_browser(console_env: ConsoleEnv, console_ur
         await shoot(page, name)
     await page.goto(f"{console_url}/rules/explain?merchant_id=MA&amount=100.00")
     assert "Fee 0.60" in (await page.text_content("#explanation") or "")
-    # Four-eyes approvals are not offered by the services yet: the page says so.
-    await page.goto(f"{console_url}/approvals")
-    assert "not available" in (await page.text_content("main") or "")
 
     # A viewer sees no retry button, and a retry posted anyway is refused.
     viewer = Watched(await browser.new_context(viewport={"width": 1280, "height": 900}),

@@ -6,7 +6,9 @@ import datetime as dt
 
 import pytest
 from clearhouse.type.v1 import money_pb2
+from google.protobuf import struct_pb2
 
+from services.console.changes import changes
 from services.console.chart import daily_chart
 from services.console.formatting import mask, money
 from services.console.identities import Identities, Person, token_sha256
@@ -59,3 +61,23 @@ def test_sessions_are_sealed_and_expire(tmp_path):
     assert people.find("t") == Person("ada", "admin")
     assert people.find("s") is None  # systems do not sign in to the console
     assert people.find("t", "bea") is None
+
+
+def test_changes_show_money_from_whole_numbers_and_mask_account_numbers():
+    before, after = struct_pb2.Struct(), struct_pb2.Struct()
+    before.update({"currency_code": "CNY", "min_payout": 10000, "hold": False,
+                   "bank_account": {"account_number": "************2233", "bank_name": "ICBC"}})
+    after.update({"currency_code": "CNY", "min_payout": "12345", "hold": True,
+                  "bank_account": {"account_number": "6222020200119999", "bank_name": "ICBC"},
+                  "amount": {"currency_code": "JPY", "minor_units": "500"},
+                  "rate": 0.006, "fixed_fee": 1.5})
+    rows = {c.field: c for c in changes(before, after)}
+    assert rows["min_payout"].before == "CNY 100.00" and rows["min_payout"].after == "CNY 123.45"
+    assert rows["bank_account.account_number"].before == "•••• 2233"
+    # The console shows no more than the last four digits, whatever a service sends.
+    assert rows["bank_account.account_number"].after == "•••• 9999"
+    assert not rows["bank_account.bank_name"].changed and rows["hold"].after == "yes"
+    assert rows["amount"].after == "JPY 500" and rows["amount"].before == ""
+    # A fraction is never formatted as money: it is shown as sent.
+    assert rows["rate"].after == "0.006" and rows["fixed_fee"].after == "1.5"
+    assert changes(None, None) == []

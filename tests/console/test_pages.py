@@ -4,18 +4,24 @@ the real services as the signed-in person."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import re
 
+import grpc
 import httpx
 import pytest
+from clearhouse.clearing.v1 import clearing_pb2 as cpb
+from clearhouse.clearing.v1 import clearing_pb2_grpc
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 
 from services.console.bootstrap import build_app
 from services.console.identities import token_sha256
 from services.console.session import COOKIE
+from services.console.web import PAGE_SIZE
 from tests.console.conftest import ConsoleEnv, csrf_of, signed_in
 from tests.e2e import stack as st
+from tests.support import security
 
 
 def _client(env: ConsoleEnv) -> httpx.AsyncClient:
@@ -221,11 +227,43 @@ async def test_calendar_month_view_and_an_admins_import(console_env):
     assert "Console test day" in done.text
 
 
-async def test_approvals_and_audit_say_they_are_not_available(console_env):
+async def test_the_audit_page_filters_and_pages_each_services_trail(console_env):
+    """Refusals are audited (PERMISSION_DENIED, in their own transaction): vic asking
+    clearing for retries 27 times leaves 27 events, more than a page."""
+    channel = security.channel(console_env.seeded.stack.clearing.address, caller="vic")
+    try:
+        stub = clearing_pb2_grpc.ClearingServiceStub(channel)
+        for _ in range(PAGE_SIZE + 2):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.RetryExceptions(cpb.RetryExceptionsRequest(merchant_id="MX"))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await channel.close()
     async with signed_in(console_env, "vic") as c:
-        for path in ("/approvals", "/audit"):
-            page = await c.get(path)
-            assert page.status_code == 200 and "not available" in page.text
+        first = await c.get("/audit", params={"service": "clearing", "actor": "vic",
+                                              "outcome": "PERMISSION_DENIED"})
+        assert first.status_code == 200
+        rows = re.findall(r'data-method="RetryExceptions"', first.text)
+        assert len(rows) == PAGE_SIZE and "permission denied" in first.text
+        assert 'id="audit-billing"' not in first.text  # one service chosen
+        more = re.search(r'class="next" href="([^"]+)"', first.text)
+        assert more and "clearing_page=" in more.group(1)
+        second = await c.get(html.unescape(more.group(1)))
+        assert len(re.findall(r'data-method="RetryExceptions"', second.text)) >= 2
+        assert set(re.findall(r'data-event="([^"]+)"', first.text)).isdisjoint(
+            re.findall(r'data-event="([^"]+)"', second.text))
+        # Nobody else did this, and a window after now holds nothing.
+        other = await c.get("/audit", params={"service": "clearing", "actor": "bea",
+                                              "method": "RetryExceptions"})
+        assert 'data-method="RetryExceptions"' not in other.text
+        later = await c.get("/audit", params={"actor": "vic", "start": "2099-01-01T00:00"})
+        assert "data-event=" not in later.text and "No events match" in later.text
+        forged = await c.get("/audit", params={"service": "clearing", "clearing_page": "x"})
+        assert forged.status_code == 400 and "page_token" in forged.text
+        bad_time = await c.get("/audit", params={"start": "yesterday"})
+        assert bad_time.status_code == 400
+        bad_service = await c.get("/audit", params={"service": "ledger"})
+        assert bad_service.status_code == 400
 
 
 @pytest.mark.parametrize("path", ["/static/console.css", "/static/console.js",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,16 +46,31 @@ class Stack:
         return self.settlement.running.app.servicers[0][1].runs
 
 
-async def start_stack(pg_url: str, **settlement_overrides: Any) -> Stack:
+async def start_stack(pg_url: str, notify: bool = False, **settlement_overrides: Any) -> Stack:
+    """`notify`: the simulator calls settlement back with every result (it starts after
+    settlement, on a port settlement was given)."""
     billing = await launch("billing", pg_url)
     clearing = await launch("clearing", pg_url, billing_address=billing.address, **FAST_CLEARING)
-    simulator = await start_simulator(hold_s=2.0)
+    if not notify:
+        simulator = await start_simulator(hold_s=2.0)
+        gateway = simulator.address
+    else:
+        gateway = f"127.0.0.1:{free_port()}"
     settlement = await launch(
         "settlement", pg_url, clearing_address=clearing.address,
-        billing_address=billing.address, payout_gateway_address=simulator.address,
+        billing_address=billing.address, payout_gateway_address=gateway,
         **{**FAST_SETTLEMENT, **settlement_overrides},
     )
+    if notify:
+        simulator = await start_simulator(hold_s=2.0, port=int(gateway.rsplit(":", 1)[1]),
+                                          notify_address=settlement.address)
     return Stack(billing, clearing, settlement, simulator)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def stop_stack(s: Stack) -> None:

@@ -18,6 +18,7 @@ import grpc
 import pytest
 from clearhouse.approval.v1 import approval_pb2 as apb
 from clearhouse.approval.v1 import approval_pb2_grpc
+from clearhouse.audit.v1 import audit_pb2, audit_pb2_grpc
 from clearhouse.billing.v1 import billing_pb2 as bpb
 from clearhouse.billing.v1 import billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
@@ -205,6 +206,21 @@ async def test_an_approval_takes_effect_once_when_another_admin_approves(
         apb.ApproveRequestRequest(approval_id="ap-topup-1"))
     assert again.approval == done
     assert await balance(stack, "AM1") == 500_00
+    # The trail: the top-up's own event is ada's, carrying the approval and its approver;
+    # the filing and the decision are events of the approval.
+    trail = audit_pb2_grpc.AuditServiceStub(p.channels["vic"])
+    effect = (await trail.ListAuditEvents(audit_pb2.ListAuditEventsRequest(
+        object_type="fee_account", object_id="AM1/CNY"))).audit_events
+    assert [(e.actor, e.method.rsplit("/", 1)[-1], e.approval_id, e.approved_by)
+            for e in effect] == [("ada", "TopUpFeeAccount", "ap-topup-1", "bea")]
+    decisions = (await trail.ListAuditEvents(audit_pb2.ListAuditEventsRequest(
+        object_type="approval", object_id="ap-topup-1"))).audit_events
+    assert sorted((e.actor, e.method.rsplit("/", 1)[-1]) for e in decisions
+                  if e.outcome == audit_pb2.AUDIT_OUTCOME_SUCCEEDED) == [
+        ("ada", "RequestApproval"), ("bea", "ApproveRequest")]
+    # The refused attempts to decide are on the trail too (permission, self-approval).
+    assert {e.actor for e in decisions
+            if e.outcome == audit_pb2.AUDIT_OUTCOME_PERMISSION_DENIED} == {"ada", "otto", "vic"}
     # Read by anyone of operations; a reject after the approval is refused.
     got = await p.approvals["vic"].GetApproval(apb.GetApprovalRequest(approval_id="ap-topup-1"))
     assert got.approval == done

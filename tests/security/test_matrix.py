@@ -32,8 +32,8 @@ def _error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
 
 async def _walk(address: str, caller: Caller, services: list, seen: list,
                 rules: dict) -> list[str]:
-    """Calls every method as `caller`; the list of what did not match the server's
-    table (`rules`). `seen` gets each call's code."""
+    """Calls every method as `caller`; the list of what did not match the table. `seen`
+    gets each call's code."""
     if caller.role == SERVICE:
         channel = security.channel(address, cert=caller.name)
     else:
@@ -70,11 +70,10 @@ async def test_every_caller_on_every_rpc_gets_what_the_table_says(stack: Stack):
                *(Caller(n, SERVICE, "certificate") for n in SERVICE_CALLERS)]
     wrong: list[str] = []
     seen: list[grpc.StatusCode] = []
-    servers = ("billing", "clearing", "settlement", "payout_simulator")
     for caller in callers:
-        for address, services, server in zip(addresses, SERVICES, servers, strict=True):
-            wrong += await _walk(address, caller, services, seen,
-                                 security.RULES_BY_SERVICE[server])
+        for address, services, server in zip(addresses, SERVICES, security.SERVER_RULES,
+                                             strict=True):
+            wrong += await _walk(address, caller, services, seen, security.SERVER_RULES[server])
     assert wrong == []
     # Both sides of the table were exercised, and permitted calls reached the servicers.
     denied = seen.count(grpc.StatusCode.PERMISSION_DENIED)

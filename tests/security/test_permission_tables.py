@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from clearhouse.approval.v1 import approval_pb2
+from clearhouse.audit.v1 import audit_pb2
 from clearhouse.billing.v1 import billing_pb2
 from clearhouse.clearing.v1 import clearing_pb2
 from clearhouse.payout.v1 import payout_pb2
@@ -18,12 +19,13 @@ from tests.support.security import RULES, TABLES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 DESCRIPTORS = [
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
+    approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"],
     billing_pb2.DESCRIPTOR.services_by_name["BillingService"],
     clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"],
     settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"],
     payout_pb2.DESCRIPTOR.services_by_name["PayoutGatewayService"],
     payoutsim_pb2.DESCRIPTOR.services_by_name["PayoutSimulatorService"],
-    approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"],
 ]
 KNOWN = {*SERVICE_CALLERS, *(role_principal(r) for r in ROLES)}
 
@@ -36,7 +38,7 @@ def test_every_rpc_of_every_service_is_in_its_table(service):
 
 def test_a_table_naming_an_rpc_the_service_lacks_is_refused_at_import():
     with pytest.raises(ValueError, match="no method RecordTransactoin"):
-        table(DESCRIPTORS[1], {"RecordTransactoin": RULES[
+        table(DESCRIPTORS[2], {"RecordTransactoin": RULES[
             "/clearhouse.clearing.v1.ClearingService/RecordTransaction"]})
 
 

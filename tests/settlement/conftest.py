@@ -30,10 +30,13 @@ class Simulator:
         return f"127.0.0.1:{self.running.port}"
 
 
-async def start_simulator(hold_s: float = 3.0) -> Simulator:
+async def start_simulator(hold_s: float = 3.0, port: int = 0,
+                          notify_address: str = "") -> Simulator:
+    """`notify_address`: settlement, to be called back with every result."""
     settings = PayoutSimulatorSettings(
-        time_out_hold_s=hold_s, **security.server_settings("payout_simulator"))
-    running = await server.start(build_app(settings))
+        time_out_hold_s=hold_s, notify_address=notify_address, notify_backoff_max_s=0.2,
+        **security.server_settings("payout_simulator"))
+    running = await server.start(build_app(settings), "127.0.0.1", port)
     channel = security.as_permitted(f"127.0.0.1:{running.port}")
     return Simulator(
         running,

@@ -60,7 +60,7 @@ class ThroughApproval(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self) -> None:
         self.channel: grpc.aio.Channel | None = None
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
         method = client_call_details.method
         name = method.decode() if isinstance(method, bytes) else str(method)
         if name not in GUARDED or self.channel is None:

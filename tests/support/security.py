@@ -19,11 +19,14 @@ import grpc
 from pydantic import SecretStr
 
 from services.billing.permissions import APPROVALS as BILLING_APPROVALS
+from services.billing.permissions import AUDIT as BILLING_AUDIT
 from services.billing.permissions import PERMISSIONS as BILLING
 from services.clearing.permissions import APPROVALS as CLEARING_APPROVALS
+from services.clearing.permissions import AUDIT as CLEARING_AUDIT
 from services.clearing.permissions import PERMISSIONS as CLEARING
 from services.payout_simulator.permissions import PERMISSIONS as PAYOUT_SIMULATOR
 from services.settlement.permissions import APPROVALS as SETTLEMENT_APPROVALS
+from services.settlement.permissions import AUDIT as SETTLEMENT_AUDIT
 from services.settlement.permissions import PERMISSIONS as SETTLEMENT
 from shared import devpki
 from shared.client_security import BearerToken, ClientSecurity
@@ -31,22 +34,20 @@ from shared.permissions import PermissionTable, Rule, merged, role_principal
 from tests.support.four_eyes import APPROVE, APPROVER, ThroughApproval
 
 TABLES: dict[str, tuple[PermissionTable, ...]] = {
-    "billing": (BILLING, BILLING_APPROVALS),
-    "clearing": (CLEARING, CLEARING_APPROVALS),
-    "settlement": (SETTLEMENT, SETTLEMENT_APPROVALS),
+    "billing": (BILLING, BILLING_AUDIT, BILLING_APPROVALS),
+    "clearing": (CLEARING, CLEARING_AUDIT, CLEARING_APPROVALS),
+    "settlement": (SETTLEMENT, SETTLEMENT_AUDIT, SETTLEMENT_APPROVALS),
     "payout_simulator": PAYOUT_SIMULATOR,
 }
-# The rules of each server: the ApprovalService is served by three, each with its own
-# permission names, so a method's rule depends on the server.
-RULES_BY_SERVICE: dict[str, dict[str, Rule]] = {
-    name: merged(tables) for name, tables in TABLES.items()
-}
-# Every rule by method: who holds a permission is the same on each server.
+# Every rule by method. A service every server serves (AuditService, ApprovalService) has a table per
+# server: who may call it is the same on each, its permission is named per server (see
+# SERVER_RULES).
 RULES: dict[str, Rule] = merged(t for tables in TABLES.values() for t in tables)
+SERVER_RULES: dict[str, dict[str, Rule]] = {name: merged(t) for name, t in TABLES.items()}
 
 # Who the default stubs call as, first that the method's rule allows without condition.
 PREFERENCE = ("ada", "otto", "vic", "settlement", "clearing", "trade", "transaction-core",
-              "payout")
+              "payout", "payout-gateway")
 PRINCIPALS = {name: (role_principal(role) if role != devpki.SERVICE else name)
               for name, role in [*devpki.PEOPLE,
                                  *((n, devpki.SERVICE) for n in

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 
 from services.billing.service_layer.unit_of_work import Database
-from shared import idempotency
+from shared import audit, idempotency
 from shared.errors import FailedPrecondition, NotFound
 from shared.validation import MAX_BALANCE, quote
 
@@ -78,6 +78,7 @@ class Accounts:
             )
             if not owned:
                 assert stored is not None
+                audit.replayed()
                 return _decode(stored)
             # The sum is formed only where it stays within MAX_BALANCE (far below int64):
             # a top-up past it updates no row and is refused, rolling back its
@@ -108,6 +109,10 @@ class Accounts:
             account = Account(merchant_id, currency, row.balance, row.low_balance_threshold,
                               row.update_time)
             await idempotency.finish(conn, "top_up", request_id, _encode(account))
+            await audit.record(conn, object_type="fee_account",
+                               object_id=f"{merchant_id}/{currency}",
+                               before={"balance": row.balance - amount},
+                               after={"balance": row.balance, "top_up": amount})
             return account
 
     async def get(self, merchant_id: str, currency: str) -> Account:
@@ -125,14 +130,23 @@ class Accounts:
 
     async def set_threshold(self, merchant_id: str, currency: str, threshold: int) -> Account:
         async with self.db.transaction() as conn:
+            old = await conn.fetchval(
+                "SELECT low_balance_threshold FROM fee_accounts "
+                "WHERE merchant_id = $1 AND currency = $2 FOR UPDATE",
+                merchant_id, currency,
+            )
             row = await conn.fetchrow(
                 "UPDATE fee_accounts SET low_balance_threshold = $3, update_time = now() "
                 "WHERE merchant_id = $1 AND currency = $2 "
                 "RETURNING balance, low_balance_threshold, update_time",
                 merchant_id, currency, threshold,
             )
-        if row is None:
-            raise account_not_found(merchant_id, currency)
+            if row is None:
+                raise account_not_found(merchant_id, currency)
+            await audit.record(conn, object_type="fee_account",
+                               object_id=f"{merchant_id}/{currency}",
+                               before={"low_balance_threshold": old},
+                               after={"low_balance_threshold": threshold})
         return Account(merchant_id, currency, row[0], row[1], row[2])
 
     async def movements(

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import text
 
 from services.billing.service_layer.unit_of_work import Database
-from shared import idempotency
+from shared import audit, idempotency
 from shared.errors import FailedPrecondition, NotFound
 from shared.validation import quote
 
@@ -94,6 +94,10 @@ class Bills:
                     line[col] += int(r["total"])
                     owners[r["bill_id"]] = (r["merchant_id"], r["currency"])
             if not owners:
+                # Nothing unbilled in the month: recorded all the same (who generated
+                # it, and that it billed nothing).
+                await audit.record(conn, object_type="fee_bill_month", object_id=month,
+                                   after={"bills": []})
                 return []
             bill_ids = sorted(owners)
             numbers = await conn.fetch(
@@ -124,7 +128,10 @@ class Bills:
                 f"SELECT {_COLUMNS} FROM fee_bills WHERE bill_id = ANY($1::text[]) ORDER BY bill_id",
                 bill_ids,
             )
-        return [Bill(**dict(r)) for r in rows]
+            bills = [Bill(**dict(r)) for r in rows]
+            await audit.record(conn, object_type="fee_bill_month", object_id=month,
+                               after={"bills": bills})
+        return bills
 
     async def list(
         self, merchant_id: str, month: str, state: str, currency: str, after: str | None, limit: int
@@ -148,7 +155,9 @@ class Bills:
             owned, _ = await idempotency.begin(
                 sa, "collect_bill", request_id, idempotency.fingerprint(bill_id, reference)
             )
-            if owned:
+            if not owned:
+                audit.replayed()
+            else:
                 state = (await sa.execute(
                     text("SELECT state FROM fee_bills WHERE bill_id = :b FOR UPDATE"), {"b": bill_id}
                 )).scalar_one_or_none()
@@ -168,6 +177,9 @@ class Bills:
                     {"b": bill_id, "r": reference},
                 )
                 await idempotency.finish(sa, "collect_bill", request_id, bill_id.encode())
+                await audit.record(sa, object_type="fee_bill", object_id=bill_id,
+                                   before={"state": state},
+                                   after={"state": "COLLECTED", "collection_reference": reference})
         return await self.get(bill_id)
 
 

@@ -21,6 +21,7 @@ from services.billing.domain.model import FeeRuleSpec, RuleVersion, Selectors
 from services.billing.domain.selection import RuleIndex, find_conflict, refusal
 from services.billing.service_layer.metrics import Metrics
 from services.billing.service_layer.unit_of_work import Database
+from shared import audit
 from shared.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -109,12 +110,15 @@ class RuleAdmin:
             if not await rules_store.insert_rule(conn, rule_id):
                 existing = (await rules_store.versions_of(conn, [rule_id]))[rule_id]
                 if len(existing) == 1 and _same(existing[0], version):
+                    audit.replayed()
                     return existing  # a retry of the same creation
                 # The rule id is the caller's idempotency key for creation.
                 raise IdempotencyConflict(rule_id, "fee rule id")
             await self._refuse_tie(conn, version)
             await rules_store.insert_version(conn, version)
             await _loads_back(conn, rule_id, {1}, version)
+            await audit.record(conn, object_type="fee_rule", object_id=rule_id,
+                               after={"versions": [version]})
         await self.book.reload()
         return [version]
 
@@ -127,7 +131,9 @@ class RuleAdmin:
         async with self.db.transaction() as conn:
             versions = await _lock_versions(conn, rule_id)
             if await _replayed(conn, "rule_version", request_id, content):
+                audit.replayed()
                 return versions  # a retry of a change already made: the rule as it is
+            before = versions
             try:
                 plan = lifecycle.plan_new_version(versions, spec, start, end, now)
             except lifecycle.RuleEnded as exc:
@@ -140,6 +146,8 @@ class RuleAdmin:
             await rules_store.insert_version(conn, plan.new)
             touched = {plan.new.version} | ({plan.closes[0]} if plan.closes else set())
             versions = await _loads_back(conn, rule_id, touched, plan.new)
+            await audit.record(conn, object_type="fee_rule", object_id=rule_id,
+                               before={"versions": before}, after={"versions": versions})
         await self.book.reload()
         return versions
 
@@ -148,7 +156,9 @@ class RuleAdmin:
         async with self.db.transaction() as conn:
             versions = await _lock_versions(conn, rule_id)
             if await _replayed(conn, "rule_end", request_id, fingerprint(rule_id, end)):
+                audit.replayed()
                 return versions
+            before = versions
             try:
                 closes = lifecycle.plan_end(versions, end, now)
             except lifecycle.RuleEnded as exc:
@@ -157,6 +167,8 @@ class RuleAdmin:
                 raise InvalidArgument([FieldViolation("effective_to", closes)])
             await rules_store.close_version(conn, rule_id, closes, end)
             versions = await _loads_back(conn, rule_id, {closes})
+            await audit.record(conn, object_type="fee_rule", object_id=rule_id,
+                               before={"versions": before}, after={"versions": versions})
         await self.book.reload()
         return versions
 

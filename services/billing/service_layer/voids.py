@@ -27,6 +27,7 @@ from services.billing.domain.model import Period
 from services.billing.domain.periods import period_key
 from services.billing.service_layer.outcomes import decode_fee
 from services.billing.service_layer.unit_of_work import Database
+from shared import audit
 from shared.errors import FailedPrecondition, IdempotencyConflict, NotFound
 from shared.validation import quote
 
@@ -131,6 +132,7 @@ class Voids:
             if prior is not None:
                 if (prior["transaction_id"], prior["reason"]) != (transaction_id, reason):
                     raise IdempotencyConflict(request_id, "void request")
+                audit.replayed()
                 return _void(prior)
             row = await conn.fetchrow(
                 "SELECT merchant_id, currency, amount, transaction_time, rule_id, rule_version, "
@@ -200,7 +202,10 @@ class Voids:
                 charge.amount if period is not None else 0, 1 if period is not None else 0,
                 credit, reason,
             )
-        return _void(stored)
+            void = _void(stored)
+            await audit.record(conn, object_type="fee_charge", object_id=transaction_id,
+                               before=charge, after={"voided": void}, reason=reason)
+        return void
 
     async def _period(self, conn: Any, transaction_id: str, row: Any) -> str | None:
         """The counter period the charge added to, or None (a non-cumulative rule)."""

@@ -759,3 +759,79 @@ async def payments_recorded_between(
         "ORDER BY create_time, detail_id LIMIT $5",
         start, end, after[0] if after else None, after[1] if after else "", limit,
     ))
+
+
+# --- what is stuck (GetStuckReport, CountDueDetails: settlement's invariant check and its
+# figures). Each reads a partial index: OPEN batches, pending fees, exceptions, and per
+# cut-off the claim index of UNSETTLED details and the merchant's OPEN batches.
+
+async def open_batches_older_than(
+    conn: Conn, min_age_s: float, limit: int
+) -> tuple[list[Any], int]:
+    """The OPEN batches opened at least `min_age_s` ago, oldest first, and how many."""
+    rows = await conn.fetch(
+        f"SELECT {_BATCH_COLUMNS} {_BATCH_FROM} WHERE b.state = 'OPEN' "
+        "AND b.create_time <= now() - make_interval(secs => $1) "
+        "ORDER BY b.create_time, b.batch_id LIMIT $2",
+        min_age_s, limit,
+    )
+    count = await conn.fetchval(
+        "SELECT count(*) FROM claim_batches WHERE state = 'OPEN' "
+        "AND create_time <= now() - make_interval(secs => $1)",
+        min_age_s,
+    )
+    return list(rows), int(count)
+
+
+# The literal predicates of the partial indexes clearing_details_pending_idx and
+# clearing_details_exception_idx.
+_STUCK_DETAILS = {"PENDING_FEE": "fee_status = 'PENDING'", "EXCEPTION": "state = 'EXCEPTION'"}
+
+
+async def stuck_details(
+    conn: Conn, kind: str, min_age_s: float, limit: int
+) -> tuple[int, dt.datetime | None, list[str]]:
+    """Details with a PENDING_FEE or in EXCEPTION recorded at least `min_age_s` ago: how
+    many, the oldest one's create_time, and the oldest ones' ids."""
+    where = _STUCK_DETAILS[kind]
+    count, oldest = await conn.fetchrow(
+        f"SELECT count(*), min(create_time) FROM clearing_details WHERE {where} "
+        "AND create_time <= now() - make_interval(secs => $1)",
+        min_age_s,
+    )
+    ids = await conn.fetch(
+        f"SELECT detail_id FROM clearing_details WHERE {where} "
+        "AND create_time <= now() - make_interval(secs => $1) "
+        "ORDER BY create_time, detail_id LIMIT $2",
+        min_age_s, limit,
+    )
+    return int(count), oldest, [r["detail_id"] for r in ids]
+
+
+async def count_due(
+    conn: Conn, cutoffs: Sequence[tuple[str, str, dt.date]]
+) -> list[Any]:
+    """Per currency, the details UNSETTLED and CLAIMED of each (merchant, currency) up to
+    its business date, and the earliest business date among them. UNSETTLED through the
+    claim index; CLAIMED through the merchant's OPEN batches (a claimed detail is in one),
+    never a scan of the merchant's settled history."""
+    return list(await conn.fetch(
+        "WITH c AS (SELECT * FROM unnest($1::text[], $2::text[], $3::date[]) "
+        " AS c(merchant_id, currency, date_to)), "
+        "u AS (SELECT c.currency, d.n, d.oldest FROM c CROSS JOIN LATERAL ("
+        " SELECT count(*) AS n, min(business_date) AS oldest FROM clearing_details "
+        " WHERE merchant_id = c.merchant_id AND currency = c.currency "
+        " AND state = 'UNSETTLED' AND business_date <= c.date_to OFFSET 0) d), "
+        "k AS (SELECT c.currency, d.n, d.oldest FROM c CROSS JOIN LATERAL ("
+        " SELECT count(*) AS n, min(x.business_date) AS oldest FROM claim_batches b "
+        " JOIN clearing_details x ON x.batch_id = b.batch_id "
+        " WHERE b.merchant_id = c.merchant_id AND b.currency = c.currency "
+        " AND b.state = 'OPEN' AND x.state = 'CLAIMED' AND x.business_date <= c.date_to "
+        " OFFSET 0) d) "
+        "SELECT currency, sum(unsettled)::bigint AS unsettled, sum(claimed)::bigint AS claimed, "
+        "min(oldest) AS oldest FROM ("
+        " SELECT currency, n AS unsettled, 0 AS claimed, oldest FROM u "
+        " UNION ALL SELECT currency, 0, n, oldest FROM k) t "
+        "GROUP BY currency HAVING sum(unsettled) + sum(claimed) > 0 ORDER BY currency",
+        [c[0] for c in cutoffs], [c[1] for c in cutoffs], [c[2] for c in cutoffs],
+    ))

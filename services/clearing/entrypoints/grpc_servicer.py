@@ -11,6 +11,7 @@ from clearhouse.clearing.v1 import clearing_pb2_grpc
 from services.clearing.domain.model import Detail, TransactionIn
 from services.clearing.entrypoints import convert
 from services.clearing.entrypoints.reconcile_rpc import reconcile_fees
+from services.clearing.entrypoints.stuck_rpc import count_due_details, get_stuck_report
 from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
 from services.clearing.service_layer.queries import Queries
@@ -355,3 +356,11 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
 
     async def ReconcileFees(self, request: pb.ReconcileFeesRequest, context: Any) -> Any:
         return await reconcile_fees(self.reconciler, request)
+
+    # ------------------------------------------------------------ what is stuck
+
+    async def GetStuckReport(self, request: pb.GetStuckReportRequest, context: Any) -> Any:
+        return await get_stuck_report(self.queries.db, self.reconciler, request)
+
+    async def CountDueDetails(self, request: pb.CountDueDetailsRequest, context: Any) -> Any:
+        return await count_due_details(self.queries.db, request)

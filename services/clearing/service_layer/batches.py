@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from services.clearing.adapters import repository as repo
 from services.clearing.domain.model import Batch, BatchState
 from services.clearing.service_layer.unit_of_work import Database
+from shared import audit
 from shared.errors import DomainError, FailedPrecondition, IdempotencyConflict, NotFound
 
 
@@ -75,6 +76,14 @@ class Batches:
             rows = await repo.get_batches(conn, batch_ids, lock=True)
             open_ids = [b for b, r in rows.items() if r["state"] == BatchState.OPEN.value]
             closed = await repo.confirm_many(conn, open_ids) if open_ids else {}
+            if closed:
+                await audit.record_many(conn, "clearing_batch", [
+                    (b, repo.to_batch(rows[b]), repo.to_batch(rows[b], (BatchState.CONFIRMED.value,
+                                                                       at)))
+                    for b, at in closed.items()
+                ])
+            else:
+                audit.replayed()  # every batch already confirmed, unknown or not open
         out: list[Batch | DomainError] = []
         for batch_id in batch_ids:
             row = rows.get(batch_id)
@@ -95,10 +104,14 @@ class Batches:
                 raise _not_found(batch_id)
             batch = repo.to_batch(row)
             if batch.state is target:
+                audit.replayed()
                 return batch
             if batch.state is not BatchState.OPEN:
                 raise _not_open(batch)
-            return repo.to_batch(row, await repo.close_batch(conn, batch_id, confirm))
+            closed = repo.to_batch(row, await repo.close_batch(conn, batch_id, confirm))
+            await audit.record(conn, object_type="clearing_batch", object_id=batch_id,
+                               before=batch, after=closed)
+            return closed
 
     async def confirm(self, batch_id: str) -> Batch:
         return await self._close(batch_id, confirm=True)

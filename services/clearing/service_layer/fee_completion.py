@@ -7,11 +7,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from services.clearing.adapters import repository as repo
 from services.clearing.domain.model import Detail, DetailType, FeeStatus
 from services.clearing.service_layer.pricing import Pricer
 from services.clearing.service_layer.unit_of_work import Database
+from shared import audit
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from shared.pagination import decode, encode, text
 
@@ -95,7 +97,7 @@ class FeeCompletion:
         answered as it is now. An unknown id is DETAIL_NOT_FOUND and an adjustment (never
         priced, so never an exception) DETAIL_NOT_RETRYABLE; then nothing is retried."""
         ids = list(dict.fromkeys(detail_ids))
-        async with self.db.connect() as conn:
+        async with self.db.transaction() as conn:
             found = await repo.fetch_rows(conn, ids)
             for detail_id in ids:
                 row = found.get(detail_id)
@@ -111,6 +113,7 @@ class FeeCompletion:
             reopened = await repo.reopen_exceptions(
                 conn, ids, "", len(ids), self.backoff_initial_s
             )
+            await _audit_reopened(conn, reopened, found)
         details = {r["detail_id"]: repo.to_detail(r) for r in reopened}
         for detail_id, row in found.items():
             if detail_id not in details and row["fee_status"] == FeeStatus.PENDING.value:
@@ -130,10 +133,11 @@ class FeeCompletion:
         token starts over from the lowest id (a replay after a full pass finds only what
         is still refused)."""
         after = _after_id(page_token, merchant_id)
-        async with self.db.connect() as conn:
+        async with self.db.transaction() as conn:
             rows = await repo.reopen_exceptions(
                 conn, None, merchant_id, self.retry_chunk, self.backoff_initial_s, after
             )
+            await _audit_reopened(conn, rows, {})
         details = {r["detail_id"]: repo.to_detail(r) for r in rows}
         details.update(await self.pricer.price(list(details.values())))
         if not details:
@@ -143,3 +147,19 @@ class FeeCompletion:
             remaining = await repo.count_exceptions_after(conn, merchant_id, last)
         token = encode([last], ["retry", merchant_id]) if remaining else ""
         return Retried([details[i] for i in sorted(details)], token, remaining)
+
+
+async def _audit_reopened(conn: Any, reopened: list[Any], before: dict[str, Any]) -> None:
+    """The exceptions a person's retry reopened, in the reopening transaction (their
+    pricing that follows is the system's, as for any pending fee). None reopened: the
+    retry changed nothing (a replay of one already done)."""
+    if not reopened:
+        audit.replayed()
+        return
+    await audit.record_many(conn, "clearing_detail", [
+        (r["detail_id"],
+         repo.to_detail(before[r["detail_id"]]) if r["detail_id"] in before
+         else {"state": "EXCEPTION"},
+         repo.to_detail(r))
+        for r in reopened
+    ])

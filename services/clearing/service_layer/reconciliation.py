@@ -40,6 +40,7 @@ from grpc_status import rpc_status
 from services.clearing.adapters import repository as repo
 from services.clearing.adapters.billing_client import BilledCharge, BillingClient
 from services.clearing.service_layer.unit_of_work import Database
+from shared import audit
 from shared.errors import reason_of
 from shared.metrics import ServiceMetrics
 
@@ -125,11 +126,28 @@ class Reconciler:
         self.interval_s = interval_s
         self.now = now
 
-    async def reconcile(self, start: dt.datetime, end: dt.datetime, void: bool) -> Report:
+    async def reconcile(
+        self, start: dt.datetime, end: dt.datetime, void: bool, *, figures: bool = True
+    ) -> Report:
+        """`figures` False: a report for someone else (GetStuckReport) that leaves the
+        figures of the last pass alone."""
         report = Report(start, end)
         await self._orphans(report, void)
         await self._uncharged(report)
-        if self.metrics is not None:
+        if audit.current() is not None:
+            # Asked for by a person (ReconcileFees): what the pass found and voided. The
+            # voids themselves are in billing's trail (VoidFeeCharge by clearing, with
+            # this call's request id).
+            async with self.db.transaction() as conn:
+                await audit.record(
+                    conn, object_type="fee_reconciliation",
+                    object_id=f"{start.isoformat()}/{end.isoformat()}",
+                    after={"void_orphans": void, "voided": report.voided,
+                           "orphan_transaction_ids": [o.charge.transaction_id
+                                                      for o in report.orphans][:100],
+                           "uncharged_detail_ids": [u.detail_id for u in report.uncharged][:100],
+                           "violations": report.violations})
+        if self.metrics is not None and figures:
             voided, orphans, violations, last = self.metrics
             voided.inc(report.voided)
             orphans.set(len(report.orphans))

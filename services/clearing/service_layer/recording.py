@@ -28,6 +28,7 @@ from services.clearing.domain.model import (
 from services.clearing.domain.pricing import FeeOutcome
 from services.clearing.service_layer.pricing import Pricer
 from services.clearing.service_layer.unit_of_work import Database
+from shared import audit
 from shared.errors import DomainError, FailedPrecondition, IdempotencyConflict
 
 Outcome = Detail | DomainError
@@ -184,7 +185,8 @@ class Recorder:
         return dict(inserted)
 
     async def record_adjustment(self, a: AdjustmentIn) -> Detail:
-        async with self.db.connect() as conn:
+        inserted = False
+        async with self.db.transaction() as conn:
             known = await repo.fetch_rows(conn, [a.adjustment_id, a.reference_transaction_id])
             row = known.get(a.adjustment_id)
             if row is None:  # new (a repeat is answered below, whatever was recorded since)
@@ -196,6 +198,12 @@ class Recorder:
                 row = await repo.insert_adjustment(conn, a, self.zone)
                 if row is None:  # a concurrent duplicate won
                     row = (await repo.fetch_rows(conn, [a.adjustment_id]))[a.adjustment_id]
+                else:
+                    inserted = True
+                    await audit.record(conn, object_type="clearing_detail",
+                                       object_id=a.adjustment_id, after=repo.to_detail(row))
         if row["content_hash"] != a.content_hash():
             raise IdempotencyConflict(a.adjustment_id, "adjustment")
+        if not inserted:
+            audit.replayed()
         return repo.to_detail(row)

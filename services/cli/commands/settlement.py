@@ -44,7 +44,8 @@ profiles = typer.Typer(help="Settlement profiles: list, show, set from YAML.",
 calendar = typer.Typer(help="The business calendar: show a month, import and export "
                             "files, coverage, override a day, compute a settlement date.",
                        no_args_is_help=True)
-runs = typer.Typer(help="Settlement runs: start (and watch), watch, status.",
+runs = typer.Typer(help="Settlement runs: start (and watch), watch, status; stuck items: "
+                        "list, retry, release.",
                    no_args_is_help=True)
 settlements = typer.Typer(help="Settlements (结算单): list, show with lines.",
                           no_args_is_help=True)
@@ -505,6 +506,75 @@ def run_items(ctx: typer.Context, run: Annotated[str, typer.Argument(
          i.error] for i in found]))
 
 
+# ---- stuck run items ------------------------------------------------------------------
+
+def _stuck_row(i: pb.RunItem) -> list[str]:
+    return [i.run_id, i.merchant_id, out.enum(pb.RunItemState, i.state, "RUN_ITEM_STATE_"),
+            i.step, str(i.attempts), out.when(i.create_time), i.clearing_batch_id, i.error]
+
+
+STUCK_COLUMNS = ["run", "merchant", "state", "step", "tries", "since", "batch", "error"]
+
+
+@runs.command("failed")
+@handled
+def runs_failed(ctx: typer.Context, run: Annotated[str, typer.Option(
+        help="Only this run (id or settlement date).")] = "",
+        limit: LimitOpt = 0, json: JsonOpt = False) -> None:
+    """Stuck run items of every run: failed claims and failed confirmations, with why.
+
+    Example: clearhouse runs failed --run 2026-10-13
+    """
+    req = pb.ListFailedRunItemsRequest(run_id=run_id_of(run) if run else "",
+                                       page_size=min(limit or 1000, 1000))
+    found = list(pages(clients(ctx).settlement.ListFailedRunItems, req, "items", limit))
+    if json:
+        out.emit_json(found)
+        return
+    out.console().print(out.table(f"stuck run items ({len(found)})", STUCK_COLUMNS,
+                                  [_stuck_row(i) for i in found]))
+
+
+@runs.command("retry-item")
+@handled
+def runs_retry_item(ctx: typer.Context, run: Annotated[str, typer.Argument(
+        help="Run id or settlement date.")], merchant: str,
+        request_id_: RequestIdOpt = "", json: JsonOpt = False) -> None:
+    """Work a stuck item now, with the claim its first attempt recorded (operators).
+
+    Example: clearhouse runs retry-item 2026-10-13 M001 --request-id retry-M001-1
+    """
+    rid = request_id(request_id_, "retry-item")
+    item = clients(ctx).settlement.RetryRunItem(pb.RetryRunItemRequest(
+        request_id=rid, run_id=run_id_of(run), merchant_id=merchant)).item
+    if json:
+        out.emit_json(item)
+        return
+    out.console().print(out.table("run item", STUCK_COLUMNS, [_stuck_row(item)]))
+
+
+@runs.command("release-item")
+@handled
+def runs_release_item(ctx: typer.Context, run: Annotated[str, typer.Argument(
+        help="Run id or settlement date.")], merchant: str,
+        reason: Annotated[str, typer.Option(help="Why (kept in the note and the audit "
+                                                 "trail).")],
+        request_id_: RequestIdOpt = "", json: JsonOpt = False) -> None:
+    """Give a failed item up: its clearing batch released, the details left to the next
+    run (admins).
+
+    Example: clearhouse runs release-item 2026-10-13 M001 --reason "billing outage"
+    """
+    rid = request_id(request_id_, "release-item")
+    item = clients(ctx).settlement.ReleaseRunItem(pb.ReleaseRunItemRequest(
+        request_id=rid, run_id=run_id_of(run), merchant_id=merchant, reason=reason)).item
+    if json:
+        out.emit_json(item)
+        return
+    out.console().print(out.table("run item", STUCK_COLUMNS, [_stuck_row(item)]))
+    out.console().print(item.note_detail)
+
+
 # ---- settlements and statements ------------------------------------------------------
 
 OUTCOME = "SETTLEMENT_OUTCOME_"
@@ -854,12 +924,15 @@ def print_violations(violations: list[pb.InvariantViolation],
 def check_command(ctx: typer.Context,
                   clearing_date: Annotated[str, typer.Option(
                       "--clearing-date", help="Also check this date's batches with clearing.")] = "",
+                  stuck: Annotated[bool, typer.Option(
+                      "--stuck", help="Also ask clearing what is stuck there (open batches, "
+                      "old pending fees and exceptions, orphan charges).")] = False,
                   json: JsonOpt = False) -> None:
     """Check the ledger's invariants (domain §5); exit 1 when any is violated.
 
-    Example: clearhouse check --clearing-date 2026-10-13
+    Example: clearhouse check --clearing-date 2026-10-13 --stuck
     """
-    req = pb.CheckInvariantsRequest()
+    req = pb.CheckInvariantsRequest(include_clearing_stuck=stuck)
     if clearing_date:
         req.clearing_check_date.CopyFrom(proto_date(clearing_date, "--clearing-date"))
     resp = clients(ctx).settlement.CheckInvariants(req)

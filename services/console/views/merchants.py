@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from clearhouse.approval.v1 import approval_pb2 as appb
 from clearhouse.billing.v1 import billing_pb2 as bpb
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
+from clearhouse.payout.v1 import payout_pb2
 from clearhouse.settlement.v1 import settlement_pb2 as spb
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Form, Query
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from services.console.web import PAGE_SIZE, Page, page
+from services.console.views.approvals import file_request
+from services.console.web import PAGE_SIZE, Page, Refused, new_request_id, page
 from shared.service_client import ServiceError
 
 router = APIRouter()
@@ -69,10 +72,62 @@ def merchant(merchant_id: str, p: Page = Depends(page), details: str = Query("")
                         message=f"No service knows merchant {merchant_id!r}.")
     return p.render(
         "merchant.html", title=f"Merchant {merchant_id}", merchant_id=merchant_id,
+        may_request=p.person.may("admin"), approval_id=new_request_id("approval"),
+        update_id=new_request_id("profile"),
+        waiting=_waiting_changes(p, merchant_id) if profile else [],
         profile=profile.profile if profile else None, balances=balance.balances,
         details=detail_page, settlements=settlement_page, payouts=payout_page,
         account=account.account if account else None, movements=movement_page,
         bills=bill_page)
+
+
+def _waiting_changes(p: Page, merchant_id: str) -> list[appb.Approval]:
+    """The merchant's profile changes waiting for a second admin (the newest page)."""
+    try:
+        listed = p.calls.approvals["settlement"].ListApprovals(appb.ListApprovalsRequest(
+            state=appb.APPROVAL_STATE_PENDING, method="UpdateSettlementProfile",
+            page_size=PAGE_SIZE))
+    except ServiceError as exc:
+        if exc.unreachable or exc.code.name == "UNIMPLEMENTED":
+            return []
+        raise
+    return [a for a in listed.approvals
+            if a.object_type == "settlement_profile" and a.object_id == merchant_id]
+
+
+def bank_change(profile: spb.SettlementProfile, bank: payout_pb2.BankAccount,
+                update_id: str) -> spb.UpdateSettlementProfileRequest:
+    """The UpdateSettlementProfile that pays the merchant to `bank`: the profile as read,
+    with the bank account (and a bank destination) replaced."""
+    changed = spb.SettlementProfile()
+    changed.CopyFrom(profile)
+    changed.ClearField("update_time")
+    changed.destination_type = spb.DESTINATION_TYPE_BANK_ACCOUNT
+    changed.bank_account.CopyFrom(bank)
+    return spb.UpdateSettlementProfileRequest(profile=changed)
+
+
+@router.post("/merchants/{merchant_id}/bank-account")
+def request_bank_change(merchant_id: str, p: Page = Depends(page), csrf: str = Form(""),
+                        account_name: str = Form(""), account_number: str = Form(""),
+                        bank_name: str = Form(""), branch_code: str = Form(""),
+                        reason: str = Form(""), approval_id: str = Form(""),
+                        update_id: str = Form("")) -> Response:
+    """Files the change of a merchant's payout bank account for a second admin: a change
+    of destination is four eyes (docs/security.md), so it is requested, never made."""
+    p.check_csrf(csrf)
+    p.require("admin", "Changing a bank account")
+    profile = p.calls.settlement.GetSettlementProfile(
+        spb.GetSettlementProfileRequest(merchant_id=merchant_id)).profile
+    bank = payout_pb2.BankAccount(
+        account_name=account_name.strip(), bank_name=bank_name.strip(),
+        # People type account numbers in groups of four: the digits are the number.
+        account_number="".join(account_number.split()), branch_code=branch_code.strip())
+    if not (bank.account_name and bank.account_number and bank.bank_name):
+        raise Refused(400, "The account's holder, number and bank are required.")
+    return file_request(p, "settlement",
+                        bank_change(profile, bank, update_id or new_request_id("profile")),
+                        reason, approval_id)
 
 
 @router.get("/settlements/{settlement_id}", response_class=HTMLResponse)

@@ -11,6 +11,7 @@ from clearhouse.settlement.v1 import settlement_pb2 as spb
 from fastapi import APIRouter, Depends, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from services.console.views.approvals import file_request
 from services.console.views.overview import PAYOUT_STATES, run_id, today
 from services.console.web import PAGE_SIZE, Page, Refused, new_request_id, page
 from shared.convert import date_to_proto
@@ -133,7 +134,32 @@ def retry_payout(payout_id: str, p: Page = Depends(page), csrf: str = Form(""),
                  request_id: str = Form("")) -> Response:
     p.check_csrf(csrf)
     p.require("operator", "Retrying a payout")
-    payout = p.calls.settlement.RetryPayout(spb.RetryPayoutRequest(
-        request_id=request_id or new_request_id("payout"), payout_id=payout_id)).payout
+    retry = spb.RetryPayoutRequest(request_id=request_id or new_request_id("payout"),
+                                   payout_id=payout_id)
+    try:
+        payout = p.calls.settlement.RetryPayout(retry).payout
+    except ServiceError as exc:
+        if exc.reason != "APPROVAL_REQUIRED":
+            raise
+        # The profile now pays elsewhere than this payout went: four eyes. An admin
+        # files the same retry (same request id) for a second admin.
+        return p.render("approval_needed.html", 409, title="This retry needs an approval",
+                        error=exc, action=f"/payouts/{payout_id}/retry/approval",
+                        hidden={"request_id": retry.request_id},
+                        what=f"Retrying payout {payout_id} pays it to the merchant's "
+                             "current destination, which differs from the one it went to.",
+                        may_request=p.person.may("admin"),
+                        approval_id=new_request_id("approval"))
     state = spb.PayoutState.Name(payout.state).removeprefix("PAYOUT_STATE_")
     return _back("/payouts", state="FAILED", notice=f"Payout {payout_id} retried as {payout.payout_id}: now {state}")
+
+
+@router.post("/payouts/{payout_id}/retry/approval")
+def request_payout_retry(payout_id: str, p: Page = Depends(page), csrf: str = Form(""),
+                         request_id: str = Form(""), reason: str = Form(""),
+                         approval_id: str = Form("")) -> Response:
+    """Files a retry to a changed destination for a second admin's approval."""
+    p.check_csrf(csrf)
+    return file_request(p, "settlement", spb.RetryPayoutRequest(
+        request_id=request_id or new_request_id("payout"), payout_id=payout_id),
+        reason, approval_id)

@@ -7,12 +7,14 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from clearhouse.approval.v1 import approval_pb2 as appb
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, Response
 
 from services.console.chart import daily_chart
+from services.console.clients import SERVICES
 from services.console.formatting import to_date
 from services.console.web import Page, page
 from shared.convert import date_to_proto
@@ -22,9 +24,10 @@ router = APIRouter()
 SUMMARY_CAP = 500  # merchants summed for today's figures
 RUN_LOOKBACK_DAYS = 8
 COUNT_CAP = 100  # lists are counted up to here; beyond, the page says "100+"
+CHART_CAP = 20000  # settlements drawn in the chart; beyond, the page says so
 NOT_DUE = {spb.RUN_ITEM_NOTE_UNSPECIFIED, spb.RUN_ITEM_NOTE_NOTHING_UNSETTLED,
            spb.RUN_ITEM_NOTE_NOT_DUE}
-PAYOUT_STATES = ["CREATED", "SUBMITTED", "PAID", "FAILED", "RETURNED"]
+PAYOUT_STATES = ["CREATED", "SUBMITTED", "ESCALATED", "PAID", "FAILED", "RETURNED"]
 
 
 def run_id(day: dt.date) -> str:
@@ -71,6 +74,21 @@ def _today_by_currency(p: Page, day: dt.date) -> tuple[list[dict[str, Any]], int
     return [totals[k] for k in sorted(totals)], min(len(profiles), SUMMARY_CAP), capped
 
 
+def approvals_waiting(p: Page) -> dict[str, tuple[int, bool] | None]:
+    """Pending approvals per service, counted up to COUNT_CAP each; None for a service
+    that did not answer (or serves no approvals)."""
+    out: dict[str, tuple[int, bool] | None] = {}
+    for name in SERVICES:
+        try:
+            out[name] = _count(p.calls.approvals[name].ListApprovals, appb.ListApprovalsRequest(
+                state=appb.APPROVAL_STATE_PENDING), "approvals")
+        except ServiceError as exc:
+            if not (exc.unreachable or exc.code.name == "UNIMPLEMENTED"):
+                raise
+            out[name] = None
+    return out
+
+
 @router.get("/", response_class=HTMLResponse)
 def overview(p: Page = Depends(page)) -> Response:
     day, coverage = today(p)
@@ -103,9 +121,13 @@ def overview(p: Page = Depends(page)) -> Response:
     settled: dict[dt.date, int] = defaultdict(int)
     paid: dict[dt.date, int] = defaultdict(int)
     currencies: set[str] = set()
+    drawn = 0
     for st in pages(c.settlement.ListSettlements, spb.ListSettlementsRequest(
             settle_date_from=date_to_proto(days[0]), settle_date_to=date_to_proto(day),
-            page_size=500), "settlements", limit=20000):
+            page_size=500), "settlements", limit=CHART_CAP + 1):
+        drawn += 1
+        if drawn > CHART_CAP:
+            break
         if st.currency_code != "CNY":
             currencies.add(st.currency_code)
             continue
@@ -118,4 +140,5 @@ def overview(p: Page = Depends(page)) -> Response:
         summed_merchants=merchants, summary_capped=capped, pending=pending,
         exceptions=exceptions, due_notes=due_notes, payouts=payouts, runs=runs, coverage=coverage,
         chart=daily_chart(days, settled, paid), other_currencies=sorted(currencies),
-        settled_total=sum(settled.values()), paid_total=sum(paid.values()))
+        settled_total=sum(settled.values()), paid_total=sum(paid.values()),
+        chart_capped=drawn > CHART_CAP, chart_cap=CHART_CAP, waiting=approvals_waiting(p))

@@ -1,5 +1,5 @@
-"""Fee rules (list, versions, "explain this fee"), the business calendar (month view,
-import for admins), and the pages that wait for the security work (approvals, audit)."""
+"""Fee rules (list, versions, "explain this fee") and the business calendar (month view,
+import for admins)."""
 
 from __future__ import annotations
 
@@ -167,17 +167,3 @@ async def import_calendar(p: Page = Depends(page), csrf: str = Form(""),
     notice = (f"Imported: {record.holiday_count} holidays, {record.makeup_workday_count} "
               f"make-up days in the range")
     return RedirectResponse(f"/calendar?month={month}&notice={notice}", status_code=303)
-
-
-@router.get("/approvals", response_class=HTMLResponse)
-def approvals(p: Page = Depends(page)) -> Response:
-    return p.render("unavailable.html", title="Approvals", what="Four-eyes approvals",
-                    why="The services do not offer approvals yet (issue 10, part 3): "
-                        "changes take effect when an admin makes them.")
-
-
-@router.get("/audit", response_class=HTMLResponse)
-def audit(p: Page = Depends(page)) -> Response:
-    return p.render("unavailable.html", title="Audit", what="The audit trail",
-                    why="The services do not record audit events yet (issue 10, part 4): "
-                        "there is no ListAuditEvents to read.")

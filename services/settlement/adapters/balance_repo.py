@@ -30,7 +30,8 @@ _SETTLED = text(
 )
 _PAYOUTS = text(
     "SELECT currency, "
-    "COALESCE(SUM(amount) FILTER (WHERE state IN ('CREATED', 'SUBMITTED')), 0) AS in_flight, "
+    "COALESCE(SUM(amount) FILTER (WHERE state IN ('CREATED', 'SUBMITTED', 'ESCALATED')), 0) "
+    "AS in_flight, "
     "COALESCE(SUM(amount) FILTER (WHERE state = 'PAID'), 0) AS paid "
     "FROM payouts WHERE merchant_id = :m GROUP BY currency"
 )

@@ -11,6 +11,7 @@ from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2, clearing_pb2_grpc
 from clearhouse.payout.v1 import payout_pb2, payout_pb2_grpc
 from clearhouse.type.v1 import money_pb2, transaction_pb2
+from google.protobuf import duration_pb2
 from google.rpc import status_pb2
 
 from services.settlement.domain.netting import BatchTotals, FeeBill
@@ -51,6 +52,41 @@ class ClearingBatch:
     batch_id: str
     state: str  # OPEN | CONFIRMED | RELEASED ('' for a state this client does not know)
     totals: BatchTotals
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBatch:
+    """A batch OPEN in clearing (its details CLAIMED), as the stuck check reads it."""
+
+    batch_id: str
+    merchant_id: str
+    currency: str
+    detail_count: int
+    create_time: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StuckDetails:
+    """Details stuck one way in clearing: how many, the oldest's time, the oldest ids."""
+
+    count: int
+    oldest: dt.datetime | None
+    detail_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StuckInClearing:
+    """Clearing's GetStuckReport. orphan_charges: (transaction, merchant, fee, currency,
+    charge time); uncharged_payments: (detail, merchant)."""
+
+    open_batches: list[OpenBatch]
+    open_batch_count: int
+    pending_fees: StuckDetails
+    exceptions: StuckDetails
+    orphan_charges: list[tuple[str, str, int, str, dt.datetime]]
+    uncharged_payments: list[tuple[str, str]]
+    reconciled: bool
+    reconcile_error: str
 
 
 _BATCH_STATES = {
@@ -264,6 +300,70 @@ class ClearingClient:
             d.amount.currency_code,
             d.fee_status == clearing_pb2.FEE_STATUS_PENDING,
         )
+
+    async def stuck_report(
+        self, *, open_batch_min_age_s: float, pending_fee_min_age_s: float,
+        exception_min_age_s: float, reconcile_window_s: float,
+    ) -> StuckInClearing:
+        """What is stuck in clearing (GetStuckReport), read-only."""
+
+        def span(seconds: float) -> duration_pb2.Duration:
+            d = duration_pb2.Duration()
+            d.FromTimedelta(dt.timedelta(seconds=seconds))
+            return d
+
+        resp = await self.stub.GetStuckReport(
+            clearing_pb2.GetStuckReportRequest(
+                open_batch_min_age=span(open_batch_min_age_s),
+                pending_fee_min_age=span(pending_fee_min_age_s),
+                exception_min_age=span(exception_min_age_s),
+                fee_reconcile_window=span(reconcile_window_s),
+            ),
+            timeout=self.deadline_s,
+        )
+
+        def details(d: clearing_pb2.StuckDetails) -> StuckDetails:
+            oldest = ts_to_datetime(d.oldest_create_time) if d.HasField("oldest_create_time") else None
+            return StuckDetails(d.count, oldest, list(d.detail_ids))
+
+        return StuckInClearing(
+            open_batches=[
+                OpenBatch(b.batch_id, b.merchant_id, b.totals.currency_code,
+                          b.totals.detail_count, ts_to_datetime(b.create_time))
+                for b in resp.open_batches
+            ],
+            open_batch_count=resp.open_batch_count,
+            pending_fees=details(resp.pending_fees),
+            exceptions=details(resp.exceptions),
+            orphan_charges=[
+                (o.transaction_id, o.merchant_id, o.fee.minor_units, o.fee.currency_code,
+                 ts_to_datetime(o.charge_time))
+                for o in resp.orphan_charges
+            ],
+            uncharged_payments=[(u.detail_id, u.merchant_id) for u in resp.uncharged_details],
+            reconciled=resp.fee_reconciled,
+            reconcile_error=resp.fee_reconcile_error,
+        )
+
+    async def count_due(
+        self, cutoffs: list[tuple[str, str, dt.date]]
+    ) -> dict[str, tuple[int, int]]:
+        """Per currency (unsettled, claimed) details up to each (merchant, currency,
+        business date to), 1,000 cut-offs per CountDueDetails call."""
+        out: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(cutoffs), MAX_ITEMS_PER_CALL):
+            resp = await self.stub.CountDueDetails(
+                clearing_pb2.CountDueDetailsRequest(cutoffs=[
+                    clearing_pb2.DueCutoff(merchant_id=m, currency_code=c,
+                                           business_date_to=date_to_proto(d))
+                    for m, c, d in cutoffs[start:start + MAX_ITEMS_PER_CALL]
+                ]),
+                timeout=self.deadline_s,
+            )
+            for n in resp.counts:
+                u, k = out.get(n.currency_code, (0, 0))
+                out[n.currency_code] = (u + n.unsettled_count, k + n.claimed_count)
+        return out
 
     async def close(self) -> None:
         await self.channel.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,8 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.figures import rows
 from shared.metrics import FigureSource, ServiceMetrics
 
-PAYOUT_STATES = ("CREATED", "SUBMITTED", "PAID", "FAILED", "RETURNED")
-ITEM_STATES = ("PENDING", "FAILED", "BOOKED", "DONE", "SKIPPED")
+log = logging.getLogger(__name__)
+
+PAYOUT_STATES = ("CREATED", "SUBMITTED", "ESCALATED", "PAID", "FAILED", "RETURNED")
+ITEM_STATES = ("PENDING", "FAILED", "BOOKED", "DONE", "SKIPPED", "RELEASED")
 
 
 def figure_source(
@@ -58,16 +61,26 @@ def figure_source(
         ):
             counts[(state, currency)] = n
             sums[(state, currency)] = total
-        m.set_by_label(payouts, counts, list(counts))
-        m.set_by_label(amounts, sums, list(counts))
+        # Every state of every currency seen is exported, 0 when empty: an alert on
+        # ESCALATED payouts needs the series to exist (and to drop back to 0).
+        zeros = sorted({(s, c) for s in PAYOUT_STATES for _, c in counts} | set(counts))
+        m.set_by_label(payouts, counts, zeros)
+        m.set_by_label(amounts, sums, zeros)
         (age,), = await rows(
             engine,
             "SELECT coalesce(extract(epoch FROM now() - min(create_time)), 0) FROM payouts "
-            "WHERE state IN ('CREATED', 'SUBMITTED')",
+            "WHERE state IN ('CREATED', 'SUBMITTED', 'ESCALATED')",
         )
         m.gauge("oldest_unfinished_payout_age_seconds",
                 "Age of the oldest payout not yet PAID, FAILED or RETURNED; 0 when none."
                 ).set(float(age))
+        (conflicts,), = await rows(
+            engine, "SELECT count(*) FROM payout_notifications WHERE outcome = 'CONFLICT'"
+        )
+        m.gauge("payout_result_conflicts",
+                "Gateway results that contradicted a final payout (recorded, nothing booked; "
+                "CheckInvariants names them)."
+                ).set(float(conflicts))
         items = m.gauge("run_items", "Work items of settlement runs, by state.", ["state"])
         m.set_by_label(
             items,
@@ -79,5 +92,65 @@ def figure_source(
             runs, {(s,): n for s, n in await rows(engine, "SELECT state, count(*) FROM runs GROUP BY 1")},
             [],
         )
+
+    return refresh
+
+
+STUCK_KINDS = ("failed_run_items", "open_batches", "unowned_open_batches", "pending_fees",
+               "exceptions", "orphan_charges", "uncharged_payments")
+
+
+def stuck_figure_source(
+    engine: AsyncEngine,
+    findings: Callable[[], Awaitable[Any]],
+    due: Callable[[], Awaitable[dict[str, tuple[int, int]]]],
+    interval_s: float,
+) -> FigureSource:
+    """What is stuck (`findings`: the stuck check's counts by kind, read through clearing)
+    and the unsettled due details (`due`: per currency, UNSETTLED and CLAIMED details due
+    by today on each merchant's cycle and the business calendar), read at most every
+    `interval_s` (they cost clearing a call per 1,000 merchants); 0 = never. A failed read
+    keeps the last figures (logged): the refresh of the other figures goes on, and
+    `clearing_figures_timestamp_seconds` says how old these are."""
+    last = [-float("inf")]
+    # Every (currency, state) once seen: clearing leaves out a currency with nothing
+    # due, and the gauge must drop to 0 then, not keep its last figure.
+    seen: set[tuple[str, ...]] = set()
+
+    async def refresh(m: ServiceMetrics) -> None:
+        stuck = m.gauge("stuck", "What is stuck, by kind (the CheckInvariants stuck check: "
+                        "failed run items here; open batches, batches no live run holds, "
+                        "old pending fees and exceptions, orphan charges, in clearing).",
+                        ["kind"])
+        due_gauge = m.gauge("unsettled_due_details",
+                            "Details due by today on the merchant's cycle and the business "
+                            "calendar and not yet settled, by currency and state "
+                            "(UNSETTLED, CLAIMED).", ["currency", "state"])
+        read_at = m.gauge("clearing_figures_timestamp_seconds",
+                          "When the stuck and due figures were last read through clearing.")
+        (failed,), = await rows(
+            engine,
+            "SELECT count(*) FROM run_items WHERE state IN ('PENDING', 'FAILED', 'BOOKED') "
+            "AND (state = 'FAILED' OR (state = 'BOOKED' AND last_error <> ''))",
+        )
+        stuck.labels("failed_run_items").set(failed)
+        if interval_s <= 0 or time.monotonic() - last[0] < interval_s:
+            return
+        last[0] = time.monotonic()
+        try:
+            found = await findings()
+            counts = await due()
+        except Exception:
+            log.warning("stuck and due figures not read through clearing", exc_info=True)
+            return
+        for kind in STUCK_KINDS[1:]:
+            stuck.labels(kind).set(found.counts.get(kind, 0))
+        values: dict[tuple[str, ...], float] = {}
+        for currency, (unsettled, claimed) in counts.items():
+            values[(currency, "UNSETTLED")] = unsettled
+            values[(currency, "CLAIMED")] = claimed
+        seen.update(values)
+        m.set_by_label(due_gauge, values, seen)
+        read_at.set(time.time())
 
     return refresh

@@ -43,11 +43,22 @@ DESTINATIONS_BY_NAME = {d.value: p for d, p in DESTINATIONS_PB.items()}
 PAYOUT_STATES = {
     "CREATED": pb.PAYOUT_STATE_CREATED,
     "SUBMITTED": pb.PAYOUT_STATE_SUBMITTED,
+    "ESCALATED": pb.PAYOUT_STATE_ESCALATED,
     "PAID": pb.PAYOUT_STATE_PAID,
     "FAILED": pb.PAYOUT_STATE_FAILED,
     "RETURNED": pb.PAYOUT_STATE_RETURNED,
 }
 PAYOUT_STATE_NAMES = {v: k for k, v in PAYOUT_STATES.items()}
+# The results NotifyPayoutResult takes, in the gateway's contract.
+NOTIFIED_STATES = {
+    payout_pb2.PAYOUT_STATE_PAID: "PAID",
+    payout_pb2.PAYOUT_STATE_FAILED: "FAILED",
+    payout_pb2.PAYOUT_STATE_RETURNED: "RETURNED",
+}
+NOTIFICATION_OUTCOMES = {
+    "APPLIED": pb.NOTIFICATION_OUTCOME_APPLIED,
+    "ALREADY_KNOWN": pb.NOTIFICATION_OUTCOME_ALREADY_KNOWN,
+}
 OUTCOMES = {
     "PAID_OUT": pb.SETTLEMENT_OUTCOME_PAID_OUT,
     "CARRIED": pb.SETTLEMENT_OUTCOME_CARRIED,
@@ -196,6 +207,15 @@ def run_item_to_proto(r: ItemRow) -> pb.RunItem:
         error=r.error,
         note=RUN_ITEM_NOTES_BY_NAME.get(r.note, pb.RUN_ITEM_NOTE_UNKNOWN),
         note_detail=r.note_detail,
+        run_id=r.run_id,
+        settle_date=date_to_proto(r.settle_date) if r.settle_date else None,
+        attempts=r.attempts,
+        clearing_batch_id=r.batch_id,
+        business_date_to=date_to_proto(r.business_date_to) if r.business_date_to else None,
+        currency_code=r.currency,
+        create_time=datetime_to_ts(r.create_time) if r.create_time else None,
+        update_time=datetime_to_ts(r.update_time) if r.update_time else None,
+        step=r.step,
     )
 
 
@@ -314,6 +334,8 @@ def payout_to_proto(p: PayoutView) -> pb.Payout:
         last_error=p.last_error,
         create_time=datetime_to_ts(p.create_time),
         update_time=datetime_to_ts(p.update_time),
+        resolution_reference=p.resolution_reference,
+        resolution_reason=p.resolution_reason,
     )
 
 

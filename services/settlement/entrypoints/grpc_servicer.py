@@ -12,10 +12,12 @@ from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService, ImportRequest
-from services.settlement.service_layer.payouts import PayoutService
+from services.settlement.service_layer.payouts import Notification, PayoutService
 from services.settlement.service_layer.profiles import ProfileService
+from services.settlement.service_layer.run_items import RunItemOps
 from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.statements import StatementService
+from services.settlement.service_layer.stuck import StuckCheck
 from shared import validation
 from shared.errors import Violations
 from shared.validation import (
@@ -42,7 +44,11 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         payouts: PayoutService,
         audit: ClearingAudit,
         balances: BalanceService,
+        items: RunItemOps,
+        stuck: StuckCheck,
     ) -> None:
+        self.items = items
+        self.stuck = stuck
         self.profiles = profiles
         self.calendars = calendars
         self.runs = runs
@@ -243,6 +249,8 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         found = await self.books.check_invariants()
         if day is not None:
             found += await self.audit.check(day)
+        if request.include_clearing_stuck:
+            found += await self.stuck.check()
         return pb.CheckInvariantsResponse(
             violations=[
                 pb.InvariantViolation(
@@ -286,6 +294,40 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         v.raise_if_any()
         new = await self.payouts.retry(request.payout_id, request.request_id)
         return pb.RetryPayoutResponse(payout=c.payout_to_proto(new))
+
+    async def MarkPayoutPaid(
+        self, request: pb.MarkPayoutPaidRequest, context: Ctx
+    ) -> pb.MarkPayoutPaidResponse:
+        _check_mark(request)
+        done = await self.payouts.mark(request.payout_id, request.request_id, "PAID",
+                                       request.reference, request.reason)
+        return pb.MarkPayoutPaidResponse(payout=c.payout_to_proto(done))
+
+    async def MarkPayoutFailed(
+        self, request: pb.MarkPayoutFailedRequest, context: Ctx
+    ) -> pb.MarkPayoutFailedResponse:
+        _check_mark(request)
+        done = await self.payouts.mark(request.payout_id, request.request_id, "FAILED",
+                                       request.reference, request.reason)
+        return pb.MarkPayoutFailedResponse(payout=c.payout_to_proto(done))
+
+    async def NotifyPayoutResult(
+        self, request: pb.NotifyPayoutResultRequest, context: Ctx
+    ) -> pb.NotifyPayoutResultResponse:
+        v = Violations()
+        check_id(v, request.notification_id, "notification_id", max_length=MAX_DERIVED_ID_LENGTH)
+        check_id(v, request.payout_id, "payout_id", max_length=MAX_DERIVED_ID_LENGTH)
+        v.check(request.state in c.NOTIFIED_STATES, "state", "must be PAID, FAILED or RETURNED")
+        check_id(v, request.gateway_reference, "gateway_reference", required=False)
+        check_text(v, request.failure_reason, "failure_reason")
+        v.raise_if_any()
+        payout, outcome = await self.payouts.notify(Notification(
+            request.notification_id, request.payout_id, c.NOTIFIED_STATES[request.state],
+            request.gateway_reference, request.failure_reason,
+        ))
+        return pb.NotifyPayoutResultResponse(
+            payout=c.payout_to_proto(payout), outcome=c.NOTIFICATION_OUTCOMES[outcome]
+        )
 
     # ---- statement lines and merchant balances ----
 
@@ -383,6 +425,45 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
             items=[c.run_item_to_proto(r) for r in rows], next_page_token=token
         )
 
+    # ---- stuck run items ----
+
+    async def ListFailedRunItems(
+        self, request: pb.ListFailedRunItemsRequest, context: Ctx
+    ) -> pb.ListFailedRunItemsResponse:
+        v = Violations()
+        check_id(v, request.run_id, "run_id", required=False)
+        _check_page(v, request)
+        v.raise_if_any()
+        rows, token = await self.items.list_failed(
+            request.run_id, request.page_size, request.page_token)
+        return pb.ListFailedRunItemsResponse(
+            items=[c.run_item_to_proto(r) for r in rows], next_page_token=token)
+
+    async def RetryRunItem(
+        self, request: pb.RetryRunItemRequest, context: Ctx
+    ) -> pb.RetryRunItemResponse:
+        v = Violations()
+        check_id(v, request.request_id, "request_id")
+        check_id(v, request.run_id, "run_id")
+        check_id(v, request.merchant_id, "merchant_id")
+        v.raise_if_any()
+        item = await self.items.retry(request.run_id, request.merchant_id, request.request_id)
+        return pb.RetryRunItemResponse(item=c.run_item_to_proto(item))
+
+    async def ReleaseRunItem(
+        self, request: pb.ReleaseRunItemRequest, context: Ctx
+    ) -> pb.ReleaseRunItemResponse:
+        v = Violations()
+        check_id(v, request.request_id, "request_id")
+        check_id(v, request.run_id, "run_id")
+        check_id(v, request.merchant_id, "merchant_id")
+        v.check(bool(request.reason.strip()), "reason", "required, for the audit trail")
+        check_text(v, request.reason, "reason")
+        v.raise_if_any()
+        item = await self.items.release(
+            request.run_id, request.merchant_id, request.request_id, request.reason.strip())
+        return pb.ReleaseRunItemResponse(item=c.run_item_to_proto(item))
+
 
 MAX_CALENDAR_FILE_CHARS = 1 << 20
 
@@ -406,3 +487,12 @@ def _check_page(v: Violations, request: Any) -> None:
     (Page.of checks them again when it decodes the token)."""
     check_page_size(v, request.page_size)
     check_page_token(v, request.page_token)
+
+
+def _check_mark(request: pb.MarkPayoutPaidRequest | pb.MarkPayoutFailedRequest) -> None:
+    v = Violations()
+    check_id(v, request.request_id, "request_id")
+    check_id(v, request.payout_id, "payout_id", max_length=MAX_DERIVED_ID_LENGTH)
+    check_id(v, request.reference, "reference")
+    check_text(v, request.reason, "reason", required=True)
+    v.raise_if_any()

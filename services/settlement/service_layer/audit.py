@@ -17,8 +17,8 @@ import asyncio
 import datetime as dt
 
 import grpc
-from sqlalchemy import text
 
+from services.settlement.adapters import booking_repo, run_repo
 from services.settlement.adapters.clients import BatchDetail, ClearingBatch
 from services.settlement.domain import ids
 from services.settlement.service_layer.books import Violation
@@ -39,30 +39,9 @@ class ClearingAudit:
 
     async def check(self, day: dt.date) -> list[Violation]:
         async with self.db.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        # Booked items not yet confirmed are reported by the local check.
-                        "SELECT s.settlement_id, s.clearing_batch_id, s.detail_count, "
-                        "s.payments, s.refunds, s.adjustments FROM settlements s "
-                        "JOIN run_items i ON i.settlement_id = s.settlement_id "
-                        "WHERE s.settle_date = :d AND s.clearing_batch_id IS NOT NULL "
-                        "AND i.state = 'DONE' ORDER BY s.settlement_id"
-                    ),
-                    {"d": day},
-                )
-            ).all()
-            skipped = (
-                await conn.execute(
-                    text(
-                        # The date's run holds its items (by the primary key's prefix).
-                        "SELECT run_id, merchant_id, batch_id FROM run_items "
-                        "WHERE run_id = :r AND state = 'SKIPPED' AND batch_id <> '' "
-                        "ORDER BY merchant_id"
-                    ),
-                    {"r": ids.run_id(day)},
-                )
-            ).all()
+            # Booked items not yet confirmed are reported by the local check.
+            rows = await booking_repo.confirmed_with_batch(conn, day)
+            skipped = await run_repo.skipped_with_batch(conn, ids.run_id(day))
 
         async def details(batch_id: str) -> list[BatchDetail]:
             async with self.calls:

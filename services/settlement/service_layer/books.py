@@ -7,8 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
-
+from services.settlement.adapters import book_repo
 from services.settlement.domain.ledger import Account, AccountType, parse_account_code
 from services.settlement.service_layer.unit_of_work import Database
 from shared.errors import FieldViolation, InvalidArgument, NotFound
@@ -54,17 +53,7 @@ class BookService:
     async def balance(self, code: str) -> Balance:
         _check_code(code)
         async with self.db.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT a.account_code, a.account_type, a.merchant_id, a.currency, "
-                        "(SELECT COALESCE(SUM(amount), 0) FROM postings p "
-                        " WHERE p.account_code = a.account_code) AS balance "
-                        "FROM accounts a WHERE a.account_code = :c"
-                    ),
-                    {"c": code},
-                )
-            ).first()
+            row = await book_repo.account_with_balance(conn, code)
         if row is None:
             raise _account_not_found(code)
         return Balance(_account(row), int(row.balance))
@@ -72,37 +61,14 @@ class BookService:
     async def entries(self, code: str, page_size: int, token: str) -> tuple[list[EntryView], str]:
         _check_code(code)
         async with self.db.engine.connect() as conn:
-            # Only whether it exists: its balance would sum every posting of the account.
-            known = await conn.execute(
-                text("SELECT 1 FROM accounts WHERE account_code = :c"), {"c": code}
-            )
-            if known.first() is None:
+            if not await book_repo.account_exists(conn, code):
                 raise _account_not_found(code)
             filters = {"account": code}
             page = Page.of(page_size, token, filters, key=(integer,))
             after = page.after[0] if page.after else None
-            heads = (
-                await conn.execute(
-                    text(
-                        "SELECT e.entry_id, e.entry_type, e.reference, e.create_time, e.seq "
-                        "FROM journal_entries e WHERE e.entry_id IN (SELECT entry_id FROM "
-                        "postings WHERE account_code = :c) "
-                        "AND (CAST(:a AS bigint) IS NULL OR e.seq < CAST(:a AS bigint)) "
-                        "ORDER BY e.seq DESC LIMIT :n"
-                    ),
-                    {"c": code, "a": after, "n": page.size + 1},
-                )
-            ).all()
+            heads = await book_repo.entry_heads(conn, code, after, page.size + 1)
             shown = heads[: page.size]
-            legs = (
-                await conn.execute(
-                    text(
-                        "SELECT entry_id, account_code, currency, amount FROM postings "
-                        "WHERE entry_id = ANY(CAST(:e AS text[])) ORDER BY entry_id, line"
-                    ),
-                    {"e": [h.entry_id for h in shown]},
-                )
-            ).all()
+            legs = await book_repo.entry_legs(conn, [h.entry_id for h in shown])
         by_entry: dict[str, list[tuple[str, str, int]]] = {}
         for leg in legs:
             by_entry.setdefault(leg.entry_id, []).append(
@@ -117,17 +83,7 @@ class BookService:
 
     async def trial_balance(self, currency: str) -> tuple[list[Balance], dict[str, int]]:
         async with self.db.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT a.account_code, a.account_type, a.merchant_id, a.currency, "
-                        "b.balance FROM accounts a JOIN (SELECT account_code, SUM(amount) AS "
-                        "balance FROM postings GROUP BY account_code) b USING (account_code) "
-                        "WHERE (:c = '' OR a.currency = :c) ORDER BY a.currency, a.account_code"
-                    ),
-                    {"c": currency},
-                )
-            ).all()
+            rows = await book_repo.account_balances(conn, currency)
         balances = [Balance(_account(r), int(r.balance)) for r in rows]
         totals: dict[str, int] = {}
         for b in balances:
@@ -135,117 +91,12 @@ class BookService:
         return balances, totals
 
     async def check_invariants(self) -> list[Violation]:
-        found: list[Violation] = []
         async with self.db.engine.connect() as conn:
-            for sql, invariant, describe in _CHECKS:
-                for r in await conn.execute(text(sql)):
-                    found.append(Violation(invariant, describe(r), r.ref))
-        return found
+            found = await book_repo.violations(conn)
+        return [Violation(invariant, description, ref) for invariant, description, ref in found]
 
 
 def _account(r: Any) -> Account:
     return Account(r.account_code, AccountType(r.account_type), r.merchant_id, r.currency)
 
 
-# Each check: SQL returning offending rows with a `ref` column, the invariant's name,
-# and how to describe a row.
-_CHECKS: list[tuple[str, str, Any]] = [
-    (
-        "SELECT e.entry_id AS ref, count(p.line) AS n, COALESCE(SUM(p.amount), 0) AS total, "
-        "count(DISTINCT p.currency) AS currencies FROM journal_entries e "
-        "LEFT JOIN postings p USING (entry_id) GROUP BY e.entry_id "
-        "HAVING count(p.line) < 2 OR COALESCE(SUM(p.amount), 0) <> 0 "
-        "OR count(DISTINCT p.currency) <> 1",
-        "3 entries balance",
-        lambda r: f"entry has {r.n} postings in {r.currencies} currencies summing to {r.total}",
-    ),
-    (
-        "SELECT currency AS ref, SUM(amount) AS total FROM postings GROUP BY currency "
-        "HAVING SUM(amount) <> 0",
-        "3 trial balance",
-        lambda r: f"the trial balance sums to {r.total}",
-    ),
-    (
-        # Money is conserved per merchant: what the settled details and deducted bills
-        # gave the merchant equals what was paid out (and not failed or returned) plus
-        # what is still payable.
-        "WITH settled AS (SELECT merchant_id, currency, SUM(net - carried_in) AS amount "
-        " FROM settlements GROUP BY merchant_id, currency), "
-        "paid AS (SELECT merchant_id, currency, SUM(amount) AS amount FROM payouts "
-        " WHERE state IN ('CREATED', 'SUBMITTED', 'PAID') GROUP BY merchant_id, currency), "
-        "owed AS (SELECT a.merchant_id, a.currency, -SUM(p.amount) AS amount FROM postings p "
-        " JOIN accounts a USING (account_code) WHERE a.account_type = 'MERCHANT_PAYABLE' "
-        " GROUP BY a.merchant_id, a.currency) "
-        "SELECT s.merchant_id AS ref, s.currency, s.amount AS settled, "
-        "COALESCE(pd.amount, 0) AS paid, COALESCE(o.amount, 0) AS owed FROM settled s "
-        "LEFT JOIN paid pd USING (merchant_id, currency) "
-        "LEFT JOIN owed o USING (merchant_id, currency) "
-        "WHERE s.amount <> COALESCE(pd.amount, 0) + COALESCE(o.amount, 0)",
-        "4 money conserved",
-        lambda r: f"settled {r.settled} {r.currency} but paid out {r.paid} and still owes {r.owed}",
-    ),
-    (
-        "SELECT settlement_id AS ref, net, paid_out, carried_out FROM settlements "
-        "WHERE paid_out + carried_out <> net OR paid_out < 0 "
-        "OR net <> payments - refunds - net_fees + net_fee_returns + adjustments - fee_bills "
-        "+ carried_in",
-        "4 money conserved",
-        lambda r: f"net {r.net} is not paid {r.paid_out} plus carried {r.carried_out}, "
-        "or not the sum of its lines",
-    ),
-    (
-        # Each payout's ledger matches its state: in transit while open, left the bank
-        # once paid, back with the merchant once failed or returned.
-        "WITH legs AS (SELECT e.reference AS payout_id, a.account_type, SUM(p.amount) AS amount "
-        " FROM journal_entries e JOIN postings p USING (entry_id) "
-        " JOIN accounts a USING (account_code) WHERE e.entry_type LIKE 'PAYOUT%' "
-        " GROUP BY e.reference, a.account_type) "
-        "SELECT o.payout_id AS ref, o.state, "
-        "COALESCE(SUM(l.amount) FILTER (WHERE l.account_type = 'PAYOUT_IN_TRANSIT'), 0) AS transit, "
-        "COALESCE(SUM(l.amount) FILTER (WHERE l.account_type IN ('BANK', "
-        " 'MERCHANT_PAYMENT_ACCOUNT')), 0) AS out, "
-        "COALESCE(SUM(l.amount) FILTER (WHERE l.account_type = 'MERCHANT_PAYABLE'), 0) AS payable "
-        "FROM payouts o LEFT JOIN legs l USING (payout_id) GROUP BY o.payout_id, o.state, o.amount "
-        "HAVING NOT ("
-        " (o.state IN ('CREATED', 'SUBMITTED') AND COALESCE(SUM(l.amount) FILTER (WHERE "
-        "  l.account_type = 'PAYOUT_IN_TRANSIT'), 0) = -o.amount) OR "
-        " (o.state = 'PAID' AND COALESCE(SUM(l.amount) FILTER (WHERE l.account_type IN ('BANK', "
-        "  'MERCHANT_PAYMENT_ACCOUNT')), 0) = -o.amount AND COALESCE(SUM(l.amount) FILTER ("
-        "  WHERE l.account_type = 'PAYOUT_IN_TRANSIT'), 0) = 0) OR "
-        " (o.state IN ('FAILED', 'RETURNED') AND COALESCE(SUM(l.amount) FILTER (WHERE "
-        "  l.account_type = 'MERCHANT_PAYABLE'), 0) = 0 AND COALESCE(SUM(l.amount) FILTER ("
-        "  WHERE l.account_type = 'PAYOUT_IN_TRANSIT'), 0) = 0))",
-        "4 money conserved",
-        lambda r: f"payout {r.state} but its books show in transit {r.transit}, "
-        f"out {r.out}, payable {r.payable}",
-    ),
-    (
-        # A booked item whose batch is not confirmed leaves details claimed in clearing
-        # (transient while a run is working it; the next run completes it).
-        "SELECT i.run_id || '/' || i.merchant_id AS ref, i.last_error FROM run_items i "
-        "WHERE i.state = 'BOOKED'",
-        "2 settled at most once, none left claimed",
-        lambda r: f"booked but its clearing batch is not confirmed yet ({r.last_error})",
-    ),
-    (
-        # A failed claim leaves its batch OPEN and its details CLAIMED in clearing until
-        # a later pass completes the item or releases it (SETTLEMENT_ITEM_MAX_*).
-        "SELECT i.run_id || '/' || i.merchant_id AS ref, i.attempts, i.last_error, "
-        "COALESCE(c.batch_id, '') AS batch_id FROM run_items i "
-        "LEFT JOIN run_claims c USING (run_id, merchant_id) WHERE i.state = 'FAILED'",
-        "stuck: failed run items",
-        lambda r: f"claim failed {r.attempts} time(s) ({r.last_error}); clearing batch "
-        f"{r.batch_id or '(none claimed)'}: the run stays RUNNING until the item completes "
-        "or is released",
-    ),
-    (
-        # A bank payout the gateway has not finalised for a day: money in transit that
-        # nobody sees (the dispatcher keeps asking; ops check with the bank).
-        "SELECT payout_id AS ref, state, attempts, last_error, create_time FROM payouts "
-        "WHERE state IN ('CREATED', 'SUBMITTED') "
-        "AND create_time < clock_timestamp() - interval '1 day'",
-        "stuck: payouts not final",
-        lambda r: f"{r.state} since {r.create_time:%Y-%m-%d %H:%M} UTC after {r.attempts} "
-        f"attempt(s) ({r.last_error or 'no error'})",
-    ),
-]

@@ -38,7 +38,7 @@ from services.settlement.domain.calendar_file import (
     render,
 )
 from services.settlement.service_layer.unit_of_work import Database
-from shared import idempotency
+from shared import audit, idempotency
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 MAX_LIST_DAYS = 366
@@ -132,11 +132,14 @@ class CalendarService:
     async def set_day(self, day: dt.date, working: bool, reason: str) -> Day:
         async with self.db.engine.begin() as conn:
             try:
-                (await self.load(conn)).check(day)
+                before = (await self.load(conn)).describe(day)
             except DateOutsideCalendar as exc:
                 raise outside(exc) from exc
             await repo.set_override(conn, day, working, reason)
-            return (await self.load(conn)).describe(day)
+            after = (await self.load(conn)).describe(day)
+            await audit.record(conn, object_type="calendar_day", object_id=day.isoformat(),
+                               before=before, after=after, reason=reason)
+            return after
 
     async def list_days(self, first: dt.date, last: dt.date) -> list[Day]:
         if last < first or (last - first).days >= MAX_LIST_DAYS:
@@ -169,6 +172,7 @@ class CalendarService:
             )
             if not owned:
                 assert stored is not None
+                audit.replayed()
                 return _decode(stored)
             await repo.lock_for_import(conn)
             days: dict[dt.date, FileDay] = {}
@@ -196,6 +200,8 @@ class CalendarService:
             )
             await repo.replace_days(conn, first, last, req.request_id, entries)
             await idempotency.finish(conn, IMPORT_SCOPE, req.request_id, _encode(record))
+            await audit.record(conn, object_type="calendar_import", object_id=req.request_id,
+                               after=record, reason=req.reason)
         log.info(
             "calendar imported",
             extra={"request_id": req.request_id, "from_date": first.isoformat(),

@@ -12,37 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.settlement.adapters import ledger_repo
+from services.settlement.adapters import ledger_repo, payout_repo
 from services.settlement.adapters.clients import GatewayPayout
 from services.settlement.domain import ledger
 from services.settlement.domain.ledger import AccountType, account
+from services.settlement.domain.payouts import FINAL_RESULTS, Limits, Verdict, judge
 from services.settlement.domain.profiles import BankAccount, Destination
 from services.settlement.service_layer.ports import Gateway
 from services.settlement.service_layer.profiles import load as load_profile
 from services.settlement.service_layer.unit_of_work import Database
-from shared import idempotency
-from shared.errors import FailedPrecondition, NotFound
+from shared import audit, idempotency
+from shared.errors import FailedPrecondition, IdempotencyConflict, NotFound
 from shared.pagination import Page, integer
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_OUTCOME = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 REFUSED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
-
-_COLUMNS = (
-    "payout_id, merchant_id, settlement_id, currency, amount, destination_type, bank_account, "
-    "state, attempts, last_error, create_time, update_time, seq"
-)
-
 
 @dataclass
 class PayoutView:
@@ -58,16 +51,16 @@ class PayoutView:
     last_error: str
     create_time: dt.datetime
     update_time: dt.datetime
+    resolution_reference: str = ""
+    resolution_reason: str = ""
 
 
 def _view(r: Any) -> PayoutView:
-    bank = r.bank_account
-    if isinstance(bank, str):
-        bank = json.loads(bank)
     return PayoutView(
         r.payout_id, r.merchant_id, r.settlement_id or "", r.currency, r.amount,
-        r.destination_type, BankAccount(**bank) if bank else None, r.state, r.attempts,
-        r.last_error, r.create_time, r.update_time,
+        r.destination_type, payout_repo.bank_account(r), r.state, r.attempts,
+        r.last_error, r.create_time, r.update_time, r.resolution_reference,
+        r.resolution_reason,
     )
 
 
@@ -80,6 +73,7 @@ class DispatchPolicy:
     return_watch_days: int = 30
     batch_size: int = 50
     concurrency: int = 8
+    limits: Limits = field(default_factory=Limits)
 
     def backoff(self, attempts: int) -> float:
         return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(attempts - 1, 0)))
@@ -98,40 +92,26 @@ class PayoutService:
         """Sends or resolves due payouts; returns how many it handled."""
         async with self.db.engine.connect() as conn:
             async with conn.begin():
-                rows = (
-                    await conn.execute(
-                        text(
-                            f"SELECT {_COLUMNS} FROM payouts WHERE state IN ('CREATED', "
-                            "'SUBMITTED') AND next_attempt_time <= clock_timestamp() "
-                            "ORDER BY next_attempt_time LIMIT :n FOR UPDATE SKIP LOCKED"
-                        ),
-                        {"n": self.policy.batch_size},
-                    )
-                ).all()
+                rows = await payout_repo.due(conn, self.policy.batch_size)
                 if not rows:
                     return 0
-                held = await _held(conn, sorted({r.merchant_id for r in rows}))
-                answers = await asyncio.gather(*(self._ask(r, r.merchant_id in held) for r in rows))
-                for row, (answer, sent) in zip(rows, answers, strict=True):
-                    await self._apply(conn, row, answer, sent)
+                held = await payout_repo.held(conn, sorted({r.merchant_id for r in rows}))
+                spent = [self.policy.limits.exhausted(r.attempts, r.submitted_for_s) for r in rows]
+                answers = await asyncio.gather(
+                    *(self._ask(r, r.merchant_id in held, bool(why))
+                      for r, why in zip(rows, spent, strict=True))
+                )
+                for row, (answer, sent), why in zip(rows, answers, spent, strict=True):
+                    await self._apply(conn, row, answer, sent, escalate_why=why)
         return len(rows)
 
     async def watch_returns_once(self) -> int:
         """Asks the gateway about recently paid bank payouts, to catch returns (退票)."""
         async with self.db.engine.connect() as conn:
             async with conn.begin():
-                rows = (
-                    await conn.execute(
-                        text(
-                            f"SELECT {_COLUMNS} FROM payouts WHERE state = 'PAID' "
-                            "AND destination_type = 'BANK_ACCOUNT' "
-                            "AND next_attempt_time <= clock_timestamp() "
-                            "AND paid_time > clock_timestamp() - make_interval(days => :w) "
-                            "ORDER BY next_attempt_time LIMIT :n FOR UPDATE SKIP LOCKED"
-                        ),
-                        {"n": self.policy.batch_size, "w": self.policy.return_watch_days},
-                    )
-                ).all()
+                rows = await payout_repo.watched(
+                    conn, self.policy.batch_size, self.policy.return_watch_days
+                )
                 if not rows:
                     return 0
                 answers = await asyncio.gather(*(self._ask_state(r.payout_id) for r in rows))
@@ -159,32 +139,32 @@ class PayoutService:
             return exc
 
     async def _ask(
-        self, row: Any, held: bool = False
+        self, row: Any, held: bool = False, exhausted: bool = False
     ) -> tuple[GatewayPayout | grpc.aio.AioRpcError | _Held | None, bool]:
         """The gateway's answer for a due payout (or the error of the attempt), and
         whether it was submitted this time. For a merchant on hold (冻结) nothing is
         submitted: a payout booked before the hold waits (a SUBMITTED one is still asked
-        about, since its money may already have moved)."""
+        about, since its money may already have moved). A payout past its limits is only
+        asked about, never submitted again: a final answer settles it, else it escalates."""
         sent = False
         try:
             async with self.calls:
                 if row.state == "SUBMITTED":
                     known = await self.gateway.get(row.payout_id)
-                    if known is not None:
+                    if known is not None or exhausted:
                         return known, False
+                if exhausted:
+                    return None, False
                 if held:
                     return HELD, False
                 # Never sent, or sent and never received: the same instruction id again.
-                bank = row.bank_account
-                if isinstance(bank, str):
-                    bank = json.loads(bank)
                 sent = True
                 return await self.gateway.submit(
                     row.payout_id,
                     row.merchant_id,
                     row.currency,
                     row.amount,
-                    BankAccount(**(bank or {})),
+                    payout_repo.bank_account(row) or BankAccount(),
                     f"settlement {row.settlement_id or row.payout_id}",
                 ), True
         except grpc.aio.AioRpcError as exc:
@@ -196,14 +176,31 @@ class PayoutService:
         row: Any,
         answer: GatewayPayout | grpc.aio.AioRpcError | _Held | None,
         sent: bool = False,
+        escalate_why: str = "",
     ) -> None:
         p = self.policy
+        final = (
+            answer is not None and not isinstance(answer, (_Held, grpc.aio.AioRpcError))
+            and answer.state in FINAL_RESULTS
+        )
+        if escalate_why and not final:
+            # Past its limits and still no final answer: ops settle it (MarkPayoutPaid or
+            # MarkPayoutFailed) or the gateway's notification does; nothing retries it.
+            last = row.last_error or "no error"
+            if isinstance(answer, grpc.aio.AioRpcError):
+                last = f"{answer.code().name}: {answer.details()}"
+            elif answer is not None and not isinstance(answer, _Held):
+                last = f"the gateway says {answer.state}"
+            await payout_repo.escalate(conn, row.payout_id, f"escalated: {escalate_why} ({last})")
+            log.warning("payout escalated", extra={"payout_id": row.payout_id,
+                                                   "merchant_id": row.merchant_id})
+            return
         if isinstance(answer, _Held):
-            await _touch(conn, row.payout_id, p.processing_poll_s,
-                         "merchant on hold: not sent until the hold is lifted")
+            await payout_repo.touch(conn, row.payout_id, p.processing_poll_s,
+                                    "merchant on hold: not sent until the hold is lifted")
             return
         if answer is None:  # asked about a paid payout the gateway does not know: keep asking
-            await _touch(conn, row.payout_id, p.return_poll_s, "gateway does not know it")
+            await payout_repo.touch(conn, row.payout_id, p.return_poll_s, "gateway does not know it")
             return
         if isinstance(answer, grpc.aio.AioRpcError):
             code = answer.code()
@@ -215,30 +212,31 @@ class PayoutService:
             attempts = row.attempts + (1 if sent else 0)
             state = "SUBMITTED" if row.state in ("CREATED", "SUBMITTED") else row.state
             delay = p.backoff(attempts) if code in UNKNOWN_OUTCOME else p.backoff_max_s
-            await conn.execute(
-                text(
-                    "UPDATE payouts SET state = :s, attempts = :a, last_error = :e, "
-                    "next_attempt_time = clock_timestamp() + make_interval(secs => :d), "
-                    "update_time = clock_timestamp() WHERE payout_id = :p"
-                ),
-                {"s": state, "a": attempts, "e": error, "d": delay, "p": row.payout_id},
-            )
+            await payout_repo.record_attempt(conn, row.payout_id, state, attempts, error, delay)
             return
         submitted = 1 if sent else 0
         if answer.state == "PROCESSING":
-            await conn.execute(
-                text(
-                    "UPDATE payouts SET state = 'SUBMITTED', attempts = attempts + :n, "
-                    "last_error = '', gateway_reference = :g, "
-                    "next_attempt_time = clock_timestamp() + make_interval(secs => :d), "
-                    "update_time = clock_timestamp() WHERE payout_id = :p"
-                ),
-                {"n": submitted, "g": answer.gateway_reference, "d": p.processing_poll_s,
-                 "p": row.payout_id},
-            )
+            if row.state in ("CREATED", "SUBMITTED"):
+                await payout_repo.record_processing(
+                    conn, row.payout_id, submitted, answer.gateway_reference, p.processing_poll_s
+                )
+            else:  # a paid payout the gateway reports in progress: keep it, look later
+                await payout_repo.touch(conn, row.payout_id, p.return_poll_s, "")
             return
-        if answer.state == row.state:
-            await _touch(conn, row.payout_id, p.return_poll_s, "")
+        verdict = judge(row.state, answer.state, row.destination_type == "BANK_ACCOUNT")
+        if verdict is Verdict.KNOWN:
+            await payout_repo.touch(conn, row.payout_id, p.return_poll_s, "")
+            return
+        if verdict is Verdict.CONFLICT:
+            # The gateway contradicts what was booked (a payout ops marked FAILED that it
+            # paid): book nothing, record it for ops (CheckInvariants names it).
+            await payout_repo.record_notification(
+                conn, f"poll:{row.payout_id}:{answer.state}", row.payout_id, answer.state,
+                answer.gateway_reference, answer.failure_reason, Verdict.CONFLICT.value, row.state,
+            )
+            await payout_repo.touch(conn, row.payout_id, p.return_poll_s, "")
+            log.error("gateway contradicts a final payout",
+                      extra={"payout_id": row.payout_id, "merchant_id": row.merchant_id})
             return
         await self._transition(
             conn, row, answer.state, answer.failure_reason, answer.gateway_reference, submitted
@@ -265,16 +263,8 @@ class PayoutService:
                 entries.append(ledger.payout_paid_entry(f"{pid}:paid", pid, m, cur, amount))
             entries.append(ledger.payout_returned_entry(f"{pid}:returned", pid, m, cur, amount))
         await ledger_repo.book(conn, [e for e in entries if e is not None])
-        await conn.execute(
-            text(
-                "UPDATE payouts SET state = :s, last_error = :e, attempts = attempts + :n, "
-                "gateway_reference = CASE WHEN :g = '' THEN gateway_reference ELSE :g END, "
-                "paid_time = CASE WHEN :s = 'PAID' THEN clock_timestamp() ELSE paid_time END, "
-                "next_attempt_time = clock_timestamp() + make_interval(secs => :d), "
-                "update_time = clock_timestamp() WHERE payout_id = :p"
-            ),
-            {"s": new_state, "e": reason[:500], "n": submitted, "g": reference,
-             "d": self.policy.return_poll_s, "p": pid},
+        await payout_repo.record_final(
+            conn, pid, new_state, reason, submitted, reference, self.policy.return_poll_s
         )
         log.info("payout %s", new_state.lower(), extra={"payout_id": pid, "merchant_id": m})
 
@@ -291,26 +281,13 @@ class PayoutService:
                     # gateway deadline); skipping returned the state from before the
                     # answer it was about to book (a return read as PAID). After the wait
                     # the re-check of the state drops a payout it made final.
-                    row = (
-                        await conn.execute(
-                            text(
-                                f"SELECT {_COLUMNS} FROM payouts WHERE payout_id = :p "
-                                "AND destination_type = 'BANK_ACCOUNT' "
-                                "AND state IN ('SUBMITTED', 'PAID') FOR UPDATE"
-                            ),
-                            {"p": payout_id},
-                        )
-                    ).first()
+                    row = await payout_repo.lock_to_refresh(conn, payout_id)
                     if row is not None:
                         answer = await self._ask_state(payout_id)
                         if answer is not None and not isinstance(answer, grpc.aio.AioRpcError):
                             await self._apply(conn, row, answer)
         async with self.db.engine.connect() as conn:
-            found = (
-                await conn.execute(
-                    text(f"SELECT {_COLUMNS} FROM payouts WHERE payout_id = :p"), {"p": payout_id}
-                )
-            ).first()
+            found = await payout_repo.find(conn, payout_id)
         if found is None:
             raise NotFound("PAYOUT_NOT_FOUND", f"no payout {payout_id!r}", {"payout_id": payout_id})
         return _view(found)
@@ -322,17 +299,7 @@ class PayoutService:
         page = Page.of(page_size, token, filters, key=(integer,))
         after = page.after[0] if page.after else None
         async with self.db.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        f"SELECT {_COLUMNS} FROM payouts WHERE (:m = '' OR merchant_id = :m) "
-                        "AND (:s = '' OR state = :s) "
-                        "AND (CAST(:a AS bigint) IS NULL OR seq < CAST(:a AS bigint)) "
-                        "ORDER BY seq DESC LIMIT :n"
-                    ),
-                    {"m": merchant_id, "s": state, "a": after, "n": page.size + 1},
-                )
-            ).all()
+            rows = await payout_repo.page(conn, merchant_id, state, after, page.size + 1)
         token_out = page.next_token(list(rows), lambda r: [r.seq], filters)
         return [_view(r) for r in rows[: page.size]], token_out
 
@@ -345,39 +312,30 @@ class PayoutService:
             )
             if not owned and stored:
                 new_id = stored.decode()
+                audit.replayed()
             else:
                 new_id = await self._retry(conn, payout_id)
                 await idempotency.finish(conn, "retry", request_id, new_id.encode())
+                await audit.record(conn, object_type="payout", object_id=payout_id, before={"state": "FAILED"}, after={"state": "FAILED", "retried_by": new_id})
         return await self.get(new_id, refresh=False)
 
     async def _retry(self, conn: AsyncConnection, payout_id: str) -> str:
-        old = (
-            await conn.execute(
-                text("SELECT merchant_id FROM payouts WHERE payout_id = :p"), {"p": payout_id}
-            )
-        ).first()
-        if old is None:
+        merchant = await payout_repo.merchant_of(conn, payout_id)
+        if merchant is None:
             raise NotFound("PAYOUT_NOT_FOUND", f"no payout {payout_id!r}", {"payout_id": payout_id})
         # The profile lock first, as runs take it, then the payout.
-        await conn.execute(
-            text("SELECT 1 FROM profiles WHERE merchant_id = :m FOR UPDATE"),
-            {"m": old.merchant_id},
-        )
-        profile = await load_profile(conn, old.merchant_id)
+        await payout_repo.lock_profile(conn, merchant)
+        profile = await load_profile(conn, merchant)
         if profile.hold:
             # 冻结: nothing leaves for a merchant on hold, a retry no more than a run.
             raise FailedPrecondition(
                 "MERCHANT_ON_HOLD",
-                f"merchant {old.merchant_id!r} is on hold ({profile.hold_reason or 'no reason'}):"
+                f"merchant {merchant!r} is on hold ({profile.hold_reason or 'no reason'}):"
                 " lift the hold first, then retry the payout",
-                {"merchant_id": old.merchant_id},
+                {"merchant_id": merchant},
             )
-        row = (
-            await conn.execute(
-                text(f"SELECT {_COLUMNS}, retried_by FROM payouts WHERE payout_id = :p FOR UPDATE"),
-                {"p": payout_id},
-            )
-        ).one()
+        row = await payout_repo.lock(conn, payout_id)
+        assert row is not None  # payouts are never deleted
         if row.state != "FAILED" or row.retried_by:
             raise FailedPrecondition(
                 "PAYOUT_NOT_RETRYABLE",
@@ -394,32 +352,12 @@ class PayoutService:
                 "run has already paid or netted it",
                 {"owed": str(owed), "amount": str(row.amount)},
             )
-        count = (
-            await conn.execute(
-                text("SELECT count(*) FROM payouts WHERE payout_id LIKE :p"),
-                {"p": payout_id.split("-retry")[0] + "-retry%"},
-            )
-        ).scalar_one()
-        new_id = f"{payout_id.split('-retry')[0]}-retry{count + 1}"
+        original = payout_id.split("-retry")[0]
+        new_id = f"{original}-retry{await payout_repo.retry_count(conn, original) + 1}"
         to_bank = profile.destination is Destination.BANK_ACCOUNT
-        bank = None
-        if to_bank and profile.bank_account is not None:
-            b = profile.bank_account
-            bank = json.dumps({"account_name": b.account_name, "account_number": b.account_number,
-                               "bank_name": b.bank_name, "branch_code": b.branch_code})
-        await conn.execute(
-            text(
-                "INSERT INTO payouts (payout_id, merchant_id, settlement_id, currency, amount, "
-                "destination_type, bank_account, state, retry_of, paid_time) VALUES (:p, :m, :s, "
-                ":c, :a, :d, CAST(:b AS jsonb), :st, :o, CASE WHEN :st = 'PAID' THEN now() END)"
-            ),
-            {"p": new_id, "m": row.merchant_id, "s": row.settlement_id, "c": row.currency,
-             "a": row.amount, "d": profile.destination.value if profile.destination else "",
-             "b": bank, "st": "CREATED" if to_bank else "PAID", "o": payout_id},
-        )
-        await conn.execute(
-            text("UPDATE payouts SET retried_by = :n, update_time = now() WHERE payout_id = :p"),
-            {"n": new_id, "p": payout_id},
+        await payout_repo.insert_retry(
+            conn, row, new_id, profile.destination.value if profile.destination else "",
+            profile.bank_account if to_bank else None, paid=not to_bank,
         )
         entry = ledger.payout_entry(
             f"{new_id}:payout", new_id, row.merchant_id, row.currency, row.amount, to_bank
@@ -428,26 +366,117 @@ class PayoutService:
         return new_id
 
 
+    async def mark(
+        self, payout_id: str, request_id: str, result: str, reference: str, reason: str
+    ) -> PayoutView:
+        """Ops settle an ESCALATED payout by hand after an out-of-band confirmation:
+        `result` PAID books it like the gateway's success (out of transit, out of the
+        bank), FAILED like its failure (back to the merchant's payable balance)."""
+        scope = "mark-paid" if result == "PAID" else "mark-failed"
+        async with self.db.engine.begin() as conn:
+            owned, _ = await idempotency.begin(
+                conn, scope, request_id, idempotency.fingerprint(payout_id, reference, reason)
+            )
+            if owned:
+                row = await payout_repo.lock(conn, payout_id)
+                if row is None:
+                    raise NotFound("PAYOUT_NOT_FOUND", f"no payout {payout_id!r}",
+                                   {"payout_id": payout_id})
+                if row.state != "ESCALATED":
+                    raise FailedPrecondition(
+                        "PAYOUT_NOT_ESCALATED",
+                        f"payout {payout_id!r} is {row.state}: only an ESCALATED payout is "
+                        "settled by hand",
+                        {"state": row.state},
+                    )
+                before = _audit_view(row)
+                await self._transition(conn, row, result, f"marked {result.lower()} by ops: "
+                                       f"{reason}", reference)
+                await payout_repo.record_resolution(conn, payout_id, reference, reason)
+                after = await payout_repo.find(conn, payout_id)
+                # In the same transaction: the trail says who settled it, on what word.
+                await audit.record(conn, object_type="payout", object_id=payout_id,
+                                   before=before, after=_audit_view(after), reason=reason)
+                await idempotency.finish(conn, scope, request_id, payout_id.encode())
+            else:
+                audit.replayed()
+        return await self.get(payout_id, refresh=False)
+
+    async def notify(self, n: Notification) -> tuple[PayoutView, str]:
+        """The gateway's callback: a final result or a return for a payout, at any time.
+        Idempotent by notification id; a result that contradicts a final payout is
+        refused (PAYOUT_RESULT_CONFLICT) and recorded for ops, nothing booked."""
+        conflict: FailedPrecondition | None = None
+        async with self.db.engine.begin() as conn:
+            # The payout first: a dispatcher pass asking the gateway about it holds it
+            # (for at most a gateway deadline); waiting serialises the two answers.
+            row = await payout_repo.lock(conn, n.payout_id)
+            if row is None:
+                raise NotFound("PAYOUT_NOT_FOUND", f"no payout {n.payout_id!r}",
+                               {"payout_id": n.payout_id})
+            prior = await payout_repo.notification(conn, n.notification_id)
+            if prior is not None:
+                if (prior.payout_id, prior.state, prior.gateway_reference,
+                        prior.failure_reason) != (n.payout_id, n.state, n.gateway_reference,
+                                                  n.failure_reason[:500]):
+                    raise IdempotencyConflict(n.notification_id, "notification")
+                if prior.outcome != Verdict.CONFLICT.value:
+                    return _view(await payout_repo.find(conn, n.payout_id)), prior.outcome
+                conflict = _conflict(n, prior.payout_state)
+            else:
+                verdict = judge(row.state, n.state, row.destination_type == "BANK_ACCOUNT")
+                if verdict is Verdict.CONFLICT:
+                    conflict = _conflict(n, row.state)
+                else:
+                    if verdict is Verdict.APPLY:
+                        await self._transition(conn, row, n.state, n.failure_reason,
+                                               n.gateway_reference)
+                    await payout_repo.record_notification(
+                        conn, n.notification_id, n.payout_id, n.state, n.gateway_reference,
+                        n.failure_reason, verdict.value, row.state,
+                    )
+                    return _view(await payout_repo.find(conn, n.payout_id)), verdict.value
+        # Recorded in a transaction of its own: the refusal must not roll it back.
+        async with self.db.engine.begin() as conn:
+            await payout_repo.record_notification(
+                conn, n.notification_id, n.payout_id, n.state, n.gateway_reference,
+                n.failure_reason, Verdict.CONFLICT.value, row.state,
+            )
+        log.error("gateway notification contradicts a final payout",
+                  extra={"payout_id": n.payout_id, "merchant_id": row.merchant_id})
+        raise conflict
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A result the gateway reported: state PAID, FAILED or RETURNED."""
+
+    notification_id: str
+    payout_id: str
+    state: str
+    gateway_reference: str = ""
+    failure_reason: str = ""
+
+
+def _conflict(n: Notification, state: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        "PAYOUT_RESULT_CONFLICT",
+        f"payout {n.payout_id!r} is {state}; the gateway reports {n.state}: nothing was "
+        "booked, the notification is recorded for ops (CheckInvariants)",
+        {"payout_id": n.payout_id, "state": state, "reported_state": n.state},
+    )
+
+
+def _audit_view(row: Any) -> dict[str, Any]:
+    """What the audit trail keeps of a payout (no account number: not needed here)."""
+    return {"state": row.state, "amount": row.amount, "currency": row.currency,
+            "merchant_id": row.merchant_id, "last_error": row.last_error,
+            "resolution_reference": row.resolution_reference,
+            "resolution_reason": row.resolution_reason}
+
+
 class _Held:
     """The dispatcher's answer for a payout of a merchant on hold: not sent."""
 
 
 HELD = _Held()
-
-
-async def _held(conn: AsyncConnection, merchants: list[str]) -> set[str]:
-    rows = await conn.execute(
-        text("SELECT merchant_id FROM profiles WHERE hold AND merchant_id = ANY(CAST(:m AS text[]))"),
-        {"m": merchants},
-    )
-    return {r.merchant_id for r in rows}
-
-
-async def _touch(conn: AsyncConnection, payout_id: str, delay_s: float, error: str) -> None:
-    await conn.execute(
-        text(
-            "UPDATE payouts SET next_attempt_time = clock_timestamp() + make_interval(secs => :d), "
-            "last_error = CASE WHEN :e = '' THEN last_error ELSE :e END WHERE payout_id = :p"
-        ),
-        {"d": delay_s, "e": error, "p": payout_id},
-    )

@@ -12,6 +12,7 @@ from services.settlement.adapters.clients import (
     ClearingBatch,
     FirstDetail,
     GatewayPayout,
+    StuckInClearing,
 )
 from services.settlement.domain.netting import FeeBill
 from services.settlement.domain.profiles import BankAccount
@@ -47,6 +48,15 @@ class Clearing(Protocol):
     async def first_detail(
         self, merchant_id: str, state: str, date_from: dt.date | None, date_to: dt.date | None
     ) -> FirstDetail | None: ...
+
+    async def stuck_report(
+        self, *, open_batch_min_age_s: float, pending_fee_min_age_s: float,
+        exception_min_age_s: float, reconcile_window_s: float,
+    ) -> StuckInClearing: ...
+
+    async def count_due(
+        self, cutoffs: list[tuple[str, str, dt.date]]
+    ) -> dict[str, tuple[int, int]]: ...
 
 
 class Billing(Protocol):

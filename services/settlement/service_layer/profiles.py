@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.settlement.domain.calendar import Cycle
 from services.settlement.domain.profiles import BankAccount, Destination, Profile, validate
 from services.settlement.service_layer.unit_of_work import Database
+from shared import audit
 from shared.errors import AlreadyExists, NotFound
 from shared.pagination import Page
 from shared.pagination import text as text_key
@@ -98,9 +99,11 @@ class ProfileService:
             if row is None:
                 existing = await load(conn, p.merchant_id)
                 if _same(existing, p):
+                    audit.replayed()
                     return existing  # a retried create of the same profile
                 raise AlreadyExists("PROFILE_EXISTS", f"{p.merchant_id!r} already has a profile",
                                     {"merchant_id": p.merchant_id})
+            await audit.record(conn, object_type="settlement_profile", object_id=p.merchant_id, after=profile_from_row(row))
             return profile_from_row(row)
 
     async def get(self, merchant_id: str) -> Profile:
@@ -110,6 +113,7 @@ class ProfileService:
     async def update(self, p: Profile) -> Profile:
         validate(p)
         async with self.db.engine.begin() as conn:
+            before = await load(conn, p.merchant_id)
             row = (
                 await conn.execute(
                     text(
@@ -124,6 +128,7 @@ class ProfileService:
             if row is None:
                 raise NotFound("PROFILE_NOT_FOUND", f"no settlement profile for {p.merchant_id!r}",
                                {"merchant_id": p.merchant_id})
+            await audit.record(conn, object_type="settlement_profile", object_id=p.merchant_id, before=before, after=profile_from_row(row))
             return profile_from_row(row)
 
     async def list(self, page_size: int, token: str) -> tuple[list[Profile], str]:

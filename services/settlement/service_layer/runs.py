@@ -26,10 +26,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.settlement.adapters import ledger_repo, run_repo
+from services.settlement.adapters import booking_repo, ledger_repo, run_repo
 from services.settlement.adapters.clients import ClearingBatch, FirstDetail
 from services.settlement.domain import ids, ledger
 from services.settlement.domain.calendar import BusinessCalendar, Cycle, DateOutsideCalendar
@@ -48,7 +47,7 @@ from services.settlement.service_layer.calendars import CalendarService, outside
 from services.settlement.service_layer.ports import Billing, Clearing, FaultHook
 from services.settlement.service_layer.profiles import profile_from_row
 from services.settlement.service_layer.unit_of_work import Database
-from shared import idempotency
+from shared import audit, idempotency
 from shared.errors import FailedPrecondition, NotFound
 from shared.pagination import Page
 from shared.pagination import text as text_key
@@ -153,29 +152,11 @@ class RunService:
             )
             if owned:
                 await idempotency.finish(conn, "run", request_id, run_id.encode())
-            created = (
-                await conn.execute(
-                    text(
-                        "INSERT INTO runs (run_id, settle_date, state) VALUES (:r, :d, 'RUNNING') "
-                        "ON CONFLICT (settle_date) DO NOTHING RETURNING run_id"
-                    ),
-                    {"r": run_id, "d": settle_date},
-                )
-            ).first()
-            if created is not None:
-                count = (
-                    await conn.execute(
-                        text(
-                            "INSERT INTO run_items (run_id, merchant_id, settle_date, state, "
-                            "batch_id) SELECT :r, merchant_id, :d, 'PENDING', '' FROM profiles"
-                        ),
-                        {"r": run_id, "d": settle_date},
-                    )
-                ).rowcount
-                await conn.execute(
-                    text("UPDATE runs SET merchant_count = :n WHERE run_id = :r"),
-                    {"n": count, "r": run_id},
-                )
+                await audit.record(conn, object_type="settlement_run", object_id=run_id, after={
+                    "settle_date": settle_date, "future_date_reason": future_date_reason})
+            else:
+                audit.replayed()
+            await run_repo.create_run(conn, run_id, settle_date)
             if settle_date > today:
                 await run_repo.record_future_reason(conn, run_id, future_date_reason)
                 log.warning(
@@ -217,15 +198,7 @@ class RunService:
         while await self._complete_chunk(up_to, sweep, None):
             pass
         async with self.db.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE runs SET state = 'COMPLETED', end_time = now() "
-                    "WHERE state = 'RUNNING' AND settle_date <= :d AND NOT EXISTS ("
-                    "SELECT 1 FROM run_items i WHERE i.run_id = runs.run_id "
-                    "AND i.state IN ('PENDING', 'FAILED', 'BOOKED'))"
-                ),
-                {"d": up_to},
-            )
+            await run_repo.complete_runs(conn, up_to)
 
     async def completer(self, interval_s: float) -> None:
         """Background: retries failed confirmations, so a run that could not confirm
@@ -259,85 +232,72 @@ class RunService:
         calendar: BusinessCalendar,
         bdt_cache: dict[tuple[dt.date, Cycle], dt.date | None],
     ) -> bool:
-        booked: list[tuple[str, str]] = []
         async with self.db.engine.connect() as conn:
             async with conn.begin():
-                rows = (
-                    await conn.execute(
-                        text(
-                            "SELECT run_id, merchant_id, settle_date, state = 'FAILED' AND ("
-                            "(:ma > 0 AND attempts >= :ma) OR (:age > 0 AND create_time < "
-                            "now() - make_interval(secs => :age))) AS expired FROM run_items "
-                            "WHERE settle_date <= :d AND state IN ('PENDING', 'FAILED') "
-                            "AND last_pass <> :p ORDER BY settle_date, merchant_id "
-                            "LIMIT :n FOR UPDATE SKIP LOCKED"
-                        ),
-                        {"d": settle_date, "p": pass_id, "n": self.chunk_size,
-                         "ma": self.item_max_attempts, "age": self.item_max_age_s},
-                    )
-                ).all()
+                rows = await run_repo.take_open_items(
+                    conn, settle_date, pass_id, self.chunk_size,
+                    self.item_max_attempts, self.item_max_age_s,
+                )
                 if not rows:
                     return False
-                # One item per merchant per chunk: two runs' items of one merchant must
-                # see each other's carried balance, so they go one after the other.
-                chosen: dict[str, Any] = {}
-                for r in rows:
-                    chosen.setdefault(r.merchant_id, r)
-                merchants = sorted(chosen)
-                # Locking the profiles serialises every booking of a merchant (runs in
-                # other instances, RetryPayout) around its carried balance.
-                profiles = {
-                    r.merchant_id: profile_from_row(r)
-                    for r in await conn.execute(
-                        text(
-                            "SELECT merchant_id, currency, cycle_kind, cycle_days, "
-                            "destination_type, bank_account, min_payout, deduct_fee_bills, hold, "
-                            "hold_reason, update_time FROM profiles "
-                            "WHERE merchant_id = ANY(CAST(:m AS text[])) ORDER BY merchant_id "
-                            "FOR UPDATE"
-                        ),
-                        {"m": merchants},
-                    )
-                }
-                items = [
-                    _Item(chosen[m].run_id, m, chosen[m].settle_date, profiles[m])
-                    for m in merchants
-                ]
-                await self._fix_claims(items, calendar, bdt_cache)
-                expired = [i for i in items if chosen[i.merchant_id].expired]
-                if expired:
-                    await self._release_expired(conn, expired, pass_id)
-                    items = [i for i in items if not chosen[i.merchant_id].expired]
-                await self._step("before_claim")
-                await self._claim_chunk(items)
-                await self._step("after_claim")
-                booked = await self._book(conn, [i for i in items if not i.error], pass_id)
-                failed = [i for i in items if i.error]
-                if failed:
-                    await conn.execute(
-                        text(
-                            "UPDATE run_items SET state = 'FAILED', attempts = attempts + 1, "
-                            "last_error = e.err, last_pass = :p, update_time = now(), "
-                            "note = 'FAILED', note_detail = e.err "
-                            "FROM unnest(CAST(:r AS text[]), CAST(:m AS text[]), "
-                            "CAST(:e AS text[])) AS e(run_id, merchant_id, err) "
-                            "WHERE run_items.run_id = e.run_id "
-                            "AND run_items.merchant_id = e.merchant_id"
-                        ),
-                        {
-                            "p": pass_id,
-                            "r": [i.run_id for i in failed],
-                            "m": [i.merchant_id for i in failed],
-                            "e": [i.error[:500] for i in failed],
-                        },
-                    )
+                items, booked = await self._work_rows(conn, rows, pass_id, calendar, bdt_cache)
+        await self._after_booking(settle_date, pass_id, calendar, items, booked)
+        return True
+
+    async def _after_booking(
+        self, settle_date: dt.date, pass_id: str, calendar: BusinessCalendar,
+        items: list[_Item], booked: list[tuple[str, str]],
+    ) -> None:
+        """After a chunk's transaction (no locks held): the notes of skipped items, then
+        the confirmation of the booked ones."""
         skipped = [i for i in items if i.skipped]
         if skipped:
             await self._explain_skipped(skipped, calendar)
         if booked:
             await self._step("after_booking")
             await self._complete_chunk(settle_date, pass_id, booked)
-        return True
+
+    async def _work_rows(
+        self,
+        conn: AsyncConnection,
+        rows: Sequence[Any],
+        pass_id: str,
+        calendar: BusinessCalendar,
+        bdt_cache: dict[tuple[dt.date, Cycle], dt.date | None],
+    ) -> tuple[list[_Item], list[tuple[str, str]]]:
+        """Claims, books or fails locked PENDING/FAILED items (rows of run_id,
+        merchant_id, settle_date, expired) inside the caller's transaction; releases
+        the expired ones instead. Returns the items worked and the keys booked."""
+        # One item per merchant per chunk: two runs' items of one merchant must
+        # see each other's carried balance, so they go one after the other.
+        chosen: dict[str, Any] = {}
+        for r in rows:
+            chosen.setdefault(r.merchant_id, r)
+        merchants = sorted(chosen)
+        # Locking the profiles serialises every booking of a merchant (runs in
+        # other instances, RetryPayout) around its carried balance.
+        profiles = {
+            r.merchant_id: profile_from_row(r)
+            for r in await run_repo.lock_profiles(conn, merchants)
+        }
+        items = [
+            _Item(chosen[m].run_id, m, chosen[m].settle_date, profiles[m])
+            for m in merchants
+        ]
+        await self._fix_claims(items, calendar, bdt_cache)
+        expired = [i for i in items if chosen[i.merchant_id].expired]
+        if expired:
+            await self._release_expired(conn, expired, pass_id)
+            items = [i for i in items if not chosen[i.merchant_id].expired]
+        await self._step("before_claim")
+        await self._claim_chunk(items)
+        await self._step("after_claim")
+        booked = await self._book(conn, [i for i in items if not i.error], pass_id)
+        failed = [i for i in items if i.error]
+        if failed:
+            await run_repo.fail_items(
+                conn, pass_id, [(i.run_id, i.merchant_id, i.error) for i in failed])
+        return items, booked
 
     async def _explain_skipped(self, items: list[_Item], calendar: BusinessCalendar) -> None:
         """Asks clearing why each skipped merchant had nothing due (after the chunk's
@@ -542,12 +502,7 @@ class RunService:
             for i in items
         }
         balances = await ledger_repo.balances(conn, [a.code for a in payable.values()])
-        deducted = {
-            r.bill_id
-            for r in await conn.execute(
-                _DEDUCTED, {"b": [b.bill_id for i in items for b in i.bills]}
-            )
-        }
+        deducted = await booking_repo.deducted(conn, [b.bill_id for i in items for b in i.bills])
         settlements: list[dict[str, Any]] = []
         payouts: list[dict[str, Any]] = []
         bills: list[tuple[str, str, str, int]] = []
@@ -581,47 +536,14 @@ class RunService:
                 if out is not None:
                     entries.append(out)
             done.append((item.run_id, item.merchant_id, "BOOKED", sid))
-        if settlements:
-            await conn.execute(_INSERT_SETTLEMENTS, _columns(settlements))
-        if bills:
-            await conn.execute(
-                text(
-                    "INSERT INTO deducted_fee_bills (bill_id, merchant_id, settlement_id, amount) "
-                    "SELECT * FROM unnest(CAST(:b AS text[]), CAST(:m AS text[]), "
-                    "CAST(:s AS text[]), CAST(:a AS bigint[]))"
-                ),
-                {
-                    "b": [x[0] for x in bills],
-                    "m": [x[1] for x in bills],
-                    "s": [x[2] for x in bills],
-                    "a": [x[3] for x in bills],
-                },
-            )
-        if payouts:
-            await conn.execute(_INSERT_PAYOUTS, _columns(payouts))
+        await booking_repo.insert_settlements(conn, settlements)
+        await booking_repo.insert_deducted_bills(conn, bills)
+        await booking_repo.insert_payouts(conn, payouts)
         await ledger_repo.book(conn, entries)
-        await conn.execute(
-            text(
-                "UPDATE run_items SET state = u.state, settlement_id = NULLIF(u.sid, ''), "
-                "batch_id = u.batch, attempts = attempts + 1, last_error = '', "
-                "last_pass = :p, update_time = now(), note = u.note, note_detail = u.detail "
-                "FROM unnest(CAST(:r AS text[]), CAST(:m AS text[]), CAST(:s AS text[]), "
-                "CAST(:sid AS text[]), CAST(:b AS text[]), CAST(:n AS text[]), "
-                "CAST(:nd AS text[])) AS u(run_id, merchant_id, state, sid, "
-                "batch, note, detail) "
-                "WHERE run_items.run_id = u.run_id AND run_items.merchant_id = u.merchant_id"
-            ),
-            {
-                "n": [i.noted.note.value for i in items],
-                "nd": [i.noted.detail for i in items],
-                "p": pass_id,
-                "r": [d[0] for d in done],
-                "m": [d[1] for d in done],
-                "s": [d[2] for d in done],
-                "sid": [d[3] for d in done],
-                "b": [ids.batch_id(i.settle_date, i.merchant_id) for i in items],
-            },
-        )
+        await run_repo.set_worked(conn, pass_id, [
+            (d[0], d[1], d[2], d[3], ids.batch_id(i.settle_date, i.merchant_id),
+             i.noted.note.value, i.noted.detail)
+            for d, i in zip(done, items, strict=True)])
         return [(d[0], d[1]) for d in done if d[2] == "BOOKED"]
 
     async def _complete_chunk(
@@ -632,12 +554,8 @@ class RunService:
         async with self.db.engine.connect() as conn:
             async with conn.begin():
                 if keys is None:
-                    rows = (
-                        await conn.execute(
-                            _BOOKED_ITEMS,
-                            {"d": settle_date, "p": pass_id, "n": self.chunk_size},
-                        )
-                    ).all()
+                    rows = await run_repo.take_booked_items(
+                        conn, settle_date, pass_id, self.chunk_size)
                 else:
                     # The worker that just booked these WAITS for their locks, never skips
                     # them: another worker's `FOR UPDATE SKIP LOCKED` chunk query whose
@@ -647,54 +565,17 @@ class RunService:
                     # claimed in clearing with nobody to confirm them. Whoever else holds
                     # the lock either confirms them itself (then the re-check of
                     # state = 'BOOKED' drops them here) or lets go when its chunk ends.
-                    rows = (
-                        await conn.execute(
-                            text(
-                                "SELECT i.run_id, i.merchant_id, i.settlement_id, "
-                                "s.clearing_batch_id, s.detail_count FROM run_items i "
-                                "JOIN settlements s ON s.settlement_id = i.settlement_id "
-                                "JOIN unnest(CAST(:r AS text[]), CAST(:m AS text[])) "
-                                "AS k(run_id, merchant_id) "
-                                "ON k.run_id = i.run_id AND k.merchant_id = i.merchant_id "
-                                "WHERE i.state = 'BOOKED' ORDER BY i.run_id, i.merchant_id "
-                                "FOR UPDATE OF i"
-                            ),
-                            {"r": [k[0] for k in keys], "m": [k[1] for k in keys]},
-                        )
-                    ).all()
+                    rows = await run_repo.lock_booked_items(conn, keys)
                 if not rows:
                     return False
-                sids = [r.settlement_id for r in rows]
-                open_bills = (await conn.execute(_OPEN_BILLS, {"s": sids})).all()
-                bills_of: dict[str, list[str]] = {}
-                for b in open_bills:
-                    bills_of.setdefault(b.settlement_id, []).append(b.bill_id)
+                bills_of = await booking_repo.open_bills(conn, [r.settlement_id for r in rows])
                 outcomes = await self._confirm_rows(rows, bills_of)
                 ok = [r for r, err in zip(rows, outcomes, strict=True) if not err]
-                collected = [b for r in ok for b in bills_of.get(r.settlement_id, [])]
-                if collected:
-                    await conn.execute(
-                        text(
-                            "UPDATE deducted_fee_bills SET collected = true "
-                            "WHERE bill_id = ANY(CAST(:b AS text[]))"
-                        ),
-                        {"b": collected},
-                    )
-                await conn.execute(
-                    text(
-                        "UPDATE run_items SET state = CASE WHEN u.err = '' THEN 'DONE' "
-                        "ELSE 'BOOKED' END, last_error = u.err, last_pass = :p, "
-                        "update_time = now() FROM unnest(CAST(:r AS text[]), "
-                        "CAST(:m AS text[]), CAST(:e AS text[])) AS u(run_id, merchant_id, err) "
-                        "WHERE run_items.run_id = u.run_id AND run_items.merchant_id = u.merchant_id"
-                    ),
-                    {
-                        "p": pass_id,
-                        "r": [r.run_id for r in rows],
-                        "m": [r.merchant_id for r in rows],
-                        "e": outcomes,
-                    },
-                )
+                await booking_repo.mark_collected(
+                    conn, [b for r in ok for b in bills_of.get(r.settlement_id, [])])
+                await run_repo.finish_confirmations(conn, pass_id, [
+                    (r.run_id, r.merchant_id, err)
+                    for r, err in zip(rows, outcomes, strict=True)])
         return True
 
     async def _confirm_rows(self, rows: Sequence[Any], bills_of: dict[str, list[str]]) -> list[str]:
@@ -734,37 +615,14 @@ class RunService:
 
     async def get(self, run_id: str) -> RunView:
         async with self.db.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "SELECT r.*, "
-                        "(SELECT count(*) FROM settlements s WHERE s.run_id = r.run_id) AS sc, "
-                        # A booked item whose confirmation failed (last_error set)
-                        # counts as failed: the run says it could not confirm.
-                        "(SELECT count(*) FROM run_items i WHERE i.run_id = r.run_id "
-                        " AND (i.state = 'PENDING' OR (i.state = 'BOOKED' "
-                        " AND i.last_error = ''))) AS pc, "
-                        "(SELECT count(*) FROM run_items i WHERE i.run_id = r.run_id "
-                        " AND (i.state = 'FAILED' OR (i.state = 'BOOKED' "
-                        " AND i.last_error <> ''))) AS fc FROM runs r WHERE r.run_id = :r"
-                    ),
-                    {"r": run_id},
-                )
-            ).first()
+            row = await run_repo.run_view(conn, run_id)
             if row is None:
                 raise NotFound("RUN_NOT_FOUND", f"no run {run_id!r}", {"run_id": run_id})
             failures = []
             if row.fc:
                 failures = [
                     (f.merchant_id, "CLAIM" if f.state == "FAILED" else "CONFIRM", f.last_error)
-                    for f in await conn.execute(
-                        text(
-                            "SELECT merchant_id, state, last_error FROM run_items "
-                            "WHERE run_id = :r AND (state = 'FAILED' OR (state = 'BOOKED' "
-                            "AND last_error <> '')) ORDER BY merchant_id LIMIT 100"
-                        ),
-                        {"r": run_id},
-                    )
+                    for f in await run_repo.run_failures(conn, run_id, 100)
                 ]
             counts = await run_repo.note_counts(conn, run_id)
         return RunView(
@@ -784,34 +642,6 @@ class RunService:
             rows = await run_repo.items(conn, run_id, note, after, page.size + 1)
         nxt = page.next_token(rows, lambda r: [r.merchant_id], filters)
         return rows[: page.size], nxt
-
-
-# Lookups by a list of keys probe the table once per key, `CROSS JOIN LATERAL (… OFFSET 0)`,
-# not `= ANY(:keys)` or a join the planner may turn into a scan: statements are prepared
-# (asyncpg) and PostgreSQL keeps a generic plan until the table is next analyzed, so a plan
-# made while a table was small (a new deployment, the benchmark's fresh schema) is kept
-# while the table grows. The OFFSET 0 keeps the subquery from being flattened back into
-# such a join.
-_DEDUCTED = text(
-    "SELECT d.bill_id FROM unnest(CAST(:b AS text[])) AS t(id) CROSS JOIN LATERAL ("
-    "SELECT bill_id FROM deducted_fee_bills WHERE bill_id = t.id OFFSET 0) d"
-)
-# Through the partial index deducted_fee_bills_open (settlement_0003); before it, every
-# confirmed chunk read every bill ever deducted.
-_OPEN_BILLS = text(
-    "SELECT b.bill_id, b.settlement_id FROM unnest(CAST(:s AS text[])) AS t(sid) "
-    "CROSS JOIN LATERAL (SELECT bill_id, settlement_id FROM deducted_fee_bills "
-    "WHERE settlement_id = t.sid AND NOT collected OFFSET 0) b"
-)
-# Each booked item's settlement by its primary key: a generic plan made while settlements
-# was small joined it by a nested loop over a scan of the whole table per item.
-_BOOKED_ITEMS = text(
-    "SELECT i.run_id, i.merchant_id, i.settlement_id, s.clearing_batch_id, s.detail_count "
-    "FROM run_items i CROSS JOIN LATERAL (SELECT clearing_batch_id, detail_count "
-    "FROM settlements WHERE settlement_id = i.settlement_id OFFSET 0) s "
-    "WHERE i.settle_date <= :d AND i.state = 'BOOKED' AND i.last_pass <> :p "
-    "ORDER BY i.settle_date, i.merchant_id LIMIT :n FOR UPDATE OF i SKIP LOCKED"
-)
 
 
 def _unsettled(found: FirstDetail | None) -> Unsettled | None:
@@ -855,41 +685,6 @@ def _settlement_row(item: _Item, sid: str, pid: str | None, n: Netting) -> dict[
     }
 
 
-_SETTLEMENT_TYPES = {
-    "settlement_id": "text", "merchant_id": "text", "settle_date": "date", "run_id": "text",
-    "currency": "text", "payments": "bigint", "refunds": "bigint", "net_fees": "bigint",
-    "net_fee_returns": "bigint", "adjustments": "bigint", "fee_bills": "bigint",
-    "carried_in": "bigint", "net": "bigint", "paid_out": "bigint", "carried_out": "bigint",
-    "outcome": "text", "detail_count": "bigint", "payment_count": "bigint",
-    "refund_count": "bigint", "adjustment_count": "bigint", "clearing_batch_id": "text",
-    "payout_id": "text", "bills": "jsonb",
-}
-_INSERT_SETTLEMENTS = text(
-    f"INSERT INTO settlements ({', '.join(_SETTLEMENT_TYPES)}) SELECT "
-    + ", ".join(f"CAST(u.{c} AS jsonb)" if t == "jsonb" else f"u.{c}"
-                for c, t in _SETTLEMENT_TYPES.items())
-    + " FROM unnest("
-    + ", ".join(
-        f"CAST(:{c} AS {'text' if t == 'jsonb' else t}[])" for c, t in _SETTLEMENT_TYPES.items()
-    )
-    + f") AS u({', '.join(_SETTLEMENT_TYPES)})"
-)
-
-_PAYOUT_TYPES = {
-    "payout_id": "text", "merchant_id": "text", "settlement_id": "text", "currency": "text",
-    "amount": "bigint", "destination_type": "text", "bank_account": "text", "state": "text",
-}
-_INSERT_PAYOUTS = text(
-    "INSERT INTO payouts (payout_id, merchant_id, settlement_id, currency, amount, "
-    "destination_type, bank_account, state, paid_time) "
-    "SELECT u.payout_id, u.merchant_id, u.settlement_id, u.currency, u.amount, "
-    "u.destination_type, CAST(u.bank_account AS jsonb), u.state, "
-    "CASE WHEN u.state = 'PAID' THEN now() END FROM unnest("
-    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in _PAYOUT_TYPES.items())
-    + f") AS u({', '.join(_PAYOUT_TYPES)})"
-)
-
-
 def _payout_row(pid: str, sid: str, p: Profile, amount: int) -> dict[str, Any]:
     to_bank = p.destination is Destination.BANK_ACCOUNT
     bank = None
@@ -914,7 +709,3 @@ def _payout_row(pid: str, sid: str, p: Profile, amount: int) -> dict[str, Any]:
         # An internal transfer to the payment account is done with the booking.
         "state": "CREATED" if to_bank else "PAID",
     }
-
-
-def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {k: [r[k] for r in rows] for k in rows[0]}

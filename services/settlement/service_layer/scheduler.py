@@ -18,8 +18,7 @@ import logging
 from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import text
-
+from services.settlement.adapters import run_repo
 from services.settlement.service_layer.runs import RunService
 
 log = logging.getLogger(__name__)
@@ -62,11 +61,7 @@ class Scheduler:
         if day is None:
             return None
         async with self.runs.db.engine.connect() as conn:
-            state = (
-                await conn.execute(
-                    text("SELECT state FROM runs WHERE settle_date = :d"), {"d": day}
-                )
-            ).scalar()
+            state = await run_repo.run_state(conn, day)
         if state == "COMPLETED":
             return None
         await self.runs.run(day, f"scheduler:{day.isoformat()}")

@@ -7,6 +7,7 @@ from clearhouse.type.v1 import money_pb2 as _money_pb2
 from clearhouse.type.v1 import transaction_pb2 as _transaction_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -1774,3 +1775,279 @@ class ReconcileFeesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReconcileFeesResponse: _TypeAlias = ReconcileFeesResponse  # noqa: Y015
+
+@_typing.final
+class GetStuckReportRequest(_message.Message):
+    """GetStuckReportRequest says from what age something counts as stuck."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_BATCH_MIN_AGE_FIELD_NUMBER: _builtins.int
+    PENDING_FEE_MIN_AGE_FIELD_NUMBER: _builtins.int
+    EXCEPTION_MIN_AGE_FIELD_NUMBER: _builtins.int
+    FEE_RECONCILE_WINDOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def open_batch_min_age(self) -> _duration_pb2.Duration:
+        """Batches OPEN at least this long (create_time); zero for every OPEN batch.
+        Limits: 0 to 366 days, not negative.
+        """
+
+    @_builtins.property
+    def pending_fee_min_age(self) -> _duration_pb2.Duration:
+        """Details whose fee is PENDING at least this long (since they were recorded); zero
+        for all of them.
+        Limits: 0 to 366 days, not negative.
+        """
+
+    @_builtins.property
+    def exception_min_age(self) -> _duration_pb2.Duration:
+        """Details in EXCEPTION at least this long (since they were recorded); zero for all.
+        Limits: 0 to 366 days, not negative.
+        """
+
+    @_builtins.property
+    def fee_reconcile_window(self) -> _duration_pb2.Duration:
+        """When set, the fee reconciliation in report mode over the window that ends now:
+        zero (or absent) skips it.
+        Limits: 0 to 7 days, not negative.
+        """
+
+    def __init__(
+        self,
+        *,
+        open_batch_min_age: _duration_pb2.Duration | None = ...,
+        pending_fee_min_age: _duration_pb2.Duration | None = ...,
+        exception_min_age: _duration_pb2.Duration | None = ...,
+        fee_reconcile_window: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exception_min_age", b"exception_min_age", "fee_reconcile_window", b"fee_reconcile_window", "open_batch_min_age", b"open_batch_min_age", "pending_fee_min_age", b"pending_fee_min_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exception_min_age", b"exception_min_age", "fee_reconcile_window", b"fee_reconcile_window", "open_batch_min_age", b"open_batch_min_age", "pending_fee_min_age", b"pending_fee_min_age"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStuckReportRequest: _TypeAlias = GetStuckReportRequest  # noqa: Y015
+
+@_typing.final
+class StuckDetails(_message.Message):
+    """StuckDetails is a set of details stuck in one way: how many, since when, and the
+    ids of the oldest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    OLDEST_CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DETAIL_IDS_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many details."""
+    @_builtins.property
+    def oldest_create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the oldest of them was recorded; absent when there is none."""
+
+    @_builtins.property
+    def detail_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The oldest ones' detail ids, oldest first, at most 100."""
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        oldest_create_time: _timestamp_pb2.Timestamp | None = ...,
+        detail_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_create_time", b"oldest_create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail_ids", b"detail_ids", "oldest_create_time", b"oldest_create_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StuckDetails: _TypeAlias = StuckDetails  # noqa: Y015
+
+@_typing.final
+class GetStuckReportResponse(_message.Message):
+    """GetStuckReportResponse is what is stuck, with ids."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_BATCHES_FIELD_NUMBER: _builtins.int
+    OPEN_BATCH_COUNT_FIELD_NUMBER: _builtins.int
+    PENDING_FEES_FIELD_NUMBER: _builtins.int
+    EXCEPTIONS_FIELD_NUMBER: _builtins.int
+    ORPHAN_CHARGES_FIELD_NUMBER: _builtins.int
+    UNCHARGED_DETAILS_FIELD_NUMBER: _builtins.int
+    FEE_RECONCILE_ERROR_FIELD_NUMBER: _builtins.int
+    FEE_RECONCILED_FIELD_NUMBER: _builtins.int
+    open_batch_count: _builtins.int
+    """How many OPEN batches are at least that old."""
+    fee_reconcile_error: _builtins.str
+    """Set when the fee reconciliation was asked for but billing could not be read
+    (for example "UNAVAILABLE"); orphan_charges and uncharged_details are then empty.
+    """
+    fee_reconciled: _builtins.bool
+    """True when the fee reconciliation ran (a window was given and billing answered)."""
+    @_builtins.property
+    def open_batches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Batch]:
+        """The OPEN batches at least open_batch_min_age old, oldest first, at most 1,000."""
+
+    @_builtins.property
+    def pending_fees(self) -> Global___StuckDetails:
+        """Details with a fee PENDING at least pending_fee_min_age."""
+
+    @_builtins.property
+    def exceptions(self) -> Global___StuckDetails:
+        """Details in EXCEPTION at least exception_min_age."""
+
+    @_builtins.property
+    def orphan_charges(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrphanCharge]:
+        """Orphan charges (billing's charges without a payment detail) older than the orphan
+        age, oldest first, at most 1,000; none voided by this call.
+        """
+
+    @_builtins.property
+    def uncharged_details(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnchargedDetail]:
+        """Payments with a KNOWN fee but no billing charge (violations), at most 1,000."""
+
+    def __init__(
+        self,
+        *,
+        open_batches: _abc.Iterable[Global___Batch] | None = ...,
+        open_batch_count: _builtins.int = ...,
+        pending_fees: Global___StuckDetails | None = ...,
+        exceptions: Global___StuckDetails | None = ...,
+        orphan_charges: _abc.Iterable[Global___OrphanCharge] | None = ...,
+        uncharged_details: _abc.Iterable[Global___UnchargedDetail] | None = ...,
+        fee_reconcile_error: _builtins.str = ...,
+        fee_reconciled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exceptions", b"exceptions", "pending_fees", b"pending_fees"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exceptions", b"exceptions", "fee_reconcile_error", b"fee_reconcile_error", "fee_reconciled", b"fee_reconciled", "open_batch_count", b"open_batch_count", "open_batches", b"open_batches", "orphan_charges", b"orphan_charges", "pending_fees", b"pending_fees", "uncharged_details", b"uncharged_details"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStuckReportResponse: _TypeAlias = GetStuckReportResponse  # noqa: Y015
+
+@_typing.final
+class DueCutoff(_message.Message):
+    """DueCutoff is one merchant's cut-off: its details of the currency up to the date."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    BUSINESS_DATE_TO_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    currency_code: _builtins.str
+    """The currency.
+    Limits: a known upper-case ISO 4217 code.
+    """
+    @_builtins.property
+    def business_date_to(self) -> _date_pb2.Date:
+        """The last business date counted, inclusive.
+        Limits: a real date from 1970-01-01 to 9998-12-31.
+        """
+
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        business_date_to: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business_date_to", b"business_date_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_date_to", b"business_date_to", "currency_code", b"currency_code", "merchant_id", b"merchant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DueCutoff: _TypeAlias = DueCutoff  # noqa: Y015
+
+@_typing.final
+class CountDueDetailsRequest(_message.Message):
+    """CountDueDetailsRequest lists the cut-offs to count."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUTOFFS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cutoffs(self) -> _containers.RepeatedCompositeFieldContainer[Global___DueCutoff]:
+        """The cut-offs; a merchant and currency at most once.
+        Limits: 1 to 1,000 items.
+        """
+
+    def __init__(
+        self,
+        *,
+        cutoffs: _abc.Iterable[Global___DueCutoff] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cutoffs", b"cutoffs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountDueDetailsRequest: _TypeAlias = CountDueDetailsRequest  # noqa: Y015
+
+@_typing.final
+class DueDetailCount(_message.Message):
+    """DueDetailCount is the count for one currency over every cut-off of the request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    UNSETTLED_COUNT_FIELD_NUMBER: _builtins.int
+    CLAIMED_COUNT_FIELD_NUMBER: _builtins.int
+    OLDEST_BUSINESS_DATE_FIELD_NUMBER: _builtins.int
+    currency_code: _builtins.str
+    """The currency."""
+    unsettled_count: _builtins.int
+    """Details UNSETTLED up to their merchant's cut-off."""
+    claimed_count: _builtins.int
+    """Details CLAIMED (in an OPEN batch) up to their merchant's cut-off."""
+    @_builtins.property
+    def oldest_business_date(self) -> _date_pb2.Date:
+        """The earliest business date among them; absent when both counts are zero."""
+
+    def __init__(
+        self,
+        *,
+        currency_code: _builtins.str = ...,
+        unsettled_count: _builtins.int = ...,
+        claimed_count: _builtins.int = ...,
+        oldest_business_date: _date_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_business_date", b"oldest_business_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed_count", b"claimed_count", "currency_code", b"currency_code", "oldest_business_date", b"oldest_business_date", "unsettled_count", b"unsettled_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DueDetailCount: _TypeAlias = DueDetailCount  # noqa: Y015
+
+@_typing.final
+class CountDueDetailsResponse(_message.Message):
+    """CountDueDetailsResponse holds one count per currency with any detail counted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___DueDetailCount]:
+        """The counts, by currency code."""
+
+    def __init__(
+        self,
+        *,
+        counts: _abc.Iterable[Global___DueDetailCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountDueDetailsResponse: _TypeAlias = CountDueDetailsResponse  # noqa: Y015

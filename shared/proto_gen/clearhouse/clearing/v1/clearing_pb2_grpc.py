@@ -161,6 +161,16 @@ class ClearingServiceStub:
                 request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesResponse.FromString,
                 _registered_method=True)
+        self.GetStuckReport = channel.unary_unary(
+                '/clearhouse.clearing.v1.ClearingService/GetStuckReport',
+                request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportResponse.FromString,
+                _registered_method=True)
+        self.CountDueDetails = channel.unary_unary(
+                '/clearhouse.clearing.v1.ClearingService/CountDueDetails',
+                request_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsResponse.FromString,
+                _registered_method=True)
 
 
 class ClearingServiceServicer:
@@ -361,6 +371,29 @@ class ClearingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStuckReport(self, request, context):
+        """Reports what is stuck in clearing, with the ids to act on (read-only; what
+        settlement's CheckInvariants asks): batches OPEN for at least a minimum age,
+        fees pending and payments in exception for at least theirs, and, when asked for a
+        window, the fee reconciliation in report mode (nothing voided): billing's charges
+        without a payment detail older than CLEARING_RECONCILE_ORPHAN_AGE_S, and payments
+        with a KNOWN fee but no charge. When billing cannot be read the rest is still
+        answered, with fee_reconcile_error set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountDueDetails(self, request, context):
+        """Counts the details not yet settled (UNSETTLED or CLAIMED) of each merchant and
+        currency up to a business date: with the dates a merchant's settlement cycle and
+        the business calendar make due today (settlement computes them), the details due
+        and not settled. Read-only; up to 1,000 cut-offs per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClearingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -453,6 +486,16 @@ def add_ClearingServiceServicer_to_server(servicer, server):
                     servicer.ReconcileFees,
                     request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesRequest.FromString,
                     response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesResponse.SerializeToString,
+            ),
+            'GetStuckReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStuckReport,
+                    request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportRequest.FromString,
+                    response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportResponse.SerializeToString,
+            ),
+            'CountDueDetails': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountDueDetails,
+                    request_deserializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsRequest.FromString,
+                    response_serializer=clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -978,6 +1021,60 @@ class ClearingService:
             '/clearhouse.clearing.v1.ClearingService/ReconcileFees',
             clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesRequest.SerializeToString,
             clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.ReconcileFeesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStuckReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.clearing.v1.ClearingService/GetStuckReport',
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportRequest.SerializeToString,
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.GetStuckReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountDueDetails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.clearing.v1.ClearingService/CountDueDetails',
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsRequest.SerializeToString,
+            clearhouse_dot_clearing_dot_v1_dot_clearing__pb2.CountDueDetailsResponse.FromString,
             options,
             channel_credentials,
             insecure,

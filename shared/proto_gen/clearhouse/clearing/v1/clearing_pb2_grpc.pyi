@@ -147,6 +147,21 @@ class ClearingServiceStub:
     UNAVAILABLE BILLING_UNAVAILABLE when billing cannot be read (voids already made
     stand; run it again).
     """
+    GetStuckReport: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.GetStuckReportRequest, _clearing_pb2.GetStuckReportResponse]
+    """Reports what is stuck in clearing, with the ids to act on (read-only; what
+    settlement's CheckInvariants asks): batches OPEN for at least a minimum age,
+    fees pending and payments in exception for at least theirs, and, when asked for a
+    window, the fee reconciliation in report mode (nothing voided): billing's charges
+    without a payment detail older than CLEARING_RECONCILE_ORPHAN_AGE_S, and payments
+    with a KNOWN fee but no charge. When billing cannot be read the rest is still
+    answered, with fee_reconcile_error set.
+    """
+    CountDueDetails: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.CountDueDetailsRequest, _clearing_pb2.CountDueDetailsResponse]
+    """Counts the details not yet settled (UNSETTLED or CLAIMED) of each merchant and
+    currency up to a business date: with the dates a merchant's settlement cycle and
+    the business calendar make due today (settlement computes them), the details due
+    and not settled. Read-only; up to 1,000 cut-offs per call.
+    """
 
 @_typing.type_check_only
 class ClearingServiceAsyncStub(ClearingServiceStub):
@@ -266,6 +281,21 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     more). A background worker runs the same every CLEARING_RECONCILE_INTERVAL_S.
     UNAVAILABLE BILLING_UNAVAILABLE when billing cannot be read (voids already made
     stand; run it again).
+    """
+    GetStuckReport: _aio.UnaryUnaryMultiCallable[_clearing_pb2.GetStuckReportRequest, _clearing_pb2.GetStuckReportResponse]  # type: ignore[assignment]
+    """Reports what is stuck in clearing, with the ids to act on (read-only; what
+    settlement's CheckInvariants asks): batches OPEN for at least a minimum age,
+    fees pending and payments in exception for at least theirs, and, when asked for a
+    window, the fee reconciliation in report mode (nothing voided): billing's charges
+    without a payment detail older than CLEARING_RECONCILE_ORPHAN_AGE_S, and payments
+    with a KNOWN fee but no charge. When billing cannot be read the rest is still
+    answered, with fee_reconcile_error set.
+    """
+    CountDueDetails: _aio.UnaryUnaryMultiCallable[_clearing_pb2.CountDueDetailsRequest, _clearing_pb2.CountDueDetailsResponse]  # type: ignore[assignment]
+    """Counts the details not yet settled (UNSETTLED or CLAIMED) of each merchant and
+    currency up to a business date: with the dates a merchant's settlement cycle and
+    the business calendar make due today (settlement computes them), the details due
+    and not settled. Read-only; up to 1,000 cut-offs per call.
     """
 
 class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -491,6 +521,33 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         more). A background worker runs the same every CLEARING_RECONCILE_INTERVAL_S.
         UNAVAILABLE BILLING_UNAVAILABLE when billing cannot be read (voids already made
         stand; run it again).
+        """
+
+    @_abc_1.abstractmethod
+    def GetStuckReport(
+        self,
+        request: _clearing_pb2.GetStuckReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clearing_pb2.GetStuckReportResponse, _abc.Awaitable[_clearing_pb2.GetStuckReportResponse]]:
+        """Reports what is stuck in clearing, with the ids to act on (read-only; what
+        settlement's CheckInvariants asks): batches OPEN for at least a minimum age,
+        fees pending and payments in exception for at least theirs, and, when asked for a
+        window, the fee reconciliation in report mode (nothing voided): billing's charges
+        without a payment detail older than CLEARING_RECONCILE_ORPHAN_AGE_S, and payments
+        with a KNOWN fee but no charge. When billing cannot be read the rest is still
+        answered, with fee_reconcile_error set.
+        """
+
+    @_abc_1.abstractmethod
+    def CountDueDetails(
+        self,
+        request: _clearing_pb2.CountDueDetailsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_clearing_pb2.CountDueDetailsResponse, _abc.Awaitable[_clearing_pb2.CountDueDetailsResponse]]:
+        """Counts the details not yet settled (UNSETTLED or CLAIMED) of each merchant and
+        currency up to a business date: with the dates a merchant's settlement cycle and
+        the business calendar make due today (settlement computes them), the details due
+        and not settled. Read-only; up to 1,000 cut-offs per call.
         """
 
 def add_ClearingServiceServicer_to_server(servicer: ClearingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

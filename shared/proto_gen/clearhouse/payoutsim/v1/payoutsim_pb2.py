@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from clearhouse.payout.v1 import payout_pb2 as clearhouse_dot_payout_dot_v1_dot_payout__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'clearhouse/payoutsim/v1/payoutsim.proto\x12\x17\x63learhouse.payoutsim.v1\x1a!clearhouse/payout/v1/payout.proto\"p\n\x13SetBehaviourRequest\x12\x35\n\tbehaviour\x18\x01 \x01(\x0e\x32\".clearhouse.payoutsim.v1.Behaviour\x12\r\n\x05times\x18\x02 \x01(\x05\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\"\x16\n\x14SetBehaviourResponse\"=\n\x13ReturnPayoutRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x14ReturnPayoutResponse\x12,\n\x06payout\x18\x01 \x01(\x0b\x32\x1c.clearhouse.payout.v1.Payout\"\x1d\n\x1bListSimulatedPayoutsRequest\"i\n\x0fSimulatedPayout\x12,\n\x06payout\x18\x01 \x01(\x0b\x32\x1c.clearhouse.payout.v1.Payout\x12\x14\n\x0csubmit_count\x18\x02 \x01(\x05\x12\x12\n\npaid_count\x18\x03 \x01(\x05\"Y\n\x1cListSimulatedPayoutsResponse\x12\x39\n\x07payouts\x18\x01 \x03(\x0b\x32(.clearhouse.payoutsim.v1.SimulatedPayout*\xb9\x01\n\tBehaviour\x12\x19\n\x15\x42\x45HAVIOUR_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42\x45HAVIOUR_SUCCEED\x10\x01\x12\x12\n\x0e\x42\x45HAVIOUR_FAIL\x10\x02\x12\x19\n\x15\x42\x45HAVIOUR_LOSE_ANSWER\x10\x03\x12\x16\n\x12\x42\x45HAVIOUR_TIME_OUT\x10\x04\x12\x19\n\x15\x42\x45HAVIOUR_UNAVAILABLE\x10\x05\x12\x18\n\x14\x42\x45HAVIOUR_PROCESSING\x10\x06\x32\xf8\x02\n\x16PayoutSimulatorService\x12k\n\x0cSetBehaviour\x12,.clearhouse.payoutsim.v1.SetBehaviourRequest\x1a-.clearhouse.payoutsim.v1.SetBehaviourResponse\x12k\n\x0cReturnPayout\x12,.clearhouse.payoutsim.v1.ReturnPayoutRequest\x1a-.clearhouse.payoutsim.v1.ReturnPayoutResponse\x12\x83\x01\n\x14ListSimulatedPayouts\x12\x34.clearhouse.payoutsim.v1.ListSimulatedPayoutsRequest\x1a\x35.clearhouse.payoutsim.v1.ListSimulatedPayoutsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'clearhouse/payoutsim/v1/payoutsim.proto\x12\x17\x63learhouse.payoutsim.v1\x1a!clearhouse/payout/v1/payout.proto\"p\n\x13SetBehaviourRequest\x12\x35\n\tbehaviour\x18\x01 \x01(\x0e\x32\".clearhouse.payoutsim.v1.Behaviour\x12\r\n\x05times\x18\x02 \x01(\x05\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\"\x16\n\x14SetBehaviourResponse\"=\n\x13ReturnPayoutRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x14ReturnPayoutResponse\x12,\n\x06payout\x18\x01 \x01(\x0b\x32\x1c.clearhouse.payout.v1.Payout\"\x1d\n\x1bListSimulatedPayoutsRequest\"\x81\x01\n\x0fSimulatedPayout\x12,\n\x06payout\x18\x01 \x01(\x0b\x32\x1c.clearhouse.payout.v1.Payout\x12\x14\n\x0csubmit_count\x18\x02 \x01(\x05\x12\x12\n\npaid_count\x18\x03 \x01(\x05\x12\x16\n\x0enotified_count\x18\x04 \x01(\x05\"w\n\x13SettlePayoutRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32!.clearhouse.payout.v1.PayoutState\x12\x16\n\x0e\x66\x61ilure_reason\x18\x03 \x01(\t\"D\n\x14SettlePayoutResponse\x12,\n\x06payout\x18\x01 \x01(\x0b\x32\x1c.clearhouse.payout.v1.Payout\"Y\n\x1cListSimulatedPayoutsResponse\x12\x39\n\x07payouts\x18\x01 \x03(\x0b\x32(.clearhouse.payoutsim.v1.SimulatedPayout*\xf4\x01\n\tBehaviour\x12\x19\n\x15\x42\x45HAVIOUR_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42\x45HAVIOUR_SUCCEED\x10\x01\x12\x12\n\x0e\x42\x45HAVIOUR_FAIL\x10\x02\x12\x19\n\x15\x42\x45HAVIOUR_LOSE_ANSWER\x10\x03\x12\x16\n\x12\x42\x45HAVIOUR_TIME_OUT\x10\x04\x12\x19\n\x15\x42\x45HAVIOUR_UNAVAILABLE\x10\x05\x12\x18\n\x14\x42\x45HAVIOUR_PROCESSING\x10\x06\x12\x1d\n\x19\x42\x45HAVIOUR_STAY_PROCESSING\x10\x07\x12\x1a\n\x16\x42\x45HAVIOUR_ANSWER_TWICE\x10\x08\x32\xe5\x03\n\x16PayoutSimulatorService\x12k\n\x0cSetBehaviour\x12,.clearhouse.payoutsim.v1.SetBehaviourRequest\x1a-.clearhouse.payoutsim.v1.SetBehaviourResponse\x12k\n\x0cReturnPayout\x12,.clearhouse.payoutsim.v1.ReturnPayoutRequest\x1a-.clearhouse.payoutsim.v1.ReturnPayoutResponse\x12\x83\x01\n\x14ListSimulatedPayouts\x12\x34.clearhouse.payoutsim.v1.ListSimulatedPayoutsRequest\x1a\x35.clearhouse.payoutsim.v1.ListSimulatedPayoutsResponse\x12k\n\x0cSettlePayout\x12,.clearhouse.payoutsim.v1.SettlePayoutRequest\x1a-.clearhouse.payoutsim.v1.SettlePayoutResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clearhouse.payoutsim.v1.payoutsim_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BEHAVIOUR']._serialized_start=604
-  _globals['_BEHAVIOUR']._serialized_end=789
+  _globals['_BEHAVIOUR']._serialized_start=820
+  _globals['_BEHAVIOUR']._serialized_end=1064
   _globals['_SETBEHAVIOURREQUEST']._serialized_start=103
   _globals['_SETBEHAVIOURREQUEST']._serialized_end=215
   _globals['_SETBEHAVIOURRESPONSE']._serialized_start=217
@@ -44,10 +44,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETURNPAYOUTRESPONSE']._serialized_end=372
   _globals['_LISTSIMULATEDPAYOUTSREQUEST']._serialized_start=374
   _globals['_LISTSIMULATEDPAYOUTSREQUEST']._serialized_end=403
-  _globals['_SIMULATEDPAYOUT']._serialized_start=405
-  _globals['_SIMULATEDPAYOUT']._serialized_end=510
-  _globals['_LISTSIMULATEDPAYOUTSRESPONSE']._serialized_start=512
-  _globals['_LISTSIMULATEDPAYOUTSRESPONSE']._serialized_end=601
-  _globals['_PAYOUTSIMULATORSERVICE']._serialized_start=792
-  _globals['_PAYOUTSIMULATORSERVICE']._serialized_end=1168
+  _globals['_SIMULATEDPAYOUT']._serialized_start=406
+  _globals['_SIMULATEDPAYOUT']._serialized_end=535
+  _globals['_SETTLEPAYOUTREQUEST']._serialized_start=537
+  _globals['_SETTLEPAYOUTREQUEST']._serialized_end=656
+  _globals['_SETTLEPAYOUTRESPONSE']._serialized_start=658
+  _globals['_SETTLEPAYOUTRESPONSE']._serialized_end=726
+  _globals['_LISTSIMULATEDPAYOUTSRESPONSE']._serialized_start=728
+  _globals['_LISTSIMULATEDPAYOUTSRESPONSE']._serialized_end=817
+  _globals['_PAYOUTSIMULATORSERVICE']._serialized_start=1067
+  _globals['_PAYOUTSIMULATORSERVICE']._serialized_end=1552
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,10 @@ class _BehaviourEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Behaviour.V
     """Refuse with UNAVAILABLE without recording anything."""
     BEHAVIOUR_PROCESSING: _Behaviour.ValueType  # 6
     """Accept and stay PROCESSING until asked again."""
+    BEHAVIOUR_STAY_PROCESSING: _Behaviour.ValueType  # 7
+    """Accept and stay PROCESSING however often asked, until SettlePayout decides."""
+    BEHAVIOUR_ANSWER_TWICE: _Behaviour.ValueType  # 8
+    """Accept and pay, and (notifications on) send the result notification twice."""
 
 class Behaviour(_Behaviour, metaclass=_BehaviourEnumTypeWrapper):
     """Behaviour is what the simulator does with a submission."""
@@ -58,6 +62,10 @@ BEHAVIOUR_UNAVAILABLE: Behaviour.ValueType  # 5
 """Refuse with UNAVAILABLE without recording anything."""
 BEHAVIOUR_PROCESSING: Behaviour.ValueType  # 6
 """Accept and stay PROCESSING until asked again."""
+BEHAVIOUR_STAY_PROCESSING: Behaviour.ValueType  # 7
+"""Accept and stay PROCESSING however often asked, until SettlePayout decides."""
+BEHAVIOUR_ANSWER_TWICE: Behaviour.ValueType  # 8
+"""Accept and pay, and (notifications on) send the result notification twice."""
 Global___Behaviour: _TypeAlias = Behaviour  # noqa: Y015
 
 @_typing.final
@@ -191,10 +199,13 @@ class SimulatedPayout(_message.Message):
     PAYOUT_FIELD_NUMBER: _builtins.int
     SUBMIT_COUNT_FIELD_NUMBER: _builtins.int
     PAID_COUNT_FIELD_NUMBER: _builtins.int
+    NOTIFIED_COUNT_FIELD_NUMBER: _builtins.int
     submit_count: _builtins.int
     """How many SubmitPayout calls named it."""
     paid_count: _builtins.int
     """How many times money was actually sent (must never exceed 1)."""
+    notified_count: _builtins.int
+    """How many result notifications settlement answered OK (NotifyPayoutResult)."""
     @_builtins.property
     def payout(self) -> _payout_pb2.Payout:
         """The payout."""
@@ -205,14 +216,73 @@ class SimulatedPayout(_message.Message):
         payout: _payout_pb2.Payout | None = ...,
         submit_count: _builtins.int = ...,
         paid_count: _builtins.int = ...,
+        notified_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["paid_count", b"paid_count", "payout", b"payout", "submit_count", b"submit_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notified_count", b"notified_count", "paid_count", b"paid_count", "payout", b"payout", "submit_count", b"submit_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SimulatedPayout: _TypeAlias = SimulatedPayout  # noqa: Y015
+
+@_typing.final
+class SettlePayoutRequest(_message.Message):
+    """SettlePayoutRequest decides a PROCESSING payout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUCTION_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    instruction_id: _builtins.str
+    """The instruction id: 1-96 characters, no control character, no leading or trailing
+    whitespace.
+    """
+    state: _payout_pb2.PayoutState.ValueType
+    """PAID or FAILED."""
+    failure_reason: _builtins.str
+    """The bank's reason for FAILED: at most 256 characters, no control character but tab
+    and line breaks.
+    """
+    def __init__(
+        self,
+        *,
+        instruction_id: _builtins.str = ...,
+        state: _payout_pb2.PayoutState.ValueType = ...,
+        failure_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "instruction_id", b"instruction_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettlePayoutRequest: _TypeAlias = SettlePayoutRequest  # noqa: Y015
+
+@_typing.final
+class SettlePayoutResponse(_message.Message):
+    """SettlePayoutResponse returns the payout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payout(self) -> _payout_pb2.Payout:
+        """The payout, now PAID or FAILED."""
+
+    def __init__(
+        self,
+        *,
+        payout: _payout_pb2.Payout | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettlePayoutResponse: _TypeAlias = SettlePayoutResponse  # noqa: Y015
 
 @_typing.final
 class ListSimulatedPayoutsResponse(_message.Message):

@@ -51,6 +51,11 @@ class PayoutSimulatorServiceStub:
                 request_serializer=clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.ListSimulatedPayoutsRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.ListSimulatedPayoutsResponse.FromString,
                 _registered_method=True)
+        self.SettlePayout = channel.unary_unary(
+                '/clearhouse.payoutsim.v1.PayoutSimulatorService/SettlePayout',
+                request_serializer=clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.SettlePayoutRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.SettlePayoutResponse.FromString,
+                _registered_method=True)
 
 
 class PayoutSimulatorServiceServicer:
@@ -79,6 +84,14 @@ class PayoutSimulatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SettlePayout(self, request, context):
+        """The bank answers a PROCESSING payout: paid or failed (notified to settlement when
+        notifications are on, PAYOUT_SIM_NOTIFY_ADDRESS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PayoutSimulatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_PayoutSimulatorServiceServicer_to_server(servicer, server):
                     servicer.ListSimulatedPayouts,
                     request_deserializer=clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.ListSimulatedPayoutsRequest.FromString,
                     response_serializer=clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.ListSimulatedPayoutsResponse.SerializeToString,
+            ),
+            'SettlePayout': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettlePayout,
+                    request_deserializer=clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.SettlePayoutRequest.FromString,
+                    response_serializer=clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.SettlePayoutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +199,33 @@ class PayoutSimulatorService:
             '/clearhouse.payoutsim.v1.PayoutSimulatorService/ListSimulatedPayouts',
             clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.ListSimulatedPayoutsRequest.SerializeToString,
             clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.ListSimulatedPayoutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettlePayout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.payoutsim.v1.PayoutSimulatorService/SettlePayout',
+            clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.SettlePayoutRequest.SerializeToString,
+            clearhouse_dot_payoutsim_dot_v1_dot_payoutsim__pb2.SettlePayoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

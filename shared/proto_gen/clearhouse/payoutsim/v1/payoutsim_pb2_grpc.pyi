@@ -41,6 +41,10 @@ class PayoutSimulatorServiceStub:
     """Marks a paid payout returned (退票)."""
     ListSimulatedPayouts: _grpc.UnaryUnaryMultiCallable[_payoutsim_pb2.ListSimulatedPayoutsRequest, _payoutsim_pb2.ListSimulatedPayoutsResponse]
     """Lists every payout the simulator holds, with how often each was submitted."""
+    SettlePayout: _grpc.UnaryUnaryMultiCallable[_payoutsim_pb2.SettlePayoutRequest, _payoutsim_pb2.SettlePayoutResponse]
+    """The bank answers a PROCESSING payout: paid or failed (notified to settlement when
+    notifications are on, PAYOUT_SIM_NOTIFY_ADDRESS).
+    """
 
 @_typing.type_check_only
 class PayoutSimulatorServiceAsyncStub(PayoutSimulatorServiceStub):
@@ -55,6 +59,10 @@ class PayoutSimulatorServiceAsyncStub(PayoutSimulatorServiceStub):
     """Marks a paid payout returned (退票)."""
     ListSimulatedPayouts: _aio.UnaryUnaryMultiCallable[_payoutsim_pb2.ListSimulatedPayoutsRequest, _payoutsim_pb2.ListSimulatedPayoutsResponse]  # type: ignore[assignment]
     """Lists every payout the simulator holds, with how often each was submitted."""
+    SettlePayout: _aio.UnaryUnaryMultiCallable[_payoutsim_pb2.SettlePayoutRequest, _payoutsim_pb2.SettlePayoutResponse]  # type: ignore[assignment]
+    """The bank answers a PROCESSING payout: paid or failed (notified to settlement when
+    notifications are on, PAYOUT_SIM_NOTIFY_ADDRESS).
+    """
 
 class PayoutSimulatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """PayoutSimulatorService steers the payout gateway simulator, for development and
@@ -84,5 +92,15 @@ class PayoutSimulatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payoutsim_pb2.ListSimulatedPayoutsResponse, _abc.Awaitable[_payoutsim_pb2.ListSimulatedPayoutsResponse]]:
         """Lists every payout the simulator holds, with how often each was submitted."""
+
+    @_abc_1.abstractmethod
+    def SettlePayout(
+        self,
+        request: _payoutsim_pb2.SettlePayoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payoutsim_pb2.SettlePayoutResponse, _abc.Awaitable[_payoutsim_pb2.SettlePayoutResponse]]:
+        """The bank answers a PROCESSING payout: paid or failed (notified to settlement when
+        notifications are on, PAYOUT_SIM_NOTIFY_ADDRESS).
+        """
 
 def add_PayoutSimulatorServiceServicer_to_server(servicer: PayoutSimulatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

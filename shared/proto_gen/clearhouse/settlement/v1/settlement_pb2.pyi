@@ -298,6 +298,12 @@ class _PayoutStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayoutSta
     """Failed; the money was booked back to the merchant's payable balance."""
     PAYOUT_STATE_RETURNED: _PayoutState.ValueType  # 5
     """Returned after paid (退票); booked back likewise."""
+    PAYOUT_STATE_ESCALATED: _PayoutState.ValueType  # 6
+    """Not final after SETTLEMENT_PAYOUT_MAX_ATTEMPTS submissions or SETTLEMENT_PAYOUT_MAX_AGE_S
+    since the first one: nothing retries it; the money stays in transit until the
+    gateway notifies a result (NotifyPayoutResult) or ops settle it with MarkPayoutPaid
+    or MarkPayoutFailed. CheckInvariants names every escalated payout.
+    """
 
 class PayoutState(_PayoutState, metaclass=_PayoutStateEnumTypeWrapper):
     """PayoutState is settlement's view of a payout (domain §4.5)."""
@@ -314,7 +320,41 @@ PAYOUT_STATE_FAILED: PayoutState.ValueType  # 4
 """Failed; the money was booked back to the merchant's payable balance."""
 PAYOUT_STATE_RETURNED: PayoutState.ValueType  # 5
 """Returned after paid (退票); booked back likewise."""
+PAYOUT_STATE_ESCALATED: PayoutState.ValueType  # 6
+"""Not final after SETTLEMENT_PAYOUT_MAX_ATTEMPTS submissions or SETTLEMENT_PAYOUT_MAX_AGE_S
+since the first one: nothing retries it; the money stays in transit until the
+gateway notifies a result (NotifyPayoutResult) or ops settle it with MarkPayoutPaid
+or MarkPayoutFailed. CheckInvariants names every escalated payout.
+"""
 Global___PayoutState: _TypeAlias = PayoutState  # noqa: Y015
+
+class _NotificationOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotificationOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotificationOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTIFICATION_OUTCOME_UNSPECIFIED: _NotificationOutcome.ValueType  # 0
+    """Not set."""
+    NOTIFICATION_OUTCOME_APPLIED: _NotificationOutcome.ValueType  # 1
+    """The result was new: the payout moved to it and it was booked."""
+    NOTIFICATION_OUTCOME_ALREADY_KNOWN: _NotificationOutcome.ValueType  # 2
+    """Settlement already knew this result (or a later one, such as a return after the
+    payment): nothing changed.
+    """
+
+class NotificationOutcome(_NotificationOutcome, metaclass=_NotificationOutcomeEnumTypeWrapper):
+    """NotificationOutcome says what a notification changed."""
+
+NOTIFICATION_OUTCOME_UNSPECIFIED: NotificationOutcome.ValueType  # 0
+"""Not set."""
+NOTIFICATION_OUTCOME_APPLIED: NotificationOutcome.ValueType  # 1
+"""The result was new: the payout moved to it and it was booked."""
+NOTIFICATION_OUTCOME_ALREADY_KNOWN: NotificationOutcome.ValueType  # 2
+"""Settlement already knew this result (or a later one, such as a return after the
+payment): nothing changed.
+"""
+Global___NotificationOutcome: _TypeAlias = NotificationOutcome  # noqa: Y015
 
 class _CalendarFileFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -1954,6 +1994,16 @@ class CheckInvariantsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CLEARING_CHECK_DATE_FIELD_NUMBER: _builtins.int
+    INCLUDE_CLEARING_STUCK_FIELD_NUMBER: _builtins.int
+    include_clearing_stuck: _builtins.bool
+    """Also asks clearing (one GetStuckReport call) what is stuck there and names each:
+    batches OPEN longer than SETTLEMENT_STUCK_OPEN_BATCH_AGE_S, batches OPEN (details
+    CLAIMED) that no live run item holds, fees pending and payments in exception
+    longer than SETTLEMENT_STUCK_PENDING_FEE_AGE_S / SETTLEMENT_STUCK_EXCEPTION_AGE_S,
+    and the fee reconciliation's billing charges without a clearing detail (over the
+    last SETTLEMENT_STUCK_RECONCILE_WINDOW_S). CLEARING_UNAVAILABLE when clearing does
+    not answer.
+    """
     @_builtins.property
     def clearing_check_date(self) -> _date_pb2.Date:
         """When set, also checks through clearing's API, one ListBatchDetails call per
@@ -1968,10 +2018,11 @@ class CheckInvariantsRequest(_message.Message):
         self,
         *,
         clearing_check_date: _date_pb2.Date | None = ...,
+        include_clearing_stuck: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["clearing_check_date", b"clearing_check_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clearing_check_date", b"clearing_check_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clearing_check_date", b"clearing_check_date", "include_clearing_stuck", b"include_clearing_stuck"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2048,6 +2099,8 @@ class Payout(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RESOLUTION_REFERENCE_FIELD_NUMBER: _builtins.int
+    RESOLUTION_REASON_FIELD_NUMBER: _builtins.int
     payout_id: _builtins.str
     """The instruction id: the gateway idempotency key."""
     merchant_id: _builtins.str
@@ -2062,6 +2115,12 @@ class Payout(_message.Message):
     """Submissions so far."""
     last_error: _builtins.str
     """The last error or the bank's reason."""
+    resolution_reference: _builtins.str
+    """For a payout ops settled by hand (MarkPayoutPaid, MarkPayoutFailed): the
+    out-of-band reference they gave; empty otherwise.
+    """
+    resolution_reason: _builtins.str
+    """The reason ops gave with it; empty otherwise."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """The amount."""
@@ -2092,10 +2151,12 @@ class Payout(_message.Message):
         last_error: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        resolution_reference: _builtins.str = ...,
+        resolution_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bank_account", b"bank_account", "create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempts", b"attempts", "bank_account", b"bank_account", "create_time", b"create_time", "destination_type", b"destination_type", "last_error", b"last_error", "merchant_id", b"merchant_id", "payout_id", b"payout_id", "settlement_id", b"settlement_id", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempts", b"attempts", "bank_account", b"bank_account", "create_time", b"create_time", "destination_type", b"destination_type", "last_error", b"last_error", "merchant_id", b"merchant_id", "payout_id", b"payout_id", "resolution_reason", b"resolution_reason", "resolution_reference", b"resolution_reference", "settlement_id", b"settlement_id", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2272,6 +2333,217 @@ class RetryPayoutResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryPayoutResponse: _TypeAlias = RetryPayoutResponse  # noqa: Y015
+
+@_typing.final
+class MarkPayoutPaidRequest(_message.Message):
+    """MarkPayoutPaidRequest settles an ESCALATED payout as paid."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYOUT_ID_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The idempotency key.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    payout_id: _builtins.str
+    """The ESCALATED payout.
+    Limits: 1-96 characters (payout ids derive from settlement ids), no control
+    character, no leading or trailing whitespace.
+    """
+    reference: _builtins.str
+    """The out-of-band reference that proves it (the bank's transaction number, a ticket).
+    Limits: required, 1-64 characters, no control character, no leading or trailing
+    whitespace.
+    """
+    reason: _builtins.str
+    """Why, in words. Limits: required, at most 256 characters, no control character but
+    tab and line breaks.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        payout_id: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout_id", b"payout_id", "reason", b"reason", "reference", b"reference", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkPayoutPaidRequest: _TypeAlias = MarkPayoutPaidRequest  # noqa: Y015
+
+@_typing.final
+class MarkPayoutPaidResponse(_message.Message):
+    """MarkPayoutPaidResponse returns the payout, now PAID."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payout(self) -> Global___Payout:
+        """The payout."""
+
+    def __init__(
+        self,
+        *,
+        payout: Global___Payout | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkPayoutPaidResponse: _TypeAlias = MarkPayoutPaidResponse  # noqa: Y015
+
+@_typing.final
+class MarkPayoutFailedRequest(_message.Message):
+    """MarkPayoutFailedRequest settles an ESCALATED payout as failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYOUT_ID_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The idempotency key.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    payout_id: _builtins.str
+    """The ESCALATED payout.
+    Limits: 1-96 characters (payout ids derive from settlement ids), no control
+    character, no leading or trailing whitespace.
+    """
+    reference: _builtins.str
+    """The out-of-band reference that proves no money left (the gateway's or the bank's
+    confirmation). Limits: required, 1-64 characters, no control character, no
+    leading or trailing whitespace.
+    """
+    reason: _builtins.str
+    """Why, in words. Limits: required, at most 256 characters, no control character but
+    tab and line breaks.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        payout_id: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout_id", b"payout_id", "reason", b"reason", "reference", b"reference", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkPayoutFailedRequest: _TypeAlias = MarkPayoutFailedRequest  # noqa: Y015
+
+@_typing.final
+class MarkPayoutFailedResponse(_message.Message):
+    """MarkPayoutFailedResponse returns the payout, now FAILED."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payout(self) -> Global___Payout:
+        """The payout."""
+
+    def __init__(
+        self,
+        *,
+        payout: Global___Payout | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkPayoutFailedResponse: _TypeAlias = MarkPayoutFailedResponse  # noqa: Y015
+
+@_typing.final
+class NotifyPayoutResultRequest(_message.Message):
+    """NotifyPayoutResultRequest is the gateway's notification of a payout's result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATION_ID_FIELD_NUMBER: _builtins.int
+    PAYOUT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    GATEWAY_REFERENCE_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    notification_id: _builtins.str
+    """The gateway's id of this notification: the idempotency key (the same id with other
+    content is IDEMPOTENCY_CONFLICT). Limits: 1-96 characters, no control character,
+    no leading or trailing whitespace.
+    """
+    payout_id: _builtins.str
+    """The payout: the instruction id settlement submitted.
+    Limits: 1-96 characters, no control character, no leading or trailing whitespace.
+    """
+    state: _payout_pb2.PayoutState.ValueType
+    """The result: PAID, FAILED or RETURNED (PROCESSING and UNSPECIFIED are refused)."""
+    gateway_reference: _builtins.str
+    """The gateway's own reference. Limits: at most 64 characters, no control character,
+    no leading or trailing whitespace.
+    """
+    failure_reason: _builtins.str
+    """The bank's reason for FAILED or RETURNED. Limits: at most 256 characters, no
+    control character but tab and line breaks.
+    """
+    def __init__(
+        self,
+        *,
+        notification_id: _builtins.str = ...,
+        payout_id: _builtins.str = ...,
+        state: _payout_pb2.PayoutState.ValueType = ...,
+        gateway_reference: _builtins.str = ...,
+        failure_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "gateway_reference", b"gateway_reference", "notification_id", b"notification_id", "payout_id", b"payout_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyPayoutResultRequest: _TypeAlias = NotifyPayoutResultRequest  # noqa: Y015
+
+@_typing.final
+class NotifyPayoutResultResponse(_message.Message):
+    """NotifyPayoutResultResponse returns the payout as it stands and what changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    outcome: Global___NotificationOutcome.ValueType
+    """What this notification changed (a replay answers as the first delivery did)."""
+    @_builtins.property
+    def payout(self) -> Global___Payout:
+        """The payout."""
+
+    def __init__(
+        self,
+        *,
+        payout: Global___Payout | None = ...,
+        outcome: Global___NotificationOutcome.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payout", b"payout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "payout", b"payout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyPayoutResultResponse: _TypeAlias = NotifyPayoutResultResponse  # noqa: Y015
 
 @_typing.final
 class ImportCalendarRequest(_message.Message):
@@ -2825,6 +3097,15 @@ class RunItem(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     NOTE_DETAIL_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    SETTLE_DATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CLEARING_BATCH_ID_FIELD_NUMBER: _builtins.int
+    BUSINESS_DATE_TO_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
     """The merchant."""
     state: Global___RunItemState.ValueType
@@ -2837,6 +3118,38 @@ class RunItem(_message.Message):
     """Why the merchant got nothing paid, when it did not."""
     note_detail: _builtins.str
     """The note in words, with the figures behind it."""
+    run_id: _builtins.str
+    """The run."""
+    attempts: _builtins.int
+    """How many times the item was worked (claims and bookings)."""
+    clearing_batch_id: _builtins.str
+    """The clearing batch its claim asked for (recorded before the first claim); empty
+    when it was never claimed.
+    """
+    currency_code: _builtins.str
+    """The currency it was claimed in; empty when never claimed."""
+    step: _builtins.str
+    """For a stuck item, where it stuck: CLAIM (nothing booked) or CONFIRM (booked, the
+    confirmation in clearing or billing failed); empty otherwise.
+    """
+    @_builtins.property
+    def settle_date(self) -> _date_pb2.Date:
+        """The run's settlement date."""
+
+    @_builtins.property
+    def business_date_to(self) -> _date_pb2.Date:
+        """The last business date its claim covers, fixed by the first claim; absent when
+        never claimed.
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the item was created (its run began)."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the item last changed."""
+
     def __init__(
         self,
         *,
@@ -2846,10 +3159,19 @@ class RunItem(_message.Message):
         error: _builtins.str = ...,
         note: Global___RunItemNote.ValueType = ...,
         note_detail: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        settle_date: _date_pb2.Date | None = ...,
+        attempts: _builtins.int = ...,
+        clearing_batch_id: _builtins.str = ...,
+        business_date_to: _date_pb2.Date | None = ...,
+        currency_code: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        step: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business_date_to", b"business_date_to", "create_time", b"create_time", "settle_date", b"settle_date", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "merchant_id", b"merchant_id", "note", b"note", "note_detail", b"note_detail", "settlement_id", b"settlement_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "business_date_to", b"business_date_to", "clearing_batch_id", b"clearing_batch_id", "create_time", b"create_time", "currency_code", b"currency_code", "error", b"error", "merchant_id", b"merchant_id", "note", b"note", "note_detail", b"note_detail", "run_id", b"run_id", "settle_date", b"settle_date", "settlement_id", b"settlement_id", "state", b"state", "step", b"step", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2922,3 +3244,196 @@ class ListSettlementRunItemsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSettlementRunItemsResponse: _TypeAlias = ListSettlementRunItemsResponse  # noqa: Y015
+
+@_typing.final
+class ListFailedRunItemsRequest(_message.Message):
+    """ListFailedRunItemsRequest pages through stuck run items."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Only this run's items; empty for every run.
+    Limits: empty, or 1-64 characters, no control character, no leading or trailing
+    whitespace.
+    """
+    page_size: _builtins.int
+    """Page size (AIP-158).
+    Limits: not negative; 0 for the default; at most 1,000 served.
+    """
+    page_token: _builtins.str
+    """Page token.
+    Limits: at most 2,048 characters, from the previous call with the same filters.
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFailedRunItemsRequest: _TypeAlias = ListFailedRunItemsRequest  # noqa: Y015
+
+@_typing.final
+class ListFailedRunItemsResponse(_message.Message):
+    """ListFailedRunItemsResponse is one page of stuck items, by run id then merchant id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty on the last page."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunItem]:
+        """The items."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___RunItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFailedRunItemsResponse: _TypeAlias = ListFailedRunItemsResponse  # noqa: Y015
+
+@_typing.final
+class RetryRunItemRequest(_message.Message):
+    """RetryRunItemRequest names the item to work now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (AIP-155).
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    run_id: _builtins.str
+    """The run.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    merchant_id: _builtins.str
+    """The merchant.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        merchant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id", "request_id", b"request_id", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryRunItemRequest: _TypeAlias = RetryRunItemRequest  # noqa: Y015
+
+@_typing.final
+class RetryRunItemResponse(_message.Message):
+    """RetryRunItemResponse is the item after the retry (DONE, SKIPPED, or still FAILED or
+    BOOKED with the new error).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def item(self) -> Global___RunItem:
+        """The item."""
+
+    def __init__(
+        self,
+        *,
+        item: Global___RunItem | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryRunItemResponse: _TypeAlias = RetryRunItemResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseRunItemRequest(_message.Message):
+    """ReleaseRunItemRequest names the item to close and says why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (AIP-155).
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    run_id: _builtins.str
+    """The run.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    merchant_id: _builtins.str
+    """The merchant.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    reason: _builtins.str
+    """Why (kept in the item's note and the audit trail).
+    Limits: required, at most 256 characters, no control character.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        merchant_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id", "reason", b"reason", "request_id", b"request_id", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseRunItemRequest: _TypeAlias = ReleaseRunItemRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseRunItemResponse(_message.Message):
+    """ReleaseRunItemResponse is the item after the release (RELEASED)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def item(self) -> Global___RunItem:
+        """The item."""
+
+    def __init__(
+        self,
+        *,
+        item: Global___RunItem | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseRunItemResponse: _TypeAlias = ReleaseRunItemResponse  # noqa: Y015

@@ -40,6 +40,12 @@ class SettlementServiceStub:
     ImportCalendar); metadata "date", "first_known_date", "last_known_date",
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+    payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+    that contradicts the payout's final state (say PAID for a payout marked FAILED);
+    nothing is booked, the notification is recorded for ops and CheckInvariants names
+    it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
     without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -47,6 +53,9 @@ class SettlementServiceStub:
     not answer; retry later.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+    or releasing a run item that does not exist or is not stuck; metadata "run_id",
+    "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
     call lost its connection or a deadlock; nothing was recorded and the call may be
     retried as is.
@@ -168,6 +177,21 @@ class SettlementServiceStub:
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutResponse.FromString,
                 _registered_method=True)
+        self.MarkPayoutPaid = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/MarkPayoutPaid',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidResponse.FromString,
+                _registered_method=True)
+        self.MarkPayoutFailed = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/MarkPayoutFailed',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedResponse.FromString,
+                _registered_method=True)
+        self.NotifyPayoutResult = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/NotifyPayoutResult',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultResponse.FromString,
+                _registered_method=True)
         self.ImportCalendar = channel.unary_unary(
                 '/clearhouse.settlement.v1.SettlementService/ImportCalendar',
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.SerializeToString,
@@ -198,6 +222,21 @@ class SettlementServiceStub:
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.FromString,
                 _registered_method=True)
+        self.ListFailedRunItems = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ListFailedRunItems',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsResponse.FromString,
+                _registered_method=True)
+        self.RetryRunItem = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/RetryRunItem',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemResponse.FromString,
+                _registered_method=True)
+        self.ReleaseRunItem = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ReleaseRunItem',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemResponse.FromString,
+                _registered_method=True)
 
 
 class SettlementServiceServicer:
@@ -215,6 +254,12 @@ class SettlementServiceServicer:
     ImportCalendar); metadata "date", "first_known_date", "last_known_date",
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+    payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+    that contradicts the payout's final state (say PAID for a payout marked FAILED);
+    nothing is booked, the notification is recorded for ops and CheckInvariants names
+    it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
     without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -222,6 +267,9 @@ class SettlementServiceServicer:
     not answer; retry later.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+    or releasing a run item that does not exist or is not stuck; metadata "run_id",
+    "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
     call lost its connection or a deadlock; nothing was recorded and the call may be
     retried as is.
@@ -376,6 +424,32 @@ class SettlementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MarkPayoutPaid(self, request, context):
+        """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
+        statement, the gateway's operations desk): books it like a gateway success.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkPayoutFailed(self, request, context):
+        """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
+        money left: books the amount back to the merchant's payable balance, like a
+        gateway failure (the next run, or RetryPayout, pays it again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NotifyPayoutResult(self, request, context):
+        """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
+        a payout, at any time (also after the return watch window); idempotent by
+        notification_id, and a repeated result is answered as it was the first time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ImportCalendar(self, request, context):
         """Loads the holidays and make-up working days of a range from a calendar file (YAML
         or CSV), replacing or merging what the range held; idempotent by request_id.
@@ -419,6 +493,43 @@ class SettlementServiceServicer:
     def ListSettlementRunItems(self, request, context):
         """Lists the work items of a run (one per merchant) with what each did and, when the
         merchant got nothing paid, why; paginated by merchant id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFailedRunItems(self, request, context):
+        """Lists the run items that are stuck, of every run: a claim that failed (FAILED,
+        retried by every later call and run until it completes or is released) and a
+        booked settlement whose confirmation failed (BOOKED with an error), with why, the
+        attempts, when the item began and the clearing batch it holds; by run, then
+        merchant, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryRunItem(self, request, context):
+        """Works one stuck item now, as the next run would: a FAILED item claims again with
+        exactly the claim its first attempt recorded (batch id, currency, business date
+        to), whatever the profile or calendar say today, and is booked and confirmed; a
+        BOOKED item is confirmed. Idempotent by request_id (a replay answers the item as it
+        is now and works nothing). FAILED_PRECONDITION RUN_ITEM_NOT_FAILED for an item in
+        any other state; NOT_FOUND RUN_ITEM_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseRunItem(self, request, context):
+        """Closes one FAILED item without booking it: its clearing batch is released when it
+        is OPEN (the details return to the pool and the merchant's next run claims them),
+        the item becomes RELEASED with the reason as its note, and its run can complete.
+        A batch already RELEASED or never opened is fine; one CONFIRMED in clearing is
+        left so (the item is closed with a note saying its details are settled there
+        without a settlement here). Never for a booked item: FAILED_PRECONDITION
+        RUN_ITEM_NOT_FAILED. UNAVAILABLE CLEARING_UNAVAILABLE when clearing cannot be asked
+        (nothing changed). Idempotent by request_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -522,6 +633,21 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryPayoutResponse.SerializeToString,
             ),
+            'MarkPayoutPaid': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkPayoutPaid,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidResponse.SerializeToString,
+            ),
+            'MarkPayoutFailed': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkPayoutFailed,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedResponse.SerializeToString,
+            ),
+            'NotifyPayoutResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.NotifyPayoutResult,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultResponse.SerializeToString,
+            ),
             'ImportCalendar': grpc.unary_unary_rpc_method_handler(
                     servicer.ImportCalendar,
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.FromString,
@@ -552,6 +678,21 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.SerializeToString,
             ),
+            'ListFailedRunItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFailedRunItems,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsResponse.SerializeToString,
+            ),
+            'RetryRunItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryRunItem,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemResponse.SerializeToString,
+            ),
+            'ReleaseRunItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseRunItem,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'clearhouse.settlement.v1.SettlementService', rpc_method_handlers)
@@ -575,6 +716,12 @@ class SettlementService:
     ImportCalendar); metadata "date", "first_known_date", "last_known_date",
     "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+    payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+    that contradicts the payout's final state (say PAID for a payout marked FAILED);
+    nothing is booked, the notification is recorded for ops and CheckInvariants names
+    it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
     without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -582,6 +729,9 @@ class SettlementService:
     not answer; retry later.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+    or releasing a run item that does not exist or is not stuck; metadata "run_id",
+    "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
     call lost its connection or a deadlock; nothing was recorded and the call may be
     retried as is.
@@ -1116,6 +1266,87 @@ class SettlementService:
             _registered_method=True)
 
     @staticmethod
+    def MarkPayoutPaid(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/MarkPayoutPaid',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutPaidResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkPayoutFailed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/MarkPayoutFailed',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.MarkPayoutFailedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NotifyPayoutResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/NotifyPayoutResult',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ImportCalendar(request,
             target,
             options=(),
@@ -1267,6 +1498,87 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/ListSettlementRunItems',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementRunItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFailedRunItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ListFailedRunItems',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListFailedRunItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryRunItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/RetryRunItem',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.RetryRunItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseRunItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ReleaseRunItem',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ReleaseRunItemResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,12 @@ class SettlementServiceStub:
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+      payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+      that contradicts the payout's final state (say PAID for a payout marked FAILED);
+      nothing is booked, the notification is recorded for ops and CheckInvariants names
+      it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
       without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -48,6 +54,9 @@ class SettlementServiceStub:
       not answer; retry later.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+      or releasing a run item that does not exist or is not stuck; metadata "run_id",
+      "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
       call lost its connection or a deadlock; nothing was recorded and the call may be
       retried as is.
@@ -112,6 +121,20 @@ class SettlementServiceStub:
     """Gets a payout."""
     RetryPayout: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.RetryPayoutRequest, _settlement_pb2.RetryPayoutResponse]
     """Pays a FAILED payout's money again, now rather than at the next run."""
+    MarkPayoutPaid: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutPaidRequest, _settlement_pb2.MarkPayoutPaidResponse]
+    """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
+    statement, the gateway's operations desk): books it like a gateway success.
+    """
+    MarkPayoutFailed: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutFailedRequest, _settlement_pb2.MarkPayoutFailedResponse]
+    """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
+    money left: books the amount back to the merchant's payable balance, like a
+    gateway failure (the next run, or RetryPayout, pays it again).
+    """
+    NotifyPayoutResult: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.NotifyPayoutResultRequest, _settlement_pb2.NotifyPayoutResultResponse]
+    """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
+    a payout, at any time (also after the return watch window); idempotent by
+    notification_id, and a repeated result is answered as it was the first time.
+    """
     ImportCalendar: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ImportCalendarRequest, _settlement_pb2.ImportCalendarResponse]
     """Loads the holidays and make-up working days of a range from a calendar file (YAML
     or CSV), replacing or merging what the range held; idempotent by request_id.
@@ -134,6 +157,31 @@ class SettlementServiceStub:
     """Lists the work items of a run (one per merchant) with what each did and, when the
     merchant got nothing paid, why; paginated by merchant id.
     """
+    ListFailedRunItems: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListFailedRunItemsRequest, _settlement_pb2.ListFailedRunItemsResponse]
+    """Lists the run items that are stuck, of every run: a claim that failed (FAILED,
+    retried by every later call and run until it completes or is released) and a
+    booked settlement whose confirmation failed (BOOKED with an error), with why, the
+    attempts, when the item began and the clearing batch it holds; by run, then
+    merchant, paginated.
+    """
+    RetryRunItem: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.RetryRunItemRequest, _settlement_pb2.RetryRunItemResponse]
+    """Works one stuck item now, as the next run would: a FAILED item claims again with
+    exactly the claim its first attempt recorded (batch id, currency, business date
+    to), whatever the profile or calendar say today, and is booked and confirmed; a
+    BOOKED item is confirmed. Idempotent by request_id (a replay answers the item as it
+    is now and works nothing). FAILED_PRECONDITION RUN_ITEM_NOT_FAILED for an item in
+    any other state; NOT_FOUND RUN_ITEM_NOT_FOUND.
+    """
+    ReleaseRunItem: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ReleaseRunItemRequest, _settlement_pb2.ReleaseRunItemResponse]
+    """Closes one FAILED item without booking it: its clearing batch is released when it
+    is OPEN (the details return to the pool and the merchant's next run claims them),
+    the item becomes RELEASED with the reason as its note, and its run can complete.
+    A batch already RELEASED or never opened is fine; one CONFIRMED in clearing is
+    left so (the item is closed with a note saying its details are settled there
+    without a settlement here). Never for a booked item: FAILED_PRECONDITION
+    RUN_ITEM_NOT_FAILED. UNAVAILABLE CLEARING_UNAVAILABLE when clearing cannot be asked
+    (nothing changed). Idempotent by request_id.
+    """
 
 @_typing.type_check_only
 class SettlementServiceAsyncStub(SettlementServiceStub):
@@ -151,6 +199,12 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+      payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+      that contradicts the payout's final state (say PAID for a payout marked FAILED);
+      nothing is booked, the notification is recorded for ops and CheckInvariants names
+      it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
       without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -158,6 +212,9 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
       not answer; retry later.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+      or releasing a run item that does not exist or is not stuck; metadata "run_id",
+      "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
       call lost its connection or a deadlock; nothing was recorded and the call may be
       retried as is.
@@ -219,6 +276,20 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     """Gets a payout."""
     RetryPayout: _aio.UnaryUnaryMultiCallable[_settlement_pb2.RetryPayoutRequest, _settlement_pb2.RetryPayoutResponse]  # type: ignore[assignment]
     """Pays a FAILED payout's money again, now rather than at the next run."""
+    MarkPayoutPaid: _aio.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutPaidRequest, _settlement_pb2.MarkPayoutPaidResponse]  # type: ignore[assignment]
+    """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
+    statement, the gateway's operations desk): books it like a gateway success.
+    """
+    MarkPayoutFailed: _aio.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutFailedRequest, _settlement_pb2.MarkPayoutFailedResponse]  # type: ignore[assignment]
+    """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
+    money left: books the amount back to the merchant's payable balance, like a
+    gateway failure (the next run, or RetryPayout, pays it again).
+    """
+    NotifyPayoutResult: _aio.UnaryUnaryMultiCallable[_settlement_pb2.NotifyPayoutResultRequest, _settlement_pb2.NotifyPayoutResultResponse]  # type: ignore[assignment]
+    """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
+    a payout, at any time (also after the return watch window); idempotent by
+    notification_id, and a repeated result is answered as it was the first time.
+    """
     ImportCalendar: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ImportCalendarRequest, _settlement_pb2.ImportCalendarResponse]  # type: ignore[assignment]
     """Loads the holidays and make-up working days of a range from a calendar file (YAML
     or CSV), replacing or merging what the range held; idempotent by request_id.
@@ -241,6 +312,31 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     """Lists the work items of a run (one per merchant) with what each did and, when the
     merchant got nothing paid, why; paginated by merchant id.
     """
+    ListFailedRunItems: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListFailedRunItemsRequest, _settlement_pb2.ListFailedRunItemsResponse]  # type: ignore[assignment]
+    """Lists the run items that are stuck, of every run: a claim that failed (FAILED,
+    retried by every later call and run until it completes or is released) and a
+    booked settlement whose confirmation failed (BOOKED with an error), with why, the
+    attempts, when the item began and the clearing batch it holds; by run, then
+    merchant, paginated.
+    """
+    RetryRunItem: _aio.UnaryUnaryMultiCallable[_settlement_pb2.RetryRunItemRequest, _settlement_pb2.RetryRunItemResponse]  # type: ignore[assignment]
+    """Works one stuck item now, as the next run would: a FAILED item claims again with
+    exactly the claim its first attempt recorded (batch id, currency, business date
+    to), whatever the profile or calendar say today, and is booked and confirmed; a
+    BOOKED item is confirmed. Idempotent by request_id (a replay answers the item as it
+    is now and works nothing). FAILED_PRECONDITION RUN_ITEM_NOT_FAILED for an item in
+    any other state; NOT_FOUND RUN_ITEM_NOT_FOUND.
+    """
+    ReleaseRunItem: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ReleaseRunItemRequest, _settlement_pb2.ReleaseRunItemResponse]  # type: ignore[assignment]
+    """Closes one FAILED item without booking it: its clearing batch is released when it
+    is OPEN (the details return to the pool and the merchant's next run claims them),
+    the item becomes RELEASED with the reason as its note, and its run can complete.
+    A batch already RELEASED or never opened is fine; one CONFIRMED in clearing is
+    left so (the item is closed with a note saying its details are settled there
+    without a settlement here). Never for a booked item: FAILED_PRECONDITION
+    RUN_ITEM_NOT_FAILED. UNAVAILABLE CLEARING_UNAVAILABLE when clearing cannot be asked
+    (nothing changed). Idempotent by request_id.
+    """
 
 class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     """SettlementService decides when each merchant is paid and how much (结算), books
@@ -257,6 +353,12 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
       ImportCalendar); metadata "date", "first_known_date", "last_known_date",
       "first_year", "last_year".
     - PAYOUT_NOT_RETRYABLE (FAILED_PRECONDITION): retrying a payout that is not FAILED.
+    - PAYOUT_NOT_ESCALATED (FAILED_PRECONDITION): MarkPayoutPaid or MarkPayoutFailed of a
+      payout that is not ESCALATED; metadata "state".
+    - PAYOUT_RESULT_CONFLICT (FAILED_PRECONDITION): NotifyPayoutResult reports a result
+      that contradicts the payout's final state (say PAID for a payout marked FAILED);
+      nothing is booked, the notification is recorded for ops and CheckInvariants names
+      it; metadata "payout_id", "state", "reported_state".
     - RUN_DATE_IN_FUTURE (FAILED_PRECONDITION): RunSettlement for a date after today
       without future_date_reason; metadata "settle_date" and "today".
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
@@ -264,6 +366,9 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
       not answer; retry later.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
+    - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
+      or releasing a run item that does not exist or is not stuck; metadata "run_id",
+      "merchant_id" and (not failed) "state".
     - DATABASE_UNAVAILABLE (UNAVAILABLE): settlement's database cannot be reached or the
       call lost its connection or a deadlock; nothing was recorded and the call may be
       retried as is.
@@ -439,6 +544,38 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         """Pays a FAILED payout's money again, now rather than at the next run."""
 
     @_abc_1.abstractmethod
+    def MarkPayoutPaid(
+        self,
+        request: _settlement_pb2.MarkPayoutPaidRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.MarkPayoutPaidResponse, _abc.Awaitable[_settlement_pb2.MarkPayoutPaidResponse]]:
+        """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
+        statement, the gateway's operations desk): books it like a gateway success.
+        """
+
+    @_abc_1.abstractmethod
+    def MarkPayoutFailed(
+        self,
+        request: _settlement_pb2.MarkPayoutFailedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.MarkPayoutFailedResponse, _abc.Awaitable[_settlement_pb2.MarkPayoutFailedResponse]]:
+        """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
+        money left: books the amount back to the merchant's payable balance, like a
+        gateway failure (the next run, or RetryPayout, pays it again).
+        """
+
+    @_abc_1.abstractmethod
+    def NotifyPayoutResult(
+        self,
+        request: _settlement_pb2.NotifyPayoutResultRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.NotifyPayoutResultResponse, _abc.Awaitable[_settlement_pb2.NotifyPayoutResultResponse]]:
+        """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
+        a payout, at any time (also after the return watch window); idempotent by
+        notification_id, and a repeated result is answered as it was the first time.
+        """
+
+    @_abc_1.abstractmethod
     def ImportCalendar(
         self,
         request: _settlement_pb2.ImportCalendarRequest,
@@ -494,6 +631,49 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_settlement_pb2.ListSettlementRunItemsResponse, _abc.Awaitable[_settlement_pb2.ListSettlementRunItemsResponse]]:
         """Lists the work items of a run (one per merchant) with what each did and, when the
         merchant got nothing paid, why; paginated by merchant id.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFailedRunItems(
+        self,
+        request: _settlement_pb2.ListFailedRunItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ListFailedRunItemsResponse, _abc.Awaitable[_settlement_pb2.ListFailedRunItemsResponse]]:
+        """Lists the run items that are stuck, of every run: a claim that failed (FAILED,
+        retried by every later call and run until it completes or is released) and a
+        booked settlement whose confirmation failed (BOOKED with an error), with why, the
+        attempts, when the item began and the clearing batch it holds; by run, then
+        merchant, paginated.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryRunItem(
+        self,
+        request: _settlement_pb2.RetryRunItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.RetryRunItemResponse, _abc.Awaitable[_settlement_pb2.RetryRunItemResponse]]:
+        """Works one stuck item now, as the next run would: a FAILED item claims again with
+        exactly the claim its first attempt recorded (batch id, currency, business date
+        to), whatever the profile or calendar say today, and is booked and confirmed; a
+        BOOKED item is confirmed. Idempotent by request_id (a replay answers the item as it
+        is now and works nothing). FAILED_PRECONDITION RUN_ITEM_NOT_FAILED for an item in
+        any other state; NOT_FOUND RUN_ITEM_NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseRunItem(
+        self,
+        request: _settlement_pb2.ReleaseRunItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ReleaseRunItemResponse, _abc.Awaitable[_settlement_pb2.ReleaseRunItemResponse]]:
+        """Closes one FAILED item without booking it: its clearing batch is released when it
+        is OPEN (the details return to the pool and the merchant's next run claims them),
+        the item becomes RELEASED with the reason as its note, and its run can complete.
+        A batch already RELEASED or never opened is fine; one CONFIRMED in clearing is
+        left so (the item is closed with a note saying its details are settled there
+        without a settlement here). Never for a booked item: FAILED_PRECONDITION
+        RUN_ITEM_NOT_FAILED. UNAVAILABLE CLEARING_UNAVAILABLE when clearing cannot be asked
+        (nothing changed). Idempotent by request_id.
         """
 
 def add_SettlementServiceServicer_to_server(servicer: SettlementServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,7 +1,7 @@
 """billing: approvals (four eyes): guarded calls filed by one admin, decided by another.
 
-Revision ID: billing_0004
-Revises: billing_0003
+Revision ID: billing_0005
+Revises: billing_0004
 Create Date: 2026-12-01
 """
 
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "billing_0004"
-down_revision: str | None = "billing_0003"
+revision: str = "billing_0005"
+down_revision: str | None = "billing_0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

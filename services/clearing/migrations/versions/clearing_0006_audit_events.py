@@ -1,0 +1,25 @@
+"""clearing: the audit trail (audit_events), append-only (shared/audit_schema.py).
+
+Revision ID: clearing_0006
+Revises: clearing_0005
+Create Date: 2026-12-01
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+from shared import audit_schema
+
+revision: str = "clearing_0006"
+down_revision: str | None = "clearing_0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    audit_schema.upgrade(op)
+
+
+def downgrade() -> None:
+    audit_schema.downgrade(op)
