@@ -16,7 +16,7 @@ from services.settlement.adapters.destinations import Destinations
 from services.settlement.adapters.figures import figure_source, stuck_figure_source
 from services.settlement.domain.payouts import Limits
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
-from services.settlement.permissions import APPROVALS, AUDIT, FOUR_EYES, PERMISSIONS
+from services.settlement.permissions import APPROVALS, AUDIT, FOUR_EYES, PERMISSIONS, Facts
 from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
@@ -93,8 +93,10 @@ async def build_app(
             return_watch_days=settings.return_watch_days,
             batch_size=settings.dispatcher_batch_size,
             concurrency=settings.dispatcher_concurrency,
+            cool_off_s=settings.payout_cool_off_s,
             limits=Limits(settings.payout_max_attempts, settings.payout_max_age_s),
         ),
+        now=clock,
     )
     stuck = StuckCheck(
         db, clearing,
@@ -106,12 +108,12 @@ async def build_app(
     )
     due = DueDetails(db, clearing, calendars, today=lambda: business_date(clock(), zone))
     servicer = SettlementServicer(
-        ProfileService(db), calendars, runs, StatementService(db, clearing), BookService(db),
+        ProfileService(db, now=clock), calendars, runs, StatementService(db, clearing), BookService(db),
         payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
         RunItemOps(runs), stuck,
     )
 
-    gate = Gate(FOUR_EYES, Destinations(engine))
+    gate = Gate(FOUR_EYES, Facts(ProfileService(db, now=clock), Destinations(engine)))
     approvals = ApprovalServicer(
         engine=engine, domain="settlement.clearhouse", gate=gate, target=servicer,
         rules={**PERMISSIONS.rules, **APPROVALS.rules},

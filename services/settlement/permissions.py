@@ -3,17 +3,19 @@ table in docs/security.md, which a test keeps equal to this one)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from clearhouse.settlement.v1 import settlement_pb2
 
-from services.settlement.adapters.destinations import (
-    BANK_FIELDS,
-    Destination,
-    Destinations,
-)
+from services.settlement.adapters.destinations import Destination, Destinations
+from services.settlement.domain.profiles import BankAccount, Profile, destination_changed, merge
+from services.settlement.domain.profiles import Destination as ProfileDestination
+from services.settlement.entrypoints import convert as c
+from services.settlement.service_layer.profiles import ProfileService
 from shared import approvals
 from shared.audit_service import permissions as audit_permissions
+from shared.errors import NotFound
 from shared.masking import mask_account_number
 from shared.permissions import PAYOUT_GATEWAY, administer, operate, read, systems, table
 
@@ -26,6 +28,7 @@ PERMISSIONS = table(
         "UpdateSettlementProfile": administer("settlement.profiles.change"),
         "GetSettlementProfile": read("settlement.profiles.read"),
         "ListSettlementProfiles": read("settlement.profiles.read"),
+        "ListSettlementProfileVersions": read("settlement.profiles.read"),
         "GetSettlementDate": read("settlement.calendar.read"),
         "ListCalendarDays": read("settlement.calendar.read"),
         "SetCalendarDay": administer("settlement.calendar.change"),
@@ -63,58 +66,59 @@ PERMISSIONS = table(
 
 APPROVALS = approvals.permission_table("settlement")
 
-_KINDS = {
-    settlement_pb2.DESTINATION_TYPE_PAYMENT_ACCOUNT: "PAYMENT_ACCOUNT",
-    settlement_pb2.DESTINATION_TYPE_BANK_ACCOUNT: "BANK_ACCOUNT",
-}
+
+@dataclass(frozen=True)
+class Facts:
+    """What settlement's four-eyes conditions read (given by the bootstrap): the stored
+    profile as the update would merge into it, and where a payout went."""
+
+    profiles: ProfileService
+    destinations: Destinations
 
 
-def _mask_paths(request: Any) -> list[str] | None:
-    """The update mask's paths, or None for a whole replacement (no mask, or a request
-    type without one)."""
-    if "update_mask" not in request.DESCRIPTOR.fields_by_name or not request.HasField(
-            "update_mask"):
+def _bank_tuple(b: BankAccount | None) -> tuple[str, str, str, str]:
+    b = b or BankAccount()
+    return (b.account_name, b.account_number, b.bank_name, b.branch_code)
+
+
+def _where(p: Profile | None) -> Destination | None:
+    """A profile's payout destination, as a payout records it."""
+    if p is None or p.destination is None:
         return None
-    paths = [p.removeprefix("profile.") for p in request.update_mask.paths]
-    return None if not paths or "*" in paths else paths
+    if p.destination is not ProfileDestination.BANK_ACCOUNT:
+        return Destination(p.destination.value)
+    return Destination(p.destination.value, _bank_tuple(p.bank_account))
 
 
-def resulting_destination(stored: Destination, request: Any) -> Destination:
-    """Where the profile would pay after this update: the request's fields the update
-    takes (all without a mask; those named in it otherwise), the stored ones elsewhere."""
-    paths = _mask_paths(request)
-    p = request.profile
+async def _stored(facts: Facts, merchant_id: str) -> Profile | None:
+    try:
+        return await facts.profiles.get(merchant_id)
+    except NotFound:
+        return None
 
-    def takes(name: str) -> bool:
-        return paths is None or name in paths
 
-    kind = _KINDS.get(p.destination_type, "UNSPECIFIED") if takes("destination_type") \
-        else stored.kind
-    if kind != "BANK_ACCOUNT":
-        return Destination(kind)
-    old = stored.bank or ("", "", "", "")
-    bank = tuple(
-        getattr(p.bank_account, f) if takes("bank_account") or takes(f"bank_account.{f}")
-        else old[i]
-        for i, f in enumerate(BANK_FIELDS)
-    )
-    return Destination(kind, bank)  # type: ignore[arg-type]
+def merged_profile(current: Profile, request: settlement_pb2.UpdateSettlementProfileRequest
+                   ) -> Profile:
+    """The profile the update would leave, merged as the update itself merges it (its
+    mask, or the fields set when it has none: AIP-134)."""
+    paths = list(request.update_mask.paths) or c.populated_profile_fields(request.profile)
+    return merge(current, c.profile_from_proto(request.profile), set(paths))
 
 
 async def _redirects(request: settlement_pb2.UpdateSettlementProfileRequest,
-                     facts: Destinations) -> bool:
-    stored = await facts.of_profile(request.profile.merchant_id)
-    if stored is None:
+                     facts: Facts) -> bool:
+    current = await _stored(facts, request.profile.merchant_id)
+    if current is None:
         return False  # no profile: the update is NOT_FOUND, nothing to redirect
-    return resulting_destination(stored, request) != stored
+    return destination_changed(current, merged_profile(current, request))
 
 
-async def _to_changed(request: settlement_pb2.RetryPayoutRequest, facts: Destinations) -> bool:
-    paid = await facts.of_payout(request.payout_id)
+async def _to_changed(request: settlement_pb2.RetryPayoutRequest, facts: Facts) -> bool:
+    paid = await facts.destinations.of_payout(request.payout_id)
     if paid is None:
         return False  # no payout: the retry is NOT_FOUND
     merchant, went = paid
-    return await facts.of_profile(merchant) != went
+    return _where(await _stored(facts, merchant)) != went
 
 
 def _shown(d: Destination | None) -> dict[str, Any] | None:
@@ -137,21 +141,22 @@ def _words(d: Destination | None) -> str:
 
 
 async def _profile_preview(request: settlement_pb2.UpdateSettlementProfileRequest,
-                           facts: Destinations) -> approvals.Preview:
+                           facts: Facts) -> approvals.Preview:
     mid = request.profile.merchant_id
-    stored = await facts.of_profile(mid)
-    after = resulting_destination(stored, request) if stored is not None else None
+    current = await _stored(facts, mid)
+    before = _where(current)
+    after = _where(merged_profile(current, request)) if current is not None else None
     return approvals.Preview(
-        f"pay merchant {mid} to {_words(after)} instead of {_words(stored)}",
-        "settlement_profile", mid, _shown(stored),
-        {**approvals.masked_dict(request.profile), **(_shown(after) or {})})
+        f"pay merchant {mid} to {_words(after)} instead of {_words(before)}",
+        "settlement_profile", mid, _shown(before),
+        {**approvals.masked_dict(request), **(_shown(after) or {})})
 
 
 async def _retry_preview(request: settlement_pb2.RetryPayoutRequest,
-                         facts: Destinations) -> approvals.Preview:
-    paid = await facts.of_payout(request.payout_id)
+                         facts: Facts) -> approvals.Preview:
+    paid = await facts.destinations.of_payout(request.payout_id)
     went = paid[1] if paid is not None else None
-    now = await facts.of_profile(paid[0]) if paid is not None else None
+    now = _where(await _stored(facts, paid[0])) if paid is not None else None
     return approvals.Preview(
         f"retry payout {request.payout_id} to {_words(now)} (it went to {_words(went)})",
         "payout", request.payout_id, _shown(went), _shown(now))

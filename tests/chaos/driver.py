@@ -25,6 +25,7 @@ from clearhouse.payoutsim.v1 import payoutsim_pb2_grpc
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 from clearhouse.settlement.v1 import settlement_pb2_grpc
 from clearhouse.type.v1 import money_pb2
+from google.protobuf import field_mask_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.type import date_pb2
 
@@ -313,11 +314,17 @@ class Seed:
                     kind_, _, n = r.choice(CYCLES).partition("+")
                     profile.cycle.CopyFrom(spb.Cycle(
                         kind=spb.CycleKind.Value("CYCLE_KIND_" + kind_), days=int(n)))
+                    paths = ["cycle"]
                 else:
                     profile.hold = not profile.hold
                     profile.hold_reason = "chaos: risk review" if profile.hold else ""
+                    paths = ["hold", "hold_reason"]
+                # Only the field changed, on the version just read (its etag).
                 self.rpc.must("settlement", "UpdateSettlementProfile",
-                              spb.UpdateSettlementProfileRequest(profile=profile))
+                              spb.UpdateSettlementProfileRequest(
+                                  request_id=f"ops-{kind}-{m.merchant_id}-{profile.etag}",
+                                  profile=profile,
+                                  update_mask=field_mask_pb2.FieldMask(paths=paths)))
                 self.report.fault(f"ops_{kind}", m.merchant_id,
                                   hold=profile.hold if kind == "hold" else None)
             elif kind == "calendar" and later:
@@ -578,9 +585,11 @@ class Seed:
                                         merchant_id=m.merchant_id)).profile
             if profile.hold:
                 profile.hold = False
-                profile.hold_reason = ""
                 self.rpc.must("settlement", "UpdateSettlementProfile",
-                              spb.UpdateSettlementProfileRequest(profile=profile))
+                              spb.UpdateSettlementProfileRequest(
+                                  request_id=f"quiesce-lift-{m.merchant_id}-{profile.etag}",
+                                  profile=profile,
+                                  update_mask=field_mask_pb2.FieldMask(paths=["hold"])))
 
         def no_exceptions() -> bool:
             if self.rpc.must("clearing", "ListExceptions",

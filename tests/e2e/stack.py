@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from clearhouse.payout.v1 import payout_pb2
 from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 from clearhouse.type.v1 import money_pb2, transaction_pb2
+from google.protobuf import field_mask_pb2
 
 from shared.convert import date_to_proto
 from tests.billing.support import create_rule, ts
@@ -47,10 +49,13 @@ class Stack:
 
 
 async def start_stack(pg_url: str, notify: bool = False, **settlement_overrides: Any) -> Stack:
-    """`notify`: the simulator calls settlement back with every result (it starts after
-    settlement, on a port settlement was given)."""
-    billing = await launch("billing", pg_url)
-    clearing = await launch("clearing", pg_url, billing_address=billing.address, **FAST_CLEARING)
+    """The three services (and the gateway simulator), each as its runtime database role
+    (shared/db_roles.py), as deployed: every RPC the stack's tests call works with DML on
+    the service's own tables alone. `notify`: the simulator calls settlement back with
+    every result (it starts after settlement, on a port settlement was given)."""
+    billing = await launch("billing", pg_url, roles=True)
+    clearing = await launch("clearing", pg_url, billing_address=billing.address, roles=True,
+                            **FAST_CLEARING)
     if not notify:
         simulator = await start_simulator(hold_s=2.0)
         gateway = simulator.address
@@ -59,7 +64,7 @@ async def start_stack(pg_url: str, notify: bool = False, **settlement_overrides:
     settlement = await launch(
         "settlement", pg_url, clearing_address=clearing.address,
         billing_address=billing.address, payout_gateway_address=gateway,
-        **{**FAST_SETTLEMENT, **settlement_overrides},
+        roles=True, **{**FAST_SETTLEMENT, **settlement_overrides},
     )
     if notify:
         simulator = await start_simulator(hold_s=2.0, port=int(gateway.rsplit(":", 1)[1]),
@@ -109,8 +114,14 @@ async def put_profile(s: Stack, e: dict[str, Any]) -> None:
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
             raise
-        await s.settlement.stub.UpdateSettlementProfile(
-            pb.UpdateSettlementProfileRequest(profile=profile(e)))
+        # A full replacement ("*") of the version just read.
+        current = await s.settlement.stub.GetSettlementProfile(
+            pb.GetSettlementProfileRequest(merchant_id=e["merchant_id"]))
+        wanted = profile(e)
+        wanted.etag = current.profile.etag
+        await s.settlement.stub.UpdateSettlementProfile(pb.UpdateSettlementProfileRequest(
+            request_id=uuid.uuid4().hex, profile=wanted,
+            update_mask=field_mask_pb2.FieldMask(paths=["*"])))
 
 
 async def setup_billing(s: Stack, rules: list[dict[str, Any]], fee_accounts: dict[str, int]) -> None:

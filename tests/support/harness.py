@@ -1,6 +1,10 @@
 """Start real services in-process on port 0, each in a throwaway schema of the test
 PostgreSQL, and call them through real channels and stubs, with security on (TLS, mutual
-TLS between services, a permitted caller's token on every default stub call)."""
+TLS between services, a permitted caller's token on every default stub call).
+
+`launch(..., roles=True)` runs a service as production does: its schema owned and migrated
+by a migration role of its own, the service connected as its runtime role (DML on its
+tables only; shared/db_roles.py). The whole-stack tests (tests/e2e/stack.py) do."""
 
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ from typing import Any
 
 import grpc
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from shared import migrations, server
+from shared import db_roles, migrations, server
 from shared.db import create_engine
 from tests.support import security
 
@@ -49,7 +53,8 @@ class ServiceHandle:
         port = self.running.port
         await self.stop(None)
         new = await launch(
-            self.name, "", schema=self.schema, engine=self.engine, port=port, **overrides
+            self.name, "", schema=self.schema, engine=self.engine, port=port,
+            now=self.extra.get("now"), **overrides
         )
         self.running, self.channel, self.stub, self.settings = (
             new.running,
@@ -70,8 +75,11 @@ async def launch(
     schema: str | None = None,
     engine: AsyncEngine | None = None,
     port: int = 0,
+    roles: bool = False,
+    now: Any = None,
     **overrides: Any,
 ) -> ServiceHandle:
+    """`now`: the service's clock, for a service whose build_app takes one (settlement)."""
     bootstrap = importlib.import_module(f"services.{name}.bootstrap")
     settings_mod = importlib.import_module(f"services.{name}.settings")
     settings_cls = next(
@@ -86,20 +94,70 @@ async def launch(
         db_schema=schema, port=0, database_url=pg_url or "unused",
         **{**security.server_settings(name), **overrides},
     )
+    admin_url = ""
+    if engine is None and roles and await _may_provision(pg_url):
+        admin_url = pg_url
+        engine = await _as_runtime_role(pg_url, schema, bootstrap.MIGRATIONS,
+                                        settings.db_pool_size)
     if engine is None:
         engine = create_engine(pg_url, schema, pool_size=settings.db_pool_size)
         await migrations.upgrade(engine, schema, bootstrap.MIGRATIONS)
-    app = await bootstrap.build_app(settings, engine)
+    app = await bootstrap.build_app(settings, engine, **({"now": now} if now else {}))
     running = await server.start(app, "127.0.0.1", port)
     # Security is on: TLS, and each call as a caller its method's permission allows.
     channel = security.as_permitted(f"127.0.0.1:{running.port}")
     module, stub_name = STUBS.get(name, (None, None))
     stub = getattr(importlib.import_module(module), stub_name)(channel) if module else None
-    return ServiceHandle(name, schema, engine, running, channel, stub, settings)
+    handle = ServiceHandle(name, schema, engine, running, channel, stub, settings)
+    if admin_url:
+        handle.extra["admin_url"] = admin_url
+    if now:
+        handle.extra["now"] = now
+    return handle
+
+
+_PROVISIONING: dict[str, bool] = {}
+
+
+async def _may_provision(pg_url: str) -> bool:
+    """A TEST_DATABASE_URL whose role may not create roles runs every service as it."""
+    if pg_url not in _PROVISIONING:
+        _PROVISIONING[pg_url] = await db_roles.may_provision(pg_url)
+    return _PROVISIONING[pg_url]
+
+
+async def _as_runtime_role(pg_url: str, schema: str, scripts: Any, pool_size: int) -> AsyncEngine:
+    """Makes the schema's two roles, migrates as the migration role and returns an engine
+    of the runtime role."""
+    found = db_roles.roles_for(schema)
+    migrator_pw, runtime_pw = db_roles.new_password(), db_roles.new_password()
+    await db_roles.provision(pg_url, found, migrator_pw, runtime_pw)
+    migrator = create_engine(db_roles.with_role(pg_url, found.migrator, migrator_pw), schema, 1)
+    try:
+        await migrations.upgrade(migrator, schema, scripts)
+    finally:
+        await migrator.dispose()
+    return create_engine(db_roles.with_role(pg_url, found.runtime, runtime_pw), schema,
+                         pool_size=pool_size)
 
 
 async def drop(handle: ServiceHandle) -> None:
     await handle.stop(None)
-    async with handle.engine.begin() as conn:
-        await conn.execute(text(f'DROP SCHEMA IF EXISTS "{handle.schema}" CASCADE'))
+    admin_url = handle.extra.get("admin_url")
+    if admin_url is None:
+        async with handle.engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{handle.schema}" CASCADE'))
+        await handle.engine.dispose()
+        return
+    # The runtime role may not drop its schema: the administrator drops it and both roles.
     await handle.engine.dispose()
+    found = db_roles.roles_for(handle.schema)
+    admin = create_async_engine(admin_url)
+    try:
+        async with admin.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{handle.schema}" CASCADE'))
+            for role in (found.migrator, found.runtime):
+                await conn.execute(text(f'DROP OWNED BY "{role}" CASCADE'))
+                await conn.execute(text(f'DROP ROLE "{role}"'))
+    finally:
+        await admin.dispose()

@@ -166,11 +166,3 @@ def approvals_for(service: str) -> typer.Typer:
             apb.RejectRequestRequest(approval_id=approval_id, reason=reason)).approval, json)
 
     return group
-
-
-def service_group(service: str) -> typer.Typer:
-    """`clearhouse <service>`: per-service commands (its approvals)."""
-    group = typer.Typer(help=f"{service.capitalize()}'s own: approvals of its guarded calls.",
-                        no_args_is_help=True)
-    group.add_typer(approvals_for(service), name="approvals")
-    return group

@@ -13,6 +13,7 @@ from clearhouse.payout.v1 import payout_pb2
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 from fastapi import APIRouter, Depends, Form, Query
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from google.protobuf import field_mask_pb2
 
 from services.console.views.approvals import file_request
 from services.console.web import PAGE_SIZE, Page, Refused, new_request_id, page
@@ -95,16 +96,17 @@ def _waiting_changes(p: Page, merchant_id: str) -> list[appb.Approval]:
             if a.object_type == "settlement_profile" and a.object_id == merchant_id]
 
 
-def bank_change(profile: spb.SettlementProfile, bank: payout_pb2.BankAccount,
+def bank_change(merchant_id: str, etag: str, bank: payout_pb2.BankAccount,
                 update_id: str) -> spb.UpdateSettlementProfileRequest:
-    """The UpdateSettlementProfile that pays the merchant to `bank`: the profile as read,
-    with the bank account (and a bank destination) replaced."""
-    changed = spb.SettlementProfile()
-    changed.CopyFrom(profile)
-    changed.ClearField("update_time")
-    changed.destination_type = spb.DESTINATION_TYPE_BANK_ACCOUNT
-    changed.bank_account.CopyFrom(bank)
-    return spb.UpdateSettlementProfileRequest(profile=changed)
+    """The UpdateSettlementProfile that pays the merchant to `bank`: only the destination
+    and the bank account in the mask (nothing else of the profile is touched), on the
+    version the admin was shown (its etag: a profile changed since is refused)."""
+    changed = spb.SettlementProfile(
+        merchant_id=merchant_id, etag=etag, destination_type=spb.DESTINATION_TYPE_BANK_ACCOUNT,
+        bank_account=bank)
+    return spb.UpdateSettlementProfileRequest(
+        request_id=update_id, profile=changed,
+        update_mask=field_mask_pb2.FieldMask(paths=["destination_type", "bank_account"]))
 
 
 @router.post("/merchants/{merchant_id}/bank-account")
@@ -112,13 +114,14 @@ def request_bank_change(merchant_id: str, p: Page = Depends(page), csrf: str = F
                         account_name: str = Form(""), account_number: str = Form(""),
                         bank_name: str = Form(""), branch_code: str = Form(""),
                         reason: str = Form(""), approval_id: str = Form(""),
-                        update_id: str = Form("")) -> Response:
+                        update_id: str = Form(""), etag: str = Form("")) -> Response:
     """Files the change of a merchant's payout bank account for a second admin: a change
     of destination is four eyes (docs/security.md), so it is requested, never made."""
     p.check_csrf(csrf)
     p.require("admin", "Changing a bank account")
-    profile = p.calls.settlement.GetSettlementProfile(
-        spb.GetSettlementProfileRequest(merchant_id=merchant_id)).profile
+    # The version shown with the form; read now only when the form did not carry it.
+    etag = etag or p.calls.settlement.GetSettlementProfile(
+        spb.GetSettlementProfileRequest(merchant_id=merchant_id)).profile.etag
     bank = payout_pb2.BankAccount(
         account_name=account_name.strip(), bank_name=bank_name.strip(),
         # People type account numbers in groups of four: the digits are the number.
@@ -126,7 +129,8 @@ def request_bank_change(merchant_id: str, p: Page = Depends(page), csrf: str = F
     if not (bank.account_name and bank.account_number and bank.bank_name):
         raise Refused(400, "The account's holder, number and bank are required.")
     return file_request(p, "settlement",
-                        bank_change(profile, bank, update_id or new_request_id("profile")),
+                        bank_change(merchant_id, etag, bank,
+                                    update_id or new_request_id("profile")),
                         reason, approval_id)
 
 

@@ -1,5 +1,5 @@
-"""Where money would go: a profile's payout destination and a payout's, as stored (the
-SQL the four-eyes conditions of settlement's permissions read, shared/approvals.py)."""
+"""Where a payout went, as stored (the SQL the four-eyes condition of RetryPayout reads,
+services/settlement/permissions.py; the profile side is profile_repo's)."""
 
 from __future__ import annotations
 
@@ -38,17 +38,10 @@ def destination(kind: str, bank: Any) -> Destination:
 
 
 class Destinations:
-    """Reads of stored destinations, each in its own short transaction."""
+    """Reads of payouts' destinations, each in its own short transaction."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-
-    async def of_profile(self, merchant_id: str) -> Destination | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(
-                text("SELECT destination_type, bank_account FROM profiles "
-                     "WHERE merchant_id = :m"), {"m": merchant_id})).first()
-        return None if row is None else destination(row.destination_type, row.bank_account)
 
     async def of_payout(self, payout_id: str) -> tuple[str, Destination] | None:
         """(merchant, where the payout went), or None for no such payout."""

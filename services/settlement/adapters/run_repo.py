@@ -338,24 +338,6 @@ async def take_open_items(
     )
 
 
-async def lock_profiles(conn: AsyncConnection, merchants: Sequence[str]) -> list[Any]:
-    """The merchants' profile rows, locked: serialises every booking of a merchant (runs
-    of other instances, RetryPayout) around its carried balance."""
-    return list(
-        (
-            await conn.execute(
-                text(
-                    "SELECT merchant_id, currency, cycle_kind, cycle_days, "
-                    "destination_type, bank_account, min_payout, deduct_fee_bills, hold, "
-                    "hold_reason, update_time FROM profiles "
-                    "WHERE merchant_id = ANY(CAST(:m AS text[])) ORDER BY merchant_id "
-                    "FOR UPDATE"
-                ),
-                {"m": list(merchants)},
-            )
-        ).all()
-    )
-
 
 async def fail_items(
     conn: AsyncConnection, pass_id: str, failed: Sequence[tuple[str, str, str]]

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.settlement.adapters import booking_repo, ledger_repo, run_repo
+from services.settlement.adapters import booking_repo, ledger_repo, profile_repo, run_repo
 from services.settlement.adapters.clients import ClearingBatch, FirstDetail
 from services.settlement.domain import ids, ledger
 from services.settlement.domain.calendar import BusinessCalendar, Cycle, DateOutsideCalendar
@@ -45,7 +45,6 @@ from services.settlement.domain.profiles import Destination, Profile
 from services.settlement.domain.run_notes import Note, Noted, Unsettled, after_netting, when_skipped
 from services.settlement.service_layer.calendars import CalendarService, outside
 from services.settlement.service_layer.ports import Billing, Clearing, FaultHook
-from services.settlement.service_layer.profiles import profile_from_row
 from services.settlement.service_layer.unit_of_work import Database
 from shared import audit, idempotency
 from shared.errors import FailedPrecondition, NotFound
@@ -276,10 +275,7 @@ class RunService:
         merchants = sorted(chosen)
         # Locking the profiles serialises every booking of a merchant (runs in
         # other instances, RetryPayout) around its carried balance.
-        profiles = {
-            r.merchant_id: profile_from_row(r)
-            for r in await run_repo.lock_profiles(conn, merchants)
-        }
+        profiles = await profile_repo.lock_many(conn, merchants)
         items = [
             _Item(chosen[m].run_id, m, chosen[m].settle_date, profiles[m])
             for m in merchants

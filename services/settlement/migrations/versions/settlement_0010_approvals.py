@@ -1,7 +1,7 @@
 """settlement: approvals (four eyes): guarded calls filed by one admin, decided by another.
 
-Revision ID: settlement_0009
-Revises: settlement_0008
+Revision ID: settlement_0010
+Revises: settlement_0009
 Create Date: 2026-12-01
 """
 
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "settlement_0009"
-down_revision: str | None = "settlement_0008"
+revision: str = "settlement_0010"
+down_revision: str | None = "settlement_0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
