@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from clearhouse.approval.v1 import approval_pb2_grpc
 from clearhouse.billing.v1 import billing_pb2 as bpb
 from clearhouse.billing.v1 import billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
@@ -33,6 +34,7 @@ from services.cli.demo.driver import _transaction, _ts
 from services.cli.demo.scenario import Adjustment, Scenario, Txn, build
 from services.cli.specs import fee_rule, settlement_profile
 from tests.chaos.cluster import Cluster
+from tests.support.four_eyes import GUARDED_BY_SERVICE, approved_call
 
 CNY = "CNY"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -91,12 +93,23 @@ class Rpc:
         self.stubs: dict[str, list[Any]] = {}
         self.core: list[Any] = []
         admin, core = cluster.caller(token_of="ada"), cluster.caller("transaction-core")
+        # Four eyes: ada files the guarded calls, bea approves them (tests/support/four_eyes).
+        second = cluster.caller(token_of="bea")
+        self.filers: dict[str, list[Any]] = {}
+        self.approvers: dict[str, list[Any]] = {}
         for service, factory in STUBS.items():
             self.stubs[service] = []
+            self.filers[service], self.approvers[service] = [], []
             for address in cluster.addresses(service):
                 channel = admin.sync_channel(address)
                 self.channels.append(channel)
                 self.stubs[service].append(factory(channel))
+                if service in GUARDED_BY_SERVICE:
+                    self.filers[service].append(approval_pb2_grpc.ApprovalServiceStub(channel))
+                    channel = second.sync_channel(address)
+                    self.channels.append(channel)
+                    self.approvers[service].append(
+                        approval_pb2_grpc.ApprovalServiceStub(channel))
                 if service == "clearing":
                     channel = core.sync_channel(address)
                     self.channels.append(channel)
@@ -109,8 +122,13 @@ class Rpc:
             return self.rng.choice(self.stubs[service])
 
     def once(self, service: str, method: str, request: Any, timeout: float = 3.0) -> Any:
-        """One attempt; raises grpc.RpcError."""
+        """One attempt; raises grpc.RpcError. A guarded RPC is filed and approved."""
         try:
+            if method in GUARDED_BY_SERVICE.get(service, ()):
+                with self._lock:
+                    filer = self.rng.choice(self.filers[service])
+                    approver = self.rng.choice(self.approvers[service])
+                return approved_call(filer, approver, service, method, request, timeout)
             return getattr(self.pick(service, method), method)(request, timeout=timeout)
         except grpc.RpcError as exc:
             self.report.codes[f"{service}.{method}:{exc.code().name}"] += 1

@@ -27,7 +27,7 @@ from clearhouse.payout.v1 import payout_pb2
 from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 from clearhouse.settlement.v1 import settlement_pb2_grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, field_mask_pb2
 
 from tests.billing.support import create_rule, money, ts
 from tests.e2e import stack as st
@@ -112,6 +112,17 @@ async def balance(stack: Stack, merchant: str) -> int:
     return int(got.account.balance.minor_units)
 
 
+async def new_bank(stack: Stack, merchant: str) -> pb.UpdateSettlementProfileRequest:
+    """An update moving `merchant`'s payouts to another bank account (its mask names only
+    the bank account), on the version just read."""
+    current = (await stack.settlement.stub.GetSettlementProfile(
+        pb.GetSettlementProfileRequest(merchant_id=merchant))).profile
+    return pb.UpdateSettlementProfileRequest(
+        request_id=f"move-{merchant}", profile=pb.SettlementProfile(
+            merchant_id=merchant, etag=current.etag, bank_account=OTHER_BANK),
+        update_mask=field_mask_pb2.FieldMask(paths=["bank_account"]))
+
+
 def top_up(request_id: str, merchant: str, amount: int) -> bpb.TopUpFeeAccountRequest:
     return bpb.TopUpFeeAccountRequest(request_id=request_id, merchant_id=merchant,
                                       amount=money(amount))
@@ -145,10 +156,8 @@ async def test_each_guarded_rpc_is_refused_to_an_admin_called_directly_and_chang
                             "ReleaseBatch")
     await st.put_profile(stack, {"merchant_id": "AM0", "cycle": "T+1",
                                  "destination": "BANK_ACCOUNT"})
-    moved = st.profile({"merchant_id": "AM0", "cycle": "T+1", "destination": "BANK_ACCOUNT"})
-    moved.bank_account.CopyFrom(OTHER_BANK)
-    await approval_required(settlement.UpdateSettlementProfile(
-        pb.UpdateSettlementProfileRequest(profile=moved)), "UpdateSettlementProfile")
+    moved = await new_bank(stack, "AM0")
+    await approval_required(settlement.UpdateSettlementProfile(moved), "UpdateSettlementProfile")
     # Nothing changed: no rule, no version, no end, no credit, no adjustment, no new account.
     got = (await stack.billing.stub.GetFeeRule(bpb.GetFeeRuleRequest(rule_id="AP-R1"))).rule
     assert len(got.versions) == 1 and not got.versions[0].HasField("effective_to")
@@ -161,9 +170,11 @@ async def test_each_guarded_rpc_is_refused_to_an_admin_called_directly_and_chang
         pb.GetSettlementProfileRequest(merchant_id="AM0"))).profile
     assert profile.bank_account.account_name == st.BANK.account_name
     # A profile update that keeps the destination needs no second admin.
-    kept = st.profile({"merchant_id": "AM0", "cycle": "T+2", "destination": "BANK_ACCOUNT"})
-    updated = await settlement.UpdateSettlementProfile(
-        pb.UpdateSettlementProfileRequest(profile=kept))
+    kept = pb.UpdateSettlementProfileRequest(
+        request_id="ap-kept", profile=pb.SettlementProfile(
+            merchant_id="AM0", etag=profile.etag, cycle=st.cycle("T+2")),
+        update_mask=field_mask_pb2.FieldMask(paths=["cycle"]))
+    updated = await settlement.UpdateSettlementProfile(kept)
     assert updated.profile.cycle.days == 2
 
 
@@ -409,12 +420,11 @@ async def test_attacks_of_issue_10_fail_closed_without_a_second_admin(
     await st.wait_payouts_final(stack)
     [failed] = [x for x in await st.payouts(stack) if x.merchant_id == "MR"]
     assert failed.state == pb.PAYOUT_STATE_FAILED
-    moved = st.profile(merchant)
-    moved.bank_account.CopyFrom(OTHER_BANK)
+    moved = await new_bank(stack, "MR")
     s = people["settlement"]
-    await approval_required(s.service["ada"].UpdateSettlementProfile(
-        pb.UpdateSettlementProfileRequest(profile=moved)), "UpdateSettlementProfile")
-    filed = await file(s, "ap-move", pb.UpdateSettlementProfileRequest(profile=moved))
+    await approval_required(s.service["ada"].UpdateSettlementProfile(moved),
+                            "UpdateSettlementProfile")
+    filed = await file(s, "ap-move", moved)
     assert filed.object_type == "settlement_profile" and "1111" in filed.summary
     assert "6222999900001111" not in str(filed)  # account numbers masked in the approval
     assert filed.before["bank_account"]["account_name"] == st.BANK.account_name
