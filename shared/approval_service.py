@@ -233,11 +233,14 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
             ApprovalContext(row.approval_id, approver, row.requested_by))
         # The executed call's own audit events name the requester as actor and carry the
         # approval and its approver (shared/audit.py reads this scope).
-        own_reason = getattr(inner, "reason", "")  # as a direct call's scope takes it
-        scope = audit.Scope(method, row.requested_by, ADMIN if requester else "",
-                            current_request_id.get(),
-                            own_reason if isinstance(own_reason, str) and own_reason
-                            else row.reason, row.approval_id, approver)
+        # As the interceptor scopes a direct call: the request's own request id and
+        # reason when it has them (the call's id and the approval's reason otherwise).
+        own_id, own_reason = (getattr(inner, f, "") for f in ("request_id", "reason"))
+        scope = audit.Scope(
+            method, row.requested_by, ADMIN if requester else "",
+            own_id if isinstance(own_id, str) and own_id else current_request_id.get(),
+            own_reason if isinstance(own_reason, str) and own_reason else row.reason,
+            row.approval_id, approver)
         scope_token = audit.enter(scope)
         try:
             rule = self.rules.get(method)
