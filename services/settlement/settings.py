@@ -54,7 +54,7 @@ class SettlementSettings(ServiceSettings):
     stuck_reconcile_window_s: float = Field(default=7200.0, ge=0, le=7 * 86400)
     # How often the metrics refresh asks clearing what is stuck and what is due and not
     # settled (the stuck_* and unsettled_due_details gauges); 0: never.
-    clearing_figures_interval_s: float = Field(default=60.0, ge=0)
+    clearing_figures_interval_s: float = Field(default=300.0, ge=0)
 
     # The business calendar: warn (log, GetCalendarCoverage.warning) when fewer than this
     # many days from today are known; how often to look, seconds (0: never in the

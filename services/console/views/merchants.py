@@ -46,11 +46,16 @@ def find(p: Page = Depends(page), id: str = "") -> Response:
 @router.get("/merchants/{merchant_id}", response_class=HTMLResponse)
 def merchant(merchant_id: str, p: Page = Depends(page), details: str = Query(""),
              settlements: str = Query(""), payouts: str = Query(""),
-             movements: str = Query(""), bills: str = Query("")) -> Response:
+             movements: str = Query(""), bills: str = Query(""),
+             versions: str = Query("")) -> Response:
     c = p.calls
     profile = _optional(c.settlement.GetSettlementProfile,
                         spb.GetSettlementProfileRequest(merchant_id=merchant_id))
     currency = profile.profile.currency_code if profile else "CNY"
+    version_page = c.settlement.ListSettlementProfileVersions(
+        spb.ListSettlementProfileVersionsRequest(
+            merchant_id=merchant_id, page_size=SECTION_SIZE, page_token=versions)
+    ) if profile else None
     balance = c.settlement.GetMerchantBalance(spb.GetMerchantBalanceRequest(
         merchant_id=merchant_id))
     detail_page = c.clearing.ListDetails(cpb.ListDetailsRequest(
@@ -75,7 +80,7 @@ def merchant(merchant_id: str, p: Page = Depends(page), details: str = Query("")
         "merchant.html", title=f"Merchant {merchant_id}", merchant_id=merchant_id,
         may_request=p.person.may("admin"), approval_id=new_request_id("approval"),
         update_id=new_request_id("profile"),
-        waiting=_waiting_changes(p, merchant_id) if profile else [],
+        waiting=_waiting_changes(p, merchant_id) if profile else [], versions=version_page,
         profile=profile.profile if profile else None, balances=balance.balances,
         details=detail_page, settlements=settlement_page, payouts=payout_page,
         account=account.account if account else None, movements=movement_page,

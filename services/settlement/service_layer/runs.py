@@ -206,8 +206,25 @@ class RunService:
             await asyncio.sleep(interval_s)
             try:
                 await self.complete_open()
+                await self.resume_abandoned(interval_s)
             except Exception:
                 log.exception("completing booked items failed; retrying later")
+
+    async def resume_abandoned(self, older_than_s: float) -> None:
+        """Works the PENDING items, up to today, of runs that began at least
+        `older_than_s` ago: a run call that crashed or lost its connection leaves them
+        (a crash after the claim leaves the batch OPEN in clearing, its details CLAIMED),
+        and before this they waited for the next call of that date or a later one. The
+        claim repeats the recorded one, so the OPEN batch is taken as it is. FAILED items
+        are left to the runs (their attempts count towards ITEM_MAX_ATTEMPTS)."""
+        calendar = await self.calendars.current()
+        pass_id = uuid.uuid4().hex
+        cache: dict[tuple[dt.date, Cycle], dt.date | None] = {}
+        while await self._work_chunk(self.today(), pass_id, calendar, cache,
+                                     pending_older_than_s=older_than_s):
+            pass
+        async with self.db.engine.begin() as conn:
+            await run_repo.complete_runs(conn, self.today())
 
     def _business_date_to(
         self,
@@ -230,12 +247,15 @@ class RunService:
         pass_id: str,
         calendar: BusinessCalendar,
         bdt_cache: dict[tuple[dt.date, Cycle], dt.date | None],
+        *,
+        pending_older_than_s: float | None = None,
     ) -> bool:
         async with self.db.engine.connect() as conn:
             async with conn.begin():
                 rows = await run_repo.take_open_items(
                     conn, settle_date, pass_id, self.chunk_size,
                     self.item_max_attempts, self.item_max_age_s,
+                    pending_older_than_s=pending_older_than_s,
                 )
                 if not rows:
                     return False

@@ -1,7 +1,7 @@
 """clearing: approvals (four eyes): guarded calls filed by one admin, decided by another.
 
-Revision ID: clearing_0007
-Revises: clearing_0006
+Revision ID: clearing_0008
+Revises: clearing_0007
 Create Date: 2026-12-01
 """
 
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "clearing_0007"
-down_revision: str | None = "clearing_0006"
+revision: str = "clearing_0008"
+down_revision: str | None = "clearing_0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
