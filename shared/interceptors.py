@@ -149,8 +149,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 if request is _UNDECODABLE:
                     raise undecodable
                 if audited:
-                    scope = audit.Scope(method, caller_name, _role(caller), request_id,
-                                        _reason(request))
+                    scope = audit.Scope(method, caller_name, _role(caller),
+                                        _request_id(request) or request_id, _reason(request))
                     scope_token = audit.enter(scope)
                 response = await inner(request, context)
                 if scope is not None and not scope.recorded and not scope.replayed:
@@ -292,6 +292,13 @@ def _reason(request: Any) -> str:
     return reason if isinstance(reason, str) else ""
 
 
+def _request_id(request: Any) -> str:
+    """The mutation's own request id (its idempotency key), when it has one: the id the
+    caller, an approval and a retry share (the call's x-request-id otherwise)."""
+    value = getattr(request, "request_id", "")
+    return value if isinstance(value, str) else ""
+
+
 def _object_of(request: Any) -> tuple[str, str]:
     """(type, id) of what a refused request names, from its first id field set."""
     for name in _OBJECT_FIELDS:
@@ -308,8 +315,10 @@ async def _audit_refusal(
     """A refusal for permission (or approval) in a transaction of its own: the refused
     call changed nothing, its own transaction (if any) rolled back."""
     object_type, object_id = ("", "") if request is _UNDECODABLE else _object_of(request)
+    decoded = request is not _UNDECODABLE
     s = scope or audit.Scope(method, caller.name if caller is not None else "", _role(caller),
-                             request_id, "" if request is _UNDECODABLE else _reason(request))
+                             (decoded and _request_id(request)) or request_id,
+                             _reason(request) if decoded else "")
     asked = None if request is _UNDECODABLE else request
     await sink([audit.event(s, object_type=object_type, object_id=object_id, after=asked,
                             outcome=audit.REFUSALS[exc.reason],

@@ -61,7 +61,9 @@ PERMISSIONS = table(
         "VoidFeeCharge": administer("billing.fees.void", CLEARING),
         "TopUpFeeAccount": administer("billing.fee_accounts.change"),
         "UpdateFeeAccount": administer("billing.fee_accounts.change"),
-        "GetFeeAccount": read("billing.fee_accounts.read"),
+        # Clearing reads a short prepaid account's balance to price its exceptions again
+        # once it is topped up (clearing's prepaid-retry worker).
+        "GetFeeAccount": read("billing.fee_accounts.read", CLEARING),
         "ListFeeAccountMovements": read("billing.fee_accounts.read"),
         "GenerateFeeBills": operate("billing.bills.generate"),
         "ListFeeBills": read("billing.bills.read", SETTLEMENT),

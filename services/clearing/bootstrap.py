@@ -15,6 +15,7 @@ from services.clearing.entrypoints.grpc_servicer import ClearingServicer
 from services.clearing.permissions import AUDIT, PERMISSIONS
 from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
+from services.clearing.service_layer.prepaid_retry import PrepaidRetry
 from services.clearing.service_layer.pricing import Pricer
 from services.clearing.service_layer.queries import Queries
 from services.clearing.service_layer.reconciliation import Reconciler
@@ -43,7 +44,7 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         settings.billing_address, settings.billing_deadline_s, settings.billing_batch_deadline_s,
         ClientSecurity.from_settings(settings),
     )
-    pricer = Pricer(db, billing)
+    pricer = Pricer(db, billing, settings.prepaid_retry_interval_s)
     # A new detail is first priced by the call that records it; the worker leaves it
     # alone until that call has had its deadline.
     first_retry_s = max(settings.pending_fee_backoff_initial_s, settings.billing_deadline_s)
@@ -68,6 +69,11 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         lookback_s=settings.reconcile_lookback_s, interval_s=settings.reconcile_interval_s,
         metrics=metrics,
     )
+    prepaid = PrepaidRetry(
+        db, pricer, billing, interval_s=settings.prepaid_retry_interval_s,
+        accounts_per_pass=settings.prepaid_retry_accounts_per_pass,
+        chunk=settings.retry_exceptions_chunk, first_retry_s=first_retry_s, metrics=metrics,
+    )
     servicer = ClearingServicer(recorder, Queries(db), Batches(db), fees, records, reconciler)
 
     async def ready() -> bool:
@@ -86,6 +92,7 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         background=[
             *([pending_fee_worker] if settings.pending_fee_worker_enabled else []),
             *([reconciler.run_forever] if settings.reconcile_worker_enabled else []),
+            *([prepaid.run_forever] if settings.prepaid_retry_enabled else []),
         ],
         # Batches still running after the server stopped finish before anything closes.
         on_close=[records.drain, billing.close, db.close],

@@ -62,6 +62,20 @@ class ClearingSettings(ServiceSettings):
         description="a merchant's exceptions priced again per RetryExceptions call (the rest "
         "follow its next_page_token)",
     )
+    prepaid_retry_enabled: bool = Field(
+        default=True,
+        description="run the prepaid-retry worker in this process: exceptions of a short "
+        "prepaid fee account are priced again once the account is topped up",
+    )
+    prepaid_retry_interval_s: float = Field(
+        default=30.0, gt=0,
+        description="how often each account with prepaid-shortfall exceptions is read "
+        "(one GetFeeAccount); the bound on a top-up being priced",
+    )
+    prepaid_retry_accounts_per_pass: int = Field(
+        default=100, gt=0, le=1000,
+        description="accounts read per pass of the prepaid-retry worker",
+    )
     reconcile_worker_enabled: bool = Field(
         default=True, description="run the fee reconciliation with billing in this process"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from clearhouse.audit.v1 import audit_pb2_grpc
 from clearhouse.billing.v1 import billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2_grpc
 from clearhouse.payoutsim.v1 import payoutsim_pb2_grpc
@@ -72,6 +73,11 @@ class Clients:
                                settlement_pb2_grpc.SettlementServiceStub)
         self.simulator = stub("payout simulator", config.payout_simulator_address,
                               payoutsim_pb2_grpc.PayoutSimulatorServiceStub)
+        # Each service's audit trail (clearhouse.audit.v1.AuditService on its port).
+        audit = audit_pb2_grpc.AuditServiceStub
+        self.billing_audit = stub("billing", config.billing_address, audit)
+        self.clearing_audit = stub("clearing", config.clearing_address, audit)
+        self.settlement_audit = stub("settlement", config.settlement_address, audit)
 
     def close(self) -> None:
         for channel in self._channels:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from services.cli import output
-from services.cli.commands import billing, clearing, settlement, simulator
+from services.cli.commands import audit, billing, clearing, settlement, simulator
 from services.cli.runtime import invocation
 
 app = typer.Typer(
@@ -76,6 +76,9 @@ app.add_typer(settlement.merchants, name="merchants")
 app.add_typer(settlement.ledger, name="ledger")
 app.add_typer(simulator.simulator, name="simulator")
 app.command("check")(settlement.check)
+# `clearhouse billing audit`, `clearhouse clearing audit`, `clearhouse settlement audit`.
+for _service, _group in audit.groups.items():
+    app.add_typer(_group, name=_service)
 
 
 def main() -> None:

@@ -90,8 +90,10 @@ async def build_app(
             return_watch_days=settings.return_watch_days,
             batch_size=settings.dispatcher_batch_size,
             concurrency=settings.dispatcher_concurrency,
+            cool_off_s=settings.payout_cool_off_s,
             limits=Limits(settings.payout_max_attempts, settings.payout_max_age_s),
         ),
+        now=clock,
     )
     stuck = StuckCheck(
         db, clearing,
@@ -103,7 +105,7 @@ async def build_app(
     )
     due = DueDetails(db, clearing, calendars, today=lambda: business_date(clock(), zone))
     servicer = SettlementServicer(
-        ProfileService(db), calendars, runs, StatementService(db, clearing), BookService(db),
+        ProfileService(db, now=clock), calendars, runs, StatementService(db, clearing), BookService(db),
         payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
         RunItemOps(runs), stuck,
     )

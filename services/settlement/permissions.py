@@ -15,6 +15,7 @@ PERMISSIONS = table(
         "UpdateSettlementProfile": administer("settlement.profiles.change"),
         "GetSettlementProfile": read("settlement.profiles.read"),
         "ListSettlementProfiles": read("settlement.profiles.read"),
+        "ListSettlementProfileVersions": read("settlement.profiles.read"),
         "GetSettlementDate": read("settlement.calendar.read"),
         "ListCalendarDays": read("settlement.calendar.read"),
         "SetCalendarDay": administer("settlement.calendar.change"),

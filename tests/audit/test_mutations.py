@@ -13,6 +13,7 @@ from clearhouse.audit.v1 import audit_pb2
 from clearhouse.billing.v1 import billing_pb2 as bpb
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
 from clearhouse.settlement.v1 import settlement_pb2 as spb
+from google.protobuf import field_mask_pb2
 
 from shared.convert import date_to_proto, datetime_to_ts
 from tests.audit.support import events, plain
@@ -90,9 +91,10 @@ async def test_billing_mutations_each_write_one_event_and_replays_none(billing):
     assert plain(collected.after)["state"] == "COLLECTED"
     assert voided.reason == "orphan by hand"
     assert plain(voided.before)["transaction_id"] == "T2"
-    # Every event has a request id the caller can quote (the server made one when none
-    # was sent).
-    assert all(len(e.request_id) >= 8 for e in trail)
+    # The request id is the mutation's own (its idempotency key), else the call's.
+    assert [e.request_id for e in trail[1:4]] == ["v2", "end", "top"]
+    assert trail[4].request_id and trail[4].request_id != trail[5].request_id
+    assert collected.request_id == "col" and voided.request_id == "void"
 
 
 async def test_a_refused_or_failed_mutation_writes_no_success_event(billing):
@@ -154,7 +156,8 @@ async def test_settlement_profile_and_calendar_changes_are_recorded_masked(settl
     await s.CreateSettlementProfile(spb.CreateSettlementProfileRequest(profile=profile()))
     await s.CreateSettlementProfile(spb.CreateSettlementProfileRequest(profile=profile()))
     await s.UpdateSettlementProfile(spb.UpdateSettlementProfileRequest(
-        profile=profile(hold=True, hold_reason="KYC review")))
+        request_id="u1", profile=profile(hold=True, hold_reason="KYC review", etag='W/"1"'),
+        update_mask=field_mask_pb2.FieldMask(paths=["hold", "hold_reason"])))
     await s.SetCalendarDay(spb.SetCalendarDayRequest(
         date=date_to_proto(dt.date(2026, 3, 3)), working=False, reason="typhoon"))
     trail = await events(settlement.address)

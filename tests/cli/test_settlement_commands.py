@@ -43,6 +43,33 @@ async def test_profiles_set_list_show(cli: Cli, tmp_path):
     assert "is not a cycle" in (await cli("profiles", "set", str(held), code=2)).stderr
 
 
+async def test_profiles_update_sends_only_the_flags_given_on_the_current_version(cli: Cli,
+                                                                                 tmp_path):
+    spec = tmp_path / "upd.yaml"
+    spec.write_text("merchant_id: EX-UPD\ncycle: T+1\ndestination: PAYMENT_ACCOUNT\n"
+                    "hold: true\nhold_reason: KYC review\nmin_payout: 5.00\n")
+    await cli("profiles", "set", str(spec))
+    # Only --min-payout is in the mask: the hold stays (issue 10: it used to be lost).
+    done = json.loads((await cli("profiles", "update", "EX-UPD", "--min-payout", "12.34",
+                                 "--request-id", "upd-1", "--json")).stdout)
+    assert done["min_payout"] == "1234" and done["hold"] and done["hold_reason"] == "KYC review"
+    assert done["version"] == "2"
+    # A stale --etag is refused and changes nothing.
+    stale = await cli("profiles", "update", "EX-UPD", "--no-hold", "--etag", 'W/"1"', code=1)
+    assert "ETAG_MISMATCH" in stale.stderr
+    lifted = json.loads((await cli("profiles", "update", "EX-UPD", "--no-hold", "--etag",
+                                   done["etag"], "--json")).stdout)
+    assert "hold" not in lifted and lifted["min_payout"] == "1234"
+    assert "nothing to change" in (await cli("profiles", "update", "EX-UPD", code=2)).stderr
+    assert "--account-number" in (await cli("profiles", "update", "EX-UPD", "--account-name",
+                                            "X", "--bank-name", "ICBC", code=2)).stderr
+    history = json.loads((await cli("profiles", "history", "EX-UPD", "--json")).stdout)
+    assert [v["profile"]["version"] for v in history] == ["3", "2", "1"]
+    assert [v.get("changed_fields") for v in history] == [["hold", "hold_reason"],
+                                                          ["min_payout"], None]
+    assert "min_payout" in (await cli("profiles", "history", "EX-UPD")).stdout
+
+
 async def test_calendar_month_set_day_and_settlement_date(cli: Cli):
     month = await cli("calendar", "month", "2026-10")
     # National Day week: 1-7 October closed, Saturday 10 October a make-up working day.
@@ -167,6 +194,23 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     assert "PAYOUT_NOT_RETRYABLE" in (await cli("payouts", "retry", pid, code=1)).stderr
     await st.wait_payouts_final(s)
     assert "PAID" in (await cli("payouts", "list", "--merchant", "EX-SHOP")).stdout
+
+    # Each service's audit trail holds what the CLI (as ada) and settlement did.
+    trail = json.loads((await cli("settlement", "audit", "--actor", "ada", "--json")).stdout)
+    by_method = {e["method"].rsplit("/", 1)[1]: e for e in trail}
+    assert by_method["RunSettlement"]["object_id"] == "run-20261103"
+    assert by_method["RunSettlement"]["request_id"] == "cli-run-1103"
+    retry = by_method["RetryPayout"]
+    assert (retry["object_id"], retry["after"]["retried_by"]) == (pid, f"{pid}-retry1")
+    assert "CreateSettlementProfile" in by_method
+    assert "RetryPayout" in (await cli("settlement", "audit", "--object", pid)).stdout
+    cleared = json.loads((await cli("clearing", "audit", "--json")).stdout)
+    assert {(e["method"].rsplit("/", 1)[1], e["actor"]) for e in cleared} >= {
+        ("RetryExceptions", "ada"), ("BatchConfirmBatches", "settlement")}
+    topups = json.loads((await cli("billing", "audit", "--method", "TopUpFeeAccount",
+                                   "--object", "EX-CAFE/CNY", "--json")).stdout)
+    assert [e["request_id"] != "" and e["after"]["top_up"] for e in topups] == [5000, 10]
+    assert (await cli("billing", "audit", "--outcome", "nonsense", code=2)).exit_code == 2
 
     held = json.loads((await cli("simulator", "list", "--json")).stdout)
     paid = next(p for p in held if p["payout"]["merchant_id"] == "EX-SHOP"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from clearhouse.payout.v1 import payout_pb2
 from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 from clearhouse.type.v1 import money_pb2, transaction_pb2
+from google.protobuf import field_mask_pb2
 
 from shared.convert import date_to_proto
 from tests.billing.support import create_rule, ts
@@ -112,8 +114,14 @@ async def put_profile(s: Stack, e: dict[str, Any]) -> None:
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
             raise
-        await s.settlement.stub.UpdateSettlementProfile(
-            pb.UpdateSettlementProfileRequest(profile=profile(e)))
+        # A full replacement ("*") of the version just read.
+        current = await s.settlement.stub.GetSettlementProfile(
+            pb.GetSettlementProfileRequest(merchant_id=e["merchant_id"]))
+        wanted = profile(e)
+        wanted.etag = current.profile.etag
+        await s.settlement.stub.UpdateSettlementProfile(pb.UpdateSettlementProfileRequest(
+            request_id=uuid.uuid4().hex, profile=wanted,
+            update_mask=field_mask_pb2.FieldMask(paths=["*"])))
 
 
 async def setup_billing(s: Stack, rules: list[dict[str, Any]], fee_accounts: dict[str, int]) -> None:

@@ -129,8 +129,8 @@ class Demo:
         self.setup()
         self.traffic()
         self.prepaid_dry()
-        # A refund of a payment that was in exception waits (fee pending) until the
-        # payment is priced; clearing's worker completes it in the background.
+        # Fees billing has not answered yet (none, normally: a refund of a payment in
+        # exception waits in exception beside it and is priced with it).
         self._until("billing to answer every fee", lambda: not self.c.clearing.ListPendingFees(
             cpb.ListPendingFeesRequest(page_size=1)).details)
         self.settle()
@@ -232,8 +232,9 @@ class Demo:
             self.c.billing.TopUpFeeAccount(bpb.TopUpFeeAccountRequest(
                 request_id=f"demo-refill-{merchant}-{self.s.seed}", merchant_id=merchant,
                 amount=_money(500_000)))
-            # A refund whose payment was in exception too is priced once the payment is:
-            # a second pass picks it up.
+            # Clearing would price them by itself within CLEARING_PREPAID_RETRY_INTERVAL_S
+            # of the top-up; the demo retries at once instead of waiting. A refund in
+            # exception beside its payment is priced in the same call as the payment.
             for _ in range(3):
                 priced, left, token = 0, 0, ""
                 while True:

@@ -86,7 +86,10 @@ class AuditEvent(_message.Message):
     method: _builtins.str
     """The RPC's full method name, e.g. /clearhouse.billing.v1.BillingService/CreateFeeRule."""
     request_id: _builtins.str
-    """The call's request id (the x-request-id metadata or the one the server made)."""
+    """The call's request id: the request's own request_id field (its idempotency key) when
+    it has one, else the x-request-id metadata (or the one the server made for the
+    call, echoed in its trailers).
+    """
     reason: _builtins.str
     """Why, as the caller or the approval said it; empty when none was given."""
     outcome: Global___AuditOutcome.ValueType
