@@ -56,6 +56,20 @@ def parse_shift(value: str, real: Clock = real_now) -> dt.timedelta:
     return instant - real()
 
 
+_DURATION = re.compile(r"^(?:\d+[dhms])+$")
+
+
+def parse_duration(value: str) -> dt.timedelta:
+    """A length of time written like the offsets: `24h`, `90m`, `1d12h`, `30s`, or `0`;
+    ValueError otherwise."""
+    value = value.strip()
+    if value == "0":
+        return dt.timedelta()
+    if not _DURATION.match(value):
+        raise ValueError(f"{value!r}: expected a duration such as 24h, 90m, 1d12h, 30s or 0")
+    return dt.timedelta(**{_UNITS[u]: int(n) for n, u in _PART.findall(value)})
+
+
 def clock_from_env(environ: Mapping[str, str] | None = None, real: Clock = real_now) -> Clock:
     """The service clock: UTC-aware, shifted by CLEARHOUSE_NOW. A value it cannot read
     stops the service (SettingsError, exit 2) with one line saying what is allowed."""

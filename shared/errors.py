@@ -58,6 +58,12 @@ class AlreadyExists(DomainError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class Aborted(DomainError):
+    """A concurrency conflict (AIP-154: a stale etag): read again, then decide again."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class IdempotencyConflict(AlreadyExists):
     def __init__(self, key: str, what: str = "request"):
         super().__init__(

@@ -32,3 +32,19 @@ def test_a_value_it_cannot_read_stops_the_service_saying_what_is_allowed(value, 
         clock_from_env({"CLEARHOUSE_NOW": value}, real)
     assert err.value.code == 2
     assert "CLEARHOUSE_NOW" in capsys.readouterr().err
+
+
+def test_durations_read_like_the_offsets_and_refuse_anything_else():
+    from services.settlement.settings import SettlementSettings
+    from shared.clock import parse_duration
+
+    assert parse_duration("24h") == dt.timedelta(hours=24)
+    assert parse_duration("1d12h30m") == dt.timedelta(days=1, hours=12, minutes=30)
+    assert parse_duration("0") == dt.timedelta()
+    for bad in ("", "24", "-1h", "1.5h", "h", "24 h"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    assert SettlementSettings(payout_cool_off="90m").payout_cool_off_s == 5400.0
+    assert SettlementSettings().payout_cool_off_s == 86400.0
+    with pytest.raises(ValueError):
+        SettlementSettings(payout_cool_off="tomorrow")

@@ -12,9 +12,10 @@ from services.clearing.adapters.billing_client import BillingClient
 from services.clearing.adapters.figures import figure_source
 from services.clearing.domain.model import Detail, TransactionIn
 from services.clearing.entrypoints.grpc_servicer import ClearingServicer
-from services.clearing.permissions import AUDIT, PERMISSIONS
+from services.clearing.permissions import APPROVALS, AUDIT, FOUR_EYES, PERMISSIONS
 from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
+from services.clearing.service_layer.prepaid_retry import PrepaidRetry
 from services.clearing.service_layer.pricing import Pricer
 from services.clearing.service_layer.queries import Queries
 from services.clearing.service_layer.reconciliation import Reconciler
@@ -22,6 +23,8 @@ from services.clearing.service_layer.recording import Recorder
 from services.clearing.service_layer.unit_of_work import Database
 from services.clearing.settings import ClearingSettings
 from shared import audit_service, migrations
+from shared.approval_service import ApprovalServicer
+from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.client_security import ClientSecurity
 from shared.coalescer import Coalescer
 from shared.figures import pool_figures
@@ -34,7 +37,7 @@ SERVICE_NAME = clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"].full_
 
 
 async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
-    security = server_security("clearing", settings, [PERMISSIONS, AUDIT])
+    security = server_security("clearing", settings, [PERMISSIONS, AUDIT, APPROVALS])
     # The audit trail in clearing's own schema: ListAuditEvents, and the sink of refusals.
     trail = audit_service.AuditTrail(engine)
     db = Database(engine, settings.db_schema, settings.db_pool_size)
@@ -43,7 +46,7 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         settings.billing_address, settings.billing_deadline_s, settings.billing_batch_deadline_s,
         ClientSecurity.from_settings(settings),
     )
-    pricer = Pricer(db, billing)
+    pricer = Pricer(db, billing, settings.prepaid_retry_interval_s)
     # A new detail is first priced by the call that records it; the worker leaves it
     # alone until that call has had its deadline.
     first_retry_s = max(settings.pending_fee_backoff_initial_s, settings.billing_deadline_s)
@@ -68,7 +71,18 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         lookback_s=settings.reconcile_lookback_s, interval_s=settings.reconcile_interval_s,
         metrics=metrics,
     )
+    prepaid = PrepaidRetry(
+        db, pricer, billing, interval_s=settings.prepaid_retry_interval_s,
+        accounts_per_pass=settings.prepaid_retry_accounts_per_pass,
+        chunk=settings.retry_exceptions_chunk, first_retry_s=first_retry_s, metrics=metrics,
+    )
     servicer = ClearingServicer(recorder, Queries(db), Batches(db), fees, records, reconciler)
+
+    gate = Gate(FOUR_EYES, settings)
+    approvals = ApprovalServicer(
+        engine=engine, domain="clearing.clearhouse", gate=gate, target=servicer,
+        rules={**PERMISSIONS.rules, **APPROVALS.rules},
+    )
 
     async def ready() -> bool:
         return await migrations.is_current(engine, settings.db_schema, MIGRATIONS)
@@ -80,12 +94,14 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         name="clearing",
         error_domain="clearing.clearhouse",
         servicers=[(clearing_pb2_grpc.add_ClearingServiceServicer_to_server, servicer),
-                   (audit_service.add_to_server, trail)],
-        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME],
+                   (audit_service.add_to_server, trail), (add_approval_service, approvals)],
+        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME, APPROVAL_SERVICE],
+        approvals=gate,
         readiness=ready,
         background=[
             *([pending_fee_worker] if settings.pending_fee_worker_enabled else []),
             *([reconciler.run_forever] if settings.reconcile_worker_enabled else []),
+            *([prepaid.run_forever] if settings.prepaid_retry_enabled else []),
         ],
         # Batches still running after the server stopped finish before anything closes.
         on_close=[records.drain, billing.close, db.close],

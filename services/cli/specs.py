@@ -121,6 +121,12 @@ def _enum(enum: Any, prefix: str, value: Any, what: str) -> Any:
         raise SpecError(f"{what}: {value!r} is not one of {', '.join(names)}") from None
 
 
+def parse_destination(value: Any) -> spb.DestinationType.ValueType:
+    """PAYMENT_ACCOUNT or BANK_ACCOUNT as the DestinationType value."""
+    return spb.DestinationType.ValueType(
+        _enum(spb.DestinationType, "DESTINATION_TYPE_", value, "destination"))
+
+
 def _major(value: Any, currency: str, what: str) -> int:
     if isinstance(value, bool):
         raise SpecError(f"{what}: {value!r} is not an amount")

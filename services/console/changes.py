@@ -97,10 +97,19 @@ def _is_money(value: Any) -> bool:
             and "currency_code" in value and _whole(value.get("minor_units", 0)) is not None)
 
 
+def _currency(data: dict[str, Any], inherited: str) -> str:
+    for key in ("currency_code", "currency"):
+        code = data.get(key)
+        if isinstance(code, str) and code in MINOR_UNIT_EXPONENTS:
+            return code
+    return inherited
+
+
 def flatten(data: dict[str, Any], prefix: str = "", currency: str = "") -> dict[str, str]:
     """{"bank_account": {"account_number": "…2233"}} -> {"bank_account.account_number":
-    "•••• 2233"}; money fields formatted, account numbers masked."""
-    currency = str(data.get("currency_code") or currency)
+    "•••• 2233"}; a list of objects by index (versions[0].spec.fixed_fee); money fields
+    formatted in the nearest currency, account numbers masked."""
+    currency = _currency(data, currency)
     out: dict[str, str] = {}
     for key in sorted(data):
         value = data[key]
@@ -111,6 +120,14 @@ def flatten(data: dict[str, Any], prefix: str = "", currency: str = "") -> dict[
             out[path] = _money_text(minor, str(value["currency_code"]))
         elif isinstance(value, dict) and value:
             out.update(flatten(value, f"{path}.", currency))
+        elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    out.update(flatten(item, f"{path}[{i}].", currency))
+                else:
+                    out[f"{path}[{i}]"] = _text(key, item, currency)
+        elif isinstance(value, list):
+            out[path] = ", ".join(_text(key, v, currency) for v in value)
         else:
             out[path] = _text(key, value, currency)
     return out

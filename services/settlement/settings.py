@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.clock import parse_duration
 from shared.settings import ServiceSettings
 
 
@@ -53,7 +54,7 @@ class SettlementSettings(ServiceSettings):
     stuck_reconcile_window_s: float = Field(default=7200.0, ge=0, le=7 * 86400)
     # How often the metrics refresh asks clearing what is stuck and what is due and not
     # settled (the stuck_* and unsettled_due_details gauges); 0: never.
-    clearing_figures_interval_s: float = Field(default=60.0, ge=0)
+    clearing_figures_interval_s: float = Field(default=300.0, ge=0)
 
     # The business calendar: warn (log, GetCalendarCoverage.warning) when fewer than this
     # many days from today are known; how often to look, seconds (0: never in the
@@ -80,3 +81,16 @@ class SettlementSettings(ServiceSettings):
     # Paid bank payouts are watched for a return (退票) this long, this often.
     return_watch_days: int = 30
     return_poll_s: float = 3600.0
+    # No bank payout goes to the gateway for this long after a merchant's payout
+    # destination changed (24h, 90m, 1d12h, 30s or 0): time to notice a redirection.
+    payout_cool_off: str = "24h"
+
+    @field_validator("payout_cool_off")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)  # a ValueError is a settings error naming the variable
+        return value
+
+    @property
+    def payout_cool_off_s(self) -> float:
+        return parse_duration(self.payout_cool_off).total_seconds()

@@ -13,6 +13,7 @@ from clearhouse.audit.v1 import audit_pb2
 from clearhouse.billing.v1 import billing_pb2 as bpb
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
 from clearhouse.settlement.v1 import settlement_pb2 as spb
+from google.protobuf import field_mask_pb2
 
 from shared.convert import date_to_proto, datetime_to_ts
 from tests.audit.support import events, plain
@@ -165,7 +166,8 @@ async def test_settlement_profile_and_calendar_changes_are_recorded_masked(settl
     await s.CreateSettlementProfile(spb.CreateSettlementProfileRequest(profile=profile()))
     await s.CreateSettlementProfile(spb.CreateSettlementProfileRequest(profile=profile()))
     await s.UpdateSettlementProfile(spb.UpdateSettlementProfileRequest(
-        profile=profile(hold=True, hold_reason="KYC review")))
+        request_id="u1", profile=profile(hold=True, hold_reason="KYC review", etag='W/"1"'),
+        update_mask=field_mask_pb2.FieldMask(paths=["hold", "hold_reason"])))
     await s.SetCalendarDay(spb.SetCalendarDayRequest(
         date=date_to_proto(dt.date(2026, 3, 3)), working=False, reason="typhoon"))
     trail = await events(settlement.address)

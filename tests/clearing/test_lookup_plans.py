@@ -75,18 +75,21 @@ async def test_updates_by_ids_probe_the_index_with_generic_plans_made_on_an_empt
     async with generic_plan_connection(pg_url, MIGRATIONS) as conn:
         async with conn.transaction():
             await repository.add_refunded(conn, {"D1": 1})
-            await repository.apply_outcomes(conn, [("D1", Refused("R", "r"))])
-            # Finds nothing to lock on the empty table, so runs the update itself too.
-            await conn.fetch(repository._APPLY_OUTCOMES, *([none] * 8))
+            await repository.apply_outcomes(conn, [("D1", Refused("R", "r"))], 30.0)
+            # Finds nothing to lock on the empty table, so runs the updates itself too:
+            # the fees stored, and the refunds waiting for a payment priced now reopened.
+            await conn.fetch(repository._APPLY_OUTCOMES, *([none] * 10), 30.0)
+            await conn.fetch(repository._REOPEN_WAITING_REFUNDS, none)
         await conn.execute(_FILL, ROWS, "PENDING")
 
         async def refund_then_price() -> dict[str, Any]:
             await repository.lock_originals(conn, ["D2500", "D7"])
             await repository.add_refunded(conn, {"D2500": 5, "D7": 1})
-            return await repository.apply_outcomes(conn, [
+            applied = await repository.apply_outcomes(conn, [
                 ("D7", Priced(Fee(3, "NET", "R1", 2))),
                 ("D2500", Refused("NO_MATCHING_FEE_RULE", "none")),
-            ])
+            ], 30.0)
+            return applied.rows
 
         rows, scans = await scans_during(conn, "clearing_details", refund_then_price)
         totals = dict(await conn.fetch(

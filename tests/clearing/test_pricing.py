@@ -103,24 +103,32 @@ async def test_a_refusal_by_billing_is_an_exception_until_retried_after_the_fix(
     assert (r.detail.state, r.detail.fee_status) == (pb.DETAIL_STATE_EXCEPTION,
                                                      pb.FEE_STATUS_REFUSED)
     assert r.detail.exception_reason == "NO_MATCHING_FEE_RULE"
-    # Its refund waits for the payment's fee instead of failing on its own.
+    # Its refund is recorded and waits beside its payment, in exception, for the payment:
+    # listed with the exceptions, not among the fees billing has not answered.
     back = await record(clearing, refund("R9", "P9", 1_000, "M9"))
-    assert back.fee_pending
+    assert not back.fee_pending
+    assert (back.detail.state, back.detail.exception_reason, back.detail.exception.resolution) \
+        == (pb.DETAIL_STATE_EXCEPTION, "ORIGINAL_IN_EXCEPTION",
+            pb.EXCEPTION_RESOLUTION_WITH_PAYMENT)
     listed = await clearing.stub.ListExceptions(pb.ListExceptionsRequest(merchant_id="M9"))
-    assert [d.detail_id for d in listed.details] == ["P9"]
+    assert [(d.detail_id, d.exception.resolution) for d in listed.details] == [
+        ("P9", pb.EXCEPTION_RESOLUTION_MANUAL), ("R9", pb.EXCEPTION_RESOLUTION_WITH_PAYMENT)]
+    assert (await clearing.stub.ListPendingFees(pb.ListPendingFeesRequest())).details == []
     still = await clearing.stub.RetryExceptions(pb.RetryExceptionsRequest(detail_ids=["P9"]))
     assert still.details[0].state == pb.DETAIL_STATE_EXCEPTION
+    assert still.details[0].exception.attempt_count == 2
 
     await percent_rule(billing, "R-M9", "0.005", merchant="M9", mode=DEFERRED)
     fixed = await clearing.stub.RetryExceptions(pb.RetryExceptionsRequest(merchant_id="M9"))
+    # The refund is priced in the same call, right after its payment.
     assert [(d.detail_id, d.state, d.fee.minor_units, d.collection_mode)
-            for d in fixed.details] == [("P9", pb.DETAIL_STATE_UNSETTLED, 50, DEFERRED)]
-    await wait_until_known(clearing, ["R9"])
-    assert (await detail(clearing, "R9")).fee.minor_units == 5
+            for d in fixed.details] == [("P9", pb.DETAIL_STATE_UNSETTLED, 50, DEFERRED),
+                                        ("R9", pb.DETAIL_STATE_UNSETTLED, 5, DEFERRED)]
+    assert not fixed.details[0].HasField("exception")
     # A replay of the successful retry answers the priced detail, as a replay of
     # RecordTransaction answers the stored one.
     again = await clearing.stub.RetryExceptions(pb.RetryExceptionsRequest(detail_ids=["P9"]))
-    assert list(again.details) == list(fixed.details)
+    assert list(again.details) == list(fixed.details[:1])
 
 
 async def rule(billing, rule_id: str, rate: str, mode: int, product: str = "") -> None:
@@ -141,8 +149,9 @@ async def test_a_replayed_retry_changes_nothing_and_billing_charged_once(clearin
     await top_up(billing, "M1", 50, "T1")
     await record(clearing, payment("P1", 10_000))            # balance short: an exception
     await record(clearing, payment("P2", 20_000))
-    pending = await record(clearing, refund("R1", "P1", 1_000))  # waits for P1's fee
-    assert pending.fee_pending
+    waiting = await record(clearing, refund("R1", "P1", 1_000))  # waits beside P1
+    assert (waiting.fee_pending, waiting.detail.exception_reason) == (
+        False, "ORIGINAL_IN_EXCEPTION")
     await top_up(billing, "M1", 10_000, "T2")
     request = pb.RetryExceptionsRequest(detail_ids=["P2", "P1", "P2"])
     first = await clearing.stub.RetryExceptions(request)
@@ -151,7 +160,7 @@ async def test_a_replayed_retry_changes_nothing_and_billing_charged_once(clearin
     assert (first.next_page_token, first.remaining_count) == ("", 0)
     replay = await clearing.stub.RetryExceptions(request)
     assert list(replay.details) == list(first.details)
-    # A pending fee named in a retry is asked for again (its payment is priced now).
+    # The refund was priced right after its payment; named, it is answered as it is.
     refunded = await clearing.stub.RetryExceptions(pb.RetryExceptionsRequest(detail_ids=["R1"]))
     assert [(d.fee_status, d.fee.minor_units) for d in refunded.details] == [
         (pb.FEE_STATUS_KNOWN, 10)]
@@ -268,7 +277,7 @@ async def test_a_daily_summary_counts_and_sums_by_type_and_fees_by_mode(clearing
         payment("P4", 40_000, product="CARD"),                                 # PREPAID 400
         payment("P5", 10_000, at=T0 + dt.timedelta(days=1)),                   # 3 March
         payment("U1", 500, currency="USD"),                    # no USD rule: an exception
-        refund("U2", "U1", 100, currency="USD"),               # pending until U1 is priced
+        refund("U2", "U1", 100, currency="USD"),               # in exception with U1
     ]:
         await record(clearing, t)
     await clearing.stub.RecordAdjustment(pb.RecordAdjustmentRequest(
@@ -289,7 +298,7 @@ async def test_a_daily_summary_counts_and_sums_by_type_and_fees_by_mode(clearing
                     deferred_fee_returns=20, prepaid_fee_returns=100),
         "USD": dict(payment_count=1, payment_amount=500, refund_count=1, refund_amount=100,
                     adjustment_count=0, adjustment_amount=0, net_fees=0, net_fee_returns=0,
-                    deferred_fees=0, prepaid_fees=0, pending_fee_count=1, exception_count=1,
+                    deferred_fees=0, prepaid_fees=0, pending_fee_count=0, exception_count=2,
                     deferred_fee_returns=0, prepaid_fee_returns=0),
     }
     for currency, want in expected.items():

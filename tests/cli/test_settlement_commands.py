@@ -43,6 +43,33 @@ async def test_profiles_set_list_show(cli: Cli, tmp_path):
     assert "is not a cycle" in (await cli("profiles", "set", str(held), code=2)).stderr
 
 
+async def test_profiles_update_sends_only_the_flags_given_on_the_current_version(cli: Cli,
+                                                                                 tmp_path):
+    spec = tmp_path / "upd.yaml"
+    spec.write_text("merchant_id: EX-UPD\ncycle: T+1\ndestination: PAYMENT_ACCOUNT\n"
+                    "hold: true\nhold_reason: KYC review\nmin_payout: 5.00\n")
+    await cli("profiles", "set", str(spec))
+    # Only --min-payout is in the mask: the hold stays (issue 10: it used to be lost).
+    done = json.loads((await cli("profiles", "update", "EX-UPD", "--min-payout", "12.34",
+                                 "--request-id", "upd-1", "--json")).stdout)
+    assert done["min_payout"] == "1234" and done["hold"] and done["hold_reason"] == "KYC review"
+    assert done["version"] == "2"
+    # A stale --etag is refused and changes nothing.
+    stale = await cli("profiles", "update", "EX-UPD", "--no-hold", "--etag", 'W/"1"', code=1)
+    assert "ETAG_MISMATCH" in stale.stderr
+    lifted = json.loads((await cli("profiles", "update", "EX-UPD", "--no-hold", "--etag",
+                                   done["etag"], "--json")).stdout)
+    assert "hold" not in lifted and lifted["min_payout"] == "1234"
+    assert "nothing to change" in (await cli("profiles", "update", "EX-UPD", code=2)).stderr
+    assert "--account-number" in (await cli("profiles", "update", "EX-UPD", "--account-name",
+                                            "X", "--bank-name", "ICBC", code=2)).stderr
+    history = json.loads((await cli("profiles", "history", "EX-UPD", "--json")).stdout)
+    assert [v["profile"]["version"] for v in history] == ["3", "2", "1"]
+    assert [v.get("changed_fields") for v in history] == [["hold", "hold_reason"],
+                                                          ["min_payout"], None]
+    assert "min_payout" in (await cli("profiles", "history", "EX-UPD")).stdout
+
+
 async def test_calendar_month_set_day_and_settlement_date(cli: Cli):
     month = await cli("calendar", "month", "2026-10")
     # National Day week: 1-7 October closed, Saturday 10 October a make-up working day.
@@ -62,9 +89,12 @@ async def test_calendar_month_set_day_and_settlement_date(cli: Cli):
 
 async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli: Cli, tmp_path):
     s = cli.stack
-    await cli("rules", "apply", str(EXAMPLES / "fee-rules.yaml"))
+    # Rules and top-ups are four-eyes calls: filed as ada, approved by bea.
+    await cli("rules", "apply", str(EXAMPLES / "fee-rules.yaml"), "--request-approval", "t")
     await cli("profiles", "set", str(EXAMPLES / "profiles.yaml"))
-    await cli("accounts", "topup", "EX-CAFE", "0.10", "--request-id", "cafe-seed")
+    await cli("accounts", "topup", "EX-CAFE", "0.10", "--request-id", "cafe-seed",
+              "--request-approval", "seed")
+    await cli.approve_pending("billing")
     # EX-SHOP: two payments and a partial refund on Monday 2 November (T+1: Tue 3rd).
     await st.record(s, pay("shop-p1", "EX-SHOP", 20000, "2026-11-02T10:00:00+08:00"))
     await st.record(s, pay("shop-p2", "EX-SHOP", 5000, "2026-11-02T11:00:00+08:00",
@@ -95,9 +125,19 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     assert "cafe-p1" in exc.stdout and "INSUFFICIENT_FEE_BALANCE" in exc.stdout
     still = await cli("exceptions", "retry", "cafe-p1")
     assert "0 priced, 1 still in exception" in still.stdout
-    await cli("accounts", "topup", "EX-CAFE", "50.00", "--request-id", "cafe-more")
+    # Topped up, the exception resolves by itself (clearing reads the account): nothing
+    # is left for a retry.
+    await cli("accounts", "topup", "EX-CAFE", "50.00", "--request-id", "cafe-more",
+              "--request-approval", "more")
+    await cli.approve_pending("billing")
+    async with asyncio.timeout(20):
+        while True:
+            listed = await cli("exceptions", "list", "--merchant", "EX-CAFE", "--json")
+            if not json.loads(listed.stdout):
+                break
+            await asyncio.sleep(0.2)
     fixed = await cli("exceptions", "retry", "--merchant", "EX-CAFE")
-    assert "1 priced, 0 still in exception" in fixed.stdout
+    assert "0 priced, 0 still in exception" in fixed.stdout
     assert (await cli("exceptions", "retry", code=2)).exit_code == 2
 
     # The bank refuses EX-SHOP's first payout.

@@ -65,10 +65,16 @@ async def test_a_forged_cookie_signs_nobody_in(console_env):
 
 async def test_overview_shows_todays_figures_runs_payouts_and_the_chart(console_env):
     seeded = console_env.seeded
+    # A late payment of MB on the settled business date: due, and not settled yet.
+    await st.record(seeded.stack, {"id": "B2", "merchant_id": "MB", "amount": 700,
+                                   "transaction_type": "PAYMENT",
+                                   "time": f"{seeded.business_date.isoformat()}T12:00:00+08:00"})
     async with signed_in(console_env, "vic") as c:
         page = await c.get("/")
     assert page.status_code == 200
     html = page.text
+    assert re.search(r'data-figure="due">1<', html), html
+    assert f"CNY: 1 unsettled, 0 in open batches, oldest {seeded.business_date}" in html
     assert 'id="today">' in html
     assert re.search(r'data-figure="exceptions">1<', html)
     assert re.search(r'data-figure="pending">0<', html)
@@ -352,3 +358,4 @@ async def test_a_token_the_services_do_not_know_signs_nobody_in(console_env, tmp
     finally:
         app.state.console.channels.close()
     assert resp.status_code == 401 and "UNAUTHENTICATED" in resp.text
+

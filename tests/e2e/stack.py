@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from clearhouse.payout.v1 import payout_pb2
 from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 from clearhouse.type.v1 import money_pb2, transaction_pb2
+from google.protobuf import field_mask_pb2
 
 from shared.convert import date_to_proto
 from tests.billing.support import create_rule, ts
@@ -25,7 +27,8 @@ KINDS = {"T": pb.CYCLE_KIND_T, "D": pb.CYCLE_KIND_D, "W": pb.CYCLE_KIND_W, "M": 
 BANK = payout_pb2.BankAccount(account_name="Merchant Ltd", account_number="6222020200112233",
                               bank_name="ICBC", branch_code="102100099996")
 FAST_CLEARING = dict(pending_fee_interval_s=0.05, pending_fee_backoff_initial_s=0.1,
-                     pending_fee_backoff_max_s=0.4, billing_deadline_s=3.0)
+                     pending_fee_backoff_max_s=0.4, billing_deadline_s=3.0,
+                     prepaid_retry_interval_s=0.3)
 FAST_SETTLEMENT = dict(
     scheduler_enabled=False, dispatcher_interval_s=0.05, gateway_deadline_s=0.5,
     dispatcher_backoff_base_s=0.05, dispatcher_backoff_max_s=0.2, processing_poll_s=0.05,
@@ -112,8 +115,14 @@ async def put_profile(s: Stack, e: dict[str, Any]) -> None:
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
             raise
-        await s.settlement.stub.UpdateSettlementProfile(
-            pb.UpdateSettlementProfileRequest(profile=profile(e)))
+        # A full replacement ("*") of the version just read.
+        current = await s.settlement.stub.GetSettlementProfile(
+            pb.GetSettlementProfileRequest(merchant_id=e["merchant_id"]))
+        wanted = profile(e)
+        wanted.etag = current.profile.etag
+        await s.settlement.stub.UpdateSettlementProfile(pb.UpdateSettlementProfileRequest(
+            request_id=uuid.uuid4().hex, profile=wanted,
+            update_mask=field_mask_pb2.FieldMask(paths=["*"])))
 
 
 async def setup_billing(s: Stack, rules: list[dict[str, Any]], fee_accounts: dict[str, int]) -> None:

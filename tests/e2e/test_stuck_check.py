@@ -140,6 +140,19 @@ async def test_a_billing_charge_without_a_clearing_detail_is_named_until_it_is_v
     assert await stuck(stack, "stuck: billing charges without a clearing detail") == []
 
 
+async def test_a_payment_whose_charge_billing_lost_is_named(stack):
+    """A KNOWN fee with no charge in billing is never repaired automatically: it stays
+    named (by detail id) until someone sorts it out by hand."""
+    await st.setup_billing(stack, [BASE], {})
+    detail = await st.record(stack, pay("MU-1", "MU", 10000, MONDAY))
+    await st.wait_fees_known(stack)
+    assert await stuck(stack, "stuck: payments without a billing charge") == []
+    await stack.billing.stub.VoidFeeCharge(bpb.VoidFeeChargeRequest(
+        request_id="void-MU-1", transaction_id="MU-1", reason="voided by mistake"))
+    found = await stuck(stack, "stuck: payments without a billing charge")
+    assert [(ref, "merchant MU" in why) for _, ref, why in found] == [(detail.detail_id, True)]
+
+
 async def test_billing_down_for_the_reconciliation_is_said_and_clearing_down_is_unavailable(
     stack,
 ):

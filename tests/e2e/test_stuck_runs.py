@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
 from clearhouse.settlement.v1 import settlement_pb2 as pb
@@ -153,4 +154,46 @@ async def test_an_item_failing_past_the_attempt_limit_is_released_and_its_detail
     [settled] = await st.settlements(stack, wednesday, "MW")
     assert settled.payments == 10000
     assert await st.count_details(stack, "MW", cpb.DETAIL_STATE_SETTLED) == 1
+    assert await st.violations(stack) == []
+
+
+@pytest.fixture
+async def quick_completer(pg_url: str) -> AsyncIterator[st.Stack]:
+    s = await st.start_stack(pg_url, completion_interval_s=0.2)
+    yield s
+    await st.stop_stack(s)
+
+
+async def test_a_batch_left_open_by_a_crash_is_settled_without_another_run(quick_completer):
+    """Issue 12: batches left OPEN by a crash closed only when that date, or a later one,
+    was run again. The background completer now resumes the abandoned items."""
+    stack = quick_completer
+    await st.setup_billing(stack, [BASE], {})
+    await st.put_profile(stack, {"merchant_id": "MW", "cycle": "T+1",
+                                 "destination": "PAYMENT_ACCOUNT"})
+    await st.record(stack, pay("MW-1", "MW", 10000, MONDAY))
+    await st.wait_fees_known(stack)
+    tuesday = MONDAY + dt.timedelta(days=1)
+    batch = f"stl-{tuesday:%Y%m%d}-MW"
+
+    async def crash(name: str) -> None:
+        if name == "after_claim":
+            stack.runs.fault_hook = None  # once: the process "restarts" without it
+            raise RuntimeError("killed after the claim")
+
+    stack.runs.fault_hook = crash
+    with pytest.raises(grpc.aio.AioRpcError):
+        await st.run(stack, tuesday)
+    # Nobody runs Tuesday (or any later date) again.
+    for _ in range(200):
+        got = await stack.settlement.stub.GetSettlementRun(
+            pb.GetSettlementRunRequest(run_id=f"run-{tuesday:%Y%m%d}"))
+        if got.run.state == pb.RUN_STATE_COMPLETED:
+            break
+        await asyncio.sleep(0.05)
+    assert got.run.state == pb.RUN_STATE_COMPLETED, got.run
+    found = await stack.clearing.stub.GetBatch(cpb.GetBatchRequest(batch_id=batch))
+    assert found.batch.state == cpb.BATCH_STATE_CONFIRMED
+    [settled] = await st.settlements(stack, tuesday, "MW")
+    assert settled.payments == 10000 and settled.clearing_batch_id == batch
     assert await st.violations(stack) == []

@@ -13,9 +13,11 @@ import grpc
 import pytest
 from clearhouse.payout.v1 import payout_pb2
 from clearhouse.settlement.v1 import settlement_pb2 as pb
+from google.protobuf import field_mask_pb2
 from google.type import date_pb2
 from sqlalchemy import text
 
+from tests.support.four_eyes import TRAIL_TABLES
 from tests.support.harness import ServiceHandle
 from tests.support.rpc_errors import violated_fields
 
@@ -41,11 +43,13 @@ def profile(**over: Any) -> pb.SettlementProfile:
 
 
 async def snapshot(handle: ServiceHandle) -> dict[str, list[Any]]:
-    """Every row of every table of the service's schema."""
+    """Every row of every table of the service's schema (but the default stubs' approval
+    trail, tests/support/four_eyes.TRAIL_TABLES)."""
     async with handle.engine.connect() as conn:
         tables = (await conn.execute(text(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = :s"
-            " AND table_type = 'BASE TABLE' ORDER BY table_name"), {"s": handle.schema}
+            " AND table_type = 'BASE TABLE' AND table_name <> ALL(:trail) ORDER BY table_name"),
+            {"s": handle.schema, "trail": list(TRAIL_TABLES)}
         )).scalars().all()
         return {t: sorted(map(repr, (await conn.execute(text(f'SELECT * FROM "{t}"'))).all()))
                 for t in tables}
@@ -145,7 +149,8 @@ def cases(s: Any) -> list[tuple[str, Callable[[], Any], set[str]]]:
     for field in ("account_name", "bank_name", "branch_code"):
         for bad in ("x\x00", " x", "x\x1b", "b" * 1_000_000):
             add(f"bank {field} {bad[:8]!r}", lambda f=field, b=bad: s.UpdateSettlementProfile(
-                pb.UpdateSettlementProfileRequest(profile=profile(bank_account=bank(**{f: b})))),
+                pb.UpdateSettlementProfileRequest(request_id="u1", profile=profile(
+                    bank_account=bank(**{f: b}), etag='W/"1"'))),
                 {f"profile.bank_account.{field}"})
     for name in ("New\x00Year", "New\x1bYear"):
         add(f"ImportCalendar name {name!r}", lambda n=name: s.ImportCalendar(
@@ -167,12 +172,34 @@ def cases(s: Any) -> list[tuple[str, Callable[[], Any], set[str]]]:
         pb.CreateSettlementProfileRequest(profile=profile(destination_type=99))),
         {"profile.destination_type"})
     add("no profile", lambda: s.UpdateSettlementProfile(pb.UpdateSettlementProfileRequest()),
-        {"profile"})
+        {"profile", "request_id"})
+    for bad in BAD_IDS:
+        add(f"update etag {bad!r}", lambda b=bad: s.UpdateSettlementProfile(
+            pb.UpdateSettlementProfileRequest(request_id="u1", profile=profile(etag=b))),
+            {"profile.etag"})
+        add(f"versions merchant {bad!r}", lambda b=bad: s.ListSettlementProfileVersions(
+            pb.ListSettlementProfileVersionsRequest(merchant_id=b)), {"merchant_id"})
+    for paths, field in ((["hold", "x" * 1_000_000], "update_mask.paths[1]"),
+                         (["cycle.days"], "update_mask.paths[0]"),
+                         (["bank_account.account_number"], "update_mask.paths[0]"),
+                         (["hold"] * 17, "update_mask.paths")):
+        add(f"update mask {paths[-1][:12]!r}", lambda ps=paths: s.UpdateSettlementProfile(
+            pb.UpdateSettlementProfileRequest(request_id="u1", profile=profile(etag='W/"1"'),
+                                              update_mask=field_mask_pb2.FieldMask(paths=ps))),
+            {field})
+    add("update hold_reason", lambda: s.UpdateSettlementProfile(pb.UpdateSettlementProfileRequest(
+        request_id="u1", profile=profile(etag='W/"1"', hold_reason="a\x1bb"),
+        update_mask=field_mask_pb2.FieldMask(paths=["hold_reason"]))), {"profile.hold_reason"})
     add("unknown payout state", lambda: s.ListPayouts(pb.ListPayoutsRequest(state=99)), {"state"})
     add("unknown run item note", lambda: s.ListSettlementRunItems(
         pb.ListSettlementRunItemsRequest(run_id="run-20260302", note=99)), {"note"})
     add("unknown statement format", lambda: s.ExportStatement(pb.ExportStatementRequest(
         settlement_id="st-1", format=99)), {"format"})
+    add("ListSettlementProfileVersions page_size -1", lambda: s.ListSettlementProfileVersions(
+        pb.ListSettlementProfileVersionsRequest(merchant_id="M1", page_size=-1)), {"page_size"})
+    add("ListSettlementProfileVersions long token", lambda: s.ListSettlementProfileVersions(
+        pb.ListSettlementProfileVersionsRequest(merchant_id="M1", page_token="t" * 3000)),
+        {"page_token"})
     for rpc, req in ((s.ListSettlementProfiles, pb.ListSettlementProfilesRequest),
                      (s.ListSettlements, pb.ListSettlementsRequest),
                      (s.ListPayouts, pb.ListPayoutsRequest)):

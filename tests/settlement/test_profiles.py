@@ -6,6 +6,7 @@ import grpc
 import pytest
 from clearhouse.payout.v1 import payout_pb2
 from clearhouse.settlement.v1 import settlement_pb2 as pb
+from google.protobuf import field_mask_pb2
 
 from tests.support.rpc_errors import reason, violated_fields
 
@@ -32,10 +33,14 @@ async def test_a_profile_is_created_read_back_and_replaced(settlement):
     got = await settlement.stub.GetSettlementProfile(pb.GetSettlementProfileRequest(merchant_id="M1"))
     assert got.profile == created.profile
     assert got.profile.cycle.days == 1 and got.profile.min_payout == 100
+    assert got.profile.etag and got.profile.version == 1
     updated = await settlement.stub.UpdateSettlementProfile(
-        pb.UpdateSettlementProfileRequest(profile=profile(
-            cycle=pb.Cycle(kind=pb.CYCLE_KIND_M, days=2), hold=True, hold_reason="KYC review",
-            destination_type=pb.DESTINATION_TYPE_PAYMENT_ACCOUNT, bank_account=None))
+        pb.UpdateSettlementProfileRequest(
+            request_id="u1", update_mask=field_mask_pb2.FieldMask(paths=["*"]),
+            profile=profile(
+                cycle=pb.Cycle(kind=pb.CYCLE_KIND_M, days=2), hold=True, hold_reason="KYC review",
+                destination_type=pb.DESTINATION_TYPE_PAYMENT_ACCOUNT, bank_account=None,
+                etag=got.profile.etag))
     )
     assert updated.profile.hold and updated.profile.cycle.kind == pb.CYCLE_KIND_M
     assert not updated.profile.HasField("bank_account")
@@ -83,7 +88,7 @@ async def test_unknown_profiles_are_not_found_and_updates_need_one(settlement):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason(err.value) == "PROFILE_NOT_FOUND"
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await settlement.stub.UpdateSettlementProfile(
-            pb.UpdateSettlementProfileRequest(profile=profile("NOPE"))
+            pb.UpdateSettlementProfileRequest(request_id="u1", profile=profile("NOPE", etag='W/"1"'))
         )
     assert reason(err.value) == "PROFILE_NOT_FOUND"
 

@@ -53,7 +53,8 @@ class ServiceHandle:
         port = self.running.port
         await self.stop(None)
         new = await launch(
-            self.name, "", schema=self.schema, engine=self.engine, port=port, **overrides
+            self.name, "", schema=self.schema, engine=self.engine, port=port,
+            now=self.extra.get("now"), **overrides
         )
         self.running, self.channel, self.stub, self.settings = (
             new.running,
@@ -75,8 +76,10 @@ async def launch(
     engine: AsyncEngine | None = None,
     port: int = 0,
     roles: bool = False,
+    now: Any = None,
     **overrides: Any,
 ) -> ServiceHandle:
+    """`now`: the service's clock, for a service whose build_app takes one (settlement)."""
     bootstrap = importlib.import_module(f"services.{name}.bootstrap")
     settings_mod = importlib.import_module(f"services.{name}.settings")
     settings_cls = next(
@@ -99,7 +102,7 @@ async def launch(
     if engine is None:
         engine = create_engine(pg_url, schema, pool_size=settings.db_pool_size)
         await migrations.upgrade(engine, schema, bootstrap.MIGRATIONS)
-    app = await bootstrap.build_app(settings, engine)
+    app = await bootstrap.build_app(settings, engine, **({"now": now} if now else {}))
     running = await server.start(app, "127.0.0.1", port)
     # Security is on: TLS, and each call as a caller its method's permission allows.
     channel = security.as_permitted(f"127.0.0.1:{running.port}")
@@ -108,6 +111,8 @@ async def launch(
     handle = ServiceHandle(name, schema, engine, running, channel, stub, settings)
     if admin_url:
         handle.extra["admin_url"] = admin_url
+    if now:
+        handle.extra["now"] = now
     return handle
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from clearhouse.billing.v1 import billing_pb2, billing_pb2_grpc
 from clearhouse.type.v1 import money_pb2, transaction_pb2
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.clearing.domain.model import Detail, Fee
@@ -96,9 +96,24 @@ def _priced(d: Detail, money: money_pb2.Money, r: Any) -> FeeOutcome:
     return Priced(Fee(fee, _MODES[mode], r.rule_id, version))
 
 
+def _required(status: status_pb2.Status | None) -> int | None:
+    """INSUFFICIENT_FEE_BALANCE's `required` metadata (the fee the prepaid account must
+    hold), None when absent or not a whole number."""
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            raw = info.metadata.get("required", "")
+            return int(raw) if raw.isdigit() and len(raw) <= 18 else None
+    return None
+
+
 def _refused(status: status_pb2.Status) -> FeeOutcome:
     if status.code in _REFUSALS:
-        return Refused(reason_of(status) or _REFUSALS[status.code], status.message)
+        return Refused(reason_of(status) or _REFUSALS[status.code], status.message,
+                       _required(status))
     return Unknown(f"code {status.code}: {status.message}")
 
 
@@ -106,7 +121,7 @@ def _from_rpc_error(err: grpc.aio.AioRpcError) -> FeeOutcome:
     if err.code().value[0] in _REFUSALS:
         status = rpc_status.from_call(err)
         reason = reason_of(status) if status is not None else ""
-        return Refused(reason or err.code().name, err.details() or "")
+        return Refused(reason or err.code().name, err.details() or "", _required(status))
     return Unknown(f"{err.code().name}: {err.details()}")
 
 
@@ -215,6 +230,15 @@ class BillingClient:
             _priced(d, fee_of(o.result), o.result) if o.HasField("result") else _refused(o.error)
             for d, o in zip(details, resp.outcomes, strict=True)
         ]
+
+    async def fee_balance(self, merchant_id: str, currency: str) -> int:
+        """The prepaid fee account's balance (GetFeeAccount; 0 for an account never topped
+        up). Raises grpc.aio.AioRpcError: the prepaid-retry worker checks again later."""
+        resp = await self._billing().GetFeeAccount(
+            billing_pb2.GetFeeAccountRequest(merchant_id=merchant_id, currency_code=currency),
+            timeout=self.deadline_s,
+        )
+        return int(resp.account.balance.minor_units)
 
     # -- fee reconciliation (service_layer/reconciliation.py) -----------------------------
     # These raise grpc.aio.AioRpcError: a reconciliation pass that cannot read billing

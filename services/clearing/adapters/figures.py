@@ -35,19 +35,30 @@ def figure_source(engine: AsyncEngine) -> FigureSource:
         m.set_by_label(details, counts, known)
         m.set_by_label(amounts, sums, known)
 
-        for name, where, what in (
-            ("pending_fees", "fee_status = 'PENDING'", "Details whose fee billing has not priced yet"),
-            ("exceptions", "state = 'EXCEPTION'", "Details in exception (fee refused)"),
+        # An exception's age runs from its first refusal (a refund moved into exception
+        # beside its payment was recorded earlier).
+        for name, where, since, what in (
+            ("pending_fees", "fee_status = 'PENDING'", "create_time",
+             "Details whose fee billing has not priced yet"),
+            ("exceptions", "state = 'EXCEPTION'", "coalesce(exception_first_time, create_time)",
+             "Details in exception (fee refused, or a refund whose payment is in exception)"),
         ):
             (n, age), = await rows(
                 engine,
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(create_time)), 0) "
+                f"SELECT count(*), coalesce(extract(epoch FROM now() - min({since})), 0) "
                 f"FROM clearing_details WHERE {where}",
             )
             m.gauge(name, f"{what}.").set(n)
             m.gauge(f"oldest_{name[:-1]}_age_seconds",
                     f"Age of the oldest of: {what.lower()}; 0 when none.").set(float(age))
 
+        by_reason = m.gauge("exceptions_by_reason", "Details in exception, by reason.",
+                            ["reason"])
+        reasons: dict[tuple[str, ...], float] = {(str(r),): float(c) for r, c in await rows(
+            engine, "SELECT exception_reason, count(*) FROM clearing_details "
+            "WHERE state = 'EXCEPTION' GROUP BY 1")}
+        m.set_by_label(by_reason, reasons, [("INSUFFICIENT_FEE_BALANCE",),
+                                            ("ORIGINAL_IN_EXCEPTION",)])
         (n, oldest), = await rows(
             engine,
             "SELECT count(*), coalesce(current_date - min(business_date), 0) "

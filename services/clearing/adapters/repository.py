@@ -21,6 +21,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from services.clearing.domain.model import (
+    ORIGINAL_IN_EXCEPTION,
+    PREPAID_SHORTFALL,
     AdjustmentIn,
     Batch,
     BatchState,
@@ -28,6 +30,7 @@ from services.clearing.domain.model import (
     Detail,
     DetailState,
     DetailType,
+    ExceptionAge,
     FeeStatus,
     TransactionIn,
     new_detail,
@@ -41,7 +44,9 @@ DETAIL_COLUMNS = (
     "detail_id, detail_type, merchant_id, currency, amount, transaction_time, business_date, "
     "original_transaction_id, product, business_line, acquirer_bank, issuer_bank, card_type, "
     "fee_status, fee, collection_mode, rule_id, rule_version, state, batch_id, "
-    "exception_reason, adjustment_reason, create_time, content_hash"
+    "exception_reason, adjustment_reason, create_time, content_hash, exception_message, "
+    "exception_first_time, exception_last_time, exception_attempts, exception_required, "
+    "next_auto_retry_at, fee_attempts, next_fee_attempt_at"
 )
 
 
@@ -53,6 +58,22 @@ def _d(prefix: str) -> str:
 _DETAIL_TYPE = {e.value: e for e in DetailType}
 _FEE_STATUS = {e.value: e for e in FeeStatus}
 _DETAIL_STATE = {e.value: e for e in DetailState}
+
+
+def _exception_age(r: Any) -> ExceptionAge | None:
+    """The exception's age and reason, only while the detail is in exception."""
+    if r["state"] != DetailState.EXCEPTION.value:
+        return None
+    first = r["exception_first_time"] or r["create_time"]
+    return ExceptionAge(
+        reason=r["exception_reason"],
+        message=r["exception_message"],
+        first_time=first,
+        last_time=r["exception_last_time"] or first,
+        attempts=max(r["exception_attempts"], 1),
+        next_check_at=r["next_auto_retry_at"],
+        required=r["exception_required"] or 0,
+    )
 
 
 def to_detail(r: Any) -> Detail:
@@ -80,34 +101,51 @@ def to_detail(r: Any) -> Detail:
         exception_reason=r["exception_reason"],
         adjustment_reason=r["adjustment_reason"],
         create_time=r["create_time"],
+        exception=_exception_age(r),
+        fee_attempts=r["fee_attempts"],
+        next_fee_attempt_at=(r["next_fee_attempt_at"]
+                             if r["fee_status"] == FeeStatus.PENDING.value else None),
     )
 
 
-_INSERT_TRANSACTIONS = """
+# An exception's first and last time are the transaction's now(), the create time's too.
+_INSERT_TRANSACTIONS = f"""
 INSERT INTO clearing_details (
     detail_id, detail_type, merchant_id, currency, amount, transaction_time, business_date,
     original_transaction_id, product, business_line, acquirer_bank, issuer_bank, card_type,
     content_hash, fee_status, state, fee, collection_mode, rule_id, rule_version,
-    exception_reason, next_fee_attempt_at)
-SELECT t.*, now() + make_interval(secs => $22)
+    exception_reason, exception_message, exception_required, next_fee_attempt_at,
+    exception_first_time, exception_last_time, exception_attempts, next_auto_retry_at)
+SELECT t.*, now() + make_interval(secs => $24),
+    CASE WHEN t.state = 'EXCEPTION' THEN now() END,
+    CASE WHEN t.state = 'EXCEPTION' THEN now() END,
+    CASE WHEN t.state = 'EXCEPTION' THEN 1 ELSE 0 END,
+    CASE WHEN t.reason = '{PREPAID_SHORTFALL}' THEN now() + make_interval(secs => $25) END
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[],
             $7::date[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
             $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::text[],
-            $19::text[], $20::int[], $21::text[]) AS t
+            $19::text[], $20::int[], $21::text[], $22::text[], $23::bigint[])
+    AS t(id, type, merchant, currency, amount, time, day, original, product, line, acquirer,
+         issuer, card, hash, status, state, fee, mode, rule, version, reason, message,
+         required)
 ON CONFLICT (detail_id) DO NOTHING
 RETURNING detail_id, create_time
 """
 
+Decision = tuple[str, str, int, str, str, int, str, str, int | None]
 
-def _decision(o: FeeOutcome | None) -> tuple[str, str, int, str, str, int, str]:
-    """(fee_status, state, fee, mode, rule, version, reason) of a detail after `o`."""
+
+def _decision(o: FeeOutcome | None) -> Decision:
+    """(fee_status, state, fee, mode, rule, version, reason, message, required) of a
+    detail after `o`; `required` only for a prepaid shortfall."""
     if isinstance(o, Priced):
         f = o.fee
         return (FeeStatus.KNOWN.value, DetailState.UNSETTLED.value,
-                f.amount, f.collection_mode, f.rule_id, f.rule_version, "")
+                f.amount, f.collection_mode, f.rule_id, f.rule_version, "", "", None)
     if isinstance(o, Refused):
-        return (FeeStatus.REFUSED.value, DetailState.EXCEPTION.value, 0, "", "", 0, o.reason)
-    return (FeeStatus.PENDING.value, DetailState.UNSETTLED.value, 0, "", "", 0, "")
+        return (FeeStatus.REFUSED.value, DetailState.EXCEPTION.value, 0, "", "", 0, o.reason,
+                o.message, o.required if o.reason == PREPAID_SHORTFALL else None)
+    return (FeeStatus.PENDING.value, DetailState.UNSETTLED.value, 0, "", "", 0, "", "", None)
 
 
 def _decision_columns(outcomes: Iterable[FeeOutcome | None]) -> list[list[Any]]:
@@ -122,6 +160,7 @@ async def insert_transactions(
     outcomes: Sequence[FeeOutcome | None],
     zone: ZoneInfo,
     first_retry_s: float,
+    auto_retry_s: float,
 ) -> dict[str, Detail]:
     """Inserts the new ones, with billing's answer when there is one (else pending);
     returns the inserted details by id. Ids already present are left alone (ON CONFLICT DO
@@ -148,18 +187,20 @@ async def insert_transactions(
         list(hashes),
         *[list(column) for column in zip(*decisions, strict=True)],
         first_retry_s,
+        auto_retry_s,
     )
     # Only the id and the database's create time come back: every other column of a new
     # row is what was just sent, so the details are built from it instead of decoding 24
     # columns per row (fewer values for PostgreSQL to send and asyncpg to decode).
     created = {r[0]: r[1] for r in rows}
     details: dict[str, Detail] = {}
-    for t, day, (status, state, fee, mode, rule, version, reason) in zip(
+    for t, day, (status, state, fee, mode, rule, version, reason, message, required) in zip(
         txs, dates, decisions, strict=True
     ):
         create_time = created.get(t.transaction_id)
         if create_time is None:
             continue
+        refused = state == DetailState.EXCEPTION.value
         details[t.transaction_id] = new_detail(
             t,
             day,
@@ -171,7 +212,16 @@ async def insert_transactions(
             state=_DETAIL_STATE[state],
             exception_reason=reason,
             create_time=create_time,
+            exception=ExceptionAge(
+                reason, message, create_time, create_time, 1,
+                create_time + dt.timedelta(seconds=auto_retry_s)
+                if reason == PREPAID_SHORTFALL else None,
+                required or 0,
+            ) if refused else None,
         )
+        if status == FeeStatus.PENDING.value:
+            details[t.transaction_id].next_fee_attempt_at = (
+                create_time + dt.timedelta(seconds=first_retry_s))
     return details
 
 
@@ -288,39 +338,120 @@ CROSS JOIN LATERAL (
   FOR UPDATE) x
 """
 
+# A refusal keeps the exception's first time (a detail refused again by a retry is as old
+# as its first refusal), counts the attempt, and schedules the prepaid-retry worker's
+# next look at the fee account for a prepaid shortfall ($11 seconds from now).
 _APPLY_OUTCOMES = _UPDATE_BY_LOCKED_CTID.format(
     set="fee_status = v.status, state = v.state, fee = v.fee, collection_mode = v.mode, "
-    "rule_id = v.rule, rule_version = v.version, exception_reason = v.reason",
+    "rule_id = v.rule, rule_version = v.version, exception_reason = v.reason, "
+    "exception_message = v.message, exception_required = v.required, "
+    "exception_first_time = CASE WHEN v.state = 'EXCEPTION' "
+    "THEN coalesce(d.exception_first_time, now()) ELSE d.exception_first_time END, "
+    "exception_last_time = CASE WHEN v.state = 'EXCEPTION' THEN now() "
+    "ELSE d.exception_last_time END, "
+    "exception_attempts = d.exception_attempts + (v.state = 'EXCEPTION')::int, "
+    f"next_auto_retry_at = CASE WHEN v.reason = '{PREPAID_SHORTFALL}' "
+    "THEN now() + make_interval(secs => $11::float8) END",
     columns="$1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], "
-    "$7::int[], $8::text[]",
-    names="id, status, state, fee, mode, rule, version, reason",
+    "$7::int[], $8::text[], $9::text[], $10::bigint[]",
+    names="id, status, state, fee, mode, rule, version, reason, message, required",
     returning=f"RETURNING {_d('d')}",
 )
 
+# The refunds waiting in exception for these payments (now priced): found through the
+# partial index of refunds in exception by payment (clearing_0007), a probe per payment;
+# then locked in id order (every multi-row writer's order) with their state re-checked,
+# and made pending again by the ctid of the locked rows (see _UPDATE_BY_LOCKED_CTID), due
+# at once: the caller prices them next, and if it stops before, the pending-fee worker.
+_WAITING_REFUNDS = """
+SELECT r.detail_id FROM unnest($1::text[]) AS p(id) CROSS JOIN LATERAL (
+    SELECT detail_id FROM clearing_details
+    WHERE original_transaction_id = p.id AND state = 'EXCEPTION' AND detail_type = 'REFUND'
+    OFFSET 0) r
+"""
+_LOCK_WAITING_REFUNDS = f"""
+SELECT x.detail_id FROM unnest($1::text[]) AS u(id) CROSS JOIN LATERAL (
+    SELECT detail_id FROM clearing_details
+    WHERE detail_id = u.id AND state = 'EXCEPTION'
+      AND exception_reason = '{ORIGINAL_IN_EXCEPTION}'
+    FOR UPDATE) x
+"""
+_REOPEN_WAITING_REFUNDS = _UPDATE_BY_LOCKED_CTID.format(
+    set="fee_status = 'PENDING', state = 'UNSETTLED', exception_reason = '', "
+    "exception_message = '', next_auto_retry_at = NULL, fee_attempts = 0, "
+    "next_fee_attempt_at = now()",
+    columns="$1::text[]", names="id", returning=f"RETURNING {_d('d')}",
+)
+
+
+async def _reopen_waiting_refunds(conn: Conn, payment_ids: list[str]) -> list[Any]:
+    if not payment_ids:
+        return []
+    waiting = sorted(r["detail_id"] for r in await conn.fetch(_WAITING_REFUNDS, payment_ids))
+    if not waiting:
+        return []
+    locked = [r["detail_id"] for r in await conn.fetch(_LOCK_WAITING_REFUNDS, waiting)]
+    if not locked:
+        return []
+    return list(await conn.fetch(_REOPEN_WAITING_REFUNDS, locked))
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What apply_outcomes stored: the decided details, and the refunds it made pending
+    again because their payment is priced now."""
+
+    rows: dict[str, Any]
+    reopened_refunds: list[Any]
+
 
 async def apply_outcomes(
-    conn: Conn, outcomes: Sequence[tuple[str, FeeOutcome]]
-) -> dict[str, Any]:
+    conn: Conn, outcomes: Sequence[tuple[str, FeeOutcome]], auto_retry_s: float
+) -> Applied:
     """Stores priced fees and refusals of pending details. Only pending details change
     (locked first, re-checked under the lock), so a fee is stored once even if the worker
-    and a caller race."""
+    and a caller race. In the same transaction, the refunds waiting in exception for a
+    payment priced now are made pending again: a crash after the commit cannot leave
+    them waiting for a payment that is no longer in exception."""
     # In id order, like every other multi-row writer, so two writers never deadlock.
     decided = sorted(
         ((i, o) for i, o in outcomes if isinstance(o, Priced | Refused)), key=lambda p: p[0]
     )
     if not decided:
-        return {}
+        return Applied({}, [])
     ids = [detail_id for detail_id, _ in decided]
     async with conn.transaction():
         pending = await conn.fetch(_LOCK_PENDING, ids)
         if not pending:
-            return {}
+            return Applied({}, [])
         still = {r["detail_id"] for r in pending}
         kept = [(i, o) for i, o in decided if i in still]
         rows = await conn.fetch(
-            _APPLY_OUTCOMES, [i for i, _ in kept], *_decision_columns(o for _, o in kept)
+            _APPLY_OUTCOMES, [i for i, _ in kept], *_decision_columns(o for _, o in kept),
+            auto_retry_s,
         )
-    return {r["detail_id"]: r for r in rows}
+        priced_payments = [r["detail_id"] for r in rows
+                           if r["detail_type"] == DetailType.PAYMENT.value
+                           and r["fee_status"] == FeeStatus.KNOWN.value]
+        reopened = await _reopen_waiting_refunds(conn, priced_payments)
+    return Applied({r["detail_id"]: r for r in rows}, reopened)
+
+
+_LOCK_REFUSED_PAYMENTS = """
+SELECT x.detail_id FROM unnest($1::text[]) AS t(id) CROSS JOIN LATERAL (
+    SELECT detail_id FROM clearing_details WHERE detail_id = t.id AND fee_status = 'REFUSED'
+    FOR SHARE) x
+"""
+
+
+async def lock_refused_payments(conn: Conn, ids: Iterable[str]) -> set[str]:
+    """Of these payments, the ones still refused (in exception), share-locked in id order
+    until the caller's transaction ends: a refund put into exception beside its payment in
+    that transaction cannot miss the payment being priced meanwhile (the pricing holds the
+    payment's row lock while it reopens the refunds waiting for it, so one of the two
+    waits for the other)."""
+    rows = await conn.fetch(_LOCK_REFUSED_PAYMENTS, sorted(set(ids)))
+    return {r["detail_id"] for r in rows}
 
 
 async def original_fee_statuses(conn: Conn, ids: Iterable[str]) -> dict[str, str]:
@@ -337,7 +468,9 @@ async def take_due_pending(
 ) -> list[Any]:
     """Takes up to `limit` pending details whose next attempt is due and pushes their next
     attempt out by the backoff first: taking them IS the backoff, and SKIP LOCKED lets
-    several replicas share the work. A refund waits until its payment's fee is known."""
+    several replicas share the work. A refund waits while its payment's fee is pending;
+    once the payment is priced or refused, the pricer prices the refund or puts it in
+    exception beside its payment (ORIGINAL_IN_EXCEPTION)."""
     return list(
         await conn.fetch(
             f"""
@@ -346,7 +479,8 @@ async def take_due_pending(
                 WHERE d.fee_status = 'PENDING' AND d.next_fee_attempt_at <= now()
                   AND (d.detail_type = 'PAYMENT' OR EXISTS (
                         SELECT 1 FROM clearing_details o
-                        WHERE o.detail_id = d.original_transaction_id AND o.fee_status = 'KNOWN'))
+                        WHERE o.detail_id = d.original_transaction_id
+                          AND o.fee_status IN ('KNOWN', 'REFUSED')))
                 ORDER BY d.next_fee_attempt_at
                 LIMIT $1
                 FOR UPDATE SKIP LOCKED
@@ -388,6 +522,7 @@ async def reopen_exceptions(
             )
             UPDATE clearing_details d
             SET fee_status = 'PENDING', state = 'UNSETTLED', exception_reason = '',
+                exception_message = '', next_auto_retry_at = NULL,
                 fee_attempts = 0, next_fee_attempt_at = now() + make_interval(secs => $3)
             FROM chosen WHERE d.detail_id = chosen.detail_id
             RETURNING {_d("d")}
@@ -403,6 +538,138 @@ async def count_exceptions_after(conn: Conn, merchant_id: str, after_id: str) ->
         "SELECT count(*) FROM clearing_details "
         "WHERE merchant_id = $1 AND state = 'EXCEPTION' AND detail_id > $2",
         merchant_id, after_id,
+    ))
+
+
+# ------------------------------------------------ exceptions that resolve themselves
+
+@dataclass(frozen=True, slots=True)
+class DueAccount:
+    """A merchant's prepaid fee account in one currency whose shortfall exceptions are due
+    for a look: `required` is the least fee one of them needs (0 when billing did not
+    say: any balance above zero is worth a retry)."""
+
+    merchant_id: str
+    currency: str
+    required: int
+    count: int
+
+
+# Which accounts are due: the due shortfall exceptions in the order of their next look
+# (the partial index clearing_details_auto_retry_due_idx, read in its order so even a
+# generic plan made on an empty table does not scan the details; at most $2 rows a pass),
+# grouped by account, the longest-waiting accounts first.
+_DUE_ACCOUNTS = """
+SELECT merchant_id, currency FROM (
+    SELECT merchant_id, currency, next_auto_retry_at FROM clearing_details
+    WHERE next_auto_retry_at IS NOT NULL AND next_auto_retry_at <= now()
+    ORDER BY next_auto_retry_at LIMIT $2) due
+GROUP BY merchant_id, currency
+ORDER BY min(next_auto_retry_at), merchant_id, currency
+LIMIT $1
+"""
+# The due shortfall exceptions of those accounts (clearing_details_auto_retry_idx, a probe
+# per account).
+_DUE_OF_ACCOUNTS = """
+SELECT d.detail_id FROM unnest($1::text[], $2::text[]) AS a(merchant_id, currency)
+CROSS JOIN LATERAL (
+    SELECT detail_id FROM clearing_details
+    WHERE merchant_id = a.merchant_id AND currency = a.currency
+      AND next_auto_retry_at IS NOT NULL AND next_auto_retry_at <= now()
+    OFFSET 0) d
+"""
+# Locked one by one in id order, skipping what another replica holds, the time re-checked
+# on the locked version (a replica that took them a moment ago has pushed it out).
+_LOCK_DUE = """
+SELECT x.detail_id, x.merchant_id, x.currency, x.exception_required
+FROM unnest($1::text[]) AS u(id) CROSS JOIN LATERAL (
+    SELECT detail_id, merchant_id, currency, exception_required FROM clearing_details
+    WHERE detail_id = u.id AND next_auto_retry_at IS NOT NULL AND next_auto_retry_at <= now()
+    FOR UPDATE SKIP LOCKED) x
+"""
+_PUSH_DUE = _UPDATE_BY_LOCKED_CTID.format(
+    set="next_auto_retry_at = now() + make_interval(secs => $2::float8)",
+    columns="$1::text[]", names="id", returning="",
+)
+# Due exceptions read per pass to find the due accounts: bounds the pass's work however
+# many exceptions are due.
+DUE_SCAN_LIMIT = 10_000
+
+
+async def take_due_accounts(conn: Conn, limit: int, interval_s: float) -> list[DueAccount]:
+    """Up to `limit` (merchant, currency) accounts whose prepaid-shortfall exceptions are
+    due for a look, the longest-waiting first, with each due exception's next look pushed
+    `interval_s` out first: taking them IS the schedule, so a pass that fails (billing or
+    the database down) loses nothing, the accounts come round again, and SKIP LOCKED lets
+    replicas share the work (a second replica re-checks the time and skips them)."""
+    async with conn.transaction():
+        accounts = await conn.fetch(_DUE_ACCOUNTS, limit, DUE_SCAN_LIMIT)
+        if not accounts:
+            return []
+        ids = await conn.fetch(_DUE_OF_ACCOUNTS, [a["merchant_id"] for a in accounts],
+                               [a["currency"] for a in accounts])
+        rows = await conn.fetch(_LOCK_DUE, sorted(r["detail_id"] for r in ids))
+        if rows:
+            await conn.execute(_PUSH_DUE, [r["detail_id"] for r in rows], interval_s)
+    by_account: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        by_account.setdefault((r["merchant_id"], r["currency"]), []).append(
+            r["exception_required"] or 0)
+    return [DueAccount(m, c, min(needs), len(needs)) for (m, c), needs in by_account.items()]
+
+
+_LOCK_PREPAID_EXCEPTIONS = """
+SELECT detail_id FROM clearing_details
+WHERE merchant_id = $1 AND currency = $2 AND state = 'EXCEPTION'
+  AND next_auto_retry_at IS NOT NULL
+ORDER BY detail_id LIMIT $3
+FOR UPDATE
+"""
+_REOPEN_LOCKED = _UPDATE_BY_LOCKED_CTID.format(
+    set="fee_status = 'PENDING', state = 'UNSETTLED', exception_reason = '', "
+    "exception_message = '', next_auto_retry_at = NULL, fee_attempts = 0, "
+    "next_fee_attempt_at = now() + make_interval(secs => $2::float8)",
+    columns="$1::text[]", names="id", returning=f"RETURNING {_d('d')}",
+)
+
+
+async def reopen_prepaid_exceptions(
+    conn: Conn, merchant_id: str, currency: str, limit: int, first_retry_s: float,
+) -> list[Any]:
+    """Makes up to `limit` of the account's prepaid-shortfall exceptions pending again, in
+    id order, to be priced now (what RetryExceptions does, for one account's shortfalls):
+    locked first (the merchant's exception index, in its id order), then updated by the
+    locked rows' ctid."""
+    async with conn.transaction():
+        ids = [r["detail_id"] for r in await conn.fetch(
+            _LOCK_PREPAID_EXCEPTIONS, merchant_id, currency, limit)]
+        if not ids:
+            return []
+        return list(await conn.fetch(_REOPEN_LOCKED, ids, first_retry_s))
+
+
+# Lists by detail id (ListExceptions, ListPendingFees): each reads its small partial index
+# (clearing_details_exception_idx, clearing_details_pending_idx), the reason filtered on
+# the way (exceptions are few).
+_LIST_BY_ID = {
+    "exceptions": "state = 'EXCEPTION'",
+    "pending": "fee_status = 'PENDING'",
+}
+
+
+async def list_by_id(
+    conn: Conn, kind: str, merchant_id: str, reason: str, after: str, limit: int
+) -> list[Any]:
+    """One page of exceptions or pending fees in detail id order, after `after`; `reason`
+    (exceptions only) an exception reason or "" for all."""
+    return list(await conn.fetch(
+        f"""
+        SELECT {DETAIL_COLUMNS} FROM clearing_details
+        WHERE {_LIST_BY_ID[kind]} AND ($1 = '' OR merchant_id = $1)
+          AND ($2 = '' OR exception_reason = $2) AND detail_id > $3
+        ORDER BY detail_id LIMIT $4
+        """,
+        merchant_id, reason, after, limit,
     ))
 
 

@@ -120,6 +120,48 @@ class Fee:
     rule_version: int
 
 
+# Billing's refusal that clearing resolves by itself: the prepaid fee account was short.
+# Clearing reads the account every CLEARING_PREPAID_RETRY_INTERVAL_S and prices again
+# once it holds the required fee (docs/clearing.md "Exceptions that resolve themselves").
+PREPAID_SHORTFALL = "INSUFFICIENT_FEE_BALANCE"
+# Clearing's own reason: a refund whose payment is in exception. Billing is not asked (it
+# prices a refund from its payment's charge); the refund is priced once its payment is.
+ORIGINAL_IN_EXCEPTION = "ORIGINAL_IN_EXCEPTION"
+
+
+class Resolution(StrEnum):
+    """How an exception gets resolved."""
+
+    ON_TOP_UP = "ON_TOP_UP"  # clearing retries once the prepaid account holds the fee
+    WITH_PAYMENT = "WITH_PAYMENT"  # a refund: priced when its payment is
+    MANUAL = "MANUAL"  # ops fix the configuration and call RetryExceptions
+
+
+def resolution(reason: str) -> Resolution:
+    if reason == PREPAID_SHORTFALL:
+        return Resolution.ON_TOP_UP
+    if reason == ORIGINAL_IN_EXCEPTION:
+        return Resolution.WITH_PAYMENT
+    return Resolution.MANUAL
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionAge:
+    """What reads show of a detail in exception: why, since when, how often."""
+
+    reason: str
+    message: str
+    first_time: dt.datetime
+    last_time: dt.datetime
+    attempts: int
+    next_check_at: dt.datetime | None  # ON_TOP_UP only
+    required: int  # INSUFFICIENT_FEE_BALANCE: the fee the account must hold; 0 unknown
+
+    @property
+    def resolution(self) -> Resolution:
+        return resolution(self.reason)
+
+
 @dataclass(slots=True)
 class Detail:
     """A clearing detail as stored."""
@@ -147,6 +189,10 @@ class Detail:
     exception_reason: str
     adjustment_reason: str
     create_time: dt.datetime
+    # The age of an exception (kept while a retry is in flight: see ExceptionAge).
+    exception: ExceptionAge | None = None
+    fee_attempts: int = 0
+    next_fee_attempt_at: dt.datetime | None = None
 
     @property
     def fee_pending(self) -> bool:
@@ -249,6 +295,7 @@ def new_detail(
     state: DetailState = DetailState.UNSETTLED,
     exception_reason: str = "",
     create_time: dt.datetime | None = None,
+    exception: ExceptionAge | None = None,
 ) -> Detail:
     """The detail of a transaction on its business date `day`, with what pricing decided
     (by default: nothing yet)."""
@@ -276,4 +323,5 @@ def new_detail(
         exception_reason=exception_reason,
         adjustment_reason="",
         create_time=create_time or t.transaction_time,
+        exception=exception,
     )

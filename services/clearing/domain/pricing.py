@@ -21,6 +21,9 @@ class Refused:
 
     reason: str
     message: str = ""
+    # INSUFFICIENT_FEE_BALANCE: the fee the prepaid account must hold (billing's
+    # `required`), None when billing did not say.
+    required: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

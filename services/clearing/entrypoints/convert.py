@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from clearhouse.clearing.v1 import clearing_pb2 as pb
-from clearhouse.type.v1 import money_pb2, transaction_pb2
+from clearhouse.type.v1 import transaction_pb2
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 
@@ -14,6 +14,8 @@ from services.clearing.domain.model import (
     Batch,
     Detail,
     DetailType,
+    ExceptionAge,
+    Resolution,
     TransactionIn,
     validate_adjustment,
     validate_transaction,
@@ -142,30 +144,28 @@ def adjustment_in(v: Violations, r: pb.RecordAdjustmentRequest) -> AdjustmentIn:
 
 
 def detail(d: Detail) -> pb.ClearingDetail:
-    return pb.ClearingDetail(
-        detail_id=d.detail_id,
-        detail_type=DETAIL_TYPES[d.detail_type.value],
-        merchant_id=d.merchant_id,
-        amount=money_pb2.Money(currency_code=d.currency, minor_units=d.amount),
-        transaction_time=ts(d.transaction_time),
-        business_date=date(d.business_date),
-        original_transaction_id=d.original_transaction_id,
-        product=d.product,
-        business_line=d.business_line,
-        acquirer_bank=d.acquirer_bank,
-        issuer_bank=d.issuer_bank,
-        card_type=d.card_type,
-        fee_status=FEE_STATUSES[d.fee_status.value],
-        fee=money_pb2.Money(currency_code=d.currency, minor_units=d.fee),
-        collection_mode=MODES[d.collection_mode],
-        rule_id=d.rule_id,
-        rule_version=d.rule_version,
-        state=STATES[d.state.value],
-        batch_id=d.batch_id,
-        exception_reason=d.exception_reason,
-        adjustment_reason=d.adjustment_reason,
-        create_time=ts(d.create_time),
-    )
+    m = pb.ClearingDetail()
+    detail_into(m, d)
+    return m
+
+
+RESOLUTIONS = {
+    Resolution.ON_TOP_UP: pb.EXCEPTION_RESOLUTION_ON_TOP_UP,
+    Resolution.WITH_PAYMENT: pb.EXCEPTION_RESOLUTION_WITH_PAYMENT,
+    Resolution.MANUAL: pb.EXCEPTION_RESOLUTION_MANUAL,
+}
+
+
+def _exception_into(m: pb.ExceptionInfo, e: ExceptionAge) -> None:
+    m.reason = e.reason
+    m.message = e.message
+    write_ts(m.first_seen_time, e.first_time)
+    write_ts(m.last_attempt_time, e.last_time)
+    m.attempt_count = e.attempts
+    m.resolution = RESOLUTIONS[e.resolution]
+    if e.next_check_at is not None and e.resolution is Resolution.ON_TOP_UP:
+        write_ts(m.next_check_time, e.next_check_at)
+    m.required_balance = e.required
 
 
 def detail_into(m: pb.ClearingDetail, d: Detail) -> None:
@@ -199,6 +199,11 @@ def detail_into(m: pb.ClearingDetail, d: Detail) -> None:
     m.exception_reason = d.exception_reason
     m.adjustment_reason = d.adjustment_reason
     write_ts(m.create_time, d.create_time)
+    if d.exception is not None:
+        _exception_into(m.exception, d.exception)
+    m.fee_attempt_count = d.fee_attempts
+    if d.next_fee_attempt_at is not None:
+        write_ts(m.next_fee_attempt_time, d.next_fee_attempt_at)
 
 
 def batch(b: Batch) -> pb.Batch:

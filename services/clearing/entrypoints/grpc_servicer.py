@@ -172,10 +172,11 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
     async def ListExceptions(self, request: pb.ListExceptionsRequest, context: Any) -> Any:
         v = Violations()
         check_id(v, request.merchant_id, "merchant_id", required=False)
+        check_id(v, request.reason, "reason", required=False)
         _check_page(v, request)
         v.raise_if_any()
         details, token = await self.queries.list_exceptions(
-            request.merchant_id, request.page_size, request.page_token
+            request.merchant_id, request.page_size, request.page_token, request.reason
         )
         return pb.ListExceptionsResponse(
             details=[convert.detail(d) for d in details], next_page_token=token

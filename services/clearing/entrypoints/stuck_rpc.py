@@ -84,7 +84,8 @@ async def count_due_details(
     db: Database, request: pb.CountDueDetailsRequest
 ) -> pb.CountDueDetailsResponse:
     v = Violations()
-    val.check_count(v, len(request.cutoffs), "cutoffs")
+    if not val.check_count(v, len(request.cutoffs), "cutoffs"):
+        v.raise_if_any()  # not each of 100,000 items named again
     cutoffs: list[tuple[str, str, dt.date]] = []
     seen: set[tuple[str, str]] = set()
     for i, c in enumerate(request.cutoffs):

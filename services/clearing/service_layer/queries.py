@@ -85,35 +85,26 @@ class Queries:
                      lambda r: [r["business_date"].isoformat(), r["detail_id"]], filters)
 
     async def _by_id_page(
-        self, where: str, merchant_id: str, page_size: int, page_token: str, kind: str
+        self, kind: str, merchant_id: str, reason: str, page_size: int, page_token: str
     ) -> tuple[list[Detail], str]:
-        filters = [kind, merchant_id]
+        # The reason joins the filters only when set: tokens issued before the filter
+        # existed stay valid.
+        filters = [kind, merchant_id, *([reason] if reason else [])]
         page = Page.of(page_size, page_token, filters, key=(text,))
         after = page.after[0] if page.after else ""
         async with self.db.connect() as conn:
-            rows = await conn.fetch(
-                f"""
-                SELECT {repo.DETAIL_COLUMNS} FROM clearing_details
-                WHERE {where} AND ($1 = '' OR merchant_id = $1) AND detail_id > $2
-                ORDER BY detail_id LIMIT $3
-                """,
-                merchant_id, after, page.size + 1,
-            )
-        return _page(list(rows), page, lambda r: [r["detail_id"]], filters)
+            rows = await repo.list_by_id(conn, kind, merchant_id, reason, after, page.size + 1)
+        return _page(rows, page, lambda r: [r["detail_id"]], filters)
 
     async def list_exceptions(
-        self, merchant_id: str, page_size: int, page_token: str
+        self, merchant_id: str, page_size: int, page_token: str, reason: str = ""
     ) -> tuple[list[Detail], str]:
-        return await self._by_id_page(
-            "state = 'EXCEPTION'", merchant_id, page_size, page_token, "exceptions"
-        )
+        return await self._by_id_page("exceptions", merchant_id, reason, page_size, page_token)
 
     async def list_pending(
         self, merchant_id: str, page_size: int, page_token: str
     ) -> tuple[list[Detail], str]:
-        return await self._by_id_page(
-            "fee_status = 'PENDING'", merchant_id, page_size, page_token, "pending"
-        )
+        return await self._by_id_page("pending", merchant_id, "", page_size, page_token)
 
     async def list_batch(
         self, batch_id: str, page_size: int, page_token: str

@@ -8,7 +8,8 @@ from billing (idempotent by transaction id). When billing does not
 answer in time the detail is stored with its fee pending and the worker completes it.
 
 A refund is validated and stored first, under the lock of its payment, and priced after
-the commit (its fee can only be asked for once its payment's is known).
+the commit (its fee can only be asked for once its payment's is known; a refund of a
+payment in exception goes into exception beside it, ORIGINAL_IN_EXCEPTION).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class Recorder:
         self.pricer = pricer
         self.zone = zone
         self.first_retry_s = first_retry_s
+        self.auto_retry_s = pricer.auto_retry_s
 
     async def record(self, txs: Sequence[TransactionIn], quick: bool = False) -> list[Outcome]:
         """Records valid transactions (ids distinct); one outcome each, in order.
@@ -145,7 +147,7 @@ class Recorder:
     ) -> dict[str, Detail]:
         return await repo.insert_transactions(
             conn, txs, [hashes[t.transaction_id] for t in txs], outcomes, self.zone,
-            self.first_retry_s,
+            self.first_retry_s, self.auto_retry_s,
         )
 
     async def _record_refunds(

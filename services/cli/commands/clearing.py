@@ -130,17 +130,36 @@ def summary(
 @handled
 def list_exceptions(ctx: typer.Context,
                     merchant: Annotated[str, typer.Option(help="Only this merchant.")] = "",
+                    reason: Annotated[str, typer.Option(
+                        help="Only this reason, e.g. INSUFFICIENT_FEE_BALANCE.")] = "",
                     limit: LimitOpt = 100, json: JsonOpt = False) -> None:
-    """List details in exception (billing refused to price them).
+    """List details in exception with their reason, age and how they resolve.
 
-    Example: clearhouse exceptions list --merchant M008
+    A prepaid shortfall resolves by itself once the account is topped up, a refund with
+    its payment; the others after fixing the configuration and `exceptions retry`.
+
+    Example: clearhouse exceptions list --merchant M008 --reason INSUFFICIENT_FEE_BALANCE
     """
-    req = pb.ListExceptionsRequest(merchant_id=merchant, page_size=min(limit or 1000, 1000))
+    req = pb.ListExceptionsRequest(merchant_id=merchant, reason=reason,
+                                   page_size=min(limit or 1000, 1000))
     found = list(pages(clients(ctx).clearing.ListExceptions, req, "details", limit))
     if json:
         out.emit_json(found)
         return
-    _print_details("exceptions", found)
+    rows = []
+    for d in found:
+        e = d.exception
+        rows.append([d.detail_id, out.enum(pb.DetailType, d.detail_type, "DETAIL_TYPE_"),
+                     d.merchant_id, out.money(d.amount), e.reason or d.exception_reason,
+                     out.when(e.first_seen_time, d.HasField("exception")),
+                     out.when(e.last_attempt_time, d.HasField("exception")),
+                     str(e.attempt_count),
+                     out.enum(pb.ExceptionResolution, e.resolution,
+                              "EXCEPTION_RESOLUTION_").lower().replace("_", " ")])
+    out.console().print(out.table(
+        f"exceptions ({len(found)})",
+        ["detail", "type", "merchant", "amount", "reason", "since", "last try", "tries",
+         "resolves"], rows, right=["amount", "tries"]))
 
 
 @exceptions.command("retry")

@@ -5,39 +5,48 @@ from __future__ import annotations
 
 import calendar as pycal
 import datetime as dt
+import hashlib
 import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from clearhouse.payout.v1 import payout_pb2
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 from clearhouse.type.v1 import transaction_pb2
+from google.protobuf import field_mask_pb2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.cli import output as out
+from services.cli.approvals import ApprovalFiled
 from services.cli.client import Clients, ServiceError, pages
 from services.cli.runtime import (
     EXIT_REFUSED,
     JsonOpt,
     LimitOpt,
+    RequestApprovalOpt,
     RequestIdOpt,
     clients,
     handled,
+    major,
     request_id,
+    usage,
 )
 from services.cli.specs import (
     cycle_text,
     parse_cycle,
     parse_date,
+    parse_destination,
     parse_month,
     proto_date,
     settlement_profiles,
 )
 from services.settlement.domain import ids
 
-profiles = typer.Typer(help="Settlement profiles: list, show, set from YAML.",
+profiles = typer.Typer(help="Settlement profiles: list, show, set from YAML, update fields, "
+                            "history.",
                        no_args_is_help=True)
 calendar = typer.Typer(help="The business calendar: show a month, import and export "
                             "files, coverage, override a day, compute a settlement date.",
@@ -102,7 +111,10 @@ def show_profile(ctx: typer.Context, merchant: str, json: JsonOpt = False) -> No
 
 
 def put_profile(c: Clients, profile: pb.SettlementProfile) -> tuple[str, pb.SettlementProfile]:
-    """Creates the profile, or replaces the one that exists."""
+    """Creates the profile, or replaces the one that exists (every field, "*"), on the
+    version just read: a change by someone else in between is refused (ETAG_MISMATCH),
+    not overwritten. The request id is a hash of what is sent, so a repeat after a lost
+    answer replays."""
     try:
         made = c.settlement.CreateSettlementProfile(
             pb.CreateSettlementProfileRequest(profile=profile)).profile
@@ -110,20 +122,145 @@ def put_profile(c: Clients, profile: pb.SettlementProfile) -> tuple[str, pb.Sett
     except ServiceError as exc:
         if exc.reason != "PROFILE_EXISTS":
             raise
-    made = c.settlement.UpdateSettlementProfile(
-        pb.UpdateSettlementProfileRequest(profile=profile)).profile
+    current = c.settlement.GetSettlementProfile(
+        pb.GetSettlementProfileRequest(merchant_id=profile.merchant_id)).profile
+    wanted = pb.SettlementProfile()
+    wanted.CopyFrom(profile)
+    wanted.etag = current.etag
+    made = c.settlement.UpdateSettlementProfile(pb.UpdateSettlementProfileRequest(
+        request_id=_content_id("profile-set", wanted), profile=wanted,
+        update_mask=field_mask_pb2.FieldMask(paths=["*"]))).profile
     return "updated", made
+
+
+def _content_id(prefix: str, message: Any) -> str:
+    digest = hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+    return f"{prefix}-{digest[:32]}"
+
+
+BankOpt = Annotated[str | None, typer.Option(
+    help="New bank account (name, number and bank name together).")]
+
+
+@profiles.command("update")
+@handled
+def update_profile(
+    ctx: typer.Context,
+    merchant: str,
+    cycle: Annotated[str | None, typer.Option(help="T+n, D+n, W+n or M+n.")] = None,
+    min_payout: Annotated[str | None, typer.Option(
+        "--min-payout", help="Minimum payout in major units (yuan).")] = None,
+    deduct_fee_bills: Annotated[bool | None, typer.Option(
+        "--deduct-fee-bills/--no-deduct-fee-bills", help="Deduct issued fee bills.")] = None,
+    hold: Annotated[bool | None, typer.Option(
+        "--hold/--no-hold", help="Freeze (冻结) or release payouts.")] = None,
+    hold_reason: Annotated[str | None, typer.Option(help="Why it is held.")] = None,
+    destination: Annotated[str | None, typer.Option(
+        help="PAYMENT_ACCOUNT or BANK_ACCOUNT.")] = None,
+    account_name: BankOpt = None,
+    account_number: BankOpt = None,
+    bank_name: BankOpt = None,
+    branch_code: BankOpt = None,
+    etag: Annotated[str, typer.Option(
+        help="Change only this version (from profiles show --json); read now when omitted.")] = "",
+    request_id_: RequestIdOpt = "",
+    json: JsonOpt = False,
+) -> None:
+    """Change only the fields given (the others untouched), on the current version.
+
+    Example: clearhouse profiles update M001 --hold --hold-reason "KYC review"
+    """
+    c = clients(ctx)
+    current: pb.SettlementProfile | None = None
+    if not etag or min_payout is not None:  # the etag, or the currency of the amount
+        current = c.settlement.GetSettlementProfile(
+            pb.GetSettlementProfileRequest(merchant_id=merchant)).profile
+    change = pb.SettlementProfile(merchant_id=merchant,
+                                  etag=etag or (current.etag if current else ""))
+    paths: list[str] = []
+    if cycle is not None:
+        change.cycle.CopyFrom(parse_cycle(cycle))
+        paths.append("cycle")
+    if min_payout is not None:
+        assert current is not None
+        change.min_payout = major(min_payout, current.currency_code, "--min-payout")
+        paths.append("min_payout")
+    if deduct_fee_bills is not None:
+        change.deduct_fee_bills = deduct_fee_bills
+        paths.append("deduct_fee_bills")
+    if hold is not None:
+        change.hold = hold
+        paths.append("hold")
+    if hold_reason is not None:
+        change.hold_reason = hold_reason
+        paths.append("hold_reason")
+    if destination is not None:
+        change.destination_type = parse_destination(destination)
+        paths.append("destination_type")
+    bank = {"account_name": account_name, "account_number": account_number,
+            "bank_name": bank_name, "branch_code": branch_code}
+    if any(v is not None for v in bank.values()):
+        # A new account is given whole: reads mask the number, so the current one
+        # cannot be completed here.
+        missing = [f"--{k.replace('_', '-')}" for k in ("account_name", "account_number",
+                                                          "bank_name") if bank[k] is None]
+        if missing:
+            raise usage(f"a bank account change needs {', '.join(missing)} too")
+        change.bank_account.CopyFrom(payout_pb2.BankAccount(
+            **{k: v for k, v in bank.items() if v is not None}))
+        paths.append("bank_account")
+    if not paths:
+        raise usage("nothing to change: give at least one field option")
+    rid = request_id(request_id_, "profile")
+    made = c.settlement.UpdateSettlementProfile(pb.UpdateSettlementProfileRequest(
+        request_id=rid, profile=change, update_mask=field_mask_pb2.FieldMask(paths=paths))).profile
+    if json:
+        out.emit_json(made)
+        return
+    out.console().print(out.table(f"settlement profile (version {made.version})",
+                                  PROFILE_COLUMNS, [_profile_row(made)], right=["min payout"]))
+
+
+@profiles.command("history")
+@handled
+def profile_history(ctx: typer.Context, merchant: str, limit: LimitOpt = 100,
+                    json: JsonOpt = False) -> None:
+    """List the versions of a merchant's profile, newest first: what changed, who, when.
+
+    Example: clearhouse profiles history M001
+    """
+    req = pb.ListSettlementProfileVersionsRequest(merchant_id=merchant,
+                                                  page_size=min(limit or 1000, 1000))
+    found = list(pages(clients(ctx).settlement.ListSettlementProfileVersions, req, "versions",
+                       limit))
+    if json:
+        out.emit_json(found)
+        return
+    rows = [[str(v.profile.version), ", ".join(v.changed_fields) or "(created)",
+             v.actor, *_profile_row(v.profile)[1:]] for v in found]
+    out.console().print(out.table(f"versions of {merchant} ({len(found)})",
+                                  ["version", "changed", "by", *PROFILE_COLUMNS[1:]], rows,
+                                  right=["min payout"]))
 
 
 @profiles.command("set")
 @handled
-def set_profiles(ctx: typer.Context, file: Path, json: JsonOpt = False) -> None:
+def set_profiles(ctx: typer.Context, file: Path, json: JsonOpt = False,
+                 request_approval: RequestApprovalOpt = "") -> None:
     """Create or replace the settlement profiles of a YAML file (from the next run on).
+
+    Changing where a merchant is paid (destination type or bank account) needs a second
+    admin: --request-approval files each such change (the action names the approval).
 
     Example: clearhouse profiles set docs/examples/cli/profiles.yaml
     """
-    c = clients(ctx)
-    done = [put_profile(c, p) for p in settlement_profiles(file)]
+    c = clients(ctx, request_approval)
+    done = []
+    for p in settlement_profiles(file):
+        try:
+            done.append(put_profile(c, p))
+        except ApprovalFiled as filed:
+            done.append((f"approval {filed.approval.approval_id} filed", p))
     if json:
         out.emit_json([{"action": what, "profile": out.to_dict(p)} for what, p in done])
         return
@@ -806,13 +943,15 @@ def payout_show(ctx: typer.Context, payout_id: str, json: JsonOpt = False) -> No
 @payouts.command("retry")
 @handled
 def payout_retry(ctx: typer.Context, payout_id: str, request_id_: RequestIdOpt = "",
-                 json: JsonOpt = False) -> None:
-    """Pay a FAILED payout's money again now, to the merchant's current destination.
+                 json: JsonOpt = False, request_approval: RequestApprovalOpt = "") -> None:
+    """Pay a FAILED payout's money again now, to the merchant's current destination
+    (when that is no longer the payout's, a second admin must approve:
+    --request-approval files it).
 
     Example: clearhouse payouts retry po-st-20261013-M002 --request-id retry-M002-1
     """
     rid = request_id(request_id_, "retry")
-    p = clients(ctx).settlement.RetryPayout(
+    p = clients(ctx, request_approval).settlement.RetryPayout(
         pb.RetryPayoutRequest(request_id=rid, payout_id=payout_id)).payout
     if json:
         out.emit_json(p)

@@ -86,10 +86,17 @@ class Outcome:
 class Demo:
     def __init__(self, clients: Clients, scenario: Scenario, out_dir: Path,
                  console: Console | None = None, poll_s: float = 0.05,
-                 wait_s: float = 30.0, recorder: Clients | None = None) -> None:
+                 wait_s: float = 30.0, recorder: Clients | None = None,
+                 approver: Clients | None = None) -> None:
         """`clients` act as operations (an admin); `recorder`, when given, records the
         traffic as the transaction core would (a caller of its own once the services
-        check identities), else `clients` do."""
+        check identities), else `clients` do. `approver`, a second admin: the guarded
+        calls (rules, top-ups, adjustments, retries to a changed account) are filed by
+        `clients` and approved by it (four eyes, docs/security.md "Approvals")."""
+        self.approved: list[str] = []
+        if approver is not None:
+            clients.four_eyes(approver=approver,
+                              on_approved=lambda a: self.approved.append(a.method))
         self.c, self.s, self.out_dir = clients, scenario, out_dir
         self.recorder = recorder or clients
         self.con = console or Console(record=True, highlight=False)
@@ -129,8 +136,8 @@ class Demo:
         self.setup()
         self.traffic()
         self.prepaid_dry()
-        # A refund of a payment that was in exception waits (fee pending) until the
-        # payment is priced; clearing's worker completes it in the background.
+        # Fees billing has not answered yet (none, normally: a refund of a payment in
+        # exception waits in exception beside it and is priced with it).
         self._until("billing to answer every fee", lambda: not self.c.clearing.ListPendingFees(
             cpb.ListPendingFeesRequest(page_size=1)).details)
         self.settle()
@@ -171,6 +178,9 @@ class Demo:
         if self.s.topups:
             self.con.print("prepaid fee accounts topped up: " + ", ".join(
                 f"{m} {a}" for m, a in self.s.topups.items()))
+        if self.approved:
+            self.con.print(f"four eyes: {len(self.approved)} guarded calls (fee rules, "
+                           "top-ups) requested by one admin and approved by another")
 
     def _record(self, batch: list[Txn]) -> None:
         if not batch:
@@ -232,8 +242,9 @@ class Demo:
             self.c.billing.TopUpFeeAccount(bpb.TopUpFeeAccountRequest(
                 request_id=f"demo-refill-{merchant}-{self.s.seed}", merchant_id=merchant,
                 amount=_money(500_000)))
-            # A refund whose payment was in exception too is priced once the payment is:
-            # a second pass picks it up.
+            # Clearing would price them by itself within CLEARING_PREPAID_RETRY_INTERVAL_S
+            # of the top-up; the demo retries at once instead of waiting. A refund in
+            # exception beside its payment is priced in the same call as the payment.
             for _ in range(3):
                 priced, left, token = 0, 0, ""
                 while True:

@@ -13,6 +13,7 @@ from clearhouse.payout.v1 import payout_pb2
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 from fastapi import APIRouter, Depends, Form, Query
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from google.protobuf import field_mask_pb2
 
 from services.console.views.approvals import file_request
 from services.console.web import PAGE_SIZE, Page, Refused, new_request_id, page
@@ -45,11 +46,16 @@ def find(p: Page = Depends(page), id: str = "") -> Response:
 @router.get("/merchants/{merchant_id}", response_class=HTMLResponse)
 def merchant(merchant_id: str, p: Page = Depends(page), details: str = Query(""),
              settlements: str = Query(""), payouts: str = Query(""),
-             movements: str = Query(""), bills: str = Query("")) -> Response:
+             movements: str = Query(""), bills: str = Query(""),
+             versions: str = Query("")) -> Response:
     c = p.calls
     profile = _optional(c.settlement.GetSettlementProfile,
                         spb.GetSettlementProfileRequest(merchant_id=merchant_id))
     currency = profile.profile.currency_code if profile else "CNY"
+    version_page = c.settlement.ListSettlementProfileVersions(
+        spb.ListSettlementProfileVersionsRequest(
+            merchant_id=merchant_id, page_size=SECTION_SIZE, page_token=versions)
+    ) if profile else None
     balance = c.settlement.GetMerchantBalance(spb.GetMerchantBalanceRequest(
         merchant_id=merchant_id))
     detail_page = c.clearing.ListDetails(cpb.ListDetailsRequest(
@@ -74,7 +80,7 @@ def merchant(merchant_id: str, p: Page = Depends(page), details: str = Query("")
         "merchant.html", title=f"Merchant {merchant_id}", merchant_id=merchant_id,
         may_request=p.person.may("admin"), approval_id=new_request_id("approval"),
         update_id=new_request_id("profile"),
-        waiting=_waiting_changes(p, merchant_id) if profile else [],
+        waiting=_waiting_changes(p, merchant_id) if profile else [], versions=version_page,
         profile=profile.profile if profile else None, balances=balance.balances,
         details=detail_page, settlements=settlement_page, payouts=payout_page,
         account=account.account if account else None, movements=movement_page,
@@ -95,16 +101,17 @@ def _waiting_changes(p: Page, merchant_id: str) -> list[appb.Approval]:
             if a.object_type == "settlement_profile" and a.object_id == merchant_id]
 
 
-def bank_change(profile: spb.SettlementProfile, bank: payout_pb2.BankAccount,
+def bank_change(merchant_id: str, etag: str, bank: payout_pb2.BankAccount,
                 update_id: str) -> spb.UpdateSettlementProfileRequest:
-    """The UpdateSettlementProfile that pays the merchant to `bank`: the profile as read,
-    with the bank account (and a bank destination) replaced."""
-    changed = spb.SettlementProfile()
-    changed.CopyFrom(profile)
-    changed.ClearField("update_time")
-    changed.destination_type = spb.DESTINATION_TYPE_BANK_ACCOUNT
-    changed.bank_account.CopyFrom(bank)
-    return spb.UpdateSettlementProfileRequest(profile=changed)
+    """The UpdateSettlementProfile that pays the merchant to `bank`: only the destination
+    and the bank account in the mask (nothing else of the profile is touched), on the
+    version the admin was shown (its etag: a profile changed since is refused)."""
+    changed = spb.SettlementProfile(
+        merchant_id=merchant_id, etag=etag, destination_type=spb.DESTINATION_TYPE_BANK_ACCOUNT,
+        bank_account=bank)
+    return spb.UpdateSettlementProfileRequest(
+        request_id=update_id, profile=changed,
+        update_mask=field_mask_pb2.FieldMask(paths=["destination_type", "bank_account"]))
 
 
 @router.post("/merchants/{merchant_id}/bank-account")
@@ -112,13 +119,14 @@ def request_bank_change(merchant_id: str, p: Page = Depends(page), csrf: str = F
                         account_name: str = Form(""), account_number: str = Form(""),
                         bank_name: str = Form(""), branch_code: str = Form(""),
                         reason: str = Form(""), approval_id: str = Form(""),
-                        update_id: str = Form("")) -> Response:
+                        update_id: str = Form(""), etag: str = Form("")) -> Response:
     """Files the change of a merchant's payout bank account for a second admin: a change
     of destination is four eyes (docs/security.md), so it is requested, never made."""
     p.check_csrf(csrf)
     p.require("admin", "Changing a bank account")
-    profile = p.calls.settlement.GetSettlementProfile(
-        spb.GetSettlementProfileRequest(merchant_id=merchant_id)).profile
+    # The version shown with the form; read now only when the form did not carry it.
+    etag = etag or p.calls.settlement.GetSettlementProfile(
+        spb.GetSettlementProfileRequest(merchant_id=merchant_id)).profile.etag
     bank = payout_pb2.BankAccount(
         account_name=account_name.strip(), bank_name=bank_name.strip(),
         # People type account numbers in groups of four: the digits are the number.
@@ -126,7 +134,8 @@ def request_bank_change(merchant_id: str, p: Page = Depends(page), csrf: str = F
     if not (bank.account_name and bank.account_number and bank.bank_name):
         raise Refused(400, "The account's holder, number and bank are required.")
     return file_request(p, "settlement",
-                        bank_change(profile, bank, update_id or new_request_id("profile")),
+                        bank_change(merchant_id, etag, bank,
+                                    update_id or new_request_id("profile")),
                         reason, approval_id)
 
 

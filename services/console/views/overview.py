@@ -25,6 +25,8 @@ SUMMARY_CAP = 500  # merchants summed for today's figures
 RUN_LOOKBACK_DAYS = 8
 COUNT_CAP = 100  # lists are counted up to here; beyond, the page says "100+"
 CHART_CAP = 20000  # settlements drawn in the chart; beyond, the page says so
+CUTOFF_LOOKBACK_DAYS = 31  # longest walk back to a cycle's cut-off (a long holiday, T+n)
+CUTOFFS_PER_CALL = 1000  # CountDueDetails takes up to 1,000 cut-offs
 NOT_DUE = {spb.RUN_ITEM_NOTE_UNSPECIFIED, spb.RUN_ITEM_NOTE_NOTHING_UNSETTLED,
            spb.RUN_ITEM_NOTE_NOT_DUE}
 PAYOUT_STATES = ["CREATED", "SUBMITTED", "ESCALATED", "PAID", "FAILED", "RETURNED"]
@@ -50,13 +52,20 @@ def today(p: Page) -> tuple[dt.date, spb.GetCalendarCoverageResponse | None]:
     return (known if known is not None else p.console.clock.today()), coverage
 
 
-def _today_by_currency(p: Page, day: dt.date) -> tuple[list[dict[str, Any]], int, bool]:
+def _profiles(p: Page) -> tuple[list[spb.SettlementProfile], bool]:
+    """The merchants the overview adds up: those with a settlement profile, up to
+    SUMMARY_CAP (and whether there were more)."""
+    found = list(pages(p.calls.settlement.ListSettlementProfiles,
+                       spb.ListSettlementProfilesRequest(page_size=200), "profiles",
+                       limit=SUMMARY_CAP + 1))
+    return found[:SUMMARY_CAP], len(found) > SUMMARY_CAP
+
+
+def _today_by_currency(p: Page, day: dt.date, merchants: list[spb.SettlementProfile]
+                       ) -> list[dict[str, Any]]:
     """Today's payments and refunds per currency. Clearing summarises one merchant at a
     time, so this adds up the merchants with a settlement profile (up to SUMMARY_CAP)."""
-    profiles = [pr.merchant_id for pr in pages(
-        p.calls.settlement.ListSettlementProfiles,
-        spb.ListSettlementProfilesRequest(page_size=200), "profiles", limit=SUMMARY_CAP + 1)]
-    capped = len(profiles) > SUMMARY_CAP
+    profiles = [pr.merchant_id for pr in merchants]
     when = date_to_proto(day)
 
     def one(merchant: str) -> Any:
@@ -65,13 +74,63 @@ def _today_by_currency(p: Page, day: dt.date) -> tuple[list[dict[str, Any]], int
 
     totals: dict[str, dict[str, Any]] = {}
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for summaries in pool.map(one, profiles[:SUMMARY_CAP]):
+        for summaries in pool.map(one, profiles):
             for s in summaries:
                 t = totals.setdefault(s.currency_code, defaultdict(int))
                 t["currency_code"] = s.currency_code
                 for f in ("payment_count", "payment_amount", "refund_count", "refund_amount"):
                     t[f] += getattr(s, f)
-    return [totals[k] for k in sorted(totals)], min(len(profiles), SUMMARY_CAP), capped
+    return [totals[k] for k in sorted(totals)]
+
+
+def _cutoff(p: Page, day: dt.date, cycle: spb.Cycle) -> dt.date | None:
+    """The latest business date a cycle makes due by `day` (settlement's rule: the
+    settlement date never decreases with the business date, so walk back from `day`);
+    None when the calendar does not reach."""
+    for back in range(CUTOFF_LOOKBACK_DAYS):
+        business = day - dt.timedelta(days=back)
+        try:
+            settles = to_date(p.calls.settlement.GetSettlementDate(spb.GetSettlementDateRequest(
+                business_date=date_to_proto(business), cycle=cycle)).settlement_date)
+        except ServiceError as exc:
+            if exc.unreachable:
+                raise
+            continue  # outside the calendar: an earlier date may still be inside
+        if settles is not None and settles <= day:
+            return business
+    return None
+
+
+def due_not_settled(p: Page, day: dt.date, merchants: list[spb.SettlementProfile]
+                    ) -> tuple[list[cpb.DueDetailCount], int]:
+    """Details due by today on their merchant's cycle and not settled yet (UNSETTLED or
+    CLAIMED in an open batch), per currency, from clearing's CountDueDetails with each
+    merchant's cut-off; and how many merchants had no cut-off (calendar too short)."""
+    cut_of: dict[tuple[int, int], dt.date | None] = {}
+    cutoffs, unknown = [], 0
+    for pr in merchants:
+        key = (pr.cycle.kind, pr.cycle.days)
+        if key not in cut_of:
+            cut_of[key] = _cutoff(p, day, pr.cycle)
+        cut = cut_of[key]
+        if cut is None:
+            unknown += 1
+            continue
+        cutoffs.append(cpb.DueCutoff(merchant_id=pr.merchant_id, currency_code=pr.currency_code,
+                                     business_date_to=date_to_proto(cut)))
+    totals: dict[str, cpb.DueDetailCount] = {}
+    for start in range(0, len(cutoffs), CUTOFFS_PER_CALL):
+        counted = p.calls.clearing.CountDueDetails(cpb.CountDueDetailsRequest(
+            cutoffs=cutoffs[start:start + CUTOFFS_PER_CALL]))
+        for c in counted.counts:
+            t = totals.setdefault(c.currency_code, cpb.DueDetailCount(
+                currency_code=c.currency_code))
+            t.unsettled_count += c.unsettled_count
+            t.claimed_count += c.claimed_count
+            mine, theirs = to_date(t.oldest_business_date), to_date(c.oldest_business_date)
+            if theirs is not None and (mine is None or theirs < mine):
+                t.oldest_business_date.CopyFrom(c.oldest_business_date)
+    return [totals[k] for k in sorted(totals)], unknown
 
 
 def approvals_waiting(p: Page) -> dict[str, tuple[int, bool] | None]:
@@ -93,7 +152,10 @@ def approvals_waiting(p: Page) -> dict[str, tuple[int, bool] | None]:
 def overview(p: Page = Depends(page)) -> Response:
     day, coverage = today(p)
     c = p.calls
-    summaries, merchants, capped = _today_by_currency(p, day)
+    profiles, capped = _profiles(p)
+    summaries = _today_by_currency(p, day, profiles)
+    merchants = len(profiles)
+    due, due_unknown = due_not_settled(p, day, profiles)
     pending = _count(c.clearing.ListPendingFees, cpb.ListPendingFeesRequest(), "details")
     exceptions = _count(c.clearing.ListExceptions, cpb.ListExceptionsRequest(), "details")
     payouts = {state: _count(c.settlement.ListPayouts, spb.ListPayoutsRequest(
@@ -138,7 +200,8 @@ def overview(p: Page = Depends(page)) -> Response:
     return p.render(
         "overview.html", title="Overview", today=day, summaries=summaries,
         summed_merchants=merchants, summary_capped=capped, pending=pending,
-        exceptions=exceptions, due_notes=due_notes, payouts=payouts, runs=runs, coverage=coverage,
+        exceptions=exceptions, due_notes=due_notes, due=due, due_unknown=due_unknown,
+        payouts=payouts, runs=runs, coverage=coverage,
         chart=daily_chart(days, settled, paid), other_currencies=sorted(currencies),
         settled_total=sum(settled.values()), paid_total=sum(paid.values()),
         chart_capped=drawn > CHART_CAP, chart_cap=CHART_CAP, waiting=approvals_waiting(p))

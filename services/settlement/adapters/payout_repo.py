@@ -61,15 +61,6 @@ async def watched(conn: AsyncConnection, limit: int, watch_days: int) -> Sequenc
     ).all()
 
 
-async def held(conn: AsyncConnection, merchants: list[str]) -> set[str]:
-    """Which of these merchants are on hold (冻结)."""
-    rows = await conn.execute(
-        text("SELECT merchant_id FROM profiles WHERE hold AND merchant_id = ANY(CAST(:m AS text[]))"),
-        {"m": merchants},
-    )
-    return {r.merchant_id for r in rows}
-
-
 async def touch(conn: AsyncConnection, payout_id: str, delay_s: float, error: str) -> None:
     """Next look in `delay_s`; `error` replaces the last error unless empty."""
     await conn.execute(
@@ -236,13 +227,6 @@ async def merchant_of(conn: AsyncConnection, payout_id: str) -> str | None:
         )
     ).first()
     return row.merchant_id if row is not None else None
-
-
-async def lock_profile(conn: AsyncConnection, merchant_id: str) -> None:
-    """The merchant's profile row locked, in the order runs take it (profile, then payout)."""
-    await conn.execute(
-        text("SELECT 1 FROM profiles WHERE merchant_id = :m FOR UPDATE"), {"m": merchant_id}
-    )
 
 
 async def lock(conn: AsyncConnection, payout_id: str) -> Any | None:

@@ -269,8 +269,11 @@ async def create_run(conn: AsyncConnection, run_id: str, settle_date: dt.date) -
     created = (
         await conn.execute(
             text(
+                # No conflict target: the run id is derived from the date, so two
+                # instances starting the same date collide on the primary key as well as
+                # on settle_date, and either must read as "exists already".
                 "INSERT INTO runs (run_id, settle_date, state) VALUES (:r, :d, 'RUNNING') "
-                "ON CONFLICT (settle_date) DO NOTHING RETURNING run_id"
+                "ON CONFLICT DO NOTHING RETURNING run_id"
             ),
             {"r": run_id, "d": settle_date},
         )
@@ -316,11 +319,13 @@ async def complete_runs(conn: AsyncConnection, up_to: dt.date) -> None:
 
 async def take_open_items(
     conn: AsyncConnection, up_to: dt.date, pass_id: str, limit: int,
-    max_attempts: int, max_age_s: float,
+    max_attempts: int, max_age_s: float, *, pending_older_than_s: float | None = None,
 ) -> list[Any]:
     """A chunk of PENDING or FAILED items up to a date this pass has not tried, locked
     (SKIP LOCKED: other workers take other items); `expired` marks a FAILED item past
-    the attempt or age limit (0: no limit of that kind)."""
+    the attempt or age limit (0: no limit of that kind). `pending_older_than_s`: only
+    PENDING items created at least that long ago (the abandoned ones)."""
+    only_pending = pending_older_than_s is not None
     return list(
         (
             await conn.execute(
@@ -328,33 +333,19 @@ async def take_open_items(
                     "SELECT run_id, merchant_id, settle_date, state = 'FAILED' AND ("
                     "(:ma > 0 AND attempts >= :ma) OR (:age > 0 AND create_time < "
                     "now() - make_interval(secs => :age))) AS expired FROM run_items "
-                    "WHERE settle_date <= :d AND state IN ('PENDING', 'FAILED') "
-                    "AND last_pass <> :p ORDER BY settle_date, merchant_id "
+                    "WHERE settle_date <= :d "
+                    + ("AND state = 'PENDING' AND create_time <= now() - "
+                       "make_interval(secs => :older) " if only_pending
+                       else "AND state IN ('PENDING', 'FAILED') ")
+                    + "AND last_pass <> :p ORDER BY settle_date, merchant_id "
                     "LIMIT :n FOR UPDATE SKIP LOCKED"
                 ),
-                {"d": up_to, "p": pass_id, "n": limit, "ma": max_attempts, "age": max_age_s},
+                {"d": up_to, "p": pass_id, "n": limit, "ma": max_attempts, "age": max_age_s,
+                 **({"older": pending_older_than_s} if only_pending else {})},
             )
         ).all()
     )
 
-
-async def lock_profiles(conn: AsyncConnection, merchants: Sequence[str]) -> list[Any]:
-    """The merchants' profile rows, locked: serialises every booking of a merchant (runs
-    of other instances, RetryPayout) around its carried balance."""
-    return list(
-        (
-            await conn.execute(
-                text(
-                    "SELECT merchant_id, currency, cycle_kind, cycle_days, "
-                    "destination_type, bank_account, min_payout, deduct_fee_bills, hold, "
-                    "hold_reason, update_time FROM profiles "
-                    "WHERE merchant_id = ANY(CAST(:m AS text[])) ORDER BY merchant_id "
-                    "FOR UPDATE"
-                ),
-                {"m": list(merchants)},
-            )
-        ).all()
-    )
 
 
 async def fail_items(

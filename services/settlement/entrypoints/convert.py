@@ -11,11 +11,12 @@ from clearhouse.type.v1 import money_pb2, transaction_pb2
 from google.type import date_pb2
 
 from services.settlement.adapters.calendar_repo import ImportRecord
+from services.settlement.adapters.profile_repo import Version
 from services.settlement.adapters.run_repo import ItemRow
 from services.settlement.domain.calendar import Cycle, CycleKind, Day, DayKind
 from services.settlement.domain.calendar_file import FileFormat
 from services.settlement.domain.ledger import Account, AccountType, parse_account_code
-from services.settlement.domain.profiles import BankAccount, Destination, Profile
+from services.settlement.domain.profiles import UPDATABLE, BankAccount, Destination, Profile
 from services.settlement.domain.run_notes import Note
 from services.settlement.domain.statements import StatementLine
 from services.settlement.service_layer.balances import MerchantBalance
@@ -153,6 +154,32 @@ def profile_to_proto(p: Profile) -> pb.SettlementProfile:
         hold=p.hold,
         hold_reason=p.hold_reason,
         update_time=datetime_to_ts(p.update_time),
+        etag=p.etag,
+        version=p.version,
+        destination_change_time=datetime_to_ts(p.destination_change_time),
+    )
+
+
+def populated_profile_fields(p: pb.SettlementProfile) -> list[str]:
+    """The updatable fields of a profile that are set (non-zero, non-empty): the
+    implied update mask of an update without one (AIP-134)."""
+    present = {
+        "currency_code": bool(p.currency_code),
+        "cycle": p.HasField("cycle"),
+        "destination_type": p.destination_type != pb.DESTINATION_TYPE_UNSPECIFIED,
+        "bank_account": p.HasField("bank_account"),
+        "min_payout": p.min_payout != 0,
+        "deduct_fee_bills": p.deduct_fee_bills,
+        "hold": p.hold,
+        "hold_reason": bool(p.hold_reason),
+    }
+    return [name for name in UPDATABLE if present[name]]
+
+
+def profile_version_to_proto(v: Version) -> pb.SettlementProfileVersion:
+    return pb.SettlementProfileVersion(
+        profile=profile_to_proto(v.profile), changed_fields=v.changed_fields, actor=v.actor,
+        request_id=v.request_id,
     )
 
 

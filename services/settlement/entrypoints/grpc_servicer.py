@@ -7,6 +7,7 @@ from typing import Any
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 from clearhouse.settlement.v1 import settlement_pb2_grpc
 
+from services.settlement.domain.profiles import FULL_REPLACEMENT, UPDATABLE, check_mask, validate
 from services.settlement.entrypoints import convert as c
 from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
@@ -19,7 +20,7 @@ from services.settlement.service_layer.runs import RunService
 from services.settlement.service_layer.statements import StatementService
 from services.settlement.service_layer.stuck import StuckCheck
 from shared import validation
-from shared.errors import Violations
+from shared.errors import InvalidArgument, Violations
 from shared.validation import (
     MAX_DERIVED_ID_LENGTH,
     MAX_ID_LENGTH,
@@ -77,8 +78,32 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     async def UpdateSettlementProfile(
         self, request: pb.UpdateSettlementProfileRequest, context: Ctx
     ) -> pb.UpdateSettlementProfileResponse:
-        _has_profile(request)
-        updated = await self.profiles.update(c.profile_from_proto(request.profile))
+        v = Violations()
+        check_id(v, request.request_id, "request_id")
+        if not request.HasField("profile"):
+            v.add("profile", "required")
+        else:
+            check_id(v, request.profile.merchant_id, "profile.merchant_id")
+            check_id(v, request.profile.etag, "profile.etag")
+        paths = list(request.update_mask.paths)
+        check_mask(v, paths)
+        if not paths and request.HasField("profile"):
+            # AIP-134: no mask means the fields that are set.
+            paths = c.populated_profile_fields(request.profile)
+            v.check(bool(paths), "update_mask",
+                    "nothing to change: name the fields in update_mask (or set them)")
+        given = c.profile_from_proto(request.profile)
+        if paths and all(p in UPDATABLE or p == FULL_REPLACEMENT for p in paths):
+            # The new values alone first, so a malformed one is refused before anything
+            # is read; the merged profile is validated whole by the update.
+            try:
+                validate(given, fields={UPDATABLE[p] for p in paths} if FULL_REPLACEMENT
+                         not in paths else set(UPDATABLE.values()))
+            except InvalidArgument as exc:
+                v.items += exc.violations
+        v.raise_if_any()
+        updated = await self.profiles.update(
+            given, set(paths), request.profile.etag, request.request_id)
         return pb.UpdateSettlementProfileResponse(profile=c.profile_to_proto(updated))
 
     async def ListSettlementProfiles(
@@ -90,6 +115,20 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         found, token = await self.profiles.list(request.page_size, request.page_token)
         return pb.ListSettlementProfilesResponse(
             profiles=[c.profile_to_proto(p) for p in found], next_page_token=token
+        )
+
+    async def ListSettlementProfileVersions(
+        self, request: pb.ListSettlementProfileVersionsRequest, context: Ctx
+    ) -> pb.ListSettlementProfileVersionsResponse:
+        v = Violations()
+        check_id(v, request.merchant_id, "merchant_id")
+        _check_page(v, request)
+        v.raise_if_any()
+        found, token = await self.profiles.versions(
+            request.merchant_id, request.page_size, request.page_token
+        )
+        return pb.ListSettlementProfileVersionsResponse(
+            versions=[c.profile_version_to_proto(x) for x in found], next_page_token=token
         )
 
     # ---- calendar ----

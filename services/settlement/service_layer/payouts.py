@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.settlement.adapters import ledger_repo, payout_repo
+from services.settlement.adapters import ledger_repo, payout_repo, profile_repo
 from services.settlement.adapters.clients import GatewayPayout
 from services.settlement.domain import ledger
 from services.settlement.domain.ledger import AccountType, account
@@ -29,6 +30,7 @@ from services.settlement.service_layer.ports import Gateway
 from services.settlement.service_layer.profiles import load as load_profile
 from services.settlement.service_layer.unit_of_work import Database
 from shared import audit, idempotency
+from shared.clock import real_now
 from shared.errors import FailedPrecondition, IdempotencyConflict, NotFound
 from shared.pagination import Page, integer
 
@@ -74,16 +76,24 @@ class DispatchPolicy:
     batch_size: int = 50
     concurrency: int = 8
     limits: Limits = field(default_factory=Limits)
+    # No bank payout goes to the gateway this long after the merchant's payout
+    # destination changed (issue 10 §3): time to notice a redirection.
+    cool_off_s: float = 0.0
 
     def backoff(self, attempts: int) -> float:
         return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(attempts - 1, 0)))
 
 
 class PayoutService:
-    def __init__(self, db: Database, gateway: Gateway, policy: DispatchPolicy) -> None:
+    def __init__(
+        self, db: Database, gateway: Gateway, policy: DispatchPolicy,
+        now: Callable[[], dt.datetime] = real_now,
+    ) -> None:
         self.db = db
         self.gateway = gateway
         self.policy = policy
+        # The service clock, the one profiles stamp a destination change with.
+        self.now = now
         self.calls = asyncio.Semaphore(max(1, policy.concurrency))
 
     # ---- dispatcher -------------------------------------------------------------------
@@ -95,10 +105,10 @@ class PayoutService:
                 rows = await payout_repo.due(conn, self.policy.batch_size)
                 if not rows:
                     return 0
-                held = await payout_repo.held(conn, sorted({r.merchant_id for r in rows}))
+                held = await self._held(conn, sorted({r.merchant_id for r in rows}))
                 spent = [self.policy.limits.exhausted(r.attempts, r.submitted_for_s) for r in rows]
                 answers = await asyncio.gather(
-                    *(self._ask(r, r.merchant_id in held, bool(why))
+                    *(self._ask(r, held.get(r.merchant_id), bool(why))
                       for r, why in zip(rows, spent, strict=True))
                 )
                 for row, (answer, sent), why in zip(rows, answers, spent, strict=True):
@@ -138,12 +148,34 @@ class PayoutService:
         except grpc.aio.AioRpcError as exc:
             return exc
 
+    async def _held(self, conn: AsyncConnection, merchants: list[str]) -> dict[str, _Held]:
+        """Why each of these merchants' payouts may not be submitted now: on hold (冻结),
+        or within the cool-off after a destination change. Absent: free to go."""
+        now = self.now()
+        cool_off = dt.timedelta(seconds=self.policy.cool_off_s)
+        held = {}
+        for m, gate in (await profile_repo.payout_gates(conn, merchants, now - cool_off)).items():
+            if gate.hold:
+                held[m] = _Held("merchant on hold: not sent until the hold is lifted",
+                                self.policy.processing_poll_s)
+            elif gate.destination_change_time is not None:
+                until = gate.destination_change_time + cool_off
+                held[m] = _Held(
+                    f"payout cool-off: the destination changed at "
+                    f"{gate.destination_change_time.isoformat()}; not sent before "
+                    f"{until.isoformat()}",
+                    # Woken when the cool-off ends, not a poll later.
+                    min(self.policy.processing_poll_s,
+                        max((until - now).total_seconds(), 0.0) + 0.01),
+                )
+        return held
+
     async def _ask(
-        self, row: Any, held: bool = False, exhausted: bool = False
+        self, row: Any, held: _Held | None = None, exhausted: bool = False
     ) -> tuple[GatewayPayout | grpc.aio.AioRpcError | _Held | None, bool]:
         """The gateway's answer for a due payout (or the error of the attempt), and
-        whether it was submitted this time. For a merchant on hold (冻结) nothing is
-        submitted: a payout booked before the hold waits (a SUBMITTED one is still asked
+        whether it was submitted this time. For a merchant on hold (冻结) or within its
+        cool-off nothing is submitted: the payout waits (a SUBMITTED one is still asked
         about, since its money may already have moved). A payout past its limits is only
         asked about, never submitted again: a final answer settles it, else it escalates."""
         sent = False
@@ -155,8 +187,8 @@ class PayoutService:
                         return known, False
                 if exhausted:
                     return None, False
-                if held:
-                    return HELD, False
+                if held is not None:
+                    return held, False
                 # Never sent, or sent and never received: the same instruction id again.
                 sent = True
                 return await self.gateway.submit(
@@ -196,8 +228,7 @@ class PayoutService:
                                                    "merchant_id": row.merchant_id})
             return
         if isinstance(answer, _Held):
-            await payout_repo.touch(conn, row.payout_id, p.processing_poll_s,
-                                    "merchant on hold: not sent until the hold is lifted")
+            await payout_repo.touch(conn, row.payout_id, answer.delay_s, answer.reason)
             return
         if answer is None:  # asked about a paid payout the gateway does not know: keep asking
             await payout_repo.touch(conn, row.payout_id, p.return_poll_s, "gateway does not know it")
@@ -324,8 +355,7 @@ class PayoutService:
         if merchant is None:
             raise NotFound("PAYOUT_NOT_FOUND", f"no payout {payout_id!r}", {"payout_id": payout_id})
         # The profile lock first, as runs take it, then the payout.
-        await payout_repo.lock_profile(conn, merchant)
-        profile = await load_profile(conn, merchant)
+        profile = await load_profile(conn, merchant, lock=True)
         if profile.hold:
             # 冻结: nothing leaves for a merchant on hold, a retry no more than a run.
             raise FailedPrecondition(
@@ -475,8 +505,10 @@ def _audit_view(row: Any) -> dict[str, Any]:
             "resolution_reason": row.resolution_reason}
 
 
+@dataclass(frozen=True, slots=True)
 class _Held:
-    """The dispatcher's answer for a payout of a merchant on hold: not sent."""
+    """The dispatcher's answer for a payout that may not be sent now: why (shown as the
+    payout's last_error) and when to look again."""
 
-
-HELD = _Held()
+    reason: str
+    delay_s: float

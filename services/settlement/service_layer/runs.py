@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.settlement.adapters import booking_repo, ledger_repo, run_repo
+from services.settlement.adapters import booking_repo, ledger_repo, profile_repo, run_repo
 from services.settlement.adapters.clients import ClearingBatch, FirstDetail
 from services.settlement.domain import ids, ledger
 from services.settlement.domain.calendar import BusinessCalendar, Cycle, DateOutsideCalendar
@@ -45,7 +45,6 @@ from services.settlement.domain.profiles import Destination, Profile
 from services.settlement.domain.run_notes import Note, Noted, Unsettled, after_netting, when_skipped
 from services.settlement.service_layer.calendars import CalendarService, outside
 from services.settlement.service_layer.ports import Billing, Clearing, FaultHook
-from services.settlement.service_layer.profiles import profile_from_row
 from services.settlement.service_layer.unit_of_work import Database
 from shared import audit, idempotency
 from shared.errors import FailedPrecondition, NotFound
@@ -207,8 +206,25 @@ class RunService:
             await asyncio.sleep(interval_s)
             try:
                 await self.complete_open()
+                await self.resume_abandoned(interval_s)
             except Exception:
                 log.exception("completing booked items failed; retrying later")
+
+    async def resume_abandoned(self, older_than_s: float) -> None:
+        """Works the PENDING items, up to today, of runs that began at least
+        `older_than_s` ago: a run call that crashed or lost its connection leaves them
+        (a crash after the claim leaves the batch OPEN in clearing, its details CLAIMED),
+        and before this they waited for the next call of that date or a later one. The
+        claim repeats the recorded one, so the OPEN batch is taken as it is. FAILED items
+        are left to the runs (their attempts count towards ITEM_MAX_ATTEMPTS)."""
+        calendar = await self.calendars.current()
+        pass_id = uuid.uuid4().hex
+        cache: dict[tuple[dt.date, Cycle], dt.date | None] = {}
+        while await self._work_chunk(self.today(), pass_id, calendar, cache,
+                                     pending_older_than_s=older_than_s):
+            pass
+        async with self.db.engine.begin() as conn:
+            await run_repo.complete_runs(conn, self.today())
 
     def _business_date_to(
         self,
@@ -231,12 +247,15 @@ class RunService:
         pass_id: str,
         calendar: BusinessCalendar,
         bdt_cache: dict[tuple[dt.date, Cycle], dt.date | None],
+        *,
+        pending_older_than_s: float | None = None,
     ) -> bool:
         async with self.db.engine.connect() as conn:
             async with conn.begin():
                 rows = await run_repo.take_open_items(
                     conn, settle_date, pass_id, self.chunk_size,
                     self.item_max_attempts, self.item_max_age_s,
+                    pending_older_than_s=pending_older_than_s,
                 )
                 if not rows:
                     return False
@@ -276,10 +295,7 @@ class RunService:
         merchants = sorted(chosen)
         # Locking the profiles serialises every booking of a merchant (runs in
         # other instances, RetryPayout) around its carried balance.
-        profiles = {
-            r.merchant_id: profile_from_row(r)
-            for r in await run_repo.lock_profiles(conn, merchants)
-        }
+        profiles = await profile_repo.lock_many(conn, merchants)
         items = [
             _Item(chosen[m].run_id, m, chosen[m].settle_date, profiles[m])
             for m in merchants

@@ -68,7 +68,10 @@ class _DetailStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailSta
     DETAIL_STATE_SETTLED: _DetailState.ValueType  # 3
     """Settled by a confirmed batch."""
     DETAIL_STATE_EXCEPTION: _DetailState.ValueType  # 4
-    """Billing refused to price it; ops must fix the configuration and retry."""
+    """Billing refused to price it, or (a refund) its payment is in exception. See
+    ClearingDetail.exception for how it is resolved: by itself (a top-up of a prepaid
+    fee account, the payment priced) or by ops fixing the configuration and retrying.
+    """
 
 class DetailState(_DetailState, metaclass=_DetailStateEnumTypeWrapper):
     """DetailState is a detail's way to settlement."""
@@ -82,7 +85,10 @@ DETAIL_STATE_CLAIMED: DetailState.ValueType  # 2
 DETAIL_STATE_SETTLED: DetailState.ValueType  # 3
 """Settled by a confirmed batch."""
 DETAIL_STATE_EXCEPTION: DetailState.ValueType  # 4
-"""Billing refused to price it; ops must fix the configuration and retry."""
+"""Billing refused to price it, or (a refund) its payment is in exception. See
+ClearingDetail.exception for how it is resolved: by itself (a top-up of a prepaid
+fee account, the payment priced) or by ops fixing the configuration and retrying.
+"""
 Global___DetailState: _TypeAlias = DetailState  # noqa: Y015
 
 class _FeeStatus:
@@ -98,7 +104,9 @@ class _FeeStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeeStatus.V
     FEE_STATUS_KNOWN: _FeeStatus.ValueType  # 2
     """The fee is known."""
     FEE_STATUS_REFUSED: _FeeStatus.ValueType  # 3
-    """Billing refused (see exception_reason)."""
+    """Not priced: billing refused, or (ORIGINAL_IN_EXCEPTION) the refund's payment is in
+    exception so billing was not asked (see exception_reason).
+    """
     FEE_STATUS_NOT_APPLICABLE: _FeeStatus.ValueType  # 4
     """Fee-free (adjustments)."""
 
@@ -112,10 +120,52 @@ FEE_STATUS_PENDING: FeeStatus.ValueType  # 1
 FEE_STATUS_KNOWN: FeeStatus.ValueType  # 2
 """The fee is known."""
 FEE_STATUS_REFUSED: FeeStatus.ValueType  # 3
-"""Billing refused (see exception_reason)."""
+"""Not priced: billing refused, or (ORIGINAL_IN_EXCEPTION) the refund's payment is in
+exception so billing was not asked (see exception_reason).
+"""
 FEE_STATUS_NOT_APPLICABLE: FeeStatus.ValueType  # 4
 """Fee-free (adjustments)."""
 Global___FeeStatus: _TypeAlias = FeeStatus  # noqa: Y015
+
+class _ExceptionResolution:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExceptionResolutionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExceptionResolution.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXCEPTION_RESOLUTION_UNSPECIFIED: _ExceptionResolution.ValueType  # 0
+    """Not set."""
+    EXCEPTION_RESOLUTION_ON_TOP_UP: _ExceptionResolution.ValueType  # 1
+    """Clearing retries it by itself (INSUFFICIENT_FEE_BALANCE: a prepaid fee account was
+    short). Every CLEARING_PREPAID_RETRY_INTERVAL_S clearing reads the merchant's fee
+    account (one GetFeeAccount); once it holds the required fee (a top-up) the
+    merchant's prepaid exceptions are priced again. No RetryExceptions call is needed.
+    """
+    EXCEPTION_RESOLUTION_WITH_PAYMENT: _ExceptionResolution.ValueType  # 2
+    """A refund whose payment is in exception (ORIGINAL_IN_EXCEPTION): it is priced as soon
+    as its payment is, whoever resolves the payment.
+    """
+    EXCEPTION_RESOLUTION_MANUAL: _ExceptionResolution.ValueType  # 3
+    """Ops fix the configuration (a missing fee rule, …) and call RetryExceptions."""
+
+class ExceptionResolution(_ExceptionResolution, metaclass=_ExceptionResolutionEnumTypeWrapper):
+    """ExceptionResolution says how a detail in exception gets out of it."""
+
+EXCEPTION_RESOLUTION_UNSPECIFIED: ExceptionResolution.ValueType  # 0
+"""Not set."""
+EXCEPTION_RESOLUTION_ON_TOP_UP: ExceptionResolution.ValueType  # 1
+"""Clearing retries it by itself (INSUFFICIENT_FEE_BALANCE: a prepaid fee account was
+short). Every CLEARING_PREPAID_RETRY_INTERVAL_S clearing reads the merchant's fee
+account (one GetFeeAccount); once it holds the required fee (a top-up) the
+merchant's prepaid exceptions are priced again. No RetryExceptions call is needed.
+"""
+EXCEPTION_RESOLUTION_WITH_PAYMENT: ExceptionResolution.ValueType  # 2
+"""A refund whose payment is in exception (ORIGINAL_IN_EXCEPTION): it is priced as soon
+as its payment is, whoever resolves the payment.
+"""
+EXCEPTION_RESOLUTION_MANUAL: ExceptionResolution.ValueType  # 3
+"""Ops fix the configuration (a missing fee rule, …) and call RetryExceptions."""
+Global___ExceptionResolution: _TypeAlias = ExceptionResolution  # noqa: Y015
 
 class _BatchState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -242,6 +292,9 @@ class ClearingDetail(_message.Message):
     EXCEPTION_REASON_FIELD_NUMBER: _builtins.int
     ADJUSTMENT_REASON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXCEPTION_FIELD_NUMBER: _builtins.int
+    FEE_ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    NEXT_FEE_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     detail_id: _builtins.str
     """The transaction id, or the adjustment id for adjustments."""
     detail_type: Global___DetailType.ValueType
@@ -273,9 +326,16 @@ class ClearingDetail(_message.Message):
     batch_id: _builtins.str
     """The claiming batch, while claimed or once settled."""
     exception_reason: _builtins.str
-    """Billing's refusal reason, in exception."""
+    """Why it is in exception (state EXCEPTION), else empty: billing's refusal reason, or
+    clearing's own (ORIGINAL_IN_EXCEPTION, UNEXPECTED_BILLING_ANSWER). The same as
+    exception.reason.
+    """
     adjustment_reason: _builtins.str
     """The adjustment's reason."""
+    fee_attempt_count: _builtins.int
+    """For a pending fee: how many times the pending-fee worker has asked billing (0 when
+    only the recording call has). Kept once the fee is known.
+    """
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """The amount, positive for payments and refunds; signed for adjustments."""
@@ -295,6 +355,18 @@ class ClearingDetail(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was recorded."""
+
+    @_builtins.property
+    def exception(self) -> Global___ExceptionInfo:
+        """While the detail is in exception (state EXCEPTION): why, since when, how often it
+        was tried and how it will be resolved. Absent in every other state.
+        """
+
+    @_builtins.property
+    def next_fee_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """For a pending fee (fee_status PENDING): when the pending-fee worker asks billing
+        next (a refund waits until its payment's fee is known). Absent otherwise.
+        """
 
     def __init__(
         self,
@@ -321,14 +393,78 @@ class ClearingDetail(_message.Message):
         exception_reason: _builtins.str = ...,
         adjustment_reason: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        exception: Global___ExceptionInfo | None = ...,
+        fee_attempt_count: _builtins.int = ...,
+        next_fee_attempt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "business_date", b"business_date", "create_time", b"create_time", "fee", b"fee", "transaction_time", b"transaction_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "business_date", b"business_date", "create_time", b"create_time", "exception", b"exception", "fee", b"fee", "next_fee_attempt_time", b"next_fee_attempt_time", "transaction_time", b"transaction_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquirer_bank", b"acquirer_bank", "adjustment_reason", b"adjustment_reason", "amount", b"amount", "batch_id", b"batch_id", "business_date", b"business_date", "business_line", b"business_line", "card_type", b"card_type", "collection_mode", b"collection_mode", "create_time", b"create_time", "detail_id", b"detail_id", "detail_type", b"detail_type", "exception_reason", b"exception_reason", "fee", b"fee", "fee_status", b"fee_status", "issuer_bank", b"issuer_bank", "merchant_id", b"merchant_id", "original_transaction_id", b"original_transaction_id", "product", b"product", "rule_id", b"rule_id", "rule_version", b"rule_version", "state", b"state", "transaction_time", b"transaction_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquirer_bank", b"acquirer_bank", "adjustment_reason", b"adjustment_reason", "amount", b"amount", "batch_id", b"batch_id", "business_date", b"business_date", "business_line", b"business_line", "card_type", b"card_type", "collection_mode", b"collection_mode", "create_time", b"create_time", "detail_id", b"detail_id", "detail_type", b"detail_type", "exception", b"exception", "exception_reason", b"exception_reason", "fee", b"fee", "fee_attempt_count", b"fee_attempt_count", "fee_status", b"fee_status", "issuer_bank", b"issuer_bank", "merchant_id", b"merchant_id", "next_fee_attempt_time", b"next_fee_attempt_time", "original_transaction_id", b"original_transaction_id", "product", b"product", "rule_id", b"rule_id", "rule_version", b"rule_version", "state", b"state", "transaction_time", b"transaction_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClearingDetail: _TypeAlias = ClearingDetail  # noqa: Y015
+
+@_typing.final
+class ExceptionInfo(_message.Message):
+    """ExceptionInfo is the age and the reason of a detail in exception."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_TIME_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    NEXT_CHECK_TIME_FIELD_NUMBER: _builtins.int
+    REQUIRED_BALANCE_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """The reason code: billing's ErrorInfo reason (NO_MATCHING_FEE_RULE,
+    INSUFFICIENT_FEE_BALANCE, …) or clearing's own: ORIGINAL_IN_EXCEPTION (a refund whose
+    payment is in exception), UNEXPECTED_BILLING_ANSWER (a fee clearing cannot store).
+    """
+    message: _builtins.str
+    """The refusal's message: billing's words, or clearing's."""
+    attempt_count: _builtins.int
+    """How many pricing attempts were refused (the first one included)."""
+    resolution: Global___ExceptionResolution.ValueType
+    """How it will be resolved."""
+    required_balance: _builtins.int
+    """INSUFFICIENT_FEE_BALANCE: the fee the prepaid account must hold for this detail
+    (billing's `required`), in minor units of the detail's currency; 0 when unknown.
+    """
+    @_builtins.property
+    def first_seen_time(self) -> _timestamp_pb2.Timestamp:
+        """When pricing was first refused (kept across retries that were refused again)."""
+
+    @_builtins.property
+    def last_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When pricing was last tried and refused."""
+
+    @_builtins.property
+    def next_check_time(self) -> _timestamp_pb2.Timestamp:
+        """ON_TOP_UP: when clearing reads the fee account next. Absent otherwise."""
+
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        first_seen_time: _timestamp_pb2.Timestamp | None = ...,
+        last_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        attempt_count: _builtins.int = ...,
+        resolution: Global___ExceptionResolution.ValueType = ...,
+        next_check_time: _timestamp_pb2.Timestamp | None = ...,
+        required_balance: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen_time", b"first_seen_time", "last_attempt_time", b"last_attempt_time", "next_check_time", b"next_check_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "first_seen_time", b"first_seen_time", "last_attempt_time", b"last_attempt_time", "message", b"message", "next_check_time", b"next_check_time", "reason", b"reason", "required_balance", b"required_balance", "resolution", b"resolution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExceptionInfo: _TypeAlias = ExceptionInfo  # noqa: Y015
 
 @_typing.final
 class RecordTransactionRequest(_message.Message):
@@ -822,22 +958,31 @@ class ListExceptionsRequest(_message.Message):
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
     """The merchant; empty for all, else 1-64 characters, no control character, no leading or trailing whitespace."""
     page_size: _builtins.int
     """Page size (AIP-158): 0 for the default, at most 1,000 served, not negative."""
     page_token: _builtins.str
-    """Page token: the next_page_token of the previous call (at most 2,048 characters)."""
+    """Page token: the next_page_token of the previous call with the same filters (at most
+    2,048 characters).
+    """
+    reason: _builtins.str
+    """Only exceptions of this reason code (for example INSUFFICIENT_FEE_BALANCE,
+    ORIGINAL_IN_EXCEPTION); empty for all, else 1-64 characters, no control character,
+    no leading or trailing whitespace.
+    """
     def __init__(
         self,
         *,
         merchant_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id", "page_size", b"page_size", "page_token", b"page_token", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -257,14 +257,19 @@ class ClearingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListExceptions(self, request, context):
-        """Lists details whose pricing was refused by billing (exceptions), paginated.
+        """Lists details in exception, in detail id order, paginated, optionally of one
+        reason: those billing refused to price, and refunds whose payment is in exception
+        (reason ORIGINAL_IN_EXCEPTION, priced once their payment is). Each with its age and
+        reason (ClearingDetail.exception).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListPendingFees(self, request, context):
-        """Lists details whose fee is still pending, paginated.
+        """Lists details whose fee is still pending (billing has not answered yet, or a refund
+        waits for its payment's pending fee), paginated. A refund of a payment in exception
+        is not pending: it is listed by ListExceptions (ORIGINAL_IN_EXCEPTION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -276,6 +281,11 @@ class ClearingServiceServicer:
         never refused) is answered in its current state, and one whose fee is pending is
         asked about again, as a repeat of RecordTransaction would. The merchant form works
         through the merchant's exceptions 1,000 per call in id order (see page_token).
+        Not needed for a prepaid shortfall (INSUFFICIENT_FEE_BALANCE: clearing retries it
+        by itself once the fee account holds the fee) nor for a refund in exception beside
+        its payment (ORIGINAL_IN_EXCEPTION: priced with its payment, in the same call when
+        the payment is retried; named alone while the payment is still in exception, it
+        stays there).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -85,15 +85,27 @@ class ClearingServiceStub:
     SummarizeDetails: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.SummarizeDetailsRequest, _clearing_pb2.SummarizeDetailsResponse]
     """Sums a merchant's details per business date: counts and sums by type, fees by mode."""
     ListExceptions: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ListExceptionsRequest, _clearing_pb2.ListExceptionsResponse]
-    """Lists details whose pricing was refused by billing (exceptions), paginated."""
+    """Lists details in exception, in detail id order, paginated, optionally of one
+    reason: those billing refused to price, and refunds whose payment is in exception
+    (reason ORIGINAL_IN_EXCEPTION, priced once their payment is). Each with its age and
+    reason (ClearingDetail.exception).
+    """
     ListPendingFees: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ListPendingFeesRequest, _clearing_pb2.ListPendingFeesResponse]
-    """Lists details whose fee is still pending, paginated."""
+    """Lists details whose fee is still pending (billing has not answered yet, or a refund
+    waits for its payment's pending fee), paginated. A refund of a payment in exception
+    is not pending: it is listed by ListExceptions (ORIGINAL_IN_EXCEPTION).
+    """
     RetryExceptions: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.RetryExceptionsRequest, _clearing_pb2.RetryExceptionsResponse]
     """Prices exception details again, after the configuration was fixed. Idempotent: a
     named payment or refund no longer in exception (repriced by an earlier retry, or
     never refused) is answered in its current state, and one whose fee is pending is
     asked about again, as a repeat of RecordTransaction would. The merchant form works
     through the merchant's exceptions 1,000 per call in id order (see page_token).
+    Not needed for a prepaid shortfall (INSUFFICIENT_FEE_BALANCE: clearing retries it
+    by itself once the fee account holds the fee) nor for a refund in exception beside
+    its payment (ORIGINAL_IN_EXCEPTION: priced with its payment, in the same call when
+    the payment is retried; named alone while the payment is still in exception, it
+    stays there).
     """
     ClaimDetails: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.ClaimDetailsRequest, _clearing_pb2.ClaimDetailsResponse]
     """Claims every unsettled, priced detail of a merchant and currency up to a
@@ -220,15 +232,27 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     SummarizeDetails: _aio.UnaryUnaryMultiCallable[_clearing_pb2.SummarizeDetailsRequest, _clearing_pb2.SummarizeDetailsResponse]  # type: ignore[assignment]
     """Sums a merchant's details per business date: counts and sums by type, fees by mode."""
     ListExceptions: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ListExceptionsRequest, _clearing_pb2.ListExceptionsResponse]  # type: ignore[assignment]
-    """Lists details whose pricing was refused by billing (exceptions), paginated."""
+    """Lists details in exception, in detail id order, paginated, optionally of one
+    reason: those billing refused to price, and refunds whose payment is in exception
+    (reason ORIGINAL_IN_EXCEPTION, priced once their payment is). Each with its age and
+    reason (ClearingDetail.exception).
+    """
     ListPendingFees: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ListPendingFeesRequest, _clearing_pb2.ListPendingFeesResponse]  # type: ignore[assignment]
-    """Lists details whose fee is still pending, paginated."""
+    """Lists details whose fee is still pending (billing has not answered yet, or a refund
+    waits for its payment's pending fee), paginated. A refund of a payment in exception
+    is not pending: it is listed by ListExceptions (ORIGINAL_IN_EXCEPTION).
+    """
     RetryExceptions: _aio.UnaryUnaryMultiCallable[_clearing_pb2.RetryExceptionsRequest, _clearing_pb2.RetryExceptionsResponse]  # type: ignore[assignment]
     """Prices exception details again, after the configuration was fixed. Idempotent: a
     named payment or refund no longer in exception (repriced by an earlier retry, or
     never refused) is answered in its current state, and one whose fee is pending is
     asked about again, as a repeat of RecordTransaction would. The merchant form works
     through the merchant's exceptions 1,000 per call in id order (see page_token).
+    Not needed for a prepaid shortfall (INSUFFICIENT_FEE_BALANCE: clearing retries it
+    by itself once the fee account holds the fee) nor for a refund in exception beside
+    its payment (ORIGINAL_IN_EXCEPTION: priced with its payment, in the same call when
+    the payment is retried; named alone while the payment is still in exception, it
+    stays there).
     """
     ClaimDetails: _aio.UnaryUnaryMultiCallable[_clearing_pb2.ClaimDetailsRequest, _clearing_pb2.ClaimDetailsResponse]  # type: ignore[assignment]
     """Claims every unsettled, priced detail of a merchant and currency up to a
@@ -394,7 +418,11 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _clearing_pb2.ListExceptionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_clearing_pb2.ListExceptionsResponse, _abc.Awaitable[_clearing_pb2.ListExceptionsResponse]]:
-        """Lists details whose pricing was refused by billing (exceptions), paginated."""
+        """Lists details in exception, in detail id order, paginated, optionally of one
+        reason: those billing refused to price, and refunds whose payment is in exception
+        (reason ORIGINAL_IN_EXCEPTION, priced once their payment is). Each with its age and
+        reason (ClearingDetail.exception).
+        """
 
     @_abc_1.abstractmethod
     def ListPendingFees(
@@ -402,7 +430,10 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _clearing_pb2.ListPendingFeesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_clearing_pb2.ListPendingFeesResponse, _abc.Awaitable[_clearing_pb2.ListPendingFeesResponse]]:
-        """Lists details whose fee is still pending, paginated."""
+        """Lists details whose fee is still pending (billing has not answered yet, or a refund
+        waits for its payment's pending fee), paginated. A refund of a payment in exception
+        is not pending: it is listed by ListExceptions (ORIGINAL_IN_EXCEPTION).
+        """
 
     @_abc_1.abstractmethod
     def RetryExceptions(
@@ -415,6 +446,11 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         never refused) is answered in its current state, and one whose fee is pending is
         asked about again, as a repeat of RecordTransaction would. The merchant form works
         through the merchant's exceptions 1,000 per call in id order (see page_token).
+        Not needed for a prepaid shortfall (INSUFFICIENT_FEE_BALANCE: clearing retries it
+        by itself once the fee account holds the fee) nor for a refund in exception beside
+        its payment (ORIGINAL_IN_EXCEPTION: priced with its payment, in the same call when
+        the payment is retried; named alone while the payment is still in exception, it
+        stays there).
         """
 
     @_abc_1.abstractmethod

@@ -8,6 +8,7 @@ from clearhouse.type.v1 import money_pb2 as _money_pb2
 from clearhouse.type.v1 import transaction_pb2 as _transaction_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -628,6 +629,9 @@ class SettlementProfile(_message.Message):
     HOLD_FIELD_NUMBER: _builtins.int
     HOLD_REASON_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DESTINATION_CHANGE_TIME_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
     """The merchant.
     Limits: 1-64 letters, digits, '_', '-' or '.'.
@@ -650,6 +654,12 @@ class SettlementProfile(_message.Message):
     """Why the hold was set.
     Limits: at most 256 characters, no control character but tab and line breaks.
     """
+    etag: _builtins.str
+    """Output only. The etag of this version (AIP-154), opaque: UpdateSettlementProfile
+    must send it back and is ABORTED (ETAG_MISMATCH) when the profile changed since.
+    """
+    version: _builtins.int
+    """Output only. The version: 1 when created, one more on each change."""
     @_builtins.property
     def cycle(self) -> Global___Cycle:
         """The cycle."""
@@ -661,6 +671,13 @@ class SettlementProfile(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the profile last changed."""
+
+    @_builtins.property
+    def destination_change_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the payout destination (destination_type or bank_account) last
+        changed; unset when it never changed since the profile was created. No bank payout
+        is sent to the gateway until SETTLEMENT_PAYOUT_COOL_OFF after it (docs/settlement.md).
+        """
 
     def __init__(
         self,
@@ -675,10 +692,13 @@ class SettlementProfile(_message.Message):
         hold: _builtins.bool = ...,
         hold_reason: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
+        version: _builtins.int = ...,
+        destination_change_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bank_account", b"bank_account", "cycle", b"cycle", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bank_account", b"bank_account", "cycle", b"cycle", "destination_change_time", b"destination_change_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank_account", b"bank_account", "currency_code", b"currency_code", "cycle", b"cycle", "deduct_fee_bills", b"deduct_fee_bills", "destination_type", b"destination_type", "hold", b"hold", "hold_reason", b"hold_reason", "merchant_id", b"merchant_id", "min_payout", b"min_payout", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank_account", b"bank_account", "currency_code", b"currency_code", "cycle", b"cycle", "deduct_fee_bills", b"deduct_fee_bills", "destination_change_time", b"destination_change_time", "destination_type", b"destination_type", "etag", b"etag", "hold", b"hold", "hold_reason", b"hold_reason", "merchant_id", b"merchant_id", "min_payout", b"min_payout", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -782,23 +802,53 @@ Global___GetSettlementProfileResponse: _TypeAlias = GetSettlementProfileResponse
 
 @_typing.final
 class UpdateSettlementProfileRequest(_message.Message):
-    """UpdateSettlementProfileRequest replaces a profile."""
+    """UpdateSettlementProfileRequest changes some fields of a profile."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PROFILE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The idempotency key: a replay answers the version the first call made (even if
+    the etag is no longer current); the same id with other content is refused
+    (IDEMPOTENCY_CONFLICT).
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
     @_builtins.property
     def profile(self) -> Global___SettlementProfile:
-        """The new profile; merchant_id names it."""
+        """The profile: merchant_id names it; etag is required and must be the current
+        version's; the fields named by update_mask hold their new values, the others are
+        ignored. Output-only fields (update_time, version, destination_change_time) are
+        ignored.
+        Limits: the merged profile obeys SettlementProfile's limits; currency_code cannot
+        change (PROFILE_CURRENCY_IMMUTABLE); etag 1-64 characters.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change (AIP-134), by their names in SettlementProfile:
+        currency_code, cycle, destination_type, bank_account, min_payout,
+        deduct_fee_bills, hold, hold_reason. "*" alone replaces all of them (a field left
+        empty becomes empty). Empty: the fields of profile that are set (non-zero, non-empty),
+        so a field left out is never cleared by accident; to clear one (hold false,
+        min_payout 0) name it. Lifting the hold without naming hold_reason clears the
+        reason; a PAYMENT_ACCOUNT destination without naming bank_account drops the bank
+        account.
+        Limits: at most 16 paths, each one of the names above (or "*" alone); any other
+        is INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,
         *,
         profile: Global___SettlementProfile | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -885,6 +935,110 @@ class ListSettlementProfilesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSettlementProfilesResponse: _TypeAlias = ListSettlementProfilesResponse  # noqa: Y015
+
+@_typing.final
+class ListSettlementProfileVersionsRequest(_message.Message):
+    """ListSettlementProfileVersionsRequest pages through one profile's versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    merchant_id: _builtins.str
+    """The merchant.
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    page_size: _builtins.int
+    """Page size (AIP-158).
+    Limits: not negative; 0 for the default; at most 1,000 served.
+    """
+    page_token: _builtins.str
+    """Page token.
+    Limits: at most 2,048 characters, from the previous call with the same merchant.
+    """
+    def __init__(
+        self,
+        *,
+        merchant_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merchant_id", b"merchant_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSettlementProfileVersionsRequest: _TypeAlias = ListSettlementProfileVersionsRequest  # noqa: Y015
+
+@_typing.final
+class SettlementProfileVersion(_message.Message):
+    """SettlementProfileVersion is a profile as one creation or change left it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """Who made it (the caller's name; empty when security is off)."""
+    request_id: _builtins.str
+    """The request id of the call that made it."""
+    @_builtins.property
+    def profile(self) -> Global___SettlementProfile:
+        """The profile as it was in this version (its version, etag and update_time are
+        this version's; bank account numbers masked like every read).
+        """
+
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The fields this version changed (SettlementProfile names); empty for the creation."""
+
+    def __init__(
+        self,
+        *,
+        profile: Global___SettlementProfile | None = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        actor: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "changed_fields", b"changed_fields", "profile", b"profile", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettlementProfileVersion: _TypeAlias = SettlementProfileVersion  # noqa: Y015
+
+@_typing.final
+class ListSettlementProfileVersionsResponse(_message.Message):
+    """ListSettlementProfileVersionsResponse is one page, newest version first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettlementProfileVersion]:
+        """The versions."""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___SettlementProfileVersion] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSettlementProfileVersionsResponse: _TypeAlias = ListSettlementProfileVersionsResponse  # noqa: Y015
 
 @_typing.final
 class GetSettlementDateRequest(_message.Message):

@@ -51,6 +51,14 @@ class SettlementServiceStub:
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+    profile's current one (someone changed it since it was read); metadata
+    "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+    decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+    profile's currency (its balance, carried amounts and claimed batches are in that
+    currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+    currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
@@ -101,6 +109,11 @@ class SettlementServiceStub:
                 '/clearhouse.settlement.v1.SettlementService/ListSettlementProfiles',
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesResponse.FromString,
+                _registered_method=True)
+        self.ListSettlementProfileVersions = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ListSettlementProfileVersions',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsResponse.FromString,
                 _registered_method=True)
         self.GetSettlementDate = channel.unary_unary(
                 '/clearhouse.settlement.v1.SettlementService/GetSettlementDate',
@@ -265,6 +278,14 @@ class SettlementServiceServicer:
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+    profile's current one (someone changed it since it was read); metadata
+    "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+    decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+    profile's currency (its balance, carried amounts and claimed batches are in that
+    currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+    currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
@@ -305,7 +326,9 @@ class SettlementServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSettlementProfile(self, request, context):
-        """Replaces a merchant's settlement profile; takes effect from the next run.
+        """Changes the fields of a merchant's settlement profile named by update_mask
+        (AIP-134), only if the etag sent is the current one (AIP-154); takes effect from
+        the next run. Idempotent by request_id. Each change is kept as a new version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -313,6 +336,14 @@ class SettlementServiceServicer:
 
     def ListSettlementProfiles(self, request, context):
         """Lists settlement profiles, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSettlementProfileVersions(self, request, context):
+        """Lists the versions of a merchant's settlement profile, newest first, paginated:
+        what it was after its creation and after each change, who changed it and when.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -558,6 +589,11 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesResponse.SerializeToString,
             ),
+            'ListSettlementProfileVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSettlementProfileVersions,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsResponse.SerializeToString,
+            ),
             'GetSettlementDate': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSettlementDate,
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.GetSettlementDateRequest.FromString,
@@ -727,6 +763,14 @@ class SettlementService:
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
     clearing, or a statement's detail lines were read from clearing, and clearing did
     not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+    profile's current one (someone changed it since it was read); metadata
+    "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+    decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+    profile's currency (its balance, carried amounts and claimed batches are in that
+    currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+    currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
@@ -850,6 +894,33 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/ListSettlementProfiles',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSettlementProfileVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ListSettlementProfileVersions',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListSettlementProfileVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,14 @@ class SettlementServiceStub:
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing, or a statement's detail lines were read from clearing, and clearing did
       not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+      profile's current one (someone changed it since it was read); metadata
+      "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+      decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+      profile's currency (its balance, carried amounts and claimed batches are in that
+      currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+      currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
@@ -86,9 +94,16 @@ class SettlementServiceStub:
     GetSettlementProfile: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.GetSettlementProfileRequest, _settlement_pb2.GetSettlementProfileResponse]
     """Gets a merchant's settlement profile."""
     UpdateSettlementProfile: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.UpdateSettlementProfileRequest, _settlement_pb2.UpdateSettlementProfileResponse]
-    """Replaces a merchant's settlement profile; takes effect from the next run."""
+    """Changes the fields of a merchant's settlement profile named by update_mask
+    (AIP-134), only if the etag sent is the current one (AIP-154); takes effect from
+    the next run. Idempotent by request_id. Each change is kept as a new version.
+    """
     ListSettlementProfiles: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementProfilesRequest, _settlement_pb2.ListSettlementProfilesResponse]
     """Lists settlement profiles, paginated."""
+    ListSettlementProfileVersions: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementProfileVersionsRequest, _settlement_pb2.ListSettlementProfileVersionsResponse]
+    """Lists the versions of a merchant's settlement profile, newest first, paginated:
+    what it was after its creation and after each change, who changed it and when.
+    """
     GetSettlementDate: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.GetSettlementDateRequest, _settlement_pb2.GetSettlementDateResponse]
     """Answers the settlement date of a business date for a cycle."""
     SetCalendarDay: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.SetCalendarDayRequest, _settlement_pb2.SetCalendarDayResponse]
@@ -210,6 +225,14 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing, or a statement's detail lines were read from clearing, and clearing did
       not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+      profile's current one (someone changed it since it was read); metadata
+      "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+      decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+      profile's currency (its balance, carried amounts and claimed batches are in that
+      currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+      currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
@@ -241,9 +264,16 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     GetSettlementProfile: _aio.UnaryUnaryMultiCallable[_settlement_pb2.GetSettlementProfileRequest, _settlement_pb2.GetSettlementProfileResponse]  # type: ignore[assignment]
     """Gets a merchant's settlement profile."""
     UpdateSettlementProfile: _aio.UnaryUnaryMultiCallable[_settlement_pb2.UpdateSettlementProfileRequest, _settlement_pb2.UpdateSettlementProfileResponse]  # type: ignore[assignment]
-    """Replaces a merchant's settlement profile; takes effect from the next run."""
+    """Changes the fields of a merchant's settlement profile named by update_mask
+    (AIP-134), only if the etag sent is the current one (AIP-154); takes effect from
+    the next run. Idempotent by request_id. Each change is kept as a new version.
+    """
     ListSettlementProfiles: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementProfilesRequest, _settlement_pb2.ListSettlementProfilesResponse]  # type: ignore[assignment]
     """Lists settlement profiles, paginated."""
+    ListSettlementProfileVersions: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListSettlementProfileVersionsRequest, _settlement_pb2.ListSettlementProfileVersionsResponse]  # type: ignore[assignment]
+    """Lists the versions of a merchant's settlement profile, newest first, paginated:
+    what it was after its creation and after each change, who changed it and when.
+    """
     GetSettlementDate: _aio.UnaryUnaryMultiCallable[_settlement_pb2.GetSettlementDateRequest, _settlement_pb2.GetSettlementDateResponse]  # type: ignore[assignment]
     """Answers the settlement date of a business date for a cycle."""
     SetCalendarDay: _aio.UnaryUnaryMultiCallable[_settlement_pb2.SetCalendarDayRequest, _settlement_pb2.SetCalendarDayResponse]  # type: ignore[assignment]
@@ -364,6 +394,14 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     - CLEARING_UNAVAILABLE (UNAVAILABLE): CheckInvariants was asked to check with
       clearing, or a statement's detail lines were read from clearing, and clearing did
       not answer; retry later.
+    - ETAG_MISMATCH (ABORTED): UpdateSettlementProfile with an etag that is not the
+      profile's current one (someone changed it since it was read); metadata
+      "merchant_id", "etag" (the current one). Nothing changed: read the profile again,
+      decide again, and send its new etag.
+    - PROFILE_CURRENCY_IMMUTABLE (FAILED_PRECONDITION): an update that would change a
+      profile's currency (its balance, carried amounts and claimed batches are in that
+      currency); metadata "merchant_id", "currency_code". Settle the merchant in another
+      currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
@@ -411,7 +449,10 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _settlement_pb2.UpdateSettlementProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.UpdateSettlementProfileResponse, _abc.Awaitable[_settlement_pb2.UpdateSettlementProfileResponse]]:
-        """Replaces a merchant's settlement profile; takes effect from the next run."""
+        """Changes the fields of a merchant's settlement profile named by update_mask
+        (AIP-134), only if the etag sent is the current one (AIP-154); takes effect from
+        the next run. Idempotent by request_id. Each change is kept as a new version.
+        """
 
     @_abc_1.abstractmethod
     def ListSettlementProfiles(
@@ -420,6 +461,16 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_settlement_pb2.ListSettlementProfilesResponse, _abc.Awaitable[_settlement_pb2.ListSettlementProfilesResponse]]:
         """Lists settlement profiles, paginated."""
+
+    @_abc_1.abstractmethod
+    def ListSettlementProfileVersions(
+        self,
+        request: _settlement_pb2.ListSettlementProfileVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ListSettlementProfileVersionsResponse, _abc.Awaitable[_settlement_pb2.ListSettlementProfileVersionsResponse]]:
+        """Lists the versions of a merchant's settlement profile, newest first, paginated:
+        what it was after its creation and after each change, who changed it and when.
+        """
 
     @_abc_1.abstractmethod
     def GetSettlementDate(
