@@ -170,3 +170,23 @@ async def test_systems_may_not_read_the_trail_and_people_may(billing):
         channel, stub = _audit_stub(billing, person)
         async with channel:
             await stub.ListAuditEvents(audit_pb2.ListAuditEventsRequest())
+
+
+async def test_an_approved_change_runs_in_a_nested_scope_that_counts_for_the_outer_call(billing):
+    """The approval executor's way: inside the approver's call, the stored request runs
+    as its requester, recording the approval it ran under."""
+    async with billing.engine.begin() as conn:
+        with audit.scope("/clearhouse.approval.v1.ApprovalService/ApproveRequest", "bea",
+                         "admin", "approve-1") as outer:
+            with audit.scope(f"{BILLING}TopUpFeeAccount", "ada", "admin", "top-1",
+                             approval_id="apr-1", approved_by="bea"):
+                await audit.record(conn, object_type="fee_account", object_id="M1/CNY",
+                                   before={"balance": 0}, after={"balance": 5})
+            with audit.scope(f"{BILLING}TopUpFeeAccount", "ada", "admin", "top-1"):
+                audit.replayed()
+    assert outer.recorded == 1 and outer.replayed
+    channel, stub = _audit_stub(billing)
+    async with channel:
+        [e] = (await stub.ListAuditEvents(audit_pb2.ListAuditEventsRequest())).audit_events
+    assert (e.actor, e.method, e.request_id, e.approval_id, e.approved_by) == (
+        "ada", f"{BILLING}TopUpFeeAccount", "top-1", "apr-1", "bea")

@@ -38,6 +38,7 @@ from services.cli.demo.driver import _transaction, _ts
 from services.cli.demo.scenario import Adjustment, Scenario, Txn, build
 from services.cli.specs import fee_rule, settlement_profile
 from tests.chaos.cluster import Cluster
+from tests.support.four_eyes import GUARDED_BY_SERVICE, approved_call
 
 CNY = "CNY"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -98,8 +99,12 @@ class Rpc:
         self.stubs: dict[str, list[Any]] = {}
         self.core: list[Any] = []
         admin, core = cluster.caller(token_of="ada"), cluster.caller("transaction-core")
-        # Four eyes: what ada files, bea (the other admin) approves.
+        # Four eyes: what ada files, bea (the other admin) approves: every guarded call
+        # of `once` (tests/support/four_eyes), and `approved` for a call refused
+        # APPROVAL_REQUIRED.
         second = cluster.caller(token_of="bea")
+        self.filers: dict[str, list[Any]] = {}
+        self.approvers: dict[str, list[Any]] = {}
         for who, security in (("ada", admin), ("bea", second)):
             key = f"settlement_approvals_{who}"
             self.stubs[key] = []
@@ -109,10 +114,17 @@ class Rpc:
                 self.stubs[key].append(approval_pb2_grpc.ApprovalServiceStub(channel))
         for service, factory in STUBS.items():
             self.stubs[service] = []
+            self.filers[service], self.approvers[service] = [], []
             for address in cluster.addresses(service):
                 channel = admin.sync_channel(address)
                 self.channels.append(channel)
                 self.stubs[service].append(factory(channel))
+                if service in GUARDED_BY_SERVICE:
+                    self.filers[service].append(approval_pb2_grpc.ApprovalServiceStub(channel))
+                    channel = second.sync_channel(address)
+                    self.channels.append(channel)
+                    self.approvers[service].append(
+                        approval_pb2_grpc.ApprovalServiceStub(channel))
                 if service == "clearing":
                     channel = core.sync_channel(address)
                     self.channels.append(channel)
@@ -125,8 +137,13 @@ class Rpc:
             return self.rng.choice(self.stubs[service])
 
     def once(self, service: str, method: str, request: Any, timeout: float = 3.0) -> Any:
-        """One attempt; raises grpc.RpcError."""
+        """One attempt; raises grpc.RpcError. A guarded RPC is filed and approved."""
         try:
+            if method in GUARDED_BY_SERVICE.get(service, ()):
+                with self._lock:
+                    filer = self.rng.choice(self.filers[service])
+                    approver = self.rng.choice(self.approvers[service])
+                return approved_call(filer, approver, service, method, request, timeout)
             return getattr(self.pick(service, method), method)(request, timeout=timeout)
         except grpc.RpcError as exc:
             self.report.codes[f"{service}.{method}:{exc.code().name}"] += 1
