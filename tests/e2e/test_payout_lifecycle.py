@@ -179,6 +179,8 @@ async def test_exhausted_attempts_escalate_and_nothing_tries_again(limited):
     assert (event.object_id, event.reason) == (p.payout_id, "the gateway has no record of it")
     assert (event.before["state"], event.after["state"]) == ("ESCALATED", "FAILED")
     assert event.after["resolution_reference"] == "GW-TICKET-7"
+    # Four eyes: filed by one admin, approved by another (the harness: ada, then bea).
+    assert (event.actor, event.approved_by) == ("ada", "bea") and event.approval_id
     # A replay answers the same and books nothing; other content is refused.
     replay = await s.settlement.stub.MarkPayoutFailed(pb.MarkPayoutFailedRequest(
         request_id="mf-1", payout_id=p.payout_id, reference="GW-TICKET-7",
@@ -376,7 +378,7 @@ async def test_only_the_payout_gateway_may_notify(stack, cert):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_people_may_not_notify_and_only_admins_settle_by_hand(stack):
+async def test_people_may_not_notify_and_only_two_admins_settle_by_hand(stack):
     for person in ("ada", "otto", "vic"):
         async with security.channel(stack.settlement.address, caller=person) as channel:
             stub = settlement_pb2_grpc.SettlementServiceStub(channel)
@@ -384,8 +386,11 @@ async def test_people_may_not_notify_and_only_admins_settle_by_hand(stack):
                 await stub.NotifyPayoutResult(pb.NotifyPayoutResultRequest(
                     notification_id="n1", payout_id="P", state=payout_pb2.PAYOUT_STATE_PAID))
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            if person != "ada":
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await stub.MarkPayoutPaid(pb.MarkPayoutPaidRequest(
-                        request_id="m", payout_id="P", reference="R", reason="x"))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.MarkPayoutPaid(pb.MarkPayoutPaidRequest(
+                    request_id="m", payout_id="P", reference="R", reason="x"))
+            if person == "ada":  # an admin, but never alone
+                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert reason(err.value) == "APPROVAL_REQUIRED"
+            else:
                 assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
