@@ -210,3 +210,21 @@ async def test_a_direct_call_of_a_guarded_rpc_is_recorded_as_approval_required(b
         "ada", f"{BILLING}TopUpFeeAccount", "top-direct", "merchant", "M1")
     assert e.after["amount"]["minor_units"] == "500"
     assert list(succeeded) == []
+
+
+async def test_a_refusal_the_trail_cannot_store_is_logged_and_the_refusal_stands(caplog):
+    """The sink never raises: the call it describes keeps its own answer."""
+    import logging
+
+    from shared.audit_service import AuditTrail
+    from shared.db import create_engine
+
+    engine = create_engine("postgresql+asyncpg://nobody:x@127.0.0.1:1/none", "billing")
+    s = audit.Scope(f"{BILLING}CreateFeeRule", "otto", "operator", "req-1")
+    try:
+        with caplog.at_level(logging.ERROR, logger="clearhouse.audit"):
+            await AuditTrail(engine).write([audit.event(
+                s, object_type="rule", object_id="R1", outcome=audit.PERMISSION_DENIED)])
+    finally:
+        await engine.dispose()
+    assert any("audit events not written" in r.getMessage() for r in caplog.records)
