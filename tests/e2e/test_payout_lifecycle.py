@@ -223,6 +223,24 @@ async def test_a_payout_processing_past_its_age_escalates_and_ops_mark_it_paid(a
     assert (b.in_flight, b.paid) == (0, AMOUNT)
 
 
+async def test_getpayout_of_an_escalated_payout_asks_the_gateway_and_settles_it(aged):
+    s = aged
+    await one_payout(s, sim.BEHAVIOUR_STAY_PROCESSING)
+    p = await wait_payout(s, lambda p: p.state == pb.PAYOUT_STATE_ESCALATED)
+    # Still processing at the gateway: GetPayout shows it escalated, changes nothing.
+    got = await s.settlement.stub.GetPayout(pb.GetPayoutRequest(payout_id=p.payout_id))
+    assert got.payout.state == pb.PAYOUT_STATE_ESCALATED
+    # The bank has answered (no callbacks here): the next look books the failure.
+    await s.simulator.control.SettlePayout(sim.SettlePayoutRequest(
+        instruction_id=p.payout_id, state=payout_pb2.PAYOUT_STATE_FAILED,
+        failure_reason="ACCOUNT_CLOSED"))
+    got = await s.settlement.stub.GetPayout(pb.GetPayoutRequest(payout_id=p.payout_id))
+    assert got.payout.state == pb.PAYOUT_STATE_FAILED
+    assert await books(s) == {"transit": 0, "bank": 0, "owed": AMOUNT}
+    [g] = (await st.simulated(s)).values()
+    assert g.submit_count == 1
+
+
 async def test_a_paid_payout_the_gateway_still_calls_processing_stays_paid(aged):
     """Regression: the return watch read PROCESSING for a PAID payout as 'submitted
     again' and moved it back to SUBMITTED, its books saying paid."""
