@@ -37,7 +37,7 @@ def _database_url(settings: ServiceSettings) -> str:
 
 def _migration_url(settings: ServiceSettings) -> str:
     """The migration role's URL; without one the runtime URL migrates too (development)."""
-    return settings.migration_database_url.get_secret_value() or _database_url(settings)
+    return settings.resolved_migration_url() or _database_url(settings)
 
 
 def _check_urls(settings: ServiceSettings, name: str) -> None:

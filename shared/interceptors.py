@@ -14,6 +14,7 @@ from google.protobuf import descriptor_pool
 from grpc_status import rpc_status
 
 from shared import audit, tracing
+from shared.approvals import Gate
 from shared.client_security import ClientSecurity, RequestIdClientInterceptor
 from shared.errors import DomainError, FieldViolation, InvalidArgument, to_status
 from shared.masking import (
@@ -24,7 +25,7 @@ from shared.masking import (
     masker_for,
 )
 from shared.metrics import ServiceMetrics
-from shared.permissions import ADMIN, Rule
+from shared.permissions import ADMIN, SERVICE, Rule
 from shared.pg_pool import DatabaseUnavailable, database_failure
 from shared.request_context import (
     REQUEST_ID_KEY,
@@ -62,16 +63,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     Audited methods (Rule.audited in `rules`) run inside an audit scope (shared/audit.py):
     refusals for permission and reveals of account numbers are written through
-    `audit_sink`, and an OK answer that recorded nothing is counted."""
+    `audit_sink`, and an OK answer that recorded nothing is counted.
+
+    With a guard and a four-eyes gate (shared/approvals.py), a person's call of a guarded
+    RPC whose condition holds is refused (APPROVAL_REQUIRED) before the servicer runs;
+    without a guard (insecure mode) approvals are not enforced."""
 
     def __init__(self, error_domain: str, metrics: ServiceMetrics | None = None,
                  guard: Guard | None = None, rules: Mapping[str, Rule] | None = None,
-                 audit_sink: AuditSink | None = None) -> None:
+                 audit_sink: AuditSink | None = None, approvals: Gate | None = None) -> None:
         self.error_domain = error_domain
         self.metrics = metrics
         self.guard = guard
         self.rules = rules if rules is not None else (guard.rules if guard else {})
         self.audit_sink = audit_sink
+        self.approvals = approvals if guard is not None else None
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -98,6 +104,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         domain = self.error_domain
         guard = None if is_open(method) else self.guard
         rule = guard.rule(method) if guard is not None else None
+        gate = self.approvals if guard is not None else None
+        guarded = gate.guard(method) if gate is not None else None
         service = domain.split(".", 1)[0]
         known = self.rules.get(method)
         sink = self.audit_sink
@@ -148,6 +156,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     caller_token = current_caller.set(caller)
                 if request is _UNDECODABLE:
                     raise undecodable
+                if guarded is not None and caller is not None and caller.role != SERVICE:
+                    assert gate is not None
+                    await gate.check(method, guarded, request)
                 if audited:
                     scope = audit.Scope(method, caller_name, _role(caller),
                                         _request_id(request) or request_id, _reason(request))

@@ -23,3 +23,25 @@ current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
+
+
+class ApprovalContext:
+    """The approval an in-process execution carries out (shared/approval_service): the
+    audit trail names it and its approver on the executed effect's record."""
+
+    __slots__ = ("approval_id", "approved_by", "requested_by")
+
+    def __init__(self, approval_id: str, approved_by: str, requested_by: str) -> None:
+        self.approval_id = approval_id
+        self.approved_by = approved_by
+        self.requested_by = requested_by
+
+    def __repr__(self) -> str:
+        return (f"ApprovalContext({self.approval_id!r}, approved_by={self.approved_by!r}, "
+                f"requested_by={self.requested_by!r})")
+
+
+# Set only while ApproveRequest executes the approved call, as its requester.
+current_approval: contextvars.ContextVar[ApprovalContext | None] = contextvars.ContextVar(
+    "current_approval", default=None
+)

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from shared import metrics as prometheus
 from shared import tracing
+from shared.approvals import Gate
 from shared.interceptors import AuditSink, ServerInterceptor
 from shared.security import ServerSecurity
 
@@ -59,6 +60,9 @@ class App:
     # Writes audit events in a transaction of their own (refusals, reveals): the
     # service's shared.audit_service.AuditTrail.write; None = not written.
     audit_sink: AuditSink | None = None
+    # Four eyes: the service's guarded RPCs and the facts their conditions read (enforced
+    # for people whenever the security has a guard).
+    approvals: Gate | None = None
 
 
 @dataclass
@@ -133,7 +137,7 @@ async def start(app: App, host: str = "127.0.0.1", port: int = 0) -> Running:
         interceptors=[
             *tracing.server_interceptors(),
             ServerInterceptor(app.error_domain, app.metrics, security.guard, security.rules,
-                              app.audit_sink),
+                              app.audit_sink, app.approvals),
         ],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),

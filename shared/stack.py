@@ -53,6 +53,8 @@ def _environment(base: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("SETTLEMENT_BILLING_ADDRESS", f"{host}:{ports['billing']}")
     env.setdefault("SETTLEMENT_CLEARING_ADDRESS", f"{host}:{ports['clearing']}")
     env.setdefault("SETTLEMENT_PAYOUT_GATEWAY_ADDRESS", f"{host}:{ports['payout_simulator']}")
+    # The gateway simulator calls settlement back with results and returns, as a real one.
+    env.setdefault("PAYOUT_SIM_NOTIFY_ADDRESS", f"{host}:{ports['settlement']}")
     return env
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+from clearhouse.approval.v1 import approval_pb2
 from clearhouse.audit.v1 import audit_pb2
 from clearhouse.billing.v1 import billing_pb2
 from clearhouse.clearing.v1 import clearing_pb2
@@ -44,10 +45,11 @@ def _free_ports(n: int) -> list[int]:
 
 
 _AUDIT = audit_pb2.DESCRIPTOR.services_by_name["AuditService"]
+_APPROVALS = approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"]
 SERVICES = [  # in the order of the ports
-    [billing_pb2.DESCRIPTOR.services_by_name["BillingService"], _AUDIT],
-    [clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"], _AUDIT],
-    [settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"], _AUDIT],
+    [billing_pb2.DESCRIPTOR.services_by_name["BillingService"], _AUDIT, _APPROVALS],
+    [clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"], _AUDIT, _APPROVALS],
+    [settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"], _AUDIT, _APPROVALS],
     [payout_pb2.DESCRIPTOR.services_by_name["PayoutGatewayService"],
      payoutsim_pb2.DESCRIPTOR.services_by_name["PayoutSimulatorService"]],
 ]

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.billing.adapters.figures import figure_source
 from services.billing.domain.model import FeeTxn
 from services.billing.entrypoints.grpc_servicer import BillingServicer
-from services.billing.permissions import AUDIT, PERMISSIONS
+from services.billing.permissions import APPROVALS, AUDIT, FOUR_EYES, PERMISSIONS
 from services.billing.service_layer.accounts import Accounts
 from services.billing.service_layer.bills import Bills
 from services.billing.service_layer.charging import Pricing, utc_now
@@ -22,6 +22,8 @@ from services.billing.service_layer.unit_of_work import Database
 from services.billing.service_layer.voids import Voids
 from services.billing.settings import BillingSettings
 from shared import audit_service, migrations
+from shared.approval_service import ApprovalServicer
+from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.coalescer import Coalescer
 from shared.figures import pool_figures
 from shared.metrics import ServiceMetrics, app_options
@@ -33,7 +35,7 @@ SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_na
 
 
 async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
-    security = server_security("billing", settings, [PERMISSIONS, AUDIT])
+    security = server_security("billing", settings, [PERMISSIONS, AUDIT, APPROVALS])
     # The audit trail in billing's own schema: ListAuditEvents, and the sink of refusals.
     trail = audit_service.AuditTrail(engine)
     db = Database(engine, settings.db_schema, settings.db_pool_size)
@@ -62,6 +64,12 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
         voids=Voids(db, zone),
     )
 
+    gate = Gate(FOUR_EYES)
+    approvals = ApprovalServicer(
+        engine=engine, domain="billing.clearhouse", gate=gate, target=servicer,
+        rules={**PERMISSIONS.rules, **APPROVALS.rules},
+    )
+
     async def ready() -> bool:
         return await migrations.is_current(engine, settings.db_schema, MIGRATIONS)
 
@@ -69,8 +77,9 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
         name="billing",
         error_domain="billing.clearhouse",
         servicers=[(billing_pb2_grpc.add_BillingServiceServicer_to_server, servicer),
-                   (audit_service.add_to_server, trail)],
-        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME],
+                   (audit_service.add_to_server, trail), (add_approval_service, approvals)],
+        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME, APPROVAL_SERVICE],
+        approvals=gate,
         readiness=ready,
         # Batches still running after the server stopped finish before the pool closes.
         on_close=[charges.drain, refunds.drain, db.close],

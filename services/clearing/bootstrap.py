@@ -12,7 +12,7 @@ from services.clearing.adapters.billing_client import BillingClient
 from services.clearing.adapters.figures import figure_source
 from services.clearing.domain.model import Detail, TransactionIn
 from services.clearing.entrypoints.grpc_servicer import ClearingServicer
-from services.clearing.permissions import AUDIT, PERMISSIONS
+from services.clearing.permissions import APPROVALS, AUDIT, FOUR_EYES, PERMISSIONS
 from services.clearing.service_layer.batches import Batches
 from services.clearing.service_layer.fee_completion import FeeCompletion
 from services.clearing.service_layer.prepaid_retry import PrepaidRetry
@@ -23,6 +23,8 @@ from services.clearing.service_layer.recording import Recorder
 from services.clearing.service_layer.unit_of_work import Database
 from services.clearing.settings import ClearingSettings
 from shared import audit_service, migrations
+from shared.approval_service import ApprovalServicer
+from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.client_security import ClientSecurity
 from shared.coalescer import Coalescer
 from shared.figures import pool_figures
@@ -35,7 +37,7 @@ SERVICE_NAME = clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"].full_
 
 
 async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
-    security = server_security("clearing", settings, [PERMISSIONS, AUDIT])
+    security = server_security("clearing", settings, [PERMISSIONS, AUDIT, APPROVALS])
     # The audit trail in clearing's own schema: ListAuditEvents, and the sink of refusals.
     trail = audit_service.AuditTrail(engine)
     db = Database(engine, settings.db_schema, settings.db_pool_size)
@@ -76,6 +78,12 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
     )
     servicer = ClearingServicer(recorder, Queries(db), Batches(db), fees, records, reconciler)
 
+    gate = Gate(FOUR_EYES, settings)
+    approvals = ApprovalServicer(
+        engine=engine, domain="clearing.clearhouse", gate=gate, target=servicer,
+        rules={**PERMISSIONS.rules, **APPROVALS.rules},
+    )
+
     async def ready() -> bool:
         return await migrations.is_current(engine, settings.db_schema, MIGRATIONS)
 
@@ -86,8 +94,9 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         name="clearing",
         error_domain="clearing.clearhouse",
         servicers=[(clearing_pb2_grpc.add_ClearingServiceServicer_to_server, servicer),
-                   (audit_service.add_to_server, trail)],
-        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME],
+                   (audit_service.add_to_server, trail), (add_approval_service, approvals)],
+        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME, APPROVAL_SERVICE],
+        approvals=gate,
         readiness=ready,
         background=[
             *([pending_fee_worker] if settings.pending_fee_worker_enabled else []),

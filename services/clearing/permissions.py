@@ -3,8 +3,11 @@ table in docs/security.md, which a test keeps equal to this one)."""
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from clearhouse.clearing.v1 import clearing_pb2
 
+from shared import approvals
 from shared.audit_service import permissions as audit_permissions
 from shared.permissions import (
     SETTLEMENT,
@@ -16,8 +19,10 @@ from shared.permissions import (
     table,
 )
 
+_SERVICE = clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"]
+
 PERMISSIONS = table(
-    clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"],
+    _SERVICE,
     {
         "RecordTransaction": systems("clearing.transactions.record", TRANSACTION_CORE),
         "BatchRecordTransactions": systems("clearing.transactions.record", TRANSACTION_CORE),
@@ -42,6 +47,44 @@ PERMISSIONS = table(
         "ListBatchDetails": read("clearing.batches.read", SETTLEMENT),
         "GetBatch": read("clearing.batches.read", SETTLEMENT),
         "ListBatches": read("clearing.batches.read", SETTLEMENT),
+    },
+)
+
+APPROVALS = approvals.permission_table("clearing")
+
+
+class Facts(Protocol):
+    """What clearing's conditions read (its settings)."""
+
+    single_approval_limit: int
+
+
+def _large(r: clearing_pb2.RecordAdjustmentRequest, facts: Facts) -> bool:
+    return abs(r.amount.minor_units) >= facts.single_approval_limit
+
+
+def _adjustment(r: clearing_pb2.RecordAdjustmentRequest, facts: Any) -> approvals.Preview:
+    amount = approvals.money_text(r.amount.minor_units, r.amount.currency_code)
+    return approvals.Preview(
+        f"adjust merchant {r.merchant_id} by {amount} ({r.reason})",
+        "adjustment", r.adjustment_id, None, approvals.masked_dict(r))
+
+
+def _release(r: clearing_pb2.ReleaseBatchRequest, facts: Any) -> approvals.Preview:
+    return approvals.Preview(
+        f"release batch {r.batch_id}: its details become claimable by another run",
+        "batch", r.batch_id, None, approvals.masked_dict(r))
+
+
+# Four eyes (docs/security.md "Approvals"): an adjustment creates money owed to a
+# merchant; releasing a batch by hand can open a second payout of its details.
+# Settlement's own releases (a system caller) are never asked.
+FOUR_EYES = approvals.four_eyes(
+    _SERVICE,
+    {
+        "RecordAdjustment": approvals.when(
+            _large, "when |amount| >= CLEARING_SINGLE_APPROVAL_LIMIT", _adjustment),
+        "ReleaseBatch": approvals.always(_release),
     },
 )
 

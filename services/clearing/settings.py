@@ -62,6 +62,12 @@ class ClearingSettings(ServiceSettings):
         description="a merchant's exceptions priced again per RetryExceptions call (the rest "
         "follow its next_page_token)",
     )
+    single_approval_limit: int = Field(
+        default=100_000, ge=0, le=10**13,
+        description="four eyes: an adjustment whose absolute amount is below this many minor "
+        "units (fen for CNY; default ¥1,000.00) may be recorded by one admin; at or above it "
+        "it needs a second admin's approval (0 = every adjustment needs one)",
+    )
     prepaid_retry_enabled: bool = Field(
         default=True,
         description="run the prepaid-retry worker in this process: exceptions of a short "

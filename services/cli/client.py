@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from clearhouse.approval.v1 import approval_pb2_grpc
 from clearhouse.audit.v1 import audit_pb2_grpc
 from clearhouse.billing.v1 import billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2_grpc
@@ -56,6 +57,8 @@ class Clients:
         metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ())
         self._channels: list[grpc.Channel] = []
+        # The ApprovalService of billing, clearing and settlement, on their channels.
+        self.approvals: dict[str, _Stub] = {}
 
         def stub(service: str, address: str, factory: Any) -> _Stub:
             if config.tls:
@@ -63,6 +66,10 @@ class Clients:
             else:
                 channel = grpc.insecure_channel(address)
             self._channels.append(channel)
+            if service in ("billing", "clearing", "settlement"):
+                self.approvals[service] = _Stub(
+                    service, approval_pb2_grpc.ApprovalServiceStub(channel), metadata,
+                    config.timeout_s)
             return _Stub(service, factory(channel), metadata, config.timeout_s)
 
         self.billing = stub("billing", config.billing_address,
@@ -78,6 +85,24 @@ class Clients:
         self.billing_audit = stub("billing", config.billing_address, audit)
         self.clearing_audit = stub("clearing", config.clearing_address, audit)
         self.settlement_audit = stub("settlement", config.settlement_address, audit)
+
+    def four_eyes(self, *, reason: str = "", approver: Clients | None = None,
+                  on_approved: Any = None) -> Clients:
+        """These clients with billing's, clearing's and settlement's guarded RPCs filed
+        for a second admin (`reason`), or filed and approved by `approver`'s admin (the
+        demo plays both); see services/cli/approvals.py."""
+        from services.cli.approvals import FourEyesStub
+
+        for service in ("billing", "clearing", "settlement"):
+            stub = getattr(self, service)
+            if isinstance(stub, FourEyesStub):
+                stub.reason = reason or stub.reason
+                continue
+            setattr(self, service, FourEyesStub(
+                service, stub, self.approvals[service], reason=reason,
+                approver=approver.approvals[service] if approver is not None else None,
+                on_approved=on_approved))
+        return self
 
     def close(self) -> None:
         for channel in self._channels:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from services.cli import output
-from services.cli.commands import audit, billing, clearing, settlement, simulator
+from services.cli.commands import approvals, audit, billing, clearing, settlement, simulator
 from services.cli.runtime import invocation
 
 app = typer.Typer(
@@ -76,8 +76,11 @@ app.add_typer(settlement.merchants, name="merchants")
 app.add_typer(settlement.ledger, name="ledger")
 app.add_typer(simulator.simulator, name="simulator")
 app.command("check")(settlement.check)
-# `clearhouse billing audit`, `clearhouse clearing audit`, `clearhouse settlement audit`.
+# `clearhouse billing audit`, `clearhouse clearing audit`, `clearhouse settlement audit`,
+# and each service's `approvals` (list, show, request, approve, reject).
 for _service, _group in audit.groups.items():
+    _group.add_typer(approvals.approvals_for(_service), name="approvals")
+    _group.info.help = f"{_service}: its audit trail and its four-eyes approvals."
     app.add_typer(_group, name=_service)
 
 

@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from services.cli import output
+from services.cli.approvals import ApprovalFiled
 from services.cli.client import Clients, ServiceError, new_request_id
 from services.cli.config import CliConfig, ConfigError, load
 from services.cli.money import parse_major
@@ -27,6 +28,10 @@ RequestIdOpt = Annotated[
     str, typer.Option("--request-id", help="Idempotency key; generated (and printed) when omitted.")]
 LimitOpt = Annotated[int, typer.Option("--limit", min=0, help="At most this many items; 0 = all.")]
 CurrencyOpt = Annotated[str, typer.Option("--currency", help="ISO 4217 currency code.")]
+RequestApprovalOpt = Annotated[str, typer.Option(
+    "--request-approval", metavar="REASON",
+    help="Four eyes: file the call for a second admin's approval (with this reason) "
+         "instead of making it; prints the approval id (docs/security.md \"Approvals\").")]
 
 
 @dataclass
@@ -60,8 +65,11 @@ def invocation(ctx: typer.Context) -> Invocation:
     return root.obj
 
 
-def clients(ctx: typer.Context) -> Clients:
-    return invocation(ctx).clients
+def clients(ctx: typer.Context, request_approval: str = "") -> Clients:
+    """The invocation's clients; with `request_approval` (a reason), guarded RPCs are
+    filed for a second admin instead of made (services/cli/approvals.py)."""
+    c = invocation(ctx).clients
+    return c.four_eyes(reason=request_approval) if request_approval else c.four_eyes()
 
 
 def request_id(given: str, prefix: str) -> str:
@@ -101,5 +109,19 @@ def handled(fn: F) -> F:
             raise typer.Exit(EXIT_REFUSED) from None
         except (ConfigError, SpecError) as exc:
             raise usage(str(exc)) from None
+        except ApprovalFiled as filed:
+            print_filed(filed)
+            return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def filed_line(filed: ApprovalFiled) -> str:
+    a = filed.approval
+    return (f"approval {a.approval_id} filed: {a.summary}. Another admin approves it with "
+            f"`clearhouse {filed.service} approvals approve {a.approval_id}`")
+
+
+def print_filed(filed: ApprovalFiled) -> None:
+    """A guarded call filed instead of made: nothing changed yet."""
+    output.console().print(escape(filed_line(filed)))

@@ -12,10 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.settlement.adapters.calendar_seed import chinese_default
 from services.settlement.adapters.clients import BillingClient, ClearingClient, GatewayClient
+from services.settlement.adapters.destinations import Destinations
 from services.settlement.adapters.figures import figure_source, stuck_figure_source
 from services.settlement.domain.payouts import Limits
 from services.settlement.entrypoints.grpc_servicer import SettlementServicer
-from services.settlement.permissions import AUDIT, PERMISSIONS
+from services.settlement.permissions import APPROVALS, AUDIT, FOUR_EYES, PERMISSIONS, Facts
 from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
@@ -31,6 +32,8 @@ from services.settlement.service_layer.stuck import Limits as StuckLimits
 from services.settlement.service_layer.unit_of_work import Database
 from services.settlement.settings import SettlementSettings
 from shared import audit_service, migrations
+from shared.approval_service import ApprovalServicer
+from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.business_time import business_date
 from shared.client_security import ClientSecurity
 from shared.clock import clock_from_env
@@ -52,7 +55,7 @@ async def build_app(
     """`now` is the service's clock (UTC-aware): the scheduler's, the calendar's today;
     by default the real time shifted by CLEARHOUSE_NOW (shared/clock.py). Tests inject
     theirs."""
-    security = server_security("settlement", settings, [PERMISSIONS, AUDIT])
+    security = server_security("settlement", settings, [PERMISSIONS, AUDIT, APPROVALS])
     # The audit trail in settlement's own schema: ListAuditEvents, and the sink of refusals.
     trail = audit_service.AuditTrail(engine)
     clock = now or clock_from_env()
@@ -110,6 +113,12 @@ async def build_app(
         RunItemOps(runs), stuck,
     )
 
+    gate = Gate(FOUR_EYES, Facts(ProfileService(db, now=clock), Destinations(engine)))
+    approvals = ApprovalServicer(
+        engine=engine, domain="settlement.clearhouse", gate=gate, target=servicer,
+        rules={**PERMISSIONS.rules, **APPROVALS.rules},
+    )
+
     async def ready() -> bool:
         return await migrations.is_current(engine, settings.db_schema, MIGRATIONS)
 
@@ -155,8 +164,9 @@ async def build_app(
         name="settlement",
         error_domain="settlement.clearhouse",
         servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, servicer),
-                   (audit_service.add_to_server, trail)],
-        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME],
+                   (audit_service.add_to_server, trail), (add_approval_service, approvals)],
+        service_names=[SERVICE_NAME, audit_service.SERVICE_NAME, APPROVAL_SERVICE],
+        approvals=gate,
         readiness=ready,
         background=background,
         on_close=[close],

@@ -16,23 +16,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from clearhouse.approval.v1 import approval_pb2 as apb
+from clearhouse.approval.v1 import approval_pb2_grpc
 from clearhouse.billing.v1 import billing_pb2 as bpb
 from clearhouse.billing.v1 import billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
 from clearhouse.clearing.v1 import clearing_pb2_grpc
+from clearhouse.payout.v1 import payout_pb2
 from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.payoutsim.v1 import payoutsim_pb2_grpc
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 from clearhouse.settlement.v1 import settlement_pb2_grpc
 from clearhouse.type.v1 import money_pb2
-from google.protobuf import field_mask_pb2
+from google.protobuf import any_pb2, field_mask_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
 from google.type import date_pb2
+from grpc_status import rpc_status
 
 from services.cli.demo.driver import _transaction, _ts
 from services.cli.demo.scenario import Adjustment, Scenario, Txn, build
 from services.cli.specs import fee_rule, settlement_profile
 from tests.chaos.cluster import Cluster
+from tests.support.four_eyes import GUARDED_BY_SERVICE, approved_call
 
 CNY = "CNY"
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -40,7 +46,9 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
 OPEN_PAYOUTS = {spb.PAYOUT_STATE_CREATED, spb.PAYOUT_STATE_SUBMITTED,
                 spb.PAYOUT_STATE_ESCALATED}
-GATEWAY_PROCESSING, GATEWAY_PAID, GATEWAY_FAILED, GATEWAY_RETURNED = 1, 2, 3, 4
+GATEWAY_PROCESSING, GATEWAY_PAID, GATEWAY_FAILED, GATEWAY_RETURNED = (
+    payout_pb2.PAYOUT_STATE_PROCESSING, payout_pb2.PAYOUT_STATE_PAID,
+    payout_pb2.PAYOUT_STATE_FAILED, payout_pb2.PAYOUT_STATE_RETURNED)
 STUBS = {"billing": billing_pb2_grpc.BillingServiceStub,
          "clearing": clearing_pb2_grpc.ClearingServiceStub,
          "settlement": settlement_pb2_grpc.SettlementServiceStub,
@@ -91,12 +99,32 @@ class Rpc:
         self.stubs: dict[str, list[Any]] = {}
         self.core: list[Any] = []
         admin, core = cluster.caller(token_of="ada"), cluster.caller("transaction-core")
+        # Four eyes: what ada files, bea (the other admin) approves: every guarded call
+        # of `once` (tests/support/four_eyes), and `approved` for a call refused
+        # APPROVAL_REQUIRED.
+        second = cluster.caller(token_of="bea")
+        self.filers: dict[str, list[Any]] = {}
+        self.approvers: dict[str, list[Any]] = {}
+        for who, security in (("ada", admin), ("bea", second)):
+            key = f"settlement_approvals_{who}"
+            self.stubs[key] = []
+            for address in cluster.addresses("settlement"):
+                channel = security.sync_channel(address)
+                self.channels.append(channel)
+                self.stubs[key].append(approval_pb2_grpc.ApprovalServiceStub(channel))
         for service, factory in STUBS.items():
             self.stubs[service] = []
+            self.filers[service], self.approvers[service] = [], []
             for address in cluster.addresses(service):
                 channel = admin.sync_channel(address)
                 self.channels.append(channel)
                 self.stubs[service].append(factory(channel))
+                if service in GUARDED_BY_SERVICE:
+                    self.filers[service].append(approval_pb2_grpc.ApprovalServiceStub(channel))
+                    channel = second.sync_channel(address)
+                    self.channels.append(channel)
+                    self.approvers[service].append(
+                        approval_pb2_grpc.ApprovalServiceStub(channel))
                 if service == "clearing":
                     channel = core.sync_channel(address)
                     self.channels.append(channel)
@@ -109,8 +137,13 @@ class Rpc:
             return self.rng.choice(self.stubs[service])
 
     def once(self, service: str, method: str, request: Any, timeout: float = 3.0) -> Any:
-        """One attempt; raises grpc.RpcError."""
+        """One attempt; raises grpc.RpcError. A guarded RPC is filed and approved."""
         try:
+            if method in GUARDED_BY_SERVICE.get(service, ()):
+                with self._lock:
+                    filer = self.rng.choice(self.filers[service])
+                    approver = self.rng.choice(self.approvers[service])
+                return approved_call(filer, approver, service, method, request, timeout)
             return getattr(self.pick(service, method), method)(request, timeout=timeout)
         except grpc.RpcError as exc:
             self.report.codes[f"{service}.{method}:{exc.code().name}"] += 1
@@ -130,9 +163,46 @@ class Rpc:
                     raise
                 time.sleep(0.2)
 
+    def guarded(self, service: str, method: str, request: Any, request_id: str) -> str:
+        """A call four eyes may guard: direct; when refused APPROVAL_REQUIRED, filed by ada
+        (RequestApproval, id `request_id`) and approved by bea. '' when it answered OK,
+        else the ErrorInfo reason of its refusal (the executed call's, when approved)."""
+        try:
+            self.must(service, method, request)
+            return ""
+        except grpc.RpcError as exc:
+            why = error_reason(exc)
+            if why != "APPROVAL_REQUIRED":
+                if exc.code() in RETRYABLE:
+                    raise
+                return why or exc.code().name
+        packed = any_pb2.Any()
+        packed.Pack(request)
+        self.must(f"{service}_approvals_ada", "RequestApproval", apb.RequestApprovalRequest(
+            request_id=request_id, request=packed, reason="chaos: ops, four eyes"))
+        approval = self.must(f"{service}_approvals_bea", "ApproveRequest",
+                             apb.ApproveRequestRequest(approval_id=request_id)).approval
+        if approval.state == apb.APPROVAL_STATE_APPROVED:
+            return ""
+        info = error_details_pb2.ErrorInfo()
+        for detail in approval.error.details:
+            if detail.Unpack(info):
+                return info.reason
+        return apb.ApprovalState.Name(approval.state)
+
     def close(self) -> None:
         for c in self.channels:
             c.close()
+
+
+def error_reason(exc: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a refusal, '' when it carries none."""
+    status = rpc_status.from_call(exc)
+    info = error_details_pb2.ErrorInfo()
+    for detail in status.details if status is not None else ():
+        if detail.Unpack(info):
+            return info.reason
+    return ""
 
 
 class Seed:
@@ -410,17 +480,18 @@ class Seed:
             paid = g is not None and g.state in (GATEWAY_PAID, GATEWAY_RETURNED)
             method = "MarkPayoutPaid" if paid else "MarkPayoutFailed"
             message = spb.MarkPayoutPaidRequest if paid else spb.MarkPayoutFailedRequest
-            try:
-                self.rpc.must("settlement", method, message(
-                    request_id=f"chaos-{self.seed}-mark-{p.payout_id}",
-                    payout_id=p.payout_id,
-                    reference=f"chaos-{g.gateway_reference if g is not None else 'none'}",
-                    reason="chaos: checked with the gateway"))
+            request_id = f"chaos-{self.seed}-mark-{p.payout_id}"
+            refused = self.rpc.guarded("settlement", method, message(
+                request_id=request_id, payout_id=p.payout_id,
+                reference=f"chaos-{g.gateway_reference if g is not None else 'none'}",
+                reason="chaos: checked with the gateway"), f"{request_id}-approval")
+            if not refused:
                 self.report.fault("ops_mark_paid" if paid else "ops_mark_failed", p.payout_id)
-            except grpc.RpcError as exc:
-                # A callback settled it meanwhile (PAYOUT_NOT_ESCALATED): nothing to do.
-                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                    raise
+            elif refused == "PAYOUT_NOT_ESCALATED":
+                self.report.fault("ops_mark_after_callback", p.payout_id)
+            else:
+                # PAYOUT_NOT_ESCALATED: a callback settled it meanwhile, nothing to do.
+                raise RuntimeError(f"{method} {p.payout_id} refused: {refused}")
 
     # ---- faults ----------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ config file pointing at the stack, exactly as an operator's shell would."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +25,45 @@ class Cli:
     stack: Stack
     config: Path
     runner: CliRunner
+    # The second admin's config (bea), for four eyes: `cli(..., as_="bea")`.
+    second: Path | None = None
 
-    async def __call__(self, *args: str, code: int = 0) -> Result:
-        env = {"CLEARHOUSE_CONFIG": str(self.config), "COLUMNS": "250"}
+    async def __call__(self, *args: str, code: int = 0, as_: str = "ada") -> Result:
+        config = self.second if as_ == "bea" and self.second is not None else self.config
+        env = {"CLEARHOUSE_CONFIG": str(config), "COLUMNS": "250"}
         result = await asyncio.to_thread(self.runner.invoke, app, list(args), env=env)
         assert result.exit_code == code, (args, result.exit_code, result.output,
                                           result.exception)
         return result
 
+    async def four_eyes(self, service: str, *args: str, code: int = 0) -> Result:
+        """A guarded command as operations run it: refused as it is (APPROVAL_REQUIRED,
+        with the hint), filed with --request-approval as ada, then each approval it
+        filed approved by bea (`code`: the last approval's exit code); the last
+        approval's output."""
+        refused = await self(*args, code=1)
+        assert "APPROVAL_REQUIRED" in refused.stderr and "--request-approval" in refused.stderr
+        filed = await self(*args, "--request-approval", "cli test")
+        ids = re.findall(r"approval (\S+) filed", filed.stdout)
+        assert ids, filed.stdout
+        result = filed
+        for i, approval_id in enumerate(ids):
+            result = await self(service, "approvals", "approve", approval_id, as_="bea",
+                                code=code if i == len(ids) - 1 else 0)
+        return result
 
-def write_config(folder: Path, s: Stack) -> Path:
-    path = folder / "cli.toml"
+    async def approve_pending(self, service: str) -> list[str]:
+        """Approves, as the second admin, every pending approval of `service` (what the
+        test's `--request-approval` commands filed); their ids."""
+        listed = await self(service, "approvals", "list", "--json", as_="bea")
+        ids = [a["approval_id"] for a in json.loads(listed.stdout)]
+        for approval_id in ids:
+            await self(service, "approvals", "approve", approval_id, as_="bea")
+        return ids
+
+
+def write_config(folder: Path, s: Stack, person: str = "ada") -> Path:
+    path = folder / f"cli-{person}.toml"
     pki = security.pki()
     path.write_text(
         f'billing_address = "{s.billing.address}"\n'
@@ -45,7 +75,7 @@ def write_config(folder: Path, s: Stack) -> Path:
         f'ca_cert = "{pki.ca_file}"\n'
         f'client_cert = "{pki.cert_file("tool")}"\n'
         f'client_key = "{pki.key_file("tool")}"\n'
-        f'token_file = "{pki.token_file("ada")}"\n')
+        f'token_file = "{pki.token_file(person)}"\n')
     return path
 
 
@@ -59,4 +89,5 @@ async def cli_stack(pg_url: str) -> AsyncIterator[Stack]:
 @pytest.fixture(scope="module")
 def cli(cli_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Cli:
     folder = tmp_path_factory.mktemp("cli")
-    return Cli(cli_stack, write_config(folder, cli_stack), CliRunner())
+    return Cli(cli_stack, write_config(folder, cli_stack), CliRunner(),
+               write_config(folder, cli_stack, "bea"))

@@ -15,9 +15,14 @@ RULES = ROOT / "docs" / "examples" / "cli" / "fee-rules.yaml"
 
 
 async def test_rules_apply_creates_then_changes_nothing_then_versions(cli: Cli, tmp_path):
-    first = await cli("rules", "apply", str(RULES), "--json")
+    # Creating rules needs a second admin: refused as is, filed, then approved by bea.
+    refused = await cli("rules", "apply", str(RULES), code=1)
+    assert "APPROVAL_REQUIRED" in refused.stderr and "--request-approval" in refused.stderr
+    first = await cli("rules", "apply", str(RULES), "--json", "--request-approval", "tariff")
     actions = {r["rule_id"]: r["action"] for r in json.loads(first.stdout)}
-    assert set(actions.values()) == {"created"} and len(actions) == 4
+    assert len(actions) == 4 and all(
+        a.startswith("approval ") and a.endswith(" filed") for a in actions.values()), actions
+    assert len(await cli.approve_pending("billing")) >= 4
     again = await cli("rules", "apply", str(RULES))
     assert again.stdout.count("unchanged") == 4
 
@@ -27,7 +32,7 @@ async def test_rules_apply_creates_then_changes_nothing_then_versions(cli: Cli, 
         "    effective_from: 2026-01-01T00:00:00+08:00",
         "description: EX-SHOP pays 0.45 from November\n"
         "    effective_from: 2026-11-01T00:00:00+08:00"))
-    await cli("rules", "apply", str(changed))
+    await cli.four_eyes("billing", "rules", "apply", str(changed))
     rule = (await cli.stack.billing.stub.GetFeeRule(
         bpb.GetFeeRuleRequest(rule_id="ex-shop-fixed"))).rule
     assert [v.spec.fixed_fee for v in rule.versions] == [50, 45]  # yuan in the file, fen stored
@@ -40,8 +45,14 @@ async def test_rules_apply_creates_then_changes_nothing_then_versions(cli: Cli, 
     assert "ex-cafe-tiers" in table.stdout and "AMOUNT_TIERED_PERCENT" in table.stdout
 
 
+async def applied(cli: Cli, path: Path) -> None:
+    """The rules of a file in place: what is new filed and approved by a second admin."""
+    await cli("rules", "apply", str(path), "--request-approval", "cli test")
+    await cli.approve_pending("billing")
+
+
 async def test_rules_explain_names_the_winner_and_its_fee(cli: Cli):
-    await cli("rules", "apply", str(RULES))
+    await applied(cli, RULES)
     out = await cli("rules", "explain", "--merchant", "EX-CAFE", "--amount", "1500.00",
                     "--time", "2026-11-02T10:00:00+08:00")
     # 1500.00 in the 1000-yuan tier at 0.5% = 7.50, prepaid.
@@ -57,14 +68,19 @@ async def test_rules_end_closes_the_window(cli: Cli, tmp_path):
     path = tmp_path / "end.yaml"
     path.write_text("rule_id: ex-to-end\neffective_from: 2026-01-01\ncurrency: CNY\n"
                     "selectors: {merchant_id: EX-END}\nmethod: FIXED\nfixed_fee: 1\n")
-    await cli("rules", "apply", str(path))
-    out = await cli("rules", "end", "ex-to-end", "--at", "2026-06-01T00:00:00+08:00")
-    assert "ends at 2026-06-01 00:00:00" in out.stdout
+    await applied(cli, path)
+    refused = await cli("rules", "end", "ex-to-end", "--at", "2026-06-01T00:00:00+08:00", code=1)
+    assert "APPROVAL_REQUIRED" in refused.stderr
+    out = await cli.four_eyes("billing", "rules", "end", "ex-to-end", "--at",
+                              "2026-06-01T00:00:00+08:00")
+    assert "APPROVED" in out.stdout and "bea" in out.stdout
     data = json.loads((await cli("rules", "show", "ex-to-end", "--json")).stdout)
     assert data["state"] == "FEE_RULE_STATE_ENDED"
-    # A second end is refused by billing (the window is closed): exit 1 with the reason.
-    refused = await cli("rules", "end", "ex-to-end", "--at", "2026-07-01T00:00:00+08:00", code=1)
-    assert "RULE_ENDED" in refused.stderr
+    # A second end is refused by billing (the window is closed) when approved: the
+    # approval is FAILED, exit 1 with the reason.
+    refused = await cli.four_eyes("billing", "rules", "end", "ex-to-end", "--at",
+                                  "2026-07-01T00:00:00+08:00", code=1)
+    assert "FAILED" in refused.stdout and "RULE_ENDED" in refused.stdout
 
 
 async def test_rules_apply_refuses_a_bad_file_as_usage(cli: Cli, tmp_path):
@@ -80,12 +96,15 @@ async def test_rules_apply_refuses_a_bad_file_as_usage(cli: Cli, tmp_path):
 
 
 async def test_accounts_topup_balance_and_movements(cli: Cli):
-    out = await cli("accounts", "topup", "EX-ACC", "123.45", "--request-id", "cli-topup-1")
-    assert "123.45 CNY" in out.stdout
+    out = await cli.four_eyes("billing", "accounts", "topup", "EX-ACC", "123.45",
+                              "--request-id", "cli-topup-1")
+    assert "APPROVED" in out.stdout and "EX-ACC" in out.stdout
     # Same request id, same content: answered as the first time, not added twice.
-    await cli("accounts", "topup", "EX-ACC", "123.45", "--request-id", "cli-topup-1")
-    generated = await cli("accounts", "topup", "EX-ACC", "0.55")
+    await cli.four_eyes("billing", "accounts", "topup", "EX-ACC", "123.45", "--request-id",
+                        "cli-topup-1")
+    generated = await cli("accounts", "topup", "EX-ACC", "0.55", "--request-approval", "x")
     assert "request id: topup-" in generated.stderr
+    await cli.approve_pending("billing")
     bal = json.loads((await cli("accounts", "balance", "EX-ACC", "--json")).stdout)
     assert bal["balance"]["minor_units"] == "12400"
     low = json.loads((await cli("accounts", "set-threshold", "EX-ACC", "200.00",
@@ -94,15 +113,15 @@ async def test_accounts_topup_balance_and_movements(cli: Cli):
     assert "LOW" in (await cli("accounts", "balance", "EX-ACC")).stdout
     moves = await cli("accounts", "movements", "EX-ACC")
     assert "cli-topup-1" in moves.stdout and "TOP_UP" in moves.stdout
-    conflict = await cli("accounts", "topup", "EX-ACC", "1.00", "--request-id", "cli-topup-1",
-                         code=1)
-    assert "IDEMPOTENCY_CONFLICT" in conflict.stderr
+    conflict = await cli.four_eyes("billing", "accounts", "topup", "EX-ACC", "1.00",
+                                   "--request-id", "cli-topup-1", code=1)
+    assert "IDEMPOTENCY_CONFLICT" in conflict.stdout
     assert "more than 2 decimals" in (await cli("accounts", "topup", "EX-ACC", "1.001",
                                                 code=2)).stderr
 
 
 async def test_bills_generate_list_show_and_collect(cli: Cli):
-    await cli("rules", "apply", str(RULES))
+    await applied(cli, RULES)
     await st.record(cli.stack, {"id": "bill-pay-1", "transaction_type": "PAYMENT",
                                 "merchant_id": "EX-SHOP", "amount": 10000,
                                 "time": "2026-10-12T10:00:00+08:00"})

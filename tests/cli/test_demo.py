@@ -48,14 +48,19 @@ async def test_a_small_demo_settles_everything_and_the_books_hold(cli: Cli, tmp_
     # The traffic as the transaction core (recording is its permission, no person's).
     recorder = Clients(replace(config, token_file=str(security.pki().token_file(
         "transaction-core"))))
+    # Four eyes: the guarded calls filed as ada, approved by bea.
+    approver = Clients(replace(config, token_file=str(security.pki().token_file("bea"))))
     try:
-        demo = Demo(clients, scenario, tmp_path, console=screen, recorder=recorder)
+        demo = Demo(clients, scenario, tmp_path, console=screen, recorder=recorder,
+                    approver=approver)
         result = await asyncio.to_thread(demo.run)
     finally:
         clients.close()
         recorder.close()
+        approver.close()
     text = screen.export_text()
     assert result.recorded == scenario.transaction_count() and not result.refused
+    assert "TopUpFeeAccount" in demo.approved and "CreateFeeRule" in demo.approved
     # M07's prepaid account ran dry, and every detail was priced after the top-up.
     assert result.exceptions["INSUFFICIENT_FEE_BALANCE"] > 0
     assert "M07's prepaid fee account ran dry" in text

@@ -27,7 +27,8 @@ KINDS = {"T": pb.CYCLE_KIND_T, "D": pb.CYCLE_KIND_D, "W": pb.CYCLE_KIND_W, "M": 
 BANK = payout_pb2.BankAccount(account_name="Merchant Ltd", account_number="6222020200112233",
                               bank_name="ICBC", branch_code="102100099996")
 FAST_CLEARING = dict(pending_fee_interval_s=0.05, pending_fee_backoff_initial_s=0.1,
-                     pending_fee_backoff_max_s=0.4, billing_deadline_s=3.0)
+                     pending_fee_backoff_max_s=0.4, billing_deadline_s=3.0,
+                     prepaid_retry_interval_s=0.3)
 FAST_SETTLEMENT = dict(
     scheduler_enabled=False, dispatcher_interval_s=0.05, gateway_deadline_s=0.5,
     dispatcher_backoff_base_s=0.05, dispatcher_backoff_max_s=0.2, processing_poll_s=0.05,

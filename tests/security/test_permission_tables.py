@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from clearhouse.approval.v1 import approval_pb2
 from clearhouse.audit.v1 import audit_pb2
 from clearhouse.billing.v1 import billing_pb2
 from clearhouse.clearing.v1 import clearing_pb2
@@ -19,6 +20,7 @@ from tests.support.security import RULES, TABLES
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 DESCRIPTORS = [
     audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
+    approval_pb2.DESCRIPTOR.services_by_name["ApprovalService"],
     billing_pb2.DESCRIPTOR.services_by_name["BillingService"],
     clearing_pb2.DESCRIPTOR.services_by_name["ClearingService"],
     settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"],

@@ -21,6 +21,17 @@ def test_a_database_url_is_a_secret_setting():
     assert settings.resolved_database_url() == URL
 
 
+def test_a_migration_database_url_is_a_secret_setting_and_falls_back_to_the_runtime_url():
+    migration = "postgresql+asyncpg://billing_migrator:swordfish-secret@db:5432/clearhouse"
+    settings = BillingSettings(database_url=URL, migration_database_url=migration)
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "swordfish-secret" not in shown and "hunter2-secret" not in shown
+    assert settings.resolved_migration_url() == migration
+    assert settings.resolved_database_url() == URL  # the pool never takes the migration role
+    # One URL only (development): it migrates too.
+    assert BillingSettings(database_url=URL).resolved_migration_url() == URL
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

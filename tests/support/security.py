@@ -18,24 +18,28 @@ from typing import Any
 import grpc
 from pydantic import SecretStr
 
+from services.billing.permissions import APPROVALS as BILLING_APPROVALS
 from services.billing.permissions import AUDIT as BILLING_AUDIT
 from services.billing.permissions import PERMISSIONS as BILLING
+from services.clearing.permissions import APPROVALS as CLEARING_APPROVALS
 from services.clearing.permissions import AUDIT as CLEARING_AUDIT
 from services.clearing.permissions import PERMISSIONS as CLEARING
 from services.payout_simulator.permissions import PERMISSIONS as PAYOUT_SIMULATOR
+from services.settlement.permissions import APPROVALS as SETTLEMENT_APPROVALS
 from services.settlement.permissions import AUDIT as SETTLEMENT_AUDIT
 from services.settlement.permissions import PERMISSIONS as SETTLEMENT
 from shared import devpki
 from shared.client_security import BearerToken, ClientSecurity
 from shared.permissions import PermissionTable, Rule, merged, role_principal
+from tests.support.four_eyes import APPROVE, APPROVER, ThroughApproval
 
 TABLES: dict[str, tuple[PermissionTable, ...]] = {
-    "billing": (BILLING, BILLING_AUDIT),
-    "clearing": (CLEARING, CLEARING_AUDIT),
-    "settlement": (SETTLEMENT, SETTLEMENT_AUDIT),
+    "billing": (BILLING, BILLING_AUDIT, BILLING_APPROVALS),
+    "clearing": (CLEARING, CLEARING_AUDIT, CLEARING_APPROVALS),
+    "settlement": (SETTLEMENT, SETTLEMENT_AUDIT, SETTLEMENT_APPROVALS),
     "payout_simulator": PAYOUT_SIMULATOR,
 }
-# Every rule by method. A service every server serves (AuditService) has a table per
+# Every rule by method. A service every server serves (AuditService, ApprovalService) has a table per
 # server: who may call it is the same on each, its permission is named per server (see
 # SERVER_RULES).
 RULES: dict[str, Rule] = merged(t for tables in TABLES.values() for t in tables)
@@ -82,7 +86,8 @@ def permitted_caller(method: str) -> str:
 
 
 def _permitted_token(method: str) -> str:
-    name = permitted_caller(method)
+    # The second admin of a guarded call (tests/support/four_eyes): not its requester.
+    name = APPROVER if method == APPROVE else permitted_caller(method)
     return token(name) if name else ""
 
 
@@ -96,8 +101,12 @@ def _security(cert: str | None) -> ClientSecurity:
 
 
 def as_permitted(address: str) -> grpc.aio.Channel:
-    """A channel whose every call carries the token of a caller its method allows."""
-    return _security(devpki.TOOL).channel(address, [BearerToken(_permitted_token)])
+    """A channel whose every call carries the token of a caller its method allows; a
+    guarded RPC goes through RequestApproval as ada and ApproveRequest as bea."""
+    router = ThroughApproval()
+    channel = _security(devpki.TOOL).channel(address, [router, BearerToken(_permitted_token)])
+    router.channel = channel
+    return channel
 
 
 def channel(address: str, *, cert: str | None = devpki.TOOL, caller: str | None = None,

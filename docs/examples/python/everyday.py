@@ -6,7 +6,8 @@ CLEARHOUSE_CLEARING_ADDRESS and CLEARHOUSE_SETTLEMENT_ADDRESS, as for the CLI):
     .venv/bin/python docs/examples/python/everyday.py
 
 It creates merchant EX-PY's fee rule and settlement profile, records a payment, a refund
-and an adjustment, settles them on 2026-11-10 and reads the results. Running it again is
+and an adjustment, settles them on 2026-11-10 and reads the results. The fee rule and the
+fee-account top-up are four-eyes calls: filed by one admin, approved by another. Running it again is
 harmless: every call is idempotent (the same ids answer as the first time).
 Each function is one RPC with the request spelled out; money is integer fen (分).
 """
@@ -22,6 +23,8 @@ import shared  # noqa: F401  (first: it puts the generated `clearhouse` package 
 from shared.client_security import ClientSecurity
 
 # isort: split
+from clearhouse.approval.v1 import approval_pb2 as approval
+from clearhouse.approval.v1 import approval_pb2_grpc
 from clearhouse.billing.v1 import billing_pb2 as billing
 from clearhouse.billing.v1 import billing_pb2_grpc
 from clearhouse.clearing.v1 import clearing_pb2 as clearing
@@ -29,7 +32,7 @@ from clearhouse.clearing.v1 import clearing_pb2_grpc
 from clearhouse.settlement.v1 import settlement_pb2 as settlement
 from clearhouse.settlement.v1 import settlement_pb2_grpc
 from clearhouse.type.v1 import money_pb2, transaction_pb2
-from google.protobuf import timestamp_pb2
+from google.protobuf import any_pb2, timestamp_pb2
 from google.type import date_pb2
 
 MERCHANT = "EX-PY"
@@ -67,6 +70,12 @@ def metadata() -> tuple[tuple[str, str], ...]:
     return _token("CLEARHOUSE_TOKEN", "ada")
 
 
+def approver_metadata() -> tuple[tuple[str, str], ...]:
+    """A second admin's credentials, for four eyes (CLEARHOUSE_APPROVER_TOKEN, else the
+    development second admin bea's token)."""
+    return _token("CLEARHOUSE_APPROVER_TOKEN", "bea")
+
+
 def core_metadata() -> tuple[tuple[str, str], ...]:
     """Recording is the transaction core's permission (CLEARHOUSE_CORE_TOKEN, else the
     development transaction core's token)."""
@@ -79,9 +88,29 @@ def channel(address: str) -> grpc.Channel:
     return tls.sync_channel(address)
 
 
+# ---- four eyes ----------------------------------------------------------------------
+
+def approved(a: approval_pb2_grpc.ApprovalServiceStub, approval_id: str, request: object,
+             response: object) -> None:
+    """A guarded call (docs/security.md "Approvals"): one admin files it with
+    RequestApproval, a *different* admin approves it with ApproveRequest, which makes the
+    call and keeps its answer (unpacked into `response`). Both are idempotent, so a
+    second run answers the same."""
+    packed = any_pb2.Any()
+    packed.Pack(request)  # type: ignore[arg-type]
+    a.RequestApproval(approval.RequestApprovalRequest(
+        request_id=approval_id, request=packed, reason="everyday example"),
+        metadata=metadata())
+    decided = a.ApproveRequest(approval.ApproveRequestRequest(approval_id=approval_id),
+                               metadata=approver_metadata()).approval
+    if decided.state != approval.APPROVAL_STATE_APPROVED:
+        raise RuntimeError(f"{approval_id}: {decided.error.message}")
+    decided.response.Unpack(response)
+
+
 # ---- billing ------------------------------------------------------------------------
 
-def create_fee_rule(b: billing_pb2_grpc.BillingServiceStub) -> billing.FeeRule:
+def create_fee_rule(a: approval_pb2_grpc.ApprovalServiceStub) -> billing.FeeRule:
     req = billing.CreateFeeRuleRequest(
         rule_id="ex-py-percent",
         spec=billing.FeeRuleSpec(
@@ -91,13 +120,10 @@ def create_fee_rule(b: billing_pb2_grpc.BillingServiceStub) -> billing.FeeRule:
             refund_fee_policy=billing.REFUND_FEE_POLICY_PROPORTIONAL,
             description="EX-PY pays 0.6% net"),
         effective_from=at("2026-01-01T00:00:00+08:00"))
-    try:
-        return b.CreateFeeRule(req, metadata=metadata()).rule
-    except grpc.RpcError as exc:  # created by an earlier run of this script
-        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-            raise
-        return b.GetFeeRule(billing.GetFeeRuleRequest(rule_id=req.rule_id),
-                            metadata=metadata()).rule
+    # Creating a fee rule reprices merchants: it needs a second admin.
+    created = billing.CreateFeeRuleResponse()
+    approved(a, "ex-py-approve-rule", req, created)
+    return created.rule
 
 
 def list_fee_rules(b: billing_pb2_grpc.BillingServiceStub) -> list[billing.FeeRule]:
@@ -123,10 +149,12 @@ def quote_fee(b: billing_pb2_grpc.BillingServiceStub) -> billing.FeeResult:
                       metadata=metadata()).result
 
 
-def top_up_fee_account(b: billing_pb2_grpc.BillingServiceStub) -> billing.FeeAccount:
-    return b.TopUpFeeAccount(billing.TopUpFeeAccountRequest(
-        request_id="ex-py-topup-1", merchant_id=MERCHANT, amount=cny(50000)),
-        metadata=metadata()).account
+def top_up_fee_account(a: approval_pb2_grpc.ApprovalServiceStub) -> billing.FeeAccount:
+    # Fee credit without a payment behind it would be free money: a second admin approves.
+    topped = billing.TopUpFeeAccountResponse()
+    approved(a, "ex-py-approve-topup", billing.TopUpFeeAccountRequest(
+        request_id="ex-py-topup-1", merchant_id=MERCHANT, amount=cny(50000)), topped)
+    return topped.account
 
 
 def get_fee_account(b: billing_pb2_grpc.BillingServiceStub) -> billing.FeeAccount:
@@ -312,11 +340,12 @@ def main(billing_address: str, clearing_address: str, settlement_address: str) -
         c = clearing_pb2_grpc.ClearingServiceStub(cc)
         s = settlement_pb2_grpc.SettlementServiceStub(sc)
         got: dict[str, object] = {}
-        got["CreateFeeRule"] = create_fee_rule(b)
+        billing_approvals = approval_pb2_grpc.ApprovalServiceStub(bc)
+        got["CreateFeeRule"] = create_fee_rule(billing_approvals)
         got["ListFeeRules"] = list_fee_rules(b)
         got["ExplainFee"] = explain_fee(b)
         got["QuoteFee"] = quote_fee(b)
-        got["TopUpFeeAccount"] = top_up_fee_account(b)
+        got["TopUpFeeAccount"] = top_up_fee_account(billing_approvals)
         got["GetFeeAccount"] = get_fee_account(b)
         got["CreateSettlementProfile"] = create_settlement_profile(s)
         got["RecordTransaction"] = record_transaction(c)

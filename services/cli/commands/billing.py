@@ -10,11 +10,13 @@ from clearhouse.billing.v1 import billing_pb2 as pb
 from clearhouse.type.v1 import money_pb2, transaction_pb2
 
 from services.cli import output as out
+from services.cli.approvals import ApprovalFiled
 from services.cli.client import Clients, ServiceError, pages
 from services.cli.runtime import (
     CurrencyOpt,
     JsonOpt,
     LimitOpt,
+    RequestApprovalOpt,
     RequestIdOpt,
     clients,
     handled,
@@ -130,37 +132,46 @@ def show_rule(ctx: typer.Context, rule_id: str, json: JsonOpt = False) -> None:
 
 def apply_rule_files(c: Clients, entries: list[RuleFile]) -> list[tuple[str, str, pb.FeeRule]]:
     """Creates each rule, or adds a version when its content changed; a rule that has a
-    version equal to the entry is left alone (so a file can be applied again)."""
+    version equal to the entry is left alone (so a file can be applied again). With
+    --request-approval each change is filed for a second admin instead (the action says
+    which approval)."""
     done: list[tuple[str, str, pb.FeeRule]] = []
     for entry in entries:
         try:
-            current = c.billing.GetFeeRule(pb.GetFeeRuleRequest(rule_id=entry.rule_id)).rule
-        except ServiceError as exc:
-            if exc.reason != "RULE_NOT_FOUND":
-                raise
-            rule = c.billing.CreateFeeRule(entry.create_request()).rule
-            done.append((entry.rule_id, "created", rule))
-            continue
-        same = [v.version for v in current.versions if entry.same_as(v)]
-        if same:
-            done.append((entry.rule_id, f"unchanged (v{same[-1]})", current))
-            continue
-        rule = c.billing.CreateFeeRuleVersion(entry.version_request()).rule
-        done.append((entry.rule_id, f"version {rule.versions[-1].version} added", rule))
+            try:
+                current = c.billing.GetFeeRule(pb.GetFeeRuleRequest(rule_id=entry.rule_id)).rule
+            except ServiceError as exc:
+                if exc.reason != "RULE_NOT_FOUND":
+                    raise
+                rule = c.billing.CreateFeeRule(entry.create_request()).rule
+                done.append((entry.rule_id, "created", rule))
+                continue
+            same = [v.version for v in current.versions if entry.same_as(v)]
+            if same:
+                done.append((entry.rule_id, f"unchanged (v{same[-1]})", current))
+                continue
+            rule = c.billing.CreateFeeRuleVersion(entry.version_request()).rule
+            done.append((entry.rule_id, f"version {rule.versions[-1].version} added", rule))
+        except ApprovalFiled as filed:
+            done.append((entry.rule_id, f"approval {filed.approval.approval_id} filed",
+                         pb.FeeRule(rule_id=entry.rule_id)))
     return done
 
 
 @rules.command("apply")
 @handled
-def apply_rules(ctx: typer.Context, file: Path, json: JsonOpt = False) -> None:
+def apply_rules(ctx: typer.Context, file: Path, json: JsonOpt = False,
+                request_approval: RequestApprovalOpt = "") -> None:
     """Create the rules of a YAML file, or add a version to those that exist.
 
     A rule with a version of the file's content and window is left as it is, so
     applying a file twice changes nothing. Amounts are in yuan, rates decimal.
+    Creating or versioning a rule needs a second admin: --request-approval files each
+    change; once approved, applying the file again shows them unchanged.
 
-    Example: clearhouse rules apply docs/examples/cli/fee-rules.yaml
+    Example: clearhouse rules apply docs/examples/cli/fee-rules.yaml --request-approval "new tariff"
     """
-    done = apply_rule_files(clients(ctx), fee_rules(file))
+    done = apply_rule_files(clients(ctx, request_approval), fee_rules(file))
     if json:
         out.emit_json([{"rule_id": rid, "action": what, "rule": out.to_dict(r)}
                        for rid, what, r in done])
@@ -175,13 +186,15 @@ def end_rule(
     ctx: typer.Context, rule_id: str,
     at: Annotated[str, typer.Option(help="When it stops applying (ISO 8601 with offset).")],
     request_id_: RequestIdOpt = "", json: JsonOpt = False,
+    request_approval: RequestApprovalOpt = "",
 ) -> None:
-    """End a fee rule: close its current version's window at a time.
+    """End a fee rule: close its current version's window at a time (needs a second
+    admin: --request-approval files it).
 
-    Example: clearhouse rules end demo-m001-fixed --at 2026-12-01T00:00:00+08:00
+    Example: clearhouse rules end demo-m001-fixed --at 2026-12-01T00:00:00+08:00 --request-approval "retired"
     """
     rid = request_id(request_id_, "end")
-    rule = clients(ctx).billing.EndFeeRule(pb.EndFeeRuleRequest(
+    rule = clients(ctx, request_approval).billing.EndFeeRule(pb.EndFeeRuleRequest(
         request_id=rid, rule_id=rule_id, effective_to=parse_time(at, "--at"))).rule
     if json:
         out.emit_json(rule)
@@ -282,14 +295,15 @@ def _account_line(a: pb.FeeAccount) -> str:
 def topup(ctx: typer.Context, merchant: str,
           amount: Annotated[str, typer.Argument(help="Yuan, e.g. 500.00.")],
           currency: CurrencyOpt = "CNY", request_id_: RequestIdOpt = "",
-          json: JsonOpt = False) -> None:
-    """Top up a merchant's prepaid fee account (created on first use).
+          json: JsonOpt = False, request_approval: RequestApprovalOpt = "") -> None:
+    """Top up a merchant's prepaid fee account (created on first use); needs a second
+    admin: --request-approval files it.
 
-    Example: clearhouse accounts topup M007 500.00 --request-id topup-M007-1
+    Example: clearhouse accounts topup M007 500.00 --request-id topup-M007-1 --request-approval "paid, slip 42"
     """
     cur = currency.upper()
     rid = request_id(request_id_, "topup")
-    account = clients(ctx).billing.TopUpFeeAccount(pb.TopUpFeeAccountRequest(
+    account = clients(ctx, request_approval).billing.TopUpFeeAccount(pb.TopUpFeeAccountRequest(
         request_id=rid, merchant_id=merchant,
         amount=money_pb2.Money(currency_code=cur, minor_units=major(amount, cur)))).account
     if json:

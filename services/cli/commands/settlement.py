@@ -20,11 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.cli import output as out
+from services.cli.approvals import ApprovalFiled
 from services.cli.client import Clients, ServiceError, pages
 from services.cli.runtime import (
     EXIT_REFUSED,
     JsonOpt,
     LimitOpt,
+    RequestApprovalOpt,
     RequestIdOpt,
     clients,
     handled,
@@ -243,13 +245,22 @@ def profile_history(ctx: typer.Context, merchant: str, limit: LimitOpt = 100,
 
 @profiles.command("set")
 @handled
-def set_profiles(ctx: typer.Context, file: Path, json: JsonOpt = False) -> None:
+def set_profiles(ctx: typer.Context, file: Path, json: JsonOpt = False,
+                 request_approval: RequestApprovalOpt = "") -> None:
     """Create or replace the settlement profiles of a YAML file (from the next run on).
+
+    Changing where a merchant is paid (destination type or bank account) needs a second
+    admin: --request-approval files each such change (the action names the approval).
 
     Example: clearhouse profiles set docs/examples/cli/profiles.yaml
     """
-    c = clients(ctx)
-    done = [put_profile(c, p) for p in settlement_profiles(file)]
+    c = clients(ctx, request_approval)
+    done = []
+    for p in settlement_profiles(file):
+        try:
+            done.append(put_profile(c, p))
+        except ApprovalFiled as filed:
+            done.append((f"approval {filed.approval.approval_id} filed", p))
     if json:
         out.emit_json([{"action": what, "profile": out.to_dict(p)} for what, p in done])
         return
@@ -893,7 +904,7 @@ def _payout_row(p: pb.Payout) -> list[str]:
 def payouts_list(ctx: typer.Context,
                  merchant: Annotated[str, typer.Option(help="Only this merchant.")] = "",
                  state: Annotated[str, typer.Option(
-                     help="created, submitted, paid, failed or returned.")] = "",
+                     help="created, submitted, escalated, paid, failed or returned.")] = "",
                  limit: LimitOpt = 100, json: JsonOpt = False) -> None:
     """List payouts, newest first.
 
@@ -904,7 +915,7 @@ def payouts_list(ctx: typer.Context,
         try:
             code = int(pb.PayoutState.Value("PAYOUT_STATE_" + state.upper()))
         except ValueError:
-            raise typer.BadParameter("created, submitted, paid, failed or returned") from None
+            raise typer.BadParameter("created, submitted, escalated, paid, failed or returned") from None
     req = pb.ListPayoutsRequest(merchant_id=merchant, state=code,
                                 page_size=min(limit or 1000, 1000))
     found = list(pages(clients(ctx).settlement.ListPayouts, req, "payouts", limit))
@@ -932,13 +943,15 @@ def payout_show(ctx: typer.Context, payout_id: str, json: JsonOpt = False) -> No
 @payouts.command("retry")
 @handled
 def payout_retry(ctx: typer.Context, payout_id: str, request_id_: RequestIdOpt = "",
-                 json: JsonOpt = False) -> None:
-    """Pay a FAILED payout's money again now, to the merchant's current destination.
+                 json: JsonOpt = False, request_approval: RequestApprovalOpt = "") -> None:
+    """Pay a FAILED payout's money again now, to the merchant's current destination
+    (when that is no longer the payout's, a second admin must approve:
+    --request-approval files it).
 
     Example: clearhouse payouts retry po-st-20261013-M002 --request-id retry-M002-1
     """
     rid = request_id(request_id_, "retry")
-    p = clients(ctx).settlement.RetryPayout(
+    p = clients(ctx, request_approval).settlement.RetryPayout(
         pb.RetryPayoutRequest(request_id=rid, payout_id=payout_id)).payout
     if json:
         out.emit_json(p)

@@ -108,8 +108,12 @@ def main(
                            client_key=str(pki.key_file("tool")),
                            token_file=str(pki.token_file("ada")))
         core = replace(config, token_file=str(pki.token_file("transaction-core")))
-        with Clients(config) as clients, Clients(core) as recorder:
-            result = Demo(clients, scenario, out, console=console, recorder=recorder).run()
+        # Four eyes: ada requests the guarded calls, bea (a second admin) approves them.
+        second = replace(config, token_file=str(pki.token_file("bea")))
+        with Clients(config) as clients, Clients(core) as recorder, \
+                Clients(second) as approver:
+            result = Demo(clients, scenario, out, console=console, recorder=recorder,
+                          approver=approver).run()
         console.print(f"demo done in {time.monotonic() - started:.1f} s")
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.txt").write_text(console.export_text(), encoding="utf-8")

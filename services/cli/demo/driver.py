@@ -86,10 +86,17 @@ class Outcome:
 class Demo:
     def __init__(self, clients: Clients, scenario: Scenario, out_dir: Path,
                  console: Console | None = None, poll_s: float = 0.05,
-                 wait_s: float = 30.0, recorder: Clients | None = None) -> None:
+                 wait_s: float = 30.0, recorder: Clients | None = None,
+                 approver: Clients | None = None) -> None:
         """`clients` act as operations (an admin); `recorder`, when given, records the
         traffic as the transaction core would (a caller of its own once the services
-        check identities), else `clients` do."""
+        check identities), else `clients` do. `approver`, a second admin: the guarded
+        calls (rules, top-ups, adjustments, retries to a changed account) are filed by
+        `clients` and approved by it (four eyes, docs/security.md "Approvals")."""
+        self.approved: list[str] = []
+        if approver is not None:
+            clients.four_eyes(approver=approver,
+                              on_approved=lambda a: self.approved.append(a.method))
         self.c, self.s, self.out_dir = clients, scenario, out_dir
         self.recorder = recorder or clients
         self.con = console or Console(record=True, highlight=False)
@@ -171,6 +178,9 @@ class Demo:
         if self.s.topups:
             self.con.print("prepaid fee accounts topped up: " + ", ".join(
                 f"{m} {a}" for m, a in self.s.topups.items()))
+        if self.approved:
+            self.con.print(f"four eyes: {len(self.approved)} guarded calls (fee rules, "
+                           "top-ups) requested by one admin and approved by another")
 
     def _record(self, batch: list[Txn]) -> None:
         if not batch:

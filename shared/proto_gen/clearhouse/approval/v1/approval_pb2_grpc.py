@@ -42,8 +42,6 @@ class ApprovalServiceStub:
     by a person; metadata "method" (the short RPC name). File it with RequestApproval.
     - IDEMPOTENCY_CONFLICT (ALREADY_EXISTS): a RequestApproval request_id reused with
     another request or reason.
-    - METHOD_NOT_GUARDED (INVALID_ARGUMENT): the embedded request is no guarded RPC's
-    request of this service; metadata "type_url".
     - APPROVAL_NOT_FOUND (NOT_FOUND): no approval has this id; metadata "approval_id".
     - SELF_APPROVAL (PERMISSION_DENIED): the requester tried to approve their own
     request; metadata "approval_id", "requested_by".
@@ -51,10 +49,13 @@ class ApprovalServiceStub:
     an approved (or failed) one; metadata "approval_id", "state".
     Approving an approval already APPROVED or FAILED answers it unchanged (the guarded
     call ran once); rejecting a REJECTED one likewise. When the executed call fails in a
-    way worth retrying (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED) the approval stays
-    PENDING and ApproveRequest answers that error: approving again executes again, which
-    is safe because every guarded RPC is idempotent by its own request's id.
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    way worth retrying (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, or INTERNAL)
+    the approval stays PENDING and ApproveRequest answers that error: approving again
+    executes again, which is safe because every guarded RPC is idempotent by its own
+    request's id (a crash between the effect and the decision's record is safe too).
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations,
+    and nothing is written; an embedded request that is no guarded RPC's request of this
+    service (or does not parse as its type) is a violation of the field "request".
     """
 
     def __init__(self, channel):
@@ -107,8 +108,6 @@ class ApprovalServiceServicer:
     by a person; metadata "method" (the short RPC name). File it with RequestApproval.
     - IDEMPOTENCY_CONFLICT (ALREADY_EXISTS): a RequestApproval request_id reused with
     another request or reason.
-    - METHOD_NOT_GUARDED (INVALID_ARGUMENT): the embedded request is no guarded RPC's
-    request of this service; metadata "type_url".
     - APPROVAL_NOT_FOUND (NOT_FOUND): no approval has this id; metadata "approval_id".
     - SELF_APPROVAL (PERMISSION_DENIED): the requester tried to approve their own
     request; metadata "approval_id", "requested_by".
@@ -116,10 +115,13 @@ class ApprovalServiceServicer:
     an approved (or failed) one; metadata "approval_id", "state".
     Approving an approval already APPROVED or FAILED answers it unchanged (the guarded
     call ran once); rejecting a REJECTED one likewise. When the executed call fails in a
-    way worth retrying (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED) the approval stays
-    PENDING and ApproveRequest answers that error: approving again executes again, which
-    is safe because every guarded RPC is idempotent by its own request's id.
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    way worth retrying (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, or INTERNAL)
+    the approval stays PENDING and ApproveRequest answers that error: approving again
+    executes again, which is safe because every guarded RPC is idempotent by its own
+    request's id (a crash between the effect and the decision's record is safe too).
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations,
+    and nothing is written; an embedded request that is no guarded RPC's request of this
+    service (or does not parse as its type) is a violation of the field "request".
     """
 
     def RequestApproval(self, request, context):
@@ -211,8 +213,6 @@ class ApprovalService:
     by a person; metadata "method" (the short RPC name). File it with RequestApproval.
     - IDEMPOTENCY_CONFLICT (ALREADY_EXISTS): a RequestApproval request_id reused with
     another request or reason.
-    - METHOD_NOT_GUARDED (INVALID_ARGUMENT): the embedded request is no guarded RPC's
-    request of this service; metadata "type_url".
     - APPROVAL_NOT_FOUND (NOT_FOUND): no approval has this id; metadata "approval_id".
     - SELF_APPROVAL (PERMISSION_DENIED): the requester tried to approve their own
     request; metadata "approval_id", "requested_by".
@@ -220,10 +220,13 @@ class ApprovalService:
     an approved (or failed) one; metadata "approval_id", "state".
     Approving an approval already APPROVED or FAILED answers it unchanged (the guarded
     call ran once); rejecting a REJECTED one likewise. When the executed call fails in a
-    way worth retrying (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED) the approval stays
-    PENDING and ApproveRequest answers that error: approving again executes again, which
-    is safe because every guarded RPC is idempotent by its own request's id.
-    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations.
+    way worth retrying (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, or INTERNAL)
+    the approval stays PENDING and ApproveRequest answers that error: approving again
+    executes again, which is safe because every guarded RPC is idempotent by its own
+    request's id (a crash between the effect and the decision's record is safe too).
+    Malformed requests get INVALID_ARGUMENT with google.rpc.BadRequest field violations,
+    and nothing is written; an embedded request that is no guarded RPC's request of this
+    service (or does not parse as its type) is a violation of the field "request".
     """
 
     @staticmethod

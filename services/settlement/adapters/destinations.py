@@ -1,0 +1,54 @@
+"""Where a payout went, as stored (the SQL the four-eyes condition of RetryPayout reads,
+services/settlement/permissions.py; the profile side is profile_repo's)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+BANK_FIELDS = ("account_name", "account_number", "bank_name", "branch_code")
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A payout destination: PAYMENT_ACCOUNT, or BANK_ACCOUNT with its four fields."""
+
+    kind: str
+    bank: tuple[str, str, str, str] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """For a preview (the caller masks the account number)."""
+        out: dict[str, Any] = {"destination_type": self.kind}
+        if self.bank is not None:
+            out["bank_account"] = dict(zip(BANK_FIELDS, self.bank, strict=True))
+        return out
+
+
+def destination(kind: str, bank: Any) -> Destination:
+    if isinstance(bank, str):
+        bank = json.loads(bank)
+    if kind != "BANK_ACCOUNT":
+        return Destination(kind)
+    bank = bank or {}
+    return Destination(kind, tuple(str(bank.get(f, "")) for f in BANK_FIELDS))  # type: ignore[arg-type]
+
+
+class Destinations:
+    """Reads of payouts' destinations, each in its own short transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def of_payout(self, payout_id: str) -> tuple[str, Destination] | None:
+        """(merchant, where the payout went), or None for no such payout."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                text("SELECT merchant_id, destination_type, bank_account FROM payouts "
+                     "WHERE payout_id = :p"), {"p": payout_id})).first()
+        if row is None:
+            return None
+        return row.merchant_id, destination(row.destination_type, row.bank_account)
