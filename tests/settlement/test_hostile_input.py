@@ -17,7 +17,7 @@ from google.protobuf import field_mask_pb2
 from google.type import date_pb2
 from sqlalchemy import text
 
-from tests.support.four_eyes import TRAIL_TABLES
+from tests.support.four_eyes import TRAIL_TABLES, counted_rows
 from tests.support.harness import ServiceHandle
 from tests.support.rpc_errors import violated_fields
 
@@ -51,8 +51,8 @@ async def snapshot(handle: ServiceHandle) -> dict[str, list[Any]]:
             " AND table_type = 'BASE TABLE' AND table_name <> ALL(:trail) ORDER BY table_name"),
             {"s": handle.schema, "trail": list(TRAIL_TABLES)}
         )).scalars().all()
-        return {t: sorted(map(repr, (await conn.execute(text(f'SELECT * FROM "{t}"'))).all()))
-                for t in tables}
+        return {t: sorted(map(repr, (await conn.execute(text(
+            f'SELECT * FROM "{t}"{counted_rows(t)}'))).all())) for t in tables}
 
 
 def cases(s: Any) -> list[tuple[str, Callable[[], Any], set[str]]]:
