@@ -113,13 +113,21 @@ def scope(
     approval_id: str = "", approved_by: str = "",
 ) -> Iterator[Scope]:
     """Audit what runs inside as `actor` calling `method`; yields the scope (its
-    `recorded` and `replayed` tell afterwards what the call did)."""
+    `recorded` and `replayed` tell afterwards what the call did).
+
+    Nested in another scope (the approval executor running an approved request inside
+    the ApproveRequest call), what the inner scope recorded or replayed counts for the
+    outer one too: the outer call did record, under the inner call's name."""
+    outer = _scope.get()
     s = Scope(method, actor, actor_role, request_id, reason, approval_id, approved_by)
     token = _scope.set(s)
     try:
         yield s
     finally:
         _scope.reset(token)
+        if outer is not None:
+            outer.recorded += s.recorded
+            outer.replayed = outer.replayed or s.replayed
 
 
 def set_reason(reason: str) -> None:
@@ -207,6 +215,12 @@ _INSERT_PG = (
     f"INSERT INTO audit_events ({_COLUMNS}) VALUES "
     "($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, $12)"
 )
+# Many events in one statement (a batch confirmation of up to 1,000 batches).
+_INSERT_MANY_PG = (
+    f"INSERT INTO audit_events ({_COLUMNS}) SELECT * FROM unnest("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
+    "$8::text[], $9::jsonb[], $10::jsonb[], $11::text[], $12::text[])"
+)
 _INSERT_SA = (
     f"INSERT INTO audit_events ({_COLUMNS}) VALUES "
     "(:actor, :actor_role, :method, :request_id, :reason, :outcome, :object_type, "
@@ -264,7 +278,8 @@ async def write(conn: Any, events: list[Event]) -> None:
     elif len(events) == 1:
         await conn.execute(_INSERT_PG, *events[0].values())
     else:
-        await conn.executemany(_INSERT_PG, [e.values() for e in events])
+        columns = list(zip(*(e.values() for e in events), strict=True))
+        await conn.execute(_INSERT_MANY_PG, *(list(c) for c in columns))
 
 
 async def record(

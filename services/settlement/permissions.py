@@ -55,8 +55,8 @@ PERMISSIONS = table(
         # up (its batch released in clearing, its details left to the next run).
         "RetryRunItem": operate("settlement.runs.retry"),
         "ReleaseRunItem": administer("settlement.runs.release"),
-        # Settling an escalated payout by hand moves money on a person's word: admins
-        # (four-eyes once the approval engine guards it).
+        # Settling an escalated payout by hand moves money on a person's word: admins,
+        # and always a second one (FOUR_EYES below).
         "MarkPayoutPaid": administer("settlement.payouts.resolve"),
         "MarkPayoutFailed": administer("settlement.payouts.resolve"),
         # The payout gateway's callback, and nobody else's: a result books money.
@@ -162,8 +162,23 @@ async def _retry_preview(request: settlement_pb2.RetryPayoutRequest,
         "payout", request.payout_id, _shown(went), _shown(now))
 
 
+def _mark_preview(result: str) -> Any:
+    """What the decider sees of a hand settlement: the payout, the result, the word."""
+
+    def describe(request: Any, facts: Facts) -> approvals.Preview:
+        return approvals.Preview(
+            f"settle escalated payout {request.payout_id} as {result} on {request.reference!r}:"
+            f" {request.reason}",
+            "payout", request.payout_id, {"state": "ESCALATED"},
+            {"state": result, "resolution_reference": request.reference,
+             "resolution_reason": request.reason})
+
+    return describe
+
+
 # Four eyes (docs/security.md "Approvals"): redirecting where a merchant is paid, or
-# paying a failed payout to a destination other than its own, takes a second admin.
+# paying a failed payout to a destination other than its own, takes a second admin; so
+# does settling an escalated payout by hand (it books money on a person's word).
 FOUR_EYES = approvals.four_eyes(
     _SERVICE,
     {
@@ -173,6 +188,8 @@ FOUR_EYES = approvals.four_eyes(
         "RetryPayout": approvals.when(
             _to_changed, "when the profile's destination differs from the payout's",
             _retry_preview),
+        "MarkPayoutPaid": approvals.always(_mark_preview("PAID")),
+        "MarkPayoutFailed": approvals.always(_mark_preview("FAILED")),
     },
 )
 

@@ -128,22 +128,32 @@ async def test_clearing_mutations_each_write_one_event(clearing):
     await s.RecordAdjustment(cpb.RecordAdjustmentRequest(
         adjustment_id="A2", merchant_id="M2", amount=money(50), reason="CHANNEL_SHORT",
         adjustment_time=datetime_to_ts(T0)))
+    for merchant in ("M3", "M4"):
+        await s.RecordAdjustment(cpb.RecordAdjustmentRequest(
+            adjustment_id=f"A-{merchant}", merchant_id=merchant, amount=money(10),
+            reason="CHANNEL_SHORT", adjustment_time=datetime_to_ts(T0)))
     date_to = date_to_proto(dt.date(2100, 1, 1))
-    for batch, merchant in (("B1", "M1"), ("B2", "M2")):
+    for batch, merchant in (("B1", "M1"), ("B2", "M2"), ("B3", "M3"), ("B4", "M4")):
         await s.ClaimDetails(cpb.ClaimDetailsRequest(
             batch_id=batch, merchant_id=merchant, currency_code="CNY", business_date_to=date_to))
     await s.ConfirmBatch(cpb.ConfirmBatchRequest(batch_id="B1"))
     await s.ConfirmBatch(cpb.ConfirmBatchRequest(batch_id="B1"))
     await s.ReleaseBatch(cpb.ReleaseBatchRequest(batch_id="B2"))
     await s.BatchConfirmBatches(cpb.BatchConfirmBatchesRequest(batch_ids=["B1"]))
+    await s.BatchConfirmBatches(cpb.BatchConfirmBatchesRequest(batch_ids=["B3", "B1", "B4"]))
     trail = await events(clearing.address)
     assert [(e.method.rsplit("/", 1)[1], e.object_type, e.object_id) for e in trail] == [
         ("RecordAdjustment", "clearing_detail", "A1"),
         ("RecordAdjustment", "clearing_detail", "A2"),
+        ("RecordAdjustment", "clearing_detail", "A-M3"),
+        ("RecordAdjustment", "clearing_detail", "A-M4"),
         ("ConfirmBatch", "clearing_batch", "B1"),
         ("ReleaseBatch", "clearing_batch", "B2"),
+        ("BatchConfirmBatches", "clearing_batch", "B3"),
+        ("BatchConfirmBatches", "clearing_batch", "B4"),
     ]
-    adj, _, confirmed, released = trail
+    adj, _, _, _, confirmed, released, many, _ = trail
+    assert plain(many.after)["state"] == "CONFIRMED" and many.actor == "ada"
     assert (adj.actor, adj.request_id, adj.reason) == ("ada", "req-adj", "CHANNEL_SHORT")
     assert plain(adj.after)["amount"] == 300
     assert plain(confirmed.before)["state"] == "OPEN"

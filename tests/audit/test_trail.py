@@ -170,3 +170,61 @@ async def test_systems_may_not_read_the_trail_and_people_may(billing):
         channel, stub = _audit_stub(billing, person)
         async with channel:
             await stub.ListAuditEvents(audit_pb2.ListAuditEventsRequest())
+
+
+async def test_an_approved_change_runs_in_a_nested_scope_that_counts_for_the_outer_call(billing):
+    """The approval executor's way: inside the approver's call, the stored request runs
+    as its requester, recording the approval it ran under."""
+    async with billing.engine.begin() as conn:
+        with audit.scope("/clearhouse.approval.v1.ApprovalService/ApproveRequest", "bea",
+                         "admin", "approve-1") as outer:
+            with audit.scope(f"{BILLING}TopUpFeeAccount", "ada", "admin", "top-1",
+                             approval_id="apr-1", approved_by="bea"):
+                await audit.record(conn, object_type="fee_account", object_id="M1/CNY",
+                                   before={"balance": 0}, after={"balance": 5})
+            with audit.scope(f"{BILLING}TopUpFeeAccount", "ada", "admin", "top-1"):
+                audit.replayed()
+    assert outer.recorded == 1 and outer.replayed
+    channel, stub = _audit_stub(billing)
+    async with channel:
+        [e] = (await stub.ListAuditEvents(audit_pb2.ListAuditEventsRequest())).audit_events
+    assert (e.actor, e.method, e.request_id, e.approval_id, e.approved_by) == (
+        "ada", f"{BILLING}TopUpFeeAccount", "top-1", "apr-1", "bea")
+
+
+async def test_a_direct_call_of_a_guarded_rpc_is_recorded_as_approval_required(billing):
+    async with security.channel(billing.address, caller="ada") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await billing_pb2_grpc.BillingServiceStub(channel).TopUpFeeAccount(
+                billing_pb2.TopUpFeeAccountRequest(
+                    request_id="top-direct", merchant_id="M1",
+                    amount={"currency_code": "CNY", "minor_units": 500}))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    channel, stub = _audit_stub(billing)
+    async with channel:
+        [e] = (await stub.ListAuditEvents(audit_pb2.ListAuditEventsRequest(
+            outcome=audit_pb2.AUDIT_OUTCOME_APPROVAL_REQUIRED))).audit_events
+        succeeded = (await stub.ListAuditEvents(audit_pb2.ListAuditEventsRequest(
+            outcome=audit_pb2.AUDIT_OUTCOME_SUCCEEDED))).audit_events
+    assert (e.actor, e.method, e.request_id, e.object_type, e.object_id) == (
+        "ada", f"{BILLING}TopUpFeeAccount", "top-direct", "merchant", "M1")
+    assert e.after["amount"]["minor_units"] == "500"
+    assert list(succeeded) == []
+
+
+async def test_a_refusal_the_trail_cannot_store_is_logged_and_the_refusal_stands(caplog):
+    """The sink never raises: the call it describes keeps its own answer."""
+    import logging
+
+    from shared.audit_service import AuditTrail
+    from shared.db import create_engine
+
+    engine = create_engine("postgresql+asyncpg://nobody:x@127.0.0.1:1/none", "billing")
+    s = audit.Scope(f"{BILLING}CreateFeeRule", "otto", "operator", "req-1")
+    try:
+        with caplog.at_level(logging.ERROR, logger="clearhouse.audit"):
+            await AuditTrail(engine).write([audit.event(
+                s, object_type="rule", object_id="R1", outcome=audit.PERMISSION_DENIED)])
+    finally:
+        await engine.dispose()
+    assert any("audit events not written" in r.getMessage() for r in caplog.records)

@@ -487,7 +487,9 @@ class Seed:
                 reason="chaos: checked with the gateway"), f"{request_id}-approval")
             if not refused:
                 self.report.fault("ops_mark_paid" if paid else "ops_mark_failed", p.payout_id)
-            elif refused != "PAYOUT_NOT_ESCALATED":
+            elif refused == "PAYOUT_NOT_ESCALATED":
+                self.report.fault("ops_mark_after_callback", p.payout_id)
+            else:
                 # PAYOUT_NOT_ESCALATED: a callback settled it meanwhile, nothing to do.
                 raise RuntimeError(f"{method} {p.payout_id} refused: {refused}")
 
@@ -792,8 +794,11 @@ class Seed:
 
     def check(self) -> None:
         fail = self.report.failures.append
+        # With what is stuck in clearing too: no batch OPEN with no run to settle it, no
+        # orphan charge left, no fee pending or payment in exception past its age.
         violations = list(self.rpc.must("settlement", "CheckInvariants",
-                                        spb.CheckInvariantsRequest()).violations)
+                                        spb.CheckInvariantsRequest(
+                                            include_clearing_stuck=True)).violations)
         for d in sorted(self.run_dates | {self.final_date}):
             violations += self.rpc.must("settlement", "CheckInvariants",
                                         spb.CheckInvariantsRequest(

@@ -179,6 +179,8 @@ async def test_exhausted_attempts_escalate_and_nothing_tries_again(limited):
     assert (event.object_id, event.reason) == (p.payout_id, "the gateway has no record of it")
     assert (event.before["state"], event.after["state"]) == ("ESCALATED", "FAILED")
     assert event.after["resolution_reference"] == "GW-TICKET-7"
+    # Four eyes: filed by one admin, approved by another (the harness: ada, then bea).
+    assert (event.actor, event.approved_by) == ("ada", "bea") and event.approval_id
     # A replay answers the same and books nothing; other content is refused.
     replay = await s.settlement.stub.MarkPayoutFailed(pb.MarkPayoutFailedRequest(
         request_id="mf-1", payout_id=p.payout_id, reference="GW-TICKET-7",
@@ -219,6 +221,24 @@ async def test_a_payout_processing_past_its_age_escalates_and_ops_mark_it_paid(a
     assert await st.violations(s) == []
     b = await merchant_balance(s)
     assert (b.in_flight, b.paid) == (0, AMOUNT)
+
+
+async def test_getpayout_of_an_escalated_payout_asks_the_gateway_and_settles_it(aged):
+    s = aged
+    await one_payout(s, sim.BEHAVIOUR_STAY_PROCESSING)
+    p = await wait_payout(s, lambda p: p.state == pb.PAYOUT_STATE_ESCALATED)
+    # Still processing at the gateway: GetPayout shows it escalated, changes nothing.
+    got = await s.settlement.stub.GetPayout(pb.GetPayoutRequest(payout_id=p.payout_id))
+    assert got.payout.state == pb.PAYOUT_STATE_ESCALATED
+    # The bank has answered (no callbacks here): the next look books the failure.
+    await s.simulator.control.SettlePayout(sim.SettlePayoutRequest(
+        instruction_id=p.payout_id, state=payout_pb2.PAYOUT_STATE_FAILED,
+        failure_reason="ACCOUNT_CLOSED"))
+    got = await s.settlement.stub.GetPayout(pb.GetPayoutRequest(payout_id=p.payout_id))
+    assert got.payout.state == pb.PAYOUT_STATE_FAILED
+    assert await books(s) == {"transit": 0, "bank": 0, "owed": AMOUNT}
+    [g] = (await st.simulated(s)).values()
+    assert g.submit_count == 1
 
 
 async def test_a_paid_payout_the_gateway_still_calls_processing_stays_paid(aged):
@@ -376,7 +396,7 @@ async def test_only_the_payout_gateway_may_notify(stack, cert):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_people_may_not_notify_and_only_admins_settle_by_hand(stack):
+async def test_people_may_not_notify_and_only_two_admins_settle_by_hand(stack):
     for person in ("ada", "otto", "vic"):
         async with security.channel(stack.settlement.address, caller=person) as channel:
             stub = settlement_pb2_grpc.SettlementServiceStub(channel)
@@ -384,8 +404,11 @@ async def test_people_may_not_notify_and_only_admins_settle_by_hand(stack):
                 await stub.NotifyPayoutResult(pb.NotifyPayoutResultRequest(
                     notification_id="n1", payout_id="P", state=payout_pb2.PAYOUT_STATE_PAID))
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            if person != "ada":
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await stub.MarkPayoutPaid(pb.MarkPayoutPaidRequest(
-                        request_id="m", payout_id="P", reference="R", reason="x"))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.MarkPayoutPaid(pb.MarkPayoutPaidRequest(
+                    request_id="m", payout_id="P", reference="R", reason="x"))
+            if person == "ada":  # an admin, but never alone
+                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert reason(err.value) == "APPROVAL_REQUIRED"
+            else:
                 assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

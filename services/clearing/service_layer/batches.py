@@ -80,7 +80,7 @@ class Batches:
                 await audit.record_many(conn, "clearing_batch", [
                     (b, repo.to_batch(rows[b]), repo.to_batch(rows[b], (BatchState.CONFIRMED.value,
                                                                        at)))
-                    for b, at in closed.items()
+                    for b, at in sorted(closed.items())
                 ])
             else:
                 audit.replayed()  # every batch already confirmed, unknown or not open

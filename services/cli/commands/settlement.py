@@ -904,7 +904,7 @@ def _payout_row(p: pb.Payout) -> list[str]:
 def payouts_list(ctx: typer.Context,
                  merchant: Annotated[str, typer.Option(help="Only this merchant.")] = "",
                  state: Annotated[str, typer.Option(
-                     help="created, submitted, paid, failed or returned.")] = "",
+                     help="created, submitted, escalated, paid, failed or returned.")] = "",
                  limit: LimitOpt = 100, json: JsonOpt = False) -> None:
     """List payouts, newest first.
 
@@ -915,7 +915,7 @@ def payouts_list(ctx: typer.Context,
         try:
             code = int(pb.PayoutState.Value("PAYOUT_STATE_" + state.upper()))
         except ValueError:
-            raise typer.BadParameter("created, submitted, paid, failed or returned") from None
+            raise typer.BadParameter("created, submitted, escalated, paid, failed or returned") from None
     req = pb.ListPayoutsRequest(merchant_id=merchant, state=code,
                                 page_size=min(limit or 1000, 1000))
     found = list(pages(clients(ctx).settlement.ListPayouts, req, "payouts", limit))

@@ -181,14 +181,14 @@ async def record_notification(
 
 
 async def lock_to_refresh(conn: AsyncConnection, payout_id: str) -> Any | None:
-    """A bank payout whose state the gateway may change (not final yet, or paid), locked:
-    waits for a dispatcher pass that holds it rather than skipping it."""
+    """A bank payout whose state the gateway may change (not final yet, escalated, or
+    paid), locked: waits for a dispatcher pass that holds it rather than skipping it."""
     return (
         await conn.execute(
             text(
                 f"SELECT {COLUMNS} FROM payouts WHERE payout_id = :p "
                 "AND destination_type = 'BANK_ACCOUNT' "
-                "AND state IN ('SUBMITTED', 'PAID') FOR UPDATE"
+                "AND state IN ('SUBMITTED', 'ESCALATED', 'PAID') FOR UPDATE"
             ),
             {"p": payout_id},
         )

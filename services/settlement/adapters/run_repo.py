@@ -269,8 +269,11 @@ async def create_run(conn: AsyncConnection, run_id: str, settle_date: dt.date) -
     created = (
         await conn.execute(
             text(
+                # No conflict target: the run id is derived from the date, so two
+                # instances starting the same date collide on the primary key as well as
+                # on settle_date, and either must read as "exists already".
                 "INSERT INTO runs (run_id, settle_date, state) VALUES (:r, :d, 'RUNNING') "
-                "ON CONFLICT (settle_date) DO NOTHING RETURNING run_id"
+                "ON CONFLICT DO NOTHING RETURNING run_id"
             ),
             {"r": run_id, "d": settle_date},
         )

@@ -303,7 +303,9 @@ class PayoutService:
 
     async def get(self, payout_id: str, refresh: bool = True) -> PayoutView:
         """The payout; a bank payout not final yet, or paid, is first checked with the
-        gateway (best effort), so ops see a return as soon as the bank reports it."""
+        gateway (best effort), so ops see a return as soon as the bank reports it. An
+        ESCALATED one is asked too (never submitted): ops looking at it settle it when
+        the gateway has its result by now."""
         if refresh:
             async with self.db.engine.connect() as conn:
                 async with conn.begin():

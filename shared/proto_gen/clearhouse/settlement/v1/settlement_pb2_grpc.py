@@ -458,6 +458,7 @@ class SettlementServiceServicer:
     def MarkPayoutPaid(self, request, context):
         """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
         statement, the gateway's operations desk): books it like a gateway success.
+        Admins, four eyes: filed with RequestApproval, executed when another admin approves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -466,7 +467,7 @@ class SettlementServiceServicer:
     def MarkPayoutFailed(self, request, context):
         """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
         money left: books the amount back to the merchant's payable balance, like a
-        gateway failure (the next run, or RetryPayout, pays it again).
+        gateway failure (the next run, or RetryPayout, pays it again). Admins, four eyes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -139,11 +139,12 @@ class SettlementServiceStub:
     MarkPayoutPaid: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutPaidRequest, _settlement_pb2.MarkPayoutPaidResponse]
     """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
     statement, the gateway's operations desk): books it like a gateway success.
+    Admins, four eyes: filed with RequestApproval, executed when another admin approves.
     """
     MarkPayoutFailed: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutFailedRequest, _settlement_pb2.MarkPayoutFailedResponse]
     """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
     money left: books the amount back to the merchant's payable balance, like a
-    gateway failure (the next run, or RetryPayout, pays it again).
+    gateway failure (the next run, or RetryPayout, pays it again). Admins, four eyes.
     """
     NotifyPayoutResult: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.NotifyPayoutResultRequest, _settlement_pb2.NotifyPayoutResultResponse]
     """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
@@ -309,11 +310,12 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     MarkPayoutPaid: _aio.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutPaidRequest, _settlement_pb2.MarkPayoutPaidResponse]  # type: ignore[assignment]
     """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
     statement, the gateway's operations desk): books it like a gateway success.
+    Admins, four eyes: filed with RequestApproval, executed when another admin approves.
     """
     MarkPayoutFailed: _aio.UnaryUnaryMultiCallable[_settlement_pb2.MarkPayoutFailedRequest, _settlement_pb2.MarkPayoutFailedResponse]  # type: ignore[assignment]
     """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
     money left: books the amount back to the merchant's payable balance, like a
-    gateway failure (the next run, or RetryPayout, pays it again).
+    gateway failure (the next run, or RetryPayout, pays it again). Admins, four eyes.
     """
     NotifyPayoutResult: _aio.UnaryUnaryMultiCallable[_settlement_pb2.NotifyPayoutResultRequest, _settlement_pb2.NotifyPayoutResultResponse]  # type: ignore[assignment]
     """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
@@ -602,6 +604,7 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_settlement_pb2.MarkPayoutPaidResponse, _abc.Awaitable[_settlement_pb2.MarkPayoutPaidResponse]]:
         """Settles an ESCALATED payout as paid after an out-of-band confirmation (the bank's
         statement, the gateway's operations desk): books it like a gateway success.
+        Admins, four eyes: filed with RequestApproval, executed when another admin approves.
         """
 
     @_abc_1.abstractmethod
@@ -612,7 +615,7 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_settlement_pb2.MarkPayoutFailedResponse, _abc.Awaitable[_settlement_pb2.MarkPayoutFailedResponse]]:
         """Settles an ESCALATED payout as failed after an out-of-band confirmation that no
         money left: books the amount back to the merchant's payable balance, like a
-        gateway failure (the next run, or RetryPayout, pays it again).
+        gateway failure (the next run, or RetryPayout, pays it again). Admins, four eyes.
         """
 
     @_abc_1.abstractmethod
