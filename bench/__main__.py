@@ -168,9 +168,16 @@ def resources() -> dict[str, Any]:
         out["cpu_us_per_item"][f"clearing {part} recording, per detail"] = {
             k.removesuffix("_cpu_us_per_item"): v for k, v in fig.items()
             if k.endswith("_cpu_us_per_item")}
-    echo = clearing.get("unary", {}).get("echo", {})
-    if "echo_cpu_us_per_item" in echo:
-        out["cpu_us_per_item"]["echo, per call"] = {"echo": echo["echo_cpu_us_per_item"]}
+    charge = billing.get("unary_charge", {})
+    fig = charge.get("charge_fee", {})
+    out["cpu_us_per_item"]["billing unary ChargeFee, per call"] = {
+        k.removesuffix("_cpu_us_per_item"): v for k, v in fig.items()
+        if k.endswith("_cpu_us_per_item")}
+    for where, echo in (("bench_billing", charge.get("echo_baseline", {})),
+                        ("bench_clearing", clearing.get("unary", {}).get("echo", {}))):
+        if "echo_cpu_us_per_item" in echo:
+            out["cpu_us_per_item"][f"echo, per call ({where})"] = {
+                "echo": echo["echo_cpu_us_per_item"]}
     return out
 
 

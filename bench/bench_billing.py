@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 
 from bench.support import security as bench_security
+from bench.support.cpu import cpu_seconds, postgres_cpu_seconds
 from bench.support.database import database_url, drop_schemas
 from bench.support.echo import ECHO_METHOD, start_echo
 from bench.support.processes import (
@@ -248,7 +249,7 @@ ROUNDS = 3  # echo and ChargeFee alternate, so passing load weighs on both
 
 
 async def bench_unary(channel: grpc.aio.Channel, echo_channel: grpc.aio.Channel,
-                      calls: int, callers: int) -> dict:
+                      calls: int, callers: int, pids: dict[str, int]) -> dict:
     """ChargeFee and echo in alternating rounds with the same serialized requests (raw
     bytes on both sides, so the load generator costs the same per call); each ChargeFee
     a new transaction, and each answer checked to be a charge (no refusals)."""
@@ -263,11 +264,25 @@ async def bench_unary(channel: grpc.aio.Channel, echo_channel: grpc.aio.Channel,
     await _callers(charge, payloads[:500], callers)
     per_round = calls // ROUNDS
     echo_rounds, charge_rounds = [], []
+    # CPU seconds of the server processes during their own rounds (steadier than calls
+    # per second on a shared machine): echo's during echo's, billing's and PostgreSQL's
+    # during ChargeFee's.
+    cpu = {"echo": 0.0, "billing": 0.0, "postgres_server": 0.0}
     for r in range(ROUNDS):
         part = payloads[500 + r * per_round: 500 + (r + 1) * per_round]
+        e0 = cpu_seconds(pids["echo"])
         echo_rounds.append(await _callers(echo, part, callers))
+        cpu["echo"] += cpu_seconds(pids["echo"]) - e0
+        b0, p0 = cpu_seconds(pids["billing"]), postgres_cpu_seconds()
         charge_rounds.append(await _callers(charge, part, callers))
+        cpu["billing"] += cpu_seconds(pids["billing"]) - b0
+        cpu["postgres_server"] += postgres_cpu_seconds() - p0
     echo_result, charge_result = _summary(echo_rounds), _summary(charge_rounds)
+    echo_result["echo_cpu_us_per_item"] = round(
+        cpu["echo"] / max(echo_result["calls"], 1) * 1e6, 1)
+    for name in ("billing", "postgres_server"):
+        charge_result[f"{name}_cpu_us_per_item"] = round(
+            cpu[name] / max(charge_result["calls"], 1) * 1e6, 1)
     errors = [f"{charge_result['errors']} ChargeFee errors, e.g. {charge_result['first_errors']}"
               ] if charge_result["errors"] else []
     if echo_result["errors"]:
@@ -279,7 +294,7 @@ async def bench_unary(channel: grpc.aio.Channel, echo_channel: grpc.aio.Channel,
 
 
 async def run(url: str, schema: str, billing_port: int, echo_port: int,
-              billing_pid: int) -> dict:
+              billing_pid: int, echo_pid: int) -> dict:
     results: dict = {"machine_cpus": os.cpu_count()}
     print("engine ...", flush=True)
     results["engine"] = bench_engine()
@@ -289,14 +304,17 @@ async def run(url: str, schema: str, billing_port: int, echo_port: int,
     try:
         await wait_serving(f"127.0.0.1:{billing_port}")
         stub = billing_pb2_grpc.BillingServiceStub(channel)
-        await _create_rules(stub)
+        async with bench_security.admin_channel(f"127.0.0.1:{billing_port}") as admin:
+            await _create_rules(billing_pb2_grpc.BillingServiceStub(admin))
         print("batched charges ...", flush=True)
         results["batched_charge"] = await bench_batches(
             stub, int(os.environ.get("BENCH_BATCH_CHARGES", "20000" if QUICK else "100000")), 2)
         print(json.dumps(results["batched_charge"]), flush=True)
         print("unary charges vs echo ...", flush=True)
         results["unary_charge"] = await bench_unary(
-            channel, echo_channel, int(os.environ.get("BENCH_UNARY_CALLS", "3000" if QUICK else "15000")), 32)
+            channel, echo_channel,
+            int(os.environ.get("BENCH_UNARY_CALLS", "3000" if QUICK else "15000")), 32,
+            {"billing": billing_pid, "echo": echo_pid})
         results["peak_rss_kb"] = {"billing": peak_rss_kb(billing_pid)}
         print(json.dumps(results["unary_charge"]), flush=True)
     finally:
@@ -315,7 +333,7 @@ def main() -> int:
         "billing", service_env("BILLING", url, schema, billing_port, log_level=log_level))
     echo = start_echo(echo_port)
     try:
-        results = asyncio.run(run(url, schema, billing_port, echo_port, billing.pid))
+        results = asyncio.run(run(url, schema, billing_port, echo_port, billing.pid, echo.pid))
     finally:
         stop((billing, echo), timeout=30)
     results["billing_log_level"] = log_level

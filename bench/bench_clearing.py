@@ -145,7 +145,7 @@ def txn(tx_id: str, merchant: str, amount: int) -> pb.Transaction:
 
 
 async def create_rule(billing_address: str) -> None:
-    async with bench_security.channel(billing_address) as ch:
+    async with bench_security.admin_channel(billing_address) as ch:
         stub = billing_pb2_grpc.BillingServiceStub(ch)
         await stub.CreateFeeRule(billing_pb2.CreateFeeRuleRequest(
             rule_id="BENCH-ALL", spec=billing_pb2.FeeRuleSpec(

@@ -165,7 +165,7 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
             v.add("request", f"{quote(type_url, 96)} is not the request of a guarded RPC of "
                              f"{self.gate.declared.service} ({', '.join(guarded)})")
             return None, None
-        cls = message_factory.GetMessageClass(_input_type(self.target, method))
+        cls = message_factory.GetMessageClass(_input_type(method))
         inner = cls()
         try:
             inner.ParseFromString(request.request.value)
@@ -224,7 +224,7 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         """Runs the stored call as its requester: (masked response, None) or (None, the
         refusal). A refusal worth retrying is raised instead (nothing recorded)."""
         method = f"/{self.gate.declared.service}/{row.method}"
-        cls = message_factory.GetMessageClass(_input_type(self.target, method))
+        cls = message_factory.GetMessageClass(_input_type(method))
         inner = cls.FromString(row.request)
         requester = (Caller(row.requested_by, ADMIN, "approval")
                      if approver_caller is not None else None)
@@ -344,7 +344,7 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
             decision_reason=row.decision_reason, object_type=row.object_type,
             object_id=row.object_id,
         )
-        request_type = _input_type(self.target, method)
+        request_type = _input_type(method)
         inner = message_factory.GetMessageClass(request_type).FromString(row.request)
         mask = masker_for(request_type)
         out.request.Pack(mask(inner) if mask is not None else inner)
@@ -401,7 +401,7 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return s
 
 
-def _input_type(target: Any, method: str) -> Descriptor:
+def _input_type(method: str) -> Descriptor:
     from google.protobuf import descriptor_pool
 
     service, _, name = method.lstrip("/").partition("/")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import unicodedata
 from decimal import Decimal, InvalidOperation
 
 from shared.errors import Violations
@@ -105,17 +104,24 @@ def quote(value: object, limit: int = QUOTE_LENGTH) -> str:
 
 # --- strings -----------------------------------------------------------------------------
 
+# Unicode categories Cc (C0/C1 controls incl. NUL, TAB, CR, LF, DEL: U+0000-001F,
+# U+007F-009F) and Cs (lone surrogates, never valid in UTF-8, so PostgreSQL cannot store
+# them): exactly these ranges (tests/test_validation.py checks every code point against
+# unicodedata). One regex search in C instead of a category lookup per character in
+# Python: every id and attribute of every call is checked, and that loop was a visible
+# share of a unary call's CPU (bench/README.md).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _has_control(value: str) -> bool:
-    # Cc: C0/C1 controls incl. NUL, TAB, CR, LF, DEL; Cs: lone surrogates (never valid in
-    # UTF-8, so PostgreSQL cannot store them).
-    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value)
+    return _CONTROL.search(value) is not None
 
 
 def has_control_characters(value: str, *, allow: str = "") -> bool:
     """Whether `value` holds a NUL, another control character (other than those in
     `allow`) or a lone surrogate: for values checked where no Violations path fits (a
     name on one line of an imported file)."""
-    return any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in allow for ch in value)
+    return any(m.group() not in allow for m in _CONTROL.finditer(value))
 
 
 def check_id(
@@ -168,7 +174,7 @@ def check_text(
     if len(value) > max_length:
         v.add(path, f"at most {max_length} characters (got {len(value)})")
         return False
-    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\t\n\r" for ch in value):
+    if has_control_characters(value, allow="\t\n\r"):
         v.add(path, "must not contain NUL or other control characters")
         return False
     return True

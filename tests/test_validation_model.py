@@ -7,6 +7,7 @@ import datetime as dt
 import re
 import subprocess
 import sys
+import unicodedata
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,6 +32,19 @@ def _fields(check, *args, **kwargs) -> list[str]:  # type: ignore[no-untyped-def
 )
 def test_an_id_with_nul_control_characters_spaces_or_too_long_is_refused(value):
     assert _fields(val.check_id, value, "merchant_id") == ["merchant_id"]
+
+
+def test_control_characters_are_exactly_unicode_categories_cc_and_cs():
+    # The check is a regex of code point ranges (fast): it must refuse exactly what a
+    # per-character category lookup would, over every code point (Cc and Cs are all in
+    # the basic plane: the planes above hold none, checked as one string).
+    plane = "".join(map(chr, range(0x10000)))
+    expected = {ch for ch in plane if unicodedata.category(ch) in ("Cc", "Cs")}
+    assert {ch for ch in plane if val.has_control_characters(ch)} == expected
+    above = "".join(map(chr, range(0x10000, 0x110000)))
+    assert not val.has_control_characters(above)
+    assert val.has_control_characters("a\tb", allow="\t") is False
+    assert val.has_control_characters("a\tb\x00", allow="\t") is True
 
 
 @pytest.mark.parametrize("value", ["M1", "商户-001", "a" * 64, "x.y_z:1"])

@@ -73,6 +73,11 @@ async def test_every_grpcurl_body_parses_and_is_answered_in_order(cli: Cli):
     assert "ex-g-refund-1" in answers["ExportStatement"].content.decode()
     assert answers["GetMerchantBalance"].balances[0].settled == 19580
     assert list(answers["CheckInvariants"].violations) == []
+    changed = answers["UpdateSettlementProfile"].profile
+    assert (changed.min_payout, changed.version, changed.cycle.days) == (500, 2, 1)
+    versions = answers["ListSettlementProfileVersions"].versions
+    assert [(v.profile.version, list(v.changed_fields)) for v in versions] == [
+        (2, ["min_payout"]), (1, [])]
 
 
 async def test_the_python_examples_run_against_the_real_services(cli: Cli, monkeypatch):

@@ -30,6 +30,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage"]
 WIDTHS = (1280, 390)
+NEW_ACCOUNT = "6217000010098765"
 
 
 @pytest.fixture(scope="module")
@@ -153,13 +154,54 @@ async def test_the_console_in_a_real_browser(console_env: ConsoleEnv, console_ur
     for name, path in [("runs", "/runs"), ("run", f"/runs/{ma.run_id}"),
                        ("payouts", "/payouts?state=PAID"), ("rules", "/rules"),
                        ("explain", "/rules/explain?merchant_id=MA&amount=100.00"),
-                       ("calendar", "/calendar?month=2026-10"), ("approvals", "/approvals"),
-                       ("audit", "/audit"), ("pending-fees", "/pending-fees")]:
+                       ("calendar", "/calendar?month=2026-10"),
+                       ("pending-fees", "/pending-fees")]:
         response = await page.goto(f"{console_url}{path}")
         assert response is not None and response.status == 200, (path, response)
         await shoot(page, name)
     await page.goto(f"{console_url}/rules/explain?merchant_id=MA&amount=100.00")
     assert "Fee 0.60" in (await page.text_content("#explanation") or "")
+
+    # Four eyes: ada requests a bank-account change for MA, bea approves it.
+    admin = Watched(await browser.new_context(viewport={"width": 1280, "height": 900}),
+                    console_url)
+    apage = await sign_in(admin, "ada", console_env.tokens["ada"])
+    await apage.goto(f"{console_url}/merchants/MA")
+    await apage.click("#change-bank summary")
+    await apage.fill("input[name=account_name]", "MA Trading Ltd")
+    await apage.fill("input[name=account_number]", NEW_ACCOUNT)
+    await apage.fill("input[name=bank_name]", "CCB")
+    await apage.fill("#change-bank input[name=reason]", "merchant moved banks")
+    await apage.click("#request-bank-change")
+    await apage.wait_for_url(f"{console_url}/approvals/settlement/*")
+    approval_id = apage.url.split("?")[0].rsplit("/", 1)[1]
+    assert await apage.text_content("#approval-state") == "pending"
+    # The requester sees no approve button for their own request.
+    assert await apage.locator("button.approve").count() == 0
+    assert await apage.locator("p.own").count() == 1
+    await shoot(apage, "approval")
+
+    second = Watched(await browser.new_context(viewport={"width": 1280, "height": 900}),
+                     console_url)
+    bpage = await sign_in(second, "bea", console_env.tokens["bea"])
+    await bpage.goto(f"{console_url}/approvals")
+    card = bpage.locator(f'article[data-approval="{approval_id}"]')
+    assert f"•••• {NEW_ACCOUNT[-4:]}" in (await card.text_content() or "")
+    await shoot(bpage, "approvals")
+    await card.locator("input[name=reason]").first.fill("checked with the merchant")
+    await card.locator("button.approve").click()
+    await bpage.wait_for_url(f"{console_url}/approvals/settlement/{approval_id}*")
+    assert await bpage.text_content("#approval-state") == "approved"
+    # It took effect: the profile pays the new account, shown masked.
+    await bpage.goto(f"{console_url}/merchants/MA")
+    bank = await bpage.text_content("#bank-account") or ""
+    assert f"•••• {NEW_ACCOUNT[-4:]}" in bank and NEW_ACCOUNT not in bank and "CCB" in bank
+    # The audit page shows the change's event, approved by bea.
+    await bpage.goto(f"{console_url}/audit?service=settlement&object_type=settlement_profile"
+                     f"&object_id=MA")
+    event = bpage.locator('tr.event[data-method="UpdateSettlementProfile"]').first
+    assert await event.locator(".approved-by").text_content() == "bea"
+    await shoot(bpage, "audit")
 
     # A viewer sees no retry button, and a retry posted anyway is refused.
     viewer = Watched(await browser.new_context(viewport={"width": 1280, "height": 900}),
@@ -173,6 +215,6 @@ async def test_the_console_in_a_real_browser(console_env: ConsoleEnv, console_ur
         "csrf": csrf or "", "detail_id": seeded.exception_id}, max_redirects=0)
     assert refused.status == 403 and "operator" in await refused.text()
 
-    await operator.context.close()
-    await viewer.context.close()
-    assert operator.errors + viewer.errors == []
+    for w in (operator, admin, second, viewer):
+        await w.context.close()
+    assert operator.errors + admin.errors + second.errors + viewer.errors == []

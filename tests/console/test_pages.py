@@ -4,6 +4,7 @@ the real services as the signed-in person."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import html
 import io
 import re
@@ -13,12 +14,14 @@ import httpx
 import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as cpb
 from clearhouse.clearing.v1 import clearing_pb2_grpc
+from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 
 from services.console.bootstrap import build_app
 from services.console.identities import token_sha256
 from services.console.session import COOKIE
 from services.console.web import PAGE_SIZE
+from shared.convert import date_to_proto, proto_to_date
 from tests.console.conftest import ConsoleEnv, csrf_of, signed_in
 from tests.e2e import stack as st
 from tests.support import security
@@ -359,3 +362,183 @@ async def test_a_token_the_services_do_not_know_signs_nobody_in(console_env, tmp
         app.state.console.channels.close()
     assert resp.status_code == 401 and "UNAUTHENTICATED" in resp.text
 
+
+NEW_ACCOUNT = "6217000010098765"
+
+
+def _form_value(page: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]+)"', page)
+    assert found, f"no {name} in the form"
+    return found.group(1)
+
+
+async def test_a_bank_account_change_is_requested_by_one_admin_and_approved_by_another(
+        console_env):
+    stack = console_env.seeded.stack
+    async with signed_in(console_env, "vic") as c:
+        viewer_page = await c.get("/merchants/MA")
+        assert 'id="change-bank"' not in viewer_page.text
+        refused = await c.post("/merchants/MA/bank-account", data={
+            "csrf": csrf_of(viewer_page.text), "account_name": "X", "bank_name": "Y",
+            "account_number": NEW_ACCOUNT, "reason": "r"})
+        assert refused.status_code == 403 and "admin" in refused.text
+    async with signed_in(console_env, "ada") as ada:
+        page = await ada.get("/merchants/MA")
+        assert 'id="change-bank"' in page.text
+        form = {"csrf": csrf_of(page.text), "account_name": "MA Trading Ltd",
+                "account_number": "6217 0000 1009 8765", "bank_name": "CCB",
+                "branch_code": "105100000017", "reason": "merchant moved banks (ticket 4711)",
+                "approval_id": _form_value(page.text, "approval_id"),
+                "update_id": _form_value(page.text, "update_id")}
+        filed = await ada.post("/merchants/MA/bank-account", data=form)
+        assert filed.status_code == 303, filed.text
+        # A double submit is the same request.
+        again = await ada.post("/merchants/MA/bank-account", data=form)
+        assert again.headers["location"] == filed.headers["location"]
+        where = filed.headers["location"].split("?")[0]
+        assert where == f"/approvals/settlement/{form['approval_id']}"
+        own = await ada.get(where)
+        assert own.status_code == 200 and 'data-state="pending"' in own.text
+        # The requester sees no approve button, and a forced approval is refused.
+        assert 'class="approve"' not in own.text and "another admin must approve" in own.text
+        forced = await ada.post(f"{where}/approve", data={"csrf": csrf_of(own.text)})
+        assert forced.status_code == 403
+        # Until approved, nothing changed: the merchant is still paid to the old account.
+        unchanged = await ada.get("/merchants/MA")
+        assert NEW_ACCOUNT[-4:] not in unchanged.text.split('id="bank-account"')[1][:300]
+        assert "Waiting for approval" in unchanged.text
+    async with signed_in(console_env, "vic") as c:
+        listed = await c.get("/approvals")
+        assert form["approval_id"] in listed.text and 'class="approve"' not in listed.text
+        # What would change, masked: the old and new account's last four digits only.
+        assert st.BANK.account_number not in listed.text and NEW_ACCOUNT not in listed.text
+        assert f"•••• {NEW_ACCOUNT[-4:]}" in listed.text
+        assert f"•••• {st.BANK.account_number[-4:]}" in listed.text
+        overview = await c.get("/")
+        assert re.search(r'data-figure="approvals">1<', overview.text), overview.text
+    async with signed_in(console_env, "bea") as bea:
+        listed = await bea.get("/approvals")
+        assert 'class="approve"' in listed.text
+        done = await bea.post(f"{where}/approve", data={
+            "csrf": csrf_of(listed.text), "reason": "called the merchant back"},
+            follow_redirects=True)
+        assert done.status_code == 200 and 'data-state="approved"' in done.text
+        assert "bea" in done.text.split('id="decided-by"')[1][:100]
+        merchant = await bea.get("/merchants/MA")
+        shown = merchant.text.split('id="bank-account"')[1][:300]
+        assert f"•••• {NEW_ACCOUNT[-4:]}" in shown and "CCB" in shown
+        assert NEW_ACCOUNT not in merchant.text
+        # The profile keeps its history: version 2, by the requester, the account changed.
+        history = merchant.text.split('id="profile-history"')[1].split("</section>")[0]
+        assert re.search(r"<td>2</td><td>[^<]*</td><td>ada</td><td[^>]*>[^<]*bank_account", history)
+        assert 'id="profile-version">2<' in merchant.text
+        audit = await bea.get("/audit", params={"service": "settlement",
+                                                "object_type": "settlement_profile",
+                                                "object_id": "MA"})
+        event = audit.text.split('data-method="UpdateSettlementProfile"')[1][:3000]
+        assert form["approval_id"] in event and "approved-by\">bea" in event
+        assert f"•••• {NEW_ACCOUNT[-4:]}" in event and NEW_ACCOUNT not in audit.text
+    profile = await stack.settlement.stub.GetSettlementProfile(
+        spb.GetSettlementProfileRequest(merchant_id="MA"))
+    assert profile.profile.bank_account.account_number.endswith(NEW_ACCOUNT[-4:])
+
+
+async def test_a_pending_request_is_rejected_with_a_reason(console_env):
+    async with signed_in(console_env, "ada") as ada:
+        page = await ada.get("/merchants/MB")
+        filed = await ada.post("/merchants/MB/bank-account", data={
+            "csrf": csrf_of(page.text), "account_name": "MB Ltd", "bank_name": "BOC",
+            "account_number": "6013820000123456", "reason": "pay MB by bank",
+            "approval_id": _form_value(page.text, "approval_id"),
+            "update_id": _form_value(page.text, "update_id")})
+        where = filed.headers["location"].split("?")[0]
+    async with signed_in(console_env, "bea") as bea:
+        page = await bea.get(where)
+        assert 'class="reject"' in page.text
+        no_reason = await bea.post(f"{where}/reject", data={"csrf": csrf_of(page.text)})
+        assert no_reason.status_code == 400
+        done = await bea.post(f"{where}/reject", data={
+            "csrf": csrf_of(page.text), "reason": "no ticket"}, follow_redirects=True)
+        assert 'data-state="rejected"' in done.text and "no ticket" in done.text
+        merchant = await bea.get("/merchants/MB")
+        assert 'id="bank-account"' not in merchant.text  # still paid to its payment account
+        rejected = await bea.get("/approvals", params={"state": "REJECTED"})
+        assert where.rsplit("/", 1)[1] in rejected.text
+
+
+async def _bank_change(env, merchant: str, number: str) -> None:
+    """ada files a change of `merchant`'s bank account, bea approves it (the console)."""
+    async with signed_in(env, "ada") as ada:
+        page = await ada.get(f"/merchants/{merchant}")
+        filed = await ada.post(f"/merchants/{merchant}/bank-account", data={
+            "csrf": csrf_of(page.text), "account_name": f"{merchant} Ltd",
+            "bank_name": "ABC", "account_number": number, "reason": "new account",
+            "approval_id": _form_value(page.text, "approval_id"),
+            "update_id": _form_value(page.text, "update_id")})
+        where = filed.headers["location"].split("?")[0]
+    async with signed_in(env, "bea") as bea:
+        page = await bea.get(where)
+        done = await bea.post(f"{where}/approve", data={"csrf": csrf_of(page.text)},
+                              follow_redirects=True)
+        assert 'data-state="approved"' in done.text, done.text
+
+
+async def test_a_retry_to_a_changed_destination_is_filed_for_approval(console_env):
+    """A failed payout of MC, then MC's bank account changes: retrying the payout would
+    pay the new account, so settlement asks for four eyes; the console lets an admin file
+    the same retry and a second admin approve it."""
+    seeded = console_env.seeded
+    s = seeded.stack
+    today = proto_to_date((await s.settlement.stub.GetCalendarCoverage(
+        spb.GetCalendarCoverageRequest())).today)
+    after = max(seeded.settle_date, seeded.business_date)
+    for back in range(1, 8):
+        day = today - dt.timedelta(days=back)
+        settle = proto_to_date((await s.settlement.stub.GetSettlementDate(
+            spb.GetSettlementDateRequest(business_date=date_to_proto(day),
+                                         cycle=st.cycle("D+0")))).settlement_date)
+        if after < settle <= today:
+            break
+    else:
+        raise AssertionError(f"no settle date after {after} up to {today}")
+    await s.simulator.control.SetBehaviour(sim.SetBehaviourRequest(
+        behaviour=sim.BEHAVIOUR_FAIL, times=1, merchant_id="MC"))
+    await st.record(s, {"id": "C2", "merchant_id": "MC", "amount": 40000,
+                        "transaction_type": "PAYMENT", "time": f"{day.isoformat()}T10:00:00+08:00"})
+    await st.wait_fees_known(s)
+    await st.run(s, settle, request_id="console-test-second-run")
+    await st.wait_payouts_final(s)
+    [settled] = await st.settlements(s, settle, merchant="MC")
+    [failed] = [p for p in await st.payouts(s, spb.PAYOUT_STATE_FAILED)
+                if p.settlement_id == settled.settlement_id]
+    await _bank_change(console_env, "MC", "6228480000554433")
+
+    async with signed_in(console_env, "otto") as otto:
+        page = await otto.get("/payouts", params={"state": "FAILED", "merchant": "MC"})
+        needs = await otto.post(f"/payouts/{failed.payout_id}/retry", data={
+            "csrf": csrf_of(page.text), "request_id": "console-retry-mc-2"})
+        # An operator may retry, but only an admin may file a request for approval.
+        assert needs.status_code == 409 and "APPROVAL_REQUIRED" in needs.text
+        assert 'id="request-approval"' not in needs.text
+    async with signed_in(console_env, "ada") as ada:
+        page = await ada.get("/payouts", params={"state": "FAILED", "merchant": "MC"})
+        needs = await ada.post(f"/payouts/{failed.payout_id}/retry", data={
+            "csrf": csrf_of(page.text), "request_id": "console-retry-mc-2"})
+        assert needs.status_code == 409 and 'id="request-approval"' in needs.text
+        assert _form_value(needs.text, "request_id") == "console-retry-mc-2"
+        filed = await ada.post(f"/payouts/{failed.payout_id}/retry/approval", data={
+            "csrf": csrf_of(needs.text), "request_id": "console-retry-mc-2",
+            "approval_id": _form_value(needs.text, "approval_id"),
+            "reason": "merchant confirmed the new account"})
+        assert filed.status_code == 303, filed.text
+        where = filed.headers["location"].split("?")[0]
+        own = await ada.get(where)
+        assert "RetryPayout" in own.text and 'class="approve"' not in own.text
+    async with signed_in(console_env, "bea") as bea:
+        page = await bea.get(where)
+        done = await bea.post(f"{where}/approve", data={"csrf": csrf_of(page.text)},
+                              follow_redirects=True)
+        assert 'data-state="approved"' in done.text, done.text
+    again = [p for p in await st.payouts(s) if p.settlement_id == settled.settlement_id
+             and p.payout_id != failed.payout_id]
+    assert len(again) == 1 and again[0].bank_account.account_number.endswith("4433")

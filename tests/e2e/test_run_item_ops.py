@@ -19,6 +19,7 @@ from shared.convert import proto_to_date
 from tests.e2e import stack as st
 from tests.e2e.test_stuck_runs import BASE, MONDAY, claim_then_billing_down, pay
 from tests.support import security
+from tests.support.page_tokens import all_pages, assert_forged_keys_refused
 from tests.support.rpc_errors import error_info
 
 TUESDAY = MONDAY + dt.timedelta(days=1)
@@ -276,3 +277,28 @@ async def test_a_booked_item_whose_confirmation_failed_is_confirmed_by_a_retry(s
     assert got.batch.state == cpb.BATCH_STATE_CONFIRMED
     assert len(await st.settlements(stack, TUESDAY, "MW")) == 1
     assert await st.violations(stack) == []
+
+
+async def test_failed_items_page_by_run_and_merchant_and_forged_tokens_are_refused(stack):
+    await st.setup_billing(stack, [BASE], {})
+    for merchant in ("MA", "MB", "MC"):
+        await st.put_profile(stack, {"merchant_id": merchant, "cycle": "T+1",
+                                     "destination": "PAYMENT_ACCOUNT", "deduct_fee_bills": True})
+        await st.record(stack, pay(f"{merchant}-1", merchant, 10000, MONDAY))
+    await st.wait_fees_known(stack)
+    run = await claim_then_billing_down(stack)
+    assert run.failed_item_count == 3
+    rpc = stack.settlement.stub.ListFailedRunItems
+    merchants = await all_pages(rpc, pb.ListFailedRunItemsRequest(page_size=1),
+                                lambda r: [i.merchant_id for i in r.items])
+    assert merchants == ["MA", "MB", "MC"]
+    await assert_forged_keys_refused(
+        "ListFailedRunItems", rpc, pb.ListFailedRunItemsRequest(page_size=1),
+        [["run-x"], [1, "MA"], ["run-x", None], ["run-x", "MA", "extra"], "MA"],
+        lambda r: [i.merchant_id for i in r.items])
+    # A token is bound to its filter: the run filter with an unfiltered token is refused.
+    first = await rpc(pb.ListFailedRunItemsRequest(page_size=1))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await rpc(pb.ListFailedRunItemsRequest(page_size=1, run_id=run.run_id,
+                                               page_token=first.next_page_token))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

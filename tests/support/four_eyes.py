@@ -29,6 +29,10 @@ _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # The harness's trail of what it filed: an approved call that was refused is kept there
 # (FAILED) and nothing else changes, so "changes nothing" snapshots leave it out.
 TRAIL_TABLES = ("approvals",)
+# ... and the audit events of that filing and approving (RequestApproval, ApproveRequest:
+# the ApprovalService's own methods), left out the same way; the refused call itself
+# records nothing.
+TRAIL_AUDIT_METHODS = f"/{APPROVAL_SERVICE}/%"
 
 
 def _method(method: str) -> Any:

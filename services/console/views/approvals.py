@@ -14,10 +14,10 @@ import grpc
 from clearhouse.approval.v1 import approval_pb2 as appb
 from fastapi import APIRouter, Depends, Form
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from google.protobuf import any_pb2, json_format
+from google.protobuf import any_pb2, descriptor_pool, json_format
 from google.protobuf.message import Message
 
-from services.console.changes import changes, flatten
+from services.console.changes import Change, changes, flatten
 from services.console.clients import SERVICES
 from services.console.views.sections import chosen, sections, token_param
 from services.console.web import PAGE_SIZE, Page, Refused, new_request_id, page
@@ -25,6 +25,7 @@ from services.console.web import PAGE_SIZE, Page, Refused, new_request_id, page
 router = APIRouter()
 STATES = [n.removeprefix("APPROVAL_STATE_") for n in appb.ApprovalState.keys()[1:]]
 REASON_LIMIT = 256
+_pool = descriptor_pool.Default()
 
 
 def may_approve(p: Page, approval: appb.Approval) -> bool:
@@ -49,6 +50,21 @@ def request_fields(request: any_pb2.Any) -> tuple[str, dict[str, str]]:
         return kind, {}
     data.pop("@type", None)
     return kind, flatten(data)
+
+
+def what_changes(approval: appb.Approval) -> list[Change]:
+    """Before → after of the object the call changes. A service's `after` may also echo
+    the request itself (its top-level fields: profile.…, request_id, update_mask): those
+    rows are the call, shown with it, not a change — unless the object had the field."""
+    rows = changes(approval.before if approval.HasField("before") else None,
+                   approval.after if approval.HasField("after") else None)
+    kind = approval.request.type_url.rsplit("/", 1)[-1]
+    try:
+        fields = _pool.FindMessageTypeByName(kind).fields_by_name
+    except KeyError:
+        return rows
+    return [r for r in rows if r.before or r.field.split(".", 1)[0].split("[", 1)[0]
+            not in fields]
 
 
 def _service(service: str) -> str:
@@ -100,7 +116,7 @@ def approvals(p: Page = Depends(page), state: str = "PENDING", service: str = ""
     found = sections(chosen(service), p.request.query_params, "approvals", one)
     return p.render("approvals.html", title="Approvals", sections=found, state=state,
                     states=STATES, service=service, method=method, services=SERVICES,
-                    changes=changes, may_approve=lambda a: may_approve(p, a),
+                    what_changes=what_changes, may_approve=lambda a: may_approve(p, a),
                     may_reject=lambda a: may_reject(p, a),
                     fresh={token_param(s): "" for s in SERVICES})
 
@@ -115,7 +131,7 @@ def approval(service: str, approval_id: str, p: Page = Depends(page),
     if got.HasField("response"):
         response = request_fields(got.response)[1]
     return p.render("approval.html", title=f"Approval {got.approval_id}", a=got,
-                    service=service, changes=changes, kind=kind, fields=fields,
+                    service=service, rows=what_changes(got), kind=kind, fields=fields,
                     response=response, may_approve=may_approve(p, got),
                     may_reject=may_reject(p, got), notice=notice,
                     error_code=_code_name(got.error.code) if got.HasField("error") else "")
