@@ -37,7 +37,11 @@ RULES = [
      "description": "MB pays 1.50 a payment"},
     {"rule_id": "FIX-MC", "currency": "CNY", "method": "FIXED", "fixed_fee": 100,
      "effective_from": "2026-01-01T00:00:00+08:00", "selectors": {"merchant_id": "MC"}},
+    {"rule_id": "FIX-MD", "currency": "CNY", "method": "FIXED", "fixed_fee": 100,
+     "effective_from": "2026-01-01T00:00:00+08:00", "selectors": {"merchant_id": "MD"}},
 ]
+# Payouts escalate after this many submissions (MD's gateway never answers).
+PAYOUT_MAX_ATTEMPTS = 3
 
 
 @dataclass
@@ -70,6 +74,10 @@ async def _seed(s: Stack) -> Seeded:
     await st.put_profile(s, {"merchant_id": "MC", "cycle": "D+0", "destination": "BANK_ACCOUNT"})
     await s.simulator.control.SetBehaviour(sim.SetBehaviourRequest(
         behaviour=sim.BEHAVIOUR_FAIL, times=1, merchant_id="MC"))
+    # MD's bank is unreachable every time: its payout escalates for ops to settle by hand.
+    await st.put_profile(s, {"merchant_id": "MD", "cycle": "D+0", "destination": "BANK_ACCOUNT"})
+    await s.simulator.control.SetBehaviour(sim.SetBehaviourRequest(
+        behaviour=sim.BEHAVIOUR_UNAVAILABLE, times=0, merchant_id="MD"))
     coverage = await s.settlement.stub.GetCalendarCoverage(spb.GetCalendarCoverageRequest())
     today = proto_to_date(coverage.today)
     # A recent business day whose D+0 settlement date is not in the future.
@@ -88,6 +96,7 @@ async def _seed(s: Stack) -> Seeded:
          "original_id": "A1", "time": f"{day.isoformat()}T11:00:00+08:00"},
         {"id": "B1", "merchant_id": "MB", "amount": 20000, "transaction_type": "PAYMENT", "time": at},
         {"id": "C1", "merchant_id": "MC", "amount": 30000, "transaction_type": "PAYMENT", "time": at},
+        {"id": "D1", "merchant_id": "MD", "amount": 25000, "transaction_type": "PAYMENT", "time": at},
         # No rule prices MX: billing refuses, clearing keeps it as an exception.
         {"id": "X1", "merchant_id": "MX", "amount": 777, "transaction_type": "PAYMENT", "time": at},
     ]:
@@ -116,7 +125,8 @@ def console_settings(s: Stack, folder: Path) -> ConsoleSettings:
 @pytest.fixture(scope="module")
 async def console_env(pg_url: str, tmp_path_factory: pytest.TempPathFactory
                       ) -> AsyncIterator[ConsoleEnv]:
-    s = await start_stack(pg_url)
+    s = await start_stack(pg_url, payout_max_attempts=PAYOUT_MAX_ATTEMPTS,
+                          payout_max_age_s=0)
     try:
         seeded = await _seed(s)
         settings = console_settings(s, tmp_path_factory.mktemp("console"))

@@ -542,3 +542,42 @@ async def test_a_retry_to_a_changed_destination_is_filed_for_approval(console_en
     again = [p for p in await st.payouts(s) if p.settlement_id == settled.settlement_id
              and p.payout_id != failed.payout_id]
     assert len(again) == 1 and again[0].bank_account.account_number.endswith("4433")
+
+
+async def test_an_escalated_payout_is_settled_by_hand_with_four_eyes(console_env):
+    """MD's gateway never answered: the payout escalated after its attempts. An admin
+    files "paid" with the bank's reference; it is paid once a second admin approves."""
+    s = console_env.seeded.stack
+    [escalated] = await st.payouts(s, spb.PAYOUT_STATE_ESCALATED)
+    assert escalated.merchant_id == "MD"
+    where_ = f"/payouts/{escalated.payout_id}/resolve"
+    async with signed_in(console_env, "otto") as otto:
+        page = await otto.get("/payouts", params={"state": "ESCALATED"})
+        assert escalated.payout_id in page.text and 'class="resolve"' not in page.text
+        refused = await otto.post(where_, data={
+            "csrf": csrf_of(page.text), "result": "paid", "reference": "x", "reason": "y"})
+        assert refused.status_code == 403
+    async with signed_in(console_env, "ada") as ada:
+        page = await ada.get("/payouts", params={"state": "ESCALATED"})
+        row = page.text.split(f'data-payout="{escalated.payout_id}"')[1]
+        assert 'class="resolve"' in row
+        form = {"csrf": csrf_of(page.text), "result": "paid", "reference": "ICBC-0042",
+                "reason": "the bank statement shows it paid",
+                "request_id": _form_value(row, "request_id"),
+                "approval_id": _form_value(row, "approval_id")}
+        missing = await ada.post(where_, data={**form, "reference": ""})
+        assert missing.status_code == 400
+        filed = await ada.post(where_, data=form)
+        assert filed.status_code == 303, filed.text
+        where = filed.headers["location"].split("?")[0]
+        own = await ada.get(where)
+        assert "MarkPayoutPaid" in own.text and 'class="approve"' not in own.text
+    [still] = [p for p in await st.payouts(s) if p.payout_id == escalated.payout_id]
+    assert still.state == spb.PAYOUT_STATE_ESCALATED  # nothing until approved
+    async with signed_in(console_env, "bea") as bea:
+        page = await bea.get(where)
+        done = await bea.post(f"{where}/approve", data={"csrf": csrf_of(page.text)},
+                              follow_redirects=True)
+        assert 'data-state="approved"' in done.text, done.text
+    [paid] = [p for p in await st.payouts(s) if p.payout_id == escalated.payout_id]
+    assert paid.state == spb.PAYOUT_STATE_PAID

@@ -126,7 +126,9 @@ def payouts(p: Page = Depends(page), state: str = "FAILED", merchant: str = "",
         page_token=page_token))
     return p.render("payouts.html", title="Payouts", listed=listed, state=state,
                     states=PAYOUT_STATES, merchant=merchant, notice=notice,
-                    may_retry=p.person.may("operator"), request_id=new_request_id("payout"))
+                    may_retry=p.person.may("operator"), may_resolve=p.person.may("admin"),
+                    request_id=new_request_id("payout"),
+                    approval_id=new_request_id("approval"))
 
 
 @router.post("/payouts/{payout_id}/retry")
@@ -163,3 +165,25 @@ def request_payout_retry(payout_id: str, p: Page = Depends(page), csrf: str = Fo
     return file_request(p, "settlement", spb.RetryPayoutRequest(
         request_id=request_id or new_request_id("payout"), payout_id=payout_id),
         reason, approval_id)
+
+
+@router.post("/payouts/{payout_id}/resolve")
+def resolve_payout(payout_id: str, p: Page = Depends(page), csrf: str = Form(""),
+                   result: str = Form(""), reference: str = Form(""), reason: str = Form(""),
+                   request_id: str = Form(""), approval_id: str = Form("")) -> Response:
+    """Files the settling by hand of an ESCALATED payout (MarkPayoutPaid or
+    MarkPayoutFailed, always four eyes) for a second admin."""
+    p.check_csrf(csrf)
+    p.require("admin", "Settling an escalated payout")
+    fields = {"request_id": request_id or new_request_id("payout"), "payout_id": payout_id,
+              "reference": reference.strip(), "reason": reason.strip()}
+    if not (fields["reference"] and fields["reason"]):
+        raise Refused(400, "Settling a payout by hand needs the bank's reference and a reason.")
+    if result == "paid":
+        request: spb.MarkPayoutPaidRequest | spb.MarkPayoutFailedRequest = (
+            spb.MarkPayoutPaidRequest(**fields))
+    elif result == "failed":
+        request = spb.MarkPayoutFailedRequest(**fields)
+    else:
+        raise Refused(400, f"{result!r} is neither paid nor failed.")
+    return file_request(p, "settlement", request, fields["reason"], approval_id)
