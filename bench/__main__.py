@@ -63,6 +63,23 @@ def _row(figure: str, value: Any, baseline: str, ratio: float | None, target: st
             "target": target, "status": status}
 
 
+def _cpu_row(figure: str, fig: dict[str, Any], processes: tuple[str, ...],
+             echo: dict[str, Any]) -> dict[str, Any]:
+    """CPU per call of the processes serving a unary call, beside echo's: the steadier
+    figure on a shared machine (throughput swings with the load; see bench/README.md).
+    The ratio is echo's CPU over the service's, comparable with the throughput ratio a
+    CPU-bound run on an idle machine would reach."""
+    found = [fig.get(f"{p}_cpu_us_per_item") for p in processes]
+    echo_us = echo.get("echo_cpu_us_per_item")
+    parts = [float(p) for p in found if p is not None]
+    if len(parts) < len(found) or echo_us is None:
+        return _row(figure, None, "", None, "", None)
+    total = round(sum(parts), 1)
+    return _row(figure, total, f"echo {echo_us} us/call; " + ", ".join(
+        f"{p} {v}" for p, v in zip(processes, parts, strict=True)),
+        round(echo_us / max(total, 1e-9), 3), "", None)
+
+
 def _case(runs: list[dict[str, Any]], details: int, merchants: int) -> dict[str, Any] | None:
     for r in runs:
         if (r["details"], r["merchants"]) == (details, merchants):
@@ -82,6 +99,9 @@ def table(codes: dict[str, int]) -> list[dict[str, Any]]:
         u.get("throughput_ratio_to_echo"), ">= 0.6 of echo",
         (u.get("throughput_ratio_to_echo") or 0) >= 0.6,
         u.get("errors") or missing.get("bench_billing")))
+    rows.append(_cpu_row("billing: unary ChargeFee, CPU us per call (billing + PostgreSQL)",
+                         u.get("charge_fee", {}), ("billing", "postgres_server"),
+                         u.get("echo_baseline", {})))
     b = billing.get("batched_charge", {})
     rows.append(_row("billing: BatchChargeFees, charges/s", b.get("charges_per_s"), "", None,
                      "", None, b.get("errors")))
@@ -97,6 +117,10 @@ def table(codes: dict[str, int]) -> list[dict[str, Any]]:
         f"echo {cu.get('echo', {}).get('per_s')} calls/s", cu.get("ratio_to_echo"),
         ">= 0.5 of echo", (cu.get("ratio_to_echo") or 0) >= 0.5,
         cu.get("errors") or missing.get("bench_clearing")))
+    rows.append(_cpu_row(
+        "clearing: unary RecordTransaction, CPU us per call (clearing + billing + PostgreSQL)",
+        cu.get("record_transaction", {}), ("clearing", "billing", "postgres_server"),
+        cu.get("echo", {})))
     cb = clearing.get("batched", {})
     rows.append(_row(
         "clearing: BatchRecordTransactions incl. billing, details/s", cb.get("details_per_s"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextvars
-import uuid
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,7 +22,13 @@ current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """A random (version 4) UUID as 32 hex digits, what `uuid.uuid4().hex` answers, built
+    from the random bytes directly: the UUID object costs ~7 us, paid by every call that
+    arrives without an x-request-id."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return b.hex()
 
 
 class ApprovalContext:

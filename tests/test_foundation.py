@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import uuid
 from pathlib import Path
 
 import grpc
@@ -395,6 +396,8 @@ async def test_the_request_id_is_passed_on_to_downstream_calls_and_generated_whe
             generated = dict(await call.trailing_metadata())["x-request-id"]
         assert recorder.seen[0] == "abc"
         assert generated and recorder.seen[1] == generated
+        # A version 4 UUID in hex, as uuid.uuid4().hex (shared/request_context).
+        assert uuid.UUID(hex=generated).version == 4 and generated == uuid.UUID(generated).hex
     finally:
         await upstream.stop(None)
         await downstream.stop(None)
