@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from clearhouse.approval.v1 import approval_pb2 as apb
 from clearhouse.approval.v1 import approval_pb2_grpc
 from clearhouse.billing.v1 import billing_pb2 as bpb
 from clearhouse.billing.v1 import billing_pb2_grpc
@@ -28,7 +27,7 @@ from clearhouse.payoutsim.v1 import payoutsim_pb2_grpc
 from clearhouse.settlement.v1 import settlement_pb2 as spb
 from clearhouse.settlement.v1 import settlement_pb2_grpc
 from clearhouse.type.v1 import money_pb2
-from google.protobuf import any_pb2, field_mask_pb2
+from google.protobuf import field_mask_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from google.type import date_pb2
@@ -100,18 +99,10 @@ class Rpc:
         self.core: list[Any] = []
         admin, core = cluster.caller(token_of="ada"), cluster.caller("transaction-core")
         # Four eyes: what ada files, bea (the other admin) approves: every guarded call
-        # of `once` (tests/support/four_eyes), and `approved` for a call refused
-        # APPROVAL_REQUIRED.
+        # of `once` (tests/support/four_eyes).
         second = cluster.caller(token_of="bea")
         self.filers: dict[str, list[Any]] = {}
         self.approvers: dict[str, list[Any]] = {}
-        for who, security in (("ada", admin), ("bea", second)):
-            key = f"settlement_approvals_{who}"
-            self.stubs[key] = []
-            for address in cluster.addresses("settlement"):
-                channel = security.sync_channel(address)
-                self.channels.append(channel)
-                self.stubs[key].append(approval_pb2_grpc.ApprovalServiceStub(channel))
         for service, factory in STUBS.items():
             self.stubs[service] = []
             self.filers[service], self.approvers[service] = [], []
@@ -163,32 +154,16 @@ class Rpc:
                     raise
                 time.sleep(0.2)
 
-    def guarded(self, service: str, method: str, request: Any, request_id: str) -> str:
-        """A call four eyes may guard: direct; when refused APPROVAL_REQUIRED, filed by ada
-        (RequestApproval, id `request_id`) and approved by bea. '' when it answered OK,
-        else the ErrorInfo reason of its refusal (the executed call's, when approved)."""
+    def refusal(self, service: str, method: str, request: Any) -> str:
+        """`must`, answering '' when the call answered OK, else the ErrorInfo reason of
+        its refusal (a guarded call's: the approved execution's)."""
         try:
             self.must(service, method, request)
             return ""
         except grpc.RpcError as exc:
-            why = error_reason(exc)
-            if why != "APPROVAL_REQUIRED":
-                if exc.code() in RETRYABLE:
-                    raise
-                return why or exc.code().name
-        packed = any_pb2.Any()
-        packed.Pack(request)
-        self.must(f"{service}_approvals_ada", "RequestApproval", apb.RequestApprovalRequest(
-            request_id=request_id, request=packed, reason="chaos: ops, four eyes"))
-        approval = self.must(f"{service}_approvals_bea", "ApproveRequest",
-                             apb.ApproveRequestRequest(approval_id=request_id)).approval
-        if approval.state == apb.APPROVAL_STATE_APPROVED:
-            return ""
-        info = error_details_pb2.ErrorInfo()
-        for detail in approval.error.details:
-            if detail.Unpack(info):
-                return info.reason
-        return apb.ApprovalState.Name(approval.state)
+            if exc.code() in RETRYABLE:
+                raise
+            return error_reason(exc) or exc.code().name
 
     def close(self) -> None:
         for c in self.channels:
@@ -481,10 +456,10 @@ class Seed:
             method = "MarkPayoutPaid" if paid else "MarkPayoutFailed"
             message = spb.MarkPayoutPaidRequest if paid else spb.MarkPayoutFailedRequest
             request_id = f"chaos-{self.seed}-mark-{p.payout_id}"
-            refused = self.rpc.guarded("settlement", method, message(
+            refused = self.rpc.refusal("settlement", method, message(
                 request_id=request_id, payout_id=p.payout_id,
                 reference=f"chaos-{g.gateway_reference if g is not None else 'none'}",
-                reason="chaos: checked with the gateway"), f"{request_id}-approval")
+                reason="chaos: checked with the gateway"))
             if not refused:
                 self.report.fault("ops_mark_paid" if paid else "ops_mark_failed", p.payout_id)
             elif refused == "PAYOUT_NOT_ESCALATED":
