@@ -50,6 +50,7 @@ from shared.request_context import (
     current_request_id,
 )
 from shared.security import PermissionDenied, denied
+from shared.structs import to_struct
 from shared.validation import check_id, check_page_size, check_page_token, check_text, quote
 
 _STATE_TO_PROTO = {
@@ -396,9 +397,7 @@ def _trail(row: store.ApprovalRow) -> dict[str, Any]:
 
 
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(value)
-    return s
+    return to_struct(value)
 
 
 def _input_type(method: str) -> Descriptor:

@@ -22,6 +22,7 @@ from shared import validation as val
 from shared.errors import Violations
 from shared.pagination import Page, integer
 from shared.permissions import PermissionTable, read, table
+from shared.structs import to_struct
 
 log = logging.getLogger("clearhouse.audit")
 
@@ -66,9 +67,7 @@ LIMIT :limit
 def _struct(value: Any) -> struct_pb2.Struct | None:
     if value is None:
         return None
-    s = struct_pb2.Struct()
-    s.update(value if isinstance(value, dict) else {"value": value})
-    return s
+    return to_struct(value if isinstance(value, dict) else {"value": value})
 
 
 def _to_proto(r: Any) -> pb.AuditEvent:

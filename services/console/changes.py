@@ -1,9 +1,10 @@
 """What changed, as people read it: the before and after of an approval or an audit event
 (google.protobuf.Struct, as the services send them) side by side, field by field.
 
-A Struct carries numbers as doubles. Whole numbers below 2^53 are exact in a double, so
-they are shown as the integers they were; money fields (a Money-shaped object, or a
-minor-units field of an object whose currency is known) go through the one money filter
+A Struct carries numbers as doubles, so the services send whole numbers as decimal
+strings (shared/structs.py, as proto3 JSON writes int64); a number that still arrives as a
+double is shown as an integer only below 2^53, where a double is exact. Money fields (a
+Money-shaped object, or a minor-units field of an object whose currency is known) go through the one money filter
 from that integer. Anything else (a fraction, a huge number) is shown as sent and never
 formatted as money. Bank account numbers are masked again here, whatever the service
 sent: the console shows no more than the last four digits."""

@@ -116,6 +116,8 @@ class Approval(_message.Message):
     def before(self) -> _struct_pb2.Struct:
         """What the call would change, as it stood when requested (absent for a creation);
         account numbers masked.
+        Whole numbers (amounts in minor units) are decimal strings, as proto3 JSON writes
+        int64, never doubles; this holds for `after` too.
         """
 
     @_builtins.property

@@ -112,6 +112,8 @@ class AuditEvent(_message.Message):
     def before(self) -> _struct_pb2.Struct:
         """The object before the change; absent for a creation or a refusal. Bank account
         numbers are masked (all but the last four digits).
+        Whole numbers (amounts in minor units) are decimal strings, as proto3 JSON writes
+        int64, never doubles; this holds for `after` too.
         """
 
     @_builtins.property
