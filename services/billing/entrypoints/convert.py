@@ -245,6 +245,7 @@ def account_to_proto(a: Account) -> pb.FeeAccount:
         merchant_id=a.merchant_id, balance=money(a.currency, a.balance),
         low_balance_threshold=a.low_balance_threshold, low_balance=a.low,
         update_time=None if a.update_time is None else datetime_to_ts(a.update_time),
+        etag=a.etag,
     )
 
 

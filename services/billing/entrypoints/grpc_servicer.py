@@ -302,9 +302,11 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self._account_key(request.merchant_id, request.currency_code, v)
         val.check_amount(v, request.low_balance_threshold, "low_balance_threshold",
                          allow_zero=True, maximum=val.MAX_BALANCE)
+        val.check_text(v, request.etag, "etag", max_length=64)
         v.raise_if_any()
         account = await self.accounts.set_threshold(
-            request.merchant_id, request.currency_code, request.low_balance_threshold
+            request.merchant_id, request.currency_code, request.low_balance_threshold,
+            request.etag,
         )
         return pb.UpdateFeeAccountResponse(account=c.account_to_proto(account))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ from sqlalchemy import text
 
 from services.billing.service_layer.unit_of_work import Database
 from shared import audit, idempotency
-from shared.errors import FailedPrecondition, NotFound
+from shared.errors import Aborted, FailedPrecondition, NotFound
 from shared.validation import MAX_BALANCE, quote
 
 
@@ -25,6 +26,15 @@ class Account:
     @property
     def low(self) -> bool:
         return self.balance < self.low_balance_threshold
+
+    @property
+    def etag(self) -> str:
+        """AIP-154 over what UpdateFeeAccount changes (the threshold): the balance moves
+        with every charge, so an etag over it would refuse almost every update of a busy
+        account for a change the update does not touch."""
+        return hashlib.sha256(
+            f"{self.merchant_id}\x00{self.currency}\x00{self.low_balance_threshold}".encode()
+        ).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +138,28 @@ class Accounts:
             return Account(merchant_id, currency, 0, 0, None)
         return Account(merchant_id, currency, row[0], row[1], row[2])
 
-    async def set_threshold(self, merchant_id: str, currency: str, threshold: int) -> Account:
+    async def set_threshold(
+        self, merchant_id: str, currency: str, threshold: int, etag: str = ""
+    ) -> Account:
+        """The new threshold; with an etag, only when the account is still as read (a
+        stale one is ABORTED and changes nothing)."""
         async with self.db.transaction() as conn:
             old = await conn.fetchval(
                 "SELECT low_balance_threshold FROM fee_accounts "
                 "WHERE merchant_id = $1 AND currency = $2 FOR UPDATE",
                 merchant_id, currency,
             )
+            if etag and old is not None:
+                current = Account(merchant_id, currency, 0, old, None).etag
+                if etag != current:
+                    raise Aborted(
+                        "ETAG_MISMATCH",
+                        f"the fee account {merchant_id}/{currency} changed since it was "
+                        f"read (now {current}, sent {quote(etag, 64)}): read it again and "
+                        "decide again",
+                        {"merchant_id": merchant_id, "currency_code": currency,
+                         "etag": current},
+                    )
             row = await conn.fetchrow(
                 "UPDATE fee_accounts SET low_balance_threshold = $3, update_time = now() "
                 "WHERE merchant_id = $1 AND currency = $2 "

@@ -1536,12 +1536,17 @@ class FeeAccount(_message.Message):
     LOW_BALANCE_THRESHOLD_FIELD_NUMBER: _builtins.int
     LOW_BALANCE_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
     """The merchant."""
     low_balance_threshold: _builtins.int
     """Below this balance the account is reported low."""
     low_balance: _builtins.bool
     """True when the balance is below the threshold."""
+    etag: _builtins.str
+    """The etag (AIP-154) of what UpdateFeeAccount changes (the threshold; the balance moves
+    with every charge and is not part of it): send it back to update only what you read.
+    """
     @_builtins.property
     def balance(self) -> _money_pb2.Money:
         """The balance; never negative."""
@@ -1558,10 +1563,11 @@ class FeeAccount(_message.Message):
         low_balance_threshold: _builtins.int = ...,
         low_balance: _builtins.bool = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "low_balance", b"low_balance", "low_balance_threshold", b"low_balance_threshold", "merchant_id", b"merchant_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "etag", b"etag", "low_balance", b"low_balance", "low_balance_threshold", b"low_balance_threshold", "merchant_id", b"merchant_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1741,6 +1747,7 @@ class UpdateFeeAccountRequest(_message.Message):
     MERCHANT_ID_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     LOW_BALANCE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     merchant_id: _builtins.str
     """The merchant: 1-64 characters, no control characters, no leading or trailing
     whitespace (docs/validation.md).
@@ -1751,16 +1758,22 @@ class UpdateFeeAccountRequest(_message.Message):
     """
     low_balance_threshold: _builtins.int
     """The new low-balance threshold, in minor units: 0 to 10^15."""
+    etag: _builtins.str
+    """The account's etag as last read (AIP-154), at most 64 characters: when set and the
+    threshold changed since, the update is ABORTED with reason ETAG_MISMATCH and changes
+    nothing. Empty updates unconditionally: setting a value is idempotent by itself.
+    """
     def __init__(
         self,
         *,
         merchant_id: _builtins.str = ...,
         currency_code: _builtins.str = ...,
         low_balance_threshold: _builtins.int = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "low_balance_threshold", b"low_balance_threshold", "merchant_id", b"merchant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "etag", b"etag", "low_balance_threshold", b"low_balance_threshold", "merchant_id", b"merchant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
