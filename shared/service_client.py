@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 # Codes that mean "the service did not answer": the caller may retry as is.
@@ -54,6 +54,12 @@ def service_error(service: str, exc: grpc.RpcError) -> ServiceError:
         status = rpc_status.from_call(exc)
     except ValueError:
         status = None
+    return with_details(out, status)
+
+
+def with_details(out: ServiceError, status: status_pb2.Status | None) -> ServiceError:
+    """`out` with the ErrorInfo and BadRequest of `status` (a call's, or one an approval
+    kept of the call it executed)."""
     for detail in status.details if status is not None else []:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()

@@ -15,12 +15,12 @@ from typing import Any
 import grpc
 from clearhouse.approval.v1 import approval_pb2 as apb
 from google.protobuf import any_pb2, descriptor_pool, message_factory
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 
 from services.billing.permissions import FOUR_EYES as BILLING
 from services.clearing.permissions import FOUR_EYES as CLEARING
 from services.settlement.permissions import FOUR_EYES as SETTLEMENT
-from shared.service_client import CallStub, ServiceError, new_request_id
+from shared.service_client import CallStub, ServiceError, new_request_id, with_details
 
 # service → its guarded RPCs' short names.
 GUARDED: dict[str, frozenset[str]] = {
@@ -54,17 +54,7 @@ def status_error(service: str, status: status_pb2.Status) -> ServiceError:
     """The ServiceError a direct call would have raised, from an approval's kept status."""
     code = next((c for c in grpc.StatusCode if c.value[0] == status.code),
                 grpc.StatusCode.UNKNOWN)
-    out = ServiceError(service, code, status.message)
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            out.reason, out.metadata = info.reason, dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out.violations = [(v.field, v.description) for v in bad.field_violations]
-    return out
+    return with_details(ServiceError(service, code, status.message), status)
 
 
 def file(approvals: CallStub, request: Any, reason: str, approval_id: str = "") -> apb.Approval:
