@@ -21,6 +21,7 @@ from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService
+from services.settlement.service_layer.payout_conflicts import PayoutConflicts
 from services.settlement.service_layer.payouts import DispatchPolicy, PayoutService
 from services.settlement.service_layer.profiles import ProfileService
 from services.settlement.service_layer.run_items import RunItemOps
@@ -110,7 +111,7 @@ async def build_app(
     servicer = SettlementServicer(
         ProfileService(db, now=clock), calendars, runs, StatementService(db, clearing), BookService(db),
         payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
-        RunItemOps(runs), stuck,
+        RunItemOps(runs), stuck, PayoutConflicts(db),
     )
 
     gate = Gate(FOUR_EYES, Facts(ProfileService(db, now=clock), Destinations(engine)))

@@ -60,6 +60,10 @@ PERMISSIONS = table(
         "MarkPayoutPaid": administer("settlement.payouts.resolve"),
         "MarkPayoutFailed": administer("settlement.payouts.resolve"),
         # The payout gateway's callback, and nobody else's: a result books money.
+        "ListPayoutConflicts": read("settlement.payouts.read"),
+        # Closing a contradicting gateway result after investigating it changes no money
+        # (a correction is a clearing adjustment, four eyes there): admins, alone.
+        "ResolvePayoutConflict": administer("settlement.payouts.conflicts.resolve"),
         "NotifyPayoutResult": systems("settlement.payouts.notify", PAYOUT_GATEWAY),
     },
 )

@@ -9,8 +9,15 @@ import io
 import json
 from pathlib import Path
 
+import grpc
+import pytest
+from clearhouse.payout.v1 import payout_pb2
+from clearhouse.settlement.v1 import settlement_pb2 as spb
+from clearhouse.settlement.v1 import settlement_pb2_grpc
+
 from tests.cli.conftest import Cli
 from tests.e2e import stack as st
+from tests.support import security
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples" / "cli"
@@ -207,6 +214,28 @@ async def test_a_small_month_through_runs_statements_payouts_and_the_ledger(cli:
     assert "PAYOUT_NOT_RETRYABLE" in (await cli("payouts", "retry", pid, code=1)).stderr
     await st.wait_payouts_final(s)
     assert "PAID" in (await cli("payouts", "list", "--merchant", "EX-SHOP")).stdout
+
+    # A gateway result contradicting the paid retry: listed, then closed by the admin.
+    [paid_again] = [p for p in json.loads((await cli("payouts", "list", "--state", "paid",
+                                                     "--json")).stdout)
+                    if p["merchant_id"] == "EX-SHOP"]
+    async with security.channel(s.settlement.address, cert="payout-gateway") as channel:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await settlement_pb2_grpc.SettlementServiceStub(channel).NotifyPayoutResult(
+                spb.NotifyPayoutResultRequest(notification_id="cli-contra",
+                                              payout_id=paid_again["payout_id"],
+                                              state=payout_pb2.PAYOUT_STATE_FAILED))
+    [conflict] = json.loads((await cli("payouts", "conflicts", "--state", "open",
+                                       "--json")).stdout)
+    assert conflict["notification_id"] == "cli-contra"
+    closed = await cli("payouts", "resolve-conflict", "cli-contra", "--resolution",
+                       "bank shows it paid", "--request-id", "cli-rc-1")
+    assert "RESOLVED" in closed.stdout and "bank shows it paid" in closed.stdout
+    assert json.loads((await cli("payouts", "conflicts", "--state", "open", "--json")).stdout
+                      ) == []
+    assert "PAYOUT_CONFLICT_RESOLVED" in (await cli(
+        "payouts", "resolve-conflict", "cli-contra", "--resolution", "again",
+        code=1)).stderr
 
     # Each service's audit trail holds what the CLI (as ada) and settlement did.
     trail = json.loads((await cli("settlement", "audit", "--actor", "ada", "--json")).stdout)

@@ -340,6 +340,89 @@ async def test_the_callback_pays_returns_and_is_idempotent_after_the_watch_windo
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_ops_resolve_a_conflict_and_the_invariant_check_clears(notified):
+    """Issue 12: a contradicting gateway result is named until an admin, having
+    investigated, resolves it (audited, idempotent, no money moved); then it is gone."""
+    s = notified
+    await one_payout(s, sim.BEHAVIOUR_STAY_PROCESSING)
+    p = await wait_payout(s, lambda p: p.state == pb.PAYOUT_STATE_SUBMITTED)
+    await s.simulator.control.SettlePayout(sim.SettlePayoutRequest(
+        instruction_id=p.payout_id, state=payout_pb2.PAYOUT_STATE_PAID))
+    await wait_payout(s, lambda p: p.state == pb.PAYOUT_STATE_PAID)
+    g = await wait_simulated(s, lambda g: g.notified_count == 1)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await notify(s, notification_id="contra-9", payout_id=p.payout_id,
+                     state=payout_pb2.PAYOUT_STATE_FAILED, failure_reason="refused")
+    assert reason(err.value) == "PAYOUT_RESULT_CONFLICT"
+    [v] = await st.violations(s)
+    assert v.startswith(f"payouts: gateway contradicts settlement: {p.payout_id}: ")
+    listed = await s.settlement.stub.ListPayoutConflicts(pb.ListPayoutConflictsRequest(
+        state=pb.PAYOUT_CONFLICT_STATE_OPEN))
+    [c] = listed.payout_conflicts
+    assert (c.notification_id, c.payout_id, c.reported_state, c.payout_state, c.state) == (
+        "contra-9", p.payout_id, payout_pb2.PAYOUT_STATE_FAILED, pb.PAYOUT_STATE_PAID,
+        pb.PAYOUT_CONFLICT_STATE_OPEN)
+    before = await books(s)
+
+    def resolve(rid: str = "rc-1", nid: str = "contra-9",
+                text: str = "bank confirms paid; gateway ticket GW-77") -> Any:
+        return pb.ResolvePayoutConflictRequest(request_id=rid, notification_id=nid,
+                                               resolution=text)
+
+    # Operators and viewers may look, not close; a resolution is required.
+    for person in ("otto", "vic"):
+        async with security.channel(s.settlement.address, caller=person) as channel:
+            stub = settlement_pb2_grpc.SettlementServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ResolvePayoutConflict(resolve())
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert len((await stub.ListPayoutConflicts(
+                pb.ListPayoutConflictsRequest())).payout_conflicts) == 1
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await s.settlement.stub.ResolvePayoutConflict(resolve(text=" "))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # One admin, no second one: resolved, and the check no longer names it.
+    done = (await s.settlement.stub.ResolvePayoutConflict(resolve())).payout_conflict
+    assert (done.state, done.resolved_by, done.resolution) == (
+        pb.PAYOUT_CONFLICT_STATE_RESOLVED, "ada", "bank confirms paid; gateway ticket GW-77")
+    assert done.HasField("resolve_time")
+    assert await st.violations(s) == []
+    assert await books(s) == before
+    assert (await s.settlement.stub.ListPayoutConflicts(pb.ListPayoutConflictsRequest(
+        state=pb.PAYOUT_CONFLICT_STATE_OPEN))).payout_conflicts == []
+    [r] = (await s.settlement.stub.ListPayoutConflicts(pb.ListPayoutConflictsRequest(
+        state=pb.PAYOUT_CONFLICT_STATE_RESOLVED))).payout_conflicts
+    assert r == done
+    # Replay answers the same; other content under the id is refused.
+    assert (await s.settlement.stub.ResolvePayoutConflict(resolve())).payout_conflict == done
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await s.settlement.stub.ResolvePayoutConflict(resolve(text="something else"))
+    assert reason(err.value) == "IDEMPOTENCY_CONFLICT"
+    # Resolved once; an applied notification is no conflict; an unknown one is not found.
+    for nid, code, why in [
+            ("contra-9", grpc.StatusCode.FAILED_PRECONDITION, "PAYOUT_CONFLICT_RESOLVED"),
+            (f"{g.payout.gateway_reference}:PAID", grpc.StatusCode.FAILED_PRECONDITION,
+             "NOTIFICATION_NOT_CONFLICT"),
+            ("nope", grpc.StatusCode.NOT_FOUND, "NOTIFICATION_NOT_FOUND")]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.settlement.stub.ResolvePayoutConflict(resolve(rid=f"rc-{nid}", nid=nid))
+        assert (err.value.code(), reason(err.value)) == (code, why)
+    # The trail says who closed it, on what word.
+    async with security.channel(s.settlement.address, caller="vic") as channel:
+        trail = (await audit_pb2_grpc.AuditServiceStub(channel).ListAuditEvents(
+            audit_pb2.ListAuditEventsRequest(object_type="payout_conflict"))).audit_events
+    [event] = [e for e in trail if e.method.endswith("/ResolvePayoutConflict")
+               and e.outcome == audit_pb2.AUDIT_OUTCOME_SUCCEEDED]
+    assert (event.object_id, event.actor, event.request_id, event.reason) == (
+        "contra-9", "ada", "rc-1", "bank confirms paid; gateway ticket GW-77")
+    assert (event.before["resolved"], event.after["resolved"]) == (False, True)
+    async with security.channel(s.settlement.address, caller="vic") as channel:
+        refused = (await audit_pb2_grpc.AuditServiceStub(channel).ListAuditEvents(
+            audit_pb2.ListAuditEventsRequest(actor="otto"))).audit_events
+    assert [e.outcome for e in refused if e.method.endswith("/ResolvePayoutConflict")] == [
+        audit_pb2.AUDIT_OUTCOME_PERMISSION_DENIED]
+
+
 async def test_a_failure_by_callback_books_the_money_back(notified):
     s = notified
     await one_payout(s, sim.BEHAVIOUR_STAY_PROCESSING)

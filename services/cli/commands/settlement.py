@@ -57,7 +57,7 @@ runs = typer.Typer(help="Settlement runs: start (and watch), watch, status; stuc
 settlements = typer.Typer(help="Settlements (结算单): list, show with lines.",
                           no_args_is_help=True)
 statements = typer.Typer(help="Statements: export CSV files.", no_args_is_help=True)
-payouts = typer.Typer(help="Payouts: list, show, retry a failed one.", no_args_is_help=True)
+payouts = typer.Typer(help="Payouts: list, show, retry a failed one, resolve conflicts.", no_args_is_help=True)
 merchants = typer.Typer(help="Merchants' balances with settlement.", no_args_is_help=True)
 ledger = typer.Typer(help="The double-entry ledger: trial balance, account balance, entries.",
                      no_args_is_help=True)
@@ -958,6 +958,65 @@ def payout_retry(ctx: typer.Context, payout_id: str, request_id_: RequestIdOpt =
         return
     out.console().print(out.table("new payout", PAYOUT_COLUMNS, [_payout_row(p)],
                                   right=["amount"]))
+
+
+CONFLICT_COLUMNS = ["notification", "payout", "reported", "payout was", "received", "state",
+                    "resolved by", "resolution"]
+
+
+def _conflict_row(x: pb.PayoutConflict) -> list[str]:
+    return [x.notification_id, x.payout_id,
+            out.enum(payout_pb2.PayoutState, x.reported_state, "PAYOUT_STATE_"),
+            out.enum(pb.PayoutState, x.payout_state, "PAYOUT_STATE_"), out.when(x.create_time),
+            out.enum(pb.PayoutConflictState, x.state, "PAYOUT_CONFLICT_STATE_"),
+            x.resolved_by, x.resolution]
+
+
+@payouts.command("conflicts")
+@handled
+def payouts_conflicts(ctx: typer.Context,
+                      state: Annotated[str, typer.Option(help="open or resolved.")] = "",
+                      limit: LimitOpt = 100, json: JsonOpt = False) -> None:
+    """List gateway results that contradicted a final payout, oldest first.
+
+    Example: clearhouse payouts conflicts --state open
+    """
+    code: Any = 0
+    if state:
+        try:
+            code = int(pb.PayoutConflictState.Value("PAYOUT_CONFLICT_STATE_" + state.upper()))
+        except ValueError:
+            raise typer.BadParameter("open or resolved") from None
+    req = pb.ListPayoutConflictsRequest(state=code, page_size=min(limit or 1000, 1000))
+    found = list(pages(clients(ctx).settlement.ListPayoutConflicts, req, "payout_conflicts",
+                       limit))
+    if json:
+        out.emit_json(found)
+        return
+    out.console().print(out.table(f"payout conflicts ({len(found)})", CONFLICT_COLUMNS,
+                                  [_conflict_row(x) for x in found]))
+
+
+@payouts.command("resolve-conflict")
+@handled
+def payouts_resolve_conflict(
+        ctx: typer.Context, notification_id: Annotated[str, typer.Argument(
+            help="The conflict's notification id (payouts conflicts).")],
+        resolution: Annotated[str, typer.Option(
+            help="What the investigation found and did (kept in the audit trail).")],
+        request_id_: RequestIdOpt = "", json: JsonOpt = False) -> None:
+    """Close a contradicting gateway result after investigating it (admins). Changes no
+    money: a correction of the books is a clearing adjustment.
+
+    Example: clearhouse payouts resolve-conflict GW-1:FAILED --resolution "bank confirms paid"
+    """
+    rid = request_id(request_id_, "resolve-conflict")
+    x = clients(ctx).settlement.ResolvePayoutConflict(pb.ResolvePayoutConflictRequest(
+        request_id=rid, notification_id=notification_id, resolution=resolution)).payout_conflict
+    if json:
+        out.emit_json(x)
+        return
+    out.console().print(out.table("payout conflict", CONFLICT_COLUMNS, [_conflict_row(x)]))
 
 
 # ---- ledger and invariants ----------------------------------------------------------

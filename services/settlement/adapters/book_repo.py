@@ -199,11 +199,14 @@ CHECKS: list[tuple[str, str, Any]] = [
     ),
     (
         # The gateway reported a result that contradicts a final payout (paid after ops
-        # marked it failed, say): nothing was booked; ops reconcile it with the bank.
+        # marked it failed, say): nothing was booked; ops reconcile it with the bank and
+        # close it with ResolvePayoutConflict (a resolved one is no longer named).
         "SELECT n.payout_id AS ref, n.notification_id, n.state, n.payout_state, n.create_time "
-        "FROM payout_notifications n WHERE n.outcome = 'CONFLICT' ORDER BY n.create_time",
+        "FROM payout_notifications n WHERE n.outcome = 'CONFLICT' AND n.resolve_time IS NULL "
+        "ORDER BY n.create_time",
         "payouts: gateway contradicts settlement",
         lambda r: f"the gateway reported {r.state} ({r.notification_id}) for a payout "
-        f"{r.payout_state} at {r.create_time:%Y-%m-%d %H:%M} UTC: nothing booked",
+        f"{r.payout_state} at {r.create_time:%Y-%m-%d %H:%M} UTC: nothing booked; "
+        "ResolvePayoutConflict closes it once investigated",
     ),
 ]

@@ -75,11 +75,12 @@ def figure_source(
                 "Age of the oldest payout not yet PAID, FAILED or RETURNED; 0 when none."
                 ).set(float(age))
         (conflicts,), = await rows(
-            engine, "SELECT count(*) FROM payout_notifications WHERE outcome = 'CONFLICT'"
+            engine, "SELECT count(*) FROM payout_notifications WHERE outcome = 'CONFLICT' "
+            "AND resolve_time IS NULL"
         )
         m.gauge("payout_result_conflicts",
-                "Gateway results that contradicted a final payout (recorded, nothing booked; "
-                "CheckInvariants names them)."
+                "Gateway results that contradicted a final payout, not resolved by ops yet "
+                "(recorded, nothing booked; CheckInvariants names them)."
                 ).set(float(conflicts))
         items = m.gauge("run_items", "Work items of settlement runs, by state.", ["state"])
         m.set_by_label(

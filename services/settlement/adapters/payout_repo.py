@@ -276,3 +276,64 @@ async def insert_retry(
         text("UPDATE payouts SET retried_by = :n, update_time = now() WHERE payout_id = :p"),
         {"n": new_id, "p": row.payout_id},
     )
+
+
+CONFLICT_COLUMNS = (
+    "notification_id, payout_id, state, gateway_reference, failure_reason, payout_state, "
+    "create_time, resolve_time, resolved_by, resolution"
+)
+
+
+async def notification_resolution(
+    conn: AsyncConnection, notification_id: str, *, lock: bool = False
+) -> Any | None:
+    """A notification with its outcome and resolution; `lock`: for update (two
+    resolutions of one conflict serialise; the second sees it resolved)."""
+    return (
+        await conn.execute(
+            text(f"SELECT {CONFLICT_COLUMNS}, outcome FROM payout_notifications "
+                 f"WHERE notification_id = :n{' FOR UPDATE' if lock else ''}"),
+            {"n": notification_id},
+        )
+    ).first()
+
+
+async def resolve_conflict(
+    conn: AsyncConnection, notification_id: str, actor: str, resolution: str
+) -> Any:
+    """Closes an unresolved conflict; the row as it is afterwards."""
+    return (
+        await conn.execute(
+            text(
+                "UPDATE payout_notifications SET resolve_time = clock_timestamp(), "
+                "resolved_by = :a, resolution = :r "
+                "WHERE notification_id = :n AND outcome = 'CONFLICT' AND resolve_time IS NULL "
+                f"RETURNING {CONFLICT_COLUMNS}"
+            ),
+            {"n": notification_id, "a": actor, "r": resolution},
+        )
+    ).one()
+
+
+async def conflicts(
+    conn: AsyncConnection, state: str, after: tuple[Any, str] | None, limit: int
+) -> Sequence[Any]:
+    """Conflicts oldest first, after the key (create_time, notification_id); `state`
+    OPEN, RESOLVED or empty for both."""
+    where = ["outcome = 'CONFLICT'"]
+    if state == "OPEN":
+        where.append("resolve_time IS NULL")
+    elif state == "RESOLVED":
+        where.append("resolve_time IS NOT NULL")
+    params: dict[str, Any] = {"limit": limit}
+    if after is not None:
+        where.append("(create_time, notification_id) > (:t, :n)")
+        params.update(t=after[0], n=after[1])
+    return (
+        await conn.execute(
+            text(f"SELECT {CONFLICT_COLUMNS} FROM payout_notifications "
+                 f"WHERE {' AND '.join(where)} ORDER BY create_time, notification_id "
+                 "LIMIT :limit"),
+            params,
+        )
+    ).all()

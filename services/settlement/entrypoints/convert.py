@@ -21,6 +21,7 @@ from services.settlement.domain.run_notes import Note
 from services.settlement.domain.statements import StatementLine
 from services.settlement.service_layer.balances import MerchantBalance
 from services.settlement.service_layer.calendars import Coverage, ImportMode
+from services.settlement.service_layer.payout_conflicts import Conflict
 from services.settlement.service_layer.payouts import PayoutView
 from services.settlement.service_layer.runs import RunView
 from services.settlement.service_layer.statements import Line
@@ -363,6 +364,31 @@ def payout_to_proto(p: PayoutView) -> pb.Payout:
         update_time=datetime_to_ts(p.update_time),
         resolution_reference=p.resolution_reference,
         resolution_reason=p.resolution_reason,
+    )
+
+
+NOTIFIED_STATES_PB = {v: k for k, v in NOTIFIED_STATES.items()}
+CONFLICT_STATES = {
+    pb.PAYOUT_CONFLICT_STATE_UNSPECIFIED: "",
+    pb.PAYOUT_CONFLICT_STATE_OPEN: "OPEN",
+    pb.PAYOUT_CONFLICT_STATE_RESOLVED: "RESOLVED",
+}
+
+
+def conflict_to_proto(c: Conflict) -> pb.PayoutConflict:
+    return pb.PayoutConflict(
+        notification_id=c.notification_id,
+        payout_id=c.payout_id,
+        reported_state=NOTIFIED_STATES_PB.get(c.state, payout_pb2.PAYOUT_STATE_UNSPECIFIED),
+        payout_state=PAYOUT_STATES.get(c.payout_state, pb.PAYOUT_STATE_UNSPECIFIED),
+        gateway_reference=c.gateway_reference,
+        failure_reason=c.failure_reason,
+        create_time=datetime_to_ts(c.create_time),
+        state=(pb.PAYOUT_CONFLICT_STATE_OPEN if c.resolve_time is None
+               else pb.PAYOUT_CONFLICT_STATE_RESOLVED),
+        resolve_time=datetime_to_ts(c.resolve_time),
+        resolved_by=c.resolved_by,
+        resolution=c.resolution,
     )
 
 

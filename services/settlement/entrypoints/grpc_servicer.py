@@ -13,6 +13,7 @@ from services.settlement.service_layer.audit import ClearingAudit
 from services.settlement.service_layer.balances import BalanceService
 from services.settlement.service_layer.books import BookService
 from services.settlement.service_layer.calendars import CalendarService, ImportRequest
+from services.settlement.service_layer.payout_conflicts import PayoutConflicts
 from services.settlement.service_layer.payouts import Notification, PayoutService
 from services.settlement.service_layer.profiles import ProfileService
 from services.settlement.service_layer.run_items import RunItemOps
@@ -47,7 +48,9 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         balances: BalanceService,
         items: RunItemOps,
         stuck: StuckCheck,
+        conflicts: PayoutConflicts,
     ) -> None:
+        self.conflicts = conflicts
         self.items = items
         self.stuck = stuck
         self.profiles = profiles
@@ -367,6 +370,32 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
         return pb.NotifyPayoutResultResponse(
             payout=c.payout_to_proto(payout), outcome=c.NOTIFICATION_OUTCOMES[outcome]
         )
+
+    async def ListPayoutConflicts(
+        self, request: pb.ListPayoutConflictsRequest, context: Ctx
+    ) -> pb.ListPayoutConflictsResponse:
+        v = Violations()
+        v.check(request.state in c.CONFLICT_STATES, "state", "unknown state")
+        _check_page(v, request)
+        v.raise_if_any()
+        found, token = await self.conflicts.list(
+            c.CONFLICT_STATES[request.state], request.page_size, request.page_token)
+        return pb.ListPayoutConflictsResponse(
+            payout_conflicts=[c.conflict_to_proto(x) for x in found], next_page_token=token)
+
+    async def ResolvePayoutConflict(
+        self, request: pb.ResolvePayoutConflictRequest, context: Ctx
+    ) -> pb.ResolvePayoutConflictResponse:
+        v = Violations()
+        check_id(v, request.request_id, "request_id")
+        check_id(v, request.notification_id, "notification_id",
+                 max_length=MAX_DERIVED_ID_LENGTH)
+        check_text(v, request.resolution, "resolution", required=True)
+        v.check(bool(request.resolution.strip()), "resolution", "required, for the audit trail")
+        v.raise_if_any()
+        done = await self.conflicts.resolve(
+            request.notification_id, request.request_id, request.resolution)
+        return pb.ResolvePayoutConflictResponse(payout_conflict=c.conflict_to_proto(done))
 
     # ---- statement lines and merchant balances ----
 

@@ -357,6 +357,30 @@ payment): nothing changed.
 """
 Global___NotificationOutcome: _TypeAlias = NotificationOutcome  # noqa: Y015
 
+class _PayoutConflictState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PayoutConflictStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayoutConflictState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAYOUT_CONFLICT_STATE_UNSPECIFIED: _PayoutConflictState.ValueType  # 0
+    """Not set (as a filter: every conflict)."""
+    PAYOUT_CONFLICT_STATE_OPEN: _PayoutConflictState.ValueType  # 1
+    """Not resolved yet: CheckInvariants names it."""
+    PAYOUT_CONFLICT_STATE_RESOLVED: _PayoutConflictState.ValueType  # 2
+    """Resolved by ops (ResolvePayoutConflict)."""
+
+class PayoutConflictState(_PayoutConflictState, metaclass=_PayoutConflictStateEnumTypeWrapper):
+    """PayoutConflictState says whether ops have closed a conflict."""
+
+PAYOUT_CONFLICT_STATE_UNSPECIFIED: PayoutConflictState.ValueType  # 0
+"""Not set (as a filter: every conflict)."""
+PAYOUT_CONFLICT_STATE_OPEN: PayoutConflictState.ValueType  # 1
+"""Not resolved yet: CheckInvariants names it."""
+PAYOUT_CONFLICT_STATE_RESOLVED: PayoutConflictState.ValueType  # 2
+"""Resolved by ops (ResolvePayoutConflict)."""
+Global___PayoutConflictState: _TypeAlias = PayoutConflictState  # noqa: Y015
+
 class _CalendarFileFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -2698,6 +2722,195 @@ class NotifyPayoutResultResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NotifyPayoutResultResponse: _TypeAlias = NotifyPayoutResultResponse  # noqa: Y015
+
+@_typing.final
+class PayoutConflict(_message.Message):
+    """PayoutConflict is a gateway result that contradicted a final payout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATION_ID_FIELD_NUMBER: _builtins.int
+    PAYOUT_ID_FIELD_NUMBER: _builtins.int
+    REPORTED_STATE_FIELD_NUMBER: _builtins.int
+    PAYOUT_STATE_FIELD_NUMBER: _builtins.int
+    GATEWAY_REFERENCE_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RESOLVE_TIME_FIELD_NUMBER: _builtins.int
+    RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    notification_id: _builtins.str
+    """The gateway's notification id."""
+    payout_id: _builtins.str
+    """The payout it was about."""
+    reported_state: _payout_pb2.PayoutState.ValueType
+    """What the gateway reported."""
+    payout_state: Global___PayoutState.ValueType
+    """The payout's state when it came (nothing was booked)."""
+    gateway_reference: _builtins.str
+    """The gateway's reference."""
+    failure_reason: _builtins.str
+    """The bank's reason the gateway gave, if any."""
+    state: Global___PayoutConflictState.ValueType
+    """OPEN or RESOLVED."""
+    resolved_by: _builtins.str
+    """Who resolved it (the caller's identity); empty while open."""
+    resolution: _builtins.str
+    """What ops found and did; empty while open."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When settlement received it."""
+
+    @_builtins.property
+    def resolve_time(self) -> _timestamp_pb2.Timestamp:
+        """When ops resolved it; unset while open."""
+
+    def __init__(
+        self,
+        *,
+        notification_id: _builtins.str = ...,
+        payout_id: _builtins.str = ...,
+        reported_state: _payout_pb2.PayoutState.ValueType = ...,
+        payout_state: Global___PayoutState.ValueType = ...,
+        gateway_reference: _builtins.str = ...,
+        failure_reason: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___PayoutConflictState.ValueType = ...,
+        resolve_time: _timestamp_pb2.Timestamp | None = ...,
+        resolved_by: _builtins.str = ...,
+        resolution: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "resolve_time", b"resolve_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "failure_reason", b"failure_reason", "gateway_reference", b"gateway_reference", "notification_id", b"notification_id", "payout_id", b"payout_id", "payout_state", b"payout_state", "reported_state", b"reported_state", "resolution", b"resolution", "resolve_time", b"resolve_time", "resolved_by", b"resolved_by", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayoutConflict: _TypeAlias = PayoutConflict  # noqa: Y015
+
+@_typing.final
+class ListPayoutConflictsRequest(_message.Message):
+    """ListPayoutConflictsRequest filters the conflicts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    state: Global___PayoutConflictState.ValueType
+    """OPEN or RESOLVED; UNSPECIFIED for both."""
+    page_size: _builtins.int
+    """Page size (AIP-158).
+    Limits: not negative; 0 for the default; at most 1,000 served.
+    """
+    page_token: _builtins.str
+    """Page token.
+    Limits: at most 2,048 characters, from the previous call with the same filters.
+    """
+    def __init__(
+        self,
+        *,
+        state: Global___PayoutConflictState.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPayoutConflictsRequest: _TypeAlias = ListPayoutConflictsRequest  # noqa: Y015
+
+@_typing.final
+class ListPayoutConflictsResponse(_message.Message):
+    """ListPayoutConflictsResponse is one page of conflicts, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_CONFLICTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty on the last page."""
+    @_builtins.property
+    def payout_conflicts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PayoutConflict]:
+        """The conflicts."""
+
+    def __init__(
+        self,
+        *,
+        payout_conflicts: _abc.Iterable[Global___PayoutConflict] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "payout_conflicts", b"payout_conflicts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPayoutConflictsResponse: _TypeAlias = ListPayoutConflictsResponse  # noqa: Y015
+
+@_typing.final
+class ResolvePayoutConflictRequest(_message.Message):
+    """ResolvePayoutConflictRequest closes one conflict with what ops found."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_ID_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (AIP-155).
+    Limits: 1-64 characters, no control character, no leading or trailing whitespace.
+    """
+    notification_id: _builtins.str
+    """The conflict's notification id (PayoutConflict.notification_id).
+    Limits: 1-96 characters, no control character, no leading or trailing whitespace.
+    """
+    resolution: _builtins.str
+    """What the investigation found and what was done (kept with the conflict and in the
+    audit trail). Limits: required, at most 256 characters, no control character but
+    tab and line breaks.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        notification_id: _builtins.str = ...,
+        resolution: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notification_id", b"notification_id", "request_id", b"request_id", "resolution", b"resolution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolvePayoutConflictRequest: _TypeAlias = ResolvePayoutConflictRequest  # noqa: Y015
+
+@_typing.final
+class ResolvePayoutConflictResponse(_message.Message):
+    """ResolvePayoutConflictResponse is the conflict, now RESOLVED."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_CONFLICT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payout_conflict(self) -> Global___PayoutConflict:
+        """The conflict."""
+
+    def __init__(
+        self,
+        *,
+        payout_conflict: Global___PayoutConflict | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payout_conflict", b"payout_conflict"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout_conflict", b"payout_conflict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolvePayoutConflictResponse: _TypeAlias = ResolvePayoutConflictResponse  # noqa: Y015
 
 @_typing.final
 class ImportCalendarRequest(_message.Message):

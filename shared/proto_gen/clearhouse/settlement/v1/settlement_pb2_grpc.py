@@ -61,6 +61,14 @@ class SettlementServiceStub:
     currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - NOTIFICATION_NOT_FOUND (NOT_FOUND): ResolvePayoutConflict of a notification
+    settlement never received; metadata "notification_id".
+    - NOTIFICATION_NOT_CONFLICT (FAILED_PRECONDITION): ResolvePayoutConflict of a
+    notification that contradicted nothing (it was applied or already known); metadata
+    "notification_id", "outcome".
+    - PAYOUT_CONFLICT_RESOLVED (FAILED_PRECONDITION): ResolvePayoutConflict of a conflict
+    already resolved (under another request id); metadata "notification_id",
+    "resolved_by".
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
     or releasing a run item that does not exist or is not stuck; metadata "run_id",
     "merchant_id" and (not failed) "state".
@@ -205,6 +213,16 @@ class SettlementServiceStub:
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultRequest.SerializeToString,
                 response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultResponse.FromString,
                 _registered_method=True)
+        self.ListPayoutConflicts = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ListPayoutConflicts',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListPayoutConflictsRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListPayoutConflictsResponse.FromString,
+                _registered_method=True)
+        self.ResolvePayoutConflict = channel.unary_unary(
+                '/clearhouse.settlement.v1.SettlementService/ResolvePayoutConflict',
+                request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ResolvePayoutConflictRequest.SerializeToString,
+                response_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ResolvePayoutConflictResponse.FromString,
+                _registered_method=True)
         self.ImportCalendar = channel.unary_unary(
                 '/clearhouse.settlement.v1.SettlementService/ImportCalendar',
                 request_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.SerializeToString,
@@ -288,6 +306,14 @@ class SettlementServiceServicer:
     currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - NOTIFICATION_NOT_FOUND (NOT_FOUND): ResolvePayoutConflict of a notification
+    settlement never received; metadata "notification_id".
+    - NOTIFICATION_NOT_CONFLICT (FAILED_PRECONDITION): ResolvePayoutConflict of a
+    notification that contradicted nothing (it was applied or already known); metadata
+    "notification_id", "outcome".
+    - PAYOUT_CONFLICT_RESOLVED (FAILED_PRECONDITION): ResolvePayoutConflict of a conflict
+    already resolved (under another request id); metadata "notification_id",
+    "resolved_by".
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
     or releasing a run item that does not exist or is not stuck; metadata "run_id",
     "merchant_id" and (not failed) "state".
@@ -477,6 +503,25 @@ class SettlementServiceServicer:
         """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
         a payout, at any time (also after the return watch window); idempotent by
         notification_id, and a repeated result is answered as it was the first time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPayoutConflicts(self, request, context):
+        """Lists the gateway results that contradicted a final payout (nothing was booked for
+        them), open or resolved, oldest first, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolvePayoutConflict(self, request, context):
+        """Closes a contradicting result after ops investigated it with the bank: the
+        notification is marked resolved (who, when, what they found) and CheckInvariants
+        no longer names it. Changes no money (a correction of the books is a clearing
+        adjustment, under four eyes), so admins alone, no second approver. Idempotent by
+        request_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -685,6 +730,16 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultRequest.FromString,
                     response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultResponse.SerializeToString,
             ),
+            'ListPayoutConflicts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPayoutConflicts,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListPayoutConflictsRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListPayoutConflictsResponse.SerializeToString,
+            ),
+            'ResolvePayoutConflict': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolvePayoutConflict,
+                    request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ResolvePayoutConflictRequest.FromString,
+                    response_serializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ResolvePayoutConflictResponse.SerializeToString,
+            ),
             'ImportCalendar': grpc.unary_unary_rpc_method_handler(
                     servicer.ImportCalendar,
                     request_deserializer=clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ImportCalendarRequest.FromString,
@@ -774,6 +829,14 @@ class SettlementService:
     currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
     metadata "merchant_id". Lift the hold first.
+    - NOTIFICATION_NOT_FOUND (NOT_FOUND): ResolvePayoutConflict of a notification
+    settlement never received; metadata "notification_id".
+    - NOTIFICATION_NOT_CONFLICT (FAILED_PRECONDITION): ResolvePayoutConflict of a
+    notification that contradicted nothing (it was applied or already known); metadata
+    "notification_id", "outcome".
+    - PAYOUT_CONFLICT_RESOLVED (FAILED_PRECONDITION): ResolvePayoutConflict of a conflict
+    already resolved (under another request id); metadata "notification_id",
+    "resolved_by".
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
     or releasing a run item that does not exist or is not stuck; metadata "run_id",
     "merchant_id" and (not failed) "state".
@@ -1408,6 +1471,60 @@ class SettlementService:
             '/clearhouse.settlement.v1.SettlementService/NotifyPayoutResult',
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultRequest.SerializeToString,
             clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.NotifyPayoutResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPayoutConflicts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ListPayoutConflicts',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListPayoutConflictsRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ListPayoutConflictsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolvePayoutConflict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clearhouse.settlement.v1.SettlementService/ResolvePayoutConflict',
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ResolvePayoutConflictRequest.SerializeToString,
+            clearhouse_dot_settlement_dot_v1_dot_settlement__pb2.ResolvePayoutConflictResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,14 @@ class SettlementServiceStub:
       currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
+    - NOTIFICATION_NOT_FOUND (NOT_FOUND): ResolvePayoutConflict of a notification
+      settlement never received; metadata "notification_id".
+    - NOTIFICATION_NOT_CONFLICT (FAILED_PRECONDITION): ResolvePayoutConflict of a
+      notification that contradicted nothing (it was applied or already known); metadata
+      "notification_id", "outcome".
+    - PAYOUT_CONFLICT_RESOLVED (FAILED_PRECONDITION): ResolvePayoutConflict of a conflict
+      already resolved (under another request id); metadata "notification_id",
+      "resolved_by".
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
       or releasing a run item that does not exist or is not stuck; metadata "run_id",
       "merchant_id" and (not failed) "state".
@@ -151,6 +159,17 @@ class SettlementServiceStub:
     a payout, at any time (also after the return watch window); idempotent by
     notification_id, and a repeated result is answered as it was the first time.
     """
+    ListPayoutConflicts: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ListPayoutConflictsRequest, _settlement_pb2.ListPayoutConflictsResponse]
+    """Lists the gateway results that contradicted a final payout (nothing was booked for
+    them), open or resolved, oldest first, paginated.
+    """
+    ResolvePayoutConflict: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ResolvePayoutConflictRequest, _settlement_pb2.ResolvePayoutConflictResponse]
+    """Closes a contradicting result after ops investigated it with the bank: the
+    notification is marked resolved (who, when, what they found) and CheckInvariants
+    no longer names it. Changes no money (a correction of the books is a clearing
+    adjustment, under four eyes), so admins alone, no second approver. Idempotent by
+    request_id.
+    """
     ImportCalendar: _grpc.UnaryUnaryMultiCallable[_settlement_pb2.ImportCalendarRequest, _settlement_pb2.ImportCalendarResponse]
     """Loads the holidays and make-up working days of a range from a calendar file (YAML
     or CSV), replacing or merging what the range held; idempotent by request_id.
@@ -236,6 +255,14 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
       currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
+    - NOTIFICATION_NOT_FOUND (NOT_FOUND): ResolvePayoutConflict of a notification
+      settlement never received; metadata "notification_id".
+    - NOTIFICATION_NOT_CONFLICT (FAILED_PRECONDITION): ResolvePayoutConflict of a
+      notification that contradicted nothing (it was applied or already known); metadata
+      "notification_id", "outcome".
+    - PAYOUT_CONFLICT_RESOLVED (FAILED_PRECONDITION): ResolvePayoutConflict of a conflict
+      already resolved (under another request id); metadata "notification_id",
+      "resolved_by".
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
       or releasing a run item that does not exist or is not stuck; metadata "run_id",
       "merchant_id" and (not failed) "state".
@@ -322,6 +349,17 @@ class SettlementServiceAsyncStub(SettlementServiceStub):
     a payout, at any time (also after the return watch window); idempotent by
     notification_id, and a repeated result is answered as it was the first time.
     """
+    ListPayoutConflicts: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ListPayoutConflictsRequest, _settlement_pb2.ListPayoutConflictsResponse]  # type: ignore[assignment]
+    """Lists the gateway results that contradicted a final payout (nothing was booked for
+    them), open or resolved, oldest first, paginated.
+    """
+    ResolvePayoutConflict: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ResolvePayoutConflictRequest, _settlement_pb2.ResolvePayoutConflictResponse]  # type: ignore[assignment]
+    """Closes a contradicting result after ops investigated it with the bank: the
+    notification is marked resolved (who, when, what they found) and CheckInvariants
+    no longer names it. Changes no money (a correction of the books is a clearing
+    adjustment, under four eyes), so admins alone, no second approver. Idempotent by
+    request_id.
+    """
     ImportCalendar: _aio.UnaryUnaryMultiCallable[_settlement_pb2.ImportCalendarRequest, _settlement_pb2.ImportCalendarResponse]  # type: ignore[assignment]
     """Loads the holidays and make-up working days of a range from a calendar file (YAML
     or CSV), replacing or merging what the range held; idempotent by request_id.
@@ -406,6 +444,14 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
       currency under a new merchant id.
     - MERCHANT_ON_HOLD (FAILED_PRECONDITION): RetryPayout for a merchant on hold (冻结);
       metadata "merchant_id". Lift the hold first.
+    - NOTIFICATION_NOT_FOUND (NOT_FOUND): ResolvePayoutConflict of a notification
+      settlement never received; metadata "notification_id".
+    - NOTIFICATION_NOT_CONFLICT (FAILED_PRECONDITION): ResolvePayoutConflict of a
+      notification that contradicted nothing (it was applied or already known); metadata
+      "notification_id", "outcome".
+    - PAYOUT_CONFLICT_RESOLVED (FAILED_PRECONDITION): ResolvePayoutConflict of a conflict
+      already resolved (under another request id); metadata "notification_id",
+      "resolved_by".
     - RUN_ITEM_NOT_FOUND (NOT_FOUND), RUN_ITEM_NOT_FAILED (FAILED_PRECONDITION): retrying
       or releasing a run item that does not exist or is not stuck; metadata "run_id",
       "merchant_id" and (not failed) "state".
@@ -627,6 +673,29 @@ class SettlementServiceServicer(metaclass=_abc_1.ABCMeta):
         """The payout gateway's callback: a final answer (paid, failed) or a return (退票) for
         a payout, at any time (also after the return watch window); idempotent by
         notification_id, and a repeated result is answered as it was the first time.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPayoutConflicts(
+        self,
+        request: _settlement_pb2.ListPayoutConflictsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ListPayoutConflictsResponse, _abc.Awaitable[_settlement_pb2.ListPayoutConflictsResponse]]:
+        """Lists the gateway results that contradicted a final payout (nothing was booked for
+        them), open or resolved, oldest first, paginated.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolvePayoutConflict(
+        self,
+        request: _settlement_pb2.ResolvePayoutConflictRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_settlement_pb2.ResolvePayoutConflictResponse, _abc.Awaitable[_settlement_pb2.ResolvePayoutConflictResponse]]:
+        """Closes a contradicting result after ops investigated it with the bank: the
+        notification is marked resolved (who, when, what they found) and CheckInvariants
+        no longer names it. Changes no money (a correction of the books is a clearing
+        adjustment, under four eyes), so admins alone, no second approver. Idempotent by
+        request_id.
         """
 
     @_abc_1.abstractmethod
