@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 from clearhouse.approval.v1 import approval_pb2, approval_pb2_grpc
-from google.protobuf import any_pb2, message, message_factory, struct_pb2
+from google.protobuf import any_pb2, message, message_factory
 from google.protobuf.descriptor import Descriptor
 from google.rpc import status_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -350,9 +350,9 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         mask = masker_for(request_type)
         out.request.Pack(mask(inner) if mask is not None else inner)
         if row.before is not None:
-            out.before.CopyFrom(_struct(row.before))
+            out.before.CopyFrom(to_struct(row.before))
         if row.after is not None:
-            out.after.CopyFrom(_struct(row.after))
+            out.after.CopyFrom(to_struct(row.after))
         write_ts(out.create_time, row.create_time)
         if row.decide_time is not None:
             write_ts(out.decide_time, row.decide_time)
@@ -394,10 +394,6 @@ def _trail(row: store.ApprovalRow) -> dict[str, Any]:
             "object_id": row.object_id, "requested_by": row.requested_by,
             "state": row.state, "decided_by": row.decided_by,
             "decision_reason": row.decision_reason}
-
-
-def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    return to_struct(value)
 
 
 def _input_type(method: str) -> Descriptor:
