@@ -86,18 +86,25 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
         if handler is None:
             return handler
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, self.handler_for(method, handler))
+            self._wrapped[method] = cached
+        return cached[1]
+
+    def handler_for(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """What is served for `method` instead of `handler`: a unary handler wrapped in
+        the checks above, a stream passed through or refused. `shared.server` calls this
+        once per method when the servicers are added (`wrapping_registrar`), which costs
+        nothing per call; as an interceptor the lookup would run on every call."""
         if handler.unary_unary is None:
             if self.guard is None or is_open(method) or method.startswith(REFLECTION_PREFIX):
                 return handler
             return _refuse_stream(method, self.error_domain)
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = (handler, self._wrap(method, handler))
-            self._wrapped[method] = cached
-        return cached[1]
+        return self._wrap(method, handler)
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary

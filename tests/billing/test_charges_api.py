@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import grpc
 import pytest
+from sqlalchemy import text
 from clearhouse.billing.v1 import billing_pb2 as pb
 from clearhouse.billing.v1 import billing_pb2_grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -67,6 +68,70 @@ async def test_concurrent_charges_give_the_same_counters_and_fees_as_sequential_
         sum(amounts), len(amounts))
     # Graduated pricing makes the exact total independent of the order of arrival.
     assert sum(concurrent) == sum(sequential)
+
+
+PLAIN = {**BASE, "method": "PERCENT", "rate": "0.006"}  # no counter, no prepaid account
+
+
+async def test_concurrent_batches_repeating_each_others_ids_charge_each_id_once(billing):
+    """A plain rule: batches take the one-statement path. Overlapping batches of the same
+    ids: every id is charged once, and every batch gets that charge back for it, or
+    IDEMPOTENCY_CONFLICT where its content differs from the one stored."""
+    await billing.stub.CreateFeeRule(create_rule(PLAIN))
+    ids = [f"D{i}" for i in range(40)]
+
+    def amount(i: int, batch: int) -> int:
+        return 1000 + i + (7 if batch == 6 and i < 5 else 0)  # batch 6: other amounts
+
+    orders = [ids[k:] + ids[:k] for k in range(0, 36, 6)] + [ids[:5] + ids[20:25]]
+
+    async def batch(b: int, order: list[str]):
+        r = await billing.stub.BatchChargeFees(pb.BatchChargeFeesRequest(requests=[
+            pb.ChargeFeeRequest(transaction=txn(i, amount(int(i[1:]), b))) for i in order]))
+        return [(i, amount(int(i[1:]), b), o) for i, o in zip(order, r.outcomes, strict=True)]
+
+    answers = [a for part in await asyncio.gather(
+        *(batch(b, order) for b, order in enumerate(orders))) for a in part]
+    listed = await billing.stub.ListFeeCharges(pb.ListFeeChargesRequest(transaction_ids=ids))
+    stored = {c.transaction_id: c for c in listed.charges}
+    assert sorted(stored) == sorted(ids)
+    for tid, amt, outcome in answers:
+        if stored[tid].amount.minor_units == amt:
+            assert outcome.WhichOneof("outcome") == "result", (tid, outcome)
+            assert outcome.result.fee == stored[tid].fee
+        else:
+            assert reason_of(outcome.error) == "IDEMPOTENCY_CONFLICT", (tid, outcome)
+
+
+async def test_a_duplicate_committed_while_a_plain_charge_waits_is_answered_not_lost(billing):
+    """The race the one-statement path must survive: another writer's charge of the same
+    id commits after the statement's snapshot (so its replay check cannot see it) and
+    before its insert (which then inserts nothing). The charge is tried again and answers
+    from the stored charge: here one of other content, so IDEMPOTENCY_CONFLICT."""
+    await billing.stub.CreateFeeRule(create_rule(PLAIN))
+    await billing.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("SEED", 1000)))
+    async with billing.engine.connect() as holder:
+        await holder.execute(text(
+            "CREATE TEMP TABLE planted AS SELECT * FROM fee_charges WHERE transaction_id = 'SEED'"))
+        await holder.execute(text(
+            "UPDATE planted SET transaction_id = 'RACE', request_hash = '\\x00'::bytea"))
+        await holder.execute(text("INSERT INTO fee_charges SELECT * FROM planted"))
+        charging = asyncio.ensure_future(
+            billing.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("RACE", 1000))))
+        while True:  # until the charge waits on the planted row's lock
+            waiting = (await holder.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE '%INSERT INTO fee_charges%'"))).scalar_one()
+            if waiting:
+                break
+            assert not charging.done(), charging
+            await asyncio.sleep(0.02)
+        await holder.commit()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await charging
+    assert error_info(err.value).reason == "IDEMPOTENCY_CONFLICT"
+    listed = await billing.stub.ListFeeCharges(pb.ListFeeChargesRequest(transaction_ids=["RACE"]))
+    assert len(listed.charges) == 1
 
 
 async def test_a_retried_charge_returns_the_first_result_and_other_content_is_refused(billing):
