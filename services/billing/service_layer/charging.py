@@ -154,9 +154,7 @@ _INSERT_CHARGES = """
 INSERT INTO fee_charges (transaction_id, merchant_id, request_hash, currency, amount,
   transaction_type, transaction_time, product, rule_id, rule_version, collection_mode, fee,
   refund_fee_policy, rounding, bill_month, result)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::text[],
-  $7::timestamptz[], $8::text[], $9::text[], $10::int[], $11::text[], $12::bigint[], $13::text[],
-  $14::text[], $15::text[], $16::text[])
+SELECT * FROM unnest($1::fee_charge_row[])
 ON CONFLICT (transaction_id) DO NOTHING
 RETURNING transaction_id
 """
@@ -172,9 +170,7 @@ ins AS (
   INSERT INTO fee_charges (transaction_id, merchant_id, request_hash, currency, amount,
     transaction_type, transaction_time, product, rule_id, rule_version, collection_mode, fee,
     refund_fee_policy, rounding, bill_month, result)
-  SELECT * FROM unnest($3::text[], $4::text[], $5::bytea[], $6::text[], $7::bigint[],
-    $8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::int[], $13::text[],
-    $14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[])
+  SELECT * FROM unnest($3::fee_charge_row[])
   WHERE (SELECT generation FROM g) = $1
   ON CONFLICT (transaction_id) DO NOTHING
   RETURNING transaction_id
@@ -365,11 +361,9 @@ class Pricing:
             outcome = self._priced(t, v, 0, 0, None, None)
             planned.append(outcome)
             charge_rows.append(self._charge_row(t, v, hashes[i], outcome))
-        columns = ([list(c) for c in zip(*charge_rows, strict=True)] if charge_rows
-                   else [[] for _ in range(16)])
         async with self.db.connect() as conn:
             rows = await conn.fetch(
-                _CHARGE_PLAINLY, generation, [t.transaction_id for t in txns], *columns)
+                _CHARGE_PLAINLY, generation, [t.transaction_id for t in txns], charge_rows)
         if rows and rows[0]["gen"] != generation:
             # Rules changed through another instance: nothing was inserted.
             await self.book.at_generation(rows[0]["gen"])
@@ -411,7 +405,8 @@ class Pricing:
 
     @staticmethod
     def _charge_row(t: FeeTxn, v: Any, hash_: bytes, o: FeeOutcome) -> tuple[Any, ...]:
-        """The fee_charges row of a charge (the columns of the insert statements)."""
+        """The fee_charge_row of a charge (migration billing_0006): what the insert
+        statements take, one array of these per batch."""
         spec = v.spec
         return (
             t.transaction_id, t.merchant_id, hash_, t.currency, t.amount,
@@ -504,9 +499,7 @@ class Pricing:
             )
         await accounts.write(conn)
         if charge_rows:
-            inserted = await conn.fetch(
-                _INSERT_CHARGES, *[list(c) for c in zip(*charge_rows, strict=True)]
-            )
+            inserted = await conn.fetch(_INSERT_CHARGES, charge_rows)
             if len(inserted) != len(charge_rows):
                 raise _Retry
         return out  # type: ignore[return-value]

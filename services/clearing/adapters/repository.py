@@ -116,18 +116,12 @@ INSERT INTO clearing_details (
     content_hash, fee_status, state, fee, collection_mode, rule_id, rule_version,
     exception_reason, exception_message, exception_required, next_fee_attempt_at,
     exception_first_time, exception_last_time, exception_attempts, next_auto_retry_at)
-SELECT t.*, now() + make_interval(secs => $24),
+SELECT t.*, now() + make_interval(secs => $2),
     CASE WHEN t.state = 'EXCEPTION' THEN now() END,
     CASE WHEN t.state = 'EXCEPTION' THEN now() END,
     CASE WHEN t.state = 'EXCEPTION' THEN 1 ELSE 0 END,
-    CASE WHEN t.reason = '{PREPAID_SHORTFALL}' THEN now() + make_interval(secs => $25) END
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[],
-            $7::date[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-            $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::text[],
-            $19::text[], $20::int[], $21::text[], $22::text[], $23::bigint[])
-    AS t(id, type, merchant, currency, amount, time, day, original, product, line, acquirer,
-         issuer, card, hash, status, state, fee, mode, rule, version, reason, message,
-         required)
+    CASE WHEN t.reason = '{PREPAID_SHORTFALL}' THEN now() + make_interval(secs => $3) END
+FROM unnest($1::clearing_detail_row[]) AS t
 ON CONFLICT (detail_id) DO NOTHING
 RETURNING detail_id, create_time
 """
@@ -169,23 +163,13 @@ async def insert_transactions(
         return {}
     dates = [business_date(t.transaction_time, zone) for t in txs]
     decisions = [_decision(o) for o in outcomes]
+    # One clearing_detail_row per detail (migration clearing_0009).
     rows = await conn.fetch(
         _INSERT_TRANSACTIONS,
-        [t.transaction_id for t in txs],
-        [t.detail_type.value for t in txs],
-        [t.merchant_id for t in txs],
-        [t.currency for t in txs],
-        [t.amount for t in txs],
-        [t.transaction_time for t in txs],
-        dates,
-        [t.original_transaction_id for t in txs],
-        [t.product for t in txs],
-        [t.business_line for t in txs],
-        [t.acquirer_bank for t in txs],
-        [t.issuer_bank for t in txs],
-        [t.card_type for t in txs],
-        list(hashes),
-        *[list(column) for column in zip(*decisions, strict=True)],
+        [(t.transaction_id, t.detail_type.value, t.merchant_id, t.currency, t.amount,
+          t.transaction_time, day, t.original_transaction_id, t.product, t.business_line,
+          t.acquirer_bank, t.issuer_bank, t.card_type, h, *d)
+         for t, day, h, d in zip(txs, dates, hashes, decisions, strict=True)],
         first_retry_s,
         auto_retry_s,
     )
