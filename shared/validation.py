@@ -124,6 +124,21 @@ def has_control_characters(value: str, *, allow: str = "") -> bool:
     return any(m.group() not in allow for m in _CONTROL.finditer(value))
 
 
+def plain_tokens(required: tuple[str, ...], optional: tuple[str, ...]) -> bool:
+    """Whether `check_id` of each `required` value and `check_attribute` of each
+    `optional` one would pass: the common case, decided at once (one regex over all of
+    them), so a caller may skip the per-field checks and the paths they build. False
+    means "check them one by one", not that one is wrong."""
+    limit = min(MAX_ID_LENGTH, MAX_ATTRIBUTE_LENGTH)
+    for x in required:
+        if not x or len(x) > limit or x[0].isspace() or x[-1].isspace():
+            return False
+    for x in optional:
+        if x and (len(x) > limit or x[0].isspace() or x[-1].isspace()):
+            return False
+    return _CONTROL.search("".join(required) + "".join(optional)) is None
+
+
 def check_id(
     v: Violations, value: str, path: str, *, required: bool = True,
     max_length: int = MAX_ID_LENGTH,

@@ -12,6 +12,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared import validation as val
 from shared.errors import Violations
@@ -211,3 +213,21 @@ def test_a_misspelt_or_unknown_variable_is_warned_about():
     assert len(warnings) == 2
     assert warnings[0].startswith("BILING_PORT is not a setting") and "BILLING_PORT?" in warnings[0]
     assert warnings[1].startswith("BILLING_PORTT is not a setting")
+
+
+_TOKEN_PARTS = ["", "M1", " M1", "M1 ", "a b", "\x00", "x\x7f", "\u3000id", "id\u2028",
+                "商户", "\ud800", "x" * 64, "x" * 65, "\t", "é"]
+
+
+@given(st.lists(st.sampled_from(_TOKEN_PARTS) | st.text(max_size=70), min_size=1, max_size=3),
+       st.lists(st.sampled_from(_TOKEN_PARTS) | st.text(max_size=70), max_size=5))
+def test_plain_tokens_says_yes_only_when_every_field_check_passes(required, optional):
+    """The fast path may skip the per-field checks only where they find nothing; when it
+    says no, the caller checks one by one (so saying no too often is allowed, never yes)."""
+    v = Violations()
+    for i, x in enumerate(required):
+        val.check_id(v, x, f"r{i}")
+    for i, x in enumerate(optional):
+        val.check_attribute(v, x, f"o{i}")
+    plain = val.plain_tokens(tuple(required), tuple(optional))
+    assert plain == (not v.items)

@@ -152,15 +152,19 @@ _TXN_TYPES = {
 def txn_from_proto(t: pb.FeeTransaction, v: Violations, p: str = "transaction.") -> FeeTxn | None:
     """The FeeTxn, or None with violations added."""
     before = len(v.items)
-    check_id(t.transaction_id, f"{p}transaction_id", v)
-    check_id(t.merchant_id, f"{p}merchant_id", v)
+    plain = val.plain_tokens((t.transaction_id, t.merchant_id), (
+        t.product, t.business_line, t.acquirer_bank, t.issuer_bank, t.card_type))
+    if not plain:
+        check_id(t.transaction_id, f"{p}transaction_id", v)
+        check_id(t.merchant_id, f"{p}merchant_id", v)
     kind = _TXN_TYPES.get(t.transaction_type)
     if kind is None:
         v.add(f"{p}transaction_type", "PAYMENT or PAYOUT (refunds go through RefundFee; QuoteRefundFee quotes one)")
     check_money(t.amount, t.HasField("amount"), f"{p}amount", v)
     moment = timestamp(t.transaction_time, t.HasField("transaction_time"), f"{p}transaction_time", v)
-    for name in ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
-        val.check_attribute(v, getattr(t, name), f"{p}{name}")
+    if not plain:
+        for name in ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
+            val.check_attribute(v, getattr(t, name), f"{p}{name}")
     if len(v.items) > before or moment is None:
         return None
     return FeeTxn(

@@ -131,15 +131,16 @@ Decision = tuple[str, str, int, str, str, int, str, str, int | None]
 
 def _decision(o: FeeOutcome | None) -> Decision:
     """(fee_status, state, fee, mode, rule, version, reason, message, required) of a
-    detail after `o`; `required` only for a prepaid shortfall."""
+    detail after `o`; `required` only for a prepaid shortfall. The status and state are
+    the StrEnum members themselves (strings; `.value` is a property lookup per call)."""
     if isinstance(o, Priced):
         f = o.fee
-        return (FeeStatus.KNOWN.value, DetailState.UNSETTLED.value,
+        return (FeeStatus.KNOWN, DetailState.UNSETTLED,
                 f.amount, f.collection_mode, f.rule_id, f.rule_version, "", "", None)
     if isinstance(o, Refused):
-        return (FeeStatus.REFUSED.value, DetailState.EXCEPTION.value, 0, "", "", 0, o.reason,
+        return (FeeStatus.REFUSED, DetailState.EXCEPTION, 0, "", "", 0, o.reason,
                 o.message, o.required if o.reason == PREPAID_SHORTFALL else None)
-    return (FeeStatus.PENDING.value, DetailState.UNSETTLED.value, 0, "", "", 0, "", "", None)
+    return (FeeStatus.PENDING, DetailState.UNSETTLED, 0, "", "", 0, "", "", None)
 
 
 def _decision_columns(outcomes: Iterable[FeeOutcome | None]) -> list[list[Any]]:
@@ -166,7 +167,7 @@ async def insert_transactions(
     # One clearing_detail_row per detail (migration clearing_0009).
     rows = await conn.fetch(
         _INSERT_TRANSACTIONS,
-        [(t.transaction_id, t.detail_type.value, t.merchant_id, t.currency, t.amount,
+        [(t.transaction_id, t.detail_type, t.merchant_id, t.currency, t.amount,
           t.transaction_time, day, t.original_transaction_id, t.product, t.business_line,
           t.acquirer_bank, t.issuer_bank, t.card_type, h, *d)
          for t, day, h, d in zip(txs, dates, hashes, decisions, strict=True)],
@@ -184,7 +185,7 @@ async def insert_transactions(
         create_time = created.get(t.transaction_id)
         if create_time is None:
             continue
-        refused = state == DetailState.EXCEPTION.value
+        refused = state == DetailState.EXCEPTION
         details[t.transaction_id] = new_detail(
             t,
             day,
@@ -203,7 +204,7 @@ async def insert_transactions(
                 required or 0,
             ) if refused else None,
         )
-        if status == FeeStatus.PENDING.value:
+        if status == FeeStatus.PENDING:
             details[t.transaction_id].next_fee_attempt_at = (
                 create_time + dt.timedelta(seconds=first_retry_s))
     return details

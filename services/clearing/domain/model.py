@@ -17,6 +17,7 @@ from shared.validation import (
     check_id,
     check_moment,
     check_text,
+    plain_tokens,
 )
 
 # The limits (id and attribute lengths, the time window, amounts) are the shared model's:
@@ -236,9 +237,13 @@ def validate_transaction(v: Violations, t: TransactionIn | None, prefix: str, *,
     if t is None:
         v.add(prefix.rstrip("."), "required")
         return
-    check_id(v, t.transaction_id, prefix + "transaction_id")
+    plain = plain_tokens((t.transaction_id, t.merchant_id), (
+        t.product, t.business_line, t.acquirer_bank, t.issuer_bank, t.card_type))
+    if not plain:
+        check_id(v, t.transaction_id, prefix + "transaction_id")
     v.check(type_ok, prefix + "transaction_type", "must be PAYMENT or REFUND")
-    check_id(v, t.merchant_id, prefix + "merchant_id")
+    if not plain:
+        check_id(v, t.merchant_id, prefix + "merchant_id")
     check_currency(v, t.currency, prefix + "amount.currency_code")
     check_amount(v, t.amount, prefix + "amount.minor_units")
     _check_time(v, t.transaction_time, has_time, prefix + "transaction_time")
@@ -249,8 +254,9 @@ def validate_transaction(v: Violations, t: TransactionIn | None, prefix: str, *,
     elif type_ok:
         v.check(not t.original_transaction_id, prefix + "original_transaction_id",
                 "only a refund names an original transaction")
-    for name in ATTRIBUTES:
-        check_attribute(v, getattr(t, name), prefix + name)
+    if not plain:
+        for name in ATTRIBUTES:
+            check_attribute(v, getattr(t, name), prefix + name)
 
 
 def validate_adjustment(v: Violations, a: AdjustmentIn, *, has_time: bool) -> None:

@@ -170,9 +170,11 @@ def _exception_into(m: pb.ExceptionInfo, e: ExceptionAge) -> None:
 
 def detail_into(m: pb.ClearingDetail, d: Detail) -> None:
     """`detail(d)` written into a message in place (a batch answer's 1,000 details: no
-    intermediate messages to copy)."""
+    intermediate messages to copy). The maps are keyed by the enums' string values; a
+    StrEnum member hashes and compares as its value, so it looks itself up without
+    `.value` (a property call per field per detail)."""
     m.detail_id = d.detail_id
-    m.detail_type = DETAIL_TYPES[d.detail_type.value]
+    m.detail_type = DETAIL_TYPES[d.detail_type]
     m.merchant_id = d.merchant_id
     amount = m.amount
     amount.currency_code = d.currency
@@ -187,14 +189,14 @@ def detail_into(m: pb.ClearingDetail, d: Detail) -> None:
     m.acquirer_bank = d.acquirer_bank
     m.issuer_bank = d.issuer_bank
     m.card_type = d.card_type
-    m.fee_status = FEE_STATUSES[d.fee_status.value]
+    m.fee_status = FEE_STATUSES[d.fee_status]
     fee = m.fee
     fee.currency_code = d.currency
     fee.minor_units = d.fee
     m.collection_mode = MODES[d.collection_mode]
     m.rule_id = d.rule_id
     m.rule_version = d.rule_version
-    m.state = STATES[d.state.value]
+    m.state = STATES[d.state]
     m.batch_id = d.batch_id
     m.exception_reason = d.exception_reason
     m.adjustment_reason = d.adjustment_reason
