@@ -8,10 +8,10 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from sqlalchemy import text
 from clearhouse.billing.v1 import billing_pb2 as pb
 from clearhouse.billing.v1 import billing_pb2_grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from sqlalchemy import text
 
 from services.billing.bootstrap import build_app
 from services.billing.settings import BillingSettings
