@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.clearing.domain.model import Detail, Fee
-from services.clearing.domain.pricing import FeeOutcome, Priced, Refused, Unknown
+from services.clearing.domain.pricing import Chargeable, FeeOutcome, Priced, Refused, Unknown
 from shared.client_security import ClientSecurity
 from shared.convert import datetime_to_ts, ts_to_datetime, write_ts
 from shared.errors import reason_of
@@ -47,13 +47,13 @@ _REFUSALS = {
 }
 
 
-def _fee_transaction(d: Detail) -> billing_pb2.FeeTransaction:
+def _fee_transaction(d: Chargeable) -> billing_pb2.FeeTransaction:
     m = billing_pb2.FeeTransaction()
     _fee_transaction_into(m, d)
     return m
 
 
-def _fee_transaction_into(m: billing_pb2.FeeTransaction, d: Detail) -> None:
+def _fee_transaction_into(m: billing_pb2.FeeTransaction, d: Chargeable) -> None:
     """`d` written in place, e.g. into a batch request (no per-item messages built and
     then copied)."""
     m.transaction_id = d.detail_id
@@ -81,7 +81,7 @@ def _refund_request(d: Detail) -> billing_pb2.RefundFeeRequest:
     return r
 
 
-def _priced(d: Detail, money: money_pb2.Money, r: Any) -> FeeOutcome:
+def _priced(d: Chargeable, money: money_pb2.Money, r: Any) -> FeeOutcome:
     """`r`: billing's FeeResult or RefundFeeResult, whose fee is `money`."""
     mode = r.collection_mode
     fee, version = money.minor_units, r.rule_version
@@ -168,7 +168,7 @@ class BillingClient:
             await self._channel.close()
             self._channel, self._stub = None, None
 
-    async def charge(self, d: Detail) -> FeeOutcome:
+    async def charge(self, d: Chargeable) -> FeeOutcome:
         try:
             resp = await self._billing().ChargeFee(
                 billing_pb2.ChargeFeeRequest(transaction=_fee_transaction(d)),
@@ -185,7 +185,9 @@ class BillingClient:
             return _from_rpc_error(err)
         return _priced(d, resp.result.fee_returned, resp.result)
 
-    async def charge_many(self, details: Sequence[Detail], quick: bool = False) -> list[FeeOutcome]:
+    async def charge_many(
+        self, details: Sequence[Chargeable], quick: bool = False
+    ) -> list[FeeOutcome]:
         """`quick`: the batch stands for unary calls (group commit), so it gets the unary
         deadline: past it the fees are left pending, as a unary call's would be."""
         if len(details) <= 1:
@@ -212,7 +214,7 @@ class BillingClient:
         what: str,
         rpc: Any,
         request: Any,
-        details: Sequence[Detail],
+        details: Sequence[Chargeable],
         quick: bool,
         fee_of: Callable[[Any], money_pb2.Money],
     ) -> list[FeeOutcome]:

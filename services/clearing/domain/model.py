@@ -6,9 +6,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
-from zoneinfo import ZoneInfo
 
-from shared.business_time import business_date
 from shared.errors import Violations
 from shared.validation import (
     check_amount,
@@ -67,6 +65,12 @@ class TransactionIn:
     acquirer_bank: str = ""
     issuer_bank: str = ""
     card_type: str = ""
+
+    @property
+    def detail_id(self) -> str:
+        """The id of the detail it becomes (its own): billing is asked about a payment
+        by the same fields before its detail exists (`pricing.Chargeable`)."""
+        return self.transaction_id
 
     def content_hash(self) -> str:
         """What must match for a repeat of this transaction id to be the same request."""
@@ -281,12 +285,6 @@ def _check_time(v: Violations, moment: dt.datetime, present: bool, path: str) ->
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
     """Exponential backoff after `attempts` failed tries: initial, 2x, 4x, … capped."""
     return float(min(maximum, initial * (2 ** min(attempts, 30))))
-
-
-def unrecorded_detail(t: TransactionIn, zone: ZoneInfo) -> Detail:
-    """The detail a transaction will become, fee still pending: what billing is asked
-    about before the detail is stored."""
-    return new_detail(t, business_date(t.transaction_time, zone))
 
 
 def new_detail(

@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
+from typing import Protocol
 
 from services.clearing.domain.model import Fee
+
+
+class Chargeable(Protocol):
+    """What billing is asked to charge: a stored detail (pending, retried) or a payment
+    whose detail is about to be stored (a TransactionIn, with no Detail built for it)."""
+
+    @property
+    def detail_id(self) -> str: ...
+    @property
+    def merchant_id(self) -> str: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def amount(self) -> int: ...
+    @property
+    def transaction_time(self) -> dt.datetime: ...
+    @property
+    def product(self) -> str: ...
+    @property
+    def business_line(self) -> str: ...
+    @property
+    def acquirer_bank(self) -> str: ...
+    @property
+    def issuer_bank(self) -> str: ...
+    @property
+    def card_type(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,7 +172,9 @@ def detail_into(m: pb.ClearingDetail, d: Detail) -> None:
     """`detail(d)` written into a message in place (a batch answer's 1,000 details: no
     intermediate messages to copy). The maps are keyed by the enums' string values; a
     StrEnum member hashes and compares as its value, so it looks itself up without
-    `.value` (a property call per field per detail)."""
+    `.value` (a property call per field per detail). `m` must be new: the fields that
+    are often empty are set only when they are not (proto3 has no presence for them, so
+    "" and unset are the same message), which is cheaper than setting them to ""."""
     m.detail_id = d.detail_id
     m.detail_type = DETAIL_TYPES[d.detail_type]
     m.merchant_id = d.merchant_id
@@ -183,11 +185,14 @@ def detail_into(m: pb.ClearingDetail, d: Detail) -> None:
     b = m.business_date
     bd = d.business_date
     b.year, b.month, b.day = bd.year, bd.month, bd.day
-    m.original_transaction_id = d.original_transaction_id
+    if d.original_transaction_id:
+        m.original_transaction_id = d.original_transaction_id
     m.product = d.product
     m.business_line = d.business_line
-    m.acquirer_bank = d.acquirer_bank
-    m.issuer_bank = d.issuer_bank
+    if d.acquirer_bank:
+        m.acquirer_bank = d.acquirer_bank
+    if d.issuer_bank:
+        m.issuer_bank = d.issuer_bank
     m.card_type = d.card_type
     m.fee_status = FEE_STATUSES[d.fee_status]
     fee = m.fee
@@ -197,9 +202,12 @@ def detail_into(m: pb.ClearingDetail, d: Detail) -> None:
     m.rule_id = d.rule_id
     m.rule_version = d.rule_version
     m.state = STATES[d.state]
-    m.batch_id = d.batch_id
-    m.exception_reason = d.exception_reason
-    m.adjustment_reason = d.adjustment_reason
+    if d.batch_id:
+        m.batch_id = d.batch_id
+    if d.exception_reason:
+        m.exception_reason = d.exception_reason
+    if d.adjustment_reason:
+        m.adjustment_reason = d.adjustment_reason
     write_ts(m.create_time, d.create_time)
     if d.exception is not None:
         _exception_into(m.exception, d.exception)

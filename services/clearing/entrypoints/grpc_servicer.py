@@ -33,7 +33,9 @@ ERROR_DOMAIN = "clearing.clearhouse"
 
 
 def _recorded(d: Detail) -> pb.RecordTransactionResponse:
-    return pb.RecordTransactionResponse(detail=convert.detail(d), fee_pending=d.fee_pending)
+    r = pb.RecordTransactionResponse(fee_pending=d.fee_pending)
+    convert.detail_into(r.detail, d)  # in place: no detail message built and copied
+    return r
 
 
 def _business_dates(

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from services.clearing.adapters import repository as repo
 from services.clearing.domain.model import ORIGINAL_IN_EXCEPTION, Detail, DetailType, FeeStatus
-from services.clearing.domain.pricing import FeeOutcome, Refused, Unknown
+from services.clearing.domain.pricing import Chargeable, FeeOutcome, Refused, Unknown
 from services.clearing.service_layer.unit_of_work import Database
 
 BILLING_BATCH = 1000
@@ -18,7 +18,7 @@ class FeePricing(Protocol):
     """What clearing needs of billing (adapters.billing_client.BillingClient)."""
 
     async def charge_many(
-        self, details: Sequence[Detail], quick: bool = False
+        self, details: Sequence[Chargeable], quick: bool = False
     ) -> list[FeeOutcome]: ...
 
     async def refund_many(
@@ -91,7 +91,7 @@ class Pricer:
         return {i: repo.to_detail(row) for i, row in applied.rows.items()}
 
     async def charge_unrecorded(
-        self, details: Sequence[Detail], quick: bool = False
+        self, details: Sequence[Chargeable], quick: bool = False
     ) -> list[FeeOutcome]:
         """Billing's answers for payments not stored yet (stored with them by the caller).
         `quick`: unary calls are waiting (billing gets the unary deadline)."""

@@ -24,7 +24,6 @@ from services.clearing.domain.model import (
     Detail,
     DetailType,
     TransactionIn,
-    unrecorded_detail,
 )
 from services.clearing.domain.pricing import FeeOutcome
 from services.clearing.service_layer.pricing import Pricer
@@ -104,9 +103,7 @@ class Recorder:
              if t.detail_type is DetailType.PAYMENT and t.transaction_id not in seen),
             key=lambda t: t.transaction_id,
         )
-        outcomes = await self.pricer.charge_unrecorded(
-            [unrecorded_detail(t, self.zone) for t in fresh], quick
-        )
+        outcomes = await self.pricer.charge_unrecorded(fresh, quick)
         refunds = [t for t in txs if t.detail_type is DetailType.REFUND]
         errors: dict[str, DomainError] = {}
         async with self.db.connect() as conn:
