@@ -121,6 +121,11 @@ class Guard:
     def __init__(self, rules: dict[str, Rule], identities: Iterable[Identity]) -> None:
         self.rules = rules
         self._tokens = {i.token_sha256: Caller(i.name, i.role, "token") for i in identities}
+        # Tokens already seen to be a known caller's, so a caller's next call costs a
+        # dict lookup instead of a SHA-256 (~5 µs of a unary call when measured). Only
+        # known tokens enter it, so it holds at most one entry per identity: a flood of
+        # made-up tokens cannot grow it. The identities are fixed for the Guard's life.
+        self._known: dict[str, Caller] = {}
         self._certificates = {
             (name + CALLER_SAN_SUFFIX).encode(): Caller(name, SERVICE, "certificate")
             for name in SERVICE_CALLERS
@@ -135,9 +140,13 @@ class Guard:
             token = token.strip()
             if scheme.lower() != "bearer" or not token:
                 raise _MALFORMED
-            caller = self._tokens.get(token_hash(token))
+            caller = self._known.get(token)
             if caller is None:
-                raise _UNKNOWN_TOKEN
+                caller = self._tokens.get(token_hash(token))
+                if caller is None:
+                    raise _UNKNOWN_TOKEN
+                if len(self._known) < len(self._tokens):
+                    self._known[token] = caller
             return caller
         for san in context.auth_context().get("x509_subject_alternative_name", ()):
             caller = self._certificates.get(san)
