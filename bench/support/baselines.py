@@ -4,8 +4,15 @@ recording is a ratio to.
 The rows go into a table of the same definition and indexes as `clearing_details` (LIKE
 … INCLUDING ALL) in a schema of their own, 1,000 rows per statement from as many
 concurrent connections as the recording has callers: `unnest` (one INSERT … SELECT FROM
-unnest of the 21 columns clearing writes, as its batch insert does, without the
-idempotency check) and COPY (asyncpg's binary copy_records_to_table).
+unnest of ONE array of a row type holding the 21 columns clearing writes, the way its
+batch insert sends them since clearing_0009, without the idempotency check) and COPY
+(asyncpg's binary copy_records_to_table).
+
+Until 1 Dec the unnest baseline sent one array per column, as clearing then did. asyncpg
+checks every element of every array against collections.abc, ~7 µs of client CPU per
+row on the 2 cores PostgreSQL shares, so that baseline was slower than it needed to be;
+once clearing sent row arrays, keeping it would have flattered the ratio by exactly the
+change measured (bench/README.md).
 """
 
 from __future__ import annotations
@@ -27,9 +34,13 @@ _TYPES = (
     "text", "text", "text", "text", "bigint", "timestamptz", "date", "text", "text", "text",
     "text", "text", "text", "text", "text", "text", "bigint", "text", "text", "int", "text",
 )
+_ROW_TYPE = (
+    "CREATE TYPE baseline_row AS ("
+    + ", ".join(f"{c} {t}" for c, t in zip(COLUMNS, _TYPES, strict=True)) + ")"
+)
 _UNNEST = (
-    f"INSERT INTO baseline_details ({', '.join(COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES)) + ")"
+    f"INSERT INTO baseline_details ({', '.join(COLUMNS)}) "
+    "SELECT * FROM unnest($1::baseline_row[])"
 )
 T0 = dt.datetime(2026, 3, 2, 4, tzinfo=dt.UTC)
 
@@ -52,6 +63,11 @@ async def prepare(dsn: str, schema: str, like: str) -> None:
         await conn.execute(
             f'CREATE TABLE IF NOT EXISTS "{schema}".baseline_details '
             f'(LIKE "{like}".clearing_details INCLUDING ALL)')
+        exists = await conn.fetchval(
+            "SELECT 1 FROM pg_type WHERE typname = 'baseline_row' "
+            "AND typnamespace = to_regnamespace($1)", schema)
+        if not exists:
+            await conn.execute(f'SET search_path = "{schema}"; {_ROW_TYPE}')
     finally:
         await conn.close()
 
@@ -62,7 +78,6 @@ async def insert_rate(
     """Rows per second of `batches` statements of 1,000 rows each (`how`: "unnest" or
     "copy") from `workers` connections; rows are built before the clock starts."""
     work = [rows(f"{tag}-{b}", 1000) for b in range(batches)]
-    arrays = [[list(c) for c in zip(*batch, strict=True)] for batch in work]
     conns = [await asyncpg.connect(dsn, server_settings={"search_path": schema})
              for _ in range(workers)]
     try:
@@ -75,7 +90,7 @@ async def insert_rate(
                     await conn.copy_records_to_table(
                         "baseline_details", records=work[b], columns=list(COLUMNS))
                 else:
-                    await conn.execute(_UNNEST, *arrays[b])
+                    await conn.execute(_UNNEST, work[b])
 
         started = time.perf_counter()
         await asyncio.gather(*[worker(c) for c in conns])
