@@ -208,7 +208,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     async def ChargeFee(self, request: pb.ChargeFeeRequest, context: Any) -> pb.ChargeFeeResponse:
         outcome = _raise(await self.charges.submit(self._txn(request.transaction)))
-        return pb.ChargeFeeResponse(result=c.outcome_to_proto(outcome))
+        response = pb.ChargeFeeResponse()
+        c.outcome_into(response.result, outcome)  # in place: no result built and copied
+        return response
 
     async def RefundFee(self, request: pb.RefundFeeRequest, context: Any) -> pb.RefundFeeResponse:
         v = Violations()
