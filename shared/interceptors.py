@@ -51,11 +51,12 @@ _OBJECT_FIELDS = ("rule_id", "batch_id", "payout_id", "bill_id", "adjustment_id"
                   "transaction_id", "run_id", "merchant_id", "approval_id")
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps unary-unary handlers (every Clearhouse RPC is unary).
+class ServerInterceptor:
+    """The checks around every unary-unary handler (every Clearhouse RPC is unary).
 
-    grpc.aio asks the interceptor once per call, so the wrapped handler is built once
-    per method and cached: the per-call cost is only the wrapper itself.
+    Not a grpc.aio interceptor, which grpc.aio would ask on every call: `shared.server`
+    passes each method's handler through `handler_for` once, when the servicers are
+    added (`shared.server.WrappingRegistrar`), so the per-call cost is the wrapper alone.
 
     With a guard, every call but the health check must name a known caller that the
     method's permission rule allows; a method in no table is refused to everyone, and so
@@ -78,28 +79,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self.rules = rules if rules is not None else (guard.rules if guard else {})
         self.audit_sink = audit_sink
         self.approvals = approvals if guard is not None else None
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = (handler, self.handler_for(method, handler))
-            self._wrapped[method] = cached
-        return cached[1]
 
     def handler_for(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """What is served for `method` instead of `handler`: a unary handler wrapped in
-        the checks above, a stream passed through or refused. `shared.server` calls this
-        once per method when the servicers are added (`wrapping_registrar`), which costs
-        nothing per call; as an interceptor the lookup would run on every call."""
+        the checks above, a stream passed through or refused."""
         if handler.unary_unary is None:
             if self.guard is None or is_open(method) or method.startswith(REFLECTION_PREFIX):
                 return handler
