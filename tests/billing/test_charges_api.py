@@ -103,12 +103,16 @@ async def test_concurrent_batches_repeating_each_others_ids_charge_each_id_once(
             assert reason_of(outcome.error) == "IDEMPOTENCY_CONFLICT", (tid, outcome)
 
 
-async def test_a_duplicate_committed_while_a_plain_charge_waits_is_answered_not_lost(billing):
-    """The race the one-statement path must survive: another writer's charge of the same
-    id commits after the statement's snapshot (so its replay check cannot see it) and
-    before its insert (which then inserts nothing). The charge is tried again and answers
-    from the stored charge: here one of other content, so IDEMPOTENCY_CONFLICT."""
-    await billing.stub.CreateFeeRule(create_rule(PLAIN))
+@pytest.mark.parametrize(("rule", "statement"), [
+    (PLAIN, "INSERT INTO fee_charges"), (GRADUATED, "charge_counted")], ids=["plain", "counted"])
+async def test_a_duplicate_committed_while_a_charge_waits_is_answered_not_lost(
+        billing, rule, statement):
+    """The race the one-statement paths (plain, and the write of a counted batch) must
+    survive: another writer's charge of the same id commits after the replay check read
+    and before the insert (which then inserts nothing). The charge is tried again and
+    answers from the stored charge: here one of other content, so IDEMPOTENCY_CONFLICT,
+    and the counter keeps only what was charged."""
+    await billing.stub.CreateFeeRule(create_rule(rule))
     await billing.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("SEED", 1000)))
     async with billing.engine.connect() as holder:
         await holder.execute(text(
@@ -121,7 +125,7 @@ async def test_a_duplicate_committed_while_a_plain_charge_waits_is_answered_not_
         while True:  # until the charge waits on the planted row's lock
             waiting = (await holder.execute(text(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE '%INSERT INTO fee_charges%'"))).scalar_one()
+                f"AND query LIKE '%{statement}%'"))).scalar_one()
             if waiting:
                 break
             assert not charging.done(), charging
@@ -132,6 +136,39 @@ async def test_a_duplicate_committed_while_a_plain_charge_waits_is_answered_not_
     assert error_info(err.value).reason == "IDEMPOTENCY_CONFLICT"
     listed = await billing.stub.ListFeeCharges(pb.ListFeeChargesRequest(transaction_ids=["RACE"]))
     assert len(listed.charges) == 1
+    if rule is GRADUATED:  # SEED's 1,000 only: the planted row never went through counters
+        assert await _counters(billing.stub, "M1") == (1000, 1)
+
+
+async def test_a_counter_moved_while_a_counted_charge_waits_is_priced_from_where_it_moved(billing):
+    """The race of the two-round-trip counted path: the counter is read, the charge
+    priced from it, and meanwhile another writer moves the counter (here past two tiers)
+    and commits before the write. The write must notice, change nothing, and the charge
+    be priced again from the counter as it now is, through the careful path."""
+    await billing.stub.CreateFeeRule(create_rule(GRADUATED))
+    await billing.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("FIRST", 1000)))
+    async with billing.engine.connect() as holder:
+        await holder.execute(text(
+            "UPDATE fee_counters SET amount = amount + 30000, count = count + 1 "
+            "WHERE merchant_id = 'M1'"))
+        charging = asyncio.ensure_future(
+            billing.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("RACE", 1000))))
+        while True:  # until the counted write waits on the held counter's lock
+            waiting = (await holder.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE '%charge_counted%'"))).scalar_one()
+            if waiting:
+                break
+            assert not charging.done(), charging
+            await asyncio.sleep(0.02)
+        await holder.commit()
+    result = (await charging).result
+    # Priced from 31,000 (0.21 %), not from the 1,000 read before the move (1 %).
+    assert (result.cumulative_amount_before, result.cumulative_count_before) == (31000, 2)
+    assert Decimal(result.exact_fee) == Decimal("2.1")
+    assert await _counters(billing.stub, "M1") == (32000, 3)
+    listed = await billing.stub.ListFeeCharges(pb.ListFeeChargesRequest(transaction_ids=["RACE"]))
+    assert [c.fee.minor_units for c in listed.charges] == [result.fee.minor_units] == [2]
 
 
 async def test_a_retried_charge_returns_the_first_result_and_other_content_is_refused(billing):
