@@ -90,6 +90,72 @@ class RequestIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(client_call_details, request)
 
 
+class _WithMetadata:
+    """A unary-unary multi-callable whose calls carry the current request id (unless the
+    caller set one) and the bearer token (in place of any the caller set)."""
+
+    __slots__ = ("_call", "_token")
+
+    def __init__(self, call: Any, token: str | None) -> None:
+        self._call = call
+        self._token = token
+
+    def __call__(self, request: Any, *, timeout: float | None = None,
+                 metadata: Any = None, **kwargs: Any) -> Any:
+        pairs = list(metadata or ())
+        request_id = current_request_id.get()
+        if request_id and not any(k == REQUEST_ID_KEY for k, _ in pairs):
+            pairs.append((REQUEST_ID_KEY, request_id))
+        if self._token is not None:
+            pairs = [(k, v) for k, v in pairs if k != AUTHORIZATION_KEY]
+            pairs.append((AUTHORIZATION_KEY, f"Bearer {self._token}"))
+        return self._call(request, timeout=timeout, metadata=tuple(pairs) or None, **kwargs)
+
+
+class MetadataChannel(grpc.aio.Channel):
+    """A grpc.aio channel whose unary calls carry what RequestIdClientInterceptor and
+    BearerToken add, as call metadata (no interceptor); everything else is the channel's."""
+
+    def __init__(self, channel: grpc.aio.Channel, token: SecretStr | None) -> None:
+        self._channel = channel
+        self._token = token.get_secret_value() if token is not None else None
+
+    def unary_unary(self, method: str, request_serializer: Any = None,
+                    response_deserializer: Any = None, *args: Any, **kwargs: Any) -> Any:
+        return _WithMetadata(self._channel.unary_unary(
+            method, request_serializer, response_deserializer, *args, **kwargs), self._token)
+
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.unary_stream(*args, **kwargs)
+
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_unary(*args, **kwargs)
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_stream(*args, **kwargs)
+
+    async def __aenter__(self) -> MetadataChannel:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._channel.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
+
+    def __repr__(self) -> str:
+        return f"MetadataChannel({self._channel!r})"
+
+
 @dataclass(frozen=True)
 class ClientSecurity:
     """How a client reaches a Clearhouse service: TLS roots, its own certificate (mutual
@@ -131,7 +197,17 @@ class ClientSecurity:
 
     def channel(self, address: str,
                 interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> grpc.aio.Channel:
-        """An asyncio channel passing request ids (and the token) on."""
+        """An asyncio channel passing request ids (and the token) on. Without further
+        `interceptors` (a service calling another with tracing off) they travel as call
+        metadata added by `MetadataChannel`, not by grpc.aio client interceptors: any
+        interceptor makes every call an intercepted one, ~60 µs more of the caller's CPU
+        when measured (a task and a second call object per call)."""
+        if not interceptors:
+            if self.plaintext:
+                plain = grpc.aio.insecure_channel(address, options=_OPTIONS)
+            else:
+                plain = grpc.aio.secure_channel(address, self.credentials(), options=_OPTIONS)
+            return MetadataChannel(plain, self.token)
         chain: list[grpc.aio.ClientInterceptor] = [*interceptors, RequestIdClientInterceptor()]
         if self.token is not None:
             chain.append(BearerToken(self.token))

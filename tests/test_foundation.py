@@ -401,3 +401,45 @@ async def test_the_request_id_is_passed_on_to_downstream_calls_and_generated_whe
     finally:
         await upstream.stop(None)
         await downstream.stop(None)
+
+
+class _Headers(payout_pb2_grpc.PayoutGatewayServiceServicer):
+    def __init__(self):
+        self.seen: list[list[tuple[str, str]]] = []
+
+    async def GetPayout(self, request, context):
+        self.seen.append([(k, v) for k, v in context.invocation_metadata()
+                          if k in ("authorization", "x-request-id", "x-other")])
+        return payout_pb2.GetPayoutResponse()
+
+
+async def test_a_channel_without_interceptors_still_sends_the_token_and_the_request_id():
+    """ClientSecurity.channel() with no interceptors adds them as call metadata
+    (MetadataChannel): the token in place of any the caller set, the current request id
+    unless the caller set one, the caller's other metadata kept."""
+    from pydantic import SecretStr
+
+    from shared.client_security import MetadataChannel
+    from shared.request_context import current_request_id
+
+    headers = _Headers()
+    downstream = await server.start(_app(headers))
+    try:
+        security = ClientSecurity.insecure(token=SecretStr("s3cret"))
+        async with security.channel(f"127.0.0.1:{downstream.port}") as channel:
+            assert isinstance(channel, MetadataChannel) and "s3cret" not in repr(channel)
+            stub = payout_pb2_grpc.PayoutGatewayServiceStub(channel)
+            reset = current_request_id.set("rid-1")
+            try:
+                await stub.GetPayout(payout_pb2.GetPayoutRequest())
+                await stub.GetPayout(payout_pb2.GetPayoutRequest(), metadata=(
+                    ("authorization", "Bearer other"), ("x-request-id", "mine"),
+                    ("x-other", "kept")))
+            finally:
+                current_request_id.reset(reset)
+        assert headers.seen == [
+            [("x-request-id", "rid-1"), ("authorization", "Bearer s3cret")],
+            [("x-request-id", "mine"), ("x-other", "kept"), ("authorization", "Bearer s3cret")],
+        ]
+    finally:
+        await downstream.stop(None)
