@@ -124,19 +124,35 @@ def has_control_characters(value: str, *, allow: str = "") -> bool:
     return any(m.group() not in allow for m in _CONTROL.finditer(value))
 
 
+_PLAIN_LIMIT = min(MAX_ID_LENGTH, MAX_ATTRIBUTE_LENGTH)
+
+
 def plain_tokens(required: tuple[str, ...], optional: tuple[str, ...]) -> bool:
     """Whether `check_id` of each `required` value and `check_attribute` of each
     `optional` one would pass: the common case, decided at once (one regex over all of
     them), so a caller may skip the per-field checks and the paths they build. False
     means "check them one by one", not that one is wrong."""
-    limit = min(MAX_ID_LENGTH, MAX_ATTRIBUTE_LENGTH)
+    limit = _PLAIN_LIMIT
+    joined = "".join(required) + "".join(optional)
+    if joined.isascii():
+        # ASCII (the common case): the control characters are exactly the unprintable
+        # ones, and the one whitespace character that is printable is the space.
+        if not joined.isprintable():
+            return False
+        for x in required:
+            if not x or len(x) > limit or x[0] == " " or x[-1] == " ":
+                return False
+        for x in optional:
+            if x and (len(x) > limit or x[0] == " " or x[-1] == " "):
+                return False
+        return True
     for x in required:
         if not x or len(x) > limit or x[0].isspace() or x[-1].isspace():
             return False
     for x in optional:
         if x and (len(x) > limit or x[0].isspace() or x[-1].isspace()):
             return False
-    return _CONTROL.search("".join(required) + "".join(optional)) is None
+    return _CONTROL.search(joined) is None
 
 
 def check_id(
@@ -285,6 +301,25 @@ def check_decimal(
 
 # --- time --------------------------------------------------------------------------------
 
+# The window in whole seconds since the epoch: both ends are whole seconds, so a
+# Timestamp is inside it exactly when its seconds are (its nanos add less than one).
+_WINDOW_SECONDS = (int((EARLIEST_TIME - _EPOCH).total_seconds()),
+                   int((LATEST_TIME - _EPOCH).total_seconds()))
+assert EARLIEST_TIME.microsecond == LATEST_TIME.microsecond == 0
+_from_timestamp = dt.datetime.fromtimestamp
+
+
+def moment_in_window(seconds: int, nanos: int) -> dt.datetime | None:
+    """The UTC moment (microseconds) of a valid Timestamp within [EARLIEST_TIME,
+    LATEST_TIME), or None: `check_timestamp` without the violations, for the fast path
+    of a batch item (fromtimestamp of whole seconds is exact, and ~2x cheaper than
+    adding a timedelta to the epoch)."""
+    if not (_WINDOW_SECONDS[0] <= seconds < _WINDOW_SECONDS[1] and 0 <= nanos < 1_000_000_000):
+        return None
+    moment = _from_timestamp(seconds, dt.UTC)
+    return moment.replace(microsecond=nanos // 1000) if nanos >= 1000 else moment
+
+
 def check_timestamp(
     v: Violations, seconds: int, nanos: int, path: str, *, present: bool = True,
     required: bool = True,
@@ -295,14 +330,14 @@ def check_timestamp(
         if required:
             v.add(path, "required")
         return None
+    moment = moment_in_window(seconds, nanos)
+    if moment is not None:
+        return moment
     if not (_TS_SECONDS_MIN <= seconds <= _TS_SECONDS_MAX and 0 <= nanos < 1_000_000_000):
         v.add(path, "not a valid timestamp (nanos must be in [0, 1e9))")
-        return None
-    moment = _EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000)
-    if not EARLIEST_TIME <= moment < LATEST_TIME:
+    else:
         v.add(path, TIME_RANGE)
-        return None
-    return moment
+    return None
 
 
 def check_moment(v: Violations, moment: dt.datetime, path: str) -> bool:

@@ -135,6 +135,27 @@ def test_a_timestamp_in_the_window_is_its_utc_moment():
     assert not v
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@given(st.integers(-62_135_596_801, 253_402_300_801) | st.sampled_from(
+           [-1, 0, 1, 253_370_764_799, 253_370_764_800]),
+       st.integers(-2, 1_000_000_001) | st.sampled_from([0, 999, 1000, 999_999_999]))
+def test_a_timestamp_is_its_epoch_offset_exactly_when_inside_the_window(seconds, nanos):
+    """check_timestamp (and moment_in_window, its fast path) against the definition: the
+    epoch plus seconds and whole microseconds, accepted exactly when it is a valid
+    Timestamp within [EARLIEST_TIME, LATEST_TIME)."""
+    valid = -62_135_596_800 <= seconds <= 253_402_300_799 and 0 <= nanos < 1_000_000_000
+    expected = _EPOCH + dt.timedelta(seconds=seconds, microseconds=nanos // 1000) if valid else None
+    if expected is not None and not val.EARLIEST_TIME <= expected < val.LATEST_TIME:
+        expected = None
+    v = Violations()
+    moment = val.check_timestamp(v, seconds, nanos, "t")
+    assert moment == expected == val.moment_in_window(seconds, nanos)
+    assert moment is None or moment.tzinfo is dt.UTC
+    assert [i.field for i in v.items] == ([] if expected else ["t"])
+
+
 def test_dates_and_months_in_and_out_of_range():
     v = Violations()
     assert val.check_date(v, 2026, 12, 31, "d") == dt.date(2026, 12, 31)
@@ -219,8 +240,12 @@ _TOKEN_PARTS = ["", "M1", " M1", "M1 ", "a b", "\x00", "x\x7f", "\u3000id", "id\
                 "商户", "\ud800", "x" * 64, "x" * 65, "\t", "é"]
 
 
-@given(st.lists(st.sampled_from(_TOKEN_PARTS) | st.text(max_size=70), min_size=1, max_size=3),
-       st.lists(st.sampled_from(_TOKEN_PARTS) | st.text(max_size=70), max_size=5))
+# ASCII text too (plain_tokens decides ASCII by a path of its own).
+_TOKENS = st.sampled_from(_TOKEN_PARTS) | st.text(max_size=70) | st.text(
+    st.characters(max_codepoint=127), max_size=70)
+
+
+@given(st.lists(_TOKENS, min_size=1, max_size=3), st.lists(_TOKENS, max_size=5))
 def test_plain_tokens_says_yes_only_when_every_field_check_passes(required, optional):
     """The fast path may skip the per-field checks only where they find nothing; when it
     says no, the caller checks one by one (so saying no too often is allowed, never yes)."""

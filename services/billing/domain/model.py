@@ -6,6 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Method(StrEnum):
@@ -157,9 +158,10 @@ class RuleVersion:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class FeeTxn:
-    """A transaction to price (PAYMENT or PAYOUT)."""
+class FeeTxn(NamedTuple):
+    """A transaction to price (PAYMENT or PAYOUT). Immutable as a tuple: a batch makes
+    1,000 of these, and a frozen dataclass's __init__ (object.__setattr__ per field) cost
+    ~1 µs more per transaction than a tuple's when measured."""
 
     transaction_id: str
     merchant_id: str
