@@ -21,11 +21,11 @@ class Method(StrEnum):
 
     @property
     def is_cumulative(self) -> bool:
-        return self.value.startswith("CUMULATIVE_")
+        return self.startswith("CUMULATIVE_")  # a StrEnum is its value (`.value` is slow)
 
     @property
     def uses_rate(self) -> bool:
-        return self.value.endswith("PERCENT")
+        return self.endswith("PERCENT")
 
 
 class TierMode(StrEnum):

@@ -38,6 +38,12 @@ def _upper(spec: FeeRuleSpec, i: int) -> int | None:
     return spec.bounds[i + 1] if i + 1 < len(spec.bounds) else None
 
 
+# The members the hot path compares with, looked up once: an enum class's attribute
+# lookup costs ~0.1 µs on Python 3.11 (4x a plain class's), several times per charge.
+_FIXED, _PERCENT = Method.FIXED, Method.PERCENT
+_CUMULATIVE_AMOUNT_PERCENT, _GRADUATED = Method.CUMULATIVE_AMOUNT_TIERED_PERCENT, TierMode.GRADUATED
+
+
 def _tier_at(spec: FeeRuleSpec, value: int) -> int:
     """Index of the half-open tier [lower, next_lower) containing value."""
     return bisect_right(spec.bounds, value) - 1
@@ -48,12 +54,12 @@ def exact_fee(
 ) -> tuple[Decimal, tuple[Portion, ...]]:
     """The unclipped, unrounded fee of one transaction and its tier breakdown."""
     method = spec.method
-    if method is Method.FIXED:
+    if method is _FIXED:
         return Decimal(spec.fixed_fee), ()
-    if method is Method.PERCENT:
+    if method is _PERCENT:
         assert spec.rate is not None
         return amount * spec.rate, ()
-    if method is Method.CUMULATIVE_AMOUNT_TIERED_PERCENT and spec.tier_mode is TierMode.GRADUATED:
+    if method is _CUMULATIVE_AMOUNT_PERCENT and spec.tier_mode is _GRADUATED:
         return _graduated(spec, amount, amount_before)
     if method is Method.AMOUNT_TIERED_PERCENT or method is Method.AMOUNT_TIERED_FIXED:
         i = _tier_at(spec, amount)
@@ -96,5 +102,5 @@ def price(spec: FeeRuleSpec, amount: int, amount_before: int = 0, count_before: 
         exact, clipped = Decimal(spec.min_fee), True
     if spec.max_fee is not None and exact > spec.max_fee:
         exact, clipped = Decimal(spec.max_fee), True
-    fee = round_minor(exact, spec.rounding.value)
+    fee = round_minor(exact, spec.rounding)
     return Priced(fee, exact, portions, clipped, amount_before, count_before)

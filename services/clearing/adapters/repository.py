@@ -129,18 +129,25 @@ RETURNING detail_id, create_time
 Decision = tuple[str, str, int, str, str, int, str, str, int | None]
 
 
+# Looked up once: an enum class's attribute lookup costs ~0.1 µs on Python 3.11 (4x a
+# plain class's), and these run for each item of a batch of 1,000.
+_KNOWN, _REFUSED, _PENDING = FeeStatus.KNOWN, FeeStatus.REFUSED, FeeStatus.PENDING
+_UNSETTLED, _EXCEPTION = DetailState.UNSETTLED, DetailState.EXCEPTION
+_STILL_PENDING = (_PENDING, _UNSETTLED, 0, "", "", 0, "", "", None)
+
+
 def _decision(o: FeeOutcome | None) -> Decision:
     """(fee_status, state, fee, mode, rule, version, reason, message, required) of a
     detail after `o`; `required` only for a prepaid shortfall. The status and state are
     the StrEnum members themselves (strings; `.value` is a property lookup per call)."""
     if isinstance(o, Priced):
         f = o.fee
-        return (FeeStatus.KNOWN, DetailState.UNSETTLED,
+        return (_KNOWN, _UNSETTLED,
                 f.amount, f.collection_mode, f.rule_id, f.rule_version, "", "", None)
     if isinstance(o, Refused):
-        return (FeeStatus.REFUSED, DetailState.EXCEPTION, 0, "", "", 0, o.reason,
+        return (_REFUSED, _EXCEPTION, 0, "", "", 0, o.reason,
                 o.message, o.required if o.reason == PREPAID_SHORTFALL else None)
-    return (FeeStatus.PENDING, DetailState.UNSETTLED, 0, "", "", 0, "", "", None)
+    return _STILL_PENDING
 
 
 def _decision_columns(outcomes: Iterable[FeeOutcome | None]) -> list[list[Any]]:
@@ -164,12 +171,11 @@ async def insert_transactions(
         return {}
     dates = [business_date(t.transaction_time, zone) for t in txs]
     decisions = [_decision(o) for o in outcomes]
-    # One clearing_detail_row per detail (migration clearing_0009).
+    # One clearing_detail_row per detail (migration clearing_0009): a TransactionIn's
+    # fields are the row's first columns in order, with the business date after the time.
     rows = await conn.fetch(
         _INSERT_TRANSACTIONS,
-        [(t.transaction_id, t.detail_type, t.merchant_id, t.currency, t.amount,
-          t.transaction_time, day, t.original_transaction_id, t.product, t.business_line,
-          t.acquirer_bank, t.issuer_bank, t.card_type, h, *d)
+        [(*t[:6], day, *t[6:], h, *d)
          for t, day, h, d in zip(txs, dates, hashes, decisions, strict=True)],
         first_retry_s,
         auto_retry_s,
@@ -185,7 +191,7 @@ async def insert_transactions(
         create_time = created.get(t.transaction_id)
         if create_time is None:
             continue
-        refused = state == DetailState.EXCEPTION
+        refused = state is _EXCEPTION
         details[t.transaction_id] = new_detail(
             t,
             day,
@@ -204,7 +210,7 @@ async def insert_transactions(
                 required or 0,
             ) if refused else None,
         )
-        if status == FeeStatus.PENDING:
+        if status is _PENDING:
             details[t.transaction_id].next_fee_attempt_at = (
                 create_time + dt.timedelta(seconds=first_retry_s))
     return details

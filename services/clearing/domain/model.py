@@ -172,6 +172,9 @@ class ExceptionAge:
         return resolution(self.reason)
 
 
+_PENDING = FeeStatus.PENDING  # looked up once: an enum attribute costs ~0.1 µs on 3.11
+
+
 @dataclass(slots=True)
 class Detail:
     """A clearing detail as stored."""
@@ -206,7 +209,7 @@ class Detail:
 
     @property
     def fee_pending(self) -> bool:
-        return self.fee_status is FeeStatus.PENDING
+        return self.fee_status is _PENDING
 
 
 @dataclass(frozen=True, slots=True)

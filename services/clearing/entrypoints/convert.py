@@ -66,6 +66,9 @@ BATCH_STATES = {
     "RELEASED": pb.BATCH_STATE_RELEASED,
 }
 BATCH_STATE_NAMES = {v: k for k, v in BATCH_STATES.items()}
+# Looked up once: an enum class's attribute lookup costs ~0.1 µs on Python 3.11 (4x a
+# plain class's), and these run for each item of a batch of 1,000.
+_PAYMENT, _REFUND = DetailType.PAYMENT, DetailType.REFUND
 _TX_TYPES = {
     transaction_pb2.TRANSACTION_TYPE_PAYMENT: DetailType.PAYMENT,
     transaction_pb2.TRANSACTION_TYPE_REFUND: DetailType.REFUND,
@@ -123,10 +126,10 @@ def transaction_in(v: Violations, t: pb.Transaction, prefix: str) -> Transaction
     kind = _TX_TYPES.get(t.transaction_type)
     amount, when = t.amount, t.transaction_time
     minor, currency = amount.minor_units, amount.currency_code
-    if kind is DetailType.PAYMENT:
+    if kind is _PAYMENT:
         ok = not original and plain_tokens((tid, merchant), (product, line, acquirer, issuer, card))
     else:
-        ok = (kind is DetailType.REFUND and original != tid
+        ok = (kind is _REFUND and original != tid
               and plain_tokens((tid, merchant, original), (product, line, acquirer, issuer, card)))
     if (ok and kind is not None and 0 < minor <= MAX_AMOUNT
             and currency in MINOR_UNIT_EXPONENTS and t.HasField("transaction_time")):
