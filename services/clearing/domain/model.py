@@ -120,9 +120,9 @@ class AdjustmentIn:
         return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class Fee:
-    """A fee as billing priced it: for a refund, the fee returned."""
+class Fee(NamedTuple):
+    """A fee as billing priced it: for a refund, the fee returned. A tuple, like
+    TransactionIn: one per item of a batch's answer."""
 
     amount: int
     collection_mode: str  # NET / DEFERRED / PREPAID

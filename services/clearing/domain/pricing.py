@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from services.clearing.domain.model import Fee
 
@@ -35,9 +35,9 @@ class Chargeable(Protocol):
     def card_type(self) -> str: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Priced:
-    """Billing priced (or returned) the fee."""
+class Priced(NamedTuple):
+    """Billing priced (or returned) the fee. A tuple: one per item of a batch's answer,
+    and a frozen dataclass's __init__ costs ~0.4 µs more."""
 
     fee: Fee
 
