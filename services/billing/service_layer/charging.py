@@ -174,10 +174,12 @@ RETURNING transaction_id
 """
 
 # The common batch in ONE statement (`Pricing._charge_plainly`): the charges inserted if
-# the rule generation is still the one they were priced with, and, for every id, the
-# charge stored before this statement (a replay or a conflict; the lateral lookup reads
-# the statement's snapshot, which does not see the CTE's own inserts). A data-modifying
-# CTE runs exactly once whether or not it is read.
+# the rule generation is still the one they were priced with, and, for every id not
+# inserted, the charge stored before this statement (a replay or a conflict; the lateral
+# lookup reads the statement's snapshot, which does not see the CTE's own inserts, so it
+# would find nothing for an inserted id: its index probe is skipped by the gate on
+# `i.transaction_id IS NULL`). A data-modifying CTE runs exactly once whether or not it
+# is read.
 _CHARGE_PLAINLY = """
 WITH g AS (SELECT generation FROM rule_generation),
 ins AS (
@@ -194,7 +196,8 @@ SELECT (SELECT generation FROM g) AS gen, i.transaction_id IS NOT NULL AS insert
 FROM unnest($2::text[]) WITH ORDINALITY AS t(id, ord)
 LEFT JOIN ins i ON i.transaction_id = t.id
 LEFT JOIN LATERAL (
-  SELECT request_hash, result FROM fee_charges WHERE transaction_id = t.id OFFSET 0) c ON true
+  SELECT request_hash, result FROM fee_charges
+  WHERE i.transaction_id IS NULL AND transaction_id = t.id OFFSET 0) c ON true
 ORDER BY t.ord
 """
 
