@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared import embedded_pg, migrations, server, tracing
+from shared import embedded_pg, heap, migrations, server, tracing
 from shared import logging as json_logging
 from shared.db import create_engine
 from shared.pg_pool import database_failure
@@ -109,6 +109,7 @@ async def _serve(settings: ServiceSettings, build: BuildApp, scripts: Path, name
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         app = await build(settings, engine)
+        heap.settle_after_start()
         await server.serve_forever(app, settings.host, settings.port, settings.grace_period_s)
         return 0
     finally:
