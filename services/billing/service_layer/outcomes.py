@@ -55,8 +55,12 @@ class RefundOutcome:
 
 
 def txn_hash(t: FeeTxn) -> bytes:
-    raw = repr((t.merchant_id, t.transaction_type, t.amount, t.currency, t.time.timestamp(),
-                t.product, t.business_line, t.acquirer_bank, t.issuer_bank, t.card_type))
+    """What must match for a repeat of this transaction id to be the same request: the
+    repr of (merchant, type, amount, currency, POSIX time, product, business line,
+    acquirer, issuer, card type), hashed. Stored with each charge, so it must never
+    change (test_stored_hashes pins it); FeeTxn's fields after the id are that tuple's, in
+    its order, with the time in place of its timestamp."""
+    raw = repr((*t[1:5], t[5].timestamp(), *t[6:]))
     return hashlib.blake2b(raw.encode(), digest_size=16).digest()
 
 
