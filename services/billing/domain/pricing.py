@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from services.billing.domain.model import FeeRuleSpec, Method, TierMode
 from shared.money import round_minor
@@ -12,8 +12,9 @@ from shared.money import round_minor
 ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
-class Portion:
+# Tuples, not frozen dataclasses: one Priced (and its portions) per charge of a batch of
+# 1,000, and a frozen dataclass's __init__ costs ~0.5 µs more (object.__setattr__ per field).
+class Portion(NamedTuple):
     """What one tier contributed to a fee."""
 
     lower_bound: int
@@ -24,8 +25,7 @@ class Portion:
     exact: Decimal
 
 
-@dataclass(frozen=True, slots=True)
-class Priced:
+class Priced(NamedTuple):
     fee: int
     exact: Decimal  # after floor and cap, before rounding
     portions: tuple[Portion, ...]
