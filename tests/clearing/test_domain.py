@@ -6,9 +6,12 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from services.clearing.domain.model import (
+    DetailState,
     DetailType,
+    FeeStatus,
     TransactionIn,
     backoff_seconds,
+    new_detail,
     validate_transaction,
 )
 from shared.business_time import business_date
@@ -58,3 +61,19 @@ def test_a_payment_may_not_name_an_original_and_a_refund_may_not_refund_itself()
                                                 original_transaction_id="P1"), "",
                          has_time=True, type_ok=True)
     assert [x.field for x in v.items] == ["original_transaction_id", "original_transaction_id"]
+
+
+def test_a_new_detail_carries_every_field_of_its_transaction_and_what_pricing_decided():
+    t = TransactionIn("P9", DetailType.REFUND, "M9", "JPY", 70, PAYMENT.transaction_time, "P1",
+                      "prod", "line", "acq", "iss", "card")
+    day = dt.date(2026, 3, 10)
+    d = new_detail(t, day, fee_status=FeeStatus.KNOWN, fee=3, collection_mode="NET",
+                   rule_id="R1", rule_version=2, state=DetailState.UNSETTLED)
+    assert (d.detail_id, d.detail_type, d.merchant_id, d.currency, d.amount,
+            d.transaction_time, d.original_transaction_id, d.product, d.business_line,
+            d.acquirer_bank, d.issuer_bank, d.card_type) == tuple(t)
+    assert d.business_date == day
+    assert (d.fee_status, d.fee, d.collection_mode, d.rule_id, d.rule_version, d.state) == (
+        FeeStatus.KNOWN, 3, "NET", "R1", 2, DetailState.UNSETTLED)
+    assert (d.batch_id, d.exception_reason, d.adjustment_reason, d.exception) == ("", "", "", None)
+    assert d.create_time == t.transaction_time  # until the database says when

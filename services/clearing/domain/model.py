@@ -310,30 +310,10 @@ def new_detail(
     exception: ExceptionAge | None = None,
 ) -> Detail:
     """The detail of a transaction on its business date `day`, with what pricing decided
-    (by default: nothing yet)."""
+    (by default: nothing yet). Built positionally (the transaction's fields are the
+    detail's first ones, the business date after the time): a 24-keyword call cost ~1 µs
+    more per detail of a batch, when measured."""
     return Detail(
-        detail_id=t.transaction_id,
-        detail_type=t.detail_type,
-        merchant_id=t.merchant_id,
-        currency=t.currency,
-        amount=t.amount,
-        transaction_time=t.transaction_time,
-        business_date=day,
-        original_transaction_id=t.original_transaction_id,
-        product=t.product,
-        business_line=t.business_line,
-        acquirer_bank=t.acquirer_bank,
-        issuer_bank=t.issuer_bank,
-        card_type=t.card_type,
-        fee_status=fee_status,
-        fee=fee,
-        collection_mode=collection_mode,
-        rule_id=rule_id,
-        rule_version=rule_version,
-        state=state,
-        batch_id="",
-        exception_reason=exception_reason,
-        adjustment_reason="",
-        create_time=create_time or t.transaction_time,
-        exception=exception,
+        *t[:6], day, *t[6:], fee_status, fee, collection_mode, rule_id, rule_version, state,
+        "", exception_reason, "", create_time or t.transaction_time, exception,
     )
