@@ -75,7 +75,8 @@ class TransactionIn(NamedTuple):
         return self.transaction_id
 
     def content_hash(self) -> str:
-        """What must match for a repeat of this transaction id to be the same request."""
+        """What must match for a repeat of this transaction id to be the same request.
+        Stored with each detail, so it must never change (test_stored_hashes pins it)."""
         moment = self.transaction_time
         if moment.tzinfo is not dt.UTC:  # the entrypoint's are UTC already
             moment = moment.astimezone(dt.UTC)
