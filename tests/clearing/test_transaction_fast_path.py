@@ -11,29 +11,17 @@ from hypothesis import strategies as st
 from services.clearing.domain.model import DetailType
 from services.clearing.entrypoints import convert
 from shared.errors import Violations
-
-_TEXT = st.sampled_from(["", "T1", "M1", " M1", "M1 ", "\x00", "x\x7f", "商户", "x" * 64,
-                         "x" * 65, "QUICKPAY"]) | st.text(max_size=66)
+from tests.support.edge_values import TEXT, draw_amount_and_time
 
 
 @st.composite
 def transactions(draw: st.DrawFn) -> pb.Transaction:
     t = pb.Transaction(
-        transaction_id=draw(_TEXT), merchant_id=draw(_TEXT),
-        transaction_type=draw(st.integers(0, 4)), original_transaction_id=draw(_TEXT),
-        product=draw(_TEXT), business_line=draw(_TEXT), acquirer_bank=draw(_TEXT),
-        issuer_bank=draw(_TEXT), card_type=draw(_TEXT))
-    if draw(st.booleans()):
-        t.amount.currency_code = draw(st.sampled_from(["CNY", "JPY", "cny", "", "XXX"]))
-        t.amount.minor_units = draw(st.sampled_from([0, 1, -1, 10**13, 10**13 + 1])
-                                    | st.integers(-10, 10**14))
-    if draw(st.booleans()):
-        t.transaction_time.seconds = draw(st.sampled_from([-1, 0, 253_370_764_799,
-                                                           253_370_764_800])
-                                          | st.integers(-10**11, 3 * 10**11))
-        t.transaction_time.nanos = draw(st.sampled_from([0, 999, 1000, 999_999_999, -1,
-                                                         10**9]))
-    return t
+        transaction_id=draw(TEXT), merchant_id=draw(TEXT),
+        transaction_type=draw(st.integers(0, 4)), original_transaction_id=draw(TEXT),
+        product=draw(TEXT), business_line=draw(TEXT), acquirer_bank=draw(TEXT),
+        issuer_bank=draw(TEXT), card_type=draw(TEXT))
+    return draw_amount_and_time(draw, t)
 
 
 @given(transactions())
