@@ -159,7 +159,12 @@ async def test_an_item_failing_past_the_attempt_limit_is_released_and_its_detail
 
 @pytest.fixture
 async def quick_completer(pg_url: str) -> AsyncIterator[st.Stack]:
-    s = await st.start_stack(pg_url, completion_interval_s=0.2)
+    # The completer resumes PENDING items older than its interval. At 0.2 s a loaded
+    # machine (CI) once let it take the run's item between the run call creating it and
+    # taking it: the call then skipped the locked item and never reached the crash. A run
+    # call takes its items milliseconds after creating them, far inside 1 s; the
+    # completer still resumes the crashed run within ~2 s of the crash.
+    s = await st.start_stack(pg_url, completion_interval_s=1.0)
     yield s
     await st.stop_stack(s)
 
