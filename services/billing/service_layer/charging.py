@@ -66,6 +66,13 @@ _PREPAID, _DEFERRED = CollectionMode.PREPAID, CollectionMode.DEFERRED
 _PLAIN, _COUNTED, _CAREFUL = "plain", "counted", "careful"
 
 
+def _add(totals: dict[CounterKey, list[int]], key: CounterKey, amount: int) -> None:
+    """One transaction of `amount` added to `totals[key]`, an (amount, count) pair."""
+    total = totals.setdefault(key, [0, 0])
+    total[0] += amount
+    total[1] += 1
+
+
 class _Retry(Exception):
     """A concurrent call inserted one of our ids first: redo the batch, which will now
     see it as a replay."""
@@ -334,8 +341,9 @@ class Pricing:
         winners = [index.winner(t) for t in txns]
         keys: dict[int, CounterKey] = {}
         for i, (t, v) in enumerate(zip(txns, winners, strict=True)):
-            if v is not None and v.spec.method.is_cumulative:
-                keys[i] = (t.merchant_id, v.rule_id, period_key(t.time, self.zone, v.spec.accumulation_period))
+            key = self._counter_key(t, v) if v is not None else None
+            if key is not None:
+                keys[i] = key
         counters: dict[CounterKey, tuple[int, int]] = {}
         if keys:
             distinct = sorted(set(keys.values()))
@@ -349,7 +357,7 @@ class Pricing:
                 continue
             key = keys.get(i)
             a, n = counters.get(key, (0, 0)) if key else (0, 0)
-            out.append(self._priced(t, v, a, n, key, None))
+            out.append(self._priced(t, v, a, n, key))
         return out
 
     # -- charges --------------------------------------------------------------------------
@@ -403,7 +411,7 @@ class Pricing:
             if v is None:
                 planned.append(no_rule(t))
                 continue
-            outcome = self._priced(t, v, 0, 0, None, None)
+            outcome = self._priced(t, v, 0, 0, None)
             planned.append(outcome)
             charge_rows.append(self._charge_row(t, v, hashes[i], outcome))
         async with self.db.connect() as conn:
@@ -438,13 +446,9 @@ class Pricing:
         keys: list[CounterKey | None] = []
         volume: dict[CounterKey, list[int]] = {}
         for t, v in zip(txns, winners, strict=True):
-            key: CounterKey | None = None
-            if v is not None and v.spec.method.is_cumulative:
-                key = (t.merchant_id, v.rule_id,
-                       period_key(t.time, self.zone, v.spec.accumulation_period))
-                vol = volume.setdefault(key, [0, 0])
-                vol[0] += t.amount
-                vol[1] += 1
+            key = self._counter_key(t, v) if v is not None else None
+            if key is not None:
+                _add(volume, key, t.amount)
             keys.append(key)
         ordered = sorted(volume)
         cols = [list(c) for c in zip(*ordered, strict=True)]
@@ -464,10 +468,9 @@ class Pricing:
                     out.append(no_rule(t))
                     continue
                 a, n = running[key] if key is not None else (0, 0)
-                outcome = self._priced(t, v, a, n, key, None)
+                outcome = self._priced(t, v, a, n, key)
                 if key is not None:
-                    running[key][0] += t.amount
-                    running[key][1] += 1
+                    _add(running, key, t.amount)
                 out.append(outcome)
                 charge_rows.append(self._charge_row(t, v, hashes[i], outcome))
             try:
@@ -490,17 +493,23 @@ class Pricing:
             return IdempotencyConflict(t.transaction_id, "transaction")
         return decode_fee(t.transaction_id, row["result"])
 
+    def _counter_key(self, t: FeeTxn, v: Any) -> CounterKey | None:
+        """The counter `t` adds to under rule version `v`: None unless `v` is cumulative."""
+        if not v.spec.method.is_cumulative:
+            return None
+        return (t.merchant_id, v.rule_id,
+                period_key(t.time, self.zone, v.spec.accumulation_period))
+
     def _priced(self, t: FeeTxn, v: Any, before_amount: int, before_count: int,
-                key: CounterKey | None, balance_after: int | None) -> FeeOutcome:
+                key: CounterKey | None) -> FeeOutcome:
         """The outcome of charging `t` by rule version `v`, the rule's counter (if any)
-        at (before_amount, before_count)."""
+        at (before_amount, before_count); a prepaid debit sets its balance_after later."""
         spec = v.spec
         priced = price(spec, t.amount, before_amount, before_count)
         mode = spec.collection_mode
         return FeeOutcome(
             t.transaction_id, priced.fee, spec.currency, v.rule_id, v.version, mode,
-            priced.exact, priced.portions, key is not None, before_amount, before_count,
-            balance_after,
+            priced.exact, priced.portions, key is not None, before_amount, before_count, None,
             business_month(t.time, self.zone) if mode is _DEFERRED else "",
             priced.clipped,
         )
@@ -547,13 +556,10 @@ class Pricing:
             if v is None:
                 out[i] = no_rule(t)
                 continue
-            key: CounterKey | None = None
-            if v.spec.method.is_cumulative:
-                key = (t.merchant_id, v.rule_id, period_key(t.time, self.zone, v.spec.accumulation_period))
-                vol = volume.setdefault(key, [0, 0])
-                vol[0] += t.amount
-                vol[1] += 1
-            if v.spec.collection_mode is CollectionMode.PREPAID:
+            key = self._counter_key(t, v)
+            if key is not None:
+                _add(volume, key, t.amount)
+            if v.spec.collection_mode is _PREPAID:
                 prepaid.add((t.merchant_id, v.spec.currency))
             plans.append((i, t, v, key))
 
@@ -573,23 +579,20 @@ class Pricing:
         charge_rows: list[tuple[Any, ...]] = []
         for i, t, v, key in plans:
             a, n = running[key] if key is not None else (0, 0)
-            outcome = self._priced(t, v, a, n, key, None)
-            if v.spec.collection_mode is CollectionMode.PREPAID and outcome.fee > 0:
+            outcome = self._priced(t, v, a, n, key)
+            if v.spec.collection_mode is _PREPAID and outcome.fee > 0:
                 acct = (t.merchant_id, v.spec.currency)
                 have = accounts.balance(acct)
                 if have < outcome.fee:
                     out[i] = insufficient(t.merchant_id, v.spec.currency, have, outcome.fee)
                     self.metrics.refused()
                     if key is not None:
-                        back = given_back.setdefault(key, [0, 0])
-                        back[0] += t.amount
-                        back[1] += 1
+                        _add(given_back, key, t.amount)
                     continue
                 outcome = replace(outcome, balance_after=accounts.move(
                     acct, "DEBIT", -outcome.fee, t.transaction_id))
             if key is not None:
-                running[key][0] += t.amount
-                running[key][1] += 1
+                _add(running, key, t.amount)
             out[i] = outcome
             charge_rows.append(self._charge_row(t, v, hashes[i], outcome))
 
