@@ -19,7 +19,6 @@ from services.billing.service_layer.voids import Charge, Void
 from shared import validation as val
 from shared.convert import datetime_to_ts
 from shared.errors import Violations
-from shared.money import MINOR_UNIT_EXPONENTS
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str:
@@ -158,12 +157,12 @@ def txn_from_proto(t: pb.FeeTransaction, v: Violations, p: str = "transaction.")
     product, line, acquirer, issuer, card = (
         t.product, t.business_line, t.acquirer_bank, t.issuer_bank, t.card_type)
     kind = _TXN_TYPES.get(t.transaction_type)
-    amount, when = t.amount, t.transaction_time
-    minor, currency = amount.minor_units, amount.currency_code
-    if (kind is not None and 0 < minor <= val.MAX_AMOUNT and currency in MINOR_UNIT_EXPONENTS
-            and t.HasField("transaction_time")
-            and val.plain_tokens((tid, merchant), (product, line, acquirer, issuer, card))):
-        moment = val.moment_in_window(when.seconds, when.nanos)
+    if kind is not None and val.plain_tokens((tid, merchant),
+                                             (product, line, acquirer, issuer, card)):
+        amount, when = t.amount, t.transaction_time
+        minor, currency = amount.minor_units, amount.currency_code
+        moment = val.plain_amount_and_time(minor, currency, t.HasField("transaction_time"),
+                                           when.seconds, when.nanos)
         if moment is not None:
             return FeeTxn(tid, merchant, kind, minor, currency, moment,
                           product, line, acquirer, issuer, card)
@@ -172,19 +171,15 @@ def txn_from_proto(t: pb.FeeTransaction, v: Violations, p: str = "transaction.")
 
 def _checked_txn(t: pb.FeeTransaction, v: Violations, p: str) -> FeeTxn | None:
     before = len(v.items)
-    plain = val.plain_tokens((t.transaction_id, t.merchant_id), (
-        t.product, t.business_line, t.acquirer_bank, t.issuer_bank, t.card_type))
-    if not plain:
-        check_id(t.transaction_id, f"{p}transaction_id", v)
-        check_id(t.merchant_id, f"{p}merchant_id", v)
+    check_id(t.transaction_id, f"{p}transaction_id", v)
+    check_id(t.merchant_id, f"{p}merchant_id", v)
     kind = _TXN_TYPES.get(t.transaction_type)
     if kind is None:
         v.add(f"{p}transaction_type", "PAYMENT or PAYOUT (refunds go through RefundFee; QuoteRefundFee quotes one)")
     check_money(t.amount, t.HasField("amount"), f"{p}amount", v)
     moment = timestamp(t.transaction_time, t.HasField("transaction_time"), f"{p}transaction_time", v)
-    if not plain:
-        for name in ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
-            val.check_attribute(v, getattr(t, name), f"{p}{name}")
+    for name in ("product", "business_line", "acquirer_bank", "issuer_bank", "card_type"):
+        val.check_attribute(v, getattr(t, name), f"{p}{name}")
     if len(v.items) > before or moment is None:
         return None
     return FeeTxn(

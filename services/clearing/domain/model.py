@@ -16,7 +16,6 @@ from shared.validation import (
     check_id,
     check_moment,
     check_text,
-    plain_tokens,
 )
 
 # The limits (id and attribute lengths, the time window, amounts) are the shared model's:
@@ -250,13 +249,9 @@ def validate_transaction(v: Violations, t: TransactionIn | None, prefix: str, *,
     if t is None:
         v.add(prefix.rstrip("."), "required")
         return
-    plain = plain_tokens((t.transaction_id, t.merchant_id), (
-        t.product, t.business_line, t.acquirer_bank, t.issuer_bank, t.card_type))
-    if not plain:
-        check_id(v, t.transaction_id, prefix + "transaction_id")
+    check_id(v, t.transaction_id, prefix + "transaction_id")
     v.check(type_ok, prefix + "transaction_type", "must be PAYMENT or REFUND")
-    if not plain:
-        check_id(v, t.merchant_id, prefix + "merchant_id")
+    check_id(v, t.merchant_id, prefix + "merchant_id")
     check_currency(v, t.currency, prefix + "amount.currency_code")
     check_amount(v, t.amount, prefix + "amount.minor_units")
     _check_time(v, t.transaction_time, has_time, prefix + "transaction_time")
@@ -267,9 +262,8 @@ def validate_transaction(v: Violations, t: TransactionIn | None, prefix: str, *,
     elif type_ok:
         v.check(not t.original_transaction_id, prefix + "original_transaction_id",
                 "only a refund names an original transaction")
-    if not plain:
-        for name in ATTRIBUTES:
-            check_attribute(v, getattr(t, name), prefix + name)
+    for name in ATTRIBUTES:
+        check_attribute(v, getattr(t, name), prefix + name)
 
 
 def validate_adjustment(v: Violations, a: AdjustmentIn, *, has_time: bool) -> None:

@@ -23,13 +23,11 @@ from services.clearing.domain.model import (
 from services.clearing.service_layer.queries import DailySummary
 from shared.convert import write_ts
 from shared.errors import Violations
-from shared.money import MINOR_UNIT_EXPONENTS
 from shared.validation import (
     EARLIEST_TIME,
-    MAX_AMOUNT,
     check_date,
     check_timestamp,
-    moment_in_window,
+    plain_amount_and_time,
     plain_tokens,
 )
 
@@ -124,16 +122,16 @@ def transaction_in(v: Violations, t: pb.Transaction, prefix: str) -> Transaction
     product, line, acquirer, issuer, card = (
         t.product, t.business_line, t.acquirer_bank, t.issuer_bank, t.card_type)
     kind = _TX_TYPES.get(t.transaction_type)
-    amount, when = t.amount, t.transaction_time
-    minor, currency = amount.minor_units, amount.currency_code
     if kind is _PAYMENT:
         ok = not original and plain_tokens((tid, merchant), (product, line, acquirer, issuer, card))
     else:
         ok = (kind is _REFUND and original != tid
               and plain_tokens((tid, merchant, original), (product, line, acquirer, issuer, card)))
-    if (ok and kind is not None and 0 < minor <= MAX_AMOUNT
-            and currency in MINOR_UNIT_EXPONENTS and t.HasField("transaction_time")):
-        moment = moment_in_window(when.seconds, when.nanos)
+    if ok and kind is not None:
+        amount, when = t.amount, t.transaction_time
+        minor, currency = amount.minor_units, amount.currency_code
+        moment = plain_amount_and_time(minor, currency, t.HasField("transaction_time"),
+                                       when.seconds, when.nanos)
         if moment is not None:
             return TransactionIn(tid, kind, merchant, currency, minor, moment, original,
                                  product, line, acquirer, issuer, card)
