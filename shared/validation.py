@@ -129,29 +129,21 @@ _PLAIN_LIMIT = min(MAX_ID_LENGTH, MAX_ATTRIBUTE_LENGTH)
 
 def plain_tokens(required: tuple[str, ...], optional: tuple[str, ...]) -> bool:
     """Whether `check_id` of each `required` value and `check_attribute` of each
-    `optional` one would pass: the common case, decided at once (one regex over all of
+    `optional` one would pass: the common case, decided at once (one scan over all of
     them), so a caller may skip the per-field checks and the paths they build. False
     means "check them one by one", not that one is wrong."""
     limit = _PLAIN_LIMIT
-    joined = "".join(required) + "".join(optional)
-    if joined.isascii():
-        # ASCII (the common case): the control characters are exactly the unprintable
-        # ones, and the one whitespace character that is printable is the space.
-        if not joined.isprintable():
-            return False
-        for x in required:
-            if not x or len(x) > limit or x[0] == " " or x[-1] == " ":
-                return False
-        for x in optional:
-            if x and (len(x) > limit or x[0] == " " or x[-1] == " "):
-                return False
-        return True
     for x in required:
         if not x or len(x) > limit or x[0].isspace() or x[-1].isspace():
             return False
     for x in optional:
         if x and (len(x) > limit or x[0].isspace() or x[-1].isspace()):
             return False
+    joined = "".join(required) + "".join(optional)
+    if joined.isascii():
+        # ASCII (the common case): its control characters are exactly the unprintable
+        # ones, found without the regex.
+        return joined.isprintable()
     return _CONTROL.search(joined) is None
 
 
