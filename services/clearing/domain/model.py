@@ -48,6 +48,13 @@ class BatchState(StrEnum):
     CONFIRMED = "CONFIRMED"
     RELEASED = "RELEASED"
 
+# The members the hot paths compare with, as module constants: an enum class's attribute
+# lookup costs ~0.1 µs on Python 3.11 (4x a plain class's), several times per item of a
+# batch of 1,000.
+TYPE_PAYMENT, TYPE_REFUND = DetailType.PAYMENT, DetailType.REFUND
+FEE_PENDING, FEE_KNOWN, FEE_REFUSED = FeeStatus.PENDING, FeeStatus.KNOWN, FeeStatus.REFUSED
+STATE_UNSETTLED, STATE_EXCEPTION = DetailState.UNSETTLED, DetailState.EXCEPTION
+
 
 class TransactionIn(NamedTuple):
     """A payment or refund as the transaction core reports it. Immutable as a tuple: a
@@ -172,9 +179,6 @@ class ExceptionAge:
         return resolution(self.reason)
 
 
-_PENDING = FeeStatus.PENDING  # looked up once: an enum attribute costs ~0.1 µs on 3.11
-
-
 @dataclass(slots=True)
 class Detail:
     """A clearing detail as stored."""
@@ -209,7 +213,7 @@ class Detail:
 
     @property
     def fee_pending(self) -> bool:
-        return self.fee_status is _PENDING
+        return self.fee_status is FEE_PENDING
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 
 from services.clearing.domain.model import (
+    TYPE_PAYMENT,
+    TYPE_REFUND,
     AdjustmentIn,
     Batch,
     Detail,
@@ -64,9 +66,6 @@ BATCH_STATES = {
     "RELEASED": pb.BATCH_STATE_RELEASED,
 }
 BATCH_STATE_NAMES = {v: k for k, v in BATCH_STATES.items()}
-# Looked up once: an enum class's attribute lookup costs ~0.1 µs on Python 3.11 (4x a
-# plain class's), and these run for each item of a batch of 1,000.
-_PAYMENT, _REFUND = DetailType.PAYMENT, DetailType.REFUND
 _TX_TYPES = {
     transaction_pb2.TRANSACTION_TYPE_PAYMENT: DetailType.PAYMENT,
     transaction_pb2.TRANSACTION_TYPE_REFUND: DetailType.REFUND,
@@ -122,10 +121,10 @@ def transaction_in(v: Violations, t: pb.Transaction, prefix: str) -> Transaction
     product, line, acquirer, issuer, card = (
         t.product, t.business_line, t.acquirer_bank, t.issuer_bank, t.card_type)
     kind = _TX_TYPES.get(t.transaction_type)
-    if kind is _PAYMENT:
+    if kind is TYPE_PAYMENT:
         ok = not original and plain_tokens((tid, merchant), (product, line, acquirer, issuer, card))
     else:
-        ok = (kind is _REFUND and original != tid
+        ok = (kind is TYPE_REFUND and original != tid
               and plain_tokens((tid, merchant, original), (product, line, acquirer, issuer, card)))
     if ok and kind is not None:
         amount, when = t.amount, t.transaction_time

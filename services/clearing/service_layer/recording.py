@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo
 
 from services.clearing.adapters import repository as repo
 from services.clearing.domain.model import (
+    TYPE_PAYMENT,
+    TYPE_REFUND,
     AdjustmentIn,
     Detail,
     DetailType,
@@ -32,9 +34,6 @@ from shared import audit
 from shared.errors import DomainError, FailedPrecondition, IdempotencyConflict
 
 Outcome = Detail | DomainError
-# Looked up once: an enum class's attribute lookup costs ~0.1 µs on Python 3.11 (4x a
-# plain class's), and these run for each item of a batch of 1,000.
-_PAYMENT, _REFUND = DetailType.PAYMENT, DetailType.REFUND
 
 
 def _original_not_found(t: TransactionIn) -> FailedPrecondition:
@@ -103,11 +102,11 @@ class Recorder:
         # Payments in id order: concurrent batches take index locks in the same order.
         fresh = sorted(
             (t for t in txs
-             if t.detail_type is _PAYMENT and t.transaction_id not in seen),
+             if t.detail_type is TYPE_PAYMENT and t.transaction_id not in seen),
             key=lambda t: t.transaction_id,
         )
         outcomes = await self.pricer.charge_unrecorded(fresh, quick)
-        refunds = [t for t in txs if t.detail_type is _REFUND]
+        refunds = [t for t in txs if t.detail_type is TYPE_REFUND]
         errors: dict[str, DomainError] = {}
         async with self.db.connect() as conn:
             if refunds:
