@@ -41,6 +41,23 @@ def read_token(token: str | SecretStr | None = None, token_file: str | None = No
     return SecretStr(token) if token else None
 
 
+def _with_request_id(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Call metadata with the current request id added, unless the caller set one."""
+    request_id = current_request_id.get()
+    if request_id and not any(k == REQUEST_ID_KEY for k, _ in pairs):
+        pairs.append((REQUEST_ID_KEY, request_id))
+    return pairs
+
+
+def _with_token(pairs: list[tuple[str, str]], token: str) -> list[tuple[str, str]]:
+    """Call metadata with `authorization: Bearer <token>` in place of any the caller set
+    (an empty token: none at all)."""
+    pairs = [(k, v) for k, v in pairs if k != AUTHORIZATION_KEY]
+    if token:
+        pairs.append((AUTHORIZATION_KEY, f"Bearer {token}"))
+    return pairs
+
+
 class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):
     """Adds `authorization: Bearer <token>` to every unary call; `token` may depend on
     the method (a test client that calls as whoever the method allows)."""
@@ -59,11 +76,7 @@ class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
         method = client_call_details.method
         name = method.decode() if isinstance(method, bytes) else str(method)
-        token = self._value(name)
-        metadata = [(k, v) for k, v in (client_call_details.metadata or ())
-                    if k != AUTHORIZATION_KEY]
-        if token:
-            metadata.append((AUTHORIZATION_KEY, f"Bearer {token}"))
+        metadata = _with_token(list(client_call_details.metadata or ()), self._value(name))
         details = grpc.aio.ClientCallDetails(
             client_call_details.method, client_call_details.timeout, metadata,
             client_call_details.credentials, client_call_details.wait_for_ready,
@@ -75,15 +88,11 @@ class RequestIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Passes the current request id on to downstream calls."""
 
     async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        request_id = current_request_id.get()
-        if request_id:
-            metadata = list(client_call_details.metadata or ())
-            if not any(k == REQUEST_ID_KEY for k, _ in metadata):
-                metadata.append((REQUEST_ID_KEY, request_id))
+        if current_request_id.get():
             client_call_details = grpc.aio.ClientCallDetails(
                 client_call_details.method,
                 client_call_details.timeout,
-                metadata,
+                _with_request_id(list(client_call_details.metadata or ())),
                 client_call_details.credentials,
                 client_call_details.wait_for_ready,
             )
@@ -102,13 +111,9 @@ class _WithMetadata:
 
     def __call__(self, request: Any, *, timeout: float | None = None,
                  metadata: Any = None, **kwargs: Any) -> Any:
-        pairs = list(metadata or ())
-        request_id = current_request_id.get()
-        if request_id and not any(k == REQUEST_ID_KEY for k, _ in pairs):
-            pairs.append((REQUEST_ID_KEY, request_id))
+        pairs = _with_request_id(list(metadata or ()))
         if self._token is not None:
-            pairs = [(k, v) for k, v in pairs if k != AUTHORIZATION_KEY]
-            pairs.append((AUTHORIZATION_KEY, f"Bearer {self._token}"))
+            pairs = _with_token(pairs, self._token)
         return self._call(request, timeout=timeout, metadata=tuple(pairs) or None, **kwargs)
 
 
