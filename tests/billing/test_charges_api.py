@@ -103,6 +103,19 @@ async def test_concurrent_batches_repeating_each_others_ids_charge_each_id_once(
             assert reason_of(outcome.error) == "IDEMPOTENCY_CONFLICT", (tid, outcome)
 
 
+async def _until_waiting_on_a_lock(holder, charging: asyncio.Future, statement: str) -> None:
+    """Until a statement containing `statement` waits for a lock (one `holder` holds),
+    the call `charging` still running."""
+    while True:
+        waiting = (await holder.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE :q"), {"q": f"%{statement}%"})).scalar_one()
+        if waiting:
+            return
+        assert not charging.done(), charging
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.parametrize(("rule", "statement"), [
     (PLAIN, "INSERT INTO fee_charges"), (GRADUATED, "charge_counted")], ids=["plain", "counted"])
 async def test_a_duplicate_committed_while_a_charge_waits_is_answered_not_lost(
@@ -122,14 +135,7 @@ async def test_a_duplicate_committed_while_a_charge_waits_is_answered_not_lost(
         await holder.execute(text("INSERT INTO fee_charges SELECT * FROM planted"))
         charging = asyncio.ensure_future(
             billing.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("RACE", 1000))))
-        while True:  # until the charge waits on the planted row's lock
-            waiting = (await holder.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                f"AND query LIKE '%{statement}%'"))).scalar_one()
-            if waiting:
-                break
-            assert not charging.done(), charging
-            await asyncio.sleep(0.02)
+        await _until_waiting_on_a_lock(holder, charging, statement)  # the planted row's
         await holder.commit()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await charging
@@ -153,14 +159,7 @@ async def test_a_counter_moved_while_a_counted_charge_waits_is_priced_from_where
             "WHERE merchant_id = 'M1'"))
         charging = asyncio.ensure_future(
             billing.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("RACE", 1000))))
-        while True:  # until the counted write waits on the held counter's lock
-            waiting = (await holder.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE '%charge_counted%'"))).scalar_one()
-            if waiting:
-                break
-            assert not charging.done(), charging
-            await asyncio.sleep(0.02)
+        await _until_waiting_on_a_lock(holder, charging, "charge_counted")  # the counter's
         await holder.commit()
     result = (await charging).result
     # Priced from 31,000 (0.21 %), not from the 1,000 read before the move (1 %).
