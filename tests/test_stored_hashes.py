@@ -7,7 +7,11 @@ values are those the code computed when they were pinned (1 Dec 2026)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from zoneinfo import ZoneInfo
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.billing.domain.model import FeeTxn
 from services.billing.service_layer.outcomes import txn_hash
@@ -32,3 +36,17 @@ def test_billing_request_hashes_are_the_ones_stored_before():
                  "DEBIT")
     assert txn_hash(txn).hex() == "b2bd5d843eae13b4fbe2222805b75645"
     assert txn_hash(txn._replace(card_type="CREDIT")) != txn_hash(txn)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(), min_size=9, max_size=9),
+       st.integers(min_value=-(10**15), max_value=10**15),
+       st.datetimes(min_value=dt.datetime(1970, 1, 1), max_value=dt.datetime(9998, 12, 31),
+                    timezones=st.just(dt.UTC)))
+def test_billing_request_hash_is_the_hash_of_the_tuples_repr(texts, amount, moment):
+    # txn_hash writes the repr out instead of building the tuple; it must stay exactly
+    # the repr the stored hashes were made from, whatever the text holds (quotes,
+    # backslashes, non-ASCII).
+    t = FeeTxn(texts[0], texts[1], texts[2], amount, texts[3], moment, *texts[4:9])
+    raw = repr((*t[1:5], t[5].timestamp(), *t[6:]))
+    assert txn_hash(t) == hashlib.blake2b(raw.encode(), digest_size=16).digest()
