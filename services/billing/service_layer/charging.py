@@ -186,7 +186,10 @@ RETURNING transaction_id
 # lookup reads the statement's snapshot, which does not see the CTE's own inserts, so it
 # would find nothing for an inserted id: its index probe is skipped by the gate on
 # `i.transaction_id IS NULL`). A data-modifying CTE runs exactly once whether or not it
-# is read.
+# is read. The answer is one row holding the generation (ord NULL) and one row per id NOT
+# inserted, by its position: a fresh batch, the common case, comes back as one row
+# instead of one per charge (asyncpg decoded and Python read 1,000 rows that said only
+# "inserted"). On a generation mismatch only the generation row comes back.
 _CHARGE_PLAINLY = """
 WITH g AS (SELECT generation FROM rule_generation),
 ins AS (
@@ -198,14 +201,16 @@ ins AS (
   ON CONFLICT (transaction_id) DO NOTHING
   RETURNING transaction_id
 )
-SELECT (SELECT generation FROM g) AS gen, i.transaction_id IS NOT NULL AS inserted,
-  c.request_hash, c.result
+SELECT (SELECT generation FROM g) AS gen, NULL::bigint AS ord, NULL::bytea AS request_hash,
+  NULL::text AS result
+UNION ALL
+SELECT NULL, t.ord, c.request_hash, c.result
 FROM unnest($2::text[]) WITH ORDINALITY AS t(id, ord)
 LEFT JOIN ins i ON i.transaction_id = t.id
 LEFT JOIN LATERAL (
   SELECT request_hash, result FROM fee_charges
   WHERE i.transaction_id IS NULL AND transaction_id = t.id OFFSET 0) c ON true
-ORDER BY t.ord
+WHERE i.transaction_id IS NULL AND (SELECT generation FROM g) = $1
 """
 
 # A counted batch (`Pricing._charge_counted`): whether any id was charged before, the
@@ -417,14 +422,22 @@ class Pricing:
         async with self.db.connect() as conn:
             rows = await conn.fetch(
                 _CHARGE_PLAINLY, generation, [t.transaction_id for t in txns], charge_rows)
-        if rows and rows[0]["gen"] != generation:
-            # Rules changed through another instance: nothing was inserted.
-            await self.book.at_generation(rows[0]["gen"])
-            raise _Retry
+        missed: dict[int, Any] = {}
+        for row in rows:
+            if row["ord"] is None:
+                if row["gen"] != generation:
+                    # Rules changed through another instance: nothing was inserted.
+                    await self.book.at_generation(row["gen"])
+                    raise _Retry
+            else:
+                missed[row["ord"] - 1] = row
+        if not missed:
+            return planned  # every charge inserted as priced
         out: list[FeeOutcome | DomainError] = []
-        for i, (row, plan) in enumerate(zip(rows, planned, strict=True)):
-            if row["inserted"]:
-                out.append(plan)
+        for i, plan in enumerate(planned):
+            row = missed.get(i)
+            if row is None:
+                out.append(plan)  # inserted
             elif row["request_hash"] is not None:
                 out.append(self._replayed(txns[i], hashes[i], row))
             elif isinstance(plan, FeeOutcome):

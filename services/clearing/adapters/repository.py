@@ -115,6 +115,7 @@ def to_detail(r: Any) -> Detail:
 
 # An exception's first and last time are the transaction's now(), the create time's too.
 _INSERT_TRANSACTIONS = f"""
+WITH ins AS (
 INSERT INTO clearing_details (
     detail_id, detail_type, merchant_id, currency, amount, transaction_time, business_date,
     original_transaction_id, product, business_line, acquirer_bank, issuer_bank, card_type,
@@ -128,7 +129,11 @@ SELECT t.*, now() + make_interval(secs => $2),
     CASE WHEN t.reason = '{PREPAID_SHORTFALL}' THEN now() + make_interval(secs => $3) END
 FROM unnest($1::clearing_detail_row[]) AS t
 ON CONFLICT (detail_id) DO NOTHING
-RETURNING detail_id, create_time
+RETURNING detail_id
+)
+SELECT now() AS create_time, count(*) AS inserted,
+    CASE WHEN count(*) < $4 THEN coalesce(array_agg(detail_id), '{{}}') END AS ids
+FROM ins
 """
 
 Decision = tuple[str, str, int, str, str, int, str, str, int | None]
@@ -174,23 +179,25 @@ async def insert_transactions(
     decisions = [_decision(o) for o in outcomes]
     # One clearing_detail_row per detail (migration clearing_0009): a TransactionIn's
     # fields are the row's first columns in order, with the business date after the time.
-    rows = await conn.fetch(
+    answer = await conn.fetchrow(
         _INSERT_TRANSACTIONS,
         [(*t[:6], day, *t[6:], h, *d)
          for t, day, h, d in zip(txs, dates, hashes, decisions, strict=True)],
         first_retry_s,
         auto_retry_s,
+        len(txs),
     )
-    # Only the id and the database's create time come back: every other column of a new
-    # row is what was just sent, so the details are built from it instead of decoding 24
-    # columns per row (fewer values for PostgreSQL to send and asyncpg to decode).
-    created = {r[0]: r[1] for r in rows}
+    # One row comes back: the create time (now(), the default of every row this
+    # statement inserts) and, only when some id was already present, the ids inserted.
+    # Every other column of a new row is what was just sent, so the details are built
+    # from it instead of decoding a row per detail.
+    create_time = answer["create_time"]
+    inserted = None if answer["ids"] is None else set(answer["ids"])
     details: dict[str, Detail] = {}
     for t, day, (status, state, fee, mode, rule, version, reason, message, required) in zip(
         txs, dates, decisions, strict=True
     ):
-        create_time = created.get(t.transaction_id)
-        if create_time is None:
+        if inserted is not None and t.transaction_id not in inserted:
             continue
         refused = state is STATE_EXCEPTION
         details[t.transaction_id] = new_detail(
