@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from shared.convert import datetime_to_ts
 from shared.errors import reason_of
-from tests.clearing.conftest import T0, money, payment, record, refund
+from tests.clearing.conftest import T0, money, payment, percent_rule, record, refund
 from tests.support.rpc_errors import reason, violated_fields
 
 
@@ -255,3 +255,51 @@ async def test_an_unknown_detail_is_not_found(clearing):
         await clearing.stub.GetDetail(pb.GetDetailRequest(detail_id="NOPE"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert reason(err.value) == "DETAIL_NOT_FOUND"
+
+
+# The fields DETAIL_VIEW_BASIC documents (clearing.proto); every other field is left unset.
+BASIC_FIELDS = {"detail_id", "detail_type", "amount", "business_date", "fee_status", "fee",
+                "collection_mode", "rule_id", "rule_version", "state", "exception_reason"}
+
+
+async def test_a_basic_batch_answer_carries_only_what_recording_decided(clearing):
+    await percent_rule(clearing.extra["billing"], "R-VIEW", "0.006", merchant="M1")
+    txs = [payment("VB1", 1_000, product="QUICKPAY"), refund("VBR1", "VB1", 300),
+           payment("VB2", -5)]
+    basic = await clearing.stub.BatchRecordTransactions(pb.BatchRecordTransactionsRequest(
+        transactions=txs, view=pb.DETAIL_VIEW_BASIC))
+    assert [o.WhichOneof("outcome") for o in basic.outcomes] == ["result", "result", "error"]
+    # A retry asking for everything answers the same details, in full.
+    full = await clearing.stub.BatchRecordTransactions(pb.BatchRecordTransactionsRequest(
+        transactions=txs[:2], view=pb.DETAIL_VIEW_FULL))
+    for b, f in zip(basic.outcomes, full.outcomes, strict=False):
+        assert b.result.fee_pending == f.result.fee_pending
+        kept = pb.ClearingDetail()
+        for field, value in f.result.detail.ListFields():
+            if field.name not in BASIC_FIELDS:
+                continue
+            if field.message_type is None:
+                setattr(kept, field.name, value)
+            else:
+                getattr(kept, field.name).CopyFrom(value)
+        assert b.result.detail == kept
+        assert f.result.detail.product or f.result.detail.original_transaction_id
+        assert not b.result.detail.HasField("create_time")
+    assert [o.result.detail.fee_status for o in basic.outcomes[:2]] == [
+        pb.FEE_STATUS_KNOWN, pb.FEE_STATUS_KNOWN]
+    assert basic.outcomes[0].result.detail.fee.minor_units == 6
+    assert basic.outcomes[0].result.detail.rule_id == "R-VIEW"
+    # A replay asked for BASIC is answered in BASIC too.
+    again = await clearing.stub.BatchRecordTransactions(pb.BatchRecordTransactionsRequest(
+        transactions=txs[:1], view=pb.DETAIL_VIEW_BASIC))
+    assert again.outcomes[0].result.detail == basic.outcomes[0].result.detail
+    assert await count(clearing) == 2
+
+
+async def test_an_unknown_detail_view_is_refused_and_stores_nothing(clearing):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await clearing.stub.BatchRecordTransactions(pb.BatchRecordTransactionsRequest(
+            transactions=[payment("VX1", 1_000)], view=7))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(err.value) == {"view"}
+    assert await count(clearing) == 0

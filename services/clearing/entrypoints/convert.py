@@ -200,23 +200,42 @@ def _exception_into(m: pb.ExceptionInfo, e: ExceptionAge) -> None:
     m.required_balance = e.required
 
 
-def detail_into(m: pb.ClearingDetail, d: Detail) -> None:
-    """`detail(d)` written into a message in place (a batch answer's 1,000 details: no
-    intermediate messages to copy). The maps are keyed by the enums' string values; a
-    StrEnum member hashes and compares as its value, so it looks itself up without
-    `.value` (a property call per field per detail). `m` must be new: the fields that
-    are often empty are set only when they are not (proto3 has no presence for them, so
-    "" and unset are the same message), which is cheaper than setting them to ""."""
+def detail_basic_into(m: pb.ClearingDetail, d: Detail) -> None:
+    """The DETAIL_VIEW_BASIC fields of `d` written into a new message in place: what
+    recording decided (the fee, its status and rule, the state, the business date) and
+    the detail's id, type and amount; a batch caller that keeps what it sent needs no
+    more. The maps are keyed by the enums' string values; a StrEnum member hashes and
+    compares as its value, so it looks itself up without `.value` (a property call per
+    field per detail)."""
     m.detail_id = d.detail_id
     m.detail_type = DETAIL_TYPES[d.detail_type]
-    m.merchant_id = d.merchant_id
     amount = m.amount
     amount.currency_code = d.currency
     amount.minor_units = d.amount
-    write_ts(m.transaction_time, d.transaction_time)
     b = m.business_date
     bd = d.business_date
     b.year, b.month, b.day = bd.year, bd.month, bd.day
+    m.fee_status = FEE_STATUSES[d.fee_status]
+    fee = m.fee
+    fee.currency_code = d.currency
+    fee.minor_units = d.fee
+    m.collection_mode = MODES[d.collection_mode]
+    m.rule_id = d.rule_id
+    m.rule_version = d.rule_version
+    m.state = STATES[d.state]
+    if d.exception_reason:
+        m.exception_reason = d.exception_reason
+
+
+def detail_into(m: pb.ClearingDetail, d: Detail) -> None:
+    """`detail(d)` written into a message in place (a batch answer's 1,000 details: no
+    intermediate messages to copy): the BASIC fields, then the rest. `m` must be new: the
+    fields that are often empty are set only when they are not (proto3 has no presence
+    for them, so "" and unset are the same message), which is cheaper than setting them
+    to ""."""
+    detail_basic_into(m, d)
+    m.merchant_id = d.merchant_id
+    write_ts(m.transaction_time, d.transaction_time)
     if d.original_transaction_id:
         m.original_transaction_id = d.original_transaction_id
     m.product = d.product
@@ -226,18 +245,8 @@ def detail_into(m: pb.ClearingDetail, d: Detail) -> None:
     if d.issuer_bank:
         m.issuer_bank = d.issuer_bank
     m.card_type = d.card_type
-    m.fee_status = FEE_STATUSES[d.fee_status]
-    fee = m.fee
-    fee.currency_code = d.currency
-    fee.minor_units = d.fee
-    m.collection_mode = MODES[d.collection_mode]
-    m.rule_id = d.rule_id
-    m.rule_version = d.rule_version
-    m.state = STATES[d.state]
     if d.batch_id:
         m.batch_id = d.batch_id
-    if d.exception_reason:
-        m.exception_reason = d.exception_reason
     if d.adjustment_reason:
         m.adjustment_reason = d.adjustment_reason
     write_ts(m.create_time, d.create_time)

@@ -30,6 +30,12 @@ from shared.validation import (
 )
 
 ERROR_DOMAIN = "clearing.clearhouse"
+# How a batch answer writes each recorded detail, by the request's DetailView.
+_VIEWS = {
+    pb.DETAIL_VIEW_UNSPECIFIED: convert.detail_into,
+    pb.DETAIL_VIEW_BASIC: convert.detail_basic_into,
+    pb.DETAIL_VIEW_FULL: convert.detail_into,
+}
 
 
 def _recorded(d: Detail) -> pb.RecordTransactionResponse:
@@ -97,6 +103,7 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         items = request.transactions
         v = Violations()
         check_count(v, len(items), "transactions", max_items=MAX_BATCH_ITEMS)
+        v.check(request.view in _VIEWS, "view", "unknown detail view")
         seen: set[str] = set()
         for i, t in enumerate(items):
             # An empty id is not a repeat: that item gets its own "required" below.
@@ -120,12 +127,13 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
             else:
                 valid.append((i, tx))
         results = await self.recorder.record([tx for _, tx in valid])
+        write = _VIEWS[request.view]
         for (i, _), result in zip(valid, results, strict=True):
             if isinstance(result, DomainError):
                 outcomes[i].error.CopyFrom(to_status(result, ERROR_DOMAIN))
             else:
                 recorded = outcomes[i].result
-                convert.detail_into(recorded.detail, result)
+                write(recorded.detail, result)
                 recorded.fee_pending = result.fee_pending
         return response
 

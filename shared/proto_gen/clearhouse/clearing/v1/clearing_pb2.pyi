@@ -167,6 +167,38 @@ EXCEPTION_RESOLUTION_MANUAL: ExceptionResolution.ValueType  # 3
 """Ops fix the configuration (a missing fee rule, …) and call RetryExceptions."""
 Global___ExceptionResolution: _TypeAlias = ExceptionResolution  # noqa: Y015
 
+class _DetailView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DetailViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DetailView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DETAIL_VIEW_UNSPECIFIED: _DetailView.ValueType  # 0
+    """Not set: FULL."""
+    DETAIL_VIEW_BASIC: _DetailView.ValueType  # 1
+    """What recording decided, for a caller that keeps what it sent: detail_id,
+    detail_type, amount, business_date, fee_status, fee, collection_mode, rule_id,
+    rule_version, state and exception_reason. The other fields are left unset; GetDetail
+    returns them all. About half the bytes of FULL, and half the work to build.
+    """
+    DETAIL_VIEW_FULL: _DetailView.ValueType  # 2
+    """Every field, as GetDetail returns it."""
+
+class DetailView(_DetailView, metaclass=_DetailViewEnumTypeWrapper):
+    """DetailView is how much of each recorded detail a batch answer carries."""
+
+DETAIL_VIEW_UNSPECIFIED: DetailView.ValueType  # 0
+"""Not set: FULL."""
+DETAIL_VIEW_BASIC: DetailView.ValueType  # 1
+"""What recording decided, for a caller that keeps what it sent: detail_id,
+detail_type, amount, business_date, fee_status, fee, collection_mode, rule_id,
+rule_version, state and exception_reason. The other fields are left unset; GetDetail
+returns them all. About half the bytes of FULL, and half the work to build.
+"""
+DETAIL_VIEW_FULL: DetailView.ValueType  # 2
+"""Every field, as GetDetail returns it."""
+Global___DetailView: _TypeAlias = DetailView  # noqa: Y015
+
 class _BatchState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -525,6 +557,11 @@ class BatchRecordTransactionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    view: Global___DetailView.ValueType
+    """How much of each detail the answer carries; FULL when not set. It changes only the
+    answer: what is recorded, and a retry's outcome, are the same either way.
+    """
     @_builtins.property
     def transactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transaction]:
         """The transactions: 1 to 1,000, ids distinct within the batch (else the whole call is
@@ -535,10 +572,11 @@ class BatchRecordTransactionsRequest(_message.Message):
         self,
         *,
         transactions: _abc.Iterable[Global___Transaction] | None = ...,
+        view: Global___DetailView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["transactions", b"transactions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transactions", b"transactions", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
