@@ -1,5 +1,5 @@
 """The fast path of a reported Transaction (`transaction_in` building a clean one at
-once) must agree with the field-by-field checks (`_checked_transaction`) on every input:
+once) must agree with the field-by-field checks (`checked_transaction_in`) on every input:
 the same TransactionIn when it has no violation, and the same violations otherwise."""
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ def transactions(draw: st.DrawFn) -> pb.Transaction:
 def test_the_fast_path_agrees_with_the_field_checks(t):
     fast, checked = Violations(), Violations()
     built = convert.transaction_in(fast, t, "transactions[3].")
-    expected = convert._checked_transaction(checked, t, "transactions[3].")
+    expected = convert.checked_transaction_in(checked, t, "transactions[3].")
     assert fast.items == checked.items
     if not checked.items:
         assert built == expected
+    plain = convert.plain_transaction_in(t)  # what a batch asks first
+    if plain is not None:
+        assert not checked.items
+        assert plain == expected
 
 
 def test_clean_payments_and_refunds_are_built_as_the_checks_would_build_them():
@@ -43,6 +47,6 @@ def test_clean_payments_and_refunds_are_built_as_the_checks_would_build_them():
         v = Violations()
         built = convert.transaction_in(v, t, "")
         assert not v.items
-        assert built == convert._checked_transaction(Violations(), t, "")
+        assert built == convert.checked_transaction_in(Violations(), t, "")
         assert built.detail_type is (DetailType.PAYMENT if kind == 1 else DetailType.REFUND)
         assert built.transaction_time.microsecond == 5

@@ -115,8 +115,16 @@ def required_date(v: Violations, value: date_pb2.Date, present: bool, path: str)
 def transaction_in(v: Violations, t: pb.Transaction, prefix: str) -> TransactionIn:
     """The domain transaction; problems go to `v` under `prefix` (e.g. 'transaction.').
     One every check passes (the common case: each item of a batch of 1,000) is read once
-    and built at once; any other is checked field by field (`_checked_transaction`),
-    which finds its violations."""
+    and built at once (`plain_transaction_in`); any other is checked field by field
+    (`checked_transaction_in`), which finds its violations."""
+    tx = plain_transaction_in(t)
+    return tx if tx is not None else checked_transaction_in(v, t, prefix)
+
+
+def plain_transaction_in(t: pb.Transaction) -> TransactionIn | None:
+    """The domain transaction if every check passes, else None (then
+    `checked_transaction_in` says why): a batch asks this first, and makes the
+    violations and their field paths only for an item it declines."""
     tid, merchant, original = t.transaction_id, t.merchant_id, t.original_transaction_id
     product, line, acquirer, issuer, card = (
         t.product, t.business_line, t.acquirer_bank, t.issuer_bank, t.card_type)
@@ -134,10 +142,10 @@ def transaction_in(v: Violations, t: pb.Transaction, prefix: str) -> Transaction
         if moment is not None:
             return TransactionIn(tid, kind, merchant, currency, minor, moment, original,
                                  product, line, acquirer, issuer, card)
-    return _checked_transaction(v, t, prefix)
+    return None
 
 
-def _checked_transaction(v: Violations, t: pb.Transaction, prefix: str) -> TransactionIn:
+def checked_transaction_in(v: Violations, t: pb.Transaction, prefix: str) -> TransactionIn:
     has_time = t.HasField("transaction_time")
     moment = _moment(v, t.transaction_time, has_time, prefix + "transaction_time")
     kind = _TX_TYPES.get(t.transaction_type)

@@ -118,14 +118,16 @@ class ClearingServicer(clearing_pb2_grpc.ClearingServiceServicer):
         outcomes = [response.outcomes.add() for _ in items]
         valid: list[tuple[int, TransactionIn]] = []
         for i, t in enumerate(items):
-            iv = Violations()
-            tx = convert.transaction_in(iv, t, f"transactions[{i}].")
-            if iv:
-                outcomes[i].error.CopyFrom(
-                    to_status(InvalidArgument(list(iv.items)), ERROR_DOMAIN)
-                )
-            else:
-                valid.append((i, tx))
+            tx = convert.plain_transaction_in(t)
+            if tx is None:  # checked field by field, its violations named by position
+                iv = Violations()
+                tx = convert.checked_transaction_in(iv, t, f"transactions[{i}].")
+                if iv:
+                    outcomes[i].error.CopyFrom(
+                        to_status(InvalidArgument(list(iv.items)), ERROR_DOMAIN)
+                    )
+                    continue
+            valid.append((i, tx))
         results = await self.recorder.record([tx for _, tx in valid])
         write = _VIEWS[request.view]
         for (i, _), result in zip(valid, results, strict=True):
