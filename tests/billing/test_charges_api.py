@@ -197,6 +197,38 @@ async def test_a_malformed_charge_is_refused_with_field_violations_and_records_n
     assert await _counters(billing.stub, "M1") == (0, 0)
 
 
+# The fields FEE_RESULT_VIEW_BASIC documents (billing.proto).
+BASIC_RESULT = {"transaction_id", "fee", "rule_id", "rule_version", "collection_mode"}
+
+
+async def test_a_basic_batch_answer_is_the_full_result_restricted_to_what_a_caller_books(
+        billing):
+    await billing.stub.CreateFeeRule(create_rule(GRADUATED))
+    items = [pb.ChargeFeeRequest(transaction=txn(f"V{i}", 4000)) for i in range(3)]
+    basic = await billing.stub.BatchChargeFees(pb.BatchChargeFeesRequest(
+        requests=items, view=pb.FEE_RESULT_VIEW_BASIC))
+    full = await billing.stub.BatchChargeFees(pb.BatchChargeFeesRequest(
+        requests=items, view=pb.FEE_RESULT_VIEW_FULL))  # replays, in full
+    assert full.outcomes[2].result.cumulative_amount_before == 8000  # FULL has the rest
+    for b, f in zip(basic.outcomes, full.outcomes, strict=True):
+        kept = pb.FeeResult()
+        for field, value in f.result.ListFields():
+            if field.name not in BASIC_RESULT:
+                continue
+            if field.message_type is None:
+                setattr(kept, field.name, value)
+            else:
+                getattr(kept, field.name).CopyFrom(value)
+        assert b.result == kept
+    assert [o.result.fee.minor_units for o in basic.outcomes] == [40, 25, 20]  # 1 %, then 0.5 % from 5,000
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await billing.stub.BatchChargeFees(pb.BatchChargeFeesRequest(
+            requests=[pb.ChargeFeeRequest(transaction=txn("V9", 4000))], view=9))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(err.value)) == {"view"}
+    assert await _counters(billing.stub, "M1") == (12000, 3)
+
+
 async def test_a_batch_answers_each_item_and_commits_the_successful_ones(billing):
     await billing.stub.CreateFeeRule(create_rule({**GRADUATED, "collection_mode": "PREPAID"}))
     await _top_up(billing.stub, "M1", 100)

@@ -151,8 +151,16 @@ _TXN_TYPES = {
 
 def txn_from_proto(t: pb.FeeTransaction, v: Violations, p: str = "transaction.") -> FeeTxn | None:
     """The FeeTxn, or None with violations added. A transaction every check passes (the
-    common case: each item of a batch of 1,000) is read once and built at once; any
-    other is checked field by field (`_checked_txn`), which finds its violations."""
+    common case: each item of a batch of 1,000) is read once and built at once
+    (`plain_txn`); any other is checked field by field (`_checked_txn`), which finds its
+    violations."""
+    built = plain_txn(t)
+    return built if built is not None else _checked_txn(t, v, p)
+
+
+def plain_txn(t: pb.FeeTransaction) -> FeeTxn | None:
+    """The FeeTxn if every check passes, else None (`txn_from_proto` then says why): a
+    batch asks this first and makes violations only for an item it declines."""
     tid, merchant = t.transaction_id, t.merchant_id
     product, line, acquirer, issuer, card = (
         t.product, t.business_line, t.acquirer_bank, t.issuer_bank, t.card_type)
@@ -166,7 +174,7 @@ def txn_from_proto(t: pb.FeeTransaction, v: Violations, p: str = "transaction.")
         if moment is not None:
             return FeeTxn(tid, merchant, kind, minor, currency, moment,
                           product, line, acquirer, issuer, card)
-    return _checked_txn(t, v, p)
+    return None
 
 
 def _checked_txn(t: pb.FeeTransaction, v: Violations, p: str) -> FeeTxn | None:
@@ -223,9 +231,8 @@ def outcome_to_proto(o: FeeOutcome) -> pb.FeeResult:
     return result
 
 
-def outcome_into(result: pb.FeeResult, o: FeeOutcome) -> None:
-    """The FeeResult of `o` written in place (a batch answer's 1,000 results: no
-    intermediate messages to copy)."""
+def outcome_basic_into(result: pb.FeeResult, o: FeeOutcome) -> None:
+    """The FEE_RESULT_VIEW_BASIC fields of `o` written in place: what a caller books."""
     result.transaction_id = o.transaction_id
     fee = result.fee
     fee.currency_code = o.currency
@@ -233,6 +240,12 @@ def outcome_into(result: pb.FeeResult, o: FeeOutcome) -> None:
     result.rule_id = o.rule_id
     result.rule_version = o.rule_version
     result.collection_mode = _MODES[o.collection_mode]
+
+
+def outcome_into(result: pb.FeeResult, o: FeeOutcome) -> None:
+    """The FeeResult of `o` written in place (a batch answer's 1,000 results: no
+    intermediate messages to copy): the BASIC fields, then the rest."""
+    outcome_basic_into(result, o)
     result.exact_fee = str(o.exact)
     result.cumulative_amount_before = o.amount_before
     result.cumulative_count_before = o.count_before

@@ -41,6 +41,14 @@ def _now() -> dt.datetime:
     return clock.now()  # the shared service clock (CLEARHOUSE_NOW)
 
 
+# How a batch answer writes each result, by the request's FeeResultView.
+_VIEWS = {
+    pb.FEE_RESULT_VIEW_UNSPECIFIED: c.outcome_into,
+    pb.FEE_RESULT_VIEW_BASIC: c.outcome_basic_into,
+    pb.FEE_RESULT_VIEW_FULL: c.outcome_into,
+}
+
+
 def _batch_size(n: int) -> None:
     v = Violations()
     val.check_count(v, n, "requests", max_items=MAX_BATCH)
@@ -55,16 +63,25 @@ def _page(v: Violations, size: int, token: str) -> None:
 def _batch_items(
     items: Sequence[Any], parse: Callable[[Any, Violations], T | None],
     id_of: Callable[[T], str], id_path: str,
+    plain: Callable[[Any], T | None] | None = None,
 ) -> tuple[list[Any], list[int], list[T]]:
     """Per item of a batch: an error status, or a slot for the valid ones handled
     together. Returns the statuses (None where valid), the valid items' positions and
-    the valid items; an id seen earlier in the batch is a violation at `id_path`."""
+    the valid items; an id seen earlier in the batch is a violation at `id_path`.
+    `plain`, when given, reads an item every check passes (None otherwise): only the
+    items it declines are parsed with violations collected."""
     _batch_size(len(items))
     errors: list[Any] = [None] * len(items)
     valid_at: list[int] = []
     valid: list[T] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
+        parsed = plain(item) if plain is not None else None
+        if parsed is not None and (key := id_of(parsed)) not in seen:
+            seen.add(key)
+            valid_at.append(i)
+            valid.append(parsed)
+            continue
         v = Violations()
         parsed = parse(item, v)
         key = ""
@@ -224,21 +241,25 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return _batch_items(
             items, lambda item, v: c.txn_from_proto(item.transaction, v),
             lambda t: t.transaction_id, "transaction.transaction_id",
+            lambda item: c.plain_txn(item.transaction),
         )
 
     @staticmethod
     def _fee_outcomes(
         response: Any, errors: list[Any], valid_at: list[int],
         results: list[FeeOutcome | DomainError],
+        view: pb.FeeResultView.ValueType = pb.FEE_RESULT_VIEW_FULL,
     ) -> Any:
-        """Fills `response.outcomes` in place (no per-item messages built and copied)."""
+        """Fills `response.outcomes` in place (no per-item messages built and copied),
+        each result in `view`."""
         for i, r in zip(valid_at, results, strict=True):
             errors[i] = r
         add = response.outcomes.add
+        write = _VIEWS[view]
         for r in errors:
             o = add()
             if isinstance(r, FeeOutcome):
-                c.outcome_into(o.result, r)
+                write(o.result, r)
             elif isinstance(r, DomainError):
                 o.error.CopyFrom(to_status(r, ERROR_DOMAIN))
             else:
@@ -251,9 +272,14 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return self._fee_outcomes(pb.BatchQuoteFeesResponse(), errors, valid_at, results)
 
     async def BatchChargeFees(self, request: pb.BatchChargeFeesRequest, context: Any) -> pb.BatchChargeFeesResponse:
+        if request.view not in _VIEWS:
+            v = Violations()
+            v.add("view", "unknown result view")
+            v.raise_if_any()
         errors, valid_at, txns = self._batch_txns(request.requests)
         results = await self.pricing.charge(txns) if txns else []
-        return self._fee_outcomes(pb.BatchChargeFeesResponse(), errors, valid_at, results)
+        return self._fee_outcomes(pb.BatchChargeFeesResponse(), errors, valid_at, results,
+                                  request.view)
 
     async def BatchRefundFees(self, request: pb.BatchRefundFeesRequest, context: Any) -> pb.BatchRefundFeesResponse:
         slots, valid_at, reqs = _batch_items(

@@ -192,7 +192,8 @@ class BillingClient:
         deadline: past it the fees are left pending, as a unary call's would be."""
         if len(details) <= 1:
             return [await self.charge(d) for d in details]
-        request = billing_pb2.BatchChargeFeesRequest()
+        # BASIC: clearing books the fee, its rule and version and how it is collected.
+        request = billing_pb2.BatchChargeFeesRequest(view=billing_pb2.FEE_RESULT_VIEW_BASIC)
         add = request.requests.add
         for d in details:
             _fee_transaction_into(add().transaction, d)

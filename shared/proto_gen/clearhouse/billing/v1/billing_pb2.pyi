@@ -205,6 +205,36 @@ FEE_RULE_STATE_ENDED: FeeRuleState.ValueType  # 3
 """The last version's window has closed."""
 Global___FeeRuleState: _TypeAlias = FeeRuleState  # noqa: Y015
 
+class _FeeResultView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeeResultViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeeResultView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEE_RESULT_VIEW_UNSPECIFIED: _FeeResultView.ValueType  # 0
+    """Not set: FULL."""
+    FEE_RESULT_VIEW_BASIC: _FeeResultView.ValueType  # 1
+    """What a caller books: transaction_id, fee, rule_id, rule_version and
+    collection_mode. The other fields are left unset; ListFeeCharges and a retry asking
+    for FULL return them all.
+    """
+    FEE_RESULT_VIEW_FULL: _FeeResultView.ValueType  # 2
+    """Every field."""
+
+class FeeResultView(_FeeResultView, metaclass=_FeeResultViewEnumTypeWrapper):
+    """FeeResultView is how much of each charge's FeeResult a batch answer carries."""
+
+FEE_RESULT_VIEW_UNSPECIFIED: FeeResultView.ValueType  # 0
+"""Not set: FULL."""
+FEE_RESULT_VIEW_BASIC: FeeResultView.ValueType  # 1
+"""What a caller books: transaction_id, fee, rule_id, rule_version and
+collection_mode. The other fields are left unset; ListFeeCharges and a retry asking
+for FULL return them all.
+"""
+FEE_RESULT_VIEW_FULL: FeeResultView.ValueType  # 2
+"""Every field."""
+Global___FeeResultView: _TypeAlias = FeeResultView  # noqa: Y015
+
 class _FeeAccountMovementType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1400,6 +1430,11 @@ class BatchChargeFeesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    view: Global___FeeResultView.ValueType
+    """How much of each result the answer carries; FULL when not set. It changes only the
+    answer: what is charged, and a retry's outcome, are the same either way.
+    """
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChargeFeeRequest]:
         """The charges: 1 to 1000, transaction ids distinct within the batch; each item is
@@ -1410,10 +1445,11 @@ class BatchChargeFeesRequest(_message.Message):
         self,
         *,
         requests: _abc.Iterable[Global___ChargeFeeRequest] | None = ...,
+        view: Global___FeeResultView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
