@@ -26,8 +26,13 @@ def fee_transactions(draw: st.DrawFn) -> pb.FeeTransaction:
 @given(fee_transactions())
 def test_the_fast_path_agrees_with_the_field_checks(t):
     fast, checked = Violations(), Violations()
-    assert c.txn_from_proto(t, fast) == c._checked_txn(t, checked, "transaction.")
+    expected = c._checked_txn(t, checked, "transaction.")
+    assert c.txn_from_proto(t, fast) == expected
     assert fast.items == checked.items
+    plain = c.plain_txn(t)  # what a batch asks first
+    if plain is not None:
+        assert not checked.items
+        assert plain == expected
 
 
 def test_a_clean_transaction_is_built_by_the_fast_path_as_the_checks_would():
