@@ -9,6 +9,7 @@ import grpc
 import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as pb
 from google.protobuf import duration_pb2
+from sqlalchemy import text
 
 from shared.convert import date_to_proto
 from tests.clearing.conftest import T0, payment, percent_rule, record
@@ -74,3 +75,36 @@ async def test_bad_requests_are_refused_field_by_field(clearing, request_, field
         await method(request_)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violated_fields(refused.value) == fields
+
+
+async def test_an_exception_is_stuck_since_its_first_refusal_not_since_it_was_recorded(clearing):
+    """The report ages exceptions as the oldest-exception metric does: from the first
+    refusal. A detail recorded three days ago (its fee pending, say) and refused ten
+    minutes ago has been in exception for ten minutes."""
+    for tid in ("EX-RECENT", "EX-OLD"):  # no fee rule: both refused, into EXCEPTION
+        await record(clearing, payment(tid, 1000))
+    async with clearing.engine.begin() as conn:
+        await conn.execute(text(
+            "UPDATE clearing_details SET create_time = now() - interval '3 days', "
+            "exception_first_time = now() - interval '10 minutes' "
+            "WHERE detail_id = 'EX-RECENT'"))
+        await conn.execute(text(
+            "UPDATE clearing_details SET create_time = now() - interval '2 days', "
+            "exception_first_time = now() - interval '2 days' WHERE detail_id = 'EX-OLD'"))
+        old_since = (await conn.execute(text(
+            "SELECT exception_first_time FROM clearing_details WHERE detail_id = 'EX-OLD'"
+        ))).scalar_one()
+        recent_created = (await conn.execute(text(
+            "SELECT create_time FROM clearing_details WHERE detail_id = 'EX-RECENT'"
+        ))).scalar_one()
+
+    hour = duration_pb2.Duration(seconds=3600)
+    report = await clearing.stub.GetStuckReport(pb.GetStuckReportRequest(exception_min_age=hour))
+    assert report.exceptions.count == 1
+    assert list(report.exceptions.detail_ids) == ["EX-OLD"]
+    assert report.exceptions.oldest_since_time.ToDatetime(dt.UTC) == old_since
+    everything = (await clearing.stub.GetStuckReport(pb.GetStuckReportRequest())).exceptions
+    assert everything.count == 2
+    assert list(everything.detail_ids) == ["EX-OLD", "EX-RECENT"]  # stuck longest first
+    assert everything.oldest_since_time.ToDatetime(dt.UTC) == old_since
+    assert everything.oldest_create_time.ToDatetime(dt.UTC) == recent_created

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.clearing.adapters.repository import STUCK_SINCE
 from shared.figures import rows
 from shared.metrics import FigureSource, ServiceMetrics
 
@@ -38,9 +39,9 @@ def figure_source(engine: AsyncEngine) -> FigureSource:
         # An exception's age runs from its first refusal (a refund moved into exception
         # beside its payment was recorded earlier).
         for name, where, since, what in (
-            ("pending_fees", "fee_status = 'PENDING'", "create_time",
+            ("pending_fees", "fee_status = 'PENDING'", STUCK_SINCE["PENDING_FEE"],
              "Details whose fee billing has not priced yet"),
-            ("exceptions", "state = 'EXCEPTION'", "coalesce(exception_first_time, create_time)",
+            ("exceptions", "state = 'EXCEPTION'", STUCK_SINCE["EXCEPTION"],
              "Details in exception (fee refused, or a refund whose payment is in exception)"),
         ):
             (n, age), = await rows(

@@ -1051,27 +1051,33 @@ async def open_batches_older_than(
 
 # The literal predicates of the partial indexes clearing_details_pending_idx and
 # clearing_details_exception_idx.
+# Since when a detail has been stuck, by kind: a fee is pending from the recording on; an
+# exception's age runs from its first refusal (a refund moved into exception beside its
+# payment has no refusal of its own: from its recording). The metrics use the same.
+STUCK_SINCE = {"PENDING_FEE": "create_time",
+               "EXCEPTION": "coalesce(exception_first_time, create_time)"}
 _STUCK_DETAILS = {"PENDING_FEE": "fee_status = 'PENDING'", "EXCEPTION": "state = 'EXCEPTION'"}
 
 
 async def stuck_details(
     conn: Conn, kind: str, min_age_s: float, limit: int
-) -> tuple[int, dt.datetime | None, list[str]]:
-    """Details with a PENDING_FEE or in EXCEPTION recorded at least `min_age_s` ago: how
-    many, the oldest one's create_time, and the oldest ones' ids."""
-    where = _STUCK_DETAILS[kind]
-    count, oldest = await conn.fetchrow(
-        f"SELECT count(*), min(create_time) FROM clearing_details WHERE {where} "
-        "AND create_time <= now() - make_interval(secs => $1)",
+) -> tuple[int, dt.datetime | None, list[str], dt.datetime | None]:
+    """Details with a PENDING_FEE or in EXCEPTION stuck at least `min_age_s` (STUCK_SINCE):
+    how many, the earliest create_time among them, the ids of those stuck longest, and
+    since when the longest stuck has been."""
+    where, since = _STUCK_DETAILS[kind], STUCK_SINCE[kind]
+    count, oldest, longest = await conn.fetchrow(
+        f"SELECT count(*), min(create_time), min({since}) FROM clearing_details "
+        f"WHERE {where} AND {since} <= now() - make_interval(secs => $1)",
         min_age_s,
     )
     ids = await conn.fetch(
         f"SELECT detail_id FROM clearing_details WHERE {where} "
-        "AND create_time <= now() - make_interval(secs => $1) "
-        "ORDER BY create_time, detail_id LIMIT $2",
+        f"AND {since} <= now() - make_interval(secs => $1) "
+        f"ORDER BY {since}, detail_id LIMIT $2",
         min_age_s, limit,
     )
-    return int(count), oldest, [r["detail_id"] for r in ids]
+    return int(count), oldest, [r["detail_id"] for r in ids], longest
 
 
 async def count_due(

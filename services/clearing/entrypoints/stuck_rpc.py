@@ -56,7 +56,8 @@ async def get_stuck_report(
 
     def details(d: stuck.StuckDetails) -> pb.StuckDetails:
         return pb.StuckDetails(count=d.count, oldest_create_time=datetime_to_ts(d.oldest),
-                               detail_ids=d.detail_ids)
+                               detail_ids=d.detail_ids,
+                               oldest_since_time=datetime_to_ts(d.since))
 
     out = pb.GetStuckReportResponse(
         open_batches=[convert.batch(b) for b in found.open_batches],

@@ -24,8 +24,9 @@ MAX_DETAIL_IDS = 100
 @dataclass(frozen=True, slots=True)
 class StuckDetails:
     count: int = 0
-    oldest: dt.datetime | None = None
-    detail_ids: list[str] = field(default_factory=list)
+    oldest: dt.datetime | None = None  # the earliest create_time among them
+    detail_ids: list[str] = field(default_factory=list)  # stuck longest first
+    since: dt.datetime | None = None  # since when the longest stuck has been
 
 
 @dataclass

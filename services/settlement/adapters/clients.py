@@ -67,7 +67,8 @@ class OpenBatch:
 
 @dataclass(frozen=True, slots=True)
 class StuckDetails:
-    """Details stuck one way in clearing: how many, the oldest's time, the oldest ids."""
+    """Details stuck one way in clearing: how many, since when the longest stuck has
+    been, the ids of those stuck longest."""
 
     count: int
     oldest: dt.datetime | None
@@ -323,7 +324,14 @@ class ClearingClient:
         )
 
         def details(d: clearing_pb2.StuckDetails) -> StuckDetails:
-            oldest = ts_to_datetime(d.oldest_create_time) if d.HasField("oldest_create_time") else None
+            # Since when the longest stuck has been (a clearing before oldest_since_time
+            # sent only the earliest create time).
+            if d.HasField("oldest_since_time"):
+                oldest: dt.datetime | None = ts_to_datetime(d.oldest_since_time)
+            elif d.HasField("oldest_create_time"):
+                oldest = ts_to_datetime(d.oldest_create_time)
+            else:
+                oldest = None
             return StuckDetails(d.count, oldest, list(d.detail_ids))
 
         return StuckInClearing(

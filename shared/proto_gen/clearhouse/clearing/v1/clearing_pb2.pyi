@@ -1984,7 +1984,9 @@ class GetStuckReportRequest(_message.Message):
 
     @_builtins.property
     def exception_min_age(self) -> _duration_pb2.Duration:
-        """Details in EXCEPTION at least this long (since they were recorded); zero for all.
+        """Details in EXCEPTION at least this long (since their first refusal; a refund put
+        in exception beside its payment: since it was recorded), the age the
+        clearhouse_clearing_oldest_exception_age_seconds metric reports; zero for all.
         Limits: 0 to 366 days, not negative.
         """
 
@@ -2022,15 +2024,22 @@ class StuckDetails(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     OLDEST_CREATE_TIME_FIELD_NUMBER: _builtins.int
     DETAIL_IDS_FIELD_NUMBER: _builtins.int
+    OLDEST_SINCE_TIME_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     """How many details."""
     @_builtins.property
     def oldest_create_time(self) -> _timestamp_pb2.Timestamp:
-        """When the oldest of them was recorded; absent when there is none."""
+        """When the earliest recorded of them was recorded; absent when there is none."""
 
     @_builtins.property
     def detail_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The oldest ones' detail ids, oldest first, at most 100."""
+        """The ids of those stuck longest, longest first, at most 100."""
+
+    @_builtins.property
+    def oldest_since_time(self) -> _timestamp_pb2.Timestamp:
+        """Since when the longest stuck of them has been stuck: when it was recorded (a
+        pending fee), when it was first refused (an exception); absent when there is none.
+        """
 
     def __init__(
         self,
@@ -2038,10 +2047,11 @@ class StuckDetails(_message.Message):
         count: _builtins.int = ...,
         oldest_create_time: _timestamp_pb2.Timestamp | None = ...,
         detail_ids: _abc.Iterable[_builtins.str] | None = ...,
+        oldest_since_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_create_time", b"oldest_create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_create_time", b"oldest_create_time", "oldest_since_time", b"oldest_since_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail_ids", b"detail_ids", "oldest_create_time", b"oldest_create_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "detail_ids", b"detail_ids", "oldest_create_time", b"oldest_create_time", "oldest_since_time", b"oldest_since_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
