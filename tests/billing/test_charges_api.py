@@ -20,6 +20,7 @@ from shared.db import create_engine
 from shared.errors import reason_of
 from tests.billing.support import create_rule, error_info, money, ts, txn, violations
 from tests.support import security
+from tests.support.messages import restricted
 
 BASE = {"rule_id": "R1", "currency": "CNY", "effective_from": "2026-01-01T00:00:00+08:00",
         "selectors": {}}
@@ -211,15 +212,7 @@ async def test_a_basic_batch_answer_is_the_full_result_restricted_to_what_a_call
         requests=items, view=pb.FEE_RESULT_VIEW_FULL))  # replays, in full
     assert full.outcomes[2].result.cumulative_amount_before == 8000  # FULL has the rest
     for b, f in zip(basic.outcomes, full.outcomes, strict=True):
-        kept = pb.FeeResult()
-        for field, value in f.result.ListFields():
-            if field.name not in BASIC_RESULT:
-                continue
-            if field.message_type is None:
-                setattr(kept, field.name, value)
-            else:
-                getattr(kept, field.name).CopyFrom(value)
-        assert b.result == kept
+        assert b.result == restricted(f.result, BASIC_RESULT)
     assert [o.result.fee.minor_units for o in basic.outcomes] == [40, 25, 20]  # 1 %, then 0.5 % from 5,000
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await billing.stub.BatchChargeFees(pb.BatchChargeFeesRequest(
