@@ -108,8 +108,9 @@ async def build_app(
         concurrency=settings.call_concurrency,
     )
     due = DueDetails(db, clearing, calendars, today=lambda: business_date(clock(), zone))
+    books = BookService(db, stuck_payout_age_s=settings.stuck_payout_age_s)
     servicer = SettlementServicer(
-        ProfileService(db, now=clock), calendars, runs, StatementService(db, clearing), BookService(db),
+        ProfileService(db, now=clock), calendars, runs, StatementService(db, clearing), books,
         payouts, ClearingAudit(db, clearing, settings.call_concurrency), BalanceService(db),
         RunItemOps(runs), stuck, PayoutConflicts(db),
     )
@@ -155,7 +156,7 @@ async def build_app(
     metrics = ServiceMetrics("settlement")
     metrics.sources += [
         pool_figures(engine),
-        figure_source(engine, BookService(db).check_invariants,
+        figure_source(engine, books.check_invariants,
                       settings.invariant_check_interval_s, calendars.coverage),
         stuck_figure_source(engine, stuck.findings, due.count,
                             settings.clearing_figures_interval_s),

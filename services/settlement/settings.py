@@ -52,6 +52,9 @@ class SettlementSettings(ServiceSettings):
     stuck_pending_fee_age_s: float = Field(default=3600.0, ge=0, le=366 * 86400)
     stuck_exception_age_s: float = Field(default=86400.0, ge=0, le=366 * 86400)
     stuck_reconcile_window_s: float = Field(default=7200.0, ge=0, le=7 * 86400)
+    # CheckInvariants' own `stuck: payouts not final`: a bank payout CREATED or SUBMITTED
+    # this long after it was made (money in transit that the gateway has not finalised).
+    stuck_payout_age_s: float = Field(default=86400.0, ge=0, le=366 * 86400)
     # How often the metrics refresh asks clearing what is stuck and what is due and not
     # settled (the stuck_* and unsettled_due_details gauges); 0: never.
     clearing_figures_interval_s: float = Field(default=300.0, ge=0)

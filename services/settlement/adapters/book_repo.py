@@ -76,11 +76,15 @@ async def account_balances(conn: AsyncConnection, currency: str) -> Sequence[Any
     ).all()
 
 
-async def violations(conn: AsyncConnection) -> list[tuple[str, str, str]]:
-    """(invariant, description, reference) of every offending row of every check."""
+async def violations(
+    conn: AsyncConnection, stuck_payout_age_s: float = 86400.0
+) -> list[tuple[str, str, str]]:
+    """(invariant, description, reference) of every offending row of every check; a bank
+    payout not final `stuck_payout_age_s` after it was made is stuck."""
     found: list[tuple[str, str, str]] = []
     for sql, invariant, describe in CHECKS:
-        for r in await conn.execute(text(sql)):
+        params = {"payout_age_s": stuck_payout_age_s} if ":payout_age_s" in sql else {}
+        for r in await conn.execute(text(sql), params):
             found.append((invariant, describe(r), r.ref))
     return found
 
@@ -178,11 +182,12 @@ CHECKS: list[tuple[str, str, Any]] = [
         "or is released",
     ),
     (
-        # A bank payout the gateway has not finalised for a day: money in transit that
-        # nobody sees (the dispatcher keeps asking; ops check with the bank).
+        # A bank payout the gateway has not finalised for SETTLEMENT_STUCK_PAYOUT_AGE_S
+        # (a day by default): money in transit that nobody sees (the dispatcher keeps
+        # asking; ops check with the bank).
         "SELECT payout_id AS ref, state, attempts, last_error, create_time FROM payouts "
         "WHERE state IN ('CREATED', 'SUBMITTED') "
-        "AND create_time < clock_timestamp() - interval '1 day'",
+        "AND create_time < clock_timestamp() - make_interval(secs => :payout_age_s)",
         "stuck: payouts not final",
         lambda r: f"{r.state} since {r.create_time:%Y-%m-%d %H:%M} UTC after {r.attempts} "
         f"attempt(s) ({r.last_error or 'no error'})",

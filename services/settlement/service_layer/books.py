@@ -47,8 +47,9 @@ def _account_not_found(code: str) -> NotFound:
 
 
 class BookService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, stuck_payout_age_s: float = 86400.0) -> None:
         self.db = db
+        self.stuck_payout_age_s = stuck_payout_age_s
 
     async def balance(self, code: str) -> Balance:
         _check_code(code)
@@ -92,7 +93,7 @@ class BookService:
 
     async def check_invariants(self) -> list[Violation]:
         async with self.db.engine.connect() as conn:
-            found = await book_repo.violations(conn)
+            found = await book_repo.violations(conn, self.stuck_payout_age_s)
         return [Violation(invariant, description, ref) for invariant, description, ref in found]
 
 
