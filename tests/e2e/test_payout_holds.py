@@ -32,14 +32,20 @@ async def wait_payout(stack, check, timeout_s: float = 10.0) -> pb.Payout:
     raise AssertionError(f"payout never got there: {p}")
 
 
-async def test_retry_payout_refuses_a_merchant_on_hold(stack):
+async def settle_one_payment(stack, behaviour: int, times: int) -> None:
+    """MH's payment P1 of 50,000 recorded, priced and settled T+0 on 2 March to its bank
+    account, with the payout gateway set to `behaviour` for `times` calls first."""
     await st.setup_billing(stack, [BASE], {})
     await st.put_profile(stack, PROFILE)
     await st.record(stack, pay("P1", 50000))
     await stack.simulator.control.SetBehaviour(
-        sim.SetBehaviourRequest(behaviour=sim.BEHAVIOUR_FAIL, times=1))
+        sim.SetBehaviourRequest(behaviour=behaviour, times=times))
     await st.wait_fees_known(stack)
     await st.run(stack, dt.date(2026, 3, 2))
+
+
+async def test_retry_payout_refuses_a_merchant_on_hold(stack):
+    await settle_one_payment(stack, sim.BEHAVIOUR_FAIL, 1)
     await st.wait_payouts_final(stack)
     [failed] = await st.payouts(stack)
     assert failed.state == pb.PAYOUT_STATE_FAILED
@@ -62,14 +68,8 @@ async def test_retry_payout_refuses_a_merchant_on_hold(stack):
 
 
 async def test_a_payout_booked_before_a_hold_is_not_sent_until_the_hold_is_lifted(stack):
-    await st.setup_billing(stack, [BASE], {})
-    await st.put_profile(stack, PROFILE)
-    await st.record(stack, pay("P1", 50000))
     # The gateway is down: the payout is booked, tried, and waits (SUBMITTED).
-    await stack.simulator.control.SetBehaviour(
-        sim.SetBehaviourRequest(behaviour=sim.BEHAVIOUR_UNAVAILABLE, times=1000))
-    await st.wait_fees_known(stack)
-    await st.run(stack, dt.date(2026, 3, 2))
+    await settle_one_payment(stack, sim.BEHAVIOUR_UNAVAILABLE, 1000)
     await wait_payout(stack, lambda p: p.attempts >= 1)
     await st.put_profile(stack, {**PROFILE, "hold": True})
     # Seen held before the gateway answers again: a submission already in flight when

@@ -3,27 +3,19 @@ finalised SETTLEMENT_STUCK_PAYOUT_AGE_S after it was made (money in transit nobo
 
 from __future__ import annotations
 
-import datetime as dt
-
 from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 from sqlalchemy import text
 
 from services.settlement.adapters import book_repo
 from tests.e2e import stack as st
-from tests.e2e.test_payout_holds import BASE, PROFILE, pay, wait_payout
+from tests.e2e.test_payout_holds import settle_one_payment, wait_payout
 
 
 async def test_a_bank_payout_not_final_past_the_stuck_age_is_named_by_the_invariant_check(stack):
     """A bank payout still SUBMITTED (here: the gateway down) longer than the age is
     named, a younger one not; the service's setting is a day by default."""
-    await st.setup_billing(stack, [BASE], {})
-    await st.put_profile(stack, PROFILE)
-    await st.record(stack, pay("P1", 50000))
-    await stack.simulator.control.SetBehaviour(
-        sim.SetBehaviourRequest(behaviour=sim.BEHAVIOUR_UNAVAILABLE, times=1000))
-    await st.wait_fees_known(stack)
-    await st.run(stack, dt.date(2026, 3, 2))
+    await settle_one_payment(stack, sim.BEHAVIOUR_UNAVAILABLE, 1000)
     waiting = await wait_payout(stack, lambda p: p.attempts >= 1)
     assert waiting.state == pb.PAYOUT_STATE_SUBMITTED
 
