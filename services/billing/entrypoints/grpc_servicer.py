@@ -77,21 +77,18 @@ def _batch_items(
     seen: set[str] = set()
     for i, item in enumerate(items):
         parsed = plain(item) if plain is not None else None
-        if parsed is not None and (key := id_of(parsed)) not in seen:
-            seen.add(key)
-            valid_at.append(i)
-            valid.append(parsed)
-            continue
-        v = Violations()
-        parsed = parse(item, v)
-        key = ""
-        if parsed is not None:
-            key = id_of(parsed)
-            if key in seen:
-                v.add(id_path, "duplicate within the batch")
-        if v:
-            errors[i] = to_status(InvalidArgument(v.items), ERROR_DOMAIN)
-            continue
+        key = id_of(parsed) if parsed is not None else None
+        if key is None or key in seen:
+            v = Violations()
+            parsed = parse(item, v)
+            key = ""
+            if parsed is not None:
+                key = id_of(parsed)
+                if key in seen:
+                    v.add(id_path, "duplicate within the batch")
+            if v:
+                errors[i] = to_status(InvalidArgument(v.items), ERROR_DOMAIN)
+                continue
         assert parsed is not None
         seen.add(key)
         valid_at.append(i)
