@@ -1049,13 +1049,13 @@ async def open_batches_older_than(
     return list(rows), int(count)
 
 
-# The literal predicates of the partial indexes clearing_details_pending_idx and
-# clearing_details_exception_idx.
 # Since when a detail has been stuck, by kind: a fee is pending from the recording on; an
 # exception's age runs from its first refusal (a refund moved into exception beside its
 # payment has no refusal of its own: from its recording). The metrics use the same.
 STUCK_SINCE = {"PENDING_FEE": "create_time",
                "EXCEPTION": "coalesce(exception_first_time, create_time)"}
+# The literal predicates of the partial indexes clearing_details_pending_idx and
+# clearing_details_exception_idx.
 _STUCK_DETAILS = {"PENDING_FEE": "fee_status = 'PENDING'", "EXCEPTION": "state = 'EXCEPTION'"}
 
 

@@ -155,7 +155,7 @@ class StuckCheck:
                 out.violations.append(Violation(
                     name,
                     f"the detail's {what} after more than {limit:g} s ({kind.count} such "
-                    f"details, the longest so since {kind.oldest:%Y-%m-%d %H:%M} UTC): {act}"
+                    f"details, the longest stuck since {kind.oldest:%Y-%m-%d %H:%M} UTC): {act}"
                     if kind.oldest else f"the detail's {what}: {act}",
                     detail_id,
                 ))
