@@ -71,7 +71,7 @@ class StuckDetails:
     been, the ids of those stuck longest."""
 
     count: int
-    oldest: dt.datetime | None
+    since: dt.datetime | None
     detail_ids: list[str]
 
 
@@ -327,12 +327,12 @@ class ClearingClient:
             # Since when the longest stuck has been (a clearing before oldest_since_time
             # sent only the earliest create time).
             if d.HasField("oldest_since_time"):
-                oldest: dt.datetime | None = ts_to_datetime(d.oldest_since_time)
+                since: dt.datetime | None = ts_to_datetime(d.oldest_since_time)
             elif d.HasField("oldest_create_time"):
-                oldest = ts_to_datetime(d.oldest_create_time)
+                since = ts_to_datetime(d.oldest_create_time)
             else:
-                oldest = None
-            return StuckDetails(d.count, oldest, list(d.detail_ids))
+                since = None
+            return StuckDetails(d.count, since, list(d.detail_ids))
 
         return StuckInClearing(
             open_batches=[

@@ -155,8 +155,8 @@ class StuckCheck:
                 out.violations.append(Violation(
                     name,
                     f"the detail's {what} after more than {limit:g} s ({kind.count} such "
-                    f"details, the longest stuck since {kind.oldest:%Y-%m-%d %H:%M} UTC): {act}"
-                    if kind.oldest else f"the detail's {what}: {act}",
+                    f"details, the longest stuck since {kind.since:%Y-%m-%d %H:%M} UTC): {act}"
+                    if kind.since else f"the detail's {what}: {act}",
                     detail_id,
                 ))
         for tid, merchant, fee, currency, when in report.orphan_charges:
