@@ -449,3 +449,28 @@ async def test_batch_quotes_price_each_item_and_record_nothing(billing):
     assert [o.result.fee.minor_units for o in resp.outcomes[:2]] == [55, 55]
     assert reason_of(resp.outcomes[2].error) == "NO_MATCHING_FEE_RULE"
     assert await _counters(billing.stub, "M1") == (0, 0)
+
+
+async def test_a_batch_of_new_charges_with_repeats_among_them_inserts_only_the_new_ones(billing):
+    """A batch whose every item has a rule is first inserted by a plain INSERT, which an
+    id charged before makes fail as a whole (`_CHARGE_FRESH`); the batch is then answered
+    item by item: the new ones charged, a repeat given its first answer, a changed repeat
+    refused, and nothing charged twice."""
+    await billing.stub.CreateFeeRule(create_rule(PLAIN))
+    first = await billing.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("X1", 5000)))
+
+    def batch(*items: tuple[str, int]) -> pb.BatchChargeFeesRequest:
+        return pb.BatchChargeFeesRequest(requests=[
+            pb.ChargeFeeRequest(transaction=txn(i, a)) for i, a in items])
+
+    got = await billing.stub.BatchChargeFees(batch(("X2", 2000), ("X1", 5000), ("X3", 3000)))
+    assert [o.WhichOneof("outcome") for o in got.outcomes] == ["result"] * 3
+    assert got.outcomes[1].result == first.result
+    assert [o.result.fee.minor_units for o in got.outcomes] == [12, 30, 18]
+    got = await billing.stub.BatchChargeFees(batch(("X4", 1000), ("X3", 3001)))
+    assert got.outcomes[0].result.fee.minor_units == 6
+    assert reason_of(got.outcomes[1].error) == "IDEMPOTENCY_CONFLICT"
+    listed = await billing.stub.ListFeeCharges(pb.ListFeeChargesRequest(
+        transaction_ids=["X1", "X2", "X3", "X4"]))
+    assert sorted((c.transaction_id, c.amount.minor_units) for c in listed.charges) == [
+        ("X1", 5000), ("X2", 2000), ("X3", 3000), ("X4", 1000)]

@@ -213,6 +213,26 @@ LEFT JOIN LATERAL (
 WHERE i.transaction_id IS NULL AND (SELECT generation FROM g) = $1
 """
 
+# The same batch when every item is priced (none without a rule) and none is expected to
+# have been charged before: a plain INSERT, without ON CONFLICT and the lookup of the ids
+# not inserted. PostgreSQL's CPU per charge, measured on 1,000-row batches: 8.3-9.3 µs
+# for `_CHARGE_PLAINLY`, 5.5 for this one (speculative insertion and the join over every
+# id are most of the difference). An id charged before makes it fail with a unique
+# violation and insert nothing; `_charge_plainly` then asks `_CHARGE_PLAINLY`, which
+# answers replays and conflicts.
+_CHARGE_FRESH = """
+WITH g AS (SELECT generation FROM rule_generation),
+ins AS (
+  INSERT INTO fee_charges (transaction_id, merchant_id, request_hash, currency, amount,
+    transaction_type, transaction_time, product, rule_id, rule_version, collection_mode, fee,
+    refund_fee_policy, rounding, bill_month, result)
+  SELECT * FROM unnest($2::fee_charge_row[])
+  WHERE (SELECT generation FROM g) = $1
+  RETURNING 1
+)
+SELECT (SELECT generation FROM g) AS gen, (SELECT count(*) FROM ins) AS inserted
+"""
+
 # A counted batch (`Pricing._charge_counted`): whether any id was charged before, the
 # rule generation, and each counter's (amount, count) now, 0 for one not yet kept; then
 # the write in one statement by `charge_counted` (migration billing_0007).
@@ -420,6 +440,18 @@ class Pricing:
             planned.append(outcome)
             charge_rows.append(self._charge_row(t, v, hashes[i], outcome))
         async with self.db.connect() as conn:
+            if len(charge_rows) == len(txns):
+                try:
+                    fresh = await conn.fetchrow(_CHARGE_FRESH, generation, charge_rows)
+                except asyncpg.UniqueViolationError:
+                    pass  # an id charged before: asked again below, nothing was inserted
+                else:
+                    if fresh["gen"] != generation:
+                        await self.book.at_generation(fresh["gen"])
+                        raise _Retry
+                    return planned  # every charge inserted as priced
+            # Replays, conflicts and items without a rule (which may have been charged
+            # under a rule since removed) are answered from the charges stored before.
             rows = await conn.fetch(
                 _CHARGE_PLAINLY, generation, [t.transaction_id for t in txns], charge_rows)
         missed: dict[int, Any] = {}

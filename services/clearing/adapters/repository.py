@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import asyncpg
+
 from services.clearing.domain.model import (
     FEE_KNOWN,
     FEE_PENDING,
@@ -114,7 +116,8 @@ def to_detail(r: Any) -> Detail:
 
 
 # An exception's first and last time are the transaction's now(), the create time's too.
-_INSERT_TRANSACTIONS = f"""
+# {conflict} is ON CONFLICT DO NOTHING (`_INSERT_TRANSACTIONS`) or nothing (`_INSERT_NEW`).
+_INSERT_TEMPLATE = f"""
 WITH ins AS (
 INSERT INTO clearing_details (
     detail_id, detail_type, merchant_id, currency, amount, transaction_time, business_date,
@@ -128,13 +131,19 @@ SELECT t.*, now() + make_interval(secs => $2),
     CASE WHEN t.state = 'EXCEPTION' THEN 1 ELSE 0 END,
     CASE WHEN t.reason = '{PREPAID_SHORTFALL}' THEN now() + make_interval(secs => $3) END
 FROM unnest($1::clearing_detail_row[]) AS t
-ON CONFLICT (detail_id) DO NOTHING
+{{conflict}}
 RETURNING detail_id
 )
 SELECT now() AS create_time, count(*) AS inserted,
-    CASE WHEN count(*) < $4 THEN coalesce(array_agg(detail_id), '{{}}') END AS ids
+    CASE WHEN count(*) < $4 THEN coalesce(array_agg(detail_id), '{{{{}}}}') END AS ids
 FROM ins
 """
+_INSERT_TRANSACTIONS = _INSERT_TEMPLATE.format(conflict="ON CONFLICT (detail_id) DO NOTHING")
+# Without ON CONFLICT, for ids just checked absent outside a transaction: PostgreSQL's CPU
+# per detail, measured on 1,000-row batches, 14.5-17.5 µs with it, 12.5-13.7 without
+# (speculative insertion). A duplicate committed since the check makes it fail with a
+# unique violation and insert nothing; `insert_transactions` then inserts again with it.
+_INSERT_NEW = _INSERT_TEMPLATE.format(conflict="")
 
 Decision = tuple[str, str, int, str, str, int, str, str, int | None]
 
@@ -179,14 +188,20 @@ async def insert_transactions(
     decisions = [_decision(o) for o in outcomes]
     # One clearing_detail_row per detail (migration clearing_0009): a TransactionIn's
     # fields are the row's first columns in order, with the business date after the time.
-    answer = await conn.fetchrow(
-        _INSERT_TRANSACTIONS,
-        [(*t[:6], day, *t[6:], h, *d)
-         for t, day, h, d in zip(txs, dates, hashes, decisions, strict=True)],
-        first_retry_s,
-        auto_retry_s,
-        len(txs),
-    )
+    rows = [(*t[:6], day, *t[6:], h, *d)
+            for t, day, h, d in zip(txs, dates, hashes, decisions, strict=True)]
+    answer = None
+    if not conn.is_in_transaction():
+        # A failed statement outside a transaction leaves nothing behind (inside one it
+        # would abort the transaction), so the plain insert is tried first there.
+        try:
+            answer = await conn.fetchrow(_INSERT_NEW, rows, first_retry_s, auto_retry_s,
+                                         len(txs))
+        except asyncpg.UniqueViolationError:
+            pass  # a concurrent duplicate committed since the caller's check
+    if answer is None:
+        answer = await conn.fetchrow(_INSERT_TRANSACTIONS, rows, first_retry_s,
+                                     auto_retry_s, len(txs))
     # One row comes back: the create time (now(), the default of every row this
     # statement inserts) and, only when some id was already present, the ids inserted.
     # Every other column of a new row is what was just sent, so the details are built
