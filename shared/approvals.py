@@ -31,8 +31,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from shared import audit
 from shared.errors import FailedPrecondition
 from shared.masking import masker_for
-from shared.permissions import PermissionTable, Rule, administer, read, table
-from shared.request_context import ApprovalContext, current_approval
+from shared.permissions import SERVICE, PermissionTable, Rule, administer, read, table
+from shared.request_context import ApprovalContext, current_approval, current_caller
 
 __all__ = [
     "APPROVAL_REQUIRED",
@@ -170,6 +170,16 @@ class ApprovalRequired(FailedPrecondition):
             "ApprovalService of this service) and have another admin approve it",
             {"method": short},
         )
+
+
+def unapproved_person() -> bool:
+    """Whether the call being served is a person's, not an approved call executing: what
+    a guarded condition checked again inside the servicer's transaction needs to know (the
+    interceptor's check, before the servicer runs, reads state that can change before the
+    servicer locks it). A system caller is never asked; without authentication (a
+    developer's insecure mode) nobody is."""
+    caller = current_caller.get()
+    return caller is not None and caller.role != SERVICE and current_approval.get() is None
 
 
 class Gate:

@@ -8,9 +8,8 @@ from typing import Any
 
 from clearhouse.settlement.v1 import settlement_pb2
 
-from services.settlement.adapters.destinations import Destination, Destinations
-from services.settlement.domain.profiles import BankAccount, Profile, destination_changed, merge
-from services.settlement.domain.profiles import Destination as ProfileDestination
+from services.settlement.adapters.destinations import Destination, Destinations, of_profile
+from services.settlement.domain.profiles import Profile, destination_changed, merge
 from services.settlement.entrypoints import convert as c
 from services.settlement.service_layer.profiles import ProfileService
 from shared import approvals
@@ -80,20 +79,6 @@ class Facts:
     destinations: Destinations
 
 
-def _bank_tuple(b: BankAccount | None) -> tuple[str, str, str, str]:
-    b = b or BankAccount()
-    return (b.account_name, b.account_number, b.bank_name, b.branch_code)
-
-
-def _where(p: Profile | None) -> Destination | None:
-    """A profile's payout destination, as a payout records it."""
-    if p is None or p.destination is None:
-        return None
-    if p.destination is not ProfileDestination.BANK_ACCOUNT:
-        return Destination(p.destination.value)
-    return Destination(p.destination.value, _bank_tuple(p.bank_account))
-
-
 async def _stored(facts: Facts, merchant_id: str) -> Profile | None:
     try:
         return await facts.profiles.get(merchant_id)
@@ -122,7 +107,7 @@ async def _to_changed(request: settlement_pb2.RetryPayoutRequest, facts: Facts) 
     if paid is None:
         return False  # no payout: the retry is NOT_FOUND
     merchant, went = paid
-    return _where(await _stored(facts, merchant)) != went
+    return of_profile(await _stored(facts, merchant)) != went
 
 
 def _shown(d: Destination | None) -> dict[str, Any] | None:
@@ -148,8 +133,8 @@ async def _profile_preview(request: settlement_pb2.UpdateSettlementProfileReques
                            facts: Facts) -> approvals.Preview:
     mid = request.profile.merchant_id
     current = await _stored(facts, mid)
-    before = _where(current)
-    after = _where(merged_profile(current, request)) if current is not None else None
+    before = of_profile(current)
+    after = of_profile(merged_profile(current, request)) if current is not None else None
     return approvals.Preview(
         f"pay merchant {mid} to {_words(after)} instead of {_words(before)}",
         "settlement_profile", mid, _shown(before),
@@ -160,7 +145,7 @@ async def _retry_preview(request: settlement_pb2.RetryPayoutRequest,
                          facts: Facts) -> approvals.Preview:
     paid = await facts.destinations.of_payout(request.payout_id)
     went = paid[1] if paid is not None else None
-    now = _where(await _stored(facts, paid[0])) if paid is not None else None
+    now = of_profile(await _stored(facts, paid[0])) if paid is not None else None
     return approvals.Preview(
         f"retry payout {request.payout_id} to {_words(now)} (it went to {_words(went)})",
         "payout", request.payout_id, _shown(went), _shown(now))

@@ -1,6 +1,7 @@
 """No bank payout, first try or retry, goes to the gateway within the cool-off after a
 payout destination change (issue 10 §3, issue 12 §3), nor to a merchant on hold; each
-waits visibly and goes through the dispatcher once it may.
+waits visibly and goes through the dispatcher once it may. A retry that would pay a
+changed destination needs a second admin even when the change lands during the call.
 
 The dispatcher is off in these stacks and driven pass by pass (`dispatch_once`), and
 the service clock is the test's: the cool-off ends when the test moves the clock."""
@@ -11,13 +12,18 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from clearhouse.payout.v1 import payout_pb2
 from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as pb
+from clearhouse.settlement.v1 import settlement_pb2_grpc as pb_grpc
 from google.protobuf import field_mask_pb2
+from sqlalchemy import text
 
 from tests.e2e import stack as st
+from tests.support import security
+from tests.support.rpc_errors import reason
 
 BASE = {"rule_id": "BASE", "currency": "CNY", "method": "PERCENT", "rate": "0.006",
         "effective_from": "2026-01-01T00:00:00+08:00", "refund_fee_policy": "PROPORTIONAL"}
@@ -145,3 +151,57 @@ async def test_a_first_try_waits_while_the_merchant_is_on_hold(stack, clock):
     await update(stack, "lift", pb.SettlementProfile(hold=False), "hold")
     await dispatch_until(stack, payout.payout_id, lambda p: p.state == pb.PAYOUT_STATE_PAID)
     assert (await st.simulated(stack))[payout.payout_id].paid_count == 1
+
+
+async def _until_waiting_on_the_profile(s: st.Stack, call: asyncio.Future) -> None:
+    """Until a statement locking a profile waits for a lock, `call` still running (read
+    from a connection of its own: a transaction sees pg_stat_activity as at its first
+    read of it)."""
+    while True:
+        async with s.settlement.engine.connect() as conn:
+            if (await conn.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%FROM profiles%FOR UPDATE%'"))).scalar_one():
+                return
+        assert not call.done(), call
+        await asyncio.sleep(0.02)
+
+
+async def test_a_retry_whose_destination_changes_during_the_call_needs_a_second_admin(stack):
+    """The four-eyes check of RetryPayout runs before the servicer, on the profile as it
+    then is; a destination change committed between that check and the retry's lock of
+    the profile (here held open by the test, the retry waiting on it) must not let one
+    operator pay the new destination: the retry checks again under the lock, is refused
+    APPROVAL_REQUIRED, and changes nothing. Back at the failed payout's destination, the
+    same operator's retry is their own call."""
+    await booked(stack)
+    await stack.simulator.control.SetBehaviour(
+        sim.SetBehaviourRequest(behaviour=sim.BEHAVIOUR_FAIL, times=1))
+    await st.run(stack, dt.date(2026, 3, 2))
+    [first] = await st.payouts(stack)
+    await dispatch_until(stack, first.payout_id, lambda p: p.state == pb.PAYOUT_STATE_FAILED)
+    set_number = text("UPDATE profiles SET bank_account = jsonb_set(bank_account, "
+                      "'{account_number}', to_jsonb(CAST(:n AS text))) WHERE merchant_id = 'MC'")
+    async with stack.settlement.engine.connect() as holder:
+        paid_to = (await holder.execute(text(
+            "SELECT bank_account->>'account_number' FROM profiles WHERE merchant_id = 'MC'"
+        ))).scalar_one()
+        await holder.execute(set_number, {"n": "6228480000000001"})
+        async with security.channel(stack.settlement.address, caller="otto") as ch:
+            stub = pb_grpc.SettlementServiceStub(ch)
+            retrying = asyncio.ensure_future(stub.RetryPayout(
+                pb.RetryPayoutRequest(request_id="r-race", payout_id=first.payout_id)))
+            await _until_waiting_on_the_profile(stack, retrying)
+            await holder.commit()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await retrying
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert reason(err.value) == "APPROVAL_REQUIRED"
+            assert [p.payout_id for p in await st.payouts(stack)] == [first.payout_id]
+
+            await holder.execute(set_number, {"n": paid_to})
+            await holder.commit()
+            retried = (await stub.RetryPayout(
+                pb.RetryPayoutRequest(request_id="r-same", payout_id=first.payout_id))).payout
+    assert retried.payout_id == f"{first.payout_id}-retry1"
+    assert retried.amount == first.amount

@@ -10,6 +10,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.settlement.domain.profiles import BankAccount, Profile
+from services.settlement.domain.profiles import Destination as ProfileDestination
+
 BANK_FIELDS = ("account_name", "account_number", "bank_name", "branch_code")
 
 
@@ -35,6 +38,20 @@ def destination(kind: str, bank: Any) -> Destination:
         return Destination(kind)
     bank = bank or {}
     return Destination(kind, tuple(str(bank.get(f, "")) for f in BANK_FIELDS))  # type: ignore[arg-type]
+
+
+def _bank_tuple(b: BankAccount | None) -> tuple[str, str, str, str]:
+    b = b or BankAccount()
+    return (b.account_name, b.account_number, b.bank_name, b.branch_code)
+
+
+def of_profile(p: Profile | None) -> Destination | None:
+    """A profile's payout destination, as a payout records it (None: it names none)."""
+    if p is None or p.destination is None:
+        return None
+    if p.destination is not ProfileDestination.BANK_ACCOUNT:
+        return Destination(p.destination.value)
+    return Destination(p.destination.value, _bank_tuple(p.bank_account))
 
 
 class Destinations:

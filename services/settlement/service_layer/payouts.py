@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.settlement.adapters import ledger_repo, payout_repo, profile_repo
 from services.settlement.adapters.clients import GatewayPayout
+from services.settlement.adapters.destinations import destination, of_profile
 from services.settlement.domain import ledger
 from services.settlement.domain.ledger import AccountType, account
 from services.settlement.domain.payouts import FINAL_RESULTS, Limits, Verdict, judge
@@ -29,7 +30,7 @@ from services.settlement.domain.profiles import BankAccount, Destination
 from services.settlement.service_layer.ports import Gateway
 from services.settlement.service_layer.profiles import load as load_profile
 from services.settlement.service_layer.unit_of_work import Database
-from shared import audit, idempotency
+from shared import approvals, audit, idempotency
 from shared.clock import real_now
 from shared.errors import FailedPrecondition, IdempotencyConflict, NotFound
 from shared.pagination import Page, integer
@@ -368,6 +369,12 @@ class PayoutService:
             )
         row = await payout_repo.lock(conn, payout_id)
         assert row is not None  # payouts are never deleted
+        if (approvals.unapproved_person()
+                and of_profile(profile) != destination(row.destination_type, row.bank_account)):
+            # Four eyes (permissions.FOUR_EYES) checked again under the profile's lock: the
+            # interceptor's check read the profile before this transaction, and an update
+            # committed since (approved on its own) would otherwise be paid to by one person.
+            raise approvals.ApprovalRequired("RetryPayout")
         if row.state != "FAILED" or row.retried_by:
             raise FailedPrecondition(
                 "PAYOUT_NOT_RETRYABLE",
