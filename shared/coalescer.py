@@ -53,9 +53,11 @@ BatchFn = Callable[[list[T]], Awaitable[Sequence[R | DomainError]]]
 class Coalescer(Generic[T, R]):
     def __init__(
         self, run: BatchFn[T, R], key: Callable[[T], str], window_s: float, max_items: int,
-        max_in_flight: int = 1,
+        max_in_flight: int = 1, observe: Callable[[int], object] | None = None,
     ) -> None:
+        """`observe`: called with each group's size (the service's group-size histogram)."""
         self._run = run
+        self._observe = observe
         self._key = key
         self.window_s = window_s
         self.max_items = max(1, max_items)
@@ -70,6 +72,8 @@ class Coalescer(Generic[T, R]):
         """The item's outcome: a result or the DomainError refusing it (returned, not
         raised, like the batch path's outcomes). Whole-batch failures are raised."""
         if self.window_s <= 0:
+            if self._observe is not None:
+                self._observe(1)
             return (await self._run([item]))[0]
         fut: asyncio.Future[R | DomainError] = asyncio.get_running_loop().create_future()
         self._park(item, fut)
@@ -100,6 +104,8 @@ class Coalescer(Generic[T, R]):
             del self._parked[k]
         batch = [p for _, p in sorted(taken) if not p[1].done()]
         if batch:
+            if self._observe is not None:
+                self._observe(len(batch))
             self._running += 1
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._tasks.add(task)  # keep a reference until it is done

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # Latency buckets (seconds) spanning a 1 ms charge to a 30 s settlement call.
 RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+# Unary calls recorded or charged together (shared/coalescer.py): 1 to the group maximum.
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
+
 # A figure source: sets the service's gauges from its database.
 FigureSource = Callable[["ServiceMetrics"], Awaitable[None]]
 
@@ -73,6 +76,14 @@ class ServiceMetrics:
             "Audited RPCs that answered OK without writing the audit trail.",
             ["method"], registry=self.registry,
         )
+        # How many unary calls each group commit carried (shared/coalescer.py): groups of
+        # one under load mean the UNARY_BATCH_* settings give nothing; the figure to read
+        # before changing them (docs/observability.md).
+        self.unary_groups = Histogram(
+            f"clearhouse_{self.service}_unary_group_size",
+            "Unary calls run together as one batch (group commit), by kind of call.",
+            ["kind"], buckets=GROUP_BUCKETS, registry=self.registry,
+        )
         self.refreshed = Gauge(
             f"clearhouse_{self.service}_figures_refreshed_timestamp_seconds",
             "When the business figures were last read from the database (Unix time).",
@@ -107,6 +118,10 @@ class ServiceMetrics:
             cached = (self.started.labels(*labels), self.latency.labels(*labels), handled)
             self._children[method] = cached
         return cached
+
+    def group_size(self, kind: str) -> Callable[[float], None]:
+        """What a Coalescer calls with each group's size (`kind`: the calls it groups)."""
+        return self.unary_groups.labels(kind).observe
 
     # --- business figures --------------------------------------------------------------
 

@@ -48,10 +48,12 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
     group = (settings.unary_batch_window_s, settings.unary_batch_max,
              settings.unary_batch_in_flight)
     charges: Coalescer[FeeTxn, FeeOutcome] = Coalescer(
-        pricing.charge, lambda t: t.transaction_id, *group
+        pricing.charge, lambda t: t.transaction_id, *group,
+        observe=exported.group_size("ChargeFee"),
     )
     refunds: Coalescer[RefundRequest, RefundOutcome] = Coalescer(
-        pricing.refund, lambda r: r.refund_transaction_id, *group
+        pricing.refund, lambda r: r.refund_transaction_id, *group,
+        observe=exported.group_size("RefundFee"),
     )
     servicer = BillingServicer(
         rules=RuleAdmin(db, book, utc_now),

@@ -60,11 +60,12 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         batch_size=settings.pending_fee_batch_size,
         retry_chunk=settings.retry_exceptions_chunk,
     )
+    metrics = ServiceMetrics("clearing")
     records: Coalescer[TransactionIn, Detail] = Coalescer(
         lambda txs: recorder.record(txs, quick=True), lambda t: t.transaction_id,
         settings.unary_batch_window_s, settings.unary_batch_max, settings.unary_batch_in_flight,
+        observe=metrics.group_size("RecordTransaction"),
     )
-    metrics = ServiceMetrics("clearing")
     metrics.sources += [pool_figures(engine, [db]), figure_source(engine)]
     reconciler = Reconciler(
         db, billing, orphan_age_s=settings.reconcile_orphan_age_s,

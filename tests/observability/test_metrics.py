@@ -82,6 +82,30 @@ async def test_rpc_counts_and_latency_move_with_calls_and_their_codes(billing, c
         grpc_code="OK") == 1
 
 
+async def test_the_group_size_histogram_counts_every_unary_call_in_its_group(billing, clearing):
+    """Concurrent unary calls share groups (group commit): the histogram's sum is the
+    calls, its count the groups, and there were fewer groups than calls."""
+    await percent_rule(billing, "R1", "0.01")
+    calls = 12
+    before = await asyncio.to_thread(scrape, clearing)
+    await asyncio.gather(*(record(clearing, payment(f"G{i}", 1_000 + i)) for i in range(calls)))
+    after = await asyncio.to_thread(scrape, clearing)
+    name = "clearhouse_clearing_unary_group_size"
+    grouped = value(after, f"{name}_sum", kind="RecordTransaction") - value(
+        before, f"{name}_sum", kind="RecordTransaction")
+    groups = value(after, f"{name}_count", kind="RecordTransaction") - value(
+        before, f"{name}_count", kind="RecordTransaction")
+    assert grouped == calls
+    assert 1 <= groups < calls
+    # ChargeFee called directly is grouped in billing the same way.
+    from tests.billing.support import txn
+
+    await asyncio.gather(*(billing.stub.ChargeFee(billing_pb2.ChargeFeeRequest(
+        transaction=txn(f"C{i}", 1_000 + i))) for i in range(calls)))
+    fees = await asyncio.to_thread(scrape, billing)
+    assert value(fees, "clearhouse_billing_unary_group_size_sum", kind="ChargeFee") == calls
+
+
 async def test_business_figures_follow_the_database(billing, clearing):
     await percent_rule(billing, "R1", "0.01")
     await clearing.running.app.metrics.refresh()  # type: ignore[union-attr]
