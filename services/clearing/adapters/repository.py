@@ -140,7 +140,7 @@ FROM ins
 """
 _INSERT_TRANSACTIONS = _INSERT_TEMPLATE.format(conflict="ON CONFLICT (detail_id) DO NOTHING")
 # Without ON CONFLICT, for ids just checked absent outside a transaction: PostgreSQL's CPU
-# per detail, measured on 1,000-row batches, 14.5-17.5 µs with it, 12.5-13.7 without
+# per detail, measured on 1,000-row batches, 13.7-17.5 µs with it, 9.5-13.7 without
 # (speculative insertion). A duplicate committed since the check makes it fail with a
 # unique violation and insert nothing; `insert_transactions` then inserts again with it.
 _INSERT_NEW = _INSERT_TEMPLATE.format(conflict="")
