@@ -77,7 +77,7 @@ async def account_balances(conn: AsyncConnection, currency: str) -> Sequence[Any
 
 
 async def violations(
-    conn: AsyncConnection, stuck_payout_age_s: float = 86400.0
+    conn: AsyncConnection, stuck_payout_age_s: float
 ) -> list[tuple[str, str, str]]:
     """(invariant, description, reference) of every offending row of every check; a bank
     payout not final `stuck_payout_age_s` after it was made is stuck."""

@@ -47,7 +47,8 @@ def _account_not_found(code: str) -> NotFound:
 
 
 class BookService:
-    def __init__(self, db: Database, stuck_payout_age_s: float = 86400.0) -> None:
+    def __init__(self, db: Database, stuck_payout_age_s: float) -> None:
+        """`stuck_payout_age_s`: SETTLEMENT_STUCK_PAYOUT_AGE_S (settings.py holds its default)."""
         self.db = db
         self.stuck_payout_age_s = stuck_payout_age_s
 
