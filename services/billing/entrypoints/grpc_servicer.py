@@ -269,10 +269,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return self._fee_outcomes(pb.BatchQuoteFeesResponse(), errors, valid_at, results)
 
     async def BatchChargeFees(self, request: pb.BatchChargeFeesRequest, context: Any) -> pb.BatchChargeFeesResponse:
-        if request.view not in _VIEWS:
-            v = Violations()
-            v.add("view", "unknown result view")
-            v.raise_if_any()
+        v = Violations()
+        v.check(request.view in _VIEWS, "view", "unknown result view")
+        v.raise_if_any()
         errors, valid_at, txns = self._batch_txns(request.requests)
         results = await self.pricing.charge(txns) if txns else []
         return self._fee_outcomes(pb.BatchChargeFeesResponse(), errors, valid_at, results,
