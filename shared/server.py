@@ -128,9 +128,15 @@ async def _guard(name: str, work: Callable[[], Awaitable[None]]) -> None:
 class WrappingRegistrar:
     """Stands in for the grpc.aio server while servicers are added to it: every method's
     handler is replaced by `wrap(method, handler)` once, here, and the rest (ports,
-    start) is the server's own. The generated `add_XxxServicer_to_server` functions
-    register each method both ways (`add_registered_method_handlers`, looked up by
-    grpc's core, and a generic handler, its fallback); both are wrapped."""
+    start) is the server's own.
+
+    The generated `add_XxxServicer_to_server` functions register each method twice: as a
+    method registered with grpc's core (`add_registered_method_handlers`) and in a
+    generic handler. Only the generic handlers are kept. grpc.aio keeps one pending
+    "next call" per registered method plus one for the generic handlers, and waits on all
+    of them (`asyncio.wait`) for every call it accepts; with billing's ~35 methods that
+    cost ~10 % of billing's CPU per unary call (bench/README.md), and served nothing the
+    generic handlers do not."""
 
     def __init__(
         self, server: grpc.aio.Server,
@@ -149,9 +155,7 @@ class WrappingRegistrar:
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        self._server.add_registered_method_handlers(service, {
-            name: self._handler(f"/{service}/{name}", h) for name, h in handlers.items()
-        })
+        """Not passed on: the same methods come through `add_generic_rpc_handlers`."""
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(
