@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import sys
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from bench.support import baselines
+from bench.support.cpu import cpu_seconds
 from bench.support.database import database_url, drop_schemas, plain_dsn
 from services.billing import bootstrap as billing_bootstrap
 from services.billing.service_layer import charging
@@ -30,18 +30,8 @@ from services.clearing.adapters import repository as clearing_repo
 from shared import migrations
 from shared.db import create_engine
 
-TICK = os.sysconf("SC_CLK_TCK")
 T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 HASH = "0123456789abcdef" * 4
-_EXISTING = (
-    "SELECT d.detail_id, d.content_hash FROM unnest($1::text[]) AS t(id) CROSS JOIN LATERAL"
-    " (SELECT detail_id, content_hash FROM clearing_details WHERE detail_id = t.id OFFSET 0) d"
-)
-
-
-def backend_cpu_s(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def charge_rows(ids: list[str]) -> list[tuple[Any, ...]]:
@@ -73,16 +63,16 @@ async def measure(url: str, batches: int) -> dict[str, float]:
         cpu: dict[str, float] = {}
 
         async def timed(name: str, schema: str, sql: str, *args: Any) -> None:
-            before = backend_cpu_s(pids[schema])
+            before = cpu_seconds(pids[schema])
             await conns[schema].fetch(sql, *args)
-            cpu[name] = cpu.get(name, 0.0) + backend_cpu_s(pids[schema]) - before
+            cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pids[schema]) - before
 
         for b in range(batches):
             def ids(kind: str, b: int = b) -> list[str]:
                 return [f"{kind}{b}-{i}" for i in range(1000)]
 
-            await timed("clearing: replay check (existing_hashes)", clearing, _EXISTING,
-                        ids("A"))
+            await timed("clearing: replay check (existing_hashes)", clearing,
+                        clearing_repo._EXISTING_HASHES, ids("A"))
             await timed("billing: plain charges, ON CONFLICT + replay lookup", billing,
                         charging._CHARGE_PLAINLY, generation, ids("B"),
                         charge_rows(ids("B")))

@@ -280,12 +280,15 @@ async def lock_originals(conn: Conn, ids: Iterable[str]) -> dict[str, PaymentFor
     }
 
 
+# The stored content hash of each id already recorded (a primary-key probe per id).
+_EXISTING_HASHES = (
+    "SELECT d.detail_id, d.content_hash FROM unnest($1::text[]) AS t(id) CROSS JOIN LATERAL"
+    " (SELECT detail_id, content_hash FROM clearing_details WHERE detail_id = t.id OFFSET 0) d"
+)
+
+
 async def existing_hashes(conn: Conn, ids: Iterable[str]) -> dict[str, str]:
-    rows = await conn.fetch(
-        "SELECT d.detail_id, d.content_hash FROM unnest($1::text[]) AS t(id) CROSS JOIN LATERAL"
-        " (SELECT detail_id, content_hash FROM clearing_details WHERE detail_id = t.id OFFSET 0) d",
-        list(ids),
-    )
+    rows = await conn.fetch(_EXISTING_HASHES, list(ids))
     return {r["detail_id"]: r["content_hash"] for r in rows}
 
 
