@@ -42,7 +42,7 @@ def destination(kind: str, bank: Any) -> Destination:
 
 def _bank_tuple(b: BankAccount | None) -> tuple[str, str, str, str]:
     b = b or BankAccount()
-    return (b.account_name, b.account_number, b.bank_name, b.branch_code)
+    return tuple(getattr(b, f) for f in BANK_FIELDS)
 
 
 def of_profile(p: Profile | None) -> Destination | None:
