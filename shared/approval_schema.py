@@ -5,7 +5,11 @@ migrations: never change it; a later change is a new migration.
 
 One row per approval: the guarded request in full (it is executed from here), its
 preview, who asked and who decided, and the executed call's response or refusal.
-approval_id is RequestApproval's idempotency key."""
+approval_id is RequestApproval's idempotency key.
+
+`basis` (billing_0008, clearing_0010, settlement_0012) is added by BASIS_UPGRADE: the
+digest of the state an approval was decided on (shared/approvals.Preview.basis), '' for
+one that stands on its request alone (and for approvals filed before the column)."""
 
 from __future__ import annotations
 
@@ -44,12 +48,26 @@ UPGRADE = (
 
 DOWNGRADE = ("DROP TABLE approvals",)
 
+BASIS_UPGRADE = ("ALTER TABLE approvals ADD COLUMN basis text NOT NULL DEFAULT ''",)
+BASIS_DOWNGRADE = ("ALTER TABLE approvals DROP COLUMN basis",)
+
+
+def _run(op: Any, statements: tuple[str, ...]) -> None:
+    for statement in statements:
+        op.execute(statement)
+
 
 def upgrade(op: Any) -> None:
-    for statement in UPGRADE:
-        op.execute(statement)
+    _run(op, UPGRADE)
 
 
 def downgrade(op: Any) -> None:
-    for statement in DOWNGRADE:
-        op.execute(statement)
+    _run(op, DOWNGRADE)
+
+
+def upgrade_basis(op: Any) -> None:
+    _run(op, BASIS_UPGRADE)
+
+
+def downgrade_basis(op: Any) -> None:
+    _run(op, BASIS_DOWNGRADE)

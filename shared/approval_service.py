@@ -131,7 +131,7 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
                 before=preview.before, after=preview.after, requested_by=requester,
                 reason=request.reason, state=store.PENDING, decided_by="",
                 decision_reason="", create_time=self.clock(), decide_time=None,
-                response_type="", response=None, error=None,
+                response_type="", response=None, error=None, basis=preview.basis,
             )
             async with self.engine.begin() as conn:
                 if await store.insert(conn, row):
@@ -231,7 +231,7 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
                      if approver_caller is not None else None)
         caller_token = current_caller.set(requester)
         approval_token = current_approval.set(
-            ApprovalContext(row.approval_id, approver, row.requested_by))
+            ApprovalContext(row.approval_id, approver, row.requested_by, row.basis))
         # The executed call's own audit events name the requester as actor and carry the
         # approval and its approver (shared/audit.py reads this scope).
         # As the interceptor scopes a direct call: the request's own request id and
@@ -385,7 +385,7 @@ def _clean(value: Any) -> Any:
 
 def _storable(p: Preview) -> Preview:
     return Preview(_text(p.summary)[:512], _text(p.object_type)[:64], _text(p.object_id)[:128],
-                   _clean(p.before), _clean(p.after))
+                   _clean(p.before), _clean(p.after), p.basis)
 
 
 def _trail(row: store.ApprovalRow) -> dict[str, Any]:

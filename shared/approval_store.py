@@ -3,7 +3,8 @@ one, created by their own migration): the SQL of shared/approval_service, nothin
 
 One row per approval, keyed by its id (the RequestApproval request_id): the guarded
 request in full (it is executed from here), what it would change, who asked and who
-decided, and the executed call's response (account numbers masked) or refusal."""
+decided, and the executed call's response (account numbers masked) or refusal; its
+basis, the digest of the state it was decided on ('' when its request alone decides)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ STATES = (PENDING, APPROVED, REJECTED, FAILED)
 _COLUMNS = (
     "approval_id, method, request_type, request, request_hash, summary, object_type, "
     "object_id, before, after, requested_by, reason, state, decided_by, decision_reason, "
-    "create_time, decide_time, response_type, response, error"
+    "create_time, decide_time, response_type, response, error, basis"
 )
 
 
@@ -50,6 +51,7 @@ class ApprovalRow:
     response_type: str
     response: bytes | None
     error: bytes | None
+    basis: str = ""
 
 
 def _json(value: Any) -> Any:
@@ -73,10 +75,10 @@ async def insert(conn: AsyncConnection, row: ApprovalRow) -> bool:
         text(
             "INSERT INTO approvals (approval_id, method, request_type, request, request_hash, "
             "summary, object_type, object_id, before, after, requested_by, reason, state, "
-            "decided_by, decision_reason, create_time) VALUES (:approval_id, :method, "
+            "decided_by, decision_reason, create_time, basis) VALUES (:approval_id, :method, "
             ":request_type, :request, :request_hash, :summary, :object_type, :object_id, "
             "CAST(:before AS jsonb), CAST(:after AS jsonb), :requested_by, :reason, :state, "
-            "'', '', :create_time) ON CONFLICT (approval_id) DO NOTHING RETURNING approval_id"
+            "'', '', :create_time, :basis) ON CONFLICT (approval_id) DO NOTHING RETURNING approval_id"
         ),
         {
             "approval_id": row.approval_id, "method": row.method,
@@ -86,7 +88,7 @@ async def insert(conn: AsyncConnection, row: ApprovalRow) -> bool:
             "before": None if row.before is None else json.dumps(row.before),
             "after": None if row.after is None else json.dumps(row.after),
             "requested_by": row.requested_by, "reason": row.reason, "state": row.state,
-            "create_time": row.create_time,
+            "create_time": row.create_time, "basis": row.basis,
         },
     )
     return result.first() is not None

@@ -16,11 +16,21 @@ with `current_approval` set (the audit trail reads it to name the approval and a
 A condition answers whether *this* request needs a second admin, from the request and the
 service's `facts` (what the service's bootstrap hands the gate: settings, a reader of its
 profiles...). A condition that fails to answer demands the approval (fail closed).
+
+The interceptor's check and a filing's preview read the service's state before the
+servicer's transaction, so a guarded RPC whose condition or effect depends on stored state
+(not on its request alone) checks again inside that transaction, with the rows locked:
+`check_locked`. There a person's direct call whose condition now holds is refused
+APPROVAL_REQUIRED, and an approved call whose preview's `basis` (the digest of the state
+its decider saw) is no longer the locked state is refused APPROVAL_STALE: the approval
+ends FAILED, nothing changes, and the call must be filed again on what is now true.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,12 +46,16 @@ from shared.request_context import ApprovalContext, current_approval, current_ca
 
 __all__ = [
     "APPROVAL_REQUIRED",
+    "APPROVAL_STALE",
     "ApprovalContext",
     "ApprovalRequired",
+    "ApprovalStale",
     "FourEyes",
     "Guarded",
     "Preview",
     "always",
+    "basis_of",
+    "check_locked",
     "current_approval",
     "four_eyes",
     "masked_dict",
@@ -50,6 +64,7 @@ __all__ = [
 ]
 
 APPROVAL_REQUIRED = "APPROVAL_REQUIRED"
+APPROVAL_STALE = "APPROVAL_STALE"
 SELF_APPROVAL = "SELF_APPROVAL"
 APPROVAL_SERVICE = "clearhouse.approval.v1.ApprovalService"
 # The trail keeps refused attempts to skip the second pair of eyes: a direct call of a
@@ -63,13 +78,18 @@ Condition = Callable[[Any, Any], bool | Awaitable[bool]]
 @dataclass(frozen=True, slots=True)
 class Preview:
     """What an approval shows its decider: one line, the object it changes, and the
-    object before and after (plain JSON-able dicts, account numbers already masked)."""
+    object before and after (plain JSON-able dicts, account numbers already masked).
+
+    `basis` is, for a call whose effect depends on stored state and not on its request
+    alone, `basis_of` that state as the preview read it (unmasked): the approval stands
+    on it, and the servicer refuses to execute on anything else (check_locked)."""
 
     summary: str
     object_type: str = ""
     object_id: str = ""
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
+    basis: str = ""
 
 
 # (request, facts) → its preview. May be async.
@@ -172,14 +192,48 @@ class ApprovalRequired(FailedPrecondition):
         )
 
 
-def unapproved_person() -> bool:
-    """Whether the call being served is a person's, not an approved call executing: what
-    a guarded condition checked again inside the servicer's transaction needs to know (the
-    interceptor's check, before the servicer runs, reads state that can change before the
-    servicer locks it). A system caller is never asked; without authentication (a
-    developer's insecure mode) nobody is."""
+class ApprovalStale(FailedPrecondition):
+    def __init__(self, method: str, approval_id: str) -> None:
+        short = method.rsplit("/", 1)[-1]
+        super().__init__(
+            APPROVAL_STALE,
+            f"{short} was approved on a state that has changed since approval "
+            f"{approval_id!r} was filed (what its decider saw is no longer true): nothing "
+            "was done; file it again so that a second admin decides on what is now true",
+            {"method": short, "approval_id": approval_id},
+        )
+
+
+def basis_of(state: Any) -> str:
+    """The digest an approval stands on (Preview.basis) of a JSON-able state: the filing's
+    describer and the servicer's check under its lock must hand it the same shape."""
+    canonical = json.dumps(state, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_locked(method: str, *, needs_eyes: bool, basis: str | None = None) -> None:
+    """A guarded servicer's own four-eyes check, inside its transaction with the rows its
+    condition reads locked (the interceptor's check and the filing's preview read them
+    before; a change committed since must not slip past either):
+
+    - a person's direct call for which `needs_eyes` (the condition, evaluated on the
+      locked rows) holds is refused APPROVAL_REQUIRED;
+    - an approved call executing, when `basis` is given (`basis_of` the locked state, in
+      the shape the RPC's describer digests), is refused APPROVAL_STALE unless its
+      approval was decided on exactly that state. An approval without a basis (its
+      preview could not read the state, or it was filed before bases were kept) is
+      refused too: an approval is never stretched over a state nobody showed.
+
+    A system caller is never asked; without authentication (a developer's insecure mode)
+    nobody is."""
+    approval = current_approval.get()
+    if approval is not None:
+        if basis is not None and approval.basis != basis:
+            raise ApprovalStale(method, approval.approval_id)
+        return
     caller = current_caller.get()
-    return caller is not None and caller.role != SERVICE and current_approval.get() is None
+    if needs_eyes and caller is not None and caller.role != SERVICE:
+        raise ApprovalRequired(method)
 
 
 class Gate:

@@ -33,14 +33,17 @@ def new_request_id() -> str:
 
 class ApprovalContext:
     """The approval an in-process execution carries out (shared/approval_service): the
-    audit trail names it and its approver on the executed effect's record."""
+    audit trail names it and its approver on the executed effect's record; a guarded
+    servicer compares `basis` with the state it locked (shared/approvals.check_locked)."""
 
-    __slots__ = ("approval_id", "approved_by", "requested_by")
+    __slots__ = ("approval_id", "approved_by", "basis", "requested_by")
 
-    def __init__(self, approval_id: str, approved_by: str, requested_by: str) -> None:
+    def __init__(self, approval_id: str, approved_by: str, requested_by: str,
+                 basis: str = "") -> None:
         self.approval_id = approval_id
         self.approved_by = approved_by
         self.requested_by = requested_by
+        self.basis = basis
 
     def __repr__(self) -> str:
         return (f"ApprovalContext({self.approval_id!r}, approved_by={self.approved_by!r}, "

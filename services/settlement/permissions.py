@@ -8,7 +8,13 @@ from typing import Any
 
 from clearhouse.settlement.v1 import settlement_pb2
 
-from services.settlement.adapters.destinations import Destination, Destinations, of_profile
+from services.settlement.adapters.destinations import (
+    Destination,
+    Destinations,
+    basis,
+    of_profile,
+    redirected,
+)
 from services.settlement.domain.profiles import Profile, destination_changed, merge
 from services.settlement.entrypoints import convert as c
 from services.settlement.service_layer.profiles import ProfileService
@@ -107,7 +113,7 @@ async def _to_changed(request: settlement_pb2.RetryPayoutRequest, facts: Facts) 
     if paid is None:
         return False  # no payout: the retry is NOT_FOUND
     merchant, went = paid
-    return of_profile(await _stored(facts, merchant)) != went
+    return redirected(await _stored(facts, merchant), went)
 
 
 def _shown(d: Destination | None) -> dict[str, Any] | None:
@@ -135,10 +141,12 @@ async def _profile_preview(request: settlement_pb2.UpdateSettlementProfileReques
     current = await _stored(facts, mid)
     before = of_profile(current)
     after = of_profile(merged_profile(current, request)) if current is not None else None
+    # The approval stands on `before`: executed on another destination than the one
+    # its decider saw replaced, the update is refused APPROVAL_STALE (service_layer).
     return approvals.Preview(
         f"pay merchant {mid} to {_words(after)} instead of {_words(before)}",
         "settlement_profile", mid, _shown(before),
-        {**approvals.masked_dict(request), **(_shown(after) or {})})
+        {**approvals.masked_dict(request), **(_shown(after) or {})}, basis(before))
 
 
 async def _retry_preview(request: settlement_pb2.RetryPayoutRequest,
@@ -146,9 +154,11 @@ async def _retry_preview(request: settlement_pb2.RetryPayoutRequest,
     paid = await facts.destinations.of_payout(request.payout_id)
     went = paid[1] if paid is not None else None
     now = of_profile(await _stored(facts, paid[0])) if paid is not None else None
+    # The approval stands on `now`: executed, the retry pays there or nowhere (its
+    # servicer refuses APPROVAL_STALE once the profile's destination is another).
     return approvals.Preview(
         f"retry payout {request.payout_id} to {_words(now)} (it went to {_words(went)})",
-        "payout", request.payout_id, _shown(went), _shown(now))
+        "payout", request.payout_id, _shown(went), _shown(now), basis(now))
 
 
 def _mark_preview(result: str) -> Any:

@@ -205,3 +205,44 @@ async def test_a_retry_whose_destination_changes_during_the_call_needs_a_second_
                 pb.RetryPayoutRequest(request_id="r-same", payout_id=first.payout_id))).payout
     assert retried.payout_id == f"{first.payout_id}-retry1"
     assert retried.amount == first.amount
+
+
+async def test_an_update_that_a_change_during_the_call_makes_a_redirect_needs_a_second_admin(
+        stack):
+    """An admin's update that names the bank account the profile pays now is no redirect
+    when the interceptor checks it. A destination change committed before the update
+    locks the profile (held open here, the update waiting on it; the version unchanged,
+    as under a predicted etag) turns it into one: it moves the money back. The update
+    checks again under the lock, is refused APPROVAL_REQUIRED and changes nothing."""
+    await st.put_profile(stack, PROFILE)
+    before = (await stack.settlement.stub.GetSettlementProfile(
+        pb.GetSettlementProfileRequest(merchant_id="MC"))).profile
+    async with stack.settlement.engine.connect() as holder:
+        await holder.execute(text(
+            "UPDATE profiles SET bank_account = jsonb_set(bank_account, '{account_number}', "
+            "to_jsonb(CAST(:n AS text))) WHERE merchant_id = 'MC'"), {"n": "6228480000000001"})
+        async with security.channel(stack.settlement.address, caller="ada") as ch:
+            stub = pb_grpc.SettlementServiceStub(ch)
+            same = pb.UpdateSettlementProfileRequest(
+                request_id="u-race", profile=pb.SettlementProfile(
+                    merchant_id="MC", etag=before.etag, bank_account=st.BANK),
+                update_mask=field_mask_pb2.FieldMask(paths=["bank_account"]))
+            updating = asyncio.ensure_future(stub.UpdateSettlementProfile(same))
+            await _until_waiting_on_the_profile(stack, updating)
+            await holder.commit()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await updating
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert reason(err.value) == "APPROVAL_REQUIRED"
+            # Not a destination change: the same admin alone, as before.
+            held = pb.UpdateSettlementProfileRequest(
+                request_id="u-hold", profile=pb.SettlementProfile(
+                    merchant_id="MC", etag=before.etag, hold=True, hold_reason="KYC review"),
+                update_mask=field_mask_pb2.FieldMask(paths=["hold", "hold_reason"]))
+            assert (await stub.UpdateSettlementProfile(held)).profile.hold
+    async with stack.settlement.engine.connect() as conn:
+        number, version = (await conn.execute(text(
+            "SELECT bank_account->>'account_number', version FROM profiles "
+            "WHERE merchant_id = 'MC'"))).one()
+    assert number == "6228480000000001"  # the committed change stands
+    assert version == before.version + 1  # the hold's version, nothing else

@@ -33,7 +33,7 @@ from tests.billing.support import create_rule, money, ts
 from tests.e2e import stack as st
 from tests.e2e.stack import Stack
 from tests.support import security
-from tests.support.rpc_errors import error_info, reason
+from tests.support.rpc_errors import error_info, info_of, reason
 
 RULE = {"rule_id": "AP-BASE", "currency": "CNY", "method": "PERCENT", "rate": "0.006",
         "effective_from": "2026-01-01T00:00:00+08:00", "refund_fee_policy": "PROPORTIONAL"}
@@ -121,6 +121,41 @@ async def new_bank(stack: Stack, merchant: str) -> pb.UpdateSettlementProfileReq
         request_id=f"move-{merchant}", profile=pb.SettlementProfile(
             merchant_id=merchant, etag=current.etag, bank_account=OTHER_BANK),
         update_mask=field_mask_pb2.FieldMask(paths=["bank_account"]))
+
+
+async def failed_payout(stack: Stack, merchant: str, day: dt.date) -> pb.Payout:
+    """`merchant`'s first payout (a bank payout of a payment of 500.00 that day, T+0),
+    failed by the gateway. One run per settle date: each caller its own day."""
+    await st.setup_billing(stack, [], {})
+    await st.put_profile(stack, {"merchant_id": merchant, "cycle": "T+0",
+                                 "destination": "BANK_ACCOUNT"})
+    await st.record(stack, {"id": f"AP-{merchant}-P1", "merchant_id": merchant,
+                            "amount": 50_000, "currency": "CNY",
+                            "time": f"{day.isoformat()}T10:00:00+08:00",
+                            "transaction_type": "PAYMENT"})
+    await stack.simulator.control.SetBehaviour(
+        sim.SetBehaviourRequest(behaviour=sim.BEHAVIOUR_FAIL, times=1))
+    await st.wait_fees_known(stack)
+    await st.run(stack, day, request_id=f"ap-run-{merchant}")
+    mine: list[pb.Payout] = []
+    for _ in range(200):  # the dispatcher's answer (another merchant's retry may wait on)
+        mine = [x for x in await st.payouts(stack) if x.merchant_id == merchant]
+        if [x.state for x in mine] == [pb.PAYOUT_STATE_FAILED]:
+            return mine[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no failed payout of {merchant}: {mine}")
+
+
+async def approve(p: People, approval_id: str, who: str = "bea") -> apb.Approval:
+    return (await p.approvals[who].ApproveRequest(
+        apb.ApproveRequestRequest(approval_id=approval_id))).approval
+
+
+def stale(approval: apb.Approval) -> bool:
+    """Whether the approval ended FAILED with APPROVAL_STALE (nothing executed)."""
+    return (approval.state == apb.APPROVAL_STATE_FAILED
+            and approval.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+            and info_of(approval.error).reason == "APPROVAL_STALE")
 
 
 def top_up(request_id: str, merchant: str, amount: int) -> bpb.TopUpFeeAccountRequest:
@@ -407,19 +442,7 @@ async def test_attacks_of_issue_10_fail_closed_without_a_second_admin(
         batch_id="B-booked")), "ReleaseBatch")
     # A failed payout, then an admin moves the bank account (with a second admin) and
     # retries: the retry to the changed destination needs a second admin too.
-    await st.setup_billing(stack, [], {})
-    merchant = {"merchant_id": "MR", "cycle": "T+0", "destination": "BANK_ACCOUNT"}
-    await st.put_profile(stack, merchant)
-    await st.record(stack, {"id": "AP-P1", "merchant_id": "MR", "amount": 50_000,
-                            "currency": "CNY", "time": "2026-03-02T10:00:00+08:00",
-                            "transaction_type": "PAYMENT"})
-    await stack.simulator.control.SetBehaviour(
-        sim.SetBehaviourRequest(behaviour=sim.BEHAVIOUR_FAIL, times=1))
-    await st.wait_fees_known(stack)
-    await st.run(stack, dt.date(2026, 3, 2), request_id="ap-run")
-    await st.wait_payouts_final(stack)
-    [failed] = [x for x in await st.payouts(stack) if x.merchant_id == "MR"]
-    assert failed.state == pb.PAYOUT_STATE_FAILED
+    failed = await failed_payout(stack, "MR", dt.date(2026, 3, 2))
     moved = await new_bank(stack, "MR")
     s = people["settlement"]
     await approval_required(s.service["ada"].UpdateSettlementProfile(moved),
@@ -442,6 +465,64 @@ async def test_attacks_of_issue_10_fail_closed_without_a_second_admin(
     new = pb.RetryPayoutResponse()
     done.response.Unpack(new)
     assert new.payout.bank_account.account_name == OTHER_BANK.account_name
+
+
+async def test_an_approved_retry_pays_only_the_destination_its_decider_saw(
+        stack: Stack, people: dict[str, People]):
+    """A retry filed while the profile pays where the payout went, approved after the
+    destination was moved (with its own second admin): the approval stood on the old
+    destination, so it ends FAILED APPROVAL_STALE and pays nothing. Filed again, its
+    decider sees the new destination, and the approved retry pays there."""
+    failed = await failed_payout(stack, "MS", dt.date(2026, 3, 3))
+    s = people["settlement"]
+    retry = pb.RetryPayoutRequest(request_id="ms-retry", payout_id=failed.payout_id)
+    filed = await file(s, "ms-retry-1", retry)
+    assert filed.after["bank_account"]["account_name"] == st.BANK.account_name
+    await file(s, "ms-move", await new_bank(stack, "MS"))
+    assert (await approve(s, "ms-move")).state == apb.APPROVAL_STATE_APPROVED
+    done = await approve(s, "ms-retry-1")
+    assert stale(done), done
+    assert info_of(done.error).metadata["approval_id"] == "ms-retry-1"
+    assert [x.payout_id for x in await st.payouts(stack) if x.merchant_id == "MS"] == [
+        failed.payout_id]
+    again = await file(s, "ms-retry-2", retry)
+    assert again.after["bank_account"]["account_name"] == OTHER_BANK.account_name
+    done = await approve(s, "ms-retry-2")
+    assert done.state == apb.APPROVAL_STATE_APPROVED, done.error
+    new = pb.RetryPayoutResponse()
+    done.response.Unpack(new)
+    assert new.payout.bank_account.account_name == OTHER_BANK.account_name
+
+
+async def test_an_approved_update_runs_only_on_the_destination_its_decider_saw_replaced(
+        stack: Stack, people: dict[str, People]):
+    """An update filed on the next version's etag (AIP-154 etags here are predictable)
+    while the profile pays bank A shows its decider "B instead of A". Another approved
+    update moves the profile to C, making that very version; approved now, the first
+    update would pay B instead of C, which nobody saw: it ends FAILED APPROVAL_STALE and
+    the profile still pays C."""
+    await st.put_profile(stack, {"merchant_id": "MU", "cycle": "T+0",
+                                 "destination": "BANK_ACCOUNT"})
+    s = people["settlement"]
+    version = (await stack.settlement.stub.GetSettlementProfile(
+        pb.GetSettlementProfileRequest(merchant_id="MU"))).profile.version
+    late = pb.UpdateSettlementProfileRequest(
+        request_id="mu-late", profile=pb.SettlementProfile(
+            merchant_id="MU", etag=f'W/"{version + 1}"', bank_account=OTHER_BANK),
+        update_mask=field_mask_pb2.FieldMask(paths=["bank_account"]))
+    filed = await file(s, "mu-late", late)
+    assert filed.before["bank_account"]["account_name"] == st.BANK.account_name
+    third = payout_pb2.BankAccount(account_name="Third Party", account_number="6222111122223333",
+                                   bank_name="BOC", branch_code="104100000004")
+    moved = await new_bank(stack, "MU")
+    moved.profile.bank_account.CopyFrom(third)
+    await file(s, "mu-move", moved)
+    assert (await approve(s, "mu-move")).state == apb.APPROVAL_STATE_APPROVED
+    done = await approve(s, "mu-late")
+    assert stale(done), done
+    now = (await stack.settlement.stub.GetSettlementProfile(
+        pb.GetSettlementProfileRequest(merchant_id="MU"))).profile
+    assert now.version == version + 1 and now.bank_account.account_name == "Third Party"
 
 
 async def test_insecure_mode_does_not_enforce_approvals(pg_url: str):

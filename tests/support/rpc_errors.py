@@ -4,7 +4,7 @@ BadRequest names (google.rpc rich error details, as shared.errors writes them)."
 from __future__ import annotations
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from shared.errors import reason_of
@@ -21,12 +21,17 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     """The ErrorInfo of a failed call (reason and metadata); fails when it carries none."""
     status = rpc_status.from_call(err)
     assert status is not None, err
+    return info_of(status)
+
+
+def info_of(status: status_pb2.Status) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo of a google.rpc.Status (a FAILED approval's error, say)."""
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             return info
-    raise AssertionError(f"no ErrorInfo in {err}")
+    raise AssertionError(f"no ErrorInfo in {status}")
 
 
 def violated_fields(err: grpc.aio.AioRpcError) -> set[str]:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.settlement.domain.profiles import BankAccount, Profile
 from services.settlement.domain.profiles import Destination as ProfileDestination
+from shared.approvals import basis_of
 
 BANK_FIELDS = ("account_name", "account_number", "bank_name", "branch_code")
 
@@ -52,6 +53,19 @@ def of_profile(p: Profile | None) -> Destination | None:
     if p.destination is not ProfileDestination.BANK_ACCOUNT:
         return Destination(p.destination.value)
     return Destination(p.destination.value, _bank_tuple(p.bank_account))
+
+
+def redirected(profile: Profile | None, went: Destination) -> bool:
+    """Whether paying a failed payout again now, to the profile's destination, pays
+    somewhere else than it went: RetryPayout's four-eyes condition, read before the call
+    (permissions) and again under the profile's lock (service_layer/payouts)."""
+    return of_profile(profile) != went
+
+
+def basis(d: Destination | None) -> str:
+    """The digest an approval of a retry to `d` stands on (approvals.Preview.basis), the
+    account number in full: two accounts that mask alike are different bases."""
+    return basis_of(None if d is None else d.as_dict())
 
 
 class Destinations:

@@ -20,9 +20,9 @@ from typing import Any
 import grpc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.settlement.adapters import ledger_repo, payout_repo, profile_repo
+from services.settlement.adapters import destinations, ledger_repo, payout_repo, profile_repo
 from services.settlement.adapters.clients import GatewayPayout
-from services.settlement.adapters.destinations import destination, of_profile
+from services.settlement.adapters.destinations import destination, of_profile, redirected
 from services.settlement.domain import ledger
 from services.settlement.domain.ledger import AccountType, account
 from services.settlement.domain.payouts import FINAL_RESULTS, Limits, Verdict, judge
@@ -369,12 +369,13 @@ class PayoutService:
             )
         row = await payout_repo.lock(conn, payout_id)
         assert row is not None  # payouts are never deleted
-        if (approvals.unapproved_person()
-                and of_profile(profile) != destination(row.destination_type, row.bank_account)):
-            # Four eyes (permissions.FOUR_EYES) checked again under the profile's lock: the
-            # interceptor's check read the profile before this transaction, and an update
-            # committed since (approved on its own) would otherwise be paid to by one person.
-            raise approvals.ApprovalRequired("RetryPayout")
+        # Four eyes (permissions.FOUR_EYES) again under the profile's lock: the
+        # interceptor's check and an approval's preview read the profile before this
+        # transaction. A person alone may not pay a destination changed since (approved
+        # on its own), nor an approval pay one other than its decider saw.
+        went = destination(row.destination_type, row.bank_account)
+        approvals.check_locked("RetryPayout", needs_eyes=redirected(profile, went),
+                               basis=destinations.basis(of_profile(profile)))
         if row.state != "FAILED" or row.retried_by:
             raise FailedPrecondition(
                 "PAYOUT_NOT_RETRYABLE",

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.settlement.adapters import profile_repo
+from services.settlement.adapters import destinations, profile_repo
 from services.settlement.adapters.profile_repo import Version
 from services.settlement.domain.profiles import (
     Profile,
@@ -18,7 +18,7 @@ from services.settlement.domain.profiles import (
     validate,
 )
 from services.settlement.service_layer.unit_of_work import Database
-from shared import audit, idempotency
+from shared import approvals, audit, idempotency
 from shared.clock import real_now
 from shared.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from shared.pagination import Page, integer
@@ -124,10 +124,16 @@ class ProfileService:
                     "cannot change (settle another currency under a new merchant id)",
                     {"merchant_id": merchant_id, "currency_code": current.currency},
                 )
+            moved = destination_changed(current, merged)
+            # Four eyes (permissions.FOUR_EYES) again under the profile's lock: the
+            # interceptor's check and an approval's preview read the profile before this
+            # transaction, and an update committed since (at the version this one names)
+            # can make this one a redirect, or move the "before" its decider saw.
+            approvals.check_locked("UpdateSettlementProfile", needs_eyes=moved,
+                                   basis=destinations.basis(destinations.of_profile(current)))
             changed = changed_fields(current, merged)
             result = current
             if changed:
-                moved = destination_changed(current, merged)
                 result = await profile_repo.update(
                     conn, merged, version=current.version,
                     destination_change_time=self.now() if moved

@@ -48,6 +48,11 @@ class ApprovalServiceStub:
       request; metadata "approval_id", "requested_by".
     - APPROVAL_DECIDED (FAILED_PRECONDITION): approving a rejected approval or rejecting
       an approved (or failed) one; metadata "approval_id", "state".
+    - APPROVAL_STALE (FAILED_PRECONDITION), in a FAILED approval's `error`: the call's
+      effect depends on stored state, and that state changed between the filing (what the
+      approval's before/after showed its decider) and the execution, e.g. a retried
+      payout's destination; nothing took effect. Metadata "method", "approval_id". File
+      the call again, to be decided on what is now true.
     Approving an approval already APPROVED or FAILED answers it unchanged (the guarded
     call ran once); rejecting a REJECTED one likewise. When the executed call fails in a
     way worth retrying (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, or INTERNAL)
@@ -99,6 +104,11 @@ class ApprovalServiceAsyncStub(ApprovalServiceStub):
       request; metadata "approval_id", "requested_by".
     - APPROVAL_DECIDED (FAILED_PRECONDITION): approving a rejected approval or rejecting
       an approved (or failed) one; metadata "approval_id", "state".
+    - APPROVAL_STALE (FAILED_PRECONDITION), in a FAILED approval's `error`: the call's
+      effect depends on stored state, and that state changed between the filing (what the
+      approval's before/after showed its decider) and the execution, e.g. a retried
+      payout's destination; nothing took effect. Metadata "method", "approval_id". File
+      the call again, to be decided on what is now true.
     Approving an approval already APPROVED or FAILED answers it unchanged (the guarded
     call ran once); rejecting a REJECTED one likewise. When the executed call fails in a
     way worth retrying (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, or INTERNAL)
@@ -146,6 +156,11 @@ class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
       request; metadata "approval_id", "requested_by".
     - APPROVAL_DECIDED (FAILED_PRECONDITION): approving a rejected approval or rejecting
       an approved (or failed) one; metadata "approval_id", "state".
+    - APPROVAL_STALE (FAILED_PRECONDITION), in a FAILED approval's `error`: the call's
+      effect depends on stored state, and that state changed between the filing (what the
+      approval's before/after showed its decider) and the execution, e.g. a retried
+      payout's destination; nothing took effect. Metadata "method", "approval_id". File
+      the call again, to be decided on what is now true.
     Approving an approval already APPROVED or FAILED answers it unchanged (the guarded
     call ran once); rejecting a REJECTED one likewise. When the executed call fails in a
     way worth retrying (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, or INTERNAL)
