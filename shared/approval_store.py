@@ -143,3 +143,12 @@ async def page(
         params,
     )
     return [_row(r) for r in result]
+
+
+async def waiting(conn: AsyncConnection) -> list[tuple[str, int, float]]:
+    """(method, how many, the oldest one's age in seconds) of the PENDING approvals, by
+    the database's clock (the business figures' one)."""
+    result = await conn.execute(text(
+        "SELECT method, count(*), extract(epoch FROM now() - min(create_time)) "
+        "FROM approvals WHERE state = 'PENDING' GROUP BY method"))
+    return [(r[0], int(r[1]), max(float(r[2]), 0.0)) for r in result]

@@ -1,16 +1,18 @@
-"""Figure sources every service shares: how its database pools are used.
+"""Figure sources every service shares: how its database pools are used, and the
+approvals waiting for a second admin.
 
 A figure source (see shared.metrics) is a coroutine that reads the database and sets
 gauges; each service adds its business figures in `adapters/figures.py`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import approval_store
 from shared.metrics import FigureSource, ServiceMetrics
 from shared.pg_pool import PgPool
 
@@ -44,3 +46,25 @@ async def rows(engine: AsyncEngine, sql: str) -> list[Any]:
     """The rows of one read-only statement on the service's own schema."""
     async with engine.connect() as conn:
         return list((await conn.execute(text(sql))).all())
+
+
+def approval_figures(engine: AsyncEngine, guarded: Iterable[str]) -> FigureSource:
+    """Approvals waiting for a second admin, by guarded RPC (`guarded`: the full method
+    names of the service's FOUR_EYES): how many, and the oldest one's age. A filed retry,
+    adjustment or hand settlement moves no money until somebody decides it, so a pending
+    approval is a state money waits in; every guarded RPC is exported, 0 when none wait."""
+    methods = sorted({(m.rsplit("/", 1)[-1],) for m in guarded})
+
+    async def refresh(m: ServiceMetrics) -> None:
+        count = m.gauge("approvals_pending",
+                        "Approvals waiting for a second admin's decision, by guarded RPC.",
+                        ["method"])
+        age = m.gauge("oldest_pending_approval_age_seconds",
+                      "Age of the oldest approval waiting for a decision, by guarded RPC; "
+                      "0 when none.", ["method"])
+        async with engine.connect() as conn:
+            found = await approval_store.waiting(conn)
+        m.set_by_label(count, {(name,): n for name, n, _ in found}, methods)
+        m.set_by_label(age, {(name,): oldest for name, _, oldest in found}, methods)
+
+    return refresh

@@ -25,7 +25,7 @@ from shared import audit_service, migrations
 from shared.approval_service import ApprovalServicer
 from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.coalescer import Coalescer
-from shared.figures import pool_figures
+from shared.figures import approval_figures, pool_figures
 from shared.metrics import ServiceMetrics, app_options
 from shared.security import server_security
 from shared.server import App
@@ -41,7 +41,8 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
     db = Database(engine, settings.db_schema, settings.db_pool_size)
     zone = ZoneInfo(settings.business_timezone)
     exported = ServiceMetrics("billing")
-    exported.sources += [pool_figures(engine, [db]), figure_source(engine)]
+    exported.sources += [pool_figures(engine, [db]), figure_source(engine),
+                         approval_figures(engine, FOUR_EYES.guards)]
     metrics = Metrics(exporter=exported)
     book = RuleBook(db, settings.rules_refresh_s, metrics)
     pricing = Pricing(db, book, zone, metrics)

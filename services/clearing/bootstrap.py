@@ -27,7 +27,7 @@ from shared.approval_service import ApprovalServicer
 from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.client_security import ClientSecurity
 from shared.coalescer import Coalescer
-from shared.figures import pool_figures
+from shared.figures import approval_figures, pool_figures
 from shared.metrics import ServiceMetrics, app_options
 from shared.security import server_security
 from shared.server import App
@@ -66,7 +66,8 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         settings.unary_batch_window_s, settings.unary_batch_max, settings.unary_batch_in_flight,
         observe=metrics.group_size("RecordTransaction"),
     )
-    metrics.sources += [pool_figures(engine, [db]), figure_source(engine)]
+    metrics.sources += [pool_figures(engine, [db]), figure_source(engine),
+                        approval_figures(engine, FOUR_EYES.guards)]
     reconciler = Reconciler(
         db, billing, orphan_age_s=settings.reconcile_orphan_age_s,
         lookback_s=settings.reconcile_lookback_s, interval_s=settings.reconcile_interval_s,

@@ -38,7 +38,7 @@ from shared.approvals import APPROVAL_SERVICE, Gate, add_approval_service
 from shared.business_time import business_date
 from shared.client_security import ClientSecurity
 from shared.clock import clock_from_env
-from shared.figures import pool_figures
+from shared.figures import approval_figures, pool_figures
 from shared.metrics import ServiceMetrics, app_options
 from shared.security import server_security
 from shared.server import App
@@ -156,6 +156,7 @@ async def build_app(
     metrics = ServiceMetrics("settlement")
     metrics.sources += [
         pool_figures(engine),
+        approval_figures(engine, FOUR_EYES.guards),
         figure_source(engine, books.check_invariants,
                       settings.invariant_check_interval_s, calendars.coverage),
         stuck_figure_source(engine, stuck.findings, due.count,

@@ -158,6 +158,20 @@ def stale(approval: apb.Approval) -> bool:
             and info_of(approval.error).reason == "APPROVAL_STALE")
 
 
+async def waiting(stack: Stack, method: str) -> float:
+    """Settlement's approvals_pending figure of `method`, refreshed now."""
+    metrics = stack.settlement.running.app.metrics
+    assert metrics is not None
+    await metrics.refresh()
+    count = metrics.registry.get_sample_value(
+        "clearhouse_settlement_approvals_pending", {"method": method})
+    age = metrics.registry.get_sample_value(
+        "clearhouse_settlement_oldest_pending_approval_age_seconds", {"method": method})
+    assert count is not None and age is not None and age >= 0
+    assert count > 0 or age == 0  # no age without a pending approval
+    return count
+
+
 def top_up(request_id: str, merchant: str, amount: int) -> bpb.TopUpFeeAccountRequest:
     return bpb.TopUpFeeAccountRequest(request_id=request_id, merchant_id=merchant,
                                       amount=money(amount))
@@ -476,12 +490,16 @@ async def test_an_approved_retry_pays_only_the_destination_its_decider_saw(
     failed = await failed_payout(stack, "MS", dt.date(2026, 3, 3))
     s = people["settlement"]
     retry = pb.RetryPayoutRequest(request_id="ms-retry", payout_id=failed.payout_id)
+    waiting_before = await waiting(stack, "RetryPayout")
     filed = await file(s, "ms-retry-1", retry)
+    # A pending approval is a state money waits in: exported, with its age.
+    assert await waiting(stack, "RetryPayout") == waiting_before + 1
     assert filed.after["bank_account"]["account_name"] == st.BANK.account_name
     await file(s, "ms-move", await new_bank(stack, "MS"))
     assert (await approve(s, "ms-move")).state == apb.APPROVAL_STATE_APPROVED
     done = await approve(s, "ms-retry-1")
     assert stale(done), done
+    assert await waiting(stack, "RetryPayout") == waiting_before
     assert info_of(done.error).metadata["approval_id"] == "ms-retry-1"
     assert [x.payout_id for x in await st.payouts(stack) if x.merchant_id == "MS"] == [
         failed.payout_id]
