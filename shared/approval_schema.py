@@ -9,7 +9,10 @@ approval_id is RequestApproval's idempotency key.
 
 `basis` (billing_0008, clearing_0010, settlement_0012) is added by BASIS_UPGRADE: the
 digest of the state an approval was decided on (shared/approvals.Preview.basis), '' for
-one that stands on its request alone (and for approvals filed before the column)."""
+one that stands on its request alone (and for approvals filed before the column).
+`expire_time` (billing_0009, clearing_0011, settlement_0013) is added by EXPIRY_UPGRADE:
+when a PENDING approval stops being decidable (NULL for one filed before, which never
+expires); an expired approval stays 'PENDING' in the row and is read as EXPIRED."""
 
 from __future__ import annotations
 
@@ -51,6 +54,9 @@ DOWNGRADE = ("DROP TABLE approvals",)
 BASIS_UPGRADE = ("ALTER TABLE approvals ADD COLUMN basis text NOT NULL DEFAULT ''",)
 BASIS_DOWNGRADE = ("ALTER TABLE approvals DROP COLUMN basis",)
 
+EXPIRY_UPGRADE = ("ALTER TABLE approvals ADD COLUMN expire_time timestamptz",)
+EXPIRY_DOWNGRADE = ("ALTER TABLE approvals DROP COLUMN expire_time",)
+
 
 def _run(op: Any, statements: tuple[str, ...]) -> None:
     for statement in statements:
@@ -71,3 +77,11 @@ def upgrade_basis(op: Any) -> None:
 
 def downgrade_basis(op: Any) -> None:
     _run(op, BASIS_DOWNGRADE)
+
+
+def upgrade_expiry(op: Any) -> None:
+    _run(op, EXPIRY_UPGRADE)
+
+
+def downgrade_expiry(op: Any) -> None:
+    _run(op, EXPIRY_DOWNGRADE)

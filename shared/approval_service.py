@@ -58,6 +58,7 @@ _STATE_TO_PROTO = {
     store.APPROVED: approval_pb2.APPROVAL_STATE_APPROVED,
     store.REJECTED: approval_pb2.APPROVAL_STATE_REJECTED,
     store.FAILED: approval_pb2.APPROVAL_STATE_FAILED,
+    store.EXPIRED: approval_pb2.APPROVAL_STATE_EXPIRED,
 }
 _STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
 # Refusals that say the moment, not the request: the approval stays PENDING.
@@ -66,6 +67,9 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
 _TYPE_PREFIX = "type.googleapis.com/"
 # Who files and decides when security is off (no identities): recorded as such.
 NO_IDENTITY = "(no identity)"
+# How long a filed approval waits for its decision (<P>APPROVAL_TTL): a week spans a
+# long holiday (国庆), and a request older than that is decided on a stale picture.
+DEFAULT_TTL = dt.timedelta(days=7)
 
 
 class _InProcess:
@@ -89,8 +93,10 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
     def __init__(
         self, *, engine: AsyncEngine, domain: str, gate: Gate, target: Any,
         rules: Mapping[str, Rule], clock: Callable[[], dt.datetime] = clock_now,
+        ttl: dt.timedelta = DEFAULT_TTL,
     ) -> None:
         self.engine = engine
+        self.ttl = ttl
         self.domain = domain
         self.gate = gate
         self.target = target
@@ -123,6 +129,7 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
             guard = self.gate.guard(method)
             assert guard is not None
             preview = _storable(await guard.preview(method, inner, self.gate.facts))
+            filed = self.clock()
             row = store.ApprovalRow(
                 approval_id=request.request_id, method=method.rsplit("/", 1)[-1],
                 request_type=inner.DESCRIPTOR.full_name, request=canonical,
@@ -130,8 +137,9 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
                 object_type=preview.object_type, object_id=preview.object_id,
                 before=preview.before, after=preview.after, requested_by=requester,
                 reason=request.reason, state=store.PENDING, decided_by="",
-                decision_reason="", create_time=self.clock(), decide_time=None,
+                decision_reason="", create_time=filed, decide_time=None,
                 response_type="", response=None, error=None, basis=preview.basis,
+                expire_time=filed + self.ttl,
             )
             async with self.engine.begin() as conn:
                 if await store.insert(conn, row):
@@ -193,6 +201,8 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
                 return approval_pb2.ApproveRequestResponse(approval=self._proto(row))
             if row.state != store.PENDING:
                 raise _decided(row)
+            if row.state_at(self.clock()) == store.EXPIRED:
+                raise _expired(row)
             if caller is not None and approver == row.requested_by:
                 raise PermissionDenied(
                     SELF_APPROVAL,
@@ -277,6 +287,8 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         decider = _name(current_caller.get())
         async with self.engine.connect() as conn, conn.begin():
             row = await self._find(conn, request.approval_id, lock=True)
+            if row.state_at(self.clock()) == store.EXPIRED:
+                raise _expired(row)
             if row.state == store.PENDING:
                 # The requester may withdraw their own request: rejecting changes nothing.
                 await store.decide(
@@ -321,7 +333,7 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         after = None if page.after is None else (page.after[0], page.after[1])
         async with self.engine.connect() as conn:
             rows = await store.page(conn, state=state, method=request.method, after=after,
-                                    limit=page.size + 1)
+                                    limit=page.size + 1, now=self.clock())
         token = page.next_token(
             rows, lambda r: [r.create_time.isoformat(), r.approval_id], filters)
         return approval_pb2.ListApprovalsResponse(
@@ -341,7 +353,7 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         out = approval_pb2.Approval(
             approval_id=row.approval_id, method=row.method, summary=row.summary,
             requested_by=row.requested_by, reason=row.reason,
-            state=_STATE_TO_PROTO[row.state], decided_by=row.decided_by,
+            state=_STATE_TO_PROTO[row.state_at(self.clock())], decided_by=row.decided_by,
             decision_reason=row.decision_reason, object_type=row.object_type,
             object_id=row.object_id,
         )
@@ -356,6 +368,8 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         write_ts(out.create_time, row.create_time)
         if row.decide_time is not None:
             write_ts(out.decide_time, row.decide_time)
+        if row.expire_time is not None:
+            write_ts(out.expire_time, row.expire_time)
         if row.response is not None:
             out.response.CopyFrom(any_pb2.Any(type_url=_TYPE_PREFIX + row.response_type,
                                               value=row.response))
@@ -406,6 +420,16 @@ def _input_type(method: str) -> Descriptor:
 
 def _name(caller: Caller | None) -> str:
     return caller.name if caller is not None else NO_IDENTITY
+
+
+def _expired(row: store.ApprovalRow) -> FailedPrecondition:
+    assert row.expire_time is not None
+    return FailedPrecondition(
+        "APPROVAL_EXPIRED",
+        f"approval {row.approval_id!r} expired at {row.expire_time.isoformat()} undecided: "
+        "it can no longer be approved or rejected; file the call again if it is still wanted",
+        {"approval_id": row.approval_id, "expire_time": row.expire_time.isoformat()},
+    )
 
 
 def _decided(row: store.ApprovalRow) -> FailedPrecondition:

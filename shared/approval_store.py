@@ -20,12 +20,15 @@ PENDING = "PENDING"
 APPROVED = "APPROVED"
 REJECTED = "REJECTED"
 FAILED = "FAILED"
-STATES = (PENDING, APPROVED, REJECTED, FAILED)
+# Not stored: a PENDING row past its expire_time reads as EXPIRED (nothing has to run
+# for an approval to expire, and nothing can decide it once it has).
+EXPIRED = "EXPIRED"
+STATES = (PENDING, APPROVED, REJECTED, FAILED, EXPIRED)
 
 _COLUMNS = (
     "approval_id, method, request_type, request, request_hash, summary, object_type, "
     "object_id, before, after, requested_by, reason, state, decided_by, decision_reason, "
-    "create_time, decide_time, response_type, response, error, basis"
+    "create_time, decide_time, response_type, response, error, basis, expire_time"
 )
 
 
@@ -52,6 +55,14 @@ class ApprovalRow:
     response: bytes | None
     error: bytes | None
     basis: str = ""
+    expire_time: dt.datetime | None = None
+
+    def state_at(self, now: dt.datetime) -> str:
+        """The state as callers see it at `now`: EXPIRED for a PENDING row past its
+        expire_time."""
+        if self.state == PENDING and self.expire_time is not None and self.expire_time <= now:
+            return EXPIRED
+        return self.state
 
 
 def _json(value: Any) -> Any:
@@ -75,10 +86,11 @@ async def insert(conn: AsyncConnection, row: ApprovalRow) -> bool:
         text(
             "INSERT INTO approvals (approval_id, method, request_type, request, request_hash, "
             "summary, object_type, object_id, before, after, requested_by, reason, state, "
-            "decided_by, decision_reason, create_time, basis) VALUES (:approval_id, :method, "
+            "decided_by, decision_reason, create_time, basis, expire_time) VALUES (:approval_id, "
+            ":method, "
             ":request_type, :request, :request_hash, :summary, :object_type, :object_id, "
             "CAST(:before AS jsonb), CAST(:after AS jsonb), :requested_by, :reason, :state, "
-            "'', '', :create_time, :basis) ON CONFLICT (approval_id) DO NOTHING RETURNING approval_id"
+            "'', '', :create_time, :basis, :expire_time) ON CONFLICT (approval_id) DO NOTHING RETURNING approval_id"
         ),
         {
             "approval_id": row.approval_id, "method": row.method,
@@ -89,6 +101,7 @@ async def insert(conn: AsyncConnection, row: ApprovalRow) -> bool:
             "after": None if row.after is None else json.dumps(row.after),
             "requested_by": row.requested_by, "reason": row.reason, "state": row.state,
             "create_time": row.create_time, "basis": row.basis,
+            "expire_time": row.expire_time,
         },
     )
     return result.first() is not None
@@ -125,13 +138,23 @@ async def decide(
     )
 
 
+# A state as callers see it at :now, as a condition on the stored row.
+_STATE_AT = {
+    "": "true",
+    PENDING: "state = 'PENDING' AND (expire_time IS NULL OR expire_time > :now)",
+    EXPIRED: "state = 'PENDING' AND expire_time <= :now",
+    **{s: f"state = '{s}'" for s in (APPROVED, REJECTED, FAILED)},
+}
+
+
 async def page(
     conn: AsyncConnection, *, state: str, method: str,
-    after: tuple[dt.datetime, str] | None, limit: int,
+    after: tuple[dt.datetime, str] | None, limit: int, now: dt.datetime,
 ) -> list[ApprovalRow]:
-    """Up to `limit` approvals, newest first, after the key (create_time, approval_id)."""
-    where = ["(:state = '' OR state = :state)", "(:method = '' OR method = :method)"]
-    params: dict[str, Any] = {"state": state, "method": method, "limit": limit}
+    """Up to `limit` approvals in `state` as seen at `now` ('' = any), newest first,
+    after the key (create_time, approval_id)."""
+    where = [_STATE_AT[state], "(:method = '' OR method = :method)"]
+    params: dict[str, Any] = {"method": method, "limit": limit, "now": now}
     if after is not None:
         where.append("(create_time, approval_id) < (:t, :id)")
         params |= {"t": after[0], "id": after[1]}
@@ -145,10 +168,11 @@ async def page(
     return [_row(r) for r in result]
 
 
-async def waiting(conn: AsyncConnection) -> list[tuple[str, int, float]]:
-    """(method, how many, the oldest one's age in seconds) of the PENDING approvals, by
-    the database's clock (the business figures' one)."""
+async def waiting(conn: AsyncConnection, now: dt.datetime) -> list[tuple[str, int, float]]:
+    """(method, how many, the oldest one's age in seconds at `now`) of the approvals
+    PENDING at `now` (expired ones wait for nobody)."""
     result = await conn.execute(text(
-        "SELECT method, count(*), extract(epoch FROM now() - min(create_time)) "
-        "FROM approvals WHERE state = 'PENDING' GROUP BY method"))
+        "SELECT method, count(*), extract(epoch FROM CAST(:now AS timestamptz) "
+        f"- min(create_time)) FROM approvals WHERE {_STATE_AT[PENDING]} GROUP BY method"),
+        {"now": now})
     return [(r[0], int(r[1]), max(float(r[2]), 0.0)) for r in result]

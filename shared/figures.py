@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import approval_store
+from shared.clock import now as clock_now
 from shared.metrics import FigureSource, ServiceMetrics
 from shared.pg_pool import PgPool
 
@@ -52,7 +53,8 @@ def approval_figures(engine: AsyncEngine, guarded: Iterable[str]) -> FigureSourc
     """Approvals waiting for a second admin, by guarded RPC (`guarded`: the full method
     names of the service's FOUR_EYES): how many, and the oldest one's age. A filed retry,
     adjustment or hand settlement moves no money until somebody decides it, so a pending
-    approval is a state money waits in; every guarded RPC is exported, 0 when none wait."""
+    approval is a state money waits in (until it expires); every guarded RPC is
+    exported, 0 when none wait."""
     methods = sorted({(m.rsplit("/", 1)[-1],) for m in guarded})
 
     async def refresh(m: ServiceMetrics) -> None:
@@ -63,7 +65,7 @@ def approval_figures(engine: AsyncEngine, guarded: Iterable[str]) -> FigureSourc
                       "Age of the oldest approval waiting for a decision, by guarded RPC; "
                       "0 when none.", ["method"])
         async with engine.connect() as conn:
-            found = await approval_store.waiting(conn)
+            found = await approval_store.waiting(conn, clock_now())
         m.set_by_label(count, {(name,): n for name, n, _ in found}, methods)
         m.set_by_label(age, {(name,): oldest for name, _, oldest in found}, methods)
 

@@ -13,6 +13,7 @@ traceback, and a variable that looks like a setting but is none (a misspelt
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import os
 import sys
@@ -80,6 +81,20 @@ class ServiceSettings(SecuritySettings):
     metrics_refresh_s: float = Field(default=15.0, gt=0)
     # OTLP collector (host:port) that receives the service's traces; empty = no tracing.
     otlp_endpoint: str = ""
+    # How long a filed four-eyes approval may wait for its decision (7d, 36h, 90m): past
+    # it the approval is EXPIRED and must be filed again.
+    approval_ttl: str = "7d"
+
+    @field_validator("approval_ttl")
+    @classmethod
+    def _positive_duration(cls, value: str) -> str:
+        if _duration(value) <= dt.timedelta(0):
+            raise ValueError("must be a positive duration, e.g. 7d, 36h or 90m")
+        return value
+
+    @property
+    def approval_ttl_delta(self) -> dt.timedelta:
+        return _duration(self.approval_ttl)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -92,6 +107,14 @@ class ServiceSettings(SecuritySettings):
     def resolved_migration_url(self) -> str:
         """The URL migrations run with: the migration role's, else the runtime URL."""
         return self.migration_database_url.get_secret_value() or self.resolved_database_url()
+
+
+def _duration(value: str) -> dt.timedelta:
+    # shared.clock reads its own variable and stops the service through SettingsError
+    # (this module's): imported when used, not at import time.
+    from shared.clock import parse_duration
+
+    return parse_duration(value)
 
 
 S = TypeVar("S", bound=BaseSettings)

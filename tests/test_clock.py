@@ -48,3 +48,16 @@ def test_durations_read_like_the_offsets_and_refuse_anything_else():
     assert SettlementSettings().payout_cool_off_s == 86400.0
     with pytest.raises(ValueError):
         SettlementSettings(payout_cool_off="tomorrow")
+
+
+def test_the_approval_time_to_live_is_a_positive_duration_of_every_service():
+    from services.billing.settings import BillingSettings
+    from services.clearing.settings import ClearingSettings
+    from services.settlement.settings import SettlementSettings
+
+    for settings in (BillingSettings, ClearingSettings, SettlementSettings):
+        assert settings().approval_ttl_delta == dt.timedelta(days=7)
+        assert settings(approval_ttl="36h").approval_ttl_delta == dt.timedelta(hours=36)
+        for bad in ("0", "a week", "-1d"):
+            with pytest.raises(ValueError):
+                settings(approval_ttl=bad)

@@ -70,7 +70,7 @@ async def build_app(settings: BillingSettings, engine: AsyncEngine) -> App:
     gate = Gate(FOUR_EYES)
     approvals = ApprovalServicer(
         engine=engine, domain="billing.clearhouse", gate=gate, target=servicer,
-        rules={**PERMISSIONS.rules, **APPROVALS.rules},
+        rules={**PERMISSIONS.rules, **APPROVALS.rules}, ttl=settings.approval_ttl_delta,
     )
 
     async def ready() -> bool:

@@ -83,7 +83,7 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
     gate = Gate(FOUR_EYES, settings)
     approvals = ApprovalServicer(
         engine=engine, domain="clearing.clearhouse", gate=gate, target=servicer,
-        rules={**PERMISSIONS.rules, **APPROVALS.rules},
+        rules={**PERMISSIONS.rules, **APPROVALS.rules}, ttl=settings.approval_ttl_delta,
     )
 
     async def ready() -> bool:

@@ -118,7 +118,7 @@ async def build_app(
     gate = Gate(FOUR_EYES, Facts(ProfileService(db, now=clock), Destinations(engine)))
     approvals = ApprovalServicer(
         engine=engine, domain="settlement.clearhouse", gate=gate, target=servicer,
-        rules={**PERMISSIONS.rules, **APPROVALS.rules},
+        rules={**PERMISSIONS.rules, **APPROVALS.rules}, ttl=settings.approval_ttl_delta,
     )
 
     async def ready() -> bool:

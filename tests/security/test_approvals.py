@@ -28,6 +28,7 @@ from clearhouse.payoutsim.v1 import payoutsim_pb2 as sim
 from clearhouse.settlement.v1 import settlement_pb2 as pb
 from clearhouse.settlement.v1 import settlement_pb2_grpc
 from google.protobuf import any_pb2, field_mask_pb2
+from sqlalchemy import text
 
 from tests.billing.support import create_rule, money, ts
 from tests.e2e import stack as st
@@ -158,15 +159,15 @@ def stale(approval: apb.Approval) -> bool:
             and info_of(approval.error).reason == "APPROVAL_STALE")
 
 
-async def waiting(stack: Stack, method: str) -> float:
-    """Settlement's approvals_pending figure of `method`, refreshed now."""
-    metrics = stack.settlement.running.app.metrics
+async def waiting(stack: Stack, method: str, service: str = "settlement") -> float:
+    """A service's approvals_pending figure of `method`, refreshed now."""
+    metrics = getattr(stack, service).running.app.metrics
     assert metrics is not None
     await metrics.refresh()
     count = metrics.registry.get_sample_value(
-        "clearhouse_settlement_approvals_pending", {"method": method})
+        f"clearhouse_{service}_approvals_pending", {"method": method})
     age = metrics.registry.get_sample_value(
-        "clearhouse_settlement_oldest_pending_approval_age_seconds", {"method": method})
+        f"clearhouse_{service}_oldest_pending_approval_age_seconds", {"method": method})
     assert count is not None and age is not None and age >= 0
     assert count > 0 or age == 0  # no age without a pending approval
     return count
@@ -541,6 +542,48 @@ async def test_an_approved_update_runs_only_on_the_destination_its_decider_saw_r
     now = (await stack.settlement.stub.GetSettlementProfile(
         pb.GetSettlementProfileRequest(merchant_id="MU"))).profile
     assert now.version == version + 1 and now.bank_account.account_name == "Third Party"
+
+
+async def test_an_approval_left_undecided_past_its_time_to_live_expires(
+        stack: Stack, people: dict[str, People]):
+    """A top-up filed and left for longer than the approval time to live (7 days by
+    default; here its filing is moved 8 days back) is EXPIRED: listed as such and no
+    longer as pending, no longer waiting in the figures, and neither approved nor
+    rejected (APPROVAL_EXPIRED, nothing changes: no credit). Filed again, it is decided
+    as any other."""
+    p = people["billing"]
+    waiting_before = await waiting(stack, "TopUpFeeAccount", "billing")
+    filed = await file(p, "ap-late", top_up("late", "MX7", 100_00))
+    assert (filed.expire_time.ToDatetime() - filed.create_time.ToDatetime()
+            == dt.timedelta(days=7))
+    async with stack.billing.engine.begin() as conn:
+        await conn.execute(text(
+            "UPDATE approvals SET create_time = create_time - interval '8 days', "
+            "expire_time = expire_time - interval '8 days' WHERE approval_id = 'ap-late'"))
+    got = (await p.approvals["vic"].GetApproval(
+        apb.GetApprovalRequest(approval_id="ap-late"))).approval
+    assert got.state == apb.APPROVAL_STATE_EXPIRED
+    listed = {
+        state: [a.approval_id for a in (await p.approvals["vic"].ListApprovals(
+            apb.ListApprovalsRequest(state=state, method="TopUpFeeAccount",
+                                     page_size=1000))).approvals]
+        for state in (apb.APPROVAL_STATE_PENDING, apb.APPROVAL_STATE_EXPIRED)}
+    assert "ap-late" in listed[apb.APPROVAL_STATE_EXPIRED]
+    assert "ap-late" not in listed[apb.APPROVAL_STATE_PENDING]
+    assert await waiting(stack, "TopUpFeeAccount", "billing") == waiting_before
+    for decide in (p.approvals["bea"].ApproveRequest(apb.ApproveRequestRequest(
+            approval_id="ap-late")), p.approvals["bea"].RejectRequest(apb.RejectRequestRequest(
+            approval_id="ap-late", reason="too late"))):
+        err = await refused(decide)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_info(err).reason == "APPROVAL_EXPIRED"
+        assert error_info(err).metadata["approval_id"] == "ap-late"
+    assert (await p.approvals["vic"].GetApproval(apb.GetApprovalRequest(
+        approval_id="ap-late"))).approval.state == apb.APPROVAL_STATE_EXPIRED
+    assert await balance(stack, "MX7") == 0
+    await file(p, "ap-late-again", top_up("late", "MX7", 100_00))
+    assert (await approve(p, "ap-late-again")).state == apb.APPROVAL_STATE_APPROVED
+    assert await balance(stack, "MX7") == 100_00
 
 
 async def test_insecure_mode_does_not_enforce_approvals(pg_url: str):

@@ -32,7 +32,8 @@ def _state(value: str) -> int:
     try:
         return int(apb.ApprovalState.Value(STATE + value.upper()))
     except ValueError:
-        raise typer.BadParameter("one of pending, approved, rejected, failed, all") from None
+        raise typer.BadParameter(
+            "one of pending, approved, rejected, failed, expired, all") from None
 
 
 def _show(service: str, a: apb.Approval, json: bool) -> None:
@@ -42,6 +43,10 @@ def _show(service: str, a: apb.Approval, json: bool) -> None:
     con = out.console()
     con.print(out.table(f"approval {a.approval_id}", COLUMNS, [_row(a)]))
     con.print(f"reason: {escape(a.reason)}")
+    if a.HasField("expire_time") and not a.decided_by:
+        ended = a.state == apb.APPROVAL_STATE_EXPIRED
+        con.print(f"{'expired' if ended else 'expires'}: {out.when(a.expire_time)}"
+                  + (" (file the call again to have it decided)" if ended else ""))
     if a.decision_reason:
         con.print(f"decision: {escape(a.decision_reason)}")
     for name in ("before", "after"):
@@ -64,7 +69,7 @@ def approvals_for(service: str) -> typer.Typer:
     def list_approvals(
         ctx: typer.Context,
         state: Annotated[str, typer.Option(
-            help="pending (default), approved, rejected, failed or all.")] = "pending",
+            help="pending (default), approved, rejected, failed, expired or all.")] = "pending",
         method: Annotated[str, typer.Option(help="Only this RPC, e.g. TopUpFeeAccount.")] = "",
         limit: LimitOpt = 100, json: JsonOpt = False,
     ) -> None:

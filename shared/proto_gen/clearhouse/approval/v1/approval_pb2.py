@@ -28,37 +28,37 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%clearhouse/approval/v1/approval.proto\x12\x16\x63learhouse.approval.v1\x1a\x19google/protobuf/any.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x96\x04\n\x08\x41pproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12%\n\x07request\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12\'\n\x06\x62\x65\x66ore\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x05\x61\x66ter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0crequested_by\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x34\n\x05state\x18\t \x01(\x0e\x32%.clearhouse.approval.v1.ApprovalState\x12\x12\n\ndecided_by\x18\n \x01(\t\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65\x63ide_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08response\x18\x0e \x01(\x0b\x32\x14.google.protobuf.Any\x12!\n\x05\x65rror\x18\x0f \x01(\x0b\x32\x12.google.rpc.Status\x12\x13\n\x0bobject_type\x18\x10 \x01(\t\x12\x11\n\tobject_id\x18\x11 \x01(\t\"c\n\x16RequestApprovalRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x07request\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0e\n\x06reason\x18\x03 \x01(\t\"M\n\x17RequestApprovalResponse\x12\x32\n\x08\x61pproval\x18\x01 \x01(\x0b\x32 .clearhouse.approval.v1.Approval\"<\n\x15\x41pproveRequestRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x16\x41pproveRequestResponse\x12\x32\n\x08\x61pproval\x18\x01 \x01(\x0b\x32 .clearhouse.approval.v1.Approval\";\n\x14RejectRequestRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"K\n\x15RejectRequestResponse\x12\x32\n\x08\x61pproval\x18\x01 \x01(\x0b\x32 .clearhouse.approval.v1.Approval\")\n\x12GetApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"I\n\x13GetApprovalResponse\x12\x32\n\x08\x61pproval\x18\x01 \x01(\x0b\x32 .clearhouse.approval.v1.Approval\"\x83\x01\n\x14ListApprovalsRequest\x12\x34\n\x05state\x18\x01 \x01(\x0e\x32%.clearhouse.approval.v1.ApprovalState\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\x15ListApprovalsResponse\x12\x33\n\tapprovals\x18\x01 \x03(\x0b\x32 .clearhouse.approval.v1.Approval\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa0\x01\n\rApprovalState\x12\x1e\n\x1a\x41PPROVAL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPROVAL_STATE_PENDING\x10\x01\x12\x1b\n\x17\x41PPROVAL_STATE_APPROVED\x10\x02\x12\x1b\n\x17\x41PPROVAL_STATE_REJECTED\x10\x03\x12\x19\n\x15\x41PPROVAL_STATE_FAILED\x10\x04\x32\xba\x04\n\x0f\x41pprovalService\x12r\n\x0fRequestApproval\x12..clearhouse.approval.v1.RequestApprovalRequest\x1a/.clearhouse.approval.v1.RequestApprovalResponse\x12o\n\x0e\x41pproveRequest\x12-.clearhouse.approval.v1.ApproveRequestRequest\x1a..clearhouse.approval.v1.ApproveRequestResponse\x12l\n\rRejectRequest\x12,.clearhouse.approval.v1.RejectRequestRequest\x1a-.clearhouse.approval.v1.RejectRequestResponse\x12\x66\n\x0bGetApproval\x12*.clearhouse.approval.v1.GetApprovalRequest\x1a+.clearhouse.approval.v1.GetApprovalResponse\x12l\n\rListApprovals\x12,.clearhouse.approval.v1.ListApprovalsRequest\x1a-.clearhouse.approval.v1.ListApprovalsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%clearhouse/approval/v1/approval.proto\x12\x16\x63learhouse.approval.v1\x1a\x19google/protobuf/any.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xc7\x04\n\x08\x41pproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12%\n\x07request\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12\'\n\x06\x62\x65\x66ore\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x05\x61\x66ter\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0crequested_by\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x34\n\x05state\x18\t \x01(\x0e\x32%.clearhouse.approval.v1.ApprovalState\x12\x12\n\ndecided_by\x18\n \x01(\t\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65\x63ide_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08response\x18\x0e \x01(\x0b\x32\x14.google.protobuf.Any\x12!\n\x05\x65rror\x18\x0f \x01(\x0b\x32\x12.google.rpc.Status\x12\x13\n\x0bobject_type\x18\x10 \x01(\t\x12\x11\n\tobject_id\x18\x11 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x16RequestApprovalRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12%\n\x07request\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0e\n\x06reason\x18\x03 \x01(\t\"M\n\x17RequestApprovalResponse\x12\x32\n\x08\x61pproval\x18\x01 \x01(\x0b\x32 .clearhouse.approval.v1.Approval\"<\n\x15\x41pproveRequestRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x16\x41pproveRequestResponse\x12\x32\n\x08\x61pproval\x18\x01 \x01(\x0b\x32 .clearhouse.approval.v1.Approval\";\n\x14RejectRequestRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"K\n\x15RejectRequestResponse\x12\x32\n\x08\x61pproval\x18\x01 \x01(\x0b\x32 .clearhouse.approval.v1.Approval\")\n\x12GetApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"I\n\x13GetApprovalResponse\x12\x32\n\x08\x61pproval\x18\x01 \x01(\x0b\x32 .clearhouse.approval.v1.Approval\"\x83\x01\n\x14ListApprovalsRequest\x12\x34\n\x05state\x18\x01 \x01(\x0e\x32%.clearhouse.approval.v1.ApprovalState\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\x15ListApprovalsResponse\x12\x33\n\tapprovals\x18\x01 \x03(\x0b\x32 .clearhouse.approval.v1.Approval\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xbc\x01\n\rApprovalState\x12\x1e\n\x1a\x41PPROVAL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPROVAL_STATE_PENDING\x10\x01\x12\x1b\n\x17\x41PPROVAL_STATE_APPROVED\x10\x02\x12\x1b\n\x17\x41PPROVAL_STATE_REJECTED\x10\x03\x12\x19\n\x15\x41PPROVAL_STATE_FAILED\x10\x04\x12\x1a\n\x16\x41PPROVAL_STATE_EXPIRED\x10\x05\x32\xba\x04\n\x0f\x41pprovalService\x12r\n\x0fRequestApproval\x12..clearhouse.approval.v1.RequestApprovalRequest\x1a/.clearhouse.approval.v1.RequestApprovalResponse\x12o\n\x0e\x41pproveRequest\x12-.clearhouse.approval.v1.ApproveRequestRequest\x1a..clearhouse.approval.v1.ApproveRequestResponse\x12l\n\rRejectRequest\x12,.clearhouse.approval.v1.RejectRequestRequest\x1a-.clearhouse.approval.v1.RejectRequestResponse\x12\x66\n\x0bGetApproval\x12*.clearhouse.approval.v1.GetApprovalRequest\x1a+.clearhouse.approval.v1.GetApprovalResponse\x12l\n\rListApprovals\x12,.clearhouse.approval.v1.ListApprovalsRequest\x1a-.clearhouse.approval.v1.ListApprovalsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clearhouse.approval.v1.approval_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPROVALSTATE']._serialized_start=1531
-  _globals['_APPROVALSTATE']._serialized_end=1691
+  _globals['_APPROVALSTATE']._serialized_start=1580
+  _globals['_APPROVALSTATE']._serialized_end=1768
   _globals['_APPROVAL']._serialized_start=181
-  _globals['_APPROVAL']._serialized_end=715
-  _globals['_REQUESTAPPROVALREQUEST']._serialized_start=717
-  _globals['_REQUESTAPPROVALREQUEST']._serialized_end=816
-  _globals['_REQUESTAPPROVALRESPONSE']._serialized_start=818
-  _globals['_REQUESTAPPROVALRESPONSE']._serialized_end=895
-  _globals['_APPROVEREQUESTREQUEST']._serialized_start=897
-  _globals['_APPROVEREQUESTREQUEST']._serialized_end=957
-  _globals['_APPROVEREQUESTRESPONSE']._serialized_start=959
-  _globals['_APPROVEREQUESTRESPONSE']._serialized_end=1035
-  _globals['_REJECTREQUESTREQUEST']._serialized_start=1037
-  _globals['_REJECTREQUESTREQUEST']._serialized_end=1096
-  _globals['_REJECTREQUESTRESPONSE']._serialized_start=1098
-  _globals['_REJECTREQUESTRESPONSE']._serialized_end=1173
-  _globals['_GETAPPROVALREQUEST']._serialized_start=1175
-  _globals['_GETAPPROVALREQUEST']._serialized_end=1216
-  _globals['_GETAPPROVALRESPONSE']._serialized_start=1218
-  _globals['_GETAPPROVALRESPONSE']._serialized_end=1291
-  _globals['_LISTAPPROVALSREQUEST']._serialized_start=1294
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=1425
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=1427
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=1528
-  _globals['_APPROVALSERVICE']._serialized_start=1694
-  _globals['_APPROVALSERVICE']._serialized_end=2264
+  _globals['_APPROVAL']._serialized_end=764
+  _globals['_REQUESTAPPROVALREQUEST']._serialized_start=766
+  _globals['_REQUESTAPPROVALREQUEST']._serialized_end=865
+  _globals['_REQUESTAPPROVALRESPONSE']._serialized_start=867
+  _globals['_REQUESTAPPROVALRESPONSE']._serialized_end=944
+  _globals['_APPROVEREQUESTREQUEST']._serialized_start=946
+  _globals['_APPROVEREQUESTREQUEST']._serialized_end=1006
+  _globals['_APPROVEREQUESTRESPONSE']._serialized_start=1008
+  _globals['_APPROVEREQUESTRESPONSE']._serialized_end=1084
+  _globals['_REJECTREQUESTREQUEST']._serialized_start=1086
+  _globals['_REJECTREQUESTREQUEST']._serialized_end=1145
+  _globals['_REJECTREQUESTRESPONSE']._serialized_start=1147
+  _globals['_REJECTREQUESTRESPONSE']._serialized_end=1222
+  _globals['_GETAPPROVALREQUEST']._serialized_start=1224
+  _globals['_GETAPPROVALREQUEST']._serialized_end=1265
+  _globals['_GETAPPROVALRESPONSE']._serialized_start=1267
+  _globals['_GETAPPROVALRESPONSE']._serialized_end=1340
+  _globals['_LISTAPPROVALSREQUEST']._serialized_start=1343
+  _globals['_LISTAPPROVALSREQUEST']._serialized_end=1474
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=1476
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=1577
+  _globals['_APPROVALSERVICE']._serialized_start=1771
+  _globals['_APPROVALSERVICE']._serialized_end=2341
 # @@protoc_insertion_point(module_scope)

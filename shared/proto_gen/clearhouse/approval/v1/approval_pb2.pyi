@@ -41,6 +41,11 @@ class _ApprovalStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Approva
     """Approved, but the executed call was refused (for example the fee rule it ends has
     ended since); `error` holds the refusal and nothing changed.
     """
+    APPROVAL_STATE_EXPIRED: _ApprovalState.ValueType  # 5
+    """Filed, and not decided by its expire_time: it can no longer be approved or
+    rejected (APPROVAL_EXPIRED), and the call never ran. File it again to have it
+    decided.
+    """
 
 class ApprovalState(_ApprovalState, metaclass=_ApprovalStateEnumTypeWrapper):
     """ApprovalState is where an approval is in its life."""
@@ -56,6 +61,11 @@ APPROVAL_STATE_REJECTED: ApprovalState.ValueType  # 3
 APPROVAL_STATE_FAILED: ApprovalState.ValueType  # 4
 """Approved, but the executed call was refused (for example the fee rule it ends has
 ended since); `error` holds the refusal and nothing changed.
+"""
+APPROVAL_STATE_EXPIRED: ApprovalState.ValueType  # 5
+"""Filed, and not decided by its expire_time: it can no longer be approved or
+rejected (APPROVAL_EXPIRED), and the call never ran. File it again to have it
+decided.
 """
 Global___ApprovalState: _TypeAlias = ApprovalState  # noqa: Y015
 
@@ -82,6 +92,7 @@ class Approval(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     OBJECT_TYPE_FIELD_NUMBER: _builtins.int
     OBJECT_ID_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     approval_id: _builtins.str
     """The approval's id: the RequestApproval request_id that filed it."""
     method: _builtins.str
@@ -142,6 +153,13 @@ class Approval(_message.Message):
         answered them), for APPROVAL_STATE_FAILED.
         """
 
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When a pending approval expires: its create_time plus the service's approval time
+        to live when it was filed (<P>APPROVAL_TTL, 7 days by default). Absent for an
+        approval filed before approvals expired, which never does.
+        """
+
     def __init__(
         self,
         *,
@@ -162,10 +180,11 @@ class Approval(_message.Message):
         error: _status_pb2.Status | None = ...,
         object_type: _builtins.str = ...,
         object_id: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "create_time", b"create_time", "decide_time", b"decide_time", "error", b"error", "request", b"request", "response", b"response"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "create_time", b"create_time", "decide_time", b"decide_time", "error", b"error", "expire_time", b"expire_time", "request", b"request", "response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "approval_id", b"approval_id", "before", b"before", "create_time", b"create_time", "decide_time", b"decide_time", "decided_by", b"decided_by", "decision_reason", b"decision_reason", "error", b"error", "method", b"method", "object_id", b"object_id", "object_type", b"object_type", "reason", b"reason", "request", b"request", "requested_by", b"requested_by", "response", b"response", "state", b"state", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "approval_id", b"approval_id", "before", b"before", "create_time", b"create_time", "decide_time", b"decide_time", "decided_by", b"decided_by", "decision_reason", b"decision_reason", "error", b"error", "expire_time", b"expire_time", "method", b"method", "object_id", b"object_id", "object_type", b"object_type", "reason", b"reason", "request", b"request", "requested_by", b"requested_by", "response", b"response", "state", b"state", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,6 +47,9 @@ class ApprovalServiceStub:
     request; metadata "approval_id", "requested_by".
     - APPROVAL_DECIDED (FAILED_PRECONDITION): approving a rejected approval or rejecting
     an approved (or failed) one; metadata "approval_id", "state".
+    - APPROVAL_EXPIRED (FAILED_PRECONDITION): approving or rejecting an approval past its
+    expire_time (APPROVAL_STATE_EXPIRED); nothing changes. Metadata "approval_id",
+    "expire_time". File the call again if it is still wanted.
     - APPROVAL_STALE (FAILED_PRECONDITION), in a FAILED approval's `error`: the call's
     effect depends on stored state, and that state changed between the filing (what the
     approval's before/after showed its decider) and the execution, e.g. a retried
@@ -118,6 +121,9 @@ class ApprovalServiceServicer:
     request; metadata "approval_id", "requested_by".
     - APPROVAL_DECIDED (FAILED_PRECONDITION): approving a rejected approval or rejecting
     an approved (or failed) one; metadata "approval_id", "state".
+    - APPROVAL_EXPIRED (FAILED_PRECONDITION): approving or rejecting an approval past its
+    expire_time (APPROVAL_STATE_EXPIRED); nothing changes. Metadata "approval_id",
+    "expire_time". File the call again if it is still wanted.
     - APPROVAL_STALE (FAILED_PRECONDITION), in a FAILED approval's `error`: the call's
     effect depends on stored state, and that state changed between the filing (what the
     approval's before/after showed its decider) and the execution, e.g. a retried
@@ -228,6 +234,9 @@ class ApprovalService:
     request; metadata "approval_id", "requested_by".
     - APPROVAL_DECIDED (FAILED_PRECONDITION): approving a rejected approval or rejecting
     an approved (or failed) one; metadata "approval_id", "state".
+    - APPROVAL_EXPIRED (FAILED_PRECONDITION): approving or rejecting an approval past its
+    expire_time (APPROVAL_STATE_EXPIRED); nothing changes. Metadata "approval_id",
+    "expire_time". File the call again if it is still wanted.
     - APPROVAL_STALE (FAILED_PRECONDITION), in a FAILED approval's `error`: the call's
     effect depends on stored state, and that state changed between the filing (what the
     approval's before/after showed its decider) and the execution, e.g. a retried
