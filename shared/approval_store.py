@@ -4,7 +4,8 @@ one, created by their own migration): the SQL of shared/approval_service, nothin
 One row per approval, keyed by its id (the RequestApproval request_id): the guarded
 request in full (it is executed from here), what it would change, who asked and who
 decided, and the executed call's response (account numbers masked) or refusal; its
-basis, the digest of the state it was decided on ('' when its request alone decides)."""
+basis, the digest of the state it was decided on ('' when its request alone decides);
+and when it expires undecided."""
 
 from __future__ import annotations
 
@@ -86,11 +87,11 @@ async def insert(conn: AsyncConnection, row: ApprovalRow) -> bool:
         text(
             "INSERT INTO approvals (approval_id, method, request_type, request, request_hash, "
             "summary, object_type, object_id, before, after, requested_by, reason, state, "
-            "decided_by, decision_reason, create_time, basis, expire_time) VALUES (:approval_id, "
-            ":method, "
-            ":request_type, :request, :request_hash, :summary, :object_type, :object_id, "
-            "CAST(:before AS jsonb), CAST(:after AS jsonb), :requested_by, :reason, :state, "
-            "'', '', :create_time, :basis, :expire_time) ON CONFLICT (approval_id) DO NOTHING RETURNING approval_id"
+            "decided_by, decision_reason, create_time, basis, expire_time) VALUES "
+            "(:approval_id, :method, :request_type, :request, :request_hash, :summary, "
+            ":object_type, :object_id, CAST(:before AS jsonb), CAST(:after AS jsonb), "
+            ":requested_by, :reason, :state, '', '', :create_time, :basis, :expire_time) "
+            "ON CONFLICT (approval_id) DO NOTHING RETURNING approval_id"
         ),
         {
             "approval_id": row.approval_id, "method": row.method,
