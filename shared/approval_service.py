@@ -67,6 +67,9 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
 _TYPE_PREFIX = "type.googleapis.com/"
 # Who files and decides when security is off (no identities): recorded as such.
 NO_IDENTITY = "(no identity)"
+# An approval whose requester the identities file no longer names is not executed.
+REQUESTER_UNKNOWN = "REQUESTER_UNKNOWN"
+_GONE = "gone"
 # How long a filed approval waits for its decision (<P>APPROVAL_TTL): a week spans a
 # long holiday (国庆), and a request older than that is decided on a stale picture.
 DEFAULT_TTL = dt.timedelta(days=7)
@@ -93,10 +96,13 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
     def __init__(
         self, *, engine: AsyncEngine, domain: str, gate: Gate, target: Any,
         rules: Mapping[str, Rule], clock: Callable[[], dt.datetime] = clock_now,
-        ttl: dt.timedelta = DEFAULT_TTL,
+        ttl: dt.timedelta = DEFAULT_TTL, people: Callable[[str], Caller | None] | None = None,
     ) -> None:
         self.engine = engine
         self.ttl = ttl
+        # Who a requester is now (the server's Guard.person): an approved call executes as
+        # the requester with their role of today, and not at all once they are gone.
+        self.people = people
         self.domain = domain
         self.gate = gate
         self.target = target
@@ -237,7 +243,7 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         method = f"/{self.gate.declared.service}/{row.method}"
         cls = message_factory.GetMessageClass(_input_type(method))
         inner = cls.FromString(row.request)
-        requester = (Caller(row.requested_by, ADMIN, "approval")
+        requester = (self._requester(row.requested_by)
                      if approver_caller is not None else None)
         caller_token = current_caller.set(requester)
         approval_token = current_approval.set(
@@ -248,13 +254,20 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         # reason when it has them (the call's id and the approval's reason otherwise).
         own_id, own_reason = (getattr(inner, f, "") for f in ("request_id", "reason"))
         scope = audit.Scope(
-            method, row.requested_by, ADMIN if requester else "",
+            method, row.requested_by, requester.role if requester else "",
             own_id if isinstance(own_id, str) and own_id else current_request_id.get(),
             own_reason if isinstance(own_reason, str) and own_reason else row.reason,
             row.approval_id, approver)
         scope_token = audit.enter(scope)
         try:
             rule = self.rules.get(method)
+            if requester is not None and requester.via == _GONE:
+                raise PermissionDenied(
+                    REQUESTER_UNKNOWN,
+                    f"{row.requested_by} filed approval {row.approval_id!r} and is no longer "
+                    "among this service's identities: the call is not executed (another "
+                    "admin files it again if it is still wanted)",
+                    {"approval_id": row.approval_id, "requested_by": row.requested_by})
             if requester is not None and (rule is None or not rule.allows(requester, inner)):
                 raise denied(requester, method, rule)
             response = await getattr(self.target, row.method)(inner, _InProcess())
@@ -270,6 +283,17 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
             current_approval.reset(approval_token)
             current_caller.reset(caller_token)
         return self._mask(method, response), None
+
+    def _requester(self, name: str) -> Caller:
+        """The requester as an approved call executes: their identity of now (a role
+        changed since filing is the role that is checked), or, when the identities
+        file no longer names them, a caller without a role that executes nothing."""
+        if self.people is None:
+            return Caller(name, ADMIN, "approval")
+        now = self.people(name)
+        if now is None:
+            return Caller(name, "", _GONE)
+        return Caller(name, now.role, "approval")
 
     def _mask(self, method: str, response: Any) -> Any:
         if method not in self._masked_response:

@@ -130,6 +130,12 @@ class Guard:
             (name + CALLER_SAN_SUFFIX).encode(): Caller(name, SERVICE, "certificate")
             for name in SERVICE_CALLERS
         }
+        self._people = {c.name: c for c in self._tokens.values() if c.role != SERVICE}
+
+    def person(self, name: str) -> Caller | None:
+        """The person of that name in the identities file, with their role now; None
+        when the file names nobody so (removed since, say)."""
+        return self._people.get(name)
 
     def rule(self, method: str) -> Rule | None:
         return self.rules.get(method)

@@ -30,6 +30,8 @@ from clearhouse.settlement.v1 import settlement_pb2_grpc
 from google.protobuf import any_pb2, field_mask_pb2
 from sqlalchemy import text
 
+from shared.approval_service import ApprovalServicer
+from shared.permissions import OPERATOR, Caller
 from tests.billing.support import create_rule, money, ts
 from tests.e2e import stack as st
 from tests.e2e.stack import Stack
@@ -584,6 +586,40 @@ async def test_an_approval_left_undecided_past_its_time_to_live_expires(
     await file(p, "ap-late-again", top_up("late", "MX7", 100_00))
     assert (await approve(p, "ap-late-again")).state == apb.APPROVAL_STATE_APPROVED
     assert await balance(stack, "MX7") == 100_00
+
+
+async def test_an_approval_executes_as_its_requester_is_now_and_not_once_they_are_gone(
+        stack: Stack, people: dict[str, People]):
+    """ada files two top-ups. Approved while the identities file no longer names ada,
+    the first is not executed (PERMISSION_DENIED REQUESTER_UNKNOWN, the approval FAILED,
+    no credit); approved while ada is only an operator, the second is refused as ada's
+    own call would be. With ada an admin again, a new filing takes effect. (The lookup of
+    the server's identities is swapped in-process, as a restart with an edited file
+    would change it.)"""
+    p = people["billing"]
+    [gate] = [s for _, s in stack.billing.running.app.servicers
+              if isinstance(s, ApprovalServicer)]
+    now_is = gate.people
+    assert now_is is not None and now_is("ada") is not None
+    await file(p, "ap-gone", top_up("gone", "MX8", 50_00))
+    await file(p, "ap-demoted", top_up("demoted", "MX8", 60_00))
+    try:
+        gate.people = lambda name: None if name == "ada" else now_is(name)
+        gone = await approve(p, "ap-gone")
+        assert gone.state == apb.APPROVAL_STATE_FAILED, gone
+        assert gone.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+        assert info_of(gone.error).reason == "REQUESTER_UNKNOWN"
+        gate.people = lambda name: (Caller("ada", OPERATOR, "token") if name == "ada"
+                                    else now_is(name))
+        demoted = await approve(p, "ap-demoted")
+        assert demoted.state == apb.APPROVAL_STATE_FAILED, demoted
+        assert demoted.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    finally:
+        gate.people = now_is
+    assert await balance(stack, "MX8") == 0
+    await file(p, "ap-back", top_up("back", "MX8", 70_00))
+    assert (await approve(p, "ap-back")).state == apb.APPROVAL_STATE_APPROVED
+    assert await balance(stack, "MX8") == 70_00
 
 
 async def test_insecure_mode_does_not_enforce_approvals(pg_url: str):

@@ -48,6 +48,11 @@ class ApprovalServiceStub:
       request; metadata "approval_id", "requested_by".
     - APPROVAL_DECIDED (FAILED_PRECONDITION): approving a rejected approval or rejecting
       an approved (or failed) one; metadata "approval_id", "state".
+    - REQUESTER_UNKNOWN (PERMISSION_DENIED), in a FAILED approval's `error`: the
+      identities file no longer names the requester, so the call was not executed (an
+      approved call runs as its requester is now: a requester demoted since filing has
+      it refused PERMISSION_DENIED as their own call would be). Metadata "approval_id",
+      "requested_by".
     - APPROVAL_EXPIRED (FAILED_PRECONDITION): approving or rejecting an approval past its
       expire_time (APPROVAL_STATE_EXPIRED); nothing changes. Metadata "approval_id",
       "expire_time". File the call again if it is still wanted.
@@ -107,6 +112,11 @@ class ApprovalServiceAsyncStub(ApprovalServiceStub):
       request; metadata "approval_id", "requested_by".
     - APPROVAL_DECIDED (FAILED_PRECONDITION): approving a rejected approval or rejecting
       an approved (or failed) one; metadata "approval_id", "state".
+    - REQUESTER_UNKNOWN (PERMISSION_DENIED), in a FAILED approval's `error`: the
+      identities file no longer names the requester, so the call was not executed (an
+      approved call runs as its requester is now: a requester demoted since filing has
+      it refused PERMISSION_DENIED as their own call would be). Metadata "approval_id",
+      "requested_by".
     - APPROVAL_EXPIRED (FAILED_PRECONDITION): approving or rejecting an approval past its
       expire_time (APPROVAL_STATE_EXPIRED); nothing changes. Metadata "approval_id",
       "expire_time". File the call again if it is still wanted.
@@ -162,6 +172,11 @@ class ApprovalServiceServicer(metaclass=_abc_1.ABCMeta):
       request; metadata "approval_id", "requested_by".
     - APPROVAL_DECIDED (FAILED_PRECONDITION): approving a rejected approval or rejecting
       an approved (or failed) one; metadata "approval_id", "state".
+    - REQUESTER_UNKNOWN (PERMISSION_DENIED), in a FAILED approval's `error`: the
+      identities file no longer names the requester, so the call was not executed (an
+      approved call runs as its requester is now: a requester demoted since filing has
+      it refused PERMISSION_DENIED as their own call would be). Metadata "approval_id",
+      "requested_by".
     - APPROVAL_EXPIRED (FAILED_PRECONDITION): approving or rejecting an approval past its
       expire_time (APPROVAL_STATE_EXPIRED); nothing changes. Metadata "approval_id",
       "expire_time". File the call again if it is still wanted.
