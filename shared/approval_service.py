@@ -451,7 +451,8 @@ def _expired(row: store.ApprovalRow) -> FailedPrecondition:
     return FailedPrecondition(
         "APPROVAL_EXPIRED",
         f"approval {row.approval_id!r} expired at {row.expire_time.isoformat()} undecided: "
-        "it can no longer be approved or rejected; file the call again if it is still wanted",
+        "it can no longer be approved or rejected; file the call again (under a new "
+        "request_id) if it is still wanted",
         {"approval_id": row.approval_id, "expire_time": row.expire_time.isoformat()},
     )
 
