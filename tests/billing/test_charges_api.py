@@ -104,13 +104,16 @@ async def test_concurrent_batches_repeating_each_others_ids_charge_each_id_once(
             assert reason_of(outcome.error) == "IDEMPOTENCY_CONFLICT", (tid, outcome)
 
 
-async def _until_waiting_on_a_lock(holder, charging: asyncio.Future, statement: str) -> None:
-    """Until a statement containing `statement` waits for a lock (one `holder` holds),
-    the call `charging` still running."""
+async def _until_waiting_on_a_lock(billing, charging: asyncio.Future, statement: str) -> None:
+    """Until a statement containing `statement` waits for a lock (the test's holder
+    holds it), the call `charging` still running. Read from a connection of its own each
+    time: a transaction (the holder's) sees pg_stat_activity as at its first read of it,
+    so polling from the holder hangs whenever that first read comes before the wait."""
     while True:
-        waiting = (await holder.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE :q"), {"q": f"%{statement}%"})).scalar_one()
+        async with billing.engine.connect() as conn:
+            waiting = (await conn.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE :q"), {"q": f"%{statement}%"})).scalar_one()
         if waiting:
             return
         assert not charging.done(), charging
@@ -136,7 +139,7 @@ async def test_a_duplicate_committed_while_a_charge_waits_is_answered_not_lost(
         await holder.execute(text("INSERT INTO fee_charges SELECT * FROM planted"))
         charging = asyncio.ensure_future(
             billing.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("RACE", 1000))))
-        await _until_waiting_on_a_lock(holder, charging, statement)  # the planted row's
+        await _until_waiting_on_a_lock(billing, charging, statement)  # the planted row's
         await holder.commit()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await charging
@@ -160,7 +163,7 @@ async def test_a_counter_moved_while_a_counted_charge_waits_is_priced_from_where
             "WHERE merchant_id = 'M1'"))
         charging = asyncio.ensure_future(
             billing.stub.ChargeFee(pb.ChargeFeeRequest(transaction=txn("RACE", 1000))))
-        await _until_waiting_on_a_lock(holder, charging, "charge_counted")  # the counter's
+        await _until_waiting_on_a_lock(billing, charging, "charge_counted")  # the counter's
         await holder.commit()
     result = (await charging).result
     # Priced from 31,000 (0.21 %), not from the 1,000 read before the move (1 %).
