@@ -41,7 +41,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from shared import audit
 from shared.errors import FailedPrecondition
 from shared.masking import masker_for
-from shared.permissions import SERVICE, PermissionTable, Rule, administer, read, table
+from shared.permissions import PermissionTable, Rule, administer, read, table
 from shared.request_context import ApprovalContext, current_approval, current_caller
 
 __all__ = [
@@ -232,7 +232,7 @@ def check_locked(method: str, *, needs_eyes: bool, basis: str | None = None) -> 
             raise ApprovalStale(method, approval.approval_id)
         return
     caller = current_caller.get()
-    if needs_eyes and caller is not None and caller.role != SERVICE:
+    if needs_eyes and caller is not None and caller.is_person:
         raise ApprovalRequired(method)
 
 

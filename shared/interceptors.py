@@ -25,7 +25,7 @@ from shared.masking import (
     masker_for,
 )
 from shared.metrics import ServiceMetrics
-from shared.permissions import ADMIN, SERVICE, Rule
+from shared.permissions import ADMIN, Rule
 from shared.pg_pool import DatabaseUnavailable, database_failure
 from shared.request_context import (
     REQUEST_ID_KEY,
@@ -146,7 +146,7 @@ class ServerInterceptor:
                     caller_token = current_caller.set(caller)
                 if request is _UNDECODABLE:
                     raise undecodable
-                if guarded is not None and caller is not None and caller.role != SERVICE:
+                if guarded is not None and caller is not None and caller.is_person:
                     assert gate is not None
                     await gate.check(method, guarded, request)
                 if audited:

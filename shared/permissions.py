@@ -59,6 +59,12 @@ class Caller:
             self, "principal", self.name if self.role == SERVICE else role_principal(self.role)
         )
 
+    @property
+    def is_person(self) -> bool:
+        """A person (an identity of the identities file), not one of the services: whom
+        four eyes asks."""
+        return self.role != SERVICE
+
     def __str__(self) -> str:
         return self.name if self.role == SERVICE else f"{self.name} ({self.role})"
 

@@ -130,7 +130,7 @@ class Guard:
             (name + CALLER_SAN_SUFFIX).encode(): Caller(name, SERVICE, "certificate")
             for name in SERVICE_CALLERS
         }
-        self._people = {c.name: c for c in self._tokens.values() if c.role != SERVICE}
+        self._people = {c.name: c for c in self._tokens.values() if c.is_person}
 
     def person(self, name: str) -> Caller | None:
         """The person of that name in the identities file, with their role now; None
