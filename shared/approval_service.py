@@ -69,7 +69,6 @@ _TYPE_PREFIX = "type.googleapis.com/"
 NO_IDENTITY = "(no identity)"
 # An approval whose requester the identities file no longer names is not executed.
 REQUESTER_UNKNOWN = "REQUESTER_UNKNOWN"
-_GONE = "gone"
 # How long a filed approval waits for its decision (<P>APPROVAL_TTL): a week spans a
 # long holiday (国庆), and a request older than that is decided on a stale picture.
 DEFAULT_TTL = dt.timedelta(days=7)
@@ -243,8 +242,10 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         method = f"/{self.gate.declared.service}/{row.method}"
         cls = message_factory.GetMessageClass(_input_type(method))
         inner = cls.FromString(row.request)
-        requester = (self._requester(row.requested_by)
-                     if approver_caller is not None else None)
+        # Security on: the requester as the identities file names them now (None: no
+        # more). Security off: nobody, as for every call.
+        requester = self._requester(row.requested_by) if approver_caller is not None else None
+        gone = approver_caller is not None and requester is None
         caller_token = current_caller.set(requester)
         approval_token = current_approval.set(
             ApprovalContext(row.approval_id, approver, row.requested_by, row.basis))
@@ -261,7 +262,7 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         scope_token = audit.enter(scope)
         try:
             rule = self.rules.get(method)
-            if requester is not None and requester.via == _GONE:
+            if gone:
                 raise PermissionDenied(
                     REQUESTER_UNKNOWN,
                     f"{row.requested_by} filed approval {row.approval_id!r} and is no longer "
@@ -284,16 +285,14 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
             current_caller.reset(caller_token)
         return self._mask(method, response), None
 
-    def _requester(self, name: str) -> Caller:
+    def _requester(self, name: str) -> Caller | None:
         """The requester as an approved call executes: their identity of now (a role
-        changed since filing is the role that is checked), or, when the identities
-        file no longer names them, a caller without a role that executes nothing."""
+        changed since filing is the role that is checked); None when the identities
+        file no longer names them."""
         if self.people is None:
             return Caller(name, ADMIN, "approval")
         now = self.people(name)
-        if now is None:
-            return Caller(name, "", _GONE)
-        return Caller(name, now.role, "approval")
+        return None if now is None else Caller(name, now.role, "approval")
 
     def _mask(self, method: str, response: Any) -> Any:
         if method not in self._masked_response:
@@ -355,13 +354,14 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         filters = {"state": state, "method": request.method}
         page = Page.of(request.page_size, request.page_token, filters, key=(instant, text_key))
         after = None if page.after is None else (page.after[0], page.after[1])
+        now = self.clock()  # one instant for the filter and the states shown
         async with self.engine.connect() as conn:
             rows = await store.page(conn, state=state, method=request.method, after=after,
-                                    limit=page.size + 1, now=self.clock())
+                                    limit=page.size + 1, now=now)
         token = page.next_token(
             rows, lambda r: [r.create_time.isoformat(), r.approval_id], filters)
         return approval_pb2.ListApprovalsResponse(
-            approvals=[self._proto(r) for r in rows[: page.size]], next_page_token=token)
+            approvals=[self._proto(r, now) for r in rows[: page.size]], next_page_token=token)
 
     # ----------------------------------------------------------------- helpers
 
@@ -372,12 +372,14 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
                            {"approval_id": approval_id})
         return row
 
-    def _proto(self, row: store.ApprovalRow) -> approval_pb2.Approval:
+    def _proto(self, row: store.ApprovalRow, now: dt.datetime | None = None
+               ) -> approval_pb2.Approval:
         method = f"/{self.gate.declared.service}/{row.method}"
         out = approval_pb2.Approval(
             approval_id=row.approval_id, method=row.method, summary=row.summary,
             requested_by=row.requested_by, reason=row.reason,
-            state=_STATE_TO_PROTO[row.state_at(self.clock())], decided_by=row.decided_by,
+            state=_STATE_TO_PROTO[row.state_at(now or self.clock())],
+            decided_by=row.decided_by,
             decision_reason=row.decision_reason, object_type=row.object_type,
             object_id=row.object_id,
         )
