@@ -64,18 +64,26 @@ def _row(figure: str, value: Any, baseline: str, ratio: float | None, target: st
 
 
 def _cpu_row(figure: str, fig: dict[str, Any], processes: tuple[str, ...],
-             echo: dict[str, Any]) -> dict[str, Any]:
+             echo: dict[str, Any], *, with_load_generator: bool = False) -> dict[str, Any]:
     """CPU per call of the processes serving a unary call, beside echo's: the steadier
     figure on a shared machine (throughput swings with the load; see bench/README.md).
     The ratio is echo's CPU over the service's, comparable with the throughput ratio a
-    CPU-bound run on an idle machine would reach."""
+    CPU-bound run on an idle machine would reach. With the load generator counted on both
+    sides, it is the ratio a run reaches when the servers and the load generator together
+    saturate the machine's cores (as on a 2-core machine): what caps the throughput ratio
+    there."""
+    if with_load_generator:
+        processes = (*processes, "load_generator")
     found = [fig.get(f"{p}_cpu_us_per_item") for p in processes]
-    echo_us = echo.get("echo_cpu_us_per_item")
+    echo_parts = [echo.get("echo_cpu_us_per_item"),
+                  *([echo.get("load_generator_cpu_us_per_item")] if with_load_generator else [])]
     parts = [float(p) for p in found if p is not None]
-    if len(parts) < len(found) or echo_us is None:
+    if len(parts) < len(found) or None in echo_parts:
         return _row(figure, None, "", None, "", None)
     total = round(sum(parts), 1)
-    return _row(figure, total, f"echo {echo_us} us/call; " + ", ".join(
+    echo_us = round(sum(float(e) for e in echo_parts if e is not None), 1)
+    echo_label = "echo + load generator" if with_load_generator else "echo"
+    return _row(figure, total, f"{echo_label} {echo_us} us/call; " + ", ".join(
         f"{p} {v}" for p, v in zip(processes, parts, strict=True)),
         round(echo_us / max(total, 1e-9), 3), "", None)
 
@@ -102,6 +110,10 @@ def table(codes: dict[str, int]) -> list[dict[str, Any]]:
     rows.append(_cpu_row("billing: unary ChargeFee, CPU us per call (billing + PostgreSQL)",
                          u.get("charge_fee", {}), ("billing", "postgres_server"),
                          u.get("echo_baseline", {})))
+    rows.append(_cpu_row(
+        "billing: unary ChargeFee, CPU us per call incl. the load generator",
+        u.get("charge_fee", {}), ("billing", "postgres_server"), u.get("echo_baseline", {}),
+        with_load_generator=True))
     b = billing.get("batched_charge", {})
     rows.append(_row("billing: BatchChargeFees, charges/s", b.get("charges_per_s"), "", None,
                      "", None, b.get("errors")))
@@ -121,6 +133,10 @@ def table(codes: dict[str, int]) -> list[dict[str, Any]]:
         "clearing: unary RecordTransaction, CPU us per call (clearing + billing + PostgreSQL)",
         cu.get("record_transaction", {}), ("clearing", "billing", "postgres_server"),
         cu.get("echo", {})))
+    rows.append(_cpu_row(
+        "clearing: unary RecordTransaction, CPU us per call incl. the load generator",
+        cu.get("record_transaction", {}), ("clearing", "billing", "postgres_server"),
+        cu.get("echo", {}), with_load_generator=True))
     cb = clearing.get("batched", {})
     rows.append(_row(
         "clearing: BatchRecordTransactions incl. billing, details/s", cb.get("details_per_s"),
