@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.clearing.adapters.billing_client import BillingClient
 from services.clearing.adapters.figures import figure_source
-from services.clearing.domain.model import Detail, TransactionIn
+from services.clearing.domain.model import AutoRetry, Detail, TransactionIn
 from services.clearing.entrypoints.grpc_servicer import ClearingServicer
 from services.clearing.permissions import APPROVALS, AUDIT, FOUR_EYES, PERMISSIONS
 from services.clearing.service_layer.batches import Batches
@@ -20,6 +20,7 @@ from services.clearing.service_layer.pricing import Pricer
 from services.clearing.service_layer.queries import Queries
 from services.clearing.service_layer.reconciliation import Reconciler
 from services.clearing.service_layer.recording import Recorder
+from services.clearing.service_layer.rule_retry import RuleGapRetry
 from services.clearing.service_layer.unit_of_work import Database
 from services.clearing.settings import ClearingSettings
 from shared import audit_service, migrations
@@ -46,7 +47,10 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         settings.billing_address, settings.billing_deadline_s, settings.billing_batch_deadline_s,
         ClientSecurity.from_settings(settings),
     )
-    pricer = Pricer(db, billing, settings.prepaid_retry_interval_s)
+    pricer = Pricer(db, billing, AutoRetry(
+        prepaid_s=settings.prepaid_retry_interval_s,
+        rule_gap_s=settings.rule_retry_interval_s,
+        rule_gap_max_s=settings.rule_retry_max_interval_s))
     # A new detail is first priced by the call that records it; the worker leaves it
     # alone until that call has had its deadline.
     first_retry_s = max(settings.pending_fee_backoff_initial_s, settings.billing_deadline_s)
@@ -78,6 +82,11 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
         accounts_per_pass=settings.prepaid_retry_accounts_per_pass,
         chunk=settings.retry_exceptions_chunk, first_retry_s=first_retry_s, metrics=metrics,
     )
+    rule_gaps = RuleGapRetry(
+        db, pricer, chunk=settings.retry_exceptions_chunk, first_retry_s=first_retry_s,
+        # A due retry waits at most a tenth of the first interval (at most 5 s) beyond it.
+        pause_s=min(5.0, settings.rule_retry_interval_s / 10), metrics=metrics,
+    )
     servicer = ClearingServicer(recorder, Queries(db), Batches(db), fees, records, reconciler)
 
     gate = Gate(FOUR_EYES, settings)
@@ -105,6 +114,7 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
             *([pending_fee_worker] if settings.pending_fee_worker_enabled else []),
             *([reconciler.run_forever] if settings.reconcile_worker_enabled else []),
             *([prepaid.run_forever] if settings.prepaid_retry_enabled else []),
+            *([rule_gaps.run_forever] if settings.rule_retry_enabled else []),
         ],
         # Batches still running after the server stopped finish before anything closes.
         on_close=[records.drain, billing.close, db.close],

@@ -82,6 +82,23 @@ class ClearingSettings(ServiceSettings):
         default=100, gt=0, le=1000,
         description="accounts read per pass of the prepaid-retry worker",
     )
+    rule_retry_enabled: bool = Field(
+        default=True,
+        description="run the rule-gap retry worker in this process: exceptions for a missing "
+        "fee rule are priced again on a schedule, so a rule created for them is applied "
+        "without a RetryExceptions call",
+    )
+    rule_retry_interval_s: float = Field(
+        default=300.0, gt=0,
+        description="when a missing-fee-rule exception is first priced again after its "
+        "refusal; the wait doubles with each refusal since, up to "
+        "CLEARING_RULE_RETRY_MAX_INTERVAL_S",
+    )
+    rule_retry_max_interval_s: float = Field(
+        default=3600.0, gt=0,
+        description="the longest wait between two retries of a missing-fee-rule exception: "
+        "the bound on a created rule being applied to the details waiting for it",
+    )
     reconcile_worker_enabled: bool = Field(
         default=True, description="run the fee reconciliation with billing in this process"
     )

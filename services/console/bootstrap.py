@@ -55,6 +55,7 @@ ENUMS = {
     "detail_type": (cpb.DetailType, "DETAIL_TYPE_"),
     "detail_state": (cpb.DetailState, "DETAIL_STATE_"),
     "fee_status": (cpb.FeeStatus, "FEE_STATUS_"),
+    "resolution": (cpb.ExceptionResolution, "EXCEPTION_RESOLUTION_"),
     "collection": (transaction_pb2.CollectionMode, "COLLECTION_MODE_"),
     "transaction_type": (transaction_pb2.TransactionType, "TRANSACTION_TYPE_"),
     "rule_state": (bpb.FeeRuleState, "FEE_RULE_STATE_"),

@@ -250,6 +250,7 @@ STATEMENTS = {
     "_PUSH_DUE": ("text[], float8", "'{D7}', 1.0"),
     "_LOCK_PREPAID_EXCEPTIONS": ("text, text, int", "'M1', 'CNY', 10"),
     "_REOPEN_LOCKED": ("text[], float8", "'{D7}', 1.0"),
+    "_LOCK_DUE_RULE_GAPS": ("int", "10"),
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from services.clearing.adapters import repository
 from services.clearing.bootstrap import MIGRATIONS
-from services.clearing.domain.model import Fee
+from services.clearing.domain.model import AutoRetry, Fee
 from services.clearing.domain.pricing import Priced, Refused
 from tests.support.plans import generic_plan_connection, scans_during
 
@@ -75,10 +75,10 @@ async def test_updates_by_ids_probe_the_index_with_generic_plans_made_on_an_empt
     async with generic_plan_connection(pg_url, MIGRATIONS) as conn:
         async with conn.transaction():
             await repository.add_refunded(conn, {"D1": 1})
-            await repository.apply_outcomes(conn, [("D1", Refused("R", "r"))], 30.0)
+            await repository.apply_outcomes(conn, [("D1", Refused("R", "r"))], AutoRetry())
             # Finds nothing to lock on the empty table, so runs the updates itself too:
             # the fees stored, and the refunds waiting for a payment priced now reopened.
-            await conn.fetch(repository._APPLY_OUTCOMES, *([none] * 10), 30.0)
+            await conn.fetch(repository._APPLY_OUTCOMES, *([none] * 10), 30.0, 300.0, 3600.0)
             await conn.fetch(repository._REOPEN_WAITING_REFUNDS, none)
         await conn.execute(_FILL, ROWS, "PENDING")
 
@@ -88,7 +88,7 @@ async def test_updates_by_ids_probe_the_index_with_generic_plans_made_on_an_empt
             applied = await repository.apply_outcomes(conn, [
                 ("D7", Priced(Fee(3, "NET", "R1", 2))),
                 ("D2500", Refused("NO_MATCHING_FEE_RULE", "none")),
-            ], 30.0)
+            ], AutoRetry())
             return applied.rows
 
         rows, scans = await scans_during(conn, "clearing_details", refund_then_price)

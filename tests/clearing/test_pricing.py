@@ -112,7 +112,8 @@ async def test_a_refusal_by_billing_is_an_exception_until_retried_after_the_fix(
             pb.EXCEPTION_RESOLUTION_WITH_PAYMENT)
     listed = await clearing.stub.ListExceptions(pb.ListExceptionsRequest(merchant_id="M9"))
     assert [(d.detail_id, d.exception.resolution) for d in listed.details] == [
-        ("P9", pb.EXCEPTION_RESOLUTION_MANUAL), ("R9", pb.EXCEPTION_RESOLUTION_WITH_PAYMENT)]
+        ("P9", pb.EXCEPTION_RESOLUTION_ON_RULE_CHANGE),
+        ("R9", pb.EXCEPTION_RESOLUTION_WITH_PAYMENT)]
     assert (await clearing.stub.ListPendingFees(pb.ListPendingFeesRequest())).details == []
     still = await clearing.stub.RetryExceptions(pb.RetryExceptionsRequest(detail_ids=["P9"]))
     assert still.details[0].state == pb.DETAIL_STATE_EXCEPTION

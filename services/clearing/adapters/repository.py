@@ -28,9 +28,11 @@ from services.clearing.domain.model import (
     FEE_REFUSED,
     ORIGINAL_IN_EXCEPTION,
     PREPAID_SHORTFALL,
+    RULE_GAP,
     STATE_EXCEPTION,
     STATE_UNSETTLED,
     AdjustmentIn,
+    AutoRetry,
     Batch,
     BatchState,
     BatchTotals,
@@ -53,7 +55,7 @@ DETAIL_COLUMNS = (
     "fee_status, fee, collection_mode, rule_id, rule_version, state, batch_id, "
     "exception_reason, adjustment_reason, create_time, content_hash, exception_message, "
     "exception_first_time, exception_last_time, exception_attempts, exception_required, "
-    "next_auto_retry_at, fee_attempts, next_fee_attempt_at"
+    "next_auto_retry_at, fee_attempts, next_fee_attempt_at, next_rule_retry_at"
 )
 
 
@@ -78,7 +80,7 @@ def _exception_age(r: Any) -> ExceptionAge | None:
         first_time=first,
         last_time=r["exception_last_time"] or first,
         attempts=max(r["exception_attempts"], 1),
-        next_check_at=r["next_auto_retry_at"],
+        next_check_at=r["next_auto_retry_at"] or r["next_rule_retry_at"],
         required=r["exception_required"] or 0,
     )
 
@@ -124,12 +126,14 @@ INSERT INTO clearing_details (
     original_transaction_id, product, business_line, acquirer_bank, issuer_bank, card_type,
     content_hash, fee_status, state, fee, collection_mode, rule_id, rule_version,
     exception_reason, exception_message, exception_required, next_fee_attempt_at,
-    exception_first_time, exception_last_time, exception_attempts, next_auto_retry_at)
+    exception_first_time, exception_last_time, exception_attempts, next_auto_retry_at,
+    next_rule_retry_at)
 SELECT t.*, now() + make_interval(secs => $2),
     CASE WHEN t.state = 'EXCEPTION' THEN now() END,
     CASE WHEN t.state = 'EXCEPTION' THEN now() END,
     CASE WHEN t.state = 'EXCEPTION' THEN 1 ELSE 0 END,
-    CASE WHEN t.reason = '{PREPAID_SHORTFALL}' THEN now() + make_interval(secs => $3) END
+    CASE WHEN t.reason = '{PREPAID_SHORTFALL}' THEN now() + make_interval(secs => $3) END,
+    CASE WHEN t.reason = '{RULE_GAP}' THEN now() + make_interval(secs => $5) END
 FROM unnest($1::clearing_detail_row[]) AS t
 {{conflict}}
 RETURNING detail_id
@@ -177,7 +181,7 @@ async def insert_transactions(
     outcomes: Sequence[FeeOutcome | None],
     zone: ZoneInfo,
     first_retry_s: float,
-    auto_retry_s: float,
+    retry: AutoRetry,
 ) -> dict[str, Detail]:
     """Inserts the new ones, with billing's answer when there is one (else pending);
     returns the inserted details by id. Ids already present are left alone (ON CONFLICT DO
@@ -195,13 +199,13 @@ async def insert_transactions(
         # A failed statement outside a transaction leaves nothing behind (inside one it
         # would abort the transaction), so the plain insert is tried first there.
         try:
-            answer = await conn.fetchrow(_INSERT_NEW, rows, first_retry_s, auto_retry_s,
-                                         len(txs))
+            answer = await conn.fetchrow(_INSERT_NEW, rows, first_retry_s, retry.prepaid_s,
+                                         len(txs), retry.rule_gap_s)
         except asyncpg.UniqueViolationError:
             pass  # a concurrent duplicate committed since the caller's check
     if answer is None:
         answer = await conn.fetchrow(_INSERT_TRANSACTIONS, rows, first_retry_s,
-                                     auto_retry_s, len(txs))
+                                     retry.prepaid_s, len(txs), retry.rule_gap_s)
     # One row comes back: the create time (now(), the default of every row this
     # statement inserts) and, only when some id was already present, the ids inserted.
     # Every other column of a new row is what was just sent, so the details are built
@@ -228,15 +232,22 @@ async def insert_transactions(
             create_time=create_time,
             exception=ExceptionAge(
                 reason, message, create_time, create_time, 1,
-                create_time + dt.timedelta(seconds=auto_retry_s)
-                if reason == PREPAID_SHORTFALL else None,
-                required or 0,
+                _next_check(create_time, reason, retry), required or 0,
             ) if refused else None,
         )
         if status is FEE_PENDING:
             details[t.transaction_id].next_fee_attempt_at = (
                 create_time + dt.timedelta(seconds=first_retry_s))
     return details
+
+
+def _next_check(refused_at: dt.datetime, reason: str, retry: AutoRetry) -> dt.datetime | None:
+    """When clearing looks again by itself at a detail refused for the first time."""
+    if reason == PREPAID_SHORTFALL:
+        return refused_at + dt.timedelta(seconds=retry.prepaid_s)
+    if reason == RULE_GAP:
+        return refused_at + dt.timedelta(seconds=retry.rule_gap_delay(1))
+    return None
 
 
 async def fetch_rows(conn: Conn, ids: Iterable[str]) -> dict[str, Any]:
@@ -357,7 +368,9 @@ CROSS JOIN LATERAL (
 
 # A refusal keeps the exception's first time (a detail refused again by a retry is as old
 # as its first refusal), counts the attempt, and schedules the prepaid-retry worker's
-# next look at the fee account for a prepaid shortfall ($11 seconds from now).
+# next look at the fee account for a prepaid shortfall ($11 seconds from now), or the
+# rule-gap worker's next retry of a missing fee rule ($12 seconds doubled per refusal
+# before this one, at most $13: AutoRetry.rule_gap_delay).
 _APPLY_OUTCOMES = _UPDATE_BY_LOCKED_CTID.format(
     set="fee_status = v.status, state = v.state, fee = v.fee, collection_mode = v.mode, "
     "rule_id = v.rule, rule_version = v.version, exception_reason = v.reason, "
@@ -368,7 +381,10 @@ _APPLY_OUTCOMES = _UPDATE_BY_LOCKED_CTID.format(
     "ELSE d.exception_last_time END, "
     "exception_attempts = d.exception_attempts + (v.state = 'EXCEPTION')::int, "
     f"next_auto_retry_at = CASE WHEN v.reason = '{PREPAID_SHORTFALL}' "
-    "THEN now() + make_interval(secs => $11::float8) END",
+    "THEN now() + make_interval(secs => $11::float8) END, "
+    f"next_rule_retry_at = CASE WHEN v.reason = '{RULE_GAP}' "
+    "THEN now() + make_interval(secs => least($13::float8, "
+    "$12::float8 * power(2, least(d.exception_attempts, 30)))) END",
     columns="$1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], "
     "$7::int[], $8::text[], $9::text[], $10::bigint[]",
     names="id, status, state, fee, mode, rule, version, reason, message, required",
@@ -395,7 +411,8 @@ SELECT x.detail_id FROM unnest($1::text[]) AS u(id) CROSS JOIN LATERAL (
 """
 _REOPEN_WAITING_REFUNDS = _UPDATE_BY_LOCKED_CTID.format(
     set="fee_status = 'PENDING', state = 'UNSETTLED', exception_reason = '', "
-    "exception_message = '', next_auto_retry_at = NULL, fee_attempts = 0, "
+    "exception_message = '', next_auto_retry_at = NULL, next_rule_retry_at = NULL, "
+    "fee_attempts = 0, "
     "next_fee_attempt_at = now()",
     columns="$1::text[]", names="id", returning=f"RETURNING {_d('d')}",
 )
@@ -423,7 +440,7 @@ class Applied:
 
 
 async def apply_outcomes(
-    conn: Conn, outcomes: Sequence[tuple[str, FeeOutcome]], auto_retry_s: float
+    conn: Conn, outcomes: Sequence[tuple[str, FeeOutcome]], retry: AutoRetry
 ) -> Applied:
     """Stores priced fees and refusals of pending details. Only pending details change
     (locked first, re-checked under the lock), so a fee is stored once even if the worker
@@ -445,7 +462,7 @@ async def apply_outcomes(
         kept = [(i, o) for i, o in decided if i in still]
         rows = await conn.fetch(
             _APPLY_OUTCOMES, [i for i, _ in kept], *_decision_columns(o for _, o in kept),
-            auto_retry_s,
+            retry.prepaid_s, retry.rule_gap_s, retry.rule_gap_max_s,
         )
         priced_payments = [r["detail_id"] for r in rows
                            if r["detail_type"] == DetailType.PAYMENT.value
@@ -540,7 +557,7 @@ async def reopen_exceptions(
             UPDATE clearing_details d
             SET fee_status = 'PENDING', state = 'UNSETTLED', exception_reason = '',
                 exception_message = '', next_auto_retry_at = NULL,
-                fee_attempts = 0, next_fee_attempt_at = now() + make_interval(secs => $3)
+                next_rule_retry_at = NULL, fee_attempts = 0, next_fee_attempt_at = now() + make_interval(secs => $3)
             FROM chosen WHERE d.detail_id = chosen.detail_id
             RETURNING {_d("d")}
             """,
@@ -644,7 +661,8 @@ FOR UPDATE
 """
 _REOPEN_LOCKED = _UPDATE_BY_LOCKED_CTID.format(
     set="fee_status = 'PENDING', state = 'UNSETTLED', exception_reason = '', "
-    "exception_message = '', next_auto_retry_at = NULL, fee_attempts = 0, "
+    "exception_message = '', next_auto_retry_at = NULL, next_rule_retry_at = NULL, "
+    "fee_attempts = 0, "
     "next_fee_attempt_at = now() + make_interval(secs => $2::float8)",
     columns="$1::text[]", names="id", returning=f"RETURNING {_d('d')}",
 )
@@ -660,6 +678,28 @@ async def reopen_prepaid_exceptions(
     async with conn.transaction():
         ids = [r["detail_id"] for r in await conn.fetch(
             _LOCK_PREPAID_EXCEPTIONS, merchant_id, currency, limit)]
+        if not ids:
+            return []
+        return list(await conn.fetch(_REOPEN_LOCKED, ids, first_retry_s))
+
+
+# The rule-gap exceptions due for a retry, longest-due first (the partial index
+# clearing_details_rule_retry_due_idx holds only these rows), skipping what another
+# replica holds: locking them never waits, so the worker deadlocks with no writer.
+_LOCK_DUE_RULE_GAPS = """
+SELECT detail_id FROM clearing_details
+WHERE next_rule_retry_at IS NOT NULL AND next_rule_retry_at <= now()
+ORDER BY next_rule_retry_at LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+
+
+async def reopen_due_rule_gaps(conn: Conn, limit: int, first_retry_s: float) -> list[Any]:
+    """Makes up to `limit` rule-gap exceptions whose retry is due pending again, to be
+    priced now (what RetryExceptions does for them), due for the pending-fee worker
+    `first_retry_s` from now should this pass stop before billing answers."""
+    async with conn.transaction():
+        ids = sorted(r["detail_id"] for r in await conn.fetch(_LOCK_DUE_RULE_GAPS, limit))
         if not ids:
             return []
         return list(await conn.fetch(_REOPEN_LOCKED, ids, first_retry_s))

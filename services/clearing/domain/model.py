@@ -141,6 +141,11 @@ class Fee(NamedTuple):
 # Clearing reads the account every CLEARING_PREPAID_RETRY_INTERVAL_S and prices again
 # once it holds the required fee (docs/clearing.md "Exceptions that resolve themselves").
 PREPAID_SHORTFALL = "INSUFFICIENT_FEE_BALANCE"
+# Billing's refusal that configuration fixes: no fee rule matches the transaction. Clearing
+# prices it again on a schedule (CLEARING_RULE_RETRY_INTERVAL_S, doubling with each
+# refusal up to CLEARING_RULE_RETRY_MAX_INTERVAL_S), so a rule created for it is applied
+# without a RetryExceptions call (docs/clearing.md "Exceptions that resolve themselves").
+RULE_GAP = "NO_MATCHING_FEE_RULE"
 # Clearing's own reason: a refund whose payment is in exception. Billing is not asked (it
 # prices a refund from its payment's charge); the refund is priced once its payment is.
 ORIGINAL_IN_EXCEPTION = "ORIGINAL_IN_EXCEPTION"
@@ -151,15 +156,35 @@ class Resolution(StrEnum):
 
     ON_TOP_UP = "ON_TOP_UP"  # clearing retries once the prepaid account holds the fee
     WITH_PAYMENT = "WITH_PAYMENT"  # a refund: priced when its payment is
+    ON_RULE_CHANGE = "ON_RULE_CHANGE"  # clearing retries on a schedule; a new rule prices it
     MANUAL = "MANUAL"  # ops fix the configuration and call RetryExceptions
 
 
 def resolution(reason: str) -> Resolution:
     if reason == PREPAID_SHORTFALL:
         return Resolution.ON_TOP_UP
+    if reason == RULE_GAP:
+        return Resolution.ON_RULE_CHANGE
     if reason == ORIGINAL_IN_EXCEPTION:
         return Resolution.WITH_PAYMENT
     return Resolution.MANUAL
+
+
+@dataclass(frozen=True, slots=True)
+class AutoRetry:
+    """When clearing prices an exception again by itself, counted from a refusal: a
+    prepaid shortfall after `prepaid_s` (the prepaid-retry worker reads the account
+    then); a missing fee rule after `rule_gap_s`, doubled with each refusal since the
+    first, at most `rule_gap_max_s` (the rule-gap worker prices it again then: a dozen
+    refused charges a day at most, for an exception nobody fixes)."""
+
+    prepaid_s: float = 30.0
+    rule_gap_s: float = 300.0
+    rule_gap_max_s: float = 3600.0
+
+    def rule_gap_delay(self, attempts: int) -> float:
+        """Seconds until the next retry of a rule-gap exception refused `attempts` times."""
+        return min(self.rule_gap_max_s, self.rule_gap_s * 2 ** min(max(attempts - 1, 0), 30))
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +196,7 @@ class ExceptionAge:
     first_time: dt.datetime
     last_time: dt.datetime
     attempts: int
-    next_check_at: dt.datetime | None  # ON_TOP_UP only
+    next_check_at: dt.datetime | None  # ON_TOP_UP and ON_RULE_CHANGE only
     required: int  # INSUFFICIENT_FEE_BALANCE: the fee the account must hold; 0 unknown
 
     @property

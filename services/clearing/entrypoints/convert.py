@@ -192,8 +192,13 @@ def detail(d: Detail) -> pb.ClearingDetail:
 RESOLUTIONS = {
     Resolution.ON_TOP_UP: pb.EXCEPTION_RESOLUTION_ON_TOP_UP,
     Resolution.WITH_PAYMENT: pb.EXCEPTION_RESOLUTION_WITH_PAYMENT,
+    Resolution.ON_RULE_CHANGE: pb.EXCEPTION_RESOLUTION_ON_RULE_CHANGE,
     Resolution.MANUAL: pb.EXCEPTION_RESOLUTION_MANUAL,
 }
+
+
+# The resolutions clearing works on by itself, at the exception's next_check_time.
+_SCHEDULED = (Resolution.ON_TOP_UP, Resolution.ON_RULE_CHANGE)
 
 
 def _exception_into(m: pb.ExceptionInfo, e: ExceptionAge) -> None:
@@ -203,7 +208,7 @@ def _exception_into(m: pb.ExceptionInfo, e: ExceptionAge) -> None:
     write_ts(m.last_attempt_time, e.last_time)
     m.attempt_count = e.attempts
     m.resolution = RESOLUTIONS[e.resolution]
-    if e.next_check_at is not None and e.resolution is Resolution.ON_TOP_UP:
+    if e.next_check_at is not None and e.resolution in _SCHEDULED:
         write_ts(m.next_check_time, e.next_check_at)
     m.required_balance = e.required
 

@@ -29,7 +29,6 @@ from typing import Protocol
 import grpc
 
 from services.clearing.adapters import repository as repo
-from services.clearing.domain.model import DetailState
 from services.clearing.service_layer.pricing import Pricer
 from services.clearing.service_layer.unit_of_work import Database
 from shared.metrics import ServiceMetrics
@@ -137,16 +136,11 @@ class PrepaidRetry:
         async with self.db.connect() as conn:
             rows = await repo.reopen_prepaid_exceptions(
                 conn, account.merchant_id, account.currency, self.chunk, self.first_retry_s)
-        details = [repo.to_detail(r) for r in rows]
         # Billing down now: they stay pending and the pending-fee worker prices them.
-        changed = await self.pricer.price(details)
-        mine = {d.detail_id for d in details}
-        resolved = sum(1 for i, d in changed.items()
-                       if i in mine and d.state is not DetailState.EXCEPTION)
-        result.retried += len(details)
-        result.resolved += resolved
-        result.refused_again += sum(1 for i, d in changed.items()
-                                    if i in mine and d.state is DetailState.EXCEPTION)
+        done = await self.pricer.reprice(rows)
+        result.retried += done.retried
+        result.resolved += done.resolved
+        result.refused_again += done.refused_again
 
     async def run_forever(self) -> None:
         while True:

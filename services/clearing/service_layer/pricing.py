@@ -4,10 +4,18 @@ pending-fee worker and by RetryExceptions alike."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from services.clearing.adapters import repository as repo
-from services.clearing.domain.model import ORIGINAL_IN_EXCEPTION, Detail, DetailType, FeeStatus
+from services.clearing.domain.model import (
+    ORIGINAL_IN_EXCEPTION,
+    AutoRetry,
+    Detail,
+    DetailState,
+    DetailType,
+    FeeStatus,
+)
 from services.clearing.domain.pricing import Chargeable, FeeOutcome, Refused, Unknown
 from services.clearing.service_layer.unit_of_work import Database
 
@@ -26,13 +34,25 @@ class FeePricing(Protocol):
     ) -> list[FeeOutcome]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Repriced:
+    """What became of exceptions priced again: priced now, or refused again; the rest of
+    `retried` stayed pending (billing did not answer: the pending-fee worker has them)."""
+
+    retried: int
+    resolved: int
+    refused_again: int
+
+
 class Pricer:
-    def __init__(self, db: Database, billing: FeePricing, auto_retry_s: float = 30.0) -> None:
+    def __init__(self, db: Database, billing: FeePricing,
+                 retry: AutoRetry | None = None) -> None:
         self.db = db
         self.billing = billing
-        # How long after a prepaid shortfall the prepaid-retry worker first reads the
-        # account (CLEARING_PREPAID_RETRY_INTERVAL_S).
-        self.auto_retry_s = auto_retry_s
+        # When a refusal is next looked at by clearing itself: a prepaid shortfall's
+        # account (CLEARING_PREPAID_RETRY_INTERVAL_S), a missing rule's retry
+        # (CLEARING_RULE_RETRY_INTERVAL_S, doubling up to …_MAX_INTERVAL_S).
+        self.retry = retry or AutoRetry()
 
     async def price(self, details: Sequence[Detail], quick: bool = False) -> dict[str, Detail]:
         """Asks billing for the fees of the pending ones and stores what it decided.
@@ -55,6 +75,16 @@ class Pricer:
         if refunds:
             changed.update(await self._price_refunds(list(refunds.values()), quick))
         return changed
+
+    async def reprice(self, rows: Sequence[Any]) -> Repriced:
+        """Prices exceptions a worker has just made pending again (their rows as the
+        reopen returned them), as RetryExceptions would; counts only these, not the
+        refunds priced beside their payments."""
+        details = [repo.to_detail(r) for r in rows]
+        changed = await self.price(details)
+        states = [changed[d.detail_id].state for d in details if d.detail_id in changed]
+        refused = sum(1 for s in states if s is DetailState.EXCEPTION)
+        return Repriced(len(details), len(states) - refused, refused)
 
     async def _price_refunds(self, refunds: list[Detail], quick: bool) -> dict[str, Detail]:
         async with self.db.connect() as conn:
@@ -87,7 +117,7 @@ class Pricer:
                     ORIGINAL_IN_EXCEPTION,
                     f"its payment {r.original_transaction_id!r} is in exception; the refund "
                     "is priced once the payment is"))
-                for r in kept], self.auto_retry_s)
+                for r in kept], self.retry)
         return {i: repo.to_detail(row) for i, row in applied.rows.items()}
 
     async def charge_unrecorded(
@@ -107,7 +137,7 @@ class Pricer:
         payment is priced now."""
         pairs = [(d.detail_id, o) for d, o in zip(details, outcomes, strict=True)]
         async with self.db.connect() as conn:
-            applied = await repo.apply_outcomes(conn, pairs, self.auto_retry_s)
+            applied = await repo.apply_outcomes(conn, pairs, self.retry)
             rows = dict(applied.rows)
             decided = {i for i, o in pairs if not isinstance(o, Unknown)}
             # Decided elsewhere meanwhile (the worker, a concurrent duplicate): re-read.

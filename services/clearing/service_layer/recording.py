@@ -91,7 +91,7 @@ class Recorder:
         self.pricer = pricer
         self.zone = zone
         self.first_retry_s = first_retry_s
-        self.auto_retry_s = pricer.auto_retry_s
+        self.retry = pricer.retry
 
     async def record(self, txs: Sequence[TransactionIn], quick: bool = False) -> list[Outcome]:
         """Records valid transactions (ids distinct); one outcome each, in order.
@@ -146,7 +146,7 @@ class Recorder:
     ) -> dict[str, Detail]:
         return await repo.insert_transactions(
             conn, txs, [hashes[t.transaction_id] for t in txs], outcomes, self.zone,
-            self.first_retry_s, self.auto_retry_s,
+            self.first_retry_s, self.retry,
         )
 
     async def _record_refunds(

@@ -155,11 +155,12 @@ def list_exceptions(ctx: typer.Context,
                      out.when(e.last_attempt_time, d.HasField("exception")),
                      str(e.attempt_count),
                      out.enum(pb.ExceptionResolution, e.resolution,
-                              "EXCEPTION_RESOLUTION_").lower().replace("_", " ")])
+                              "EXCEPTION_RESOLUTION_").lower().replace("_", " "),
+                     out.when(e.next_check_time, e.HasField("next_check_time"))])
     out.console().print(out.table(
         f"exceptions ({len(found)})",
         ["detail", "type", "merchant", "amount", "reason", "since", "last try", "tries",
-         "resolves"], rows, right=["amount", "tries"]))
+         "resolves", "next look"], rows, right=["amount", "tries"]))
 
 
 @exceptions.command("retry")

@@ -146,7 +146,13 @@ class _ExceptionResolutionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_E
     as its payment is, whoever resolves the payment.
     """
     EXCEPTION_RESOLUTION_MANUAL: _ExceptionResolution.ValueType  # 3
-    """Ops fix the configuration (a missing fee rule, …) and call RetryExceptions."""
+    """Ops fix the configuration and call RetryExceptions."""
+    EXCEPTION_RESOLUTION_ON_RULE_CHANGE: _ExceptionResolution.ValueType  # 4
+    """Clearing prices it again on a schedule (NO_MATCHING_FEE_RULE: no fee rule matched):
+    CLEARING_RULE_RETRY_INTERVAL_S after the refusal, the wait doubling with each
+    refusal up to CLEARING_RULE_RETRY_MAX_INTERVAL_S (next_check_time). Once ops create a
+    rule that matches, the next retry prices it; RetryExceptions prices it at once.
+    """
 
 class ExceptionResolution(_ExceptionResolution, metaclass=_ExceptionResolutionEnumTypeWrapper):
     """ExceptionResolution says how a detail in exception gets out of it."""
@@ -164,7 +170,13 @@ EXCEPTION_RESOLUTION_WITH_PAYMENT: ExceptionResolution.ValueType  # 2
 as its payment is, whoever resolves the payment.
 """
 EXCEPTION_RESOLUTION_MANUAL: ExceptionResolution.ValueType  # 3
-"""Ops fix the configuration (a missing fee rule, …) and call RetryExceptions."""
+"""Ops fix the configuration and call RetryExceptions."""
+EXCEPTION_RESOLUTION_ON_RULE_CHANGE: ExceptionResolution.ValueType  # 4
+"""Clearing prices it again on a schedule (NO_MATCHING_FEE_RULE: no fee rule matched):
+CLEARING_RULE_RETRY_INTERVAL_S after the refusal, the wait doubling with each
+refusal up to CLEARING_RULE_RETRY_MAX_INTERVAL_S (next_check_time). Once ops create a
+rule that matches, the next retry prices it; RetryExceptions prices it at once.
+"""
 Global___ExceptionResolution: _TypeAlias = ExceptionResolution  # noqa: Y015
 
 class _DetailView:
@@ -476,7 +488,9 @@ class ExceptionInfo(_message.Message):
 
     @_builtins.property
     def next_check_time(self) -> _timestamp_pb2.Timestamp:
-        """ON_TOP_UP: when clearing reads the fee account next. Absent otherwise."""
+        """ON_TOP_UP: when clearing reads the fee account next. ON_RULE_CHANGE: when clearing
+        prices the detail again. Absent otherwise.
+        """
 
     def __init__(
         self,

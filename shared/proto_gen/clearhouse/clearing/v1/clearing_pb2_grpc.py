@@ -276,7 +276,9 @@ class ClearingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryExceptions(self, request, context):
-        """Prices exception details again, after the configuration was fixed. Idempotent: a
+        """Prices exception details again, at once, after the configuration was fixed (a
+        missing fee rule is also retried by clearing on its schedule, ON_RULE_CHANGE; this
+        call does not wait for it). Idempotent: a
         named payment or refund no longer in exception (repriced by an earlier retry, or
         never refused) is answered in its current state, and one whose fee is pending is
         asked about again, as a repeat of RecordTransaction would. The merchant form works

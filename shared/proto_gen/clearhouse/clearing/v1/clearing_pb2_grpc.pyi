@@ -96,7 +96,9 @@ class ClearingServiceStub:
     is not pending: it is listed by ListExceptions (ORIGINAL_IN_EXCEPTION).
     """
     RetryExceptions: _grpc.UnaryUnaryMultiCallable[_clearing_pb2.RetryExceptionsRequest, _clearing_pb2.RetryExceptionsResponse]
-    """Prices exception details again, after the configuration was fixed. Idempotent: a
+    """Prices exception details again, at once, after the configuration was fixed (a
+    missing fee rule is also retried by clearing on its schedule, ON_RULE_CHANGE; this
+    call does not wait for it). Idempotent: a
     named payment or refund no longer in exception (repriced by an earlier retry, or
     never refused) is answered in its current state, and one whose fee is pending is
     asked about again, as a repeat of RecordTransaction would. The merchant form works
@@ -243,7 +245,9 @@ class ClearingServiceAsyncStub(ClearingServiceStub):
     is not pending: it is listed by ListExceptions (ORIGINAL_IN_EXCEPTION).
     """
     RetryExceptions: _aio.UnaryUnaryMultiCallable[_clearing_pb2.RetryExceptionsRequest, _clearing_pb2.RetryExceptionsResponse]  # type: ignore[assignment]
-    """Prices exception details again, after the configuration was fixed. Idempotent: a
+    """Prices exception details again, at once, after the configuration was fixed (a
+    missing fee rule is also retried by clearing on its schedule, ON_RULE_CHANGE; this
+    call does not wait for it). Idempotent: a
     named payment or refund no longer in exception (repriced by an earlier retry, or
     never refused) is answered in its current state, and one whose fee is pending is
     asked about again, as a repeat of RecordTransaction would. The merchant form works
@@ -441,7 +445,9 @@ class ClearingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _clearing_pb2.RetryExceptionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_clearing_pb2.RetryExceptionsResponse, _abc.Awaitable[_clearing_pb2.RetryExceptionsResponse]]:
-        """Prices exception details again, after the configuration was fixed. Idempotent: a
+        """Prices exception details again, at once, after the configuration was fixed (a
+        missing fee rule is also retried by clearing on its schedule, ON_RULE_CHANGE; this
+        call does not wait for it). Idempotent: a
         named payment or refund no longer in exception (repriced by an earlier retry, or
         never refused) is answered in its current state, and one whose fee is pending is
         asked about again, as a repeat of RecordTransaction would. The merchant form works
