@@ -62,6 +62,14 @@ async def test_a_rule_created_for_waiting_exceptions_prices_them_without_a_retry
     still = await detail(clearing, "P1")
     assert still.exception.first_seen_time == p.exception.first_seen_time
 
+    async def counted_by_reason() -> bool:
+        # Polled: a refresh that falls in a retry's few milliseconds sees P1 pending.
+        await clearing.running.app.metrics.refresh()  # type: ignore[union-attr]
+        return value(scrape(clearing), "clearhouse_clearing_exceptions_by_reason",
+                     reason=RULE_GAP) == 1
+
+    await until("P1 counted among the exceptions by reason", counted_by_reason)
+
     # Ops create the rule; nobody calls RetryExceptions.
     await percent_rule(billing, "R-M1", "0.006", merchant="M1")
 
@@ -77,7 +85,9 @@ async def test_a_rule_created_for_waiting_exceptions_prices_them_without_a_retry
     assert not paid.HasField("exception") and not back.HasField("exception")
     assert list((await clearing.stub.ListExceptions(pb.ListExceptionsRequest())).details) == []
 
+    await clearing.running.app.metrics.refresh()  # type: ignore[union-attr]
     figures = scrape(clearing)
+    assert value(figures, "clearhouse_clearing_exceptions_by_reason", reason=RULE_GAP) == 0
     assert value(figures, "clearhouse_clearing_rule_retry_details_resolved_total") == 1
     assert value(figures, "clearhouse_clearing_rule_retry_details_retried_total") >= 3
 

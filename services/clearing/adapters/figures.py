@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.clearing.adapters.repository import STUCK_SINCE
+from services.clearing.domain.model import ORIGINAL_IN_EXCEPTION, PREPAID_SHORTFALL, RULE_GAP
 from shared.figures import rows
 from shared.metrics import FigureSource, ServiceMetrics
 
@@ -58,8 +59,10 @@ def figure_source(engine: AsyncEngine) -> FigureSource:
         reasons: dict[tuple[str, ...], float] = {(str(r),): float(c) for r, c in await rows(
             engine, "SELECT exception_reason, count(*) FROM clearing_details "
             "WHERE state = 'EXCEPTION' GROUP BY 1")}
-        m.set_by_label(by_reason, reasons, [("INSUFFICIENT_FEE_BALANCE",),
-                                            ("ORIGINAL_IN_EXCEPTION",)])
+        # The reasons clearing resolves by itself are exported at 0 too (alerts can name
+        # them); the others appear when they occur.
+        m.set_by_label(by_reason, reasons, [(PREPAID_SHORTFALL,), (ORIGINAL_IN_EXCEPTION,),
+                                            (RULE_GAP,)])
         (n, oldest), = await rows(
             engine,
             "SELECT count(*), coalesce(current_date - min(business_date), 0) "
