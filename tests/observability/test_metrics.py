@@ -194,6 +194,42 @@ async def test_settlement_exports_payouts_runs_and_the_invariant_check_of_its_bo
         await drop(settlement)
 
 
+async def test_an_issued_fee_bill_is_owed_and_ages_until_it_is_collected(billing):
+    """What DEFERRED fees wait in: the bill's amount is outstanding and its age grows
+    from its issue until it is marked collected; then both drop to 0."""
+    from tests.billing.support import create_rule, txn
+
+    stub = billing.stub
+    await stub.CreateFeeRule(create_rule({
+        "rule_id": "DEF", "currency": "CNY", "method": "PERCENT", "rate": "0.0038",
+        "effective_from": "2026-01-01T00:00:00+08:00", "selectors": {},
+        "collection_mode": "DEFERRED", "refund_fee_policy": "PROPORTIONAL"}))
+    for i, amount in enumerate((10_000, 25_000)):  # fees 38 and 95
+        await stub.ChargeFee(billing_pb2.ChargeFeeRequest(
+            transaction=txn(f"D{i}", amount, time="2026-02-10T10:00:00+08:00")))
+
+    async def figures() -> dict:  # type: ignore[type-arg]
+        await billing.running.app.metrics.refresh()  # type: ignore[union-attr]
+        return await asyncio.to_thread(scrape, billing)
+
+    before = await figures()
+    assert value(before, "clearhouse_billing_oldest_issued_fee_bill_age_seconds") == 0
+    [bill] = (await stub.GenerateFeeBills(billing_pb2.GenerateFeeBillsRequest(
+        month="2026-02"))).bills
+    await asyncio.sleep(0.05)
+    owed = await figures()
+    assert value(owed, "clearhouse_billing_fee_bills_outstanding_minor_units",
+                 currency="CNY") == 38 + 95
+    assert value(owed, "clearhouse_billing_oldest_issued_fee_bill_age_seconds") > 0
+    await stub.MarkFeeBillCollected(billing_pb2.MarkFeeBillCollectedRequest(
+        request_id="collect-1", bill_id=bill.bill_id, collection_reference="BANK-1"))
+    paid = await figures()
+    assert value(paid, "clearhouse_billing_fee_bills_outstanding_minor_units",
+                 currency="CNY") == 0
+    assert value(paid, "clearhouse_billing_oldest_issued_fee_bill_age_seconds") == 0
+    assert value(paid, "clearhouse_billing_fee_bills", state="COLLECTED") == 1
+
+
 async def test_every_figure_the_alerts_and_the_dashboard_use_is_exported(pg_url, billing):
     """The example alert rules and the Grafana dashboard name only figures a service
     really exports (so an alert cannot silently watch nothing)."""

@@ -41,5 +41,23 @@ def figure_source(engine: AsyncEngine) -> FigureSource:
             {(s,): n for s, n in await rows(engine, "SELECT state, count(*) FROM fee_bills GROUP BY 1")},
             [],
         )
+        # An issued bill is fees a merchant owes that wait to be collected (by settlement
+        # deducting it, or marked collected by hand): the state's signal is its amount and
+        # the age of the oldest (ClearhouseFeeBillUncollected).
+        outstanding = m.gauge(
+            "fee_bills_outstanding_minor_units",
+            "Sum of fee bills issued and not collected (minor units), by currency.",
+            ["currency"])
+        # Every currency that has a bill, so one whose bills are all collected drops to 0.
+        by_currency: dict[tuple[str, ...], float] = {(str(c),): float(total) for c, total in await rows(
+            engine, "SELECT currency, coalesce(sum(amount) FILTER (WHERE state = 'ISSUED'), 0) "
+            "FROM fee_bills GROUP BY 1")}
+        m.set_by_label(outstanding, by_currency, list(by_currency))
+        (age,), = await rows(
+            engine, "SELECT coalesce(extract(epoch FROM now() - min(issue_time)), 0) "
+            "FROM fee_bills WHERE state = 'ISSUED'")
+        m.gauge("oldest_issued_fee_bill_age_seconds",
+                "Age of the oldest fee bill issued and not collected; 0 when none."
+                ).set(float(age))
 
     return refresh
