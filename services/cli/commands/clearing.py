@@ -133,7 +133,7 @@ def list_exceptions(ctx: typer.Context,
                     reason: Annotated[str, typer.Option(
                         help="Only this reason, e.g. INSUFFICIENT_FEE_BALANCE.")] = "",
                     limit: LimitOpt = 100, json: JsonOpt = False) -> None:
-    """List details in exception with their reason, age and how they resolve.
+    """List details in exception: reason, age, how they resolve, next look by clearing.
 
     A prepaid shortfall resolves by itself once the account is topped up, a refund with
     its payment; the others after fixing the configuration and `exceptions retry`.
