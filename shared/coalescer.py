@@ -67,6 +67,9 @@ class Coalescer(Generic[T, R]):
         self._later: list[tuple[T, asyncio.Future[R | DomainError]]] = []  # repeated keys
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # The event loop of the callers, kept from the first submit: asking asyncio for
+        # the running loop costs a getpid syscall each time (Python 3.11), several per call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def submit(self, item: T) -> R | DomainError:
         """The item's outcome: a result or the DomainError refusing it (returned, not
@@ -75,7 +78,10 @@ class Coalescer(Generic[T, R]):
             if self._observe is not None:
                 self._observe(1)
             return (await self._run([item]))[0]
-        fut: asyncio.Future[R | DomainError] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R | DomainError] = loop.create_future()
         self._park(item, fut)
         return await fut
 
@@ -90,7 +96,10 @@ class Coalescer(Generic[T, R]):
         if len(self._parked) >= self.max_items:
             self._flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._flush)
+            self._timer = self._running_loop().call_later(self.window_s, self._flush)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop or asyncio.get_running_loop()
 
     def _flush(self) -> None:
         """Runs the longest-parked `max_items` items as one group, in key order. Called
@@ -107,7 +116,7 @@ class Coalescer(Generic[T, R]):
             if self._observe is not None:
                 self._observe(len(batch))
             self._running += 1
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            task = self._running_loop().create_task(self._execute(batch))
             self._tasks.add(task)  # keep a reference until it is done
             task.add_done_callback(self._finished)
         # Repeats of a key wait for the group after the one holding their key.
@@ -116,7 +125,7 @@ class Coalescer(Generic[T, R]):
             if not fut.done():
                 self._park(item, fut)
         if self._parked and self._running < self.max_in_flight and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.window_s, self._flush)
+            self._timer = self._running_loop().call_later(self.window_s, self._flush)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

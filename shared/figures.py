@@ -35,7 +35,8 @@ def pool_figures(engine: AsyncEngine, pools: Sequence[PgPool] = ()) -> FigureSou
             name = "asyncpg" if i == 0 else f"asyncpg{i}"
             raw = pool._pool
             open_ = raw.get_size() if raw is not None else 0
-            idle = raw.get_idle_size() if raw is not None else 0
+            # The spare is checked out of asyncpg's pool but waits unused (PgPool.connect).
+            idle = (raw.get_idle_size() if raw is not None else 0) + pool.spare_idle()
             in_use.labels(name).set(open_ - idle)
             size.labels(name).set(open_)
             limit.labels(name).set(pool.pool_size)
