@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import socket
 import threading
@@ -146,6 +147,10 @@ async def test_the_console_in_a_real_browser(console_env: ConsoleEnv, console_ur
     await page.goto(f"{console_url}/exceptions")
     row = page.locator(f'tr[data-detail="{seeded.exception_id}"]')
     await shoot(page, "exceptions")
+    # How it resolves and when clearing looks again by itself (a missing rule's retry).
+    cells = await row.locator("td").all_text_contents()
+    assert "on rule change" in cells, cells
+    assert any(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", c) for c in cells), cells
     await row.locator("button.retry").click()
     await page.wait_for_load_state()
     assert "Retried 1 exception(s)" in (await page.text_content(".notice") or "")
