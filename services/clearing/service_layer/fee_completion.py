@@ -3,7 +3,6 @@ retry of exceptions (billing refused; ops fixed the configuration)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from services.clearing.service_layer.unit_of_work import Database
 from shared import audit
 from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from shared.pagination import decode, encode, text
+from shared.passes import repeat_passes
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +78,10 @@ class FeeCompletion:
         return len(changed)
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                decided = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The database may be restarting; the details wait, nothing is lost.
-                log.exception("pending-fee pass failed")
-                decided = 0
-            if decided < self.batch_size:
-                await asyncio.sleep(self.interval_s)
+        async def full_pass() -> bool:
+            return await self.run_once() >= self.batch_size
+
+        await repeat_passes(full_pass, self.interval_s, log, "pending-fee")
 
     async def retry_exceptions(self, detail_ids: Sequence[str]) -> Retried:
         """Prices the named details again. Idempotent, like a repeat of RecordTransaction:

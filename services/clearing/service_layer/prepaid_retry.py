@@ -32,6 +32,7 @@ from services.clearing.adapters import repository as repo
 from services.clearing.service_layer.pricing import Pricer
 from services.clearing.service_layer.unit_of_work import Database
 from shared.metrics import ServiceMetrics
+from shared.passes import repeat_passes
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,7 @@ class PrepaidRetry:
         result.refused_again += done.refused_again
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                done = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The database may be restarting; the exceptions wait, nothing is lost.
-                log.exception("prepaid retry pass failed")
-                done = PassResult()
-            if done.accounts < self.accounts_per_pass:
-                await asyncio.sleep(self.pause_s)
+        async def full_pass() -> bool:
+            return (await self.run_once()).accounts >= self.accounts_per_pass
+
+        await repeat_passes(full_pass, self.pause_s, log, "prepaid retry")

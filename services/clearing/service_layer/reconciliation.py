@@ -27,7 +27,6 @@ violation.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import logging
@@ -43,6 +42,7 @@ from services.clearing.service_layer.unit_of_work import Database
 from shared import audit
 from shared.errors import reason_of
 from shared.metrics import ServiceMetrics
+from shared.passes import repeat_passes
 
 log = logging.getLogger(__name__)
 
@@ -243,12 +243,8 @@ class Reconciler:
         return await self.reconcile(end - self.lookback, end, void=True)
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Billing or the database may be away: the next pass looks again.
-                log.exception("fee reconciliation pass failed")
-            await asyncio.sleep(self.interval_s)
+        async def one_pass() -> bool:
+            await self.run_once()
+            return False  # a pass covers the whole lookback: pause after each
+
+        await repeat_passes(one_pass, self.interval_s, log, "fee reconciliation")

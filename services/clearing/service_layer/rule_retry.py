@@ -23,13 +23,13 @@ RetryExceptions still prices at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from services.clearing.adapters import repository as repo
 from services.clearing.service_layer.pricing import Pricer, Repriced
 from services.clearing.service_layer.unit_of_work import Database
 from shared.metrics import ServiceMetrics
+from shared.passes import repeat_passes
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,7 @@ class RuleGapRetry:
         return result
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                done = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The database may be restarting; the exceptions keep their schedule.
-                log.exception("rule-gap retry pass failed")
-                done = NOTHING
-            if done.retried < self.chunk:
-                await asyncio.sleep(self.pause_s)
+        async def full_pass() -> bool:
+            return (await self.run_once()).retried >= self.chunk
+
+        await repeat_passes(full_pass, self.pause_s, log, "rule-gap retry")
