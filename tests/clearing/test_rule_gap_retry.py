@@ -11,6 +11,9 @@ import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as pb
 
 from services.clearing.domain.model import AutoRetry
+from services.clearing.service_layer.pricing import Pricer
+from services.clearing.service_layer.rule_retry import RuleGapRetry
+from services.clearing.service_layer.unit_of_work import Database
 from tests.clearing.conftest import FAST, payment, percent_rule, record, refund
 from tests.clearing.test_exception_resolution import detail, until
 from tests.observability.test_metrics import scrape, value
@@ -92,6 +95,28 @@ async def test_a_rule_created_for_waiting_exceptions_prices_them_without_a_retry
     assert value(figures, "clearhouse_clearing_rule_retry_details_retried_total") >= 3
 
 
+async def test_a_retry_time_left_on_a_priced_detail_never_reopens_it(
+        clearing: ServiceHandle) -> None:
+    """Only a rule-gap exception is retried: a due time on anything else (left by an
+    older replica during a rolling deploy, or by a fix by hand) is ignored."""
+    await percent_rule(clearing.extra["billing"], "R-M1", "0.006", merchant="M1")
+    paid = (await record(clearing, payment("P3", 10_000))).detail
+    assert (paid.state, paid.fee.minor_units) == (pb.DETAIL_STATE_UNSETTLED, 60)
+    db = Database(clearing.engine, clearing.schema, 2)
+    try:
+        async with db.connect() as conn:
+            await conn.execute("UPDATE clearing_details SET next_rule_retry_at = "
+                               "now() - interval '1 second' WHERE detail_id = 'P3'")
+        worker = RuleGapRetry(db, Pricer(db, billing=None),  # type: ignore[arg-type]
+                              chunk=10, first_retry_s=1.0, pause_s=1.0)
+        assert (await worker.run_once()).retried == 0
+    finally:
+        await db.close()
+    again = await detail(clearing, "P3")
+    assert (again.state, again.fee_status, again.fee.minor_units) == (
+        pb.DETAIL_STATE_UNSETTLED, pb.FEE_STATUS_KNOWN, 60)
+
+
 async def test_other_refusals_are_not_retried_by_the_rule_gap_worker(
         clearing: ServiceHandle) -> None:
     """A refund beside its payment waits for the payment, not for a schedule of its own."""
@@ -105,3 +130,4 @@ async def test_other_refusals_are_not_retried_by_the_rule_gap_worker(
     await until("two retries of P2", payment_retried_twice)
     again = await detail(clearing, "R2")
     assert (again.state, again.exception.attempt_count) == (pb.DETAIL_STATE_EXCEPTION, 1)
+

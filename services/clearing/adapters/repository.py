@@ -685,10 +685,14 @@ async def reopen_prepaid_exceptions(
 
 # The rule-gap exceptions due for a retry, longest-due first (the partial index
 # clearing_details_rule_retry_due_idx holds only these rows), skipping what another
-# replica holds: locking them never waits, so the worker deadlocks with no writer.
-_LOCK_DUE_RULE_GAPS = """
+# replica holds: locking them never waits, so the worker deadlocks with no writer. The
+# state and reason are checked too (on the locked version), so a time left on a row by
+# anything else (an older replica during a rolling deploy, a fix by hand) can never
+# reopen a priced or claimed detail.
+_LOCK_DUE_RULE_GAPS = f"""
 SELECT detail_id FROM clearing_details
 WHERE next_rule_retry_at IS NOT NULL AND next_rule_retry_at <= now()
+  AND state = 'EXCEPTION' AND exception_reason = '{RULE_GAP}'
 ORDER BY next_rule_retry_at LIMIT $1
 FOR UPDATE SKIP LOCKED
 """
