@@ -97,14 +97,25 @@ class DatabaseUnavailable(DomainError):
         )
 
 
+# Uses of the spare connection before it goes back to asyncpg's pool once.
+SPARE_USES = 10_000
+
+
 def _reusable(conn: Any) -> bool:
-    """Open and outside any transaction. A connection lost to the server (a restart, a
-    terminated backend) is let go by asyncpg's pool on its own, and its proxy then refuses
-    every call: not reusable either."""
+    """Open, outside any transaction and not cancelling a query (a block that caught a
+    statement's timeout leaves the cancellation running; asyncpg's release waits it out).
+    A connection lost to the server (a restart, a terminated backend) is let go by
+    asyncpg's pool on its own, and its proxy then refuses every call: not reusable
+    either."""
     try:
-        return not conn.is_closed() and not conn.is_in_transaction()
+        if conn.is_closed() or conn.is_in_transaction():
+            return False
     except asyncpg.InterfaceError:
         return False
+    # asyncpg has no public way to ask; without the attribute, assume the worst.
+    protocol = getattr(getattr(conn, "_con", None), "_protocol", None)
+    cancelling = getattr(protocol, "_is_cancelling", None)
+    return cancelling is not None and not cancelling()
 
 
 async def keep_session(conn: Any) -> None:
@@ -130,6 +141,7 @@ class PgPool:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # One connection kept checked out between uses (see `connect`); None while in use.
     _spare: Any = None
+    _spare_uses: int = 0
 
     async def _acquire_pool(self) -> Any:
         if self._pool is None:
@@ -156,9 +168,11 @@ class PgPool:
         pool, self._pool = self._pool, None
         if pool is not None:
             spare, self._spare = self._spare, None
-            if spare is not None:
-                await pool.release(spare)
-            await pool.close()
+            try:
+                if spare is not None:
+                    await pool.release(spare)
+            finally:
+                await pool.close()
 
     @asynccontextmanager
     async def unavailable_on_transient(self) -> AsyncIterator[None]:
@@ -199,11 +213,16 @@ class PgPool:
                 yield conn
                 clean = _reusable(conn)
             finally:
-                # Kept only where nothing needs resetting between uses (keep_session).
+                # Kept only where nothing needs resetting between uses (keep_session),
+                # and given back now and then so asyncpg's own upkeep (replacing a
+                # connection after max_queries) still reaches it.
+                self._spare_uses += 1
                 if clean and self.reset is keep_session and self._spare is None \
-                        and self._pool is pool:
+                        and self._pool is pool and self._spare_uses < SPARE_USES:
                     self._spare = conn
                 else:
+                    if self._spare_uses >= SPARE_USES:
+                        self._spare_uses = 0
                     await pool.release(conn)
 
     @asynccontextmanager
