@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from clearhouse.clearing.v1 import clearing_pb2 as pb
+from google.protobuf import duration_pb2
 
 from services.clearing.domain.model import AutoRetry
 from services.clearing.service_layer.pricing import Pricer
@@ -131,3 +132,34 @@ async def test_other_refusals_are_not_retried_by_the_rule_gap_worker(
     again = await detail(clearing, "R2")
     assert (again.state, again.exception.attempt_count) == (pb.DETAIL_STATE_EXCEPTION, 1)
 
+
+async def test_a_retried_exception_is_pending_since_its_retry_not_since_its_record(
+        pg_url: str) -> None:
+    """A days-old exception retried while billing is down waits for billing from the
+    retry on: it is not a pending fee a day old (a false page of the pending-fee alert)."""
+    clearing = await launch("clearing", pg_url, billing_address="127.0.0.1:1",
+                            **{**FAST, "billing_deadline_s": 0.3,
+                               "pending_fee_worker_enabled": False})
+    db = Database(clearing.engine, clearing.schema, 2)
+    try:
+        await record(clearing, payment("P4", 10_000))  # billing down: pending
+        async with db.connect() as conn:
+            await conn.execute(
+                "UPDATE clearing_details SET state = 'EXCEPTION', fee_status = 'REFUSED', "
+                f"exception_reason = '{RULE_GAP}', create_time = now() - interval '1 day', "
+                "exception_first_time = now() - interval '1 day', "
+                "exception_last_time = now() - interval '1 hour' WHERE detail_id = 'P4'")
+        retried = await clearing.stub.RetryExceptions(
+            pb.RetryExceptionsRequest(detail_ids=["P4"]))
+        assert retried.details[0].fee_status == pb.FEE_STATUS_PENDING  # billing still down
+        hour = duration_pb2.Duration(seconds=3600)
+        report = await clearing.stub.GetStuckReport(pb.GetStuckReportRequest(
+            pending_fee_min_age=hour, exception_min_age=hour, open_batch_min_age=hour))
+        assert report.pending_fees.count == 0, report.pending_fees
+        await clearing.running.app.metrics.refresh()  # type: ignore[union-attr]
+        figures = scrape(clearing)
+        assert value(figures, "clearhouse_clearing_pending_fees") == 1
+        assert value(figures, "clearhouse_clearing_oldest_pending_fee_age_seconds") < 3600
+    finally:
+        await db.close()
+        await drop(clearing)

@@ -410,7 +410,8 @@ SELECT x.detail_id FROM unnest($1::text[]) AS u(id) CROSS JOIN LATERAL (
     FOR UPDATE) x
 """
 _REOPEN_WAITING_REFUNDS = _UPDATE_BY_LOCKED_CTID.format(
-    set="fee_status = 'PENDING', state = 'UNSETTLED', exception_reason = '', "
+    set="fee_status = 'PENDING', state = 'UNSETTLED', pending_since = now(), "
+    "exception_reason = '', "
     "exception_message = '', next_auto_retry_at = NULL, next_rule_retry_at = NULL, "
     "fee_attempts = 0, "
     "next_fee_attempt_at = now()",
@@ -555,7 +556,8 @@ async def reopen_exceptions(
                 ORDER BY d.detail_id LIMIT $2 FOR UPDATE
             )
             UPDATE clearing_details d
-            SET fee_status = 'PENDING', state = 'UNSETTLED', exception_reason = '',
+            SET fee_status = 'PENDING', state = 'UNSETTLED', pending_since = now(),
+                exception_reason = '',
                 exception_message = '', next_auto_retry_at = NULL,
                 next_rule_retry_at = NULL, fee_attempts = 0, next_fee_attempt_at = now() + make_interval(secs => $3)
             FROM chosen WHERE d.detail_id = chosen.detail_id
@@ -660,7 +662,8 @@ ORDER BY detail_id LIMIT $3
 FOR UPDATE
 """
 _REOPEN_LOCKED = _UPDATE_BY_LOCKED_CTID.format(
-    set="fee_status = 'PENDING', state = 'UNSETTLED', exception_reason = '', "
+    set="fee_status = 'PENDING', state = 'UNSETTLED', pending_since = now(), "
+    "exception_reason = '', "
     "exception_message = '', next_auto_retry_at = NULL, next_rule_retry_at = NULL, "
     "fee_attempts = 0, "
     "next_fee_attempt_at = now() + make_interval(secs => $2::float8)",
@@ -1114,7 +1117,9 @@ async def open_batches_older_than(
 # Since when a detail has been stuck, by kind: a fee is pending from the recording on; an
 # exception's age runs from its first refusal (a refund moved into exception beside its
 # payment has no refusal of its own: from its recording). The metrics use the same.
-STUCK_SINCE = {"PENDING_FEE": "create_time",
+# A pending fee's age counts from when it became pending (clearing_0013: a retried
+# exception from its retry, else from its record).
+STUCK_SINCE = {"PENDING_FEE": "coalesce(pending_since, create_time)",
                "EXCEPTION": "coalesce(exception_first_time, create_time)"}
 # The literal predicates of the partial indexes clearing_details_pending_idx and
 # clearing_details_exception_idx.

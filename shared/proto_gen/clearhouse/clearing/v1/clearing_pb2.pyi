@@ -2051,8 +2051,9 @@ class StuckDetails(_message.Message):
 
     @_builtins.property
     def oldest_since_time(self) -> _timestamp_pb2.Timestamp:
-        """Since when the longest stuck of them has been stuck: when it was recorded (a
-        pending fee), when it was first refused (an exception); absent when there is none.
+        """Since when the longest stuck of them has been stuck: when its fee became pending (a
+        pending fee: when it was recorded, or when it was last retried out of exception),
+        when it was first refused (an exception); absent when there is none.
         """
 
     def __init__(
