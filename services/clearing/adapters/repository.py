@@ -366,6 +366,15 @@ CROSS JOIN LATERAL (
   FOR UPDATE) x
 """
 
+# An exception made pending again (RetryExceptions, the prepaid and rule-gap retries, a
+# refund beside its payment priced now): its reason and both retry schedules cleared, its
+# pending age counted from now (clearing_0013). The first time and the attempts stay, so
+# a refusal again continues the exception's history. Each user adds when the pending-fee
+# worker may take it (next_fee_attempt_at).
+_REOPENED = ("fee_status = 'PENDING', state = 'UNSETTLED', pending_since = now(), "
+             "exception_reason = '', exception_message = '', next_auto_retry_at = NULL, "
+             "next_rule_retry_at = NULL, fee_attempts = 0")
+
 # A refusal keeps the exception's first time (a detail refused again by a retry is as old
 # as its first refusal), counts the attempt, and schedules the prepaid-retry worker's
 # next look at the fee account for a prepaid shortfall ($11 seconds from now), or the
@@ -410,11 +419,7 @@ SELECT x.detail_id FROM unnest($1::text[]) AS u(id) CROSS JOIN LATERAL (
     FOR UPDATE) x
 """
 _REOPEN_WAITING_REFUNDS = _UPDATE_BY_LOCKED_CTID.format(
-    set="fee_status = 'PENDING', state = 'UNSETTLED', pending_since = now(), "
-    "exception_reason = '', "
-    "exception_message = '', next_auto_retry_at = NULL, next_rule_retry_at = NULL, "
-    "fee_attempts = 0, "
-    "next_fee_attempt_at = now()",
+    set=f"{_REOPENED}, next_fee_attempt_at = now()",
     columns="$1::text[]", names="id", returning=f"RETURNING {_d('d')}",
 )
 
@@ -556,10 +561,7 @@ async def reopen_exceptions(
                 ORDER BY d.detail_id LIMIT $2 FOR UPDATE
             )
             UPDATE clearing_details d
-            SET fee_status = 'PENDING', state = 'UNSETTLED', pending_since = now(),
-                exception_reason = '',
-                exception_message = '', next_auto_retry_at = NULL,
-                next_rule_retry_at = NULL, fee_attempts = 0, next_fee_attempt_at = now() + make_interval(secs => $3)
+            SET {_REOPENED}, next_fee_attempt_at = now() + make_interval(secs => $3)
             FROM chosen WHERE d.detail_id = chosen.detail_id
             RETURNING {_d("d")}
             """,
@@ -662,11 +664,7 @@ ORDER BY detail_id LIMIT $3
 FOR UPDATE
 """
 _REOPEN_LOCKED = _UPDATE_BY_LOCKED_CTID.format(
-    set="fee_status = 'PENDING', state = 'UNSETTLED', pending_since = now(), "
-    "exception_reason = '', "
-    "exception_message = '', next_auto_retry_at = NULL, next_rule_retry_at = NULL, "
-    "fee_attempts = 0, "
-    "next_fee_attempt_at = now() + make_interval(secs => $2::float8)",
+    set=f"{_REOPENED}, next_fee_attempt_at = now() + make_interval(secs => $2::float8)",
     columns="$1::text[]", names="id", returning=f"RETURNING {_d('d')}",
 )
 
