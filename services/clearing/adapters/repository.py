@@ -232,22 +232,13 @@ async def insert_transactions(
             create_time=create_time,
             exception=ExceptionAge(
                 reason, message, create_time, create_time, 1,
-                _next_check(create_time, reason, retry), required or 0,
+                retry.first_check(reason, create_time), required or 0,
             ) if refused else None,
         )
         if status is FEE_PENDING:
             details[t.transaction_id].next_fee_attempt_at = (
                 create_time + dt.timedelta(seconds=first_retry_s))
     return details
-
-
-def _next_check(refused_at: dt.datetime, reason: str, retry: AutoRetry) -> dt.datetime | None:
-    """When clearing looks again by itself at a detail refused for the first time."""
-    if reason == PREPAID_SHORTFALL:
-        return refused_at + dt.timedelta(seconds=retry.prepaid_s)
-    if reason == RULE_GAP:
-        return refused_at + dt.timedelta(seconds=retry.rule_gap_delay(1))
-    return None
 
 
 async def fetch_rows(conn: Conn, ids: Iterable[str]) -> dict[str, Any]:

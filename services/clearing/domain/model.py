@@ -186,6 +186,16 @@ class AutoRetry:
         """Seconds until the next retry of a rule-gap exception refused `attempts` times."""
         return min(self.rule_gap_max_s, self.rule_gap_s * 2 ** min(max(attempts - 1, 0), 30))
 
+    def first_check(self, reason: str, refused_at: dt.datetime) -> dt.datetime | None:
+        """When clearing looks again by itself at a detail refused for the first time
+        (what the insert's SQL stores as its next look); None for a reason it leaves to
+        ops or to the payment."""
+        if reason == PREPAID_SHORTFALL:
+            return refused_at + dt.timedelta(seconds=self.prepaid_s)
+        if reason == RULE_GAP:
+            return refused_at + dt.timedelta(seconds=self.rule_gap_delay(1))
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class ExceptionAge:
