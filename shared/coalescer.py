@@ -78,10 +78,7 @@ class Coalescer(Generic[T, R]):
             if self._observe is not None:
                 self._observe(1)
             return (await self._run([item]))[0]
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            loop = self._loop = asyncio.get_running_loop()
-        fut: asyncio.Future[R | DomainError] = loop.create_future()
+        fut: asyncio.Future[R | DomainError] = self._running_loop().create_future()
         self._park(item, fut)
         return await fut
 
@@ -99,7 +96,10 @@ class Coalescer(Generic[T, R]):
             self._timer = self._running_loop().call_later(self.window_s, self._flush)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop or asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _flush(self) -> None:
         """Runs the longest-parked `max_items` items as one group, in key order. Called
