@@ -18,7 +18,7 @@ import logging
 import re
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -184,6 +184,12 @@ class ServerSecurity:
     # The permission rules of the server's tables, also without a guard: which methods
     # are audited (Rule.audited) does not depend on security being on.
     rules: Mapping[str, Rule] = dataclass_field(default_factory=dict)
+
+    @property
+    def people(self) -> Callable[[str], Caller | None] | None:
+        """Who a person named in the identities file is now (Guard.person), for an
+        approved call executing as its requester; None with authentication off."""
+        return self.guard.person if self.guard is not None else None
 
     @classmethod
     def insecure(

@@ -93,7 +93,7 @@ async def build_app(settings: ClearingSettings, engine: AsyncEngine) -> App:
     approvals = ApprovalServicer(
         engine=engine, domain="clearing.clearhouse", gate=gate, target=servicer,
         rules={**PERMISSIONS.rules, **APPROVALS.rules}, ttl=settings.approval_ttl_delta,
-        people=security.guard.person if security.guard is not None else None,
+        people=security.people,
     )
 
     async def ready() -> bool:

@@ -119,7 +119,7 @@ async def build_app(
     approvals = ApprovalServicer(
         engine=engine, domain="settlement.clearhouse", gate=gate, target=servicer,
         rules={**PERMISSIONS.rules, **APPROVALS.rules}, ttl=settings.approval_ttl_delta,
-        people=security.guard.person if security.guard is not None else None,
+        people=security.people,
     )
 
     async def ready() -> bool:
