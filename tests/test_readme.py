@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pydantic import SecretStr
+from pydantic.fields import FieldInfo
+
 import services  # noqa: F401
 from services.billing.settings import BillingSettings
 from services.clearing.settings import ClearingSettings
@@ -28,6 +31,15 @@ def _rows() -> dict[str, str]:
     return {name: default.strip().strip("`") for name, default in ROW.findall(README.read_text())}
 
 
+def _default(field: FieldInfo) -> str:
+    """A default as the table writes it: str() of the value, `empty` for an empty string
+    (a secret's too)."""
+    value = field.default
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return str(value) or "empty"
+
+
 def test_every_setting_of_a_service_is_in_the_readme_with_its_default():
     rows = _rows()
     common = set(ServiceSettings.model_fields)
@@ -39,10 +51,29 @@ def test_every_setting_of_a_service_is_in_the_readme_with_its_default():
             assert f"{prefix}{name.upper()}" in rows, f"{prefix}{name.upper()} missing"
             assert rows[f"{prefix}{name.upper()}"] == str(field.default), name
     for name, field in PayoutSimulatorSettings.model_fields.items():
-        assert rows.get(f"PAYOUT_SIM_{name.upper()}") == str(field.default), name
+        assert rows.get(f"PAYOUT_SIM_{name.upper()}") == _default(field), name
     for name, field in ConsoleSettings.model_fields.items():
-        default = field.default.get_secret_value() if name == "session_secret" else field.default
-        assert rows.get(f"CONSOLE_{name.upper()}") == (str(default) or "empty"), name
+        assert rows.get(f"CONSOLE_{name.upper()}") == _default(field), name
+
+
+# Common settings whose README cell is prose rather than a value.
+DESCRIBED = {"database_url": "falls back to `DATABASE_URL`"}
+
+
+def test_the_common_rows_give_each_services_real_default():
+    """A `<P>` row's default is the base class's, or, where a service overrides it
+    (port, schema, metrics port), each service's own, billing / clearing / settlement."""
+    rows = dict(ROW.findall(README.read_text()))
+    for name, field in ServiceSettings.model_fields.items():
+        cell = rows[f"<P>{name.upper()}"].strip()
+        if name in DESCRIBED:
+            assert cell == DESCRIBED[name], name
+            continue
+        values = [cls.model_fields[name] for cls, _ in SERVICE_SETTINGS]
+        if any(v.default != field.default for v in values):
+            assert cell == " / ".join(f"`{_default(v)}`" for v in values), name
+        else:
+            assert cell.strip("`") == _default(field), name
 
 
 def test_the_readme_lists_no_setting_that_does_not_exist():
