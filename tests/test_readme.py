@@ -1,5 +1,6 @@
-"""The README's configuration table is the one operators read: every setting a service
-reads from the environment is listed there with its real default, and nothing else."""
+"""The configuration tables are the ones operators read: every setting a service reads from
+the environment is listed in the README with its real default, and nothing else; each
+service document (docs/<service>.md) repeats its own settings with the same defaults."""
 
 from __future__ import annotations
 
@@ -82,3 +83,30 @@ def test_the_readme_lists_no_setting_that_does_not_exist():
                         (ConsoleSettings, "CONSOLE_")]:
         known |= {f"{prefix}{n.upper()}" for n in cls.model_fields}
     assert set(_rows()) - known == set()
+
+
+SERVICE_DOCUMENTS = {
+    BillingSettings: "billing.md", ClearingSettings: "clearing.md",
+    SettlementSettings: "settlement.md",
+}
+
+
+def _document_rows(document: str) -> dict[str, str]:
+    """The rows of a service document's `## Configuration` section."""
+    text = (README.parent / "docs" / document).read_text()
+    section = text[text.index("\n## Configuration") + 1:].split("\n## ", 1)[0]
+    return {name: default.strip().strip("`") for name, default in ROW.findall(section)}
+
+
+def test_each_service_document_lists_its_own_settings_with_their_defaults():
+    """docs/<service>.md repeats the service's own settings (and may name a common one):
+    each row a real setting with its real default, and none of its own left out."""
+    common = set(ServiceSettings.model_fields)
+    for cls, prefix in SERVICE_SETTINGS:
+        rows = _document_rows(SERVICE_DOCUMENTS[cls])
+        fields = {f"{prefix}{name.upper()}": field for name, field in cls.model_fields.items()}
+        assert set(rows) - set(fields) == set(), cls.__name__
+        for variable, default in rows.items():
+            assert default == _default(fields[variable]), variable
+        own = {f"{prefix}{name.upper()}" for name in cls.model_fields if name not in common}
+        assert own - set(rows) == set(), SERVICE_DOCUMENTS[cls]
