@@ -191,6 +191,18 @@ def test_compose_healthcheck_dependencies_have_healthchecks(compose: dict) -> No
                 assert "healthcheck" in services[dep], f"{name} waits on {dep} without healthcheck"
 
 
+
+def test_compose_console_calls_the_services_over_mutual_tls(compose: dict) -> None:
+    """The services require a client certificate from the development CA, so the console
+    (all three CONSOLE_TLS_* empty = plaintext) needs the same CA and the tools' pair."""
+    services = compose["services"]
+    console = services["console"]
+    env = environment(console)
+    assert "security:/security:ro" in console.get("volumes", [])
+    assert env["CONSOLE_TLS_CA_FILE"] == environment(services["billing"])["BILLING_TLS_CA_FILE"]
+    assert env["CONSOLE_TLS_CERT_FILE"] == "/security/tool.pem"
+    assert env["CONSOLE_TLS_KEY_FILE"] == "/security/tool.key"
+
 # -------------------------------------------------------------- kubernetes ---
 
 
@@ -424,3 +436,59 @@ def test_entrypoint_script() -> None:
     assert "exec python -m" in text, "python must replace the shell to receive SIGTERM"
     for name in [*SERVICES, PAYOUT_SIM[0]]:
         assert name in text, name
+
+
+# ----------------------------------------------------------- settings names ---
+
+
+def deploy_variables() -> dict[str, set[str]]:
+    """Every environment variable deploy/ sets (compose `environment`, Kubernetes `env`,
+    ConfigMap literals), with the files that set it."""
+    found: dict[str, set[str]] = {}
+
+    def visit(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            env = node.get("environment")
+            if isinstance(env, dict):
+                names = list(env)
+            elif isinstance(env, list):
+                names = [str(e).split("=", 1)[0] for e in env]
+            else:
+                names = []
+            if isinstance(node.get("env"), list):
+                names += [e["name"] for e in node["env"] if isinstance(e, dict) and "name" in e]
+            for gen in node.get("configMapGenerator") or []:
+                names += [lit.split("=", 1)[0] for lit in gen.get("literals", [])]
+            for name in names:
+                found.setdefault(name, set()).add(where)
+            for child in node.values():
+                visit(child, where)
+        elif isinstance(node, list):
+            for child in node:
+                visit(child, where)
+
+    for path in sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")]):
+        for doc in load_docs(path):
+            visit(doc, str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_project_variable_deploy_sets_is_a_setting() -> None:
+    """A misspelt variable is ignored by the service it was meant for (a warning at
+    start), so the manifests may set only variables a settings class reads."""
+    from services.billing.settings import BillingSettings
+    from services.clearing.settings import ClearingSettings
+    from services.console.settings import ConsoleSettings
+    from services.payout_simulator.settings import PayoutSimulatorSettings
+    from services.settlement.settings import SettlementSettings
+    from shared import settings
+
+    known = set(settings._GLOBAL_VARIABLES)
+    for cls in (BillingSettings, ClearingSettings, SettlementSettings, PayoutSimulatorSettings,
+                ConsoleSettings):
+        known |= settings._variable_names(cls)
+    found = deploy_variables()
+    assert "BILLING_PORT" in found, "no variable found under deploy/"
+    unknown = {name: sorted(files) for name, files in found.items()
+               if name.startswith(settings.PREFIXES) and name not in known}
+    assert unknown == {}
