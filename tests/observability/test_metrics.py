@@ -20,7 +20,8 @@ from shared.security import ServerSecurity
 from tests.clearing.conftest import FAST, payment, percent_rule, record
 from tests.support.harness import ServiceHandle, drop, launch
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
 
 
 def scrape(handle: ServiceHandle) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -230,15 +231,36 @@ async def test_an_issued_fee_bill_is_owed_and_ages_until_it_is_collected(billing
     assert value(paid, "clearhouse_billing_fee_bills", state="COLLECTED") == 1
 
 
-async def test_every_figure_the_alerts_and_the_dashboard_use_is_exported(pg_url, billing):
-    """The example alert rules and the Grafana dashboard name only figures a service
-    really exports (so an alert cannot silently watch nothing)."""
+# A figure's full name in prose: `clearhouse_<service>_…` stands for each of the three.
+DOC_FIGURE = re.compile(r"\b((?:clearhouse_(?:<service>_)?|grpc_server_)[a-z_]*[a-z])(?![a-z_])")
+
+
+def documented_figures() -> set[str]:
+    """The figures README.md and docs/*.md name in full (`…_suffix` shorthands aside)."""
+    named = set()
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for name in DOC_FIGURE.findall(doc.read_text()):
+            if "<service>" in name:
+                named |= {name.replace("<service>", s) for s in ("billing", "clearing",
+                                                                 "settlement")}
+            else:
+                named.add(name)
+    return named
+
+
+async def test_every_figure_the_alerts_the_dashboard_and_the_docs_use_is_exported(
+    pg_url, billing
+):
+    """The example alert rules, the Grafana dashboard and the documents name only figures
+    a service really exports (so an alert cannot silently watch nothing, and an operator
+    does not look for a figure that is not there)."""
     used = set(re.findall(r"\b((?:clearhouse|grpc_server)_[a-z_]+)",
                           (DEPLOY / "prometheus" / "alerts.yaml").read_text()))
     dashboard = json.loads((DEPLOY / "grafana" / "clearhouse-dashboard.json").read_text())
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
             used |= set(re.findall(r"\b((?:clearhouse|grpc_server)_[a-z_]+)", target["expr"]))
+    used |= documented_figures()
     clearing = await launch("clearing", pg_url, billing_address=billing.address, **FAST)
     settlement = await launch("settlement", pg_url, scheduler_enabled=False,
                               dispatcher_enabled=False)
