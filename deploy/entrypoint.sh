@@ -5,7 +5,7 @@
 set -eu
 
 usage() {
-    echo "usage: <billing|clearing|settlement|payout-simulator> [serve|migrate [--down base]] | console" >&2
+    echo "usage: <billing|clearing|settlement|payout-simulator> [serve|migrate [--down base]] | console | devpki FOLDER" >&2
 }
 
 svc="${1:-}"
