@@ -88,6 +88,28 @@ def _cpu_row(figure: str, fig: dict[str, Any], processes: tuple[str, ...],
         round(echo_us / max(total, 1e-9), 3), "", None)
 
 
+def _main_thread_row(figure: str, fig: dict[str, Any], echo: dict[str, Any] | None,
+                     prefix: str = "") -> dict[str, Any]:
+    """How busy the serving process's main thread (grpc.aio's event loop) was in the
+    service's rounds, beside echo's in its own: running, and runnable but waiting for a
+    CPU, as shares of wall time. Running + waiting near 1 on both sides says each side
+    was bound by its main thread, so the throughput ratio is about the ratio of main-thread
+    CPU per call (see bench/README.md, "What bounds the unary ratios")."""
+    run, wait = (fig.get(f"{prefix}main_thread_{k}") for k in
+                 ("running_share", "waiting_for_cpu_share"))
+    if run is None or wait is None:
+        return _row(figure, None, "", None, "", None)
+    baseline = ""
+    if echo is not None:
+        e_run, e_wait = (echo.get(f"main_thread_{k}") for k in
+                         ("running_share", "waiting_for_cpu_share"))
+        if e_run is None or e_wait is None:
+            return _row(figure, None, "", None, "", None)
+        baseline = f"echo's: running {e_run:.0%}, waiting {e_wait:.0%}"
+    return _row(figure, f"running {run:.0%}, waiting for a CPU {wait:.0%}", baseline,
+                None, "", None)
+
+
 def _case(runs: list[dict[str, Any]], details: int, merchants: int) -> dict[str, Any] | None:
     for r in runs:
         if (r["details"], r["merchants"]) == (details, merchants):
@@ -114,6 +136,9 @@ def table(codes: dict[str, int]) -> list[dict[str, Any]]:
         "billing: unary ChargeFee, CPU us per call incl. the load generator",
         u.get("charge_fee", {}), ("billing", "postgres_server"), u.get("echo_baseline", {}),
         with_load_generator=True))
+    rows.append(_main_thread_row(
+        "billing: unary ChargeFee, billing's main thread", u.get("charge_fee", {}),
+        u.get("echo_baseline", {})))
     b = billing.get("batched_charge", {})
     rows.append(_row("billing: BatchChargeFees, charges/s", b.get("charges_per_s"), "", None,
                      "", None, b.get("errors")))
@@ -137,6 +162,12 @@ def table(codes: dict[str, int]) -> list[dict[str, Any]]:
         "clearing: unary RecordTransaction, CPU us per call incl. the load generator",
         cu.get("record_transaction", {}), ("clearing", "billing", "postgres_server"),
         cu.get("echo", {}), with_load_generator=True))
+    rows.append(_main_thread_row(
+        "clearing: unary RecordTransaction, clearing's main thread",
+        cu.get("record_transaction", {}), cu.get("echo", {})))
+    rows.append(_main_thread_row(  # the second hop: echo has none to compare with
+        "clearing: unary RecordTransaction, billing's main thread",
+        cu.get("record_transaction", {}), None, "billing_"))
     cb = clearing.get("batched", {})
     rows.append(_row(
         "clearing: BatchRecordTransactions incl. billing, details/s", cb.get("details_per_s"),

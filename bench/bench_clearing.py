@@ -32,7 +32,7 @@ from google.type import date_pb2
 
 from bench.support import baselines
 from bench.support import security as bench_security
-from bench.support.cpu import cpu_seconds, postgres_cpu_seconds
+from bench.support.cpu import MainThreadShare, cpu_seconds, postgres_cpu_seconds
 from bench.support.database import database_url, drop_schemas, plain_dsn
 from bench.support.echo import ECHO_METHOD, start_echo
 from bench.support.processes import (
@@ -194,14 +194,22 @@ async def bench_unary(clearing: str, echo: str, seconds: float, run: str,
         # shares with the servers, what it spends per call is CPU the servers do not get.
         me = os.getpid()
         echo_generator_cpu = 0.0
+        # What bounds each side: its server's main thread (bench.support.cpu); billing's
+        # too, the second hop of a recording.
+        echo_main = MainThreadShare(pids["echo"])
+        mains = {n: MainThreadShare(pids[n]) for n in ("clearing", "billing")}
         for _ in range(ROUNDS):
-            e0, g0 = cpu_seconds(pids["echo"]), cpu_seconds(me)
+            e0, g0, m0 = cpu_seconds(pids["echo"]), cpu_seconds(me), echo_main.before()
             echo_rounds.append(await closed_loop(echo_call, requests, 32, share))
+            echo_main.add(m0, echo_rounds[-1]["seconds"])
             echo_cpu += cpu_seconds(pids["echo"]) - e0
             echo_generator_cpu += cpu_seconds(me) - g0
             meter = CpuMeter({**{n: p for n, p in pids.items() if n != "echo"},
                               "load_generator": me}, postgres=True)
+            before = {n: m.before() for n, m in mains.items()}
             r = await closed_loop(record, requests[sent:], 32, share)
+            for n, m in mains.items():
+                m.add(before[n], r["seconds"])
             sent += r["calls"] + len(r["errors"])
             record_rounds.append(r)
             for k, v in meter.per_item(1).items():
@@ -217,6 +225,9 @@ async def bench_unary(clearing: str, echo: str, seconds: float, run: str,
     rec = figures(record_rounds)
     rec.update({k: round(v / max(meter_items, 1), 1) for k, v in cpu.items()})
     rec["unpriced"] = unpriced
+    echo_fig.update(echo_main.figures())
+    rec.update(mains["clearing"].figures())
+    rec.update({f"billing_{k}": v for k, v in mains["billing"].figures().items()})
     errors = [
         *([f"{rec['errors']} RecordTransaction errors, e.g. {rec['first_errors']}"]
           if rec["errors"] else []),

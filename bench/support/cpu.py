@@ -33,6 +33,47 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def main_thread_seconds(pid: int) -> tuple[float, float]:
+    """(running, runnable but waiting for a CPU) seconds of a process's main thread so far,
+    from the scheduler's own accounting (/proc/<pid>/task/<pid>/schedstat, nanoseconds);
+    NaNs when it cannot be read.
+
+    A grpc.aio server runs every handler, and grpc's Python-side callbacks, on its main
+    thread (the event loop). Running plus waiting near 100 % of a round means that thread
+    was the bound: it always had work, and the rest of its time it waited for a core
+    (taken by the load generator, PostgreSQL or grpc's own threads), not for the
+    network or the database."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            running, waiting, _ = f.read().split()
+        return int(running) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+
+
+class MainThreadShare:
+    """The share of wall time a server's main thread ran, and waited for a CPU, summed
+    over the rounds measured with `during` (the rounds of one side only)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.running = self.waiting = self.seconds = 0.0
+
+    def add(self, before: tuple[float, float], seconds: float) -> None:
+        running, waiting = main_thread_seconds(self.pid)
+        self.running += running - before[0]
+        self.waiting += waiting - before[1]
+        self.seconds += seconds
+
+    def before(self) -> tuple[float, float]:
+        return main_thread_seconds(self.pid)
+
+    def figures(self) -> dict[str, float]:
+        wall = max(self.seconds, 1e-9)
+        return {"main_thread_running_share": round(self.running / wall, 3),
+                "main_thread_waiting_for_cpu_share": round(self.waiting / wall, 3)}
+
+
 def postgres_cpu_seconds() -> float:
     """CPU of the embedded PostgreSQL's processes so far (its postmaster's children:
     backends, WAL writer, checkpointer, autovacuum — of every user of that server, so
