@@ -7,6 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from services.clearing.adapters import listings
 from services.clearing.adapters import repository as repo
 from services.clearing.domain.model import Batch, Detail
 from services.clearing.service_layer.unit_of_work import Database
@@ -32,8 +33,6 @@ class DailySummary:
     exception_count: int
     deferred_fee_returns: int
     prepaid_fee_returns: int
-
-
 
 
 def _page(rows: list[Any], page: Page, key: Any, filters: Any) -> tuple[list[Detail], str]:
@@ -64,24 +63,11 @@ class Queries:
     ) -> tuple[list[Detail], str]:
         filters = [merchant_id, str(date_from), str(date_to), detail_type, state]
         page = Page.of(page_size, page_token, filters, key=(iso_date, text))
-        after_date, after_id = page.after if page.after else (None, None)
+        after = (page.after[0], page.after[1]) if page.after else None
         async with self.db.connect() as conn:
-            rows = await conn.fetch(
-                f"""
-                SELECT {repo.DETAIL_COLUMNS} FROM clearing_details
-                WHERE merchant_id = $1
-                  AND ($2::date IS NULL OR business_date >= $2)
-                  AND ($3::date IS NULL OR business_date <= $3)
-                  AND ($4 = '' OR detail_type = $4)
-                  AND ($5 = '' OR state = $5)
-                  AND ($6::date IS NULL OR (business_date, detail_id) > ($6, $7::text))
-                ORDER BY business_date, detail_id
-                LIMIT $8
-                """,
-                merchant_id, date_from, date_to, detail_type, state, after_date, after_id,
-                page.size + 1,
-            )
-        return _page(list(rows), page,
+            rows = await listings.merchant_details(
+                conn, merchant_id, date_from, date_to, detail_type, state, after, page.size + 1)
+        return _page(rows, page,
                      lambda r: [r["business_date"].isoformat(), r["detail_id"]], filters)
 
     async def _by_id_page(
@@ -115,14 +101,8 @@ class Queries:
         async with self.db.connect() as conn:
             if await repo.get_batch(conn, batch_id) is None:
                 raise NotFound("BATCH_NOT_FOUND", f"no batch {batch_id!r}", {"batch_id": batch_id})
-            rows = await conn.fetch(
-                f"""
-                SELECT {repo.DETAIL_COLUMNS} FROM clearing_details
-                WHERE batch_id = $1 AND detail_id > $2 ORDER BY detail_id LIMIT $3
-                """,
-                batch_id, after, page.size + 1,
-            )
-        return _page(list(rows), page, lambda r: [r["detail_id"]], filters)
+            rows = await listings.batch_details(conn, batch_id, after, page.size + 1)
+        return _page(rows, page, lambda r: [r["detail_id"]], filters)
 
     async def list_batches(
         self,
@@ -153,45 +133,5 @@ class Queries:
         self, merchant_id: str, date_from: dt.date | None, date_to: dt.date | None
     ) -> list[DailySummary]:
         async with self.db.connect() as conn:
-            rows = await conn.fetch(
-                """
-                SELECT business_date, currency,
-                  count(*) FILTER (WHERE detail_type = 'PAYMENT') AS payment_count,
-                  coalesce(sum(amount) FILTER (WHERE detail_type = 'PAYMENT'), 0)::bigint
-                      AS payment_amount,
-                  count(*) FILTER (WHERE detail_type = 'REFUND') AS refund_count,
-                  coalesce(sum(amount) FILTER (WHERE detail_type = 'REFUND'), 0)::bigint
-                      AS refund_amount,
-                  count(*) FILTER (WHERE detail_type = 'ADJUSTMENT') AS adjustment_count,
-                  coalesce(sum(amount) FILTER (WHERE detail_type = 'ADJUSTMENT'), 0)::bigint
-                      AS adjustment_amount,
-                  coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT'
-                      AND fee_status = 'KNOWN' AND collection_mode = 'NET'), 0)::bigint
-                      AS net_fees,
-                  coalesce(sum(fee) FILTER (WHERE detail_type = 'REFUND'
-                      AND fee_status = 'KNOWN' AND collection_mode = 'NET'), 0)::bigint
-                      AS net_fee_returns,
-                  coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT'
-                      AND fee_status = 'KNOWN' AND collection_mode = 'DEFERRED'), 0)::bigint
-                      AS deferred_fees,
-                  coalesce(sum(fee) FILTER (WHERE detail_type = 'PAYMENT'
-                      AND fee_status = 'KNOWN' AND collection_mode = 'PREPAID'), 0)::bigint
-                      AS prepaid_fees,
-                  count(*) FILTER (WHERE fee_status = 'PENDING') AS pending_fee_count,
-                  count(*) FILTER (WHERE state = 'EXCEPTION') AS exception_count,
-                  coalesce(sum(fee) FILTER (WHERE detail_type = 'REFUND'
-                      AND fee_status = 'KNOWN' AND collection_mode = 'DEFERRED'), 0)::bigint
-                      AS deferred_fee_returns,
-                  coalesce(sum(fee) FILTER (WHERE detail_type = 'REFUND'
-                      AND fee_status = 'KNOWN' AND collection_mode = 'PREPAID'), 0)::bigint
-                      AS prepaid_fee_returns
-                FROM clearing_details
-                WHERE merchant_id = $1
-                  AND ($2::date IS NULL OR business_date >= $2)
-                  AND ($3::date IS NULL OR business_date <= $3)
-                GROUP BY business_date, currency
-                ORDER BY business_date, currency
-                """,
-                merchant_id, date_from, date_to,
-            )
-        return [DailySummary(**dict(r)) for r in rows]
+            rows = await listings.daily_summaries(conn, merchant_id, date_from, date_to)
+        return [DailySummary(**r) for r in rows]
