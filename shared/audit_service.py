@@ -47,6 +47,9 @@ def add_to_server(servicer: Any, server: Any) -> None:
     audit_pb2_grpc.add_AuditServiceServicer_to_server(servicer, server)
 
 
+# The method filter is a short or a full method name, compared as text: never a LIKE
+# pattern (where a caller's % or _ would match other methods, and a trailing backslash,
+# LIKE's escape character, is an error of the query).
 _LIST = """
 SELECT id, time, actor, actor_role, method, request_id, reason, outcome, object_type,
        object_id, before, after, approval_id, approved_by
@@ -54,7 +57,8 @@ FROM audit_events
 WHERE (:actor = '' OR actor = :actor)
   AND (:object_type = '' OR object_type = :object_type)
   AND (:object_id = '' OR object_id = :object_id)
-  AND (:method = '' OR method = :method OR method LIKE '%/' || :method)
+  AND (:method = '' OR method = :method
+       OR right(method, length(:method) + 1) = '/' || :method)
   AND (:outcome = '' OR outcome = :outcome)
   AND (CAST(:start AS timestamptz) IS NULL OR time >= :start)
   AND (CAST(:end AS timestamptz) IS NULL OR time < :end)

@@ -160,6 +160,18 @@ async def test_list_filters_and_pages_newest_first(billing):
         assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("method", ["\\", "CreateFeeRule\\", "%", "_reateFeeRule", "Create%"])
+async def test_a_method_filter_is_a_name_never_a_like_pattern(billing, method):
+    """The method filter matches a short or a full method name exactly: a backslash
+    (LIKE's escape character) at its end is no INTERNAL error, and % or _ match
+    themselves, not every method."""
+    await _record(billing, "ada", "R1", n=2)
+    channel, stub = _audit_stub(billing)
+    async with channel:
+        page = await stub.ListAuditEvents(audit_pb2.ListAuditEventsRequest(method=method))
+    assert list(page.audit_events) == []
+
+
 async def test_systems_may_not_read_the_trail_and_people_may(billing):
     async with security.channel(billing.address, cert="settlement") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
