@@ -67,6 +67,14 @@ async def test_due_details_are_counted_up_to_each_merchants_cutoff_unsettled_or_
     (pb.GetStuckReportRequest(open_batch_min_age=duration_pb2.Duration(seconds=-1),
                               fee_reconcile_window=duration_pb2.Duration(seconds=8 * 86400)),
      {"open_batch_min_age", "fee_reconcile_window"}),
+    # Past what a timedelta holds (999,999,999 days): refused as too long, not INTERNAL.
+    (pb.GetStuckReportRequest(
+        open_batch_min_age=duration_pb2.Duration(seconds=2**63 - 2),
+        pending_fee_min_age=duration_pb2.Duration(seconds=10**14),
+        exception_min_age=duration_pb2.Duration(seconds=366 * 86400, nanos=1),
+        fee_reconcile_window=duration_pb2.Duration(seconds=2**63 - 1, nanos=999_999_999)),
+     {"open_batch_min_age", "pending_fee_min_age", "exception_min_age",
+      "fee_reconcile_window"}),
 ])
 async def test_bad_requests_are_refused_field_by_field(clearing, request_, fields):
     method = (clearing.stub.CountDueDetails if isinstance(request_, pb.CountDueDetailsRequest)

@@ -34,7 +34,9 @@ def _seconds(
     if d.nanos >= 1_000_000_000:
         v.add(name, "nanos must be below 1e9")
         return 0.0
-    if dt.timedelta(seconds=d.seconds, microseconds=d.nanos // 1000) > limit:
+    # In integer nanoseconds: a timedelta of the Duration overflows past 999,999,999
+    # days (an int64 of seconds goes far beyond), and the limit is exact to the nano.
+    if d.seconds * 10**9 + d.nanos > limit // dt.timedelta(microseconds=1) * 1000:
         v.add(name, f"at most {limit.days} days")
         return 0.0
     return d.seconds + d.nanos / 1e9
