@@ -248,6 +248,34 @@ async def test_a_malformed_file_is_refused_naming_every_bad_line_and_changes_not
     assert ok.calendar_import.holiday_count == 2
 
 
+@pytest.mark.parametrize(("content", "problem"), [
+    # Nested past any calendar's shape: PyYAML composes recursively (RecursionError).
+    ("days: " + "[" * 3000 + "]" * 3000, "line 1: nested deeper than"),
+    ("days: " + "{a: " * 3000 + "}" * 3000, "line 1: nested deeper than"),
+    # A range the file states outside the dates accepted: its last day has no next day
+    # (OverflowError), and year 1 was stored as if it were a calendar.
+    ("from: 9999-12-30\nto: 9999-12-31\ndays:\n  - {date: 9999-12-31, kind: holiday, name: x}\n",
+     "line 1: date '9999-12-30' is not from 1970-01-01 to 9998-12-31"),
+    ("from: 0001-01-01\nto: 0001-12-31\ndays: []\n",
+     "line 1: date '0001-01-01' is not from 1970-01-01 to 9998-12-31"),
+])
+async def test_a_hostile_yaml_file_is_a_problem_of_its_content_and_changes_nothing(
+    settlement, content, problem,
+):
+    stub = settlement.stub
+    before = await stub.GetCalendarCoverage(pb.GetCalendarCoverageRequest())
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ImportCalendar(import_request("hostile", content, fmt=YAML, mode=MERGE))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = descriptions(err.value)
+    assert {f for f, _ in found} == {"content"}
+    assert found[0][1].startswith(problem), found
+    assert await stub.GetCalendarCoverage(pb.GetCalendarCoverageRequest()) == before
+    ok = await stub.ImportCalendar(import_request("hostile", CSV_2028, first=D(2028, 1, 1),
+                                                  last=D(2028, 12, 31)))
+    assert ok.calendar_import.holiday_count == 2  # the id is still free
+
+
 async def test_coverage_tells_the_last_known_day_and_warns_when_it_is_near(
     pg_url, monkeypatch, caplog,
 ):

@@ -36,10 +36,13 @@ from typing import Any
 
 import yaml
 
-from shared.validation import has_control_characters, quote
+from shared.validation import EARLIEST_DATE, LATEST_DATE, has_control_characters, quote
 
 MAX_FILE_DAYS = 3660  # ten years in one file
 MAX_NAME_CHARS = 200
+# A calendar is a mapping of a list of mappings; PyYAML composes nested collections
+# recursively, so a file nested thousands deep would end in a RecursionError.
+MAX_YAML_NESTING = 16
 CSV_HEADER = ("date", "kind", "name")
 KINDS = {"holiday": False, "workday": True}
 
@@ -143,10 +146,16 @@ def _day(text: str, line: int, problems: list[Problem]) -> dt.date | None:
     try:
         if len(text) != 10:
             raise ValueError(text)
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
         problems.append(Problem(line, f"date {text!r} is not a date YYYY-MM-DD"))
         return None
+    if not EARLIEST_DATE <= day <= LATEST_DATE:
+        # The shared date limits: a range ending on 9999-12-31 has no next day to walk to.
+        problems.append(Problem(line, f"date {text!r} is not from {EARLIEST_DATE} to "
+                                      f"{LATEST_DATE}"))
+        return None
+    return day
 
 
 def _entry(
@@ -241,8 +250,27 @@ def _scalar(node: yaml.Node, what: str, problems: list[Problem]) -> str | None:
     return None
 
 
+def _too_deep(content: str) -> int | None:
+    """The line where the file's collections nest past MAX_YAML_NESTING, or None. Reads
+    the parser's events (a loop, not recursion) before anything is composed."""
+    depth = 0
+    for event in yaml.parse(content, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_NESTING:
+                mark = event.start_mark
+                return mark.line + 1 if mark is not None else 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
 def _parse_yaml(content: str, problems: list[Problem]) -> CalendarFile:
     try:
+        deep = _too_deep(content)
+        if deep is not None:
+            problems.append(Problem(deep, f"nested deeper than {MAX_YAML_NESTING} levels"))
+            return CalendarFile(None, None, ())
         root = yaml.compose(content, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
