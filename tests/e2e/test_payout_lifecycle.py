@@ -495,3 +495,41 @@ async def test_people_may_not_notify_and_only_two_admins_settle_by_hand(stack):
                 assert reason(err.value) == "APPROVAL_REQUIRED"
             else:
                 assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("others", [(), ("ML",)])
+async def test_a_retry_of_a_merchant_whose_id_ends_like_a_retry_gets_an_id_of_its_own(
+    pg_url, others,
+):
+    """Payout ids derive from merchant ids, and retries add "-retryN": merchant
+    "ML-retry2"'s payout looks like a retry of merchant "ML"'s. Retrying either is
+    a new payout of its own merchant under an id nobody holds, never INTERNAL for a
+    duplicate id (nor a number counted from the other merchant's payouts)."""
+    s = await _stack(pg_url)
+    try:
+        await st.setup_billing(s, [BASE], {})
+        await s.simulator.control.SetBehaviour(
+            sim.SetBehaviourRequest(behaviour=sim.BEHAVIOUR_FAIL, times=1000))
+        merchants = ("ML-retry2", *others)
+        for i, merchant in enumerate(merchants):
+            await st.put_profile(s, {**PROFILE, "merchant_id": merchant})
+            await st.record(s, {"id": f"P{i}", "merchant_id": merchant, "amount": 50000,
+                                "currency": CNY, "time": "2026-03-02T10:00:00+08:00",
+                                "transaction_type": "PAYMENT"})
+        await st.wait_fees_known(s)
+        await st.run(s, dt.date(2026, 3, 2))
+        for _ in range(500):  # poll the real condition, bounded
+            failed = await st.payouts(s, pb.PAYOUT_STATE_FAILED)
+            if len(failed) == len(merchants):
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(p.merchant_id for p in failed) == sorted(merchants)
+        held = {p.payout_id for p in failed}
+        for p in sorted(failed, key=lambda p: p.merchant_id):
+            retried = (await s.settlement.stub.RetryPayout(pb.RetryPayoutRequest(
+                request_id=f"r-{p.merchant_id}", payout_id=p.payout_id))).payout
+            assert retried.payout_id not in held
+            assert (retried.merchant_id, retried.amount) == (p.merchant_id, p.amount)
+            held.add(retried.payout_id)
+    finally:
+        await st.stop_stack(s)

@@ -239,16 +239,30 @@ async def lock(conn: AsyncConnection, payout_id: str) -> Any | None:
     ).first()
 
 
-async def retry_count(conn: AsyncConnection, original_id: str) -> int:
-    """How many retries of `original_id` exist (ids `<original>-retryN`)."""
-    return int(
-        (
-            await conn.execute(
-                text("SELECT count(*) FROM payouts WHERE payout_id LIKE :p"),
-                {"p": original_id + "-retry%"},
-            )
-        ).scalar_one()
-    )
+async def retry_chain(conn: AsyncConnection, payout_id: str) -> tuple[str, set[str]]:
+    """The first payout of `payout_id`'s chain of retries (followed by retry_of, never
+    parsed from the id: a merchant's own id may end in "-retry2"), and every payout id
+    that begins with it and "-retry" (retries, and payouts that only look like them)."""
+    root = (
+        await conn.execute(
+            text(
+                "WITH RECURSIVE chain(payout_id, retry_of) AS ("
+                " SELECT payout_id, retry_of FROM payouts WHERE payout_id = :p"
+                " UNION ALL SELECT p.payout_id, p.retry_of FROM payouts p"
+                " JOIN chain c ON p.payout_id = c.retry_of)"
+                " SELECT payout_id FROM chain WHERE retry_of IS NULL"
+            ),
+            {"p": payout_id},
+        )
+    ).scalar_one()
+    prefix = f"{root}-retry"
+    # LIKE on the escaped prefix: a _ or % of a merchant id matches only itself.
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    taken = (
+        await conn.execute(text("SELECT payout_id FROM payouts WHERE payout_id LIKE :p"),
+                           {"p": pattern})
+    ).scalars().all()
+    return str(root), {str(t) for t in taken}
 
 
 async def insert_retry(

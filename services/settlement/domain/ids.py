@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Collection
 
 _MAX_ID = 64
 
@@ -31,3 +32,13 @@ def run_id(settle_date: dt.date) -> str:
 
 def payout_id(settlement: str) -> str:
     return f"po-{settlement}"
+
+
+def retry_id(root: str, taken: Collection[str]) -> str:
+    """The id of a new retry in the chain that starts with payout `root`: the first
+    `<root>-retryN` no payout holds (another merchant's payout may: ids derive from
+    merchant ids, and "M-retry1" is a merchant id as good as "M")."""
+    n = 1
+    while f"{root}-retry{n}" in taken:
+        n += 1
+    return f"{root}-retry{n}"

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.settlement.adapters import destinations, ledger_repo, payout_repo, profile_repo
 from services.settlement.adapters.clients import GatewayPayout
 from services.settlement.adapters.destinations import destination, of_profile, redirected
-from services.settlement.domain import ledger
+from services.settlement.domain import ids, ledger
 from services.settlement.domain.ledger import AccountType, account
 from services.settlement.domain.payouts import FINAL_RESULTS, Limits, Verdict, judge
 from services.settlement.domain.profiles import BankAccount, Destination
@@ -392,8 +392,7 @@ class PayoutService:
                 "run has already paid or netted it",
                 {"owed": str(owed), "amount": str(row.amount)},
             )
-        original = payout_id.split("-retry")[0]
-        new_id = f"{original}-retry{await payout_repo.retry_count(conn, original) + 1}"
+        new_id = ids.retry_id(*await payout_repo.retry_chain(conn, payout_id))
         to_bank = profile.destination is Destination.BANK_ACCOUNT
         await payout_repo.insert_retry(
             conn, row, new_id, profile.destination.value if profile.destination else "",
