@@ -255,12 +255,13 @@ async def retry_chain(conn: AsyncConnection, payout_id: str) -> tuple[str, set[s
             {"p": payout_id},
         )
     ).scalar_one()
-    prefix = f"{root}-retry"
-    # LIKE on the escaped prefix: a _ or % of a merchant id matches only itself.
-    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    # The prefix compared as text, as the audit trail's method filter is: never a LIKE
+    # pattern, where a merchant id's _ or % would match other ids.
     taken = (
-        await conn.execute(text("SELECT payout_id FROM payouts WHERE payout_id LIKE :p"),
-                           {"p": pattern})
+        await conn.execute(
+            text("SELECT payout_id FROM payouts WHERE left(payout_id, length(:p)) = :p"),
+            {"p": f"{root}-retry"},
+        )
     ).scalars().all()
     return str(root), {str(t) for t in taken}
 
