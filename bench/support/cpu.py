@@ -53,7 +53,8 @@ def main_thread_seconds(pid: int) -> tuple[float, float]:
 
 class MainThreadShare:
     """The share of wall time a server's main thread ran, and waited for a CPU, summed
-    over the rounds measured with `during` (the rounds of one side only)."""
+    over the rounds given to `add` (one side's rounds only: `before()` at a round's
+    start, `add(that, the round's seconds)` at its end)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
